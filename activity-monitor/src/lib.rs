@@ -1,0 +1,2 @@
+//! Desktop side: user idleness detection (later issue).
+#![warn(missing_docs)]

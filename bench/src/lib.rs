@@ -1,0 +1,2 @@
+//! Benchmarks that print their figures beside their baselines.
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Server side: copy-on-write networked disk served over NBD.
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Desktop side: serves blocks of a VM's disk image to cownetdisk.
+#![warn(missing_docs)]

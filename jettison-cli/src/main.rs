@@ -1,0 +1,2 @@
+//! The jettison command line.
+fn main() {}

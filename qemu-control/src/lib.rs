@@ -1,0 +1,2 @@
+//! Starting QEMU and driving it over QMP.
+#![warn(missing_docs)]

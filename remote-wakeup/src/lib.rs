@@ -1,0 +1,2 @@
+//! Server side: wakes a sleeping desktop before state is fetched from it.
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Copy-on-write store of two sparse slices (fetched, dirty) with persistent bitmaps.
+#![warn(missing_docs)]

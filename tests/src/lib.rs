@@ -1,0 +1,2 @@
+//! Cross-crate end-to-end tests.
+#![warn(missing_docs)]
