@@ -1,0 +1,377 @@
+//! The server's side of the wire: a blocking client of memserv or diskserv.
+//!
+//! [`Client`] is one authenticated connection. [`RemoteImage`] is what memtap
+//! and cownetdisk hold: connections to one export that are re-made when the
+//! desktop vanishes (it sleeps, it reboots, the link drops), calling the
+//! [`WakeHook`] before every attempt, so a guest that needs a page simply
+//! waits until the desktop is back.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::WireError;
+use crate::key::SharedKey;
+use crate::protocol::{
+    frame, ByteRange, Chunk, FrameReader, Hello, HelloReply, Message, Preamble, PreambleStatus, Request, Response,
+    Welcome, PREAMBLE_LEN,
+};
+use crate::secure::{Initiator, RecordReader, Transport};
+
+/// One authenticated connection to an export.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    peer: String,
+    transport: Transport,
+    records: RecordReader,
+    frames: FrameReader,
+    welcome: Welcome,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to `addr`, authenticates with `key` and asks for `hello`'s
+    /// export. `timeout` bounds the connect and every later read.
+    ///
+    /// # Errors
+    /// [`WireError::Connect`] when nobody answers, [`WireError::AuthFailed`]
+    /// on a key mismatch, [`WireError::Refused`] for an unknown export.
+    pub fn connect(addr: &str, key: &SharedKey, hello: &Hello, timeout: Duration) -> Result<Self, WireError> {
+        let connect_err = |source| WireError::Connect { addr: addr.to_owned(), source };
+        let sockaddr = addr
+            .to_socket_addrs()
+            .map_err(connect_err)?
+            .next()
+            .ok_or_else(|| connect_err(std::io::Error::other("the address resolves to nothing")))?;
+        let stream = TcpStream::connect_timeout(&sockaddr, timeout).map_err(connect_err)?;
+        let io_err = |source| WireError::Io { peer: addr.to_owned(), source };
+        stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+        stream.set_nodelay(true).map_err(io_err)?;
+
+        let mut conn = Handshaking { stream, peer: addr.to_owned(), records: RecordReader::new() };
+        let preamble = Preamble::client().encode();
+        conn.write_all(&preamble)?;
+        let theirs = conn.read_raw(PREAMBLE_LEN)?;
+        let theirs: [u8; PREAMBLE_LEN] = theirs.try_into().expect("read_raw returned PREAMBLE_LEN bytes");
+        let theirs = Preamble::decode(&theirs).map_err(|source| conn.decode_error(source))?;
+        match theirs.status().map_err(|source| conn.decode_error(source))? {
+            PreambleStatus::Accepted => {}
+            PreambleStatus::VersionRefused => {
+                return Err(WireError::VersionRefused {
+                    peer: conn.peer,
+                    ours: Preamble::client().version,
+                    theirs: theirs.version,
+                })
+            }
+        }
+        let mut initiator = Initiator::new(key, &preamble)?;
+        conn.write_all(&initiator.first_message(&hello.encode_body())?)?;
+        let msg2 = conn.read_record()?;
+        let (payload, transport) = initiator.finish(&msg2)?;
+        let welcome = match HelloReply::decode_body(&payload).map_err(|source| conn.decode_error(source))? {
+            HelloReply::Welcome(w) => w,
+            HelloReply::Refused(reason) => {
+                return Err(WireError::Refused { peer: conn.peer, export: hello.export.clone(), reason })
+            }
+        };
+        Ok(Client {
+            stream: conn.stream,
+            peer: conn.peer,
+            transport,
+            records: conn.records,
+            frames: FrameReader::new(),
+            welcome,
+            next_id: 1,
+        })
+    }
+
+    /// What the server said of the export.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Sends a request without waiting for its answer (pipelining).
+    ///
+    /// # Errors
+    /// [`WireError::Io`] when the socket fails.
+    pub fn send(&mut self, request: &Request) -> Result<(), WireError> {
+        let mut out = Vec::new();
+        self.transport.seal(&frame(&request.encode_body()), &mut out)?;
+        self.stream.write_all(&out).map_err(|source| WireError::Io { peer: self.peer.clone(), source })
+    }
+
+    /// Waits for the next response.
+    ///
+    /// # Errors
+    /// [`WireError::Io`] on a socket error or time-out, [`WireError::Closed`]
+    /// when the server hung up, [`WireError::Decode`] on a bad frame.
+    pub fn recv(&mut self) -> Result<Response, WireError> {
+        loop {
+            let body = self.frames.next_body().map_err(|source| WireError::Decode { peer: self.peer.clone(), source })?;
+            if let Some(body) = body {
+                return Response::decode_body(&body)
+                    .map_err(|source| WireError::Decode { peer: self.peer.clone(), source });
+            }
+            if let Some(record) = self.records.next_record() {
+                let plain = self.transport.open(&record)?;
+                self.frames.push(&plain);
+                continue;
+            }
+            fill(&mut self.stream, &mut self.records, &self.peer)?;
+        }
+    }
+
+    /// Reads `ranges` and waits for the data.
+    ///
+    /// # Errors
+    /// [`WireError::Remote`] when the server refused the request (the
+    /// connection stays usable), otherwise as [`Client::recv`].
+    pub fn read(&mut self, ranges: &[ByteRange]) -> Result<Vec<Chunk>, WireError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&Request::read(id, ranges.to_vec()))?;
+        match self.recv()? {
+            Response::Data { id: got, chunks } if got == id => {
+                if !chunks_cover(&chunks, ranges) {
+                    return Err(WireError::Mismatch { peer: self.peer.clone(), id });
+                }
+                Ok(chunks)
+            }
+            Response::Error { id: got, kind, detail } if got == id => {
+                Err(WireError::Remote { peer: self.peer.clone(), id, kind, detail })
+            }
+            other => Err(WireError::OutOfOrder { peer: self.peer.clone(), want: id, got: other.id() }),
+        }
+    }
+}
+
+/// Whether `chunks` cover `ranges` exactly, in order.
+pub fn chunks_cover(chunks: &[Chunk], ranges: &[ByteRange]) -> bool {
+    let mut chunks = chunks.iter();
+    for range in ranges {
+        let Some(end) = range.end() else { return false };
+        let mut at = range.offset;
+        while at < end {
+            match chunks.next() {
+                Some(c) if c.offset() == at && !c.is_empty() && c.len() <= end - at => at += c.len(),
+                _ => return false,
+            }
+        }
+    }
+    chunks.next().is_none()
+}
+
+/// Reads what the socket has into `records`.
+fn fill(stream: &mut TcpStream, records: &mut RecordReader, peer: &str) -> Result<(), WireError> {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(WireError::Closed { peer: peer.to_owned() }),
+            Ok(n) => {
+                records.push(&buf[..n]);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(WireError::Io { peer: peer.to_owned(), source }),
+        }
+    }
+}
+
+/// A connection during its clear-text and handshake phase.
+struct Handshaking {
+    stream: TcpStream,
+    peer: String,
+    records: RecordReader,
+}
+
+impl Handshaking {
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        self.stream.write_all(bytes).map_err(|source| WireError::Io { peer: self.peer.clone(), source })
+    }
+
+    fn read_raw(&mut self, n: usize) -> Result<Vec<u8>, WireError> {
+        loop {
+            if let Some(raw) = self.records.take_raw(n) {
+                return Ok(raw);
+            }
+            fill(&mut self.stream, &mut self.records, &self.peer)?;
+        }
+    }
+
+    fn read_record(&mut self) -> Result<Vec<u8>, WireError> {
+        loop {
+            if let Some(record) = self.records.next_record() {
+                return Ok(record);
+            }
+            fill(&mut self.stream, &mut self.records, &self.peer)?;
+        }
+    }
+
+    fn decode_error(&self, source: crate::error::DecodeError) -> WireError {
+        WireError::Decode { peer: self.peer.clone(), source }
+    }
+}
+
+/// Asked before every fetch from a desktop: makes sure it is awake.
+///
+/// The remote-wakeup daemon implements it with Wake-on-LAN; [`NoWake`] is
+/// for desktops that never sleep.
+pub trait WakeHook: Send + Sync + std::fmt::Debug {
+    /// Returns once the desktop should answer. Called again before each
+    /// retry after a failed fetch.
+    fn wake(&self);
+}
+
+/// A [`WakeHook`] for a desktop that is always awake.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoWake;
+
+impl WakeHook for NoWake {
+    fn wake(&self) {}
+}
+
+/// Where an export is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// `host:port` of memserv or diskserv.
+    pub addr: String,
+    /// The shared key.
+    pub key: SharedKey,
+    /// The export asked for.
+    pub hello: Hello,
+    /// Bound on connect and on each read; a desktop that falls asleep
+    /// mid-request is noticed after this long.
+    pub timeout: Duration,
+    /// Longest pause between retries.
+    pub max_backoff: Duration,
+    /// Give up after this long without success; `None` retries for ever
+    /// (the guest waits).
+    pub give_up_after: Option<Duration>,
+}
+
+impl RemoteConfig {
+    /// Defaults: 10 s timeout, back-off up to 2 s, never give up.
+    pub fn new(addr: impl Into<String>, key: SharedKey, hello: Hello) -> Self {
+        RemoteConfig {
+            addr: addr.into(),
+            key,
+            hello,
+            timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(2),
+            give_up_after: None,
+        }
+    }
+}
+
+/// An export on a desktop, read through re-made connections.
+#[derive(Debug)]
+pub struct RemoteImage {
+    config: RemoteConfig,
+    wake: std::sync::Arc<dyn WakeHook>,
+    idle: Mutex<Vec<Client>>,
+    welcome: Welcome,
+}
+
+impl RemoteImage {
+    /// Connects once (through the wake hook, with retries) to learn the
+    /// export's size.
+    ///
+    /// # Errors
+    /// As [`RemoteImage::read`].
+    pub fn connect(config: RemoteConfig, wake: std::sync::Arc<dyn WakeHook>) -> Result<Self, WireError> {
+        let client = retry(&config, wake.as_ref(), |c| Client::connect(&c.addr, &c.key, &c.hello, c.timeout))?;
+        let welcome = client.welcome().clone();
+        Ok(RemoteImage { config, wake, idle: Mutex::new(vec![client]), welcome })
+    }
+
+    /// Size of the export in bytes.
+    pub fn size(&self) -> u64 {
+        self.welcome.size
+    }
+
+    /// The export's unit (page or block size).
+    pub fn unit(&self) -> u32 {
+        self.welcome.unit
+    }
+
+    /// Reads `ranges`, waking the desktop first and retrying through lost
+    /// connections until it answers.
+    ///
+    /// # Errors
+    /// [`WireError::Remote`] at once when the server refuses the request
+    /// (retrying cannot help); [`WireError::AuthFailed`] and
+    /// [`WireError::Refused`] at once; other errors only after
+    /// `give_up_after`.
+    pub fn read(&self, ranges: &[ByteRange]) -> Result<Vec<Chunk>, WireError> {
+        retry(&self.config, self.wake.as_ref(), |config| {
+            let pooled = self.idle.lock().expect("pool lock poisoned: a thread panicked holding it").pop();
+            let mut client = match pooled {
+                Some(c) => c,
+                None => Client::connect(&config.addr, &config.key, &config.hello, config.timeout)?,
+            };
+            let result = client.read(ranges);
+            if result.is_ok() || matches!(result, Err(WireError::Remote { .. })) {
+                self.idle.lock().expect("pool lock poisoned: a thread panicked holding it").push(client);
+            }
+            result
+        })
+    }
+}
+
+/// Whether retrying can help after `err`.
+fn is_transient(err: &WireError) -> bool {
+    matches!(
+        err,
+        WireError::Connect { .. } | WireError::Io { .. } | WireError::Closed { .. } | WireError::Decode { .. }
+    )
+}
+
+/// Runs `attempt` after waking the desktop, again after each transient
+/// failure, with doubling pauses.
+fn retry<T>(
+    config: &RemoteConfig,
+    wake: &dyn WakeHook,
+    mut attempt: impl FnMut(&RemoteConfig) -> Result<T, WireError>,
+) -> Result<T, WireError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        wake.wake();
+        match attempt(config) {
+            Ok(v) => return Ok(v),
+            Err(e) if is_transient(&e) => {
+                if config.give_up_after.is_some_and(|limit| started.elapsed() >= limit) {
+                    return Err(e);
+                }
+                tracing::warn!(addr = %config.addr, export = %config.hello.export, error = %crate::error::chain(&e), "fetch failed; retrying in {pause:?}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(config.max_backoff);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_cover_checks() {
+        let ranges = [ByteRange::new(0, 8192), ByteRange::new(100, 1)];
+        let good = [
+            Chunk::Zero { offset: 0, len: 4096 },
+            Chunk::Bytes { offset: 4096, data: vec![1; 4096] },
+            Chunk::Bytes { offset: 100, data: vec![7] },
+        ];
+        assert!(chunks_cover(&good, &ranges));
+        assert!(!chunks_cover(&good[..2], &ranges));
+        let gap = [Chunk::Zero { offset: 0, len: 4096 }, Chunk::Bytes { offset: 4097, data: vec![1; 4095] }];
+        assert!(!chunks_cover(&gap, &ranges[..1]));
+        let overrun = [Chunk::Zero { offset: 0, len: 9000 }];
+        assert!(!chunks_cover(&overrun, &ranges[..1]));
+    }
+}
