@@ -1,0 +1,442 @@
+//! The event loop: one mio thread serving TCP peers and local event
+//! listeners.
+//!
+//! Tokens: [`LISTENER`] for new TCP peers, [`EVENT_LISTENER`] for new local
+//! listeners, [`STOP`] for the stop waker; connections get tokens from
+//! [`FIRST_CONNECTION`] on. A peer that breaks the protocol loses its own
+//! connection only; the loop itself ends only when stopped or when polling
+//! fails.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind as IoErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use jettison_wire::{chain, Event, HelloReply, Request, Service, ServerSession, SharedKey, Welcome};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use crate::error::ServeError;
+use crate::events::{EventKind, RequestEvent};
+use crate::image::Image;
+use crate::respond::answer;
+
+/// New TCP peers.
+const LISTENER: Token = Token(0);
+/// New local event listeners.
+const EVENT_LISTENER: Token = Token(1);
+/// The stop waker.
+const STOP: Token = Token(2);
+/// The first token given to a connection.
+const FIRST_CONNECTION: usize = 16;
+/// Stop reading a peer's requests while this much output waits to be sent.
+const OUTPUT_HIGH_WATER: usize = 8 * 1024 * 1024;
+/// Drop an event listener that has this much unread output.
+const LISTENER_BACKLOG_LIMIT: usize = 1024 * 1024;
+
+/// What a daemon serves and where.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// TCP address to listen on (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The shared key peers must hold.
+    pub key: SharedKey,
+    /// The service offered.
+    pub service: Service,
+    /// The export's name (the VM's name).
+    pub export: String,
+    /// Unix socket for the local event stream, if any.
+    pub events: Option<PathBuf>,
+}
+
+/// Stops a running [`Server`] from another thread.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    /// Asks the loop to end; it returns from [`Server::run`] soon after.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            tracing::error!("cannot wake the event loop to stop it: {e}");
+        }
+    }
+}
+
+/// A bound, not yet running server.
+#[derive(Debug)]
+pub struct Server {
+    config: ServeConfig,
+    image: Arc<dyn Image>,
+    poll: Poll,
+    listener: TcpListener,
+    event_listener: Option<UnixListener>,
+    stop: StopHandle,
+}
+
+impl Server {
+    /// Binds the TCP listener and the event socket.
+    ///
+    /// # Errors
+    /// [`ServeError::Bind`] or [`ServeError::EventSocket`] naming what could
+    /// not be created.
+    pub fn bind(config: ServeConfig, image: Arc<dyn Image>) -> Result<Self, ServeError> {
+        let poll = Poll::new().map_err(ServeError::Poll)?;
+        let mut listener =
+            TcpListener::bind(config.listen).map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(ServeError::Poll)?;
+        let event_listener = match &config.events {
+            Some(path) => {
+                let socket_err = |source| ServeError::EventSocket { path: path.clone(), source };
+                // A socket file left by a daemon that died is stale: replace it.
+                if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                    std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
+                }) {
+                    std::fs::remove_file(path).map_err(socket_err)?;
+                }
+                let mut l = UnixListener::bind(path).map_err(socket_err)?;
+                poll.registry()
+                    .register(&mut l, EVENT_LISTENER, Interest::READABLE)
+                    .map_err(ServeError::Poll)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let waker = Arc::new(Waker::new(poll.registry(), STOP).map_err(ServeError::Poll)?);
+        let stop = StopHandle { flag: Arc::new(AtomicBool::new(false)), waker };
+        Ok(Server { config, image, poll, listener, event_listener, stop })
+    }
+
+    /// The address actually listened on.
+    ///
+    /// # Errors
+    /// The socket's error, which does not happen on a bound listener.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that stops the loop.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Serves until stopped.
+    ///
+    /// # Errors
+    /// [`ServeError::Poll`] if the operating system's poll fails.
+    pub fn run(mut self) -> Result<(), ServeError> {
+        let mut events = Events::with_capacity(256);
+        let mut conns: HashMap<Token, Conn> = HashMap::new();
+        let mut next_token = FIRST_CONNECTION;
+        tracing::info!(
+            listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            export = %self.config.export,
+            service = %self.config.service,
+            size = self.image.size(),
+            "serving"
+        );
+        while !self.stop.flag.load(Ordering::SeqCst) {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == IoErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServeError::Poll(e));
+            }
+            for event in events.iter() {
+                match event.token() {
+                    STOP => {}
+                    LISTENER => self.accept_peers(&mut conns, &mut next_token),
+                    EVENT_LISTENER => self.accept_listeners(&mut conns, &mut next_token),
+                    token => {
+                        let done = match conns.get_mut(&token) {
+                            Some(Conn::Peer(peer)) => {
+                                let mut ctx = Context { registry: self.poll.registry(), config: &self.config, image: self.image.as_ref(), notes: Vec::new() };
+                                let done = peer.handle(&mut ctx);
+                                let notes = ctx.notes;
+                                broadcast(&mut conns, &notes);
+                                done
+                            }
+                            Some(Conn::Listener(l)) => l.flush(),
+                            None => false,
+                        };
+                        if done {
+                            if let Some(mut conn) = conns.remove(&token) {
+                                conn.deregister(&self.poll);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(export = %self.config.export, "stopped");
+        Ok(())
+    }
+
+    fn accept_peers(&mut self, conns: &mut HashMap<Token, Conn>, next_token: &mut usize) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, addr)) => {
+                    let token = Token(*next_token);
+                    *next_token += 1;
+                    if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
+                        tracing::warn!(%addr, "cannot watch new connection: {e}");
+                        continue;
+                    }
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(%addr, "cannot set TCP_NODELAY: {e}");
+                    }
+                    let session = ServerSession::new(self.config.key.clone(), addr.to_string());
+                    conns.insert(token, Conn::Peer(PeerConn::new(stream, token, addr.to_string(), session)));
+                }
+                Err(e) if e.kind() == IoErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: log and keep serving the others.
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept_listeners(&mut self, conns: &mut HashMap<Token, Conn>, next_token: &mut usize) {
+        let Some(listener) = &self.event_listener else { return };
+        loop {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let token = Token(*next_token);
+                    *next_token += 1;
+                    if self.poll.registry().register(&mut stream, token, Interest::WRITABLE).is_ok() {
+                        conns.insert(token, Conn::Listener(ListenerConn { stream, out: Vec::new() }));
+                    }
+                }
+                Err(e) if e.kind() == IoErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accept on the event socket failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What a peer's handler needs from the server, and the events it produced.
+struct Context<'a> {
+    registry: &'a Registry,
+    config: &'a ServeConfig,
+    image: &'a dyn Image,
+    notes: Vec<RequestEvent>,
+}
+
+impl Context<'_> {
+    fn note(&mut self, kind: EventKind, peer: &str, ranges: u32, bytes: u64) {
+        let service = self.config.service.to_string();
+        self.notes.push(RequestEvent::now(kind, &service, &self.config.export, peer, ranges, bytes));
+    }
+}
+
+/// Sends events to every local listener, dropping those that fell behind.
+fn broadcast(conns: &mut HashMap<Token, Conn>, notes: &[RequestEvent]) {
+    if notes.is_empty() {
+        return;
+    }
+    let lines: Vec<u8> = notes.iter().flat_map(RequestEvent::to_line).collect();
+    for conn in conns.values_mut() {
+        if let Conn::Listener(l) = conn {
+            if l.out.len() < LISTENER_BACKLOG_LIMIT {
+                l.out.extend_from_slice(&lines);
+            } else {
+                l.out.clear();
+                l.out.extend_from_slice(b"{\"kind\":\"overflow\"}\n");
+            }
+            l.flush();
+        }
+    }
+}
+
+/// A connection the loop owns.
+enum Conn {
+    Peer(PeerConn),
+    Listener(ListenerConn),
+}
+
+impl Conn {
+    fn deregister(&mut self, poll: &Poll) {
+        let result = match self {
+            Conn::Peer(p) => poll.registry().deregister(&mut p.stream),
+            Conn::Listener(l) => poll.registry().deregister(&mut l.stream),
+        };
+        if let Err(e) = result {
+            tracing::debug!("deregister failed: {e}");
+        }
+    }
+}
+
+/// A local event listener: we only write to it.
+struct ListenerConn {
+    stream: UnixStream,
+    out: Vec<u8>,
+}
+
+impl ListenerConn {
+    /// Writes what it can; returns whether the listener is gone.
+    fn flush(&mut self) -> bool {
+        match write_some(&mut self.stream, &mut self.out) {
+            Ok(()) => false,
+            Err(_) => true,
+        }
+    }
+}
+
+/// A TCP peer (memtap or cownetdisk).
+struct PeerConn {
+    stream: TcpStream,
+    token: Token,
+    peer: String,
+    session: ServerSession,
+    out: Vec<u8>,
+    welcomed: bool,
+    writable_interest: bool,
+}
+
+impl PeerConn {
+    fn new(stream: TcpStream, token: Token, peer: String, session: ServerSession) -> Self {
+        PeerConn { stream, token, peer, session, out: Vec::new(), welcomed: false, writable_interest: false }
+    }
+
+    /// Reads, answers and writes as far as possible. Returns whether the
+    /// connection is finished.
+    fn handle(&mut self, ctx: &mut Context<'_>) -> bool {
+        let done = self.pump(ctx);
+        if done && self.welcomed {
+            ctx.note(EventKind::Disconnected, &self.peer, 0, 0);
+        }
+        done
+    }
+
+    fn pump(&mut self, ctx: &mut Context<'_>) -> bool {
+        loop {
+            // Answer what has arrived, unless the peer is not reading our answers.
+            while self.out.len() < OUTPUT_HIGH_WATER {
+                match self.session.poll(&mut self.out) {
+                    Ok(Some(event)) => self.on_event(event, ctx),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, "closing connection: {}", chain(&e));
+                        break;
+                    }
+                }
+            }
+            if write_some(&mut self.stream, &mut self.out).is_err() {
+                return true;
+            }
+            if self.session.is_closed() {
+                // Flush what is left (a refusal, a version answer) and go.
+                return self.out.is_empty() || !self.want_writable(ctx.registry);
+            }
+            if self.out.len() >= OUTPUT_HIGH_WATER {
+                return !self.want_writable(ctx.registry);
+            }
+            match read_some(&mut self.stream) {
+                Ok(Some(bytes)) => self.session.receive(&bytes),
+                Ok(None) => return !self.want_writable(ctx.registry),
+                Err(()) => return true,
+            }
+        }
+    }
+
+    /// Registers interest in writability while output is pending; returns
+    /// false if the registration failed (the connection is then dropped).
+    fn want_writable(&mut self, registry: &Registry) -> bool {
+        let want = !self.out.is_empty();
+        if want == self.writable_interest {
+            return true;
+        }
+        self.writable_interest = want;
+        let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        registry.reregister(&mut self.stream, self.token, interest).is_ok()
+    }
+
+    fn on_event(&mut self, event: Event, ctx: &mut Context<'_>) {
+        match event {
+            Event::Hello(hello) => {
+                let reply = if hello.service != ctx.config.service {
+                    HelloReply::Refused(format!("this daemon serves {}, not {}", ctx.config.service, hello.service))
+                } else if hello.export != ctx.config.export {
+                    HelloReply::Refused(format!("this daemon serves {:?}, not {:?}", ctx.config.export, hello.export))
+                } else {
+                    HelloReply::Welcome(Welcome { size: ctx.image.size(), unit: ctx.image.unit() })
+                };
+                if let HelloReply::Refused(reason) = &reply {
+                    tracing::warn!(peer = %self.peer, "refused: {reason}");
+                }
+                let welcomed = matches!(reply, HelloReply::Welcome(_));
+                if let Err(e) = self.session.answer_hello(&reply, &mut self.out) {
+                    tracing::warn!(peer = %self.peer, "handshake failed: {}", chain(&e));
+                    return;
+                }
+                if welcomed {
+                    self.welcomed = true;
+                    ctx.note(EventKind::Connected, &self.peer, 0, 0);
+                }
+            }
+            Event::Request(Request::Read { id, ranges }) => {
+                let response = answer(ctx.image, id, &ranges);
+                let bytes = ranges.iter().map(|r| u64::from(r.len)).sum();
+                let kind = match &response {
+                    jettison_wire::Response::Data { .. } => EventKind::Request,
+                    jettison_wire::Response::Error { kind, detail, .. } => {
+                        tracing::warn!(peer = %self.peer, id, "bad request: {kind}: {detail}");
+                        EventKind::Rejected
+                    }
+                };
+                ctx.note(kind, &self.peer, ranges.len() as u32, bytes);
+                if let Err(e) = self.session.send(&response, &mut self.out) {
+                    tracing::warn!(peer = %self.peer, "cannot encrypt reply: {}", chain(&e));
+                }
+            }
+        }
+    }
+}
+
+/// Reads once: `Some(bytes)`, `None` when it would block, `Err` when the
+/// peer is gone.
+fn read_some(stream: &mut impl Read) -> Result<Option<Vec<u8>>, ()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(()),
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(e) if e.kind() == IoErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
+            Err(_) => return Err(()),
+        }
+    }
+}
+
+/// Writes as much of `out` as the socket takes, removing it from `out`.
+fn write_some(stream: &mut impl Write, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < out.len() {
+        match stream.write(&out[written..]) {
+            Ok(0) => return Err(std::io::Error::from(IoErrorKind::WriteZero)),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == IoErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    out.drain(..written);
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! memserv on loopback with real TCP clients: data, zero markers, bad
+//! requests, hostile peers, events, and the RAM file left untouched.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use jettison_image_server::events::{subscribe, EventKind};
+use jettison_image_server::{ServeConfig, StopHandle};
+use jettison_wire::protocol::Preamble;
+use jettison_wire::{ByteRange, Chunk, Client, ErrorKind, Hello, Request, Response, Service, SharedKey, WireError};
+
+const PAGES: usize = 64;
+
+/// A RAM file: even pages hold a pattern, odd pages are zero, page 7 is a hole.
+fn ram_file(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let mut bytes = vec![0u8; PAGES * 4096];
+    for page in (0..PAGES).step_by(2) {
+        for (i, b) in bytes[page * 4096..(page + 1) * 4096].iter_mut().enumerate() {
+            *b = ((page * 31 + i * 7) % 251) as u8 + 1;
+        }
+    }
+    let path = dir.join("vm1.ram");
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+struct Running {
+    addr: String,
+    key: SharedKey,
+    events: std::path::PathBuf,
+    stop: StopHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn start(dir: &Path, ram: &Path) -> Running {
+    let key = SharedKey::generate();
+    let events = dir.join("events.sock");
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        key: key.clone(),
+        service: Service::Memory,
+        export: "vm1".into(),
+        events: Some(events.clone()),
+    };
+    let server = memserv::bind(ram, config).unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let stop = server.stop_handle();
+    let thread = Some(std::thread::spawn(move || server.run().unwrap()));
+    Running { addr, key, events, stop, thread }
+}
+
+fn hello() -> Hello {
+    Hello { service: Service::Memory, export: "vm1".into() }
+}
+
+fn assemble(chunks: &[Chunk], base: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0xAAu8; len];
+    for c in chunks {
+        let at = (c.offset() - base) as usize;
+        match c {
+            Chunk::Bytes { data, .. } => out[at..at + data.len()].copy_from_slice(data),
+            Chunk::Zero { len, .. } => out[at..at + *len as usize].fill(0),
+        }
+    }
+    out
+}
+
+#[test]
+fn serves_every_byte_and_marks_zero_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, bytes) = ram_file(dir.path());
+    let before = std::fs::read(&ram).unwrap();
+    let srv = start(dir.path(), &ram);
+    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    assert_eq!(c.welcome().size, bytes.len() as u64);
+    assert_eq!(c.welcome().unit, 4096);
+
+    let whole = [ByteRange::new(0, bytes.len() as u32)];
+    let chunks = c.read(&whole).unwrap();
+    assert_eq!(assemble(&chunks, 0, bytes.len()), bytes);
+    let zero_bytes: u64 = chunks.iter().filter(|c| matches!(c, Chunk::Zero { .. })).map(Chunk::len).sum();
+    assert_eq!(zero_bytes, (PAGES as u64 / 2) * 4096, "every odd page is sent as a zero marker");
+    let wire_bytes: u64 = chunks.iter().filter(|c| matches!(c, Chunk::Bytes { .. })).map(Chunk::len).sum();
+    assert_eq!(wire_bytes, (PAGES as u64 / 2) * 4096);
+
+    // Many ranges in one request, unaligned ones too.
+    let ranges = [ByteRange::new(4096 * 2 + 17, 100), ByteRange::new(4096 * 9 - 5, 10), ByteRange::new(0, 1)];
+    let chunks = c.read(&ranges).unwrap();
+    let mut at = 0;
+    for r in ranges {
+        let piece: Vec<Chunk> =
+            chunks.iter().filter(|ch| ch.offset() >= r.offset && ch.offset() < r.end().unwrap()).cloned().collect();
+        assert_eq!(assemble(&piece, r.offset, r.len as usize), bytes[r.offset as usize..r.end().unwrap() as usize]);
+        at += piece.len();
+    }
+    assert_eq!(at, chunks.len());
+    drop(c);
+    drop(srv);
+    assert_eq!(std::fs::read(&ram).unwrap(), before, "memserv changed the RAM file");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, bytes) = ram_file(dir.path());
+    let srv = start(dir.path(), &ram);
+    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    for id in 0..PAGES as u64 {
+        c.send(&Request::read(id, vec![ByteRange::new(id * 4096, 4096)])).unwrap();
+    }
+    for id in 0..PAGES as u64 {
+        let Response::Data { id: got, chunks } = c.recv().unwrap() else { panic!("error reply") };
+        assert_eq!(got, id);
+        assert_eq!(assemble(&chunks, id * 4096, 4096), bytes[id as usize * 4096..(id as usize + 1) * 4096]);
+    }
+}
+
+#[test]
+fn bad_requests_get_error_replies_and_the_connection_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, bytes) = ram_file(dir.path());
+    let srv = start(dir.path(), &ram);
+    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    let err = c.read(&[ByteRange::new(bytes.len() as u64 - 10, 4096)]).unwrap_err();
+    assert!(matches!(err, WireError::Remote { kind: ErrorKind::OutOfRange, .. }), "{err}");
+    let err = c.read(&[ByteRange::new(0, 0)]).unwrap_err();
+    assert!(matches!(err, WireError::Remote { kind: ErrorKind::TooLarge, .. }), "{err}");
+    // Same connection still works.
+    let chunks = c.read(&[ByteRange::new(0, 4096)]).unwrap();
+    assert_eq!(assemble(&chunks, 0, 4096), bytes[..4096]);
+}
+
+#[test]
+fn hostile_peers_do_not_stop_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, _) = ram_file(dir.path());
+    let srv = start(dir.path(), &ram);
+
+    // Garbage instead of a preamble.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "answered garbage with {buf:?}");
+
+    // A valid preamble, then garbage where the Noise message should be.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.write_all(&Preamble::client().encode()).unwrap();
+    s.write_all(&[5, 0, 1, 2, 3, 4, 5]).unwrap();
+    let mut buf = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut buf);
+    assert_eq!(buf.len(), 8, "only the preamble answer is sent before closing");
+
+    // A wrong version gets the server's version and is closed.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    let mut p = Preamble::client().encode();
+    p[4] = 99;
+    s.write_all(&p).unwrap();
+    let mut answer = [0u8; 8];
+    s.read_exact(&mut answer).unwrap();
+    let answer = Preamble::decode(&answer).unwrap();
+    assert_eq!(answer.version, 1);
+    assert_eq!(answer.word, 1, "status is VersionRefused");
+
+    // A client with another key.
+    let err = Client::connect(&srv.addr, &SharedKey::generate(), &hello(), Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(err, WireError::Closed { .. } | WireError::Io { .. }), "{err}");
+
+    // Another export or service is refused with the reason.
+    let other = Hello { service: Service::Memory, export: "vm2".into() };
+    let err = Client::connect(&srv.addr, &srv.key, &other, Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(err, WireError::Refused { .. }), "{err}");
+    let disk = Hello { service: Service::Disk, export: "vm1".into() };
+    assert!(matches!(
+        Client::connect(&srv.addr, &srv.key, &disk, Duration::from_secs(5)),
+        Err(WireError::Refused { .. })
+    ));
+
+    // And a good client is still served.
+    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    assert!(c.read(&[ByteRange::new(0, 4096)]).is_ok());
+}
+
+#[test]
+fn every_request_is_reported_on_the_event_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, _) = ram_file(dir.path());
+    let srv = start(dir.path(), &ram);
+    let mut events = subscribe(&srv.events).unwrap();
+    // Give the loop a moment to accept the listener before traffic starts.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    c.read(&[ByteRange::new(0, 8192), ByteRange::new(4096 * 10, 4096)]).unwrap();
+    let _ = c.read(&[ByteRange::new(u64::MAX - 1, 1)]);
+    drop(c);
+    let got: Vec<_> = events.by_ref().take(4).map(Result::unwrap).collect();
+    assert_eq!(got[0].kind, EventKind::Connected);
+    assert_eq!(got[1].kind, EventKind::Request);
+    assert_eq!((got[1].ranges, got[1].bytes), (2, 12288));
+    assert_eq!(got[1].export, "vm1");
+    assert_eq!(got[1].service, "memory");
+    assert_eq!(got[2].kind, EventKind::Rejected);
+    assert_eq!(got[3].kind, EventKind::Disconnected);
+}
+
+#[test]
+fn missing_ram_file_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        key: SharedKey::generate(),
+        service: Service::Memory,
+        export: "vm1".into(),
+        events: None,
+    };
+    let err = memserv::bind(&dir.path().join("nope.ram"), config).unwrap_err();
+    let text = jettison_wire::chain(&err);
+    assert!(text.contains("nope.ram") && text.contains("is the VM stopped"), "{text}");
+}
