@@ -193,7 +193,7 @@ impl Server {
                         tracing::debug!(%addr, "cannot set TCP_NODELAY: {e}");
                     }
                     let session = ServerSession::new(self.config.key.clone(), addr.to_string());
-                    conns.insert(token, Conn::Peer(PeerConn::new(stream, token, addr.to_string(), session)));
+                    conns.insert(token, Conn::Peer(Box::new(PeerConn::new(stream, token, addr.to_string(), session))));
                 }
                 Err(e) if e.kind() == IoErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
@@ -264,7 +264,7 @@ fn broadcast(conns: &mut HashMap<Token, Conn>, notes: &[RequestEvent]) {
 
 /// A connection the loop owns.
 enum Conn {
-    Peer(PeerConn),
+    Peer(Box<PeerConn>),
     Listener(ListenerConn),
 }
 

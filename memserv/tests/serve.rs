@@ -1,5 +1,6 @@
 //! memserv on loopback with real TCP clients: data, zero markers, bad
 //! requests, hostile peers, events, and the RAM file left untouched.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
