@@ -1,0 +1,69 @@
+//! A slice: a sparse file as large as the store, unit `n` at byte `n * unit_size`.
+//!
+//! Positional I/O (`pread`/`pwrite`) needs no seek position, so one file handle
+//! serves any number of threads through `&self`.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug)]
+pub(crate) struct Slice {
+    path: PathBuf,
+    file: File,
+}
+
+impl Slice {
+    /// Creates an empty (all holes) slice of `size` bytes, replacing any file at `path`.
+    pub(crate) fn create(path: &Path, size: u64) -> Result<Self> {
+        let create = || -> std::io::Result<File> {
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+            file.set_len(size)?;
+            file.sync_all()?;
+            Ok(file)
+        };
+        let file = create().map_err(|source| Error::CreateFile { path: path.to_owned(), source })?;
+        Ok(Self { path: path.to_owned(), file })
+    }
+
+    /// Opens an existing slice, which must be `size` bytes long.
+    pub(crate) fn open(path: &Path, size: u64) -> Result<Self> {
+        let open = || -> std::io::Result<(File, u64)> {
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let len = file.metadata()?.len();
+            Ok((file, len))
+        };
+        let (file, len) = open().map_err(|source| Error::OpenFile { path: path.to_owned(), source })?;
+        if len != size {
+            return Err(Error::CheckSlice { path: path.to_owned(), found: len, expected: size });
+        }
+        Ok(Self { path: path.to_owned(), file })
+    }
+
+    /// Reads `unit`, which starts at byte `offset`, into `buf`.
+    pub(crate) fn read(&self, unit: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact_at(buf, offset).map_err(|source| Error::ReadUnit {
+            path: self.path.clone(),
+            unit,
+            offset,
+            source,
+        })
+    }
+
+    /// Writes `data` as `unit`, which starts at byte `offset`.
+    pub(crate) fn write(&self, unit: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.file.write_all_at(data, offset).map_err(|source| Error::WriteUnit {
+            path: self.path.clone(),
+            unit,
+            offset,
+            source,
+        })
+    }
+
+    /// Makes every write so far durable (fdatasync).
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|source| Error::SyncSlice { path: self.path.clone(), source })
+    }
+}

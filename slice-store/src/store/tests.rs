@@ -1,0 +1,165 @@
+use super::*;
+
+const BOOT: BootId = BootId::from_bytes([0x33; 16]);
+
+fn open(dir: &Path, unit_size: u32, size: u64) -> Result<SliceStore> {
+    SliceStore::open_with_boot_id(dir, unit_size, size, BOOT)
+}
+
+fn unit_of(byte: u8, len: usize) -> Vec<u8> {
+    vec![byte; len]
+}
+
+#[test]
+fn is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<SliceStore>();
+}
+
+#[test]
+fn states_rank_dirty_then_fetched_then_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    assert_eq!(store.state(1).unwrap(), UnitState::Absent);
+    store.set_known_zero(1).unwrap();
+    assert_eq!(store.state(1).unwrap(), UnitState::Zero);
+    store.store_fetched(1, &unit_of(1, 16)).unwrap();
+    assert_eq!(store.state(1).unwrap(), UnitState::Fetched);
+    store.write_dirty(1, &unit_of(2, 16)).unwrap();
+    assert_eq!(store.state(1).unwrap(), UnitState::Dirty);
+    assert_eq!(UnitState::Dirty.to_string(), "dirty");
+}
+
+#[test]
+fn read_unit_serves_by_state_and_leaves_absent_buffers_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    let mut buf = unit_of(0xee, 16);
+    assert_eq!(store.read_unit(0, &mut buf).unwrap(), UnitState::Absent);
+    assert_eq!(buf, unit_of(0xee, 16));
+
+    store.mark_zero_ranges(std::iter::once(1..2)).unwrap();
+    assert_eq!(store.read_unit(1, &mut buf).unwrap(), UnitState::Zero);
+    assert_eq!(buf, unit_of(0, 16));
+
+    store.store_fetched(2, &unit_of(7, 16)).unwrap();
+    assert_eq!(store.read_unit(2, &mut buf).unwrap(), UnitState::Fetched);
+    assert_eq!(buf, unit_of(7, 16));
+
+    store.write_dirty(2, &unit_of(9, 16)).unwrap();
+    assert_eq!(store.read_unit(2, &mut buf).unwrap(), UnitState::Dirty);
+    assert_eq!(buf, unit_of(9, 16));
+}
+
+#[test]
+fn the_last_unit_may_be_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 4096, 10000).unwrap();
+    assert_eq!(store.unit_count(), 3);
+    assert_eq!(store.unit_len(1).unwrap(), 4096);
+    assert_eq!(store.unit_len(2).unwrap(), 1808);
+    store.write_dirty(2, &unit_of(5, 1808)).unwrap();
+    let mut buf = vec![0; 1808];
+    assert_eq!(store.read_unit(2, &mut buf).unwrap(), UnitState::Dirty);
+    assert_eq!(buf, unit_of(5, 1808));
+    assert!(matches!(
+        store.write_dirty(2, &unit_of(5, 4096)),
+        Err(Error::UnitLength { unit: 2, len: 4096, expected: 1808 })
+    ));
+}
+
+#[test]
+fn units_past_the_end_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    assert!(matches!(store.state(4), Err(Error::UnitOutOfRange { unit: 4, unit_count: 4 })));
+    assert!(matches!(store.read_unit(9, &mut [0; 16]), Err(Error::UnitOutOfRange { .. })));
+    assert!(matches!(store.write_dirty(u64::MAX, &[0; 16]), Err(Error::UnitOutOfRange { .. })));
+    assert!(matches!(store.set_known_zero(4), Err(Error::UnitOutOfRange { .. })));
+    assert!(matches!(store.mark_zero_ranges(std::iter::once(2..5)), Err(Error::UnitOutOfRange { unit: 4, .. })));
+    let (high, low) = (9, 2);
+    store.mark_zero_ranges([3..3, high..low]).unwrap();
+}
+
+#[test]
+fn a_zero_unit_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(open(dir.path(), 0, 64), Err(Error::CheckGeometry { .. })));
+}
+
+#[test]
+fn reopening_keeps_fetched_and_dirty_units_but_not_the_zero_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    store.store_fetched(0, &unit_of(1, 16)).unwrap();
+    store.write_dirty(3, &unit_of(3, 16)).unwrap();
+    store.set_known_zero(2).unwrap();
+    store.close().unwrap();
+
+    let store = open(dir.path(), 16, 64).unwrap();
+    assert_eq!(store.recovery(), Recovery::CleanShutdown);
+    let mut buf = [0; 16];
+    assert_eq!(store.read_unit(0, &mut buf).unwrap(), UnitState::Fetched);
+    assert_eq!(buf, [1; 16]);
+    assert_eq!(store.read_unit(3, &mut buf).unwrap(), UnitState::Dirty);
+    assert_eq!(buf, [3; 16]);
+    assert_eq!(store.state(2).unwrap(), UnitState::Absent);
+    assert_eq!((store.fetched_count(), store.dirty_count()), (1, 1));
+}
+
+#[test]
+fn reopening_with_another_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), 16, 64).unwrap().close().unwrap();
+    let error = open(dir.path(), 16, 60).unwrap_err();
+    assert!(matches!(error, Error::CheckSlice { found: 64, expected: 60, .. }), "{error:?}");
+    assert!(error.to_string().contains("fetched.slice"), "{error}");
+}
+
+#[test]
+fn reopening_with_another_unit_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), 16, 64).unwrap().close().unwrap();
+    let error = open(dir.path(), 32, 64).unwrap_err();
+    assert!(matches!(error, Error::CheckBitmap { .. }), "{error:?}");
+}
+
+#[test]
+fn a_second_opener_is_refused_while_the_store_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    let error = open(dir.path(), 16, 64).unwrap_err();
+    assert!(matches!(error, Error::LockStore { .. }), "{error:?}");
+    drop(store);
+    open(dir.path(), 16, 64).unwrap();
+}
+
+#[test]
+fn dirty_units_lists_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 160).unwrap();
+    for unit in [9, 0, 4] {
+        store.write_dirty(unit, &unit_of(0, 16)).unwrap();
+    }
+    store.store_fetched(5, &unit_of(0, 16)).unwrap();
+    assert_eq!(store.dirty_units().collect::<Vec<_>>(), [0, 4, 9]);
+}
+
+#[test]
+fn flush_with_nothing_dirty_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    store.flush().unwrap();
+    store.write_dirty(1, &unit_of(1, 16)).unwrap();
+    store.flush().unwrap();
+    store.flush().unwrap();
+}
+
+#[test]
+fn an_empty_store_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 0).unwrap();
+    assert_eq!(store.unit_count(), 0);
+    assert_eq!(store.dirty_units().next(), None);
+    store.close().unwrap();
+}
