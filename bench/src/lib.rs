@@ -1,2 +1,5 @@
-//! Benchmarks that print their figures beside their baselines.
+//! Benchmarks that print their figures beside the baselines they are
+//! compared to, measured in the same run. Each benchmark is a binary under
+//! `src/bin/`; `bench/RESULTS.md` records results and the commands that
+//! produced them.
 #![warn(missing_docs)]

@@ -1,7 +1,7 @@
 //! Turning a read request into a response: checking it against the
 //! protocol's limits and the image's size, and marking all-zero units.
 
-use jettison_wire::protocol::{MAX_REQUEST_BYTES, Response};
+use jettison_wire::protocol::{Response, MAX_REQUEST_BYTES};
 use jettison_wire::{ByteRange, Chunk, ErrorKind};
 
 use crate::image::Image;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use jettison_wire::{chain, Event, HelloReply, Request, Service, ServerSession, SharedKey, Welcome};
+use jettison_wire::{chain, Event, HelloReply, Request, ServerSession, Service, SharedKey, Welcome};
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
@@ -89,22 +89,18 @@ impl Server {
         let poll = Poll::new().map_err(ServeError::Poll)?;
         let mut listener =
             TcpListener::bind(config.listen).map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
-            .map_err(ServeError::Poll)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(ServeError::Poll)?;
         let event_listener = match &config.events {
             Some(path) => {
                 let socket_err = |source| ServeError::EventSocket { path: path.clone(), source };
                 // A socket file left by a daemon that died is stale: replace it.
-                if std::fs::symlink_metadata(path).is_ok_and(|m| {
-                    std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
-                }) {
+                if std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
                     std::fs::remove_file(path).map_err(socket_err)?;
                 }
                 let mut l = UnixListener::bind(path).map_err(socket_err)?;
-                poll.registry()
-                    .register(&mut l, EVENT_LISTENER, Interest::READABLE)
-                    .map_err(ServeError::Poll)?;
+                poll.registry().register(&mut l, EVENT_LISTENER, Interest::READABLE).map_err(ServeError::Poll)?;
                 Some(l)
             }
             None => None,
@@ -157,7 +153,12 @@ impl Server {
                     token => {
                         let done = match conns.get_mut(&token) {
                             Some(Conn::Peer(peer)) => {
-                                let mut ctx = Context { registry: self.poll.registry(), config: &self.config, image: self.image.as_ref(), notes: Vec::new() };
+                                let mut ctx = Context {
+                                    registry: self.poll.registry(),
+                                    config: &self.config,
+                                    image: self.image.as_ref(),
+                                    notes: Vec::new(),
+                                };
                                 let done = peer.handle(&mut ctx);
                                 let notes = ctx.notes;
                                 broadcast(&mut conns, &notes);

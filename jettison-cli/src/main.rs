@@ -1,2 +1,59 @@
-//! The jettison command line.
-fn main() {}
+//! The `jettison` command: pairs a desktop with a server, runs the desktop's
+//! memserv and the server's memtap, and shows what they are doing.
+
+mod cmd_memserv;
+mod cmd_memtap;
+mod cmd_pair;
+mod cmd_status;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Partial VM migration for idle desktops.
+#[derive(Debug, Parser)]
+#[command(name = "jettison", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the shared key that desktop and server authenticate with.
+    Pair(cmd_pair::Args),
+    /// Desktop: serve a stopped VM's RAM file to memtap.
+    Memserv(cmd_memserv::Args),
+    /// Server: mount the FUSE filesystem holding consolidated VMs' RAM.
+    Memtap(cmd_memtap::Args),
+    /// Show what the consolidated VMs have fetched and dirtied.
+    Status(cmd_status::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JETTISON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pair(args) => cmd_pair::run(args),
+        Command::Memserv(args) => cmd_memserv::run(args),
+        Command::Memtap(args) => cmd_memtap::run(args),
+        Command::Status(args) => cmd_status::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jettison: {}", jettison_wire::chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What every subcommand returns: any error, printed with its causes.
+type CmdResult = Result<(), Box<dyn std::error::Error>>;

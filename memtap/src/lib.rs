@@ -1,2 +1,134 @@
-//! Server side: FUSE file per consolidated VM whose pages arrive on demand.
+//! Server side: a FUSE filesystem with one file per consolidated VM,
+//! `<vm>.ram`, whose pages arrive on demand from the desktop's memserv.
+//!
+//! QEMU on the server maps `<vm>.ram` as the VM's `memory-backend-file`
+//! with `share=on`. A guest touch of a page the kernel has not cached
+//! becomes a FUSE read; memtap answers it from, in order, the VM's dirty
+//! slice, its fetched slice, its zero map, its prefetch cache, or memserv
+//! (waking the desktop first). A remote fault brings a pivot window of
+//! neighbours into the prefetch cache, not into the VM. Pages the guest
+//! writes come back as FUSE writes (writeback) into the dirty slice; an
+//! fsync makes them durable. `<vm>.stats` shows the VM's counters as JSON.
 #![warn(missing_docs)]
+
+mod error;
+mod fs;
+pub mod prefetch;
+mod source;
+pub mod stats;
+mod vm;
+
+pub use error::MemtapError;
+pub use stats::Stats;
+pub use vm::{VmConfig, VmMemory, PAGE_SIZE};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jettison_wire::WakeHook;
+
+/// Threads serving FUSE reads: enough for several vCPUs to fault at once
+/// while one waits for the desktop.
+const READ_WORKERS: usize = 8;
+
+/// A mounted memtap; unmounts when dropped.
+#[derive(Debug)]
+pub struct Mount {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+    vms: Vec<Arc<VmMemory>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Mount {
+    /// Brings up every VM (connecting to its memserv) and mounts the
+    /// filesystem at `mountpoint`.
+    ///
+    /// # Errors
+    /// [`MemtapError`] for the first VM or the mount that failed.
+    pub fn start(mountpoint: &Path, vms: Vec<VmConfig>, wake: Arc<dyn WakeHook>) -> Result<Self, MemtapError> {
+        let mut memories: Vec<Arc<VmMemory>> = Vec::new();
+        for config in vms {
+            if memories.iter().any(|m| m.name() == config.name) {
+                return Err(MemtapError::DuplicateVm(config.name));
+            }
+            memories.push(Arc::new(VmMemory::open(config, Arc::clone(&wake))?));
+        }
+        let (tx, rx) = crossbeam_channel::unbounded::<fs::Job>();
+        let workers = (0..READ_WORKERS)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })
+            })
+            .collect();
+        let filesystem = fs::MemtapFs::new(memories.clone(), tx);
+        let options = [
+            fuser::MountOption::FSName("memtap".into()),
+            fuser::MountOption::Subtype("memtap".into()),
+            fuser::MountOption::DefaultPermissions,
+            fuser::MountOption::NoExec,
+        ];
+        let session = fuser::spawn_mount2(filesystem, mountpoint, &options)
+            .map_err(|source| MemtapError::Mount { path: mountpoint.to_owned(), source })?;
+        tracing::info!(mountpoint = %mountpoint.display(), vms = memories.len(), "memtap mounted");
+        Ok(Mount { session: Some(session), mountpoint: mountpoint.to_owned(), vms: memories, workers })
+    }
+
+    /// Where the filesystem is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The VMs served.
+    pub fn vms(&self) -> &[Arc<VmMemory>] {
+        &self.vms
+    }
+
+    /// Flushes every VM's dirty slice, then unmounts and waits for the
+    /// FUSE session and the read workers to end.
+    ///
+    /// # Errors
+    /// The first flush error, or [`MemtapError::Busy`] when a process (a
+    /// VM's QEMU) still has a file open: the mount is then detached lazily
+    /// and goes away when the last user closes it.
+    pub fn unmount(mut self) -> Result<(), MemtapError> {
+        let flushed = self.vms.iter().try_for_each(|vm| vm.flush());
+        match nix::mount::umount(&self.mountpoint) {
+            Ok(()) => {
+                // The session thread sees the device close and returns; it
+                // drops the filesystem and with it the job sender, so the
+                // workers finish too.
+                if let Some(session) = self.session.take() {
+                    session.join();
+                }
+                for worker in self.workers.drain(..) {
+                    if worker.join().is_err() {
+                        tracing::error!("a memtap read worker panicked");
+                    }
+                }
+                flushed
+            }
+            Err(errno) => {
+                let busy = MemtapError::Busy { path: self.mountpoint.clone(), source: errno.into() };
+                flushed.and(Err(busy))
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else { return };
+        // Not unmounted cleanly (an error path, or still in use): detach, so
+        // the mount disappears once its last user is gone, and do not wait
+        // for threads that may be serving that user.
+        if let Err(e) = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), "cannot detach memtap: {e}");
+        }
+        drop(session);
+    }
+}

@@ -26,25 +26,14 @@ impl GuestImage {
     /// its output (which names what is missing) if it fails.
     pub fn build(repo_root: &Path) -> Result<GuestImage> {
         let script = repo_root.join("scripts/guest-image");
-        let output = Command::new(&script)
-            .output()
-            .map_err(|source| Error::Spawn {
-                binary: script.clone(),
-                source,
-            })?;
+        let output =
+            Command::new(&script).output().map_err(|source| Error::Spawn { binary: script.clone(), source })?;
         if !output.status.success() {
             let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&output.stderr));
-            return Err(Error::GuestImage {
-                script,
-                status: output.status,
-                output: text,
-            });
+            return Err(Error::GuestImage { script, status: output.status, output: text });
         }
         let dir = repo_root.join(".cache/guest");
-        Ok(GuestImage {
-            kernel: dir.join("vmlinuz"),
-            initrd: dir.join("initramfs.img"),
-        })
+        Ok(GuestImage { kernel: dir.join("vmlinuz"), initrd: dir.join("initramfs.img") })
     }
 }

@@ -76,10 +76,7 @@ pub fn load_device_state(qmp: &mut Qmp, path: &Path) -> Result<()> {
 
 fn ignore_shared_ram(qmp: &mut Qmp) -> Result<()> {
     let capabilities = json!([{ "capability": "x-ignore-shared", "state": true }]);
-    qmp.execute(
-        "migrate-set-capabilities",
-        Some(json!({ "capabilities": capabilities })),
-    )?;
+    qmp.execute("migrate-set-capabilities", Some(json!({ "capabilities": capabilities })))?;
     Ok(())
 }
 
@@ -101,10 +98,7 @@ fn file_channel(path: &Path) -> Result<Value> {
 /// destination it turns `completed` only after the run state is set, so the
 /// VM is ready for `cont` once this returns.
 fn wait_for_migration(qmp: &mut Qmp, direction: &'static str, path: &Path) -> Result<()> {
-    let what = format!(
-        "the device state {direction} ({}) to finish",
-        path.display()
-    );
+    let what = format!("the device state {direction} ({}) to finish", path.display());
     poll_until(&what, MIGRATION_TIMEOUT, || {
         let info = qmp.execute("query-migrate", None)?;
         match info["status"].as_str() {
@@ -112,10 +106,7 @@ fn wait_for_migration(qmp: &mut Qmp, direction: &'static str, path: &Path) -> Re
             Some("failed" | "cancelled") => Err(Error::MigrationFailed {
                 direction,
                 path: path.to_owned(),
-                desc: info["error-desc"]
-                    .as_str()
-                    .unwrap_or("QEMU gave no reason")
-                    .to_owned(),
+                desc: info["error-desc"].as_str().unwrap_or("QEMU gave no reason").to_owned(),
             }),
             // No status yet, or setup/active/device: still going.
             _ => Ok(None),

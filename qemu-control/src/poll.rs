@@ -15,21 +15,14 @@ const INTERVAL: Duration = Duration::from_millis(50);
 /// Calls `probe` until it yields a value, fails, or `timeout` has passed.
 ///
 /// `what` names the awaited thing for the [`Error::Timeout`] message.
-pub(crate) fn poll_until<T>(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
+pub(crate) fn poll_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let start = Instant::now();
     loop {
         if let Some(value) = probe()? {
             return Ok(value);
         }
         if start.elapsed() >= timeout {
-            return Err(Error::Timeout {
-                what: what.to_owned(),
-                secs: timeout.as_secs_f64(),
-            });
+            return Err(Error::Timeout { what: what.to_owned(), secs: timeout.as_secs_f64() });
         }
         sleep(INTERVAL);
     }

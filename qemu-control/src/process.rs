@@ -52,20 +52,12 @@ impl QemuProcess {
         // A socket left by an earlier QEMU would look like this one is up.
         match fs::remove_file(&socket) {
             Err(err) if err.kind() != ErrorKind::NotFound => {
-                return Err(Error::File {
-                    action: "remove the stale QMP socket",
-                    path: socket,
-                    source: err,
-                })
+                return Err(Error::File { action: "remove the stale QMP socket", path: socket, source: err })
             }
             _ => {}
         }
         let output_log = spec.output_log();
-        let log_error = |source| Error::File {
-            action: "create QEMU's output log",
-            path: output_log.clone(),
-            source,
-        };
+        let log_error = |source| Error::File { action: "create QEMU's output log", path: output_log.clone(), source };
         let stdout = File::create(&output_log).map_err(log_error)?;
         let stderr = stdout.try_clone().map_err(log_error)?;
         tracing::debug!(args = ?spec.args(), "starting {QEMU_BINARY}");
@@ -75,22 +67,10 @@ impl QemuProcess {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .map_err(|source| Error::Spawn {
-                binary: QEMU_BINARY.into(),
-                source,
-            })?;
-        let mut process = QemuProcess {
-            child,
-            qmp_socket: socket,
-            serial: SerialLog::new(spec.serial_log()),
-            output_log,
-        };
-        let QemuProcess {
-            child,
-            qmp_socket,
-            output_log,
-            ..
-        } = &mut process;
+            .map_err(|source| Error::Spawn { binary: QEMU_BINARY.into(), source })?;
+        let mut process =
+            QemuProcess { child, qmp_socket: socket, serial: SerialLog::new(spec.serial_log()), output_log };
+        let QemuProcess { child, qmp_socket, output_log, .. } = &mut process;
         poll_until("QEMU to create its QMP socket", START_TIMEOUT, || {
             check_running(child, output_log, "starting")?;
             Ok(qmp_socket.exists().then_some(()))
@@ -136,12 +116,7 @@ impl QemuProcess {
     /// # Errors
     /// [`Error::Timeout`], or [`Error::Exited`] as soon as QEMU quits.
     pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
-        let QemuProcess {
-            child,
-            serial,
-            output_log,
-            ..
-        } = self;
+        let QemuProcess { child, serial, output_log, .. } = self;
         let what = format!("a line starting with {prefix:?}");
         serial.wait_for(
             &what,
@@ -156,12 +131,7 @@ impl QemuProcess {
     /// # Errors
     /// [`Error::Timeout`], or [`Error::Exited`] as soon as QEMU quits.
     pub fn wait_for_count_above(&mut self, min: u64, timeout: Duration) -> Result<u64> {
-        let QemuProcess {
-            child,
-            serial,
-            output_log,
-            ..
-        } = self;
+        let QemuProcess { child, serial, output_log, .. } = self;
         let what = format!("JTCOUNT above {min}");
         serial.wait_for(
             &what,
@@ -182,9 +152,7 @@ impl Drop for QemuProcess {
 
 /// `Ok` while `child` runs; [`Error::Exited`] quoting its output once it has quit.
 fn check_running(child: &mut Child, output_log: &Path, during: &str) -> Result<()> {
-    let status = child
-        .try_wait()
-        .expect("waitpid on our own unreaped child cannot fail");
+    let status = child.try_wait().expect("waitpid on our own unreaped child cannot fail");
     match status {
         None => Ok(()),
         Some(status) => Err(Error::Exited {

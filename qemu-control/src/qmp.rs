@@ -53,10 +53,7 @@ impl Qmp {
             match UnixStream::connect(socket) {
                 Ok(stream) => break stream,
                 Err(source) if Instant::now() >= deadline => {
-                    return Err(Error::QmpConnect {
-                        socket: socket.to_owned(),
-                        source,
-                    })
+                    return Err(Error::QmpConnect { socket: socket.to_owned(), source })
                 }
                 Err(_) => sleep(Duration::from_millis(50)),
             }
@@ -89,10 +86,7 @@ impl Qmp {
         tracing::debug!(socket = %self.socket.display(), %request, "QMP command");
         let mut line = request.to_string().into_bytes();
         line.push(b'\n');
-        self.reader
-            .get_mut()
-            .write_all(&line)
-            .map_err(|source| self.io_error(source))?;
+        self.reader.get_mut().write_all(&line).map_err(|source| self.io_error(source))?;
 
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let what = format!("the reply to QMP command {command}");
@@ -104,11 +98,7 @@ impl Qmp {
                 return Ok(reply.take());
             } else if let Some(error) = message.get("error") {
                 let field = |name: &str| error[name].as_str().unwrap_or("?").to_owned();
-                return Err(Error::Command {
-                    command: command.to_owned(),
-                    class: field("class"),
-                    desc: field("desc"),
-                });
+                return Err(Error::Command { command: command.to_owned(), class: field("class"), desc: field("desc") });
             } else {
                 return Err(self.protocol(format!("expected a reply to {command}, got {message}")));
             }
@@ -124,10 +114,7 @@ impl Qmp {
     /// protocol errors.
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Value> {
         if let Some(at) = self.events.iter().position(|event| is_event(event, name)) {
-            return Ok(self
-                .events
-                .remove(at)
-                .expect("position() just found this index"));
+            return Ok(self.events.remove(at).expect("position() just found this index"));
         }
         let deadline = Instant::now() + timeout;
         let what = format!("QMP event {name}");
@@ -162,24 +149,16 @@ impl Qmp {
                     secs: timeout.as_secs_f64(),
                 });
             }
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(remaining))
-                .map_err(|source| self.io_error(source))?;
+            self.reader.get_ref().set_read_timeout(Some(remaining)).map_err(|source| self.io_error(source))?;
             match self.reader.read_until(b'\n', &mut self.partial) {
                 Ok(0) => {
-                    let eof =
-                        io::Error::new(ErrorKind::UnexpectedEof, "QEMU closed the QMP connection");
+                    let eof = io::Error::new(ErrorKind::UnexpectedEof, "QEMU closed the QMP connection");
                     return Err(self.io_error(eof));
                 }
                 Ok(_) if self.partial.ends_with(b"\n") => {
                     let line = std::mem::take(&mut self.partial);
-                    return serde_json::from_slice(&line).map_err(|err| {
-                        self.protocol(format!(
-                            "not JSON ({err}): {}",
-                            String::from_utf8_lossy(&line)
-                        ))
-                    });
+                    return serde_json::from_slice(&line)
+                        .map_err(|err| self.protocol(format!("not JSON ({err}): {}", String::from_utf8_lossy(&line))));
                 }
                 // No newline yet: the next read returns 0 if QEMU went away.
                 Ok(_) => {}
@@ -190,17 +169,11 @@ impl Qmp {
     }
 
     fn io_error(&self, source: io::Error) -> Error {
-        Error::QmpIo {
-            socket: self.socket.clone(),
-            source,
-        }
+        Error::QmpIo { socket: self.socket.clone(), source }
     }
 
     fn protocol(&self, detail: String) -> Error {
-        Error::QmpProtocol {
-            socket: self.socket.clone(),
-            detail,
-        }
+        Error::QmpProtocol { socket: self.socket.clone(), detail }
     }
 }
 
@@ -210,8 +183,5 @@ fn is_event(message: &Value, name: &str) -> bool {
 
 /// A read timeout (the deadline is checked by the caller) or a signal.
 fn is_retryable(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-    )
+    matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
 }

@@ -43,11 +43,7 @@ impl SerialLog {
         match fs::read(&self.path) {
             Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
             Err(err) if err.kind() == ErrorKind::NotFound => Ok(String::new()),
-            Err(source) => Err(Error::File {
-                action: "read the serial log",
-                path: self.path.clone(),
-                source,
-            }),
+            Err(source) => Err(Error::File { action: "read the serial log", path: self.path.clone(), source }),
         }
     }
 
@@ -94,9 +90,7 @@ pub(crate) fn find_line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// The values of the complete `JTCOUNT <n>` lines of `text`.
 pub(crate) fn counts(text: &str) -> impl Iterator<Item = u64> + '_ {
-    complete_lines(text)
-        .filter_map(|line| line.strip_prefix(COUNT_PREFIX))
-        .filter_map(|n| n.trim().parse().ok())
+    complete_lines(text).filter_map(|line| line.strip_prefix(COUNT_PREFIX)).filter_map(|n| n.trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -58,11 +58,7 @@ impl VmSpec {
     /// A 256 MiB TCG VM booting `guest` with its RAM in `ram_file` (created
     /// by QEMU if missing, reused as-is if present) and its other files in
     /// `run_dir`.
-    pub fn new(
-        guest: &GuestImage,
-        ram_file: impl Into<PathBuf>,
-        run_dir: impl Into<PathBuf>,
-    ) -> VmSpec {
+    pub fn new(guest: &GuestImage, ram_file: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> VmSpec {
         VmSpec {
             guest: guest.clone(),
             ram_file: ram_file.into(),
@@ -230,19 +226,12 @@ mod tests {
     use super::*;
 
     fn spec() -> VmSpec {
-        let guest = GuestImage {
-            kernel: "/g/vmlinuz".into(),
-            initrd: "/g/initramfs.img".into(),
-        };
+        let guest = GuestImage { kernel: "/g/vmlinuz".into(), initrd: "/g/initramfs.img".into() };
         VmSpec::new(&guest, "/vm/ram,1", "/run/vm")
     }
 
     fn joined(spec: &VmSpec) -> String {
-        let args: Vec<String> = spec
-            .args()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args: Vec<String> = spec.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         args.join(" ")
     }
 
@@ -251,12 +240,7 @@ mod tests {
         let line = joined(&spec().memory_mib(512));
         assert!(line.contains("-machine q35,memory-backend=ram0"), "{line}");
         assert!(line.contains("-m 512M"), "{line}");
-        assert!(
-            line.contains(
-                "-object memory-backend-file,id=ram0,size=512M,share=on,mem-path=/vm/ram,,1"
-            ),
-            "{line}"
-        );
+        assert!(line.contains("-object memory-backend-file,id=ram0,size=512M,share=on,mem-path=/vm/ram,,1"), "{line}");
     }
 
     #[test]
@@ -264,12 +248,11 @@ mod tests {
         let spec = spec();
         let line = joined(&spec);
         assert_eq!(spec.qmp_socket(), Path::new("/run/vm/qmp.sock"));
+        assert!(line.contains("-chardev file,id=ser0,path=/run/vm/serial.log -serial chardev:ser0"), "{line}");
         assert!(
-            line.contains("-chardev file,id=ser0,path=/run/vm/serial.log -serial chardev:ser0"),
-            "{line}"
-        );
-        assert!(
-            line.contains("-chardev socket,id=qmp0,path=/run/vm/qmp.sock,server=on,wait=off -mon chardev=qmp0,mode=control"),
+            line.contains(
+                "-chardev socket,id=qmp0,path=/run/vm/qmp.sock,server=on,wait=off -mon chardev=qmp0,mode=control"
+            ),
             "{line}"
         );
     }
@@ -279,9 +262,7 @@ mod tests {
         let line = joined(&spec());
         assert!(line.contains("-accel tcg -cpu max"), "{line}");
         assert!(!line.contains("-incoming"), "{line}");
-        assert!(spec()
-            .args()
-            .contains(&OsString::from("console=ttyS0 panic=-1")));
+        assert!(spec().args().contains(&OsString::from("console=ttyS0 panic=-1")));
     }
 
     #[test]
@@ -296,21 +277,12 @@ mod tests {
         let line = joined(&spec);
         assert!(line.contains("-accel kvm -cpu host"), "{line}");
         assert!(args.contains(&OsString::from("console=ttyS0 panic=-1 jt.fill=64")));
-        assert!(
-            line.ends_with("-incoming defer -device virtio-balloon-pci"),
-            "{line}"
-        );
+        assert!(line.ends_with("-incoming defer -device virtio-balloon-pci"), "{line}");
     }
 
     #[test]
     fn option_paths_double_commas_only() {
-        assert_eq!(
-            option_with_path("path=", Path::new("/a,b,,c")),
-            OsString::from("path=/a,,b,,,,c")
-        );
-        assert_eq!(
-            option_with_path("path=", Path::new("/plain")),
-            OsString::from("path=/plain")
-        );
+        assert_eq!(option_with_path("path=", Path::new("/a,b,,c")), OsString::from("path=/a,,b,,,,c"));
+        assert_eq!(option_with_path("path=", Path::new("/plain")), OsString::from("path=/plain"));
     }
 }

@@ -110,7 +110,8 @@ impl Client {
     /// when the server hung up, [`WireError::Decode`] on a bad frame.
     pub fn recv(&mut self) -> Result<Response, WireError> {
         loop {
-            let body = self.frames.next_body().map_err(|source| WireError::Decode { peer: self.peer.clone(), source })?;
+            let body =
+                self.frames.next_body().map_err(|source| WireError::Decode { peer: self.peer.clone(), source })?;
             if let Some(body) = body {
                 return Response::decode_body(&body)
                     .map_err(|source| WireError::Decode { peer: self.peer.clone(), source });

@@ -50,8 +50,7 @@ impl SharedKey {
     /// [`WireError::BadKey`] naming `origin` when the text is not a key.
     pub fn from_hex(text: &str, origin: &str) -> Result<Self, WireError> {
         let bytes = hex::decode(text.trim()).map_err(|_| WireError::BadKey { origin: origin.to_owned() })?;
-        let bytes: [u8; KEY_LEN] =
-            bytes.try_into().map_err(|_| WireError::BadKey { origin: origin.to_owned() })?;
+        let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| WireError::BadKey { origin: origin.to_owned() })?;
         Ok(SharedKey(bytes))
     }
 

@@ -395,8 +395,7 @@ pub trait Message: Encode + Decode<()> + Sized {
 
     /// Encodes into a frame body.
     fn encode_body(&self) -> Vec<u8> {
-        bincode::encode_to_vec(self, config())
-            .expect("encoding to a Vec cannot fail: no size limit is set on encode")
+        bincode::encode_to_vec(self, config()).expect("encoding to a Vec cannot fail: no size limit is set on encode")
     }
 
     /// Decodes a frame body, rejecting trailing bytes and broken limits.
@@ -407,8 +406,7 @@ pub trait Message: Encode + Decode<()> + Sized {
         if body.len() > MAX_FRAME {
             return Err(DecodeError::FrameTooLarge { len: body.len() as u64 });
         }
-        let (msg, used): (Self, usize) =
-            bincode::decode_from_slice(body, config()).map_err(DecodeError::Bincode)?;
+        let (msg, used): (Self, usize) = bincode::decode_from_slice(body, config()).map_err(DecodeError::Bincode)?;
         if used != body.len() {
             return Err(DecodeError::TrailingBytes { extra: body.len() - used });
         }
@@ -425,10 +423,7 @@ fn config() -> bincode::config::Configuration<
     bincode::config::Varint,
     bincode::config::Limit<MAX_FRAME>,
 > {
-    bincode::config::standard()
-        .with_little_endian()
-        .with_variable_int_encoding()
-        .with_limit::<MAX_FRAME>()
+    bincode::config::standard().with_little_endian().with_variable_int_encoding().with_limit::<MAX_FRAME>()
 }
 
 impl Message for Hello {
@@ -595,8 +590,7 @@ mod tests {
         let ranges = vec![ByteRange::new(0, 1); MAX_RANGES + 1];
         let body = Request::read(1, ranges).encode_body();
         assert!(matches!(Request::decode_body(&body), Err(DecodeError::Limit(_))));
-        let body = Response::Error { id: 1, kind: ErrorKind::Io, detail: "y".repeat(MAX_DETAIL + 1) }
-            .encode_body();
+        let body = Response::Error { id: 1, kind: ErrorKind::Io, detail: "y".repeat(MAX_DETAIL + 1) }.encode_body();
         assert!(matches!(Response::decode_body(&body), Err(DecodeError::Limit(_))));
     }
 

@@ -113,9 +113,7 @@ impl Responder {
     }
 }
 
-fn write_prefixed(
-    write: impl FnOnce(&mut [u8]) -> Result<usize, snow::Error>,
-) -> Result<Vec<u8>, WireError> {
+fn write_prefixed(write: impl FnOnce(&mut [u8]) -> Result<usize, snow::Error>) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; RECORD_HEADER_LEN + MAX_RECORD];
     let n = write(&mut out[RECORD_HEADER_LEN..]).map_err(WireError::Crypto)?;
     out[..RECORD_HEADER_LEN].copy_from_slice(&(n as u16).to_le_bytes());
@@ -144,10 +142,8 @@ impl Transport {
         for piece in plaintext.chunks(MAX_RECORD_PLAINTEXT) {
             let start = out.len();
             out.resize(start + RECORD_HEADER_LEN + piece.len() + TAG_LEN, 0);
-            let n = self
-                .noise
-                .write_message(piece, &mut out[start + RECORD_HEADER_LEN..])
-                .map_err(WireError::Crypto)?;
+            let n =
+                self.noise.write_message(piece, &mut out[start + RECORD_HEADER_LEN..]).map_err(WireError::Crypto)?;
             out[start..start + RECORD_HEADER_LEN].copy_from_slice(&(n as u16).to_le_bytes());
             out.truncate(start + RECORD_HEADER_LEN + n);
         }

@@ -4,8 +4,7 @@
 use crate::error::{DecodeError, WireError};
 use crate::key::SharedKey;
 use crate::protocol::{
-    frame, FrameReader, Hello, HelloReply, Message, Preamble, PreambleStatus, Request, Response, PREAMBLE_LEN,
-    VERSION,
+    frame, FrameReader, Hello, HelloReply, Message, Preamble, PreambleStatus, Request, Response, PREAMBLE_LEN, VERSION,
 };
 use crate::secure::{RecordReader, Responder, Transport};
 

@@ -3,44 +3,17 @@
 //! its QEMU killed, and a second QEMU on the same RAM file carries on
 //! counting where the first stopped.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jettison_qemu::{load_device_state, save_device_state, Error, GuestImage, VmSpec};
-
-/// Generous: TCG on a shared 2-core machine.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const COUNT_TIMEOUT: Duration = Duration::from_secs(60);
+use jettison_tests::{guest, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 /// Guest RAM filled with random data before counting, so the RAM file holds
 /// real content that must not end up in the device state.
 const FILL_MIB: u64 = 32;
 
-/// The test guest, built if needed; `None` (after saying why) when this
-/// machine cannot run the test: no TCG QEMU, or no way to build the guest.
 fn guest_or_skip() -> Option<GuestImage> {
-    let skip = |reason: String| {
-        eprintln!("SKIPPED: {reason}");
-        None
-    };
-    match Command::new("qemu-system-x86_64")
-        .args(["-accel", "help"])
-        .output()
-    {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("tcg") => {}
-        Ok(_) => return skip("qemu-system-x86_64 has no TCG accelerator".to_owned()),
-        Err(err) => {
-            return skip(format!(
-                "qemu-system-x86_64 not runnable ({err}); run scripts/install-deps"
-            ))
-        }
-    }
-    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    match GuestImage::build(&repo_root) {
-        Ok(guest) => Some(guest),
-        Err(err) => skip(format!("no test guest image: {err}")),
-    }
+    guest().map_err(skip).ok()
 }
 
 #[test]
@@ -50,27 +23,16 @@ fn restored_guest_continues_counting_from_the_checkpoint() {
     let ram_file = dir.path().join("ram");
     let state_file = dir.path().join("device-state");
     let spec = |run: &str| {
-        VmSpec::new(&guest, &ram_file, dir.path().join(run))
-            .memory_mib(256)
-            .kernel_args(&format!("jt.fill={FILL_MIB}"))
+        VmSpec::new(&guest, &ram_file, dir.path().join(run)).memory_mib(256).kernel_args(&format!("jt.fill={FILL_MIB}"))
     };
 
     // First life: boot, fill memory, count a little, save.
     let started = Instant::now();
     let mut first = spec("first").spawn().expect("start the first QEMU");
-    first
-        .wait_for_line(&format!("JTFILLED {FILL_MIB}"), BOOT_TIMEOUT)
-        .expect("guest fills its RAM");
-    first
-        .wait_for_line("JTREADY", BOOT_TIMEOUT)
-        .expect("guest boots");
-    eprintln!(
-        "boot and {FILL_MIB} MiB fill took {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    first
-        .wait_for_count_above(3, COUNT_TIMEOUT)
-        .expect("guest counts");
+    first.wait_for_line(&format!("JTFILLED {FILL_MIB}"), BOOT_TIMEOUT).expect("guest fills its RAM");
+    first.wait_for_line("JTREADY", BOOT_TIMEOUT).expect("guest boots");
+    eprintln!("boot and {FILL_MIB} MiB fill took {:.1} s", started.elapsed().as_secs_f64());
+    first.wait_for_count_above(3, COUNT_TIMEOUT).expect("guest counts");
     let mut qmp = first.connect_qmp().expect("QMP to the first QEMU");
     let saved_bytes = save_device_state(&mut qmp, &state_file).expect("save the device state");
     let count_at_stop = first
@@ -80,9 +42,7 @@ fn restored_guest_continues_counting_from_the_checkpoint() {
         .last()
         .copied()
         .expect("the guest counted before the stop");
-    eprintln!(
-        "device state: {saved_bytes} bytes for a 256 MiB guest; count at stop: {count_at_stop}"
-    );
+    eprintln!("device state: {saved_bytes} bytes for a 256 MiB guest; count at stop: {count_at_stop}");
     assert!(
         saved_bytes < 16 << 20,
         "device state is {saved_bytes} bytes: guest RAM went into the stream (x-ignore-shared not in effect?)"
@@ -91,31 +51,19 @@ fn restored_guest_continues_counting_from_the_checkpoint() {
     drop(first);
 
     // Second life: same RAM file, device state loaded instead of booting.
-    let mut second = spec("second")
-        .incoming_defer()
-        .spawn()
-        .expect("start the second QEMU");
+    let mut second = spec("second").incoming_defer().spawn().expect("start the second QEMU");
     let mut qmp = second.connect_qmp().expect("QMP to the second QEMU");
     load_device_state(&mut qmp, &state_file).expect("load the device state");
-    qmp.execute("cont", None)
-        .expect("resume the restored guest");
-    let resumed = second
-        .wait_for_count_above(count_at_stop + 2, COUNT_TIMEOUT)
-        .expect("restored guest keeps counting");
+    qmp.execute("cont", None).expect("resume the restored guest");
+    let resumed = second.wait_for_count_above(count_at_stop + 2, COUNT_TIMEOUT).expect("restored guest keeps counting");
 
-    let counts = second
-        .serial()
-        .counts()
-        .expect("read the second serial log");
+    let counts = second.serial().counts().expect("read the second serial log");
     assert!(
         counts.first().is_some_and(|&first| first > count_at_stop),
         "restored guest counted {counts:?}, expected to carry on after {count_at_stop}"
     );
     let log = second.serial().read().expect("read the second serial log");
-    assert!(
-        !log.contains("JTREADY"),
-        "restored guest booted again:\n{log}"
-    );
+    assert!(!log.contains("JTREADY"), "restored guest booted again:\n{log}");
     eprintln!("counter went on from {count_at_stop} to {resumed} after the restore");
 }
 
@@ -129,9 +77,7 @@ fn loading_a_corrupt_device_state_reports_qemus_reason() {
     let mut qemu = spec.spawn().expect("start QEMU");
     let mut qmp = qemu.connect_qmp().expect("QMP to QEMU");
     match load_device_state(&mut qmp, &state_file) {
-        Err(Error::MigrationFailed {
-            direction, desc, ..
-        }) => {
+        Err(Error::MigrationFailed { direction, desc, .. }) => {
             assert_eq!(direction, "load");
             assert!(!desc.is_empty());
             eprintln!("QEMU said: {desc}");

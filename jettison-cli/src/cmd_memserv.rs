@@ -1,0 +1,49 @@
+//! `jettison memserv`: the desktop's page server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use jettison_image_server::ServeConfig;
+use jettison_wire::{Service, SharedKey};
+
+use crate::signals::block_stop_signals;
+use crate::CmdResult;
+
+/// Arguments of `jettison memserv`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The VM's name (the export memtap asks for).
+    #[arg(long)]
+    vm: String,
+    /// The stopped VM's RAM file (its memory-backend-file).
+    #[arg(long)]
+    ram: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7410")]
+    listen: SocketAddr,
+    /// The shared key made by `jettison pair`.
+    #[arg(long, default_value = "/etc/jettison/jettison.key")]
+    key: PathBuf,
+    /// Unix socket on which every request is reported (for the power policy).
+    #[arg(long)]
+    events: Option<PathBuf>,
+}
+
+/// Serves until SIGINT or SIGTERM.
+pub fn run(args: Args) -> CmdResult {
+    let wait_for_signal = block_stop_signals()?;
+    let key = SharedKey::load(&args.key)?;
+    let config =
+        ServeConfig { listen: args.listen, key, service: Service::Memory, export: args.vm, events: args.events };
+    let server = memserv::bind(&args.ram, config)?;
+    println!("memserv: serving {} on {}", args.ram.display(), server.local_addr()?);
+    let stop = server.stop_handle();
+    std::thread::spawn(move || {
+        if let Some(signal) = wait_for_signal() {
+            tracing::info!("{signal}: stopping");
+        }
+        stop.stop();
+    });
+    server.run()?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `jettison memtap`: the server's FUSE filesystem of consolidated VMs' RAM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+use memtap::{Mount, VmConfig};
+
+use crate::signals::block_stop_signals;
+use crate::CmdResult;
+
+/// Arguments of `jettison memtap`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to mount (must exist).
+    #[arg(long, default_value = "/run/jettison/memtap")]
+    mount: PathBuf,
+    /// A consolidated VM and its desktop's memserv, as NAME=HOST:PORT; repeat for more VMs.
+    #[arg(long = "vm", value_parser = parse_vm, required = true)]
+    vms: Vec<(String, String)>,
+    /// Where the VMs' fetched and dirty slices live (one directory per VM).
+    #[arg(long, default_value = "/var/lib/jettison/slices")]
+    state_dir: PathBuf,
+    /// The shared key made by `jettison pair`.
+    #[arg(long, default_value = "/etc/jettison/jettison.key")]
+    key: PathBuf,
+    /// Pages fetched around each faulting page.
+    #[arg(long, default_value_t = memtap::prefetch::DEFAULT_PIVOT_WINDOW)]
+    pivot_window: u64,
+    /// Size of each VM's prefetch cache, in MiB.
+    #[arg(long, default_value_t = (memtap::prefetch::DEFAULT_CACHE_BYTES >> 20) as u64)]
+    cache_mib: u64,
+}
+
+fn parse_vm(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, addr)) if !name.is_empty() && !addr.is_empty() => Ok((name.to_owned(), addr.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=HOST:PORT (for example vm1=desktop1:7410)")),
+    }
+}
+
+/// Mounts and serves until SIGINT or SIGTERM, then flushes and unmounts.
+pub fn run(args: Args) -> CmdResult {
+    let wait_for_signal = block_stop_signals()?;
+    let key = SharedKey::load(&args.key)?;
+    let configs = args
+        .vms
+        .iter()
+        .map(|(name, addr)| {
+            let hello = Hello { service: Service::Memory, export: name.clone() };
+            let mut config =
+                VmConfig::new(name, args.state_dir.join(name), RemoteConfig::new(addr, key.clone(), hello));
+            config.pivot_window = args.pivot_window;
+            config.cache_bytes = (args.cache_mib as usize) << 20;
+            config
+        })
+        .collect();
+    let mount = Mount::start(&args.mount, configs, Arc::new(NoWake))?;
+    println!("memtap: mounted at {}", args.mount.display());
+    if let Some(signal) = wait_for_signal() {
+        tracing::info!("{signal}: flushing and unmounting");
+    }
+    mount.unmount()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_argument_needs_name_and_address() {
+        assert_eq!(parse_vm("vm1=10.0.0.2:7410").unwrap(), ("vm1".into(), "10.0.0.2:7410".into()));
+        assert!(parse_vm("vm1").is_err());
+        assert!(parse_vm("=x:1").is_err());
+        assert!(parse_vm("vm1=").is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! memserv and memtap on loopback with a real FUSE mount: a process maps
+//! the VM's RAM file shared, touches pages, and sees the desktop's bytes;
+//! pages it writes land in the dirty slice; the desktop's file is unchanged;
+//! a memserv that vanishes makes memtap wait and retry, not fail.
+#![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jettison_slice_store::{SliceStore, UnitState};
+use jettison_tests::{fuse_available, skip, Memserv};
+use jettison_wire::{SharedKey, WakeHook};
+use memmap2::MmapOptions;
+use memtap::{Mount, VmConfig};
+
+const PAGES: u64 = 4096; // 16 MiB
+const PAGE: usize = 4096;
+
+/// The desktop's RAM file: page p holds bytes derived from p, except every
+/// 5th page is zero and pages 100..200 are a hole.
+fn desktop_ram(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let mut bytes = vec![0u8; PAGES as usize * PAGE];
+    for p in 0..PAGES as usize {
+        if p % 5 == 0 || (100..200).contains(&p) {
+            continue;
+        }
+        for (i, b) in bytes[p * PAGE..(p + 1) * PAGE].iter_mut().enumerate() {
+            *b = ((p * 13 + i) % 253) as u8 + 1;
+        }
+    }
+    let path = dir.join("desktop-vm1.ram");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(bytes.len() as u64).unwrap();
+    use std::os::unix::fs::FileExt;
+    for p in 0..PAGES as usize {
+        if !(100..200).contains(&p) {
+            f.write_all_at(&bytes[p * PAGE..(p + 1) * PAGE], (p * PAGE) as u64).unwrap();
+        }
+    }
+    (path, bytes)
+}
+
+/// Counts wake-ups.
+#[derive(Debug, Default)]
+struct CountingWake(AtomicU64);
+impl WakeHook for CountingWake {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn vm_config(dir: &Path, server: &Memserv, key: &SharedKey) -> VmConfig {
+    let mut config = VmConfig::new("vm1", dir.join("slices"), server.remote("vm1", key));
+    // The descriptor's zero map: the hole (pages 100..200).
+    config.zero_pages = vec![100..200];
+    config
+}
+
+fn stats(mnt: &Path) -> memtap::Stats {
+    serde_json::from_slice(&std::fs::read(mnt.join("vm1.stats")).unwrap()).unwrap()
+}
+
+#[test]
+fn mapped_pages_match_the_desktop_and_writes_become_dirty() {
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, bytes) = desktop_ram(dir.path());
+    let before = std::fs::read(&ram).unwrap();
+    let key = SharedKey::generate();
+    let server = Memserv::start(&ram, "vm1", &key, "127.0.0.1:0");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let wake = Arc::new(CountingWake::default());
+    let mount = Mount::start(&mnt, vec![vm_config(dir.path(), &server, &key)], wake.clone()).unwrap();
+
+    let file = OpenOptions::new().read(true).write(true).open(mnt.join("vm1.ram")).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), PAGES * PAGE as u64);
+    // SAFETY: the file is ours for the test; nobody truncates it.
+    let mut map = unsafe { MmapOptions::new().map_mut(&file) }.unwrap();
+
+    // Touch every 7th page first: each is a fault with its window prefetched.
+    for p in (0..PAGES as usize).step_by(7) {
+        assert_eq!(map[p * PAGE..(p + 1) * PAGE], bytes[p * PAGE..(p + 1) * PAGE], "page {p}");
+    }
+    let s = stats(&mnt);
+    assert!(s.remote_fetches > 0 && s.pages_fetched > 0, "{s:?}");
+    assert!(s.prefetch_hits > 0, "touching every 7th page should hit the 20-page window: {s:?}");
+    // Then every byte.
+    assert!(map[..] == bytes[..], "mapped RAM differs from the desktop's");
+    let s = stats(&mnt);
+    eprintln!("{}", s.summary());
+    assert_eq!(s.zero_pages_served, 100, "the hole comes from the zero map: {s:?}");
+    assert!(s.pages_fetched <= PAGES - 100, "a page in the zero map was fetched: {s:?}");
+    assert!(wake.0.load(Ordering::SeqCst) >= s.remote_fetches, "every fetch asks the wake hook first");
+
+    // Write some pages whole, one partially; flush them to memtap.
+    let written: Vec<usize> = vec![3, 150, 1000, 4095];
+    for &p in &written {
+        map[p * PAGE..(p + 1) * PAGE].fill(0xEE);
+    }
+    map[2000 * PAGE + 10] = 0x42;
+    map.flush().unwrap();
+    file.sync_all().unwrap();
+    let s = stats(&mnt);
+    assert_eq!(s.dirty_pages, written.len() as u64 + 1, "{s:?}");
+    drop(map);
+    drop(file);
+    mount.unmount().unwrap();
+    drop(server);
+
+    // The dirty slice holds exactly what the process wrote.
+    let store = SliceStore::open(dir.path().join("slices"), PAGE as u32, PAGES * PAGE as u64).unwrap();
+    let mut page = vec![0u8; PAGE];
+    for &p in &written {
+        assert_eq!(store.read_unit(p as u64, &mut page).unwrap(), UnitState::Dirty);
+        assert!(page.iter().all(|&b| b == 0xEE), "page {p}");
+    }
+    assert_eq!(store.read_unit(2000, &mut page).unwrap(), UnitState::Dirty);
+    let mut want = bytes[2000 * PAGE..2001 * PAGE].to_vec();
+    want[10] = 0x42;
+    assert_eq!(page, want);
+    assert_eq!(std::fs::read(&ram).unwrap(), before, "the desktop's RAM file changed");
+}
+
+#[test]
+fn a_vanished_memserv_makes_the_reader_wait_not_fail() {
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, bytes) = desktop_ram(dir.path());
+    let key = SharedKey::generate();
+    let server = Memserv::start(&ram, "vm1", &key, "127.0.0.1:0");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let wake = Arc::new(CountingWake::default());
+    let mount = Mount::start(&mnt, vec![vm_config(dir.path(), &server, &key)], wake.clone()).unwrap();
+    let path = mnt.join("vm1.ram");
+    let file = std::fs::File::open(&path).unwrap();
+    // SAFETY: read-only view of our own test file.
+    let map = unsafe { MmapOptions::new().map(&file) }.unwrap();
+    assert_eq!(map[PAGE..2 * PAGE], bytes[PAGE..2 * PAGE]);
+
+    // The desktop goes away.
+    let addr = server.addr.clone();
+    drop(server);
+    let wakes_before = wake.0.load(Ordering::SeqCst);
+    let reader = std::thread::spawn(move || {
+        let p = 3000;
+        let got = map[p * PAGE..(p + 1) * PAGE].to_vec();
+        (got, map)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!reader.is_finished(), "the read should wait for the desktop");
+    // It comes back on the same address.
+    let _server = Memserv::start(&ram, "vm1", &key, &addr);
+    let (got, map) = reader.join().unwrap();
+    assert_eq!(got, bytes[3000 * PAGE..3001 * PAGE]);
+    drop(map);
+    drop(file);
+    assert!(wake.0.load(Ordering::SeqCst) > wakes_before + 1, "retries go through the wake hook");
+    mount.unmount().unwrap();
+}
