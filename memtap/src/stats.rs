@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 /// Live counters, updated by the FUSE handlers.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// FUSE read requests (with kernel readahead off, one per fault).
+    pub read_requests: AtomicU64,
     /// Pages the guest read through FUSE (page-cache misses: its faults).
     pub faults: AtomicU64,
     /// Requests sent to memserv.
@@ -40,6 +42,8 @@ pub struct Stats {
     pub vm: String,
     /// Size of its RAM in bytes.
     pub ram_bytes: u64,
+    /// See [`Counters::read_requests`].
+    pub read_requests: u64,
     /// See [`Counters::faults`].
     pub faults: u64,
     /// See [`Counters::remote_fetches`].
@@ -68,10 +72,11 @@ impl Stats {
     /// One line for `jettison status`.
     pub fn summary(&self) -> String {
         format!(
-            "{}: {} MiB RAM, {} faults, {} fetches, {} pages ({:.1} MiB) fetched, prefetch {} hits / {} misses, {} zero pages, {} dirty pages",
+            "{}: {} MiB RAM, {} faults in {} reads, {} fetches, {} pages ({:.1} MiB) fetched, prefetch {} hits / {} misses, {} zero pages, {} dirty pages",
             self.vm,
             self.ram_bytes >> 20,
             self.faults,
+            self.read_requests,
             self.remote_fetches,
             self.pages_fetched,
             self.bytes_fetched as f64 / (1024.0 * 1024.0),
@@ -91,7 +96,7 @@ mod tests {
     fn summary_names_every_counter() {
         let s = Stats { vm: "vm1".into(), ram_bytes: 256 << 20, faults: 3, dirty_pages: 2, ..Stats::default() };
         let line = s.summary();
-        assert!(line.starts_with("vm1: 256 MiB RAM, 3 faults"), "{line}");
+        assert!(line.starts_with("vm1: 256 MiB RAM, 3 faults in 0 reads"), "{line}");
         assert!(line.ends_with("2 dirty pages"), "{line}");
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Stats>(&json).unwrap(), s);

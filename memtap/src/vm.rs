@@ -114,6 +114,7 @@ impl VmMemory {
         if buf.is_empty() {
             return Ok(buf);
         }
+        Counters::add(&self.counters.read_requests, 1);
         Counters::add(&self.counters.faults, pages_touched(offset, buf.len() as u64));
         self.overlay.read(offset, &mut buf).map_err(|source| self.io_error(offset, source))?;
         Ok(buf)
@@ -150,6 +151,7 @@ impl VmMemory {
         Stats {
             vm: self.name.clone(),
             ram_bytes: self.size(),
+            read_requests: get(&c.read_requests),
             faults: get(&c.faults),
             remote_fetches: get(&c.remote_fetches),
             pages_fetched: get(&c.pages_fetched),

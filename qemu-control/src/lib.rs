@@ -13,6 +13,7 @@
 mod error;
 mod guest;
 mod migration;
+mod no_hugepage;
 mod poll;
 mod process;
 mod qmp;

@@ -9,6 +9,7 @@
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -61,7 +62,14 @@ impl QemuProcess {
         let stdout = File::create(&output_log).map_err(log_error)?;
         let stderr = stdout.try_clone().map_err(log_error)?;
         tracing::debug!(args = ?spec.args(), "starting {QEMU_BINARY}");
-        let child = Command::new(QEMU_BINARY)
+        let mut command = Command::new(QEMU_BINARY);
+        // SAFETY: `install` only builds a filter on the stack and calls
+        // prctl twice, both async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(crate::no_hugepage::install);
+        }
+        let child = command
             .args(spec.args())
             .stdin(Stdio::null())
             .stdout(stdout)
