@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use jettison_slice_store::ZeroMap;
 use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
 use memtap::{Mount, VmConfig};
 
@@ -16,8 +17,11 @@ pub struct Args {
     #[arg(long, default_value = "/run/jettison/memtap")]
     mount: PathBuf,
     /// A consolidated VM and its desktop's memserv, as NAME=HOST:PORT; repeat for more VMs.
-    #[arg(long = "vm", value_parser = parse_vm, required = true)]
+    #[arg(long = "vm", value_parser = parse_pair, required = true)]
     vms: Vec<(String, String)>,
+    /// A VM's zero map (from `jettison zero-map` on the desktop), as NAME=FILE.
+    #[arg(long = "zero-map", value_parser = parse_pair)]
+    zero_maps: Vec<(String, String)>,
     /// Where the VMs' fetched and dirty slices live (one directory per VM).
     #[arg(long, default_value = "/var/lib/jettison/slices")]
     state_dir: PathBuf,
@@ -32,10 +36,10 @@ pub struct Args {
     cache_mib: u64,
 }
 
-fn parse_vm(text: &str) -> Result<(String, String), String> {
+fn parse_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((name, addr)) if !name.is_empty() && !addr.is_empty() => Ok((name.to_owned(), addr.to_owned())),
-        _ => Err(format!("{text:?} is not NAME=HOST:PORT (for example vm1=desktop1:7410)")),
+        Some((name, value)) if !name.is_empty() && !value.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE (for example vm1=desktop1:7410)")),
     }
 }
 
@@ -43,18 +47,25 @@ fn parse_vm(text: &str) -> Result<(String, String), String> {
 pub fn run(args: Args) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
     let key = SharedKey::load(&args.key)?;
-    let configs = args
-        .vms
-        .iter()
-        .map(|(name, addr)| {
-            let hello = Hello { service: Service::Memory, export: name.clone() };
-            let mut config =
-                VmConfig::new(name, args.state_dir.join(name), RemoteConfig::new(addr, key.clone(), hello));
-            config.pivot_window = args.pivot_window;
-            config.cache_bytes = (args.cache_mib as usize) << 20;
-            config
-        })
-        .collect();
+    if let Some((name, _)) = args.zero_maps.iter().find(|(name, _)| !args.vms.iter().any(|(vm, _)| vm == name)) {
+        return Err(format!("--zero-map names VM {name:?}, which no --vm names").into());
+    }
+    let mut configs = Vec::new();
+    for (name, addr) in &args.vms {
+        let hello = Hello { service: Service::Memory, export: name.clone() };
+        let remote = RemoteConfig::new(addr, key.clone(), hello);
+        let mut config = VmConfig::new(name, args.state_dir.join(name), remote);
+        config.pivot_window = args.pivot_window;
+        config.cache_bytes = (args.cache_mib as usize) << 20;
+        if let Some((_, file)) = args.zero_maps.iter().find(|(vm, _)| vm == name) {
+            let map = ZeroMap::load(std::path::Path::new(file))?;
+            if u64::from(map.unit_size) != memtap::PAGE_SIZE {
+                return Err(format!("zero map {file} is in {}-byte units; memtap needs 4096", map.unit_size).into());
+            }
+            config.zero_pages = map.ranges;
+        }
+        configs.push(config);
+    }
     let mount = Mount::start(&args.mount, configs, Arc::new(NoWake))?;
     println!("memtap: mounted at {}", args.mount.display());
     if let Some(signal) = wait_for_signal() {
@@ -69,10 +80,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vm_argument_needs_name_and_address() {
-        assert_eq!(parse_vm("vm1=10.0.0.2:7410").unwrap(), ("vm1".into(), "10.0.0.2:7410".into()));
-        assert!(parse_vm("vm1").is_err());
-        assert!(parse_vm("=x:1").is_err());
-        assert!(parse_vm("vm1=").is_err());
+    fn pairs_need_name_and_value() {
+        assert_eq!(parse_pair("vm1=10.0.0.2:7410").unwrap(), ("vm1".into(), "10.0.0.2:7410".into()));
+        assert!(parse_pair("vm1").is_err());
+        assert!(parse_pair("=x:1").is_err());
+        assert!(parse_pair("vm1=").is_err());
     }
 }

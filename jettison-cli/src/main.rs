@@ -5,6 +5,7 @@ mod cmd_memserv;
 mod cmd_memtap;
 mod cmd_pair;
 mod cmd_status;
+mod cmd_zero_map;
 mod signals;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Pair(cmd_pair::Args),
     /// Desktop: serve a stopped VM's RAM file to memtap.
     Memserv(cmd_memserv::Args),
+    /// Desktop: list the zero pages of a stopped VM's RAM file.
+    ZeroMap(cmd_zero_map::Args),
     /// Server: mount the FUSE filesystem holding consolidated VMs' RAM.
     Memtap(cmd_memtap::Args),
     /// Show what the consolidated VMs have fetched and dirtied.
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pair(args) => cmd_pair::run(args),
         Command::Memserv(args) => cmd_memserv::run(args),
+        Command::ZeroMap(args) => cmd_zero_map::run(args),
         Command::Memtap(args) => cmd_memtap::run(args),
         Command::Status(args) => cmd_status::run(args),
     };

@@ -93,6 +93,7 @@ mod slice;
 mod stats;
 mod store;
 pub mod zero_map;
+pub use zero_map::{ZeroMap, ZeroMapError};
 
 pub use bitmap::{PersistentBitmap, Recovery};
 pub use bootid::BootId;
