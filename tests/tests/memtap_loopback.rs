@@ -59,6 +59,32 @@ fn vm_config(dir: &Path, server: &Memserv, key: &SharedKey) -> VmConfig {
     config
 }
 
+/// A desktop RAM file served by memserv and mounted through memtap.
+struct Fixture {
+    dir: tempfile::TempDir,
+    ram: std::path::PathBuf,
+    bytes: Vec<u8>,
+    key: SharedKey,
+    server: Memserv,
+    mnt: std::path::PathBuf,
+    wake: Arc<CountingWake>,
+    mount: Mount,
+}
+
+impl Fixture {
+    fn start() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, bytes) = desktop_ram(dir.path());
+        let key = SharedKey::generate();
+        let server = Memserv::start(&ram, "vm1", &key, "127.0.0.1:0");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let wake = Arc::new(CountingWake::default());
+        let mount = Mount::start(&mnt, vec![vm_config(dir.path(), &server, &key)], wake.clone()).unwrap();
+        Fixture { dir, ram, bytes, key, server, mnt, wake, mount }
+    }
+}
+
 fn stats(mnt: &Path) -> memtap::Stats {
     serde_json::from_slice(&std::fs::read(mnt.join("vm1.stats")).unwrap()).unwrap()
 }
@@ -68,15 +94,8 @@ fn mapped_pages_match_the_desktop_and_writes_become_dirty() {
     if let Err(why) = fuse_available() {
         return skip(why);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (ram, bytes) = desktop_ram(dir.path());
+    let Fixture { dir, ram, bytes, server, mnt, wake, mount, .. } = Fixture::start();
     let before = std::fs::read(&ram).unwrap();
-    let key = SharedKey::generate();
-    let server = Memserv::start(&ram, "vm1", &key, "127.0.0.1:0");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let wake = Arc::new(CountingWake::default());
-    let mount = Mount::start(&mnt, vec![vm_config(dir.path(), &server, &key)], wake.clone()).unwrap();
 
     let file = OpenOptions::new().read(true).write(true).open(mnt.join("vm1.ram")).unwrap();
     assert_eq!(file.metadata().unwrap().len(), PAGES * PAGE as u64);
@@ -132,14 +151,7 @@ fn a_vanished_memserv_makes_the_reader_wait_not_fail() {
     if let Err(why) = fuse_available() {
         return skip(why);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (ram, bytes) = desktop_ram(dir.path());
-    let key = SharedKey::generate();
-    let server = Memserv::start(&ram, "vm1", &key, "127.0.0.1:0");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let wake = Arc::new(CountingWake::default());
-    let mount = Mount::start(&mnt, vec![vm_config(dir.path(), &server, &key)], wake.clone()).unwrap();
+    let Fixture { dir: _dir, ram, bytes, key, server, mnt, wake, mount } = Fixture::start();
     let path = mnt.join("vm1.ram");
     let file = std::fs::File::open(&path).unwrap();
     // SAFETY: read-only view of our own test file.
