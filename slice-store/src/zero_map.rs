@@ -354,7 +354,7 @@ mod file_format_tests {
             bad[at] ^= 0x40;
             assert!(ZeroMap::decode(&bad).is_err(), "accepted a flipped byte at {at}");
         }
-        let out_of_range = ZeroMap { unit_size: 4096, units: 10, ranges: vec![5..11] };
+        let out_of_range = ZeroMap { unit_size: 4096, units: 10, ranges: std::iter::once(5..11).collect() };
         assert!(ZeroMap::decode(&out_of_range.encode()).is_err());
         let overlapping = ZeroMap { unit_size: 4096, units: 10, ranges: vec![0..5, 4..6] };
         assert!(ZeroMap::decode(&overlapping.encode()).is_err());

@@ -55,7 +55,7 @@ impl WakeHook for CountingWake {
 fn vm_config(dir: &Path, server: &Memserv, key: &SharedKey) -> VmConfig {
     let mut config = VmConfig::new("vm1", dir.join("slices"), server.remote("vm1", key));
     // The descriptor's zero map: the hole (pages 100..200).
-    config.zero_pages = vec![100..200];
+    config.zero_pages = std::iter::once(100..200).collect();
     config
 }
 
