@@ -1,5 +1,7 @@
 //! Benchmarks that print their figures beside the baselines they are
 //! compared to, measured in the same run. Each benchmark is a binary under
 //! `src/bin/`; `bench/RESULTS.md` records results and the commands that
-//! produced them.
+//! produced them. The library holds what the binaries share.
 #![warn(missing_docs)]
+
+pub mod measure;
