@@ -1,7 +1,45 @@
 //! Desktop side: serves blocks of a consolidated VM's disk image to the
 //! server's cownetdisk, read-only, over the same authenticated protocol and
-//! serving loop as memserv (`jettison-image-server`).
+//! serving loop as memserv (`jettison-image-server`, service `Disk`).
 //!
-//! Not written yet: it arrives with the copy-on-write networked disk issue.
-//! The crate exists so that the workspace has its final shape.
+//! While a VM is consolidated, its disk image on the desktop is the
+//! checkpoint it returns to and the source of every block the server has
+//! not fetched yet. diskserv opens it read-only and answers block requests
+//! with positional reads; it never writes it. Unlike memserv it does not map
+//! the file: a disk image can be far larger than the address space worth
+//! reserving, the server reads a few MiB of it while the VM idles, and
+//! `pread` on a page-cached file costs the same copy as reading a mapping
+//! without the risk of a fault (SIGBUS) if the file is truncated under us.
+//!
+//! The *block size* is the granularity of the wire protocol's zero markers:
+//! a run of all-zero blocks travels as a few bytes. It need not match
+//! cownetdisk's block size (its slice unit), but matching them (the default,
+//! 4096) means a zero marker covers exactly the blocks cownetdisk stores.
 #![warn(missing_docs)]
+
+mod disk_image;
+mod error;
+
+pub use disk_image::{DiskImage, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+pub use error::DiskservError;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jettison_image_server::{ServeConfig, Server};
+use jettison_wire::Service;
+
+/// Opens the disk image at `image` read-only and binds a server for it with
+/// `config`, reporting zero runs in units of `block_size` bytes. Call
+/// [`Server::run`] on the result.
+///
+/// # Errors
+/// [`DiskservError::Service`] when `config` does not offer the disk service;
+/// otherwise [`DiskservError`] naming the image or the address that failed.
+pub fn bind(image: &Path, config: ServeConfig, block_size: u32) -> Result<Server, DiskservError> {
+    if config.service != Service::Disk {
+        return Err(DiskservError::Service { found: config.service });
+    }
+    let image = DiskImage::open(image, block_size)?;
+    Server::bind(config, Arc::new(image)).map_err(DiskservError::Serve)
+}

@@ -1,0 +1,119 @@
+//! diskserv on loopback with real clients: every block of the image, zero
+//! runs as markers at the chosen block size, the disk service only, the
+//! event stream, and the image left untouched.
+#![allow(clippy::unwrap_used)] // a failure is the test failing
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jettison_image_server::events::{subscribe, EventKind};
+use jettison_image_server::{ServeConfig, StopHandle};
+use jettison_wire::{ByteRange, Chunk, Client, Hello, Service, SharedKey, WireError};
+
+const BLOCK: usize = 65536;
+const BLOCKS: usize = 24;
+
+/// A disk image whose every third block is zero, the rest patterned.
+fn disk_image(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let mut bytes = vec![0u8; BLOCKS * BLOCK];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        if (i / BLOCK) % 3 != 0 {
+            *b = ((i / 7) % 253) as u8 + 1;
+        }
+    }
+    let path = dir.join("vm1.raw");
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+struct Running {
+    addr: String,
+    key: SharedKey,
+    events: PathBuf,
+    stop: StopHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn config(key: &SharedKey, service: Service, events: Option<PathBuf>) -> ServeConfig {
+    ServeConfig { listen: "127.0.0.1:0".parse().unwrap(), key: key.clone(), service, export: "vm1".into(), events }
+}
+
+fn start(dir: &Path, image: &Path) -> Running {
+    let key = SharedKey::generate();
+    let events = dir.join("events.sock");
+    let server = diskserv::bind(image, config(&key, Service::Disk, Some(events.clone())), BLOCK as u32).unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    let stop = server.stop_handle();
+    let thread = Some(std::thread::spawn(move || server.run().unwrap()));
+    Running { addr, key, events, stop, thread }
+}
+
+fn hello(service: Service) -> Hello {
+    Hello { service, export: "vm1".into() }
+}
+
+#[test]
+fn serves_every_block_with_zero_runs_as_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = disk_image(dir.path());
+    let before = std::fs::read(&image).unwrap();
+    let srv = start(dir.path(), &image);
+    let mut c = Client::connect(&srv.addr, &srv.key, &hello(Service::Disk), Duration::from_secs(5)).unwrap();
+    assert_eq!((c.welcome().size, c.welcome().unit), (bytes.len() as u64, BLOCK as u32));
+
+    let mut got = vec![0xAAu8; bytes.len()];
+    let mut zero_bytes = 0;
+    for chunk in c.read(&[ByteRange::new(0, bytes.len() as u32)]).unwrap() {
+        let at = chunk.offset() as usize;
+        match chunk {
+            Chunk::Bytes { data, .. } => got[at..at + data.len()].copy_from_slice(&data),
+            Chunk::Zero { len, .. } => {
+                got[at..at + len as usize].fill(0);
+                zero_bytes += len as usize;
+            }
+        }
+    }
+    assert!(got == bytes, "served bytes differ from the image");
+    assert_eq!(zero_bytes, BLOCKS / 3 * BLOCK, "every zero block travels as a marker");
+    drop(c);
+    drop(srv);
+    assert_eq!(std::fs::read(&image).unwrap(), before, "diskserv changed the image");
+}
+
+#[test]
+fn only_the_disk_service_is_offered_and_requests_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = disk_image(dir.path());
+    let srv = start(dir.path(), &image);
+    let mut events = subscribe(&srv.events).unwrap();
+    // Give the loop a moment to accept the listener before traffic starts.
+    std::thread::sleep(Duration::from_millis(200));
+    let err = Client::connect(&srv.addr, &srv.key, &hello(Service::Memory), Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(err, WireError::Refused { .. }), "{err}");
+    let mut c = Client::connect(&srv.addr, &srv.key, &hello(Service::Disk), Duration::from_secs(5)).unwrap();
+    c.read(&[ByteRange::new(BLOCK as u64, 4096)]).unwrap();
+    let got: Vec<_> = events.by_ref().take(2).map(Result::unwrap).collect();
+    assert_eq!(got[0].kind, EventKind::Connected);
+    assert_eq!((got[1].kind, got[1].service.as_str(), got[1].bytes), (EventKind::Request, "disk", 4096));
+}
+
+#[test]
+fn a_wrong_service_or_missing_image_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = disk_image(dir.path());
+    let key = SharedKey::generate();
+    let err = diskserv::bind(&image, config(&key, Service::Memory, None), 4096).unwrap_err();
+    assert!(matches!(err, diskserv::DiskservError::Service { .. }), "{err}");
+    let err = diskserv::bind(&dir.path().join("gone.raw"), config(&key, Service::Disk, None), 4096).unwrap_err();
+    let text = jettison_wire::chain(&err);
+    assert!(text.contains("gone.raw") && text.contains("is the VM stopped"), "{text}");
+}
