@@ -33,6 +33,8 @@ const STOP: Token = Token(2);
 const FIRST_CONNECTION: usize = 16;
 /// Stop reading a peer's requests while this much output waits to be sent.
 const OUTPUT_HIGH_WATER: usize = 8 * 1024 * 1024;
+/// Bytes read from a peer's socket at a time.
+const READ_BUFFER: usize = 256 * 1024;
 /// Drop an event listener that has this much unread output.
 const LISTENER_BACKLOG_LIMIT: usize = 1024 * 1024;
 
@@ -306,11 +308,22 @@ struct PeerConn {
     out: Vec<u8>,
     welcomed: bool,
     writable_interest: bool,
+    /// Reused for every socket read (allocated once per connection).
+    read_buf: Vec<u8>,
 }
 
 impl PeerConn {
     fn new(stream: TcpStream, token: Token, peer: String, session: ServerSession) -> Self {
-        PeerConn { stream, token, peer, session, out: Vec::new(), welcomed: false, writable_interest: false }
+        PeerConn {
+            stream,
+            token,
+            peer,
+            session,
+            out: Vec::new(),
+            welcomed: false,
+            writable_interest: false,
+            read_buf: vec![0; READ_BUFFER],
+        }
     }
 
     /// Reads, answers and writes as far as possible. Returns whether the
@@ -346,8 +359,8 @@ impl PeerConn {
             if self.out.len() >= OUTPUT_HIGH_WATER {
                 return !self.want_writable(ctx.registry);
             }
-            match read_some(&mut self.stream) {
-                Ok(Some(bytes)) => self.session.receive(&bytes),
+            match read_some(&mut self.stream, &mut self.read_buf) {
+                Ok(Some(n)) => self.session.receive(&self.read_buf[..n]),
                 Ok(None) => return !self.want_writable(ctx.registry),
                 Err(()) => return true,
             }
@@ -408,17 +421,13 @@ impl PeerConn {
     }
 }
 
-/// Reads once: `Some(bytes)`, `None` when it would block, `Err` when the
-/// peer is gone.
-fn read_some(stream: &mut impl Read) -> Result<Option<Vec<u8>>, ()> {
-    let mut buf = vec![0u8; 256 * 1024];
+/// Reads once into `buf`: `Some(n)` bytes, `None` when it would block,
+/// `Err` when the peer is gone.
+fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> Result<Option<usize>, ()> {
     loop {
-        match stream.read(&mut buf) {
+        match stream.read(buf) {
             Ok(0) => return Err(()),
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
+            Ok(n) => return Ok(Some(n)),
             Err(e) if e.kind() == IoErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
             Err(_) => return Err(()),

@@ -29,6 +29,7 @@ pub struct Client {
     frames: FrameReader,
     welcome: Welcome,
     next_id: u64,
+    read_buf: Vec<u8>,
 }
 
 impl Client {
@@ -51,7 +52,8 @@ impl Client {
         stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
         stream.set_nodelay(true).map_err(io_err)?;
 
-        let mut conn = Handshaking { stream, peer: addr.to_owned(), records: RecordReader::new() };
+        let mut conn =
+            Handshaking { stream, peer: addr.to_owned(), records: RecordReader::new(), read_buf: vec![0; READ_BUFFER] };
         let preamble = Preamble::client().encode();
         conn.write_all(&preamble)?;
         let theirs = conn.read_raw(PREAMBLE_LEN)?;
@@ -85,6 +87,7 @@ impl Client {
             frames: FrameReader::new(),
             welcome,
             next_id: 1,
+            read_buf: conn.read_buf,
         })
     }
 
@@ -121,7 +124,7 @@ impl Client {
                 self.frames.push(&plain);
                 continue;
             }
-            fill(&mut self.stream, &mut self.records, &self.peer)?;
+            fill(&mut self.stream, &mut self.records, &self.peer, &mut self.read_buf)?;
         }
     }
 
@@ -165,11 +168,14 @@ pub fn chunks_cover(chunks: &[Chunk], ranges: &[ByteRange]) -> bool {
     chunks.next().is_none()
 }
 
-/// Reads what the socket has into `records`.
-fn fill(stream: &mut TcpStream, records: &mut RecordReader, peer: &str) -> Result<(), WireError> {
-    let mut buf = [0u8; 64 * 1024];
+/// Bytes read from the socket at a time.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Reads what the socket has into `records`, through `buf` (reused by the
+/// caller so that no read allocates or zeroes memory).
+fn fill(stream: &mut TcpStream, records: &mut RecordReader, peer: &str, buf: &mut [u8]) -> Result<(), WireError> {
     loop {
-        match stream.read(&mut buf) {
+        match stream.read(buf) {
             Ok(0) => return Err(WireError::Closed { peer: peer.to_owned() }),
             Ok(n) => {
                 records.push(&buf[..n]);
@@ -186,6 +192,7 @@ struct Handshaking {
     stream: TcpStream,
     peer: String,
     records: RecordReader,
+    read_buf: Vec<u8>,
 }
 
 impl Handshaking {
@@ -198,7 +205,7 @@ impl Handshaking {
             if let Some(raw) = self.records.take_raw(n) {
                 return Ok(raw);
             }
-            fill(&mut self.stream, &mut self.records, &self.peer)?;
+            fill(&mut self.stream, &mut self.records, &self.peer, &mut self.read_buf)?;
         }
     }
 
@@ -207,7 +214,7 @@ impl Handshaking {
             if let Some(record) = self.records.next_record() {
                 return Ok(record);
             }
-            fill(&mut self.stream, &mut self.records, &self.peer)?;
+            fill(&mut self.stream, &mut self.records, &self.peer, &mut self.read_buf)?;
         }
     }
 
