@@ -85,6 +85,7 @@
 
 mod bitmap;
 mod bootid;
+pub mod dirty_set;
 mod durable;
 mod error;
 mod overlay;
@@ -97,6 +98,7 @@ pub use zero_map::{ZeroMap, ZeroMapError};
 
 pub use bitmap::{PersistentBitmap, Recovery};
 pub use bootid::BootId;
+pub use dirty_set::{ApplyTarget, DirtySetError, DirtySetReader, DirtySetWriter};
 pub use error::{Error, FormatError, ReplyError, Result, SourceError};
 pub use overlay::{Overlay, UnitSource};
 pub use stats::Stats;
