@@ -23,8 +23,10 @@
 //!   head, whole units and an unaligned tail; absent units fetched from a
 //!   [`UnitSource`] in one call per request; whole-unit writes promoted to
 //!   dirty without a fetch.
-//! - [`zero_map::scan_file`]: which units of the desktop's file are zeros, to
-//!   feed the known-zero map.
+//! - [`zero_map::scan_file`] and [`ZeroMap`]: which units of the desktop's
+//!   file are zeros, to feed the known-zero map, and the file that carries it.
+//! - [`dirty_set`]: handing the writes back: the dirty slice streamed to the
+//!   desktop, staged, verified and only then applied to its image.
 //!
 //! # Write order
 //!
