@@ -1,6 +1,9 @@
 //! The `jettison` command: pairs a desktop with a server, runs the desktop's
-//! memserv and the server's memtap, and shows what they are doing.
+//! memserv and diskserv and the server's memtap and cownetdisk, and shows
+//! what they are doing.
 
+mod cmd_cownetdisk;
+mod cmd_diskserv;
 mod cmd_memserv;
 mod cmd_memtap;
 mod cmd_pair;
@@ -30,6 +33,10 @@ enum Command {
     ZeroMap(cmd_zero_map::Args),
     /// Server: mount the FUSE filesystem holding consolidated VMs' RAM.
     Memtap(cmd_memtap::Args),
+    /// Desktop: serve a stopped VM's disk image to cownetdisk.
+    Diskserv(cmd_diskserv::Args),
+    /// Server: serve a consolidated VM's disk over NBD, copy-on-write over diskserv.
+    Cownetdisk(cmd_cownetdisk::Args),
     /// Show what the consolidated VMs have fetched and dirtied.
     Status(cmd_status::Args),
 }
@@ -48,6 +55,8 @@ fn main() -> ExitCode {
         Command::Memserv(args) => cmd_memserv::run(args),
         Command::ZeroMap(args) => cmd_zero_map::run(args),
         Command::Memtap(args) => cmd_memtap::run(args),
+        Command::Diskserv(args) => cmd_diskserv::run(args),
+        Command::Cownetdisk(args) => cmd_cownetdisk::run(args),
         Command::Status(args) => cmd_status::run(args),
     };
     match result {

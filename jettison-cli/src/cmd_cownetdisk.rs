@@ -1,0 +1,82 @@
+//! `jettison cownetdisk`: the server's copy-on-write NBD disk of one VM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
+use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+
+use crate::signals::block_stop_signals;
+use crate::CmdResult;
+
+/// Arguments of `jettison cownetdisk`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The consolidated VM's name (the export asked of diskserv and offered over NBD).
+    #[arg(long)]
+    vm: String,
+    /// The desktop's diskserv, as HOST:PORT.
+    #[arg(long)]
+    desktop: String,
+    /// Where the VM's slices (`<dir>/<vm>/`) and stats (`<dir>/<vm>.stats`) live.
+    #[arg(long, default_value = "/var/lib/jettison/disks")]
+    state_dir: PathBuf,
+    /// The shared key made by `jettison pair`.
+    #[arg(long, default_value = "/etc/jettison/jettison.key")]
+    key: PathBuf,
+    /// Serve NBD on this Unix socket (QEMU: `file=nbd+unix:///?socket=PATH`).
+    #[arg(long)]
+    unix: Option<PathBuf>,
+    /// Serve NBD on this TCP address (QEMU: `file=nbd://HOST:PORT`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Block size in bytes: the slices' unit; whole aligned blocks are written without a fetch.
+    #[arg(long, default_value_t = cownetdisk::DEFAULT_BLOCK_SIZE)]
+    block_size: u32,
+}
+
+/// Serves until SIGINT or SIGTERM, then lets requests in flight finish and
+/// flushes the dirty slice.
+pub fn run(args: Args) -> CmdResult {
+    let wait_for_signal = block_stop_signals()?;
+    if args.unix.is_none() && args.listen.is_none() {
+        return Err("give --unix PATH, --listen ADDR, or both: where QEMU reaches the disk".into());
+    }
+    let key = SharedKey::load(&args.key)?;
+    // Reaching diskserv may take a while (the desktop may be asleep): a
+    // signal before the server runs ends the process, which has written
+    // nothing yet.
+    let stop: Arc<OnceLock<StopHandle>> = Arc::default();
+    let stop_for_signal = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let signal = wait_for_signal();
+        match stop_for_signal.get() {
+            Some(handle) => {
+                if let Some(signal) = signal {
+                    tracing::info!("{signal}: letting requests finish, flushing, stopping");
+                }
+                handle.stop();
+            }
+            None => {
+                eprintln!("jettison: stopped before the disk was served");
+                std::process::exit(1);
+            }
+        }
+    });
+    let hello = Hello { service: Service::Disk, export: args.vm.clone() };
+    let remote = RemoteConfig::new(&args.desktop, key, hello);
+    let mut config = DiskConfig::new(&args.vm, &args.state_dir, remote);
+    config.block_size = args.block_size;
+    let disk = Disk::open(config, Arc::new(NoWake))?;
+    let server = NbdServer::bind(Arc::new(disk), &Listen { unix: args.unix, tcp: args.listen })?;
+    if let Some(path) = server.unix_path() {
+        println!("cownetdisk: serving VM {} on nbd+unix:///?socket={}", args.vm, path.display());
+    }
+    if let Some(addr) = server.tcp_addr() {
+        println!("cownetdisk: serving VM {} on nbd://{addr}", args.vm);
+    }
+    stop.set(server.stop_handle()).map_err(|_| "the stop handle was set twice")?;
+    server.run()?;
+    Ok(())
+}
