@@ -1,8 +1,9 @@
-//! `jettison status`: what each consolidated VM has fetched and dirtied.
+//! `jettison status`: what each consolidated VM has fetched and dirtied, in
+//! memory (memtap's `<vm>.stats` files) and on disk (cownetdisk's).
 
 use std::path::{Path, PathBuf};
 
-use memtap::Stats;
+use serde::de::DeserializeOwned;
 
 use crate::CmdResult;
 
@@ -12,40 +13,67 @@ pub struct Args {
     /// memtap's mount point.
     #[arg(long, default_value = "/run/jettison/memtap")]
     memtap: PathBuf,
-    /// Print JSON, one object per VM in an array, for scripts.
+    /// cownetdisk's state directory.
+    #[arg(long, default_value = "/var/lib/jettison/disks")]
+    disks: PathBuf,
+    /// Print JSON (`{"memory": [...], "disks": [...]}`) for scripts.
     #[arg(long)]
     json: bool,
 }
 
-/// Reads every `<vm>.stats` under the mount point.
-pub fn read_all(mountpoint: &Path) -> std::io::Result<Vec<Stats>> {
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(mountpoint)? {
+/// Reads every `*.stats` file directly in `dir`, sorted by file name;
+/// `None` when the directory does not exist.
+fn read_stats<T: DeserializeOwned>(dir: &Path) -> std::io::Result<Option<Vec<T>>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "stats") {
-            let bytes = std::fs::read(&path)?;
-            let stats = serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
-            })?;
-            all.push(stats);
+            paths.push(path);
         }
     }
-    all.sort_by(|a: &Stats, b: &Stats| a.vm.cmp(&b.vm));
-    Ok(all)
+    paths.sort();
+    let mut all = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(&path)?;
+        let stats = serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+        all.push(stats);
+    }
+    Ok(Some(all))
 }
 
-/// Prints one line (or one JSON object) per VM.
+/// Prints one line per VM and device (or one JSON object).
 pub fn run(args: Args) -> CmdResult {
-    let all = read_all(&args.memtap)
-        .map_err(|e| format!("cannot read memtap's mount {}: is memtap running there? ({e})", args.memtap.display()))?;
+    let memory: Option<Vec<memtap::Stats>> =
+        read_stats(&args.memtap).map_err(|e| format!("cannot read memtap's mount {}: {e}", args.memtap.display()))?;
+    let disks: Option<Vec<cownetdisk::Stats>> = read_stats(&args.disks)
+        .map_err(|e| format!("cannot read cownetdisk's state directory {}: {e}", args.disks.display()))?;
+    if memory.is_none() && disks.is_none() {
+        return Err(format!(
+            "neither {} nor {} exists: is memtap or cownetdisk running on this server? (--memtap, --disks)",
+            args.memtap.display(),
+            args.disks.display()
+        )
+        .into());
+    }
+    let (memory, disks) = (memory.unwrap_or_default(), disks.unwrap_or_default());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
-    } else if all.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "memory": memory, "disks": disks }))?);
+        return Ok(());
+    }
+    if memory.is_empty() && disks.is_empty() {
         println!("no VM is consolidated on this server");
-    } else {
-        for s in &all {
-            println!("{}", s.summary());
-        }
+    }
+    for s in &memory {
+        println!("memory {}", s.summary());
+    }
+    for s in &disks {
+        println!("disk   {}", s.summary());
     }
     Ok(())
 }

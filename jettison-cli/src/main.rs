@@ -3,6 +3,7 @@
 //! what they are doing.
 
 mod cmd_cownetdisk;
+mod cmd_dirty_set;
 mod cmd_diskserv;
 mod cmd_memserv;
 mod cmd_memtap;
@@ -37,6 +38,8 @@ enum Command {
     Diskserv(cmd_diskserv::Args),
     /// Server: serve a consolidated VM's disk over NBD, copy-on-write over diskserv.
     Cownetdisk(cmd_cownetdisk::Args),
+    /// Hand a VM's writes back: export its dirty units, apply them to the desktop's image.
+    DirtySet(cmd_dirty_set::Args),
     /// Show what the consolidated VMs have fetched and dirtied.
     Status(cmd_status::Args),
 }
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Memtap(args) => cmd_memtap::run(args),
         Command::Diskserv(args) => cmd_diskserv::run(args),
         Command::Cownetdisk(args) => cmd_cownetdisk::run(args),
+        Command::DirtySet(args) => cmd_dirty_set::run(args),
         Command::Status(args) => cmd_status::run(args),
     };
     match result {

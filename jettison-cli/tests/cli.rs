@@ -44,22 +44,31 @@ fn status_prints_a_line_per_vm_and_json_for_scripts() {
     };
     std::fs::write(dir.path().join("vm1.stats"), serde_json::to_vec(&stats).unwrap()).unwrap();
     std::fs::write(dir.path().join("vm1.ram"), b"").unwrap();
-    let out = jettison(&["status", "--memtap", dir.path().to_str().unwrap()]);
+    let no_disks = dir.path().join("no-disks");
+    let status = |extra: &[&str]| {
+        let mut args = vec!["status", "--memtap", dir.path().to_str().unwrap(), "--disks", no_disks.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        jettison(&args)
+    };
+    let out = status(&[]);
     assert!(out.status.success(), "{}", text(&out));
     let line = String::from_utf8_lossy(&out.stdout);
-    assert!(line.starts_with("vm1: 256 MiB RAM, 1086 faults"), "{line}");
+    assert!(line.starts_with("memory vm1: 256 MiB RAM, 1086 faults"), "{line}");
     assert!(line.contains("prefetch 815 hits / 258 misses") && line.contains("7 dirty pages"), "{line}");
-    let out = jettison(&["status", "--memtap", dir.path().to_str().unwrap(), "--json"]);
-    let parsed: Vec<memtap::Stats> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(parsed, vec![stats]);
+    let out = status(&["--json"]);
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let memory: Vec<memtap::Stats> = serde_json::from_value(parsed["memory"].clone()).unwrap();
+    assert_eq!(memory, vec![stats]);
+    assert_eq!(parsed["disks"], serde_json::json!([]));
 }
 
 #[test]
 fn errors_name_the_thing_and_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let out = jettison(&["status", "--memtap", dir.path().join("nowhere").to_str().unwrap()]);
+    let nowhere = dir.path().join("nowhere");
+    let out = jettison(&["status", "--memtap", nowhere.to_str().unwrap(), "--disks", nowhere.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("is memtap running there?"), "{}", text(&out));
+    assert!(text(&out).contains("is memtap or cownetdisk running"), "{}", text(&out));
 
     let missing_key = dir.path().join("none.key");
     let out = jettison(&[
@@ -96,4 +105,64 @@ fn errors_name_the_thing_and_what_to_do() {
     let out = jettison(&["memtap", "--vm", "vm1"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("NAME=VALUE"), "{}", text(&out));
+}
+
+#[test]
+fn dirty_set_export_then_apply_changes_exactly_the_dirty_blocks() {
+    use jettison_slice_store::SliceStore;
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * 4096u64;
+    let image = dir.path().join("disk.img");
+    let base: Vec<u8> = (0..size).map(|i| (i % 249) as u8).collect();
+    std::fs::write(&image, &base).unwrap();
+    let slices = dir.path().join("slices");
+    {
+        let store = SliceStore::open(&slices, 4096, size).unwrap();
+        store.write_dirty(3, &[0xAA; 4096]).unwrap();
+        store.write_dirty(63, &[0xBB; 4096]).unwrap();
+        store.flush().unwrap();
+    }
+    let set = dir.path().join("vm1.dirty");
+    let size_arg = size.to_string();
+    let out = jettison(&[
+        "dirty-set",
+        "export",
+        "--slices",
+        slices.to_str().unwrap(),
+        "--size",
+        &size_arg,
+        "--out",
+        set.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("exported 2 dirty units"), "{}", text(&out));
+
+    // A truncated copy is refused and leaves the image as it was.
+    let cut = dir.path().join("cut.dirty");
+    let bytes = std::fs::read(&set).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let staging = dir.path().join("staging");
+    let apply = |input: &std::path::Path| {
+        jettison(&[
+            "dirty-set",
+            "apply",
+            "--image",
+            image.to_str().unwrap(),
+            "--staging",
+            staging.to_str().unwrap(),
+            "--in",
+            input.to_str().unwrap(),
+        ])
+    };
+    let out = apply(&cut);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not changed"), "{}", text(&out));
+    assert_eq!(std::fs::read(&image).unwrap(), base);
+
+    let out = apply(&set);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut want = base.clone();
+    want[3 * 4096..4 * 4096].fill(0xAA);
+    want[63 * 4096..].fill(0xBB);
+    assert_eq!(std::fs::read(&image).unwrap(), want);
 }
