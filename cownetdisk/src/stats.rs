@@ -137,7 +137,8 @@ impl Stats {
     pub fn summary(&self) -> String {
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
         format!(
-            "{}: {} MiB disk in {}-byte blocks, {} reads ({:.1} MiB), {} writes ({:.1} MiB), {} flushes, \
+            "{}: {} MiB disk in {}-byte blocks, {} reads ({:.1} MiB), {} writes ({:.1} MiB), {} write-zeroes, \
+             {} trims, {} flushes, \
              {} blocks ({:.1} MiB) fetched in {} fetches, {} whole-block writes without fetch, \
              {} partial-write fetches, {} dirty blocks, {} error replies",
             self.vm,
@@ -147,6 +148,8 @@ impl Stats {
             mib(self.bytes_read),
             self.requests.write,
             mib(self.bytes_written),
+            self.requests.write_zeroes,
+            self.requests.trim,
             self.requests.flush,
             self.blocks_fetched,
             mib(self.bytes_fetched),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jettison_image_server::{ServeConfig, StopHandle};
 use jettison_qemu::GuestImage;
-use jettison_wire::{Hello, RemoteConfig, Service, SharedKey};
+use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
 
 /// Generous bound on a TCG boot on a shared 2-core machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -58,35 +58,42 @@ pub fn fuse_available() -> Result<(), String> {
     Ok(())
 }
 
-/// A memserv running on a thread of the test process; stopped on drop.
+/// A desktop daemon (memserv or diskserv) running on a thread of the test
+/// process; stopped on drop.
 #[derive(Debug)]
-pub struct Memserv {
+pub struct DesktopServer {
     /// The address it listens on.
     pub addr: String,
+    service: Service,
     stop: StopHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Memserv {
-    /// Serves `ram` as export `vm` on `listen` (use port 0 for any).
-    pub fn start(ram: &Path, vm: &str, key: &SharedKey, listen: &str) -> Memserv {
-        let config = ServeConfig {
-            listen: listen.parse().unwrap(),
-            key: key.clone(),
-            service: Service::Memory,
-            export: vm.into(),
-            events: None,
-        };
-        let server = memserv::bind(ram, config).unwrap();
+impl DesktopServer {
+    /// memserv serving `ram` as export `vm` on `listen` (port 0 for any).
+    pub fn memserv(ram: &Path, vm: &str, key: &SharedKey, listen: &str) -> DesktopServer {
+        let server = memserv::bind(ram, serve_config(Service::Memory, vm, key, listen)).unwrap();
+        Self::run(server, Service::Memory)
+    }
+
+    /// diskserv serving `image` in `block_size` blocks as export `vm` on
+    /// `listen` (port 0 for any).
+    pub fn diskserv(image: &Path, vm: &str, key: &SharedKey, listen: &str, block_size: u32) -> DesktopServer {
+        let server = diskserv::bind(image, serve_config(Service::Disk, vm, key, listen), block_size).unwrap();
+        Self::run(server, Service::Disk)
+    }
+
+    fn run(server: jettison_image_server::Server, service: Service) -> DesktopServer {
         let addr = server.local_addr().unwrap().to_string();
         let stop = server.stop_handle();
         let thread = Some(std::thread::spawn(move || server.run().unwrap()));
-        Memserv { addr, stop, thread }
+        DesktopServer { addr, service, stop, thread }
     }
 
-    /// How memtap reaches this memserv for `vm`, with short retry pauses.
+    /// How the server side reaches this daemon for `vm`, with short retry
+    /// pauses.
     pub fn remote(&self, vm: &str, key: &SharedKey) -> RemoteConfig {
-        let hello = Hello { service: Service::Memory, export: vm.into() };
+        let hello = Hello { service: self.service, export: vm.into() };
         let mut remote = RemoteConfig::new(&self.addr, key.clone(), hello);
         remote.timeout = Duration::from_secs(5);
         remote.max_backoff = Duration::from_millis(200);
@@ -94,11 +101,88 @@ impl Memserv {
     }
 }
 
-impl Drop for Memserv {
+fn serve_config(service: Service, vm: &str, key: &SharedKey, listen: &str) -> ServeConfig {
+    ServeConfig { listen: listen.parse().unwrap(), key: key.clone(), service, export: vm.into(), events: None }
+}
+
+impl Drop for DesktopServer {
     fn drop(&mut self) {
         self.stop.stop();
         if let Some(t) = self.thread.take() {
-            t.join().unwrap();
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("the {} server's thread panicked", self.service);
+            }
         }
+    }
+}
+
+/// cownetdisk on threads of the test process, on a Unix socket and TCP, in
+/// front of a diskserv; stopped (and flushed) on drop.
+pub struct Cownetdisk {
+    socket: PathBuf,
+    tcp: std::net::SocketAddr,
+    disk: std::sync::Arc<cownetdisk::Disk>,
+    stop: cownetdisk::StopHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Cownetdisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cownetdisk").field("socket", &self.socket).field("tcp", &self.tcp).finish()
+    }
+}
+
+impl Cownetdisk {
+    /// Serves export `vm` of `diskserv`, keeping its slices in `state_dir`.
+    pub fn start(state_dir: &Path, socket: &Path, diskserv: &DesktopServer, vm: &str, key: &SharedKey) -> Cownetdisk {
+        let config = cownetdisk::DiskConfig::new(vm, state_dir, diskserv.remote(vm, key));
+        let disk = std::sync::Arc::new(cownetdisk::Disk::open(config, std::sync::Arc::new(NoWake)).unwrap());
+        let listen = cownetdisk::Listen { unix: Some(socket.to_owned()), tcp: Some("127.0.0.1:0".parse().unwrap()) };
+        let server = cownetdisk::NbdServer::bind(std::sync::Arc::clone(&disk), &listen).unwrap();
+        let tcp = server.tcp_addr().unwrap();
+        let stop = server.stop_handle();
+        let thread = Some(std::thread::spawn(move || server.run().unwrap()));
+        Cownetdisk { socket: socket.to_owned(), tcp, disk, stop, thread }
+    }
+
+    /// The Unix socket it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `nbd+unix://` URI of the export.
+    pub fn unix_uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.socket.display())
+    }
+
+    /// The TCP address it listens on.
+    pub fn tcp_addr(&self) -> std::net::SocketAddr {
+        self.tcp
+    }
+
+    /// `nbd://` URI of the export over TCP.
+    pub fn tcp_uri(&self) -> String {
+        format!("nbd://{}", self.tcp)
+    }
+
+    /// The disk's counters now.
+    pub fn stats(&self) -> cownetdisk::Stats {
+        self.disk.stats()
+    }
+
+    /// Stops the server and waits for it (it flushes and writes the stats).
+    pub fn stop(&mut self) {
+        self.stop.stop();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("cownetdisk's thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Cownetdisk {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

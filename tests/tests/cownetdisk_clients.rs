@@ -10,7 +10,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cownetdisk::protocol::{
@@ -18,11 +17,10 @@ use cownetdisk::protocol::{
     ReplyType, Request, SimpleReply, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, GREETING_LEN, INFO_BLOCK_SIZE, MAX_PAYLOAD,
     OPTION_REPLY_HEADER_LEN, SIMPLE_REPLY_LEN,
 };
-use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, Stats};
-use jettison_image_server::{ServeConfig, StopHandle};
-use jettison_tests::{repo_root, skip};
+use cownetdisk::Stats;
+use jettison_tests::{repo_root, skip, Cownetdisk, DesktopServer};
 use jettison_wire::protocol::Preamble;
-use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+use jettison_wire::SharedKey;
 
 const BLOCK: usize = 4096;
 const BLOCKS: usize = 4096;
@@ -51,106 +49,12 @@ fn desktop_image(dir: &Path) -> (PathBuf, Vec<u8>) {
 }
 
 /// diskserv on a thread of the test process; stopped on drop.
-struct Diskserv {
-    addr: String,
-    stop: StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Diskserv {
-    fn start(image: &Path, key: &SharedKey) -> Diskserv {
-        let config = ServeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            key: key.clone(),
-            service: Service::Disk,
-            export: "vm1".into(),
-            events: None,
-        };
-        let server = diskserv::bind(image, config, BLOCK as u32).unwrap();
-        let addr = server.local_addr().unwrap().to_string();
-        let stop = server.stop_handle();
-        let thread = Some(std::thread::spawn(move || server.run().unwrap()));
-        Diskserv { addr, stop, thread }
-    }
-}
-
-impl Drop for Diskserv {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() && !std::thread::panicking() {
-                panic!("diskserv's thread panicked");
-            }
-        }
-    }
-}
-
-/// How cownetdisk reaches the test's diskserv, with short retry pauses.
-fn remote(addr: &str, key: &SharedKey) -> RemoteConfig {
-    let mut remote = RemoteConfig::new(addr, key.clone(), Hello { service: Service::Disk, export: "vm1".into() });
-    remote.timeout = Duration::from_secs(5);
-    remote.max_backoff = Duration::from_millis(200);
-    remote
-}
-
-/// cownetdisk on threads of the test process, on a Unix socket and TCP;
-/// stopped (and flushed) on drop.
-struct Cownetdisk {
-    socket: PathBuf,
-    tcp: SocketAddr,
-    disk: Arc<Disk>,
-    stop: cownetdisk::StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Cownetdisk {
-    fn start(state_dir: &Path, socket: &Path, diskserv: &Diskserv, key: &SharedKey) -> Cownetdisk {
-        let disk = Arc::new(
-            Disk::open(DiskConfig::new("vm1", state_dir, remote(&diskserv.addr, key)), Arc::new(NoWake)).unwrap(),
-        );
-        let listen = Listen { unix: Some(socket.to_owned()), tcp: Some("127.0.0.1:0".parse().unwrap()) };
-        let server = NbdServer::bind(Arc::clone(&disk), &listen).unwrap();
-        let tcp = server.tcp_addr().unwrap();
-        let stop = server.stop_handle();
-        let thread = Some(std::thread::spawn(move || server.run().unwrap()));
-        Cownetdisk { socket: socket.to_owned(), tcp, disk, stop, thread }
-    }
-
-    fn unix_uri(&self) -> String {
-        format!("nbd+unix:///?socket={}", self.socket.display())
-    }
-
-    fn tcp_uri(&self) -> String {
-        format!("nbd://{}", self.tcp)
-    }
-
-    fn stats(&self) -> Stats {
-        self.disk.stats()
-    }
-
-    /// Stops the server and waits for it (it flushes and writes the stats).
-    fn stop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() && !std::thread::panicking() {
-                panic!("cownetdisk's thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for Cownetdisk {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// A desktop image served by diskserv, with cownetdisk in front of it, all
 /// under one temporary directory. Fields drop in order: servers first, the
 /// directory last.
 struct Fixture {
     nbd: Cownetdisk,
-    diskserv: Diskserv,
+    diskserv: DesktopServer,
     key: SharedKey,
     bytes: Vec<u8>,
     image: PathBuf,
@@ -162,8 +66,8 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (image, bytes) = desktop_image(dir.path());
         let key = SharedKey::generate();
-        let diskserv = Diskserv::start(&image, &key);
-        let nbd = Cownetdisk::start(&dir.path().join("state"), &dir.path().join("nbd.sock"), &diskserv, &key);
+        let diskserv = DesktopServer::diskserv(&image, "vm1", &key, "127.0.0.1:0", BLOCK as u32);
+        let nbd = Cownetdisk::start(&dir.path().join("state"), &dir.path().join("nbd.sock"), &diskserv, "vm1", &key);
         Fixture { nbd, diskserv, key, bytes, image, dir }
     }
 
@@ -325,7 +229,7 @@ fn writes_are_read_back_and_the_desktop_image_is_unchanged() {
     expected[4096..12288].fill(0xab);
     expected[100_000..103_000].fill(0x5a);
     expected[1_048_576..1_114_112].fill(0);
-    let mut client = RawClient::connect(fx.nbd.tcp);
+    let mut client = RawClient::connect(fx.nbd.tcp_addr());
     assert!(client.read(0, 110_000) == expected[..110_000], "bytes around the writes differ");
     assert!(client.read(1_040_000, 80_000) == expected[1_040_000..1_120_000], "bytes around the zeroes differ");
     let s = fx.nbd.stats();
@@ -369,7 +273,7 @@ fn whole_block_writes_fetch_nothing_and_a_partial_write_fetches_its_block_once()
     expected[200_000..200_100].fill(0x22);
     expected[200_200..200_250].fill(0x33);
     expected[300_000..310_000].fill(0x44);
-    let mut client = RawClient::connect(fx.nbd.tcp);
+    let mut client = RawClient::connect(fx.nbd.tcp_addr());
     assert!(client.read(0, 320_000) == expected[..320_000], "the blocks around the writes differ");
     fx.assert_image_unchanged();
 }
@@ -493,15 +397,15 @@ fn flushed_writes_survive_kill_9_and_a_restart() {
 #[test]
 fn a_request_with_a_bad_magic_ends_only_its_own_connection() {
     let fx = Fixture::start();
-    let mut bystander = RawClient::connect(fx.nbd.tcp);
-    let mut offender = RawClient::connect(fx.nbd.tcp);
+    let mut bystander = RawClient::connect(fx.nbd.tcp_addr());
+    let mut offender = RawClient::connect(fx.nbd.tcp_addr());
     let mut garbage = Request::new(NbdCommand::Read, 0, 1, 0, 4096).encode();
     garbage[..4].copy_from_slice(b"GET ");
     offender.stream.write_all(&garbage).unwrap();
     assert!(offender.is_closed(), "a request with a bad magic must end its connection");
 
     assert!(bystander.read(8192, 4096) == fx.bytes[8192..12288], "the other client is still served");
-    let mut newcomer = RawClient::connect(fx.nbd.tcp);
+    let mut newcomer = RawClient::connect(fx.nbd.tcp_addr());
     assert!(newcomer.read(0, 4096) == fx.bytes[..4096], "new clients are still served");
     assert_eq!(fx.nbd.stats().dropped_connections, 1);
 }
@@ -510,7 +414,7 @@ fn a_request_with_a_bad_magic_ends_only_its_own_connection() {
 fn requests_past_the_end_are_refused_and_the_connection_stays_up() {
     let fx = Fixture::start();
     let size = SIZE as u64;
-    let mut client = RawClient::connect(fx.nbd.tcp);
+    let mut client = RawClient::connect(fx.nbd.tcp_addr());
     assert_eq!(client.request(NbdCommand::Read, 0, size - 4096, 8192), Some(ErrorCode::Inval));
     assert_eq!(client.request(NbdCommand::Read, 0, u64::MAX - 1, 4096), Some(ErrorCode::Inval), "offset overflow");
     let cookie = client.send(NbdCommand::Write.code(), 0, size - 100, 200, &[0xEE; 200]);
@@ -527,7 +431,7 @@ fn requests_past_the_end_are_refused_and_the_connection_stays_up() {
 #[test]
 fn bad_values_get_einval_and_an_oversized_write_closes_only_its_connection() {
     let fx = Fixture::start();
-    let mut client = RawClient::connect(fx.nbd.tcp);
+    let mut client = RawClient::connect(fx.nbd.tcp_addr());
     assert_eq!(client.request(NbdCommand::Read, 0, 0, MAX_PAYLOAD + 1), Some(ErrorCode::Inval), "too long a read");
     assert_eq!(client.request(NbdCommand::WriteZeroes, 0, 0, MAX_PAYLOAD + 1), Some(ErrorCode::Inval));
     for unknown in [5, 7, 0xff] {
@@ -549,7 +453,7 @@ fn bad_values_get_einval_and_an_oversized_write_closes_only_its_connection() {
     let cookie = client.send(NbdCommand::Write.code(), 0, 0, MAX_PAYLOAD + 1, &[]);
     assert_eq!(client.reply(cookie).error, Some(ErrorCode::Inval));
     assert!(client.is_closed(), "an oversized write must end its connection");
-    let mut other = RawClient::connect(fx.nbd.tcp);
+    let mut other = RawClient::connect(fx.nbd.tcp_addr());
     assert!(other.read(4096, 4096) == fx.bytes[4096..8192]);
     let s = fx.nbd.stats();
     assert_eq!((s.dropped_connections, s.requests.unknown, s.dirty_blocks), (1, 3, 0), "{s:?}");
@@ -568,7 +472,7 @@ fn garbage_sent_to_diskserv_does_not_stop_it() {
 
     // cownetdisk still fetches blocks it has not seen.
     let before = fx.nbd.stats().blocks_fetched;
-    let mut client = RawClient::connect(fx.nbd.tcp);
+    let mut client = RawClient::connect(fx.nbd.tcp_addr());
     assert!(client.read(5_000_000, 20_000) == fx.bytes[5_000_000..5_020_000]);
     assert!(fx.nbd.stats().blocks_fetched > before, "the read did not reach diskserv");
 }
@@ -576,7 +480,7 @@ fn garbage_sent_to_diskserv_does_not_stop_it() {
 #[test]
 fn the_stats_file_holds_the_counters_when_cownetdisk_stops() {
     let mut fx = Fixture::start();
-    let mut client = RawClient::connect(fx.nbd.tcp);
+    let mut client = RawClient::connect(fx.nbd.tcp_addr());
     client.read(0, 65536);
     let cookie = client.send(NbdCommand::Write.code(), CMD_FLAG_FUA, 8192, 4096, &[1; 4096]);
     assert_eq!(client.reply(cookie).error, None);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use jettison_qemu::{load_device_state, save_device_state, VmSpec};
 use jettison_slice_store::zero_map;
-use jettison_tests::{fuse_available, guest, skip, Memserv, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use jettison_tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
 use jettison_wire::{NoWake, SharedKey};
 use memtap::{Mount, VmConfig};
 
@@ -53,7 +53,7 @@ fn guest_resumed_on_memtap_keeps_running_and_fetches_little() {
 
     // On the server: memserv serves the desktop's file, memtap exposes it.
     let key = SharedKey::generate();
-    let memserv = Memserv::start(&desktop_ram, "vm1", &key, "127.0.0.1:0");
+    let memserv = DesktopServer::memserv(&desktop_ram, "vm1", &key, "127.0.0.1:0");
     let mnt = dir.path().join("memtap");
     std::fs::create_dir(&mnt).unwrap();
     let mut config = VmConfig::new("vm1", dir.path().join("slices"), memserv.remote("vm1", &key));

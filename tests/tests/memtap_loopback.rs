@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jettison_slice_store::{SliceStore, UnitState};
-use jettison_tests::{fuse_available, skip, Memserv};
+use jettison_tests::{fuse_available, skip, DesktopServer};
 use jettison_wire::{SharedKey, WakeHook};
 use memmap2::MmapOptions;
 use memtap::{Mount, VmConfig};
@@ -52,7 +52,7 @@ impl WakeHook for CountingWake {
     }
 }
 
-fn vm_config(dir: &Path, server: &Memserv, key: &SharedKey) -> VmConfig {
+fn vm_config(dir: &Path, server: &DesktopServer, key: &SharedKey) -> VmConfig {
     let mut config = VmConfig::new("vm1", dir.join("slices"), server.remote("vm1", key));
     // The descriptor's zero map: the hole (pages 100..200).
     config.zero_pages = std::iter::once(100..200).collect();
@@ -65,7 +65,7 @@ struct Fixture {
     ram: std::path::PathBuf,
     bytes: Vec<u8>,
     key: SharedKey,
-    server: Memserv,
+    server: DesktopServer,
     mnt: std::path::PathBuf,
     wake: Arc<CountingWake>,
     mount: Mount,
@@ -76,7 +76,7 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (ram, bytes) = desktop_ram(dir.path());
         let key = SharedKey::generate();
-        let server = Memserv::start(&ram, "vm1", &key, "127.0.0.1:0");
+        let server = DesktopServer::memserv(&ram, "vm1", &key, "127.0.0.1:0");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let wake = Arc::new(CountingWake::default());
@@ -170,7 +170,7 @@ fn a_vanished_memserv_makes_the_reader_wait_not_fail() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(!reader.is_finished(), "the read should wait for the desktop");
     // It comes back on the same address.
-    let _server = Memserv::start(&ram, "vm1", &key, &addr);
+    let _server = DesktopServer::memserv(&ram, "vm1", &key, &addr);
     let (got, map) = reader.join().unwrap();
     assert_eq!(got, bytes[3000 * PAGE..3001 * PAGE]);
     drop(map);

@@ -55,16 +55,16 @@
 use std::error::Error;
 use std::fs::File;
 use std::hint::black_box;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use jettison_bench::measure::{mb_per_s, micros, timed, Latency};
-use jettison_tests::{fuse_available, skip, Memserv};
+use jettison_bench::link::{raw_tcp_ping_pong, raw_tcp_stream};
+use jettison_bench::measure::{mb_per_s, micros, pin_to_cpu, timed, Latency};
+use jettison_tests::{fuse_available, skip, DesktopServer};
 use jettison_wire::{ByteRange, Chunk, Client, NoWake, SharedKey};
 use memmap2::{Mmap, MmapOptions};
 use memtap::{MemtapError, Mount, Stats, VmConfig};
@@ -80,8 +80,6 @@ const VM: &str = "vm1";
 const MIB: usize = 1 << 20;
 /// Copies of the image over raw TCP; the median is the link's figure.
 const STREAM_COPIES: usize = 5;
-/// Size of a raw ping-pong request (a page number and padding).
-const REQUEST_LEN: usize = 16;
 /// The paper's pivot window, memtap's default.
 const PAPER_WINDOW: u64 = memtap::prefetch::DEFAULT_PIVOT_WINDOW;
 
@@ -278,23 +276,6 @@ fn memtap_fault_rows(setup: &Setup, stats: &mut Vec<RunStats>) -> BenchResult<Ve
     Ok(rows)
 }
 
-/// Pins the calling thread, and every thread it starts afterwards, to `cpu`.
-fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(std::io::Error::other("no such CPU"));
-    }
-    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE (checked above), inside the set.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t and the size passed is its size;
-    // pid 0 means the calling thread.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Writes `mib` MiB of pseudo-random bytes and syncs them, so that no
 /// writeback runs during the measurements.
 fn write_image(dir: &Path, mib: usize, seed: u64) -> BenchResult<PathBuf> {
@@ -369,88 +350,12 @@ fn elapsed_of(touches: &[Touch], keep: impl Fn(&Touch) -> bool) -> Vec<Duration>
     touches.iter().filter(|t| keep(t)).map(|t| t.elapsed).collect()
 }
 
-/// Sends `image` over a plain TCP connection on loopback in 1 MiB writes;
-/// the time from the first write until the receiver has the last byte.
-fn raw_tcp_stream(image: &[u8]) -> BenchResult<Duration> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let sender = TcpStream::connect(listener.local_addr()?)?;
-    std::thread::scope(|scope| {
-        // Owned here, so that an early return hangs up and ends the receiver.
-        let mut sender = sender;
-        let receiver = scope.spawn(move || -> std::io::Result<(usize, Instant)> {
-            let (mut stream, _) = listener.accept()?;
-            let mut buf = vec![0u8; MIB];
-            let mut received = 0;
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) => return Ok((received, Instant::now())),
-                    Ok(n) => received += n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        });
-        let start = Instant::now();
-        for chunk in image.chunks(MIB) {
-            sender.write_all(chunk)?;
-        }
-        sender.shutdown(Shutdown::Write)?;
-        let (received, end) = receiver.join().expect("the raw TCP receiver panicked")?;
-        if received != image.len() {
-            return Err(format!("raw TCP receiver got {received} of {} bytes", image.len()).into());
-        }
-        Ok(end - start)
-    })
-}
-
-/// Asks a plain TCP server on loopback for each page of `pages` with a
-/// 16-byte request and waits for its 4 KiB answer; each round trip's time.
-fn raw_tcp_ping_pong(image: &[u8], pages: &[usize]) -> BenchResult<Vec<Duration>> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let client = TcpStream::connect(listener.local_addr()?)?;
-    client.set_nodelay(true)?;
-    std::thread::scope(|scope| {
-        // Owned here, so that any return hangs up and ends the server thread.
-        let mut client = client;
-        scope.spawn(move || -> std::io::Result<()> {
-            let (mut stream, _) = listener.accept()?;
-            stream.set_nodelay(true)?;
-            let mut request = [0u8; REQUEST_LEN];
-            loop {
-                match stream.read_exact(&mut request) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-                let page = u64::from_le_bytes(request[..8].try_into().expect("an 8-byte slice")) as usize;
-                let data = image
-                    .get(page * PAGE..(page + 1) * PAGE)
-                    .ok_or_else(|| std::io::Error::other(format!("page {page} is past the image")))?;
-                stream.write_all(data)?;
-            }
-        });
-        let mut reply = vec![0u8; PAGE];
-        let mut samples = Vec::with_capacity(pages.len());
-        for &page in pages {
-            let mut request = [0u8; REQUEST_LEN];
-            request[..8].copy_from_slice(&(page as u64).to_le_bytes());
-            let (sent, elapsed) = timed(|| client.write_all(&request).and_then(|()| client.read_exact(&mut reply)));
-            sent?;
-            if reply[..] != image[page * PAGE..(page + 1) * PAGE] {
-                return Err(format!("raw TCP server answered page {page} wrongly").into());
-            }
-            samples.push(elapsed);
-        }
-        Ok(samples)
-    })
-}
-
 /// Reads the whole image through one wire connection to a fresh memserv
 /// serving the image, one request of `range_len` bytes at a time; each
 /// request's time (the check of the answer against the image is not timed).
 fn wire_reads(setup: &Setup, range_len: usize) -> BenchResult<Vec<Duration>> {
     let image = &setup.image;
-    let server = Memserv::start(&setup.path, VM, &setup.key, "127.0.0.1:0");
+    let server = DesktopServer::memserv(&setup.path, VM, &setup.key, "127.0.0.1:0");
     let remote = server.remote(VM, &setup.key);
     let mut client = Client::connect(&remote.addr, &remote.key, &remote.hello, remote.timeout)?;
     let mut samples = Vec::with_capacity(image.len().div_ceil(range_len));
@@ -488,7 +393,7 @@ struct MemtapRun {
     file: Option<File>,
     mount: Option<Mount>,
     // Dropped after the mount: memtap's connections close before memserv stops.
-    _server: Memserv,
+    _server: DesktopServer,
     // Dropped last: holds the mountpoint and the slices.
     _dir: TempDir,
 }
@@ -499,7 +404,7 @@ impl MemtapRun {
         let dir = tempfile::tempdir()?;
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint)?;
-        let server = Memserv::start(&setup.path, VM, key, "127.0.0.1:0");
+        let server = DesktopServer::memserv(&setup.path, VM, key, "127.0.0.1:0");
         let mut config = VmConfig::new(VM, dir.path().join("slices"), server.remote(VM, key));
         config.pivot_window = window;
         let mount = Mount::start(&mountpoint, vec![config], Arc::new(NoWake))?;
