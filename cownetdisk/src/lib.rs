@@ -45,5 +45,6 @@ mod transmission;
 
 pub use disk::{Disk, DiskConfig, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 pub use error::{ConnectionError, CownetdiskError, ProtocolError};
-pub use server::{Listen, NbdServer, StopHandle};
+pub use jettison_event_loop::StopHandle;
+pub use server::{Listen, NbdServer};
 pub use stats::{RequestCounts, Stats};

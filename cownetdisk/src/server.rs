@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use jettison_event_loop::StopHandle;
 use mio::net::{TcpListener, UnixListener};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Token};
 
 use crate::connection::{self, Stream};
 use crate::disk::Disk;
@@ -44,24 +44,6 @@ pub struct Listen {
     pub unix: Option<PathBuf>,
     /// A TCP address (port 0 picks one).
     pub tcp: Option<SocketAddr>,
-}
-
-/// Stops a running [`NbdServer`] from another thread.
-#[derive(Debug, Clone)]
-pub struct StopHandle {
-    flag: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl StopHandle {
-    /// Asks the server to stop; [`NbdServer::run`] returns once it has let
-    /// requests in flight finish and flushed the disk.
-    pub fn stop(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        if let Err(e) = self.waker.wake() {
-            tracing::error!("cannot wake the accept loop to stop it: {e}");
-        }
-    }
 }
 
 /// An NBD server of one disk, bound and not yet running.
@@ -112,8 +94,7 @@ impl NbdServer {
             }
             None => None,
         };
-        let waker = Arc::new(Waker::new(poll.registry(), STOP).map_err(CownetdiskError::Poll)?);
-        let stop = StopHandle { flag: Arc::new(AtomicBool::new(false)), waker };
+        let stop = StopHandle::new(poll.registry(), STOP).map_err(CownetdiskError::Poll)?;
         Ok(NbdServer { disk, poll, tcp, unix, stop, live: Arc::default(), next_id: 1 })
     }
 
@@ -161,7 +142,7 @@ impl NbdServer {
         let mut events = Events::with_capacity(16);
         let mut published: Option<Stats> = None;
         let mut refreshed = Instant::now();
-        while !self.stop.flag.load(Ordering::SeqCst) {
+        while !self.stop.is_stopped() {
             if let Err(e) = self.poll.poll(&mut events, Some(STATS_INTERVAL)) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -236,7 +217,7 @@ impl NbdServer {
         Counters::add(&self.disk.counters().connections, 1);
         let registration = Registration { live: Arc::clone(&self.live), id };
         let disk = Arc::clone(&self.disk);
-        let stopping = Arc::clone(&self.stop.flag);
+        let stopping = self.stop.flag();
         let spawned = std::thread::Builder::new().name(format!("nbd-{id}")).spawn(move || {
             // Dropped in this order so that, once the connection is gone
             // from the live set, it no longer holds the disk.
@@ -276,7 +257,7 @@ impl NbdServer {
     /// does not read) is cut; one that still does not end is left behind:
     /// it can no longer answer anyone, so nothing it writes was promised.
     fn shut_down(&self) -> Result<(), CownetdiskError> {
-        self.stop.flag.store(true, Ordering::SeqCst);
+        self.stop.stop();
         let open = self.live.lock().len();
         if open > 0 {
             tracing::info!(vm = self.disk.name(), "stopping: letting {open} connections finish their requests");

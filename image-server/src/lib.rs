@@ -20,4 +20,5 @@ pub mod server;
 pub use error::ServeError;
 pub use events::RequestEvent;
 pub use image::Image;
-pub use server::{ServeConfig, Server, StopHandle};
+pub use jettison_event_loop::StopHandle;
+pub use server::{ServeConfig, Server};

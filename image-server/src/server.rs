@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use jettison_event_loop::StopHandle;
 use jettison_wire::{chain, Event, HelloReply, Request, ServerSession, Service, SharedKey, Welcome};
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::error::ServeError;
 use crate::events::{EventKind, RequestEvent};
@@ -51,23 +51,6 @@ pub struct ServeConfig {
     pub export: String,
     /// Unix socket for the local event stream, if any.
     pub events: Option<PathBuf>,
-}
-
-/// Stops a running [`Server`] from another thread.
-#[derive(Debug, Clone)]
-pub struct StopHandle {
-    flag: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl StopHandle {
-    /// Asks the loop to end; it returns from [`Server::run`] soon after.
-    pub fn stop(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        if let Err(e) = self.waker.wake() {
-            tracing::error!("cannot wake the event loop to stop it: {e}");
-        }
-    }
 }
 
 /// A bound, not yet running server.
@@ -107,8 +90,7 @@ impl Server {
             }
             None => None,
         };
-        let waker = Arc::new(Waker::new(poll.registry(), STOP).map_err(ServeError::Poll)?);
-        let stop = StopHandle { flag: Arc::new(AtomicBool::new(false)), waker };
+        let stop = StopHandle::new(poll.registry(), STOP).map_err(ServeError::Poll)?;
         Ok(Server { config, image, poll, listener, event_listener, stop })
     }
 
@@ -140,7 +122,7 @@ impl Server {
             size = self.image.size(),
             "serving"
         );
-        while !self.stop.flag.load(Ordering::SeqCst) {
+        while !self.stop.is_stopped() {
             if let Err(e) = self.poll.poll(&mut events, None) {
                 if e.kind() == IoErrorKind::Interrupted {
                     continue;

@@ -39,31 +39,37 @@ enum Action {
     },
     /// Desktop: merge a set into the image, only after all of it has arrived and verified.
     Apply {
-        /// The image to update (the VM's disk image or RAM file).
-        #[arg(long)]
-        image: PathBuf,
-        /// Unit size of the set.
-        #[arg(long, default_value_t = 4096)]
-        unit: u32,
-        /// Where the set is staged before it is applied.
-        #[arg(long)]
-        staging: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// The set, as written by `export`.
         #[arg(long = "in")]
         input: PathBuf,
     },
     /// Desktop: finish an apply that a crash interrupted (run before the VM starts).
     Resume {
-        /// The image.
-        #[arg(long)]
-        image: PathBuf,
-        /// Unit size of the set.
-        #[arg(long, default_value_t = 4096)]
-        unit: u32,
-        /// The staging directory given to `apply`.
-        #[arg(long)]
-        staging: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
+}
+
+/// The desktop image a set is applied to.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The image to update (the VM's disk image or RAM file).
+    #[arg(long)]
+    image: PathBuf,
+    /// Unit size of the set.
+    #[arg(long, default_value_t = 4096)]
+    unit: u32,
+    /// Where the set is staged before it is applied.
+    #[arg(long)]
+    staging: PathBuf,
+}
+
+impl Target {
+    fn apply_target(&self) -> ApplyTarget {
+        ApplyTarget::new(&self.image, self.unit, &self.staging)
+    }
 }
 
 /// Runs the chosen action.
@@ -85,14 +91,16 @@ pub fn run(args: Args) -> CmdResult {
                 out.display()
             );
         }
-        Action::Apply { image, unit, staging, input } => {
+        Action::Apply { target, input } => {
             let file = File::open(&input).map_err(|e| format!("cannot open {}: {e}", input.display()))?;
-            let summary = ApplyTarget::new(&image, unit, &staging).apply(BufReader::new(file))?;
-            println!("applied {} units ({} bytes) to {}", summary.units, summary.data_bytes, image.display());
+            let summary = target.apply_target().apply(BufReader::new(file))?;
+            println!("applied {} units ({} bytes) to {}", summary.units, summary.data_bytes, target.image.display());
         }
-        Action::Resume { image, unit, staging } => match ApplyTarget::new(&image, unit, &staging).resume_pending()? {
-            Some(s) => println!("finished an interrupted apply: {} units written to {}", s.units, image.display()),
-            None => println!("nothing pending for {}", image.display()),
+        Action::Resume { target } => match target.apply_target().resume_pending()? {
+            Some(s) => {
+                println!("finished an interrupted apply: {} units written to {}", s.units, target.image.display())
+            }
+            None => println!("nothing pending for {}", target.image.display()),
         },
     }
     Ok(())

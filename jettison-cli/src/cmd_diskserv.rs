@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use jettison_image_server::ServeConfig;
 use jettison_wire::{Service, SharedKey};
 
-use crate::signals::block_stop_signals;
+use crate::signals::{block_stop_signals, serve_until_signal};
 use crate::CmdResult;
 
 /// Arguments of `jettison diskserv`.
@@ -39,13 +39,5 @@ pub fn run(args: Args) -> CmdResult {
     let config = ServeConfig { listen: args.listen, key, service: Service::Disk, export: args.vm, events: args.events };
     let server = diskserv::bind(&args.image, config, args.block_size)?;
     println!("diskserv: serving {} on {}", args.image.display(), server.local_addr()?);
-    let stop = server.stop_handle();
-    std::thread::spawn(move || {
-        if let Some(signal) = wait_for_signal() {
-            tracing::info!("{signal}: stopping");
-        }
-        stop.stop();
-    });
-    server.run()?;
-    Ok(())
+    serve_until_signal(server, wait_for_signal)
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use jettison_image_server::ServeConfig;
 use jettison_wire::{Service, SharedKey};
 
-use crate::signals::block_stop_signals;
+use crate::signals::{block_stop_signals, serve_until_signal};
 use crate::CmdResult;
 
 /// Arguments of `jettison memserv`.
@@ -37,13 +37,5 @@ pub fn run(args: Args) -> CmdResult {
         ServeConfig { listen: args.listen, key, service: Service::Memory, export: args.vm, events: args.events };
     let server = memserv::bind(&args.ram, config)?;
     println!("memserv: serving {} on {}", args.ram.display(), server.local_addr()?);
-    let stop = server.stop_handle();
-    std::thread::spawn(move || {
-        if let Some(signal) = wait_for_signal() {
-            tracing::info!("{signal}: stopping");
-        }
-        stop.stop();
-    });
-    server.run()?;
-    Ok(())
+    serve_until_signal(server, wait_for_signal)
 }

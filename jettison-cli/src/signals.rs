@@ -15,3 +15,23 @@ pub fn block_stop_signals() -> nix::Result<impl FnOnce() -> Option<Signal> + Sen
     set.thread_block()?;
     Ok(move || set.wait().ok())
 }
+
+/// Runs a desktop serving loop (memserv, diskserv) until `wait_for_signal`
+/// returns, then stops it cleanly.
+///
+/// # Errors
+/// The loop's error.
+pub fn serve_until_signal(
+    server: jettison_image_server::Server,
+    wait_for_signal: impl FnOnce() -> Option<Signal> + Send + 'static,
+) -> crate::CmdResult {
+    let stop = server.stop_handle();
+    std::thread::spawn(move || {
+        if let Some(signal) = wait_for_signal() {
+            tracing::info!("{signal}: stopping");
+        }
+        stop.stop();
+    });
+    server.run()?;
+    Ok(())
+}
