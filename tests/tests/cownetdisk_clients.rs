@@ -492,3 +492,37 @@ fn the_stats_file_holds_the_counters_when_cownetdisk_stops() {
     assert_eq!((written.requests.read, written.requests.write, written.dirty_blocks), (1, 1, 1), "{written:?}");
     assert!(written.summary().starts_with("vm1: 16 MiB disk in 4096-byte blocks, 1 reads"), "{}", written.summary());
 }
+
+/// Counts the wake-ups asked for.
+#[derive(Debug, Default)]
+struct CountingWake(std::sync::atomic::AtomicU64);
+
+impl jettison_wire::WakeHook for CountingWake {
+    fn wake(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn every_remote_fetch_asks_the_wake_hook_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, bytes) = desktop_image(dir.path());
+    let key = SharedKey::generate();
+    let diskserv = DesktopServer::diskserv(&image, "vm1", &key, "127.0.0.1:0", BLOCK as u32);
+    let wake = std::sync::Arc::new(CountingWake::default());
+    let config = cownetdisk::DiskConfig::new("vm1", dir.path().join("state"), diskserv.remote("vm1", &key));
+    let disk = cownetdisk::Disk::open(config, wake.clone()).unwrap();
+    let connect_wakes = wake.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(connect_wakes >= 1, "connecting to diskserv did not ask the wake hook");
+    let mut buf = vec![0u8; BLOCK];
+    for block in [7usize, 100, 2000] {
+        disk.read((block * BLOCK) as u64, &mut buf).unwrap();
+        assert_eq!(buf, bytes[block * BLOCK..(block + 1) * BLOCK]);
+    }
+    // A block already on the server needs no fetch, and so no wake-up.
+    disk.read(7 * BLOCK as u64, &mut buf).unwrap();
+    let stats = disk.stats();
+    let wakes = wake.0.load(std::sync::atomic::Ordering::SeqCst) - connect_wakes;
+    assert_eq!(stats.fetch_calls, 3, "{stats:?}");
+    assert_eq!(wakes, stats.fetch_calls, "each fetch asks the wake hook exactly once");
+}
