@@ -4,4 +4,6 @@
 //! produced them. The library holds what the binaries share.
 #![warn(missing_docs)]
 
+pub mod link;
 pub mod measure;
+pub mod nbd;
