@@ -1,0 +1,68 @@
+//! The energy side of Jettison: what the desktop's power states cost, when it
+//! should go back to sleep between remote requests, and how much energy a
+//! consolidation saved against leaving the desktop idle.
+//!
+//! # Why this is a crate of its own
+//!
+//! Consolidation only pays if the desktop sleeps, and sleeping only pays if
+//! each sleep is long enough to repay the suspend and resume it costs. The
+//! same arithmetic is needed in three places: the desktop's microsleep policy
+//! (live), `jettison status` (a report of what was saved), and the energy
+//! benchmark (a trace replayed offline). Keeping it here, free of I/O and of
+//! clocks, lets all three agree and lets the policy be tested on traces.
+//!
+//! # Layers
+//!
+//! - [`PowerProfile`]: the desktop's power in each state and the time its
+//!   transitions take (the paper's Table 1 by default), its break-even sleep
+//!   length `t_b` (Eq. 3) and the waste of a too-short microsleep.
+//! - [`GapHistory`] and [`MicrosleepPolicy`]: the wait time `t_w` the desktop
+//!   stays awake after the last memserv/diskserv request, fixed (6 s) or
+//!   adaptive (the `t_w` that minimises Eq. 4 over the gaps seen so far).
+//! - [`DesktopState`] and [`EnergyLedger`]: timestamped state transitions
+//!   integrated with the profile's power, per consolidation and in total,
+//!   against the baseline of staying idle; [`svg::power_chart`] draws the
+//!   power over time like the paper's Figure 8.
+//! - [`trace`] and [`simulate`]: a seeded request-arrival trace generator and
+//!   a simulated desktop that replays a trace through a policy and a ledger.
+//!
+//! Times are `f64` seconds from an origin the caller chooses (the start of
+//! the consolidation in a trace, a monotonic clock's reading live): the
+//! ledger and the policy only ever subtract them.
+//!
+//! # Example
+//!
+//! ```
+//! use jettison_power::{DesktopState, EnergyLedger, PowerProfile};
+//!
+//! # fn main() -> Result<(), jettison_power::PowerError> {
+//! let profile = PowerProfile::default(); // the paper's Table 1
+//! assert_eq!(format!("{:.2}", profile.break_even_secs()), "32.22");
+//!
+//! let mut ledger = EnergyLedger::new(profile);
+//! ledger.begin(DesktopState::Suspending, 0.0)?;
+//! ledger.enter(DesktopState::Asleep, 8.38)?;
+//! ledger.enter(DesktopState::Resuming, 3600.0)?;
+//! let report = ledger.end(3608.58)?;
+//! assert!(report.saved_percent > 90.0);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod gaps;
+mod ledger;
+mod policy;
+mod profile;
+pub mod simulate;
+mod state;
+pub mod svg;
+pub mod trace;
+
+pub use error::PowerError;
+pub use gaps::GapHistory;
+pub use ledger::{EnergyLedger, EnergyReport, LedgerSummary, PowerStep, StateSecs};
+pub use policy::{AdaptiveConfig, MicrosleepPolicy, WaitMode, DEFAULT_WAIT_SECS};
+pub use profile::PowerProfile;
+pub use state::DesktopState;
