@@ -1,0 +1,325 @@
+//! Wake-on-LAN across network namespaces: an office LAN (a bridge in its
+//! own namespace) joining a desktop and a server. The desktop runs the real
+//! `jettison memserv` and sleeps in emulated S3 (daemons stopped, address
+//! gone, a raw socket listening for magic packets). The server reads pages
+//! through a `RemoteImage` whose wake hook is remote-wakeup's
+//! `DesktopWaker`: the read sends a magic packet, the desktop's listener
+//! hears a valid one for its MAC and resumes, and the page is served.
+//!
+//! Root only (namespaces, veth, a bridge, AF_PACKET); skipped with a reason
+//! elsewhere. Every namespace is made here with a unique name and deleted by
+//! a guard, whatever happens.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use jettison_tests::{repo_root, skip};
+use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
+use remote_wakeup::{netns, DesktopConfig, DesktopWaker, EmulatedS3, Mac, PowerState, S3Config};
+
+const PAGE: usize = 4096;
+const PAGES: usize = 256;
+const DESKTOP_MAC: Mac = Mac([0x02, 0x4a, 0x57, 0x00, 0x00, 0x02]);
+const DESKTOP_CIDR: &str = "10.77.0.2/24";
+const SERVER_CIDR: &str = "10.77.0.1/24";
+const BROADCAST: &str = "10.77.0.255";
+const MEMSERV: &str = "10.77.0.2:7410";
+/// Bound on anything that should happen within seconds.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `Ok` when this machine can make namespaces, veth pairs and bridges.
+fn netns_available() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("network namespaces, veth and AF_PACKET need root".into());
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err("`ip` (iproute2) is not installed; run scripts/install-deps".into()),
+    }
+}
+
+/// Runs `ip ARGS`, panicking with its stderr on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+struct Namespace(String);
+
+impl Namespace {
+    fn new(name: String) -> Namespace {
+        ip(&["netns", "add", &name]);
+        Namespace(name)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The office: a bridge in `lan`, the desktop and the server each on a
+/// veth port of it, both as `eth0` on 10.77.0.0/24.
+#[derive(Debug)]
+struct Office {
+    desktop: Namespace,
+    server: Namespace,
+    _lan: Namespace,
+}
+
+impl Office {
+    fn build() -> Office {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!("jwake-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let lan = Namespace::new(format!("{prefix}-lan"));
+        let desktop = Namespace::new(format!("{prefix}-desktop"));
+        let server = Namespace::new(format!("{prefix}-server"));
+        ip(&["-n", &lan.0, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &lan.0, "link", "set", "br0", "up"]);
+        for (ns, port, cidr) in [(&desktop, "port-desktop", DESKTOP_CIDR), (&server, "port-server", SERVER_CIDR)] {
+            ip(&["-n", &lan.0, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0]);
+            ip(&["-n", &lan.0, "link", "set", port, "master", "br0", "up"]);
+            ip(&["-n", &ns.0, "addr", "add", cidr, "brd", "+", "dev", "eth0"]);
+            ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", &desktop.0, "link", "set", "eth0", "address", &DESKTOP_MAC.to_string()]);
+        for ns in [&desktop, &server] {
+            ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+        }
+        Office { desktop, server, _lan: lan }
+    }
+}
+
+/// The `jettison` binary, built by cargo like `cownetdisk_clients` does.
+fn jettison_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary is under target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("the test binary is under target/<profile>/deps");
+    let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    cargo
+        .args(["build", "--quiet", "-p", "jettison-cli", "--bin", "jettison"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(repo_root());
+    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        cargo.arg("--release");
+    }
+    assert!(cargo.status().unwrap().success(), "building the jettison binary failed");
+    profile_dir.join("jettison")
+}
+
+/// memserv in the desktop's namespace; continued and killed on drop.
+#[derive(Debug)]
+struct Memserv {
+    child: Child,
+}
+
+impl Memserv {
+    fn start(office: &Office, dir: &Path, ram: &Path, key: &Path, events: &Path) -> Memserv {
+        let log = std::fs::File::create(dir.join("memserv.log")).unwrap();
+        // `ip netns exec` execs the command in place, so the child's pid is
+        // memserv's: the emulated S3 stops and continues it.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &office.desktop.0])
+            .arg(jettison_binary())
+            .args(["memserv", "--vm", "vm1", "--listen", MEMSERV])
+            .arg("--ram")
+            .arg(ram)
+            .arg("--key")
+            .arg(key)
+            .arg("--events")
+            .arg(events)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let memserv = Memserv { child };
+        let deadline = Instant::now() + WAIT;
+        let probe: SocketAddr = MEMSERV.parse().unwrap();
+        while !(events.exists()
+            && netns::run_in(Some(&office.server.0), || TcpStream::connect_timeout(&probe, Duration::from_secs(1)))
+                .unwrap()
+                .is_ok())
+        {
+            assert!(Instant::now() < deadline, "memserv did not come up; see {}/memserv.log", dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        memserv
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Memserv {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our child,
+        // not yet reaped.
+        unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The desktop's RAM file: page p filled with bytes derived from p.
+fn desktop_ram(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let bytes: Vec<u8> = (0..PAGES * PAGE).map(|i| ((i / PAGE * 7 + i) % 251) as u8 + 1).collect();
+    let path = dir.join("vm1.ram");
+    std::fs::File::create(&path).unwrap().write_all_at(&bytes, 0).unwrap();
+    (path, bytes)
+}
+
+/// Everything a scenario needs; torn down in reverse order (the desktop
+/// resumed, memserv killed, then the namespaces deleted).
+struct Scenario {
+    s3: EmulatedS3,
+    waker: Arc<DesktopWaker>,
+    image: Arc<RemoteImage>,
+    bytes: Vec<u8>,
+    events: PathBuf,
+    _memserv: Memserv,
+    office: Office,
+    _dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    fn start(raw_frames: bool) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let office = Office::build();
+        let (ram, bytes) = desktop_ram(dir.path());
+        let key = SharedKey::generate();
+        let key_path = dir.path().join("jettison.key");
+        key.save(&key_path).unwrap();
+        let events = dir.path().join("memserv.events");
+        let memserv = Memserv::start(&office, dir.path(), &ram, &key_path, &events);
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", memserv.pid())).unwrap();
+        assert_eq!(comm.trim(), "jettison", "the child is memserv itself, not a wrapper");
+
+        let s3 = EmulatedS3::start(S3Config {
+            netns: Some(office.desktop.0.clone()),
+            interface: "eth0".into(),
+            address: DESKTOP_CIDR.into(),
+            mac: DESKTOP_MAC,
+            pids: vec![memserv.pid()],
+            suspend_time: Duration::from_millis(500),
+            resume_time: Duration::from_secs(1),
+        })
+        .unwrap();
+
+        let broadcast: IpAddr = BROADCAST.parse().unwrap();
+        let mut config = DesktopConfig::new("desktop1", DESKTOP_MAC, broadcast, MEMSERV.parse().unwrap());
+        config.probe_timeout = Duration::from_millis(300);
+        if raw_frames {
+            config.raw_interface = Some("eth0".into());
+        }
+        let waker = Arc::new(DesktopWaker::new(config));
+
+        let mut remote = RemoteConfig::new(MEMSERV, key, Hello { service: Service::Memory, export: "vm1".into() });
+        remote.timeout = Duration::from_secs(2);
+        remote.max_backoff = Duration::from_millis(200);
+        remote.give_up_after = Some(WAIT);
+        let hook: Arc<dyn WakeHook> = Arc::clone(&waker) as Arc<dyn WakeHook>;
+        let image = netns::run_in(Some(&office.server.0), || RemoteImage::connect(remote, hook)).unwrap().unwrap();
+        Scenario { s3, waker, image: Arc::new(image), bytes, events, _memserv: memserv, office, _dir: dir }
+    }
+
+    /// Reads `pages` from the server's namespace and checks every byte.
+    fn read_and_check(&self, pages: std::ops::Range<usize>) {
+        netns::enter(&self.office.server.0).unwrap();
+        let range = ByteRange::new((pages.start * PAGE) as u64, (pages.len() * PAGE) as u32);
+        let chunks = self.image.read(&[range]).unwrap();
+        let mut got = Vec::new();
+        for chunk in chunks {
+            match chunk {
+                Chunk::Bytes { data, .. } => got.extend_from_slice(&data),
+                Chunk::Zero { len, .. } => got.resize(got.len() + len as usize, 0),
+            }
+        }
+        assert!(got == self.bytes[pages.start * PAGE..pages.end * PAGE], "pages {pages:?} differ from the RAM file");
+    }
+
+    /// Reads `pages` on a thread of its own (it enters the server's
+    /// namespace, which the calling thread must not).
+    fn read_on_server(&self, pages: std::ops::Range<usize>) {
+        std::thread::scope(|s| s.spawn(|| self.read_and_check(pages)).join().unwrap());
+    }
+
+    fn wait_for_sleep(&self, suspends: u64) {
+        let asleep = self.s3.wait_until(WAIT, |state, stats| state == PowerState::Asleep && stats.suspends == suspends);
+        assert!(asleep, "the desktop did not fall asleep (state {}, {:?})", self.s3.state(), self.s3.stats());
+    }
+
+    /// The listener heard exactly the magic packets the waker sent, and no
+    /// suspend or resume step failed.
+    fn check_packets_and_errors(&self) {
+        eprintln!("server: {:?}; desktop: {:?}", self.waker.status(), self.s3.stats());
+        let sent = self.waker.stats().magic_packets;
+        let heard = self.s3.wait_until(WAIT, |_, stats| stats.magic_packets >= sent);
+        assert!(heard, "the desktop heard {:?} of {sent} magic packets", self.s3.stats());
+        assert_eq!(self.s3.stats().magic_packets, sent);
+        assert_eq!(self.s3.last_error(), None);
+    }
+}
+
+#[test]
+fn concurrent_reads_of_a_sleeping_desktop_wake_it_once() {
+    if let Err(why) = netns_available() {
+        return skip(why);
+    }
+    let scenario = Scenario::start(false);
+    scenario.s3.suspend();
+    scenario.wait_for_sleep(1);
+
+    const READERS: usize = 4;
+    let barrier = Barrier::new(READERS);
+    std::thread::scope(|s| {
+        for reader in 0..READERS {
+            let (scenario, barrier) = (&scenario, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                scenario.read_and_check(reader * 16..reader * 16 + 16);
+            });
+        }
+    });
+
+    let wakes = scenario.waker.stats();
+    assert_eq!(wakes.wakes, 1, "one wake for {READERS} concurrent readers: {wakes:?}");
+    assert_eq!(wakes.failed_wakes, 0);
+    assert!(wakes.magic_packets >= 1);
+    assert_eq!(scenario.s3.stats().resumes, 1);
+    assert_eq!(scenario.s3.state(), PowerState::On);
+    scenario.check_packets_and_errors();
+}
+
+#[test]
+fn desktop_sleeps_after_t_w_without_requests_and_each_later_read_wakes_it() {
+    if let Err(why) = netns_available() {
+        return skip(why);
+    }
+    let mut scenario = Scenario::start(true);
+    let t_w = Duration::from_secs(2);
+    let events = scenario.events.clone();
+    scenario.s3.suspend_when_idle(&events, t_w).unwrap();
+
+    for round in 1..=2u64 {
+        scenario.wait_for_sleep(round);
+        scenario.read_on_server(0..PAGES);
+        let stats = scenario.waker.stats();
+        assert_eq!(stats.wakes, round, "{stats:?}");
+        assert_eq!(scenario.s3.stats().resumes, round);
+        // Each wake sends the UDP datagram and the raw 0x0842 frame.
+        assert_eq!(stats.magic_packets % 2, 0, "{stats:?}");
+    }
+    assert_eq!(scenario.waker.stats().failed_wakes, 0);
+    scenario.check_packets_and_errors();
+}
