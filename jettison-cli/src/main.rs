@@ -9,6 +9,7 @@ mod cmd_memserv;
 mod cmd_memtap;
 mod cmd_pair;
 mod cmd_status;
+mod cmd_wake;
 mod cmd_zero_map;
 mod signals;
 
@@ -42,6 +43,8 @@ enum Command {
     DirtySet(cmd_dirty_set::Args),
     /// Show what the consolidated VMs have fetched and dirtied.
     Status(cmd_status::Args),
+    /// Wake a sleeping desktop with Wake-on-LAN and report how long it took.
+    Wake(cmd_wake::Args),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Cownetdisk(args) => cmd_cownetdisk::run(args),
         Command::DirtySet(args) => cmd_dirty_set::run(args),
         Command::Status(args) => cmd_status::run(args),
+        Command::Wake(args) => cmd_wake::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -293,7 +293,11 @@ impl DesktopWaker {
         let mut packets = 0u64;
         let mut pause = config.resend;
         loop {
-            packets += self.send_magic(raw.as_ref());
+            let (sent, error) = self.send_magic(raw.as_ref());
+            packets += sent;
+            if let Some(e) = error {
+                tracing::warn!("{}", jettison_wire::chain(&e));
+            }
             let next_send = Instant::now() + pause;
             while Instant::now() < next_send {
                 if self.probe() {
@@ -319,21 +323,37 @@ impl DesktopWaker {
         }
     }
 
+    /// Sends one round of magic packets now, without probing: the UDP
+    /// datagram and, if configured, the raw frame. Returns how many went
+    /// out.
+    ///
+    /// # Errors
+    /// [`WakeError::PacketSocket`] when the raw interface cannot be opened;
+    /// the send error when nothing went out.
+    pub fn send_magic_packets(&self) -> Result<u64, WakeError> {
+        let raw = self.config.raw_interface.as_deref().map(PacketSocket::open).transpose()?;
+        let (sent, error) = self.send_magic(raw.as_ref());
+        match error {
+            Some(e) if sent == 0 => Err(e),
+            _ => Ok(sent),
+        }
+    }
+
     /// Sends one UDP magic packet and, if configured, one raw frame;
-    /// returns how many went out.
-    fn send_magic(&self, raw: Option<&PacketSocket>) -> u64 {
+    /// returns how many went out and the last send error.
+    fn send_magic(&self, raw: Option<&PacketSocket>) -> (u64, Option<WakeError>) {
         let config = &self.config;
         let mut sent = 0;
+        let mut error = None;
         match wol::send_wol(config.mac.into(), Some(config.broadcast), None) {
             Ok(()) => sent += 1,
             Err(source) => {
-                let e = WakeError::SendUdp {
+                error = Some(WakeError::SendUdp {
                     desktop: config.name.clone(),
                     mac: config.mac,
                     broadcast: config.broadcast,
                     source,
-                };
-                tracing::warn!("{}", jettison_wire::chain(&e));
+                });
             }
         }
         if let Some(socket) = raw {
@@ -341,18 +361,17 @@ impl DesktopWaker {
             match socket.send(&magic::ethernet_frame(source_mac, config.mac)) {
                 Ok(()) => sent += 1,
                 Err(source) => {
-                    let e = WakeError::SendRaw {
+                    error = Some(WakeError::SendRaw {
                         desktop: config.name.clone(),
                         mac: config.mac,
                         interface: socket.interface().to_owned(),
                         source,
-                    };
-                    tracing::warn!("{}", jettison_wire::chain(&e));
+                    });
                 }
             }
         }
         self.lock().stats.magic_packets += sent;
-        sent
+        (sent, error)
     }
 
     /// Whether the desktop's service accepts a TCP connection now.
@@ -433,6 +452,19 @@ mod tests {
         assert_eq!(stats.wakes + stats.joined, 4);
         assert_eq!(stats.failed_wakes, stats.wakes);
         assert!(results.iter().all(Result::is_err));
+    }
+
+    #[test]
+    fn the_udp_packet_is_the_magic_payload() {
+        // Port 9 is privileged: only root can listen there to check.
+        let Ok(listener) = std::net::UdpSocket::bind("127.0.0.1:9") else { return };
+        listener.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let waker = DesktopWaker::new(config(closed_port()));
+        assert_eq!(waker.send_magic_packets().unwrap(), 1);
+        let mut buf = [0u8; 200];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(buf[..n], magic::payload(waker.config().mac));
+        assert_eq!(waker.stats().magic_packets, 1);
     }
 
     #[test]
