@@ -37,8 +37,8 @@ pub fn power_chart(steps: &[(f64, f64)], labels: &ChartLabels) -> String {
     let t_end = steps.last().map_or(1.0, |&(t, _)| t).max(1.0);
     let t_start = steps.first().map_or(0.0, |&(t, _)| t).min(t_end - 1.0);
     let max_watts = steps.iter().map(|&(_, w)| w).fold(labels.idle_watts, f64::max);
-    // Round the axis up to a multiple of 20 W.
-    let w_top = ((max_watts / 20.0).ceil() * 20.0).max(20.0);
+    // Round the axis up to a multiple of 20 W, with headroom for the legend.
+    let w_top = ((max_watts * 1.15 / 20.0).ceil() * 20.0).max(20.0);
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let x = |t: f64| LEFT + (t - t_start) / (t_end - t_start) * plot_w;
