@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use jettison_tests::{repo_root, skip};
+use jettison_tests::{fuse_available, repo_root, skip};
 use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
+use memmap2::MmapOptions;
+use memtap::{Mount, VmConfig};
 use remote_wakeup::{netns, DesktopConfig, DesktopWaker, EmulatedS3, Mac, PowerState, S3Config};
 
 const PAGE: usize = 4096;
@@ -184,12 +186,12 @@ fn desktop_ram(dir: &Path) -> (PathBuf, Vec<u8>) {
 struct Scenario {
     s3: EmulatedS3,
     waker: Arc<DesktopWaker>,
-    image: Arc<RemoteImage>,
+    remote: RemoteConfig,
     bytes: Vec<u8>,
     events: PathBuf,
     _memserv: Memserv,
     office: Office,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Scenario {
@@ -228,16 +230,27 @@ impl Scenario {
         remote.timeout = Duration::from_secs(2);
         remote.max_backoff = Duration::from_millis(200);
         remote.give_up_after = Some(WAIT);
-        let hook: Arc<dyn WakeHook> = Arc::clone(&waker) as Arc<dyn WakeHook>;
-        let image = netns::run_in(Some(&office.server.0), || RemoteImage::connect(remote, hook)).unwrap().unwrap();
-        Scenario { s3, waker, image: Arc::new(image), bytes, events, _memserv: memserv, office, _dir: dir }
+        Scenario { s3, waker, remote, bytes, events, _memserv: memserv, office, dir }
     }
 
-    /// Reads `pages` from the server's namespace and checks every byte.
-    fn read_and_check(&self, pages: std::ops::Range<usize>) {
+    /// The waker as the hook memtap and cownetdisk are given.
+    fn hook(&self) -> Arc<dyn WakeHook> {
+        Arc::clone(&self.waker) as Arc<dyn WakeHook>
+    }
+
+    /// The desktop's RAM as the server reads it, connected from the
+    /// server's namespace.
+    fn remote_image(&self) -> RemoteImage {
+        let remote = self.remote.clone();
+        netns::run_in(Some(&self.office.server.0), || RemoteImage::connect(remote, self.hook())).unwrap().unwrap()
+    }
+
+    /// Reads `pages` of `image` from the server's namespace (the calling
+    /// thread enters it for good) and checks every byte.
+    fn read_and_check(&self, image: &RemoteImage, pages: std::ops::Range<usize>) {
         netns::enter(&self.office.server.0).unwrap();
         let range = ByteRange::new((pages.start * PAGE) as u64, (pages.len() * PAGE) as u32);
-        let chunks = self.image.read(&[range]).unwrap();
+        let chunks = image.read(&[range]).unwrap();
         let mut got = Vec::new();
         for chunk in chunks {
             match chunk {
@@ -250,8 +263,8 @@ impl Scenario {
 
     /// Reads `pages` on a thread of its own (it enters the server's
     /// namespace, which the calling thread must not).
-    fn read_on_server(&self, pages: std::ops::Range<usize>) {
-        std::thread::scope(|s| s.spawn(|| self.read_and_check(pages)).join().unwrap());
+    fn read_on_server(&self, image: &RemoteImage, pages: std::ops::Range<usize>) {
+        std::thread::scope(|s| s.spawn(|| self.read_and_check(image, pages)).join().unwrap());
     }
 
     fn wait_for_sleep(&self, suspends: u64) {
@@ -277,6 +290,7 @@ fn concurrent_reads_of_a_sleeping_desktop_wake_it_once() {
         return skip(why);
     }
     let scenario = Scenario::start(false);
+    let image = scenario.remote_image();
     scenario.s3.suspend();
     scenario.wait_for_sleep(1);
 
@@ -284,10 +298,10 @@ fn concurrent_reads_of_a_sleeping_desktop_wake_it_once() {
     let barrier = Barrier::new(READERS);
     std::thread::scope(|s| {
         for reader in 0..READERS {
-            let (scenario, barrier) = (&scenario, &barrier);
+            let (scenario, barrier, image) = (&scenario, &barrier, &image);
             s.spawn(move || {
                 barrier.wait();
-                scenario.read_and_check(reader * 16..reader * 16 + 16);
+                scenario.read_and_check(image, reader * 16..reader * 16 + 16);
             });
         }
     });
@@ -307,13 +321,14 @@ fn desktop_sleeps_after_t_w_without_requests_and_each_later_read_wakes_it() {
         return skip(why);
     }
     let mut scenario = Scenario::start(true);
+    let image = scenario.remote_image();
     let t_w = Duration::from_secs(2);
     let events = scenario.events.clone();
     scenario.s3.suspend_when_idle(&events, t_w).unwrap();
 
     for round in 1..=2u64 {
         scenario.wait_for_sleep(round);
-        scenario.read_on_server(0..PAGES);
+        scenario.read_on_server(&image, 0..PAGES);
         let stats = scenario.waker.stats();
         assert_eq!(stats.wakes, round, "{stats:?}");
         assert_eq!(scenario.s3.stats().resumes, round);
@@ -321,5 +336,40 @@ fn desktop_sleeps_after_t_w_without_requests_and_each_later_read_wakes_it() {
         assert_eq!(stats.magic_packets % 2, 0, "{stats:?}");
     }
     assert_eq!(scenario.waker.stats().failed_wakes, 0);
+    scenario.check_packets_and_errors();
+}
+
+#[test]
+fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
+    if let Err(why) = netns_available().and_then(|()| fuse_available()) {
+        return skip(why);
+    }
+    let mut scenario = Scenario::start(false);
+    let mnt = scenario.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let config = VmConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
+    // memtap's FUSE and fetch threads are started from a thread in the
+    // server's namespace, so they fetch from there.
+    let mount = netns::run_in(Some(&scenario.office.server.0), || Mount::start(&mnt, vec![config], scenario.hook()))
+        .unwrap()
+        .unwrap();
+    let events = scenario.events.clone();
+    scenario.s3.suspend_when_idle(&events, Duration::from_secs(2)).unwrap();
+
+    let file = std::fs::File::open(mnt.join("vm1.ram")).unwrap();
+    // SAFETY: a read-only view of the test's own memtap file.
+    let map = unsafe { MmapOptions::new().map(&file) }.unwrap();
+    // Pages far apart, so that neither is in the other's prefetch window.
+    for (round, page) in [(1u64, 10usize), (2, 200)] {
+        scenario.wait_for_sleep(round);
+        assert!(map[page * PAGE..(page + 1) * PAGE] == scenario.bytes[page * PAGE..(page + 1) * PAGE], "page {page}");
+        assert_eq!(scenario.waker.stats().wakes, round);
+        assert_eq!(scenario.s3.stats().resumes, round);
+    }
+    let stats: memtap::Stats = serde_json::from_slice(&std::fs::read(mnt.join("vm1.stats")).unwrap()).unwrap();
+    assert!(stats.remote_fetches >= 2, "{stats:?}");
+    drop(map);
+    drop(file);
+    mount.unmount().unwrap();
     scenario.check_packets_and_errors();
 }
