@@ -373,3 +373,35 @@ fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
     mount.unmount().unwrap();
     scenario.check_packets_and_errors();
 }
+
+#[test]
+fn the_wake_command_wakes_a_sleeping_desktop_and_says_how_long() {
+    if let Err(why) = netns_available() {
+        return skip(why);
+    }
+    let scenario = Scenario::start(false);
+    scenario.s3.suspend();
+    scenario.wait_for_sleep(1);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &scenario.office.server.0])
+        .arg(jettison_binary())
+        .args(["wake", "--name", "desktop1", "--mac", &DESKTOP_MAC.to_string(), "--broadcast", BROADCAST])
+        .args(["--interface", "eth0", "--raw", "--probe", MEMSERV, "--timeout", "60"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "jettison wake failed: {}", String::from_utf8_lossy(&out.stderr));
+    // "wake: desktop1 (02:4a:..) answered on 10.77.0.2:7410 after 1.1 s and 2 magic packet(s)"
+    assert!(stdout.contains(&format!("desktop1 ({DESKTOP_MAC}) answered on {MEMSERV} after")), "{stdout}");
+    let packets: u64 = stdout
+        .split(" and ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {stdout:?}"));
+    assert!(packets >= 2 && packets % 2 == 0, "each round is a UDP datagram and a raw frame: {stdout}");
+    assert!(scenario.s3.wait_until(WAIT, |_, stats| stats.magic_packets >= packets));
+    assert_eq!(scenario.s3.stats().magic_packets, packets);
+    assert_eq!(scenario.s3.stats().resumes, 1);
+    assert_eq!(scenario.s3.state(), PowerState::On);
+}
