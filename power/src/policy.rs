@@ -105,8 +105,10 @@ impl MicrosleepPolicy {
     }
 
     fn with_mode(profile: PowerProfile, mode: WaitMode, wait_secs: f64, history: usize) -> MicrosleepPolicy {
+        // Fixed mode keeps a history too, resolving the adaptive default's
+        // range, so that reports can ask Eq. 4 about other waits.
         let max_wait = match mode {
-            WaitMode::Fixed { wait_secs } => wait_secs,
+            WaitMode::Fixed { wait_secs } => wait_secs.max(AdaptiveConfig::default().max_wait_secs),
             WaitMode::Adaptive(config) => config.max_wait_secs,
         };
         let horizon = max_wait + profile.break_even_secs() + 1.0;

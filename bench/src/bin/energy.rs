@@ -67,12 +67,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("energy failed: {e}");
-            let mut source = e.source();
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
+            eprintln!("energy failed: {}", jettison_wire::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
