@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is the test failing
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -39,6 +41,25 @@ pub fn guest() -> Result<GuestImage, String> {
         Err(e) => return Err(format!("qemu-system-x86_64 not runnable ({e}); run scripts/install-deps")),
     }
     GuestImage::build(&repo_root()).map_err(|e| format!("no test guest image: {e}"))
+}
+
+/// The `jettison` binary of this build profile, built by cargo first (a
+/// test cannot name another crate's binary with `CARGO_BIN_EXE_`).
+pub fn jettison_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<this test>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary is under target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("the test binary is under target/<profile>/deps");
+    let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    cargo
+        .args(["build", "--quiet", "-p", "jettison-cli", "--bin", "jettison"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(repo_root());
+    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        cargo.arg("--release");
+    }
+    assert!(cargo.status().expect("cargo runs").success(), "building the jettison binary failed");
+    profile_dir.join("jettison")
 }
 
 /// `Ok` if a FUSE filesystem can be mounted here, else the reason.

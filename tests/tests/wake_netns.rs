@@ -15,11 +15,11 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use jettison_tests::{fuse_available, repo_root, skip};
+use jettison_tests::netns::{Host, Lan};
+use jettison_tests::{fuse_available, jettison_binary, skip};
 use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
 use memmap2::MmapOptions;
 use memtap::{Mount, VmConfig};
@@ -35,88 +35,28 @@ const MEMSERV: &str = "10.77.0.2:7410";
 /// Bound on anything that should happen within seconds.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// `Ok` when this machine can make namespaces, veth pairs and bridges.
-fn netns_available() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("network namespaces, veth and AF_PACKET need root".into());
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => Ok(()),
-        _ => Err("`ip` (iproute2) is not installed; run scripts/install-deps".into()),
-    }
-}
-
-/// Runs `ip ARGS`, panicking with its stderr on failure.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-/// A network namespace, deleted on drop.
-#[derive(Debug)]
-struct Namespace(String);
-
-impl Namespace {
-    fn new(name: String) -> Namespace {
-        ip(&["netns", "add", &name]);
-        Namespace(name)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// The office: a bridge in `lan`, the desktop and the server each on a
-/// veth port of it, both as `eth0` on 10.77.0.0/24.
+/// The office: the desktop and the server on a bridge, both as `eth0` on
+/// 10.77.0.0/24.
 #[derive(Debug)]
 struct Office {
-    desktop: Namespace,
-    server: Namespace,
-    _lan: Namespace,
+    lan: Lan,
 }
 
 impl Office {
     fn build() -> Office {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let prefix = format!("jwake-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
-        let lan = Namespace::new(format!("{prefix}-lan"));
-        let desktop = Namespace::new(format!("{prefix}-desktop"));
-        let server = Namespace::new(format!("{prefix}-server"));
-        ip(&["-n", &lan.0, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &lan.0, "link", "set", "br0", "up"]);
-        for (ns, port, cidr) in [(&desktop, "port-desktop", DESKTOP_CIDR), (&server, "port-server", SERVER_CIDR)] {
-            ip(&["-n", &lan.0, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0]);
-            ip(&["-n", &lan.0, "link", "set", port, "master", "br0", "up"]);
-            ip(&["-n", &ns.0, "addr", "add", cidr, "brd", "+", "dev", "eth0"]);
-            ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-        }
-        ip(&["-n", &desktop.0, "link", "set", "eth0", "address", &DESKTOP_MAC.to_string()]);
-        for ns in [&desktop, &server] {
-            ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
-        }
-        Office { desktop, server, _lan: lan }
+        let mac = DESKTOP_MAC.to_string();
+        let desktop = Host { role: "desktop", cidr: DESKTOP_CIDR, mac: Some(&mac) };
+        let server = Host { role: "server", cidr: SERVER_CIDR, mac: None };
+        Office { lan: Lan::build(&[desktop, server]) }
     }
-}
 
-/// The `jettison` binary, built by cargo like `cownetdisk_clients` does.
-fn jettison_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary is under target/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("the test binary is under target/<profile>/deps");
-    let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-    cargo
-        .args(["build", "--quiet", "-p", "jettison-cli", "--bin", "jettison"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(repo_root());
-    if profile_dir.file_name().is_some_and(|name| name == "release") {
-        cargo.arg("--release");
+    fn desktop(&self) -> &str {
+        self.lan.host(0)
     }
-    assert!(cargo.status().unwrap().success(), "building the jettison binary failed");
-    profile_dir.join("jettison")
+
+    fn server(&self) -> &str {
+        self.lan.host(1)
+    }
 }
 
 /// memserv in the desktop's namespace; continued and killed on drop.
@@ -131,7 +71,7 @@ impl Memserv {
         // `ip netns exec` execs the command in place, so the child's pid is
         // memserv's: the emulated S3 stops and continues it.
         let child = Command::new("ip")
-            .args(["netns", "exec", &office.desktop.0])
+            .args(["netns", "exec", office.desktop()])
             .arg(jettison_binary())
             .args(["memserv", "--vm", "vm1", "--listen", MEMSERV])
             .arg("--ram")
@@ -148,7 +88,7 @@ impl Memserv {
         let deadline = Instant::now() + WAIT;
         let probe: SocketAddr = MEMSERV.parse().unwrap();
         while !(events.exists()
-            && netns::run_in(Some(&office.server.0), || TcpStream::connect_timeout(&probe, Duration::from_secs(1)))
+            && netns::run_in(Some(office.server()), || TcpStream::connect_timeout(&probe, Duration::from_secs(1)))
                 .unwrap()
                 .is_ok())
         {
@@ -208,7 +148,7 @@ impl Scenario {
         assert_eq!(comm.trim(), "jettison", "the child is memserv itself, not a wrapper");
 
         let s3 = EmulatedS3::start(S3Config {
-            netns: Some(office.desktop.0.clone()),
+            netns: Some(office.desktop().to_owned()),
             interface: "eth0".into(),
             address: DESKTOP_CIDR.into(),
             mac: DESKTOP_MAC,
@@ -242,13 +182,13 @@ impl Scenario {
     /// server's namespace.
     fn remote_image(&self) -> RemoteImage {
         let remote = self.remote.clone();
-        netns::run_in(Some(&self.office.server.0), || RemoteImage::connect(remote, self.hook())).unwrap().unwrap()
+        netns::run_in(Some(self.office.server()), || RemoteImage::connect(remote, self.hook())).unwrap().unwrap()
     }
 
     /// Reads `pages` of `image` from the server's namespace (the calling
     /// thread enters it for good) and checks every byte.
     fn read_and_check(&self, image: &RemoteImage, pages: std::ops::Range<usize>) {
-        netns::enter(&self.office.server.0).unwrap();
+        netns::enter(self.office.server()).unwrap();
         let range = ByteRange::new((pages.start * PAGE) as u64, (pages.len() * PAGE) as u32);
         let chunks = image.read(&[range]).unwrap();
         let mut got = Vec::new();
@@ -286,7 +226,7 @@ impl Scenario {
 
 #[test]
 fn concurrent_reads_of_a_sleeping_desktop_wake_it_once() {
-    if let Err(why) = netns_available() {
+    if let Err(why) = jettison_tests::netns::available() {
         return skip(why);
     }
     let scenario = Scenario::start(false);
@@ -317,7 +257,7 @@ fn concurrent_reads_of_a_sleeping_desktop_wake_it_once() {
 
 #[test]
 fn desktop_sleeps_after_t_w_without_requests_and_each_later_read_wakes_it() {
-    if let Err(why) = netns_available() {
+    if let Err(why) = jettison_tests::netns::available() {
         return skip(why);
     }
     let mut scenario = Scenario::start(true);
@@ -341,7 +281,7 @@ fn desktop_sleeps_after_t_w_without_requests_and_each_later_read_wakes_it() {
 
 #[test]
 fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
-    if let Err(why) = netns_available().and_then(|()| fuse_available()) {
+    if let Err(why) = jettison_tests::netns::available().and_then(|()| fuse_available()) {
         return skip(why);
     }
     let mut scenario = Scenario::start(false);
@@ -350,7 +290,7 @@ fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
     let config = VmConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
     // memtap's FUSE and fetch threads are started from a thread in the
     // server's namespace, so they fetch from there.
-    let mount = netns::run_in(Some(&scenario.office.server.0), || Mount::start(&mnt, vec![config], scenario.hook()))
+    let mount = netns::run_in(Some(scenario.office.server()), || Mount::start(&mnt, vec![config], scenario.hook()))
         .unwrap()
         .unwrap();
     let events = scenario.events.clone();
@@ -376,14 +316,14 @@ fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
 
 #[test]
 fn the_wake_command_wakes_a_sleeping_desktop_and_says_how_long() {
-    if let Err(why) = netns_available() {
+    if let Err(why) = jettison_tests::netns::available() {
         return skip(why);
     }
     let scenario = Scenario::start(false);
     scenario.s3.suspend();
     scenario.wait_for_sleep(1);
     let out = Command::new("ip")
-        .args(["netns", "exec", &scenario.office.server.0])
+        .args(["netns", "exec", scenario.office.server()])
         .arg(jettison_binary())
         .args(["wake", "--name", "desktop1", "--mac", &DESKTOP_MAC.to_string(), "--broadcast", BROADCAST])
         .args(["--interface", "eth0", "--raw", "--probe", MEMSERV, "--timeout", "60"])

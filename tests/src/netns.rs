@@ -1,0 +1,104 @@
+//! Several hosts on one machine, as DESIGN.md section 4 asks: network
+//! namespaces joined by a bridge (the office LAN), made with unique names
+//! and deleted on drop, whatever the test did.
+//!
+//! Each host sees one interface, `eth0`, on a veth port of the bridge,
+//! which lives in a namespace of its own so that nothing of the machine's
+//! own network is touched.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// `Ok` when this machine can make namespaces, veth pairs and bridges, else
+/// the reason.
+pub fn available() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("network namespaces, veth and AF_PACKET need root".into());
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err("`ip` (iproute2) is not installed; run scripts/install-deps".into()),
+    }
+}
+
+/// Runs `ip ARGS`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// Makes the namespace `name` (`ip netns add`).
+    pub fn new(name: String) -> Namespace {
+        ip(&["netns", "add", &name]);
+        Namespace(name)
+    }
+
+    /// Its name, for `ip -n` and `ip netns exec`.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// One host on the LAN.
+#[derive(Debug, Clone, Copy)]
+pub struct Host<'a> {
+    /// Its role, part of the namespace's name (`desktop`, `server`).
+    pub role: &'a str,
+    /// The address of its `eth0` with prefix (`10.77.0.2/24`).
+    pub cidr: &'a str,
+    /// The MAC of its `eth0`, or the kernel's choice.
+    pub mac: Option<&'a str>,
+}
+
+/// Hosts on a bridge; every namespace is deleted on drop.
+#[derive(Debug)]
+pub struct Lan {
+    hosts: Vec<Namespace>,
+    _bridge: Namespace,
+}
+
+impl Lan {
+    /// Makes a namespace for the bridge and one per host, each host's
+    /// `eth0` up with its address (and `lo` up).
+    pub fn build(hosts: &[Host<'_>]) -> Lan {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!("jt-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let bridge = Namespace::new(format!("{prefix}-lan"));
+        let mut lan = Lan { hosts: Vec::new(), _bridge: bridge };
+        let br = lan._bridge.name().to_owned();
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &br, "link", "set", "br0", "up"]);
+        for (i, host) in hosts.iter().enumerate() {
+            let ns = Namespace::new(format!("{prefix}-{}", host.role));
+            let name = ns.name().to_owned();
+            lan.hosts.push(ns);
+            let port = format!("port{i}");
+            ip(&["-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &name]);
+            ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"]);
+            if let Some(mac) = host.mac {
+                ip(&["-n", &name, "link", "set", "eth0", "address", mac]);
+            }
+            ip(&["-n", &name, "addr", "add", host.cidr, "brd", "+", "dev", "eth0"]);
+            ip(&["-n", &name, "link", "set", "lo", "up"]);
+            ip(&["-n", &name, "link", "set", "eth0", "up"]);
+        }
+        lan
+    }
+
+    /// The namespace of host `i` (in the order given to [`Lan::build`]).
+    pub fn host(&self, i: usize) -> &str {
+        self.hosts[i].name()
+    }
+}
