@@ -18,8 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use jettison_qemu::{load_device_state, save_device_state, VmSpec};
+use jettison_slice_store::zero_map;
 use jettison_tests::netns::{Host, Lan};
-use jettison_tests::{fuse_available, jettison_binary, skip};
+use jettison_tests::{fuse_available, jettison_binary, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
 use memmap2::MmapOptions;
 use memtap::{Mount, VmConfig};
@@ -137,13 +139,19 @@ struct Scenario {
 impl Scenario {
     fn start(raw_frames: bool) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
-        let office = Office::build();
         let (ram, bytes) = desktop_ram(dir.path());
+        Scenario::start_with(raw_frames, dir, &ram, bytes)
+    }
+
+    /// As [`Scenario::start`], memserv serving `ram` (whose contents are
+    /// `bytes`, if the test compares them) in `dir`.
+    fn start_with(raw_frames: bool, dir: tempfile::TempDir, ram: &Path, bytes: Vec<u8>) -> Scenario {
+        let office = Office::build();
         let key = SharedKey::generate();
         let key_path = dir.path().join("jettison.key");
         key.save(&key_path).unwrap();
         let events = dir.path().join("memserv.events");
-        let memserv = Memserv::start(&office, dir.path(), &ram, &key_path, &events);
+        let memserv = Memserv::start(&office, dir.path(), ram, &key_path, &events);
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", memserv.pid())).unwrap();
         assert_eq!(comm.trim(), "jettison", "the child is memserv itself, not a wrapper");
 
@@ -344,4 +352,67 @@ fn the_wake_command_wakes_a_sleeping_desktop_and_says_how_long() {
     assert_eq!(scenario.s3.stats().magic_packets, packets);
     assert_eq!(scenario.s3.stats().resumes, 1);
     assert_eq!(scenario.s3.state(), PowerState::On);
+}
+
+#[test]
+fn a_guest_on_memtap_wakes_its_sleeping_desktop_and_runs_on() {
+    let guest = match jettison_tests::guest() {
+        Ok(g) => g,
+        Err(why) => return skip(why),
+    };
+    if let Err(why) = jettison_tests::netns::available().and_then(|()| fuse_available()) {
+        return skip(why);
+    }
+    const RAM_MIB: u64 = 256;
+    let dir = tempfile::tempdir().unwrap();
+    let desktop_ram = dir.path().join("desktop-vm1.ram");
+    let state = dir.path().join("vm1.state");
+
+    // On the desktop: boot, count, stop and save the descriptor.
+    let count_at_stop = {
+        let mut desktop =
+            VmSpec::new(&guest, &desktop_ram, dir.path().join("desktop-run")).memory_mib(RAM_MIB).spawn().unwrap();
+        desktop.wait_for_line("JTREADY", BOOT_TIMEOUT).unwrap();
+        desktop.wait_for_count_above(3, COUNT_TIMEOUT).unwrap();
+        let mut qmp = desktop.connect_qmp().unwrap();
+        save_device_state(&mut qmp, &state).unwrap();
+        *desktop.serial().counts().unwrap().last().unwrap()
+    };
+    let zeros = zero_map::scan_file(&desktop_ram, memtap::PAGE_SIZE as u32).unwrap();
+
+    // The desktop serves its RAM from its namespace, then falls asleep.
+    let scenario = Scenario::start_with(false, dir, &desktop_ram, Vec::new());
+    let mnt = scenario.dir.path().join("memtap");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut config = VmConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
+    config.zero_pages = zeros;
+    let mount = netns::run_in(Some(scenario.office.server()), || Mount::start(&mnt, vec![config], scenario.hook()))
+        .unwrap()
+        .unwrap();
+    scenario.s3.suspend();
+    scenario.wait_for_sleep(1);
+
+    // On the server: the guest resumes on memtap; its first fault wakes the
+    // desktop.
+    {
+        let mut server = VmSpec::new(&guest, mnt.join("vm1.ram"), scenario.dir.path().join("server-run"))
+            .memory_mib(RAM_MIB)
+            .incoming_defer()
+            .spawn()
+            .unwrap();
+        let mut qmp = server.connect_qmp().unwrap();
+        load_device_state(&mut qmp, &state).unwrap();
+        qmp.execute("cont", None).unwrap();
+        let reached = server.wait_for_count_above(count_at_stop + 5, COUNT_TIMEOUT).unwrap();
+        eprintln!("counter went on from {count_at_stop} to {reached} after waking the desktop");
+        let stats = mount.vms()[0].stats();
+        eprintln!("{}", stats.summary());
+        assert!(stats.remote_fetches > 0, "the guest never fetched from the desktop: {stats:?}");
+        drop(qmp);
+        // QEMU is killed here, before memtap unmounts.
+    }
+    assert_eq!(scenario.waker.stats().wakes, 1, "{:?}", scenario.waker.stats());
+    assert_eq!(scenario.s3.stats().resumes, 1);
+    mount.unmount().unwrap();
+    scenario.check_packets_and_errors();
 }
