@@ -174,3 +174,34 @@ fn link_addr(ifindex: u32, mac: Mac) -> libc::sockaddr_ll {
         sll_addr: addr,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::magic::{self, MagicKind};
+
+    #[test]
+    fn a_raw_magic_frame_on_loopback_is_heard_and_recognised() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: a raw packet socket needs root");
+            return;
+        }
+        let target = Mac([0x02, 0x4a, 0x57, 0x7e, 0x57, 0x01]);
+        let sender = PacketSocket::open("lo").unwrap();
+        let listener = PacketSocket::open("lo").unwrap();
+        assert_eq!(sender.hardware_address().unwrap(), Mac::default(), "lo has no hardware address");
+        sender.send(&magic::ethernet_frame(Mac::default(), target)).unwrap();
+        // Other tests may talk over loopback meanwhile: look for ours.
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut heard = None;
+        while heard.is_none() && Instant::now() < deadline {
+            if let Some(n) = listener.recv_incoming(&mut buf, Duration::from_millis(100)).unwrap() {
+                heard = magic::recognise(&buf[..n], target);
+            }
+        }
+        assert_eq!(heard, Some(MagicKind::Ethernet));
+        assert!(PacketSocket::open("no-such-if0").unwrap_err().to_string().contains("no-such-if0"));
+    }
+}
