@@ -1,0 +1,71 @@
+//! The X server's idle time, from the MIT-SCREEN-SAVER extension.
+//!
+//! `XScreenSaverQueryInfo` answers `ms_since_user_input`: the server's own
+//! count since the last keyboard or pointer event of any client's device,
+//! which is exactly the question, with no device access needed.
+
+use std::time::Duration;
+
+use x11rb::connection::{Connection as _, RequestConnection as _};
+use x11rb::protocol::screensaver::{self, ConnectionExt as _};
+use x11rb::rust_connection::RustConnection;
+
+use crate::idle::{IdleError, IdleSource};
+
+/// Idle time from an X server's screensaver extension.
+pub struct X11Source {
+    conn: RustConnection,
+    root: u32,
+    display: String,
+}
+
+impl std::fmt::Debug for X11Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X11Source").field("display", &self.display).field("root", &self.root).finish()
+    }
+}
+
+impl X11Source {
+    /// Connects to `display` (e.g. ":0"), or to `$DISPLAY` if `None`, and
+    /// checks that the screensaver extension answers.
+    ///
+    /// # Errors
+    /// No display, no connection, no extension, or the first query fails.
+    pub fn connect(display: Option<&str>) -> Result<X11Source, IdleError> {
+        let display = match display {
+            Some(d) => d.to_owned(),
+            None => std::env::var("DISPLAY").ok().filter(|d| !d.is_empty()).ok_or(IdleError::NoDisplay)?,
+        };
+        let (conn, screen) = x11rb::connect(Some(&display))
+            .map_err(|source| IdleError::X11Connect { display: display.clone(), source })?;
+        let root = conn.setup().roots.get(screen).map(|s| s.root).unwrap_or_default();
+        let present = conn
+            .extension_information(screensaver::X11_EXTENSION_NAME)
+            .map_err(|e| IdleError::X11Query { display: display.clone(), source: e.into() })?
+            .is_some();
+        if !present {
+            return Err(IdleError::X11NoScreensaver { display });
+        }
+        let mut source = X11Source { conn, root, display };
+        source.idle_for()?;
+        Ok(source)
+    }
+
+    /// The display connected to.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+}
+
+impl IdleSource for X11Source {
+    fn name(&self) -> String {
+        format!("x11 {}", self.display)
+    }
+
+    fn idle_for(&mut self) -> Result<Duration, IdleError> {
+        let query = |conn: &RustConnection| conn.screensaver_query_info(self.root)?.reply();
+        let reply =
+            query(&self.conn).map_err(|source| IdleError::X11Query { display: self.display.clone(), source })?;
+        Ok(Duration::from_millis(u64::from(reply.ms_since_user_input)))
+    }
+}
