@@ -132,3 +132,17 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+impl<T: IdleSource + ?Sized> IdleSource for Box<T> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    fn idle_for(&mut self) -> Result<Duration, IdleError> {
+        (**self).idle_for()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        (**self).poll_interval()
+    }
+}

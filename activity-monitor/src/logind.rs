@@ -52,9 +52,8 @@ impl LogindSource {
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
-        let message = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        let no_service = ["Failed to connect to bus", "not been booted with systemd", "was not provided by any"];
-        if no_service.iter().any(|m| message.contains(m)) {
+        let (message, no_service) = client_failure(&out.stderr);
+        if no_service {
             Err(IdleError::NoLogind { message })
         } else {
             Err(IdleError::LogindSession { session: self.session.clone(), message })
@@ -77,6 +76,17 @@ impl IdleSource for LogindSource {
     fn poll_interval(&self) -> Duration {
         Duration::from_secs(1)
     }
+}
+
+/// What a failed systemd client (loginctl, busctl) printed, on one line,
+/// and whether it says that no logind answers at all.
+pub(crate) fn client_failure(stderr: &[u8]) -> (String, bool) {
+    let text = String::from_utf8_lossy(stderr);
+    let message = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+    let no_service = ["Failed to connect to bus", "not been booted with systemd", "was not provided by any"]
+        .iter()
+        .any(|m| message.contains(m));
+    (message, no_service)
 }
 
 /// The idle time in loginctl's `IdleHint=`/`IdleSinceHint=` answer, given
@@ -124,6 +134,15 @@ mod tests {
         assert_eq!(parse_idle("", Duration::ZERO), None);
         assert_eq!(parse_idle("IdleHint=yes\n", Duration::ZERO), None);
         assert_eq!(parse_idle("IdleSinceHint=5\n", Duration::ZERO), None);
+    }
+
+    #[test]
+    fn client_failures_without_a_bus_are_no_logind() {
+        let stderr = b"System has not been booted with systemd as init system (PID 1). Can't operate.\nFailed to connect to bus: Host is down\n";
+        let (message, no_service) = client_failure(stderr);
+        assert!(no_service);
+        assert_eq!(message, "System has not been booted with systemd as init system (PID 1). Can't operate.; Failed to connect to bus: Host is down");
+        assert!(!client_failure(b"Could not get properties: No session '9' known\n").1);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::clock::SuspendClock;
+use crate::logind::client_failure;
 use crate::sysfs::SysfsSuspend;
 
 /// How long a sleep lasted.
@@ -154,9 +155,8 @@ impl LogindSuspend {
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
-        let message = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        let no_service = ["Failed to connect to bus", "not been booted with systemd", "was not provided by any"];
-        if no_service.iter().any(|m| message.contains(m)) {
+        let (message, no_service) = client_failure(&out.stderr);
+        if no_service {
             Err(SleepError::NoLogind { message })
         } else {
             Err(SleepError::LogindRefused { message })

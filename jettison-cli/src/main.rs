@@ -2,6 +2,7 @@
 //! memserv and diskserv and the server's memtap and cownetdisk, and shows
 //! what they are doing.
 
+mod cmd_activity;
 mod cmd_cownetdisk;
 mod cmd_dirty_set;
 mod cmd_diskserv;
@@ -45,6 +46,8 @@ enum Command {
     Status(cmd_status::Args),
     /// Wake a sleeping desktop with Wake-on-LAN and report how long it took.
     Wake(cmd_wake::Args),
+    /// Desktop: watch for user idleness; consolidate when idle, reintegrate on input.
+    Activity(cmd_activity::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::DirtySet(args) => cmd_dirty_set::run(args),
         Command::Status(args) => cmd_status::run(args),
         Command::Wake(args) => cmd_wake::run(args),
+        Command::Activity(args) => cmd_activity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
