@@ -1,0 +1,326 @@
+//! The activity monitor's idle sources against real input: an X server
+//! (Xvfb) whose pointer xdotool moves, a uinput keyboard read through evdev,
+//! and logind where one runs; and the monitor end to end through
+//! `jettison activity` under Xvfb.
+//!
+//! No test asserts a timing threshold beyond ordering: idle time grows while
+//! nothing happens and drops after input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use activity_monitor::{EvdevSource, IdleError, IdleSource, LogindSource, X11Source};
+use jettison_tests::{jettison_binary, skip};
+use jettison_wire::chain;
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// A headless X server on a display number no one else uses; killed on drop.
+struct Xvfb {
+    display: String,
+    number: u32,
+    child: Child,
+    lock: PathBuf,
+}
+
+impl Xvfb {
+    /// Starts Xvfb and waits until its screensaver extension answers, or
+    /// says why it cannot.
+    fn start() -> Result<Xvfb, String> {
+        if !on_path("Xvfb") || !on_path("xdotool") {
+            return Err("Xvfb or xdotool is not installed (run scripts/install-deps)".into());
+        }
+        for n in 90..190u32 {
+            if Path::new(&format!("/tmp/.X{n}-lock")).exists() {
+                continue;
+            }
+            // Our own lock makes the choice unique among concurrent tests
+            // before Xvfb writes its lock.
+            let lock = PathBuf::from(format!("/tmp/jettison-xvfb-{n}.lock"));
+            if OpenOptions::new().write(true).create_new(true).open(&lock).is_err() {
+                continue;
+            }
+            let display = format!(":{n}");
+            let child = Command::new("Xvfb")
+                // -noreset: the server must not reset when the probe below disconnects.
+                .args([display.as_str(), "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start Xvfb: {e}"))?;
+            let mut xvfb = Xvfb { display, number: n, child, lock };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if X11Source::connect(Some(&xvfb.display)).is_ok() {
+                    return Ok(xvfb);
+                }
+                if xvfb.child.try_wait().ok().flatten().is_some() {
+                    break; // lost a race for the display: try the next
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(xvfb);
+        }
+        Err("no free X display between :90 and :189".into())
+    }
+
+    /// Moves the pointer to (x, y) with xdotool (XTEST: real server input).
+    fn move_pointer(&self, x: u32, y: u32) {
+        let status = Command::new("xdotool")
+            .args(["mousemove", &x.to_string(), &y.to_string()])
+            .env("DISPLAY", &self.display)
+            .status()
+            .unwrap();
+        assert!(status.success(), "xdotool mousemove failed on {}", self.display);
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: Xvfb then removes its lock and socket.
+        // SAFETY: kill has no memory preconditions; the pid is our child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        // In case it died before it could clean up: the number is ours (our lock).
+        let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.number));
+        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.number));
+        let _ = std::fs::remove_file(&self.lock);
+    }
+}
+
+#[test]
+fn x11_idle_time_grows_without_input_and_drops_after_pointer_motion() {
+    let xvfb = match Xvfb::start() {
+        Ok(x) => x,
+        Err(reason) => return skip(reason),
+    };
+    let mut source = X11Source::connect(Some(&xvfb.display)).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert_eq!(source.name(), format!("x11 {}", xvfb.display));
+    let first = source.idle_for().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = source.idle_for().unwrap();
+    assert!(grown > first, "idle time should grow without input: {first:?} then {grown:?}");
+    xvfb.move_pointer(17, 23);
+    let after = source.idle_for().unwrap();
+    assert!(after < grown, "pointer motion should reset the idle time: {grown:?} then {after:?}");
+}
+
+/// A virtual keyboard made through /dev/uinput; destroyed on drop.
+struct UinputKeyboard {
+    file: std::fs::File,
+}
+
+mod uinput {
+    //! The uinput ioctls (linux/uinput.h), spelled out.
+    pub const fn io(nr: u64) -> u64 {
+        ((b'U' as u64) << 8) | nr
+    }
+    pub const fn iow(nr: u64, size: usize) -> u64 {
+        (1 << 30) | ((size as u64) << 16) | ((b'U' as u64) << 8) | nr
+    }
+    pub const UI_DEV_CREATE: u64 = io(1);
+    pub const UI_DEV_DESTROY: u64 = io(2);
+    pub const UI_DEV_SETUP: u64 = iow(3, std::mem::size_of::<Setup>());
+    pub const UI_SET_EVBIT: u64 = iow(100, 4);
+    pub const UI_SET_KEYBIT: u64 = iow(101, 4);
+    pub const EV_SYN: u16 = 0;
+    pub const EV_KEY: u16 = 1;
+    pub const KEY_A: u16 = 30;
+
+    /// `struct uinput_setup`.
+    #[repr(C)]
+    pub struct Setup {
+        pub bustype: u16,
+        pub vendor: u16,
+        pub product: u16,
+        pub version: u16,
+        pub name: [u8; 80],
+        pub ff_effects_max: u32,
+    }
+    const _: () = assert!(std::mem::size_of::<Setup>() == 92);
+}
+
+impl UinputKeyboard {
+    fn create() -> Result<UinputKeyboard, String> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open("/dev/uinput")
+            .map_err(|e| format!("cannot open /dev/uinput ({e}); run as root"))?;
+        let fd = file.as_raw_fd();
+        let ioctl_int = |request: u64, arg: libc::c_int| {
+            // SAFETY: fd is open; these requests take an int by value.
+            let rc = unsafe { libc::ioctl(fd, request as libc::Ioctl, arg) };
+            if rc < 0 {
+                Err(format!("uinput ioctl {request:#x}: {}", std::io::Error::last_os_error()))
+            } else {
+                Ok(())
+            }
+        };
+        ioctl_int(uinput::UI_SET_EVBIT, libc::c_int::from(uinput::EV_KEY))?;
+        ioctl_int(uinput::UI_SET_KEYBIT, libc::c_int::from(uinput::KEY_A))?;
+        let mut setup = uinput::Setup {
+            bustype: 0x06, /* BUS_VIRTUAL */
+            vendor: 1,
+            product: 1,
+            version: 1,
+            name: [0; 80],
+            ff_effects_max: 0,
+        };
+        let name = b"jettison test keyboard";
+        setup.name[..name.len()].copy_from_slice(name);
+        // SAFETY: fd is open and `setup` is a valid struct uinput_setup that outlives the call.
+        if unsafe { libc::ioctl(fd, uinput::UI_DEV_SETUP as libc::Ioctl, &setup) } < 0 {
+            return Err(format!("UI_DEV_SETUP: {}", std::io::Error::last_os_error()));
+        }
+        ioctl_int(uinput::UI_DEV_CREATE, 0)?;
+        // udev needs a moment to create the event node.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(UinputKeyboard { file })
+    }
+
+    /// Presses and releases KEY_A.
+    fn tap(&mut self) {
+        let mut bytes = Vec::new();
+        for (kind, code, value) in [
+            (uinput::EV_KEY, uinput::KEY_A, 1),
+            (uinput::EV_SYN, 0, 0),
+            (uinput::EV_KEY, uinput::KEY_A, 0),
+            (uinput::EV_SYN, 0, 0),
+        ] {
+            bytes.extend_from_slice(&[0u8; 16]); // timeval: the kernel stamps it
+            bytes.extend_from_slice(&kind.to_ne_bytes());
+            bytes.extend_from_slice(&code.to_ne_bytes());
+            bytes.extend_from_slice(&i32::to_ne_bytes(value));
+        }
+        self.file.write_all(&bytes).unwrap();
+    }
+}
+
+impl Drop for UinputKeyboard {
+    fn drop(&mut self) {
+        // SAFETY: fd is open; UI_DEV_DESTROY takes no argument.
+        unsafe { libc::ioctl(self.file.as_raw_fd(), uinput::UI_DEV_DESTROY as libc::Ioctl) };
+    }
+}
+
+#[test]
+fn evdev_sees_a_key_from_a_uinput_keyboard() {
+    if !Path::new("/dev/uinput").exists() {
+        return skip("no /dev/uinput: this kernel has no uinput (modprobe uinput), so no virtual keyboard can be made");
+    }
+    let mut keyboard = match UinputKeyboard::create() {
+        Ok(k) => k,
+        Err(reason) => return skip(reason),
+    };
+    let mut source = EvdevSource::open(Path::new("/dev/input")).unwrap();
+    assert!(source.devices().count() > 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = source.idle_for().unwrap();
+    keyboard.tap();
+    std::thread::sleep(Duration::from_millis(100));
+    let after = source.idle_for().unwrap();
+    assert!(after < before, "a key press should reset the idle time: {before:?} then {after:?}");
+}
+
+#[test]
+fn logind_reports_the_session_idle_time() {
+    let mut source = match LogindSource::connect(None) {
+        Ok(s) => s,
+        Err(e @ (IdleError::NoLogind { .. } | IdleError::LogindSession { .. } | IdleError::LoginctlSpawn { .. })) => {
+            return skip(e);
+        }
+        Err(e) => panic!("logind answered something unexpected: {e}"),
+    };
+    let first = source.idle_for().unwrap();
+    let second = source.idle_for().unwrap();
+    // Either active (zero) throughout, or idle and not going backwards.
+    assert!(second >= first || second.is_zero(), "{first:?} then {second:?}");
+}
+
+/// Reads the monitor's stdout on a thread, so the test can wait for lines.
+fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("monitor: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The monitor process, killed if the test fails before stopping it.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for_file(path: &Path, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn monitor_consolidates_when_idle_and_reintegrates_on_pointer_motion() {
+    let xvfb = match Xvfb::start() {
+        Ok(x) => x,
+        Err(reason) => return skip(reason),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let consolidated = dir.path().join("consolidated");
+    let reintegrated = dir.path().join("reintegrated");
+    let mut child = Command::new(jettison_binary())
+        .args(["activity", "--vm", "vm1", "--idle-source", "x11", "--display", &xvfb.display])
+        .args(["--idle-secs", "2", "--warn-secs", "1"])
+        .arg("--on-consolidate")
+        .arg(format!("echo \"$JETTISON_VM\" > '{}'", consolidated.display()))
+        .arg("--on-reintegrate")
+        .arg(format!("echo \"$JETTISON_VM\" > '{}'", reintegrated.display()))
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut child);
+    let mut child = KillOnDrop(Some(child));
+
+    assert!(wait_for_file(&consolidated, Duration::from_secs(30)), "no consolidation after 2 s idle + 1 s warning");
+    assert_eq!(std::fs::read_to_string(&consolidated).unwrap(), "vm1\n");
+    assert!(!reintegrated.exists(), "reintegrated without input");
+
+    xvfb.move_pointer(101, 57);
+    assert!(wait_for_file(&reintegrated, Duration::from_secs(15)), "no reintegration after pointer motion");
+
+    let mut child = child.0.take().unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is our live child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "jettison activity should stop cleanly on SIGTERM: {status}");
+    let out: Vec<String> = lines.iter().collect(); // until the monitor's stdout closes
+    assert!(
+        out.iter().any(|l| l == "activity-monitor: idle for 2 s; consolidating vm1 in 1 s unless there is input"),
+        "the warning line is missing: {out:?}"
+    );
+    assert!(out.iter().any(|l| l == "activity-monitor: stopped"), "{out:?}");
+}
