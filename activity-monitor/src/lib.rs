@@ -66,5 +66,5 @@ pub use monitor::{Monitor, MonitorError};
 pub use notify::Notifier;
 pub use select::{open_source, IdleSourceKind, SourceOptions, UnknownSource};
 pub use sleep::{LogindSuspend, SleepBackend, SleepError, Slept, SystemSuspend};
-pub use sysfs::SysfsSuspend;
+pub use sysfs::{SysfsSuspend, SYS_POWER_STATE};
 pub use x11::X11Source;

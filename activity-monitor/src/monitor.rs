@@ -159,6 +159,21 @@ mod tests {
     }
 
     #[test]
+    fn run_returns_when_stopped() {
+        let script = std::iter::repeat_n(Duration::ZERO, 1000).collect();
+        let mut monitor = Monitor::new(Scripted(script), Recorded::default(), MachineConfig::default());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                stop.store(true, Ordering::Relaxed);
+            });
+            monitor.run(&stop).unwrap();
+        });
+        assert_eq!(monitor.state().name(), "active");
+    }
+
+    #[test]
     fn a_failing_source_stops_the_monitor_with_its_name() {
         let mut monitor = Monitor::new(Scripted(VecDeque::new()), Recorded::default(), MachineConfig::default());
         let err = monitor.run(&AtomicBool::new(false)).unwrap_err();

@@ -1,6 +1,10 @@
 //! Suspend to RAM by writing `mem` to `/sys/power/state`: the kernel's own
 //! interface, for machines without logind. Needs root. The write returns
 //! after the resume.
+//!
+//! What `mem` means is chosen in `mem_sleep` beside it: `deep` is S3, the
+//! state the paper's power profile measures; `s2idle` is a much shallower
+//! software sleep that draws more. The back-end says which it will get.
 
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
@@ -36,6 +40,15 @@ impl SysfsSuspend {
         SysfsSuspend { state_file: file.to_owned() }
     }
 
+    /// What `mem` means here, from `mem_sleep` beside the state file (the
+    /// bracketed entry of e.g. `s2idle [deep]`); `None` where there is no
+    /// such file (older kernels: `mem` is S3).
+    pub fn mem_sleep(&self) -> Option<String> {
+        let file = self.state_file.with_file_name("mem_sleep");
+        let listed = std::fs::read_to_string(file).ok()?;
+        selected(&listed).map(str::to_owned)
+    }
+
     /// Checks that the file lists `mem` (suspend to RAM).
     ///
     /// # Errors
@@ -66,6 +79,14 @@ impl SleepBackend for SysfsSuspend {
                 SleepError::StateFileWrite { file: file(), source }
             }
         })?;
+        match self.mem_sleep().as_deref() {
+            Some("deep") | None => {}
+            Some(other) => tracing::warn!(
+                "suspend: mem means {other} here, not S3 (deep); the desktop will draw more than the power profile \
+                 says (write deep to {} if it is listed)",
+                self.state_file.with_file_name("mem_sleep").display()
+            ),
+        }
         let before = SuspendClock::now();
         state.write_all(b"mem").map_err(|source| SleepError::StateFileWrite { file: file(), source })?;
         let after = SuspendClock::now();
@@ -73,6 +94,11 @@ impl SleepBackend for SysfsSuspend {
         tracing::info!("resumed after {:.1} s asleep ({})", slept.asleep.as_secs_f64(), self.state_file.display());
         Ok(slept)
     }
+}
+
+/// The bracketed (selected) entry of a sysfs choice list.
+fn selected(listed: &str) -> Option<&str> {
+    listed.split_whitespace().find_map(|s| s.strip_prefix('[')?.strip_suffix(']'))
 }
 
 #[cfg(test)]
@@ -101,6 +127,17 @@ mod tests {
         assert!(matches!(err, SleepError::NoSuspendToRam { .. }), "{msg}");
         assert!(msg.contains(&file.display().to_string()) && msg.contains("firmware"), "{msg}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "freeze disk\n", "nothing written");
+    }
+
+    #[test]
+    fn reads_which_sleep_mem_means() {
+        let (dir, file) = state_file("freeze mem\n");
+        let backend = SysfsSuspend::with_state_file(&file);
+        assert_eq!(backend.mem_sleep(), None);
+        std::fs::write(dir.path().join("mem_sleep"), "s2idle [deep]\n").unwrap();
+        assert_eq!(backend.mem_sleep().as_deref(), Some("deep"));
+        std::fs::write(dir.path().join("mem_sleep"), "[s2idle]\n").unwrap();
+        assert_eq!(backend.mem_sleep().as_deref(), Some("s2idle"));
     }
 
     #[test]
