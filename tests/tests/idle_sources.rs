@@ -282,45 +282,91 @@ fn wait_for_file(path: &Path, within: Duration) -> bool {
     false
 }
 
+/// `jettison activity` on an Xvfb display with commands that write marker files.
+struct RunningMonitor {
+    child: KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+    consolidated: PathBuf,
+    reintegrated: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningMonitor {
+    fn start(xvfb: &Xvfb, idle_secs: u32, warn_secs: u32) -> RunningMonitor {
+        let dir = tempfile::tempdir().unwrap();
+        let consolidated = dir.path().join("consolidated");
+        let reintegrated = dir.path().join("reintegrated");
+        let mut child = Command::new(jettison_binary())
+            .args(["activity", "--vm", "vm1", "--idle-source", "x11", "--display", &xvfb.display])
+            .args(["--idle-secs", &idle_secs.to_string(), "--warn-secs", &warn_secs.to_string()])
+            .arg("--on-consolidate")
+            .arg(format!("echo \"$JETTISON_VM\" > '{}'", consolidated.display()))
+            .arg("--on-reintegrate")
+            .arg(format!("echo \"$JETTISON_VM\" > '{}'", reintegrated.display()))
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(&mut child);
+        RunningMonitor { child: KillOnDrop(Some(child)), lines, consolidated, reintegrated, _dir: dir }
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    fn wait_for_line(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line starting with {prefix:?} within {within:?}: {e}"),
+            }
+        }
+    }
+
+    /// Stops it with SIGTERM; asserts a clean exit; returns the rest of its output.
+    fn stop(mut self) -> Vec<String> {
+        let mut child = self.child.0.take().unwrap();
+        // SAFETY: kill has no memory preconditions; the pid is our live child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "jettison activity should stop cleanly on SIGTERM: {status}");
+        self.lines.iter().collect() // until the monitor's stdout closes
+    }
+}
+
 #[test]
 fn monitor_consolidates_when_idle_and_reintegrates_on_pointer_motion() {
     let xvfb = match Xvfb::start() {
         Ok(x) => x,
         Err(reason) => return skip(reason),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let consolidated = dir.path().join("consolidated");
-    let reintegrated = dir.path().join("reintegrated");
-    let mut child = Command::new(jettison_binary())
-        .args(["activity", "--vm", "vm1", "--idle-source", "x11", "--display", &xvfb.display])
-        .args(["--idle-secs", "2", "--warn-secs", "1"])
-        .arg("--on-consolidate")
-        .arg(format!("echo \"$JETTISON_VM\" > '{}'", consolidated.display()))
-        .arg("--on-reintegrate")
-        .arg(format!("echo \"$JETTISON_VM\" > '{}'", reintegrated.display()))
-        .env_remove("DBUS_SESSION_BUS_ADDRESS")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    let mut child = KillOnDrop(Some(child));
+    let monitor = RunningMonitor::start(&xvfb, 2, 1);
+    let warning = monitor.wait_for_line("activity-monitor: idle for", Duration::from_secs(30));
+    assert_eq!(warning, "activity-monitor: idle for 2 s; consolidating vm1 in 1 s unless there is input");
 
-    assert!(wait_for_file(&consolidated, Duration::from_secs(30)), "no consolidation after 2 s idle + 1 s warning");
-    assert_eq!(std::fs::read_to_string(&consolidated).unwrap(), "vm1\n");
-    assert!(!reintegrated.exists(), "reintegrated without input");
+    assert!(wait_for_file(&monitor.consolidated, Duration::from_secs(30)), "no consolidation after the warning");
+    assert_eq!(std::fs::read_to_string(&monitor.consolidated).unwrap(), "vm1\n");
+    assert!(!monitor.reintegrated.exists(), "reintegrated without input");
 
     xvfb.move_pointer(101, 57);
-    assert!(wait_for_file(&reintegrated, Duration::from_secs(15)), "no reintegration after pointer motion");
+    assert!(wait_for_file(&monitor.reintegrated, Duration::from_secs(15)), "no reintegration after pointer motion");
 
-    let mut child = child.0.take().unwrap();
-    // SAFETY: kill has no memory preconditions; the pid is our live child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "jettison activity should stop cleanly on SIGTERM: {status}");
-    let out: Vec<String> = lines.iter().collect(); // until the monitor's stdout closes
-    assert!(
-        out.iter().any(|l| l == "activity-monitor: idle for 2 s; consolidating vm1 in 1 s unless there is input"),
-        "the warning line is missing: {out:?}"
-    );
-    assert!(out.iter().any(|l| l == "activity-monitor: stopped"), "{out:?}");
+    let rest = monitor.stop();
+    assert_eq!(rest.last().map(String::as_str), Some("activity-monitor: stopped"), "{rest:?}");
+}
+
+#[test]
+fn pointer_motion_during_the_warning_cancels_consolidation() {
+    let xvfb = match Xvfb::start() {
+        Ok(x) => x,
+        Err(reason) => return skip(reason),
+    };
+    // A warning long enough that the motion surely lands inside it.
+    let monitor = RunningMonitor::start(&xvfb, 2, 30);
+    monitor.wait_for_line("activity-monitor: idle for 2 s; consolidating vm1 in 30 s", Duration::from_secs(30));
+    xvfb.move_pointer(33, 44);
+    monitor.wait_for_line("activity-monitor: input: vm1 stays here", Duration::from_secs(10));
+    assert!(!monitor.consolidated.exists(), "consolidated although the user moved the pointer");
+    monitor.stop();
 }
