@@ -41,6 +41,14 @@ pub enum IdleError {
         #[source]
         source: x11rb::errors::ConnectError,
     },
+    /// The display names a screen the server does not have.
+    #[error("x11: display {display:?} has no screen {screen} (name an existing screen, e.g. \":0.0\")")]
+    X11NoScreen {
+        /// The display.
+        display: String,
+        /// The screen asked for.
+        screen: usize,
+    },
     /// The X server lacks the MIT-SCREEN-SAVER extension.
     #[error("x11: display {display:?} has no MIT-SCREEN-SAVER extension (enable it in the X server's configuration)")]
     X11NoScreensaver {

@@ -38,7 +38,10 @@ impl X11Source {
         };
         let (conn, screen) = x11rb::connect(Some(&display))
             .map_err(|source| IdleError::X11Connect { display: display.clone(), source })?;
-        let root = conn.setup().roots.get(screen).map(|s| s.root).unwrap_or_default();
+        let root = match conn.setup().roots.get(screen) {
+            Some(s) => s.root,
+            None => return Err(IdleError::X11NoScreen { display, screen }),
+        };
         let present = conn
             .extension_information(screensaver::X11_EXTENSION_NAME)
             .map_err(|e| IdleError::X11Query { display: display.clone(), source: e.into() })?
