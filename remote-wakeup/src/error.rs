@@ -68,6 +68,12 @@ pub enum WakeError {
         /// The leader's error, as text.
         reason: String,
     },
+    /// The caller that was waking the desktop panicked.
+    #[error("remote-wakeup: {desktop}: the thread waking it panicked (a bug: see its panic message)")]
+    LeaderPanicked {
+        /// The desktop's name.
+        desktop: String,
+    },
     /// Entering a network namespace failed.
     #[error("remote-wakeup: cannot enter network namespace {name} (does /run/netns/{name} exist? it needs root)")]
     Netns {

@@ -217,8 +217,8 @@ impl DesktopWaker {
     /// # Errors
     /// [`WakeError::GaveUp`] after `give_up_after` without an answer;
     /// [`WakeError::JoinedWakeFailed`] for callers that waited for a wake
-    /// that gave up. Send errors are logged and retried, and named in the
-    /// log, not returned, since a later send may work.
+    /// that gave up. A failed send is logged, not returned: the next
+    /// re-send may work.
     pub fn wake_up(&self) -> Result<WakeOutcome, WakeError> {
         let mut inner = self.lock();
         if inner.busy {
@@ -240,13 +240,26 @@ impl DesktopWaker {
         inner.busy = true;
         drop(inner);
 
-        let result = self.lead();
+        // Waiters must never be left waiting for a leader that is gone: a
+        // panic ends the round as a failure before it goes on unwinding.
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.lead())) {
+            Ok(result) => result,
+            Err(panic) => {
+                self.finish(&Err(WakeError::LeaderPanicked { desktop: self.config.name.clone() }));
+                std::panic::resume_unwind(panic);
+            }
+        };
+        self.finish(&result);
+        result
+    }
 
+    /// Ends the leader's round with `result` and wakes the waiters.
+    fn finish(&self, result: &Result<WakeOutcome, WakeError>) {
         let mut inner = self.lock();
         inner.busy = false;
         inner.sending = false;
         inner.round += 1;
-        match &result {
+        match result {
             Ok(outcome) => {
                 inner.last_awake = Some(Instant::now());
                 inner.asleep = false;
@@ -263,7 +276,6 @@ impl DesktopWaker {
         }
         drop(inner);
         self.done.notify_all();
-        result
     }
 
     /// The leader's work, with the lock released: probe, then send and
