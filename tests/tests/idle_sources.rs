@@ -22,6 +22,20 @@ fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
+/// The check every idle source passes: its idle time grows while nothing
+/// happens and drops after `input`.
+fn idle_grows_then_drops_after(source: &mut dyn IdleSource, input: impl FnOnce()) {
+    let name = source.name();
+    let first = source.idle_for().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let grown = source.idle_for().unwrap();
+    assert!(grown > first, "{name}: idle time should grow without input: {first:?} then {grown:?}");
+    input();
+    std::thread::sleep(Duration::from_millis(100)); // the kernel or server delivers the event
+    let after = source.idle_for().unwrap();
+    assert!(after < grown, "{name}: input should reset the idle time: {grown:?} then {after:?}");
+}
+
 /// A headless X server on a display number no one else uses; killed on drop.
 struct Xvfb {
     display: String,
@@ -103,13 +117,7 @@ fn x11_idle_time_grows_without_input_and_drops_after_pointer_motion() {
     };
     let mut source = X11Source::connect(Some(&xvfb.display)).unwrap_or_else(|e| panic!("{}", chain(&e)));
     assert_eq!(source.name(), format!("x11 {}", xvfb.display));
-    let first = source.idle_for().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let grown = source.idle_for().unwrap();
-    assert!(grown > first, "idle time should grow without input: {first:?} then {grown:?}");
-    xvfb.move_pointer(17, 23);
-    let after = source.idle_for().unwrap();
-    assert!(after < grown, "pointer motion should reset the idle time: {grown:?} then {after:?}");
+    idle_grows_then_drops_after(&mut source, || xvfb.move_pointer(17, 23));
 }
 
 /// A virtual keyboard made through /dev/uinput; destroyed on drop.
@@ -219,14 +227,9 @@ fn evdev_sees_a_key_from_a_uinput_keyboard() {
         Ok(k) => k,
         Err(reason) => return skip(reason),
     };
-    let mut source = EvdevSource::open(Path::new("/dev/input")).unwrap();
+    let mut source = EvdevSource::open(Path::new("/dev/input")).unwrap_or_else(|e| panic!("{}", chain(&e)));
     assert!(source.devices().count() > 0);
-    std::thread::sleep(Duration::from_millis(1200));
-    let before = source.idle_for().unwrap();
-    keyboard.tap();
-    std::thread::sleep(Duration::from_millis(100));
-    let after = source.idle_for().unwrap();
-    assert!(after < before, "a key press should reset the idle time: {before:?} then {after:?}");
+    idle_grows_then_drops_after(&mut source, || keyboard.tap());
 }
 
 #[test]
