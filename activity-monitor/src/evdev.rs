@@ -274,6 +274,15 @@ mod tests {
     }
 
     #[test]
+    fn files_that_are_not_input_devices_are_passed_over() {
+        // A regular file answers EVIOCGBIT with ENOTTY.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("event0"), [0u8; RECORD]).unwrap();
+        let err = EvdevSource::open(dir.path()).unwrap_err();
+        assert!(matches!(err, IdleError::NoInputDevices { .. }), "{err}");
+    }
+
+    #[test]
     fn a_directory_without_devices_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let err = EvdevSource::open(dir.path()).unwrap_err();
