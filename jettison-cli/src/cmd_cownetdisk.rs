@@ -5,14 +5,20 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
-use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+use jettison_wire::{Hello, RemoteConfig, Service, SharedKey};
 
 use crate::signals::block_stop_signals;
+use crate::wake_args::WakeArgs;
 use crate::CmdResult;
 
 /// Arguments of `jettison cownetdisk`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// The desktop's MAC for Wake-on-LAN; without it the desktop is taken as always awake.
+    #[arg(long = "wake-mac")]
+    wake_mac: Option<String>,
+    #[command(flatten)]
+    wake: WakeArgs,
     /// The consolidated VM's name (the export asked of diskserv and offered over NBD).
     #[arg(long)]
     vm: String,
@@ -68,7 +74,8 @@ pub fn run(args: Args) -> CmdResult {
     let remote = RemoteConfig::new(&args.desktop, key, hello);
     let mut config = DiskConfig::new(&args.vm, &args.state_dir, remote);
     config.block_size = args.block_size;
-    let disk = Disk::open(config, Arc::new(NoWake))?;
+    let wake = args.wake.hook(&args.vm, args.wake_mac.as_deref(), &args.desktop)?;
+    let disk = Disk::open(config, wake)?;
     let server = NbdServer::bind(Arc::new(disk), &Listen { unix: args.unix, tcp: args.listen })?;
     if let Some(path) = server.unix_path() {
         println!("cownetdisk: serving VM {} on nbd+unix:///?socket={}", args.vm, path.display());

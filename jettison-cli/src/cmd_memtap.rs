@@ -1,13 +1,13 @@
 //! `jettison memtap`: the server's FUSE filesystem of consolidated VMs' RAM.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use jettison_slice_store::ZeroMap;
-use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+use jettison_wire::{Hello, RemoteConfig, Service, SharedKey};
 use memtap::{Mount, VmConfig};
 
 use crate::signals::block_stop_signals;
+use crate::wake_args::WakeArgs;
 use crate::CmdResult;
 
 /// Arguments of `jettison memtap`.
@@ -19,6 +19,11 @@ pub struct Args {
     /// A consolidated VM and its desktop's memserv, as NAME=HOST:PORT; repeat for more VMs.
     #[arg(long = "vm", value_parser = parse_pair, required = true)]
     vms: Vec<(String, String)>,
+    /// A VM's desktop MAC for Wake-on-LAN, as NAME=MAC; without it that desktop is taken as always awake.
+    #[arg(long = "wake-mac", value_parser = parse_pair)]
+    wake_macs: Vec<(String, String)>,
+    #[command(flatten)]
+    wake: WakeArgs,
     /// A VM's zero map (from `jettison zero-map` on the desktop), as NAME=FILE.
     #[arg(long = "zero-map", value_parser = parse_pair)]
     zero_maps: Vec<(String, String)>,
@@ -47,14 +52,18 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 pub fn run(args: Args) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
     let key = SharedKey::load(&args.key)?;
-    if let Some((name, _)) = args.zero_maps.iter().find(|(name, _)| !args.vms.iter().any(|(vm, _)| vm == name)) {
-        return Err(format!("--zero-map names VM {name:?}, which no --vm names").into());
+    for (option, pairs) in [("--zero-map", &args.zero_maps), ("--wake-mac", &args.wake_macs)] {
+        if let Some((name, _)) = pairs.iter().find(|(name, _)| !args.vms.iter().any(|(vm, _)| vm == name)) {
+            return Err(format!("{option} names VM {name:?}, which no --vm names").into());
+        }
     }
     let mut configs = Vec::new();
     for (name, addr) in &args.vms {
         let hello = Hello { service: Service::Memory, export: name.clone() };
         let remote = RemoteConfig::new(addr, key.clone(), hello);
         let mut config = VmConfig::new(name, args.state_dir.join(name), remote);
+        let mac = args.wake_macs.iter().find(|(vm, _)| vm == name).map(|(_, mac)| mac.as_str());
+        config.wake = args.wake.hook(name, mac, addr)?;
         config.pivot_window = args.pivot_window;
         config.cache_bytes = (args.cache_mib as usize) << 20;
         if let Some((_, file)) = args.zero_maps.iter().find(|(vm, _)| vm == name) {
@@ -66,7 +75,7 @@ pub fn run(args: Args) -> CmdResult {
         }
         configs.push(config);
     }
-    let mount = Mount::start(&args.mount, configs, Arc::new(NoWake))?;
+    let mount = Mount::start(&args.mount, configs)?;
     println!("memtap: mounted at {}", args.mount.display());
     if let Some(signal) = wait_for_signal() {
         tracing::info!("{signal}: flushing and unmounting");

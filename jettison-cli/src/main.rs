@@ -13,6 +13,7 @@ mod cmd_status;
 mod cmd_wake;
 mod cmd_zero_map;
 mod signals;
+mod wake_args;
 
 use std::process::ExitCode;
 

@@ -105,6 +105,14 @@ fn errors_name_the_thing_and_what_to_do() {
     let out = jettison(&["memtap", "--vm", "vm1"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("NAME=VALUE"), "{}", text(&out));
+
+    let key_arg = key.to_str().unwrap();
+    let out = jettison(&["memtap", "--key", key_arg, "--vm", "vm1=127.0.0.1:1", "--wake-mac", "vm2=02:00:00:00:00:01"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--wake-mac names VM \"vm2\", which no --vm names"), "{}", text(&out));
+    let out = jettison(&["memtap", "--key", key_arg, "--vm", "vm1=127.0.0.1:1", "--wake-mac", "vm1=not-a-mac"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--wake-mac for vm1"), "{}", text(&out));
 }
 
 #[test]

@@ -25,8 +25,6 @@ pub use vm::{VmConfig, VmMemory, PAGE_SIZE};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use jettison_wire::WakeHook;
-
 /// Threads serving FUSE reads: enough for several vCPUs to fault at once
 /// while one waits for the desktop.
 const READ_WORKERS: usize = 8;
@@ -46,13 +44,13 @@ impl Mount {
     ///
     /// # Errors
     /// [`MemtapError`] for the first VM or the mount that failed.
-    pub fn start(mountpoint: &Path, vms: Vec<VmConfig>, wake: Arc<dyn WakeHook>) -> Result<Self, MemtapError> {
+    pub fn start(mountpoint: &Path, vms: Vec<VmConfig>) -> Result<Self, MemtapError> {
         let mut memories: Vec<Arc<VmMemory>> = Vec::new();
         for config in vms {
             if memories.iter().any(|m| m.name() == config.name) {
                 return Err(MemtapError::DuplicateVm(config.name));
             }
-            memories.push(Arc::new(VmMemory::open(config, Arc::clone(&wake))?));
+            memories.push(Arc::new(VmMemory::open(config)?));
         }
         let (tx, rx) = crossbeam_channel::unbounded::<fs::Job>();
         let workers = (0..READ_WORKERS)

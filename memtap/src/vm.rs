@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use jettison_slice_store::{Overlay, SliceStore};
-use jettison_wire::{RemoteConfig, RemoteImage, WakeHook};
+use jettison_wire::{NoWake, RemoteConfig, RemoteImage, WakeHook};
 
 use crate::error::MemtapError;
 use crate::prefetch::{DEFAULT_CACHE_BYTES, DEFAULT_PIVOT_WINDOW};
@@ -32,10 +32,14 @@ pub struct VmConfig {
     pub pivot_window: u64,
     /// Size of the prefetch cache in bytes.
     pub cache_bytes: usize,
+    /// Asked before every fetch from this VM's desktop (Wake-on-LAN in a
+    /// deployment; [`NoWake`] for a desktop that never sleeps).
+    pub wake: Arc<dyn WakeHook>,
 }
 
 impl VmConfig {
-    /// A VM with the paper's defaults: a 20-page pivot window, a 50 MiB cache.
+    /// A VM with the paper's defaults: a 20-page pivot window, a 50 MiB
+    /// cache, and a desktop that is always awake.
     pub fn new(name: impl Into<String>, slices: impl Into<PathBuf>, remote: RemoteConfig) -> Self {
         VmConfig {
             name: name.into(),
@@ -44,6 +48,7 @@ impl VmConfig {
             zero_pages: Vec::new(),
             pivot_window: DEFAULT_PIVOT_WINDOW,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            wake: Arc::new(NoWake),
         }
     }
 }
@@ -63,9 +68,9 @@ impl VmMemory {
     ///
     /// # Errors
     /// [`MemtapError`] naming the VM and what failed.
-    pub fn open(config: VmConfig, wake: Arc<dyn WakeHook>) -> Result<Self, MemtapError> {
+    pub fn open(config: VmConfig) -> Result<Self, MemtapError> {
         let name = config.name.clone();
-        let remote = RemoteImage::connect(config.remote, wake)
+        let remote = RemoteImage::connect(config.remote, config.wake)
             .map_err(|source| MemtapError::Remote { vm: name.clone(), source })?;
         if u64::from(remote.unit()) != PAGE_SIZE {
             return Err(MemtapError::PageSize { vm: name, unit: remote.unit() });

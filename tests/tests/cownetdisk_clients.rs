@@ -18,7 +18,7 @@ use cownetdisk::protocol::{
     OPTION_REPLY_HEADER_LEN, SIMPLE_REPLY_LEN,
 };
 use cownetdisk::Stats;
-use jettison_tests::{repo_root, skip, Cownetdisk, DesktopServer};
+use jettison_tests::{jettison_binary, skip, Cownetdisk, DesktopServer};
 use jettison_wire::protocol::Preamble;
 use jettison_wire::SharedKey;
 
@@ -278,27 +278,6 @@ fn whole_block_writes_fetch_nothing_and_a_partial_write_fetches_its_block_once()
     fx.assert_image_unchanged();
 }
 
-/// Builds the `jettison` binary (it belongs to another package, so cargo
-/// does not build it for this test) in the target directory of this test.
-fn jettison_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the test binary: {e}"))?;
-    // target/<profile>/deps/<this test>
-    let profile_dir =
-        exe.parent().and_then(Path::parent).ok_or("the test binary is not under target/<profile>/deps")?;
-    let target_dir = profile_dir.parent().ok_or("the test binary is not under target/<profile>/deps")?;
-    let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-    cargo
-        .args(["build", "--quiet", "-p", "jettison-cli", "--bin", "jettison"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(repo_root());
-    if profile_dir.file_name().is_some_and(|name| name == "release") {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().map_err(|e| format!("cannot run cargo to build jettison: {e}"))?;
-    assert!(status.success(), "building the jettison binary failed");
-    Ok(profile_dir.join("jettison"))
-}
-
 /// A daemon process, killed (SIGKILL) on drop if still running.
 struct Daemon {
     child: Child,
@@ -368,10 +347,7 @@ fn flushed_writes_survive_kill_9_and_a_restart() {
     if let Some(why) = missing(&["qemu-io", "nbdcopy"]) {
         return skip(why);
     }
-    let jettison = match jettison_binary() {
-        Ok(path) => path,
-        Err(why) => return skip(why),
-    };
+    let jettison = jettison_binary();
     let fx = Fixture::start();
     let key = fx.dir.path().join("jettison.key");
     fx.key.save(&key).unwrap();

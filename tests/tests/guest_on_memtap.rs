@@ -6,12 +6,10 @@
 //! less than the guest's RAM.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failure is the test failing
 
-use std::sync::Arc;
-
 use jettison_qemu::{load_device_state, save_device_state, VmSpec};
 use jettison_slice_store::zero_map;
 use jettison_tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use jettison_wire::{NoWake, SharedKey};
+use jettison_wire::SharedKey;
 use memtap::{Mount, VmConfig};
 
 const RAM_MIB: u64 = 256;
@@ -58,7 +56,7 @@ fn guest_resumed_on_memtap_keeps_running_and_fetches_little() {
     std::fs::create_dir(&mnt).unwrap();
     let mut config = VmConfig::new("vm1", dir.path().join("slices"), memserv.remote("vm1", &key));
     config.zero_pages = zeros;
-    let mount = Mount::start(&mnt, vec![config], Arc::new(NoWake)).unwrap();
+    let mount = Mount::start(&mnt, vec![config]).unwrap();
     {
         let mut server = VmSpec::new(&guest, mnt.join("vm1.ram"), dir.path().join("server-run"))
             .memory_mib(RAM_MIB)

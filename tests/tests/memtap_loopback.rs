@@ -80,7 +80,9 @@ impl Fixture {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let wake = Arc::new(CountingWake::default());
-        let mount = Mount::start(&mnt, vec![vm_config(dir.path(), &server, &key)], wake.clone()).unwrap();
+        let mut config = vm_config(dir.path(), &server, &key);
+        config.wake = wake.clone();
+        let mount = Mount::start(&mnt, vec![config]).unwrap();
         Fixture { dir, ram, bytes, key, server, mnt, wake, mount }
     }
 }

@@ -295,12 +295,11 @@ fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
     let mut scenario = Scenario::start(false);
     let mnt = scenario.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let config = VmConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
+    let mut config = VmConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
+    config.wake = scenario.hook();
     // memtap's FUSE and fetch threads are started from a thread in the
     // server's namespace, so they fetch from there.
-    let mount = netns::run_in(Some(scenario.office.server()), || Mount::start(&mnt, vec![config], scenario.hook()))
-        .unwrap()
-        .unwrap();
+    let mount = netns::run_in(Some(scenario.office.server()), || Mount::start(&mnt, vec![config])).unwrap().unwrap();
     let events = scenario.events.clone();
     scenario.s3.suspend_when_idle(&events, Duration::from_secs(2)).unwrap();
 
@@ -386,9 +385,8 @@ fn a_guest_on_memtap_wakes_its_sleeping_desktop_and_runs_on() {
     std::fs::create_dir(&mnt).unwrap();
     let mut config = VmConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
     config.zero_pages = zeros;
-    let mount = netns::run_in(Some(scenario.office.server()), || Mount::start(&mnt, vec![config], scenario.hook()))
-        .unwrap()
-        .unwrap();
+    config.wake = scenario.hook();
+    let mount = netns::run_in(Some(scenario.office.server()), || Mount::start(&mnt, vec![config])).unwrap().unwrap();
     scenario.s3.suspend();
     scenario.wait_for_sleep(1);
 

@@ -58,14 +58,13 @@ use std::hint::black_box;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use jettison_bench::link::{raw_tcp_ping_pong, raw_tcp_stream};
 use jettison_bench::measure::{mb_per_s, micros, pin_to_cpu, timed, Latency};
 use jettison_tests::{fuse_available, skip, DesktopServer};
-use jettison_wire::{ByteRange, Chunk, Client, NoWake, SharedKey};
+use jettison_wire::{ByteRange, Chunk, Client, SharedKey};
 use memmap2::{Mmap, MmapOptions};
 use memtap::{MemtapError, Mount, Stats, VmConfig};
 use rand::rngs::StdRng;
@@ -407,7 +406,7 @@ impl MemtapRun {
         let server = DesktopServer::memserv(&setup.path, VM, key, "127.0.0.1:0");
         let mut config = VmConfig::new(VM, dir.path().join("slices"), server.remote(VM, key));
         config.pivot_window = window;
-        let mount = Mount::start(&mountpoint, vec![config], Arc::new(NoWake))?;
+        let mount = Mount::start(&mountpoint, vec![config])?;
         let mut run = MemtapRun { map: None, file: None, mount: Some(mount), _server: server, _dir: dir };
         let file = File::open(mountpoint.join(format!("{VM}.ram")))?;
         // SAFETY: a read-only view of memtap's file, which never changes
