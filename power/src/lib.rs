@@ -23,6 +23,11 @@
 //!   integrated with the profile's power, per consolidation and in total,
 //!   against the baseline of staying idle; [`svg::power_chart`] draws the
 //!   power over time like the paper's Figure 8.
+//! - [`SleepMachine`]: the live decision (when to suspend) as a pure,
+//!   clock-injected state machine feeding the ledger; [`daemon::run`] is the
+//!   desktop power daemon's loop around it, with the clock and the sleep
+//!   back-end as traits so that this crate needs neither the kernel nor the
+//!   other crates; [`LedgerFiles`] keeps `ledger.json` and `power.svg`.
 //! - [`trace`] and [`simulate`]: a seeded request-arrival trace generator and
 //!   a simulated desktop that replays a trace through a policy and a ledger.
 //!
@@ -50,9 +55,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod daemon;
 mod error;
+mod files;
 mod gaps;
 mod ledger;
+mod machine;
 mod policy;
 mod profile;
 pub mod simulate;
@@ -61,8 +69,10 @@ pub mod svg;
 pub mod trace;
 
 pub use error::PowerError;
+pub use files::{FilesError, LedgerFiles, CHART_FILE, LEDGER_FILE};
 pub use gaps::GapHistory;
 pub use ledger::{EnergyLedger, EnergyReport, LedgerSummary, PowerStep, StateSecs};
+pub use machine::{Decision, SleepMachine};
 pub use policy::{AdaptiveConfig, MicrosleepPolicy, WaitMode, DEFAULT_WAIT_SECS};
 pub use profile::PowerProfile;
 pub use state::DesktopState;
