@@ -9,6 +9,7 @@ mod cmd_diskserv;
 mod cmd_memserv;
 mod cmd_memtap;
 mod cmd_pair;
+mod cmd_power;
 mod cmd_status;
 mod cmd_wake;
 mod cmd_zero_map;
@@ -49,6 +50,8 @@ enum Command {
     Wake(cmd_wake::Args),
     /// Desktop: watch for user idleness; consolidate when idle, reintegrate on input.
     Activity(cmd_activity::Args),
+    /// Desktop: sleep between remote requests while consolidated, and keep the energy ledger.
+    Power(cmd_power::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cmd_status::run(args),
         Command::Wake(args) => cmd_wake::run(args),
         Command::Activity(args) => cmd_activity::run(args),
+        Command::Power(args) => cmd_power::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -174,3 +174,84 @@ fn dirty_set_export_then_apply_changes_exactly_the_dirty_blocks() {
     want[63 * 4096..].fill(0xBB);
     assert_eq!(std::fs::read(&image).unwrap(), want);
 }
+
+#[test]
+fn status_shows_the_power_ledger_beside_memory_and_disks() {
+    use jettison_power::{DesktopState, EnergyLedger, PowerProfile};
+    let dir = tempfile::tempdir().unwrap();
+    let power = dir.path().join("power");
+    std::fs::create_dir(&power).unwrap();
+    let p = PowerProfile::TABLE_1;
+    let mut ledger = EnergyLedger::new(p);
+    ledger.begin(DesktopState::Idle, 0.0).unwrap();
+    ledger.enter(DesktopState::Suspending, 6.0).unwrap();
+    ledger.enter(DesktopState::Asleep, 6.0 + p.suspend_secs).unwrap();
+    ledger.enter(DesktopState::Resuming, 3000.0).unwrap();
+    ledger.enter(DesktopState::Serving, 3000.0 + p.resume_secs).unwrap();
+    let summary = ledger.summary(3020.0);
+    std::fs::write(power.join("ledger.json"), serde_json::to_vec(&summary).unwrap()).unwrap();
+    let nowhere = dir.path().join("nowhere");
+    let status = |extra: &[&str]| {
+        let mut args = vec!["status", "--memtap", nowhere.to_str().unwrap(), "--disks", nowhere.to_str().unwrap()];
+        args.extend_from_slice(&["--power", power.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        jettison(&args)
+    };
+    let out = status(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let total = summary.total.unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let expected = format!(
+        "power desktop: 50.3 min consolidated, 1 wakes, {:.0} kJ used vs {:.0} kJ idle: {:.1}% saved (ledger.json, chart power.svg)",
+        total.joules / 1000.0,
+        total.idle_baseline_joules / 1000.0,
+        total.saved_percent
+    );
+    assert_eq!(line.trim(), expected);
+    let out = status(&["--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let back: jettison_power::LedgerSummary = serde_json::from_value(parsed["power"].clone()).unwrap();
+    // serde_json's Value rounds the last bit of some floats: compare what the line shows.
+    let back_total = back.total.unwrap();
+    assert_eq!((back.consolidations.len(), back_total.wakes), (1, 1));
+    assert!((back_total.saved_percent - total.saved_percent).abs() < 1e-9);
+    assert_eq!(parsed["memory"], serde_json::json!([]));
+
+    // A missing power directory is like a missing memtap mount: an error
+    // only when every source is missing.
+    let out = jettison(&[
+        "status",
+        "--memtap",
+        nowhere.to_str().unwrap(),
+        "--disks",
+        nowhere.to_str().unwrap(),
+        "--power",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--power"), "{}", text(&out));
+    std::fs::write(power.join("ledger.json"), b"not json").unwrap();
+    let out = status(&[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("ledger.json"), "{}", text(&out));
+}
+
+#[test]
+fn power_names_an_event_socket_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("memserv.events");
+    let state = dir.path().join("power");
+    let out = jettison(&[
+        "power",
+        "--events",
+        socket.to_str().unwrap(),
+        "--sleep",
+        "emulated-s3",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    // Checked before the back-end starts: no emulated S3 options are needed to learn this.
+    assert!(text(&out).contains("memserv.events") && text(&out).contains("--events"), "{}", text(&out));
+}

@@ -1,0 +1,291 @@
+//! `jettison power`: the desktop's power daemon while its VM is consolidated.
+//!
+//! It listens to memserv's and diskserv's event sockets, suspends the
+//! desktop once no request has come for `t_w`, and keeps the energy ledger
+//! (`ledger.json`, `power.svg`) in its state directory. The decision and the
+//! loop are [`jettison_power::daemon`]'s; this file only plugs in the
+//! kernel's clock, the event sockets and the sleep back-end.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use activity_monitor::{SleepBackend, SuspendClock, SystemSuspend};
+use jettison_image_server::events::{subscribe, EventKind};
+use jettison_power::daemon::{self, Arrival, Clock, Sleeper};
+use jettison_power::{
+    AdaptiveConfig, DesktopState, LedgerFiles, MicrosleepPolicy, PowerProfile, SleepMachine, DEFAULT_WAIT_SECS,
+};
+use remote_wakeup::{EmulatedS3, Mac, PowerState, S3Config};
+
+use crate::signals::block_stop_signals;
+use crate::CmdResult;
+
+/// How the wait time is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyKind {
+    /// Always `--wait-secs`.
+    Fixed,
+    /// Learned from the gaps between requests (Eq. 4), `--wait-secs` until then.
+    Adaptive,
+}
+
+/// How the desktop sleeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SleepKind {
+    /// This machine's S3: logind's Suspend, else /sys/power/state.
+    System,
+    /// An emulated S3 for tests: stop the daemons, drop the address, wake on a magic packet.
+    EmulatedS3,
+}
+
+/// Arguments of `jettison power`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// An event socket (memserv's or diskserv's `--events`); repeat for each.
+    #[arg(long = "events", required = true)]
+    events: Vec<PathBuf>,
+    /// The desktop's power profile (JSON); default: the paper's Table 1.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// How the wait time t_w is chosen.
+    #[arg(long, value_enum, default_value_t = PolicyKind::Fixed)]
+    policy: PolicyKind,
+    /// t_w: seconds without a request before the desktop sleeps (the adaptive policy's start).
+    #[arg(long, default_value_t = DEFAULT_WAIT_SECS)]
+    wait_secs: f64,
+    /// Seconds of serving power each request counts for in the ledger.
+    #[arg(long, default_value_t = 1.0)]
+    serve_secs: f64,
+    /// How the desktop sleeps.
+    #[arg(long, value_enum, default_value_t = SleepKind::System)]
+    sleep: SleepKind,
+    /// emulated-s3: the desktop's LAN interface (listens there for magic packets).
+    #[arg(long)]
+    interface: Option<String>,
+    /// emulated-s3: the interface's address with prefix (e.g. 10.77.0.2/24), removed while asleep.
+    #[arg(long)]
+    address: Option<String>,
+    /// emulated-s3: the MAC the "NIC" wakes for.
+    #[arg(long)]
+    mac: Option<String>,
+    /// emulated-s3: a daemon (memserv, diskserv) to stop while asleep; repeat for each.
+    #[arg(long = "stop-pid")]
+    stop_pids: Vec<i32>,
+    /// emulated-s3: seconds to go to sleep (default: the profile's).
+    #[arg(long)]
+    suspend_secs: Option<f64>,
+    /// emulated-s3: seconds to wake up (default: the profile's).
+    #[arg(long)]
+    resume_secs: Option<f64>,
+    /// Where ledger.json and power.svg are written.
+    #[arg(long)]
+    state_dir: PathBuf,
+}
+
+/// `CLOCK_BOOTTIME` since the daemon started: it keeps counting while the
+/// machine is suspended, so time asleep is in the ledger.
+#[derive(Debug, Clone, Copy)]
+struct BootClock(SuspendClock);
+
+impl Clock for BootClock {
+    fn now(&self) -> f64 {
+        SuspendClock::now().elapsed_since(&self.0).as_secs_f64()
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, then writes the ledger.
+pub fn run(args: Args) -> CmdResult {
+    let wait_for_signal = block_stop_signals()?;
+    let profile = match &args.profile {
+        Some(path) => PowerProfile::load(path)?,
+        None => PowerProfile::TABLE_1,
+    };
+    let policy = match args.policy {
+        PolicyKind::Fixed => MicrosleepPolicy::fixed(profile, args.wait_secs)?,
+        PolicyKind::Adaptive => MicrosleepPolicy::adaptive(
+            profile,
+            AdaptiveConfig { initial_wait_secs: args.wait_secs, ..AdaptiveConfig::default() },
+        )?,
+    };
+    let files = LedgerFiles::new(&args.state_dir)?;
+    let clock = BootClock(SuspendClock::now());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    for path in &args.events {
+        spawn_reader(path, tx.clone(), clock, Arc::clone(&stop))?;
+    }
+    drop(tx);
+    let mut sleeper: Box<dyn Sleeper> = match args.sleep {
+        SleepKind::System => Box::new(SystemSleeper { backend: SystemSuspend::detect(), profile }),
+        SleepKind::EmulatedS3 => Box::new(EmulatedSleeper::start(&args, &profile)?),
+    };
+    let stop_on_signal = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        if let Some(signal) = wait_for_signal() {
+            tracing::info!("{signal}: stopping");
+        }
+        stop_on_signal.store(true, Ordering::Relaxed);
+    });
+    println!(
+        "power: {} on {} event socket(s), sleeping with {}, ledger in {}",
+        policy.name(),
+        args.events.len(),
+        sleeper.name(),
+        args.state_dir.display()
+    );
+    let machine = SleepMachine::start(policy, args.serve_secs, clock.now())?;
+    let report = daemon::run(machine, &rx, sleeper.as_mut(), &clock, &files, &stop)?;
+    println!(
+        "power: stopped after {:.1} min, {} wakes, {:.1}% saved",
+        report.wall_secs / 60.0,
+        report.wakes,
+        report.saved_percent
+    );
+    Ok(())
+}
+
+/// Connects to `path` now (so a wrong path fails at start) and forwards its
+/// events from a thread; if the daemon behind it goes away, reconnects once
+/// a second until it is back.
+fn spawn_reader(path: &Path, tx: Sender<Arrival>, clock: BootClock, stop: Arc<AtomicBool>) -> CmdResult {
+    let first = subscribe(path).map_err(|e| {
+        format!(
+            "cannot connect to event socket {}: {e} (is memserv or diskserv running with --events?)",
+            path.display()
+        )
+    })?;
+    let path = path.to_owned();
+    std::thread::Builder::new().name("power-events".into()).spawn(move || {
+        let mut events = Some(first);
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(stream) = events.take() {
+                for event in stream {
+                    match event {
+                        Ok(event) if event.kind == EventKind::Disconnected => {}
+                        Ok(_) => {
+                            if tx.send(Arrival::Request(clock.now())).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("event socket {}: {e}", path.display());
+                            break;
+                        }
+                    }
+                }
+                tracing::warn!("event socket {} closed; reconnecting", path.display());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            events = subscribe(&path).ok();
+        }
+    })?;
+    Ok(())
+}
+
+/// This machine's S3 through [`SystemSuspend`], which returns after the
+/// resume with how long the machine slept.
+struct SystemSleeper {
+    backend: SystemSuspend,
+    profile: PowerProfile,
+}
+
+impl Sleeper for SystemSleeper {
+    fn name(&self) -> String {
+        self.backend.name()
+    }
+
+    fn sleep(
+        &mut self,
+        clock: &dyn Clock,
+        _stop: &AtomicBool,
+        report: &mut dyn FnMut(DesktopState, f64),
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let before = clock.now();
+        let slept = self.backend.suspend()?;
+        // Only the total awake part of the round trip is measured; it is
+        // split between suspending and resuming as the profile's times are.
+        let p = &self.profile;
+        let awake = slept.elapsed.saturating_sub(slept.asleep).as_secs_f64();
+        let asleep_at = before + awake * p.suspend_secs / (p.suspend_secs + p.resume_secs);
+        report(DesktopState::Asleep, asleep_at);
+        report(DesktopState::Resuming, asleep_at + slept.asleep.as_secs_f64());
+        Ok(())
+    }
+}
+
+/// The emulated S3 of [`EmulatedS3`]: asleep once its suspend time is up,
+/// resuming when a magic packet arrives, awake after its resume time.
+struct EmulatedSleeper {
+    s3: EmulatedS3,
+}
+
+/// How long a wait on the emulated desktop blocks before looking at the stop flag.
+const TICK: Duration = Duration::from_millis(100);
+
+impl EmulatedSleeper {
+    fn start(args: &Args, profile: &PowerProfile) -> Result<EmulatedSleeper, Box<dyn std::error::Error>> {
+        let need = |value: &Option<String>, flag: &str| {
+            value.clone().ok_or_else(|| format!("--sleep emulated-s3 needs {flag}"))
+        };
+        let mac: Mac = need(&args.mac, "--mac")?.parse().map_err(|e| format!("--mac: {e}"))?;
+        let address = need(&args.address, "--address")?;
+        let ip = address.split('/').next().unwrap_or_default();
+        ip.parse::<Ipv4Addr>().map_err(|e| format!("--address {address}: {e} (want an IPv4 address/prefix)"))?;
+        let secs = |value: Option<f64>, default: f64| Duration::try_from_secs_f64(value.unwrap_or(default));
+        let s3 = EmulatedS3::start(S3Config {
+            netns: None,
+            interface: need(&args.interface, "--interface")?,
+            address,
+            mac,
+            pids: args.stop_pids.clone(),
+            suspend_time: secs(args.suspend_secs, profile.suspend_secs).map_err(|e| format!("--suspend-secs: {e}"))?,
+            resume_time: secs(args.resume_secs, profile.resume_secs).map_err(|e| format!("--resume-secs: {e}"))?,
+        })?;
+        Ok(EmulatedSleeper { s3 })
+    }
+
+    /// Waits until the state is one of `states`; false if stopped first.
+    fn wait_for(&self, stop: &AtomicBool, states: &[PowerState]) -> bool {
+        while !stop.load(Ordering::Relaxed) {
+            if self.s3.wait_until(TICK, |state, _| states.contains(&state)) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Sleeper for EmulatedSleeper {
+    fn name(&self) -> String {
+        "emulated S3".into()
+    }
+
+    fn sleep(
+        &mut self,
+        clock: &dyn Clock,
+        stop: &AtomicBool,
+        report: &mut dyn FnMut(DesktopState, f64),
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        tracing::info!("no request for t_w: suspending (emulated S3)");
+        self.s3.suspend();
+        if !self.wait_for(stop, &[PowerState::Asleep, PowerState::Resuming, PowerState::On]) {
+            return Ok(());
+        }
+        if let Some(error) = self.s3.last_error() {
+            tracing::warn!("emulated S3: {error}");
+        }
+        report(DesktopState::Asleep, clock.now());
+        if !self.wait_for(stop, &[PowerState::Resuming, PowerState::On]) {
+            return Ok(());
+        }
+        report(DesktopState::Resuming, clock.now());
+        if self.wait_for(stop, &[PowerState::On]) {
+            tracing::info!("awake again (emulated S3)");
+        }
+        Ok(())
+    }
+}
