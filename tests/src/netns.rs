@@ -102,3 +102,53 @@ impl Lan {
         self.hosts[i].name()
     }
 }
+
+/// A `jettison` daemon running in a namespace (`ip netns exec` execs it in
+/// place, so the child's pid is the daemon's: an emulated S3 can stop and
+/// continue it). On drop it is continued (in case it was left stopped),
+/// killed and reaped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: std::process::Child,
+}
+
+impl Daemon {
+    /// Starts `jettison ARGS` in namespace `ns`, its stderr in `log`.
+    pub fn spawn(ns: &str, log: &std::path::Path, args: &[&std::ffi::OsStr]) -> Daemon {
+        let log = std::fs::File::create(log).expect("the daemon's log file can be created");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(crate::jettison_binary())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("ip netns exec runs");
+        Daemon { child }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit; whether it exited
+    /// successfully.
+    pub fn terminate(&mut self) -> bool {
+        // SAFETY: kill has no memory preconditions; the pid is our child,
+        // not yet reaped.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.child.wait().expect("the daemon can be waited for").success()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: as in `terminate`.
+            unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The desktop power daemon across network namespaces: the real
+//! `jettison power` runs in the desktop's namespace beside the real
+//! `jettison memserv`, listening to memserv's event socket, with the
+//! emulated S3 back-end. With no request for t_w it puts the desktop to
+//! sleep (memserv stopped, address gone); a read from the server's namespace
+//! through a `RemoteImage` whose wake hook is remote-wakeup's
+//! `DesktopWaker` sends a magic packet, the daemon's listener resumes the
+//! desktop, and the page is served. The daemon's `ledger.json` then counts
+//! the wake and the time asleep.
+//!
+//! Root only (namespaces, veth, a bridge, AF_PACKET); skipped with a reason
+//! elsewhere. The office (a desktop and a server on a bridge) is the one of
+//! `wake_netns.rs`, built with the shared `jettison_tests::netns` helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
+
+use std::ffi::OsStr;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jettison_tests::netns::{Daemon, Host, Lan};
+use jettison_tests::skip;
+use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
+use remote_wakeup::{netns, DesktopConfig, DesktopWaker, Mac};
+
+const PAGE: usize = 4096;
+const PAGES: usize = 64;
+const DESKTOP_MAC: Mac = Mac([0x02, 0x4a, 0x57, 0x00, 0x00, 0x12]);
+const DESKTOP_CIDR: &str = "10.77.0.2/24";
+const SERVER_CIDR: &str = "10.77.0.1/24";
+const BROADCAST: &str = "10.77.0.255";
+const MEMSERV: &str = "10.77.0.2:7410";
+/// Bound on anything that should happen within seconds.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Polls `done` every 50 ms until it holds or `WAIT` passes; whether it held.
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Whether memserv answers a TCP handshake from the server's namespace.
+fn memserv_answers(server_ns: &str) -> bool {
+    let probe: SocketAddr = MEMSERV.parse().unwrap();
+    netns::run_in(Some(server_ns), || TcpStream::connect_timeout(&probe, Duration::from_millis(300))).unwrap().is_ok()
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+#[test]
+fn the_power_daemon_sleeps_after_t_w_and_a_remote_read_wakes_it() {
+    if let Err(why) = jettison_tests::netns::available() {
+        return skip(why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mac = DESKTOP_MAC.to_string();
+    let lan = Lan::build(&[
+        Host { role: "desktop", cidr: DESKTOP_CIDR, mac: Some(&mac) },
+        Host { role: "server", cidr: SERVER_CIDR, mac: None },
+    ]);
+    let (desktop_ns, server_ns) = (lan.host(0), lan.host(1));
+
+    // The desktop's RAM: page p filled with bytes derived from p.
+    let bytes: Vec<u8> = (0..PAGES * PAGE).map(|i| ((i / PAGE * 7 + i) % 251) as u8 + 1).collect();
+    let ram = dir.path().join("vm1.ram");
+    std::fs::File::create(&ram).unwrap().write_all_at(&bytes, 0).unwrap();
+    let key = SharedKey::generate();
+    let key_path = dir.path().join("jettison.key");
+    key.save(&key_path).unwrap();
+    let events = dir.path().join("memserv.events");
+
+    let memserv = Daemon::spawn(
+        desktop_ns,
+        &dir.path().join("memserv.log"),
+        &[
+            os("memserv"),
+            os("--vm"),
+            os("vm1"),
+            os("--listen"),
+            os(MEMSERV),
+            os("--ram"),
+            ram.as_os_str(),
+            os("--key"),
+            key_path.as_os_str(),
+            os("--events"),
+            events.as_os_str(),
+        ],
+    );
+    let up = wait_for(|| events.exists() && memserv_answers(server_ns));
+    assert!(up, "memserv did not come up; see {}/memserv.log", dir.path().display());
+
+    // The server's reader, connected while the desktop is awake.
+    let broadcast: IpAddr = BROADCAST.parse().unwrap();
+    let mut config = DesktopConfig::new("desktop1", DESKTOP_MAC, broadcast, MEMSERV.parse().unwrap());
+    config.probe_timeout = Duration::from_millis(300);
+    let waker = Arc::new(DesktopWaker::new(config));
+    let mut remote = RemoteConfig::new(MEMSERV, key, Hello { service: Service::Memory, export: "vm1".into() });
+    remote.timeout = Duration::from_secs(2);
+    remote.max_backoff = Duration::from_millis(200);
+    remote.give_up_after = Some(WAIT);
+    let hook = Arc::clone(&waker) as Arc<dyn WakeHook>;
+    let image = netns::run_in(Some(server_ns), || RemoteImage::connect(remote, hook)).unwrap().unwrap();
+
+    let state_dir = dir.path().join("power");
+    let memserv_pid = memserv.pid().to_string();
+    let mut power = Daemon::spawn(
+        desktop_ns,
+        &dir.path().join("power.log"),
+        &[
+            os("power"),
+            os("--events"),
+            events.as_os_str(),
+            os("--wait-secs"),
+            os("2"),
+            os("--sleep"),
+            os("emulated-s3"),
+            os("--interface"),
+            os("eth0"),
+            os("--address"),
+            os(DESKTOP_CIDR),
+            os("--mac"),
+            os(&mac),
+            os("--stop-pid"),
+            os(&memserv_pid),
+            os("--suspend-secs"),
+            os("0.5"),
+            os("--resume-secs"),
+            os("1"),
+            os("--state-dir"),
+            state_dir.as_os_str(),
+        ],
+    );
+
+    // No request for t_w: the daemon puts the desktop to sleep, and memserv
+    // stops answering.
+    let asleep = wait_for(|| !memserv_answers(server_ns));
+    assert!(asleep, "the daemon did not put the desktop to sleep; see {}/power.log", dir.path().display());
+
+    // A read wakes it and is served.
+    let range = ByteRange::new((5 * PAGE) as u64, (2 * PAGE) as u32);
+    let chunks = std::thread::scope(|s| {
+        s.spawn(|| {
+            netns::enter(server_ns).unwrap();
+            image.read(&[range]).unwrap()
+        })
+        .join()
+        .unwrap()
+    });
+    let mut got = Vec::new();
+    for chunk in chunks {
+        match chunk {
+            Chunk::Bytes { data, .. } => got.extend_from_slice(&data),
+            Chunk::Zero { len, .. } => got.resize(got.len() + len as usize, 0),
+        }
+    }
+    assert!(got == bytes[5 * PAGE..7 * PAGE], "pages 5..7 differ from the RAM file");
+    let stats = waker.stats();
+    assert!(stats.wakes >= 1 && stats.failed_wakes == 0, "{stats:?}");
+
+    // Stopped with SIGTERM, the daemon leaves its ledger.
+    assert!(power.terminate(), "jettison power failed; see {}/power.log", dir.path().display());
+    // Read as JSON (the `LedgerSummary` fields), as a script would.
+    let ledger: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("ledger.json")).unwrap()).unwrap();
+    eprintln!("ledger: {ledger}");
+    let total = &ledger["total"];
+    assert!(total["wakes"].as_u64().unwrap() >= 1, "{total}");
+    assert!(total["secs"]["asleep"].as_f64().unwrap() > 0.0, "{total}");
+    assert!(state_dir.join("power.svg").exists());
+    drop(memserv);
+}
