@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use activity_monitor::{SleepBackend, SuspendClock, SystemSuspend};
 use jettison_image_server::events::{subscribe, EventKind};
-use jettison_power::daemon::{self, Arrival, Clock, Sleeper};
+use jettison_power::daemon::{self, Arrival, Clock, DaemonError, Sleeper};
 use jettison_power::{
     AdaptiveConfig, DesktopState, LedgerFiles, MicrosleepPolicy, PowerProfile, SleepMachine, DEFAULT_WAIT_SECS,
 };
@@ -215,6 +215,10 @@ impl Sleeper for SystemSleeper {
         report(DesktopState::Resuming, asleep_at + slept.asleep.as_secs_f64());
         Ok(())
     }
+
+    fn failed(&mut self, error: &DaemonError) {
+        tracing::warn!("{}; staying awake, trying again after t_w", jettison_wire::chain(error));
+    }
 }
 
 /// The emulated S3 of [`EmulatedS3`]: asleep once its suspend time is up,
@@ -287,5 +291,48 @@ impl Sleeper for EmulatedSleeper {
             tracing::info!("awake again (emulated S3)");
         }
         Ok(())
+    }
+
+    fn failed(&mut self, error: &DaemonError) {
+        tracing::warn!("{}; staying awake, trying again after t_w", jettison_wire::chain(error));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use activity_monitor::SysfsSuspend;
+
+    use super::*;
+
+    struct FixedClock(Cell<f64>);
+
+    impl Clock for FixedClock {
+        fn now(&self) -> f64 {
+            self.0.get()
+        }
+    }
+
+    /// The system back-end with a state file of the test's: nothing sleeps,
+    /// and the reported transitions are in order at the clock's time.
+    #[test]
+    fn system_sleeper_reports_asleep_then_resuming() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("state");
+        std::fs::write(&file, "freeze mem\n").expect("the fake state file is written");
+        let mut sleeper = SystemSleeper {
+            backend: SystemSuspend::new(None, SysfsSuspend::with_state_file(&file)),
+            profile: PowerProfile::TABLE_1,
+        };
+        let clock = FixedClock(Cell::new(10.0));
+        let mut seen = Vec::new();
+        sleeper.sleep(&clock, &AtomicBool::new(false), &mut |state, at| seen.push((state, at))).expect("a file write");
+        assert_eq!(std::fs::read_to_string(&file).expect("the state file"), "mem");
+        assert_eq!(
+            seen.iter().map(|&(state, _)| state).collect::<Vec<_>>(),
+            [DesktopState::Asleep, DesktopState::Resuming]
+        );
+        assert!(seen[0].1 >= 10.0 && seen[1].1 >= seen[0].1, "{seen:?}");
     }
 }

@@ -54,6 +54,12 @@ pub trait Sleeper {
         stop: &AtomicBool,
         report: &mut dyn FnMut(DesktopState, f64),
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    /// A suspend failed ([`DaemonError::Sleep`]): the desktop is idle
+    /// again and the loop goes on, trying again after another `t_w`
+    /// without a request (a daemon keeps serving; the refusal may be a
+    /// user's inhibitor that ends). The back-end says so in its log.
+    fn failed(&mut self, error: &DaemonError);
 }
 
 /// What a reader thread sends the loop.
@@ -121,9 +127,10 @@ fn serve(
     let mut last_state = machine.state();
     while !stop.load(Ordering::Relaxed) {
         match machine.poll(clock.now())? {
-            Decision::Sleep => {
-                sleep_once(machine, sleeper, clock, files, stop)?;
-            }
+            Decision::Sleep => match sleep_once(machine, sleeper, clock, files, stop) {
+                Err(error @ DaemonError::Sleep { .. }) => sleeper.failed(&error),
+                other => other?,
+            },
             Decision::WaitUntil(at) => {
                 let wait = Duration::from_secs_f64((at - clock.now()).clamp(0.0, TICK.as_secs_f64()));
                 match events.recv_timeout(wait) {
@@ -236,6 +243,10 @@ mod tests {
             }
             Ok(())
         }
+
+        fn failed(&mut self, error: &DaemonError) {
+            panic!("the fake cannot fail: {error}");
+        }
     }
 
     #[test]
@@ -258,5 +269,53 @@ mod tests {
         assert_eq!(summary.total.unwrap().wakes, 2);
         let svg = std::fs::read_to_string(dir.path().join("power.svg")).unwrap();
         assert!(svg.starts_with("<svg"));
+    }
+
+    /// Refuses every suspend, one fake second each, and stops the daemon
+    /// after `rounds` refusals.
+    struct Refuser<'a> {
+        clock: &'a FakeClock,
+        stop: &'a AtomicBool,
+        rounds: u32,
+    }
+
+    impl Sleeper for Refuser<'_> {
+        fn name(&self) -> String {
+            "refuser".into()
+        }
+
+        fn sleep(
+            &mut self,
+            _clock: &dyn Clock,
+            _stop: &AtomicBool,
+            _report: &mut dyn FnMut(DesktopState, f64),
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            self.clock.0.set(self.clock.0.get() + 1.0);
+            Err("inhibited".into())
+        }
+
+        fn failed(&mut self, error: &DaemonError) {
+            assert_eq!(error.to_string(), "power daemon: suspending with refuser");
+            self.rounds -= 1;
+            if self.rounds == 0 {
+                self.stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_suspend_leaves_the_desktop_idle_and_the_daemon_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = LedgerFiles::new(dir.path()).unwrap();
+        let policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 0.0).unwrap();
+        let machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
+        let clock = FakeClock(Cell::new(0.0));
+        let (_tx, rx) = mpsc::channel();
+        let stop = AtomicBool::new(false);
+        let mut refuser = Refuser { clock: &clock, stop: &stop, rounds: 3 };
+        let report = run(machine, &rx, &mut refuser, &clock, &files, &stop).unwrap();
+        assert_eq!(report.wakes, 0);
+        assert_eq!(report.secs.asleep, 0.0);
+        assert_eq!(report.secs.suspending, 3.0);
     }
 }
