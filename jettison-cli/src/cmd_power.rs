@@ -314,6 +314,34 @@ mod tests {
         }
     }
 
+    /// Each event socket's requests and connections reach the loop, its
+    /// disconnections do not.
+    #[test]
+    fn a_reader_forwards_requests_from_its_socket() {
+        use std::io::Write;
+
+        use jettison_image_server::events::RequestEvent;
+
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("memserv.events");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("the socket binds");
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_reader(&path, tx, BootClock(SuspendClock::now()), Arc::clone(&stop)).expect("the reader connects");
+        let (mut peer, _) = listener.accept().expect("the reader is accepted");
+        for kind in [EventKind::Connected, EventKind::Disconnected, EventKind::Request] {
+            let event = RequestEvent::now(kind, "memory", "vm1", "10.77.0.1:5000", 1, 4096);
+            peer.write_all(&event.to_line()).expect("the event is sent");
+        }
+        let wait = Duration::from_secs(10);
+        for _ in 0..2 {
+            assert!(matches!(rx.recv_timeout(wait), Ok(Arrival::Request(_))));
+        }
+        stop.store(true, Ordering::Relaxed);
+        drop(peer);
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "a disconnection is no request");
+    }
+
     /// The system back-end with a state file of the test's: nothing sleeps,
     /// and the reported transitions are in order at the clock's time.
     #[test]

@@ -5,8 +5,8 @@
 //! sleep (memserv stopped, address gone); a read from the server's namespace
 //! through a `RemoteImage` whose wake hook is remote-wakeup's
 //! `DesktopWaker` sends a magic packet, the daemon's listener resumes the
-//! desktop, and the page is served. The daemon's `ledger.json` then counts
-//! the wake and the time asleep.
+//! desktop, and the page is served; after t_w it sleeps again. The daemon's
+//! `ledger.json` then counts the wake and the time asleep.
 //!
 //! Root only (namespaces, veth, a bridge, AF_PACKET); skipped with a reason
 //! elsewhere. The office (a desktop and a server on a bridge) is the one of
@@ -57,7 +57,7 @@ fn os(s: &str) -> &OsStr {
 }
 
 #[test]
-fn the_power_daemon_sleeps_after_t_w_and_a_remote_read_wakes_it() {
+fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again() {
     if let Err(why) = jettison_tests::netns::available() {
         return skip(why);
     }
@@ -165,6 +165,10 @@ fn the_power_daemon_sleeps_after_t_w_and_a_remote_read_wakes_it() {
     assert!(got == bytes[5 * PAGE..7 * PAGE], "pages 5..7 differ from the RAM file");
     let stats = waker.stats();
     assert!(stats.wakes >= 1 && stats.failed_wakes == 0, "{stats:?}");
+
+    // With no further request, the daemon puts the desktop to sleep again.
+    let asleep_again = wait_for(|| !memserv_answers(server_ns));
+    assert!(asleep_again, "the desktop did not sleep again; see {}/power.log", dir.path().display());
 
     // Stopped with SIGTERM, the daemon leaves its ledger.
     assert!(power.terminate(), "jettison power failed; see {}/power.log", dir.path().display());
