@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use jettison_qemu::{load_device_state, save_device_state, GuestImage, VmSpec};
+use jettison_qemu::{resume, save_device_state, GuestImage, VmSpec};
 
 const RAM_MIB: u64 = 256;
 const FILL_MIB: u64 = 96;
@@ -137,15 +137,10 @@ fn main() {
     // Server: resume the guest on memtap's file.
     let started = Instant::now();
     let reached = {
-        let mut vm = VmSpec::new(&guest, mnt.join("vm1.ram"), d.join("server-run"))
+        let spec = VmSpec::new(&guest, mnt.join("vm1.ram"), d.join("server-run"))
             .memory_mib(RAM_MIB)
-            .kernel_args(&format!("jt.fill={FILL_MIB}"))
-            .incoming_defer()
-            .spawn()
-            .expect("start the server QEMU");
-        let mut qmp = vm.connect_qmp().expect("QMP");
-        load_device_state(&mut qmp, &descriptor).expect("load the descriptor");
-        qmp.execute("cont", None).expect("cont");
+            .kernel_args(&format!("jt.fill={FILL_MIB}"));
+        let (mut vm, _qmp) = resume(spec, &descriptor).expect("resume the guest on the server");
         let running = started.elapsed();
         let reached = vm.wait_for_count_above(count_at_stop + 10, RUN).expect("the guest keeps counting on the server");
         let first = *vm.serial().counts().expect("serial").first().expect("a count");

@@ -22,7 +22,7 @@ mod vm;
 
 pub use error::{Error, Result};
 pub use guest::GuestImage;
-pub use migration::{load_device_state, save_device_state};
+pub use migration::{load_device_state, resume, save_device_state};
 pub use process::QemuProcess;
 pub use qmp::Qmp;
 pub use serial::SerialLog;

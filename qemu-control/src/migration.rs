@@ -23,7 +23,9 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::poll::poll_until;
+use crate::process::QemuProcess;
 use crate::qmp::Qmp;
+use crate::vm::VmSpec;
 
 /// How long a save or load may take. Without guest RAM in the stream it is
 /// well under a second; the margin is for a busy machine.
@@ -112,4 +114,19 @@ fn wait_for_migration(qmp: &mut Qmp, direction: &'static str, path: &Path) -> Re
             _ => Ok(None),
         }
     })
+}
+
+/// Starts the VM of `spec` from a saved device state instead of booting it:
+/// QEMU with `-incoming defer`, the state loaded, then `cont`. The guest
+/// runs on whatever RAM file `spec` names (the desktop's checkpoint, or
+/// memtap's file on the server).
+///
+/// # Errors
+/// As [`VmSpec::spawn`], [`load_device_state`] and the `cont` command.
+pub fn resume(spec: VmSpec, descriptor: &Path) -> Result<(QemuProcess, Qmp)> {
+    let mut qemu = spec.incoming_defer().spawn()?;
+    let mut qmp = qemu.connect_qmp()?;
+    load_device_state(&mut qmp, descriptor)?;
+    qmp.execute("cont", None)?;
+    Ok((qemu, qmp))
 }

@@ -152,3 +152,16 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The test office's addressing: the desktop and the server as `eth0` on
+/// one bridge, in a /24 no other test uses.
+pub mod office {
+    /// The desktop's address and prefix.
+    pub const DESKTOP_CIDR: &str = "10.77.0.2/24";
+    /// The server's address and prefix.
+    pub const SERVER_CIDR: &str = "10.77.0.1/24";
+    /// The LAN's broadcast address (magic packets go there).
+    pub const BROADCAST: &str = "10.77.0.255";
+    /// Where the desktop's memserv listens.
+    pub const MEMSERV: &str = "10.77.0.2:7410";
+}

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use jettison_qemu::{load_device_state, save_device_state, Error, GuestImage, VmSpec};
+use jettison_qemu::{load_device_state, resume, save_device_state, Error, GuestImage, VmSpec};
 use jettison_tests::{guest, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 /// Guest RAM filled with random data before counting, so the RAM file holds
@@ -51,10 +51,7 @@ fn restored_guest_continues_counting_from_the_checkpoint() {
     drop(first);
 
     // Second life: same RAM file, device state loaded instead of booting.
-    let mut second = spec("second").incoming_defer().spawn().expect("start the second QEMU");
-    let mut qmp = second.connect_qmp().expect("QMP to the second QEMU");
-    load_device_state(&mut qmp, &state_file).expect("load the device state");
-    qmp.execute("cont", None).expect("resume the restored guest");
+    let (mut second, _qmp) = resume(spec("second"), &state_file).expect("resume the guest from its checkpoint");
     let resumed = second.wait_for_count_above(count_at_stop + 2, COUNT_TIMEOUT).expect("restored guest keeps counting");
 
     let counts = second.serial().counts().expect("read the second serial log");

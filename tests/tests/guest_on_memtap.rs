@@ -6,7 +6,7 @@
 //! less than the guest's RAM.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failure is the test failing
 
-use jettison_qemu::{load_device_state, save_device_state, VmSpec};
+use jettison_qemu::{resume, save_device_state, VmSpec};
 use jettison_slice_store::zero_map;
 use jettison_tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
 use jettison_wire::SharedKey;
@@ -58,15 +58,10 @@ fn guest_resumed_on_memtap_keeps_running_and_fetches_little() {
     config.zero_pages = zeros;
     let mount = Mount::start(&mnt, vec![config]).unwrap();
     {
-        let mut server = VmSpec::new(&guest, mnt.join("vm1.ram"), dir.path().join("server-run"))
+        let spec = VmSpec::new(&guest, mnt.join("vm1.ram"), dir.path().join("server-run"))
             .memory_mib(RAM_MIB)
-            .kernel_args(&format!("jt.fill={FILL_MIB}"))
-            .incoming_defer()
-            .spawn()
-            .unwrap();
-        let mut qmp = server.connect_qmp().unwrap();
-        load_device_state(&mut qmp, &state).unwrap();
-        qmp.execute("cont", None).unwrap();
+            .kernel_args(&format!("jt.fill={FILL_MIB}"));
+        let (mut server, qmp) = resume(spec, &state).unwrap();
         let reached = server.wait_for_count_above(count_at_stop + 5, COUNT_TIMEOUT).unwrap();
         let counts = server.serial().counts().unwrap();
         assert!(

@@ -19,6 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jettison_tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
 use jettison_tests::netns::{Daemon, Host, Lan};
 use jettison_tests::skip;
 use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
@@ -27,10 +28,6 @@ use remote_wakeup::{netns, DesktopConfig, DesktopWaker, Mac};
 const PAGE: usize = 4096;
 const PAGES: usize = 64;
 const DESKTOP_MAC: Mac = Mac([0x02, 0x4a, 0x57, 0x00, 0x00, 0x12]);
-const DESKTOP_CIDR: &str = "10.77.0.2/24";
-const SERVER_CIDR: &str = "10.77.0.1/24";
-const BROADCAST: &str = "10.77.0.255";
-const MEMSERV: &str = "10.77.0.2:7410";
 /// Bound on anything that should happen within seconds.
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -18,8 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use jettison_qemu::{load_device_state, save_device_state, VmSpec};
+use jettison_qemu::{resume, save_device_state, VmSpec};
 use jettison_slice_store::zero_map;
+use jettison_tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
 use jettison_tests::netns::{Host, Lan};
 use jettison_tests::{fuse_available, jettison_binary, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
@@ -30,10 +31,6 @@ use remote_wakeup::{netns, DesktopConfig, DesktopWaker, EmulatedS3, Mac, PowerSt
 const PAGE: usize = 4096;
 const PAGES: usize = 256;
 const DESKTOP_MAC: Mac = Mac([0x02, 0x4a, 0x57, 0x00, 0x00, 0x02]);
-const DESKTOP_CIDR: &str = "10.77.0.2/24";
-const SERVER_CIDR: &str = "10.77.0.1/24";
-const BROADCAST: &str = "10.77.0.255";
-const MEMSERV: &str = "10.77.0.2:7410";
 /// Bound on anything that should happen within seconds.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -393,14 +390,8 @@ fn a_guest_on_memtap_wakes_its_sleeping_desktop_and_runs_on() {
     // On the server: the guest resumes on memtap; its first fault wakes the
     // desktop.
     {
-        let mut server = VmSpec::new(&guest, mnt.join("vm1.ram"), scenario.dir.path().join("server-run"))
-            .memory_mib(RAM_MIB)
-            .incoming_defer()
-            .spawn()
-            .unwrap();
-        let mut qmp = server.connect_qmp().unwrap();
-        load_device_state(&mut qmp, &state).unwrap();
-        qmp.execute("cont", None).unwrap();
+        let spec = VmSpec::new(&guest, mnt.join("vm1.ram"), scenario.dir.path().join("server-run")).memory_mib(RAM_MIB);
+        let (mut server, qmp) = resume(spec, &state).unwrap();
         let reached = server.wait_for_count_above(count_at_stop + 5, COUNT_TIMEOUT).unwrap();
         eprintln!("counter went on from {count_at_stop} to {reached} after waking the desktop");
         let stats = mount.vms()[0].stats();
