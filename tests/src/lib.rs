@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is the test failing
 
 pub mod netns;
+pub mod vmnet;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
