@@ -23,9 +23,23 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Bound on waiting for a running guest to count further.
 pub const COUNT_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Prints why a test is skipped.
+/// Says why a test is skipped: on stderr, and, because the test harness
+/// hides the output of tests that pass, also as a line appended to the file
+/// named by `JETTISON_SKIP_LOG` (which `scripts/test` sets and prints).
 pub fn skip(reason: impl std::fmt::Display) {
-    eprintln!("SKIPPED: {reason}");
+    let line = format!("SKIPPED: {}: {reason}", std::thread::current().name().unwrap_or("a test"));
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("JETTISON_SKIP_LOG") {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = appended {
+            eprintln!("cannot note the skip in {}: {e}", PathBuf::from(path).display());
+        }
+    }
 }
 
 /// The repository's root.
