@@ -153,26 +153,26 @@ fn main() {
     };
     let status = jettison(&bin, &["status", "--memtap", mnt.to_str().expect("utf-8"), "--json"]);
     let stats: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
-    let vm = &stats[0];
+    let vm: memtap::Stats =
+        serde_json::from_value(stats["memory"][0].clone()).expect("status --json lists vm1 under \"memory\"");
     print!("server: {}", jettison(&bin, &["status", "--memtap", mnt.to_str().expect("utf-8")]));
     drop(memtap);
 
-    let mib = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / 1048576.0;
-    let fetched = mib(&vm["bytes_fetched"]);
+    let fetched = vm.bytes_fetched as f64 / 1048576.0;
     println!();
     println!("== Report");
     println!("guest RAM                 {RAM_MIB} MiB ({FILL_MIB} MiB of it filled with data)");
     println!("descriptor moved          {:.1} KiB", descriptor_bytes as f64 / 1024.0);
-    println!("guest faults on server    {}", vm["faults"]);
-    println!("remote fetches            {}", vm["remote_fetches"]);
+    println!("guest faults on server    {}", vm.faults);
+    println!("remote fetches            {}", vm.remote_fetches);
     println!(
         "pages fetched             {} (prefetch hits {}, misses {})",
-        vm["pages_fetched"], vm["prefetch_hits"], vm["prefetch_misses"]
+        vm.pages_fetched, vm.prefetch_hits, vm.prefetch_misses
     );
     println!(
         "page data fetched         {fetched:.1} MiB = {:.1}% of the guest's RAM",
         100.0 * fetched / RAM_MIB as f64
     );
-    println!("zero pages never fetched  {} faults answered from the zero map", vm["zero_pages_served"]);
+    println!("zero pages never fetched  {} faults answered from the zero map", vm.zero_pages_served);
     println!("guest kept running        yes: counter {count_at_stop} -> {reached}");
 }
