@@ -84,6 +84,68 @@ pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// CPU time used on the whole machine since [`CpuAccount::start`], split
+/// into this process (with the children it has waited for) and everything
+/// else, so that a report can say whether other work competed with the
+/// benchmark for the CPUs: on a shared 2-CPU machine another test running
+/// at the same time moves every figure.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuAccount {
+    machine: Duration,
+    own: Duration,
+    started: Instant,
+}
+
+impl CpuAccount {
+    /// Starts counting.
+    ///
+    /// # Errors
+    /// Reading `/proc/stat` failed or it had no `cpu` line.
+    pub fn start() -> std::io::Result<CpuAccount> {
+        Ok(CpuAccount { machine: machine_cpu_time()?, own: own_cpu_time(), started: Instant::now() })
+    }
+
+    /// CPU-seconds per second of wall-clock time that other processes and
+    /// kernel threads used since the start: 0 on an otherwise idle machine,
+    /// 1 for one other CPU-bound process.
+    ///
+    /// # Errors
+    /// Reading `/proc/stat` failed.
+    pub fn others_per_second(&self) -> std::io::Result<f64> {
+        let machine = machine_cpu_time()?.saturating_sub(self.machine);
+        let own = own_cpu_time().saturating_sub(self.own);
+        Ok(machine.saturating_sub(own).as_secs_f64() / self.started.elapsed().as_secs_f64())
+    }
+}
+
+/// User, nice and system time of all CPUs from `/proc/stat` (interrupt
+/// time is left out: the kernel does not charge it to any process).
+fn machine_cpu_time() -> std::io::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).ok_or_else(|| std::io::Error::other("no cpu line"))?;
+    let ticks: u64 = line.split_whitespace().skip(1).take(3).filter_map(|t| t.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / per_second))
+}
+
+/// User and system time of this process and of its waited-for children.
+fn own_cpu_time() -> Duration {
+    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN].into_iter().map(rusage_time).sum()
+}
+
+fn rusage_time(who: libc::c_int) -> Duration {
+    // SAFETY: rusage is plain data; all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage; `who` is one of the
+    // two values getrusage accepts here.
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +169,20 @@ mod tests {
         let l = Latency::of(&[us(30), us(10), us(20)]).unwrap();
         assert_eq!((l.p50, l.p99, l.count, l.total), (us(20), us(30), 3, us(60)));
         assert!(Latency::of(&[]).is_none());
+    }
+
+    #[test]
+    fn the_machine_counts_this_process_time_too() {
+        let (machine, own) = (machine_cpu_time().unwrap(), own_cpu_time());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while own_cpu_time() - own < Duration::from_millis(100) && Instant::now() < deadline {
+            std::hint::black_box(0u64);
+        }
+        let spent = own_cpu_time() - own;
+        assert!(spent >= Duration::from_millis(100), "a busy loop is charged to this process");
+        // /proc/stat counts in ticks of 10 ms.
+        assert!(machine_cpu_time().unwrap() - machine + Duration::from_millis(20) >= spent);
+        assert!(CpuAccount::start().unwrap().others_per_second().unwrap() >= 0.0);
     }
 
     #[test]

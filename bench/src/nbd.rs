@@ -353,3 +353,97 @@ fn io(during: &'static str) -> impl FnOnce(std::io::Error) -> NbdClientError {
 fn protocol(during: &'static str) -> impl FnOnce(ProtocolError) -> NbdClientError {
     move |source| NbdClientError::Protocol { during, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cownetdisk::protocol::{
+        BlockSizes, OptionHeader, CLIENT_FLAGS_LEN, OPTION_HEADER_LEN, OPT_GO, REQUEST_LEN, TRANSMISSION_FLAGS,
+    };
+    use std::os::unix::net::UnixListener;
+
+    const SIZE: u64 = 1 << 20;
+
+    /// The byte at `offset` of the fake server's export.
+    fn byte_at(offset: u64) -> u8 {
+        (offset % 251) as u8
+    }
+
+    fn read_request(stream: &mut UnixStream) -> Request {
+        let mut header = [0; REQUEST_LEN];
+        stream.read_exact(&mut header).unwrap();
+        Request::decode(&header).unwrap()
+    }
+
+    fn answer_read(stream: &mut UnixStream, request: &Request) {
+        stream.write_all(&SimpleReply::ok(request.cookie).encode()).unwrap();
+        let data: Vec<u8> = (0..u64::from(request.length)).map(|i| byte_at(request.offset + i)).collect();
+        stream.write_all(&data).unwrap();
+    }
+
+    /// A server that negotiates (sending block sizes before the export's
+    /// size, which the client must skip), answers reads two at a time in
+    /// reverse order, and fails the flush that follows.
+    fn fake_server(listener: UnixListener, pairs: usize) {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(&Greeting::server().encode()).unwrap();
+        let mut flags = [0; CLIENT_FLAGS_LEN];
+        stream.read_exact(&mut flags).unwrap();
+        let mut header = [0; OPTION_HEADER_LEN];
+        stream.read_exact(&mut header).unwrap();
+        let header = OptionHeader::decode(&header).unwrap();
+        let mut data = vec![0; header.len as usize];
+        stream.read_exact(&mut data).unwrap();
+        assert!(matches!(ClientOption::decode(&header, &data).unwrap(), ClientOption::Go(q) if q.name == "vm1"));
+        let sizes = BlockSizes::new(1, 4096, 1 << 25).unwrap();
+        stream.write_all(&OptionReply::info(OPT_GO, &Info::BlockSize(sizes)).encode()).unwrap();
+        let export = Info::Export { size: SIZE, flags: TRANSMISSION_FLAGS };
+        stream.write_all(&OptionReply::info(OPT_GO, &export).encode()).unwrap();
+        stream.write_all(&OptionReply::ack(OPT_GO).encode()).unwrap();
+        for _ in 0..pairs {
+            let (first, second) = (read_request(&mut stream), read_request(&mut stream));
+            answer_read(&mut stream, &second);
+            answer_read(&mut stream, &first);
+        }
+        let flush = read_request(&mut stream);
+        assert_eq!(flush.command().unwrap(), Command::Flush);
+        stream.write_all(&SimpleReply::error(flush.cookie, ErrorCode::Io).encode()).unwrap();
+    }
+
+    #[test]
+    fn replies_out_of_order_are_matched_by_cookie_and_errors_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nbd.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || fake_server(listener, 2));
+        let mut client = NbdClient::connect(&path, "vm1").unwrap();
+        assert_eq!(client.size(), SIZE);
+        let mut offsets = [4096, 8192, 12288, 40000].into_iter();
+        let mut checked = Vec::new();
+        let budget = Budget { requests: 4, time: Duration::from_secs(60) };
+        let run = client
+            .run(
+                Op::Read { len: 512 },
+                2,
+                budget,
+                || offsets.next().unwrap(),
+                |offset, data| {
+                    checked.push(offset);
+                    let want: Vec<u8> = (0..data.len() as u64).map(|i| byte_at(offset + i)).collect();
+                    if data == want {
+                        Ok(())
+                    } else {
+                        Err("wrong data".into())
+                    }
+                },
+            )
+            .unwrap();
+        assert_eq!((run.latencies.len(), run.bytes), (4, 2048));
+        assert_eq!(checked, [8192, 4096, 40000, 12288], "the fake server answers each pair backwards");
+        assert!(matches!(
+            client.flush(),
+            Err(NbdClientError::Failed { command: Command::Flush, error: ErrorCode::Io, .. })
+        ));
+        server.join().unwrap();
+    }
+}
