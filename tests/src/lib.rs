@@ -31,11 +31,8 @@ pub fn skip(reason: impl std::fmt::Display) {
     eprintln!("{line}");
     if let Some(path) = std::env::var_os("JETTISON_SKIP_LOG") {
         use std::io::Write;
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| writeln!(f, "{line}"));
+        let appended =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = appended {
             eprintln!("cannot note the skip in {}: {e}", PathBuf::from(path).display());
         }
@@ -108,15 +105,23 @@ pub struct DesktopServer {
 impl DesktopServer {
     /// memserv serving `ram` as export `vm` on `listen` (port 0 for any).
     pub fn memserv(ram: &Path, vm: &str, key: &SharedKey, listen: &str) -> DesktopServer {
-        let server = memserv::bind(ram, serve_config(Service::Memory, vm, key, listen)).unwrap();
-        Self::run(server, Service::Memory)
+        Self::memserv_with(ram, serve_config(Service::Memory, vm, key, listen))
+    }
+
+    /// memserv serving `ram` as `config` says (an event socket, say).
+    pub fn memserv_with(ram: &Path, config: ServeConfig) -> DesktopServer {
+        Self::run(memserv::bind(ram, config).unwrap(), Service::Memory)
     }
 
     /// diskserv serving `image` in `block_size` blocks as export `vm` on
     /// `listen` (port 0 for any).
     pub fn diskserv(image: &Path, vm: &str, key: &SharedKey, listen: &str, block_size: u32) -> DesktopServer {
-        let server = diskserv::bind(image, serve_config(Service::Disk, vm, key, listen), block_size).unwrap();
-        Self::run(server, Service::Disk)
+        Self::diskserv_with(image, serve_config(Service::Disk, vm, key, listen), block_size)
+    }
+
+    /// diskserv serving `image` in `block_size` blocks as `config` says.
+    pub fn diskserv_with(image: &Path, config: ServeConfig, block_size: u32) -> DesktopServer {
+        Self::run(diskserv::bind(image, config, block_size).unwrap(), Service::Disk)
     }
 
     fn run(server: jettison_image_server::Server, service: Service) -> DesktopServer {
@@ -137,7 +142,9 @@ impl DesktopServer {
     }
 }
 
-fn serve_config(service: Service, vm: &str, key: &SharedKey, listen: &str) -> ServeConfig {
+/// How a desktop daemon serves export `vm` on `listen`, without an event
+/// socket.
+pub fn serve_config(service: Service, vm: &str, key: &SharedKey, listen: &str) -> ServeConfig {
     ServeConfig { listen: listen.parse().unwrap(), key: key.clone(), service, export: vm.into(), events: None }
 }
 

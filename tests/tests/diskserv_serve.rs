@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jettison_image_server::events::{subscribe, EventKind};
-use jettison_image_server::{ServeConfig, StopHandle};
+use jettison_image_server::ServeConfig;
+use jettison_tests::{serve_config, DesktopServer};
 use jettison_wire::{ByteRange, Chunk, Client, Hello, Service, SharedKey, WireError};
 
 const BLOCK: usize = 65536;
@@ -26,35 +27,23 @@ fn disk_image(dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
+/// diskserv for export vm1 with its event socket, and what a client needs.
 struct Running {
     addr: String,
     key: SharedKey,
     events: PathBuf,
-    stop: StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
+    _server: DesktopServer,
 }
 
 fn config(key: &SharedKey, service: Service, events: Option<PathBuf>) -> ServeConfig {
-    ServeConfig { listen: "127.0.0.1:0".parse().unwrap(), key: key.clone(), service, export: "vm1".into(), events }
+    ServeConfig { events, ..serve_config(service, "vm1", key, "127.0.0.1:0") }
 }
 
 fn start(dir: &Path, image: &Path) -> Running {
     let key = SharedKey::generate();
     let events = dir.join("events.sock");
-    let server = diskserv::bind(image, config(&key, Service::Disk, Some(events.clone())), BLOCK as u32).unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    let stop = server.stop_handle();
-    let thread = Some(std::thread::spawn(move || server.run().unwrap()));
-    Running { addr, key, events, stop, thread }
+    let server = DesktopServer::diskserv_with(image, config(&key, Service::Disk, Some(events.clone())), BLOCK as u32);
+    Running { addr: server.addr.clone(), key, events, _server: server }
 }
 
 fn hello(service: Service) -> Hello {

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use jettison_image_server::events::{subscribe, EventKind};
-use jettison_image_server::{ServeConfig, StopHandle};
+use jettison_image_server::ServeConfig;
+use jettison_tests::{serve_config, DesktopServer};
 use jettison_wire::protocol::Preamble;
 use jettison_wire::{ByteRange, Chunk, Client, ErrorKind, Hello, Request, Response, Service, SharedKey, WireError};
 
@@ -27,38 +28,21 @@ fn ram_file(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
+/// memserv for export vm1 with its event socket, and what a client needs.
 struct Running {
     addr: String,
     key: SharedKey,
     events: std::path::PathBuf,
-    stop: StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
+    _server: DesktopServer,
 }
 
 fn start(dir: &Path, ram: &Path) -> Running {
     let key = SharedKey::generate();
     let events = dir.join("events.sock");
-    let config = ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        key: key.clone(),
-        service: Service::Memory,
-        export: "vm1".into(),
-        events: Some(events.clone()),
-    };
-    let server = memserv::bind(ram, config).unwrap();
-    let addr = server.local_addr().unwrap().to_string();
-    let stop = server.stop_handle();
-    let thread = Some(std::thread::spawn(move || server.run().unwrap()));
-    Running { addr, key, events, stop, thread }
+    let mut config = serve_config(Service::Memory, "vm1", &key, "127.0.0.1:0");
+    config.events = Some(events.clone());
+    let server = DesktopServer::memserv_with(ram, config);
+    Running { addr: server.addr.clone(), key, events, _server: server }
 }
 
 fn hello() -> Hello {
