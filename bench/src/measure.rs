@@ -191,3 +191,39 @@ mod tests {
         assert_eq!(mb_per_s(1, Duration::ZERO), 0.0);
     }
 }
+
+/// Where a benchmark's threads run: by default all on one CPU, so that
+/// figures do not depend on where the scheduler happens to put each thread
+/// (on a small VM, a wake-up across CPUs costs tens of microseconds).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Placement {
+    /// CPU that every thread of the run (and any child it starts) is pinned to.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: usize,
+    /// Do not pin: let the scheduler spread the threads over the CPUs.
+    #[arg(long, conflicts_with = "cpu")]
+    pub no_pin: bool,
+}
+
+impl Placement {
+    /// Pins the calling thread (call it before starting any thread or child,
+    /// so that all inherit it), unless `--no-pin` was given.
+    ///
+    /// # Errors
+    /// The CPU cannot be used.
+    pub fn apply(&self) -> Result<(), String> {
+        if self.no_pin {
+            return Ok(());
+        }
+        pin_to_cpu(self.cpu).map_err(|e| format!("cannot pin to CPU {}: {e}", self.cpu))
+    }
+
+    /// How the threads were placed, for a report's header line.
+    pub fn describe(&self) -> String {
+        if self.no_pin {
+            "threads unpinned".to_owned()
+        } else {
+            format!("all threads pinned to CPU {}", self.cpu)
+        }
+    }
+}

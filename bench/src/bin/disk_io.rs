@@ -90,7 +90,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, Stats};
 use jettison_bench::link::{raw_tcp_ping_pong, raw_tcp_stream};
-use jettison_bench::measure::{mb_per_s, micros, pin_to_cpu, timed, CpuAccount, Latency};
+use jettison_bench::measure::{mb_per_s, micros, timed, CpuAccount, Latency, Placement};
 use jettison_bench::nbd::{Budget, NbdClient, NbdClientError, Op, Run};
 use jettison_image_server::ServeConfig;
 use jettison_tests::skip;
@@ -135,12 +135,8 @@ struct Args {
     /// Seed of the image's bytes and of the random offsets.
     #[arg(long, default_value_t = 2)]
     seed: u64,
-    /// CPU that every thread of the run, and qemu-nbd, is pinned to.
-    #[arg(long, default_value_t = 0)]
-    cpu: usize,
-    /// Do not pin: let the scheduler spread the threads over the CPUs.
-    #[arg(long, conflicts_with = "cpu")]
-    no_pin: bool,
+    #[command(flatten)]
+    placement: Placement,
 }
 
 fn main() -> ExitCode {
@@ -299,9 +295,7 @@ fn run(args: &Args) -> BenchResult<()> {
     }
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     // Before any thread or child starts, so that all inherit it.
-    if !args.no_pin {
-        pin_to_cpu(args.cpu).map_err(|e| format!("cannot pin to CPU {}: {e}", args.cpu))?;
-    }
+    args.placement.apply()?;
     let started = Instant::now();
     let cpu_time = CpuAccount::start()?;
     let setup = make_setup(args)?;
@@ -729,8 +723,7 @@ struct Machine {
 
 /// Prints the table, the ratios in words, and the notes.
 fn print_report(args: &Args, machine: Machine, rows: &[Row], notes: &Notes, took: Duration) {
-    let placement =
-        if args.no_pin { "threads unpinned".to_owned() } else { format!("all threads pinned to CPU {}", args.cpu) };
+    let placement = args.placement.describe();
     let depths: Vec<String> = args.depth.iter().map(ToString::to_string).collect();
     println!(
         "disk_io: {} MiB image, {:.1} s per row, depths {}, seed {}, {} CPUs, {placement}, loopback, {}; \

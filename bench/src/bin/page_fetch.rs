@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use jettison_bench::link::{raw_tcp_ping_pong, raw_tcp_stream};
-use jettison_bench::measure::{mb_per_s, micros, pin_to_cpu, timed, Latency};
+use jettison_bench::measure::{mb_per_s, micros, timed, Latency, Placement};
 use jettison_tests::{fuse_available, skip, DesktopServer};
 use jettison_wire::{ByteRange, Chunk, Client, SharedKey};
 use memmap2::{Mmap, MmapOptions};
@@ -97,13 +97,8 @@ struct Args {
     /// Seed of the image's bytes and of the random page order.
     #[arg(long, default_value_t = 2)]
     seed: u64,
-    /// CPU that every thread of the run (the measuring thread, memserv,
-    /// the FUSE session, memtap's workers) is pinned to.
-    #[arg(long, default_value_t = 0)]
-    cpu: usize,
-    /// Do not pin: let the scheduler spread the threads over the CPUs.
-    #[arg(long, conflicts_with = "cpu")]
-    no_pin: bool,
+    #[command(flatten)]
+    placement: Placement,
 }
 
 fn main() -> ExitCode {
@@ -168,9 +163,7 @@ fn run(args: &Args) -> BenchResult<()> {
     }
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     // Before any thread starts, so that all inherit it.
-    if !args.no_pin {
-        pin_to_cpu(args.cpu).map_err(|e| format!("cannot pin to CPU {}: {e}", args.cpu))?;
-    }
+    args.placement.apply()?;
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     let path = write_image(dir.path(), args.mib, args.seed)?;
@@ -454,8 +447,7 @@ impl Drop for MemtapRun {
 /// Prints the table, the ratios in words, and memtap's counters.
 fn print_report(args: &Args, cpus: usize, rows: &[Row], stats: &[RunStats], took: Duration) {
     let tcp = rows.first().map_or(0.0, |r| r.mb_per_s);
-    let placement =
-        if args.no_pin { "threads unpinned".to_owned() } else { format!("all threads pinned to CPU {}", args.cpu) };
+    let placement = args.placement.describe();
     let rtt = rows.iter().find_map(|r| r.latency).map_or(Duration::ZERO, |l| l.p50);
     println!(
         "page_fetch: {} MiB image, {} random pages, seed {}, {cpus} CPUs, {placement}, loopback; MB/s = 10^6 B/s; run took {:.1} s",
