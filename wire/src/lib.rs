@@ -21,9 +21,11 @@ pub mod key;
 pub mod protocol;
 pub mod secure;
 pub mod session;
+pub mod units;
 
 pub use client::{Client, NoWake, RemoteConfig, RemoteImage, WakeHook};
 pub use error::{chain, DecodeError, WireError};
 pub use key::SharedKey;
 pub use protocol::{ByteRange, Chunk, ErrorKind, Hello, HelloReply, Request, Response, Service, Welcome};
 pub use session::{Event, ServerSession};
+pub use units::FetchedUnits;
