@@ -6,6 +6,7 @@
 //! which lives in a namespace of its own so that nothing of the machine's
 //! own network is touched.
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -125,6 +126,40 @@ impl Daemon {
             .spawn()
             .expect("ip netns exec runs");
         Daemon { child }
+    }
+
+    /// The real `jettison memserv` serving `ram` as export vm1 on
+    /// [`office::MEMSERV`] in namespace `desktop`, reporting requests on
+    /// `events`, its log in `dir`; returns once `events` exists and memserv
+    /// answers a TCP handshake from namespace `server`.
+    pub fn memserv(desktop: &str, server: &str, dir: &Path, ram: &Path, key: &Path, events: &Path) -> Daemon {
+        let args: [&std::ffi::OsStr; 11] = [
+            "memserv".as_ref(),
+            "--vm".as_ref(),
+            "vm1".as_ref(),
+            "--listen".as_ref(),
+            office::MEMSERV.as_ref(),
+            "--ram".as_ref(),
+            ram.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+            "--events".as_ref(),
+            events.as_os_str(),
+        ];
+        let daemon = Daemon::spawn(desktop, &dir.join("memserv.log"), &args);
+        let probe: std::net::SocketAddr = office::MEMSERV.parse().expect("office::MEMSERV is an address");
+        let answers = || {
+            remote_wakeup::netns::run_in(Some(server), || {
+                std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(300))
+            })
+            .is_ok_and(|connected| connected.is_ok())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !(events.exists() && answers()) {
+            assert!(std::time::Instant::now() < deadline, "memserv did not come up; see {}/memserv.log", dir.display());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        daemon
     }
 
     /// The daemon's pid.

@@ -75,25 +75,7 @@ fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again(
     key.save(&key_path).unwrap();
     let events = dir.path().join("memserv.events");
 
-    let memserv = Daemon::spawn(
-        desktop_ns,
-        &dir.path().join("memserv.log"),
-        &[
-            os("memserv"),
-            os("--vm"),
-            os("vm1"),
-            os("--listen"),
-            os(MEMSERV),
-            os("--ram"),
-            ram.as_os_str(),
-            os("--key"),
-            key_path.as_os_str(),
-            os("--events"),
-            events.as_os_str(),
-        ],
-    );
-    let up = wait_for(|| events.exists() && memserv_answers(server_ns));
-    assert!(up, "memserv did not come up; see {}/memserv.log", dir.path().display());
+    let memserv = Daemon::memserv(desktop_ns, server_ns, dir.path(), &ram, &key_path, &events);
 
     // The server's reader, connected while the desktop is awake.
     let broadcast: IpAddr = BROADCAST.parse().unwrap();

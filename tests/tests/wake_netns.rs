@@ -11,17 +11,17 @@
 //! a guard, whatever happens.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jettison_qemu::{resume, save_device_state, VmSpec};
 use jettison_slice_store::zero_map;
 use jettison_tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
-use jettison_tests::netns::{Host, Lan};
+use jettison_tests::netns::{Daemon, Host, Lan};
 use jettison_tests::{fuse_available, jettison_binary, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
 use memmap2::MmapOptions;
@@ -58,60 +58,6 @@ impl Office {
     }
 }
 
-/// memserv in the desktop's namespace; continued and killed on drop.
-#[derive(Debug)]
-struct Memserv {
-    child: Child,
-}
-
-impl Memserv {
-    fn start(office: &Office, dir: &Path, ram: &Path, key: &Path, events: &Path) -> Memserv {
-        let log = std::fs::File::create(dir.join("memserv.log")).unwrap();
-        // `ip netns exec` execs the command in place, so the child's pid is
-        // memserv's: the emulated S3 stops and continues it.
-        let child = Command::new("ip")
-            .args(["netns", "exec", office.desktop()])
-            .arg(jettison_binary())
-            .args(["memserv", "--vm", "vm1", "--listen", MEMSERV])
-            .arg("--ram")
-            .arg(ram)
-            .arg("--key")
-            .arg(key)
-            .arg("--events")
-            .arg(events)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let memserv = Memserv { child };
-        let deadline = Instant::now() + WAIT;
-        let probe: SocketAddr = MEMSERV.parse().unwrap();
-        while !(events.exists()
-            && netns::run_in(Some(office.server()), || TcpStream::connect_timeout(&probe, Duration::from_secs(1)))
-                .unwrap()
-                .is_ok())
-        {
-            assert!(Instant::now() < deadline, "memserv did not come up; see {}/memserv.log", dir.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        memserv
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Memserv {
-    fn drop(&mut self) {
-        // SAFETY: kill has no memory preconditions; the pid is our child,
-        // not yet reaped.
-        unsafe { libc::kill(self.pid(), libc::SIGCONT) };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The desktop's RAM file: page p filled with bytes derived from p.
 fn desktop_ram(dir: &Path) -> (PathBuf, Vec<u8>) {
     let bytes: Vec<u8> = (0..PAGES * PAGE).map(|i| ((i / PAGE * 7 + i) % 251) as u8 + 1).collect();
@@ -128,7 +74,7 @@ struct Scenario {
     remote: RemoteConfig,
     bytes: Vec<u8>,
     events: PathBuf,
-    _memserv: Memserv,
+    _memserv: Daemon,
     office: Office,
     dir: tempfile::TempDir,
 }
@@ -148,7 +94,7 @@ impl Scenario {
         let key_path = dir.path().join("jettison.key");
         key.save(&key_path).unwrap();
         let events = dir.path().join("memserv.events");
-        let memserv = Memserv::start(&office, dir.path(), ram, &key_path, &events);
+        let memserv = Daemon::memserv(office.desktop(), office.server(), dir.path(), ram, &key_path, &events);
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", memserv.pid())).unwrap();
         assert_eq!(comm.trim(), "jettison", "the child is memserv itself, not a wrapper");
 
