@@ -65,6 +65,10 @@ pub(crate) struct MemtapFs {
     by_name: HashMap<String, Node>,
     workers: Sender<Job>,
     started: SystemTime,
+    /// Each open `<vm>.stats` handle's snapshot, taken at open, so that a
+    /// reader needing several reads gets one consistent JSON document.
+    stats_snapshots: HashMap<u64, Vec<u8>>,
+    next_fh: u64,
 }
 
 impl MemtapFs {
@@ -74,7 +78,7 @@ impl MemtapFs {
             by_name.insert(format!("{}.ram", vm.name()), Node::Ram(i));
             by_name.insert(format!("{}.stats", vm.name()), Node::Stats(i));
         }
-        MemtapFs { vms, by_name, workers, started: SystemTime::now() }
+        MemtapFs { vms, by_name, workers, started: SystemTime::now(), stats_snapshots: HashMap::new(), next_fh: 1 }
     }
 
     fn vm(&self, node: Node) -> Option<&Arc<VmMemory>> {
@@ -176,16 +180,38 @@ impl Filesystem for MemtapFs {
         match node_of(ino).filter(|&n| self.vm(n).is_some()) {
             // Keep the page cache across opens: only we change the contents.
             Some(Node::Ram(_)) => reply.opened(0, FOPEN_KEEP_CACHE),
-            Some(Node::Stats(_)) => reply.opened(0, FOPEN_DIRECT_IO),
+            Some(node @ Node::Stats(_)) => {
+                let Some(vm) = self.vm(node) else { return reply.error(libc::ENOENT) };
+                let mut json = serde_json::to_vec_pretty(&vm.stats()).unwrap_or_default();
+                json.push(b'\n');
+                let fh = self.next_fh;
+                self.next_fh += 1;
+                self.stats_snapshots.insert(fh, json);
+                reply.opened(fh, FOPEN_DIRECT_IO);
+            }
             None => reply.error(libc::ENOENT),
         }
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.stats_snapshots.remove(&fh);
+        reply.ok();
     }
 
     fn read(
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         offset: i64,
         size: u32,
         _flags: i32,
@@ -197,8 +223,7 @@ impl Filesystem for MemtapFs {
         let Ok(offset) = u64::try_from(offset) else { return reply.error(libc::EINVAL) };
         match node {
             Node::Stats(_) => {
-                let mut json = serde_json::to_vec_pretty(&vm.stats()).unwrap_or_default();
-                json.push(b'\n');
+                let Some(json) = self.stats_snapshots.get(&fh) else { return reply.error(libc::EBADF) };
                 let start = (offset as usize).min(json.len());
                 let end = (start + size as usize).min(json.len());
                 reply.data(&json[start..end]);

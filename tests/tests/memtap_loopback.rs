@@ -104,10 +104,21 @@ fn mapped_pages_match_the_desktop_and_writes_become_dirty() {
     // SAFETY: the file is ours for the test; nobody truncates it.
     let mut map = unsafe { MmapOptions::new().map_mut(&file) }.unwrap();
 
+    // A stats reader that needs several reads sees one snapshot, taken at
+    // open, even while the counters change between its reads.
+    let mut stats_file = std::fs::File::open(mnt.join("vm1.stats")).unwrap();
+    let mut head = [0u8; 16];
+    std::io::Read::read_exact(&mut stats_file, &mut head).unwrap();
+
     // Touch every 7th page first: each is a fault with its window prefetched.
     for p in (0..PAGES as usize).step_by(7) {
         assert_eq!(map[p * PAGE..(p + 1) * PAGE], bytes[p * PAGE..(p + 1) * PAGE], "page {p}");
     }
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stats_file, &mut rest).unwrap();
+    let at_open: memtap::Stats = serde_json::from_slice(&[&head[..], &rest[..]].concat()).unwrap();
+    assert_eq!((at_open.faults, at_open.remote_fetches), (0, 0), "the snapshot is the one taken at open");
+    drop(stats_file);
     let s = stats(&mnt);
     assert!(s.remote_fetches > 0 && s.pages_fetched > 0, "{s:?}");
     assert!(s.prefetch_hits > 0, "touching every 7th page should hit the 20-page window: {s:?}");
