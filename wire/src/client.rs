@@ -6,30 +6,20 @@
 //! [`WakeHook`] before every attempt, so a guest that needs a page simply
 //! waits until the desktop is back.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::channel::Channel;
 use crate::error::WireError;
 use crate::key::SharedKey;
-use crate::protocol::{
-    frame, ByteRange, Chunk, FrameReader, Hello, HelloReply, Message, Preamble, PreambleStatus, Request, Response,
-    Welcome, PREAMBLE_LEN,
-};
-use crate::secure::{Initiator, RecordReader, Transport};
+use crate::protocol::{ByteRange, Chunk, Hello, HelloReply, Message, Request, Response, Welcome};
 
 /// One authenticated connection to an export.
 #[derive(Debug)]
 pub struct Client {
-    stream: TcpStream,
-    peer: String,
-    transport: Transport,
-    records: RecordReader,
-    frames: FrameReader,
+    channel: Channel,
     welcome: Welcome,
     next_id: u64,
-    read_buf: Vec<u8>,
 }
 
 impl Client {
@@ -40,55 +30,18 @@ impl Client {
     /// [`WireError::Connect`] when nobody answers, [`WireError::AuthFailed`]
     /// on a key mismatch, [`WireError::Refused`] for an unknown export.
     pub fn connect(addr: &str, key: &SharedKey, hello: &Hello, timeout: Duration) -> Result<Self, WireError> {
-        let connect_err = |source| WireError::Connect { addr: addr.to_owned(), source };
-        let sockaddr = addr
-            .to_socket_addrs()
-            .map_err(connect_err)?
-            .next()
-            .ok_or_else(|| connect_err(std::io::Error::other("the address resolves to nothing")))?;
-        let stream = TcpStream::connect_timeout(&sockaddr, timeout).map_err(connect_err)?;
-        let io_err = |source| WireError::Io { peer: addr.to_owned(), source };
-        stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
-        stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
-
-        let mut conn =
-            Handshaking { stream, peer: addr.to_owned(), records: RecordReader::new(), read_buf: vec![0; READ_BUFFER] };
-        let preamble = Preamble::client().encode();
-        conn.write_all(&preamble)?;
-        let theirs = conn.read_raw(PREAMBLE_LEN)?;
-        let theirs: [u8; PREAMBLE_LEN] = theirs.try_into().expect("read_raw returned PREAMBLE_LEN bytes");
-        let theirs = Preamble::decode(&theirs).map_err(|source| conn.decode_error(source))?;
-        match theirs.status().map_err(|source| conn.decode_error(source))? {
-            PreambleStatus::Accepted => {}
-            PreambleStatus::VersionRefused => {
-                return Err(WireError::VersionRefused {
-                    peer: conn.peer,
-                    ours: Preamble::client().version,
-                    theirs: theirs.version,
-                })
-            }
-        }
-        let mut initiator = Initiator::new(key, &preamble)?;
-        conn.write_all(&initiator.first_message(&hello.encode_body())?)?;
-        let msg2 = conn.read_record()?;
-        let (payload, transport) = initiator.finish(&msg2)?;
-        let welcome = match HelloReply::decode_body(&payload).map_err(|source| conn.decode_error(source))? {
+        let (channel, answer) = Channel::connect(addr, key, &hello.encode_body(), timeout)?;
+        let welcome = match HelloReply::decode_body(&answer).map_err(|source| channel.decode_error(source))? {
             HelloReply::Welcome(w) => w,
             HelloReply::Refused(reason) => {
-                return Err(WireError::Refused { peer: conn.peer, export: hello.export.clone(), reason })
+                return Err(WireError::Refused {
+                    peer: channel.peer().to_owned(),
+                    export: hello.export.clone(),
+                    reason,
+                })
             }
         };
-        Ok(Client {
-            stream: conn.stream,
-            peer: conn.peer,
-            transport,
-            records: conn.records,
-            frames: FrameReader::new(),
-            welcome,
-            next_id: 1,
-            read_buf: conn.read_buf,
-        })
+        Ok(Client { channel, welcome, next_id: 1 })
     }
 
     /// What the server said of the export.
@@ -101,9 +54,7 @@ impl Client {
     /// # Errors
     /// [`WireError::Io`] when the socket fails.
     pub fn send(&mut self, request: &Request) -> Result<(), WireError> {
-        let mut out = Vec::new();
-        self.transport.seal(&frame(&request.encode_body()), &mut out)?;
-        self.stream.write_all(&out).map_err(|source| WireError::Io { peer: self.peer.clone(), source })
+        self.channel.send(&request.encode_body())
     }
 
     /// Waits for the next response.
@@ -112,20 +63,8 @@ impl Client {
     /// [`WireError::Io`] on a socket error or time-out, [`WireError::Closed`]
     /// when the server hung up, [`WireError::Decode`] on a bad frame.
     pub fn recv(&mut self) -> Result<Response, WireError> {
-        loop {
-            let body =
-                self.frames.next_body().map_err(|source| WireError::Decode { peer: self.peer.clone(), source })?;
-            if let Some(body) = body {
-                return Response::decode_body(&body)
-                    .map_err(|source| WireError::Decode { peer: self.peer.clone(), source });
-            }
-            if let Some(record) = self.records.next_record() {
-                let plain = self.transport.open(&record)?;
-                self.frames.push(&plain);
-                continue;
-            }
-            fill(&mut self.stream, &mut self.records, &self.peer, &mut self.read_buf)?;
-        }
+        let body = self.channel.recv()?;
+        Response::decode_body(&body).map_err(|source| self.channel.decode_error(source))
     }
 
     /// Reads `ranges` and waits for the data.
@@ -140,14 +79,14 @@ impl Client {
         match self.recv()? {
             Response::Data { id: got, chunks } if got == id => {
                 if !chunks_cover(&chunks, ranges) {
-                    return Err(WireError::Mismatch { peer: self.peer.clone(), id });
+                    return Err(WireError::Mismatch { peer: self.channel.peer().to_owned(), id });
                 }
                 Ok(chunks)
             }
             Response::Error { id: got, kind, detail } if got == id => {
-                Err(WireError::Remote { peer: self.peer.clone(), id, kind, detail })
+                Err(WireError::Remote { peer: self.channel.peer().to_owned(), id, kind, detail })
             }
-            other => Err(WireError::OutOfOrder { peer: self.peer.clone(), want: id, got: other.id() }),
+            other => Err(WireError::OutOfOrder { peer: self.channel.peer().to_owned(), want: id, got: other.id() }),
         }
     }
 }
@@ -166,61 +105,6 @@ pub fn chunks_cover(chunks: &[Chunk], ranges: &[ByteRange]) -> bool {
         }
     }
     chunks.next().is_none()
-}
-
-/// Bytes read from the socket at a time.
-const READ_BUFFER: usize = 64 * 1024;
-
-/// Reads what the socket has into `records`, through `buf` (reused by the
-/// caller so that no read allocates or zeroes memory).
-fn fill(stream: &mut TcpStream, records: &mut RecordReader, peer: &str, buf: &mut [u8]) -> Result<(), WireError> {
-    loop {
-        match stream.read(buf) {
-            Ok(0) => return Err(WireError::Closed { peer: peer.to_owned() }),
-            Ok(n) => {
-                records.push(&buf[..n]);
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(WireError::Io { peer: peer.to_owned(), source }),
-        }
-    }
-}
-
-/// A connection during its clear-text and handshake phase.
-struct Handshaking {
-    stream: TcpStream,
-    peer: String,
-    records: RecordReader,
-    read_buf: Vec<u8>,
-}
-
-impl Handshaking {
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        self.stream.write_all(bytes).map_err(|source| WireError::Io { peer: self.peer.clone(), source })
-    }
-
-    fn read_raw(&mut self, n: usize) -> Result<Vec<u8>, WireError> {
-        loop {
-            if let Some(raw) = self.records.take_raw(n) {
-                return Ok(raw);
-            }
-            fill(&mut self.stream, &mut self.records, &self.peer, &mut self.read_buf)?;
-        }
-    }
-
-    fn read_record(&mut self) -> Result<Vec<u8>, WireError> {
-        loop {
-            if let Some(record) = self.records.next_record() {
-                return Ok(record);
-            }
-            fill(&mut self.stream, &mut self.records, &self.peer, &mut self.read_buf)?;
-        }
-    }
-
-    fn decode_error(&self, source: crate::error::DecodeError) -> WireError {
-        WireError::Decode { peer: self.peer.clone(), source }
-    }
 }
 
 /// Asked before every fetch from a desktop: makes sure it is awake.

@@ -15,6 +15,7 @@
 //! implementation of the Noise spec.
 #![warn(missing_docs)]
 
+pub mod channel;
 pub mod client;
 pub mod error;
 pub mod key;
@@ -23,6 +24,7 @@ pub mod secure;
 pub mod session;
 pub mod units;
 
+pub use channel::Channel;
 pub use client::{Client, NoWake, RemoteConfig, RemoteImage, WakeHook};
 pub use error::{chain, DecodeError, WireError};
 pub use key::SharedKey;
