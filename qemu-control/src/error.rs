@@ -112,6 +112,15 @@ pub enum Error {
         /// Its stdout and stderr.
         output: String,
     },
+
+    /// Making or wiring the VM's tap device failed.
+    #[error("cannot set up tap {tap} for the VM's NIC: {detail} (is the bridge there, and are we root?)")]
+    Network {
+        /// The tap's name.
+        tap: String,
+        /// What failed, with `ip`'s message.
+        detail: String,
+    },
 }
 
 /// Shorthand for results of this crate.

@@ -10,6 +10,7 @@
 //! small test guest that `scripts/guest-image` builds.
 #![warn(missing_docs)]
 
+mod devices;
 mod error;
 mod guest;
 mod migration;
@@ -20,6 +21,7 @@ mod qmp;
 mod serial;
 mod vm;
 
+pub use devices::{announce, nic_args, DiskBackend, Tap};
 pub use error::{Error, Result};
 pub use guest::GuestImage;
 pub use migration::{load_device_state, resume, save_device_state};
