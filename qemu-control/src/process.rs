@@ -91,6 +91,15 @@ impl QemuProcess {
         self.child.id()
     }
 
+    /// `Ok` while QEMU runs; [`Error::Exited`] with its status and output
+    /// once it has quit (a crash, a kill, a guest panic).
+    ///
+    /// # Errors
+    /// [`Error::Exited`] as said.
+    pub fn check_running(&mut self) -> Result<()> {
+        check_running(&mut self.child, &self.output_log, "running the VM")
+    }
+
     /// The QMP socket QEMU listens on.
     pub fn qmp_socket(&self) -> &Path {
         &self.qmp_socket
