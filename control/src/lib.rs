@@ -10,6 +10,7 @@
 //! the page and block traffic.
 #![warn(missing_docs)]
 
+pub mod local;
 pub mod protocol;
 pub mod transfer;
 
