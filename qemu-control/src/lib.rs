@@ -10,6 +10,7 @@
 //! small test guest that `scripts/guest-image` builds.
 #![warn(missing_docs)]
 
+mod activity;
 mod devices;
 mod error;
 mod guest;
@@ -21,6 +22,9 @@ mod qmp;
 mod serial;
 mod vm;
 
+pub use activity::{
+    dirty_rate, judge, ActivitySample, ActivityWindow, DirtyRate, IdleThresholds, IdleVerdict, Measured,
+};
 pub use devices::{announce, nic_args, DiskBackend, Tap};
 pub use error::{Error, Result};
 pub use guest::GuestImage;
