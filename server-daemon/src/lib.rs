@@ -1,0 +1,19 @@
+//! The server daemon (`jettison server`): hosts consolidated VMs.
+//!
+//! For each VM a desktop sends, it checks there is room for the VM's
+//! expected working set ([`capacity`]), mounts a memtap file for its RAM and
+//! serves a cownetdisk export for its disk, both fetching from the
+//! desktop on demand, and runs the VM in QEMU from the desktop's descriptor
+//! ([`hosted`]). It sends a VM home when its desktop asks, and asks a
+//! desktop to take its VM back when the server runs short of memory or the
+//! VM pulls state faster than an idle VM would ([`watch`]).
+#![warn(missing_docs)]
+
+pub mod capacity;
+pub mod config;
+pub mod daemon;
+pub mod hosted;
+pub mod watch;
+
+pub use config::ServerConfig;
+pub use daemon::ServerDaemon;
