@@ -1,0 +1,189 @@
+//! The desktop daemon's configuration file (TOML), e.g.
+//! `/etc/jettison/desktop.toml`:
+//!
+//! ```toml
+//! name = "desk1"
+//! key = "/etc/jettison/jettison.key"
+//! server = "10.0.0.1:7400"            # the server daemon
+//! control_listen = "10.0.0.2:7400"    # where the server asks us to take a VM back
+//! serve_ip = "10.0.0.2"               # memserv and diskserv listen here
+//! mac = "52:54:00:12:34:56"           # this desktop's NIC, for Wake-on-LAN (omit: never sleeps)
+//! state_dir = "/var/lib/jettison"     # RAM files, descriptors, staging
+//! run_dir = "/run/jettison"           # QEMU sockets, the control socket
+//! bridge = "br0"
+//! kernel = "/var/lib/jettison/guest/vmlinuz"
+//! initrd = "/var/lib/jettison/guest/initramfs.img"
+//! accel = "kvm"
+//! failover_after_secs = 30            # server unreachable this long: resume from the checkpoint
+//!
+//! [idle]                              # see jettison_qemu::IdleThresholds
+//! max_cpu_percent = 10.0
+//!
+//! [[vm]]
+//! name = "vm1"
+//! memory_mib = 2048
+//! disk = "/var/lib/jettison/vm1.img"
+//! mac = "02:4a:54:00:00:01"
+//! memserv_port = 7410
+//! diskserv_port = 7411
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use jettison_qemu::IdleThresholds;
+use serde::Deserialize;
+
+/// Longest VM name: the tap device is `jt-<name>` and Linux allows 15 bytes.
+pub const MAX_VM_NAME: usize = 12;
+
+/// The desktop daemon's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesktopConfig {
+    /// This desktop's name, shown on the server.
+    pub name: String,
+    /// The key made by `jettison pair`.
+    pub key: PathBuf,
+    /// The server daemon, `host:port`.
+    pub server: String,
+    /// Where the server reaches this daemon.
+    pub control_listen: SocketAddr,
+    /// The address memserv and diskserv listen on (the server fetches from it).
+    pub serve_ip: IpAddr,
+    /// This desktop's MAC for Wake-on-LAN; none: it never sleeps.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// RAM files, descriptors and staging.
+    pub state_dir: PathBuf,
+    /// QEMU run directories and the local control socket.
+    pub run_dir: PathBuf,
+    /// The bridge the VMs' taps join.
+    pub bridge: String,
+    /// The VM profile's kernel.
+    pub kernel: PathBuf,
+    /// The VM profile's initrd.
+    pub initrd: PathBuf,
+    /// `kvm` or `tcg`.
+    #[serde(default = "default_accel")]
+    pub accel: String,
+    /// How long the server may be unreachable before a consolidated VM is
+    /// resumed from its checkpoint.
+    #[serde(default = "default_failover")]
+    pub failover_after_secs: u64,
+    /// When a VM counts as idle.
+    #[serde(default)]
+    pub idle: IdleThresholds,
+    /// The VMs.
+    #[serde(rename = "vm")]
+    pub vms: Vec<VmConfig>,
+}
+
+/// One VM of the desktop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Its name (at most [`MAX_VM_NAME`] bytes).
+    pub name: String,
+    /// RAM in MiB.
+    pub memory_mib: u64,
+    /// Its raw disk image.
+    pub disk: PathBuf,
+    /// Its NIC's MAC, the same on every host.
+    pub mac: String,
+    /// Extra kernel arguments (the test guest's `jt.*`).
+    #[serde(default)]
+    pub kernel_args: String,
+    /// memserv's port while it is consolidated.
+    pub memserv_port: u16,
+    /// diskserv's port while it is consolidated.
+    pub diskserv_port: u16,
+}
+
+fn default_accel() -> String {
+    "kvm".to_owned()
+}
+
+fn default_failover() -> u64 {
+    30
+}
+
+impl DesktopConfig {
+    /// Reads and checks the file at `path`.
+    ///
+    /// # Errors
+    /// A text naming the file and what is wrong in it.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the desktop configuration {}: {e}", path.display()))?;
+        let config: DesktopConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config.check().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !matches!(self.accel.as_str(), "kvm" | "tcg") {
+            return Err(format!("accel must be \"kvm\" or \"tcg\", not {:?}", self.accel));
+        }
+        for (i, vm) in self.vms.iter().enumerate() {
+            let ok = !vm.name.is_empty()
+                && vm.name.len() <= MAX_VM_NAME
+                && vm.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(format!(
+                    "VM name {:?} must be 1 to {MAX_VM_NAME} letters, digits, - or _ (it names the tap device)",
+                    vm.name
+                ));
+            }
+            if self.vms[..i].iter().any(|other| other.name == vm.name) {
+                return Err(format!("VM {:?} is listed twice", vm.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The local control socket the `jettison` command talks to.
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir.join("desktop.sock")
+    }
+
+    /// The VM called `name`.
+    pub fn vm(&self, name: &str) -> Option<&VmConfig> {
+        self.vms.iter().find(|vm| vm.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name = \"d\"\nkey = \"/k\"\nserver = \"s:1\"\ncontrol_listen = \"10.0.0.2:7400\"\n\
+        serve_ip = \"10.0.0.2\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\nbridge = \"br0\"\nkernel = \"/v\"\n\
+        initrd = \"/i\"\n";
+    const VM: &str = "[[vm]]\nname = \"vm1\"\nmemory_mib = 256\ndisk = \"/d.img\"\nmac = \"02:00:00:00:00:01\"\n\
+        memserv_port = 7410\ndiskserv_port = 7411\n";
+
+    fn load(text: &str) -> Result<DesktopConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("desktop.toml");
+        std::fs::write(&path, text).unwrap();
+        DesktopConfig::load(&path)
+    }
+
+    #[test]
+    fn a_file_loads_with_defaults() {
+        let config = load(&format!("{BASE}[idle]\nmax_cpu_percent = 20.0\n{VM}")).unwrap();
+        assert_eq!(config.failover_after_secs, 30);
+        assert_eq!(config.idle.max_cpu_percent, 20.0);
+        assert_eq!(config.vm("vm1").unwrap().memory_mib, 256);
+        assert_eq!(config.control_socket(), Path::new("/r/desktop.sock"));
+    }
+
+    #[test]
+    fn bad_names_and_twins_are_refused() {
+        let long = VM.replace("vm1", "a-very-long-vm-name");
+        assert!(load(&format!("{BASE}{long}")).unwrap_err().contains("names the tap device"));
+        assert!(load(&format!("{BASE}{VM}{VM}")).unwrap_err().contains("listed twice"));
+        assert!(load(&format!("{BASE}accel = \"xen\"\n{VM}")).unwrap_err().contains("accel"));
+    }
+}

@@ -1,0 +1,296 @@
+//! The desktop daemon: starts the VMs, takes the `jettison` command's
+//! requests on a local socket and the server's on the control port, samples
+//! the VMs' activity, and keeps a heartbeat on the server for each VM that
+//! is there.
+//!
+//! The heartbeat is the failure path of DESIGN.md section 3: if the server
+//! says it lost a VM (its QEMU died), or cannot be reached for
+//! `failover_after_secs`, the VM resumes here from its checkpoint, and the
+//! log says what was lost. If the server holds a VM stopped half way home
+//! (a reintegration broke off), the heartbeat brings it home.
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use jettison_control::local::{self, LocalReply, LocalRequest};
+use jettison_control::{Control, ControlHello, HostedStatus, CONTROL_TIMEOUT};
+use jettison_wire::protocol::Message;
+use jettison_wire::{Channel, SharedKey};
+use serde_json::json;
+
+use crate::config::DesktopConfig;
+use crate::consolidate::{ask, consolidate, Context};
+use crate::local_vm::{now_secs, LocalVm, Placement};
+use crate::reintegrate::{finish_pending, reintegrate, Checkpoint};
+
+/// How often the VMs' CPU and I/O are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How often the server is asked about the VMs it hosts.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
+
+type Vm = Arc<Mutex<LocalVm>>;
+
+fn lock(vm: &Vm) -> MutexGuard<'_, LocalVm> {
+    vm.lock().expect("a VM lock was poisoned: a thread panicked holding it")
+}
+
+/// The running desktop daemon.
+#[derive(Debug)]
+pub struct DesktopDaemon {
+    config: DesktopConfig,
+    key: SharedKey,
+    vms: BTreeMap<String, Vm>,
+}
+
+impl DesktopDaemon {
+    /// Reads the key, opens every VM's state and finishes any
+    /// reintegration a crash interrupted.
+    ///
+    /// # Errors
+    /// A text naming the file or VM at fault.
+    pub fn new(config: DesktopConfig) -> Result<Arc<DesktopDaemon>, String> {
+        let key = SharedKey::load(&config.key).map_err(|e| jettison_wire::chain(&e))?;
+        let mut vms = BTreeMap::new();
+        for vm in &config.vms {
+            let local = LocalVm::new(&config, vm)?;
+            finish_pending(&Checkpoint::of(&local)).map_err(|e| format!("{}: {e}", vm.name))?;
+            vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
+        }
+        Ok(Arc::new(DesktopDaemon { config, key, vms }))
+    }
+
+    fn context(&self) -> Context<'_> {
+        Context { config: &self.config, key: &self.key }
+    }
+
+    fn vm(&self, name: &str) -> Result<&Vm, String> {
+        self.vms.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.vms.keys().map(String::as_str).collect();
+            format!("no VM called {name:?} on this desktop (it has: {})", known.join(", "))
+        })
+    }
+
+    /// Starts the VMs (booting those here, serving the checkpoints of those
+    /// on the server) and serves until the process ends.
+    ///
+    /// # Errors
+    /// A text when a socket cannot be made.
+    pub fn run(self: Arc<Self>) -> Result<(), String> {
+        let control = TcpListener::bind(self.config.control_listen).map_err(|e| {
+            format!("cannot listen on {} ({e}): is another desktop daemon running?", self.config.control_listen)
+        })?;
+        let socket = local::bind(&self.config.control_socket())?;
+        for (name, vm) in &self.vms {
+            let mut vm = lock(vm);
+            let started = match vm.placement() {
+                Placement::Desktop => vm.boot(),
+                Placement::Server { .. } => vm.serve(self.config.serve_ip, &self.key),
+            };
+            if let Err(e) = started {
+                tracing::error!(vm = %name, "cannot start: {e}");
+            }
+        }
+        let me = Arc::clone(&self);
+        std::thread::spawn(move || local::serve(socket, move |request, send| me.local_request(request, send)));
+        let me = Arc::clone(&self);
+        std::thread::spawn(move || me.sample());
+        let me = Arc::clone(&self);
+        std::thread::spawn(move || me.heartbeat());
+        tracing::info!(vms = self.vms.len(), server = %self.config.server, "desktop daemon ready");
+        for stream in control.incoming() {
+            match stream {
+                Ok(stream) => {
+                    let me = Arc::clone(&self);
+                    std::thread::spawn(move || me.server_request(stream));
+                }
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A request from the `jettison` command.
+    fn local_request(
+        &self,
+        request: LocalRequest,
+        send: &mut dyn FnMut(LocalReply),
+    ) -> Result<serde_json::Value, String> {
+        match request {
+            LocalRequest::Status => Ok(self.status()),
+            LocalRequest::Consolidate { vm, force } => {
+                let mut vm = lock(self.vm(&vm)?);
+                consolidate(self.context(), &mut vm, force, &mut |line| send(LocalReply::Log { line }))
+            }
+            LocalRequest::Reintegrate { vm } => {
+                let mut vm = lock(self.vm(&vm)?);
+                reintegrate(self.context(), &mut vm, send)
+            }
+        }
+    }
+
+    /// A request from the server: take a VM back.
+    fn server_request(self: Arc<Self>, stream: TcpStream) {
+        let name = self.config.name.clone();
+        let accepted =
+            Channel::accept(stream, &self.key, CONTROL_TIMEOUT, |hello| match ControlHello::decode_body(hello) {
+                Ok(ControlHello::Server(_)) => Control::Welcome(name).encode_body(),
+                _ => Control::Failed("only the server daemon talks to this port".to_owned()).encode_body(),
+            });
+        let mut channel = match accepted {
+            Ok(channel) => channel,
+            Err(e) => return tracing::warn!("a control connection failed: {}", jettison_wire::chain(&e)),
+        };
+        let answer = match channel.recv().map(|body| Control::decode_body(&body)) {
+            Ok(Ok(Control::PleaseReintegrate { vm, reason })) => match self.vm(&vm) {
+                Ok(_) => {
+                    tracing::info!(vm = %vm, "the server asks us to take it back: {reason}");
+                    let me = Arc::clone(&self);
+                    std::thread::spawn(move || me.bring_home(&vm, &reason));
+                    Control::Done
+                }
+                Err(e) => Control::Failed(e),
+            },
+            Ok(Ok(other)) => Control::Failed(format!("the desktop does not take {other:?} requests")),
+            Ok(Err(e)) => Control::Failed(format!("cannot read that request: {e}")),
+            Err(e) => return tracing::warn!("{}", jettison_wire::chain(&e)),
+        };
+        let _ = channel.send(&answer.encode_body());
+    }
+
+    /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.
+    fn bring_home(&self, name: &str, why: &str) {
+        let Ok(vm) = self.vm(name) else { return };
+        let mut vm = lock(vm);
+        if vm.placement() == &Placement::Desktop {
+            return;
+        }
+        match reintegrate(self.context(), &mut vm, &mut |_| {}) {
+            Ok(report) => tracing::info!(vm = %name, %report, "back on the desktop ({why})"),
+            Err(e) => tracing::error!(vm = %name, "could not bring it home ({why}): {e}"),
+        }
+    }
+
+    /// Samples the VMs running here, for the idleness check.
+    fn sample(&self) {
+        loop {
+            for vm in self.vms.values() {
+                if let Ok(mut vm) = vm.try_lock() {
+                    vm.sample();
+                }
+            }
+            std::thread::sleep(SAMPLE_EVERY);
+        }
+    }
+
+    /// Watches the server for the VMs it hosts.
+    fn heartbeat(&self) {
+        let mut unreachable_since: Option<Instant> = None;
+        loop {
+            std::thread::sleep(HEARTBEAT_EVERY);
+            let away: Vec<String> = self
+                .vms
+                .iter()
+                .filter(|(_, vm)| vm.try_lock().is_ok_and(|vm| vm.placement() != &Placement::Desktop))
+                .map(|(name, _)| name.clone())
+                .collect();
+            if away.is_empty() {
+                unreachable_since = None;
+                continue;
+            }
+            let hosted = self.server_status();
+            let hosted = match hosted {
+                Ok(hosted) => {
+                    unreachable_since = None;
+                    hosted
+                }
+                Err(e) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    let limit = Duration::from_secs(self.config.failover_after_secs);
+                    if since.elapsed() < limit {
+                        tracing::warn!("the server does not answer ({e}); waiting up to {} s", limit.as_secs());
+                        continue;
+                    }
+                    for name in &away {
+                        self.fail_over(name, &format!("the server has not answered for {} s ({e})", limit.as_secs()));
+                    }
+                    unreachable_since = None;
+                    continue;
+                }
+            };
+            for name in &away {
+                match hosted.iter().find(|h| &h.vm == name) {
+                    None => self.fail_over(name, "the server does not have it (it restarted or lost it)"),
+                    Some(h) if h.state.starts_with("lost") => self.fail_over(name, &h.state),
+                    Some(h) if h.state.starts_with("stopped") => self.bring_home(name, "a reintegration broke off"),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    /// The server's view of its VMs.
+    fn server_status(&self) -> Result<Vec<HostedStatus>, String> {
+        let mut channel = self.context().connect()?;
+        match ask(&mut channel, &Control::Status)? {
+            Control::StatusReply(vms) => Ok(vms),
+            other => Err(format!("the server answered {other:?} to a status request")),
+        }
+    }
+
+    /// Resumes `name` here from its checkpoint, the server having lost it.
+    fn fail_over(&self, name: &str, why: &str) {
+        let Ok(vm) = self.vm(name) else { return };
+        let mut vm = lock(vm);
+        let Placement::Server { since } = *vm.placement() else { return };
+        let checkpoint = vm.checkpoint();
+        vm.stop_serving();
+        match vm.resume_from(&checkpoint).and_then(|()| vm.set_placement(Placement::Desktop)) {
+            Ok(()) => tracing::error!(
+                vm = %name,
+                lost_secs = now_secs().saturating_sub(since),
+                "{why}: resumed from its checkpoint of consolidation; what it did on the server in the last {} s \
+                 is lost here (the server keeps its dirty slices under its state_dir/vms/{name}; see the README on \
+                 why they cannot be brought back)",
+                now_secs().saturating_sub(since)
+            ),
+            Err(e) => tracing::error!(vm = %name, "{why}, and resuming it from its checkpoint failed: {e}"),
+        }
+    }
+
+    /// `jettison status --json` on the desktop.
+    fn status(&self) -> serde_json::Value {
+        let hosted = self.server_status();
+        let vms: Vec<serde_json::Value> = self
+            .vms
+            .iter()
+            .map(|(name, vm)| {
+                let (on, since, running) = match vm.try_lock() {
+                    Ok(vm) => match vm.placement() {
+                        Placement::Desktop => ("desktop", None, vm.is_running()),
+                        Placement::Server { since } => ("server", Some(*since), false),
+                    },
+                    Err(_) => ("moving", None, false),
+                };
+                let server = hosted.as_ref().ok().and_then(|h| h.iter().find(|h| &h.vm == name)).map(|h| {
+                    json!({
+                        "state": h.state, "seconds": h.seconds, "ram_bytes": h.ram_bytes,
+                        "pages_fetched": h.pages_fetched, "zero_pages_served": h.zero_pages_served,
+                        "dirty_pages": h.dirty_pages, "blocks_fetched": h.blocks_fetched,
+                        "dirty_blocks": h.dirty_blocks, "expected_bytes": h.expected_bytes,
+                        "desktop_power": h.desktop_power,
+                    })
+                });
+                json!({ "vm": name, "on": on, "since": since, "running_here": running, "server": server })
+            })
+            .collect();
+        json!({
+            "desktop": self.config.name,
+            "server": self.config.server,
+            "server_reachable": hosted.as_ref().is_ok(),
+            "server_error": hosted.err(),
+            "vms": vms,
+        })
+    }
+}

@@ -1,0 +1,20 @@
+//! The desktop daemon (`jettison desktop`): runs the user's VMs under QEMU
+//! and moves them.
+//!
+//! A VM runs on the desktop ([`local_vm`]) until it is consolidated
+//! ([`consolidate`]): checked idle, stopped with its descriptor saved, its
+//! RAM file and disk image left as the checkpoint and served by memserv and
+//! diskserv, and handed to the server. It comes back by reintegration
+//! ([`reintegrate`]): the server's descriptor and dirty pages and blocks,
+//! staged and applied only once all have arrived. If the server loses it,
+//! the desktop resumes it from the checkpoint ([`daemon`]'s heartbeat).
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod consolidate;
+pub mod daemon;
+pub mod local_vm;
+pub mod reintegrate;
+
+pub use config::DesktopConfig;
+pub use daemon::DesktopDaemon;

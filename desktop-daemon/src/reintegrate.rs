@@ -1,0 +1,380 @@
+//! Receiving a VM back: the server's descriptor, dirty pages and dirty
+//! blocks, applied to the checkpoint only once all of them have arrived.
+//!
+//! The stream after `Returning` is the descriptor, the memory dirty set and
+//! the disk dirty set. The rule is the dirty-set module's, widened to the
+//! three parts: the checkpoint (RAM file, disk image, `checkpoint.state`)
+//! is not touched until every part has arrived and verified and is durable
+//! beside it. In order:
+//!
+//! 1. the descriptor into `staging/incoming.state` (CRC checked, fsynced);
+//! 2. each set staged and verified by [`ApplyTarget::stage`], memory into
+//!    `staging/memory/`, disk into `staging/disk/`;
+//! 3. `staging/complete` written and fsynced: from here on the transfer is
+//!    to be applied, also after a crash;
+//! 4. both sets committed into the RAM file and the disk image;
+//! 5. `incoming.state` renamed over `checkpoint.state`, `complete` removed.
+//!
+//! [`finish_pending`] runs before a VM starts: with `complete` present it
+//! redoes 4 and 5 (writing units again is harmless); without it, whatever a
+//! broken transfer staged is deleted and the checkpoint stands as it was.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use std::time::Instant;
+
+use jettison_control::local::LocalReply;
+use jettison_control::{ChunkReader, Control, ReturnHeader};
+use jettison_slice_store::dirty_set::{ApplyTarget, StagedSet};
+use jettison_wire::Channel;
+use serde_json::json;
+
+use crate::consolidate::{ask, Context};
+use crate::local_vm::{LocalVm, Placement};
+
+/// Pages and blocks are 4 KiB.
+const UNIT: u32 = 4096;
+
+/// Where a VM's checkpoint is and where a transfer is staged.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The RAM file.
+    pub ram: PathBuf,
+    /// The disk image.
+    pub disk: PathBuf,
+    /// The descriptor the VM resumes from.
+    pub state: PathBuf,
+    /// The staging directory.
+    pub staging: PathBuf,
+}
+
+impl Checkpoint {
+    fn memory(&self) -> ApplyTarget {
+        ApplyTarget::new(&self.ram, UNIT, self.staging.join("memory"))
+    }
+
+    fn disk(&self) -> ApplyTarget {
+        ApplyTarget::new(&self.disk, UNIT, self.staging.join("disk"))
+    }
+
+    fn incoming(&self) -> PathBuf {
+        self.staging.join("incoming.state")
+    }
+
+    fn complete(&self) -> PathBuf {
+        self.staging.join("complete")
+    }
+}
+
+/// What a reintegration applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes of the stream.
+    pub bytes: u64,
+    /// Pages written into the RAM file.
+    pub pages: u64,
+    /// Blocks written into the disk image.
+    pub blocks: u64,
+}
+
+impl Checkpoint {
+    /// The checkpoint of `vm`.
+    pub fn of(vm: &LocalVm) -> Checkpoint {
+        Checkpoint {
+            ram: vm.ram_file(),
+            disk: vm.config().disk.clone(),
+            state: vm.checkpoint(),
+            staging: vm.dir().join("staging"),
+        }
+    }
+}
+
+/// Brings `vm` home from the server: asks for it, receives and applies the
+/// stream (reporting progress), resumes it here and tells the server it
+/// may forget it. Returns the report.
+///
+/// # Errors
+/// A text saying what failed and what to do; the checkpoint is intact.
+pub fn reintegrate(
+    ctx: Context<'_>,
+    vm: &mut LocalVm,
+    report: &mut dyn FnMut(LocalReply),
+) -> Result<serde_json::Value, String> {
+    let name = vm.name().to_owned();
+    if vm.placement() == &Placement::Desktop {
+        return Err(format!("{name} already runs on this desktop"));
+    }
+    let started = Instant::now();
+    let mut channel = ctx.connect()?;
+    let header = match ask(&mut channel, &Control::Reintegrate(name.clone()))? {
+        Control::Returning(header) => header,
+        Control::Failed(why) => return Err(why),
+        other => return Err(format!("the server answered {other:?} to a reintegration")),
+    };
+    let stopped = started.elapsed();
+    report(LocalReply::Log {
+        line: format!(
+            "{name} stopped on the server; receiving {} dirty pages and {} dirty blocks ({} bytes)",
+            header.dirty_pages,
+            header.dirty_blocks,
+            header.total_bytes()
+        ),
+    });
+    vm.stop_serving();
+    let checkpoint = Checkpoint::of(vm);
+    let total = header.total_bytes();
+    let received = receive(&mut channel, &header, &checkpoint, |done| {
+        report(LocalReply::Progress { what: name.clone(), done, total })
+    })
+    .map_err(|e| {
+        format!(
+            "receiving {name} broke off: {e}; its checkpoint here is intact and the server keeps it stopped: run \
+             `jettison reintegrate {name}` again"
+        )
+    })?;
+    let transferred = started.elapsed();
+    vm.resume_from(&checkpoint.state)?;
+    vm.set_placement(Placement::Desktop)?;
+    let running = started.elapsed();
+    if let Err(e) = ask(&mut channel, &Control::Reintegrated(name.clone())) {
+        tracing::warn!(vm = %name, "could not tell the server it may forget the VM: {e}");
+    }
+    Ok(json!({
+        "vm": name,
+        "bytes": received.bytes,
+        "dirty_pages": received.pages,
+        "dirty_blocks": received.blocks,
+        "server_stop_secs": stopped.as_secs_f64(),
+        "transfer_secs": (transferred - stopped).as_secs_f64(),
+        "total_secs": running.as_secs_f64(),
+    }))
+}
+
+/// Receives the stream announced by `header` from `channel` and applies it
+/// to `checkpoint` as the module doc says. `progress` sees the bytes
+/// received so far.
+///
+/// # Errors
+/// A text saying which part broke off or failed to verify; the checkpoint
+/// is then as it was, and what was staged is gone.
+pub fn receive(
+    channel: &mut Channel,
+    header: &ReturnHeader,
+    checkpoint: &Checkpoint,
+    progress: impl FnMut(u64),
+) -> Result<Received, String> {
+    let reader = ChunkReader::new(channel, progress);
+    let staged = stage(reader, header, checkpoint);
+    let (memory, disk) = match staged {
+        Ok(sets) => sets,
+        Err(e) => {
+            discard_staging(checkpoint);
+            return Err(e);
+        }
+    };
+    let pages = memory.header().unit_count;
+    let blocks = disk.header().unit_count;
+    commit(checkpoint, Some((memory, disk)))?;
+    Ok(Received { bytes: header.total_bytes(), pages, blocks })
+}
+
+/// Steps 1 to 3: everything received, verified and durable beside the
+/// checkpoint, nothing applied.
+pub fn stage(
+    mut reader: impl Read,
+    header: &ReturnHeader,
+    checkpoint: &Checkpoint,
+) -> Result<(StagedSet, StagedSet), String> {
+    finish_pending(checkpoint)?;
+    fs::create_dir_all(&checkpoint.staging)
+        .map_err(|e| format!("cannot create {}: {e}", checkpoint.staging.display()))?;
+    let len = usize::try_from(header.descriptor_bytes).map_err(|_| "the descriptor is too large".to_owned())?;
+    if len > 64 << 20 {
+        return Err(format!("the server announced a {len}-byte descriptor; refusing anything over 64 MiB"));
+    }
+    let mut descriptor = vec![0u8; len];
+    reader.read_exact(&mut descriptor).map_err(|e| format!("the descriptor broke off: {e}"))?;
+    if crc32fast::hash(&descriptor) != header.descriptor_crc {
+        return Err("the descriptor arrived damaged (CRC mismatch)".to_owned());
+    }
+    write_durably(&checkpoint.incoming(), &descriptor)?;
+    let memory = checkpoint
+        .memory()
+        .stage(&mut reader)
+        .map_err(|e| format!("the memory dirty set: {}", jettison_wire::chain(&e)))?;
+    let disk = checkpoint.disk().stage(&mut reader).map_err(|e| {
+        let _ = fs::remove_file(memory.path());
+        format!("the disk dirty set: {}", jettison_wire::chain(&e))
+    })?;
+    // Nothing may follow the disk set but the end of the stream.
+    let mut extra = [0u8; 1];
+    match reader.read(&mut extra) {
+        Ok(0) => {}
+        Ok(_) => return Err("the stream goes on past the disk dirty set".to_owned()),
+        Err(e) => return Err(format!("the stream's end: {e}")),
+    }
+    write_durably(&checkpoint.complete(), b"all parts staged and verified\n")?;
+    Ok((memory, disk))
+}
+
+/// Steps 4 and 5, for sets just staged or (with `None`) for whatever a
+/// crash left after step 3.
+fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, StagedSet)>) -> Result<(), String> {
+    let apply_error = |what: &str, e: &dyn std::error::Error| {
+        format!(
+            "applying the {what} dirty set failed: {}; it stays staged in {} and is applied again before the VM starts",
+            jettison_wire::chain(e),
+            checkpoint.staging.display()
+        )
+    };
+    match staged {
+        Some((memory, disk)) => {
+            memory.commit().map_err(|e| apply_error("memory", &e))?;
+            disk.commit().map_err(|e| apply_error("disk", &e))?;
+        }
+        None => {
+            checkpoint.memory().resume_pending().map_err(|e| apply_error("memory", &e))?;
+            checkpoint.disk().resume_pending().map_err(|e| apply_error("disk", &e))?;
+        }
+    }
+    fs::rename(checkpoint.incoming(), &checkpoint.state)
+        .map_err(|e| format!("cannot put the new descriptor in place at {}: {e}", checkpoint.state.display()))?;
+    fs::remove_file(checkpoint.complete()).map_err(|e| format!("cannot clear {}: {e}", checkpoint.complete().display()))
+}
+
+/// Finishes a transfer a crash interrupted after it was complete, or
+/// deletes what an incomplete one staged. Run before the VM starts.
+///
+/// # Errors
+/// A text when the staged sets cannot be applied.
+pub fn finish_pending(checkpoint: &Checkpoint) -> Result<(), String> {
+    if checkpoint.complete().exists() {
+        tracing::warn!(staging = %checkpoint.staging.display(), "finishing a reintegration a crash interrupted");
+        return commit(checkpoint, None);
+    }
+    discard_staging(checkpoint);
+    Ok(())
+}
+
+/// Removes whatever an incomplete transfer left.
+fn discard_staging(checkpoint: &Checkpoint) {
+    if checkpoint.staging.exists() {
+        if let Err(e) = fs::remove_dir_all(&checkpoint.staging) {
+            tracing::warn!("cannot clear {}: {e}", checkpoint.staging.display());
+        }
+    }
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut file = fs::File::create(path).map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jettison_slice_store::dirty_set::export;
+    use jettison_slice_store::SliceStore;
+
+    /// A checkpoint of 16 pages of 1s and 8 blocks of 2s, and a server-side
+    /// stream dirtying pages 3 and 9 and block 5.
+    fn setup(dir: &Path) -> (Checkpoint, ReturnHeader, Vec<u8>) {
+        let checkpoint = Checkpoint {
+            ram: dir.join("ram"),
+            disk: dir.join("disk.img"),
+            state: dir.join("checkpoint.state"),
+            staging: dir.join("staging"),
+        };
+        fs::write(&checkpoint.ram, vec![1u8; 16 * 4096]).unwrap();
+        fs::write(&checkpoint.disk, vec![2u8; 8 * 4096]).unwrap();
+        fs::write(&checkpoint.state, b"old descriptor").unwrap();
+        let memory = SliceStore::open(dir.join("server-memory"), UNIT, 16 * 4096).unwrap();
+        memory.write_dirty(3, &[7u8; 4096]).unwrap();
+        memory.write_dirty(9, &[8u8; 4096]).unwrap();
+        let disk = SliceStore::open(dir.join("server-disk"), UNIT, 8 * 4096).unwrap();
+        disk.write_dirty(5, &[9u8; 4096]).unwrap();
+        let descriptor = b"new descriptor".to_vec();
+        let mut stream = descriptor.clone();
+        let m = export(&memory, &mut stream).unwrap();
+        let d = export(&disk, &mut stream).unwrap();
+        let header = ReturnHeader {
+            descriptor_bytes: descriptor.len() as u64,
+            descriptor_crc: crc32fast::hash(&descriptor),
+            memory_set_bytes: m.stream_bytes,
+            disk_set_bytes: d.stream_bytes,
+            dirty_pages: 2,
+            dirty_blocks: 1,
+        };
+        (checkpoint, header, stream)
+    }
+
+    fn untouched(checkpoint: &Checkpoint) {
+        assert_eq!(fs::read(&checkpoint.ram).unwrap(), vec![1u8; 16 * 4096]);
+        assert_eq!(fs::read(&checkpoint.disk).unwrap(), vec![2u8; 8 * 4096]);
+        assert_eq!(fs::read(&checkpoint.state).unwrap(), b"old descriptor");
+    }
+
+    #[test]
+    fn a_whole_stream_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (checkpoint, header, stream) = setup(dir.path());
+        let (memory, disk) = stage(&stream[..], &header, &checkpoint).unwrap();
+        untouched(&checkpoint);
+        commit(&checkpoint, Some((memory, disk))).unwrap();
+        let ram = fs::read(&checkpoint.ram).unwrap();
+        assert_eq!(&ram[3 * 4096..4 * 4096], &[7u8; 4096][..]);
+        assert_eq!(&ram[9 * 4096..10 * 4096], &[8u8; 4096][..]);
+        assert_eq!(ram[0], 1);
+        assert_eq!(fs::read(&checkpoint.disk).unwrap()[5 * 4096], 9);
+        assert_eq!(fs::read(&checkpoint.state).unwrap(), b"new descriptor");
+        assert!(!checkpoint.complete().exists());
+    }
+
+    #[test]
+    fn a_stream_cut_anywhere_leaves_the_checkpoint_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (checkpoint, header, stream) = setup(dir.path());
+        // Every cut point in the descriptor and the headers, then every 997th byte.
+        let cuts = (0..200).chain((200..stream.len()).step_by(997));
+        for cut in cuts {
+            let err = stage(&stream[..cut], &header, &checkpoint).map(|_| ()).unwrap_err();
+            assert!(!err.is_empty());
+            discard_staging(&checkpoint);
+            finish_pending(&checkpoint).unwrap();
+            untouched(&checkpoint);
+        }
+        // A damaged byte anywhere is refused too.
+        for at in [3, 20, stream.len() / 2, stream.len() - 3] {
+            let mut bad = stream.clone();
+            bad[at] ^= 0x40;
+            assert!(stage(&bad[..], &header, &checkpoint).is_err(), "damage at {at} went unnoticed");
+            discard_staging(&checkpoint);
+            untouched(&checkpoint);
+        }
+        // And the whole stream still applies afterwards.
+        let staged = stage(&stream[..], &header, &checkpoint).unwrap();
+        commit(&checkpoint, Some(staged)).unwrap();
+        assert_eq!(fs::read(&checkpoint.state).unwrap(), b"new descriptor");
+    }
+
+    #[test]
+    fn a_crash_after_staging_finishes_before_the_vm_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (checkpoint, header, stream) = setup(dir.path());
+        let staged = stage(&stream[..], &header, &checkpoint).unwrap();
+        drop(staged); // the daemon dies before committing
+        untouched(&checkpoint);
+        finish_pending(&checkpoint).unwrap();
+        assert_eq!(fs::read(&checkpoint.ram).unwrap()[3 * 4096], 7);
+        assert_eq!(fs::read(&checkpoint.disk).unwrap()[5 * 4096], 9);
+        assert_eq!(fs::read(&checkpoint.state).unwrap(), b"new descriptor");
+    }
+}
