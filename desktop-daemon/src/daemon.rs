@@ -259,6 +259,14 @@ impl DesktopDaemon {
         }
     }
 
+    /// Ends every QEMU of this daemon and stops serving checkpoints, for a
+    /// clean exit. A VM on the server stays there.
+    pub fn shutdown(&self) {
+        for vm in self.vms.values() {
+            lock(vm).shut_down();
+        }
+    }
+
     /// `jettison status --json` on the desktop.
     fn status(&self) -> serde_json::Value {
         let hosted = self.server_status();

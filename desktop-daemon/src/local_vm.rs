@@ -261,6 +261,12 @@ impl LocalVm {
         self.serving = None;
     }
 
+    /// Ends QEMU (the guest with it) and stops serving.
+    pub fn shut_down(&mut self) {
+        self.running = None;
+        self.serving = None;
+    }
+
     /// The QMP connection of the running VM.
     pub fn qmp(&mut self) -> Option<&mut Qmp> {
         self.running.as_mut().map(|r| &mut r.qmp)

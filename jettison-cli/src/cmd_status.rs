@@ -1,5 +1,6 @@
-//! `jettison status`: what each consolidated VM has fetched and dirtied, in
-//! memory (memtap's `<vm>.stats` files) and on disk (cownetdisk's), and
+//! `jettison status`: where each VM runs and what it has moved, from a
+//! daemon (`--daemon`: the desktop's or the server's local socket), or read
+//! from standalone memtap and cownetdisk state (`<vm>.stats` files), and
 //! with `--power` the energy a desktop's power daemon (`jettison power`)
 //! saved.
 
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+use jettison_control::local::{call, LocalRequest};
 use jettison_power::{LedgerFiles, LedgerSummary, CHART_FILE, LEDGER_FILE};
 
 use crate::CmdResult;
@@ -14,6 +16,9 @@ use crate::CmdResult;
 /// Arguments of `jettison status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Ask a daemon: the desktop's (`/run/jettison/desktop.sock`) or the server's (`/run/jettison/server.sock`).
+    #[arg(long)]
+    daemon: Option<PathBuf>,
     /// memtap's mount point.
     #[arg(long, default_value = "/run/jettison/memtap")]
     memtap: PathBuf,
@@ -56,6 +61,15 @@ fn read_stats<T: DeserializeOwned>(dir: &Path) -> std::io::Result<Option<Vec<T>>
 
 /// Prints one line per VM and device (or one JSON object).
 pub fn run(args: Args) -> CmdResult {
+    if let Some(socket) = &args.daemon {
+        let status = call(socket, &LocalRequest::Status, |_| {})?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print_daemon_status(&status);
+        }
+        return Ok(());
+    }
     let memory: Option<Vec<memtap::Stats>> =
         read_stats(&args.memtap).map_err(|e| format!("cannot read memtap's mount {}: {e}", args.memtap.display()))?;
     let disks: Option<Vec<cownetdisk::Stats>> = read_stats(&args.disks)
@@ -110,4 +124,59 @@ fn power_line(power: &LedgerSummary) -> String {
         total.idle_baseline_joules / 1000.0,
         total.saved_percent
     )
+}
+
+/// A daemon's status for people: one line per VM.
+fn print_daemon_status(status: &serde_json::Value) {
+    let mib = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let pages = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 * 4096.0 / (1024.0 * 1024.0);
+    let line = |vm: &serde_json::Value, s: &serde_json::Value| {
+        format!(
+            "{:.1} MiB fetched ({:.1} MiB never fetched: zero), {:.1} MiB dirty, disk {:.1} MiB fetched {:.1} MiB \
+             dirty, expected {:.1} MiB; {} for {} s; desktop {}",
+            pages(&s["pages_fetched"]),
+            pages(&s["zero_pages_served"]),
+            pages(&s["dirty_pages"]),
+            pages(&s["blocks_fetched"]),
+            pages(&s["dirty_blocks"]),
+            mib(&s["expected_bytes"]),
+            s["state"].as_str().unwrap_or("?"),
+            s["seconds"],
+            s["desktop_power"].as_str().filter(|p| !p.is_empty()).unwrap_or(vm["desktop"].as_str().unwrap_or("?")),
+        )
+    };
+    match status.get("vms") {
+        // The desktop daemon: its VMs, and the server's view of those there.
+        Some(serde_json::Value::Array(vms)) => {
+            if let Some(err) = status["server_error"].as_str() {
+                println!("server {}: unreachable ({err})", status["server"]);
+            }
+            for vm in vms {
+                let name = vm["vm"].as_str().unwrap_or("?");
+                match vm["on"].as_str() {
+                    Some("desktop") if vm["running_here"] == true => println!("{name}: runs on this desktop"),
+                    Some("desktop") => println!("{name}: on this desktop, not running"),
+                    Some("server") if vm["server"].is_object() => {
+                        println!("{name}: on the server: {}", line(vm, &vm["server"]))
+                    }
+                    Some("server") => println!("{name}: on the server (no details: the server did not answer)"),
+                    _ => println!("{name}: moving"),
+                }
+            }
+        }
+        // The server daemon: the VMs it hosts.
+        _ => match status.as_array() {
+            Some(vms) if !vms.is_empty() => {
+                for vm in vms {
+                    println!(
+                        "{} (from {}): {}",
+                        vm["vm"].as_str().unwrap_or("?"),
+                        vm["desktop"].as_str().unwrap_or("?"),
+                        line(vm, vm)
+                    );
+                }
+            }
+            _ => println!("no VM is consolidated on this server"),
+        },
+    }
 }

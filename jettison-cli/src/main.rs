@@ -4,10 +4,12 @@
 
 mod cmd_activity;
 mod cmd_cownetdisk;
+mod cmd_daemon;
 mod cmd_dirty_set;
 mod cmd_diskserv;
 mod cmd_memserv;
 mod cmd_memtap;
+mod cmd_move;
 mod cmd_pair;
 mod cmd_power;
 mod cmd_status;
@@ -30,6 +32,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Desktop: the daemon that runs the VMs and moves them (config: /etc/jettison/desktop.toml).
+    Desktop(cmd_daemon::DesktopArgs),
+    /// Server: the daemon that hosts consolidated VMs (config: /etc/jettison/server.toml).
+    Server(cmd_daemon::ServerArgs),
+    /// Move a VM from this desktop to the server (it must be idle, the server must have room).
+    Consolidate(cmd_move::ConsolidateArgs),
+    /// Bring a VM back from the server with what it changed there.
+    Reintegrate(cmd_move::ReintegrateArgs),
     /// Create the shared key that desktop and server authenticate with.
     Pair(cmd_pair::Args),
     /// Desktop: serve a stopped VM's RAM file to memtap.
@@ -64,6 +74,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Desktop(args) => cmd_daemon::run_desktop(args),
+        Command::Server(args) => cmd_daemon::run_server(args),
+        Command::Consolidate(args) => cmd_move::consolidate(args),
+        Command::Reintegrate(args) => cmd_move::reintegrate(args),
         Command::Pair(args) => cmd_pair::run(args),
         Command::Memserv(args) => cmd_memserv::run(args),
         Command::ZeroMap(args) => cmd_zero_map::run(args),

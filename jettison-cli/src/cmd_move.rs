@@ -1,0 +1,111 @@
+//! `jettison consolidate VM` and `jettison reintegrate VM`: ask the desktop
+//! daemon to move a VM, show its progress, and print what moved.
+
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use jettison_control::local::{call, LocalReply, LocalRequest};
+
+use crate::CmdResult;
+
+/// Arguments of `jettison consolidate`.
+#[derive(Debug, clap::Args)]
+pub struct ConsolidateArgs {
+    /// The VM.
+    vm: String,
+    /// Consolidate even if the VM does not look idle.
+    #[arg(long)]
+    force: bool,
+    /// The desktop daemon's socket.
+    #[arg(long, default_value = "/run/jettison/desktop.sock")]
+    socket: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `jettison reintegrate`.
+#[derive(Debug, clap::Args)]
+pub struct ReintegrateArgs {
+    /// The VM.
+    vm: String,
+    /// Bring back the newer state a crashed server kept (not possible; see the README).
+    #[arg(long)]
+    recover: bool,
+    /// The desktop daemon's socket.
+    #[arg(long, default_value = "/run/jettison/desktop.sock")]
+    socket: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Consolidates a VM.
+pub fn consolidate(args: ConsolidateArgs) -> CmdResult {
+    let request = LocalRequest::Consolidate { vm: args.vm.clone(), force: args.force };
+    let result = call(&args.socket, &request, |reply| {
+        if let LocalReply::Log { line } = reply {
+            eprintln!("{line}");
+        }
+    })?;
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "{} consolidated: down for {:.2} s, descriptor {} bytes, {} zero pages the server will never fetch",
+            args.vm,
+            result["downtime_secs"].as_f64().unwrap_or(0.0),
+            result["descriptor_bytes"],
+            result["zero_pages"],
+        );
+    }
+    Ok(())
+}
+
+/// Reintegrates a VM, with a progress bar for the transfer.
+pub fn reintegrate(args: ReintegrateArgs) -> CmdResult {
+    if args.recover {
+        return Err(format!(
+            "--recover cannot bring {}'s newer state back: the server saves a VM's device state only when it stops \
+             it, so a server that crashed left dirty pages without the CPU and device state they belong to, and \
+             resuming them would corrupt the guest (see README, \"When the server fails\"). {} runs from its \
+             checkpoint on the desktop; the server's slices are kept for inspection",
+            args.vm, args.vm
+        )
+        .into());
+    }
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    let request = LocalRequest::Reintegrate { vm: args.vm.clone() };
+    let result = call(&args.socket, &request, |reply| match reply {
+        LocalReply::Log { line } => bar.println(line),
+        LocalReply::Progress { what, done, total } => {
+            if bar.is_hidden() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_message(what.clone());
+            }
+            bar.set_length(*total);
+            bar.set_position(*done);
+        }
+        _ => {}
+    });
+    bar.finish_and_clear();
+    let result = result?;
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "{} is back: {} bytes ({} dirty pages, {} dirty blocks) in {:.2} s",
+            args.vm,
+            result["bytes"],
+            result["dirty_pages"],
+            result["dirty_blocks"],
+            result["total_secs"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(())
+}
