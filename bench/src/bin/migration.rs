@@ -1,17 +1,21 @@
-//! Migration benchmark (issue 4, item 9, partial): moving the same idle,
-//! used-looking guest from a "desktop" to a "server" network namespace
-//! three ways, over one link capped with `tc` at the same rate for all:
+//! Migration benchmark (issue 4, item 9): moving the same idle,
+//! used-looking guest from a "desktop" to a "server" network namespace and
+//! back three ways, over one link capped with `tc` at the same rate for all:
 //!
 //! 1. **QEMU precopy** live migration over TCP (`migrate tcp:`) to a QEMU
-//!    started `-incoming` in the server's namespace. Each side has its own
-//!    RAM file and `x-ignore-shared` is off, so all non-zero RAM crosses.
+//!    started `-incoming` on the other host. Each QEMU has its own RAM file
+//!    and `x-ignore-shared` is off, so all non-zero RAM crosses, each way.
 //! 2. **QEMU postcopy**: the same with `postcopy-ram` on both sides and
 //!    `migrate-start-postcopy` right after `migrate`: the VM runs on the
-//!    server at once and the rest of RAM follows, pushed and on demand.
-//! 3. **Jettison**: the device state saved with `x-ignore-shared`, sent with
-//!    the zero-page map over one TCP connection, memserv started on the
-//!    desktop and memtap on the server, and the guest resumed on memtap's
-//!    file: RAM follows only as the guest touches it.
+//!    destination at once and the rest of RAM follows, pushed and on demand.
+//! 3. **Jettison**: out, the device state saved with `x-ignore-shared`,
+//!    sent with the zero-page map over one TCP connection, memserv started
+//!    on the desktop and memtap on the server, and the guest resumed on
+//!    memtap's file: RAM follows only as the guest touches it. Back
+//!    (reintegration, [`reintegrate`]): the descriptor and the dirty set of
+//!    memtap's slice store over one connection, staged and verified on the
+//!    desktop, then committed into the desktop's RAM file, where the guest
+//!    resumes. Memory only: the test guest has no disk here.
 //!
 //! Why it is built so:
 //!
@@ -23,45 +27,60 @@
 //!   RAM size; its device state (with `x-ignore-shared`) and RAM file are
 //!   the checkpoint. Each method starts from a fresh copy of that RAM file,
 //!   resumed on the desktop, and idles a few seconds before it is moved.
+//! - **A known amount dirtied on the server.** The guest has a NIC (a tap
+//!   on each host's bridge, the same MAC everywhere: [`office`]) and a TCP
+//!   line service; once it runs on the server, a client host sends it
+//!   `dirty <MiB>` and waits for `dirtied`: the guest writes that much
+//!   random data to a tmpfs. After `--idle-secs` more it goes back. Once
+//!   back, the client's next line must get the service's next number: the
+//!   state the guest wrote on the server came back with it.
 //! - **One way of counting bytes.** Every method's bytes are the desktop's
 //!   `eth0` counters (sent plus received, headers included), read before it
-//!   starts and when it is measured; QEMU's own `ram.transferred` and
-//!   memtap's `bytes_fetched` are printed beside them as cross-checks.
+//!   starts and when it is measured; QEMU's own `ram.transferred`, memtap's
+//!   `bytes_fetched` and the dirty set's size are printed beside them as
+//!   cross-checks.
 //! - **"Runs at the destination"** means the guest's counter printed a line
-//!   on the server's serial console: the VM executes there, not just
+//!   on the destination's serial console: the VM executes there, not just
 //!   "QEMU says running". The counter ticks every 0.2 s, so this can be up
-//!   to 0.2 s late for every method alike.
+//!   to 0.2 s late for every method alike. **"Source not needed"**: for
+//!   QEMU, `query-migrate` on the source says `completed`; for Jettison's
+//!   way back, the desktop has staged and verified the whole dirty set; for
+//!   Jettison's way out, never while the VM is consolidated (the desktop
+//!   serves pages on demand).
+//! - **Destination QEMUs start before the clock**, for QEMU's migrations and
+//!   for Jettison's way back alike; Jettison's way out starts its server
+//!   QEMU inside the clock (memtap must be mounted first).
 //! - **A baseline in the same run**: a plain TCP stream over the same capped
 //!   link, the most any method can move per second.
 //!
-//! Not measured, and said so in the output: the way back. Jettison's
-//! reintegration is not built yet, and QEMU's way back would need the guest
-//! to dirty a known amount on the server, which the test guest (it takes no
-//! input) cannot be told to do.
+//! Needs root (namespaces, taps, `tc`), FUSE, QEMU and the test guest;
+//! without them it prints a `SKIPPED` line and exits 0. Everything it
+//! makes (QEMUs, the mount, taps, namespaces, files in `/dev/shm`) is
+//! removed by drop guards, also on an error.
 //!
-//! Needs root (namespaces, `tc`), FUSE, QEMU and the test guest; without
-//! them it prints a `SKIPPED` line and exits 0. Everything it makes
-//! (QEMUs, the mount, namespaces, files in `/dev/shm`) is removed by drop
-//! guards, also on an error.
-//!
-//! `cargo run --release -p jettison-bench --bin migration [-- --ram-mib 256,1024 --fill-percent 60 --rate-mbit 1000]`
+//! `cargo run --release -p jettison-bench --bin migration [-- --ram-mib 256,1024,4096 --fill-percent 60 --dirty-mib 32 --rate-mbit 1000]`
+
+// Beside the crate root, a file under src/bin/ would be a binary of its own.
+#[path = "migration/office.rs"]
+mod office;
+#[path = "migration/reintegrate.rs"]
+mod reintegrate;
 
 use std::error::Error;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use jettison_bench::measure::timed;
-use jettison_qemu::{resume, save_device_state, GuestImage, QemuProcess, Qmp, VmSpec};
+use jettison_qemu::{announce, resume, save_device_state, GuestImage, QemuProcess, Qmp, VmSpec};
 use jettison_slice_store::zero_map;
-use jettison_tests::netns::office::{DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
-use jettison_tests::netns::{self, Host, Lan};
-use jettison_tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use jettison_tests::netns::office::MEMSERV;
+use jettison_tests::{fuse_available, guest, netns, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
 use jettison_wire::SharedKey;
 use memtap::{Mount, VmConfig};
 use rand::rngs::StdRng;
@@ -69,9 +88,12 @@ use rand::{RngCore, SeedableRng};
 use remote_wakeup::netns::run_in;
 use serde_json::{json, Value};
 
+use office::{Office, Side, VM_CIDR, VM_PORT};
+use reintegrate::{reintegrate, Consolidated};
+
 /// The VM's name: memserv's export and memtap's `vm1.ram`.
 const VM: &str = "vm1";
-/// Where the server's QEMU listens for QEMU's own migration stream.
+/// Where a destination QEMU listens for QEMU's own migration stream.
 const MIGRATION_PORT: u16 = 4444;
 /// Where the server receives Jettison's descriptor.
 const DESCRIPTOR_PORT: u16 = 4445;
@@ -89,30 +111,50 @@ const PAPER_FULL_SECS: f64 = 38.59;
 const PAPER_FULL_GIB: f64 = 4.27;
 /// The paper's Jettison consolidation of the same VM.
 const PAPER_CONSOLIDATION_SECS: f64 = 3.78;
+/// The paper's reintegration of the same VM.
+const PAPER_REINTEGRATION_SECS: f64 = 4.11;
+/// Memory the paper's deployment sent back to the desktop, MiB.
+const PAPER_REINTEGRATION_MIB: f64 = 114.68;
 
-type BenchResult<T> = Result<T, Box<dyn Error>>;
+/// Errors of the benchmark; `Send` so the receiving ends on other threads
+/// can return them.
+type BenchResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// QEMU precopy, QEMU postcopy and Jettison moving the same idle guest
-/// between two network namespaces over one capped link.
+/// between two network namespaces over one capped link, and back.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Guest RAM sizes in MiB, comma-separated; one guest (and one row per
-    /// method) for each.
+    /// Guest RAM sizes in MiB, comma-separated; one guest (and two rows per
+    /// method, out and back) for each.
     #[arg(long, value_delimiter = ',', default_values_t = [256u64, 1024])]
     ram_mib: Vec<u64>,
     /// Share of guest RAM the guest fills with random data before it idles.
     #[arg(long, default_value_t = 60)]
     fill_percent: u64,
+    /// MiB of random data the guest writes while it runs on the server,
+    /// before it goes back: one value per RAM size, or one for all. A
+    /// 256 MiB guest 60% full has room for little more than 8 MiB (its
+    /// kernel keeps 60 MiB of the 256 reserved).
+    #[arg(long, value_delimiter = ',', default_values_t = [8u64, 32])]
+    dirty_mib: Vec<u64>,
     /// The link's cap in Mbit/s, each direction (`tc` tbf on both ends).
     #[arg(long, default_value_t = 1000)]
     rate_mbit: u64,
-    /// Seconds the guest idles on the desktop before each move.
+    /// Seconds the guest idles before each move (on the desktop before the
+    /// way out, on the server after dirtying before the way back).
     #[arg(long, default_value_t = 3)]
     idle_secs: u64,
     /// Seconds of running on the server over which Jettison's on-demand
-    /// fetches are counted.
+    /// fetches are counted, before the guest dirties.
     #[arg(long, default_value_t = 10)]
     run_secs: u64,
+}
+
+impl Args {
+    /// The MiB the guest of the `i`th RAM size dirties on the server.
+    fn dirty(&self, i: usize) -> u64 {
+        self.dirty_mib.get(i).or(self.dirty_mib.first()).copied().unwrap_or(0)
+    }
 }
 
 fn main() -> ExitCode {
@@ -143,103 +185,80 @@ fn preflight() -> Result<GuestImage, String> {
     guest()
 }
 
-/// One method's result.
+/// Which way a move goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// Desktop to server (consolidation).
+    Out,
+    /// Server to desktop (reintegration).
+    Back,
+}
+
+/// One move, measured.
 #[derive(Debug)]
-struct Row {
-    ram_mib: u64,
-    method: &'static str,
-    /// Bytes on the link (both directions) until the VM ran on the server.
+struct Move {
+    /// Bytes on the link (both directions) until the VM ran at the
+    /// destination.
     bytes_to_run: u64,
-    /// Bytes on the link until the source was no longer needed, or after
-    /// `run_secs` of running for Jettison.
+    /// Bytes on the link until the VM ran and the source was no longer
+    /// needed, or after `run_secs` of running for Jettison's way out.
     bytes_total: u64,
-    /// From the start of the move until the counter ticked on the server.
+    /// From the start of the move until the counter ticked at the
+    /// destination.
     to_run: Duration,
-    /// From the start of the move until the desktop was no longer needed;
-    /// `None` for Jettison, whose desktop serves pages for as long as the
-    /// VM stays consolidated.
+    /// From the start of the move until the source was no longer needed;
+    /// `None` for Jettison's way out, whose desktop serves pages for as long
+    /// as the VM stays consolidated.
     to_release: Option<Duration>,
     /// A cross-check from the method's own counters.
     note: String,
 }
 
-/// The two namespaces, the capped link and the rate it really carries.
-struct Office {
-    lan: Lan,
-    capped: bool,
+/// The guest's stay on the server between the two moves.
+#[derive(Debug)]
+struct Stay {
+    /// MiB the guest was told to write.
+    mib: u64,
+    /// How long the guest took to answer `dirty <MiB>`.
+    dirty: Duration,
+    /// Bytes on the link meanwhile (Jettison's on-demand fetches).
+    link_bytes: u64,
+    /// The service's number in its `dirtied` reply.
+    serial: u64,
 }
 
-impl Office {
-    fn desktop(&self) -> &str {
-        self.lan.host(0)
-    }
-
-    fn server(&self) -> &str {
-        self.lan.host(1)
-    }
-
-    /// Bytes the desktop's `eth0` has sent and received so far.
-    fn link_bytes(&self) -> BenchResult<u64> {
-        let out =
-            Command::new("ip").args(["-n", self.desktop(), "-s", "-j", "link", "show", "dev", "eth0"]).output()?;
-        if !out.status.success() {
-            return Err(format!("ip -s link: {}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        let info: Value = serde_json::from_slice(&out.stdout)?;
-        let stats = &info[0]["stats64"];
-        let (rx, tx) = (stats["rx"]["bytes"].as_u64(), stats["tx"]["bytes"].as_u64());
-        Ok(rx.zip(tx).map(|(rx, tx)| rx + tx).ok_or("no byte counters in `ip -s -j link`")?)
-    }
+/// One method's result at one RAM size.
+#[derive(Debug)]
+struct Row {
+    ram_mib: u64,
+    method: &'static str,
+    out: Move,
+    stay: Stay,
+    back: Move,
 }
 
 fn run(args: &Args, guest: &GuestImage) -> BenchResult<()> {
     if args.fill_percent >= 90 {
         return Err("--fill-percent must be below 90: the guest's kernel needs the rest".into());
     }
-    let started = Instant::now();
-    let lan = Lan::build(&[
-        Host { role: "desktop", cidr: DESKTOP_CIDR, mac: None },
-        Host { role: "server", cidr: SERVER_CIDR, mac: None },
-    ]);
-    let mut office = Office { lan, capped: true };
-    for ns in [office.desktop().to_owned(), office.server().to_owned()] {
-        if let Err(why) = cap_link(&ns, args.rate_mbit) {
-            println!("NOTE: tc cannot cap the link here ({why}); every figure below is UNCAPPED (veth speed)");
-            office.capped = false;
-            break;
-        }
+    if args.dirty_mib.len() != 1 && args.dirty_mib.len() != args.ram_mib.len() {
+        return Err("--dirty-mib needs one value, or one per --ram-mib size".into());
     }
+    let started = Instant::now();
+    let office = Office::build(args.rate_mbit);
     let (raw_secs, raw_bytes) = raw_stream(&office)?;
     let mut rows = Vec::new();
-    for &ram_mib in &args.ram_mib {
-        rows.extend(run_size(args, guest, &office, ram_mib)?);
+    for (i, &ram_mib) in args.ram_mib.iter().enumerate() {
+        rows.extend(run_size(args, guest, &office, ram_mib, args.dirty(i))?);
     }
     print_report(args, &office, raw_secs, raw_bytes, &rows, started.elapsed());
     Ok(())
 }
 
-/// Caps `eth0` of namespace `ns` at `mbit` on egress; with both ends capped
-/// both directions are.
-fn cap_link(ns: &str, mbit: u64) -> Result<(), String> {
-    let rate = format!("{mbit}mbit");
-    // A burst of at least 1 ms at the rate and 64 KiB (a veth GSO packet).
-    let burst = format!("{}", (mbit * 1000 / 8).max(64 << 10));
-    let out = Command::new("tc")
-        .args(["-n", ns, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", &rate, "burst", &burst])
-        .args(["latency", "50ms"])
-        .output()
-        .map_err(|e| format!("tc does not run: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
 /// Baseline: a plain TCP stream of random bytes from the desktop to the
 /// server; its time and the link bytes it took.
 fn raw_stream(office: &Office) -> BenchResult<(f64, u64)> {
-    let listener = run_in(Some(office.server()), || TcpListener::bind((server_ip(), 0)))??;
+    let listener = run_in(Some(office.server()), || TcpListener::bind((Office::ip(Side::Server), 0)))??;
     let addr = listener.local_addr()?;
     let mut data = vec![0u8; RAW_STREAM_BYTES];
     StdRng::seed_from_u64(4).fill_bytes(&mut data);
@@ -263,11 +282,6 @@ fn raw_stream(office: &Office) -> BenchResult<(f64, u64)> {
     Ok((secs, office.link_bytes()? - before))
 }
 
-/// The server's address without its prefix.
-fn server_ip() -> std::net::Ipv4Addr {
-    SERVER_CIDR.split('/').next().and_then(|ip| ip.parse().ok()).expect("SERVER_CIDR is an IPv4 address/prefix")
-}
-
 /// What every method of one RAM size starts from.
 struct Checkpoint {
     dir: tempfile::TempDir,
@@ -279,8 +293,13 @@ struct Checkpoint {
 }
 
 impl Checkpoint {
-    fn spec(&self, guest: &GuestImage, ram: &Path, run: &str) -> VmSpec {
-        VmSpec::new(guest, ram, self.dir.path().join(run)).memory_mib(self.ram_mib).kernel_args(&self.kernel_args)
+    /// The VM on RAM file `ram`, with its NIC on `side`'s tap, logging
+    /// into run directory `run`.
+    fn spec(&self, guest: &GuestImage, office: &Office, side: Side, ram: &Path, run: &str) -> VmSpec {
+        VmSpec::new(guest, ram, self.dir.path().join(run))
+            .memory_mib(self.ram_mib)
+            .kernel_args(&self.kernel_args)
+            .extra_args(office.nic_args(side))
     }
 
     /// A fresh copy of the checkpoint's RAM resumed on the desktop, counted
@@ -294,8 +313,9 @@ impl Checkpoint {
     ) -> BenchResult<(QemuProcess, Qmp, PathBuf)> {
         let ram = self.dir.path().join(format!("{method}-desktop.ram"));
         fs::copy(&self.ram, &ram)?;
-        let spec = self.spec(guest, &ram, &format!("{method}-desktop"));
-        let (mut qemu, qmp) = run_in(Some(office.desktop()), || resume(spec, &self.state))??;
+        let spec = self.spec(guest, office, Side::Desktop, &ram, &format!("{method}-desktop"));
+        let (mut qemu, mut qmp) = run_in(Some(office.desktop()), || resume(spec, &self.state))??;
+        announce(&mut qmp)?;
         qemu.wait_for_count_above(self.count, COUNT_TIMEOUT)?;
         sleep(idle);
         Ok((qemu, qmp, ram))
@@ -311,10 +331,10 @@ fn checkpoint(args: &Args, guest: &GuestImage, office: &Office, ram_mib: u64) ->
         state: dir.path().join("checkpoint.state"),
         dir,
         ram_mib,
-        kernel_args: format!("jt.fill={fill}"),
+        kernel_args: format!("jt.fill={fill} jt.net={VM_CIDR} jt.serve={VM_PORT}"),
         count: 0,
     };
-    let spec = cp.spec(guest, &cp.ram, "boot");
+    let spec = cp.spec(guest, office, Side::Desktop, &cp.ram, "boot");
     let mut qemu = run_in(Some(office.desktop()), || spec.spawn())??;
     let boot = Instant::now();
     qemu.wait_for_line("JTREADY", BOOT_TIMEOUT + Duration::from_secs(fill / 4))?;
@@ -327,20 +347,64 @@ fn checkpoint(args: &Args, guest: &GuestImage, office: &Office, ram_mib: u64) ->
     Ok(cp)
 }
 
-fn run_size(args: &Args, guest: &GuestImage, office: &Office, ram_mib: u64) -> BenchResult<Vec<Row>> {
+fn run_size(args: &Args, guest: &GuestImage, office: &Office, ram_mib: u64, dirty_mib: u64) -> BenchResult<Vec<Row>> {
     println!("{ram_mib} MiB guest:");
     let cp = checkpoint(args, guest, office, ram_mib)?;
-    let idle = Duration::from_secs(args.idle_secs);
     let mut rows = Vec::new();
     for postcopy in [false, true] {
-        let row = qemu_migration(guest, office, &cp, idle, postcopy)?;
-        println!("  {}: {}", row.method, row.note);
+        let row = qemu_round_trip(args, guest, office, &cp, dirty_mib, postcopy)?;
+        print_row(&row);
         rows.push(row);
     }
-    let row = jettison(guest, office, &cp, idle, Duration::from_secs(args.run_secs))?;
-    println!("  {}: {}", row.method, row.note);
+    let row = jettison_round_trip(args, guest, office, &cp, dirty_mib)?;
+    print_row(&row);
     rows.push(row);
     Ok(rows)
+}
+
+fn print_row(row: &Row) {
+    println!("  {} out: {}", row.method, row.out.note);
+    println!(
+        "  {} on the server: dirtied {} MiB in {:.2} s, {:.2} MiB on the link meanwhile",
+        row.method,
+        row.stay.mib,
+        row.stay.dirty.as_secs_f64(),
+        row.stay.link_bytes as f64 / MIB as f64
+    );
+    println!("  {} back: {}", row.method, row.back.note);
+}
+
+/// Has the guest, running on the server, write `mib` MiB, then idle for
+/// `idle`; checks its reply.
+fn dirty_on_server(office: &Office, mib: u64, idle: Duration) -> BenchResult<Stay> {
+    let before = office.link_bytes()?;
+    let start = Instant::now();
+    let reply = office.ask_vm(&format!("dirty {mib}"))?;
+    let dirty = start.elapsed();
+    let link_bytes = office.link_bytes()? - before;
+    let serial = match reply.split(' ').collect::<Vec<_>>()[..] {
+        ["dirtied", n, m] if m == mib.to_string() => n.parse()?,
+        _ => {
+            return Err(format!(
+                "the guest answered {reply:?} to `dirty {mib}` (a guest without room for that much more in RAM \
+                 cannot: lower --dirty-mib for this size)"
+            )
+            .into())
+        }
+    };
+    sleep(idle);
+    Ok(Stay { mib, dirty, link_bytes, serial })
+}
+
+/// Checks that the guest, back on the desktop, answers with the service's
+/// next number: the state it wrote on the server came back.
+fn check_back(office: &Office, stay: &Stay, method: &str) -> BenchResult<()> {
+    let reply = office.ask_vm("back")?;
+    let want = format!("echo {} back", stay.serial + 1);
+    if reply != want {
+        return Err(format!("{method}: back on the desktop the guest answered {reply:?}, not {want:?}").into());
+    }
+    Ok(())
 }
 
 /// Sets migration capabilities on one QEMU.
@@ -353,38 +417,74 @@ fn set_capabilities(qmp: &mut Qmp, postcopy: bool) -> jettison_qemu::Result<()> 
     Ok(())
 }
 
-/// QEMU's own migration, precopy or postcopy, from a resumed copy of the
-/// checkpoint on the desktop to a QEMU `-incoming` on the server with a RAM
-/// file of its own.
-fn qemu_migration(
+/// A QEMU started `-incoming` on `side`, on its own RAM file `ram`,
+/// listening for the migration stream.
+fn incoming(
     guest: &GuestImage,
     office: &Office,
     cp: &Checkpoint,
-    idle: Duration,
+    side: Side,
+    ram: &Path,
+    run: &str,
     postcopy: bool,
-) -> BenchResult<Row> {
-    let method = if postcopy { "QEMU postcopy" } else { "QEMU precopy" };
-    let tag = if postcopy { "postcopy" } else { "precopy" };
-    let server_ram = cp.dir.path().join(format!("{tag}-server.ram"));
-    let spec = cp.spec(guest, &server_ram, &format!("{tag}-server")).incoming_defer();
-    let uri = format!("tcp:{}:{MIGRATION_PORT}", server_ip());
-    let (mut dest, dest_qmp) = run_in(Some(office.server()), || -> jettison_qemu::Result<_> {
+) -> BenchResult<(QemuProcess, Qmp)> {
+    let spec = cp.spec(guest, office, side, ram, run).incoming_defer();
+    let uri = migration_uri(side);
+    Ok(run_in(Some(office.ns(side)), || -> jettison_qemu::Result<_> {
         let mut qemu = spec.spawn()?;
         let mut qmp = qemu.connect_qmp()?;
         set_capabilities(&mut qmp, postcopy)?;
         qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
         Ok((qemu, qmp))
-    })??;
-    let (source, mut qmp, source_ram) = cp.resume_on_desktop(guest, office, tag, idle)?;
-    // The resumed source still has x-ignore-shared from loading the
-    // checkpoint: turned off here, so all of RAM goes into the stream.
-    set_capabilities(&mut qmp, postcopy)?;
+    })??)
+}
+
+/// Where a destination QEMU on `side` listens.
+fn migration_uri(side: Side) -> String {
+    format!("tcp:{}:{MIGRATION_PORT}", Office::ip(side))
+}
+
+/// Polls until `dest`'s console shows a count above `after`; the time since
+/// `start` and the link bytes since `before` at that moment.
+fn wait_until_runs(
+    office: &Office,
+    dest: &QemuProcess,
+    after: u64,
+    start: Instant,
+    what: &str,
+) -> BenchResult<(Duration, u64)> {
+    loop {
+        if dest.serial().counts()?.last().is_some_and(|&n| n > after) {
+            return Ok((start.elapsed(), office.link_bytes()?));
+        }
+        if start.elapsed() > MIGRATION_TIMEOUT {
+            return Err(format!("{what}: the guest never counted at the destination").into());
+        }
+        sleep(POLL);
+    }
+}
+
+/// QEMU's own migration from the QEMU behind `source` to `dest` (already
+/// listening on `to`), measured from `migrate` on.
+fn qemu_move(
+    office: &Office,
+    source: (&QemuProcess, &mut Qmp),
+    dest: &QemuProcess,
+    to: Side,
+    postcopy: bool,
+    what: &str,
+) -> BenchResult<Move> {
+    let (source, qmp) = source;
+    // A source resumed from the checkpoint still has x-ignore-shared from
+    // loading it: turned off here, so all of RAM goes into the stream.
+    set_capabilities(qmp, postcopy)?;
     // QEMU's default cap (128 MiB/s) would be the limit on an uncapped link.
     qmp.execute("migrate-set-parameters", Some(json!({ "max-bandwidth": 100u64 << 30 })))?;
+    let after = source.serial().counts()?.last().copied().ok_or("no JTCOUNT on the source")?;
 
     let before = office.link_bytes()?;
     let start = Instant::now();
-    qmp.execute("migrate", Some(json!({ "uri": uri })))?;
+    qmp.execute("migrate", Some(json!({ "uri": migration_uri(to) })))?;
     if postcopy {
         qmp.execute("migrate-start-postcopy", None)?;
     }
@@ -392,9 +492,9 @@ fn qemu_migration(
     let mut info = Value::Null;
     while to_run.is_none() || done.is_none() {
         if start.elapsed() > MIGRATION_TIMEOUT {
-            return Err(format!("{method}: not finished after {MIGRATION_TIMEOUT:?}: {info}").into());
+            return Err(format!("{what}: not finished after {MIGRATION_TIMEOUT:?}: {info}").into());
         }
-        if to_run.is_none() && dest.serial().counts()?.last().is_some_and(|&n| n > cp.count) {
+        if to_run.is_none() && dest.serial().counts()?.last().is_some_and(|&n| n > after) {
             to_run = Some(start.elapsed());
             bytes_to_run = office.link_bytes()? - before;
         }
@@ -403,17 +503,16 @@ fn qemu_migration(
             match info["status"].as_str() {
                 Some("completed") => done = Some((start.elapsed(), office.link_bytes()? - before)),
                 Some("failed" | "cancelled") => {
-                    return Err(format!("{method} failed: {}", info["error-desc"].as_str().unwrap_or("?")).into())
+                    return Err(format!("{what} failed: {}", info["error-desc"].as_str().unwrap_or("?")).into())
                 }
                 _ => {}
             }
         }
         sleep(POLL);
     }
-    let (to_release, bytes_total) = done.expect("the loop ends only once the migration completed");
+    let (to_release, bytes_done) = done.expect("the loop ends only once the migration completed");
     let to_run = to_run.expect("the loop ends only once the destination ran");
-    // The counter must go on from the source's, on the server.
-    dest.wait_for_count_above(cp.count + 2, COUNT_TIMEOUT)?;
+    let bytes_total = bytes_done.max(bytes_to_run);
     let ram = &info["ram"];
     let note = format!(
         "QEMU counted {:.1} MiB of RAM transferred ({} normal pages, {} zero pages), downtime {} ms; link {:.1} MiB",
@@ -423,24 +522,85 @@ fn qemu_migration(
         info["downtime"].as_u64().map_or("?".into(), |d| d.to_string()),
         bytes_total as f64 / MIB as f64,
     );
-    drop((qmp, source, dest_qmp, dest));
-    fs::remove_file(source_ram)?;
+    Ok(Move { bytes_to_run, bytes_total, to_run, to_release: Some(to_release), note })
+}
+
+/// QEMU's own migration, precopy or postcopy, from a resumed copy of the
+/// checkpoint on the desktop to a QEMU `-incoming` on the server with a RAM
+/// file of its own; the guest dirties; then the same way back to a fresh
+/// QEMU `-incoming` on the desktop, on a RAM file of its own.
+fn qemu_round_trip(
+    args: &Args,
+    guest: &GuestImage,
+    office: &Office,
+    cp: &Checkpoint,
+    dirty_mib: u64,
+    postcopy: bool,
+) -> BenchResult<Row> {
+    let method = if postcopy { "QEMU postcopy" } else { "QEMU precopy" };
+    let tag = if postcopy { "postcopy" } else { "precopy" };
+    let idle = Duration::from_secs(args.idle_secs);
+    let dir = cp.dir.path();
+
+    let server_ram = dir.join(format!("{tag}-server.ram"));
+    let (server, mut server_qmp) =
+        incoming(guest, office, cp, Side::Server, &server_ram, &format!("{tag}-server"), postcopy)?;
+    let (desktop, mut desktop_qmp, desktop_ram) = cp.resume_on_desktop(guest, office, tag, idle)?;
+    let out = qemu_move(office, (&desktop, &mut desktop_qmp), &server, Side::Server, postcopy, method)?;
+    // The desktop's QEMU and RAM file are done with; its tap is free for
+    // the way back.
+    drop((desktop_qmp, desktop));
+    fs::remove_file(desktop_ram)?;
+    announce(&mut server_qmp)?;
+
+    let stay = dirty_on_server(office, dirty_mib, idle)?;
+
+    let back_ram = dir.join(format!("{tag}-back.ram"));
+    let (back, mut back_qmp) = incoming(guest, office, cp, Side::Desktop, &back_ram, &format!("{tag}-back"), postcopy)?;
+    let back_move = qemu_move(office, (&server, &mut server_qmp), &back, Side::Desktop, postcopy, method)?;
+    drop((server_qmp, server));
     fs::remove_file(server_ram)?;
-    Ok(Row { ram_mib: cp.ram_mib, method, bytes_to_run, bytes_total, to_run, to_release: Some(to_release), note })
+    announce(&mut back_qmp)?;
+    check_back(office, &stay, method)?;
+    drop((back_qmp, back));
+    fs::remove_file(back_ram)?;
+    Ok(Row { ram_mib: cp.ram_mib, method, out, stay, back: back_move })
+}
+
+/// Jettison: consolidation (descriptor and zero map across the link,
+/// memserv on the desktop, memtap and the resumed QEMU on the server); the
+/// guest runs `run_secs` and dirties; then reintegration.
+fn jettison_round_trip(
+    args: &Args,
+    guest: &GuestImage,
+    office: &Office,
+    cp: &Checkpoint,
+    dirty_mib: u64,
+) -> BenchResult<Row> {
+    let idle = Duration::from_secs(args.idle_secs);
+    let (out, vm) = consolidate(guest, office, cp, idle, Duration::from_secs(args.run_secs))?;
+    let stay = dirty_on_server(office, dirty_mib, idle)?;
+    let (back, qemu, qmp) = reintegrate(guest, office, cp, vm)?;
+    check_back(office, &stay, "Jettison")?;
+    drop((qmp, qemu));
+    fs::remove_file(cp.dir.path().join("jettison-desktop.ram"))?;
+    Ok(Row { ram_mib: cp.ram_mib, method: "Jettison", out, stay, back })
 }
 
 /// Jettison's consolidation: descriptor and zero map across the link,
 /// memserv on the desktop, memtap and the resumed QEMU on the server.
-fn jettison(
+/// Returns the move measured over `window` of running, and the VM as it
+/// runs on the server.
+fn consolidate(
     guest: &GuestImage,
     office: &Office,
     cp: &Checkpoint,
     idle: Duration,
     window: Duration,
-) -> BenchResult<Row> {
+) -> BenchResult<(Move, Consolidated)> {
     let dir = cp.dir.path();
     let (source, mut qmp, desktop_ram) = cp.resume_on_desktop(guest, office, "jettison", idle)?;
-    let listener = run_in(Some(office.server()), || TcpListener::bind((server_ip(), DESCRIPTOR_PORT)))??;
+    let listener = run_in(Some(office.server()), || TcpListener::bind((Office::ip(Side::Server), DESCRIPTOR_PORT)))??;
     let received = dir.join("jettison-server.state");
 
     let before = office.link_bytes()?;
@@ -448,6 +608,7 @@ fn jettison(
     // On the desktop: stop, save the descriptor, map the zero pages.
     let descriptor = dir.join("jettison-desktop.state");
     let descriptor_bytes = save_device_state(&mut qmp, &descriptor)?;
+    let after = source.serial().counts()?.last().copied().ok_or("no JTCOUNT on the desktop")?;
     drop((qmp, source));
     let (zeros, scan_time) = timed(|| zero_map::scan_file(&desktop_ram, memtap::PAGE_SIZE as u32));
     let zeros = zeros?;
@@ -467,7 +628,7 @@ fn jettison(
         Ok(bytes)
     });
     run_in(Some(office.desktop()), || -> std::io::Result<()> {
-        let mut stream = TcpStream::connect((server_ip(), DESCRIPTOR_PORT))?;
+        let mut stream = TcpStream::connect((Office::ip(Side::Server), DESCRIPTOR_PORT))?;
         stream.write_all(&message)?;
         stream.shutdown(Shutdown::Write)
     })??;
@@ -481,21 +642,15 @@ fn jettison(
     let memserv = run_in(Some(office.desktop()), || DesktopServer::memserv(&desktop_ram, VM, &key, MEMSERV))?;
     let mountpoint = dir.join("memtap");
     fs::create_dir_all(&mountpoint)?;
-    let mut config = VmConfig::new(VM, dir.join("slices"), memserv.remote(VM, &key));
+    let slices = dir.join("slices");
+    let mut config = VmConfig::new(VM, &slices, memserv.remote(VM, &key));
     config.zero_pages = zeros;
     let mount = run_in(Some(office.server()), || Mount::start(&mountpoint, vec![config]))??;
-    let spec = cp.spec(guest, &mountpoint.join(format!("{VM}.ram")), "jettison-server");
-    let (dest, _dest_qmp) = run_in(Some(office.server()), || resume(spec, &received))??;
-    let to_run = loop {
-        if dest.serial().counts()?.last().is_some_and(|&n| n > cp.count) {
-            break start.elapsed();
-        }
-        if start.elapsed() > MIGRATION_TIMEOUT {
-            return Err("Jettison: the guest never counted on the server".into());
-        }
-        sleep(POLL);
-    };
-    let bytes_to_run = office.link_bytes()? - before;
+    let spec = cp.spec(guest, office, Side::Server, &mountpoint.join(format!("{VM}.ram")), "jettison-server");
+    let (dest, mut dest_qmp) = run_in(Some(office.server()), || resume(spec, &received))??;
+    let (to_run, at_run) = wait_until_runs(office, &dest, after, start, "Jettison out")?;
+    let bytes_to_run = at_run - before;
+    announce(&mut dest_qmp)?;
     let fetched_at_run = mount.vms()[0].stats().bytes_fetched;
     sleep(window.saturating_sub(start.elapsed() - to_run));
     let bytes_total = office.link_bytes()? - before;
@@ -514,19 +669,8 @@ fn jettison(
         stats.remote_fetches,
         bytes_total as f64 / MIB as f64,
     );
-    drop(dest);
-    mount.unmount()?;
-    drop(memserv);
-    fs::remove_file(desktop_ram)?;
-    Ok(Row {
-        ram_mib: cp.ram_mib,
-        method: "Jettison (partial)",
-        bytes_to_run,
-        bytes_total,
-        to_run,
-        to_release: None,
-        note,
-    })
+    let out = Move { bytes_to_run, bytes_total, to_run, to_release: None, note };
+    Ok((out, Consolidated { qemu: dest, qmp: dest_qmp, mount, slices, memserv, desktop_ram }))
 }
 
 fn print_report(args: &Args, office: &Office, raw_secs: f64, raw_bytes: u64, rows: &[Row], elapsed: Duration) {
@@ -536,11 +680,13 @@ fn print_report(args: &Args, office: &Office, raw_secs: f64, raw_bytes: u64, row
         "UNCAPPED veth/bridge link (tc unavailable)".to_owned()
     };
     let raw_mbit = RAW_STREAM_BYTES as f64 * 8.0 / raw_secs / 1e6;
+    let mib = |bytes: u64| bytes as f64 / MIB as f64;
     println!();
     println!(
-        "migration: guest fills {}% of RAM with random data, idles {} s on the desktop, then moves; {link}; \
-         TCG guest, {} CPUs; run took {:.0} s",
+        "migration: guest fills {}% of RAM with random data, idles {} s on the desktop, moves out, dirties a known \
+         amount on the server (below), idles {} s, moves back; {link}; TCG guest, {} CPUs; run took {:.0} s",
         args.fill_percent,
+        args.idle_secs,
         args.idle_secs,
         std::thread::available_parallelism().map_or(0, usize::from),
         elapsed.as_secs_f64()
@@ -549,43 +695,67 @@ fn print_report(args: &Args, office: &Office, raw_secs: f64, raw_bytes: u64, row
         "baseline: raw TCP stream desktop -> server, {} MiB in {raw_secs:.2} s = {raw_mbit:.0} Mbit/s of payload; \
          link counters {:.1} MiB",
         RAW_STREAM_BYTES as u64 / MIB,
-        raw_bytes as f64 / MIB as f64
+        mib(raw_bytes)
     );
     println!();
-    println!("| RAM | method | MiB on link until VM runs on server | MiB on link in all | s until VM runs on server | s until desktop not needed |");
-    println!("|---:|---|---:|---:|---:|---|");
+    println!("| RAM | method | way | MiB on link until VM runs at destination | MiB on link in all | s until VM runs at destination | s until source not needed |");
+    println!("|---:|---|---|---:|---:|---:|---|");
     for row in rows {
-        let (total, release) = match row.to_release {
-            Some(d) => (format!("{:.1}", row.bytes_total as f64 / MIB as f64), format!("{:.2}", d.as_secs_f64())),
-            None => (
-                format!("{:.1} (after {} s running)", row.bytes_total as f64 / MIB as f64, args.run_secs),
-                "never while consolidated: desktop stays needed (on demand)".to_owned(),
-            ),
-        };
-        println!(
-            "| {} MiB | {} | {:.1} | {total} | {:.2} | {release} |",
-            row.ram_mib,
-            row.method,
-            row.bytes_to_run as f64 / MIB as f64,
-            row.to_run.as_secs_f64()
-        );
+        for (way, m) in [(Way::Out, &row.out), (Way::Back, &row.back)] {
+            let (total, release) = match m.to_release {
+                Some(d) => (format!("{:.1}", mib(m.bytes_total)), format!("{:.2}", d.as_secs_f64())),
+                None => (
+                    format!("{:.1} (after {} s running)", mib(m.bytes_total), args.run_secs),
+                    "never while consolidated: desktop serves pages on demand".to_owned(),
+                ),
+            };
+            let way = match way {
+                Way::Out => "out",
+                Way::Back => "back",
+            };
+            println!(
+                "| {} MiB | {} | {way} | {:.1} | {total} | {:.2} | {release} |",
+                row.ram_mib,
+                row.method,
+                mib(m.bytes_to_run),
+                m.to_run.as_secs_f64()
+            );
+        }
     }
     println!(
-        "| 4 GiB | paper: full live migration (Xen 3.4, 813 Mbit/s) | - | {:.1} ({PAPER_FULL_GIB} GiB) | - | {PAPER_FULL_SECS} |",
+        "| 4 GiB | paper: full live migration (Xen 3.4, 813 Mbit/s) | out | - | {:.1} ({PAPER_FULL_GIB} GiB) | - | {PAPER_FULL_SECS} |",
         PAPER_FULL_GIB * 1024.0
     );
-    println!("| 4 GiB | paper: Jettison consolidation (813 Mbit/s) | - | - | {PAPER_CONSOLIDATION_SECS} | never while consolidated |");
+    println!("| 4 GiB | paper: Jettison consolidation (813 Mbit/s) | out | - | - | {PAPER_CONSOLIDATION_SECS} | never while consolidated |");
+    println!(
+        "| 4 GiB | paper: Jettison reintegration (813 Mbit/s) | back | - | {PAPER_REINTEGRATION_MIB} (memory) | \
+         {PAPER_REINTEGRATION_SECS} | - |"
+    );
+    println!();
+    println!("While on the server, between the moves, the guest wrote random data to a tmpfs:");
+    println!();
+    println!("| RAM | method | MiB dirtied | s until the guest answered `dirtied` | MiB on link meanwhile |");
+    println!("|---:|---|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} MiB | {} | {} | {:.2} | {:.2} |",
+            row.ram_mib,
+            row.method,
+            row.stay.mib,
+            row.stay.dirty.as_secs_f64(),
+            mib(row.stay.link_bytes)
+        );
+    }
     println!();
     if !args.ram_mib.contains(&4096) {
         println!(
-            "4 GiB not run by default: under TCG, filling {} MiB in the guest and moving it by precopy and \
-             postcopy about doubles the run, and it needs about 12 GiB free in /dev/shm (checkpoint, source and \
-             destination RAM files); pass --ram-mib 4096 to run it.",
+            "4 GiB not run: pass --ram-mib 4096 (under TCG the guest fills {} MiB at boot, and QEMU's methods move \
+             all of it out and back; /dev/shm needs about 12 GiB free for the checkpoint and two RAM files).",
             4096 * args.fill_percent / 100
         );
     }
     println!(
-        "way back: NOT measured. Jettison's reintegration is not built yet; QEMU's way back would need the guest \
-         to dirty a known amount on the server, and the test guest takes no input to be told to."
+        "Jettison's way back moves memory only: the test guest has no disk in this benchmark, so no dirty \
+         blocks travel (a desktop's would, in the same set format)."
     );
 }
