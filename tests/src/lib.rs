@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is the test failing
 
 pub mod netns;
+pub mod office;
 pub mod vmnet;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,34 @@ pub fn guest() -> Result<GuestImage, String> {
         Err(e) => return Err(format!("qemu-system-x86_64 not runnable ({e}); run scripts/install-deps")),
     }
     GuestImage::build(&repo_root()).map_err(|e| format!("no test guest image: {e}"))
+}
+
+/// An ext4 image of `mib` MiB under `dir` holding `files` (name, one line
+/// of text each), made with `mkfs.ext4 -d`; or why it cannot be made.
+pub fn ext4_image(dir: &Path, files: &[(&str, &str)], mib: u64) -> Result<PathBuf, String> {
+    let content = dir.join("disk-content");
+    std::fs::create_dir_all(&content).map_err(|e| format!("cannot create {}: {e}", content.display()))?;
+    for (name, text) in files {
+        std::fs::write(content.join(name), format!("{text}\n")).map_err(|e| format!("cannot write {name}: {e}"))?;
+    }
+    let image = dir.join("disk.img");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&content)
+        .arg(&image)
+        .arg(format!("{mib}M"))
+        .output()
+        .map_err(|e| format!("mkfs.ext4 not runnable ({e}): apt-get install e2fsprogs"))?;
+    if !out.status.success() {
+        return Err(format!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(image)
+}
+
+/// The contents of `path` inside the ext4 image `image`, read with debugfs.
+pub fn file_in_image(image: &Path, path: &str) -> String {
+    let out = Command::new("debugfs").arg("-R").arg(format!("cat {path}")).arg(image).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `jettison` binary of this build profile, built by cargo first (a

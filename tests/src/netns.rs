@@ -167,6 +167,12 @@ impl Daemon {
         self.child.id() as i32
     }
 
+    /// Kills the daemon with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the daemon to exit; whether it exited
     /// successfully.
     pub fn terminate(&mut self) -> bool {

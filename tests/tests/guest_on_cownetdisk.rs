@@ -7,43 +7,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failure is the test failing
 
 use std::io::{BufReader, Cursor};
-use std::path::Path;
-use std::process::Command;
 
 use jettison_qemu::VmSpec;
 use jettison_slice_store::dirty_set::{export, ApplyTarget};
 use jettison_slice_store::SliceStore;
-use jettison_tests::{guest, skip, Cownetdisk, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use jettison_tests::{ext4_image, file_in_image, guest, skip, Cownetdisk, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
 use jettison_wire::SharedKey;
 
 const DESKTOP_TEXT: &str = "written on the desktop before consolidation";
 const DISK_MIB: u64 = 32;
 const BLOCK: u32 = 4096;
-
-/// An ext4 image holding `desktop-only.txt`, made with mkfs.ext4 -d.
-fn desktop_disk(dir: &Path) -> Result<std::path::PathBuf, String> {
-    let content = dir.join("content");
-    std::fs::create_dir(&content).unwrap();
-    std::fs::write(content.join("desktop-only.txt"), format!("{DESKTOP_TEXT}\n")).unwrap();
-    let image = dir.join("desktop-disk.img");
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-d"])
-        .arg(&content)
-        .arg(&image)
-        .arg(format!("{DISK_MIB}M"))
-        .output()
-        .map_err(|e| format!("mkfs.ext4 not runnable ({e}): apt-get install e2fsprogs"))?;
-    if !out.status.success() {
-        return Err(format!("mkfs.ext4 failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    Ok(image)
-}
-
-/// The contents of `path` inside the ext4 image, read with debugfs.
-fn file_in_image(image: &Path, path: &str) -> String {
-    let out = Command::new("debugfs").arg("-R").arg(format!("cat {path}")).arg(image).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn guest_mounts_reads_and_writes_a_disk_served_by_cownetdisk() {
@@ -52,7 +25,7 @@ fn guest_mounts_reads_and_writes_a_disk_served_by_cownetdisk() {
         Err(why) => return skip(why),
     };
     let dir = tempfile::tempdir().unwrap();
-    let image = match desktop_disk(dir.path()) {
+    let image = match ext4_image(dir.path(), &[("desktop-only.txt", DESKTOP_TEXT)], DISK_MIB) {
         Ok(i) => i,
         Err(why) => return skip(why),
     };

@@ -1,0 +1,421 @@
+//! A whole office in network namespaces: a desktop and a server, each with
+//! its bridge and its `jettison` daemon, and a client host, on one LAN; one
+//! VM on the desktop serving a TCP line service to the client. The
+//! end-to-end tests and `scripts/demo` drive it with the real `jettison`
+//! command.
+//!
+//! ```text
+//!  lan      br0 [port0, port1, port2]
+//!  desktop  br0 [eth0, jt-vm1 while the VM runs here]   jettison desktop   10.77.0.2
+//!  server   br0 [eth0, jt-vm1 while the VM runs there]  jettison server    10.77.0.1
+//!  client   eth0                                         the line client   10.77.0.3
+//!  the VM   10.77.0.50, MAC 02:4a:54:00:00:50, line service on port 7000
+//! ```
+//!
+//! Everything lives under one directory the caller owns; on drop the
+//! daemons get SIGTERM (they end their QEMUs and unmount memtap), and any
+//! QEMU or mount still naming that directory is killed or detached, so a
+//! failed test leaves nothing behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use jettison_wire::SharedKey;
+
+use crate::netns::office::{DESKTOP_CIDR, SERVER_CIDR};
+use crate::netns::{Daemon, Host, Lan};
+use crate::vmnet::bridge_host;
+
+/// The client's address.
+pub const CLIENT_CIDR: &str = "10.77.0.3/24";
+/// The VM's address and its line service.
+pub const VM_SERVICE: &str = "10.77.0.50:7000";
+/// The VM's MAC on both hosts.
+pub const VM_MAC: &str = "02:4a:54:00:00:50";
+/// The VM's name.
+pub const VM: &str = "vm1";
+/// The VM's tap on either host.
+pub const VM_TAP: &str = "jt-vm1";
+/// Text in the desktop-only file of the VM's disk.
+pub const DESKTOP_TEXT: &str = "made on the desktop";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct OfficeSpec {
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// RAM the guest fills with random data at boot (a used desktop).
+    pub fill_mib: u64,
+    /// The server's `capacity_mib`.
+    pub capacity_mib: u64,
+    /// The desktop's `failover_after_secs`.
+    pub failover_secs: u64,
+    /// The VM's disk in MiB.
+    pub disk_mib: u64,
+}
+
+impl Default for OfficeSpec {
+    fn default() -> Self {
+        OfficeSpec { memory_mib: 256, fill_mib: 64, capacity_mib: 4096, failover_secs: 8, disk_mib: 64 }
+    }
+}
+
+/// The office.
+#[derive(Debug)]
+pub struct Office {
+    dir: PathBuf,
+    lan: Lan,
+    desktop_daemon: Option<Daemon>,
+    server_daemon: Option<Daemon>,
+    /// The VM's disk image on the desktop.
+    pub disk: PathBuf,
+}
+
+/// Writes `text` to `path`, panicking with the path on failure.
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+impl Office {
+    /// Builds the LAN, the key, the VM's disk and both configuration files
+    /// under `dir`. Nothing runs yet.
+    ///
+    /// # Errors
+    /// Why this machine cannot run it (no root, no mkfs.ext4, no guest).
+    pub fn build(dir: &Path, spec: &OfficeSpec) -> Result<Office, String> {
+        crate::netns::available()?;
+        crate::fuse_available()?;
+        let guest = crate::guest()?;
+        let disk = crate::ext4_image(dir, &[("desktop-only.txt", DESKTOP_TEXT)], spec.disk_mib)?;
+        SharedKey::generate().save(&dir.join("key")).map_err(|e| e.to_string())?;
+        let lan = Lan::build(&[
+            Host { role: "desktop", cidr: DESKTOP_CIDR, mac: None },
+            Host { role: "server", cidr: SERVER_CIDR, mac: None },
+            Host { role: "client", cidr: CLIENT_CIDR, mac: None },
+        ]);
+        bridge_host(lan.host(0), DESKTOP_CIDR);
+        bridge_host(lan.host(1), SERVER_CIDR);
+        let (kernel, initrd) = (guest.kernel.display(), guest.initrd.display());
+        let d = dir.display();
+        write(
+            &dir.join("server.toml"),
+            &format!(
+                "name = \"server\"\nlisten = \"10.77.0.1:7400\"\nkey = \"{d}/key\"\nstate_dir = \"{d}/server/state\"\n\
+                 run_dir = \"{d}/server/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+                 accel = \"tcg\"\ncapacity_mib = {}\n",
+                spec.capacity_mib
+            ),
+        );
+        // The idle limits are the defaults but for CPU: a TCG guest that
+        // only counts costs 5-7% of a core, and the machine is shared.
+        write(
+            &dir.join("desktop.toml"),
+            &format!(
+                "name = \"desktop\"\nkey = \"{d}/key\"\nserver = \"10.77.0.1:7400\"\n\
+                 control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
+                 run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+                 accel = \"tcg\"\nfailover_after_secs = {}\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
+                 name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n\
+                 kernel_args = \"jt.fill={} jt.disk=desktop jt.net=10.77.0.50/24 jt.serve=7000\"\n\
+                 memserv_port = 7410\ndiskserv_port = 7411\n",
+                spec.failover_secs,
+                spec.memory_mib,
+                disk.display(),
+                spec.fill_mib
+            ),
+        );
+        Ok(Office { dir: dir.to_owned(), lan, desktop_daemon: None, server_daemon: None, disk })
+    }
+
+    /// The namespace of the desktop (0), the server (1) or the client (2).
+    pub fn host(&self, i: usize) -> &str {
+        self.lan.host(i)
+    }
+
+    /// Starts `jettison server` and waits for its socket.
+    pub fn start_server(&mut self) {
+        let config = self.dir.join("server.toml");
+        let log = self.dir.join("server.log");
+        let daemon =
+            Daemon::spawn(self.lan.host(1), &log, &["server".as_ref(), "--config".as_ref(), config.as_os_str()]);
+        self.server_daemon = Some(daemon);
+        self.wait_for_file(&self.server_socket(), &log);
+    }
+
+    /// Starts `jettison desktop` (which boots the VM) and waits for its socket.
+    pub fn start_desktop(&mut self) {
+        let config = self.dir.join("desktop.toml");
+        let log = self.dir.join("desktop.log");
+        let daemon =
+            Daemon::spawn(self.lan.host(0), &log, &["desktop".as_ref(), "--config".as_ref(), config.as_os_str()]);
+        self.desktop_daemon = Some(daemon);
+        self.wait_for_file(&self.desktop_socket(), &log);
+    }
+
+    fn wait_for_file(&self, path: &Path, log: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "{} never appeared; see {}", path.display(), log.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server daemon and its QEMU with SIGKILL, as a crash would.
+    pub fn crash_server(&mut self) {
+        let _ = Command::new("pkill").args(["-KILL", "-f"]).arg(self.dir.join("server/run").as_os_str()).status();
+        if let Some(mut daemon) = self.server_daemon.take() {
+            daemon.kill();
+        }
+    }
+
+    /// The desktop daemon's local socket.
+    pub fn desktop_socket(&self) -> PathBuf {
+        self.dir.join("desktop/run/desktop.sock")
+    }
+
+    /// The server daemon's local socket.
+    pub fn server_socket(&self) -> PathBuf {
+        self.dir.join("server/run/server.sock")
+    }
+
+    /// The guest's serial console while it runs on the desktop.
+    pub fn desktop_serial(&self) -> PathBuf {
+        self.dir.join("desktop/run").join(VM).join("serial.log")
+    }
+
+    /// The guest's serial console while it runs on the server.
+    pub fn server_serial(&self) -> PathBuf {
+        self.dir.join("server/run/vms").join(VM).join("qemu/serial.log")
+    }
+
+    /// The server's state directory of the VM (its slices).
+    pub fn server_vm_state(&self) -> PathBuf {
+        self.dir.join("server/state/vms").join(VM)
+    }
+
+    /// A daemon's log: `desktop` or `server`.
+    pub fn log(&self, which: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{which}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `jettison ARGS` (it talks to the daemons through their sockets).
+    pub fn jettison(&self, args: &[&str]) -> Output {
+        Command::new(crate::jettison_binary()).args(args).output().expect("the jettison binary runs")
+    }
+
+    /// `jettison ARGS --json` that must succeed; its JSON.
+    pub fn jettison_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.jettison(&all);
+        assert!(
+            out.status.success(),
+            "jettison {} failed: {}\n--- desktop log ---\n{}\n--- server log ---\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log("desktop"),
+            self.log("server")
+        );
+        serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON")
+    }
+
+    /// Connects the client host to the VM's service and starts exchanging
+    /// a line every `pace`.
+    pub fn connect_client(&self, pace: Duration) -> LineClient {
+        let addr: SocketAddr = VM_SERVICE.parse().expect("VM_SERVICE is an address");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let stream = loop {
+            let tried = remote_wakeup::netns::run_in(Some(self.lan.host(2)), || {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            })
+            .expect("the client namespace can be entered");
+            match tried {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "cannot connect to {VM_SERVICE}: {e}");
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        };
+        LineClient::start(stream, pace)
+    }
+}
+
+impl Drop for Office {
+    fn drop(&mut self) {
+        for daemon in [self.desktop_daemon.take(), self.server_daemon.take()].into_iter().flatten() {
+            let mut daemon = daemon;
+            daemon.terminate();
+        }
+        // Whatever a crash left: QEMUs and memtap mounts under our directory.
+        let _ = Command::new("pkill").args(["-KILL", "-f"]).arg(self.dir.as_os_str()).status();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+            let ours = self.dir.to_string_lossy().into_owned();
+            for mount in mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|m| m.starts_with(&ours)) {
+                let _ = Command::new("umount").args(["-l", mount]).status();
+            }
+        }
+    }
+}
+
+/// The last `JTCOUNT` the guest printed in `serial`, if any.
+pub fn last_count(serial: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(serial).ok()?;
+    text.lines().rev().find_map(|l| l.strip_prefix("JTCOUNT ").and_then(|n| n.trim().parse().ok()))
+}
+
+/// Waits until the guest's count in `serial` passes `min`; returns it.
+pub fn wait_for_count_above(serial: &Path, min: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(n) = last_count(serial).filter(|&n| n > min) {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "the guest did not count past {min} in {}", serial.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One line sent and its reply.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The line sent.
+    pub sent: String,
+    /// The reply.
+    pub reply: String,
+    /// When it was sent.
+    pub at: Instant,
+    /// How long the reply took.
+    pub took: Duration,
+}
+
+/// A client holding one connection to the VM's service, sending a line
+/// every `pace`: `ping <k>`, or a command queued with [`LineClient::command`].
+#[derive(Debug)]
+pub struct LineClient {
+    stop: Arc<AtomicBool>,
+    queue: Arc<Mutex<Vec<String>>>,
+    log: Arc<Mutex<Vec<Exchange>>>,
+    thread: Option<JoinHandle<Option<String>>>,
+}
+
+impl LineClient {
+    fn start(stream: TcpStream, pace: Duration) -> LineClient {
+        let stop = Arc::new(AtomicBool::new(false));
+        let queue = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, q, l) = (Arc::clone(&stop), Arc::clone(&queue), Arc::clone(&log));
+        let thread = std::thread::spawn(move || exchange_lines(stream, pace, &s, &q, &l));
+        LineClient { stop, queue, log, thread: Some(thread) }
+    }
+
+    /// Exchanges so far.
+    pub fn count(&self) -> usize {
+        self.log.lock().expect("client log lock").len()
+    }
+
+    /// Waits for `n` exchanges in all.
+    pub fn wait_for(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n {
+            assert!(
+                self.thread.as_ref().is_some_and(|t| !t.is_finished()),
+                "the client's connection ended after {} exchanges",
+                self.count()
+            );
+            assert!(Instant::now() < deadline, "only {} of {n} exchanges", self.count());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `line` as the next exchange and returns the reply.
+    pub fn command(&self, line: &str, timeout: Duration) -> String {
+        let from = self.count();
+        self.queue.lock().expect("client queue lock").push(line.to_owned());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.log.lock().expect("client log lock")[from..].iter().find(|e| e.sent == line) {
+                return e.reply.clone();
+            }
+            assert!(Instant::now() < deadline, "no reply to {line:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops and returns every exchange and, if the connection broke, why.
+    pub fn finish(mut self) -> (Vec<Exchange>, Option<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let broken = self.thread.take().map(|t| t.join().expect("the client thread does not panic")).unwrap_or(None);
+        let log = self.log.lock().expect("client log lock").clone();
+        (log, broken)
+    }
+}
+
+/// The client's loop; returns why the connection broke, if it did.
+fn exchange_lines(
+    stream: TcpStream,
+    pace: Duration,
+    stop: &AtomicBool,
+    queue: &Mutex<Vec<String>>,
+    log: &Mutex<Vec<Exchange>>,
+) -> Option<String> {
+    if let Err(e) = stream.set_read_timeout(Some(Duration::from_secs(120))) {
+        return Some(e.to_string());
+    }
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => return Some(e.to_string()),
+    };
+    let mut reader = BufReader::new(stream);
+    let mut k = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let at = Instant::now();
+        let queued = {
+            let mut q = queue.lock().expect("client queue lock");
+            (!q.is_empty()).then(|| q.remove(0))
+        };
+        let line = queued.unwrap_or_else(|| {
+            k += 1;
+            format!("ping {k}")
+        });
+        if let Err(e) = writer.write_all(format!("{line}\n").as_bytes()) {
+            return Some(format!("sending {line:?}: {e}"));
+        }
+        let mut reply = String::new();
+        match reader.read_line(&mut reply) {
+            Ok(0) => return Some(format!("the service closed the connection after {line:?}")),
+            Ok(_) => {}
+            Err(e) => return Some(format!("waiting for the reply to {line:?}: {e}")),
+        }
+        let exchange = Exchange { sent: line, reply: reply.trim_end().to_owned(), at, took: at.elapsed() };
+        log.lock().expect("client log lock").push(exchange);
+        std::thread::sleep(pace.saturating_sub(at.elapsed()));
+    }
+    None
+}
+
+/// Checks that the service answered every line exactly once, in order,
+/// its counter going up by one each time; returns the exchanges' count.
+///
+/// # Panics
+/// With the first exchange that breaks that.
+pub fn assert_continuous(log: &[Exchange]) -> usize {
+    let first: u64 = reply_number(&log[0]);
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(reply_number(e), first + i as u64, "exchange {i} ({:?} -> {:?}) is out of step", e.sent, e.reply);
+        if e.sent.starts_with("ping") {
+            assert!(e.reply.ends_with(&e.sent), "exchange {i}: {:?} answered {:?}", e.sent, e.reply);
+        }
+    }
+    log.len()
+}
+
+fn reply_number(e: &Exchange) -> u64 {
+    e.reply.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("reply {:?} has no count", e.reply))
+}

@@ -1,0 +1,209 @@
+//! The whole cycle as a user runs it, in an office of three network
+//! namespaces (see `jettison_tests::office`): `jettison desktop` boots a
+//! TCG guest that fills 64 MiB of its RAM, writes its disk, counts, and
+//! serves a client on the LAN; `jettison consolidate` moves it to
+//! `jettison server`; it goes on counting and serving there and writes a
+//! file; `jettison reintegrate` brings it back with what it changed. The
+//! client holds one connection throughout, a line a second.
+//!
+//! Root only (namespaces, taps, FUSE); skipped with a reason elsewhere.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
+
+use std::time::Duration;
+
+use jettison_tests::office::{
+    assert_continuous, last_count, wait_for_count_above, Office, OfficeSpec, DESKTOP_TEXT, VM,
+};
+use jettison_tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
+
+const PACE: Duration = Duration::from_secs(1);
+const REPLY: Duration = Duration::from_secs(120);
+
+fn office(dir: &std::path::Path, spec: &OfficeSpec) -> Option<Office> {
+    match Office::build(dir, spec) {
+        Ok(office) => Some(office),
+        Err(why) => {
+            skip(why);
+            None
+        }
+    }
+}
+
+#[test]
+fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = OfficeSpec::default();
+    let Some(mut office) = office(dir.path(), &spec) else { return };
+    office.start_server();
+    office.start_desktop();
+    let desktop_serial = office.desktop_serial();
+    let booted = wait_for_count_above(&desktop_serial, 0, BOOT_TIMEOUT);
+    eprintln!("booted on the desktop, counting ({booted})");
+
+    // Before: the client talks to the VM on the desktop; the guest saves a file.
+    let client = office.connect_client(PACE);
+    client.wait_for(3, REPLY);
+    assert!(client.command("cat on-server", REPLY).ends_with("missing"), "no such file yet");
+    let saved = client.command("save before", REPLY);
+    assert!(saved.starts_with("saved "), "{saved}");
+    // The sampler needs two samples (5 s apart) to judge idleness.
+    std::thread::sleep(Duration::from_secs(11));
+
+    // Consolidate.
+    let out = office.jettison_json(&["consolidate", VM, "--socket", office.desktop_socket().to_str().unwrap()]);
+    eprintln!("consolidated: {out}");
+    let on_desktop = last_count(&desktop_serial).unwrap();
+    let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
+    assert_eq!(status["vms"][0]["on"], "server", "{status}");
+
+    // On the server: the counter goes on from where it was, the client is
+    // still answered, the guest writes a file on its (copy-on-write) disk.
+    let server_serial = office.server_serial();
+    let on_server = wait_for_count_above(&server_serial, on_desktop, COUNT_TIMEOUT);
+    assert!(on_server > on_desktop, "the counter restarted on the server ({on_server} after {on_desktop})");
+    let first_on_server = std::fs::read_to_string(&server_serial)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("JTCOUNT ").and_then(|n| n.trim().parse::<u64>().ok()))
+        .unwrap();
+    assert!(
+        first_on_server > on_desktop.saturating_sub(10) && first_on_server <= on_desktop + 2,
+        "the server's first count {first_on_server} does not follow the desktop's last {on_desktop}"
+    );
+    let before_move = client.count();
+    client.wait_for(before_move + 3, REPLY);
+    let saved = client.command("save on-server", REPLY);
+    assert!(saved.starts_with("saved "), "{saved}");
+    let saved_count: u64 = saved.split(' ').nth(1).unwrap().parse().unwrap();
+    client.wait_for(client.count() + 2, REPLY);
+    let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
+    let server = &status["vms"][0]["server"];
+    eprintln!("on the server: {server}");
+    assert_eq!(server["state"], "running", "{status}");
+    let fetched_pages = server["pages_fetched"].as_u64().unwrap();
+    let fetched_blocks = server["blocks_fetched"].as_u64().unwrap();
+    assert!(fetched_pages > 0, "the guest ran on the server without fetching a page: {server}");
+    let server_status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
+    assert_eq!(server_status[0]["vm"], VM, "{server_status}");
+
+    // Reintegrate (the server forgets the VM, serial log included).
+    let last_on_server = last_count(&server_serial).unwrap();
+    let back = office.jettison_json(&["reintegrate", VM, "--socket", office.desktop_socket().to_str().unwrap()]);
+    eprintln!("reintegrated: {back}");
+    let again = wait_for_count_above(&desktop_serial, 0, COUNT_TIMEOUT);
+    assert!(
+        again + 10 >= last_on_server,
+        "back on the desktop the counter is at {again}, behind the server's {last_on_server}: its state was lost"
+    );
+    wait_for_count_above(&desktop_serial, last_on_server, COUNT_TIMEOUT);
+    // The files written on both hosts are on the desktop's disk, seen by the guest.
+    let cat = client.command("cat on-server", REPLY);
+    assert!(cat.ends_with(&format!(" {saved_count}")), "the file written on the server reads {cat:?}");
+    let cat = client.command("cat before", REPLY);
+    assert!(!cat.ends_with("missing"), "{cat}");
+    client.wait_for(client.count() + 2, REPLY);
+    let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
+    assert_eq!(status["vms"][0]["on"], "desktop", "{status}");
+    assert_eq!(status["vms"][0]["running_here"], true, "{status}");
+    assert!(!office.server_vm_state().exists(), "the server kept the VM's slices after it went home");
+
+    // The client never lost its connection nor a reply.
+    let (log, broken) = client.finish();
+    assert!(broken.is_none(), "the client's connection broke: {broken:?}");
+    let exchanges = assert_continuous(&log);
+    let slowest = log.iter().map(|e| e.took).max().unwrap();
+
+    // Bytes each way, against the guest's RAM.
+    let ram = spec.memory_mib << 20;
+    let out_bytes = (fetched_pages + fetched_blocks) * 4096 + out["descriptor_bytes"].as_u64().unwrap();
+    let back_bytes = back["bytes"].as_u64().unwrap();
+    eprintln!(
+        "guest RAM {} MiB: out {:.1} MiB (descriptor {} B, {fetched_pages} pages, {fetched_blocks} blocks), back {:.1} \
+         MiB ({} dirty pages, {} dirty blocks); {exchanges} exchanges on one connection, slowest reply {:.2} s",
+        spec.memory_mib,
+        out_bytes as f64 / 1048576.0,
+        out["descriptor_bytes"],
+        back_bytes as f64 / 1048576.0,
+        back["dirty_pages"],
+        back["dirty_blocks"],
+        slowest.as_secs_f64()
+    );
+    assert!(out_bytes < ram / 2, "the way out moved {out_bytes} bytes of a {ram}-byte guest");
+    assert!(back_bytes < ram / 2, "the way back moved {back_bytes} bytes of a {ram}-byte guest");
+    assert!(back["dirty_blocks"].as_u64().unwrap() > 0, "the file written on the server came back without a block");
+    assert!(jettison_tests::file_in_image(&office.disk, "/desktop-only.txt").contains(DESKTOP_TEXT));
+}
+
+#[test]
+fn a_server_without_room_refuses_and_the_vm_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    // Less than the paper's median working set, which a VM without history is expected to need.
+    let spec = OfficeSpec { capacity_mib: 100, ..OfficeSpec::default() };
+    let Some(mut office) = office(dir.path(), &spec) else { return };
+    office.start_server();
+    office.start_desktop();
+    let serial = office.desktop_serial();
+    let before = wait_for_count_above(&serial, 0, BOOT_TIMEOUT);
+    let out = office.jettison(&["consolidate", VM, "--force", "--socket", office.desktop_socket().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no room for vm1") && err.contains("157.9 MiB"), "{err}");
+    assert!(err.contains("capacity_mib"), "the refusal says what to do: {err}");
+    wait_for_count_above(&serial, before + 5, COUNT_TIMEOUT);
+    let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
+    assert_eq!(status["vms"][0]["on"], "desktop", "{status}");
+}
+
+#[test]
+fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = OfficeSpec::default();
+    let Some(mut office) = office(dir.path(), &spec) else { return };
+    office.start_server();
+    office.start_desktop();
+    let desktop_serial = office.desktop_serial();
+    wait_for_count_above(&desktop_serial, 0, BOOT_TIMEOUT);
+    let socket = office.desktop_socket();
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    let at_consolidation = last_count(&desktop_serial).unwrap();
+    let server_serial = office.server_serial();
+    let on_server = wait_for_count_above(&server_serial, at_consolidation + 10, COUNT_TIMEOUT);
+
+    // The server's QEMU and memtap (the server daemon) die.
+    office.crash_server();
+    // The desktop notices within failover_after_secs and resumes from the
+    // checkpoint: the count at consolidation, not the server's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(spec.failover_secs + 60);
+    loop {
+        let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
+        if status["vms"][0]["running_here"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the desktop never resumed the VM: {status}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let resumed = wait_for_count_above(&desktop_serial, 0, COUNT_TIMEOUT);
+    let first = std::fs::read_to_string(&desktop_serial)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("JTCOUNT ").and_then(|n| n.trim().parse::<u64>().ok()))
+        .unwrap();
+    assert!(
+        first <= at_consolidation + 2 && first + 10 > at_consolidation,
+        "resumed at {first}, not at the checkpoint's {at_consolidation} (the server had reached {on_server})"
+    );
+    wait_for_count_above(&desktop_serial, resumed + 3, COUNT_TIMEOUT);
+    let log = office.log("desktop");
+    assert!(log.contains("resumed from its checkpoint") && log.contains("is lost here"), "{log}");
+    // The server's dirty slices stay on its disk.
+    assert!(office.server_vm_state().join("memory").exists(), "the server's slices are gone");
+    // And the newer state cannot be brought back, with the reason.
+    let out = office.jettison(&["reintegrate", VM, "--recover", "--socket", socket.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("device state"));
+    // A restarted server clears the dead memtap mount and keeps the slices.
+    office.start_server();
+    let status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
+    assert_eq!(status, serde_json::json!([]), "the restarted server hosts nothing");
+    assert!(office.server_vm_state().join("memory").exists(), "a restart deleted the lost VM's slices");
+}
