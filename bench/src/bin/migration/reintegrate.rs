@@ -102,17 +102,19 @@ pub fn reintegrate(
 
     // Server, step 1: stop, save, end QEMU, make the dirty slice durable.
     let descriptor = dir.join("jettison-back-server.state");
-    let descriptor_bytes = save_device_state(&mut qmp, &descriptor)?;
+    let (descriptor_bytes, save_time) = timed(|| save_device_state(&mut qmp, &descriptor));
+    let descriptor_bytes = descriptor_bytes?;
     let last_count = qemu.serial().counts()?.last().copied().ok_or("no JTCOUNT on the server")?;
     let (_, quit_time) = timed(|| drop((qmp, qemu)));
     let ram_file = mount.mountpoint().join(format!("{VM}.ram"));
     let (synced, sync_time) = timed(|| OpenOptions::new().read(true).write(true).open(&ram_file)?.sync_all());
     synced.map_err(|e| format!("fsync of {}: {e}", ram_file.display()))?;
     let stats = mount.vms()[0].stats();
-    mount.unmount()?;
+    let (unmounted, unmount_time) = timed(|| mount.unmount());
+    unmounted?;
     // Nothing reads the checkpoint any more: memserv can stop before the
     // set is committed into it.
-    drop(memserv);
+    let (_, memserv_time) = timed(|| drop(memserv));
     let server_done = start.elapsed();
 
     // Step 2: descriptor and dirty set on one connection.
@@ -140,13 +142,16 @@ pub fn reintegrate(
 
     fs::remove_dir_all(&slices)?;
     let note = format!(
-        "server: saved a {:.1} KiB descriptor, QEMU ended in {:.2} s (dirty pages written back), fsync {:.2} s, \
-         memtap held {} dirty pages ({} written in all), server side done at {:.2} s; sent a dirty set of {} pages \
+        "server: saved a {:.1} KiB descriptor in {:.2} s, QEMU ended in {:.2} s (dirty pages written back), fsync \
+         {:.2} s, unmount {:.2} s, memserv stopped in {:.2} s, memtap held {} dirty pages ({} written in all), server side done at {:.2} s; sent a dirty set of {} pages \
          ({:.2} MiB data, {:.2} MiB stream), staged at {:.2} s, committed {} pages in {:.2} s; \
          link {:.2} MiB",
         descriptor_bytes as f64 / 1024.0,
+        save_time.as_secs_f64(),
         quit_time.as_secs_f64(),
         sync_time.as_secs_f64(),
+        unmount_time.as_secs_f64(),
+        memserv_time.as_secs_f64(),
         stats.dirty_pages,
         stats.pages_written,
         server_done.as_secs_f64(),
