@@ -87,6 +87,11 @@ pub fn file_in_image(image: &Path, path: &str) -> String {
 /// The `jettison` binary of this build profile, built by cargo first (a
 /// test cannot name another crate's binary with `CARGO_BIN_EXE_`).
 pub fn jettison_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_jettison).clone()
+}
+
+fn build_jettison() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
     // target/<profile>/deps/<this test>
     let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary is under target/<profile>/deps");
