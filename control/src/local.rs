@@ -1,0 +1,186 @@
+//! The local control socket between the `jettison` command and a daemon on
+//! the same host: one JSON object per line.
+//!
+//! The command sends one [`LocalRequest`]; the daemon answers with any
+//! number of [`LocalReply::Progress`] and [`LocalReply::Log`] lines and one
+//! final [`LocalReply::Done`] or [`LocalReply::Failed`], then closes. JSON so
+//! that a script or `socat` can talk to a daemon too; the socket's file
+//! permissions (root only) are its access control.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What the command asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LocalRequest {
+    /// Where every VM runs and what it has moved.
+    Status,
+    /// Move a VM to the server.
+    Consolidate {
+        /// The VM.
+        vm: String,
+        /// Skip the idleness check.
+        force: bool,
+    },
+    /// Bring a VM back from the server.
+    Reintegrate {
+        /// The VM.
+        vm: String,
+    },
+}
+
+/// What the daemon answers, line by line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum LocalReply {
+    /// Part of a transfer is done.
+    Progress {
+        /// What is moving.
+        what: String,
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
+    /// Something the user should read while waiting.
+    Log {
+        /// The line.
+        line: String,
+    },
+    /// It worked; the result, for `--json` and the report.
+    Done {
+        /// The result.
+        result: serde_json::Value,
+    },
+    /// It did not; why and what to do.
+    Failed {
+        /// The text for the user.
+        error: String,
+    },
+}
+
+/// Serves `listener` for ever, one thread per client, calling `handle` with
+/// each request and a sink for its interim replies; `handle`'s result is the
+/// final reply. A client that sends garbage gets a `Failed` line.
+pub fn serve<H>(listener: UnixListener, handle: H)
+where
+    H: Fn(LocalRequest, &mut dyn FnMut(LocalReply)) -> Result<serde_json::Value, String> + Send + Sync + 'static,
+{
+    let handle = std::sync::Arc::new(handle);
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let handle = std::sync::Arc::clone(&handle);
+        std::thread::spawn(move || {
+            let mut writer = match stream.try_clone() {
+                Ok(w) => w,
+                Err(_) => return,
+            };
+            let mut line = String::new();
+            if BufReader::new(stream).read_line(&mut line).is_err() {
+                return;
+            }
+            let mut send = |reply: LocalReply| {
+                let mut text = serde_json::to_string(&reply).expect("replies serialise");
+                text.push('\n');
+                // A client that went away stops caring; the work goes on.
+                let _ = writer.write_all(text.as_bytes());
+            };
+            let last = match serde_json::from_str::<LocalRequest>(&line) {
+                Ok(request) => match handle(request, &mut send) {
+                    Ok(result) => LocalReply::Done { result },
+                    Err(error) => LocalReply::Failed { error },
+                },
+                Err(e) => LocalReply::Failed { error: format!("not a request this daemon knows: {e}") },
+            };
+            send(last);
+        });
+    }
+}
+
+/// Sends `request` to the daemon at `socket`, passing interim replies to
+/// `on_reply`, and returns the final result.
+///
+/// # Errors
+/// The daemon's `Failed` text, or a text saying the daemon cannot be reached.
+pub fn call(
+    socket: &Path,
+    request: &LocalRequest,
+    mut on_reply: impl FnMut(&LocalReply),
+) -> Result<serde_json::Value, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach the daemon at {} ({e}): is `jettison desktop` or `jettison server` running?",
+            socket.display()
+        )
+    })?;
+    let mut text = serde_json::to_string(request).expect("requests serialise");
+    text.push('\n');
+    stream.write_all(text.as_bytes()).map_err(|e| format!("cannot send to {}: {e}", socket.display()))?;
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(|e| format!("lost the daemon at {}: {e}", socket.display()))?;
+        match serde_json::from_str::<LocalReply>(&line) {
+            Ok(LocalReply::Done { result }) => return Ok(result),
+            Ok(LocalReply::Failed { error }) => return Err(error),
+            Ok(other) => on_reply(&other),
+            Err(e) => {
+                return Err(format!("the daemon at {} sent a line I cannot read ({e}): {line}", socket.display()))
+            }
+        }
+    }
+    Err(format!("the daemon at {} closed the connection without an answer; see its log", socket.display()))
+}
+
+/// Binds `socket`, replacing a stale socket file left by a daemon that died.
+///
+/// # Errors
+/// A text naming the socket.
+pub fn bind(socket: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    if UnixStream::connect(socket).is_ok() {
+        return Err(format!("another daemon is already listening on {}", socket.display()));
+    }
+    let _ = std::fs::remove_file(socket);
+    UnixListener::bind(socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_gets_progress_then_its_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("d.sock");
+        let listener = bind(&socket).unwrap();
+        assert!(bind(&socket).unwrap_err().contains("already listening"));
+        std::thread::spawn(move || {
+            serve(listener, |request, send| match request {
+                LocalRequest::Consolidate { vm, .. } => {
+                    send(LocalReply::Progress { what: vm.clone(), done: 1, total: 2 });
+                    Ok(serde_json::json!({ "vm": vm }))
+                }
+                _ => Err("no".into()),
+            })
+        });
+        let mut seen = Vec::new();
+        let request = LocalRequest::Consolidate { vm: "vm1".into(), force: false };
+        let result = call(&socket, &request, |r| seen.push(r.clone())).unwrap();
+        assert_eq!(result["vm"], "vm1");
+        assert_eq!(seen, vec![LocalReply::Progress { what: "vm1".into(), done: 1, total: 2 }]);
+        assert_eq!(call(&socket, &LocalRequest::Status, |_| {}).unwrap_err(), "no");
+        let mut raw = UnixStream::connect(&socket).unwrap();
+        raw.write_all(b"{\"op\":\"fly\"}\n").unwrap();
+        let mut answer = String::new();
+        BufReader::new(raw).read_line(&mut answer).unwrap();
+        assert!(answer.contains("not a request this daemon knows"), "{answer}");
+        assert!(call(&dir.path().join("none.sock"), &LocalRequest::Status, |_| {})
+            .unwrap_err()
+            .contains("is `jettison"));
+    }
+}
