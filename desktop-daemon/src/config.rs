@@ -186,4 +186,10 @@ mod tests {
         assert!(load(&format!("{BASE}{VM}{VM}")).unwrap_err().contains("listed twice"));
         assert!(load(&format!("{BASE}accel = \"xen\"\n{VM}")).unwrap_err().contains("accel"));
     }
+
+    #[test]
+    fn the_packaged_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/desktop.toml");
+        DesktopConfig::load(&path).unwrap();
+    }
 }

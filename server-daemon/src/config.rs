@@ -123,4 +123,10 @@ mod tests {
         assert!(err.contains("server.toml") && err.contains("capacity"), "{err}");
         assert!(ServerConfig::load(&dir.path().join("missing.toml")).unwrap_err().contains("cannot read"));
     }
+
+    #[test]
+    fn the_packaged_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/server.toml");
+        ServerConfig::load(&path).unwrap();
+    }
 }
