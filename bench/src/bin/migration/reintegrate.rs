@@ -26,7 +26,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use jettison_bench::measure::timed;
@@ -142,10 +142,10 @@ pub fn reintegrate(
 
     fs::remove_dir_all(&slices)?;
     let note = format!(
-        "server: saved a {:.1} KiB descriptor in {:.2} s, QEMU ended in {:.2} s (dirty pages written back), fsync \
-         {:.2} s, unmount {:.2} s, memserv stopped in {:.2} s, memtap held {} dirty pages ({} written in all), server side done at {:.2} s; sent a dirty set of {} pages \
-         ({:.2} MiB data, {:.2} MiB stream), staged at {:.2} s, committed {} pages in {:.2} s; \
-         link {:.2} MiB",
+        "server: saved a {:.1} KiB descriptor in {:.2} s, QEMU ended in {:.2} s (dirty pages written back), \
+         fsync {:.2} s, unmount {:.2} s, memserv stopped in {:.2} s, memtap held {} dirty pages ({} written in \
+         all), server side done at {:.2} s; sent a dirty set of {} pages ({:.2} MiB data, {:.2} MiB stream), \
+         staged at {:.2} s, committed {} pages in {:.2} s; link {:.2} MiB",
         descriptor_bytes as f64 / 1024.0,
         save_time.as_secs_f64(),
         quit_time.as_secs_f64(),
@@ -171,7 +171,7 @@ pub fn reintegrate(
 
 /// The desktop's end: the descriptor into `descriptor`, the dirty set
 /// staged and verified, then committed into the RAM file.
-fn receive(listener: TcpListener, descriptor: &std::path::Path, target: &ApplyTarget) -> BenchResult<Received> {
+fn receive(listener: TcpListener, descriptor: &Path, target: &ApplyTarget) -> BenchResult<Received> {
     let (stream, _) = listener.accept()?;
     let mut input = BufReader::with_capacity(RECEIVE_BUFFER, stream);
     let mut len = [0u8; 8];
