@@ -47,7 +47,8 @@ pub struct ServerConfig {
     /// Memory set aside for consolidated VMs' working sets, in MiB.
     pub capacity_mib: u64,
     /// Send a VM home when it fetches from its desktop faster than this
-    /// (MiB/s, averaged over `fetch_window_secs`); none: never.
+    /// (MiB/s, averaged over `fetch_window_secs`, counted from one window
+    /// after its arrival, when it has its working set); none: never.
     #[serde(default)]
     pub max_fetch_mib_per_sec: Option<f64>,
     /// The window for that rate.

@@ -315,7 +315,10 @@ impl ServerDaemon {
                     continue;
                 }
                 tenants.push(Tenant { vm: vm.name().to_owned(), expected: vm.expected(), resident: vm.resident() });
-                let rate = rates.push(vm.name(), Instant::now(), vm.fetched(), window);
+                // A VM pulls its working set in its first seconds here:
+                // the rate counts from one window after its arrival.
+                let rate =
+                    if vm.age() < window { None } else { rates.push(vm.name(), Instant::now(), vm.fetched(), window) };
                 if let (Some(rate), Some(limit)) = (rate, self.config.max_fetch_mib_per_sec) {
                     if rate > limit * 1024.0 * 1024.0 {
                         let reason = format!(

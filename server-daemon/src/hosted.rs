@@ -236,6 +236,11 @@ impl HostedVm {
         self.last.0.bytes_fetched + self.last.1.bytes_fetched
     }
 
+    /// How long it has been on the server.
+    pub fn age(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// Whether QEMU still runs the guest.
     pub fn is_running(&self) -> bool {
         matches!(self.phase, Phase::Running(_))

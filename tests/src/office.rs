@@ -45,6 +45,23 @@ pub const VM_TAP: &str = "jt-vm1";
 /// Text in the desktop-only file of the VM's disk.
 pub const DESKTOP_TEXT: &str = "made on the desktop";
 
+/// Size of `bulk.txt` on the VM's disk: data the guest leaves alone until
+/// told to read it (`readall`).
+pub const BULK_MIB: usize = 24;
+
+/// `mib` MiB of pseudo-random hex text (nothing in it is zero or repeats).
+fn bulk_text(mib: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut text = String::with_capacity(mib << 20);
+    while text.len() < mib << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        text.push_str(&format!("{x:016x}"));
+    }
+    text
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct OfficeSpec {
@@ -58,11 +75,20 @@ pub struct OfficeSpec {
     pub failover_secs: u64,
     /// The VM's disk in MiB.
     pub disk_mib: u64,
+    /// The server's `max_fetch_mib_per_sec`, if any.
+    pub max_fetch_mib_per_sec: Option<f64>,
 }
 
 impl Default for OfficeSpec {
     fn default() -> Self {
-        OfficeSpec { memory_mib: 256, fill_mib: 64, capacity_mib: 4096, failover_secs: 8, disk_mib: 64 }
+        OfficeSpec {
+            memory_mib: 256,
+            fill_mib: 64,
+            capacity_mib: 4096,
+            failover_secs: 8,
+            disk_mib: 64,
+            max_fetch_mib_per_sec: None,
+        }
     }
 }
 
@@ -92,7 +118,8 @@ impl Office {
         crate::netns::available()?;
         crate::fuse_available()?;
         let guest = crate::guest()?;
-        let disk = crate::ext4_image(dir, &[("desktop-only.txt", DESKTOP_TEXT)], spec.disk_mib)?;
+        let bulk = bulk_text(BULK_MIB);
+        let disk = crate::ext4_image(dir, &[("desktop-only.txt", DESKTOP_TEXT), ("bulk.txt", &bulk)], spec.disk_mib)?;
         SharedKey::generate().save(&dir.join("key")).map_err(|e| e.to_string())?;
         let lan = Lan::build(&[
             Host { role: "desktop", cidr: DESKTOP_CIDR, mac: None },
@@ -103,12 +130,13 @@ impl Office {
         bridge_host(lan.host(1), SERVER_CIDR);
         let (kernel, initrd) = (guest.kernel.display(), guest.initrd.display());
         let d = dir.display();
+        let rate = spec.max_fetch_mib_per_sec.map(|r| format!("max_fetch_mib_per_sec = {r:?}\n")).unwrap_or_default();
         write(
             &dir.join("server.toml"),
             &format!(
                 "name = \"server\"\nlisten = \"10.77.0.1:7400\"\nkey = \"{d}/key\"\nstate_dir = \"{d}/server/state\"\n\
                  run_dir = \"{d}/server/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\ncapacity_mib = {}\n",
+                 accel = \"tcg\"\ncapacity_mib = {}\n{rate}",
                 spec.capacity_mib
             ),
         );

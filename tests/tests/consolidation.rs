@@ -207,3 +207,46 @@ fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
     assert_eq!(status, serde_json::json!([]), "the restarted server hosts nothing");
     assert!(office.server_vm_state().join("memory").exists(), "a restart deleted the lost VM's slices");
 }
+
+#[test]
+fn a_vm_that_fetches_too_fast_is_sent_home_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = OfficeSpec { max_fetch_mib_per_sec: Some(1.0), ..OfficeSpec::default() };
+    let Some(mut office) = office(dir.path(), &spec) else { return };
+    office.start_server();
+    office.start_desktop();
+    wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
+    let client = office.connect_client(PACE);
+    let socket = office.desktop_socket();
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    // Settled and quiet on the server for a rate window (the rate counts
+    // from one window after arrival), then the guest reads the memory it
+    // had left alone and its disk's bulk file: it all comes from the desktop.
+    std::thread::sleep(Duration::from_secs(25));
+    let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
+    assert_eq!(status["vms"][0]["on"], "server", "an idle VM was sent home: {status}");
+    let read = client.command("readall", REPLY);
+    assert!(read.starts_with("readall "), "{read}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
+        if status["vms"][0]["running_here"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the busy VM stayed on the server: {status}\n--- server log ---\n{}\n--- desktop log ---\n{}",
+            office.log("server"),
+            office.log("desktop")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let server_log = office.log("server");
+    assert!(server_log.contains("from its desktop over the last"), "{server_log}");
+    let desktop_log = office.log("desktop");
+    assert!(desktop_log.contains("the server asks us to take it back"), "{desktop_log}");
+    client.wait_for(client.count() + 3, REPLY);
+    let (log, broken) = client.finish();
+    assert!(broken.is_none(), "the client's connection broke: {broken:?}");
+    assert_continuous(&log);
+}
