@@ -173,7 +173,7 @@ impl Office {
         let daemon =
             Daemon::spawn(self.lan.host(1), &log, &["server".as_ref(), "--config".as_ref(), config.as_os_str()]);
         self.server_daemon = Some(daemon);
-        self.wait_for_file(&self.server_socket(), &log);
+        self.wait_for_socket(&self.server_socket(), &log);
     }
 
     /// Starts `jettison desktop` (which boots the VM) and waits for its socket.
@@ -183,13 +183,15 @@ impl Office {
         let daemon =
             Daemon::spawn(self.lan.host(0), &log, &["desktop".as_ref(), "--config".as_ref(), config.as_os_str()]);
         self.desktop_daemon = Some(daemon);
-        self.wait_for_file(&self.desktop_socket(), &log);
+        self.wait_for_socket(&self.desktop_socket(), &log);
     }
 
-    fn wait_for_file(&self, path: &Path, log: &Path) {
+    /// Waits until a daemon answers on its local socket (a crashed
+    /// daemon's socket file may still be there, unanswered).
+    fn wait_for_socket(&self, path: &Path, log: &Path) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !path.exists() {
-            assert!(Instant::now() < deadline, "{} never appeared; see {}", path.display(), log.display());
+        while std::os::unix::net::UnixStream::connect(path).is_err() {
+            assert!(Instant::now() < deadline, "nothing answers on {}; see {}", path.display(), log.display());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
