@@ -255,6 +255,27 @@ impl Office {
         serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON")
     }
 
+    /// Waits until the VM runs on the desktop again (`jettison status`
+    /// says so); `what` names the failure for the panic.
+    pub fn wait_until_home(&self, timeout: Duration, what: &str) {
+        let socket = self.desktop_socket();
+        let socket = socket.to_str().expect("a UTF-8 path");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.jettison_json(&["status", "--daemon", socket]);
+            if status["vms"][0]["running_here"] == true {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {status}\n--- server log ---\n{}\n--- desktop log ---\n{}",
+                self.log("server"),
+                self.log("desktop")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Connects the client host to the VM's service and starts exchanging
     /// a line every `pace`.
     pub fn connect_client(&self, pace: Duration) -> LineClient {

@@ -170,15 +170,7 @@ fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
     office.crash_server();
     // The desktop notices within failover_after_secs and resumes from the
     // checkpoint: the count at consolidation, not the server's.
-    let deadline = std::time::Instant::now() + Duration::from_secs(spec.failover_secs + 60);
-    loop {
-        let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
-        if status["vms"][0]["running_here"] == true {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the desktop never resumed the VM: {status}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    office.wait_until_home(Duration::from_secs(spec.failover_secs + 60), "the desktop never resumed the VM");
     let resumed = wait_for_count_above(&desktop_serial, 0, COUNT_TIMEOUT);
     let first = std::fs::read_to_string(&desktop_serial)
         .unwrap()
@@ -221,20 +213,7 @@ fn a_vm_that_fetches_too_fast_is_sent_home_by_the_server() {
     assert_eq!(status["vms"][0]["on"], "server", "an idle VM was sent home: {status}");
     let read = client.command("readall", REPLY);
     assert!(read.starts_with("readall "), "{read}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
-        if status["vms"][0]["running_here"] == true {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the busy VM stayed on the server: {status}\n--- server log ---\n{}\n--- desktop log ---\n{}",
-            office.log("server"),
-            office.log("desktop")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    office.wait_until_home(Duration::from_secs(120), "the busy VM stayed on the server");
     let server_log = office.log("server");
     assert!(server_log.contains("from its desktop over the last"), "{server_log}");
     let desktop_log = office.log("desktop");
@@ -257,15 +236,7 @@ fn a_vm_that_outgrows_the_server_is_sent_home() {
     office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
     let read = client.command("readall", REPLY);
     assert!(read.starts_with("readall "), "{read}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
-        if status["vms"][0]["running_here"] == true {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the VM stayed on the full server: {status}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    office.wait_until_home(Duration::from_secs(120), "the VM stayed on the full server");
     let server_log = office.log("server");
     assert!(server_log.contains("short of memory") && server_log.contains("grew most"), "{server_log}");
     client.wait_for(client.count() + 3, REPLY);
