@@ -223,6 +223,30 @@ pub enum Control {
     },
 }
 
+impl Control {
+    /// The message's kind, for error texts: never its contents, which may
+    /// be a megabyte of data or a descriptor.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Control::Welcome(_) => "Welcome",
+            Control::Failed(_) => "Failed",
+            Control::Reserve(_) => "Reserve",
+            Control::Reserved(_) => "Reserved",
+            Control::Consolidate(_) => "Consolidate",
+            Control::Running(_) => "Running",
+            Control::Reintegrate(_) => "Reintegrate",
+            Control::Returning(_) => "Returning",
+            Control::Data(_) => "Data",
+            Control::End => "End",
+            Control::Reintegrated(_) => "Reintegrated",
+            Control::Done => "Done",
+            Control::Status => "Status",
+            Control::StatusReply(_) => "StatusReply",
+            Control::PleaseReintegrate { .. } => "PleaseReintegrate",
+        }
+    }
+}
+
 fn name_ok(name: &str) -> Result<(), DecodeError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(DecodeError::Limit("a name must be 1 to 64 bytes"));
@@ -347,6 +371,7 @@ mod tests {
             round_trip(msg);
         }
         assert_eq!(header.total_bytes(), 195);
+        assert_eq!(Control::Data(vec![0; 1000]).kind(), "Data");
         let hello = ControlHello::Desktop("desk1".into());
         assert_eq!(ControlHello::decode_body(&hello.encode_body()).unwrap(), hello);
     }

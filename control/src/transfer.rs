@@ -125,7 +125,7 @@ impl Read for ChunkReader<'_> {
                 other => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("expected data or its end, got {}", variant_name(&other)),
+                        format!("expected data or its end, got {}", other.kind()),
                     ))
                 }
             }
@@ -135,11 +135,6 @@ impl Read for ChunkReader<'_> {
         self.at += n;
         Ok(n)
     }
-}
-
-fn variant_name(msg: &Control) -> String {
-    let text = format!("{msg:?}");
-    text.split(['(', ' ', '{']).next().unwrap_or("a message").to_owned()
 }
 
 #[cfg(test)]

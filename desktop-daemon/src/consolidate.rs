@@ -101,7 +101,7 @@ pub fn consolidate(
     let expected = match ask(&mut channel, &reserve)? {
         Control::Reserved(bytes) => bytes,
         Control::Failed(why) => return Err(why),
-        other => return Err(format!("the server answered {other:?} to a reservation")),
+        other => return Err(format!("the server answered {} to a reservation", other.kind())),
     };
     log(format!("the server has room ({:.1} MiB expected)", expected as f64 / (1024.0 * 1024.0)));
 
@@ -175,7 +175,7 @@ fn hand_over(ctx: Context<'_>, vm: &mut LocalVm, channel: &mut Channel) -> Resul
     match answer {
         Ok(Control::Running(ms)) => Ok((ms, zero_pages)),
         Ok(Control::Failed(why)) => refused(vm, why),
-        Ok(other) => refused(vm, format!("the server answered {other:?}")),
+        Ok(other) => refused(vm, format!("the server answered {}", other.kind())),
         Err(e) => {
             // The server may or may not have the VM running; asking it
             // would need the connection we just lost. Resuming here too

@@ -152,7 +152,7 @@ impl DesktopDaemon {
                 }
                 Err(e) => Control::Failed(e),
             },
-            Ok(Ok(other)) => Control::Failed(format!("the desktop does not take {other:?} requests")),
+            Ok(Ok(other)) => Control::Failed(format!("the desktop does not take {} requests", other.kind())),
             Ok(Err(e)) => Control::Failed(format!("cannot read that request: {e}")),
             Err(e) => return tracing::warn!("{}", jettison_wire::chain(&e)),
         };
@@ -235,7 +235,7 @@ impl DesktopDaemon {
         let mut channel = self.context().connect()?;
         match ask(&mut channel, &Control::Status)? {
             Control::StatusReply(vms) => Ok(vms),
-            other => Err(format!("the server answered {other:?} to a status request")),
+            other => Err(format!("the server answered {} to a status request", other.kind())),
         }
     }
 

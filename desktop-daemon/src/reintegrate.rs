@@ -111,7 +111,7 @@ pub fn reintegrate(
     let header = match ask(&mut channel, &Control::Reintegrate(name.clone()))? {
         Control::Returning(header) => header,
         Control::Failed(why) => return Err(why),
-        other => return Err(format!("the server answered {other:?} to a reintegration")),
+        other => return Err(format!("the server answered {} to a reintegration", other.kind())),
     };
     let stopped = started.elapsed();
     report(LocalReply::Log {

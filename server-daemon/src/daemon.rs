@@ -167,7 +167,7 @@ impl ServerDaemon {
                     Control::Done
                 }
                 Ok(Control::Status) => Control::StatusReply(self.status()),
-                Ok(other) => Control::Failed(format!("the server does not take {other:?} requests")),
+                Ok(other) => Control::Failed(format!("the server does not take {} requests", other.kind())),
             };
             if let Err(e) = channel.send(&reply.encode_body()) {
                 return tracing::warn!(peer = %channel.peer(), "{}", jettison_wire::chain(&e));
