@@ -154,8 +154,9 @@ impl ReturnHeader {
     }
 }
 
-/// One VM on the server, as `Status` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// One VM on the server, as `Status` reports it (and, as JSON, `jettison
+/// status --json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct HostedStatus {
     /// The VM's name.
     pub vm: String,

@@ -281,15 +281,11 @@ impl DesktopDaemon {
                     },
                     Err(_) => ("moving", None, false),
                 };
-                let server = hosted.as_ref().ok().and_then(|h| h.iter().find(|h| &h.vm == name)).map(|h| {
-                    json!({
-                        "state": h.state, "seconds": h.seconds, "ram_bytes": h.ram_bytes,
-                        "pages_fetched": h.pages_fetched, "zero_pages_served": h.zero_pages_served,
-                        "dirty_pages": h.dirty_pages, "blocks_fetched": h.blocks_fetched,
-                        "dirty_blocks": h.dirty_blocks, "expected_bytes": h.expected_bytes,
-                        "desktop_power": h.desktop_power,
-                    })
-                });
+                let server = hosted
+                    .as_ref()
+                    .ok()
+                    .and_then(|h| h.iter().find(|h| &h.vm == name))
+                    .map(|h| serde_json::to_value(h).expect("a status serialises"));
                 json!({ "vm": name, "on": on, "since": since, "running_here": running, "server": server })
             })
             .collect();

@@ -89,7 +89,7 @@ impl ServerDaemon {
         let me = Arc::clone(&self);
         std::thread::spawn(move || {
             local::serve(local, move |request, _| match request {
-                LocalRequest::Status => Ok(status_json(&me.status())),
+                LocalRequest::Status => Ok(serde_json::to_value(me.status()).expect("statuses serialise")),
                 _ => Err("this is the server; run consolidate and reintegrate on the VM's desktop".to_owned()),
             })
         });
@@ -279,20 +279,9 @@ impl ServerDaemon {
                     let power = self.wakers.get(vm.desktop()).map(|w| w.status().state.to_string());
                     vm.status(power.unwrap_or_else(|| "awake (never sleeps)".to_owned()))
                 }
-                Err(_) => HostedStatus {
-                    vm: name.clone(),
-                    desktop: String::new(),
-                    state: "busy (moving)".to_owned(),
-                    seconds: 0,
-                    ram_bytes: 0,
-                    pages_fetched: 0,
-                    zero_pages_served: 0,
-                    dirty_pages: 0,
-                    blocks_fetched: 0,
-                    dirty_blocks: 0,
-                    expected_bytes: 0,
-                    desktop_power: String::new(),
-                },
+                Err(_) => {
+                    HostedStatus { vm: name.clone(), state: "busy (moving)".to_owned(), ..HostedStatus::default() }
+                }
             })
             .collect()
     }
@@ -398,23 +387,6 @@ impl Drop for Reservation<'_> {
             lock(&self.daemon.reservations).remove(vm);
         }
     }
-}
-
-/// The server's part of `jettison status --json`.
-pub fn status_json(vms: &[HostedStatus]) -> serde_json::Value {
-    serde_json::Value::Array(
-        vms.iter()
-            .map(|v| {
-                serde_json::json!({
-                    "vm": v.vm, "desktop": v.desktop, "state": v.state, "seconds": v.seconds,
-                    "ram_bytes": v.ram_bytes, "pages_fetched": v.pages_fetched,
-                    "zero_pages_served": v.zero_pages_served, "dirty_pages": v.dirty_pages,
-                    "blocks_fetched": v.blocks_fetched, "dirty_blocks": v.dirty_blocks,
-                    "expected_bytes": v.expected_bytes, "desktop_power": v.desktop_power,
-                })
-            })
-            .collect(),
-    )
 }
 
 /// Detaches memtap mounts a dead daemon left under `dir` and removes its
