@@ -130,8 +130,6 @@ impl Nic {
     /// QEMU arguments connecting this NIC to `tap` (no helper scripts: the
     /// tap is already on the bridge).
     pub fn qemu_args(&self, tap: &Tap) -> Vec<OsString> {
-        let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", tap.name());
-        let device = format!("virtio-net-pci,netdev=n0,mac={}", self.mac);
-        ["-netdev", &netdev, "-device", &device].iter().map(OsString::from).collect()
+        jettison_qemu::nic_args(tap.name(), &self.mac)
     }
 }
