@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jettison_image_server::{ServeConfig, StopHandle};
 use jettison_qemu::{
-    announce, nic_args, resume, save_device_state, Accel, ActivitySample, ActivityWindow, DiskBackend, GuestImage,
-    QemuProcess, Qmp, Tap, VmSpec,
+    announce, nic_args, resume, save_device_state, vm_tap_name, Accel, ActivitySample, ActivityWindow, DiskBackend,
+    GuestImage, QemuProcess, Qmp, Tap, VmSpec,
 };
 use jettison_wire::{Service, SharedKey};
 use serde::{Deserialize, Serialize};
@@ -172,8 +172,14 @@ impl LocalVm {
             .extra_args(DiskBackend::File(self.config.disk.clone()).qemu_args())
     }
 
-    fn tap_name(&self) -> String {
-        format!("jt-{}", self.config.name)
+    /// Starts QEMU with `start` on our profile plus the NIC on a fresh tap,
+    /// and keeps it as the running VM with an empty idleness window.
+    fn start(&mut self, start: impl FnOnce(VmSpec) -> Result<(QemuProcess, Qmp), String>) -> Result<(), String> {
+        let tap = Tap::create(&vm_tap_name(&self.config.name), &self.bridge).map_err(|e| e.to_string())?;
+        let (qemu, qmp) = start(self.spec().extra_args(nic_args(tap.name(), &self.config.mac)))?;
+        self.running = Some(Running { qmp, qemu, _tap: tap });
+        self.window = ActivityWindow::new(self.window.length());
+        Ok(())
     }
 
     /// Boots it from its disk and kernel (a fresh start).
@@ -181,13 +187,13 @@ impl LocalVm {
     /// # Errors
     /// A text saying what could not start.
     pub fn boot(&mut self) -> Result<(), String> {
-        let tap = Tap::create(&self.tap_name(), &self.bridge).map_err(|e| e.to_string())?;
-        let spec = self.spec().extra_args(nic_args(tap.name(), &self.config.mac));
-        let mut qemu = spec.spawn().map_err(|e| format!("cannot boot {}: {e}", self.name()))?;
-        let qmp = qemu.connect_qmp().map_err(|e| format!("cannot talk to {}'s QEMU: {e}", self.name()))?;
-        self.running = Some(Running { qmp, qemu, _tap: tap });
-        self.window = ActivityWindow::new(self.window.length());
-        tracing::info!(vm = %self.name(), "booted");
+        let name = self.name().to_owned();
+        self.start(|spec| {
+            let mut qemu = spec.spawn().map_err(|e| format!("cannot boot {name}: {e}"))?;
+            let qmp = qemu.connect_qmp().map_err(|e| format!("cannot talk to {name}'s QEMU: {e}"))?;
+            Ok((qemu, qmp))
+        })?;
+        tracing::info!(vm = %name, "booted");
         Ok(())
     }
 
@@ -198,16 +204,15 @@ impl LocalVm {
     /// A text saying what could not start.
     pub fn resume_from(&mut self, state: &Path) -> Result<(), String> {
         self.serving = None;
-        let tap = Tap::create(&self.tap_name(), &self.bridge).map_err(|e| e.to_string())?;
-        let spec = self.spec().extra_args(nic_args(tap.name(), &self.config.mac));
-        let (qemu, mut qmp) =
-            resume(spec, state).map_err(|e| format!("cannot resume {} from {}: {e}", self.name(), state.display()))?;
-        if let Err(e) = announce(&mut qmp) {
-            tracing::warn!(vm = %self.name(), "cannot announce its MAC: {e}");
-        }
-        self.running = Some(Running { qmp, qemu, _tap: tap });
-        self.window = ActivityWindow::new(self.window.length());
-        Ok(())
+        let name = self.name().to_owned();
+        self.start(|spec| {
+            let (qemu, mut qmp) =
+                resume(spec, state).map_err(|e| format!("cannot resume {name} from {}: {e}", state.display()))?;
+            if let Err(e) = announce(&mut qmp) {
+                tracing::warn!(vm = %name, "cannot announce its MAC: {e}");
+            }
+            Ok((qemu, qmp))
+        })
     }
 
     /// Stops it, saves its descriptor as the checkpoint, and ends QEMU.

@@ -79,6 +79,15 @@ pub fn announce(qmp: &mut Qmp) -> Result<()> {
     Ok(())
 }
 
+/// The tap of VM `vm` on any host: `jt-` and the name, cut to the 15
+/// bytes Linux allows an interface name (configurations keep VM names
+/// short enough for the cut never to matter).
+pub fn vm_tap_name(vm: &str) -> String {
+    let mut name = format!("jt-{vm}");
+    name.truncate(15);
+    name
+}
+
 /// A tap device on a bridge of this namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Tap {
@@ -150,6 +159,12 @@ mod tests {
             "-drive file.driver=nbd,file.export=vm1,file.server.type=unix,file.server.path=/run/vm1.nbd,\
              format=raw,if=virtio,cache=none"
         );
+    }
+
+    #[test]
+    fn tap_names_fit_linux() {
+        assert_eq!(vm_tap_name("vm1"), "jt-vm1");
+        assert_eq!(vm_tap_name("a-very-long-name"), "jt-a-very-long-");
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod vm;
 pub use activity::{
     dirty_rate, judge, ActivitySample, ActivityWindow, DirtyRate, IdleThresholds, IdleVerdict, Measured,
 };
-pub use devices::{announce, nic_args, DiskBackend, Tap};
+pub use devices::{announce, nic_args, vm_tap_name, DiskBackend, Tap};
 pub use error::{Error, Result};
 pub use guest::GuestImage;
 pub use migration::{load_device_state, resume, save_device_state};

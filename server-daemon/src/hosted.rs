@@ -25,7 +25,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
 use jettison_control::{ChunkWriter, ConsolidateRequest, HostedStatus, ReturnHeader};
-use jettison_qemu::{announce, nic_args, resume, save_device_state, DiskBackend, GuestImage, QemuProcess, Qmp, Tap};
+use jettison_qemu::{
+    announce, nic_args, resume, save_device_state, vm_tap_name, DiskBackend, GuestImage, QemuProcess, Qmp, Tap,
+};
 use jettison_qemu::{Accel, VmSpec};
 use jettison_slice_store::dirty_set::export;
 use jettison_slice_store::{SliceStore, ZeroMap};
@@ -169,7 +171,7 @@ impl HostedVm {
             }
         });
         let disk_bytes = disk.size();
-        let tap = Tap::create(&tap_name(vm), &config.bridge).map_err(|e| {
+        let tap = Tap::create(&vm_tap_name(vm), &config.bridge).map_err(|e| {
             nbd_stop.stop();
             format!("{vm}: {e}")
         })?;
@@ -391,13 +393,6 @@ impl HostedVm {
 /// The state directory of `vm`.
 pub fn state_dir(config: &ServerConfig, vm: &str) -> PathBuf {
     config.state_dir.join("vms").join(vm)
-}
-
-/// The tap of `vm` on the server: `jt-` and the name (at most 15 bytes in all).
-pub fn tap_name(vm: &str) -> String {
-    let mut name = format!("jt-{vm}");
-    name.truncate(15);
-    name
 }
 
 /// Bytes `export` will write for `store`.
