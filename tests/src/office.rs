@@ -279,22 +279,7 @@ impl Office {
     /// Connects the client host to the VM's service and starts exchanging
     /// a line every `pace`.
     pub fn connect_client(&self, pace: Duration) -> LineClient {
-        let addr: SocketAddr = VM_SERVICE.parse().expect("VM_SERVICE is an address");
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let stream = loop {
-            let tried = remote_wakeup::netns::run_in(Some(self.lan.host(2)), || {
-                TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            })
-            .expect("the client namespace can be entered");
-            match tried {
-                Ok(stream) => break stream,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "cannot connect to {VM_SERVICE}: {e}");
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-            }
-        };
-        LineClient::start(stream, pace)
+        LineClient::connect(self.lan.host(2), VM_SERVICE, pace)
     }
 }
 
@@ -357,6 +342,28 @@ pub struct LineClient {
 }
 
 impl LineClient {
+    /// Connects from namespace `ns` to the line service at `addr` (waiting
+    /// for it to listen: a guest starts it late in its boot) and starts
+    /// exchanging a line every `pace`.
+    pub fn connect(ns: &str, addr: &str, pace: Duration) -> LineClient {
+        let sockaddr: SocketAddr = addr.parse().expect("the service's address is an address");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let stream = loop {
+            let tried = remote_wakeup::netns::run_in(Some(ns), || {
+                TcpStream::connect_timeout(&sockaddr, Duration::from_secs(2))
+            })
+            .expect("the client namespace can be entered");
+            match tried {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "cannot connect to {addr}: {e}");
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        };
+        LineClient::start(stream, pace)
+    }
+
     fn start(stream: TcpStream, pace: Duration) -> LineClient {
         let stop = Arc::new(AtomicBool::new(false));
         let queue = Arc::new(Mutex::new(Vec::new()));
