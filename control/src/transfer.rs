@@ -86,24 +86,6 @@ impl<'a> ChunkReader<'a> {
     pub fn new(channel: &'a mut Channel, progress: impl FnMut(u64) + 'a) -> Self {
         ChunkReader { channel, chunk: Vec::new(), at: 0, ended: false, received: 0, progress: Box::new(progress) }
     }
-
-    /// Whether the `End` message has arrived.
-    pub fn ended(&self) -> bool {
-        self.ended
-    }
-
-    /// Reads to the `End` message, failing if any data is left: the sender
-    /// sent more than the formats inside said.
-    ///
-    /// # Errors
-    /// An I/O error naming the extra bytes, or the channel's error.
-    pub fn expect_end(mut self) -> io::Result<()> {
-        let mut extra = [0u8; 1];
-        match self.read(&mut extra)? {
-            0 => Ok(()),
-            _ => Err(io::Error::new(io::ErrorKind::InvalidData, "the stream goes on past what its header announced")),
-        }
-    }
 }
 
 impl Read for ChunkReader<'_> {
@@ -173,7 +155,8 @@ mod tests {
         let mut reader = ChunkReader::new(&mut b, |n| seen.push(n));
         let mut got = vec![0u8; data.len()];
         reader.read_exact(&mut got).unwrap();
-        reader.expect_end().unwrap();
+        assert_eq!(reader.read(&mut [0u8; 1]).unwrap(), 0, "the stream ends where the data does");
+        drop(reader);
         assert_eq!(got, data);
         assert_eq!(sender.join().unwrap(), data.len() as u64);
         assert_eq!(seen.len(), 4);
@@ -189,7 +172,9 @@ mod tests {
         let mut reader = ChunkReader::new(&mut b, |_| {});
         let mut two = [0u8; 2];
         reader.read_exact(&mut two).unwrap();
-        assert!(reader.expect_end().is_err(), "one byte was left");
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"c", "one byte was left");
 
         let (mut a, mut b) = channels();
         a.send(&Control::Done.encode_body()).unwrap();
