@@ -143,11 +143,6 @@ impl LocalVm {
         self.running.is_some()
     }
 
-    /// QEMU's serial log here.
-    pub fn serial_log(&self) -> PathBuf {
-        self.spec().serial_log()
-    }
-
     /// Records where it is, durably.
     ///
     /// # Errors

@@ -391,7 +391,7 @@ impl HostedVm {
 }
 
 /// The state directory of `vm`.
-pub fn state_dir(config: &ServerConfig, vm: &str) -> PathBuf {
+fn state_dir(config: &ServerConfig, vm: &str) -> PathBuf {
     config.state_dir.join("vms").join(vm)
 }
 
