@@ -31,6 +31,7 @@ use jettison_qemu::{
 use jettison_qemu::{Accel, VmSpec};
 use jettison_slice_store::dirty_set::export;
 use jettison_slice_store::{SliceStore, ZeroMap};
+use jettison_wire::protocol::Message;
 use jettison_wire::{Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
 
 use crate::config::ServerConfig;
@@ -171,10 +172,10 @@ impl HostedVm {
             }
         });
         let disk_bytes = disk.size();
-        let tap = Tap::create(&vm_tap_name(vm), &config.bridge).map_err(|e| {
-            nbd_stop.stop();
-            format!("{vm}: {e}")
-        })?;
+        // From here a failed step drops the storage, which stops cownetdisk
+        // and unmounts memtap.
+        let storage = Storage { disk, nbd_stop, nbd_thread: Some(nbd_thread), mount: Some(mount) };
+        let tap = Tap::create(&vm_tap_name(vm), &config.bridge).map_err(|e| format!("{vm}: {e}"))?;
         let guest = GuestImage { kernel: config.kernel.clone(), initrd: config.initrd.clone() };
         let accel = if config.accel == "kvm" { Accel::Kvm } else { Accel::Tcg };
         let spec = VmSpec::new(&guest, run.join("ram").join(format!("{vm}.ram")), run.join("qemu"))
@@ -183,11 +184,8 @@ impl HostedVm {
             .kernel_args(&request.kernel_args)
             .extra_args(nic_args(tap.name(), &request.vm_mac))
             .extra_args(DiskBackend::NbdUnix { socket, export: vm.clone() }.qemu_args());
-        let mut storage = Storage { disk, nbd_stop, nbd_thread: Some(nbd_thread), mount: Some(mount) };
-        let (qemu, qmp) = resume(spec, &descriptor).map_err(|e| {
-            let _ = storage.shut();
-            format!("QEMU cannot resume {vm} from its descriptor: {e}")
-        })?;
+        let (qemu, qmp) =
+            resume(spec, &descriptor).map_err(|e| format!("QEMU cannot resume {vm} from its descriptor: {e}"))?;
         let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap }, storage };
         if let Err(e) = announce(&mut running.vm.qmp) {
             tracing::warn!(vm = %vm, "cannot announce the VM's MAC: {e}");
@@ -364,7 +362,6 @@ impl HostedVm {
             dirty_pages: memory.dirty_count(),
             dirty_blocks: disk.dirty_count(),
         };
-        use jettison_wire::protocol::Message;
         channel
             .send(&jettison_control::Control::Returning(header).encode_body())
             .map_err(|e| format!("cannot send {vm} home: {}", jettison_wire::chain(&e)))?;
