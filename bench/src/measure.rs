@@ -196,7 +196,7 @@ mod tests {
 /// figures do not depend on where the scheduler happens to put each thread
 /// (on a small VM, a wake-up across CPUs costs tens of microseconds).
 #[derive(Debug, Clone, clap::Args)]
-pub struct Placement {
+pub struct CpuPinning {
     /// CPU that every thread of the run (and any child it starts) is pinned to.
     #[arg(long, default_value_t = 0)]
     pub cpu: usize,
@@ -205,7 +205,7 @@ pub struct Placement {
     pub no_pin: bool,
 }
 
-impl Placement {
+impl CpuPinning {
     /// Pins the calling thread (call it before starting any thread or child,
     /// so that all inherit it), unless `--no-pin` was given.
     ///

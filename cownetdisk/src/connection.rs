@@ -103,12 +103,12 @@ pub(crate) fn serve(stream: Stream, peer: &str, disk: &Disk, stopping: &AtomicBo
         }
         Ok(End::Transmission(Ended::HungUp)) => tracing::info!(peer, "client closed the connection"),
         Err(e @ ConnectionError::Io { .. }) if stopping.load(Ordering::SeqCst) => {
-            tracing::debug!("connection cut by shutdown: {}", jettison_wire::chain(&e));
+            tracing::debug!("connection cut by shutdown: {}", wire::chain(&e));
         }
-        Err(e @ ConnectionError::Io { .. }) => tracing::info!("{}", jettison_wire::chain(&e)),
+        Err(e @ ConnectionError::Io { .. }) => tracing::info!("{}", wire::chain(&e)),
         Err(e) => {
             Counters::add(&disk.counters().dropped_connections, 1);
-            tracing::warn!("{}", jettison_wire::chain(&e));
+            tracing::warn!("{}", wire::chain(&e));
         }
     }
 }

@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use jettison_slice_store::{Overlay, SliceStore};
-use jettison_wire::{RemoteConfig, RemoteImage, WakeHook};
+use slice_store::{Overlay, SliceStore};
+use wire::{RemoteConfig, RemoteImage, WakeHook};
 
 use crate::error::CownetdiskError;
 use crate::protocol::{BlockSizes, MAX_PAYLOAD};
 use crate::source::DiskSource;
-use crate::stats::{get, Counters, Stats};
+use crate::stats::{get, Counters, DiskStats};
 
 /// The default block size (the slices' unit): a filesystem block.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
@@ -138,7 +138,7 @@ impl Disk {
     /// As [`Disk::write`]; the pieces before the failing one are written.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), CownetdiskError> {
         let size = self.size();
-        let out_of_range = jettison_slice_store::Error::OutOfRange { offset, len, size };
+        let out_of_range = slice_store::StoreError::OutOfRange { offset, len, size };
         let Some(end) = offset.checked_add(len).filter(|&end| end <= size) else {
             return Err(self.io_error("write zeroes", offset, out_of_range));
         };
@@ -164,10 +164,10 @@ impl Disk {
     }
 
     /// The disk's counters now.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> DiskStats {
         let c = &self.counters;
         let overlay = self.overlay.stats();
-        Stats {
+        DiskStats {
             vm: self.name.clone(),
             disk_bytes: self.size(),
             block_size: self.block_sizes.preferred,
@@ -198,7 +198,7 @@ impl Disk {
     ///
     /// # Errors
     /// [`CownetdiskError::WriteStats`] naming the file.
-    pub fn publish_stats(&self) -> Result<Stats, CownetdiskError> {
+    pub fn publish_stats(&self) -> Result<DiskStats, CownetdiskError> {
         let stats = self.stats();
         stats
             .write_atomically(&self.stats_path)
@@ -211,7 +211,7 @@ impl Disk {
         &self.counters
     }
 
-    fn io_error(&self, operation: &'static str, offset: u64, source: jettison_slice_store::Error) -> CownetdiskError {
+    fn io_error(&self, operation: &'static str, offset: u64, source: slice_store::StoreError) -> CownetdiskError {
         CownetdiskError::Io { vm: self.name.clone(), operation, offset, source }
     }
 }

@@ -17,7 +17,7 @@ pub enum CownetdiskError {
         vm: String,
         /// The cause.
         #[source]
-        source: jettison_wire::WireError,
+        source: wire::WireError,
     },
     /// The block size cannot be a slice unit.
     #[error(
@@ -40,7 +40,7 @@ pub enum CownetdiskError {
         dir: PathBuf,
         /// The cause.
         #[source]
-        source: jettison_slice_store::Error,
+        source: slice_store::StoreError,
     },
     /// Reading, writing or flushing the disk failed.
     #[error("cownetdisk: {operation} on the disk of VM {vm} at {offset:#x} failed")]
@@ -53,7 +53,7 @@ pub enum CownetdiskError {
         offset: u64,
         /// The cause.
         #[source]
-        source: jettison_slice_store::Error,
+        source: slice_store::StoreError,
     },
     /// The stats file could not be written.
     #[error("cownetdisk: cannot write the stats file {}", path.display())]

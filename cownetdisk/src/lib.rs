@@ -28,9 +28,9 @@
 //! - [`protocol`]: the NBD messages, whose module doc summarises the
 //!   specification and says what this server answers to each option and
 //!   command.
-//! - [`Stats`]: counters, written every second (when they change) to
+//! - [`DiskStats`]: counters, written every second (when they change) to
 //!   `<state-dir>/<vm>.stats` as JSON, with a one-line
-//!   [`Stats::summary`] for `jettison status`.
+//!   [`DiskStats::summary`] for `jettison status`.
 #![warn(missing_docs)]
 
 mod connection;
@@ -45,6 +45,6 @@ mod transmission;
 
 pub use disk::{Disk, DiskConfig, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 pub use error::{ConnectionError, CownetdiskError, ProtocolError};
-pub use jettison_event_loop::StopHandle;
+pub use event_loop::StopHandle;
 pub use server::{Listen, NbdServer};
-pub use stats::{RequestCounts, Stats};
+pub use stats::{DiskStats, RequestCounts};

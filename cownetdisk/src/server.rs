@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use jettison_event_loop::StopHandle;
+use event_loop::StopHandle;
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::connection::{self, Stream};
 use crate::disk::Disk;
 use crate::error::CownetdiskError;
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, DiskStats};
 
 /// New TCP clients.
 const TCP: Token = Token(0);
@@ -140,7 +140,7 @@ impl NbdServer {
 
     fn serve_until_stopped(&mut self) -> Result<(), CownetdiskError> {
         let mut events = Events::with_capacity(16);
-        let mut published: Option<Stats> = None;
+        let mut published: Option<DiskStats> = None;
         let mut refreshed = Instant::now();
         while !self.stop.is_stopped() {
             if let Err(e) = self.poll.poll(&mut events, Some(STATS_INTERVAL)) {
@@ -233,7 +233,7 @@ impl NbdServer {
     }
 
     /// Rewrites the stats file if anything changed since it was last written.
-    fn refresh_stats(&self, published: &mut Option<Stats>) {
+    fn refresh_stats(&self, published: &mut Option<DiskStats>) {
         let stats = self.disk.stats();
         if published.as_ref() == Some(&stats) {
             return;
@@ -283,7 +283,7 @@ impl NbdServer {
         let flushed = self.disk.flush();
         match self.disk.publish_stats() {
             Ok(stats) => tracing::info!("stopped: {}", stats.summary()),
-            Err(e) => tracing::warn!("{}", jettison_wire::chain(&e)),
+            Err(e) => tracing::warn!("{}", wire::chain(&e)),
         }
         flushed
     }

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use jettison_slice_store::{SourceError, UnitSource};
-use jettison_wire::RemoteImage;
+use slice_store::{SourceError, UnitSource};
+use wire::RemoteImage;
 
 use crate::stats::Counters;
 

@@ -1,4 +1,4 @@
-//! cownetdisk's counters for one disk, their snapshot ([`Stats`]) as the
+//! cownetdisk's counters for one disk, their snapshot ([`DiskStats`]) as the
 //! JSON stats file and the one-line summary of `jettison status`.
 
 use std::path::Path;
@@ -89,7 +89,7 @@ pub struct RequestCounts {
 
 /// A point-in-time copy of a disk's counters, as `<vm>.stats` holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
+pub struct DiskStats {
     /// The VM's name.
     pub vm: String,
     /// Size of the disk in bytes.
@@ -132,7 +132,7 @@ pub struct Stats {
     pub dirty_blocks: u64,
 }
 
-impl Stats {
+impl DiskStats {
     /// One line for `jettison status`.
     pub fn summary(&self) -> String {
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
@@ -182,7 +182,7 @@ mod tests {
 
     #[test]
     fn the_summary_names_the_counters_that_matter() {
-        let s = Stats {
+        let s = DiskStats {
             vm: "vm1".into(),
             disk_bytes: 32 << 20,
             block_size: 4096,
@@ -192,7 +192,7 @@ mod tests {
             whole_block_writes: 4,
             partial_write_fetches: 1,
             dirty_blocks: 5,
-            ..Stats::default()
+            ..DiskStats::default()
         };
         let line = s.summary();
         assert!(line.starts_with("vm1: 32 MiB disk in 4096-byte blocks, 3 reads"), "{line}");
@@ -205,11 +205,11 @@ mod tests {
     fn the_stats_file_is_replaced_whole_and_parses_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vm1.stats");
-        let mut s = Stats { vm: "vm1".into(), dirty_blocks: 1, ..Stats::default() };
+        let mut s = DiskStats { vm: "vm1".into(), dirty_blocks: 1, ..DiskStats::default() };
         s.write_atomically(&path).unwrap();
         s.dirty_blocks = 2;
         s.write_atomically(&path).unwrap();
-        let back: Stats = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let back: DiskStats = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, s);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["vm1.stats"], "no temporary file is left behind");

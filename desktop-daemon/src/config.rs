@@ -16,7 +16,7 @@
 //! accel = "kvm"
 //! failover_after_secs = 30            # server unreachable this long: resume from the checkpoint
 //!
-//! [idle]                              # see jettison_qemu::IdleThresholds
+//! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
 //!
 //! [[vm]]
@@ -31,7 +31,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use jettison_qemu::IdleThresholds;
+use qemu_driver::IdleThresholds;
 use serde::Deserialize;
 
 /// Longest VM name: the tap device is `jt-<name>` and Linux allows 15 bytes.
@@ -76,13 +76,13 @@ pub struct DesktopConfig {
     pub idle: IdleThresholds,
     /// The VMs.
     #[serde(rename = "vm")]
-    pub vms: Vec<VmConfig>,
+    pub vms: Vec<VmDefinition>,
 }
 
 /// One VM of the desktop.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VmConfig {
+pub struct VmDefinition {
     /// Its name (at most [`MAX_VM_NAME`] bytes).
     pub name: String,
     /// RAM in MiB.
@@ -148,7 +148,7 @@ impl DesktopConfig {
     }
 
     /// The VM called `name`.
-    pub fn vm(&self, name: &str) -> Option<&VmConfig> {
+    pub fn vm(&self, name: &str) -> Option<&VmDefinition> {
         self.vms.iter().find(|vm| vm.name == name)
     }
 }

@@ -8,12 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use jettison_control::{ConsolidateRequest, Control, ControlHello, ReserveRequest, CONTROL_TIMEOUT};
-use jettison_qemu::{dirty_rate, judge, IdleVerdict};
-use jettison_slice_store::ZeroMap;
-use jettison_wire::protocol::Message;
-use jettison_wire::{Channel, SharedKey};
+use daemon_protocol::{ConsolidateRequest, Control, ControlHello, ReserveRequest, CONTROL_TIMEOUT};
+use migration_formats::ZeroMap;
+use qemu_driver::{dirty_rate, judge, IdleVerdict};
 use serde_json::json;
+use wire::protocol::Message;
+use wire::{Channel, SharedKey};
 
 use crate::config::DesktopConfig;
 use crate::local_vm::{now_secs, LocalVm, Placement};
@@ -40,7 +40,7 @@ impl Context<'_> {
     pub fn connect(&self) -> Result<Channel, String> {
         let hello = ControlHello::Desktop(self.config.name.clone()).encode_body();
         let (mut channel, answer) = Channel::connect(&self.config.server, self.key, &hello, CONNECT_TIMEOUT)
-            .map_err(|e| format!("cannot reach the server daemon: {}", jettison_wire::chain(&e)))?;
+            .map_err(|e| format!("cannot reach the server daemon: {}", wire::chain(&e)))?;
         match Control::decode_body(&answer) {
             Ok(Control::Welcome(_)) => {}
             Ok(Control::Failed(why)) => return Err(format!("the server refused us: {why}")),
@@ -56,7 +56,7 @@ impl Context<'_> {
 /// # Errors
 /// A text when the connection fails or the answer does not decode.
 pub fn ask(channel: &mut Channel, request: &Control) -> Result<Control, String> {
-    let failed = |e: jettison_wire::WireError| format!("the server connection failed: {}", jettison_wire::chain(&e));
+    let failed = |e: wire::WireError| format!("the server connection failed: {}", wire::chain(&e));
     channel.send(&request.encode_body()).map_err(failed)?;
     let body = channel.recv().map_err(failed)?;
     Control::decode_body(&body).map_err(|e| format!("the server sent something unreadable: {e}"))

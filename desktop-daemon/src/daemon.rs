@@ -14,11 +14,11 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use jettison_control::local::{self, LocalReply, LocalRequest};
-use jettison_control::{Control, ControlHello, HostedStatus, CONTROL_TIMEOUT};
-use jettison_wire::protocol::Message;
-use jettison_wire::{Channel, SharedKey};
+use daemon_protocol::local::{self, LocalReply, LocalRequest};
+use daemon_protocol::{Control, ControlHello, HostedStatus, CONTROL_TIMEOUT};
 use serde_json::json;
+use wire::protocol::Message;
+use wire::{Channel, SharedKey};
 
 use crate::config::DesktopConfig;
 use crate::consolidate::{ask, consolidate, Context};
@@ -51,7 +51,7 @@ impl DesktopDaemon {
     /// # Errors
     /// A text naming the file or VM at fault.
     pub fn new(config: DesktopConfig) -> Result<Arc<DesktopDaemon>, String> {
-        let key = SharedKey::load(&config.key).map_err(|e| jettison_wire::chain(&e))?;
+        let key = SharedKey::load(&config.key).map_err(|e| wire::chain(&e))?;
         let mut vms = BTreeMap::new();
         for vm in &config.vms {
             let local = LocalVm::new(&config, vm)?;
@@ -140,7 +140,7 @@ impl DesktopDaemon {
             });
         let mut channel = match accepted {
             Ok(channel) => channel,
-            Err(e) => return tracing::warn!("a control connection failed: {}", jettison_wire::chain(&e)),
+            Err(e) => return tracing::warn!("a control connection failed: {}", wire::chain(&e)),
         };
         let answer = match channel.recv().map(|body| Control::decode_body(&body)) {
             Ok(Ok(Control::PleaseReintegrate { vm, reason })) => match self.vm(&vm) {
@@ -154,7 +154,7 @@ impl DesktopDaemon {
             },
             Ok(Ok(other)) => Control::Failed(format!("the desktop does not take {} requests", other.kind())),
             Ok(Err(e)) => Control::Failed(format!("cannot read that request: {e}")),
-            Err(e) => return tracing::warn!("{}", jettison_wire::chain(&e)),
+            Err(e) => return tracing::warn!("{}", wire::chain(&e)),
         };
         let _ = channel.send(&answer.encode_body());
     }

@@ -17,15 +17,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jettison_image_server::{ServeConfig, StopHandle};
-use jettison_qemu::{
-    announce, nic_args, resume, save_device_state, vm_tap_name, Accel, ActivitySample, ActivityWindow, DiskBackend,
-    GuestImage, QemuProcess, Qmp, Tap, VmSpec,
+use image_server::{ServeConfig, StopHandle};
+use qemu_driver::{
+    announce, nic_args, resume, save_device_state, vm_tap_name, Accel, DiskBackend, GuestImage, QemuProcess, Qmp, Tap,
+    VmLoadSample, VmLoadWindow, VmSpec,
 };
-use jettison_wire::{Service, SharedKey};
 use serde::{Deserialize, Serialize};
+use wire::{Service, SharedKey};
 
-use crate::config::{DesktopConfig, VmConfig};
+use crate::config::{DesktopConfig, VmDefinition};
 
 /// Where the VM is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +69,7 @@ impl Drop for Serving {
 /// A VM of this desktop.
 #[derive(Debug)]
 pub struct LocalVm {
-    config: VmConfig,
+    config: VmDefinition,
     guest: GuestImage,
     accel: Accel,
     bridge: String,
@@ -78,7 +78,7 @@ pub struct LocalVm {
     placement: Placement,
     running: Option<Running>,
     serving: Option<Serving>,
-    window: ActivityWindow,
+    window: VmLoadWindow,
 }
 
 impl LocalVm {
@@ -87,7 +87,7 @@ impl LocalVm {
     ///
     /// # Errors
     /// A text when its directory cannot be made.
-    pub fn new(desktop: &DesktopConfig, config: &VmConfig) -> Result<LocalVm, String> {
+    pub fn new(desktop: &DesktopConfig, config: &VmDefinition) -> Result<LocalVm, String> {
         let dir = desktop.state_dir.join(&config.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let placement = std::fs::read(dir.join("placement.json"))
@@ -104,12 +104,12 @@ impl LocalVm {
             placement,
             running: None,
             serving: None,
-            window: ActivityWindow::new(desktop.idle.window),
+            window: VmLoadWindow::new(desktop.idle.window),
         })
     }
 
     /// Its configuration.
-    pub fn config(&self) -> &VmConfig {
+    pub fn config(&self) -> &VmDefinition {
         &self.config
     }
 
@@ -173,7 +173,7 @@ impl LocalVm {
         let tap = Tap::create(&vm_tap_name(&self.config.name), &self.bridge).map_err(|e| e.to_string())?;
         let (qemu, qmp) = start(self.spec().extra_args(nic_args(tap.name(), &self.config.mac)))?;
         self.running = Some(Running { qmp, qemu, _tap: tap });
-        self.window = ActivityWindow::new(self.window.length());
+        self.window = VmLoadWindow::new(self.window.length());
         Ok(())
     }
 
@@ -239,16 +239,16 @@ impl LocalVm {
             events: None,
         };
         let memory = memserv::bind(&self.ram_file(), config(self.config.memserv_port, Service::Memory))
-            .map_err(|e| format!("memserv cannot serve {}: {}", self.name(), jettison_wire::chain(&e)))?;
+            .map_err(|e| format!("memserv cannot serve {}: {}", self.name(), wire::chain(&e)))?;
         let disk = diskserv::bind(&self.config.disk, config(self.config.diskserv_port, Service::Disk), 4096)
-            .map_err(|e| format!("diskserv cannot serve {}: {}", self.name(), jettison_wire::chain(&e)))?;
+            .map_err(|e| format!("diskserv cannot serve {}: {}", self.name(), wire::chain(&e)))?;
         let mut serving = Serving { stops: Vec::new(), threads: Vec::new() };
         for server in [memory, disk] {
             serving.stops.push(server.stop_handle());
             let vm = self.config.name.clone();
             serving.threads.push(std::thread::spawn(move || {
                 if let Err(e) = server.run() {
-                    tracing::error!(vm = %vm, "a checkpoint server stopped: {}", jettison_wire::chain(&e));
+                    tracing::error!(vm = %vm, "a checkpoint server stopped: {}", wire::chain(&e));
                 }
             }));
         }
@@ -281,14 +281,14 @@ impl LocalVm {
             self.running = None;
             return;
         }
-        match ActivitySample::take(running.qemu.pid(), &mut running.qmp) {
+        match VmLoadSample::take(running.qemu.pid(), &mut running.qmp) {
             Ok(sample) => self.window.push(sample),
             Err(e) => tracing::warn!(vm = %self.config.name, "cannot sample its activity: {e}"),
         }
     }
 
     /// The idleness window.
-    pub fn window(&self) -> &ActivityWindow {
+    pub fn window(&self) -> &VmLoadWindow {
         &self.window
     }
 }

@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 
 use std::time::Instant;
 
-use jettison_control::local::LocalReply;
-use jettison_control::{ChunkReader, Control, ReturnHeader};
-use jettison_slice_store::dirty_set::{ApplyTarget, StagedSet};
-use jettison_wire::Channel;
+use daemon_protocol::local::LocalReply;
+use daemon_protocol::{ChunkReader, Control, ReturnHeader};
+use migration_formats::dirty_set::{ApplyTarget, StagedSet};
 use serde_json::json;
+use wire::Channel;
 
 use crate::consolidate::{ask, Context};
 use crate::local_vm::{LocalVm, Placement};
@@ -200,13 +200,11 @@ pub fn stage(
         return Err("the descriptor arrived damaged (CRC mismatch)".to_owned());
     }
     write_durably(&checkpoint.incoming(), &descriptor)?;
-    let memory = checkpoint
-        .memory()
-        .stage(&mut reader)
-        .map_err(|e| format!("the memory dirty set: {}", jettison_wire::chain(&e)))?;
+    let memory =
+        checkpoint.memory().stage(&mut reader).map_err(|e| format!("the memory dirty set: {}", wire::chain(&e)))?;
     let disk = checkpoint.disk().stage(&mut reader).map_err(|e| {
         let _ = fs::remove_file(memory.path());
-        format!("the disk dirty set: {}", jettison_wire::chain(&e))
+        format!("the disk dirty set: {}", wire::chain(&e))
     })?;
     // Nothing may follow the disk set but the end of the stream.
     let mut extra = [0u8; 1];
@@ -225,7 +223,7 @@ fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, StagedSet)>) -> Re
     let apply_error = |what: &str, e: &dyn std::error::Error| {
         format!(
             "applying the {what} dirty set failed: {}; it stays staged in {} and is applied again before the VM starts",
-            jettison_wire::chain(e),
+            wire::chain(e),
             checkpoint.staging.display()
         )
     };
@@ -281,8 +279,8 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jettison_slice_store::dirty_set::export;
-    use jettison_slice_store::SliceStore;
+    use slice_store::export_dirty_set;
+    use slice_store::SliceStore;
 
     /// A checkpoint of 16 pages of 1s and 8 blocks of 2s, and a server-side
     /// stream dirtying pages 3 and 9 and block 5.
@@ -303,8 +301,8 @@ mod tests {
         disk.write_dirty(5, &[9u8; 4096]).unwrap();
         let descriptor = b"new descriptor".to_vec();
         let mut stream = descriptor.clone();
-        let m = export(&memory, &mut stream).unwrap();
-        let d = export(&disk, &mut stream).unwrap();
+        let m = export_dirty_set(&memory, &mut stream).unwrap();
+        let d = export_dirty_set(&disk, &mut stream).unwrap();
         let header = ReturnHeader {
             descriptor_bytes: descriptor.len() as u64,
             descriptor_crc: crc32fast::hash(&descriptor),

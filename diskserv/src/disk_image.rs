@@ -5,7 +5,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use jettison_image_server::Image;
+use image_server::Image;
 
 use crate::error::DiskservError;
 
@@ -131,7 +131,7 @@ mod tests {
         std::fs::write(&empty, b"").unwrap();
         assert!(matches!(DiskImage::open(&empty, 4096), Err(DiskservError::Empty { .. })));
         let missing = DiskImage::open(&dir.path().join("nope.raw"), 4096).unwrap_err();
-        let text = jettison_wire::chain(&missing);
+        let text = wire::chain(&missing);
         assert!(text.contains("nope.raw") && text.contains("is the VM stopped"), "{text}");
     }
 }

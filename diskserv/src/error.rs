@@ -34,9 +34,9 @@ pub enum DiskservError {
     #[error("diskserv: serves the disk service, but the configuration offers the {found} service")]
     Service {
         /// The service in the configuration.
-        found: jettison_wire::Service,
+        found: wire::Service,
     },
     /// The serving loop could not start.
     #[error("diskserv: cannot start serving")]
-    Serve(#[source] jettison_image_server::ServeError),
+    Serve(#[source] image_server::ServeError),
 }

@@ -26,8 +26,8 @@ pub use error::DiskservError;
 use std::path::Path;
 use std::sync::Arc;
 
-use jettison_image_server::{ServeConfig, Server};
-use jettison_wire::Service;
+use image_server::{ServeConfig, Server};
+use wire::Service;
 
 /// Opens the disk image at `image` read-only and binds a server for it with
 /// `config`, reporting zero runs in units of `block_size` bytes. Call

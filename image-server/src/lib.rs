@@ -18,7 +18,7 @@ pub mod respond;
 pub mod server;
 
 pub use error::ServeError;
+pub use event_loop::StopHandle;
 pub use events::RequestEvent;
 pub use image::Image;
-pub use jettison_event_loop::StopHandle;
 pub use server::{ServeConfig, Server};

@@ -1,8 +1,8 @@
 //! Turning a read request into a response: checking it against the
 //! protocol's limits and the image's size, and marking all-zero units.
 
-use jettison_wire::protocol::{Response, MAX_REQUEST_BYTES};
-use jettison_wire::{ByteRange, Chunk, ErrorKind};
+use wire::protocol::{Response, MAX_REQUEST_BYTES};
+use wire::{ByteRange, Chunk, ErrorKind};
 
 use crate::image::Image;
 
@@ -78,7 +78,7 @@ fn read_range(image: &dyn Image, range: ByteRange, chunks: &mut Vec<Chunk>) -> s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jettison_wire::client::chunks_cover;
+    use wire::client::chunks_cover;
 
     #[derive(Debug)]
     struct Mem(Vec<u8>);

@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use jettison_event_loop::StopHandle;
-use jettison_wire::{chain, Event, HelloReply, Request, ServerSession, Service, SharedKey, Welcome};
+use event_loop::StopHandle;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token};
+use wire::{chain, Event, HelloReply, Request, ServerSession, Service, SharedKey, Welcome};
 
 use crate::error::ServeError;
 use crate::events::{EventKind, RequestEvent};
@@ -388,8 +388,8 @@ impl PeerConn {
                 let response = answer(ctx.image, id, &ranges);
                 let bytes = ranges.iter().map(|r| u64::from(r.len)).sum();
                 let kind = match &response {
-                    jettison_wire::Response::Data { .. } => EventKind::Request,
-                    jettison_wire::Response::Error { kind, detail, .. } => {
+                    wire::Response::Data { .. } => EventKind::Request,
+                    wire::Response::Error { kind, detail, .. } => {
                         tracing::warn!(peer = %self.peer, id, "bad request: {kind}: {detail}");
                         EventKind::Rejected
                     }

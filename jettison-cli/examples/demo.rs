@@ -12,8 +12,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use jettison_tests::office::{assert_continuous, last_count, wait_for_count_above, Office, OfficeSpec, VM};
-use jettison_tests::{BOOT_TIMEOUT, COUNT_TIMEOUT};
+use tests::office::{assert_continuous, last_count, wait_for_count_above, Office, OfficeSpec, VM};
+use tests::{BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 const PACE: Duration = Duration::from_secs(1);
 const REPLY: Duration = Duration::from_secs(120);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
-use jettison_wire::{Hello, RemoteConfig, Service, SharedKey};
+use wire::{Hello, RemoteConfig, Service, SharedKey};
 
 use crate::signals::block_stop_signals;
 use crate::wake_args::WakeArgs;

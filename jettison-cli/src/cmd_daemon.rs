@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use jettison_desktop::{DesktopConfig, DesktopDaemon};
-use jettison_server::{ServerConfig, ServerDaemon};
+use desktop_daemon::{DesktopConfig, DesktopDaemon};
+use server_daemon::{ServerConfig, ServerDaemon};
 
 use crate::signals::block_stop_signals;
 use crate::CmdResult;

@@ -8,8 +8,9 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 
-use jettison_slice_store::dirty_set::{export, ApplyTarget};
-use jettison_slice_store::SliceStore;
+use migration_formats::dirty_set::ApplyTarget;
+use slice_store::export_dirty_set;
+use slice_store::SliceStore;
 
 use crate::CmdResult;
 
@@ -80,7 +81,7 @@ pub fn run(args: Args) -> CmdResult {
             store.flush()?;
             let file = File::create(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
             let mut writer = BufWriter::new(file);
-            let summary = export(&store, &mut writer)?;
+            let summary = export_dirty_set(&store, &mut writer)?;
             writer.flush()?;
             writer.get_ref().sync_all()?;
             println!(

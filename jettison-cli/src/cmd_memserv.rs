@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use jettison_image_server::ServeConfig;
-use jettison_wire::{Service, SharedKey};
+use image_server::ServeConfig;
+use wire::{Service, SharedKey};
 
 use crate::signals::{block_stop_signals, serve_until_signal};
 use crate::CmdResult;

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use jettison_slice_store::ZeroMap;
-use jettison_wire::{Hello, RemoteConfig, Service, SharedKey};
-use memtap::{Mount, VmConfig};
+use memtap::{Mount, RamFileConfig};
+use migration_formats::ZeroMap;
+use wire::{Hello, RemoteConfig, Service, SharedKey};
 
 use crate::signals::block_stop_signals;
 use crate::wake_args::WakeArgs;
@@ -61,7 +61,7 @@ pub fn run(args: Args) -> CmdResult {
     for (name, addr) in &args.vms {
         let hello = Hello { service: Service::Memory, export: name.clone() };
         let remote = RemoteConfig::new(addr, key.clone(), hello);
-        let mut config = VmConfig::new(name, args.state_dir.join(name), remote);
+        let mut config = RamFileConfig::new(name, args.state_dir.join(name), remote);
         let mac = args.wake_macs.iter().find(|(vm, _)| vm == name).map(|(_, mac)| mac.as_str());
         config.wake = args.wake.hook(name, mac, addr)?;
         config.pivot_window = args.pivot_window;

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use daemon_protocol::local::{call, LocalReply, LocalRequest};
 use indicatif::{ProgressBar, ProgressStyle};
-use jettison_control::local::{call, LocalReply, LocalRequest};
 
 use crate::CmdResult;
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use jettison_wire::SharedKey;
+use wire::SharedKey;
 
 use crate::CmdResult;
 

@@ -3,7 +3,7 @@
 //! It listens to memserv's and diskserv's event sockets, suspends the
 //! desktop once no request has come for `t_w`, and keeps the energy ledger
 //! (`ledger.json`, `power.svg`) in its state directory. The decision and the
-//! loop are [`jettison_power::daemon`]'s; this file only plugs in the
+//! loop are [`power::daemon`]'s; this file only plugs in the
 //! kernel's clock, the event sockets and the sleep back-end.
 
 use std::net::Ipv4Addr;
@@ -14,12 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use activity_monitor::{SleepBackend, SuspendClock, SystemSuspend};
-use jettison_image_server::events::{subscribe, EventKind};
-use jettison_power::daemon::{self, Arrival, Clock, DaemonError, Sleeper};
-use jettison_power::{
-    AdaptiveConfig, DesktopState, LedgerFiles, MicrosleepPolicy, PowerProfile, SleepMachine, DEFAULT_WAIT_SECS,
-};
-use remote_wakeup::{EmulatedS3, Mac, PowerState, S3Config};
+use image_server::events::{subscribe, EventKind};
+use power::daemon::{self, Arrival, Clock, DaemonError, Sleeper};
+use power::{AdaptiveConfig, LedgerFiles, MicrosleepPolicy, PowerProfile, PowerState, SleepMachine, DEFAULT_WAIT_SECS};
+use remote_wakeup::{EmulatedS3, Mac, S3Config, S3State};
 
 use crate::signals::block_stop_signals;
 use crate::CmdResult;
@@ -202,7 +200,7 @@ impl Sleeper for SystemSleeper {
         &mut self,
         clock: &dyn Clock,
         _stop: &AtomicBool,
-        report: &mut dyn FnMut(DesktopState, f64),
+        report: &mut dyn FnMut(PowerState, f64),
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let before = clock.now();
         let slept = self.backend.suspend()?;
@@ -211,13 +209,13 @@ impl Sleeper for SystemSleeper {
         let p = &self.profile;
         let awake = slept.elapsed.saturating_sub(slept.asleep).as_secs_f64();
         let asleep_at = before + awake * p.suspend_secs / (p.suspend_secs + p.resume_secs);
-        report(DesktopState::Asleep, asleep_at);
-        report(DesktopState::Resuming, asleep_at + slept.asleep.as_secs_f64());
+        report(PowerState::Asleep, asleep_at);
+        report(PowerState::Resuming, asleep_at + slept.asleep.as_secs_f64());
         Ok(())
     }
 
     fn failed(&mut self, error: &DaemonError) {
-        tracing::warn!("{}; staying awake, trying again after t_w", jettison_wire::chain(error));
+        tracing::warn!("{}; staying awake, trying again after t_w", wire::chain(error));
     }
 }
 
@@ -253,7 +251,7 @@ impl EmulatedSleeper {
     }
 
     /// Waits until the state is one of `states`; false if stopped first.
-    fn wait_for(&self, stop: &AtomicBool, states: &[PowerState]) -> bool {
+    fn wait_for(&self, stop: &AtomicBool, states: &[S3State]) -> bool {
         while !stop.load(Ordering::Relaxed) {
             if self.s3.wait_until(TICK, |state, _| states.contains(&state)) {
                 return true;
@@ -272,29 +270,29 @@ impl Sleeper for EmulatedSleeper {
         &mut self,
         clock: &dyn Clock,
         stop: &AtomicBool,
-        report: &mut dyn FnMut(DesktopState, f64),
+        report: &mut dyn FnMut(PowerState, f64),
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         tracing::info!("no request for t_w: suspending (emulated S3)");
         self.s3.suspend();
-        if !self.wait_for(stop, &[PowerState::Asleep, PowerState::Resuming, PowerState::On]) {
+        if !self.wait_for(stop, &[S3State::Asleep, S3State::Resuming, S3State::On]) {
             return Ok(());
         }
         if let Some(error) = self.s3.last_error() {
             tracing::warn!("emulated S3: {error}");
         }
-        report(DesktopState::Asleep, clock.now());
-        if !self.wait_for(stop, &[PowerState::Resuming, PowerState::On]) {
+        report(PowerState::Asleep, clock.now());
+        if !self.wait_for(stop, &[S3State::Resuming, S3State::On]) {
             return Ok(());
         }
-        report(DesktopState::Resuming, clock.now());
-        if self.wait_for(stop, &[PowerState::On]) {
+        report(PowerState::Resuming, clock.now());
+        if self.wait_for(stop, &[S3State::On]) {
             tracing::info!("awake again (emulated S3)");
         }
         Ok(())
     }
 
     fn failed(&mut self, error: &DaemonError) {
-        tracing::warn!("{}; staying awake, trying again after t_w", jettison_wire::chain(error));
+        tracing::warn!("{}; staying awake, trying again after t_w", wire::chain(error));
     }
 }
 
@@ -320,7 +318,7 @@ mod tests {
     fn a_reader_forwards_requests_from_its_socket() {
         use std::io::Write;
 
-        use jettison_image_server::events::RequestEvent;
+        use image_server::events::RequestEvent;
 
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("memserv.events");
@@ -359,7 +357,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).expect("the state file"), "mem");
         assert_eq!(
             seen.iter().map(|&(state, _)| state).collect::<Vec<_>>(),
-            [DesktopState::Asleep, DesktopState::Resuming]
+            [PowerState::Asleep, PowerState::Resuming]
         );
         assert!(seen[0].1 >= 10.0 && seen[1].1 >= seen[0].1, "{seen:?}");
     }

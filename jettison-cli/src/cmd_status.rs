@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use jettison_control::local::{call, LocalRequest};
-use jettison_power::{LedgerFiles, LedgerSummary, CHART_FILE, LEDGER_FILE};
+use daemon_protocol::local::{call, LocalRequest};
+use power::{LedgerFiles, LedgerSummary, CHART_FILE, LEDGER_FILE};
 
 use crate::CmdResult;
 
@@ -70,9 +70,9 @@ pub fn run(args: Args) -> CmdResult {
         }
         return Ok(());
     }
-    let memory: Option<Vec<memtap::Stats>> =
+    let memory: Option<Vec<memtap::RamStats>> =
         read_stats(&args.memtap).map_err(|e| format!("cannot read memtap's mount {}: {e}", args.memtap.display()))?;
-    let disks: Option<Vec<cownetdisk::Stats>> = read_stats(&args.disks)
+    let disks: Option<Vec<cownetdisk::DiskStats>> = read_stats(&args.disks)
         .map_err(|e| format!("cannot read cownetdisk's state directory {}: {e}", args.disks.display()))?;
     let power = match &args.power {
         Some(dir) => LedgerFiles::read(dir)?,

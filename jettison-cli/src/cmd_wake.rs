@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use remote_wakeup::{DesktopConfig, DesktopWaker, Mac, WakeOutcome};
+use remote_wakeup::{DesktopWaker, Mac, WakeOutcome, WakeTarget};
 
 use crate::CmdResult;
 
@@ -45,7 +45,7 @@ pub fn run(args: Args) -> CmdResult {
     };
     // Without a probe the address is never connected to.
     let unused: SocketAddr = (IpAddr::from([0, 0, 0, 0]), 0).into();
-    let mut config = DesktopConfig::new(&args.name, args.mac, args.broadcast, probe.unwrap_or(unused));
+    let mut config = WakeTarget::new(&args.name, args.mac, args.broadcast, probe.unwrap_or(unused));
     config.raw_interface = args.interface.filter(|_| args.raw);
     config.give_up_after = Duration::from_secs(args.timeout);
     let waker = DesktopWaker::new(config);

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use jettison_slice_store::ZeroMap;
+use migration_formats::ZeroMap;
 
 use crate::CmdResult;
 

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("jettison: {}", jettison_wire::chain(e.as_ref()));
+            eprintln!("jettison: {}", wire::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

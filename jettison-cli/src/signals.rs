@@ -22,7 +22,7 @@ pub fn block_stop_signals() -> nix::Result<impl FnOnce() -> Option<Signal> + Sen
 /// # Errors
 /// The loop's error.
 pub fn serve_until_signal(
-    server: jettison_image_server::Server,
+    server: image_server::Server,
     wait_for_signal: impl FnOnce() -> Option<Signal> + Send + 'static,
 ) -> crate::CmdResult {
     let stop = server.stop_handle();

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
-use jettison_wire::{NoWake, WakeHook};
-use remote_wakeup::{DesktopConfig, DesktopWaker, Mac};
+use remote_wakeup::{DesktopWaker, Mac, WakeTarget};
+use wire::{NoWake, WakeHook};
 
 /// How to reach sleeping desktops.
 #[derive(Debug, clap::Args)]
@@ -33,7 +33,7 @@ impl WakeArgs {
             .map_err(|e| format!("cannot resolve {addr} for {name}: {e}"))?
             .next()
             .ok_or_else(|| format!("{addr} resolves to no address"))?;
-        let mut config = DesktopConfig::new(name, mac, self.broadcast, probe);
+        let mut config = WakeTarget::new(name, mac, self.broadcast, probe);
         config.raw_interface = self.interface.clone();
         Ok(Arc::new(DesktopWaker::new(config)))
     }

@@ -29,7 +29,7 @@ fn pair_writes_a_private_key_and_refuses_to_overwrite_it() {
 #[test]
 fn status_prints_a_line_per_vm_and_json_for_scripts() {
     let dir = tempfile::tempdir().unwrap();
-    let stats = memtap::Stats {
+    let stats = memtap::RamStats {
         vm: "vm1".into(),
         ram_bytes: 256 << 20,
         faults: 1086,
@@ -40,7 +40,7 @@ fn status_prints_a_line_per_vm_and_json_for_scripts() {
         prefetch_hits: 815,
         prefetch_misses: 258,
         dirty_pages: 7,
-        ..memtap::Stats::default()
+        ..memtap::RamStats::default()
     };
     std::fs::write(dir.path().join("vm1.stats"), serde_json::to_vec(&stats).unwrap()).unwrap();
     std::fs::write(dir.path().join("vm1.ram"), b"").unwrap();
@@ -57,7 +57,7 @@ fn status_prints_a_line_per_vm_and_json_for_scripts() {
     assert!(line.contains("prefetch 815 hits / 258 misses") && line.contains("7 dirty pages"), "{line}");
     let out = status(&["--json"]);
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let memory: Vec<memtap::Stats> = serde_json::from_value(parsed["memory"].clone()).unwrap();
+    let memory: Vec<memtap::RamStats> = serde_json::from_value(parsed["memory"].clone()).unwrap();
     assert_eq!(memory, vec![stats]);
     assert_eq!(parsed["disks"], serde_json::json!([]));
 }
@@ -117,7 +117,7 @@ fn errors_name_the_thing_and_what_to_do() {
 
 #[test]
 fn dirty_set_export_then_apply_changes_exactly_the_dirty_blocks() {
-    use jettison_slice_store::SliceStore;
+    use slice_store::SliceStore;
     let dir = tempfile::tempdir().unwrap();
     let size = 64 * 4096u64;
     let image = dir.path().join("disk.img");
@@ -177,17 +177,17 @@ fn dirty_set_export_then_apply_changes_exactly_the_dirty_blocks() {
 
 #[test]
 fn status_shows_the_power_ledger_beside_memory_and_disks() {
-    use jettison_power::{DesktopState, EnergyLedger, PowerProfile};
+    use power::{EnergyLedger, PowerProfile, PowerState};
     let dir = tempfile::tempdir().unwrap();
     let power = dir.path().join("power");
     std::fs::create_dir(&power).unwrap();
     let p = PowerProfile::TABLE_1;
     let mut ledger = EnergyLedger::new(p);
-    ledger.begin(DesktopState::Idle, 0.0).unwrap();
-    ledger.enter(DesktopState::Suspending, 6.0).unwrap();
-    ledger.enter(DesktopState::Asleep, 6.0 + p.suspend_secs).unwrap();
-    ledger.enter(DesktopState::Resuming, 3000.0).unwrap();
-    ledger.enter(DesktopState::Serving, 3000.0 + p.resume_secs).unwrap();
+    ledger.begin(PowerState::Idle, 0.0).unwrap();
+    ledger.enter(PowerState::Suspending, 6.0).unwrap();
+    ledger.enter(PowerState::Asleep, 6.0 + p.suspend_secs).unwrap();
+    ledger.enter(PowerState::Resuming, 3000.0).unwrap();
+    ledger.enter(PowerState::Serving, 3000.0 + p.resume_secs).unwrap();
     let summary = ledger.summary(3020.0);
     std::fs::write(power.join("ledger.json"), serde_json::to_vec(&summary).unwrap()).unwrap();
     let nowhere = dir.path().join("nowhere");
@@ -211,7 +211,7 @@ fn status_shows_the_power_ledger_beside_memory_and_disks() {
     let out = status(&["--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let back: jettison_power::LedgerSummary = serde_json::from_value(parsed["power"].clone()).unwrap();
+    let back: power::LedgerSummary = serde_json::from_value(parsed["power"].clone()).unwrap();
     // serde_json's Value rounds the last bit of some floats: compare what the line shows.
     let back_total = back.total.unwrap();
     assert_eq!((back.consolidations.len(), back_total.wakes), (1, 1));

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use jettison_tests::{fuse_available, guest, skip};
+use tests::{fuse_available, guest, skip};
 
 /// The demo example, built by `cargo test` beside this test binary.
 fn demo_example() -> Option<PathBuf> {
@@ -19,7 +19,7 @@ fn demo_example() -> Option<PathBuf> {
 
 #[test]
 fn the_demo_moves_a_guest_there_and_back_and_reports_what_moved() {
-    if let Err(why) = guest().and_then(|_| fuse_available()).and_then(|()| jettison_tests::netns::available()) {
+    if let Err(why) = guest().and_then(|_| fuse_available()).and_then(|()| tests::netns::available()) {
         return skip(why);
     }
     let Some(example) = demo_example() else {

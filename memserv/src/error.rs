@@ -22,5 +22,5 @@ pub enum MemservError {
     },
     /// The serving loop could not start.
     #[error("memserv: cannot start serving")]
-    Serve(#[source] jettison_image_server::ServeError),
+    Serve(#[source] image_server::ServeError),
 }

@@ -14,7 +14,7 @@ pub use ram_file::{RamFile, PAGE_SIZE};
 
 use std::sync::Arc;
 
-use jettison_image_server::{ServeConfig, Server};
+use image_server::{ServeConfig, Server};
 
 /// Opens `ram` and binds a server for it with `config` (whose service must
 /// be memory). Call [`Server::run`] on the result.

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use jettison_image_server::Image;
+use image_server::Image;
 use memmap2::Mmap;
 
 use crate::error::MemservError;

@@ -12,7 +12,7 @@ pub enum MemtapError {
         vm: String,
         /// The cause.
         #[source]
-        source: jettison_wire::WireError,
+        source: wire::WireError,
     },
     /// memserv serves a page size memtap does not use.
     #[error("memtap: memserv serves VM {vm} in {unit}-byte pages; memtap needs 4096")]
@@ -40,7 +40,7 @@ pub enum MemtapError {
         vm: String,
         /// The cause.
         #[source]
-        source: jettison_slice_store::Error,
+        source: slice_store::StoreError,
     },
     /// Reading or writing the VM's memory failed.
     #[error("memtap: I/O on VM {vm} at {offset:#x} failed")]
@@ -51,7 +51,7 @@ pub enum MemtapError {
         offset: u64,
         /// The cause.
         #[source]
-        source: jettison_slice_store::Error,
+        source: slice_store::StoreError,
     },
     /// Two VMs share a name.
     #[error("memtap: two VMs are named {0}: names must be unique")]

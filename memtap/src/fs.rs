@@ -232,7 +232,7 @@ impl Filesystem for MemtapFs {
                 let job: Job = Box::new(move || match vm.read(offset, size) {
                     Ok(data) => reply.data(&data),
                     Err(e) => {
-                        tracing::error!(vm = %vm.name(), offset = format_args!("{offset:#x}"), "read failed: {}", jettison_wire::chain(&e));
+                        tracing::error!(vm = %vm.name(), offset = format_args!("{offset:#x}"), "read failed: {}", wire::chain(&e));
                         reply.error(libc::EIO);
                     }
                 });
@@ -263,7 +263,7 @@ impl Filesystem for MemtapFs {
         match vm.write(offset, data) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
-                tracing::error!(vm = %vm.name(), offset = format_args!("{offset:#x}"), "write failed: {}", jettison_wire::chain(&e));
+                tracing::error!(vm = %vm.name(), offset = format_args!("{offset:#x}"), "write failed: {}", wire::chain(&e));
                 reply.error(libc::EIO);
             }
         }
@@ -279,7 +279,7 @@ impl Filesystem for MemtapFs {
         match vm.flush() {
             Ok(()) => reply.ok(),
             Err(e) => {
-                tracing::error!(vm = %vm.name(), "fsync failed: {}", jettison_wire::chain(&e));
+                tracing::error!(vm = %vm.name(), "fsync failed: {}", wire::chain(&e));
                 reply.error(libc::EIO);
             }
         }

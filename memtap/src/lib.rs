@@ -19,8 +19,8 @@ pub mod stats;
 mod vm;
 
 pub use error::MemtapError;
-pub use stats::Stats;
-pub use vm::{VmConfig, VmMemory, PAGE_SIZE};
+pub use stats::RamStats;
+pub use vm::{RamFileConfig, VmMemory, PAGE_SIZE};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ impl Mount {
     ///
     /// # Errors
     /// [`MemtapError`] for the first VM or the mount that failed.
-    pub fn start(mountpoint: &Path, vms: Vec<VmConfig>) -> Result<Self, MemtapError> {
+    pub fn start(mountpoint: &Path, vms: Vec<RamFileConfig>) -> Result<Self, MemtapError> {
         let mut memories: Vec<Arc<VmMemory>> = Vec::new();
         for config in vms {
             if memories.iter().any(|m| m.name() == config.name) {

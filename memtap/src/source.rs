@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use jettison_slice_store::{SliceStore, SourceError, UnitSource, UnitState};
-use jettison_wire::RemoteImage;
+use slice_store::{SliceStore, SourceError, UnitSource, UnitState};
+use wire::RemoteImage;
 
 use crate::prefetch::{pivot_window, PrefetchCache};
 use crate::stats::Counters;

@@ -37,7 +37,7 @@ impl Counters {
 /// A point-in-time copy of a VM's counters, as shown by `<vm>.stats` and
 /// `jettison status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
+pub struct RamStats {
     /// The VM's name.
     pub vm: String,
     /// Size of its RAM in bytes.
@@ -68,7 +68,7 @@ pub struct Stats {
     pub cached_pages: u64,
 }
 
-impl Stats {
+impl RamStats {
     /// One line for `jettison status`.
     pub fn summary(&self) -> String {
         format!(
@@ -94,11 +94,11 @@ mod tests {
 
     #[test]
     fn summary_names_every_counter() {
-        let s = Stats { vm: "vm1".into(), ram_bytes: 256 << 20, faults: 3, dirty_pages: 2, ..Stats::default() };
+        let s = RamStats { vm: "vm1".into(), ram_bytes: 256 << 20, faults: 3, dirty_pages: 2, ..RamStats::default() };
         let line = s.summary();
         assert!(line.starts_with("vm1: 256 MiB RAM, 3 faults in 0 reads"), "{line}");
         assert!(line.ends_with("2 dirty pages"), "{line}");
         let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(serde_json::from_str::<Stats>(&json).unwrap(), s);
+        assert_eq!(serde_json::from_str::<RamStats>(&json).unwrap(), s);
     }
 }

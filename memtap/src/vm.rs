@@ -5,20 +5,20 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use jettison_slice_store::{Overlay, SliceStore};
-use jettison_wire::{NoWake, RemoteConfig, RemoteImage, WakeHook};
+use slice_store::{Overlay, SliceStore};
+use wire::{NoWake, RemoteConfig, RemoteImage, WakeHook};
 
 use crate::error::MemtapError;
 use crate::prefetch::{DEFAULT_CACHE_BYTES, DEFAULT_PIVOT_WINDOW};
 use crate::source::PageSource;
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, RamStats};
 
 /// The page size memtap works in.
 pub const PAGE_SIZE: u64 = 4096;
 
 /// How to bring up one VM's memory.
 #[derive(Debug, Clone)]
-pub struct VmConfig {
+pub struct RamFileConfig {
     /// The VM's name: the file is `<name>.ram`.
     pub name: String,
     /// Directory for the VM's fetched and dirty slices (kept across restarts).
@@ -37,11 +37,11 @@ pub struct VmConfig {
     pub wake: Arc<dyn WakeHook>,
 }
 
-impl VmConfig {
+impl RamFileConfig {
     /// A VM with the paper's defaults: a 20-page pivot window, a 50 MiB
     /// cache, and a desktop that is always awake.
     pub fn new(name: impl Into<String>, slices: impl Into<PathBuf>, remote: RemoteConfig) -> Self {
-        VmConfig {
+        RamFileConfig {
             name: name.into(),
             slices: slices.into(),
             remote,
@@ -68,7 +68,7 @@ impl VmMemory {
     ///
     /// # Errors
     /// [`MemtapError`] naming the VM and what failed.
-    pub fn open(config: VmConfig) -> Result<Self, MemtapError> {
+    pub fn open(config: RamFileConfig) -> Result<Self, MemtapError> {
         let name = config.name.clone();
         let remote = RemoteImage::connect(config.remote, config.wake)
             .map_err(|source| MemtapError::Remote { vm: name.clone(), source })?;
@@ -149,11 +149,11 @@ impl VmMemory {
     }
 
     /// The VM's counters now.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> RamStats {
         let c = &self.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let overlay = self.overlay.stats();
-        Stats {
+        RamStats {
             vm: self.name.clone(),
             ram_bytes: self.size(),
             read_requests: get(&c.read_requests),
@@ -171,7 +171,7 @@ impl VmMemory {
         }
     }
 
-    fn io_error(&self, offset: u64, source: jettison_slice_store::Error) -> MemtapError {
+    fn io_error(&self, offset: u64, source: slice_store::StoreError) -> MemtapError {
         MemtapError::Io { vm: self.name.clone(), offset, source }
     }
 }

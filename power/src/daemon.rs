@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use crate::files::{FilesError, LedgerFiles};
 use crate::machine::{Decision, SleepMachine};
-use crate::{DesktopState, EnergyReport, PowerError};
+use crate::{EnergyReport, PowerError, PowerState};
 
 /// A clock in seconds that keeps counting while the machine is suspended.
 pub trait Clock {
@@ -40,7 +40,7 @@ pub trait Sleeper {
 
     /// Suspends the desktop and returns once it is awake again (or `stop`
     /// was set while it slept). Calls `report(state, at)` as the desktop
-    /// enters [`DesktopState::Asleep`] and [`DesktopState::Resuming`],
+    /// enters [`PowerState::Asleep`] and [`PowerState::Resuming`],
     /// with `at` read from `clock` (or reconstructed on it, for a back-end
     /// that only learns the times after the resume). The caller records
     /// Suspending before and Serving after.
@@ -52,7 +52,7 @@ pub trait Sleeper {
         &mut self,
         clock: &dyn Clock,
         stop: &AtomicBool,
-        report: &mut dyn FnMut(DesktopState, f64),
+        report: &mut dyn FnMut(PowerState, f64),
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
     /// A suspend failed ([`DaemonError::Sleep`]): the desktop is idle
@@ -172,7 +172,7 @@ fn sleep_once(
     files: &LedgerFiles,
     stop: &AtomicBool,
 ) -> Result<(), DaemonError> {
-    machine.enter(DesktopState::Suspending, clock.now())?;
+    machine.enter(PowerState::Suspending, clock.now())?;
     save(machine, clock, files)?;
     let mut failure = None;
     let slept = sleeper.sleep(clock, stop, &mut |state, at| {
@@ -187,12 +187,12 @@ fn sleep_once(
     let now = clock.now();
     if let Err(source) = slept {
         // It did not sleep: back to idle, and wait t_w again before retrying.
-        machine.enter(DesktopState::Idle, now)?;
+        machine.enter(PowerState::Idle, now)?;
         save(machine, clock, files)?;
         return Err(DaemonError::Sleep { backend: sleeper.name(), source });
     }
     if !stop.load(Ordering::Relaxed) {
-        machine.enter(DesktopState::Serving, now)?;
+        machine.enter(PowerState::Serving, now)?;
         save(machine, clock, files)?;
     }
     Ok(())
@@ -231,11 +231,11 @@ mod tests {
             &mut self,
             _clock: &dyn Clock,
             stop: &AtomicBool,
-            report: &mut dyn FnMut(DesktopState, f64),
+            report: &mut dyn FnMut(PowerState, f64),
         ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let t = self.clock.0.get();
-            report(DesktopState::Asleep, t + 1.0);
-            report(DesktopState::Resuming, t + 100.0);
+            report(PowerState::Asleep, t + 1.0);
+            report(PowerState::Resuming, t + 100.0);
             self.clock.0.set(t + 101.0);
             self.rounds -= 1;
             if self.rounds == 0 {
@@ -288,7 +288,7 @@ mod tests {
             &mut self,
             _clock: &dyn Clock,
             _stop: &AtomicBool,
-            _report: &mut dyn FnMut(DesktopState, f64),
+            _report: &mut dyn FnMut(PowerState, f64),
         ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             self.clock.0.set(self.clock.0.get() + 1.0);
             Err("inhibited".into())

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::DesktopState;
+use crate::PowerState;
 
 /// What can go wrong loading a profile, configuring a policy or feeding the
 /// ledger.
@@ -66,7 +66,7 @@ pub enum PowerError {
     #[error("energy ledger: entering {state} at {at} s, before the previous transition at {previous} s")]
     TimeWentBackwards {
         /// The state being entered (or the state open when ending).
-        state: DesktopState,
+        state: PowerState,
         /// The time given.
         at: f64,
         /// The previous transition's time.

@@ -128,7 +128,7 @@ impl LedgerFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DesktopState, EnergyLedger, PowerProfile};
+    use crate::{EnergyLedger, PowerProfile, PowerState};
 
     #[test]
     fn writes_and_reads_back() {
@@ -136,8 +136,8 @@ mod tests {
         let state = dir.path().join("power");
         let files = LedgerFiles::new(&state).unwrap();
         let mut ledger = EnergyLedger::new(PowerProfile::TABLE_1);
-        ledger.begin(DesktopState::Idle, 0.0).unwrap();
-        ledger.enter(DesktopState::Asleep, 6.0).unwrap();
+        ledger.begin(PowerState::Idle, 0.0).unwrap();
+        ledger.enter(PowerState::Asleep, 6.0).unwrap();
         files.write(&ledger.summary(60.0), &ledger.power_trace()).unwrap();
         let back = LedgerFiles::read(&state).unwrap().unwrap();
         assert_eq!(back, ledger.summary(60.0));

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DesktopState, PowerError, PowerProfile};
+use crate::{PowerError, PowerProfile, PowerState};
 
 /// Seconds spent in each state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -33,36 +33,36 @@ pub struct StateSecs {
 
 impl StateSecs {
     /// The seconds spent in `state`.
-    pub fn get(&self, state: DesktopState) -> f64 {
+    pub fn get(&self, state: PowerState) -> f64 {
         match state {
-            DesktopState::Idle => self.idle,
-            DesktopState::Suspending => self.suspending,
-            DesktopState::Asleep => self.asleep,
-            DesktopState::Resuming => self.resuming,
-            DesktopState::Serving => self.serving,
+            PowerState::Idle => self.idle,
+            PowerState::Suspending => self.suspending,
+            PowerState::Asleep => self.asleep,
+            PowerState::Resuming => self.resuming,
+            PowerState::Serving => self.serving,
         }
     }
 
     /// Adds `secs` to `state`.
-    pub fn add(&mut self, state: DesktopState, secs: f64) {
+    pub fn add(&mut self, state: PowerState, secs: f64) {
         let slot = match state {
-            DesktopState::Idle => &mut self.idle,
-            DesktopState::Suspending => &mut self.suspending,
-            DesktopState::Asleep => &mut self.asleep,
-            DesktopState::Resuming => &mut self.resuming,
-            DesktopState::Serving => &mut self.serving,
+            PowerState::Idle => &mut self.idle,
+            PowerState::Suspending => &mut self.suspending,
+            PowerState::Asleep => &mut self.asleep,
+            PowerState::Resuming => &mut self.resuming,
+            PowerState::Serving => &mut self.serving,
         };
         *slot += secs;
     }
 
     /// The sum over every state.
     pub fn total(&self) -> f64 {
-        DesktopState::ALL.iter().map(|&state| self.get(state)).sum()
+        PowerState::ALL.iter().map(|&state| self.get(state)).sum()
     }
 
     /// The energy these times cost under `profile`, joules.
     pub fn joules(&self, profile: &PowerProfile) -> f64 {
-        DesktopState::ALL.iter().map(|&state| self.get(state) * profile.watts(state)).sum()
+        PowerState::ALL.iter().map(|&state| self.get(state) * profile.watts(state)).sum()
     }
 }
 
@@ -131,13 +131,13 @@ pub struct PowerStep {
     /// The power from then on, watts.
     pub watts: f64,
     /// The state drawing it.
-    pub state: DesktopState,
+    pub state: PowerState,
 }
 
 #[derive(Debug, Clone)]
 struct Open {
     began: f64,
-    state: DesktopState,
+    state: PowerState,
     since: f64,
     secs: StateSecs,
     wakes: u64,
@@ -164,7 +164,7 @@ impl EnergyLedger {
     }
 
     /// The state of the open consolidation and when it was entered.
-    pub fn current(&self) -> Option<(DesktopState, f64)> {
+    pub fn current(&self) -> Option<(PowerState, f64)> {
         self.open.as_ref().map(|open| (open.state, open.since))
     }
 
@@ -175,7 +175,7 @@ impl EnergyLedger {
     /// [`PowerError::AlreadyConsolidated`] if one is open,
     /// [`PowerError::TimeWentBackwards`] if `at_secs` is before the end of
     /// the previous one, [`PowerError::InvalidTime`] if it is not finite.
-    pub fn begin(&mut self, state: DesktopState, at_secs: f64) -> Result<(), PowerError> {
+    pub fn begin(&mut self, state: PowerState, at_secs: f64) -> Result<(), PowerError> {
         finite("energy ledger begin", at_secs)?;
         if let Some(open) = &self.open {
             return Err(PowerError::AlreadyConsolidated { at: at_secs, open_since: open.began });
@@ -197,7 +197,7 @@ impl EnergyLedger {
     ///
     /// [`PowerError::NotConsolidated`], [`PowerError::TimeWentBackwards`],
     /// [`PowerError::InvalidTime`].
-    pub fn enter(&mut self, state: DesktopState, at_secs: f64) -> Result<(), PowerError> {
+    pub fn enter(&mut self, state: PowerState, at_secs: f64) -> Result<(), PowerError> {
         finite("energy ledger enter", at_secs)?;
         let open = self.open.as_mut().ok_or(PowerError::NotConsolidated { operation: "enter", at: at_secs })?;
         if at_secs < open.since {
@@ -207,7 +207,7 @@ impl EnergyLedger {
             return Ok(());
         }
         open.secs.add(open.state, at_secs - open.since);
-        if state == DesktopState::Resuming {
+        if state == PowerState::Resuming {
             open.wakes += 1;
         }
         open.state = state;
@@ -247,7 +247,7 @@ impl EnergyLedger {
     /// Records a step. A step at the same time as the last one replaces it
     /// (a zero-length state draws nothing), and a step that then repeats
     /// its predecessor's state is merged into it.
-    fn push_step(&mut self, at_secs: f64, state: DesktopState) {
+    fn push_step(&mut self, at_secs: f64, state: PowerState) {
         if self.steps.last().is_some_and(|last| last.at_secs == at_secs) {
             self.steps.pop();
         }
@@ -259,7 +259,7 @@ impl EnergyLedger {
 
     /// Records a step as is: a consolidation's first, or its closing step
     /// (its last power again, at its end).
-    fn push_raw_step(&mut self, at_secs: f64, state: DesktopState) {
+    fn push_raw_step(&mut self, at_secs: f64, state: PowerState) {
         self.steps.push(PowerStep { at_secs, watts: self.profile.watts(state), state });
     }
 
@@ -274,7 +274,7 @@ impl EnergyLedger {
             let mut secs = StateSecs::default();
             let mut wakes = 0;
             for report in &consolidations {
-                for state in DesktopState::ALL {
+                for state in PowerState::ALL {
                     secs.add(state, report.secs.get(state));
                 }
                 wakes += report.wakes;
@@ -318,11 +318,11 @@ mod tests {
     fn integrates_each_state_with_its_power() {
         let p = PowerProfile::TABLE_1;
         let mut ledger = EnergyLedger::new(p);
-        ledger.begin(DesktopState::Idle, 0.0).unwrap();
-        ledger.enter(DesktopState::Suspending, 6.0).unwrap();
-        ledger.enter(DesktopState::Asleep, 6.0 + p.suspend_secs).unwrap();
-        ledger.enter(DesktopState::Resuming, 100.0).unwrap();
-        ledger.enter(DesktopState::Serving, 100.0 + p.resume_secs).unwrap();
+        ledger.begin(PowerState::Idle, 0.0).unwrap();
+        ledger.enter(PowerState::Suspending, 6.0).unwrap();
+        ledger.enter(PowerState::Asleep, 6.0 + p.suspend_secs).unwrap();
+        ledger.enter(PowerState::Resuming, 100.0).unwrap();
+        ledger.enter(PowerState::Serving, 100.0 + p.resume_secs).unwrap();
         let report = ledger.end(110.0).unwrap();
         let expected = 6.0 * p.idle_watts
             + p.suspend_secs * p.suspend_watts
@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn staying_idle_saves_nothing() {
         let mut ledger = EnergyLedger::new(PowerProfile::TABLE_1);
-        ledger.begin(DesktopState::Idle, 10.0).unwrap();
+        ledger.begin(PowerState::Idle, 10.0).unwrap();
         let report = ledger.end(70.0).unwrap();
         assert!(close(report.saved_joules, 0.0) && close(report.saved_percent, 0.0));
     }
@@ -347,10 +347,10 @@ mod tests {
     #[test]
     fn totals_sum_consolidations_and_include_the_open_one() {
         let mut ledger = EnergyLedger::new(PowerProfile::TABLE_1);
-        ledger.begin(DesktopState::Asleep, 0.0).unwrap();
+        ledger.begin(PowerState::Asleep, 0.0).unwrap();
         ledger.end(100.0).unwrap();
-        ledger.begin(DesktopState::Idle, 200.0).unwrap();
-        ledger.enter(DesktopState::Asleep, 210.0).unwrap();
+        ledger.begin(PowerState::Idle, 200.0).unwrap();
+        ledger.enter(PowerState::Asleep, 210.0).unwrap();
         let summary = ledger.summary(300.0);
         assert_eq!(summary.consolidations.len(), 2);
         let total = summary.total.unwrap();
@@ -364,24 +364,24 @@ mod tests {
     #[test]
     fn rejects_out_of_order_and_unopened_transitions() {
         let mut ledger = EnergyLedger::new(PowerProfile::TABLE_1);
-        assert!(matches!(ledger.enter(DesktopState::Idle, 0.0), Err(PowerError::NotConsolidated { .. })));
-        ledger.begin(DesktopState::Idle, 5.0).unwrap();
-        assert!(matches!(ledger.begin(DesktopState::Idle, 6.0), Err(PowerError::AlreadyConsolidated { .. })));
-        assert!(matches!(ledger.enter(DesktopState::Asleep, 4.0), Err(PowerError::TimeWentBackwards { .. })));
-        assert!(matches!(ledger.enter(DesktopState::Asleep, f64::NAN), Err(PowerError::InvalidTime { .. })));
+        assert!(matches!(ledger.enter(PowerState::Idle, 0.0), Err(PowerError::NotConsolidated { .. })));
+        ledger.begin(PowerState::Idle, 5.0).unwrap();
+        assert!(matches!(ledger.begin(PowerState::Idle, 6.0), Err(PowerError::AlreadyConsolidated { .. })));
+        assert!(matches!(ledger.enter(PowerState::Asleep, 4.0), Err(PowerError::TimeWentBackwards { .. })));
+        assert!(matches!(ledger.enter(PowerState::Asleep, f64::NAN), Err(PowerError::InvalidTime { .. })));
         ledger.end(7.0).unwrap();
-        assert!(matches!(ledger.begin(DesktopState::Idle, 6.0), Err(PowerError::TimeWentBackwards { .. })));
+        assert!(matches!(ledger.begin(PowerState::Idle, 6.0), Err(PowerError::TimeWentBackwards { .. })));
     }
 
     #[test]
     fn power_trace_has_a_step_per_transition_and_folds_zero_length_ones() {
         let p = PowerProfile::TABLE_1;
         let mut ledger = EnergyLedger::new(p);
-        ledger.begin(DesktopState::Idle, 0.0).unwrap();
-        ledger.enter(DesktopState::Serving, 1.0).unwrap();
-        ledger.enter(DesktopState::Idle, 1.5).unwrap();
-        ledger.enter(DesktopState::Serving, 1.5).unwrap(); // zero-length idle
-        ledger.enter(DesktopState::Serving, 1.7).unwrap(); // same state: nothing
+        ledger.begin(PowerState::Idle, 0.0).unwrap();
+        ledger.enter(PowerState::Serving, 1.0).unwrap();
+        ledger.enter(PowerState::Idle, 1.5).unwrap();
+        ledger.enter(PowerState::Serving, 1.5).unwrap(); // zero-length idle
+        ledger.enter(PowerState::Serving, 1.7).unwrap(); // same state: nothing
         ledger.end(2.0).unwrap();
         assert_eq!(ledger.power_trace(), vec![(0.0, p.idle_watts), (1.0, p.serving_watts), (2.0, p.serving_watts)]);
     }

@@ -19,7 +19,7 @@
 //! - [`GapHistory`] and [`MicrosleepPolicy`]: the wait time `t_w` the desktop
 //!   stays awake after the last memserv/diskserv request, fixed (6 s) or
 //!   adaptive (the `t_w` that minimises Eq. 4 over the gaps seen so far).
-//! - [`DesktopState`] and [`EnergyLedger`]: timestamped state transitions
+//! - [`PowerState`] and [`EnergyLedger`]: timestamped state transitions
 //!   integrated with the profile's power, per consolidation and in total,
 //!   against the baseline of staying idle; [`svg::power_chart`] draws the
 //!   power over time like the paper's Figure 8.
@@ -38,16 +38,16 @@
 //! # Example
 //!
 //! ```
-//! use jettison_power::{DesktopState, EnergyLedger, PowerProfile};
+//! use power::{PowerState, EnergyLedger, PowerProfile};
 //!
-//! # fn main() -> Result<(), jettison_power::PowerError> {
+//! # fn main() -> Result<(), power::PowerError> {
 //! let profile = PowerProfile::default(); // the paper's Table 1
 //! assert_eq!(format!("{:.2}", profile.break_even_secs()), "32.22");
 //!
 //! let mut ledger = EnergyLedger::new(profile);
-//! ledger.begin(DesktopState::Suspending, 0.0)?;
-//! ledger.enter(DesktopState::Asleep, 8.38)?;
-//! ledger.enter(DesktopState::Resuming, 3600.0)?;
+//! ledger.begin(PowerState::Suspending, 0.0)?;
+//! ledger.enter(PowerState::Asleep, 8.38)?;
+//! ledger.enter(PowerState::Resuming, 3600.0)?;
 //! let report = ledger.end(3608.58)?;
 //! assert!(report.saved_percent > 90.0);
 //! # Ok(())
@@ -75,4 +75,4 @@ pub use ledger::{EnergyLedger, EnergyReport, LedgerSummary, PowerStep, StateSecs
 pub use machine::{Decision, SleepMachine};
 pub use policy::{AdaptiveConfig, MicrosleepPolicy, WaitMode, DEFAULT_WAIT_SECS};
 pub use profile::PowerProfile;
-pub use state::DesktopState;
+pub use state::PowerState;

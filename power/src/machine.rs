@@ -8,12 +8,12 @@
 //! the daemon ([`crate::daemon`]) is a thin loop around it.
 //!
 //! Every transition is also written to an [`EnergyLedger`]: a request makes
-//! the desktop [`DesktopState::Serving`] for `serve_secs`, then
-//! [`DesktopState::Idle`] until it sleeps; the back-end's progress moves it
+//! the desktop [`PowerState::Serving`] for `serve_secs`, then
+//! [`PowerState::Idle`] until it sleeps; the back-end's progress moves it
 //! through Suspending, Asleep and Resuming, and back to Serving (a resume is
 //! always for a request).
 
-use crate::{DesktopState, EnergyLedger, EnergyReport, LedgerSummary, MicrosleepPolicy, PowerError, PowerStep};
+use crate::{EnergyLedger, EnergyReport, LedgerSummary, MicrosleepPolicy, PowerError, PowerState, PowerStep};
 
 /// What the daemon should do next.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,13 +53,13 @@ impl SleepMachine {
             return Err(PowerError::InvalidPolicy { what: "serve_secs", value: serve_secs });
         }
         let mut ledger = EnergyLedger::new(*policy.profile());
-        ledger.begin(DesktopState::Idle, now)?;
+        ledger.begin(PowerState::Idle, now)?;
         Ok(SleepMachine { policy, ledger, serve_secs, awake_since: now, serving_until: None })
     }
 
     /// The ledger's current state and when it was entered.
-    pub fn state(&self) -> DesktopState {
-        self.ledger.current().map_or(DesktopState::Idle, |(state, _)| state)
+    pub fn state(&self) -> PowerState {
+        self.ledger.current().map_or(PowerState::Idle, |(state, _)| state)
     }
 
     /// The policy (its current `t_w`, the gaps it learned).
@@ -76,7 +76,7 @@ impl SleepMachine {
     }
 
     fn awake(&self) -> bool {
-        matches!(self.state(), DesktopState::Idle | DesktopState::Serving)
+        matches!(self.state(), PowerState::Idle | PowerState::Serving)
     }
 
     /// A memserv or diskserv request arrived at `now`.
@@ -93,7 +93,7 @@ impl SleepMachine {
         self.policy.on_request(now)?;
         if self.awake() {
             let now = self.not_before_last(now);
-            self.ledger.enter(DesktopState::Serving, now)?;
+            self.ledger.enter(PowerState::Serving, now)?;
             self.serving_until = Some(now + self.serve_secs);
         }
         Ok(())
@@ -117,7 +117,7 @@ impl SleepMachine {
         }
         if let Some(until) = self.serving_until {
             if now >= until {
-                self.ledger.enter(DesktopState::Idle, self.not_before_last(until))?;
+                self.ledger.enter(PowerState::Idle, self.not_before_last(until))?;
                 self.serving_until = None;
             }
         }
@@ -136,14 +136,14 @@ impl SleepMachine {
     /// # Errors
     ///
     /// [`PowerError::InvalidTime`] or [`PowerError::TimeWentBackwards`].
-    pub fn enter(&mut self, state: DesktopState, now: f64) -> Result<(), PowerError> {
+    pub fn enter(&mut self, state: PowerState, now: f64) -> Result<(), PowerError> {
         let was_awake = self.awake();
         self.ledger.enter(state, now)?;
         self.serving_until = None;
-        if matches!(state, DesktopState::Idle | DesktopState::Serving) && !was_awake {
+        if matches!(state, PowerState::Idle | PowerState::Serving) && !was_awake {
             self.awake_since = now;
         }
-        if state == DesktopState::Serving {
+        if state == PowerState::Serving {
             self.serving_until = Some(now + self.serve_secs);
         }
         Ok(())
@@ -201,10 +201,10 @@ mod tests {
     fn each_request_resets_the_timer_and_serves() {
         let mut machine = fixed(6.0);
         machine.on_request(4.0).unwrap();
-        assert_eq!(machine.state(), DesktopState::Serving);
+        assert_eq!(machine.state(), PowerState::Serving);
         assert_eq!(machine.poll(4.2).unwrap(), Decision::WaitUntil(4.5));
         assert_eq!(machine.poll(4.5).unwrap(), Decision::WaitUntil(10.0));
-        assert_eq!(machine.state(), DesktopState::Idle);
+        assert_eq!(machine.state(), PowerState::Idle);
         machine.on_request(9.0).unwrap();
         assert_eq!(machine.poll(14.9).unwrap(), Decision::WaitUntil(15.0));
         assert_eq!(machine.poll(15.0).unwrap(), Decision::Sleep);
@@ -214,13 +214,13 @@ mod tests {
     fn a_full_cycle_counts_one_wake_and_time_asleep() {
         let mut machine = fixed(6.0);
         assert_eq!(machine.poll(6.0).unwrap(), Decision::Sleep);
-        machine.enter(DesktopState::Suspending, 6.0).unwrap();
+        machine.enter(PowerState::Suspending, 6.0).unwrap();
         assert_eq!(machine.poll(7.0).unwrap(), Decision::Asleep);
         machine.on_request(7.0).unwrap(); // still answering while suspending
-        assert_eq!(machine.state(), DesktopState::Suspending);
-        machine.enter(DesktopState::Asleep, 14.0).unwrap();
-        machine.enter(DesktopState::Resuming, 100.0).unwrap();
-        machine.enter(DesktopState::Serving, 108.0).unwrap();
+        assert_eq!(machine.state(), PowerState::Suspending);
+        machine.enter(PowerState::Asleep, 14.0).unwrap();
+        machine.enter(PowerState::Resuming, 100.0).unwrap();
+        machine.enter(PowerState::Serving, 108.0).unwrap();
         // The timer runs from the resume, not from the request before it.
         assert_eq!(machine.poll(108.0).unwrap(), Decision::WaitUntil(108.5));
         assert_eq!(machine.poll(113.9).unwrap(), Decision::WaitUntil(114.0));

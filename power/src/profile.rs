@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DesktopState, PowerError};
+use crate::{PowerError, PowerState};
 
 /// Power and transition times of one desktop.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -105,13 +105,13 @@ impl PowerProfile {
     }
 
     /// The power drawn in `state`, watts.
-    pub fn watts(&self, state: DesktopState) -> f64 {
+    pub fn watts(&self, state: PowerState) -> f64 {
         match state {
-            DesktopState::Idle => self.idle_watts,
-            DesktopState::Suspending => self.suspend_watts,
-            DesktopState::Asleep => self.sleep_watts,
-            DesktopState::Resuming => self.resume_watts,
-            DesktopState::Serving => self.serving_watts,
+            PowerState::Idle => self.idle_watts,
+            PowerState::Suspending => self.suspend_watts,
+            PowerState::Asleep => self.sleep_watts,
+            PowerState::Resuming => self.resume_watts,
+            PowerState::Serving => self.serving_watts,
         }
     }
 

@@ -29,7 +29,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::trace::RequestTrace;
-use crate::{DesktopState, EnergyLedger, EnergyReport, MicrosleepPolicy, PowerError};
+use crate::{EnergyLedger, EnergyReport, MicrosleepPolicy, PowerError, PowerState};
 
 /// Parameters of the simulated desktop.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,7 +92,7 @@ pub fn simulate(
         energy: EnergyReport::default(),
     };
 
-    ledger.begin(DesktopState::Idle, 0.0)?;
+    ledger.begin(PowerState::Idle, 0.0)?;
     policy.on_request(0.0)?;
     // When the desktop is done with the work it has (serving or resuming).
     let mut free_at = 0.0_f64;
@@ -114,9 +114,9 @@ pub fn simulate(
         report.requests += 1;
         report.total_delay_secs += delay;
         report.max_delay_secs = report.max_delay_secs.max(delay);
-        ledger.enter(DesktopState::Serving, start)?;
+        ledger.enter(PowerState::Serving, start)?;
         free_at = start + config.serve_secs;
-        ledger.enter(DesktopState::Idle, free_at)?;
+        ledger.enter(PowerState::Idle, free_at)?;
         policy.on_request(arrival)?;
         sleep_at = free_at + policy.wait_secs();
     }
@@ -137,15 +137,15 @@ pub fn simulate(
 /// `wake_at`; returns when it is awake again.
 fn sleep_then_wake(ledger: &mut EnergyLedger, sleep_at: f64, wake_at: f64) -> Result<f64, PowerError> {
     let profile = *ledger.profile();
-    ledger.enter(DesktopState::Suspending, sleep_at)?;
+    ledger.enter(PowerState::Suspending, sleep_at)?;
     let suspended = sleep_at + profile.suspend_secs;
     let resume_at = if wake_at < suspended {
         suspended
     } else {
-        ledger.enter(DesktopState::Asleep, suspended)?;
+        ledger.enter(PowerState::Asleep, suspended)?;
         wake_at
     };
-    ledger.enter(DesktopState::Resuming, resume_at)?;
+    ledger.enter(PowerState::Resuming, resume_at)?;
     Ok(resume_at + profile.resume_secs)
 }
 
@@ -185,13 +185,7 @@ mod tests {
         let states: Vec<_> = ledger.steps().iter().map(|step| step.state).collect();
         assert_eq!(
             &states[..5],
-            &[
-                DesktopState::Idle,
-                DesktopState::Suspending,
-                DesktopState::Resuming,
-                DesktopState::Serving,
-                DesktopState::Idle
-            ]
+            &[PowerState::Idle, PowerState::Suspending, PowerState::Resuming, PowerState::Serving, PowerState::Idle]
         );
     }
 
@@ -203,7 +197,7 @@ mod tests {
         // Then one more sleep, and the wake for the user.
         assert_eq!(report.wakes, 2);
         assert_eq!(report.delayed_by_suspend, 3);
-        let serving = ledger.steps().iter().filter(|step| step.state == DesktopState::Serving).count();
+        let serving = ledger.steps().iter().filter(|step| step.state == PowerState::Serving).count();
         assert_eq!(serving, 1, "served back to back");
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// [`PowerProfile`](crate::PowerProfile).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum DesktopState {
+pub enum PowerState {
     /// Awake with nothing to do: waiting `t_w` for the next request.
     Idle,
     /// Entering S3.
@@ -21,29 +21,24 @@ pub enum DesktopState {
     Serving,
 }
 
-impl DesktopState {
+impl PowerState {
     /// Every state, in the order reports print them.
-    pub const ALL: [DesktopState; 5] = [
-        DesktopState::Idle,
-        DesktopState::Suspending,
-        DesktopState::Asleep,
-        DesktopState::Resuming,
-        DesktopState::Serving,
-    ];
+    pub const ALL: [PowerState; 5] =
+        [PowerState::Idle, PowerState::Suspending, PowerState::Asleep, PowerState::Resuming, PowerState::Serving];
 
     /// The state's name as logs and reports print it.
     pub fn name(self) -> &'static str {
         match self {
-            DesktopState::Idle => "idle",
-            DesktopState::Suspending => "suspending",
-            DesktopState::Asleep => "asleep",
-            DesktopState::Resuming => "resuming",
-            DesktopState::Serving => "serving",
+            PowerState::Idle => "idle",
+            PowerState::Suspending => "suspending",
+            PowerState::Asleep => "asleep",
+            PowerState::Resuming => "resuming",
+            PowerState::Serving => "serving",
         }
     }
 }
 
-impl fmt::Display for DesktopState {
+impl fmt::Display for PowerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -55,7 +50,7 @@ mod tests {
 
     #[test]
     fn display_matches_serde_name() {
-        for state in DesktopState::ALL {
+        for state in PowerState::ALL {
             let json = serde_json::to_string(&state).unwrap();
             assert_eq!(json, format!("\"{state}\""));
         }

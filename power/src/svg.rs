@@ -148,16 +148,16 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DesktopState, EnergyLedger, PowerProfile};
+    use crate::{EnergyLedger, PowerProfile, PowerState};
 
     #[test]
     fn a_ledger_trace_renders_with_one_point_per_step_edge() {
         let mut ledger = EnergyLedger::new(PowerProfile::TABLE_1);
-        ledger.begin(DesktopState::Idle, 0.0).unwrap();
-        ledger.enter(DesktopState::Suspending, 6.0).unwrap();
-        ledger.enter(DesktopState::Asleep, 14.38).unwrap();
-        ledger.enter(DesktopState::Resuming, 300.0).unwrap();
-        ledger.enter(DesktopState::Serving, 308.58).unwrap();
+        ledger.begin(PowerState::Idle, 0.0).unwrap();
+        ledger.enter(PowerState::Suspending, 6.0).unwrap();
+        ledger.enter(PowerState::Asleep, 14.38).unwrap();
+        ledger.enter(PowerState::Resuming, 300.0).unwrap();
+        ledger.enter(PowerState::Serving, 308.58).unwrap();
         let report = ledger.end(310.0).unwrap();
         let trace = ledger.power_trace();
         assert_eq!(trace.len(), 6);

@@ -59,7 +59,7 @@ pub struct S3Config {
 /// The emulated desktop's power state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PowerState {
+pub enum S3State {
     /// Running and answering.
     On,
     /// Going to sleep; still answering.
@@ -70,13 +70,13 @@ pub enum PowerState {
     Resuming,
 }
 
-impl std::fmt::Display for PowerState {
+impl std::fmt::Display for S3State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            PowerState::On => "on",
-            PowerState::Suspending => "suspending",
-            PowerState::Asleep => "asleep",
-            PowerState::Resuming => "resuming",
+            S3State::On => "on",
+            S3State::Suspending => "suspending",
+            S3State::Asleep => "asleep",
+            S3State::Resuming => "resuming",
         })
     }
 }
@@ -96,7 +96,7 @@ pub struct S3Stats {
 
 #[derive(Debug)]
 struct Power {
-    state: PowerState,
+    state: S3State,
     /// When the current Suspending or Resuming ends; when On began.
     since: Instant,
     stats: S3Stats,
@@ -139,7 +139,7 @@ impl EmulatedS3 {
     /// [`WakeError::Thread`].
     pub fn start(config: S3Config) -> Result<Self, WakeError> {
         let socket = netns::run_in(config.netns.as_deref(), || PacketSocket::open(&config.interface))??;
-        let power = Power { state: PowerState::On, since: Instant::now(), stats: S3Stats::default(), last_error: None };
+        let power = Power { state: S3State::On, since: Instant::now(), stats: S3Stats::default(), last_error: None };
         let shared = Arc::new(Shared {
             config,
             power: Mutex::new(power),
@@ -160,7 +160,7 @@ impl EmulatedS3 {
     }
 
     /// The power state now.
-    pub fn state(&self) -> PowerState {
+    pub fn state(&self) -> S3State {
         self.shared.lock().state
     }
 
@@ -176,7 +176,7 @@ impl EmulatedS3 {
 
     /// Waits up to `timeout` until `done` holds for the state and counters;
     /// returns whether it did.
-    pub fn wait_until(&self, timeout: Duration, done: impl Fn(PowerState, &S3Stats) -> bool) -> bool {
+    pub fn wait_until(&self, timeout: Duration, done: impl Fn(S3State, &S3Stats) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut power = self.shared.lock();
         while !done(power.state, &power.stats) {
@@ -223,9 +223,9 @@ impl Drop for EmulatedS3 {
         // Leave the desktop running whatever state it was in: stopped
         // daemons would outlive the test.
         let state = self.shared.lock().state;
-        if matches!(state, PowerState::Asleep | PowerState::Resuming) {
+        if matches!(state, S3State::Asleep | S3State::Resuming) {
             if let Err(e) = resume_now(&self.shared.config) {
-                tracing::warn!("emulated S3: resuming on drop: {}", jettison_wire::chain(&e));
+                tracing::warn!("emulated S3: resuming on drop: {}", wire::chain(&e));
             }
         }
     }
@@ -233,8 +233,8 @@ impl Drop for EmulatedS3 {
 
 fn request_suspend(shared: &Shared) {
     let mut power = shared.lock();
-    if power.state == PowerState::On {
-        power.state = PowerState::Suspending;
+    if power.state == S3State::On {
+        power.state = S3State::Suspending;
         power.since = Instant::now() + shared.config.suspend_time;
         tracing::info!(interface = %shared.config.interface, "emulated S3: suspending");
         drop(power);
@@ -266,8 +266,8 @@ fn heard(shared: &Shared, frame: &[u8]) {
         Some(kind) => {
             power.stats.magic_packets += 1;
             tracing::info!(interface = %shared.config.interface, "emulated S3: magic packet ({kind}) while {}", power.state);
-            if power.state == PowerState::Asleep {
-                power.state = PowerState::Resuming;
+            if power.state == S3State::Asleep {
+                power.state = S3State::Resuming;
                 power.since = Instant::now() + shared.config.resume_time;
             }
         }
@@ -287,20 +287,20 @@ fn step_clock(shared: &Shared) {
         power.state
     };
     let (result, next) = match state {
-        PowerState::Suspending => (suspend_now(&shared.config), PowerState::Asleep),
-        PowerState::Resuming => (resume_now(&shared.config), PowerState::On),
-        PowerState::On | PowerState::Asleep => return,
+        S3State::Suspending => (suspend_now(&shared.config), S3State::Asleep),
+        S3State::Resuming => (resume_now(&shared.config), S3State::On),
+        S3State::On | S3State::Asleep => return,
     };
     let mut power = shared.lock();
     if let Err(e) = result {
-        let text = jettison_wire::chain(&e);
+        let text = wire::chain(&e);
         tracing::error!("emulated S3: {text}");
         power.last_error = Some(text);
     }
     power.state = next;
     power.since = Instant::now();
     match next {
-        PowerState::Asleep => power.stats.suspends += 1,
+        S3State::Asleep => power.stats.suspends += 1,
         _ => power.stats.resumes += 1,
     }
     tracing::info!(interface = %shared.config.interface, "emulated S3: {next}");
@@ -378,7 +378,7 @@ fn sleep_when_idle(shared: &Shared, stream: UnixStream, wait: Duration) {
         // Idle time counts from the last event or from the resume,
         // whichever is later.
         let idle_since = last_event.max(power.since);
-        if power.state == PowerState::On && idle_since.elapsed() >= wait {
+        if power.state == S3State::On && idle_since.elapsed() >= wait {
             drop(power);
             request_suspend(shared);
         }
@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn states_print() {
-        let all = [PowerState::On, PowerState::Suspending, PowerState::Asleep, PowerState::Resuming];
+        let all = [S3State::On, S3State::Suspending, S3State::Asleep, S3State::Resuming];
         let names: Vec<_> = all.iter().map(ToString::to_string).collect();
         assert_eq!(names, ["on", "suspending", "asleep", "resuming"]);
     }
@@ -408,20 +408,20 @@ mod tests {
             suspend_time: Duration::ZERO,
             resume_time: Duration::from_secs(3600),
         };
-        let power = Power { state: PowerState::On, since: Instant::now(), stats: S3Stats::default(), last_error: None };
+        let power = Power { state: S3State::On, since: Instant::now(), stats: S3Stats::default(), last_error: None };
         let shared = Shared { config, power: Mutex::new(power), changed: Condvar::new(), stop: AtomicBool::new(false) };
         let frame = magic::ethernet_frame(Mac([2, 0, 0, 0, 0, 1]), mac);
         heard(&shared, &frame);
-        assert_eq!(shared.lock().state, PowerState::On);
-        shared.lock().state = PowerState::Asleep;
+        assert_eq!(shared.lock().state, S3State::On);
+        shared.lock().state = S3State::Asleep;
         heard(&shared, &frame[..frame.len() - 1]);
-        assert_eq!(shared.lock().state, PowerState::Asleep);
+        assert_eq!(shared.lock().state, S3State::Asleep);
         heard(&shared, &frame);
-        assert_eq!(shared.lock().state, PowerState::Resuming);
+        assert_eq!(shared.lock().state, S3State::Resuming);
         let stats = shared.lock().stats;
         assert_eq!((stats.magic_packets, stats.other_frames), (2, 1));
         // The resume is an hour away: the clock does not finish it yet.
         step_clock(&shared);
-        assert_eq!(shared.lock().state, PowerState::Resuming);
+        assert_eq!(shared.lock().state, S3State::Resuming);
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! # Why it is built this way
 //!
-//! - **A hook before every fetch.** `jettison_wire::RemoteImage` calls
-//!   [`jettison_wire::WakeHook::wake`] before every fetch attempt and before
+//! - **A hook before every fetch.** `wire::RemoteImage` calls
+//!   [`wire::WakeHook::wake`] before every fetch attempt and before
 //!   each retry. Most calls find the desktop awake, so the waker keeps a
 //!   "last seen awake" time valid for a short while (1 s by default): within
 //!   it, `wake` is a lock and a clock read.
@@ -41,9 +41,9 @@ mod packet_socket;
 mod registry;
 mod waker;
 
-pub use emulated_s3::{EmulatedS3, PowerState, S3Config, S3Stats};
+pub use emulated_s3::{EmulatedS3, S3Config, S3State, S3Stats};
 pub use error::WakeError;
 pub use magic::{Mac, MagicKind};
 pub use packet_socket::PacketSocket;
 pub use registry::Registry;
-pub use waker::{DesktopConfig, DesktopState, DesktopStatus, DesktopWaker, WakeOutcome, WakeStats};
+pub use waker::{DesktopStatus, DesktopWaker, WakeOutcome, WakeState, WakeStats, WakeTarget};

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use crate::waker::{DesktopConfig, DesktopStatus, DesktopWaker};
+use crate::waker::{DesktopStatus, DesktopWaker, WakeTarget};
 
 /// Every desktop the server may have to wake. Each has one
 /// [`DesktopWaker`], shared by all the memtap VMs and cownetdisk disks
@@ -21,7 +21,7 @@ impl Registry {
 
     /// The waker of `config.name`, made from `config` if it is new (an
     /// existing desktop keeps its waker and counters).
-    pub fn add(&self, config: DesktopConfig) -> Arc<DesktopWaker> {
+    pub fn add(&self, config: WakeTarget) -> Arc<DesktopWaker> {
         let mut desktops = self.desktops.lock().expect("registry lock poisoned: a thread panicked holding it");
         Arc::clone(desktops.entry(config.name.clone()).or_insert_with(|| Arc::new(DesktopWaker::new(config))))
     }
@@ -53,7 +53,7 @@ mod tests {
     fn one_waker_per_desktop() {
         let registry = Registry::new();
         let config = |name: &str| {
-            DesktopConfig::new(
+            WakeTarget::new(
                 name,
                 Mac([2, 0, 0, 0, 0, 1]),
                 "10.0.0.255".parse().unwrap(),

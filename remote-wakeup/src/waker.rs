@@ -19,7 +19,7 @@ use crate::packet_socket::PacketSocket;
 
 /// What the server knows of a desktop and how to wake it.
 #[derive(Debug, Clone)]
-pub struct DesktopConfig {
+pub struct WakeTarget {
     /// The desktop's name (for logs and errors).
     pub name: String,
     /// The MAC its NIC wakes for.
@@ -44,11 +44,11 @@ pub struct DesktopConfig {
     pub give_up_after: Duration,
 }
 
-impl DesktopConfig {
+impl WakeTarget {
     /// Defaults: probe timeout 500 ms, awake for 1 s after a probe, re-send
     /// after 1 s then every 2 s, give up after 60 s, UDP only.
     pub fn new(name: impl Into<String>, mac: Mac, broadcast: IpAddr, probe: SocketAddr) -> Self {
-        DesktopConfig {
+        WakeTarget {
             name: name.into(),
             mac,
             broadcast,
@@ -66,7 +66,7 @@ impl DesktopConfig {
 /// What the server believes of a desktop's power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DesktopState {
+pub enum WakeState {
     /// Answered a probe or a fetch recently (or nothing is known yet, see
     /// [`DesktopWaker::state`]).
     Awake,
@@ -76,12 +76,12 @@ pub enum DesktopState {
     Asleep,
 }
 
-impl std::fmt::Display for DesktopState {
+impl std::fmt::Display for WakeState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            DesktopState::Awake => "awake",
-            DesktopState::Waking => "waking",
-            DesktopState::Asleep => "asleep",
+            WakeState::Awake => "awake",
+            WakeState::Waking => "waking",
+            WakeState::Asleep => "asleep",
         })
     }
 }
@@ -111,7 +111,7 @@ pub struct DesktopStatus {
     /// The probed address.
     pub probe: String,
     /// What the server believes now.
-    pub state: DesktopState,
+    pub state: WakeState,
     /// Its counters.
     pub stats: WakeStats,
 }
@@ -149,22 +149,22 @@ struct Inner {
     stats: WakeStats,
 }
 
-/// Wakes one desktop; implements [`jettison_wire::WakeHook`].
+/// Wakes one desktop; implements [`wire::WakeHook`].
 #[derive(Debug)]
 pub struct DesktopWaker {
-    config: DesktopConfig,
+    config: WakeTarget,
     inner: Mutex<Inner>,
     done: Condvar,
 }
 
 impl DesktopWaker {
     /// A waker for the desktop `config` describes; nothing is sent yet.
-    pub fn new(config: DesktopConfig) -> Self {
+    pub fn new(config: WakeTarget) -> Self {
         DesktopWaker { config, inner: Mutex::new(Inner::default()), done: Condvar::new() }
     }
 
     /// The desktop's configuration.
-    pub fn config(&self) -> &DesktopConfig {
+    pub fn config(&self) -> &WakeTarget {
         &self.config
     }
 
@@ -182,14 +182,14 @@ impl DesktopWaker {
 
     /// What the server believes now. A desktop never probed counts as
     /// awake: the server only learns otherwise by asking.
-    pub fn state(&self) -> DesktopState {
+    pub fn state(&self) -> WakeState {
         let inner = self.lock();
         if inner.sending {
-            DesktopState::Waking
+            WakeState::Waking
         } else if inner.asleep {
-            DesktopState::Asleep
+            WakeState::Asleep
         } else {
-            DesktopState::Awake
+            WakeState::Awake
         }
     }
 
@@ -298,7 +298,7 @@ impl DesktopWaker {
         let raw = config.raw_interface.as_deref().and_then(|interface| match PacketSocket::open(interface) {
             Ok(socket) => Some(socket),
             Err(e) => {
-                tracing::warn!(desktop = %config.name, "{}", jettison_wire::chain(&e));
+                tracing::warn!(desktop = %config.name, "{}", wire::chain(&e));
                 None
             }
         });
@@ -308,7 +308,7 @@ impl DesktopWaker {
             let (sent, error) = self.send_magic(raw.as_ref());
             packets += sent;
             if let Some(e) = error {
-                tracing::warn!("{}", jettison_wire::chain(&e));
+                tracing::warn!("{}", wire::chain(&e));
             }
             let next_send = Instant::now() + pause;
             while Instant::now() < next_send {
@@ -395,13 +395,13 @@ impl DesktopWaker {
 /// Pause between probes that fail at once.
 const PROBE_PAUSE: Duration = Duration::from_millis(100);
 
-impl jettison_wire::WakeHook for DesktopWaker {
+impl wire::WakeHook for DesktopWaker {
     /// Wakes the desktop; a failure is logged, and the caller's fetch then
     /// fails and retries (calling this again), so the guest waits rather
     /// than sees an error.
     fn wake(&self) {
         if let Err(e) = self.wake_up() {
-            tracing::error!("{}", jettison_wire::chain(&e));
+            tracing::error!("{}", wire::chain(&e));
         }
     }
 }
@@ -412,8 +412,8 @@ mod tests {
     use std::net::{Ipv4Addr, TcpListener};
     use std::sync::Arc;
 
-    fn config(probe: SocketAddr) -> DesktopConfig {
-        let mut c = DesktopConfig::new("desk", Mac([2, 0, 0, 0, 0, 9]), IpAddr::V4(Ipv4Addr::LOCALHOST), probe);
+    fn config(probe: SocketAddr) -> WakeTarget {
+        let mut c = WakeTarget::new("desk", Mac([2, 0, 0, 0, 0, 9]), IpAddr::V4(Ipv4Addr::LOCALHOST), probe);
         c.give_up_after = Duration::from_millis(300);
         c.resend = Duration::from_millis(100);
         c
@@ -431,7 +431,7 @@ mod tests {
         let waker = DesktopWaker::new(config(listener.local_addr().unwrap()));
         assert_eq!(waker.wake_up().unwrap(), WakeOutcome::AlreadyAwake);
         assert_eq!(waker.wake_up().unwrap(), WakeOutcome::AlreadyAwake);
-        assert_eq!(waker.state(), DesktopState::Awake);
+        assert_eq!(waker.state(), WakeState::Awake);
         assert_eq!(waker.stats().magic_packets, 0);
         assert_eq!(waker.stats().wakes, 0);
     }
@@ -447,7 +447,7 @@ mod tests {
         let stats = waker.stats();
         assert_eq!((stats.wakes, stats.failed_wakes), (1, 1));
         assert!(stats.magic_packets >= 1);
-        assert_eq!(waker.state(), DesktopState::Asleep);
+        assert_eq!(waker.state(), WakeState::Asleep);
         assert_eq!(waker.status().state.to_string(), "asleep");
     }
 

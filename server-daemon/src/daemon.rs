@@ -11,11 +11,11 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use jettison_control::local::{self, LocalRequest};
-use jettison_control::{Control, ControlHello, HostedStatus, ReserveRequest, CONTROL_TIMEOUT};
-use jettison_wire::protocol::Message;
-use jettison_wire::{Channel, NoWake, SharedKey, WakeHook, WireError};
-use remote_wakeup::{DesktopConfig, Registry};
+use daemon_protocol::local::{self, LocalRequest};
+use daemon_protocol::{Control, ControlHello, HostedStatus, ReserveRequest, CONTROL_TIMEOUT};
+use remote_wakeup::{Registry, WakeTarget};
+use wire::protocol::Message;
+use wire::{Channel, NoWake, SharedKey, WakeHook, WireError};
 
 use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
@@ -53,7 +53,7 @@ impl ServerDaemon {
     /// # Errors
     /// A text naming the file or directory at fault.
     pub fn new(config: ServerConfig) -> Result<Arc<ServerDaemon>, String> {
-        let key = SharedKey::load(&config.key).map_err(|e| jettison_wire::chain(&e))?;
+        let key = SharedKey::load(&config.key).map_err(|e| wire::chain(&e))?;
         for dir in [&config.state_dir, &config.run_dir] {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
@@ -123,7 +123,7 @@ impl ServerDaemon {
         let mut channel = match channel {
             Ok(c) if hello.is_some() => c,
             Ok(c) => return tracing::warn!(peer = %c.peer(), "a peer sent a bad hello"),
-            Err(e) => return tracing::warn!("a control connection failed: {}", jettison_wire::chain(&e)),
+            Err(e) => return tracing::warn!("a control connection failed: {}", wire::chain(&e)),
         };
         // Long steps (QEMU starting, a reintegration) must not time out the
         // wait for the next request.
@@ -133,7 +133,7 @@ impl ServerDaemon {
             let body = match channel.recv() {
                 Ok(body) => body,
                 Err(WireError::Closed { .. }) => return,
-                Err(e) => return tracing::warn!(peer = %channel.peer(), "{}", jettison_wire::chain(&e)),
+                Err(e) => return tracing::warn!(peer = %channel.peer(), "{}", wire::chain(&e)),
             };
             let reply = match Control::decode_body(&body) {
                 Err(e) => Control::Failed(format!("the server cannot read that request: {e}")),
@@ -170,7 +170,7 @@ impl ServerDaemon {
                 Ok(other) => Control::Failed(format!("the server does not take {} requests", other.kind())),
             };
             if let Err(e) = channel.send(&reply.encode_body()) {
-                return tracing::warn!(peer = %channel.peer(), "{}", jettison_wire::chain(&e));
+                return tracing::warn!(peer = %channel.peer(), "{}", wire::chain(&e));
             }
         }
     }
@@ -203,14 +203,14 @@ impl ServerDaemon {
     }
 
     /// Brings a consolidated VM up.
-    fn host(&self, request: &jettison_control::ConsolidateRequest) -> Result<(), String> {
+    fn host(&self, request: &daemon_protocol::ConsolidateRequest) -> Result<(), String> {
         let wake: Arc<dyn WakeHook> = match &request.desktop_mac {
             None => Arc::new(NoWake),
             Some(mac) => {
                 let mac = mac.parse().map_err(|e| format!("the desktop's MAC {mac:?}: {e}"))?;
                 let probe =
                     request.memserv.parse().map_err(|e| format!("memserv address {:?}: {e}", request.memserv))?;
-                let mut desktop = DesktopConfig::new(&request.desktop, mac, self.config.wake_broadcast, probe);
+                let mut desktop = WakeTarget::new(&request.desktop, mac, self.config.wake_broadcast, probe);
                 desktop.raw_interface = self.config.wake_interface.clone();
                 self.wakers.add(desktop)
             }
@@ -358,7 +358,7 @@ impl ServerDaemon {
                 channel.recv()
             });
             if let Err(e) = asked {
-                tracing::warn!(vm = %vm, "its desktop did not take the request: {}", jettison_wire::chain(&e));
+                tracing::warn!(vm = %vm, "its desktop did not take the request: {}", wire::chain(&e));
             }
         });
     }

@@ -24,15 +24,16 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
-use jettison_control::{ChunkWriter, ConsolidateRequest, HostedStatus, ReturnHeader};
-use jettison_qemu::{
+use daemon_protocol::{ChunkWriter, ConsolidateRequest, HostedStatus, ReturnHeader};
+use migration_formats::ZeroMap;
+use qemu_driver::{
     announce, nic_args, resume, save_device_state, vm_tap_name, DiskBackend, GuestImage, QemuProcess, Qmp, Tap,
 };
-use jettison_qemu::{Accel, VmSpec};
-use jettison_slice_store::dirty_set::export;
-use jettison_slice_store::{SliceStore, ZeroMap};
-use jettison_wire::protocol::Message;
-use jettison_wire::{Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
+use qemu_driver::{Accel, VmSpec};
+use slice_store::export_dirty_set;
+use slice_store::SliceStore;
+use wire::protocol::Message;
+use wire::{Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
 
 use crate::config::ServerConfig;
 
@@ -79,7 +80,7 @@ struct Storage {
 }
 
 impl Storage {
-    fn stats(&self) -> (memtap::Stats, cownetdisk::Stats) {
+    fn stats(&self) -> (memtap::RamStats, cownetdisk::DiskStats) {
         let memory = self.mount.as_ref().and_then(|m| m.vms().first().map(|vm| vm.stats()));
         (memory.unwrap_or_default(), self.disk.stats())
     }
@@ -90,9 +91,9 @@ impl Storage {
         if let Some(thread) = self.nbd_thread.take() {
             let _ = thread.join();
         }
-        self.disk.flush().map_err(|e| format!("cannot flush the disk's slices: {}", jettison_wire::chain(&e)))?;
+        self.disk.flush().map_err(|e| format!("cannot flush the disk's slices: {}", wire::chain(&e)))?;
         if let Some(mount) = self.mount.take() {
-            mount.unmount().map_err(|e| format!("cannot unmount memtap: {}", jettison_wire::chain(&e)))?;
+            mount.unmount().map_err(|e| format!("cannot unmount memtap: {}", wire::chain(&e)))?;
         }
         Ok(())
     }
@@ -119,7 +120,7 @@ pub struct HostedVm {
     expected: u64,
     started: Instant,
     phase: Phase,
-    last: (memtap::Stats, cownetdisk::Stats),
+    last: (memtap::RamStats, cownetdisk::DiskStats),
 }
 
 impl HostedVm {
@@ -149,26 +150,27 @@ impl HostedVm {
             .map_err(|e| format!("cannot write {}: {e}", descriptor.display()))?;
 
         let remote = |addr: &str, service| RemoteConfig::new(addr, key.clone(), Hello { service, export: vm.clone() });
-        let mut memory = memtap::VmConfig::new(vm, state.join("memory"), remote(&request.memserv, Service::Memory));
+        let mut memory =
+            memtap::RamFileConfig::new(vm, state.join("memory"), remote(&request.memserv, Service::Memory));
         memory.zero_pages = zero_map.ranges;
         memory.wake = Arc::clone(&wake);
         let mount = memtap::Mount::start(&run.join("ram"), vec![memory])
-            .map_err(|e| format!("memtap cannot serve {vm}'s RAM: {}", jettison_wire::chain(&e)))?;
+            .map_err(|e| format!("memtap cannot serve {vm}'s RAM: {}", wire::chain(&e)))?;
         let ram_bytes = mount.vms().first().map(|m| m.size()).unwrap_or(0);
         let disk_config = DiskConfig::new(vm, state.join("disk"), remote(&request.diskserv, Service::Disk));
         let disk = Arc::new(
             Disk::open(disk_config, wake)
-                .map_err(|e| format!("cownetdisk cannot serve {vm}'s disk: {}", jettison_wire::chain(&e)))?,
+                .map_err(|e| format!("cownetdisk cannot serve {vm}'s disk: {}", wire::chain(&e)))?,
         );
         let socket = run.join("disk.nbd");
         let listen = Listen { unix: Some(socket.clone()), tcp: None };
         let nbd = NbdServer::bind(Arc::clone(&disk), &listen)
-            .map_err(|e| format!("cannot serve {vm}'s disk on {}: {}", socket.display(), jettison_wire::chain(&e)))?;
+            .map_err(|e| format!("cannot serve {vm}'s disk on {}: {}", socket.display(), wire::chain(&e)))?;
         let nbd_stop = nbd.stop_handle();
         let vm_name = vm.clone();
         let nbd_thread = std::thread::spawn(move || {
             if let Err(e) = nbd.run() {
-                tracing::error!(vm = %vm_name, "cownetdisk stopped: {}", jettison_wire::chain(&e));
+                tracing::error!(vm = %vm_name, "cownetdisk stopped: {}", wire::chain(&e));
             }
         });
         let disk_bytes = disk.size();
@@ -363,13 +365,13 @@ impl HostedVm {
             dirty_blocks: disk.dirty_count(),
         };
         channel
-            .send(&jettison_control::Control::Returning(header).encode_body())
-            .map_err(|e| format!("cannot send {vm} home: {}", jettison_wire::chain(&e)))?;
+            .send(&daemon_protocol::Control::Returning(header).encode_body())
+            .map_err(|e| format!("cannot send {vm} home: {}", wire::chain(&e)))?;
         let mut writer = ChunkWriter::new(channel);
         let sent = (|| -> Result<(), String> {
             writer.write_all(&descriptor).map_err(|e| e.to_string())?;
-            export(&memory, &mut writer).map_err(|e| format!("memory: {}", jettison_wire::chain(&e)))?;
-            export(&disk, &mut writer).map_err(|e| format!("disk: {}", jettison_wire::chain(&e)))?;
+            export_dirty_set(&memory, &mut writer).map_err(|e| format!("memory: {}", wire::chain(&e)))?;
+            export_dirty_set(&disk, &mut writer).map_err(|e| format!("disk: {}", wire::chain(&e)))?;
             Ok(())
         })();
         sent.map_err(|e| format!("sending {vm} home broke off: {e}"))?;

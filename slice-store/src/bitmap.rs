@@ -33,9 +33,9 @@ use bitvec::slice::BitSlice;
 use memmap2::MmapMut;
 
 use crate::bootid::BootId;
-use crate::durable::{replace_file, with_suffix};
-use crate::error::{Error, Result};
+use crate::error::{Result, StoreError};
 use check::{check_geometry, inspect, map_file, open_rw, read_flushed_copy, Fault};
+use durable_file::{replace_file, with_suffix};
 use header::{Header, State, HEADER_LEN};
 
 /// Suffix of the durable copy written at each flush.
@@ -103,8 +103,8 @@ impl PersistentBitmap {
     ///
     /// # Errors
     ///
-    /// [`Error::CheckGeometry`] for a zero unit size or a count above the cap,
-    /// [`Error::CreateFile`], [`Error::OpenFile`] or [`Error::MapBitmap`] if the
+    /// [`StoreError::CheckGeometry`] for a zero unit size or a count above the cap,
+    /// [`StoreError::CreateFile`], [`StoreError::OpenFile`] or [`StoreError::MapBitmap`] if the
     /// files cannot be written or mapped.
     pub fn create(path: impl AsRef<Path>, unit_size: u32, unit_count: u64, boot_id: BootId) -> Result<Self> {
         let path = path.as_ref();
@@ -114,10 +114,10 @@ impl PersistentBitmap {
         // The copy first: a live file never exists without its copy.
         let copy_path = with_suffix(path, FLUSHED_SUFFIX);
         replace_file(&copy_path, &[&header.encode(), &bits])
-            .map_err(|source| Error::CreateFile { path: copy_path, source })?;
+            .map_err(|source| StoreError::CreateFile { path: copy_path, source })?;
         let live = Header { state: State::Open, crc: 0, ..header };
         replace_file(path, &[&live.encode(), &bits])
-            .map_err(|source| Error::CreateFile { path: path.to_owned(), source })?;
+            .map_err(|source| StoreError::CreateFile { path: path.to_owned(), source })?;
         let file = open_rw(path)?;
         let map = map_file(&file, path, unit_count)?;
         tracing::debug!(path = %path.display(), unit_count, "created bitmap");
@@ -141,19 +141,19 @@ impl PersistentBitmap {
     ///
     /// # Errors
     ///
-    /// [`Error::CheckGeometry`] as for [`create`](Self::create);
-    /// [`Error::OpenFile`], [`Error::ReadBitmap`], [`Error::MapBitmap`] or
-    /// [`Error::SyncBitmap`] for I/O failures; [`Error::CheckBitmap`] if the file
+    /// [`StoreError::CheckGeometry`] as for [`create`](Self::create);
+    /// [`StoreError::OpenFile`], [`StoreError::ReadBitmap`], [`StoreError::MapBitmap`] or
+    /// [`StoreError::SyncBitmap`] for I/O failures; [`StoreError::CheckBitmap`] if the file
     /// is not a bitmap of this geometry (bad magic, version, unit size, count or
-    /// length); after a reboot, [`Error::ReadFlushedCopy`] or
-    /// [`Error::RecoverBitmap`] if the flushed copy is missing or damaged.
+    /// length); after a reboot, [`StoreError::ReadFlushedCopy`] or
+    /// [`StoreError::RecoverBitmap`] if the flushed copy is missing or damaged.
     pub fn open(path: impl AsRef<Path>, unit_size: u32, unit_count: u64, boot_id: BootId) -> Result<Self> {
         let path = path.as_ref();
         let bit_count = check_geometry(unit_size, unit_count)?;
         let file = open_rw(path)?;
         let header = inspect(&file, unit_size, unit_count).map_err(|fault| match fault {
-            Fault::Io(source) => Error::ReadBitmap { path: path.to_owned(), source },
-            Fault::Format(source) => Error::CheckBitmap { path: path.to_owned(), source },
+            Fault::Io(source) => StoreError::ReadBitmap { path: path.to_owned(), source },
+            Fault::Format(source) => StoreError::CheckBitmap { path: path.to_owned(), source },
         })?;
         let mut map = map_file(&file, path, unit_count)?;
         let bits = &mut map[HEADER_LEN..];
@@ -226,13 +226,13 @@ impl PersistentBitmap {
     ///
     /// # Errors
     ///
-    /// [`Error::UnitOutOfRange`] if `unit` is past the end.
+    /// [`StoreError::UnitOutOfRange`] if `unit` is past the end.
     pub fn set(&mut self, unit: u64) -> Result<bool> {
         let unit_count = self.unit_count;
         let index = usize::try_from(unit)
             .ok()
             .filter(|&index| index < unit_count)
-            .ok_or(Error::UnitOutOfRange { unit, unit_count: unit_count as u64 })?;
+            .ok_or(StoreError::UnitOutOfRange { unit, unit_count: unit_count as u64 })?;
         let bits = &mut BitSlice::<u8, Lsb0>::from_slice_mut(&mut self.map[HEADER_LEN..])[..unit_count];
         let newly_set = !bits.replace(index, true);
         if newly_set {
@@ -260,7 +260,7 @@ impl PersistentBitmap {
     ///
     /// # Errors
     ///
-    /// [`Error::SyncBitmap`] or [`Error::WriteFlushedCopy`]; the previous
+    /// [`StoreError::SyncBitmap`] or [`StoreError::WriteFlushedCopy`]; the previous
     /// flushed copy is then still in place.
     pub fn flush(&mut self) -> Result<()> {
         self.map.flush().map_err(|source| self.sync_error(source))?;
@@ -339,8 +339,8 @@ impl PersistentBitmap {
         self.map.flush_range(0, HEADER_LEN).map_err(|source| self.sync_error(source))
     }
 
-    fn sync_error(&self, source: io::Error) -> Error {
-        Error::SyncBitmap { path: self.path.clone(), source }
+    fn sync_error(&self, source: io::Error) -> StoreError {
+        StoreError::SyncBitmap { path: self.path.clone(), source }
     }
 }
 
@@ -369,7 +369,7 @@ impl Snapshot {
     /// Replaces the flushed copy with these bits, atomically and durably.
     pub(crate) fn persist(&self) -> Result<()> {
         replace_file(&self.path, &[&self.header, &self.bits])
-            .map_err(|source| Error::WriteFlushedCopy { path: self.path.clone(), source })
+            .map_err(|source| StoreError::WriteFlushedCopy { path: self.path.clone(), source })
     }
 }
 

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Result, StoreError};
 
 /// Where Linux publishes the boot id.
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
@@ -23,13 +23,13 @@ impl BootId {
     ///
     /// # Errors
     ///
-    /// [`Error::ReadBootId`] if `/proc/sys/kernel/random/boot_id` cannot be read,
-    /// [`Error::ParseBootId`] if it does not hold a UUID.
+    /// [`StoreError::ReadBootId`] if `/proc/sys/kernel/random/boot_id` cannot be read,
+    /// [`StoreError::ParseBootId`] if it does not hold a UUID.
     pub fn current() -> Result<Self> {
         let path = Path::new(BOOT_ID_PATH);
         let text =
-            std::fs::read_to_string(path).map_err(|source| Error::ReadBootId { path: path.to_owned(), source })?;
-        Self::parse(&text).ok_or_else(|| Error::ParseBootId { path: path.to_owned(), text })
+            std::fs::read_to_string(path).map_err(|source| StoreError::ReadBootId { path: path.to_owned(), source })?;
+        Self::parse(&text).ok_or_else(|| StoreError::ParseBootId { path: path.to_owned(), text })
     }
 
     /// A boot id from its 16 bytes; tests use it to pretend the machine rebooted.

@@ -9,12 +9,12 @@ use std::io;
 use std::path::PathBuf;
 
 /// Result type of this crate.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the slice store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum StoreError {
     /// The unit size or total size given to a constructor cannot describe a store.
     #[error("checking the store geometry (unit size {unit_size}, size {size:#x}): {reason}")]
     CheckGeometry {

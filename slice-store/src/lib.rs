@@ -23,10 +23,9 @@
 //!   head, whole units and an unaligned tail; absent units fetched from a
 //!   [`UnitSource`] in one call per request; whole-unit writes promoted to
 //!   dirty without a fetch.
-//! - [`zero_map::scan_file`] and [`ZeroMap`]: which units of the desktop's
-//!   file are zeros, to feed the known-zero map, and the file that carries it.
-//! - [`dirty_set`]: handing the writes back: the dirty slice streamed to the
-//!   desktop, staged, verified and only then applied to its image.
+//! - [`export_dirty_set`]: the dirty slice written out as a dirty set, the
+//!   format of `migration-formats` that the desktop stages, verifies and
+//!   only then applies to its image (without this engine).
 //!
 //! # Write order
 //!
@@ -53,7 +52,7 @@
 //! # Example
 //!
 //! ```
-//! use jettison_slice_store::{Overlay, SliceStore, SourceError, UnitSource};
+//! use slice_store::{Overlay, SliceStore, SourceError, UnitSource};
 //!
 //! /// Stands in for memserv or diskserv: unit `n` holds the byte `n`.
 //! struct Numbered;
@@ -87,21 +86,18 @@
 
 mod bitmap;
 mod bootid;
-pub mod dirty_set;
-mod durable;
 mod error;
+mod export;
 mod overlay;
 pub mod request;
 mod slice;
 mod stats;
 mod store;
-pub mod zero_map;
-pub use zero_map::{ZeroMap, ZeroMapError};
 
 pub use bitmap::{PersistentBitmap, Recovery};
 pub use bootid::BootId;
-pub use dirty_set::{ApplyTarget, DirtySetError, DirtySetReader, DirtySetWriter};
-pub use error::{Error, FormatError, ReplyError, Result, SourceError};
+pub use error::{FormatError, ReplyError, SourceError, StoreError};
+pub use export::{export_dirty_set, exported_len, ExportError};
 pub use overlay::{Overlay, UnitSource};
-pub use stats::Stats;
+pub use stats::OverlayStats;
 pub use store::{DirtyUnits, SliceStore, UnitState};

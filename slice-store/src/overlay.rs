@@ -16,9 +16,9 @@ use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::error::{Error, ReplyError, Result, SourceError};
+use crate::error::{ReplyError, Result, SourceError, StoreError};
 use crate::request::{split, Piece};
-use crate::stats::{add, Counters, Stats};
+use crate::stats::{add, Counters, OverlayStats};
 use crate::store::{SliceStore, UnitState};
 
 /// Where absent units come from (memserv or diskserv across the network, or a
@@ -113,7 +113,7 @@ impl<S: UnitSource> Overlay<S> {
     }
 
     /// What the overlay has done so far.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> OverlayStats {
         self.counters.snapshot(self.store.fetched_count(), self.store.dirty_count())
     }
 
@@ -136,8 +136,8 @@ impl<S: UnitSource> Overlay<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] if the range passes the end; [`Error::Fetch`] or
-    /// [`Error::CheckFetchReply`] if the source fails; store I/O errors.
+    /// [`StoreError::OutOfRange`] if the range passes the end; [`StoreError::Fetch`] or
+    /// [`StoreError::CheckFetchReply`] if the source fails; store I/O errors.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len())?;
         add(&self.counters.reads, 1);
@@ -185,8 +185,8 @@ impl<S: UnitSource> Overlay<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::OutOfRange`] if the range passes the end; [`Error::Fetch`] or
-    /// [`Error::CheckFetchReply`] if a needed fetch fails; store I/O errors.
+    /// [`StoreError::OutOfRange`] if the range passes the end; [`StoreError::Fetch`] or
+    /// [`StoreError::CheckFetchReply`] if a needed fetch fails; store I/O errors.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len())?;
         add(&self.counters.writes, 1);
@@ -241,11 +241,14 @@ impl<S: UnitSource> Overlay<S> {
             return Ok(Vec::new());
         };
         add(&self.counters.fetch_calls, 1);
-        let reply =
-            self.source.fetch(units).map_err(|source| Error::Fetch { first: *first, count: units.len(), source })?;
+        let reply = self.source.fetch(units).map_err(|source| StoreError::Fetch {
+            first: *first,
+            count: units.len(),
+            source,
+        })?;
         let mut slots: Vec<Option<Vec<u8>>> = vec![None; units.len()];
         for (unit, data) in reply {
-            let reject = |source| Error::CheckFetchReply { unit, source };
+            let reject = |source| StoreError::CheckFetchReply { unit, source };
             let index = units.binary_search(&unit).map_err(|_| reject(ReplyError::NotRequested))?;
             let expected = self.store.unit_len(unit)?;
             if data.len() != expected as usize {
@@ -258,7 +261,7 @@ impl<S: UnitSource> Overlay<S> {
         let fetched = units
             .iter()
             .zip(slots)
-            .map(|(&unit, slot)| slot.ok_or(Error::CheckFetchReply { unit, source: ReplyError::Missing }))
+            .map(|(&unit, slot)| slot.ok_or(StoreError::CheckFetchReply { unit, source: ReplyError::Missing }))
             .collect::<Result<Vec<_>>>()?;
         for (&unit, data) in units.iter().zip(&fetched) {
             self.store.store_fetched(unit, data)?;
@@ -285,7 +288,7 @@ impl<S: UnitSource> Overlay<S> {
         let size = self.store.size();
         match offset.checked_add(len as u64) {
             Some(end) if end <= size => Ok(()),
-            _ => Err(Error::OutOfRange { offset, len: len as u64, size }),
+            _ => Err(StoreError::OutOfRange { offset, len: len as u64, size }),
         }
     }
 

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Result, StoreError};
 
 #[derive(Debug)]
 pub(crate) struct Slice {
@@ -24,7 +24,7 @@ impl Slice {
             file.sync_all()?;
             Ok(file)
         };
-        let file = create().map_err(|source| Error::CreateFile { path: path.to_owned(), source })?;
+        let file = create().map_err(|source| StoreError::CreateFile { path: path.to_owned(), source })?;
         Ok(Self { path: path.to_owned(), file })
     }
 
@@ -35,16 +35,16 @@ impl Slice {
             let len = file.metadata()?.len();
             Ok((file, len))
         };
-        let (file, len) = open().map_err(|source| Error::OpenFile { path: path.to_owned(), source })?;
+        let (file, len) = open().map_err(|source| StoreError::OpenFile { path: path.to_owned(), source })?;
         if len != size {
-            return Err(Error::CheckSlice { path: path.to_owned(), found: len, expected: size });
+            return Err(StoreError::CheckSlice { path: path.to_owned(), found: len, expected: size });
         }
         Ok(Self { path: path.to_owned(), file })
     }
 
     /// Reads `unit`, which starts at byte `offset`, into `buf`.
     pub(crate) fn read(&self, unit: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|source| Error::ReadUnit {
+        self.file.read_exact_at(buf, offset).map_err(|source| StoreError::ReadUnit {
             path: self.path.clone(),
             unit,
             offset,
@@ -54,7 +54,7 @@ impl Slice {
 
     /// Writes `data` as `unit`, which starts at byte `offset`.
     pub(crate) fn write(&self, unit: u64, offset: u64, data: &[u8]) -> Result<()> {
-        self.file.write_all_at(data, offset).map_err(|source| Error::WriteUnit {
+        self.file.write_all_at(data, offset).map_err(|source| StoreError::WriteUnit {
             path: self.path.clone(),
             unit,
             offset,
@@ -64,6 +64,6 @@ impl Slice {
 
     /// Makes every write so far durable (fdatasync).
     pub(crate) fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|source| Error::SyncSlice { path: self.path.clone(), source })
+        self.file.sync_data().map_err(|source| StoreError::SyncSlice { path: self.path.clone(), source })
     }
 }

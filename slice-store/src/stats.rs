@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// What an overlay has done since it was made, and what its store holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
+pub struct OverlayStats {
     /// Read requests served.
     pub reads: u64,
     /// Write requests served.
@@ -46,9 +46,9 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 
 impl Counters {
     /// A snapshot of the counters, with the store's unit counts.
-    pub(crate) fn snapshot(&self, fetched_units: u64, dirty_units: u64) -> Stats {
+    pub(crate) fn snapshot(&self, fetched_units: u64, dirty_units: u64) -> OverlayStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Stats {
+        OverlayStats {
             reads: get(&self.reads),
             writes: get(&self.writes),
             fetch_calls: get(&self.fetch_calls),

@@ -49,9 +49,9 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::bitmap::{PersistentBitmap, Recovery};
 use crate::bootid::BootId;
-use crate::durable::sync_dir;
-use crate::error::{Error, Result};
+use crate::error::{Result, StoreError};
 use crate::slice::Slice;
+use durable_file::sync_dir;
 
 /// What the store knows about one unit. When several apply, the first listed
 /// in [`SliceStore::read_unit`] wins.
@@ -128,9 +128,9 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::CheckGeometry`] for a zero unit size or too many units;
-    /// [`Error::LockStore`] if another process has the store open;
-    /// [`Error::CheckSlice`] or [`Error::CheckBitmap`] if the directory holds a
+    /// [`StoreError::CheckGeometry`] for a zero unit size or too many units;
+    /// [`StoreError::LockStore`] if another process has the store open;
+    /// [`StoreError::CheckSlice`] or [`StoreError::CheckBitmap`] if the directory holds a
     /// store of another size or unit size; any error of [`BootId::current`] and
     /// [`PersistentBitmap::open`]; I/O errors with the path concerned.
     pub fn open(dir: impl AsRef<Path>, unit_size: u32, size: u64) -> Result<Self> {
@@ -146,13 +146,13 @@ impl SliceStore {
     /// As [`open`](Self::open).
     pub fn open_with_boot_id(dir: impl AsRef<Path>, unit_size: u32, size: u64, boot_id: BootId) -> Result<Self> {
         let dir = dir.as_ref();
-        let unit_size = NonZeroU32::new(unit_size).ok_or(Error::CheckGeometry {
+        let unit_size = NonZeroU32::new(unit_size).ok_or(StoreError::CheckGeometry {
             unit_size,
             size,
             reason: "the unit size must not be zero",
         })?;
         let unit_count = size.div_ceil(u64::from(unit_size.get()));
-        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source })?;
         let dir_lock = lock_dir(dir)?;
         let geometry = Geometry { dir, unit_size: unit_size.get(), unit_count, size, boot_id };
         let (fetched, fetched_bits) = geometry.open_half("fetched")?;
@@ -214,10 +214,10 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::UnitOutOfRange`] if `unit` is past the end.
+    /// [`StoreError::UnitOutOfRange`] if `unit` is past the end.
     pub fn unit_len(&self, unit: u64) -> Result<u32> {
         if unit >= self.unit_count {
-            return Err(Error::UnitOutOfRange { unit, unit_count: self.unit_count });
+            return Err(StoreError::UnitOutOfRange { unit, unit_count: self.unit_count });
         }
         let unit_size = u64::from(self.unit_size.get());
         // At most the unit size, a u32.
@@ -228,7 +228,7 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::UnitOutOfRange`] if `unit` is past the end.
+    /// [`StoreError::UnitOutOfRange`] if `unit` is past the end.
     pub fn state(&self, unit: u64) -> Result<UnitState> {
         self.unit_len(unit)?;
         Ok(self.bits().state(unit))
@@ -241,7 +241,7 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::UnitOutOfRange`], [`Error::UnitLength`], [`Error::ReadUnit`].
+    /// [`StoreError::UnitOutOfRange`], [`StoreError::UnitLength`], [`StoreError::ReadUnit`].
     pub fn read_unit(&self, unit: u64, buf: &mut [u8]) -> Result<UnitState> {
         let offset = self.check_buffer(unit, buf.len())?;
         let state = self.bits().state(unit);
@@ -259,7 +259,7 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::UnitOutOfRange`], [`Error::UnitLength`], [`Error::WriteUnit`].
+    /// [`StoreError::UnitOutOfRange`], [`StoreError::UnitLength`], [`StoreError::WriteUnit`].
     pub fn store_fetched(&self, unit: u64, data: &[u8]) -> Result<()> {
         let offset = self.check_buffer(unit, data.len())?;
         self.fetched.write(unit, offset, data)?;
@@ -273,7 +273,7 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::UnitOutOfRange`], [`Error::UnitLength`], [`Error::WriteUnit`].
+    /// [`StoreError::UnitOutOfRange`], [`StoreError::UnitLength`], [`StoreError::WriteUnit`].
     pub fn write_dirty(&self, unit: u64, data: &[u8]) -> Result<()> {
         let offset = self.check_buffer(unit, data.len())?;
         self.dirty.write(unit, offset, data)?;
@@ -286,7 +286,7 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::UnitOutOfRange`] if `unit` is past the end.
+    /// [`StoreError::UnitOutOfRange`] if `unit` is past the end.
     pub fn set_known_zero(&self, unit: u64) -> Result<()> {
         self.mark_zero_ranges(std::iter::once(unit..unit.saturating_add(1)))
     }
@@ -296,7 +296,7 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::UnitOutOfRange`] for a range that reaches past the end; the
+    /// [`StoreError::UnitOutOfRange`] for a range that reaches past the end; the
     /// ranges before it are recorded.
     pub fn mark_zero_ranges(&self, ranges: impl IntoIterator<Item = Range<u64>>) -> Result<()> {
         for range in ranges {
@@ -304,7 +304,7 @@ impl SliceStore {
                 continue;
             }
             if range.end > self.unit_count {
-                return Err(Error::UnitOutOfRange { unit: range.end - 1, unit_count: self.unit_count });
+                return Err(StoreError::UnitOutOfRange { unit: range.end - 1, unit_count: self.unit_count });
             }
             // Below the unit count, which fits a usize (the bitmaps checked it).
             self.bits().zero[range.start as usize..range.end as usize].fill(true);
@@ -323,7 +323,7 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::SyncSlice`] or [`Error::WriteFlushedCopy`]; the previous flush
+    /// [`StoreError::SyncSlice`] or [`StoreError::WriteFlushedCopy`]; the previous flush
     /// then still holds.
     pub fn flush(&self) -> Result<()> {
         let _one_at_a_time = lock(&self.flush_lock);
@@ -357,7 +357,7 @@ impl SliceStore {
     ///
     /// # Errors
     ///
-    /// [`Error::SyncSlice`], [`Error::SyncBitmap`], [`Error::WriteFlushedCopy`];
+    /// [`StoreError::SyncSlice`], [`StoreError::SyncBitmap`], [`StoreError::WriteFlushedCopy`];
     /// a bitmap whose slice could not be synced is left marked open, so that
     /// after a reboot its last flushed copy is used.
     pub fn close(mut self) -> Result<()> {
@@ -379,7 +379,7 @@ impl SliceStore {
     fn check_buffer(&self, unit: u64, len: usize) -> Result<u64> {
         let expected = self.unit_len(unit)?;
         if len != expected as usize {
-            return Err(Error::UnitLength { unit, len, expected });
+            return Err(StoreError::UnitLength { unit, len, expected });
         }
         Ok(unit * u64::from(self.unit_size.get()))
     }
@@ -445,7 +445,7 @@ impl Geometry<'_> {
         let slice_path = self.dir.join(format!("{name}.slice"));
         let bitmap_path = self.dir.join(format!("{name}.bitmap"));
         let exists =
-            bitmap_path.try_exists().map_err(|source| Error::OpenFile { path: bitmap_path.clone(), source })?;
+            bitmap_path.try_exists().map_err(|source| StoreError::OpenFile { path: bitmap_path.clone(), source })?;
         if exists {
             let slice = Slice::open(&slice_path, self.size)?;
             // After a process crash, data the dead process wrote may be only in
@@ -458,7 +458,7 @@ impl Geometry<'_> {
         // The slice first, durably: a bitmap never exists without its slice.
         // Any slice left by an earlier attempt is emptied, as no bit claims it.
         let slice = Slice::create(&slice_path, self.size)?;
-        sync_dir(self.dir).map_err(|source| Error::CreateFile { path: slice_path, source })?;
+        sync_dir(self.dir).map_err(|source| StoreError::CreateFile { path: slice_path, source })?;
         let bitmap = PersistentBitmap::create(&bitmap_path, self.unit_size, self.unit_count, self.boot_id)?;
         Ok((slice, bitmap))
     }
@@ -483,9 +483,9 @@ fn lock_dir(dir: &Path) -> Result<Flock<File>> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|source| Error::CreateFile { path: path.clone(), source })?;
+        .map_err(|source| StoreError::CreateFile { path: path.clone(), source })?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, errno)| Error::LockStore { path, source: io::Error::from(errno) })
+        .map_err(|(_, errno)| StoreError::LockStore { path, source: io::Error::from(errno) })
 }
 
 /// Locks `mutex`, ignoring poisoning: every critical section of this module is

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{pattern, MemorySource};
-use jettison_slice_store::{BootId, Overlay, Recovery, SliceStore, UnitState};
+use slice_store::{BootId, Overlay, Recovery, SliceStore, UnitState};
 
 /// Set in the child to the store directory.
 const CHILD_DIR: &str = "JETTISON_SLICE_STORE_CRASH_CHILD_DIR";

@@ -12,8 +12,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use common::pattern;
-use jettison_slice_store::dirty_set::{export, ApplyTarget, DirtySetError, ImageState, StreamError};
-use jettison_slice_store::SliceStore;
+use migration_formats::dirty_set::{ApplyTarget, DirtySetError, ImageState, StreamError};
+use slice_store::export_dirty_set;
+use slice_store::SliceStore;
 
 const UNIT: u32 = 512;
 /// Nine units, the last one 100 bytes long.
@@ -48,7 +49,7 @@ impl Fixture {
 
     /// Exports a store in which each `(unit, byte)` was written whole with
     /// `byte`; returns the set and the image it should produce.
-    fn export(&self, dirty: &[(u64, u8)]) -> (Vec<u8>, Vec<u8>) {
+    fn export_dirty_set(&self, dirty: &[(u64, u8)]) -> (Vec<u8>, Vec<u8>) {
         let store_dir = tempfile::tempdir_in(self.dir.path()).unwrap();
         let store = SliceStore::open(store_dir.path(), UNIT, SIZE).unwrap();
         let mut expected = self.base.clone();
@@ -60,7 +61,7 @@ impl Fixture {
         }
         store.flush().unwrap();
         let mut set = Vec::new();
-        let summary = export(&store, &mut set).unwrap();
+        let summary = export_dirty_set(&store, &mut set).unwrap();
         assert_eq!(summary.units, dirty.len() as u64);
         assert_eq!(summary.stream_bytes, set.len() as u64);
         (set, expected)
@@ -116,7 +117,7 @@ const DIRTY: [(u64, u8); 3] = [(0, 0xa0), (3, 0xa3), (8, 0xa8)];
 #[test]
 fn whole_and_partial_units_round_trip_onto_the_image() {
     let fixture = Fixture::new();
-    let (set, expected) = fixture.export(&DIRTY);
+    let (set, expected) = fixture.export_dirty_set(&DIRTY);
     let summary = fixture.target().apply(&set[..]).unwrap();
     assert_eq!((summary.units, summary.data_bytes, summary.resumed), (3, 2 * 512 + 100, false));
     assert!(fixture.image_bytes() == expected);
@@ -127,7 +128,7 @@ fn whole_and_partial_units_round_trip_onto_the_image() {
 #[test]
 fn an_empty_set_changes_nothing() {
     let fixture = Fixture::new();
-    let (set, _) = fixture.export(&[]);
+    let (set, _) = fixture.export_dirty_set(&[]);
     let summary = fixture.target().apply(&set[..]).unwrap();
     assert_eq!(summary.units, 0);
     fixture.assert_untouched("empty set");
@@ -136,7 +137,7 @@ fn an_empty_set_changes_nothing() {
 #[test]
 fn the_exported_stream_is_the_documented_format() {
     let fixture = Fixture::new();
-    let (set, _) = fixture.export(&DIRTY);
+    let (set, _) = fixture.export_dirty_set(&DIRTY);
     let id: [u8; 16] = set[32..48].try_into().unwrap();
     let records: Vec<(u64, Vec<u8>)> =
         DIRTY.iter().map(|&(unit, byte)| (unit, vec![byte; if unit == 8 { 100 } else { 512 }])).collect();
@@ -146,7 +147,7 @@ fn the_exported_stream_is_the_documented_format() {
 #[test]
 fn every_truncation_leaves_the_image_unchanged_and_nothing_staged() {
     let fixture = Fixture::new();
-    let (set, expected) = fixture.export(&DIRTY);
+    let (set, expected) = fixture.export_dirty_set(&DIRTY);
     for cut in 0..set.len() {
         let error = fixture.target().apply(&set[..cut]).unwrap_err();
         assert!(matches!(error, DirtySetError::Incomplete { .. }), "cut at {cut}: {error}");
@@ -168,7 +169,7 @@ fn every_truncation_leaves_the_image_unchanged_and_nothing_staged() {
 #[test]
 fn a_flipped_byte_anywhere_is_rejected_and_the_image_unchanged() {
     let fixture = Fixture::new();
-    let (set, _) = fixture.export(&DIRTY);
+    let (set, _) = fixture.export_dirty_set(&DIRTY);
     for at in 0..set.len() {
         let mut bad = set.clone();
         bad[at] ^= 0x20;
@@ -212,7 +213,7 @@ fn records_out_of_order_or_repeated_are_rejected() {
 #[test]
 fn a_set_for_another_unit_size_or_image_size_is_refused() {
     let fixture = Fixture::new();
-    let (set, _) = fixture.export(&DIRTY);
+    let (set, _) = fixture.export_dirty_set(&DIRTY);
     let error = ApplyTarget::new(&fixture.image, 4096, &fixture.staging).apply(&set[..]).unwrap_err();
     assert!(matches!(error, DirtySetError::WrongImage { set_unit_size: 512, unit_size: 4096, .. }), "{error}");
     assert!(error.to_string().contains("the image was not changed"), "{error}");
@@ -229,7 +230,7 @@ fn a_set_for_another_unit_size_or_image_size_is_refused() {
 #[test]
 fn a_crash_during_the_apply_is_finished_by_resume_pending() {
     let fixture = Fixture::new();
-    let (set, expected) = fixture.export(&DIRTY);
+    let (set, expected) = fixture.export_dirty_set(&DIRTY);
     let staged = fixture.target().stage(&set[..]).unwrap();
     assert!(fixture.image_bytes() == fixture.base, "staging does not touch the image");
     let name = staged.path().file_name().unwrap().to_str().unwrap().to_owned();
@@ -258,7 +259,7 @@ fn a_crash_during_the_apply_is_finished_by_resume_pending() {
 #[test]
 fn stage_and_commit_are_separate_steps() {
     let fixture = Fixture::new();
-    let (set, expected) = fixture.export(&DIRTY);
+    let (set, expected) = fixture.export_dirty_set(&DIRTY);
     let staged = fixture.target().stage(&set[..]).unwrap();
     assert_eq!(staged.header().unit_count, 3);
     // The lock is held from stage to commit.
@@ -273,7 +274,7 @@ fn stage_and_commit_are_separate_steps() {
 #[test]
 fn a_staged_set_damaged_on_disk_is_never_written() {
     let fixture = Fixture::new();
-    let (set, _) = fixture.export(&DIRTY);
+    let (set, _) = fixture.export_dirty_set(&DIRTY);
     // In the data of the last record, so that a commit writing as it verifies
     // would have written the first two units before finding it.
     let last_record = (set.len() - 44 - 50) as u64;
@@ -330,7 +331,7 @@ impl Read for BrokenLink<'_> {
 #[test]
 fn a_partial_copy_is_removed_on_error_and_after_a_crash() {
     let fixture = Fixture::new();
-    let (set, expected) = fixture.export(&DIRTY);
+    let (set, expected) = fixture.export_dirty_set(&DIRTY);
     let mut link = BrokenLink { bytes: &set, at: 0, stop_at: 700, staging: fixture.staging.clone(), seen: Vec::new() };
     let error = fixture.target().apply(&mut link).unwrap_err();
     assert!(matches!(error, DirtySetError::Incomplete { arrived: 1, expected: Some(3), .. }), "{error}");
@@ -352,7 +353,7 @@ fn a_partial_copy_is_removed_on_error_and_after_a_crash() {
 #[test]
 fn images_sharing_a_staging_directory_keep_their_sets_apart() {
     let fixture = Fixture::new();
-    let (set, expected) = fixture.export(&DIRTY);
+    let (set, expected) = fixture.export_dirty_set(&DIRTY);
     let other_dir = fixture.dir.path().join("other");
     fs::create_dir(&other_dir).unwrap();
     let other = other_dir.join("disk.img"); // same file name, same size
@@ -374,7 +375,7 @@ fn images_sharing_a_staging_directory_keep_their_sets_apart() {
 #[test]
 fn a_missing_image_is_an_error_naming_it() {
     let fixture = Fixture::new();
-    let (set, _) = fixture.export(&DIRTY);
+    let (set, _) = fixture.export_dirty_set(&DIRTY);
     let missing = fixture.dir.path().join("missing.img");
     let error = ApplyTarget::new(&missing, UNIT, &fixture.staging).apply(&set[..]).unwrap_err();
     assert!(matches!(error, DirtySetError::OpenImage { .. }), "{error}");

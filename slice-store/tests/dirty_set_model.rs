@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::fs;
 
-use jettison_slice_store::dirty_set::{export, ApplyTarget, DirtySetReader};
-use jettison_slice_store::SliceStore;
+use migration_formats::dirty_set::{ApplyTarget, DirtySetReader};
 use proptest::prelude::*;
+use slice_store::export_dirty_set;
+use slice_store::SliceStore;
 
 /// A geometry (unit size, image size) and dirty units with a seed for each
 /// unit's content.
@@ -49,7 +50,7 @@ proptest! {
         }
         store.flush().unwrap();
         let mut set = Vec::new();
-        let sent = export(&store, &mut set).unwrap();
+        let sent = export_dirty_set(&store, &mut set).unwrap();
 
         let mut reader = DirtySetReader::new(&set[..]).unwrap();
         let mut units = Vec::new();

@@ -7,8 +7,8 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use jettison_slice_store::{BootId, Error, FormatError, SliceStore};
 use proptest::prelude::*;
+use slice_store::{BootId, FormatError, SliceStore, StoreError};
 
 const THIS_BOOT: BootId = BootId::from_bytes([0x66; 16]);
 const NEXT_BOOT: BootId = BootId::from_bytes([0x77; 16]);
@@ -29,12 +29,12 @@ fn patch(path: &Path, at: u64, bytes: &[u8]) {
     OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, at).unwrap();
 }
 
-fn open(dir: &Path, boot: BootId) -> Result<SliceStore, Error> {
+fn open(dir: &Path, boot: BootId) -> Result<SliceStore, StoreError> {
     SliceStore::open_with_boot_id(dir, UNIT, SIZE, boot)
 }
 
 /// The message and every cause, as a command line would print them.
-fn chain(error: &Error) -> String {
+fn chain(error: &StoreError) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(next) = cause {
@@ -50,7 +50,7 @@ fn a_bitmap_with_bad_magic_is_refused_naming_it() {
     closed_store(dir.path());
     patch(&dir.path().join("dirty.bitmap"), 0, b"GARBAGE!");
     let error = open(dir.path(), THIS_BOOT).unwrap_err();
-    assert!(matches!(error, Error::CheckBitmap { source: FormatError::BadMagic { .. }, .. }), "{error:?}");
+    assert!(matches!(error, StoreError::CheckBitmap { source: FormatError::BadMagic { .. }, .. }), "{error:?}");
     let text = chain(&error);
     assert!(text.contains("dirty.bitmap") && text.contains("bad magic"), "{text}");
     assert!(text.contains("move the store directory aside"), "{text}");
@@ -64,7 +64,7 @@ fn a_bitmap_of_the_wrong_size_is_refused() {
     OpenOptions::new().write(true).open(&path).unwrap().set_len(1 << 20).unwrap();
     let error = open(dir.path(), THIS_BOOT).unwrap_err();
     assert!(
-        matches!(error, Error::CheckBitmap { source: FormatError::LengthMismatch { found: 1048576, .. }, .. }),
+        matches!(error, StoreError::CheckBitmap { source: FormatError::LengthMismatch { found: 1048576, .. }, .. }),
         "{error:?}"
     );
 }
@@ -75,7 +75,7 @@ fn a_header_claiming_an_absurd_count_is_refused() {
     closed_store(dir.path());
     patch(&dir.path().join("dirty.bitmap"), 16, &(1u64 << 62).to_le_bytes());
     let error = open(dir.path(), THIS_BOOT).unwrap_err();
-    assert!(matches!(error, Error::CheckBitmap { source: FormatError::CountTooLarge { .. }, .. }), "{error:?}");
+    assert!(matches!(error, StoreError::CheckBitmap { source: FormatError::CountTooLarge { .. }, .. }), "{error:?}");
 }
 
 #[test]
@@ -86,7 +86,10 @@ fn a_flushed_copy_with_a_bad_checksum_is_refused_after_a_reboot() {
     patch(&dir.path().join("dirty.bitmap"), STATE_AT, &1u32.to_le_bytes());
     patch(&dir.path().join("dirty.bitmap.flushed"), 48 + 2, &[0x80]);
     let error = open(dir.path(), NEXT_BOOT).unwrap_err();
-    assert!(matches!(error, Error::RecoverBitmap { source: FormatError::ChecksumMismatch { .. }, .. }), "{error:?}");
+    assert!(
+        matches!(error, StoreError::RecoverBitmap { source: FormatError::ChecksumMismatch { .. }, .. }),
+        "{error:?}"
+    );
     let text = chain(&error);
     assert!(text.contains("dirty.bitmap.flushed") && text.contains("checksum"), "{text}");
 }
@@ -106,7 +109,7 @@ fn a_missing_slice_is_refused_naming_it() {
     closed_store(dir.path());
     std::fs::remove_file(dir.path().join("dirty.slice")).unwrap();
     let error = open(dir.path(), THIS_BOOT).unwrap_err();
-    assert!(matches!(&error, Error::OpenFile { path, .. } if path.ends_with("dirty.slice")), "{error:?}");
+    assert!(matches!(&error, StoreError::OpenFile { path, .. } if path.ends_with("dirty.slice")), "{error:?}");
 }
 
 proptest! {

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{pattern, MemorySource};
-use jettison_slice_store::{BootId, Error, Overlay, SliceStore};
 use proptest::prelude::*;
+use slice_store::{BootId, Overlay, SliceStore, StoreError};
 
 const BOOT: BootId = BootId::from_bytes([0x55; 16]);
 
@@ -160,12 +160,12 @@ fn run(case: Case) -> Result<(), TestCaseError> {
             }
             Op::Read { offset, len } => {
                 let refused = overlay.read(*offset, &mut vec![0; *len as usize]);
-                prop_assert!(matches!(refused, Err(Error::OutOfRange { .. })), "{:?}", refused);
+                prop_assert!(matches!(refused, Err(StoreError::OutOfRange { .. })), "{:?}", refused);
                 Vec::new()
             }
             Op::Write { offset, data } => {
                 let refused = overlay.write(*offset, data);
-                prop_assert!(matches!(refused, Err(Error::OutOfRange { .. })), "{:?}", refused);
+                prop_assert!(matches!(refused, Err(StoreError::OutOfRange { .. })), "{:?}", refused);
                 Vec::new()
             }
             Op::Flush => {

@@ -6,7 +6,9 @@ mod common;
 use std::error::Error as _;
 
 use common::{pattern, MemorySource};
-use jettison_slice_store::{BootId, Error, Overlay, ReplyError, SliceStore, SourceError, Stats, UnitSource, UnitState};
+use slice_store::{
+    BootId, Overlay, OverlayStats, ReplyError, SliceStore, SourceError, StoreError, UnitSource, UnitState,
+};
 
 const UNIT: u32 = 16;
 const BOOT: BootId = BootId::from_bytes([0x44; 16]);
@@ -168,10 +170,10 @@ fn writing_the_whole_last_partial_unit_fetches_nothing() {
 fn requests_past_the_end_are_refused() {
     let Setup { overlay, .. } = setup(40, &[]);
     let error = overlay.read(39, &mut [0; 2]).unwrap_err();
-    assert!(matches!(error, Error::OutOfRange { offset: 39, len: 2, size: 40 }), "{error:?}");
+    assert!(matches!(error, StoreError::OutOfRange { offset: 39, len: 2, size: 40 }), "{error:?}");
     assert_eq!(error.to_string(), "accessing 0x2 bytes at offset 0x27: beyond the end of the store (0x28 bytes)");
-    assert!(matches!(overlay.write(40, &[1]), Err(Error::OutOfRange { .. })));
-    assert!(matches!(overlay.read(u64::MAX, &mut [0; 1]), Err(Error::OutOfRange { .. })));
+    assert!(matches!(overlay.write(40, &[1]), Err(StoreError::OutOfRange { .. })));
+    assert!(matches!(overlay.read(u64::MAX, &mut [0; 1]), Err(StoreError::OutOfRange { .. })));
     overlay.read(40, &mut []).unwrap();
     overlay.write(40, &[]).unwrap();
     assert_eq!(overlay.source().take_calls(), Vec::<Vec<u64>>::new());
@@ -183,7 +185,7 @@ fn a_failing_source_is_reported_with_its_cause() {
     let store = SliceStore::open_with_boot_id(dir.path(), UNIT, 64, BOOT).unwrap();
     let overlay = Overlay::new(store, Reply(|_: &[u64]| Err(SourceError::new("desktop asleep"))));
     let error = overlay.read(20, &mut [0; 20]).unwrap_err();
-    assert!(matches!(error, Error::Fetch { first: 1, count: 2, .. }), "{error:?}");
+    assert!(matches!(error, StoreError::Fetch { first: 1, count: 2, .. }), "{error:?}");
     assert_eq!(error.source().unwrap().to_string(), "desktop asleep");
     assert_eq!(overlay.store().state(1).unwrap(), UnitState::Absent);
 }
@@ -202,7 +204,7 @@ fn a_bad_reply_is_refused_and_nothing_is_stored() {
         let store = SliceStore::open_with_boot_id(dir.path(), UNIT, 64, BOOT).unwrap();
         let overlay = Overlay::new(store, Reply(|units: &[u64]| Ok(reply(units))));
         match overlay.read(16, &mut [0; 32]) {
-            Err(Error::CheckFetchReply { source, .. }) => assert_eq!(source, expected),
+            Err(StoreError::CheckFetchReply { source, .. }) => assert_eq!(source, expected),
             other => panic!("expected {expected:?}, got {other:?}"),
         }
         assert_eq!(overlay.stats().fetched_units, 0);
@@ -238,7 +240,7 @@ fn stats_count_requests_and_fetches() {
     overlay.write(100, &[1; 30]).unwrap();
     assert_eq!(
         overlay.stats(),
-        Stats {
+        OverlayStats {
             reads: 1,
             writes: 1,
             fetch_calls: 2,

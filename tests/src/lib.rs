@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use jettison_image_server::{ServeConfig, StopHandle};
-use jettison_qemu::GuestImage;
-use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+use image_server::{ServeConfig, StopHandle};
+use qemu_driver::GuestImage;
+use wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
 
 /// Generous bound on a TCG boot on a shared 2-core machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -158,7 +158,7 @@ impl DesktopServer {
         Self::run(diskserv::bind(image, config, block_size).unwrap(), Service::Disk)
     }
 
-    fn run(server: jettison_image_server::Server, service: Service) -> DesktopServer {
+    fn run(server: image_server::Server, service: Service) -> DesktopServer {
         let addr = server.local_addr().unwrap().to_string();
         let stop = server.stop_handle();
         let thread = Some(std::thread::spawn(move || server.run().unwrap()));
@@ -243,7 +243,7 @@ impl Cownetdisk {
     }
 
     /// The disk's counters now.
-    pub fn stats(&self) -> cownetdisk::Stats {
+    pub fn stats(&self) -> cownetdisk::DiskStats {
         self.disk.stats()
     }
 

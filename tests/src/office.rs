@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use jettison_wire::SharedKey;
+use wire::SharedKey;
 
 use crate::netns::office::{DESKTOP_CIDR, SERVER_CIDR};
 use crate::netns::{Daemon, Host, Lan};

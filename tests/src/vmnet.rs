@@ -67,17 +67,17 @@ fn link_mac(ns: &str, link: &str) -> String {
 
 /// A persistent tap device on a host's bridge, deleted on drop.
 #[derive(Debug)]
-pub struct Tap {
+pub struct NsTap {
     ns: String,
     name: String,
 }
 
-impl Tap {
+impl NsTap {
     /// Makes tap `name` in namespace `ns`, a port of [`HOST_BRIDGE`], up.
     /// QEMU attaches to it by name (`ifname=`), from inside `ns`.
-    pub fn create(ns: &str, name: &str) -> Tap {
+    pub fn create(ns: &str, name: &str) -> NsTap {
         ip(&["-n", ns, "tuntap", "add", "dev", name, "mode", "tap"]);
-        let tap = Tap { ns: ns.to_owned(), name: name.to_owned() };
+        let tap = NsTap { ns: ns.to_owned(), name: name.to_owned() };
         ip(&["-n", ns, "link", "set", name, "master", HOST_BRIDGE]);
         ip(&["-n", ns, "link", "set", name, "up"]);
         tap
@@ -107,7 +107,7 @@ impl Tap {
     }
 }
 
-impl Drop for Tap {
+impl Drop for NsTap {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["-n", &self.ns, "link", "del", &self.name]).status();
     }
@@ -129,7 +129,7 @@ impl Nic {
 
     /// QEMU arguments connecting this NIC to `tap` (no helper scripts: the
     /// tap is already on the bridge).
-    pub fn qemu_args(&self, tap: &Tap) -> Vec<OsString> {
-        jettison_qemu::nic_args(tap.name(), &self.mac)
+    pub fn qemu_args(&self, tap: &NsTap) -> Vec<OsString> {
+        qemu_driver::nic_args(tap.name(), &self.mac)
     }
 }

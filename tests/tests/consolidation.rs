@@ -1,5 +1,5 @@
 //! The whole cycle as a user runs it, in an office of three network
-//! namespaces (see `jettison_tests::office`): `jettison desktop` boots a
+//! namespaces (see `tests::office`): `jettison desktop` boots a
 //! TCG guest that fills 64 MiB of its RAM, writes its disk, counts, and
 //! serves a client on the LAN; `jettison consolidate` moves it to
 //! `jettison server`; it goes on counting and serving there and writes a
@@ -11,10 +11,8 @@
 
 use std::time::Duration;
 
-use jettison_tests::office::{
-    assert_continuous, last_count, wait_for_count_above, Office, OfficeSpec, DESKTOP_TEXT, VM,
-};
-use jettison_tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use tests::office::{assert_continuous, last_count, wait_for_count_above, Office, OfficeSpec, DESKTOP_TEXT, VM};
+use tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 const PACE: Duration = Duration::from_secs(1);
 const REPLY: Duration = Duration::from_secs(120);
@@ -133,7 +131,7 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     assert!(out_bytes < ram / 2, "the way out moved {out_bytes} bytes of a {ram}-byte guest");
     assert!(back_bytes < ram / 2, "the way back moved {back_bytes} bytes of a {ram}-byte guest");
     assert!(back["dirty_blocks"].as_u64().unwrap() > 0, "the file written on the server came back without a block");
-    assert!(jettison_tests::file_in_image(&office.disk, "/desktop-only.txt").contains(DESKTOP_TEXT));
+    assert!(tests::file_in_image(&office.disk, "/desktop-only.txt").contains(DESKTOP_TEXT));
 }
 
 #[test]

@@ -17,10 +17,10 @@ use cownetdisk::protocol::{
     ReplyType, Request, SimpleReply, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, GREETING_LEN, INFO_BLOCK_SIZE, MAX_PAYLOAD,
     OPTION_REPLY_HEADER_LEN, SIMPLE_REPLY_LEN,
 };
-use cownetdisk::Stats;
-use jettison_tests::{jettison_binary, skip, Cownetdisk, DesktopServer};
-use jettison_wire::protocol::Preamble;
-use jettison_wire::SharedKey;
+use cownetdisk::DiskStats;
+use tests::{jettison_binary, skip, Cownetdisk, DesktopServer};
+use wire::protocol::Preamble;
+use wire::SharedKey;
 
 const BLOCK: usize = 4096;
 const BLOCKS: usize = 4096;
@@ -463,7 +463,7 @@ fn the_stats_file_holds_the_counters_when_cownetdisk_stops() {
     drop(client);
     fx.nbd.stop();
     let path = fx.dir.path().join("state").join("vm1.stats");
-    let written: Stats = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let written: DiskStats = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(written, fx.nbd.stats());
     assert_eq!((written.requests.read, written.requests.write, written.dirty_blocks), (1, 1, 1), "{written:?}");
     assert!(written.summary().starts_with("vm1: 16 MiB disk in 4096-byte blocks, 1 reads"), "{}", written.summary());
@@ -473,7 +473,7 @@ fn the_stats_file_holds_the_counters_when_cownetdisk_stops() {
 #[derive(Debug, Default)]
 struct CountingWake(std::sync::atomic::AtomicU64);
 
-impl jettison_wire::WakeHook for CountingWake {
+impl wire::WakeHook for CountingWake {
     fn wake(&self) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }

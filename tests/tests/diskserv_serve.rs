@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jettison_image_server::events::{subscribe, EventKind};
-use jettison_image_server::ServeConfig;
-use jettison_tests::{serve_config, DesktopServer};
-use jettison_wire::{ByteRange, Chunk, Client, Hello, Service, SharedKey, WireError};
+use image_server::events::{subscribe, EventKind};
+use image_server::ServeConfig;
+use tests::{serve_config, DesktopServer};
+use wire::{ByteRange, Chunk, Client, Hello, Service, SharedKey, WireError};
 
 const BLOCK: usize = 65536;
 const BLOCKS: usize = 24;
@@ -103,6 +103,6 @@ fn a_wrong_service_or_missing_image_is_named_in_the_error() {
     let err = diskserv::bind(&image, config(&key, Service::Memory, None), 4096).unwrap_err();
     assert!(matches!(err, diskserv::DiskservError::Service { .. }), "{err}");
     let err = diskserv::bind(&dir.path().join("gone.raw"), config(&key, Service::Disk, None), 4096).unwrap_err();
-    let text = jettison_wire::chain(&err);
+    let text = wire::chain(&err);
     assert!(text.contains("gone.raw") && text.contains("is the VM stopped"), "{text}");
 }

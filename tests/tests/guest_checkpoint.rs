@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use jettison_qemu::{load_device_state, resume, save_device_state, Error, GuestImage, VmSpec};
-use jettison_tests::{guest, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use qemu_driver::{load_device_state, resume, save_device_state, GuestImage, QemuError, VmSpec};
+use tests::{guest, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 /// Guest RAM filled with random data before counting, so the RAM file holds
 /// real content that must not end up in the device state.
@@ -74,7 +74,7 @@ fn loading_a_corrupt_device_state_reports_qemus_reason() {
     let mut qemu = spec.spawn().expect("start QEMU");
     let mut qmp = qemu.connect_qmp().expect("QMP to QEMU");
     match load_device_state(&mut qmp, &state_file) {
-        Err(Error::MigrationFailed { direction, desc, .. }) => {
+        Err(QemuError::MigrationFailed { direction, desc, .. }) => {
             assert_eq!(direction, "load");
             assert!(!desc.is_empty());
             eprintln!("QEMU said: {desc}");

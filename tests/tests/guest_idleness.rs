@@ -7,11 +7,11 @@
 use std::thread::sleep;
 use std::time::Duration;
 
-use jettison_qemu::{
-    dirty_rate, judge, ActivitySample, ActivityWindow, DirtyRate, DiskBackend, IdleThresholds, IdleVerdict,
-    QemuProcess, Qmp, VmSpec,
+use qemu_driver::{
+    dirty_rate, judge, DirtyRate, DiskBackend, IdleThresholds, IdleVerdict, QemuProcess, Qmp, VmLoadSample,
+    VmLoadWindow, VmSpec,
 };
-use jettison_tests::{guest, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use tests::{guest, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 /// Samples of CPU and I/O taken this far apart...
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -25,12 +25,12 @@ struct Watched {
     name: &'static str,
     qemu: QemuProcess,
     qmp: Qmp,
-    window: ActivityWindow,
+    window: VmLoadWindow,
 }
 
 impl Watched {
     fn sample(&mut self) {
-        let sample = ActivitySample::take(self.qemu.pid(), &mut self.qmp).expect("sample QEMU's activity");
+        let sample = VmLoadSample::take(self.qemu.pid(), &mut self.qmp).expect("sample QEMU's activity");
         self.window.push(sample);
     }
 
@@ -63,7 +63,7 @@ fn a_counting_guest_is_idle_and_a_guest_rewriting_its_memory_is_not() {
     let thresholds = IdleThresholds::default();
     let watch = |name, mut qemu: QemuProcess| {
         let qmp = qemu.connect_qmp().expect("QMP to the guest's QEMU");
-        Watched { name, qemu, qmp, window: ActivityWindow::new(thresholds.window) }
+        Watched { name, qemu, qmp, window: VmLoadWindow::new(thresholds.window) }
     };
     let mut guests = [watch("idle-vm", idle), watch("busy-vm", busy)];
     for round in 0..=SAMPLES {

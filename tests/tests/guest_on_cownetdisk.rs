@@ -8,11 +8,12 @@
 
 use std::io::{BufReader, Cursor};
 
-use jettison_qemu::VmSpec;
-use jettison_slice_store::dirty_set::{export, ApplyTarget};
-use jettison_slice_store::SliceStore;
-use jettison_tests::{ext4_image, file_in_image, guest, skip, Cownetdisk, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use jettison_wire::SharedKey;
+use migration_formats::dirty_set::ApplyTarget;
+use qemu_driver::VmSpec;
+use slice_store::export_dirty_set;
+use slice_store::SliceStore;
+use tests::{ext4_image, file_in_image, guest, skip, Cownetdisk, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use wire::SharedKey;
 
 const DESKTOP_TEXT: &str = "written on the desktop before consolidation";
 const DISK_MIB: u64 = 32;
@@ -66,7 +67,7 @@ fn guest_mounts_reads_and_writes_a_disk_served_by_cownetdisk() {
     // Hand the writes back.
     let store = SliceStore::open(state.join("vm1"), BLOCK, disk_bytes).unwrap();
     let mut set = Vec::new();
-    let exported = export(&store, &mut set).unwrap();
+    let exported = export_dirty_set(&store, &mut set).unwrap();
     drop(store);
     eprintln!("dirty set: {} blocks, {} bytes on the wire for a {DISK_MIB} MiB disk", exported.units, set.len());
     let applied =

@@ -6,11 +6,11 @@
 //! less than the guest's RAM.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failure is the test failing
 
-use jettison_qemu::{resume, save_device_state, VmSpec};
-use jettison_slice_store::zero_map;
-use jettison_tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use jettison_wire::SharedKey;
-use memtap::{Mount, VmConfig};
+use memtap::{Mount, RamFileConfig};
+use migration_formats::zero_map;
+use qemu_driver::{resume, save_device_state, VmSpec};
+use tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use wire::SharedKey;
 
 const RAM_MIB: u64 = 256;
 /// Non-zero data the guest holds but does not touch while it counts: it
@@ -54,7 +54,7 @@ fn guest_resumed_on_memtap_keeps_running_and_fetches_little() {
     let memserv = DesktopServer::memserv(&desktop_ram, "vm1", &key, "127.0.0.1:0");
     let mnt = dir.path().join("memtap");
     std::fs::create_dir(&mnt).unwrap();
-    let mut config = VmConfig::new("vm1", dir.path().join("slices"), memserv.remote("vm1", &key));
+    let mut config = RamFileConfig::new("vm1", dir.path().join("slices"), memserv.remote("vm1", &key));
     config.zero_pages = zeros;
     let mount = Mount::start(&mnt, vec![config]).unwrap();
     {

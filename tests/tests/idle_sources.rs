@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use activity_monitor::{EvdevSource, IdleError, IdleSource, LogindSource, X11Source};
-use jettison_tests::{jettison_binary, skip};
-use jettison_wire::chain;
+use tests::{jettison_binary, skip};
+use wire::chain;
 
 fn on_path(bin: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))

@@ -7,11 +7,11 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use jettison_image_server::events::{subscribe, EventKind};
-use jettison_image_server::ServeConfig;
-use jettison_tests::{serve_config, DesktopServer};
-use jettison_wire::protocol::Preamble;
-use jettison_wire::{ByteRange, Chunk, Client, ErrorKind, Hello, Request, Response, Service, SharedKey, WireError};
+use image_server::events::{subscribe, EventKind};
+use image_server::ServeConfig;
+use tests::{serve_config, DesktopServer};
+use wire::protocol::Preamble;
+use wire::{ByteRange, Chunk, Client, ErrorKind, Hello, Request, Response, Service, SharedKey, WireError};
 
 const PAGES: usize = 64;
 
@@ -212,6 +212,6 @@ fn missing_ram_file_is_named_in_the_error() {
         events: None,
     };
     let err = memserv::bind(&dir.path().join("nope.ram"), config).unwrap_err();
-    let text = jettison_wire::chain(&err);
+    let text = wire::chain(&err);
     assert!(text.contains("nope.ram") && text.contains("is the VM stopped"), "{text}");
 }

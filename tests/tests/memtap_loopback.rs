@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jettison_slice_store::{SliceStore, UnitState};
-use jettison_tests::{fuse_available, skip, DesktopServer};
-use jettison_wire::{SharedKey, WakeHook};
 use memmap2::MmapOptions;
-use memtap::{Mount, VmConfig};
+use memtap::{Mount, RamFileConfig};
+use slice_store::{SliceStore, UnitState};
+use tests::{fuse_available, skip, DesktopServer};
+use wire::{SharedKey, WakeHook};
 
 const PAGES: u64 = 4096; // 16 MiB
 const PAGE: usize = 4096;
@@ -52,8 +52,8 @@ impl WakeHook for CountingWake {
     }
 }
 
-fn vm_config(dir: &Path, server: &DesktopServer, key: &SharedKey) -> VmConfig {
-    let mut config = VmConfig::new("vm1", dir.join("slices"), server.remote("vm1", key));
+fn vm_config(dir: &Path, server: &DesktopServer, key: &SharedKey) -> RamFileConfig {
+    let mut config = RamFileConfig::new("vm1", dir.join("slices"), server.remote("vm1", key));
     // The descriptor's zero map: the hole (pages 100..200).
     config.zero_pages = std::iter::once(100..200).collect();
     config
@@ -87,7 +87,7 @@ impl Fixture {
     }
 }
 
-fn stats(mnt: &Path) -> memtap::Stats {
+fn stats(mnt: &Path) -> memtap::RamStats {
     serde_json::from_slice(&std::fs::read(mnt.join("vm1.stats")).unwrap()).unwrap()
 }
 
@@ -116,7 +116,7 @@ fn mapped_pages_match_the_desktop_and_writes_become_dirty() {
     }
     let mut rest = Vec::new();
     std::io::Read::read_to_end(&mut stats_file, &mut rest).unwrap();
-    let at_open: memtap::Stats = serde_json::from_slice(&[&head[..], &rest[..]].concat()).unwrap();
+    let at_open: memtap::RamStats = serde_json::from_slice(&[&head[..], &rest[..]].concat()).unwrap();
     assert_eq!((at_open.faults, at_open.remote_fetches), (0, 0), "the snapshot is the one taken at open");
     drop(stats_file);
     let s = stats(&mnt);

@@ -10,7 +10,7 @@
 //!
 //! Root only (namespaces, veth, a bridge, AF_PACKET); skipped with a reason
 //! elsewhere. The office (a desktop and a server on a bridge) is the one of
-//! `wake_netns.rs`, built with the shared `jettison_tests::netns` helpers.
+//! `wake_netns.rs`, built with the shared `tests::netns` helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
 use std::ffi::OsStr;
@@ -19,11 +19,11 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jettison_tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
-use jettison_tests::netns::{Daemon, Host, Lan};
-use jettison_tests::skip;
-use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
-use remote_wakeup::{netns, DesktopConfig, DesktopWaker, Mac};
+use remote_wakeup::{netns, DesktopWaker, Mac, WakeTarget};
+use tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
+use tests::netns::{Daemon, Host, Lan};
+use tests::skip;
+use wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 64;
@@ -55,7 +55,7 @@ fn os(s: &str) -> &OsStr {
 
 #[test]
 fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again() {
-    if let Err(why) = jettison_tests::netns::available() {
+    if let Err(why) = tests::netns::available() {
         return skip(why);
     }
     let dir = tempfile::tempdir().unwrap();
@@ -79,7 +79,7 @@ fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again(
 
     // The server's reader, connected while the desktop is awake.
     let broadcast: IpAddr = BROADCAST.parse().unwrap();
-    let mut config = DesktopConfig::new("desktop1", DESKTOP_MAC, broadcast, MEMSERV.parse().unwrap());
+    let mut config = WakeTarget::new("desktop1", DESKTOP_MAC, broadcast, MEMSERV.parse().unwrap());
     config.probe_timeout = Duration::from_millis(300);
     let waker = Arc::new(DesktopWaker::new(config));
     let mut remote = RemoteConfig::new(MEMSERV, key, Hello { service: Service::Memory, export: "vm1".into() });

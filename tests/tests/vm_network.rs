@@ -14,13 +14,13 @@
 
 use std::time::{Duration, Instant};
 
-use jettison_qemu::{announce, resume, save_device_state, VmSpec};
-use jettison_tests::netns::office::{DESKTOP_CIDR, SERVER_CIDR};
-use jettison_tests::netns::{available, Host, Lan};
-use jettison_tests::office::{Exchange, LineClient, CLIENT_CIDR, VM_MAC, VM_SERVICE};
-use jettison_tests::vmnet::{bridge_host, Nic, Tap};
-use jettison_tests::{guest, skip, BOOT_TIMEOUT};
+use qemu_driver::{announce, resume, save_device_state, VmSpec};
 use remote_wakeup::netns;
+use tests::netns::office::{DESKTOP_CIDR, SERVER_CIDR};
+use tests::netns::{available, Host, Lan};
+use tests::office::{Exchange, LineClient, CLIENT_CIDR, VM_MAC, VM_SERVICE};
+use tests::vmnet::{bridge_host, Nic, NsTap};
+use tests::{guest, skip, BOOT_TIMEOUT};
 
 const RAM_MIB: u64 = 256;
 const VM_CIDR: &str = "10.77.0.50/24";
@@ -55,7 +55,7 @@ fn client_connection_survives_a_move_between_hosts() {
     bridge_host(desktop, DESKTOP_CIDR);
     bridge_host(server, SERVER_CIDR);
     let nic = Nic::new(VM_MAC);
-    let spec = |run: &str, tap: &Tap| {
+    let spec = |run: &str, tap: &NsTap| {
         VmSpec::new(&guest, &ram, dir.path().join(run))
             .memory_mib(RAM_MIB)
             .kernel_args(&format!("jt.net={VM_CIDR} jt.serve=7000"))
@@ -63,7 +63,7 @@ fn client_connection_survives_a_move_between_hosts() {
     };
 
     // On the desktop: boot with the NIC on the desktop's bridge.
-    let desktop_tap = Tap::create(desktop, TAP);
+    let desktop_tap = NsTap::create(desktop, TAP);
     let desktop_spec = spec("desktop-run", &desktop_tap);
     let mut vm = netns::run_in(Some(desktop), || desktop_spec.spawn()).unwrap().unwrap();
     vm.wait_for_line("JTSERVE", BOOT_TIMEOUT).unwrap();
@@ -82,7 +82,7 @@ fn client_connection_survives_a_move_between_hosts() {
     drop(vm);
     drop(desktop_tap);
     let stopped_at = client.count();
-    let server_tap = Tap::create(server, TAP);
+    let server_tap = NsTap::create(server, TAP);
     let server_spec = spec("server-run", &server_tap);
     let (vm, mut qmp) = netns::run_in(Some(server), || resume(server_spec, &state)).unwrap().unwrap();
     announce(&mut qmp).unwrap();

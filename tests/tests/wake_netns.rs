@@ -18,15 +18,15 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use jettison_qemu::{resume, save_device_state, VmSpec};
-use jettison_slice_store::zero_map;
-use jettison_tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
-use jettison_tests::netns::{Daemon, Host, Lan};
-use jettison_tests::{fuse_available, jettison_binary, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use jettison_wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
 use memmap2::MmapOptions;
-use memtap::{Mount, VmConfig};
-use remote_wakeup::{netns, DesktopConfig, DesktopWaker, EmulatedS3, Mac, PowerState, S3Config};
+use memtap::{Mount, RamFileConfig};
+use migration_formats::zero_map;
+use qemu_driver::{resume, save_device_state, VmSpec};
+use remote_wakeup::{netns, DesktopWaker, EmulatedS3, Mac, S3Config, S3State, WakeTarget};
+use tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
+use tests::netns::{Daemon, Host, Lan};
+use tests::{fuse_available, jettison_binary, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 256;
@@ -110,7 +110,7 @@ impl Scenario {
         .unwrap();
 
         let broadcast: IpAddr = BROADCAST.parse().unwrap();
-        let mut config = DesktopConfig::new("desktop1", DESKTOP_MAC, broadcast, MEMSERV.parse().unwrap());
+        let mut config = WakeTarget::new("desktop1", DESKTOP_MAC, broadcast, MEMSERV.parse().unwrap());
         config.probe_timeout = Duration::from_millis(300);
         if raw_frames {
             config.raw_interface = Some("eth0".into());
@@ -159,7 +159,7 @@ impl Scenario {
     }
 
     fn wait_for_sleep(&self, suspends: u64) {
-        let asleep = self.s3.wait_until(WAIT, |state, stats| state == PowerState::Asleep && stats.suspends == suspends);
+        let asleep = self.s3.wait_until(WAIT, |state, stats| state == S3State::Asleep && stats.suspends == suspends);
         assert!(asleep, "the desktop did not fall asleep (state {}, {:?})", self.s3.state(), self.s3.stats());
     }
 
@@ -177,7 +177,7 @@ impl Scenario {
 
 #[test]
 fn concurrent_reads_of_a_sleeping_desktop_wake_it_once() {
-    if let Err(why) = jettison_tests::netns::available() {
+    if let Err(why) = tests::netns::available() {
         return skip(why);
     }
     let scenario = Scenario::start(false);
@@ -202,13 +202,13 @@ fn concurrent_reads_of_a_sleeping_desktop_wake_it_once() {
     assert_eq!(wakes.failed_wakes, 0);
     assert!(wakes.magic_packets >= 1);
     assert_eq!(scenario.s3.stats().resumes, 1);
-    assert_eq!(scenario.s3.state(), PowerState::On);
+    assert_eq!(scenario.s3.state(), S3State::On);
     scenario.check_packets_and_errors();
 }
 
 #[test]
 fn desktop_sleeps_after_t_w_without_requests_and_each_later_read_wakes_it() {
-    if let Err(why) = jettison_tests::netns::available() {
+    if let Err(why) = tests::netns::available() {
         return skip(why);
     }
     let mut scenario = Scenario::start(true);
@@ -232,13 +232,13 @@ fn desktop_sleeps_after_t_w_without_requests_and_each_later_read_wakes_it() {
 
 #[test]
 fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
-    if let Err(why) = jettison_tests::netns::available().and_then(|()| fuse_available()) {
+    if let Err(why) = tests::netns::available().and_then(|()| fuse_available()) {
         return skip(why);
     }
     let mut scenario = Scenario::start(false);
     let mnt = scenario.dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let mut config = VmConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
+    let mut config = RamFileConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
     config.wake = scenario.hook();
     // memtap's FUSE and fetch threads are started from a thread in the
     // server's namespace, so they fetch from there.
@@ -256,7 +256,7 @@ fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
         assert_eq!(scenario.waker.stats().wakes, round);
         assert_eq!(scenario.s3.stats().resumes, round);
     }
-    let stats: memtap::Stats = serde_json::from_slice(&std::fs::read(mnt.join("vm1.stats")).unwrap()).unwrap();
+    let stats: memtap::RamStats = serde_json::from_slice(&std::fs::read(mnt.join("vm1.stats")).unwrap()).unwrap();
     assert!(stats.remote_fetches >= 2, "{stats:?}");
     drop(map);
     drop(file);
@@ -266,7 +266,7 @@ fn a_memtap_page_fault_on_a_sleeping_desktop_wakes_it_and_is_served() {
 
 #[test]
 fn the_wake_command_wakes_a_sleeping_desktop_and_says_how_long() {
-    if let Err(why) = jettison_tests::netns::available() {
+    if let Err(why) = tests::netns::available() {
         return skip(why);
     }
     let scenario = Scenario::start(false);
@@ -293,16 +293,16 @@ fn the_wake_command_wakes_a_sleeping_desktop_and_says_how_long() {
     assert!(scenario.s3.wait_until(WAIT, |_, stats| stats.magic_packets >= packets));
     assert_eq!(scenario.s3.stats().magic_packets, packets);
     assert_eq!(scenario.s3.stats().resumes, 1);
-    assert_eq!(scenario.s3.state(), PowerState::On);
+    assert_eq!(scenario.s3.state(), S3State::On);
 }
 
 #[test]
 fn a_guest_on_memtap_wakes_its_sleeping_desktop_and_runs_on() {
-    let guest = match jettison_tests::guest() {
+    let guest = match tests::guest() {
         Ok(g) => g,
         Err(why) => return skip(why),
     };
-    if let Err(why) = jettison_tests::netns::available().and_then(|()| fuse_available()) {
+    if let Err(why) = tests::netns::available().and_then(|()| fuse_available()) {
         return skip(why);
     }
     const RAM_MIB: u64 = 256;
@@ -326,7 +326,7 @@ fn a_guest_on_memtap_wakes_its_sleeping_desktop_and_runs_on() {
     let scenario = Scenario::start_with(false, dir, &desktop_ram, Vec::new());
     let mnt = scenario.dir.path().join("memtap");
     std::fs::create_dir(&mnt).unwrap();
-    let mut config = VmConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
+    let mut config = RamFileConfig::new("vm1", scenario.dir.path().join("slices"), scenario.remote.clone());
     config.zero_pages = zeros;
     config.wake = scenario.hook();
     let mount = netns::run_in(Some(scenario.office.server()), || Mount::start(&mnt, vec![config])).unwrap().unwrap();

@@ -2,9 +2,9 @@
 //! arbitrary input with an error and never panics, and every valid message
 //! survives being cut into arbitrary pieces.
 
-use jettison_wire::protocol::{frame, FrameReader, Message, Preamble, PREAMBLE_LEN};
-use jettison_wire::{ByteRange, Chunk, Hello, HelloReply, Request, Response, ServerSession, SharedKey};
 use proptest::prelude::*;
+use wire::protocol::{frame, FrameReader, Message, Preamble, PREAMBLE_LEN};
+use wire::{ByteRange, Chunk, Hello, HelloReply, Request, Response, ServerSession, SharedKey};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]

@@ -1,7 +1,7 @@
 //! Disk I/O benchmark (issue 3, item 6): what a consolidated VM's disk
 //! costs through cownetdisk, printed beside the servers and links it
 //! stands in for, all measured in the same run on the same bytes by the
-//! same NBD client ([`jettison_bench::nbd`]).
+//! same NBD client ([`bench::nbd`]).
 //!
 //! The image is `--mib` MiB of pseudo-random bytes, so no block is all
 //! zero: zero runs travel from diskserv as few-byte markers and would
@@ -76,7 +76,7 @@
 //! MB/s is 10^6 bytes per second. Without `qemu-nbd` on the PATH it prints
 //! a `SKIPPED` line and exits 0.
 //!
-//! `cargo run --release -p jettison-bench --bin disk_io [-- --mib 256 --seconds 3 --depth 1,16]`
+//! `cargo run --release -p bench --bin disk_io [-- --mib 256 --seconds 3 --depth 1,16]`
 
 use std::error::Error;
 use std::fs::File;
@@ -87,17 +87,17 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bench::link::{raw_tcp_ping_pong, raw_tcp_stream};
+use bench::measure::{mb_per_s, micros, timed, CpuAccount, CpuPinning, Latency};
+use bench::nbd::{Budget, NbdClient, NbdClientError, Op, Run};
 use clap::Parser;
-use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, Stats};
-use jettison_bench::link::{raw_tcp_ping_pong, raw_tcp_stream};
-use jettison_bench::measure::{mb_per_s, micros, timed, CpuAccount, Latency, Placement};
-use jettison_bench::nbd::{Budget, NbdClient, NbdClientError, Op, Run};
-use jettison_image_server::ServeConfig;
-use jettison_tests::skip;
-use jettison_wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+use cownetdisk::{Disk, DiskConfig, DiskStats, Listen, NbdServer};
+use image_server::ServeConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tempfile::TempDir;
+use tests::skip;
+use wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
 
 /// The block size of every small request, of cownetdisk's slices and of
 /// diskserv's zero markers.
@@ -136,7 +136,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     seed: u64,
     #[command(flatten)]
-    placement: Placement,
+    placement: CpuPinning,
 }
 
 fn main() -> ExitCode {
@@ -148,7 +148,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("disk_io failed: {}", jettison_wire::chain(e.as_ref()));
+            eprintln!("disk_io failed: {}", wire::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -273,7 +273,7 @@ struct Notes {
 }
 
 impl Notes {
-    fn counters(&mut self, method: &str, before: &Stats, after: &Stats) {
+    fn counters(&mut self, method: &str, before: &DiskStats, after: &DiskStats) {
         self.lines.push(format!(
             "{method}: {} reads, {} writes, {} blocks fetched in {} diskserv requests ({} in all), \
              {} whole-block writes, {} partial-write fetches, {} dirty blocks",
@@ -437,7 +437,7 @@ fn pattern_rows(
     client: &mut NbdClient,
     server: &str,
     notes: &mut Notes,
-    stats: &dyn Fn() -> Option<Stats>,
+    stats: &dyn Fn() -> Option<DiskStats>,
 ) -> BenchResult<Vec<Row>> {
     let mut rows = Vec::new();
     for pattern in Pattern::ALL {
@@ -597,7 +597,7 @@ impl QemuNbd {
                 Err(NbdClientError::Connect { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => return Err(format!("qemu-nbd did not serve {VM}: {}", jettison_wire::chain(&e)).into()),
+                Err(e) => return Err(format!("qemu-nbd did not serve {VM}: {}", wire::chain(&e)).into()),
             }
         }
     }
@@ -629,7 +629,7 @@ fn qemu_nbd_version() -> String {
 #[derive(Debug)]
 struct Diskserv {
     addr: String,
-    stop: jettison_image_server::StopHandle,
+    stop: image_server::StopHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -647,7 +647,7 @@ impl Diskserv {
         let stop = server.stop_handle();
         let thread = std::thread::spawn(move || {
             if let Err(e) = server.run() {
-                eprintln!("disk_io: diskserv: {}", jettison_wire::chain(&e));
+                eprintln!("disk_io: diskserv: {}", wire::chain(&e));
             }
         });
         Ok(Diskserv { addr, stop, thread: Some(thread) })
@@ -695,7 +695,7 @@ impl CownetdiskRun {
         let stop = server.stop_handle();
         let thread = std::thread::spawn(move || {
             if let Err(e) = server.run() {
-                eprintln!("disk_io: cownetdisk: {}", jettison_wire::chain(&e));
+                eprintln!("disk_io: cownetdisk: {}", wire::chain(&e));
             }
         });
         Ok(CownetdiskRun { socket, disk, stop, thread: Some(thread) })

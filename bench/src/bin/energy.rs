@@ -6,7 +6,7 @@
 //!
 //! What each part is, and why it is there:
 //!
-//! - **The traces**: [`jettison_power::trace::generate`] with the paper-like
+//! - **The traces**: [`power::trace::generate`] with the paper-like
 //!   model (a working-set burst after consolidation, a 60 s background timer
 //!   touching 50-150 pages, larger bursts every 10 minutes on average;
 //!   about 99.2% of gaps under 1 s, as the paper measured), over the paper's
@@ -29,17 +29,17 @@
 //! time of the 67-minute trace (Table 1, 6 s and adaptive), like the
 //! paper's Figure 8.
 //!
-//! `cargo run --release -p jettison-bench --bin energy [-- --seed 1 --svg-dir DIR]`
+//! `cargo run --release -p bench --bin energy [-- --seed 1 --svg-dir DIR]`
 
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use jettison_power::simulate::{simulate, SimConfig, SimReport};
-use jettison_power::svg::{power_chart, ChartLabels};
-use jettison_power::trace::{generate, RequestTrace, TraceConfig};
-use jettison_power::{AdaptiveConfig, EnergyLedger, MicrosleepPolicy, PowerProfile};
+use power::simulate::{simulate, SimConfig, SimReport};
+use power::svg::{power_chart, ChartLabels};
+use power::trace::{generate, RequestTrace, TraceConfig};
+use power::{AdaptiveConfig, EnergyLedger, MicrosleepPolicy, PowerProfile};
 
 type BenchResult<T> = Result<T, Box<dyn Error>>;
 
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("energy failed: {}", jettison_wire::chain(e.as_ref()));
+            eprintln!("energy failed: {}", wire::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -37,7 +37,7 @@
 //! `SKIPPED` line and exits 0. QEMUs, mounts, daemons and files (in
 //! `/dev/shm`) are removed by drop guards, also on an error.
 //!
-//! `cargo run --release -p jettison-bench --bin fetch_avoidance [-- --ram-mib 256,1024 --init-on-free]`
+//! `cargo run --release -p bench --bin fetch_avoidance [-- --ram-mib 256,1024 --init-on-free]`
 
 use std::error::Error;
 use std::fs;
@@ -49,11 +49,11 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use jettison_qemu::{resume, save_device_state, GuestImage, VmSpec};
-use jettison_slice_store::zero_map;
-use jettison_tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use jettison_wire::SharedKey;
-use memtap::{Mount, Stats, VmConfig, PAGE_SIZE};
+use memtap::{Mount, RamFileConfig, RamStats, PAGE_SIZE};
+use migration_formats::zero_map;
+use qemu_driver::{resume, save_device_state, GuestImage, VmSpec};
+use tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use wire::SharedKey;
 
 /// The VM's name: memserv's export and memtap's `vm1.ram`.
 const VM: &str = "vm1";
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     match run(&args, &guest) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fetch_avoidance failed: {}", jettison_wire::chain(e.as_ref()));
+            eprintln!("fetch_avoidance failed: {}", wire::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -200,9 +200,9 @@ struct Row {
     config: Config,
     zero_map_pages: u64,
     /// memtap's counters once the guest had counted past the checkpoint.
-    at_resume: Stats,
+    at_resume: RamStats,
     /// memtap's counters after the guest wrote `--later-mib` and counted on.
-    at_end: Stats,
+    at_end: RamStats,
     /// QEMU's complaints about discarding reported pages on memtap's file.
     discard_errors: usize,
 }
@@ -319,7 +319,7 @@ fn on_memtap(args: &Args, guest: &GuestImage, dir: &Path, cp: &Checkpoint, confi
     let memserv = DesktopServer::memserv(&cp.ram, VM, &key, "127.0.0.1:0");
     let mountpoint = dir.join(format!("{tag}-memtap"));
     fs::create_dir_all(&mountpoint)?;
-    let mut vm = VmConfig::new(VM, dir.join(format!("{tag}-slices")), memserv.remote(VM, &key));
+    let mut vm = RamFileConfig::new(VM, dir.join(format!("{tag}-slices")), memserv.remote(VM, &key));
     if config.zero_map {
         vm.zero_pages = cp.zeros.clone();
     }

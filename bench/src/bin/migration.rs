@@ -62,7 +62,7 @@
 //! 55 s, and the whole size takes about 4 minutes; it needs about 12 GiB
 //! free in `/dev/shm` (the checkpoint and two RAM files at a time).
 //!
-//! `cargo run --release -p jettison-bench --bin migration [-- --ram-mib 256,1024,4096 --dirty-mib 8,32,32 --fill-percent 60 --rate-mbit 1000 --methods precopy,postcopy,jettison]`
+//! `cargo run --release -p bench --bin migration [-- --ram-mib 256,1024,4096 --dirty-mib 8,32,32 --fill-percent 60 --rate-mbit 1000 --methods precopy,postcopy,jettison]`
 
 // Beside the crate root, a file under src/bin/ would be a binary of its own.
 #[path = "migration/office.rs"]
@@ -79,20 +79,20 @@ use std::process::ExitCode;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use bench::measure::timed;
 use clap::Parser;
-use jettison_bench::measure::timed;
-use jettison_qemu::{announce, resume, save_device_state, GuestImage, QemuProcess, Qmp, VmSpec};
-use jettison_slice_store::zero_map;
-use jettison_tests::netns::office::MEMSERV;
-use jettison_tests::{fuse_available, guest, netns, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use jettison_wire::SharedKey;
-use memtap::{Mount, VmConfig};
+use memtap::{Mount, RamFileConfig};
+use migration_formats::zero_map;
+use qemu_driver::{announce, resume, save_device_state, GuestImage, QemuProcess, Qmp, VmSpec};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use remote_wakeup::netns::run_in;
 use serde_json::{json, Value};
+use tests::netns::office::MEMSERV;
+use tests::{fuse_available, guest, netns, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use wire::SharedKey;
 
-use office::{Office, Side, VM_CIDR, VM_PORT};
+use office::{CappedOffice, Side, VM_CIDR, VM_PORT};
 use reintegrate::{reintegrate, Consolidated};
 
 /// The VM's name: memserv's export and memtap's `vm1.ram`.
@@ -192,7 +192,7 @@ fn main() -> ExitCode {
     match run(&args, &guest) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("migration failed: {}", jettison_wire::chain(e.as_ref()));
+            eprintln!("migration failed: {}", wire::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -268,7 +268,7 @@ fn run(args: &Args, guest: &GuestImage) -> BenchResult<()> {
         return Err("--dirty-mib needs one value, or one per --ram-mib size".into());
     }
     let started = Instant::now();
-    let office = Office::build(args.rate_mbit);
+    let office = CappedOffice::build(args.rate_mbit);
     let (raw_secs, raw_bytes) = raw_stream(&office)?;
     let mut rows = Vec::new();
     for (i, &ram_mib) in args.ram_mib.iter().enumerate() {
@@ -280,8 +280,8 @@ fn run(args: &Args, guest: &GuestImage) -> BenchResult<()> {
 
 /// Baseline: a plain TCP stream of random bytes from the desktop to the
 /// server; its time and the link bytes it took.
-fn raw_stream(office: &Office) -> BenchResult<(f64, u64)> {
-    let listener = run_in(Some(office.server()), || TcpListener::bind((Office::ip(Side::Server), 0)))??;
+fn raw_stream(office: &CappedOffice) -> BenchResult<(f64, u64)> {
+    let listener = run_in(Some(office.server()), || TcpListener::bind((CappedOffice::ip(Side::Server), 0)))??;
     let addr = listener.local_addr()?;
     let mut data = vec![0u8; RAW_STREAM_BYTES];
     StdRng::seed_from_u64(4).fill_bytes(&mut data);
@@ -318,7 +318,7 @@ struct Checkpoint {
 impl Checkpoint {
     /// The VM on RAM file `ram`, with its NIC on `side`'s tap, logging
     /// into run directory `run`.
-    fn spec(&self, guest: &GuestImage, office: &Office, side: Side, ram: &Path, run: &str) -> VmSpec {
+    fn spec(&self, guest: &GuestImage, office: &CappedOffice, side: Side, ram: &Path, run: &str) -> VmSpec {
         VmSpec::new(guest, ram, self.dir.path().join(run))
             .memory_mib(self.ram_mib)
             .kernel_args(&self.kernel_args)
@@ -330,7 +330,7 @@ impl Checkpoint {
     fn resume_on_desktop(
         &self,
         guest: &GuestImage,
-        office: &Office,
+        office: &CappedOffice,
         method: &str,
         idle: Duration,
     ) -> BenchResult<(QemuProcess, Qmp, PathBuf)> {
@@ -346,7 +346,7 @@ impl Checkpoint {
 }
 
 /// Boots the guest, lets it fill its RAM and idle, and saves the checkpoint.
-fn checkpoint(args: &Args, guest: &GuestImage, office: &Office, ram_mib: u64) -> BenchResult<Checkpoint> {
+fn checkpoint(args: &Args, guest: &GuestImage, office: &CappedOffice, ram_mib: u64) -> BenchResult<Checkpoint> {
     let dir = tempfile::Builder::new().prefix("jt-migration-").tempdir_in("/dev/shm")?;
     let fill = ram_mib * args.fill_percent / 100;
     let mut cp = Checkpoint {
@@ -370,7 +370,13 @@ fn checkpoint(args: &Args, guest: &GuestImage, office: &Office, ram_mib: u64) ->
     Ok(cp)
 }
 
-fn run_size(args: &Args, guest: &GuestImage, office: &Office, ram_mib: u64, dirty_mib: u64) -> BenchResult<Vec<Row>> {
+fn run_size(
+    args: &Args,
+    guest: &GuestImage,
+    office: &CappedOffice,
+    ram_mib: u64,
+    dirty_mib: u64,
+) -> BenchResult<Vec<Row>> {
     println!("{ram_mib} MiB guest:");
     let cp = checkpoint(args, guest, office, ram_mib)?;
     let mut rows = Vec::new();
@@ -400,7 +406,7 @@ fn print_row(row: &Row) {
 
 /// Has the guest, running on the server, write `mib` MiB, then idle for
 /// `idle`; checks its reply.
-fn dirty_on_server(office: &Office, mib: u64, idle: Duration) -> BenchResult<Stay> {
+fn dirty_on_server(office: &CappedOffice, mib: u64, idle: Duration) -> BenchResult<Stay> {
     let before = office.link_bytes()?;
     let start = Instant::now();
     let reply = office.ask_vm(&format!("dirty {mib}"))?;
@@ -422,7 +428,7 @@ fn dirty_on_server(office: &Office, mib: u64, idle: Duration) -> BenchResult<Sta
 
 /// Checks that the guest, back on the desktop, answers with the service's
 /// next number: the state it wrote on the server came back.
-fn check_back(office: &Office, stay: &Stay, method: &str) -> BenchResult<()> {
+fn check_back(office: &CappedOffice, stay: &Stay, method: &str) -> BenchResult<()> {
     let reply = office.ask_vm("back")?;
     let want = format!("echo {} back", stay.serial + 1);
     if reply != want {
@@ -432,7 +438,7 @@ fn check_back(office: &Office, stay: &Stay, method: &str) -> BenchResult<()> {
 }
 
 /// Sets migration capabilities on one QEMU.
-fn set_capabilities(qmp: &mut Qmp, postcopy: bool) -> jettison_qemu::Result<()> {
+fn set_capabilities(qmp: &mut Qmp, postcopy: bool) -> Result<(), qemu_driver::QemuError> {
     let caps = json!([
         { "capability": "x-ignore-shared", "state": false },
         { "capability": "postcopy-ram", "state": postcopy },
@@ -445,7 +451,7 @@ fn set_capabilities(qmp: &mut Qmp, postcopy: bool) -> jettison_qemu::Result<()> 
 /// listening for the migration stream.
 fn incoming(
     guest: &GuestImage,
-    office: &Office,
+    office: &CappedOffice,
     cp: &Checkpoint,
     side: Side,
     ram: &Path,
@@ -454,7 +460,7 @@ fn incoming(
 ) -> BenchResult<(QemuProcess, Qmp)> {
     let spec = cp.spec(guest, office, side, ram, run).incoming_defer();
     let uri = migration_uri(side);
-    Ok(run_in(Some(office.ns(side)), || -> jettison_qemu::Result<_> {
+    Ok(run_in(Some(office.ns(side)), || -> Result<_, qemu_driver::QemuError> {
         let mut qemu = spec.spawn()?;
         let mut qmp = qemu.connect_qmp()?;
         set_capabilities(&mut qmp, postcopy)?;
@@ -465,13 +471,13 @@ fn incoming(
 
 /// Where a destination QEMU on `side` listens.
 fn migration_uri(side: Side) -> String {
-    format!("tcp:{}:{MIGRATION_PORT}", Office::ip(side))
+    format!("tcp:{}:{MIGRATION_PORT}", CappedOffice::ip(side))
 }
 
 /// Polls until `dest`'s console shows a count above `after`; the time since
 /// `start` and the link bytes since `before` at that moment.
 fn wait_until_runs(
-    office: &Office,
+    office: &CappedOffice,
     dest: &QemuProcess,
     after: u64,
     start: Instant,
@@ -491,7 +497,7 @@ fn wait_until_runs(
 /// QEMU's own migration from the QEMU behind `source` to `dest` (already
 /// listening on `to`), measured from `migrate` on.
 fn qemu_move(
-    office: &Office,
+    office: &CappedOffice,
     source: (&QemuProcess, &mut Qmp),
     dest: &QemuProcess,
     to: Side,
@@ -556,7 +562,7 @@ fn qemu_move(
 fn qemu_round_trip(
     args: &Args,
     guest: &GuestImage,
-    office: &Office,
+    office: &CappedOffice,
     cp: &Checkpoint,
     dirty_mib: u64,
     postcopy: bool,
@@ -597,7 +603,7 @@ fn qemu_round_trip(
 fn jettison_round_trip(
     args: &Args,
     guest: &GuestImage,
-    office: &Office,
+    office: &CappedOffice,
     cp: &Checkpoint,
     dirty_mib: u64,
 ) -> BenchResult<Row> {
@@ -617,14 +623,15 @@ fn jettison_round_trip(
 /// runs on the server.
 fn consolidate(
     guest: &GuestImage,
-    office: &Office,
+    office: &CappedOffice,
     cp: &Checkpoint,
     idle: Duration,
     window: Duration,
 ) -> BenchResult<(Move, Consolidated)> {
     let dir = cp.dir.path();
     let (source, mut qmp, desktop_ram) = cp.resume_on_desktop(guest, office, "jettison", idle)?;
-    let listener = run_in(Some(office.server()), || TcpListener::bind((Office::ip(Side::Server), DESCRIPTOR_PORT)))??;
+    let listener =
+        run_in(Some(office.server()), || TcpListener::bind((CappedOffice::ip(Side::Server), DESCRIPTOR_PORT)))??;
     let received = dir.join("jettison-server.state");
 
     let before = office.link_bytes()?;
@@ -652,7 +659,7 @@ fn consolidate(
         Ok(bytes)
     });
     run_in(Some(office.desktop()), || -> std::io::Result<()> {
-        let mut stream = TcpStream::connect((Office::ip(Side::Server), DESCRIPTOR_PORT))?;
+        let mut stream = TcpStream::connect((CappedOffice::ip(Side::Server), DESCRIPTOR_PORT))?;
         stream.write_all(&message)?;
         stream.shutdown(Shutdown::Write)
     })??;
@@ -667,7 +674,7 @@ fn consolidate(
     let mountpoint = dir.join("memtap");
     fs::create_dir_all(&mountpoint)?;
     let slices = dir.join("slices");
-    let mut config = VmConfig::new(VM, &slices, memserv.remote(VM, &key));
+    let mut config = RamFileConfig::new(VM, &slices, memserv.remote(VM, &key));
     config.zero_pages = zeros;
     let mount = run_in(Some(office.server()), || Mount::start(&mountpoint, vec![config]))??;
     let spec = cp.spec(guest, office, Side::Server, &mountpoint.join(format!("{VM}.ram")), "jettison-server");
@@ -697,7 +704,7 @@ fn consolidate(
     Ok((out, Consolidated { qemu: dest, qmp: dest_qmp, mount, slices, memserv, desktop_ram }))
 }
 
-fn print_report(args: &Args, office: &Office, raw_secs: f64, raw_bytes: u64, rows: &[Row], elapsed: Duration) {
+fn print_report(args: &Args, office: &CappedOffice, raw_secs: f64, raw_bytes: u64, rows: &[Row], elapsed: Duration) {
     let link = if office.capped {
         format!("veth/bridge link capped by tc tbf at {} Mbit/s each way", args.rate_mbit)
     } else {

@@ -50,7 +50,7 @@
 //! Latencies are per page, in microseconds. Needs root and FUSE; without
 //! them it prints a `SKIPPED` line and exits 0.
 //!
-//! `cargo run --release -p jettison-bench --bin page_fetch [-- --mib 256 --samples 2000]`
+//! `cargo run --release -p bench --bin page_fetch [-- --mib 256 --samples 2000]`
 
 use std::error::Error;
 use std::fs::File;
@@ -60,16 +60,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use bench::link::{raw_tcp_ping_pong, raw_tcp_stream};
+use bench::measure::{mb_per_s, micros, timed, CpuPinning, Latency};
 use clap::Parser;
-use jettison_bench::link::{raw_tcp_ping_pong, raw_tcp_stream};
-use jettison_bench::measure::{mb_per_s, micros, timed, Latency, Placement};
-use jettison_tests::{fuse_available, skip, DesktopServer};
-use jettison_wire::{ByteRange, Chunk, Client, SharedKey};
 use memmap2::{Mmap, MmapOptions};
-use memtap::{MemtapError, Mount, Stats, VmConfig};
+use memtap::{MemtapError, Mount, RamFileConfig, RamStats};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tempfile::TempDir;
+use tests::{fuse_available, skip, DesktopServer};
+use wire::{ByteRange, Chunk, Client, SharedKey};
 
 /// The page size everything is measured in.
 const PAGE: usize = 4096;
@@ -98,7 +98,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     seed: u64,
     #[command(flatten)]
-    placement: Placement,
+    placement: CpuPinning,
 }
 
 fn main() -> ExitCode {
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("page_fetch failed: {}", jettison_wire::chain(e.as_ref()));
+            eprintln!("page_fetch failed: {}", wire::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -144,7 +144,7 @@ impl Row {
 #[derive(Debug)]
 struct RunStats {
     method: String,
-    stats: Stats,
+    stats: RamStats,
 }
 
 /// What every measurement reads: the desktop's image, warm in the page
@@ -397,7 +397,7 @@ impl MemtapRun {
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint)?;
         let server = DesktopServer::memserv(&setup.path, VM, key, "127.0.0.1:0");
-        let mut config = VmConfig::new(VM, dir.path().join("slices"), server.remote(VM, key));
+        let mut config = RamFileConfig::new(VM, dir.path().join("slices"), server.remote(VM, key));
         config.pivot_window = window;
         let mount = Mount::start(&mountpoint, vec![config])?;
         let mut run = MemtapRun { map: None, file: None, mount: Some(mount), _server: server, _dir: dir };
@@ -420,7 +420,7 @@ impl MemtapRun {
     }
 
     /// memtap's counters for the VM now.
-    fn stats(&self) -> Stats {
+    fn stats(&self) -> RamStats {
         self.mount.as_ref().and_then(|m| m.vms().first()).map(|vm| vm.stats()).unwrap_or_default()
     }
 
@@ -439,7 +439,7 @@ impl MemtapRun {
 impl Drop for MemtapRun {
     fn drop(&mut self) {
         if let Err(e) = self.release() {
-            eprintln!("page_fetch: memtap unmount: {}", jettison_wire::chain(&e));
+            eprintln!("page_fetch: memtap unmount: {}", wire::chain(&e));
         }
     }
 }

@@ -10,13 +10,13 @@ use memmap2::MmapMut;
 
 use super::header::{file_len, Header, State, HEADER_LEN, MAX_UNITS};
 use super::FLUSHED_SUFFIX;
-use crate::durable::with_suffix;
-use crate::error::{Error, FormatError, Result};
+use crate::error::{FormatError, Result, StoreError};
+use durable_file::with_suffix;
 
 /// Checks that `unit_count` bits can be held, returning the count as a `usize`.
 pub(super) fn check_geometry(unit_size: u32, unit_count: u64) -> Result<usize> {
     let refuse =
-        |reason| Error::CheckGeometry { unit_size, size: unit_count.saturating_mul(u64::from(unit_size)), reason };
+        |reason| StoreError::CheckGeometry { unit_size, size: unit_count.saturating_mul(u64::from(unit_size)), reason };
     if unit_size == 0 {
         return Err(refuse("the unit size must not be zero"));
     }
@@ -32,7 +32,7 @@ pub(super) fn open_rw(path: &Path) -> Result<File> {
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|source| Error::OpenFile { path: path.to_owned(), source })
+        .map_err(|source| StoreError::OpenFile { path: path.to_owned(), source })
 }
 
 /// Maps a checked bitmap file shared and writable.
@@ -42,11 +42,12 @@ pub(super) fn map_file(file: &File, path: &Path, unit_count: u64) -> Result<Mmap
     // nobody else truncates it while it is mapped (the store holds a lock on its
     // directory), which is what would turn an access into SIGBUS. Other writers
     // to the same pages can only change bit values, never memory safety.
-    let map = unsafe { MmapMut::map_mut(file) }.map_err(|source| Error::MapBitmap { path: path.to_owned(), source })?;
+    let map =
+        unsafe { MmapMut::map_mut(file) }.map_err(|source| StoreError::MapBitmap { path: path.to_owned(), source })?;
     let expected = file_len(unit_count);
     if map.len() as u64 != expected {
         // The file changed length between the check and the mapping.
-        return Err(Error::CheckBitmap {
+        return Err(StoreError::CheckBitmap {
             path: path.to_owned(),
             source: FormatError::LengthMismatch { found: map.len() as u64, expected },
         });
@@ -114,7 +115,7 @@ pub(super) fn read_flushed_copy(path: &Path, unit_size: u32, unit_count: u64) ->
         Ok(bits)
     };
     read().map_err(|fault| match fault {
-        Fault::Io(source) => Error::ReadFlushedCopy { path: copy_path.clone(), source },
-        Fault::Format(source) => Error::RecoverBitmap { path: copy_path.clone(), source },
+        Fault::Io(source) => StoreError::ReadFlushedCopy { path: copy_path.clone(), source },
+        Fault::Format(source) => StoreError::RecoverBitmap { path: copy_path.clone(), source },
     })
 }

@@ -58,7 +58,7 @@ fn set_reports_the_first_setting_and_counts_it_once() {
 fn units_past_the_end_are_refused_or_clear() {
     let (_dir, path) = setup();
     let mut bitmap = PersistentBitmap::create(&path, UNIT, COUNT, THIS_BOOT).unwrap();
-    assert!(matches!(bitmap.set(COUNT), Err(Error::UnitOutOfRange { unit: 100, unit_count: 100 })));
+    assert!(matches!(bitmap.set(COUNT), Err(StoreError::UnitOutOfRange { unit: 100, unit_count: 100 })));
     assert!(!bitmap.get(COUNT));
     assert!(!bitmap.get(u64::MAX));
     assert_eq!(bitmap.next_one(u64::MAX), None);
@@ -173,7 +173,7 @@ fn bad_magic_is_refused_with_the_path() {
     patch(&path, 0, b"NOTABMP!");
     let error = open(&path, THIS_BOOT).unwrap_err();
     assert!(
-        matches!(&error, Error::CheckBitmap { path: p, source: FormatError::BadMagic { .. } } if *p == path),
+        matches!(&error, StoreError::CheckBitmap { path: p, source: FormatError::BadMagic { .. } } if *p == path),
         "{error:?}"
     );
     assert!(error.to_string().contains("dirty.bitmap"), "{error}");
@@ -186,7 +186,10 @@ fn a_file_of_the_wrong_length_is_refused() {
     OpenOptions::new().write(true).open(&path).unwrap().set_len(60).unwrap();
     let error = open(&path, THIS_BOOT).unwrap_err();
     assert!(
-        matches!(error, Error::CheckBitmap { source: FormatError::LengthMismatch { found: 60, expected: 61 }, .. }),
+        matches!(
+            error,
+            StoreError::CheckBitmap { source: FormatError::LengthMismatch { found: 60, expected: 61 }, .. }
+        ),
         "{error:?}"
     );
 }
@@ -197,7 +200,7 @@ fn a_file_shorter_than_its_header_is_refused() {
     std::fs::write(&path, b"JTSLBMP1").unwrap();
     let error = open(&path, THIS_BOOT).unwrap_err();
     assert!(
-        matches!(error, Error::CheckBitmap { source: FormatError::LengthMismatch { found: 8, .. }, .. }),
+        matches!(error, StoreError::CheckBitmap { source: FormatError::LengthMismatch { found: 8, .. }, .. }),
         "{error:?}"
     );
 }
@@ -208,7 +211,7 @@ fn an_absurd_count_is_refused_before_reading_the_bits() {
     PersistentBitmap::create(&path, UNIT, COUNT, THIS_BOOT).unwrap().close().unwrap();
     patch(&path, 16, &u64::MAX.to_le_bytes());
     let error = open(&path, THIS_BOOT).unwrap_err();
-    assert!(matches!(error, Error::CheckBitmap { source: FormatError::CountTooLarge { .. }, .. }), "{error:?}");
+    assert!(matches!(error, StoreError::CheckBitmap { source: FormatError::CountTooLarge { .. }, .. }), "{error:?}");
 }
 
 #[test]
@@ -219,7 +222,7 @@ fn another_geometry_is_refused() {
     assert!(
         matches!(
             error,
-            Error::CheckBitmap { source: FormatError::UnitSizeMismatch { found: 4096, expected: 512 }, .. }
+            StoreError::CheckBitmap { source: FormatError::UnitSizeMismatch { found: 4096, expected: 512 }, .. }
         ),
         "{error:?}"
     );
@@ -227,7 +230,7 @@ fn another_geometry_is_refused() {
     assert!(
         matches!(
             error,
-            Error::CheckBitmap { source: FormatError::UnitCountMismatch { found: 100, expected: 101 }, .. }
+            StoreError::CheckBitmap { source: FormatError::UnitCountMismatch { found: 100, expected: 101 }, .. }
         ),
         "{error:?}"
     );
@@ -244,7 +247,7 @@ fn a_damaged_flushed_copy_is_refused_after_a_reboot() {
     patch(&copy, 48, &[0xff]);
     let error = open(&path, NEXT_BOOT).unwrap_err();
     assert!(
-        matches!(&error, Error::RecoverBitmap { path: p, source: FormatError::ChecksumMismatch { .. } } if *p == copy),
+        matches!(&error, StoreError::RecoverBitmap { path: p, source: FormatError::ChecksumMismatch { .. } } if *p == copy),
         "{error:?}"
     );
     assert!(error.to_string().contains("move the store directory aside"), "{error}");
@@ -256,12 +259,12 @@ fn a_missing_flushed_copy_is_refused_after_a_reboot() {
     crash(PersistentBitmap::create(&path, UNIT, COUNT, THIS_BOOT).unwrap());
     std::fs::remove_file(with_suffix(&path, ".flushed")).unwrap();
     let error = open(&path, NEXT_BOOT).unwrap_err();
-    assert!(matches!(error, Error::ReadFlushedCopy { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::ReadFlushedCopy { .. }), "{error:?}");
 }
 
 #[test]
 fn a_zero_unit_size_is_refused() {
     let (_dir, path) = setup();
     let error = PersistentBitmap::create(&path, 0, COUNT, THIS_BOOT).unwrap_err();
-    assert!(matches!(error, Error::CheckGeometry { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::CheckGeometry { .. }), "{error:?}");
 }

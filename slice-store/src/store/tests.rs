@@ -64,7 +64,7 @@ fn the_last_unit_may_be_partial() {
     assert_eq!(buf, unit_of(5, 1808));
     assert!(matches!(
         store.write_dirty(2, &unit_of(5, 4096)),
-        Err(Error::UnitLength { unit: 2, len: 4096, expected: 1808 })
+        Err(StoreError::UnitLength { unit: 2, len: 4096, expected: 1808 })
     ));
 }
 
@@ -72,11 +72,11 @@ fn the_last_unit_may_be_partial() {
 fn units_past_the_end_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 16, 64).unwrap();
-    assert!(matches!(store.state(4), Err(Error::UnitOutOfRange { unit: 4, unit_count: 4 })));
-    assert!(matches!(store.read_unit(9, &mut [0; 16]), Err(Error::UnitOutOfRange { .. })));
-    assert!(matches!(store.write_dirty(u64::MAX, &[0; 16]), Err(Error::UnitOutOfRange { .. })));
-    assert!(matches!(store.set_known_zero(4), Err(Error::UnitOutOfRange { .. })));
-    assert!(matches!(store.mark_zero_ranges(std::iter::once(2..5)), Err(Error::UnitOutOfRange { unit: 4, .. })));
+    assert!(matches!(store.state(4), Err(StoreError::UnitOutOfRange { unit: 4, unit_count: 4 })));
+    assert!(matches!(store.read_unit(9, &mut [0; 16]), Err(StoreError::UnitOutOfRange { .. })));
+    assert!(matches!(store.write_dirty(u64::MAX, &[0; 16]), Err(StoreError::UnitOutOfRange { .. })));
+    assert!(matches!(store.set_known_zero(4), Err(StoreError::UnitOutOfRange { .. })));
+    assert!(matches!(store.mark_zero_ranges(std::iter::once(2..5)), Err(StoreError::UnitOutOfRange { unit: 4, .. })));
     let (high, low) = (9, 2);
     store.mark_zero_ranges([3..3, high..low]).unwrap();
 }
@@ -84,7 +84,7 @@ fn units_past_the_end_are_refused() {
 #[test]
 fn a_zero_unit_size_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(open(dir.path(), 0, 64), Err(Error::CheckGeometry { .. })));
+    assert!(matches!(open(dir.path(), 0, 64), Err(StoreError::CheckGeometry { .. })));
 }
 
 #[test]
@@ -112,7 +112,7 @@ fn reopening_with_another_size_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     open(dir.path(), 16, 64).unwrap().close().unwrap();
     let error = open(dir.path(), 16, 60).unwrap_err();
-    assert!(matches!(error, Error::CheckSlice { found: 64, expected: 60, .. }), "{error:?}");
+    assert!(matches!(error, StoreError::CheckSlice { found: 64, expected: 60, .. }), "{error:?}");
     assert!(error.to_string().contains("fetched.slice"), "{error}");
 }
 
@@ -121,7 +121,7 @@ fn reopening_with_another_unit_size_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     open(dir.path(), 16, 64).unwrap().close().unwrap();
     let error = open(dir.path(), 32, 64).unwrap_err();
-    assert!(matches!(error, Error::CheckBitmap { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::CheckBitmap { .. }), "{error:?}");
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn a_second_opener_is_refused_while_the_store_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 16, 64).unwrap();
     let error = open(dir.path(), 16, 64).unwrap_err();
-    assert!(matches!(error, Error::LockStore { .. }), "{error:?}");
+    assert!(matches!(error, StoreError::LockStore { .. }), "{error:?}");
     drop(store);
     open(dir.path(), 16, 64).unwrap();
 }

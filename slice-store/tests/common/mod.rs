@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use jettison_slice_store::{SourceError, UnitSource};
+use slice_store::{SourceError, UnitSource};
 
 /// `size` bytes of a non-zero pattern that differs from one unit to the next.
 pub fn pattern(size: u64) -> Vec<u8> {

@@ -4,7 +4,7 @@
 //! be told to dirty memory while it runs on the server.
 //!
 //! The desktop and the server bridge their `eth0` and hold a tap for the
-//! VM (`jettison_tests::vmnet`, the same topology as the end-to-end
+//! VM (`tests::vmnet`, the same topology as the end-to-end
 //! tests): a QEMU on either host gives the guest the same NIC, with the
 //! same MAC, so one device state fits both. The client is a third host,
 //! because while the VM is consolidated the desktop is (in a deployment)
@@ -20,11 +20,11 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use jettison_tests::netns::office::{DESKTOP_CIDR, SERVER_CIDR};
-use jettison_tests::netns::{Host, Lan};
-use jettison_tests::vmnet::{bridge_host, Nic, Tap};
 use remote_wakeup::netns::run_in;
 use serde_json::Value;
+use tests::netns::office::{DESKTOP_CIDR, SERVER_CIDR};
+use tests::netns::{Host, Lan};
+use tests::vmnet::{bridge_host, Nic, NsTap};
 
 use crate::BenchResult;
 
@@ -54,21 +54,21 @@ pub enum Side {
 
 /// The namespaces, the capped link and the VM's taps. Dropping it deletes
 /// the taps, then the namespaces (fields drop in declaration order).
-pub struct Office {
-    desktop_tap: Tap,
-    server_tap: Tap,
+pub struct CappedOffice {
+    desktop_tap: NsTap,
+    server_tap: NsTap,
     lan: Lan,
     /// Whether `tc` capped the desktop-server link.
     pub capped: bool,
     nic: Nic,
 }
 
-impl Office {
+impl CappedOffice {
     /// Builds the LAN, caps the desktop's and the server's `eth0` at
     /// `rate_mbit` on egress (so both directions between them), bridges
     /// both hosts and gives each a tap for the VM. If `tc` cannot cap, says
     /// so and goes on uncapped.
-    pub fn build(rate_mbit: u64) -> Office {
+    pub fn build(rate_mbit: u64) -> CappedOffice {
         let lan = Lan::build(&[
             Host { role: "desktop", cidr: DESKTOP_CIDR, mac: None },
             Host { role: "server", cidr: SERVER_CIDR, mac: None },
@@ -85,9 +85,9 @@ impl Office {
         // The qdisc stays on eth0 when eth0 becomes a bridge port.
         bridge_host(lan.host(0), DESKTOP_CIDR);
         bridge_host(lan.host(1), SERVER_CIDR);
-        let desktop_tap = Tap::create(lan.host(0), TAP);
-        let server_tap = Tap::create(lan.host(1), TAP);
-        Office { desktop_tap, server_tap, lan, capped, nic: Nic::new(VM_MAC) }
+        let desktop_tap = NsTap::create(lan.host(0), TAP);
+        let server_tap = NsTap::create(lan.host(1), TAP);
+        CappedOffice { desktop_tap, server_tap, lan, capped, nic: Nic::new(VM_MAC) }
     }
 
     /// The desktop's namespace.

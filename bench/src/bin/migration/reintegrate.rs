@@ -9,7 +9,7 @@
 //! 2. Server to desktop, over one TCP connection across the capped link:
 //!    the descriptor's length (u64, little-endian), the descriptor, then
 //!    the dirty set exported from memtap's slice store
-//!    (`jettison_slice_store::dirty_set`, which frames and checks itself).
+//!    (`migration_formats::dirty_set`, which frames and checks itself).
 //! 3. Desktop: stage the set beside its RAM file (verified, durable), and
 //!    only then commit it into the RAM file; load the descriptor into a QEMU
 //!    waiting `-incoming defer` on that file, and `cont`.
@@ -29,15 +29,16 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use jettison_bench::measure::timed;
-use jettison_qemu::{announce, load_device_state, save_device_state, GuestImage, QemuProcess, Qmp};
-use jettison_slice_store::dirty_set::{export, ApplySummary, ApplyTarget, ExportSummary};
-use jettison_slice_store::SliceStore;
-use jettison_tests::DesktopServer;
+use bench::measure::timed;
 use memtap::{Mount, PAGE_SIZE};
+use migration_formats::dirty_set::{ApplySummary, ApplyTarget, ExportSummary};
+use qemu_driver::{announce, load_device_state, save_device_state, GuestImage, QemuProcess, Qmp};
 use remote_wakeup::netns::run_in;
+use slice_store::export_dirty_set;
+use slice_store::SliceStore;
+use tests::DesktopServer;
 
-use crate::office::{Office, Side};
+use crate::office::{CappedOffice, Side};
 use crate::{wait_until_runs, BenchResult, Checkpoint, Move, MIB, VM};
 
 /// Where the desktop receives the descriptor and the dirty set.
@@ -76,7 +77,7 @@ struct Received {
 /// Returns the measured move and the desktop's QEMU, running.
 pub fn reintegrate(
     guest: &GuestImage,
-    office: &Office,
+    office: &CappedOffice,
     cp: &Checkpoint,
     vm: Consolidated,
 ) -> BenchResult<(Move, QemuProcess, Qmp)> {
@@ -85,9 +86,9 @@ pub fn reintegrate(
     // Before the clock: the desktop listens, and its QEMU waits for a
     // descriptor on the RAM file.
     let listener =
-        run_in(Some(office.desktop()), || TcpListener::bind((Office::ip(Side::Desktop), REINTEGRATION_PORT)))??;
+        run_in(Some(office.desktop()), || TcpListener::bind((CappedOffice::ip(Side::Desktop), REINTEGRATION_PORT)))??;
     let spec = cp.spec(guest, office, Side::Desktop, &desktop_ram, "jettison-back").incoming_defer();
-    let (mut back, mut back_qmp) = run_in(Some(office.desktop()), || -> jettison_qemu::Result<_> {
+    let (mut back, mut back_qmp) = run_in(Some(office.desktop()), || -> Result<_, qemu_driver::QemuError> {
         let mut qemu = spec.spawn()?;
         let qmp = qemu.connect_qmp()?;
         Ok((qemu, qmp))
@@ -120,10 +121,10 @@ pub fn reintegrate(
     // Step 2: descriptor and dirty set on one connection.
     let store = SliceStore::open(&slices, PAGE_SIZE as u32, cp.ram_mib * MIB)?;
     let sent = run_in(Some(office.server()), || -> BenchResult<ExportSummary> {
-        let mut stream = TcpStream::connect((Office::ip(Side::Desktop), REINTEGRATION_PORT))?;
+        let mut stream = TcpStream::connect((CappedOffice::ip(Side::Desktop), REINTEGRATION_PORT))?;
         stream.write_all(&descriptor_bytes.to_le_bytes())?;
         stream.write_all(&fs::read(&descriptor)?)?;
-        let summary = export(&store, &mut stream)?;
+        let summary = export_dirty_set(&store, &mut stream)?;
         stream.shutdown(Shutdown::Write)?;
         Ok(summary)
     })??;
@@ -137,7 +138,7 @@ pub fn reintegrate(
     let (to_run, at_run) = wait_until_runs(office, &back, last_count, start, "Jettison back")?;
     let bytes_to_run = at_run - before;
     announce(&mut back_qmp)?;
-    back.wait_for_count_above(last_count + 2, jettison_tests::COUNT_TIMEOUT)?;
+    back.wait_for_count_above(last_count + 2, tests::COUNT_TIMEOUT)?;
     let bytes_total = bytes_to_run.max(bytes_at_release);
 
     fs::remove_dir_all(&slices)?;

@@ -1,0 +1,20 @@
+//! What the two daemons say to each other: the desktop daemon asks the
+//! server daemon to take a VM (consolidation) and to give it back
+//! (reintegration); the server asks a desktop to take its VM back when it
+//! runs short of memory or the VM is no longer idle.
+//!
+//! [`protocol`] is the specification of the messages and their order;
+//! [`transfer`] carries the bulk of a reintegration (descriptor and dirty
+//! sets) as a byte stream over those messages. Both run on
+//! [`wire::Channel`], the same authenticated, encrypted framing as
+//! the page and block traffic.
+#![warn(missing_docs)]
+
+pub mod local;
+pub mod protocol;
+pub mod transfer;
+
+pub use protocol::{
+    ConsolidateRequest, Control, ControlHello, HostedStatus, ReserveRequest, ReturnHeader, CONTROL_TIMEOUT,
+};
+pub use transfer::{ChunkReader, ChunkWriter};

@@ -1,0 +1,178 @@
+//! The VM's NIC and disk, which differ by host only in their back-end.
+//!
+//! A VM keeps one MAC for its whole life: on the desktop and on the server
+//! its virtio-net NIC sits on a tap device that is a port of that host's
+//! bridge, so a move changes which port of the office LAN the MAC is behind
+//! and nothing else. QEMU's `announce-self` (see [`announce`]) tells the LAN.
+//! The disk is a virtio-blk device on both hosts: the image file on the
+//! desktop, cownetdisk's NBD export on the server. The guest sees the same
+//! devices, so the descriptor saved on one host loads on the other.
+//!
+//! Taps are made with iproute2's `ip`, in the network namespace of the
+//! calling thread (a daemon runs in its host's namespace).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::error::{QemuError, Result};
+use crate::qmp::Qmp;
+
+/// Where the VM's disk comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// A raw image file (the desktop's).
+    File(PathBuf),
+    /// An NBD export on a Unix socket (cownetdisk on the server).
+    NbdUnix {
+        /// The socket cownetdisk listens on.
+        socket: PathBuf,
+        /// The export's name (the VM's name).
+        export: String,
+    },
+}
+
+impl DiskBackend {
+    /// QEMU arguments for a virtio-blk disk on this back-end. No host cache
+    /// (`cache=none`): the image or the NBD server is the only copy, so a
+    /// stopped VM's disk is complete without a flush of QEMU's own.
+    pub fn qemu_args(&self) -> Vec<OsString> {
+        let mut drive = match self {
+            DiskBackend::File(path) => {
+                let mut d = OsString::from("file.filename=");
+                d.push(escape_commas(path));
+                d
+            }
+            DiskBackend::NbdUnix { socket, export } => {
+                let mut d = OsString::from("file.driver=nbd,file.export=");
+                d.push(export);
+                d.push(",file.server.type=unix,file.server.path=");
+                d.push(escape_commas(socket));
+                d
+            }
+        };
+        drive.push(",format=raw,if=virtio,cache=none");
+        vec!["-drive".into(), drive]
+    }
+}
+
+/// QEMU arguments for the VM's virtio-net NIC with MAC `mac` on the tap
+/// named `tap` (already on the bridge: no helper scripts).
+pub fn nic_args(tap: &str, mac: &str) -> Vec<OsString> {
+    vec![
+        "-netdev".into(),
+        format!("tap,id=n0,ifname={tap},script=no,downscript=no").into(),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={mac}").into(),
+    ]
+}
+
+/// Makes the NIC's MAC known on the LAN from where the VM now runs: QEMU
+/// sends RARP frames from it a few times (50 ms, then every 100 ms more).
+///
+/// # Errors
+/// [`QemuError::Command`] if QEMU refuses.
+pub fn announce(qmp: &mut Qmp) -> Result<()> {
+    qmp.execute("announce-self", Some(json!({ "initial": 50, "max": 550, "rounds": 5, "step": 100 })))?;
+    Ok(())
+}
+
+/// The tap of VM `vm` on any host: `jt-` and the name, cut to the 15
+/// bytes Linux allows an interface name (configurations keep VM names
+/// short enough for the cut never to matter).
+pub fn vm_tap_name(vm: &str) -> String {
+    let mut name = format!("jt-{vm}");
+    name.truncate(15);
+    name
+}
+
+/// A tap device on a bridge of this namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Tap {
+    name: String,
+}
+
+impl Tap {
+    /// Makes tap `name`, a port of `bridge`, up. A tap of that name left by
+    /// a process that died is replaced.
+    ///
+    /// # Errors
+    /// [`QemuError::Network`] with `ip`'s message when a step fails (no such
+    /// bridge, no permission).
+    pub fn create(name: &str, bridge: &str) -> Result<Tap> {
+        // A leftover from a crash: ignore "does not exist".
+        let _ = Command::new("ip").args(["link", "del", name]).output();
+        ip(&["tuntap", "add", "dev", name, "mode", "tap"], name)?;
+        let tap = Tap { name: name.to_owned() };
+        ip(&["link", "set", name, "master", bridge], name)?;
+        ip(&["link", "set", name, "up"], name)?;
+        Ok(tap)
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.name]).output();
+    }
+}
+
+fn ip(args: &[&str], tap: &str) -> Result<()> {
+    let out = Command::new("ip").args(args).output().map_err(|source| QemuError::Network {
+        tap: tap.to_owned(),
+        detail: format!("cannot run ip (iproute2): {source}"),
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(QemuError::Network {
+        tap: tap.to_owned(),
+        detail: format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()),
+    })
+}
+
+fn escape_commas(path: &Path) -> OsString {
+    crate::vm::option_with_path("", path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(args: Vec<OsString>) -> String {
+        args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn disks_are_virtio_on_both_backends() {
+        let file = line(DiskBackend::File("/vm/a,b.img".into()).qemu_args());
+        assert_eq!(file, "-drive file.filename=/vm/a,,b.img,format=raw,if=virtio,cache=none");
+        let nbd = line(DiskBackend::NbdUnix { socket: "/run/vm1.nbd".into(), export: "vm1".into() }.qemu_args());
+        assert_eq!(
+            nbd,
+            "-drive file.driver=nbd,file.export=vm1,file.server.type=unix,file.server.path=/run/vm1.nbd,\
+             format=raw,if=virtio,cache=none"
+        );
+    }
+
+    #[test]
+    fn tap_names_fit_linux() {
+        assert_eq!(vm_tap_name("vm1"), "jt-vm1");
+        assert_eq!(vm_tap_name("a-very-long-name"), "jt-a-very-long-");
+    }
+
+    #[test]
+    fn the_nic_keeps_its_mac() {
+        let nic = line(nic_args("jt-vm1", "02:4a:54:00:00:50"));
+        assert_eq!(
+            nic,
+            "-netdev tap,id=n0,ifname=jt-vm1,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=02:4a:54:00:00:50"
+        );
+    }
+}

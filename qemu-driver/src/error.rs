@@ -1,0 +1,127 @@
+//! The one error type of this crate.
+//!
+//! Each variant is named for the operation that failed and carries what a
+//! reader needs to act on it: the binary, the socket, the QMP command, and
+//! QEMU's own description of the problem.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+/// What went wrong while starting or driving QEMU.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// A program (QEMU, the guest image script) could not be started.
+    #[error("could not run {binary}: is it installed and executable? (scripts/install-deps installs QEMU)")]
+    Spawn {
+        /// The binary we tried to run.
+        binary: PathBuf,
+        /// Why the operating system refused.
+        source: io::Error,
+    },
+
+    /// QEMU exited while we were waiting for it.
+    #[error("QEMU exited unexpectedly ({status}) while {during}; its output ({log}):\n{output}")]
+    Exited {
+        /// What we were waiting for.
+        during: String,
+        /// How it exited.
+        status: ExitStatus,
+        /// The file holding QEMU's stdout and stderr.
+        log: PathBuf,
+        /// The end of that file.
+        output: String,
+    },
+
+    /// A file QEMU needs could not be prepared, or one it wrote could not be read.
+    #[error("could not {action} {path}")]
+    File {
+        /// What we were doing, e.g. "create the QEMU output log".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// The QMP socket did not accept a connection.
+    #[error("could not connect to QMP socket {socket}: is QEMU running with -qmp on it?")]
+    QmpConnect {
+        /// The Unix socket path.
+        socket: PathBuf,
+        /// The last connection error.
+        source: io::Error,
+    },
+
+    /// Reading from or writing to an established QMP connection failed.
+    #[error("QMP I/O on {socket} failed (did QEMU exit?)")]
+    QmpIo {
+        /// The Unix socket path.
+        socket: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// QEMU sent something that is not QMP as we know it.
+    #[error("unexpected QMP message on {socket}: {detail}")]
+    QmpProtocol {
+        /// The Unix socket path.
+        socket: PathBuf,
+        /// What was wrong with it.
+        detail: String,
+    },
+
+    /// QEMU answered a QMP command with an error.
+    #[error("QEMU rejected QMP command {command}: {desc} ({class})")]
+    Command {
+        /// The command name.
+        command: String,
+        /// QEMU's error class, e.g. `GenericError`.
+        class: String,
+        /// QEMU's description.
+        desc: String,
+    },
+
+    /// A migration (save or load of the device state) failed inside QEMU.
+    #[error("{direction} of the device state {path} failed: {desc} (QEMU's output may say more)")]
+    MigrationFailed {
+        /// "save" or "load".
+        direction: &'static str,
+        /// The device state file.
+        path: PathBuf,
+        /// QEMU's `error-desc`.
+        desc: String,
+    },
+
+    /// Something did not happen in time.
+    #[error("timed out after {secs:.1} s waiting for {what}")]
+    Timeout {
+        /// What we waited for, with enough context to look for it.
+        what: String,
+        /// How long we waited.
+        secs: f64,
+    },
+
+    /// The script that builds the test guest failed.
+    #[error("{script} failed ({status}); its output says what is missing:\n{output}")]
+    GuestImage {
+        /// The script path.
+        script: PathBuf,
+        /// How it exited.
+        status: ExitStatus,
+        /// Its stdout and stderr.
+        output: String,
+    },
+
+    /// Making or wiring the VM's tap device failed.
+    #[error("cannot set up tap {tap} for the VM's NIC: {detail} (is the bridge there, and are we root?)")]
+    Network {
+        /// The tap's name.
+        tap: String,
+        /// What failed, with `ip`'s message.
+        detail: String,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub(crate) type Result<T> = std::result::Result<T, QemuError>;

@@ -1,0 +1,33 @@
+//! Starting QEMU and driving it over QMP.
+//!
+//! Shared by both sides of Jettison: the desktop and the server each run the
+//! user's VM in QEMU with the same profile ([`VmSpec`]), whose guest RAM is a
+//! shared file. Moving the VM means saving its device state, the
+//! "descriptor", without that RAM ([`save_device_state`]) and loading it
+//! into a QEMU started with `-incoming defer` over the same RAM contents
+//! ([`load_device_state`]). [`Qmp`] is the monitor connection both use,
+//! [`SerialLog`] reads what the guest prints, and [`GuestImage`] is the
+//! small test guest that `scripts/guest-image` builds.
+#![warn(missing_docs)]
+
+mod devices;
+mod error;
+mod guest;
+mod migration;
+mod no_hugepage;
+mod poll;
+mod process;
+mod qmp;
+mod serial;
+mod vm;
+mod vm_load;
+
+pub use devices::{announce, nic_args, vm_tap_name, DiskBackend, Tap};
+pub use error::QemuError;
+pub use guest::GuestImage;
+pub use migration::{load_device_state, resume, save_device_state};
+pub use process::QemuProcess;
+pub use qmp::Qmp;
+pub use serial::SerialLog;
+pub use vm::{Accel, VmSpec};
+pub use vm_load::{dirty_rate, judge, DirtyRate, IdleThresholds, IdleVerdict, Measured, VmLoadSample, VmLoadWindow};

@@ -1,0 +1,191 @@
+//! A QMP client over a Unix socket.
+//!
+//! QMP is line-delimited JSON. After the greeting and `qmp_capabilities`,
+//! each command gets exactly one reply (`return` or `error`), but
+//! asynchronous events (`STOP`, `RESUME`, `MIGRATION`, ...) may arrive in
+//! between. We only ever have one command in flight, so the next non-event
+//! message is its reply; events seen on the way are queued for
+//! [`Qmp::wait_event`] so none is lost to a command that happened to be
+//! waiting at the time.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::{QemuError, Result};
+
+/// How long a command may take to be answered. QMP commands return at once
+/// (long jobs such as migration report progress through queries), so this
+/// only trips when QEMU hangs.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Events kept for [`Qmp::wait_event`]; older ones are dropped, so a
+/// long-lived connection nobody asks for events on does not grow forever.
+const MAX_QUEUED_EVENTS: usize = 256;
+
+/// A connection to one QEMU's QMP monitor, past capability negotiation.
+#[derive(Debug)]
+pub struct Qmp {
+    socket: PathBuf,
+    reader: BufReader<UnixStream>,
+    /// Bytes of a message not yet terminated by a newline; kept across read
+    /// timeouts so a message split by one is not lost.
+    partial: Vec<u8>,
+    events: VecDeque<Value>,
+}
+
+impl Qmp {
+    /// Connects to the QMP socket at `socket`, retrying until it appears and
+    /// accepts or `timeout` passes, then reads the greeting and enters
+    /// command mode.
+    ///
+    /// # Errors
+    /// [`QemuError::QmpConnect`] when the socket never accepts; I/O, protocol or
+    /// timeout errors from the greeting and `qmp_capabilities`.
+    pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(socket) {
+                Ok(stream) => break stream,
+                Err(source) if Instant::now() >= deadline => {
+                    return Err(QemuError::QmpConnect { socket: socket.to_owned(), source })
+                }
+                Err(_) => sleep(Duration::from_millis(50)),
+            }
+        };
+        let mut qmp = Qmp {
+            socket: socket.to_owned(),
+            reader: BufReader::new(stream),
+            partial: Vec::new(),
+            events: VecDeque::new(),
+        };
+        let greeting = qmp.read_message(deadline, timeout, "the QMP greeting")?;
+        if greeting.get("QMP").is_none() {
+            return Err(qmp.protocol(format!("expected a greeting, got {greeting}")));
+        }
+        qmp.execute("qmp_capabilities", None)?;
+        Ok(qmp)
+    }
+
+    /// Runs `command` with optional `arguments` and returns the value of its
+    /// `return` member. Events that arrive meanwhile are queued.
+    ///
+    /// # Errors
+    /// [`QemuError::Command`] with QEMU's description when QEMU rejects the
+    /// command; I/O, protocol or timeout errors otherwise.
+    pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        let mut request = json!({ "execute": command });
+        if let Some(arguments) = arguments {
+            request["arguments"] = arguments;
+        }
+        tracing::debug!(socket = %self.socket.display(), %request, "QMP command");
+        let mut line = request.to_string().into_bytes();
+        line.push(b'\n');
+        self.reader.get_mut().write_all(&line).map_err(|source| self.io_error(source))?;
+
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let what = format!("the reply to QMP command {command}");
+        loop {
+            let mut message = self.read_message(deadline, REPLY_TIMEOUT, &what)?;
+            if message.get("event").is_some() {
+                self.queue_event(message);
+            } else if let Some(reply) = message.get_mut("return") {
+                return Ok(reply.take());
+            } else if let Some(error) = message.get("error") {
+                let field = |name: &str| error[name].as_str().unwrap_or("?").to_owned();
+                return Err(QemuError::Command {
+                    command: command.to_owned(),
+                    class: field("class"),
+                    desc: field("desc"),
+                });
+            } else {
+                return Err(self.protocol(format!("expected a reply to {command}, got {message}")));
+            }
+        }
+    }
+
+    /// Waits for the asynchronous event `name` (e.g. `"RESUME"`) and returns
+    /// the whole event object. An event already queued while a command was
+    /// waiting counts, oldest first.
+    ///
+    /// # Errors
+    /// [`QemuError::Timeout`] when it does not arrive within `timeout`; I/O or
+    /// protocol errors.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Value> {
+        if let Some(at) = self.events.iter().position(|event| is_event(event, name)) {
+            return Ok(self.events.remove(at).expect("position() just found this index"));
+        }
+        let deadline = Instant::now() + timeout;
+        let what = format!("QMP event {name}");
+        loop {
+            let message = self.read_message(deadline, timeout, &what)?;
+            if is_event(&message, name) {
+                return Ok(message);
+            }
+            if message.get("event").is_none() {
+                return Err(self.protocol(format!("a reply with no command pending: {message}")));
+            }
+            self.queue_event(message);
+        }
+    }
+
+    fn queue_event(&mut self, event: Value) {
+        tracing::debug!(socket = %self.socket.display(), %event, "QMP event");
+        if self.events.len() == MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// Reads one complete JSON message, waiting at most until `deadline`
+    /// (`timeout` after the wait began, for the error message).
+    fn read_message(&mut self, deadline: Instant, timeout: Duration, what: &str) -> Result<Value> {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(QemuError::Timeout {
+                    what: format!("{what} on {}", self.socket.display()),
+                    secs: timeout.as_secs_f64(),
+                });
+            }
+            self.reader.get_ref().set_read_timeout(Some(remaining)).map_err(|source| self.io_error(source))?;
+            match self.reader.read_until(b'\n', &mut self.partial) {
+                Ok(0) => {
+                    let eof = io::Error::new(ErrorKind::UnexpectedEof, "QEMU closed the QMP connection");
+                    return Err(self.io_error(eof));
+                }
+                Ok(_) if self.partial.ends_with(b"\n") => {
+                    let line = std::mem::take(&mut self.partial);
+                    return serde_json::from_slice(&line)
+                        .map_err(|err| self.protocol(format!("not JSON ({err}): {}", String::from_utf8_lossy(&line))));
+                }
+                // No newline yet: the next read returns 0 if QEMU went away.
+                Ok(_) => {}
+                Err(err) if is_retryable(&err) => {}
+                Err(source) => return Err(self.io_error(source)),
+            }
+        }
+    }
+
+    fn io_error(&self, source: io::Error) -> QemuError {
+        QemuError::QmpIo { socket: self.socket.clone(), source }
+    }
+
+    fn protocol(&self, detail: String) -> QemuError {
+        QemuError::QmpProtocol { socket: self.socket.clone(), detail }
+    }
+}
+
+fn is_event(message: &Value, name: &str) -> bool {
+    message.get("event").and_then(Value::as_str) == Some(name)
+}
+
+/// A read timeout (the deadline is checked by the caller) or a signal.
+fn is_retryable(err: &io::Error) -> bool {
+    matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
+}
