@@ -161,18 +161,14 @@ impl DiskStats {
         )
     }
 
-    /// Writes the stats as JSON to `path`, atomically: readers see the old
-    /// file or the new one, never half of one.
+    /// Writes the stats as JSON to `path`, atomically and durably: readers
+    /// see the old file or the new one, never half of one.
     ///
     /// # Errors
     /// The I/O error of writing the temporary file or renaming it.
     pub fn write_atomically(&self, path: &Path) -> std::io::Result<()> {
-        let mut json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        json.push(b'\n');
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, path)
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        durable_file::replace_file(path, &[&json, b"\n"])
     }
 }
 

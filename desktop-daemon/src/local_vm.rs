@@ -149,11 +149,8 @@ impl LocalVm {
     /// A text naming the file.
     pub fn set_placement(&mut self, placement: Placement) -> Result<(), String> {
         let path = self.dir.join("placement.json");
-        let tmp = self.dir.join("placement.json.tmp");
         let text = serde_json::to_vec(&placement).expect("a placement serialises");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        durable_file::replace_file(&path, &[&text])
             .map_err(|e| format!("cannot record where {} is in {}: {e}", self.name(), path.display()))?;
         self.placement = placement;
         Ok(())

@@ -20,7 +20,7 @@
 //! broken transfer staged is deleted and the checkpoint stands as it was.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use std::time::Instant;
@@ -238,6 +238,7 @@ fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, StagedSet)>) -> Re
         }
     }
     fs::rename(checkpoint.incoming(), &checkpoint.state)
+        .and_then(|()| durable_file::sync_dir(durable_file::parent_dir(&checkpoint.state)))
         .map_err(|e| format!("cannot put the new descriptor in place at {}: {e}", checkpoint.state.display()))?;
     fs::remove_file(checkpoint.complete()).map_err(|e| format!("cannot clear {}: {e}", checkpoint.complete().display()))
 }
@@ -266,14 +267,7 @@ fn discard_staging(checkpoint: &Checkpoint) {
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let mut file = fs::File::create(path).map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    }
-    Ok(())
+    durable_file::replace_file(path, &[bytes]).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -100,13 +100,10 @@ impl LedgerFiles {
         self.replace(CHART_FILE, power_chart(trace, &labels).as_bytes())
     }
 
-    /// Writes `bytes` to `name` through a temporary file and a rename.
+    /// Replaces `name` with `bytes`, atomically and durably.
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), FilesError> {
         let file = self.dir.join(name);
-        let temp = self.dir.join(format!(".{name}.tmp"));
-        std::fs::write(&temp, bytes)
-            .and_then(|()| std::fs::rename(&temp, &file))
-            .map_err(|source| FilesError::Write { file, source })
+        durable_file::replace_file(&file, &[bytes]).map_err(|source| FilesError::Write { file, source })
     }
 
     /// Reads `dir`'s summary; `None` if the directory does not exist.

@@ -52,9 +52,7 @@ impl History {
         let entry = self.bytes.entry(vm.to_owned()).or_insert(0);
         *entry = (*entry).max(bytes);
         let text = serde_json::to_vec_pretty(&self.bytes).expect("a map of numbers serialises");
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &self.path))
+        durable_file::replace_file(&self.path, &[&text])
             .map_err(|e| format!("cannot save the working-set history {}: {e}", self.path.display()))
     }
 }
