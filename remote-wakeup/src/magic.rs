@@ -8,7 +8,7 @@
 //! desktop is no more lenient than a NIC configured with `wol g`.
 
 use std::fmt;
-use std::str::FromStr;
+pub use identifiers::Mac;
 
 /// Bytes in a magic packet: 6 sync bytes and 16 copies of the MAC.
 pub const MAGIC_LEN: usize = 6 + 16 * 6;
@@ -24,43 +24,6 @@ const ETH_HEADER: usize = 14;
 const UDP_HEADER: usize = 8;
 /// The IP protocol number of UDP.
 const IPPROTO_UDP: u8 = 17;
-
-/// A 48-bit Ethernet address, printed as `aa:bb:cc:dd:ee:ff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// The broadcast address `ff:ff:ff:ff:ff:ff`.
-    pub const BROADCAST: Mac = Mac([0xff; 6]);
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-/// A string that is not a MAC address.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("remote-wakeup: {0:?} is not a MAC address (write it as aa:bb:cc:dd:ee:ff)")]
-pub struct BadMac(pub String);
-
-impl FromStr for Mac {
-    type Err = BadMac;
-
-    /// Accepts what `wol-rs` accepts: `aa:bb:cc:dd:ee:ff`, `aa-bb-..`,
-    /// `aabb.ccdd.eeff`, `0xaabbccddeeff`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse::<wol::MacAddr>().map(|m| Mac(m.0)).map_err(|_| BadMac(s.to_owned()))
-    }
-}
-
-impl From<Mac> for wol::MacAddr {
-    fn from(mac: Mac) -> Self {
-        wol::MacAddr(mac.0)
-    }
-}
 
 /// The magic packet for `mac`.
 pub fn payload(mac: Mac) -> [u8; MAGIC_LEN] {

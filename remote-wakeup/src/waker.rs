@@ -357,7 +357,7 @@ impl DesktopWaker {
         let config = &self.config;
         let mut sent = 0;
         let mut error = None;
-        match wol::send_wol(config.mac.into(), Some(config.broadcast), None) {
+        match wol::send_wol(wol::MacAddr(config.mac.0), Some(config.broadcast), None) {
             Ok(()) => sent += 1,
             Err(source) => {
                 error = Some(WakeError::SendUdp {

@@ -1,0 +1,97 @@
+//! The names and addresses that cross a host boundary, checked once.
+//!
+//! A VM's name becomes a directory on the server and a tap device on both
+//! hosts; a MAC address becomes a QEMU device property; a host's name keys
+//! the server's table of VMs. Each arrives as text, from a configuration
+//! file or from a peer, and each is parsed here into a type that can only
+//! hold a valid value. Everything downstream (paths, QEMU options, tap
+//! names) takes these types, never a string, so nothing a peer sends
+//! reaches a command line or a path unchecked.
+//!
+//! Each type decodes from the wire (bincode) and from configuration files
+//! (serde) through the same check as [`std::str::FromStr`], so a bad value
+//! is refused where it is read, with an error naming the rule.
+#![warn(missing_docs)]
+
+mod host_name;
+mod mac;
+mod vm_name;
+
+pub use host_name::HostName;
+pub use mac::Mac;
+pub use vm_name::VmName;
+
+/// A value that breaks the rule of its type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a valid {what}: {rule}")]
+pub struct InvalidIdentifier {
+    /// What it was meant to be ("VM name", "MAC address").
+    pub what: &'static str,
+    /// The value as given (cut to 80 characters).
+    pub value: String,
+    /// The rule it breaks, and what to write instead.
+    pub rule: &'static str,
+}
+
+impl InvalidIdentifier {
+    fn new(what: &'static str, value: &str, rule: &'static str) -> Self {
+        InvalidIdentifier { what, value: value.chars().take(80).collect(), rule }
+    }
+}
+
+/// Implements the string-carrying traits of a checked type: `Display`,
+/// `AsRef<str>`, serde and bincode through its `FromStr`.
+macro_rules! checked_string {
+    ($type:ident) => {
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $type {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl bincode::Encode for $type {
+            fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
+                self.0.encode(encoder)
+            }
+        }
+
+        impl<C> bincode::Decode<C> for $type {
+            fn decode<D: bincode::de::Decoder<Context = C>>(
+                decoder: &mut D,
+            ) -> Result<Self, bincode::error::DecodeError> {
+                let text = String::decode(decoder)?;
+                text.parse().map_err(|e: $crate::InvalidIdentifier| {
+                    bincode::error::DecodeError::OtherString(e.to_string())
+                })
+            }
+        }
+
+        impl<'de, C> bincode::BorrowDecode<'de, C> for $type {
+            fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
+                decoder: &mut D,
+            ) -> Result<Self, bincode::error::DecodeError> {
+                <Self as bincode::Decode<C>>::decode(decoder)
+            }
+        }
+    };
+}
+pub(crate) use checked_string;
