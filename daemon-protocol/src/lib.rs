@@ -10,11 +10,14 @@
 //! the page and block traffic.
 #![warn(missing_docs)]
 
+mod kernel_args;
 pub mod local;
 pub mod protocol;
 pub mod transfer;
 
+pub use identifiers::{HostName, Mac, VmName};
 pub use protocol::{
-    ConsolidateRequest, Control, ControlHello, HostedStatus, ReserveRequest, ReturnHeader, CONTROL_TIMEOUT,
+    ConsolidateRequest, Control, ControlHello, HostedState, HostedStatus, KernelArgs, ReserveRequest, ReturnHeader,
+    CONTROL_TIMEOUT,
 };
 pub use transfer::{ChunkReader, ChunkWriter};

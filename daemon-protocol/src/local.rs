@@ -3,15 +3,20 @@
 //!
 //! The command sends one [`LocalRequest`]; the daemon answers with any
 //! number of [`LocalReply::Progress`] and [`LocalReply::Log`] lines and one
-//! final [`LocalReply::Done`] or [`LocalReply::Failed`], then closes. JSON so
-//! that a script or `socat` can talk to a daemon too; the socket's file
-//! permissions (root only) are its access control.
+//! final [`LocalReply::Done`] carrying a typed [`Report`], or
+//! [`LocalReply::Failed`], then closes. JSON so that a script or `socat`
+//! can talk to a daemon too; the socket's file permissions (root only) are
+//! its access control. The command deserialises each report into its type,
+//! so a renamed or missing field is an error, never a silent zero.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
+use identifiers::{HostName, VmName};
 use serde::{Deserialize, Serialize};
+
+use crate::protocol::HostedStatus;
 
 /// What the command asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,15 +27,130 @@ pub enum LocalRequest {
     /// Move a VM to the server.
     Consolidate {
         /// The VM.
-        vm: String,
+        vm: VmName,
         /// Skip the idleness check.
         force: bool,
     },
     /// Bring a VM back from the server.
     Reintegrate {
         /// The VM.
-        vm: String,
+        vm: VmName,
     },
+}
+
+/// What a consolidation did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsolidateReport {
+    /// The VM.
+    pub vm: VmName,
+    /// Bytes of the descriptor sent to the server.
+    pub descriptor_bytes: u64,
+    /// Pages of the RAM file that are zero (never fetched).
+    pub zero_pages: u64,
+    /// The working set the server expects of it, in bytes.
+    pub expected_bytes: u64,
+    /// Seconds from `stop` here to `cont` on the server.
+    pub downtime_secs: f64,
+    /// Seconds from the request to the VM running on the server.
+    pub total_secs: f64,
+    /// Milliseconds the server took from the request to `cont`.
+    pub server_ms: u64,
+}
+
+/// What a reintegration brought back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReintegrateReport {
+    /// The VM.
+    pub vm: VmName,
+    /// Bytes received: descriptor, memory and disk dirty sets.
+    pub bytes: u64,
+    /// Pages written into the RAM file.
+    pub dirty_pages: u64,
+    /// Blocks written into the disk image.
+    pub dirty_blocks: u64,
+    /// Seconds until the server had stopped it.
+    pub server_stop_secs: f64,
+    /// Seconds of the transfer.
+    pub transfer_secs: f64,
+    /// Seconds from the request to the VM running here.
+    pub total_secs: f64,
+}
+
+/// Where a desktop's VM is, as the desktop daemon sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmLocation {
+    /// Here.
+    Desktop,
+    /// On the server.
+    Server,
+    /// Being moved now.
+    Moving,
+}
+
+/// One VM of a desktop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesktopVmStatus {
+    /// The VM.
+    pub vm: VmName,
+    /// Where it is.
+    pub on: VmLocation,
+    /// When it left for the server (seconds since the epoch).
+    pub since: Option<u64>,
+    /// Whether QEMU runs it here.
+    pub running_here: bool,
+    /// The server's view of it, when it is there and the server answered.
+    pub server: Option<HostedStatus>,
+}
+
+/// The desktop daemon's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesktopStatus {
+    /// This desktop.
+    pub desktop: HostName,
+    /// Its server, `host:port`.
+    pub server: String,
+    /// Whether the server answered.
+    pub server_reachable: bool,
+    /// Why not, if it did not.
+    pub server_error: Option<String>,
+    /// Its VMs.
+    pub vms: Vec<DesktopVmStatus>,
+}
+
+/// The server daemon's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// This server.
+    pub server: HostName,
+    /// The VMs it hosts.
+    pub vms: Vec<HostedStatus>,
+}
+
+/// The final answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "snake_case")]
+pub enum Report {
+    /// To `Consolidate`.
+    Consolidated(ConsolidateReport),
+    /// To `Reintegrate`.
+    Reintegrated(ReintegrateReport),
+    /// To `Status`, from a desktop daemon.
+    DesktopStatus(DesktopStatus),
+    /// To `Status`, from the server daemon.
+    ServerStatus(ServerStatus),
+}
+
+impl Report {
+    /// Its kind, for error texts.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Report::Consolidated(_) => "consolidation report",
+            Report::Reintegrated(_) => "reintegration report",
+            Report::DesktopStatus(_) => "desktop status",
+            Report::ServerStatus(_) => "server status",
+        }
+    }
 }
 
 /// What the daemon answers, line by line.
@@ -51,10 +171,10 @@ pub enum LocalReply {
         /// The line.
         line: String,
     },
-    /// It worked; the result, for `--json` and the report.
+    /// It worked; the report, for `--json` and people.
     Done {
-        /// The result.
-        result: serde_json::Value,
+        /// The report.
+        result: Report,
     },
     /// It did not; why and what to do.
     Failed {
@@ -68,7 +188,7 @@ pub enum LocalReply {
 /// final reply. A client that sends garbage gets a `Failed` line.
 pub fn serve<H>(listener: UnixListener, handle: H)
 where
-    H: Fn(LocalRequest, &mut dyn FnMut(LocalReply)) -> Result<serde_json::Value, String> + Send + Sync + 'static,
+    H: Fn(LocalRequest, &mut dyn FnMut(LocalReply)) -> Result<Report, String> + Send + Sync + 'static,
 {
     let handle = std::sync::Arc::new(handle);
     for stream in listener.incoming() {
@@ -102,15 +222,11 @@ where
 }
 
 /// Sends `request` to the daemon at `socket`, passing interim replies to
-/// `on_reply`, and returns the final result.
+/// `on_reply`, and returns the final report.
 ///
 /// # Errors
 /// The daemon's `Failed` text, or a text saying the daemon cannot be reached.
-pub fn call(
-    socket: &Path,
-    request: &LocalRequest,
-    mut on_reply: impl FnMut(&LocalReply),
-) -> Result<serde_json::Value, String> {
+pub fn call(socket: &Path, request: &LocalRequest, mut on_reply: impl FnMut(&LocalReply)) -> Result<Report, String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot reach the daemon at {} ({e}): is `jettison desktop` or `jettison server` running?",
@@ -162,16 +278,26 @@ mod tests {
         std::thread::spawn(move || {
             serve(listener, |request, send| match request {
                 LocalRequest::Consolidate { vm, .. } => {
-                    send(LocalReply::Progress { what: vm.clone(), done: 1, total: 2 });
-                    Ok(serde_json::json!({ "vm": vm }))
+                    send(LocalReply::Progress { what: vm.to_string(), done: 1, total: 2 });
+                    Ok(Report::Consolidated(ConsolidateReport {
+                        vm,
+                        descriptor_bytes: 1,
+                        zero_pages: 2,
+                        expected_bytes: 3,
+                        downtime_secs: 0.5,
+                        total_secs: 1.5,
+                        server_ms: 4,
+                    }))
                 }
                 _ => Err("no".into()),
             })
         });
         let mut seen = Vec::new();
-        let request = LocalRequest::Consolidate { vm: "vm1".into(), force: false };
-        let result = call(&socket, &request, |r| seen.push(r.clone())).unwrap();
-        assert_eq!(result["vm"], "vm1");
+        let request = LocalRequest::Consolidate { vm: "vm1".parse().unwrap(), force: false };
+        let Report::Consolidated(report) = call(&socket, &request, |r| seen.push(r.clone())).unwrap() else {
+            panic!("not a consolidation report")
+        };
+        assert_eq!((report.vm.as_str(), report.downtime_secs), ("vm1", 0.5));
         assert_eq!(seen, vec![LocalReply::Progress { what: "vm1".into(), done: 1, total: 2 }]);
         assert_eq!(call(&socket, &LocalRequest::Status, |_| {}).unwrap_err(), "no");
         let mut raw = UnixStream::connect(&socket).unwrap();
@@ -179,6 +305,11 @@ mod tests {
         let mut answer = String::new();
         BufReader::new(raw).read_line(&mut answer).unwrap();
         assert!(answer.contains("not a request this daemon knows"), "{answer}");
+        let mut raw = UnixStream::connect(&socket).unwrap();
+        raw.write_all(b"{\"op\":\"consolidate\",\"vm\":\"../x\",\"force\":true}\n").unwrap();
+        let mut answer = String::new();
+        BufReader::new(raw).read_line(&mut answer).unwrap();
+        assert!(answer.contains("not a valid VM name"), "{answer}");
         assert!(call(&dir.path().join("none.sock"), &LocalRequest::Status, |_| {})
             .unwrap_err()
             .contains("is `jettison"));

@@ -5,7 +5,9 @@
 //! A [`wire::Channel`]: clear preamble, Noise `NNpsk0` with the
 //! office's shared key, then frames. The client's first handshake payload is
 //! a [`ControlHello`]; the answer is a [`Control::Welcome`] or a
-//! [`Control::Failed`]. Every later frame body is one [`Control`], encoded
+//! [`Control::Failed`]. A desktop's hello names it: the server knows every
+//! VM by (desktop, VM name), so two desktops may each have a `vm1`, and a
+//! desktop's requests only ever reach its own VMs. Every later frame body is one [`Control`], encoded
 //! with bincode 2 (little-endian, variable-length integers) and decoded with
 //! the wire's frame limit ([`MAX_FRAME`]) and the limits below.
 //!
@@ -58,21 +60,49 @@
 //! Any request may be answered `Failed` with a text for the user; the
 //! connection stays usable.
 //!
-//! # Limits
+//! # Checked at the decoder
 //!
-//! Names (VM, host) are 1 to [`MAX_NAME`] bytes; texts at most
-//! [`MAX_TEXT`]; a `Data` chunk at most [`MAX_CHUNK`] bytes.
+//! Every value from a peer is a checked type by the time anyone uses it,
+//! and a message that breaks a rule is refused with an error naming the
+//! field:
+//!
+//! - VM names are [`VmName`]s (1 to 12 letters, digits, `-`, `_`), host
+//!   names [`HostName`]s, MACs [`Mac`]s (six bytes; the VM's and the
+//!   desktop's must be unicast), kernel arguments [`KernelArgs`] (printable
+//!   ASCII, at most [`KernelArgs::MAX_LEN`] bytes).
+//! - Addresses a server connects to (`memserv`, `diskserv`,
+//!   `desktop_control`) are socket addresses with a port, not unspecified,
+//!   multicast or broadcast.
+//! - `memory_mib` is 1 to [`MAX_MEMORY_MIB`]; RAM and disk sizes at most
+//!   [`MAX_RAM_BYTES`] and [`MAX_DISK_BYTES`]; a descriptor 1 byte to
+//!   [`MAX_DESCRIPTOR`]; texts at most [`MAX_TEXT`]; a `Data` chunk at most
+//!   [`MAX_CHUNK`] bytes.
+//!
+//! Names and MACs travel as text (bincode strings) so that it is the
+//! decoder that refuses a bad one, whatever the sender's code.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use bincode::de::Decoder;
 use bincode::{Decode, Encode};
+use identifiers::{HostName, Mac, VmName};
 use wire::protocol::{Message, MAX_FRAME};
 use wire::DecodeError;
 
-/// Longest VM or host name.
-pub const MAX_NAME: usize = 64;
-/// Longest free text (a refusal, a reason, an address).
+pub use crate::kernel_args::KernelArgs;
+
+/// Longest free text (a refusal, a reason).
 pub const MAX_TEXT: usize = 4096;
+/// Largest RAM a VM may have, in MiB (1 TiB).
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Largest RAM size in bytes.
+pub const MAX_RAM_BYTES: u64 = MAX_MEMORY_MIB << 20;
+/// Largest disk size in bytes (64 TiB).
+pub const MAX_DISK_BYTES: u64 = 64 << 40;
+/// Largest descriptor: QEMU's device state without RAM is well under 1 MiB,
+/// and the descriptor travels in one frame with the zero map.
+pub const MAX_DESCRIPTOR: usize = 3 << 20;
 /// Largest `Data` chunk.
 pub const MAX_CHUNK: usize = 1 << 20;
 /// How long either daemon waits for the other's next message. Generous: a
@@ -80,23 +110,24 @@ pub const MAX_CHUNK: usize = 1 << 20;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
 
 const _: () = assert!(MAX_CHUNK + 1024 < MAX_FRAME);
+const _: () = assert!(MAX_DESCRIPTOR + (512 << 10) < MAX_FRAME);
 
 /// Who opens a control connection.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum ControlHello {
     /// A desktop daemon, by its host name.
-    Desktop(String),
+    Desktop(HostName),
     /// The server daemon.
-    Server(String),
+    Server(HostName),
     /// The command line (status only).
     Tool,
 }
 
 /// What a desktop asks before it stops its VM.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode)]
 pub struct ReserveRequest {
     /// The VM's name.
-    pub vm: String,
+    pub vm: VmName,
     /// Its RAM size in bytes.
     pub ram_bytes: u64,
     /// Its disk size in bytes.
@@ -104,26 +135,25 @@ pub struct ReserveRequest {
 }
 
 /// Everything the server needs to run the VM, sent once it is stopped.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// The desktop is the one that said hello on this connection.
+#[derive(Debug, Clone, PartialEq, Eq, Encode)]
 pub struct ConsolidateRequest {
     /// The VM's name.
-    pub vm: String,
-    /// The desktop's host name.
-    pub desktop: String,
+    pub vm: VmName,
     /// The desktop's MAC, for Wake-on-LAN (none: it never sleeps).
-    pub desktop_mac: Option<String>,
-    /// Where the desktop daemon takes `PleaseReintegrate`, `host:port`.
-    pub desktop_control: String,
-    /// Where memserv serves the VM's RAM, `host:port`.
-    pub memserv: String,
-    /// Where diskserv serves the VM's disk, `host:port`.
-    pub diskserv: String,
+    pub desktop_mac: Option<Mac>,
+    /// Where the desktop daemon takes `PleaseReintegrate`.
+    pub desktop_control: SocketAddr,
+    /// Where memserv serves the VM's RAM.
+    pub memserv: SocketAddr,
+    /// Where diskserv serves the VM's disk.
+    pub diskserv: SocketAddr,
     /// The VM's RAM in MiB.
     pub memory_mib: u64,
     /// The VM's NIC MAC, kept on every host.
-    pub vm_mac: String,
+    pub vm_mac: Mac,
     /// Kernel arguments of the VM's profile (the test guest's `jt.*`).
-    pub kernel_args: String,
+    pub kernel_args: KernelArgs,
     /// The saved device state (QEMU's migration stream with `x-ignore-shared`).
     pub descriptor: Vec<u8>,
     /// The RAM file's zero pages (`migration_formats::ZeroMap::encode`).
@@ -154,16 +184,41 @@ impl ReturnHeader {
     }
 }
 
+/// Where a hosted VM is in its stay on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostedState {
+    /// QEMU runs it.
+    Running,
+    /// Stopped and flushed, waiting to go home (a reintegration broke off).
+    Stopped,
+    /// Being started or sent home right now; its figures are not read.
+    Moving,
+    /// QEMU died on the server; the text says how.
+    Lost(String),
+}
+
+impl std::fmt::Display for HostedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostedState::Running => f.write_str("running"),
+            HostedState::Stopped => f.write_str("stopped, waiting to go home"),
+            HostedState::Moving => f.write_str("moving"),
+            HostedState::Lost(why) => write!(f, "lost: {why}"),
+        }
+    }
+}
+
 /// One VM on the server, as `Status` reports it (and, as JSON, `jettison
 /// status --json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
 pub struct HostedStatus {
     /// The VM's name.
-    pub vm: String,
+    pub vm: VmName,
     /// Its desktop.
-    pub desktop: String,
-    /// `running`, `stopped for reintegration`, or what went wrong.
-    pub state: String,
+    pub desktop: HostName,
+    /// Where it is in its stay.
+    pub state: HostedState,
     /// Seconds since it started on the server.
     pub seconds: u64,
     /// RAM size in bytes.
@@ -180,15 +235,36 @@ pub struct HostedStatus {
     pub dirty_blocks: u64,
     /// The working set the server expects of it, in bytes.
     pub expected_bytes: u64,
-    /// The desktop's power state as the server sees it (`awake`, `asleep`, `waking`).
+    /// The desktop's power state as the server sees it (`awake`, `asleep`,
+    /// `waking`, or `never sleeps`).
     pub desktop_power: String,
+}
+
+impl HostedStatus {
+    /// A VM whose figures cannot be read now.
+    pub fn moving(vm: VmName, desktop: HostName) -> Self {
+        HostedStatus {
+            vm,
+            desktop,
+            state: HostedState::Moving,
+            seconds: 0,
+            ram_bytes: 0,
+            pages_fetched: 0,
+            zero_pages_served: 0,
+            dirty_pages: 0,
+            blocks_fetched: 0,
+            dirty_blocks: 0,
+            expected_bytes: 0,
+            desktop_power: String::new(),
+        }
+    }
 }
 
 /// Every control message after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Control {
     /// The answer to a [`ControlHello`]: who the peer is.
-    Welcome(String),
+    Welcome(HostName),
     /// A request failed or was refused; the text says why and what to do.
     Failed(String),
     /// Desktop: may this VM come?
@@ -200,7 +276,7 @@ pub enum Control {
     /// Server: the VM runs here now; milliseconds from request to `cont`.
     Running(u64),
     /// Desktop: give the VM back.
-    Reintegrate(String),
+    Reintegrate(VmName),
     /// Server: here it comes.
     Returning(ReturnHeader),
     /// A piece of the byte stream that follows `Returning`.
@@ -208,7 +284,7 @@ pub enum Control {
     /// The end of that stream.
     End,
     /// Desktop: applied and running; forget the VM.
-    Reintegrated(String),
+    Reintegrated(VmName),
     /// Done as asked.
     Done,
     /// Anyone: what runs on the server?
@@ -218,7 +294,7 @@ pub enum Control {
     /// Server → desktop: take the VM back; the text says why.
     PleaseReintegrate {
         /// The VM.
-        vm: String,
+        vm: VmName,
         /// Why (memory pressure, fetch rate).
         reason: String,
     },
@@ -248,13 +324,6 @@ impl Control {
     }
 }
 
-fn name_ok(name: &str) -> Result<(), DecodeError> {
-    if name.is_empty() || name.len() > MAX_NAME {
-        return Err(DecodeError::Limit("a name must be 1 to 64 bytes"));
-    }
-    Ok(())
-}
-
 fn text_ok(text: &str) -> Result<(), DecodeError> {
     if text.len() > MAX_TEXT {
         return Err(DecodeError::Limit("a text must be at most 4096 bytes"));
@@ -262,41 +331,105 @@ fn text_ok(text: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// An address the server will connect to: a port, and an address that
+/// names one host.
+fn peer_address_ok(addr: &SocketAddr, field: &'static str) -> Result<(), DecodeError> {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if addr.port() == 0 || ip.is_unspecified() || ip.is_multicast() || broadcast {
+        return Err(DecodeError::Limit(field));
+    }
+    Ok(())
+}
+
+/// Decodes one field, naming it in the error.
+fn field<T: Decode<C>, C, D: Decoder<Context = C>>(
+    decoder: &mut D,
+    name: &str,
+) -> Result<T, bincode::error::DecodeError> {
+    T::decode(decoder).map_err(|e| bincode::error::DecodeError::OtherString(format!("{name}: {e}")))
+}
+
+impl<C> Decode<C> for ReserveRequest {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        Ok(ReserveRequest {
+            vm: field(d, "vm")?,
+            ram_bytes: field(d, "ram_bytes")?,
+            disk_bytes: field(d, "disk_bytes")?,
+        })
+    }
+}
+bincode::impl_borrow_decode!(ReserveRequest);
+
+impl<C> Decode<C> for ConsolidateRequest {
+    fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        Ok(ConsolidateRequest {
+            vm: field(d, "vm")?,
+            desktop_mac: field(d, "desktop_mac")?,
+            desktop_control: field(d, "desktop_control")?,
+            memserv: field(d, "memserv")?,
+            diskserv: field(d, "diskserv")?,
+            memory_mib: field(d, "memory_mib")?,
+            vm_mac: field(d, "vm_mac")?,
+            kernel_args: field(d, "kernel_args")?,
+            descriptor: field(d, "descriptor")?,
+            zero_map: field(d, "zero_map")?,
+        })
+    }
+}
+bincode::impl_borrow_decode!(ConsolidateRequest);
+
 impl Message for ControlHello {
     fn validate(&self) -> Result<(), DecodeError> {
-        match self {
-            ControlHello::Desktop(name) | ControlHello::Server(name) => name_ok(name),
-            ControlHello::Tool => Ok(()),
+        Ok(())
+    }
+}
+
+impl ReserveRequest {
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.ram_bytes == 0 || self.ram_bytes > MAX_RAM_BYTES {
+            return Err(DecodeError::Limit("ram_bytes must be 1 byte to 1 TiB"));
         }
+        if self.disk_bytes > MAX_DISK_BYTES {
+            return Err(DecodeError::Limit("disk_bytes must be at most 64 TiB"));
+        }
+        Ok(())
+    }
+}
+
+impl ConsolidateRequest {
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.memory_mib == 0 || self.memory_mib > MAX_MEMORY_MIB {
+            return Err(DecodeError::Limit("memory_mib must be 1 to 1048576"));
+        }
+        if !self.vm_mac.is_unicast() {
+            return Err(DecodeError::Limit("vm_mac must be a unicast address"));
+        }
+        if self.desktop_mac.is_some_and(|mac| !mac.is_unicast()) {
+            return Err(DecodeError::Limit("desktop_mac must be a unicast address"));
+        }
+        peer_address_ok(&self.desktop_control, "desktop_control must be a host's address with a port")?;
+        peer_address_ok(&self.memserv, "memserv must be a host's address with a port")?;
+        peer_address_ok(&self.diskserv, "diskserv must be a host's address with a port")?;
+        if self.descriptor.is_empty() || self.descriptor.len() > MAX_DESCRIPTOR {
+            return Err(DecodeError::Limit("descriptor must be 1 byte to 3 MiB"));
+        }
+        Ok(())
     }
 }
 
 impl Message for Control {
     fn validate(&self) -> Result<(), DecodeError> {
         match self {
-            Control::Welcome(name) | Control::Reintegrate(name) | Control::Reintegrated(name) => name_ok(name),
             Control::Failed(text) => text_ok(text),
-            Control::Reserve(r) => name_ok(&r.vm),
-            Control::Consolidate(c) => {
-                name_ok(&c.vm)?;
-                name_ok(&c.desktop)?;
-                for text in [&c.desktop_control, &c.memserv, &c.diskserv, &c.vm_mac, &c.kernel_args] {
-                    text_ok(text)?;
-                }
-                if c.memory_mib == 0 {
-                    return Err(DecodeError::Limit("a VM needs some memory"));
-                }
-                Ok(())
-            }
+            Control::Reserve(r) => r.validate(),
+            Control::Consolidate(c) => c.validate(),
             Control::Data(chunk) if chunk.len() > MAX_CHUNK => Err(DecodeError::Limit("a data chunk over 1 MiB")),
-            Control::StatusReply(vms) => vms.iter().try_for_each(|v| {
-                name_ok(&v.vm)?;
-                text_ok(&v.state)
+            Control::StatusReply(vms) => vms.iter().try_for_each(|v| match &v.state {
+                HostedState::Lost(why) => text_ok(why),
+                _ => text_ok(&v.desktop_power),
             }),
-            Control::PleaseReintegrate { vm, reason } => {
-                name_ok(vm)?;
-                text_ok(reason)
-            }
+            Control::PleaseReintegrate { reason, .. } => text_ok(reason),
             _ => Ok(()),
         }
     }
@@ -314,18 +447,22 @@ mod tests {
 
     fn consolidate() -> ConsolidateRequest {
         ConsolidateRequest {
-            vm: "vm1".into(),
-            desktop: "desk1".into(),
-            desktop_mac: Some("02:00:00:00:00:02".into()),
-            desktop_control: "10.0.0.2:7400".into(),
-            memserv: "10.0.0.2:7410".into(),
-            diskserv: "10.0.0.2:7411".into(),
+            vm: "vm1".parse().unwrap(),
+            desktop_mac: Some("02:00:00:00:00:02".parse().unwrap()),
+            desktop_control: "10.0.0.2:7400".parse().unwrap(),
+            memserv: "10.0.0.2:7410".parse().unwrap(),
+            diskserv: "10.0.0.2:7411".parse().unwrap(),
             memory_mib: 256,
-            vm_mac: "02:4a:54:00:00:50".into(),
-            kernel_args: "jt.fill=64".into(),
+            vm_mac: "02:4a:54:00:00:50".parse().unwrap(),
+            kernel_args: "jt.fill=64".parse().unwrap(),
             descriptor: vec![1, 2, 3],
             zero_map: vec![4, 5],
         }
+    }
+
+    /// The error text a decoder gives for `msg`, whole chain.
+    fn refusal(msg: &Control) -> String {
+        wire::chain(&Control::decode_body(&msg.encode_body()).unwrap_err())
     }
 
     #[test]
@@ -338,59 +475,90 @@ mod tests {
             dirty_pages: 0,
             dirty_blocks: 0,
         };
-        let status = HostedStatus {
-            vm: "vm1".into(),
-            desktop: "desk1".into(),
-            state: "running".into(),
-            seconds: 5,
-            ram_bytes: 1 << 28,
-            pages_fetched: 10,
-            zero_pages_served: 2,
-            dirty_pages: 3,
-            blocks_fetched: 4,
-            dirty_blocks: 5,
-            expected_bytes: 6,
-            desktop_power: "asleep".into(),
-        };
+        let mut status = HostedStatus::moving("vm1".parse().unwrap(), "desk1".parse().unwrap());
+        status.state = HostedState::Lost("QEMU died".into());
+        status.pages_fetched = 10;
+        let vm: VmName = "vm1".parse().unwrap();
         for msg in [
-            Control::Welcome("server".into()),
+            Control::Welcome("server".parse().unwrap()),
             Control::Failed("no room".into()),
-            Control::Reserve(ReserveRequest { vm: "vm1".into(), ram_bytes: 1, disk_bytes: 2 }),
+            Control::Reserve(ReserveRequest { vm: vm.clone(), ram_bytes: 1, disk_bytes: 2 }),
             Control::Reserved(7),
             Control::Consolidate(Box::new(consolidate())),
             Control::Running(12),
-            Control::Reintegrate("vm1".into()),
+            Control::Reintegrate(vm.clone()),
             Control::Returning(header),
             Control::Data(vec![0; 1000]),
             Control::End,
-            Control::Reintegrated("vm1".into()),
+            Control::Reintegrated(vm.clone()),
             Control::Done,
             Control::Status,
             Control::StatusReply(vec![status]),
-            Control::PleaseReintegrate { vm: "vm1".into(), reason: "server full".into() },
+            Control::PleaseReintegrate { vm, reason: "server full".into() },
         ] {
             round_trip(msg);
         }
         assert_eq!(header.total_bytes(), 195);
         assert_eq!(Control::Data(vec![0; 1000]).kind(), "Data");
-        let hello = ControlHello::Desktop("desk1".into());
+        let hello = ControlHello::Desktop("desk1".parse().unwrap());
         assert_eq!(ControlHello::decode_body(&hello.encode_body()).unwrap(), hello);
     }
 
     #[test]
-    fn limits_are_enforced() {
-        let too_long = "x".repeat(MAX_NAME + 1);
-        assert!(Control::decode_body(&Control::Reintegrate(too_long.clone()).encode_body()).is_err());
-        assert!(Control::decode_body(&Control::Reintegrate(String::new()).encode_body()).is_err());
-        assert!(ControlHello::decode_body(&ControlHello::Desktop(too_long).encode_body()).is_err());
+    fn limits_are_enforced_and_name_the_field() {
         assert!(Control::decode_body(&Control::Data(vec![0; MAX_CHUNK + 1]).encode_body()).is_err());
-        let mut c = consolidate();
-        c.memory_mib = 0;
-        assert!(Control::decode_body(&Control::Consolidate(Box::new(c)).encode_body()).is_err());
+        let cases: [(fn(&mut ConsolidateRequest), &str); 9] = [
+            (|c| c.memory_mib = 0, "memory_mib"),
+            (|c| c.memory_mib = MAX_MEMORY_MIB + 1, "memory_mib"),
+            (|c| c.vm_mac = "01:00:5e:00:00:01".parse().unwrap(), "vm_mac"),
+            (|c| c.vm_mac = Mac::default(), "vm_mac"),
+            (|c| c.desktop_mac = Some(Mac::BROADCAST), "desktop_mac"),
+            (|c| c.memserv = "0.0.0.0:7410".parse().unwrap(), "memserv"),
+            (|c| c.diskserv = "10.0.0.2:0".parse().unwrap(), "diskserv"),
+            (|c| c.desktop_control = "224.0.0.1:7400".parse().unwrap(), "desktop_control"),
+            (|c| c.descriptor.clear(), "descriptor"),
+        ];
+        for (spoil, field) in cases {
+            let mut c = consolidate();
+            spoil(&mut c);
+            let error = refusal(&Control::Consolidate(Box::new(c)));
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        let reserve = |ram_bytes, disk_bytes| {
+            refusal(&Control::Reserve(ReserveRequest { vm: "vm1".parse().unwrap(), ram_bytes, disk_bytes }))
+        };
+        assert!(reserve(0, 1).contains("ram_bytes"));
+        assert!(reserve(1, MAX_DISK_BYTES + 1).contains("disk_bytes"));
         let mut body = Control::Done.encode_body();
         body.push(0);
         assert!(Control::decode_body(&body).is_err(), "trailing bytes");
         assert!(Control::decode_body(&[200]).is_err(), "unknown variant");
+    }
+
+    /// The same layout as the real messages, with plain strings where they
+    /// have checked types: what a hostile peer can put on the wire.
+    #[derive(Encode)]
+    enum RawControl {
+        _Welcome(String),
+        _Failed(String),
+        Reserve { vm: String, ram_bytes: u64, disk_bytes: u64 },
+    }
+
+    fn bincode_config() -> impl bincode::config::Config {
+        bincode::config::standard().with_little_endian().with_variable_int_encoding()
+    }
+
+    #[test]
+    fn hostile_names_are_refused_by_the_decoder_naming_the_field() {
+        for vm in ["../x", "", "a-very-long-vm-name", "vm1,romfile=/etc/shadow"] {
+            let raw = RawControl::Reserve { vm: vm.into(), ram_bytes: 1, disk_bytes: 0 };
+            let body = bincode::encode_to_vec(raw, bincode_config()).unwrap();
+            let error = wire::chain(&Control::decode_body(&body).unwrap_err());
+            assert!(error.contains("vm: ") && error.contains("not a valid VM name"), "{error}");
+        }
+        let hostile = bincode::encode_to_vec((0u32, "../../etc"), bincode_config()).unwrap();
+        let error = wire::chain(&ControlHello::decode_body(&hostile).unwrap_err());
+        assert!(error.contains("not a valid host name"), "{error}");
     }
 
     proptest! {

@@ -79,9 +79,8 @@ macro_rules! checked_string {
                 decoder: &mut D,
             ) -> Result<Self, bincode::error::DecodeError> {
                 let text = String::decode(decoder)?;
-                text.parse().map_err(|e: $crate::InvalidIdentifier| {
-                    bincode::error::DecodeError::OtherString(e.to_string())
-                })
+                text.parse()
+                    .map_err(|e: $crate::InvalidIdentifier| bincode::error::DecodeError::OtherString(e.to_string()))
             }
         }
 

@@ -17,6 +17,8 @@ use std::process::Command;
 
 use serde_json::json;
 
+use identifiers::Mac;
+
 use crate::error::{QemuError, Result};
 use crate::qmp::Qmp;
 
@@ -60,7 +62,7 @@ impl DiskBackend {
 
 /// QEMU arguments for the VM's virtio-net NIC with MAC `mac` on the tap
 /// named `tap` (already on the bridge: no helper scripts).
-pub fn nic_args(tap: &str, mac: &str) -> Vec<OsString> {
+pub fn nic_args(tap: &str, mac: Mac) -> Vec<OsString> {
     vec![
         "-netdev".into(),
         format!("tap,id=n0,ifname={tap},script=no,downscript=no").into(),
@@ -77,15 +79,6 @@ pub fn nic_args(tap: &str, mac: &str) -> Vec<OsString> {
 pub fn announce(qmp: &mut Qmp) -> Result<()> {
     qmp.execute("announce-self", Some(json!({ "initial": 50, "max": 550, "rounds": 5, "step": 100 })))?;
     Ok(())
-}
-
-/// The tap of VM `vm` on any host: `jt-` and the name, cut to the 15
-/// bytes Linux allows an interface name (configurations keep VM names
-/// short enough for the cut never to matter).
-pub fn vm_tap_name(vm: &str) -> String {
-    let mut name = format!("jt-{vm}");
-    name.truncate(15);
-    name
 }
 
 /// A tap device on a bridge of this namespace, deleted on drop.
@@ -162,14 +155,8 @@ mod tests {
     }
 
     #[test]
-    fn tap_names_fit_linux() {
-        assert_eq!(vm_tap_name("vm1"), "jt-vm1");
-        assert_eq!(vm_tap_name("a-very-long-name"), "jt-a-very-long-");
-    }
-
-    #[test]
     fn the_nic_keeps_its_mac() {
-        let nic = line(nic_args("jt-vm1", "02:4a:54:00:00:50"));
+        let nic = line(nic_args("jt-vm1", "02:4a:54:00:00:50".parse().expect("a MAC")));
         assert_eq!(
             nic,
             "-netdev tap,id=n0,ifname=jt-vm1,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=02:4a:54:00:00:50"

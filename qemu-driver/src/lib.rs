@@ -22,7 +22,7 @@ mod serial;
 mod vm;
 mod vm_load;
 
-pub use devices::{announce, nic_args, vm_tap_name, DiskBackend, Tap};
+pub use devices::{announce, nic_args, DiskBackend, Tap};
 pub use error::QemuError;
 pub use guest::GuestImage;
 pub use migration::{load_device_state, resume, save_device_state};

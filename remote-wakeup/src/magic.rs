@@ -7,8 +7,8 @@
 //! [`recognise`] accepts exactly those two carriers, so the emulated
 //! desktop is no more lenient than a NIC configured with `wol g`.
 
-use std::fmt;
 pub use identifiers::Mac;
+use std::fmt;
 
 /// Bytes in a magic packet: 6 sync bytes and 16 copies of the MAC.
 pub const MAGIC_LEN: usize = 6 + 16 * 6;

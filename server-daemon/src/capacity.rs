@@ -10,12 +10,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::error::ServerError;
+
 /// The paper's median working set of an idle desktop VM (157.87 MiB).
 pub const PAPER_MEDIAN_BYTES: u64 = 157_870 * 1024 * 1024 / 1000;
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Each VM's largest working set seen, kept in a JSON file.
+/// Each VM's largest working set seen (keyed `desktop/vm`), kept in a JSON file.
 #[derive(Debug)]
 pub struct History {
     path: PathBuf,
@@ -47,13 +49,13 @@ impl History {
     /// Records that `vm` used `bytes` this time, keeping the largest.
     ///
     /// # Errors
-    /// A text naming the file when it cannot be written.
-    pub fn record(&mut self, vm: &str, bytes: u64) -> Result<(), String> {
+    /// [`ServerError::SaveHistory`] naming the file.
+    pub fn record(&mut self, vm: &str, bytes: u64) -> Result<(), ServerError> {
         let entry = self.bytes.entry(vm.to_owned()).or_insert(0);
         *entry = (*entry).max(bytes);
         let text = serde_json::to_vec_pretty(&self.bytes).expect("a map of numbers serialises");
         durable_file::replace_file(&self.path, &[&text])
-            .map_err(|e| format!("cannot save the working-set history {}: {e}", self.path.display()))
+            .map_err(|source| ServerError::SaveHistory { path: self.path.clone(), source })
     }
 }
 
@@ -75,26 +77,40 @@ impl Tenant {
     }
 }
 
-/// Whether `vm`, expected to need `expected` bytes (`from_history` says
-/// where that figure comes from), fits beside `tenants` in `capacity` bytes.
+/// Why a VM does not fit: the figures, for the refusal.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "{tenants} VM(s) claim {used:.1} MiB of its {capacity:.1} MiB, and it is expected to need {expected:.1} MiB \
+     ({}); send a VM home, or raise capacity_mib on the server if it has the memory",
+    if *from_history { "its largest working set here before" } else { "the paper's median; it has no history here" },
+    used = *used as f64 / MIB,
+    capacity = *capacity as f64 / MIB,
+    expected = *expected as f64 / MIB
+)]
+pub struct NoRoom {
+    /// VMs here.
+    pub tenants: usize,
+    /// Bytes they claim.
+    pub used: u64,
+    /// Bytes the server has for working sets.
+    pub capacity: u64,
+    /// Bytes the new VM is expected to need.
+    pub expected: u64,
+    /// Whether that expectation comes from its history.
+    pub from_history: bool,
+}
+
+/// Whether a VM expected to need `expected` bytes (`from_history` says
+/// where that figure comes from) fits beside `tenants` in `capacity` bytes.
 ///
 /// # Errors
-/// The refusal for the user: what is used, what is needed, what to do.
-pub fn check(capacity: u64, tenants: &[Tenant], vm: &str, expected: u64, from_history: bool) -> Result<(), String> {
+/// [`NoRoom`] with the figures.
+pub fn check(capacity: u64, tenants: &[Tenant], expected: u64, from_history: bool) -> Result<(), NoRoom> {
     let used: u64 = tenants.iter().map(Tenant::claim).sum();
     if used.saturating_add(expected) <= capacity {
         return Ok(());
     }
-    let source =
-        if from_history { "its largest working set here before" } else { "the paper's median; it has no history here" };
-    Err(format!(
-        "the server has no room for {vm}: {} VM(s) claim {:.1} MiB of its {:.1} MiB, and {vm} is expected to need \
-         {:.1} MiB ({source}); send a VM home, or raise capacity_mib on the server if it has the memory",
-        tenants.len(),
-        used as f64 / MIB,
-        capacity as f64 / MIB,
-        expected as f64 / MIB,
-    ))
+    Err(NoRoom { tenants: tenants.len(), used, capacity, expected, from_history })
 }
 
 /// When the tenants claim more than `capacity`: the one that grew most
@@ -131,9 +147,9 @@ mod tests {
     fn a_vm_fits_or_is_refused_with_the_figures() {
         let tenants = [tenant("a", 100, 20), tenant("b", 50, 120)];
         // a claims 100, b 120: 220 used.
-        assert!(check(400 << 20, &tenants, "c", 150 << 20, true).is_ok());
-        let err = check(300 << 20, &tenants, "c", PAPER_MEDIAN_BYTES, false).unwrap_err();
-        assert!(err.contains("no room for c") && err.contains("220.0 MiB of its 300.0 MiB"), "{err}");
+        assert!(check(400 << 20, &tenants, 150 << 20, true).is_ok());
+        let err = check(300 << 20, &tenants, PAPER_MEDIAN_BYTES, false).unwrap_err().to_string();
+        assert!(err.contains("220.0 MiB of its 300.0 MiB"), "{err}");
         assert!(err.contains("157.9 MiB (the paper's median"), "{err}");
     }
 

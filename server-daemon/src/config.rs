@@ -26,7 +26,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// This server's name, shown to desktops.
-    pub name: String,
+    pub name: identifiers::HostName,
     /// Where desktops reach the daemon.
     pub listen: SocketAddr,
     /// The key made by `jettison pair`.

@@ -11,15 +11,18 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use daemon_protocol::local::{self, LocalRequest};
-use daemon_protocol::{Control, ControlHello, HostedStatus, ReserveRequest, CONTROL_TIMEOUT};
+use daemon_protocol::local::{self, LocalRequest, Report, ServerStatus};
+use daemon_protocol::{ConsolidateRequest, Control, ControlHello, HostedStatus, ReserveRequest, CONTROL_TIMEOUT};
+use identifiers::{HostName, VmName};
 use remote_wakeup::{Registry, WakeTarget};
 use wire::protocol::Message;
 use wire::{Channel, NoWake, SharedKey, WakeHook, WireError};
 
 use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
+use crate::error::ServerError;
 use crate::hosted::HostedVm;
+use crate::key::VmKey;
 use crate::watch::FetchRates;
 
 /// How often the watcher looks at the VMs.
@@ -27,7 +30,14 @@ const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// How long before the server asks a desktop again to take its VM back.
 const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
-type Vms = BTreeMap<String, Arc<Mutex<HostedVm>>>;
+type Vms = BTreeMap<VmKey, Arc<Mutex<HostedVm>>>;
+
+/// A reservation: the bytes expected, and the connection that holds it.
+#[derive(Debug, Clone, Copy)]
+struct Reserved {
+    expected: u64,
+    connection: u64,
+}
 
 /// The running server daemon.
 #[derive(Debug)]
@@ -35,10 +45,13 @@ pub struct ServerDaemon {
     config: ServerConfig,
     key: SharedKey,
     vms: Mutex<Vms>,
-    reservations: Mutex<BTreeMap<String, u64>>,
+    /// Locked before `vms` when both are held, so that a VM is always in
+    /// one of the two while it moves from reserved to hosted.
+    reservations: Mutex<BTreeMap<VmKey, Reserved>>,
     history: Mutex<History>,
     wakers: Registry,
-    asked: Mutex<BTreeMap<String, Instant>>,
+    asked: Mutex<BTreeMap<VmKey, Instant>>,
+    connections: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,11 +64,12 @@ impl ServerDaemon {
     /// Slices in the state directory are kept.
     ///
     /// # Errors
-    /// A text naming the file or directory at fault.
-    pub fn new(config: ServerConfig) -> Result<Arc<ServerDaemon>, String> {
-        let key = SharedKey::load(&config.key).map_err(|e| wire::chain(&e))?;
+    /// [`ServerError::LoadKey`] or [`ServerError::CreateDir`].
+    pub fn new(config: ServerConfig) -> Result<Arc<ServerDaemon>, ServerError> {
+        let key =
+            SharedKey::load(&config.key).map_err(|source| ServerError::LoadKey { path: config.key.clone(), source })?;
         for dir in [&config.state_dir, &config.run_dir] {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir { path: dir.clone(), source })?;
         }
         clear_stale_run_dir(&config.run_dir.join("vms"));
         let orphans = list_dir(&config.state_dir.join("vms"));
@@ -75,21 +89,24 @@ impl ServerDaemon {
             history: Mutex::new(history),
             wakers: Registry::new(),
             asked: Mutex::new(BTreeMap::new()),
+            connections: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
     /// Serves desktops and the local socket until the process ends.
     ///
     /// # Errors
-    /// A text when the listening sockets cannot be made.
-    pub fn run(self: Arc<Self>) -> Result<(), String> {
+    /// [`ServerError::Listen`] or [`ServerError::LocalSocket`].
+    pub fn run(self: Arc<Self>) -> Result<(), ServerError> {
         let listener = TcpListener::bind(self.config.listen)
-            .map_err(|e| format!("cannot listen on {} ({e}): is another server daemon running?", self.config.listen))?;
-        let local = local::bind(&self.config.control_socket())?;
+            .map_err(|source| ServerError::Listen { addr: self.config.listen, source })?;
+        let local = local::bind(&self.config.control_socket()).map_err(ServerError::LocalSocket)?;
         let me = Arc::clone(&self);
         std::thread::spawn(move || {
             local::serve(local, move |request, _| match request {
-                LocalRequest::Status => Ok(serde_json::to_value(me.status()).expect("statuses serialise")),
+                LocalRequest::Status => {
+                    Ok(Report::ServerStatus(ServerStatus { server: me.config.name.clone(), vms: me.status() }))
+                }
                 _ => Err("this is the server; run consolidate and reintegrate on the VM's desktop".to_owned()),
             })
         });
@@ -118,60 +135,84 @@ impl ServerDaemon {
                     hello = Some(h);
                     Control::Welcome(name).encode_body()
                 }
-                Err(e) => Control::Failed(format!("not a control hello: {e}")).encode_body(),
+                Err(e) => Control::Failed(format!("not a control hello: {}", wire::chain(&e))).encode_body(),
             });
-        let mut channel = match channel {
-            Ok(c) if hello.is_some() => c,
-            Ok(c) => return tracing::warn!(peer = %c.peer(), "a peer sent a bad hello"),
-            Err(e) => return tracing::warn!("a control connection failed: {}", wire::chain(&e)),
+        let (mut channel, hello) = match (channel, hello) {
+            (Ok(c), Some(hello)) => (c, hello),
+            (Ok(c), None) => return tracing::warn!(peer = %c.peer(), "a peer sent a bad hello"),
+            (Err(e), _) => return tracing::warn!("a control connection failed: {}", wire::chain(&e)),
         };
         // Long steps (QEMU starting, a reintegration) must not time out the
         // wait for the next request.
         let _ = channel.set_read_timeout(None);
-        let mut reservation = Reservation { daemon: self, vm: None };
+        let desktop = match &hello {
+            ControlHello::Desktop(name) => Some(name.clone()),
+            _ => None,
+        };
+        let connection = self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut reservation = Reservation { daemon: self, key: None, connection };
         loop {
             let body = match channel.recv() {
                 Ok(body) => body,
                 Err(WireError::Closed { .. }) => return,
                 Err(e) => return tracing::warn!(peer = %channel.peer(), "{}", wire::chain(&e)),
             };
-            let reply = match Control::decode_body(&body) {
-                Err(e) => Control::Failed(format!("the server cannot read that request: {e}")),
-                Ok(Control::Reserve(request)) => match self.reserve(&request) {
-                    Ok(bytes) => {
-                        reservation.set(request.vm);
-                        Control::Reserved(bytes)
+            let request = match Control::decode_body(&body) {
+                Ok(request) => request,
+                Err(e) => {
+                    let text = format!("the server cannot read that request: {}", wire::chain(&e));
+                    tracing::warn!(peer = %channel.peer(), "{text}");
+                    if let Err(e) = channel.send(&Control::Failed(text).encode_body()) {
+                        return tracing::warn!(peer = %channel.peer(), "{}", wire::chain(&e));
                     }
-                    Err(e) => Control::Failed(e),
-                },
-                Ok(Control::Consolidate(request)) if reservation.vm.as_deref() != Some(request.vm.as_str()) => {
-                    Control::Failed(format!("{} has no reservation on this connection; send Reserve first", request.vm))
+                    continue;
                 }
-                Ok(Control::Consolidate(request)) => {
-                    let started = Instant::now();
-                    match self.host(&request) {
-                        Ok(()) => {
-                            reservation.vm = None;
-                            lock(&self.reservations).remove(&request.vm);
-                            Control::Running(started.elapsed().as_millis() as u64)
-                        }
-                        Err(e) => Control::Failed(e),
-                    }
-                }
-                Ok(Control::Reintegrate(vm)) => match self.send_home(&vm, &mut channel) {
-                    Ok(()) => continue,
-                    Err(e) => Control::Failed(e),
-                },
-                Ok(Control::Reintegrated(vm)) => {
-                    self.forget(&vm);
-                    Control::Done
-                }
-                Ok(Control::Status) => Control::StatusReply(self.status()),
-                Ok(other) => Control::Failed(format!("the server does not take {} requests", other.kind())),
             };
+            let reply = match request {
+                Control::Status => Ok(Control::StatusReply(self.status())),
+                Control::Reserve(request) => self
+                    .desktop_key(&desktop, &hello, "Reserve", request.vm.clone())
+                    .and_then(|key| self.reserve(&mut reservation, key, &request).map(Control::Reserved)),
+                Control::Consolidate(request) => self
+                    .desktop_key(&desktop, &hello, "Consolidate", request.vm.clone())
+                    .and_then(|key| self.host(&mut reservation, key, &request))
+                    .map(Control::Running),
+                Control::Reintegrate(vm) => {
+                    match self
+                        .desktop_key(&desktop, &hello, "Reintegrate", vm)
+                        .and_then(|key| self.send_home(&key, &mut channel))
+                    {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+                Control::Reintegrated(vm) => self.desktop_key(&desktop, &hello, "Reintegrated", vm).map(|key| {
+                    self.forget(&key);
+                    Control::Done
+                }),
+                other => Ok(Control::Failed(format!("the server does not take {} requests", other.kind()))),
+            };
+            let reply = reply.unwrap_or_else(|e| {
+                tracing::warn!(peer = %channel.peer(), "refused: {}", wire::chain(&e));
+                Control::Failed(wire::chain(&e))
+            });
             if let Err(e) = channel.send(&reply.encode_body()) {
                 return tracing::warn!(peer = %channel.peer(), "{}", wire::chain(&e));
             }
+        }
+    }
+
+    /// The key of `vm` for a request only a desktop may make.
+    fn desktop_key(
+        &self,
+        desktop: &Option<HostName>,
+        hello: &ControlHello,
+        request: &'static str,
+        vm: VmName,
+    ) -> Result<VmKey, ServerError> {
+        match desktop {
+            Some(desktop) => Ok(VmKey { desktop: desktop.clone(), vm }),
+            None => Err(ServerError::NotADesktop { request, peer: format!("{hello:?}") }),
         }
     }
 
@@ -182,55 +223,92 @@ impl ServerDaemon {
         drop(vms);
     }
 
-    /// The capacity check for a VM that wants to come.
-    fn reserve(&self, request: &ReserveRequest) -> Result<u64, String> {
-        let vm = &request.vm;
-        if lock(&self.vms).contains_key(vm) {
-            return Err(format!("{vm} is already on this server; reintegrate it first"));
-        }
-        let (expected, from_history) = lock(&self.history).expected(vm);
+    /// The capacity check for a VM that wants to come; the reservation is
+    /// `reservation`'s (one per connection) until the VM is hosted or the
+    /// connection ends.
+    fn reserve(
+        &self,
+        reservation: &mut Reservation<'_>,
+        key: VmKey,
+        request: &ReserveRequest,
+    ) -> Result<u64, ServerError> {
+        let (expected, from_history) = lock(&self.history).expected(&key.to_string());
         let mut reservations = lock(&self.reservations);
+        if reservation.key.as_ref() != Some(&key) && reservations.contains_key(&key) {
+            return Err(ServerError::AlreadyReserved { key });
+        }
+        let hosted: Vec<VmKey> = lock(&self.vms).keys().cloned().collect();
+        if hosted.contains(&key) {
+            return Err(ServerError::AlreadyHosted { key });
+        }
+        let same_name =
+            hosted.iter().chain(reservations.keys()).find(|other| other.vm == key.vm && other.desktop != key.desktop);
+        if let Some(other) = same_name {
+            return Err(ServerError::NameInUse { key, other: other.clone() });
+        }
         let mut tenants = self.tenants();
-        tenants.extend(reservations.iter().filter(|(r, _)| *r != vm).map(|(r, &b)| Tenant {
-            vm: r.clone(),
-            expected: b,
+        tenants.extend(reservations.iter().filter(|(r, _)| **r != key).map(|(r, b)| Tenant {
+            vm: r.to_string(),
+            expected: b.expected,
             resident: 0,
         }));
-        capacity::check(self.config.capacity_mib << 20, &tenants, vm, expected, from_history)?;
-        reservations.insert(vm.clone(), expected);
-        tracing::info!(vm = %vm, expected_mib = expected >> 20, from_history, "reserved");
+        capacity::check(self.config.capacity_mib << 20, &tenants, expected, from_history)
+            .map_err(|source| ServerError::NoRoom { key: key.clone(), source })?;
+        if let Some(old) = reservation.key.replace(key.clone()) {
+            if old != key {
+                reservations.remove(&old);
+            }
+        }
+        reservations.insert(key.clone(), Reserved { expected, connection: reservation.connection });
+        tracing::info!(vm = %key, ram_bytes = request.ram_bytes, expected_mib = expected >> 20, from_history, "reserved");
         Ok(expected)
     }
 
-    /// Brings a consolidated VM up.
-    fn host(&self, request: &daemon_protocol::ConsolidateRequest) -> Result<(), String> {
-        let wake: Arc<dyn WakeHook> = match &request.desktop_mac {
+    /// Brings a consolidated VM up; returns the milliseconds it took.
+    fn host(
+        &self,
+        reservation: &mut Reservation<'_>,
+        key: VmKey,
+        request: &ConsolidateRequest,
+    ) -> Result<u64, ServerError> {
+        let started = Instant::now();
+        if reservation.key.as_ref() != Some(&key) {
+            return Err(ServerError::NotReserved { key });
+        }
+        let mac_user = lock(&self.vms)
+            .iter()
+            .find(|(_, vm)| vm.try_lock().is_ok_and(|vm| vm.mac() == request.vm_mac))
+            .map(|(other, _)| other.clone());
+        if let Some(other) = mac_user {
+            return Err(ServerError::MacInUse { key, mac: request.vm_mac, other });
+        }
+        let wake: Arc<dyn WakeHook> = match request.desktop_mac {
             None => Arc::new(NoWake),
             Some(mac) => {
-                let mac = mac.parse().map_err(|e| format!("the desktop's MAC {mac:?}: {e}"))?;
-                let probe =
-                    request.memserv.parse().map_err(|e| format!("memserv address {:?}: {e}", request.memserv))?;
-                let mut desktop = WakeTarget::new(&request.desktop, mac, self.config.wake_broadcast, probe);
+                let mut desktop =
+                    WakeTarget::new(key.desktop.as_str(), mac, self.config.wake_broadcast, request.memserv);
                 desktop.raw_interface = self.config.wake_interface.clone();
                 self.wakers.add(desktop)
             }
         };
-        let expected = lock(&self.reservations).get(&request.vm).copied().unwrap_or(capacity::PAPER_MEDIAN_BYTES);
-        let vm = HostedVm::start(&self.config, &self.key, request, wake, expected)?;
-        tracing::info!(vm = %request.vm, desktop = %request.desktop, "running on the server");
-        lock(&self.vms).insert(request.vm.clone(), Arc::new(Mutex::new(vm)));
-        Ok(())
+        let expected = lock(&self.reservations).get(&key).map_or(capacity::PAPER_MEDIAN_BYTES, |r| r.expected);
+        let vm = HostedVm::start(&self.config, &self.key, key.clone(), request, wake, expected)?;
+        tracing::info!(vm = %key, "running on the server");
+        // Hosted first, then unreserved: a VM is always in one of the two.
+        lock(&self.vms).insert(key.clone(), Arc::new(Mutex::new(vm)));
+        reservation.release();
+        Ok(started.elapsed().as_millis() as u64)
     }
 
-    /// Stops `vm` and sends it home on `channel`.
-    fn send_home(&self, vm: &str, channel: &mut Channel) -> Result<(), String> {
-        let hosted = lock(&self.vms).get(vm).cloned().ok_or_else(|| format!("{vm} is not on this server"))?;
+    /// Stops `key`'s VM and sends it home on `channel`.
+    fn send_home(&self, key: &VmKey, channel: &mut Channel) -> Result<(), ServerError> {
+        let hosted = lock(&self.vms).get(key).cloned().ok_or_else(|| ServerError::NotHosted { key: key.clone() })?;
         let mut hosted = lock(&hosted);
         let started = Instant::now();
         hosted.stop()?;
         let header = hosted.send_home(channel)?;
         tracing::info!(
-            vm = %vm,
+            vm = %key,
             dirty_pages = header.dirty_pages,
             dirty_blocks = header.dirty_blocks,
             bytes = header.total_bytes(),
@@ -240,19 +318,19 @@ impl ServerDaemon {
         Ok(())
     }
 
-    /// Drops `vm` once it runs at home, keeping its working set in the history.
-    fn forget(&self, vm: &str) {
-        let Some(hosted) = lock(&self.vms).remove(vm) else { return };
-        lock(&self.asked).remove(vm);
+    /// Drops `key`'s VM once it runs at home, keeping its working set in the history.
+    fn forget(&self, key: &VmKey) {
+        let Some(hosted) = lock(&self.vms).remove(key) else { return };
+        lock(&self.asked).remove(key);
         let hosted = match Arc::try_unwrap(hosted) {
             Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-            Err(_) => return tracing::warn!(vm = %vm, "still in use; its files stay until the next restart"),
+            Err(_) => return tracing::warn!(vm = %key, "still in use; its files stay until the next restart"),
         };
-        if let Err(e) = lock(&self.history).record(vm, hosted.resident()) {
-            tracing::warn!("{e}");
+        if let Err(e) = lock(&self.history).record(&key.to_string(), hosted.resident()) {
+            tracing::warn!("{}", wire::chain(&e));
         }
         hosted.discard();
-        tracing::info!(vm = %vm, "back on its desktop; slices deleted");
+        tracing::info!(vm = %key, "back on its desktop; slices deleted");
     }
 
     /// The VMs here, for the capacity check.
@@ -261,7 +339,7 @@ impl ServerDaemon {
         vms.iter()
             .filter_map(|vm| {
                 vm.try_lock().ok().map(|v| Tenant {
-                    vm: v.name().to_owned(),
+                    vm: v.key().to_string(),
                     expected: v.expected(),
                     resident: v.resident(),
                 })
@@ -271,17 +349,15 @@ impl ServerDaemon {
 
     /// Every VM's status.
     pub fn status(&self) -> Vec<HostedStatus> {
-        let vms: Vec<_> = lock(&self.vms).iter().map(|(n, v)| (n.clone(), Arc::clone(v))).collect();
+        let vms: Vec<_> = lock(&self.vms).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         vms.iter()
-            .map(|(name, vm)| match vm.try_lock() {
+            .map(|(key, vm)| match vm.try_lock() {
                 Ok(mut vm) => {
                     vm.poll();
-                    let power = self.wakers.get(vm.desktop()).map(|w| w.status().state.to_string());
+                    let power = self.wakers.get(key.desktop.as_str()).map(|w| w.status().state.to_string());
                     vm.status(power.unwrap_or_else(|| "awake (never sleeps)".to_owned()))
                 }
-                Err(_) => {
-                    HostedStatus { vm: name.clone(), state: "busy (moving)".to_owned(), ..HostedStatus::default() }
-                }
+                Err(_) => HostedStatus::moving(key.vm.clone(), key.desktop.clone()),
             })
             .collect()
     }
@@ -299,15 +375,16 @@ impl ServerDaemon {
             for vm in &vms {
                 let Ok(mut vm) = vm.try_lock() else { continue };
                 vm.poll();
-                present.push(vm.name().to_owned());
+                present.push(vm.key().to_string());
                 if !vm.is_running() {
                     continue;
                 }
-                tenants.push(Tenant { vm: vm.name().to_owned(), expected: vm.expected(), resident: vm.resident() });
+                tenants.push(Tenant { vm: vm.key().to_string(), expected: vm.expected(), resident: vm.resident() });
                 // A VM pulls its working set in its first seconds here:
                 // the rate counts from one window after its arrival.
+                let name = vm.key().to_string();
                 let rate =
-                    if vm.age() < window { None } else { rates.push(vm.name(), Instant::now(), vm.fetched(), window) };
+                    if vm.age() < window { None } else { rates.push(&name, Instant::now(), vm.fetched(), window) };
                 if let (Some(rate), Some(limit)) = (rate, self.config.max_fetch_mib_per_sec) {
                     if rate > limit * 1024.0 * 1024.0 {
                         let reason = format!(
@@ -315,7 +392,7 @@ impl ServerDaemon {
                             rate / (1024.0 * 1024.0),
                             window.as_secs()
                         );
-                        self.ask_home(vm.name(), vm.desktop_control(), reason);
+                        self.ask_home(vm.key(), vm.desktop_control(), reason);
                     }
                 }
             }
@@ -323,17 +400,20 @@ impl ServerDaemon {
             rates.retain(&names);
             let capacity = self.config.capacity_mib << 20;
             if let Some(victim) = capacity::evict(capacity, &tenants) {
-                let control = vms.iter().find_map(|v| {
-                    v.try_lock().ok().filter(|v| v.name() == victim.vm).map(|v| v.desktop_control().to_owned())
+                let found = vms.iter().find_map(|v| {
+                    v.try_lock()
+                        .ok()
+                        .filter(|v| v.key().to_string() == victim.vm)
+                        .map(|v| (v.key().clone(), v.desktop_control()))
                 });
-                if let Some(control) = control {
+                if let Some((key, control)) = found {
                     let reason = format!(
                         "the server is short of memory and {} grew most beyond its estimate ({} MiB held, {} MiB expected)",
                         victim.vm,
                         victim.resident >> 20,
                         victim.expected >> 20
                     );
-                    self.ask_home(&victim.vm, &control, reason);
+                    self.ask_home(&key, control, reason);
                 }
             }
         }
@@ -341,22 +421,24 @@ impl ServerDaemon {
 
     /// Asks `vm`'s desktop daemon at `control` to take it back (at most once
     /// a minute), on a thread of its own.
-    fn ask_home(self: &Arc<Self>, vm: &str, control: &str, reason: String) {
+    fn ask_home(self: &Arc<Self>, key: &VmKey, control: std::net::SocketAddr, reason: String) {
         {
             let mut asked = lock(&self.asked);
-            if asked.get(vm).is_some_and(|at| at.elapsed() < ASK_AGAIN_AFTER) {
+            if asked.get(key).is_some_and(|at| at.elapsed() < ASK_AGAIN_AFTER) {
                 return;
             }
-            asked.insert(vm.to_owned(), Instant::now());
+            asked.insert(key.clone(), Instant::now());
         }
-        tracing::info!(vm = %vm, "asking its desktop to take it back: {reason}");
-        let (me, vm, control) = (Arc::clone(self), vm.to_owned(), control.to_owned());
+        tracing::info!(vm = %key, "asking its desktop to take it back: {reason}");
+        let (me, vm) = (Arc::clone(self), key.clone());
         std::thread::spawn(move || {
             let hello = ControlHello::Server(me.config.name.clone()).encode_body();
-            let asked = Channel::connect(&control, &me.key, &hello, CONTROL_TIMEOUT).and_then(|(mut channel, _)| {
-                channel.send(&Control::PleaseReintegrate { vm: vm.clone(), reason }.encode_body())?;
-                channel.recv()
-            });
+            let asked = Channel::connect(&control.to_string(), &me.key, &hello, CONTROL_TIMEOUT).and_then(
+                |(mut channel, _)| {
+                    channel.send(&Control::PleaseReintegrate { vm: vm.vm.clone(), reason }.encode_body())?;
+                    channel.recv()
+                },
+            );
             if let Err(e) = asked {
                 tracing::warn!(vm = %vm, "its desktop did not take the request: {}", wire::chain(&e));
             }
@@ -365,17 +447,21 @@ impl ServerDaemon {
 }
 
 /// A reservation made on one connection, released when the connection ends
-/// without consolidating.
+/// without consolidating. It removes only its own entry: another
+/// connection's reservation of the same VM is never touched.
 struct Reservation<'a> {
     daemon: &'a ServerDaemon,
-    vm: Option<String>,
+    key: Option<VmKey>,
+    connection: u64,
 }
 
 impl Reservation<'_> {
-    fn set(&mut self, vm: String) {
-        if let Some(old) = self.vm.replace(vm) {
-            if self.vm.as_deref() != Some(old.as_str()) {
-                lock(&self.daemon.reservations).remove(&old);
+    /// Gives up the reservation (the VM is hosted now, or the connection ends).
+    fn release(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut reservations = lock(&self.daemon.reservations);
+            if reservations.get(&key).is_some_and(|r| r.connection == self.connection) {
+                reservations.remove(&key);
             }
         }
     }
@@ -383,20 +469,20 @@ impl Reservation<'_> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        if let Some(vm) = &self.vm {
-            lock(&self.daemon.reservations).remove(vm);
-        }
+        self.release();
     }
 }
 
 /// Detaches memtap mounts a dead daemon left under `dir` and removes its
 /// run files; nothing there is state worth keeping.
 fn clear_stale_run_dir(dir: &std::path::Path) {
-    for vm in list_dir(dir) {
-        let mount = dir.join(&vm).join("ram");
-        let _ = std::process::Command::new("umount").arg("-l").arg(&mount).output();
-        if let Err(e) = std::fs::remove_dir_all(dir.join(&vm)) {
-            tracing::warn!("cannot clear {}: {e}", dir.join(&vm).display());
+    for desktop in list_dir(dir) {
+        for vm in list_dir(&dir.join(&desktop)) {
+            let mount = dir.join(&desktop).join(&vm).join("ram");
+            let _ = std::process::Command::new("umount").arg("-l").arg(&mount).output();
+        }
+        if let Err(e) = std::fs::remove_dir_all(dir.join(&desktop)) {
+            tracing::warn!("cannot clear {}: {e}", dir.join(&desktop).display());
         }
     }
 }

@@ -4,14 +4,17 @@
 //! Files, per VM:
 //!
 //! ```text
-//! <state_dir>/vms/<vm>/memory/        memtap's fetched and dirty slices of the RAM
-//! <state_dir>/vms/<vm>/disk/<vm>/     cownetdisk's slices of the disk
-//! <state_dir>/vms/<vm>/descriptor.in  the device state the desktop sent
-//! <state_dir>/vms/<vm>/descriptor.out the device state saved for the way back
-//! <run_dir>/vms/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
-//! <run_dir>/vms/<vm>/disk.nbd         cownetdisk's socket, QEMU's disk
-//! <run_dir>/vms/<vm>/qemu/            QEMU's QMP socket and logs
+//! <state_dir>/vms/<desktop>/<vm>/memory/        memtap's fetched and dirty slices of the RAM
+//! <state_dir>/vms/<desktop>/<vm>/disk/<vm>/     cownetdisk's slices of the disk
+//! <state_dir>/vms/<desktop>/<vm>/descriptor.in  the device state the desktop sent
+//! <state_dir>/vms/<desktop>/<vm>/descriptor.out the device state saved for the way back
+//! <run_dir>/vms/<desktop>/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
+//! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's disk
+//! <run_dir>/vms/<desktop>/<vm>/qemu/            QEMU's QMP socket and logs
 //! ```
+//!
+//! Both names in those paths are checked types ([`VmKey`]): nothing a
+//! desktop sends is joined onto a path as it came.
 //!
 //! The state directory outlives the daemon: if the server or its QEMU dies,
 //! the VM's dirty slices stay there (an earlier VM's leftovers are renamed
@@ -24,25 +27,21 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
-use daemon_protocol::{ChunkWriter, ConsolidateRequest, HostedStatus, ReturnHeader};
+use daemon_protocol::{ChunkWriter, ConsolidateRequest, HostedState, HostedStatus, ReturnHeader};
+use identifiers::Mac;
 use migration_formats::ZeroMap;
-use qemu_driver::{
-    announce, nic_args, resume, save_device_state, vm_tap_name, DiskBackend, GuestImage, QemuProcess, Qmp, Tap,
-};
+use qemu_driver::{announce, nic_args, resume, save_device_state, DiskBackend, GuestImage, QemuProcess, Qmp, Tap};
 use qemu_driver::{Accel, VmSpec};
-use slice_store::export_dirty_set;
-use slice_store::SliceStore;
+use slice_store::{export_dirty_set, exported_len, SliceStore};
 use wire::protocol::Message;
 use wire::{Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
 
 use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::key::VmKey;
 
 /// Memory pages and disk blocks are 4 KiB here.
 const UNIT: u32 = 4096;
-/// Bytes of a dirty set's header and trailer (see `dirty_set`).
-const SET_OVERHEAD: u64 = 52 + 44;
-/// Bytes a record adds to its unit's data.
-const RECORD_OVERHEAD: u64 = 16;
 
 /// Where a hosted VM is in its life.
 #[derive(Debug)]
@@ -73,6 +72,7 @@ struct VmProcess {
 /// memtap and cownetdisk for one VM.
 #[derive(Debug)]
 struct Storage {
+    key: VmKey,
     disk: Arc<Disk>,
     nbd_stop: StopHandle,
     nbd_thread: Option<std::thread::JoinHandle<()>>,
@@ -86,14 +86,15 @@ impl Storage {
     }
 
     /// Stops the NBD server and memtap, flushing both.
-    fn shut(&mut self) -> Result<(), String> {
+    fn shut(&mut self) -> Result<(), ServerError> {
         self.nbd_stop.stop();
         if let Some(thread) = self.nbd_thread.take() {
             let _ = thread.join();
         }
-        self.disk.flush().map_err(|e| format!("cannot flush the disk's slices: {}", wire::chain(&e)))?;
+        let key = &self.key;
+        self.disk.flush().map_err(|source| ServerError::Cownetdisk { key: key.clone(), action: "flush", source })?;
         if let Some(mount) = self.mount.take() {
-            mount.unmount().map_err(|e| format!("cannot unmount memtap: {}", wire::chain(&e)))?;
+            mount.unmount().map_err(|source| ServerError::Memtap { key: key.clone(), action: "unmount", source })?;
         }
         Ok(())
     }
@@ -102,7 +103,7 @@ impl Storage {
 impl Drop for Storage {
     fn drop(&mut self) {
         if let Err(e) = self.shut() {
-            tracing::error!("closing a VM's storage: {e}");
+            tracing::error!("closing a VM's storage: {}", wire::chain(&e));
         }
     }
 }
@@ -110,9 +111,9 @@ impl Drop for Storage {
 /// A VM the server hosts.
 #[derive(Debug)]
 pub struct HostedVm {
-    name: String,
-    desktop: String,
-    desktop_control: String,
+    key: VmKey,
+    mac: Mac,
+    desktop_control: std::net::SocketAddr,
     state: PathBuf,
     run: PathBuf,
     ram_bytes: u64,
@@ -124,79 +125,111 @@ pub struct HostedVm {
 }
 
 impl HostedVm {
-    /// Brings `request`'s VM up: memtap, cownetdisk, tap, QEMU from the
-    /// descriptor, `cont`, and an announcement of its MAC. `wake` runs
+    /// Brings `request`'s VM (`key`) up: memtap, cownetdisk, tap, QEMU from
+    /// the descriptor, `cont`, and an announcement of its MAC. `wake` runs
     /// before every fetch from its desktop.
     ///
     /// # Errors
-    /// A text saying which step failed; whatever was made is undone.
+    /// The step that failed; whatever was made is undone.
     pub fn start(
         config: &ServerConfig,
-        key: &SharedKey,
+        office_key: &SharedKey,
+        key: VmKey,
         request: &ConsolidateRequest,
         wake: Arc<dyn WakeHook>,
         expected: u64,
-    ) -> Result<HostedVm, String> {
-        let vm = &request.vm;
-        let state = state_dir(config, vm);
-        let run = config.run_dir.join("vms").join(vm);
-        keep_leftovers(&state)?;
+    ) -> Result<HostedVm, ServerError> {
+        let vm = &key.vm;
+        let state = state_dir(config, &key);
+        let run = config.run_dir.join("vms").join(key.desktop.as_str()).join(vm.as_str());
+        keep_leftovers(&key, &state)?;
         for dir in [state.join("memory"), state.join("disk"), run.join("ram"), run.join("qemu")] {
-            fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            fs::create_dir_all(&dir).map_err(|source| ServerError::File {
+                key: key.clone(),
+                action: "create",
+                path: dir,
+                source,
+            })?;
         }
-        let zero_map = ZeroMap::decode(&request.zero_map).map_err(|e| format!("the zero map of {vm} is bad: {e}"))?;
+        let zero_map =
+            ZeroMap::decode(&request.zero_map).map_err(|source| ServerError::ZeroMap { key: key.clone(), source })?;
+        let ram_pages = (request.memory_mib << 20) / u64::from(UNIT);
+        if zero_map.units * u64::from(zero_map.unit_size) != ram_pages * u64::from(UNIT) {
+            return Err(ServerError::ZeroMapSize {
+                key,
+                map_pages: zero_map.units,
+                unit: zero_map.unit_size,
+                ram_pages,
+            });
+        }
         let descriptor = state.join("descriptor.in");
-        fs::write(&descriptor, &request.descriptor)
-            .map_err(|e| format!("cannot write {}: {e}", descriptor.display()))?;
+        fs::write(&descriptor, &request.descriptor).map_err(|source| ServerError::File {
+            key: key.clone(),
+            action: "write",
+            path: descriptor.clone(),
+            source,
+        })?;
 
-        let remote = |addr: &str, service| RemoteConfig::new(addr, key.clone(), Hello { service, export: vm.clone() });
+        let remote = |addr: std::net::SocketAddr, service| {
+            RemoteConfig::new(addr.to_string(), office_key.clone(), Hello { service, export: vm.to_string() })
+        };
         let mut memory =
-            memtap::RamFileConfig::new(vm, state.join("memory"), remote(&request.memserv, Service::Memory));
+            memtap::RamFileConfig::new(vm.as_str(), state.join("memory"), remote(request.memserv, Service::Memory));
         memory.zero_pages = zero_map.ranges;
         memory.wake = Arc::clone(&wake);
-        let mount = memtap::Mount::start(&run.join("ram"), vec![memory])
-            .map_err(|e| format!("memtap cannot serve {vm}'s RAM: {}", wire::chain(&e)))?;
+        let mount = memtap::Mount::start(&run.join("ram"), vec![memory]).map_err(|source| ServerError::Memtap {
+            key: key.clone(),
+            action: "serve",
+            source,
+        })?;
         let ram_bytes = mount.vms().first().map(|m| m.size()).unwrap_or(0);
-        let disk_config = DiskConfig::new(vm, state.join("disk"), remote(&request.diskserv, Service::Disk));
-        let disk = Arc::new(
-            Disk::open(disk_config, wake)
-                .map_err(|e| format!("cownetdisk cannot serve {vm}'s disk: {}", wire::chain(&e)))?,
-        );
+        let disk_config = DiskConfig::new(vm.as_str(), state.join("disk"), remote(request.diskserv, Service::Disk));
+        let disk = Arc::new(Disk::open(disk_config, wake).map_err(|source| ServerError::Cownetdisk {
+            key: key.clone(),
+            action: "open",
+            source,
+        })?);
         let socket = run.join("disk.nbd");
         let listen = Listen { unix: Some(socket.clone()), tcp: None };
-        let nbd = NbdServer::bind(Arc::clone(&disk), &listen)
-            .map_err(|e| format!("cannot serve {vm}'s disk on {}: {}", socket.display(), wire::chain(&e)))?;
+        let nbd = NbdServer::bind(Arc::clone(&disk), &listen).map_err(|source| ServerError::Cownetdisk {
+            key: key.clone(),
+            action: "serve",
+            source,
+        })?;
         let nbd_stop = nbd.stop_handle();
-        let vm_name = vm.clone();
+        let nbd_key = key.clone();
         let nbd_thread = std::thread::spawn(move || {
             if let Err(e) = nbd.run() {
-                tracing::error!(vm = %vm_name, "cownetdisk stopped: {}", wire::chain(&e));
+                tracing::error!(vm = %nbd_key, "cownetdisk stopped: {}", wire::chain(&e));
             }
         });
         let disk_bytes = disk.size();
         // From here a failed step drops the storage, which stops cownetdisk
         // and unmounts memtap.
-        let storage = Storage { disk, nbd_stop, nbd_thread: Some(nbd_thread), mount: Some(mount) };
-        let tap = Tap::create(&vm_tap_name(vm), &config.bridge).map_err(|e| format!("{vm}: {e}"))?;
+        let storage = Storage { key: key.clone(), disk, nbd_stop, nbd_thread: Some(nbd_thread), mount: Some(mount) };
+        let qemu_error = |action| {
+            let key = key.clone();
+            move |source| ServerError::Qemu { key, action, source }
+        };
+        let tap = Tap::create(&vm.tap_name(), &config.bridge).map_err(qemu_error("make its tap device"))?;
         let guest = GuestImage { kernel: config.kernel.clone(), initrd: config.initrd.clone() };
         let accel = if config.accel == "kvm" { Accel::Kvm } else { Accel::Tcg };
         let spec = VmSpec::new(&guest, run.join("ram").join(format!("{vm}.ram")), run.join("qemu"))
             .memory_mib(request.memory_mib)
             .accel(accel)
-            .kernel_args(&request.kernel_args)
-            .extra_args(nic_args(tap.name(), &request.vm_mac))
-            .extra_args(DiskBackend::NbdUnix { socket, export: vm.clone() }.qemu_args());
-        let (qemu, qmp) =
-            resume(spec, &descriptor).map_err(|e| format!("QEMU cannot resume {vm} from its descriptor: {e}"))?;
+            .kernel_args(request.kernel_args.as_str())
+            .extra_args(nic_args(tap.name(), request.vm_mac))
+            .extra_args(DiskBackend::NbdUnix { socket, export: vm.to_string() }.qemu_args());
+        let (qemu, qmp) = resume(spec, &descriptor).map_err(qemu_error("resume it from its descriptor"))?;
         let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap }, storage };
         if let Err(e) = announce(&mut running.vm.qmp) {
-            tracing::warn!(vm = %vm, "cannot announce the VM's MAC: {e}");
+            tracing::warn!(vm = %key, "cannot announce the VM's MAC: {}", wire::chain(&e));
         }
         let last = running.storage.stats();
         Ok(HostedVm {
-            name: vm.clone(),
-            desktop: request.desktop.clone(),
-            desktop_control: request.desktop_control.clone(),
+            key,
+            mac: request.vm_mac,
+            desktop_control: request.desktop_control,
             state,
             run,
             ram_bytes,
@@ -208,19 +241,19 @@ impl HostedVm {
         })
     }
 
-    /// The VM's name.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// The VM's key (desktop and name).
+    pub fn key(&self) -> &VmKey {
+        &self.key
     }
 
-    /// Its desktop's name.
-    pub fn desktop(&self) -> &str {
-        &self.desktop
+    /// Its NIC's MAC.
+    pub fn mac(&self) -> Mac {
+        self.mac
     }
 
     /// Where its desktop daemon takes `PleaseReintegrate`.
-    pub fn desktop_control(&self) -> &str {
-        &self.desktop_control
+    pub fn desktop_control(&self) -> std::net::SocketAddr {
+        self.desktop_control
     }
 
     /// The working set it was expected to need.
@@ -258,12 +291,12 @@ impl HostedVm {
             _ => None,
         };
         if let Some(why) = lost {
-            tracing::error!(vm = %self.name, "QEMU died on the server: {why}");
+            tracing::error!(vm = %self.key, "QEMU died on the server: {why}");
             if let Phase::Running(running) = std::mem::replace(&mut self.phase, Phase::Lost(why)) {
                 let Running { vm, mut storage } = *running;
                 drop(vm);
                 if let Err(e) = storage.shut() {
-                    tracing::error!(vm = %self.name, "after QEMU died: {e}");
+                    tracing::error!(vm = %self.key, "after QEMU died: {}", wire::chain(&e));
                 }
             }
         }
@@ -273,12 +306,12 @@ impl HostedVm {
     pub fn status(&self, desktop_power: String) -> HostedStatus {
         let (memory, disk) = &self.last;
         HostedStatus {
-            vm: self.name.clone(),
-            desktop: self.desktop.clone(),
+            vm: self.key.vm.clone(),
+            desktop: self.key.desktop.clone(),
             state: match &self.phase {
-                Phase::Running(_) => "running".to_owned(),
-                Phase::Stopped => "stopped, waiting to go home".to_owned(),
-                Phase::Lost(why) => format!("lost: {why}"),
+                Phase::Running(_) => HostedState::Running,
+                Phase::Stopped => HostedState::Stopped,
+                Phase::Lost(why) => HostedState::Lost(why.clone()),
             },
             seconds: self.started.elapsed().as_secs(),
             ram_bytes: self.ram_bytes,
@@ -298,35 +331,33 @@ impl HostedVm {
     /// closed. Does nothing if already stopped (a retried reintegration).
     ///
     /// # Errors
-    /// A text naming the step that failed; a lost VM cannot go home.
-    pub fn stop(&mut self) -> Result<(), String> {
+    /// The step that failed; a lost VM cannot go home.
+    pub fn stop(&mut self) -> Result<(), ServerError> {
         self.poll();
-        let vm = self.name.clone();
+        let key = self.key.clone();
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Stopped => Ok(()),
             Phase::Lost(why) => {
-                let text = format!(
-                    "{vm} was lost on the server ({why}); its slices are kept in {}; resume it from the desktop's \
-                     checkpoint",
-                    self.state.display()
-                );
-                self.phase = Phase::Lost(why);
-                Err(text)
+                self.phase = Phase::Lost(why.clone());
+                Err(ServerError::Lost { key, why, dir: self.state.clone() })
             }
             Phase::Running(mut running) => {
                 let descriptor = self.state.join("descriptor.out");
+                let ram = self.run.join("ram").join(format!("{}.ram", key.vm));
                 let saved = save_device_state(&mut running.vm.qmp, &descriptor)
-                    .map_err(|e| format!("cannot save {vm}'s device state: {e}"))
+                    .map_err(|source| ServerError::Qemu { key: key.clone(), action: "save its device state", source })
                     .and_then(|_| {
                         // QEMU is stopped: the guest's last writes sit in the
                         // page cache of memtap's file; fsync sends them to
                         // memtap's dirty slice.
-                        let ram = self.run.join("ram").join(format!("{vm}.ram"));
-                        fs::OpenOptions::new()
-                            .write(true)
-                            .open(&ram)
-                            .and_then(|f| f.sync_all())
-                            .map_err(|e| format!("cannot sync {} (the guest's last writes): {e}", ram.display()))
+                        fs::OpenOptions::new().write(true).open(&ram).and_then(|f| f.sync_all()).map_err(|source| {
+                            ServerError::File {
+                                key: key.clone(),
+                                action: "sync (the guest's last writes)",
+                                path: ram,
+                                source,
+                            }
+                        })
                     });
                 if let Err(e) = saved {
                     self.phase = Phase::Running(running);
@@ -335,7 +366,7 @@ impl HostedVm {
                 self.last = running.storage.stats();
                 let Running { vm: process, mut storage } = *running;
                 drop(process);
-                storage.shut().map_err(|e| format!("{vm}: {e}"))
+                storage.shut()
             }
         }
     }
@@ -345,37 +376,54 @@ impl HostedVm {
     /// stream. Returns the header.
     ///
     /// # Errors
-    /// A text naming what could not be read or sent.
-    pub fn send_home(&self, channel: &mut Channel) -> Result<ReturnHeader, String> {
-        let vm = &self.name;
+    /// What could not be read or sent.
+    pub fn send_home(&self, channel: &mut Channel) -> Result<ReturnHeader, ServerError> {
+        let key = &self.key;
         let descriptor_path = self.state.join("descriptor.out");
-        let descriptor =
-            fs::read(&descriptor_path).map_err(|e| format!("cannot read {}: {e}", descriptor_path.display()))?;
+        let descriptor = fs::read(&descriptor_path).map_err(|source| ServerError::File {
+            key: key.clone(),
+            action: "read",
+            path: descriptor_path,
+            source,
+        })?;
         let open = |dir: PathBuf, size: u64| {
-            SliceStore::open(&dir, UNIT, size).map_err(|e| format!("cannot open {}: {e}", dir.display()))
+            SliceStore::open(&dir, UNIT, size).map_err(|source| ServerError::OpenSlices {
+                key: key.clone(),
+                dir,
+                source,
+            })
         };
         let memory = open(self.state.join("memory"), self.ram_bytes)?;
-        let disk = open(self.state.join("disk").join(vm), self.disk_bytes)?;
+        let disk_dir = self.state.join("disk").join(key.vm.as_str());
+        let disk = open(disk_dir.clone(), self.disk_bytes)?;
+        let length = |store: &SliceStore, dir: PathBuf| {
+            exported_len(store).map_err(|source| ServerError::OpenSlices { key: key.clone(), dir, source })
+        };
         let header = ReturnHeader {
             descriptor_bytes: descriptor.len() as u64,
             descriptor_crc: crc32fast::hash(&descriptor),
-            memory_set_bytes: set_bytes(&memory)?,
-            disk_set_bytes: set_bytes(&disk)?,
+            memory_set_bytes: length(&memory, self.state.join("memory"))?,
+            disk_set_bytes: length(&disk, disk_dir)?,
             dirty_pages: memory.dirty_count(),
             dirty_blocks: disk.dirty_count(),
         };
+        let broke = |source| ServerError::SendHome { key: key.clone(), source };
         channel
             .send(&daemon_protocol::Control::Returning(header).encode_body())
-            .map_err(|e| format!("cannot send {vm} home: {}", wire::chain(&e)))?;
+            .map_err(|e| broke(std::io::Error::other(e)))?;
         let mut writer = ChunkWriter::new(channel);
-        let sent = (|| -> Result<(), String> {
-            writer.write_all(&descriptor).map_err(|e| e.to_string())?;
-            export_dirty_set(&memory, &mut writer).map_err(|e| format!("memory: {}", wire::chain(&e)))?;
-            export_dirty_set(&disk, &mut writer).map_err(|e| format!("disk: {}", wire::chain(&e)))?;
-            Ok(())
-        })();
-        sent.map_err(|e| format!("sending {vm} home broke off: {e}"))?;
-        writer.finish().map_err(|e| format!("sending {vm} home broke off at the end: {e}"))?;
+        writer.write_all(&descriptor).map_err(broke)?;
+        export_dirty_set(&memory, &mut writer).map_err(|source| ServerError::Export {
+            key: key.clone(),
+            what: "memory",
+            source,
+        })?;
+        export_dirty_set(&disk, &mut writer).map_err(|source| ServerError::Export {
+            key: key.clone(),
+            what: "disk",
+            source,
+        })?;
+        writer.finish().map_err(broke)?;
         Ok(header)
     }
 
@@ -383,34 +431,30 @@ impl HostedVm {
     pub fn discard(self) {
         for dir in [&self.state, &self.run] {
             if let Err(e) = fs::remove_dir_all(dir) {
-                tracing::warn!(vm = %self.name, "cannot remove {}: {e}", dir.display());
+                tracing::warn!(vm = %self.key, "cannot remove {}: {e}", dir.display());
             }
         }
     }
 }
 
-/// The state directory of `vm`.
-fn state_dir(config: &ServerConfig, vm: &str) -> PathBuf {
-    config.state_dir.join("vms").join(vm)
-}
-
-/// Bytes `export` will write for `store`.
-fn set_bytes(store: &SliceStore) -> Result<u64, String> {
-    let mut total = SET_OVERHEAD;
-    for unit in store.dirty_units() {
-        total += RECORD_OVERHEAD + u64::from(store.unit_len(unit).map_err(|e| e.to_string())?);
-    }
-    Ok(total)
+/// The state directory of `key`.
+fn state_dir(config: &ServerConfig, key: &VmKey) -> PathBuf {
+    config.state_dir.join("vms").join(key.desktop.as_str()).join(key.vm.as_str())
 }
 
 /// Renames what an earlier stay of the VM left in `state` (slices of a VM
 /// lost with the server), so that nothing is deleted.
-fn keep_leftovers(state: &Path) -> Result<(), String> {
+fn keep_leftovers(key: &VmKey, state: &Path) -> Result<(), ServerError> {
     if !state.exists() {
         return Ok(());
     }
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let kept = state.with_extension(format!("orphaned-{secs}"));
     tracing::warn!(from = %state.display(), to = %kept.display(), "keeping an earlier stay's slices");
-    fs::rename(state, &kept).map_err(|e| format!("cannot move {} aside: {e}", state.display()))
+    fs::rename(state, &kept).map_err(|source| ServerError::File {
+        key: key.clone(),
+        action: "move aside",
+        path: state.to_owned(),
+        source,
+    })
 }

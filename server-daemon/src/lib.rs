@@ -12,8 +12,12 @@
 pub mod capacity;
 pub mod config;
 pub mod daemon;
+mod error;
 pub mod hosted;
+mod key;
 pub mod watch;
 
 pub use config::ServerConfig;
 pub use daemon::ServerDaemon;
+pub use error::ServerError;
+pub use key::VmKey;

@@ -130,6 +130,6 @@ impl Nic {
     /// QEMU arguments connecting this NIC to `tap` (no helper scripts: the
     /// tap is already on the bridge).
     pub fn qemu_args(&self, tap: &NsTap) -> Vec<OsString> {
-        qemu_driver::nic_args(tap.name(), &self.mac)
+        qemu_driver::nic_args(tap.name(), self.mac.parse().expect("a test NIC has a valid MAC"))
     }
 }

@@ -1,0 +1,77 @@
+//! Kernel arguments a VM's profile adds to its command line.
+
+use std::fmt;
+use std::str::FromStr;
+
+use identifiers::InvalidIdentifier;
+
+/// Extra kernel arguments (the test guest's `jt.*`): printable ASCII, at
+/// most [`KernelArgs::MAX_LEN`] bytes. They reach QEMU as the one argument
+/// of `-append`, never through a shell, and go to the guest's kernel only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelArgs(String);
+
+impl KernelArgs {
+    /// The longest argument string.
+    pub const MAX_LEN: usize = 1024;
+
+    /// The arguments as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for KernelArgs {
+    type Err = InvalidIdentifier;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.len() > KernelArgs::MAX_LEN || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(InvalidIdentifier {
+                what: "kernel argument string",
+                value: text.chars().take(80).collect(),
+                rule: "write at most 1024 printable ASCII characters on one line",
+            });
+        }
+        Ok(KernelArgs(text.to_owned()))
+    }
+}
+
+impl fmt::Display for KernelArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KernelArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl bincode::Encode for KernelArgs {
+    fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
+        self.0.encode(encoder)
+    }
+}
+
+impl<C> bincode::Decode<C> for KernelArgs {
+    fn decode<D: bincode::de::Decoder<Context = C>>(decoder: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        let text = String::decode(decoder)?;
+        text.parse().map_err(|e: InvalidIdentifier| bincode::error::DecodeError::OtherString(e.to_string()))
+    }
+}
+bincode::impl_borrow_decode!(KernelArgs);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_printable_line_only() {
+        assert_eq!("jt.fill=64 quiet".parse::<KernelArgs>().unwrap().as_str(), "jt.fill=64 quiet");
+        assert!("".parse::<KernelArgs>().is_ok());
+        assert!("a\nb".parse::<KernelArgs>().is_err());
+        assert!("a\0b".parse::<KernelArgs>().is_err());
+        assert!("x".repeat(1025).parse::<KernelArgs>().is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! What can go wrong in the server daemon, one variant per step of hosting a
+//! VM and sending it home, each naming the VM (`desktop/vm`) and carrying
+//! its cause as a source. A desktop gets the whole chain as its refusal.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cownetdisk::CownetdiskError;
+use memtap::MemtapError;
+use migration_formats::ZeroMapError;
+use qemu_driver::QemuError;
+use slice_store::{ExportError, StoreError};
+use wire::WireError;
+
+use crate::capacity::NoRoom;
+use crate::key::VmKey;
+
+/// Everything the server daemon can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The key file cannot be read.
+    #[error("cannot read the office key {path}")]
+    LoadKey {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: WireError,
+    },
+    /// A directory of the daemon cannot be made.
+    #[error("cannot create {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The control port cannot be opened.
+    #[error("cannot listen on {addr}: is another server daemon running?")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The local socket cannot be opened.
+    #[error("{0}")]
+    LocalSocket(String),
+    /// Only a desktop daemon may move VMs.
+    #[error("only a desktop daemon may ask for {request}; this connection said hello as {peer}")]
+    NotADesktop {
+        /// The request.
+        request: &'static str,
+        /// Who said hello.
+        peer: String,
+    },
+    /// The VM is here already.
+    #[error("{key} is already on this server; reintegrate it first")]
+    AlreadyHosted {
+        /// The VM.
+        key: VmKey,
+    },
+    /// Another connection holds a reservation for the VM.
+    #[error("{key} is already being consolidated (another connection reserved it); wait for it to finish")]
+    AlreadyReserved {
+        /// The VM.
+        key: VmKey,
+    },
+    /// Another desktop's VM has the same name (it names the tap device).
+    #[error(
+        "{key} cannot come: {other} is here or on its way, and VM names must differ on one server (they name the \
+         tap device jt-<name>); rename one of them in its desktop.toml"
+    )]
+    NameInUse {
+        /// The VM that asked.
+        key: VmKey,
+        /// The VM that has the name.
+        other: VmKey,
+    },
+    /// Another VM here has the same MAC.
+    #[error("{key}'s MAC {mac} is already used by {other} on this server; give each VM its own MAC")]
+    MacInUse {
+        /// The VM that asked.
+        key: VmKey,
+        /// The MAC.
+        mac: identifiers::Mac,
+        /// The VM that has it.
+        other: VmKey,
+    },
+    /// The capacity check refused the VM.
+    #[error("the server has no room for {key}")]
+    NoRoom {
+        /// The VM.
+        key: VmKey,
+        /// The figures.
+        #[source]
+        source: NoRoom,
+    },
+    /// `Consolidate` without a `Reserve` on the same connection.
+    #[error("{key} has no reservation on this connection; send Reserve first")]
+    NotReserved {
+        /// The VM.
+        key: VmKey,
+    },
+    /// The zero map does not decode.
+    #[error("the zero map of {key} is bad")]
+    ZeroMap {
+        /// The VM.
+        key: VmKey,
+        /// Cause.
+        #[source]
+        source: ZeroMapError,
+    },
+    /// The zero map was made for another RAM size.
+    #[error(
+        "the zero map of {key} covers {map_pages} pages of {unit} bytes, but its RAM is {ram_pages} pages of 4096"
+    )]
+    ZeroMapSize {
+        /// The VM.
+        key: VmKey,
+        /// Units in the map.
+        map_pages: u64,
+        /// The map's unit size.
+        unit: u32,
+        /// Pages of RAM.
+        ram_pages: u64,
+    },
+    /// A file of the VM cannot be written, read or moved.
+    #[error("{key}: cannot {action} {path}")]
+    File {
+        /// The VM.
+        key: VmKey,
+        /// What was done ("write", "read", "move aside", "create").
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// memtap cannot serve, flush or unmount the VM's RAM.
+    #[error("{key}: memtap cannot {action} its RAM")]
+    Memtap {
+        /// The VM.
+        key: VmKey,
+        /// What it was doing ("serve", "unmount").
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: MemtapError,
+    },
+    /// cownetdisk cannot serve or flush the VM's disk.
+    #[error("{key}: cownetdisk cannot {action} its disk")]
+    Cownetdisk {
+        /// The VM.
+        key: VmKey,
+        /// What it was doing ("open", "serve", "flush").
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: CownetdiskError,
+    },
+    /// QEMU failed at a step.
+    #[error("{key}: cannot {action}")]
+    Qemu {
+        /// The VM.
+        key: VmKey,
+        /// The step ("make its tap device", "resume it from its descriptor", "save its device state").
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: QemuError,
+    },
+    /// The VM is not here.
+    #[error("{key} is not on this server")]
+    NotHosted {
+        /// The VM.
+        key: VmKey,
+    },
+    /// QEMU died on the server: the VM cannot go home from here.
+    #[error(
+        "{key} was lost on the server ({why}); its slices are kept in {dir}; resume it from the desktop's checkpoint"
+    )]
+    Lost {
+        /// The VM.
+        key: VmKey,
+        /// How.
+        why: String,
+        /// Where its slices are.
+        dir: PathBuf,
+    },
+    /// The slices cannot be opened for the way home.
+    #[error("{key}: cannot open its slices in {dir}")]
+    OpenSlices {
+        /// The VM.
+        key: VmKey,
+        /// The directory.
+        dir: PathBuf,
+        /// Cause.
+        #[source]
+        source: StoreError,
+    },
+    /// A dirty set cannot be written home.
+    #[error("{key}: sending its {what} dirty set home broke off")]
+    Export {
+        /// The VM.
+        key: VmKey,
+        /// "memory" or "disk".
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: ExportError,
+    },
+    /// The connection home broke.
+    #[error("{key}: sending it home broke off")]
+    SendHome {
+        /// The VM.
+        key: VmKey,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The working-set history cannot be saved.
+    #[error("cannot save the working-set history {path}")]
+    SaveHistory {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
