@@ -31,18 +31,17 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use daemon_protocol::KernelArgs;
+use identifiers::{HostName, Mac, VmName};
 use qemu_driver::IdleThresholds;
 use serde::Deserialize;
-
-/// Longest VM name: the tap device is `jt-<name>` and Linux allows 15 bytes.
-pub const MAX_VM_NAME: usize = 12;
 
 /// The desktop daemon's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DesktopConfig {
     /// This desktop's name, shown on the server.
-    pub name: String,
+    pub name: HostName,
     /// The key made by `jettison pair`.
     pub key: PathBuf,
     /// The server daemon, `host:port`.
@@ -53,7 +52,7 @@ pub struct DesktopConfig {
     pub serve_ip: IpAddr,
     /// This desktop's MAC for Wake-on-LAN; none: it never sleeps.
     #[serde(default)]
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     /// RAM files, descriptors and staging.
     pub state_dir: PathBuf,
     /// QEMU run directories and the local control socket.
@@ -83,17 +82,17 @@ pub struct DesktopConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmDefinition {
-    /// Its name (at most [`MAX_VM_NAME`] bytes).
-    pub name: String,
+    /// Its name.
+    pub name: VmName,
     /// RAM in MiB.
     pub memory_mib: u64,
     /// Its raw disk image.
     pub disk: PathBuf,
     /// Its NIC's MAC, the same on every host.
-    pub mac: String,
+    pub mac: Mac,
     /// Extra kernel arguments (the test guest's `jt.*`).
     #[serde(default)]
-    pub kernel_args: String,
+    pub kernel_args: KernelArgs,
     /// memserv's port while it is consolidated.
     pub memserv_port: u16,
     /// diskserv's port while it is consolidated.
@@ -125,16 +124,11 @@ impl DesktopConfig {
         if !matches!(self.accel.as_str(), "kvm" | "tcg") {
             return Err(format!("accel must be \"kvm\" or \"tcg\", not {:?}", self.accel));
         }
+        if let Some(mac) = self.mac {
+            mac.unicast().map_err(|e| format!("mac: {e}"))?;
+        }
         for (i, vm) in self.vms.iter().enumerate() {
-            let ok = !vm.name.is_empty()
-                && vm.name.len() <= MAX_VM_NAME
-                && vm.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok {
-                return Err(format!(
-                    "VM name {:?} must be 1 to {MAX_VM_NAME} letters, digits, - or _ (it names the tap device)",
-                    vm.name
-                ));
-            }
+            vm.mac.unicast().map_err(|e| format!("VM {}: mac: {e}", vm.name))?;
             if self.vms[..i].iter().any(|other| other.name == vm.name) {
                 return Err(format!("VM {:?} is listed twice", vm.name));
             }
@@ -149,7 +143,7 @@ impl DesktopConfig {
 
     /// The VM called `name`.
     pub fn vm(&self, name: &str) -> Option<&VmDefinition> {
-        self.vms.iter().find(|vm| vm.name == name)
+        self.vms.iter().find(|vm| vm.name.as_str() == name)
     }
 }
 
@@ -182,7 +176,11 @@ mod tests {
     #[test]
     fn bad_names_and_twins_are_refused() {
         let long = VM.replace("vm1", "a-very-long-vm-name");
-        assert!(load(&format!("{BASE}{long}")).unwrap_err().contains("names the tap device"));
+        assert!(load(&format!("{BASE}{long}")).unwrap_err().contains("tap device"));
+        let multicast = VM.replace("02:00:00:00:00:01", "01:00:5e:00:00:01");
+        assert!(load(&format!("{BASE}{multicast}")).unwrap_err().contains("unicast"));
+        let hostile = VM.replace("02:00:00:00:00:01", "52:54:00:00:00:01,romfile=/etc/shadow");
+        assert!(load(&format!("{BASE}{hostile}")).unwrap_err().contains("not a valid MAC address"));
         assert!(load(&format!("{BASE}{VM}{VM}")).unwrap_err().contains("listed twice"));
         assert!(load(&format!("{BASE}accel = \"xen\"\n{VM}")).unwrap_err().contains("accel"));
     }

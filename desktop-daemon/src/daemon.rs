@@ -14,14 +14,15 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use daemon_protocol::local::{self, LocalReply, LocalRequest};
-use daemon_protocol::{Control, ControlHello, HostedStatus, CONTROL_TIMEOUT};
-use serde_json::json;
+use daemon_protocol::local::{self, DesktopStatus, DesktopVmStatus, LocalReply, LocalRequest, Report, VmLocation};
+use daemon_protocol::{Control, ControlHello, HostedState, HostedStatus, CONTROL_TIMEOUT};
+use identifiers::VmName;
 use wire::protocol::Message;
 use wire::{Channel, SharedKey};
 
 use crate::config::DesktopConfig;
 use crate::consolidate::{ask, consolidate, Context};
+use crate::error::DesktopError;
 use crate::local_vm::{now_secs, LocalVm, Placement};
 use crate::reintegrate::{finish_pending, reintegrate, Checkpoint};
 
@@ -41,7 +42,7 @@ fn lock(vm: &Vm) -> MutexGuard<'_, LocalVm> {
 pub struct DesktopDaemon {
     config: DesktopConfig,
     key: SharedKey,
-    vms: BTreeMap<String, Vm>,
+    vms: BTreeMap<VmName, Vm>,
 }
 
 impl DesktopDaemon {
@@ -49,13 +50,15 @@ impl DesktopDaemon {
     /// reintegration a crash interrupted.
     ///
     /// # Errors
-    /// A text naming the file or VM at fault.
-    pub fn new(config: DesktopConfig) -> Result<Arc<DesktopDaemon>, String> {
-        let key = SharedKey::load(&config.key).map_err(|e| wire::chain(&e))?;
+    /// The file or VM at fault.
+    pub fn new(config: DesktopConfig) -> Result<Arc<DesktopDaemon>, DesktopError> {
+        let key = SharedKey::load(&config.key)
+            .map_err(|source| DesktopError::LoadKey { path: config.key.clone(), source })?;
         let mut vms = BTreeMap::new();
         for vm in &config.vms {
             let local = LocalVm::new(&config, vm)?;
-            finish_pending(&Checkpoint::of(&local)).map_err(|e| format!("{}: {e}", vm.name))?;
+            finish_pending(&Checkpoint::of(&local))
+                .map_err(|source| DesktopError::FinishPending { vm: vm.name.clone(), source })?;
             vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
         }
         Ok(Arc::new(DesktopDaemon { config, key, vms }))
@@ -65,10 +68,10 @@ impl DesktopDaemon {
         Context { config: &self.config, key: &self.key }
     }
 
-    fn vm(&self, name: &str) -> Result<&Vm, String> {
+    fn vm(&self, name: &VmName) -> Result<&Vm, DesktopError> {
         self.vms.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.vms.keys().map(String::as_str).collect();
-            format!("no VM called {name:?} on this desktop (it has: {})", known.join(", "))
+            let known: Vec<&str> = self.vms.keys().map(VmName::as_str).collect();
+            DesktopError::NoSuchVm { vm: name.clone(), known: known.join(", ") }
         })
     }
 
@@ -76,12 +79,11 @@ impl DesktopDaemon {
     /// on the server) and serves until the process ends.
     ///
     /// # Errors
-    /// A text when a socket cannot be made.
-    pub fn run(self: Arc<Self>) -> Result<(), String> {
-        let control = TcpListener::bind(self.config.control_listen).map_err(|e| {
-            format!("cannot listen on {} ({e}): is another desktop daemon running?", self.config.control_listen)
-        })?;
-        let socket = local::bind(&self.config.control_socket())?;
+    /// [`DesktopError::Listen`] or [`DesktopError::LocalSocket`].
+    pub fn run(self: Arc<Self>) -> Result<(), DesktopError> {
+        let control = TcpListener::bind(self.config.control_listen)
+            .map_err(|source| DesktopError::Listen { addr: self.config.control_listen, source })?;
+        let socket = local::bind(&self.config.control_socket()).map_err(DesktopError::LocalSocket)?;
         for (name, vm) in &self.vms {
             let mut vm = lock(vm);
             let started = match vm.placement() {
@@ -89,7 +91,7 @@ impl DesktopDaemon {
                 Placement::Server { .. } => vm.serve(self.config.serve_ip, &self.key),
             };
             if let Err(e) = started {
-                tracing::error!(vm = %name, "cannot start: {e}");
+                tracing::error!(vm = %name, "cannot start: {}", wire::chain(&e));
             }
         }
         let me = Arc::clone(&self);
@@ -112,22 +114,18 @@ impl DesktopDaemon {
     }
 
     /// A request from the `jettison` command.
-    fn local_request(
-        &self,
-        request: LocalRequest,
-        send: &mut dyn FnMut(LocalReply),
-    ) -> Result<serde_json::Value, String> {
-        match request {
-            LocalRequest::Status => Ok(self.status()),
-            LocalRequest::Consolidate { vm, force } => {
-                let mut vm = lock(self.vm(&vm)?);
-                consolidate(self.context(), &mut vm, force, &mut |line| send(LocalReply::Log { line }))
-            }
+    fn local_request(&self, request: LocalRequest, send: &mut dyn FnMut(LocalReply)) -> Result<Report, String> {
+        let done = match request {
+            LocalRequest::Status => Ok(Report::DesktopStatus(self.status())),
+            LocalRequest::Consolidate { vm, force } => self.vm(&vm).and_then(|vm| {
+                consolidate(self.context(), &mut lock(vm), force, &mut |line| send(LocalReply::Log { line }))
+                    .map(Report::Consolidated)
+            }),
             LocalRequest::Reintegrate { vm } => {
-                let mut vm = lock(self.vm(&vm)?);
-                reintegrate(self.context(), &mut vm, send)
+                self.vm(&vm).and_then(|vm| reintegrate(self.context(), &mut lock(vm), send).map(Report::Reintegrated))
             }
-        }
+        };
+        done.map_err(|e| wire::chain(&e))
     }
 
     /// A request from the server: take a VM back.
@@ -150,25 +148,25 @@ impl DesktopDaemon {
                     std::thread::spawn(move || me.bring_home(&vm, &reason));
                     Control::Done
                 }
-                Err(e) => Control::Failed(e),
+                Err(e) => Control::Failed(wire::chain(&e)),
             },
             Ok(Ok(other)) => Control::Failed(format!("the desktop does not take {} requests", other.kind())),
-            Ok(Err(e)) => Control::Failed(format!("cannot read that request: {e}")),
+            Ok(Err(e)) => Control::Failed(format!("cannot read that request: {}", wire::chain(&e))),
             Err(e) => return tracing::warn!("{}", wire::chain(&e)),
         };
         let _ = channel.send(&answer.encode_body());
     }
 
     /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.
-    fn bring_home(&self, name: &str, why: &str) {
+    fn bring_home(&self, name: &VmName, why: &str) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
         if vm.placement() == &Placement::Desktop {
             return;
         }
         match reintegrate(self.context(), &mut vm, &mut |_| {}) {
-            Ok(report) => tracing::info!(vm = %name, %report, "back on the desktop ({why})"),
-            Err(e) => tracing::error!(vm = %name, "could not bring it home ({why}): {e}"),
+            Ok(report) => tracing::info!(vm = %name, bytes = report.bytes, "back on the desktop ({why})"),
+            Err(e) => tracing::error!(vm = %name, "could not bring it home ({why}): {}", wire::chain(&e)),
         }
     }
 
@@ -189,7 +187,7 @@ impl DesktopDaemon {
         let mut unreachable_since: Option<Instant> = None;
         loop {
             std::thread::sleep(HEARTBEAT_EVERY);
-            let away: Vec<String> = self
+            let away: Vec<VmName> = self
                 .vms
                 .iter()
                 .filter(|(_, vm)| vm.try_lock().is_ok_and(|vm| vm.placement() != &Placement::Desktop))
@@ -208,6 +206,7 @@ impl DesktopDaemon {
                 Err(e) => {
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
                     let limit = Duration::from_secs(self.config.failover_after_secs);
+                    let e = wire::chain(&e);
                     if since.elapsed() < limit {
                         tracing::warn!("the server does not answer ({e}); waiting up to {} s", limit.as_secs());
                         continue;
@@ -220,27 +219,27 @@ impl DesktopDaemon {
                 }
             };
             for name in &away {
-                match hosted.iter().find(|h| &h.vm == name) {
+                match hosted.iter().find(|h| &h.vm == name && h.desktop == self.config.name).map(|h| &h.state) {
                     None => self.fail_over(name, "the server does not have it (it restarted or lost it)"),
-                    Some(h) if h.state.starts_with("lost") => self.fail_over(name, &h.state),
-                    Some(h) if h.state.starts_with("stopped") => self.bring_home(name, "a reintegration broke off"),
-                    Some(_) => {}
+                    Some(state @ HostedState::Lost(_)) => self.fail_over(name, &state.to_string()),
+                    Some(HostedState::Stopped) => self.bring_home(name, "a reintegration broke off"),
+                    Some(HostedState::Running | HostedState::Moving) => {}
                 }
             }
         }
     }
 
     /// The server's view of its VMs.
-    fn server_status(&self) -> Result<Vec<HostedStatus>, String> {
+    fn server_status(&self) -> Result<Vec<HostedStatus>, DesktopError> {
         let mut channel = self.context().connect()?;
         match ask(&mut channel, &Control::Status)? {
             Control::StatusReply(vms) => Ok(vms),
-            other => Err(format!("the server answered {} to a status request", other.kind())),
+            other => Err(DesktopError::UnexpectedAnswer { request: "Status", got: other.kind() }),
         }
     }
 
     /// Resumes `name` here from its checkpoint, the server having lost it.
-    fn fail_over(&self, name: &str, why: &str) {
+    fn fail_over(&self, name: &VmName, why: &str) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
         let Placement::Server { since } = *vm.placement() else { return };
@@ -255,7 +254,9 @@ impl DesktopDaemon {
                  why they cannot be brought back)",
                 now_secs().saturating_sub(since)
             ),
-            Err(e) => tracing::error!(vm = %name, "{why}, and resuming it from its checkpoint failed: {e}"),
+            Err(e) => {
+                tracing::error!(vm = %name, "{why}, and resuming it from its checkpoint failed: {}", wire::chain(&e))
+            }
         }
     }
 
@@ -267,34 +268,34 @@ impl DesktopDaemon {
         }
     }
 
-    /// `jettison status --json` on the desktop.
-    fn status(&self) -> serde_json::Value {
+    /// `jettison status` on the desktop.
+    fn status(&self) -> DesktopStatus {
         let hosted = self.server_status();
-        let vms: Vec<serde_json::Value> = self
+        let vms = self
             .vms
             .iter()
             .map(|(name, vm)| {
-                let (on, since, running) = match vm.try_lock() {
+                let (on, since, running_here) = match vm.try_lock() {
                     Ok(vm) => match vm.placement() {
-                        Placement::Desktop => ("desktop", None, vm.is_running()),
-                        Placement::Server { since } => ("server", Some(*since), false),
+                        Placement::Desktop => (VmLocation::Desktop, None, vm.is_running()),
+                        Placement::Server { since } => (VmLocation::Server, Some(*since), false),
                     },
-                    Err(_) => ("moving", None, false),
+                    Err(_) => (VmLocation::Moving, None, false),
                 };
                 let server = hosted
                     .as_ref()
                     .ok()
-                    .and_then(|h| h.iter().find(|h| &h.vm == name))
-                    .map(|h| serde_json::to_value(h).expect("a status serialises"));
-                json!({ "vm": name, "on": on, "since": since, "running_here": running, "server": server })
+                    .and_then(|h| h.iter().find(|h| &h.vm == name && h.desktop == self.config.name))
+                    .cloned();
+                DesktopVmStatus { vm: name.clone(), on, since, running_here, server }
             })
             .collect();
-        json!({
-            "desktop": self.config.name,
-            "server": self.config.server,
-            "server_reachable": hosted.as_ref().is_ok(),
-            "server_error": hosted.err(),
-            "vms": vms,
-        })
+        DesktopStatus {
+            desktop: self.config.name.clone(),
+            server: self.config.server.clone(),
+            server_reachable: hosted.is_ok(),
+            server_error: hosted.err().map(|e| wire::chain(&e)),
+            vms,
+        }
     }
 }

@@ -13,8 +13,10 @@
 pub mod config;
 pub mod consolidate;
 pub mod daemon;
+mod error;
 pub mod local_vm;
 pub mod reintegrate;
 
 pub use config::DesktopConfig;
 pub use daemon::DesktopDaemon;
+pub use error::{DesktopError, ReceiveError};

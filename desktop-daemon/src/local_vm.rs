@@ -17,15 +17,17 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use identifiers::VmName;
 use image_server::{ServeConfig, StopHandle};
 use qemu_driver::{
-    announce, nic_args, resume, save_device_state, vm_tap_name, Accel, DiskBackend, GuestImage, QemuProcess, Qmp, Tap,
-    VmLoadSample, VmLoadWindow, VmSpec,
+    announce, nic_args, resume, save_device_state, Accel, DiskBackend, GuestImage, QemuProcess, Qmp, Tap, VmLoadSample,
+    VmLoadWindow, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use wire::{Service, SharedKey};
 
 use crate::config::{DesktopConfig, VmDefinition};
+use crate::error::DesktopError;
 
 /// Where the VM is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,10 +88,15 @@ impl LocalVm {
     /// (on the desktop if it has none). Nothing is started.
     ///
     /// # Errors
-    /// A text when its directory cannot be made.
-    pub fn new(desktop: &DesktopConfig, config: &VmDefinition) -> Result<LocalVm, String> {
-        let dir = desktop.state_dir.join(&config.name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    /// [`DesktopError::File`] when its directory cannot be made.
+    pub fn new(desktop: &DesktopConfig, config: &VmDefinition) -> Result<LocalVm, DesktopError> {
+        let dir = desktop.state_dir.join(config.name.as_str());
+        std::fs::create_dir_all(&dir).map_err(|source| DesktopError::File {
+            vm: config.name.clone(),
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
         let placement = std::fs::read(dir.join("placement.json"))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -100,7 +107,7 @@ impl LocalVm {
             accel: if desktop.accel == "kvm" { Accel::Kvm } else { Accel::Tcg },
             bridge: desktop.bridge.clone(),
             dir,
-            run_dir: desktop.run_dir.join(&config.name),
+            run_dir: desktop.run_dir.join(config.name.as_str()),
             placement,
             running: None,
             serving: None,
@@ -114,7 +121,7 @@ impl LocalVm {
     }
 
     /// Its name.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &VmName {
         &self.config.name
     }
 
@@ -146,12 +153,16 @@ impl LocalVm {
     /// Records where it is, durably.
     ///
     /// # Errors
-    /// A text naming the file.
-    pub fn set_placement(&mut self, placement: Placement) -> Result<(), String> {
+    /// [`DesktopError::File`] naming the file.
+    pub fn set_placement(&mut self, placement: Placement) -> Result<(), DesktopError> {
         let path = self.dir.join("placement.json");
         let text = serde_json::to_vec(&placement).expect("a placement serialises");
-        durable_file::replace_file(&path, &[&text])
-            .map_err(|e| format!("cannot record where {} is in {}: {e}", self.name(), path.display()))?;
+        durable_file::replace_file(&path, &[&text]).map_err(|source| DesktopError::File {
+            vm: self.name().clone(),
+            action: "record where it is in",
+            path,
+            source,
+        })?;
         self.placement = placement;
         Ok(())
     }
@@ -160,15 +171,22 @@ impl LocalVm {
         VmSpec::new(&self.guest, self.ram_file(), &self.run_dir)
             .memory_mib(self.config.memory_mib)
             .accel(self.accel)
-            .kernel_args(&self.config.kernel_args)
+            .kernel_args(self.config.kernel_args.as_str())
             .extra_args(DiskBackend::File(self.config.disk.clone()).qemu_args())
     }
 
     /// Starts QEMU with `start` on our profile plus the NIC on a fresh tap,
     /// and keeps it as the running VM with an empty idleness window.
-    fn start(&mut self, start: impl FnOnce(VmSpec) -> Result<(QemuProcess, Qmp), String>) -> Result<(), String> {
-        let tap = Tap::create(&vm_tap_name(&self.config.name), &self.bridge).map_err(|e| e.to_string())?;
-        let (qemu, qmp) = start(self.spec().extra_args(nic_args(tap.name(), &self.config.mac)))?;
+    fn start(
+        &mut self,
+        start: impl FnOnce(VmSpec) -> Result<(QemuProcess, Qmp), DesktopError>,
+    ) -> Result<(), DesktopError> {
+        let tap = Tap::create(&self.config.name.tap_name(), &self.bridge).map_err(|source| DesktopError::Qemu {
+            vm: self.config.name.clone(),
+            action: "make its tap device",
+            source,
+        })?;
+        let (qemu, qmp) = start(self.spec().extra_args(nic_args(tap.name(), self.config.mac)))?;
         self.running = Some(Running { qmp, qemu, _tap: tap });
         self.window = VmLoadWindow::new(self.window.length());
         Ok(())
@@ -177,12 +195,16 @@ impl LocalVm {
     /// Boots it from its disk and kernel (a fresh start).
     ///
     /// # Errors
-    /// A text saying what could not start.
-    pub fn boot(&mut self) -> Result<(), String> {
-        let name = self.name().to_owned();
+    /// [`DesktopError::Qemu`] saying what could not start.
+    pub fn boot(&mut self) -> Result<(), DesktopError> {
+        let name = self.name().clone();
+        let qemu_error = |action| {
+            let vm = name.clone();
+            move |source| DesktopError::Qemu { vm, action, source }
+        };
         self.start(|spec| {
-            let mut qemu = spec.spawn().map_err(|e| format!("cannot boot {name}: {e}"))?;
-            let qmp = qemu.connect_qmp().map_err(|e| format!("cannot talk to {name}'s QEMU: {e}"))?;
+            let mut qemu = spec.spawn().map_err(qemu_error("boot it"))?;
+            let qmp = qemu.connect_qmp().map_err(qemu_error("talk to its QEMU"))?;
             Ok((qemu, qmp))
         })?;
         tracing::info!(vm = %name, "booted");
@@ -193,15 +215,18 @@ impl LocalVm {
     /// announces its MAC.
     ///
     /// # Errors
-    /// A text saying what could not start.
-    pub fn resume_from(&mut self, state: &Path) -> Result<(), String> {
+    /// [`DesktopError::Qemu`] saying what could not start.
+    pub fn resume_from(&mut self, state: &Path) -> Result<(), DesktopError> {
         self.serving = None;
-        let name = self.name().to_owned();
+        let name = self.name().clone();
         self.start(|spec| {
-            let (qemu, mut qmp) =
-                resume(spec, state).map_err(|e| format!("cannot resume {name} from {}: {e}", state.display()))?;
+            let (qemu, mut qmp) = resume(spec, state).map_err(|source| DesktopError::Qemu {
+                vm: name.clone(),
+                action: "resume it from its checkpoint",
+                source,
+            })?;
             if let Err(e) = announce(&mut qmp) {
-                tracing::warn!(vm = %name, "cannot announce its MAC: {e}");
+                tracing::warn!(vm = %name, "cannot announce its MAC: {}", wire::chain(&e));
             }
             Ok((qemu, qmp))
         })
@@ -211,11 +236,12 @@ impl LocalVm {
     /// Returns the descriptor's size.
     ///
     /// # Errors
-    /// A text; on failure the VM is left running.
-    pub fn stop_and_save(&mut self) -> Result<u64, String> {
-        let running = self.running.as_mut().ok_or_else(|| format!("{} is not running here", self.config.name))?;
+    /// [`DesktopError::NotRunning`] or [`DesktopError::Qemu`]; on failure the VM is left running.
+    pub fn stop_and_save(&mut self) -> Result<u64, DesktopError> {
+        let vm = self.config.name.clone();
+        let running = self.running.as_mut().ok_or_else(|| DesktopError::NotRunning { vm: vm.clone() })?;
         let bytes = save_device_state(&mut running.qmp, &self.dir.join("checkpoint.state"))
-            .map_err(|e| format!("cannot save {}'s device state: {e}", self.config.name))?;
+            .map_err(|source| DesktopError::Qemu { vm, action: "save its device state", source })?;
         self.running = None;
         Ok(bytes)
     }
@@ -223,8 +249,8 @@ impl LocalVm {
     /// Serves the checkpoint: memserv for the RAM file, diskserv for the disk.
     ///
     /// # Errors
-    /// A text naming the server that could not start.
-    pub fn serve(&mut self, ip: std::net::IpAddr, key: &SharedKey) -> Result<(), String> {
+    /// [`DesktopError::Memserv`] or [`DesktopError::Diskserv`].
+    pub fn serve(&mut self, ip: std::net::IpAddr, key: &SharedKey) -> Result<(), DesktopError> {
         if self.serving.is_some() {
             return Ok(());
         }
@@ -232,13 +258,13 @@ impl LocalVm {
             listen: std::net::SocketAddr::new(ip, port),
             key: key.clone(),
             service,
-            export: self.config.name.clone(),
+            export: self.config.name.to_string(),
             events: None,
         };
         let memory = memserv::bind(&self.ram_file(), config(self.config.memserv_port, Service::Memory))
-            .map_err(|e| format!("memserv cannot serve {}: {}", self.name(), wire::chain(&e)))?;
+            .map_err(|source| DesktopError::Memserv { vm: self.name().clone(), source })?;
         let disk = diskserv::bind(&self.config.disk, config(self.config.diskserv_port, Service::Disk), 4096)
-            .map_err(|e| format!("diskserv cannot serve {}: {}", self.name(), wire::chain(&e)))?;
+            .map_err(|source| DesktopError::Diskserv { vm: self.name().clone(), source })?;
         let mut serving = Serving { stops: Vec::new(), threads: Vec::new() };
         for server in [memory, disk] {
             serving.stops.push(server.stop_handle());

@@ -25,13 +25,13 @@ use std::path::{Path, PathBuf};
 
 use std::time::Instant;
 
-use daemon_protocol::local::LocalReply;
+use daemon_protocol::local::{LocalReply, ReintegrateReport};
 use daemon_protocol::{ChunkReader, Control, ReturnHeader};
 use migration_formats::dirty_set::{ApplyTarget, StagedSet};
-use serde_json::json;
 use wire::Channel;
 
 use crate::consolidate::{ask, Context};
+use crate::error::{DesktopError, ReceiveError};
 use crate::local_vm::{LocalVm, Placement};
 
 /// Pages and blocks are 4 KiB.
@@ -101,17 +101,17 @@ pub fn reintegrate(
     ctx: Context<'_>,
     vm: &mut LocalVm,
     report: &mut dyn FnMut(LocalReply),
-) -> Result<serde_json::Value, String> {
-    let name = vm.name().to_owned();
+) -> Result<ReintegrateReport, DesktopError> {
+    let name = vm.name().clone();
     if vm.placement() == &Placement::Desktop {
-        return Err(format!("{name} already runs on this desktop"));
+        return Err(DesktopError::AlreadyHome { vm: name });
     }
     let started = Instant::now();
     let mut channel = ctx.connect()?;
     let header = match ask(&mut channel, &Control::Reintegrate(name.clone()))? {
         Control::Returning(header) => header,
-        Control::Failed(why) => return Err(why),
-        other => return Err(format!("the server answered {} to a reintegration", other.kind())),
+        Control::Failed(why) => return Err(DesktopError::Refused(why)),
+        other => return Err(DesktopError::UnexpectedAnswer { request: "Reintegrate", got: other.kind() }),
     };
     let stopped = started.elapsed();
     report(LocalReply::Log {
@@ -125,31 +125,27 @@ pub fn reintegrate(
     vm.stop_serving();
     let checkpoint = Checkpoint::of(vm);
     let total = header.total_bytes();
+    let what = name.to_string();
     let received = receive(&mut channel, &header, &checkpoint, |done| {
-        report(LocalReply::Progress { what: name.clone(), done, total })
+        report(LocalReply::Progress { what: what.clone(), done, total })
     })
-    .map_err(|e| {
-        format!(
-            "receiving {name} broke off: {e}; its checkpoint here is intact and the server keeps it stopped: run \
-             `jettison reintegrate {name}` again"
-        )
-    })?;
+    .map_err(|source| DesktopError::Receive { vm: name.clone(), source })?;
     let transferred = started.elapsed();
     vm.resume_from(&checkpoint.state)?;
     vm.set_placement(Placement::Desktop)?;
     let running = started.elapsed();
     if let Err(e) = ask(&mut channel, &Control::Reintegrated(name.clone())) {
-        tracing::warn!(vm = %name, "could not tell the server it may forget the VM: {e}");
+        tracing::warn!(vm = %name, "could not tell the server it may forget the VM: {}", wire::chain(&e));
     }
-    Ok(json!({
-        "vm": name,
-        "bytes": received.bytes,
-        "dirty_pages": received.pages,
-        "dirty_blocks": received.blocks,
-        "server_stop_secs": stopped.as_secs_f64(),
-        "transfer_secs": (transferred - stopped).as_secs_f64(),
-        "total_secs": running.as_secs_f64(),
-    }))
+    Ok(ReintegrateReport {
+        vm: name,
+        bytes: received.bytes,
+        dirty_pages: received.pages,
+        dirty_blocks: received.blocks,
+        server_stop_secs: stopped.as_secs_f64(),
+        transfer_secs: (transferred - stopped).as_secs_f64(),
+        total_secs: running.as_secs_f64(),
+    })
 }
 
 /// Receives the stream announced by `header` from `channel` and applies it
@@ -164,7 +160,7 @@ pub fn receive(
     header: &ReturnHeader,
     checkpoint: &Checkpoint,
     progress: impl FnMut(u64),
-) -> Result<Received, String> {
+) -> Result<Received, ReceiveError> {
     let reader = ChunkReader::new(channel, progress);
     let staged = stage(reader, header, checkpoint);
     let (memory, disk) = match staged {
@@ -182,36 +178,43 @@ pub fn receive(
 
 /// Steps 1 to 3: everything received, verified and durable beside the
 /// checkpoint, nothing applied.
+///
+/// # Errors
+/// The part that broke off or failed to verify.
 pub fn stage(
     mut reader: impl Read,
     header: &ReturnHeader,
     checkpoint: &Checkpoint,
-) -> Result<(StagedSet, StagedSet), String> {
+) -> Result<(StagedSet, StagedSet), ReceiveError> {
     finish_pending(checkpoint)?;
-    fs::create_dir_all(&checkpoint.staging)
-        .map_err(|e| format!("cannot create {}: {e}", checkpoint.staging.display()))?;
-    let len = usize::try_from(header.descriptor_bytes).map_err(|_| "the descriptor is too large".to_owned())?;
+    fs::create_dir_all(&checkpoint.staging).map_err(|source| ReceiveError::File {
+        action: "create",
+        path: checkpoint.staging.clone(),
+        source,
+    })?;
+    let too_large = ReceiveError::DescriptorTooLarge { len: header.descriptor_bytes };
+    let len = usize::try_from(header.descriptor_bytes).map_err(|_| too_large)?;
     if len > 64 << 20 {
-        return Err(format!("the server announced a {len}-byte descriptor; refusing anything over 64 MiB"));
+        return Err(ReceiveError::DescriptorTooLarge { len: header.descriptor_bytes });
     }
     let mut descriptor = vec![0u8; len];
-    reader.read_exact(&mut descriptor).map_err(|e| format!("the descriptor broke off: {e}"))?;
+    reader.read_exact(&mut descriptor).map_err(ReceiveError::DescriptorBrokeOff)?;
     if crc32fast::hash(&descriptor) != header.descriptor_crc {
-        return Err("the descriptor arrived damaged (CRC mismatch)".to_owned());
+        return Err(ReceiveError::DescriptorDamaged);
     }
     write_durably(&checkpoint.incoming(), &descriptor)?;
     let memory =
-        checkpoint.memory().stage(&mut reader).map_err(|e| format!("the memory dirty set: {}", wire::chain(&e)))?;
-    let disk = checkpoint.disk().stage(&mut reader).map_err(|e| {
+        checkpoint.memory().stage(&mut reader).map_err(|source| ReceiveError::Stage { what: "memory", source })?;
+    let disk = checkpoint.disk().stage(&mut reader).map_err(|source| {
         let _ = fs::remove_file(memory.path());
-        format!("the disk dirty set: {}", wire::chain(&e))
+        ReceiveError::Stage { what: "disk", source }
     })?;
     // Nothing may follow the disk set but the end of the stream.
     let mut extra = [0u8; 1];
     match reader.read(&mut extra) {
         Ok(0) => {}
-        Ok(_) => return Err("the stream goes on past the disk dirty set".to_owned()),
-        Err(e) => return Err(format!("the stream's end: {e}")),
+        Ok(_) => return Err(ReceiveError::TrailingData),
+        Err(e) => return Err(ReceiveError::StreamEnd(e)),
     }
     write_durably(&checkpoint.complete(), b"all parts staged and verified\n")?;
     Ok((memory, disk))
@@ -219,36 +222,38 @@ pub fn stage(
 
 /// Steps 4 and 5, for sets just staged or (with `None`) for whatever a
 /// crash left after step 3.
-fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, StagedSet)>) -> Result<(), String> {
-    let apply_error = |what: &str, e: &dyn std::error::Error| {
-        format!(
-            "applying the {what} dirty set failed: {}; it stays staged in {} and is applied again before the VM starts",
-            wire::chain(e),
-            checkpoint.staging.display()
-        )
-    };
+fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, StagedSet)>) -> Result<(), ReceiveError> {
+    let apply_error = |what, source| ReceiveError::Apply { what, staging: checkpoint.staging.clone(), source };
     match staged {
         Some((memory, disk)) => {
-            memory.commit().map_err(|e| apply_error("memory", &e))?;
-            disk.commit().map_err(|e| apply_error("disk", &e))?;
+            memory.commit().map_err(|e| apply_error("memory", e))?;
+            disk.commit().map_err(|e| apply_error("disk", e))?;
         }
         None => {
-            checkpoint.memory().resume_pending().map_err(|e| apply_error("memory", &e))?;
-            checkpoint.disk().resume_pending().map_err(|e| apply_error("disk", &e))?;
+            checkpoint.memory().resume_pending().map_err(|e| apply_error("memory", e))?;
+            checkpoint.disk().resume_pending().map_err(|e| apply_error("disk", e))?;
         }
     }
     fs::rename(checkpoint.incoming(), &checkpoint.state)
         .and_then(|()| durable_file::sync_dir(durable_file::parent_dir(&checkpoint.state)))
-        .map_err(|e| format!("cannot put the new descriptor in place at {}: {e}", checkpoint.state.display()))?;
-    fs::remove_file(checkpoint.complete()).map_err(|e| format!("cannot clear {}: {e}", checkpoint.complete().display()))
+        .map_err(|source| ReceiveError::File {
+            action: "put the new descriptor in place at",
+            path: checkpoint.state.clone(),
+            source,
+        })?;
+    fs::remove_file(checkpoint.complete()).map_err(|source| ReceiveError::File {
+        action: "clear",
+        path: checkpoint.complete(),
+        source,
+    })
 }
 
 /// Finishes a transfer a crash interrupted after it was complete, or
 /// deletes what an incomplete one staged. Run before the VM starts.
 ///
 /// # Errors
-/// A text when the staged sets cannot be applied.
-pub fn finish_pending(checkpoint: &Checkpoint) -> Result<(), String> {
+/// [`ReceiveError::Apply`] when the staged sets cannot be applied.
+pub fn finish_pending(checkpoint: &Checkpoint) -> Result<(), ReceiveError> {
     if checkpoint.complete().exists() {
         tracing::warn!(staging = %checkpoint.staging.display(), "finishing a reintegration a crash interrupted");
         return commit(checkpoint, None);
@@ -266,8 +271,12 @@ fn discard_staging(checkpoint: &Checkpoint) {
     }
 }
 
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    durable_file::replace_file(path, &[bytes]).map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), ReceiveError> {
+    durable_file::replace_file(path, &[bytes]).map_err(|source| ReceiveError::File {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -338,7 +347,7 @@ mod tests {
         let cuts = (0..200).chain((200..stream.len()).step_by(997));
         for cut in cuts {
             let err = stage(&stream[..cut], &header, &checkpoint).map(|_| ()).unwrap_err();
-            assert!(!err.is_empty());
+            assert!(!wire::chain(&err).is_empty());
             discard_staging(&checkpoint);
             finish_pending(&checkpoint).unwrap();
             untouched(&checkpoint);

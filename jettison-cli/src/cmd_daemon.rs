@@ -45,9 +45,9 @@ pub fn run_server(args: ServerArgs) -> CmdResult {
 }
 
 /// Runs `serve(daemon)` on a thread until a stop signal arrives or it fails.
-fn run_until_signal<D: Send + Sync + 'static>(
+fn run_until_signal<D: Send + Sync + 'static, E: std::error::Error + Send + Sync + 'static>(
     daemon: Arc<D>,
-    serve: fn(Arc<D>) -> Result<(), String>,
+    serve: fn(Arc<D>) -> Result<(), E>,
     wait_for_signal: impl FnOnce() -> Option<nix::sys::signal::Signal> + Send + 'static,
 ) -> CmdResult {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -66,7 +66,7 @@ fn run_until_signal<D: Send + Sync + 'static>(
             tracing::info!("{}: stopping", signal.map(|s| s.to_string()).unwrap_or_else(|| "signal".into()));
             Ok(())
         }
-        Ok(Err(e)) => Err(e.into()),
+        Ok(Err(e)) => Err(Box::new(e)),
         Err(_) => Ok(()),
     }
 }

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use daemon_protocol::local::{call, LocalReply, LocalRequest};
+use daemon_protocol::local::{call, LocalReply, LocalRequest, Report};
+use identifiers::VmName;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::CmdResult;
@@ -12,7 +13,7 @@ use crate::CmdResult;
 #[derive(Debug, clap::Args)]
 pub struct ConsolidateArgs {
     /// The VM.
-    vm: String,
+    vm: VmName,
     /// Consolidate even if the VM does not look idle.
     #[arg(long)]
     force: bool,
@@ -28,7 +29,7 @@ pub struct ConsolidateArgs {
 #[derive(Debug, clap::Args)]
 pub struct ReintegrateArgs {
     /// The VM.
-    vm: String,
+    vm: VmName,
     /// Bring back the newer state a crashed server kept (not possible; see the README).
     #[arg(long)]
     recover: bool,
@@ -43,20 +44,20 @@ pub struct ReintegrateArgs {
 /// Consolidates a VM.
 pub fn consolidate(args: ConsolidateArgs) -> CmdResult {
     let request = LocalRequest::Consolidate { vm: args.vm.clone(), force: args.force };
-    let result = call(&args.socket, &request, |reply| {
+    let report = call(&args.socket, &request, |reply| {
         if let LocalReply::Log { line } = reply {
             eprintln!("{line}");
         }
     })?;
+    let Report::Consolidated(report) = report else {
+        return Err(format!("the desktop daemon answered a consolidation with a {}", report.kind()).into());
+    };
     if args.json {
-        println!("{result}");
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
             "{} consolidated: down for {:.2} s, descriptor {} bytes, {} zero pages the server will never fetch",
-            args.vm,
-            result["downtime_secs"].as_f64().unwrap_or(0.0),
-            result["descriptor_bytes"],
-            result["zero_pages"],
+            report.vm, report.downtime_secs, report.descriptor_bytes, report.zero_pages,
         );
     }
     Ok(())
@@ -94,17 +95,15 @@ pub fn reintegrate(args: ReintegrateArgs) -> CmdResult {
         _ => {}
     });
     bar.finish_and_clear();
-    let result = result?;
+    let Report::Reintegrated(report) = result? else {
+        return Err("the desktop daemon answered a reintegration with another report".into());
+    };
     if args.json {
-        println!("{result}");
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
             "{} is back: {} bytes ({} dirty pages, {} dirty blocks) in {:.2} s",
-            args.vm,
-            result["bytes"],
-            result["dirty_pages"],
-            result["dirty_blocks"],
-            result["total_secs"].as_f64().unwrap_or(0.0),
+            report.vm, report.bytes, report.dirty_pages, report.dirty_blocks, report.total_secs,
         );
     }
     Ok(())

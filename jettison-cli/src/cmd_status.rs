@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use daemon_protocol::local::{call, LocalRequest};
+use daemon_protocol::local::{call, DesktopStatus, LocalRequest, Report, VmLocation};
+use daemon_protocol::HostedStatus;
 use power::{LedgerFiles, LedgerSummary, CHART_FILE, LEDGER_FILE};
 
 use crate::CmdResult;
@@ -62,11 +63,17 @@ fn read_stats<T: DeserializeOwned>(dir: &Path) -> std::io::Result<Option<Vec<T>>
 /// Prints one line per VM and device (or one JSON object).
 pub fn run(args: Args) -> CmdResult {
     if let Some(socket) = &args.daemon {
-        let status = call(socket, &LocalRequest::Status, |_| {})?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&status)?);
-        } else {
-            print_daemon_status(&status);
+        match call(socket, &LocalRequest::Status, |_| {})? {
+            Report::DesktopStatus(status) if args.json => println!("{}", serde_json::to_string_pretty(&status)?),
+            Report::ServerStatus(status) if args.json => println!("{}", serde_json::to_string_pretty(&status)?),
+            Report::DesktopStatus(status) => print_desktop_status(&status),
+            Report::ServerStatus(status) if status.vms.is_empty() => println!("no VM is consolidated on this server"),
+            Report::ServerStatus(status) => {
+                for vm in &status.vms {
+                    println!("{} (from {}): {}", vm.vm, vm.desktop, hosted_line(vm));
+                }
+            }
+            other => return Err(format!("the daemon answered a status request with a {}", other.kind()).into()),
         }
         return Ok(());
     }
@@ -126,57 +133,38 @@ fn power_line(power: &LedgerSummary) -> String {
     )
 }
 
-/// A daemon's status for people: one line per VM.
-fn print_daemon_status(status: &serde_json::Value) {
-    let mib = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
-    let pages = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 * 4096.0 / (1024.0 * 1024.0);
-    let line = |vm: &serde_json::Value, s: &serde_json::Value| {
-        format!(
-            "{:.1} MiB fetched ({:.1} MiB never fetched: zero), {:.1} MiB dirty, disk {:.1} MiB fetched {:.1} MiB \
-             dirty, expected {:.1} MiB; {} for {} s; desktop {}",
-            pages(&s["pages_fetched"]),
-            pages(&s["zero_pages_served"]),
-            pages(&s["dirty_pages"]),
-            pages(&s["blocks_fetched"]),
-            pages(&s["dirty_blocks"]),
-            mib(&s["expected_bytes"]),
-            s["state"].as_str().unwrap_or("?"),
-            s["seconds"],
-            s["desktop_power"].as_str().filter(|p| !p.is_empty()).unwrap_or(vm["desktop"].as_str().unwrap_or("?")),
-        )
-    };
-    match status.get("vms") {
-        // The desktop daemon: its VMs, and the server's view of those there.
-        Some(serde_json::Value::Array(vms)) => {
-            if let Some(err) = status["server_error"].as_str() {
-                println!("server {}: unreachable ({err})", status["server"]);
-            }
-            for vm in vms {
-                let name = vm["vm"].as_str().unwrap_or("?");
-                match vm["on"].as_str() {
-                    Some("desktop") if vm["running_here"] == true => println!("{name}: runs on this desktop"),
-                    Some("desktop") => println!("{name}: on this desktop, not running"),
-                    Some("server") if vm["server"].is_object() => {
-                        println!("{name}: on the server: {}", line(vm, &vm["server"]))
-                    }
-                    Some("server") => println!("{name}: on the server (no details: the server did not answer)"),
-                    _ => println!("{name}: moving"),
-                }
-            }
+/// One hosted VM's figures for people.
+fn hosted_line(s: &HostedStatus) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let pages = |n: u64| mib(n * 4096);
+    let power = if s.desktop_power.is_empty() { s.desktop.as_str() } else { s.desktop_power.as_str() };
+    format!(
+        "{:.1} MiB fetched ({:.1} MiB never fetched: zero), {:.1} MiB dirty, disk {:.1} MiB fetched {:.1} MiB \
+         dirty, expected {:.1} MiB; {} for {} s; desktop {power}",
+        pages(s.pages_fetched),
+        pages(s.zero_pages_served),
+        pages(s.dirty_pages),
+        pages(s.blocks_fetched),
+        pages(s.dirty_blocks),
+        mib(s.expected_bytes),
+        s.state,
+        s.seconds,
+    )
+}
+
+/// The desktop daemon's status for people: one line per VM.
+fn print_desktop_status(status: &DesktopStatus) {
+    if let Some(err) = &status.server_error {
+        println!("server {}: unreachable ({err})", status.server);
+    }
+    for vm in &status.vms {
+        let name = &vm.vm;
+        match (vm.on, &vm.server) {
+            (VmLocation::Desktop, _) if vm.running_here => println!("{name}: runs on this desktop"),
+            (VmLocation::Desktop, _) => println!("{name}: on this desktop, not running"),
+            (VmLocation::Server, Some(server)) => println!("{name}: on the server: {}", hosted_line(server)),
+            (VmLocation::Server, None) => println!("{name}: on the server (no details: the server did not answer)"),
+            (VmLocation::Moving, _) => println!("{name}: moving"),
         }
-        // The server daemon: the VMs it hosts.
-        _ => match status.as_array() {
-            Some(vms) if !vms.is_empty() => {
-                for vm in vms {
-                    println!(
-                        "{} (from {}): {}",
-                        vm["vm"].as_str().unwrap_or("?"),
-                        vm["desktop"].as_str().unwrap_or("?"),
-                        line(vm, vm)
-                    );
-                }
-            }
-            _ => println!("no VM is consolidated on this server"),
-        },
     }
 }

@@ -1,0 +1,244 @@
+//! What can go wrong in the desktop daemon, one variant per step of
+//! consolidation, reintegration, running a VM and failover, each naming the
+//! VM and carrying its cause as a source. The command prints the whole
+//! chain once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use diskserv::DiskservError;
+use identifiers::VmName;
+use memserv::MemservError;
+use migration_formats::{DirtySetError, ZeroMapError};
+use qemu_driver::QemuError;
+use wire::{DecodeError, WireError};
+
+/// Everything the desktop daemon can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum DesktopError {
+    /// The key file cannot be read.
+    #[error("cannot read the office key {path}")]
+    LoadKey {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: WireError,
+    },
+    /// The control port cannot be opened.
+    #[error("cannot listen on {addr}: is another desktop daemon running?")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The local socket cannot be opened.
+    #[error("{0}")]
+    LocalSocket(String),
+    /// No VM of that name here.
+    #[error("no VM called {vm} on this desktop (it has: {known})")]
+    NoSuchVm {
+        /// The name asked for.
+        vm: VmName,
+        /// The VMs it has.
+        known: String,
+    },
+    /// The VM is on the server already.
+    #[error("{vm} is already on the server")]
+    AlreadyOnServer {
+        /// The VM.
+        vm: VmName,
+    },
+    /// The VM runs here already.
+    #[error("{vm} already runs on this desktop")]
+    AlreadyHome {
+        /// The VM.
+        vm: VmName,
+    },
+    /// The VM is not running here.
+    #[error("{vm} is not running on this desktop; nothing to consolidate")]
+    NotRunning {
+        /// The VM.
+        vm: VmName,
+    },
+    /// The idleness check refused.
+    #[error("{why}")]
+    NotIdle {
+        /// The verdict, with its figures and what to do.
+        why: String,
+    },
+    /// A file of the VM cannot be made, read or written.
+    #[error("{vm}: cannot {action} {path}")]
+    File {
+        /// The VM.
+        vm: VmName,
+        /// What was done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// QEMU failed at a step.
+    #[error("{vm}: cannot {action}")]
+    Qemu {
+        /// The VM.
+        vm: VmName,
+        /// The step ("boot it", "measure its dirty rate", "save its device state", "make its tap device").
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: QemuError,
+    },
+    /// The RAM file cannot be scanned for zero pages.
+    #[error("{vm}: cannot scan its RAM file for zero pages")]
+    ZeroMap {
+        /// The VM.
+        vm: VmName,
+        /// Cause.
+        #[source]
+        source: ZeroMapError,
+    },
+    /// memserv cannot serve the checkpoint's RAM.
+    #[error("{vm}: memserv cannot serve its RAM")]
+    Memserv {
+        /// The VM.
+        vm: VmName,
+        /// Cause.
+        #[source]
+        source: MemservError,
+    },
+    /// diskserv cannot serve the checkpoint's disk.
+    #[error("{vm}: diskserv cannot serve its disk")]
+    Diskserv {
+        /// The VM.
+        vm: VmName,
+        /// Cause.
+        #[source]
+        source: DiskservError,
+    },
+    /// The server daemon cannot be reached.
+    #[error("cannot reach the server daemon")]
+    ServerUnreachable(#[source] WireError),
+    /// The server refused the connection.
+    #[error("the server refused us: {0}")]
+    ServerRefusedHello(String),
+    /// The peer is not a server daemon.
+    #[error("{0} is not a Jettison server daemon")]
+    NotAServer(String),
+    /// The connection to the server broke.
+    #[error("the server connection failed")]
+    ServerConnection(#[source] WireError),
+    /// The server sent something that does not decode.
+    #[error("the server sent something unreadable")]
+    ServerUnreadable(#[source] DecodeError),
+    /// The server answered out of turn.
+    #[error("the server answered {got} to {request}")]
+    UnexpectedAnswer {
+        /// What was asked.
+        request: &'static str,
+        /// What came.
+        got: &'static str,
+    },
+    /// The server refused the request; its text says why.
+    #[error("{0}")]
+    Refused(String),
+    /// The server could not take the VM; it runs here again.
+    #[error("the server could not take {vm} ({why}); it runs on the desktop again")]
+    ResumedHere {
+        /// The VM.
+        vm: VmName,
+        /// The server's reason.
+        why: String,
+    },
+    /// The connection broke after the VM was handed over: the heartbeat decides where it runs.
+    #[error("{vm}: the connection broke after it was handed over; the heartbeat will find out where it runs")]
+    HandOverUnknown {
+        /// The VM.
+        vm: VmName,
+        /// Cause.
+        #[source]
+        source: Box<DesktopError>,
+    },
+    /// Receiving the VM broke off; the checkpoint is intact.
+    #[error(
+        "receiving {vm} broke off; its checkpoint here is intact and the server keeps it stopped: run `jettison \
+         reintegrate {vm}` again"
+    )]
+    Receive {
+        /// The VM.
+        vm: VmName,
+        /// Cause.
+        #[source]
+        source: ReceiveError,
+    },
+    /// A reintegration a crash interrupted cannot be finished.
+    #[error("{vm}: cannot finish the reintegration a crash interrupted")]
+    FinishPending {
+        /// The VM.
+        vm: VmName,
+        /// Cause.
+        #[source]
+        source: ReceiveError,
+    },
+}
+
+/// What can go wrong receiving and applying a VM's way home.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// A staging file cannot be written, renamed or removed.
+    #[error("cannot {action} {path}")]
+    File {
+        /// What was done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The descriptor announced is too large.
+    #[error("the server announced a {len}-byte descriptor; refusing anything over 64 MiB")]
+    DescriptorTooLarge {
+        /// Its length.
+        len: u64,
+    },
+    /// The stream broke off in the descriptor.
+    #[error("the descriptor broke off")]
+    DescriptorBrokeOff(#[source] io::Error),
+    /// The descriptor's CRC does not match.
+    #[error("the descriptor arrived damaged (CRC mismatch)")]
+    DescriptorDamaged,
+    /// A dirty set did not stage.
+    #[error("the {what} dirty set")]
+    Stage {
+        /// "memory" or "disk".
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: DirtySetError,
+    },
+    /// More came after the disk set.
+    #[error("the stream goes on past the disk dirty set")]
+    TrailingData,
+    /// The stream's end could not be read.
+    #[error("the stream's end")]
+    StreamEnd(#[source] io::Error),
+    /// A staged set could not be applied.
+    #[error(
+        "applying the {what} dirty set failed; it stays staged in {staging} and is applied again before the VM starts"
+    )]
+    Apply {
+        /// "memory" or "disk".
+        what: &'static str,
+        /// The staging directory.
+        staging: PathBuf,
+        /// Cause.
+        #[source]
+        source: DirtySetError,
+    },
+}
