@@ -347,7 +347,13 @@ fn field<T: Decode<C>, C, D: Decoder<Context = C>>(
     decoder: &mut D,
     name: &str,
 ) -> Result<T, bincode::error::DecodeError> {
-    T::decode(decoder).map_err(|e| bincode::error::DecodeError::OtherString(format!("{name}: {e}")))
+    T::decode(decoder).map_err(|e| {
+        let why = match e {
+            bincode::error::DecodeError::OtherString(why) => why,
+            other => other.to_string(),
+        };
+        bincode::error::DecodeError::OtherString(format!("{name}: {why}"))
+    })
 }
 
 impl<C> Decode<C> for ReserveRequest {

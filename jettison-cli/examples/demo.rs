@@ -9,6 +9,7 @@
 //! Usage: `demo` (root; uses this build's `jettison`).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a demo: a failed step ends it with the reason
 
+use daemon_protocol::local::{ConsolidateReport, DesktopStatus, ReintegrateReport};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -41,18 +42,18 @@ fn main() -> ExitCode {
     println!("demo: {VM} runs on the desktop and answers the client; letting it idle for the idleness check");
     std::thread::sleep(Duration::from_secs(11));
 
-    let out = office.jettison_json(&["consolidate", VM, "--socket", socket]);
+    let out: ConsolidateReport = typed(office.jettison_json(&["consolidate", VM, "--socket", socket]));
     let at_consolidation = last_count(&office.desktop_serial()).unwrap_or(0);
     println!("demo: consolidated; the guest works on the server for {} s and saves a file", ON_SERVER.as_secs());
     wait_for_count_above(&office.server_serial(), at_consolidation, COUNT_TIMEOUT);
     std::thread::sleep(ON_SERVER);
     let saved = client.command("save written-on-server", REPLY);
-    let status = office.jettison_json(&["status", "--daemon", socket]);
-    let server = &status["vms"][0]["server"];
+    let status: DesktopStatus = typed(office.jettison_json(&["status", "--daemon", socket]));
+    let server = status.vms[0].server.clone().expect("the server reports the VM it hosts");
     let last_on_server = last_count(&office.server_serial()).unwrap_or(0);
 
     println!("demo: reintegrating");
-    let back = office.jettison_json(&["reintegrate", VM, "--socket", socket]);
+    let back: ReintegrateReport = typed(office.jettison_json(&["reintegrate", VM, "--socket", socket]));
     let counting = wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
     let cat = client.command("cat written-on-server", REPLY);
     client.wait_for(client.count() + 2, REPLY);
@@ -61,10 +62,9 @@ fn main() -> ExitCode {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let ram = spec.memory_mib << 20;
     let share = |bytes: u64| 100.0 * bytes as f64 / ram as f64;
-    let pages = server["pages_fetched"].as_u64().unwrap_or(0);
-    let blocks = server["blocks_fetched"].as_u64().unwrap_or(0);
-    let out_bytes = (pages + blocks) * 4096 + out["descriptor_bytes"].as_u64().unwrap_or(0);
-    let back_bytes = back["bytes"].as_u64().unwrap_or(0);
+    let (pages, blocks) = (server.pages_fetched, server.blocks_fetched);
+    let out_bytes = (pages + blocks) * 4096 + out.descriptor_bytes;
+    let back_bytes = back.bytes;
     let survived = broken.is_none() && std::panic::catch_unwind(|| assert_continuous(&log)).is_ok();
     let file_back = saved.split(' ').nth(1).is_some_and(|n| cat.ends_with(&format!(" {n}")));
     let state_kept = counting + 10 >= last_on_server && file_back;
@@ -73,25 +73,23 @@ fn main() -> ExitCode {
     println!("guest RAM                {} MiB ({} MiB of it filled with data)", spec.memory_mib, spec.fill_mib);
     println!(
         "consolidation            {:.2} s ({:.2} s with the VM stopped), descriptor {} bytes",
-        out["total_secs"].as_f64().unwrap_or(0.0),
-        out["downtime_secs"].as_f64().unwrap_or(0.0),
-        out["descriptor_bytes"]
+        out.total_secs, out.downtime_secs, out.descriptor_bytes
     );
     println!(
         "pages fetched            {pages} ({:.1} MiB = {:.1}% of RAM) in {} s on the server; {} zero pages never fetched",
         mib(pages * 4096),
         share(pages * 4096),
-        server["seconds"],
-        out["zero_pages"]
+        server.seconds,
+        out.zero_pages
     );
     println!("bytes to the server      {:.1} MiB = {:.1}% of RAM", mib(out_bytes), share(out_bytes));
     println!(
         "reintegration            {:.2} s, {:.1} MiB back = {:.1}% of RAM ({} dirty pages, {} dirty blocks)",
-        back["total_secs"].as_f64().unwrap_or(0.0),
+        back.total_secs,
         mib(back_bytes),
         share(back_bytes),
-        back["dirty_pages"],
-        back["dirty_blocks"]
+        back.dirty_pages,
+        back.dirty_blocks
     );
     let kept = if state_kept { "yes (its counter, and the file it wrote on the server)" } else { "NO" };
     println!("guest state kept         {kept}");
@@ -106,4 +104,11 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// A report the command printed, as its type: a renamed or missing field
+/// fails here, loudly.
+fn typed<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> T {
+    serde_json::from_value(json.clone())
+        .unwrap_or_else(|e| panic!("demo: the command printed {json}, not a report: {e}"))
 }

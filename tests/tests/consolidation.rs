@@ -84,7 +84,7 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     let fetched_blocks = server["blocks_fetched"].as_u64().unwrap();
     assert!(fetched_pages > 0, "the guest ran on the server without fetching a page: {server}");
     let server_status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
-    assert_eq!(server_status[0]["vm"], VM, "{server_status}");
+    assert_eq!(server_status["vms"][0]["vm"], VM, "{server_status}");
 
     // Reintegrate (the server forgets the VM, serial log included).
     let last_on_server = last_count(&server_serial).unwrap();

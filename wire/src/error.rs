@@ -26,6 +26,10 @@ pub enum DecodeError {
     /// a length past the limit).
     #[error("malformed message")]
     Bincode(#[source] bincode::error::DecodeError),
+    /// A field decoded but its value breaks its type's rule (a checked
+    /// name, a MAC); the text names the field and the rule.
+    #[error("{0}")]
+    Invalid(String),
     /// The body decoded but bytes were left over.
     #[error("{extra} unexpected bytes after the message")]
     TrailingBytes {

@@ -406,7 +406,10 @@ pub trait Message: Encode + Decode<()> + Sized {
         if body.len() > MAX_FRAME {
             return Err(DecodeError::FrameTooLarge { len: body.len() as u64 });
         }
-        let (msg, used): (Self, usize) = bincode::decode_from_slice(body, config()).map_err(DecodeError::Bincode)?;
+        let (msg, used): (Self, usize) = bincode::decode_from_slice(body, config()).map_err(|e| match e {
+            bincode::error::DecodeError::OtherString(why) => DecodeError::Invalid(why),
+            other => DecodeError::Bincode(other),
+        })?;
         if used != body.len() {
             return Err(DecodeError::TrailingBytes { extra: body.len() - used });
         }

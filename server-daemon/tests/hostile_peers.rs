@@ -1,0 +1,181 @@
+//! The server daemon against hostile and racing peers, through its real
+//! control port on loopback: every bad value is refused with an error
+//! naming the field, and the daemon goes on serving the next request.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use bincode::Encode;
+use daemon_protocol::{Control, ControlHello, ReserveRequest};
+use server_daemon::{ServerConfig, ServerDaemon};
+use wire::protocol::Message;
+use wire::{Channel, SharedKey};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server daemon on a free loopback port, with its own directories.
+struct Server {
+    addr: SocketAddr,
+    key: SharedKey,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SharedKey::generate();
+        let key_file = dir.path().join("office.key");
+        key.save(&key_file).unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let text = format!(
+            "name = \"server1\"\nlisten = \"{addr}\"\nkey = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n\
+             bridge = \"br-none\"\nkernel = \"/none\"\ninitrd = \"/none\"\ncapacity_mib = 1024\n",
+            key_file.display(),
+            dir.path().join("state").display(),
+            dir.path().join("run").display(),
+        );
+        let config_file = dir.path().join("server.toml");
+        std::fs::write(&config_file, text).unwrap();
+        let daemon = ServerDaemon::new(ServerConfig::load(&config_file).unwrap()).unwrap();
+        std::thread::spawn(move || daemon.run().expect("the server daemon serves"));
+        let server = Server { addr, key, _dir: dir };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server daemon never listened on {addr}");
+    }
+
+    /// A control connection that said `hello` (raw bytes), and the answer.
+    fn connect_raw(&self, hello: &[u8]) -> (Channel, Control) {
+        let (channel, answer) = Channel::connect(&self.addr.to_string(), &self.key, hello, TIMEOUT).unwrap();
+        (channel, Control::decode_body(&answer).unwrap())
+    }
+
+    /// A control connection as desktop `name`.
+    fn desktop(&self, name: &str) -> Channel {
+        let (channel, answer) = self.connect_raw(&ControlHello::Desktop(name.parse().unwrap()).encode_body());
+        assert!(matches!(answer, Control::Welcome(_)), "{answer:?}");
+        channel
+    }
+}
+
+fn ask(channel: &mut Channel, body: &[u8]) -> Control {
+    channel.send(body).unwrap();
+    Control::decode_body(&channel.recv().unwrap()).unwrap()
+}
+
+fn refusal(answer: Control) -> String {
+    match answer {
+        Control::Failed(why) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// What a hostile peer can put on the wire: the messages' layout with plain
+/// text where the protocol has checked types (bincode: variant index, then
+/// the fields in order).
+fn raw(message: impl Encode) -> Vec<u8> {
+    let config = bincode::config::standard().with_little_endian().with_variable_int_encoding();
+    bincode::encode_to_vec(message, config).unwrap()
+}
+
+const RESERVE: u32 = 2;
+const CONSOLIDATE: u32 = 4;
+
+fn reserve(vm: &str) -> Vec<u8> {
+    Control::Reserve(ReserveRequest { vm: vm.parse().unwrap(), ram_bytes: 256 << 20, disk_bytes: 1 << 20 })
+        .encode_body()
+}
+
+/// A raw `Consolidate` with `vm_mac` and `kernel_args` as given.
+fn raw_consolidate(vm: &str, vm_mac: &str, kernel_args: &str) -> Vec<u8> {
+    let addr: SocketAddr = "127.0.0.1:7410".parse().unwrap();
+    raw((
+        CONSOLIDATE,
+        vm,
+        Some("02:00:00:00:00:02"),
+        addr,
+        addr,
+        addr,
+        256u64,
+        vm_mac,
+        kernel_args,
+        vec![1u8; 16],
+        Vec::<u8>::new(),
+    ))
+}
+
+#[test]
+fn hostile_values_are_refused_naming_the_field_and_the_server_serves_on() {
+    let server = Server::start();
+    let mut channel = server.desktop("desk1");
+    let cases = [
+        (raw((RESERVE, "../x", 1u64 << 28, 0u64)), "vm: \"../x\" is not a valid VM name"),
+        (raw((RESERVE, "a".repeat(64), 1u64 << 28, 0u64)), "is not a valid VM name"),
+        (raw((RESERVE, "vm1", 0u64, 0u64)), "ram_bytes"),
+        (raw_consolidate("vm1", "52:54:00:00:00:01,romfile=/etc/shadow", ""), "vm_mac: \"52:54:00:00:00:01,romfile"),
+        (raw_consolidate("vm1", "01:00:5e:00:00:01", ""), "vm_mac must be a unicast address"),
+        (raw_consolidate("vm1", "02:00:00:00:00:01", "quiet\ninit=/bin/sh"), "kernel_args"),
+        (raw_consolidate("../../etc", "02:00:00:00:00:01", ""), "vm: \"../../etc\""),
+        (raw_consolidate("vm1", "02:00:00:00:00:01", ""), "has no reservation on this connection"),
+    ];
+    for (body, expected) in cases {
+        let why = refusal(ask(&mut channel, &body));
+        assert!(why.contains(expected), "expected {expected:?} in {why:?}");
+        // The same connection still serves.
+        assert!(matches!(ask(&mut channel, &Control::Status.encode_body()), Control::StatusReply(_)));
+    }
+    // A hostile desktop name is refused at the hello.
+    let (_, answer) = server.connect_raw(&raw((0u32, "../../etc")));
+    assert!(refusal(answer).contains("not a valid host name"));
+    // The command line's hello may ask for status, never move a VM.
+    let (mut tool, _) = server.connect_raw(&ControlHello::Tool.encode_body());
+    assert!(refusal(ask(&mut tool, &reserve("vm1"))).contains("only a desktop daemon"));
+    // And a fresh, honest desktop is served at once.
+    let mut honest = server.desktop("desk2");
+    assert!(matches!(ask(&mut honest, &reserve("vm1")), Control::Reserved(_)));
+}
+
+#[test]
+fn two_reservations_of_one_vm_race_and_exactly_one_wins() {
+    let server = Arc::new(Server::start());
+    for round in 0..5 {
+        let vm = format!("vm{round}");
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (server, barrier, vm) = (Arc::clone(&server), Arc::clone(&barrier), vm.clone());
+                std::thread::spawn(move || {
+                    let mut channel = server.desktop("desk1");
+                    barrier.wait();
+                    let answer = ask(&mut channel, &reserve(&vm));
+                    (channel, answer)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|racer| racer.join().unwrap())
+            .collect();
+        let won: Vec<_> = racers.iter().filter(|(_, a)| matches!(a, Control::Reserved(_))).collect();
+        assert_eq!(won.len(), 1, "round {round}: {:?}", racers.iter().map(|(_, a)| a).collect::<Vec<_>>());
+        let lost = racers.iter().find(|(_, a)| !matches!(a, Control::Reserved(_))).unwrap();
+        assert!(refusal(lost.1.clone()).contains("already being consolidated"));
+        // Another desktop cannot take the name while it is reserved.
+        let mut other = server.desktop("desk2");
+        assert!(refusal(ask(&mut other, &reserve(&vm))).contains("VM names must differ on one server"));
+        // The loser's connection ending leaves the winner's reservation alone;
+        // the winner's ending frees the VM for the next desktop connection.
+        let (mut winner, mut loser): (Vec<_>, Vec<_>) =
+            racers.into_iter().partition(|(_, a)| matches!(a, Control::Reserved(_)));
+        drop(loser.pop());
+        let mut again = server.desktop("desk1");
+        assert!(refusal(ask(&mut again, &reserve(&vm))).contains("already being consolidated"));
+        drop(winner.pop());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(matches!(ask(&mut again, &reserve(&vm)), Control::Reserved(_)));
+    }
+}
