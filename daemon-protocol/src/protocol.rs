@@ -513,7 +513,8 @@ mod tests {
     #[test]
     fn limits_are_enforced_and_name_the_field() {
         assert!(Control::decode_body(&Control::Data(vec![0; MAX_CHUNK + 1]).encode_body()).is_err());
-        let cases: [(fn(&mut ConsolidateRequest), &str); 9] = [
+        type Spoil = fn(&mut ConsolidateRequest);
+        let cases: [(Spoil, &str); 9] = [
             (|c| c.memory_mib = 0, "memory_mib"),
             (|c| c.memory_mib = MAX_MEMORY_MIB + 1, "memory_mib"),
             (|c| c.vm_mac = "01:00:5e:00:00:01".parse().unwrap(), "vm_mac"),

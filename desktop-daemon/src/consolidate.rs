@@ -41,13 +41,13 @@ impl Context<'_> {
     pub fn connect(&self) -> Result<Channel, DesktopError> {
         let hello = ControlHello::Desktop(self.config.name.clone()).encode_body();
         let (mut channel, answer) = Channel::connect(&self.config.server, self.key, &hello, CONNECT_TIMEOUT)
-            .map_err(DesktopError::ServerUnreachable)?;
+            .map_err(|e| DesktopError::ServerUnreachable(Box::new(e)))?;
         match Control::decode_body(&answer) {
             Ok(Control::Welcome(_)) => {}
             Ok(Control::Failed(why)) => return Err(DesktopError::ServerRefusedHello(why)),
             _ => return Err(DesktopError::NotAServer(self.config.server.clone())),
         }
-        channel.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(DesktopError::ServerConnection)?;
+        channel.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(|e| DesktopError::ServerConnection(Box::new(e)))?;
         Ok(channel)
     }
 }
@@ -57,9 +57,9 @@ impl Context<'_> {
 /// # Errors
 /// The connection fails or the answer does not decode.
 pub fn ask(channel: &mut Channel, request: &Control) -> Result<Control, DesktopError> {
-    channel.send(&request.encode_body()).map_err(DesktopError::ServerConnection)?;
-    let body = channel.recv().map_err(DesktopError::ServerConnection)?;
-    Control::decode_body(&body).map_err(DesktopError::ServerUnreadable)
+    channel.send(&request.encode_body()).map_err(|e| DesktopError::ServerConnection(Box::new(e)))?;
+    let body = channel.recv().map_err(|e| DesktopError::ServerConnection(Box::new(e)))?;
+    Control::decode_body(&body).map_err(|e| DesktopError::ServerUnreadable(Box::new(e)))
 }
 
 /// Consolidates `vm`; `log` gets a line per step. Returns the report.
@@ -85,7 +85,7 @@ pub fn consolidate(
         let dirty = dirty_rate(qmp, DIRTY_RATE_PERIOD).map_err(|source| DesktopError::Qemu {
             vm: name.clone(),
             action: "measure its dirty rate",
-            source,
+            source: Box::new(source),
         })?;
         match judge(name.as_str(), vm.window(), dirty, &ctx.config.idle) {
             IdleVerdict::Idle(measured) => log(format!("{name} is idle: {measured}")),
@@ -155,7 +155,7 @@ enum HandOver {
 fn hand_over(ctx: Context<'_>, vm: &mut LocalVm, channel: &mut Channel) -> Result<(u64, u64), HandOver> {
     let name = vm.name().clone();
     let zero_map = ZeroMap::scan(vm.ram_file(), 4096)
-        .map_err(|source| HandOver::Refused(DesktopError::ZeroMap { vm: name.clone(), source }))?;
+        .map_err(|source| HandOver::Refused(DesktopError::ZeroMap { vm: name.clone(), source: Box::new(source) }))?;
     let descriptor = std::fs::read(vm.checkpoint()).map_err(|source| {
         HandOver::Refused(DesktopError::File { vm: name.clone(), action: "read", path: vm.checkpoint(), source })
     })?;

@@ -53,12 +53,12 @@ impl DesktopDaemon {
     /// The file or VM at fault.
     pub fn new(config: DesktopConfig) -> Result<Arc<DesktopDaemon>, DesktopError> {
         let key = SharedKey::load(&config.key)
-            .map_err(|source| DesktopError::LoadKey { path: config.key.clone(), source })?;
+            .map_err(|source| DesktopError::LoadKey { path: config.key.clone(), source: Box::new(source) })?;
         let mut vms = BTreeMap::new();
         for vm in &config.vms {
             let local = LocalVm::new(&config, vm)?;
             finish_pending(&Checkpoint::of(&local))
-                .map_err(|source| DesktopError::FinishPending { vm: vm.name.clone(), source })?;
+                .map_err(|source| DesktopError::FinishPending { vm: vm.name.clone(), source: Box::new(source) })?;
             vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
         }
         Ok(Arc::new(DesktopDaemon { config, key, vms }))

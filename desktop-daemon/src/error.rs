@@ -24,7 +24,7 @@ pub enum DesktopError {
         path: PathBuf,
         /// Cause.
         #[source]
-        source: WireError,
+        source: Box<WireError>,
     },
     /// The control port cannot be opened.
     #[error("cannot listen on {addr}: is another desktop daemon running?")]
@@ -92,7 +92,7 @@ pub enum DesktopError {
         action: &'static str,
         /// Cause.
         #[source]
-        source: QemuError,
+        source: Box<QemuError>,
     },
     /// The RAM file cannot be scanned for zero pages.
     #[error("{vm}: cannot scan its RAM file for zero pages")]
@@ -101,7 +101,7 @@ pub enum DesktopError {
         vm: VmName,
         /// Cause.
         #[source]
-        source: ZeroMapError,
+        source: Box<ZeroMapError>,
     },
     /// memserv cannot serve the checkpoint's RAM.
     #[error("{vm}: memserv cannot serve its RAM")]
@@ -110,7 +110,7 @@ pub enum DesktopError {
         vm: VmName,
         /// Cause.
         #[source]
-        source: MemservError,
+        source: Box<MemservError>,
     },
     /// diskserv cannot serve the checkpoint's disk.
     #[error("{vm}: diskserv cannot serve its disk")]
@@ -119,11 +119,11 @@ pub enum DesktopError {
         vm: VmName,
         /// Cause.
         #[source]
-        source: DiskservError,
+        source: Box<DiskservError>,
     },
     /// The server daemon cannot be reached.
     #[error("cannot reach the server daemon")]
-    ServerUnreachable(#[source] WireError),
+    ServerUnreachable(#[source] Box<WireError>),
     /// The server refused the connection.
     #[error("the server refused us: {0}")]
     ServerRefusedHello(String),
@@ -132,10 +132,10 @@ pub enum DesktopError {
     NotAServer(String),
     /// The connection to the server broke.
     #[error("the server connection failed")]
-    ServerConnection(#[source] WireError),
+    ServerConnection(#[source] Box<WireError>),
     /// The server sent something that does not decode.
     #[error("the server sent something unreadable")]
-    ServerUnreadable(#[source] DecodeError),
+    ServerUnreadable(#[source] Box<DecodeError>),
     /// The server answered out of turn.
     #[error("the server answered {got} to {request}")]
     UnexpectedAnswer {
@@ -174,7 +174,7 @@ pub enum DesktopError {
         vm: VmName,
         /// Cause.
         #[source]
-        source: ReceiveError,
+        source: Box<ReceiveError>,
     },
     /// A reintegration a crash interrupted cannot be finished.
     #[error("{vm}: cannot finish the reintegration a crash interrupted")]
@@ -183,7 +183,7 @@ pub enum DesktopError {
         vm: VmName,
         /// Cause.
         #[source]
-        source: ReceiveError,
+        source: Box<ReceiveError>,
     },
 }
 
@@ -220,7 +220,7 @@ pub enum ReceiveError {
         what: &'static str,
         /// Cause.
         #[source]
-        source: DirtySetError,
+        source: Box<DirtySetError>,
     },
     /// More came after the disk set.
     #[error("the stream goes on past the disk dirty set")]
@@ -239,6 +239,6 @@ pub enum ReceiveError {
         staging: PathBuf,
         /// Cause.
         #[source]
-        source: DirtySetError,
+        source: Box<DirtySetError>,
     },
 }

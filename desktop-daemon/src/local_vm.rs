@@ -184,7 +184,7 @@ impl LocalVm {
         let tap = Tap::create(&self.config.name.tap_name(), &self.bridge).map_err(|source| DesktopError::Qemu {
             vm: self.config.name.clone(),
             action: "make its tap device",
-            source,
+            source: Box::new(source),
         })?;
         let (qemu, qmp) = start(self.spec().extra_args(nic_args(tap.name(), self.config.mac)))?;
         self.running = Some(Running { qmp, qemu, _tap: tap });
@@ -200,7 +200,7 @@ impl LocalVm {
         let name = self.name().clone();
         let qemu_error = |action| {
             let vm = name.clone();
-            move |source| DesktopError::Qemu { vm, action, source }
+            move |source| DesktopError::Qemu { vm, action, source: Box::new(source) }
         };
         self.start(|spec| {
             let mut qemu = spec.spawn().map_err(qemu_error("boot it"))?;
@@ -223,7 +223,7 @@ impl LocalVm {
             let (qemu, mut qmp) = resume(spec, state).map_err(|source| DesktopError::Qemu {
                 vm: name.clone(),
                 action: "resume it from its checkpoint",
-                source,
+                source: Box::new(source),
             })?;
             if let Err(e) = announce(&mut qmp) {
                 tracing::warn!(vm = %name, "cannot announce its MAC: {}", wire::chain(&e));
@@ -241,7 +241,7 @@ impl LocalVm {
         let vm = self.config.name.clone();
         let running = self.running.as_mut().ok_or_else(|| DesktopError::NotRunning { vm: vm.clone() })?;
         let bytes = save_device_state(&mut running.qmp, &self.dir.join("checkpoint.state"))
-            .map_err(|source| DesktopError::Qemu { vm, action: "save its device state", source })?;
+            .map_err(|source| DesktopError::Qemu { vm, action: "save its device state", source: Box::new(source) })?;
         self.running = None;
         Ok(bytes)
     }
@@ -262,9 +262,9 @@ impl LocalVm {
             events: None,
         };
         let memory = memserv::bind(&self.ram_file(), config(self.config.memserv_port, Service::Memory))
-            .map_err(|source| DesktopError::Memserv { vm: self.name().clone(), source })?;
+            .map_err(|source| DesktopError::Memserv { vm: self.name().clone(), source: Box::new(source) })?;
         let disk = diskserv::bind(&self.config.disk, config(self.config.diskserv_port, Service::Disk), 4096)
-            .map_err(|source| DesktopError::Diskserv { vm: self.name().clone(), source })?;
+            .map_err(|source| DesktopError::Diskserv { vm: self.name().clone(), source: Box::new(source) })?;
         let mut serving = Serving { stops: Vec::new(), threads: Vec::new() };
         for server in [memory, disk] {
             serving.stops.push(server.stop_handle());

@@ -129,7 +129,7 @@ pub fn reintegrate(
     let received = receive(&mut channel, &header, &checkpoint, |done| {
         report(LocalReply::Progress { what: what.clone(), done, total })
     })
-    .map_err(|source| DesktopError::Receive { vm: name.clone(), source })?;
+    .map_err(|source| DesktopError::Receive { vm: name.clone(), source: Box::new(source) })?;
     let transferred = started.elapsed();
     vm.resume_from(&checkpoint.state)?;
     vm.set_placement(Placement::Desktop)?;
@@ -203,11 +203,13 @@ pub fn stage(
         return Err(ReceiveError::DescriptorDamaged);
     }
     write_durably(&checkpoint.incoming(), &descriptor)?;
-    let memory =
-        checkpoint.memory().stage(&mut reader).map_err(|source| ReceiveError::Stage { what: "memory", source })?;
+    let memory = checkpoint
+        .memory()
+        .stage(&mut reader)
+        .map_err(|source| ReceiveError::Stage { what: "memory", source: Box::new(source) })?;
     let disk = checkpoint.disk().stage(&mut reader).map_err(|source| {
         let _ = fs::remove_file(memory.path());
-        ReceiveError::Stage { what: "disk", source }
+        ReceiveError::Stage { what: "disk", source: Box::new(source) }
     })?;
     // Nothing may follow the disk set but the end of the stream.
     let mut extra = [0u8; 1];
@@ -223,7 +225,8 @@ pub fn stage(
 /// Steps 4 and 5, for sets just staged or (with `None`) for whatever a
 /// crash left after step 3.
 fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, StagedSet)>) -> Result<(), ReceiveError> {
-    let apply_error = |what, source| ReceiveError::Apply { what, staging: checkpoint.staging.clone(), source };
+    let apply_error =
+        |what, source| ReceiveError::Apply { what, staging: checkpoint.staging.clone(), source: Box::new(source) };
     match staged {
         Some((memory, disk)) => {
             memory.commit().map_err(|e| apply_error("memory", e))?;

@@ -66,8 +66,8 @@ impl ServerDaemon {
     /// # Errors
     /// [`ServerError::LoadKey`] or [`ServerError::CreateDir`].
     pub fn new(config: ServerConfig) -> Result<Arc<ServerDaemon>, ServerError> {
-        let key =
-            SharedKey::load(&config.key).map_err(|source| ServerError::LoadKey { path: config.key.clone(), source })?;
+        let key = SharedKey::load(&config.key)
+            .map_err(|source| ServerError::LoadKey { path: config.key.clone(), source: Box::new(source) })?;
         for dir in [&config.state_dir, &config.run_dir] {
             std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir { path: dir.clone(), source })?;
         }
@@ -253,7 +253,7 @@ impl ServerDaemon {
             resident: 0,
         }));
         capacity::check(self.config.capacity_mib << 20, &tenants, expected, from_history)
-            .map_err(|source| ServerError::NoRoom { key: key.clone(), source })?;
+            .map_err(|source| ServerError::NoRoom { key: key.clone(), source: Box::new(source) })?;
         if let Some(old) = reservation.key.replace(key.clone()) {
             if old != key {
                 reservations.remove(&old);

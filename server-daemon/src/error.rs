@@ -26,7 +26,7 @@ pub enum ServerError {
         path: PathBuf,
         /// Cause.
         #[source]
-        source: WireError,
+        source: Box<WireError>,
     },
     /// A directory of the daemon cannot be made.
     #[error("cannot create {path}")]
@@ -97,7 +97,7 @@ pub enum ServerError {
         key: VmKey,
         /// The figures.
         #[source]
-        source: NoRoom,
+        source: Box<NoRoom>,
     },
     /// `Consolidate` without a `Reserve` on the same connection.
     #[error("{key} has no reservation on this connection; send Reserve first")]
@@ -112,7 +112,7 @@ pub enum ServerError {
         key: VmKey,
         /// Cause.
         #[source]
-        source: ZeroMapError,
+        source: Box<ZeroMapError>,
     },
     /// The zero map was made for another RAM size.
     #[error(
@@ -150,7 +150,7 @@ pub enum ServerError {
         action: &'static str,
         /// Cause.
         #[source]
-        source: MemtapError,
+        source: Box<MemtapError>,
     },
     /// cownetdisk cannot serve or flush the VM's disk.
     #[error("{key}: cownetdisk cannot {action} its disk")]
@@ -161,7 +161,7 @@ pub enum ServerError {
         action: &'static str,
         /// Cause.
         #[source]
-        source: CownetdiskError,
+        source: Box<CownetdiskError>,
     },
     /// QEMU failed at a step.
     #[error("{key}: cannot {action}")]
@@ -172,7 +172,7 @@ pub enum ServerError {
         action: &'static str,
         /// Cause.
         #[source]
-        source: QemuError,
+        source: Box<QemuError>,
     },
     /// The VM is not here.
     #[error("{key} is not on this server")]
@@ -201,7 +201,7 @@ pub enum ServerError {
         dir: PathBuf,
         /// Cause.
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     /// A dirty set cannot be written home.
     #[error("{key}: sending its {what} dirty set home broke off")]
@@ -212,7 +212,7 @@ pub enum ServerError {
         what: &'static str,
         /// Cause.
         #[source]
-        source: ExportError,
+        source: Box<ExportError>,
     },
     /// The connection home broke.
     #[error("{key}: sending it home broke off")]

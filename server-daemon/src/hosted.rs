@@ -92,9 +92,17 @@ impl Storage {
             let _ = thread.join();
         }
         let key = &self.key;
-        self.disk.flush().map_err(|source| ServerError::Cownetdisk { key: key.clone(), action: "flush", source })?;
+        self.disk.flush().map_err(|source| ServerError::Cownetdisk {
+            key: key.clone(),
+            action: "flush",
+            source: Box::new(source),
+        })?;
         if let Some(mount) = self.mount.take() {
-            mount.unmount().map_err(|source| ServerError::Memtap { key: key.clone(), action: "unmount", source })?;
+            mount.unmount().map_err(|source| ServerError::Memtap {
+                key: key.clone(),
+                action: "unmount",
+                source: Box::new(source),
+            })?;
         }
         Ok(())
     }
@@ -151,8 +159,8 @@ impl HostedVm {
                 source,
             })?;
         }
-        let zero_map =
-            ZeroMap::decode(&request.zero_map).map_err(|source| ServerError::ZeroMap { key: key.clone(), source })?;
+        let zero_map = ZeroMap::decode(&request.zero_map)
+            .map_err(|source| ServerError::ZeroMap { key: key.clone(), source: Box::new(source) })?;
         let ram_pages = (request.memory_mib << 20) / u64::from(UNIT);
         if zero_map.units * u64::from(zero_map.unit_size) != ram_pages * u64::from(UNIT) {
             return Err(ServerError::ZeroMapSize {
@@ -180,21 +188,21 @@ impl HostedVm {
         let mount = memtap::Mount::start(&run.join("ram"), vec![memory]).map_err(|source| ServerError::Memtap {
             key: key.clone(),
             action: "serve",
-            source,
+            source: Box::new(source),
         })?;
         let ram_bytes = mount.vms().first().map(|m| m.size()).unwrap_or(0);
         let disk_config = DiskConfig::new(vm.as_str(), state.join("disk"), remote(request.diskserv, Service::Disk));
         let disk = Arc::new(Disk::open(disk_config, wake).map_err(|source| ServerError::Cownetdisk {
             key: key.clone(),
             action: "open",
-            source,
+            source: Box::new(source),
         })?);
         let socket = run.join("disk.nbd");
         let listen = Listen { unix: Some(socket.clone()), tcp: None };
         let nbd = NbdServer::bind(Arc::clone(&disk), &listen).map_err(|source| ServerError::Cownetdisk {
             key: key.clone(),
             action: "serve",
-            source,
+            source: Box::new(source),
         })?;
         let nbd_stop = nbd.stop_handle();
         let nbd_key = key.clone();
@@ -209,7 +217,7 @@ impl HostedVm {
         let storage = Storage { key: key.clone(), disk, nbd_stop, nbd_thread: Some(nbd_thread), mount: Some(mount) };
         let qemu_error = |action| {
             let key = key.clone();
-            move |source| ServerError::Qemu { key, action, source }
+            move |source| ServerError::Qemu { key, action, source: Box::new(source) }
         };
         let tap = Tap::create(&vm.tap_name(), &config.bridge).map_err(qemu_error("make its tap device"))?;
         let guest = GuestImage { kernel: config.kernel.clone(), initrd: config.initrd.clone() };
@@ -345,7 +353,11 @@ impl HostedVm {
                 let descriptor = self.state.join("descriptor.out");
                 let ram = self.run.join("ram").join(format!("{}.ram", key.vm));
                 let saved = save_device_state(&mut running.vm.qmp, &descriptor)
-                    .map_err(|source| ServerError::Qemu { key: key.clone(), action: "save its device state", source })
+                    .map_err(|source| ServerError::Qemu {
+                        key: key.clone(),
+                        action: "save its device state",
+                        source: Box::new(source),
+                    })
                     .and_then(|_| {
                         // QEMU is stopped: the guest's last writes sit in the
                         // page cache of memtap's file; fsync sends them to
@@ -390,14 +402,18 @@ impl HostedVm {
             SliceStore::open(&dir, UNIT, size).map_err(|source| ServerError::OpenSlices {
                 key: key.clone(),
                 dir,
-                source,
+                source: Box::new(source),
             })
         };
         let memory = open(self.state.join("memory"), self.ram_bytes)?;
         let disk_dir = self.state.join("disk").join(key.vm.as_str());
         let disk = open(disk_dir.clone(), self.disk_bytes)?;
         let length = |store: &SliceStore, dir: PathBuf| {
-            exported_len(store).map_err(|source| ServerError::OpenSlices { key: key.clone(), dir, source })
+            exported_len(store).map_err(|source| ServerError::OpenSlices {
+                key: key.clone(),
+                dir,
+                source: Box::new(source),
+            })
         };
         let header = ReturnHeader {
             descriptor_bytes: descriptor.len() as u64,
@@ -416,12 +432,12 @@ impl HostedVm {
         export_dirty_set(&memory, &mut writer).map_err(|source| ServerError::Export {
             key: key.clone(),
             what: "memory",
-            source,
+            source: Box::new(source),
         })?;
         export_dirty_set(&disk, &mut writer).map_err(|source| ServerError::Export {
             key: key.clone(),
             what: "disk",
-            source,
+            source: Box::new(source),
         })?;
         writer.finish().map_err(broke)?;
         Ok(header)

@@ -2,6 +2,8 @@
 //! control port on loopback: every bad value is refused with an error
 //! naming the field, and the daemon goes on serving the next request.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
