@@ -18,6 +18,8 @@ use tests::{BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 const PACE: Duration = Duration::from_secs(1);
 const REPLY: Duration = Duration::from_secs(120);
+/// How long a freshly booted guest may take to become idle.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the guest works on the server.
 const ON_SERVER: Duration = Duration::from_secs(20);
 
@@ -39,10 +41,8 @@ fn main() -> ExitCode {
     wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
     let client = office.connect_client(PACE);
     client.wait_for(3, REPLY);
-    println!("demo: {VM} runs on the desktop and answers the client; letting it idle for the idleness check");
-    std::thread::sleep(Duration::from_secs(11));
-
-    let out: ConsolidateReport = typed(office.jettison_json(&["consolidate", VM, "--socket", socket]));
+    println!("demo: {VM} runs on the desktop and answers the client; consolidating it once the idleness check says it is idle");
+    let out: ConsolidateReport = typed(office.consolidate_when_idle(IDLE_TIMEOUT));
     let at_consolidation = last_count(&office.desktop_serial()).unwrap_or(0);
     println!("demo: consolidated; the guest works on the server for {} s and saves a file", ON_SERVER.as_secs());
     wait_for_count_above(&office.server_serial(), at_consolidation, COUNT_TIMEOUT);

@@ -255,6 +255,31 @@ impl Office {
         serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON")
     }
 
+    /// Consolidates the VM as soon as the desktop daemon's own idleness
+    /// check says it is idle: a freshly booted TCG guest is busy for a
+    /// while, and how long depends on the machine. Asks every few seconds
+    /// until `timeout`, then fails with the last refusal.
+    pub fn consolidate_when_idle(&self, timeout: Duration) -> serde_json::Value {
+        let socket = self.desktop_socket();
+        let socket = socket.to_str().expect("a UTF-8 path");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.jettison(&["consolidate", VM, "--socket", socket, "--json"]);
+            if out.status.success() {
+                return serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON");
+            }
+            let why = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                why.contains("is not idle") && Instant::now() < deadline,
+                "jettison consolidate {VM} failed: {why}\n--- desktop log ---\n{}\n--- server log ---\n{}",
+                self.log("desktop"),
+                self.log("server")
+            );
+            eprintln!("not idle yet, asking again: {}", why.trim());
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+
     /// Waits until the VM runs on the desktop again (`jettison status`
     /// says so); `what` names the failure for the panic.
     pub fn wait_until_home(&self, timeout: Duration, what: &str) {

@@ -46,11 +46,8 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     assert!(client.command("cat on-server", REPLY).ends_with("missing"), "no such file yet");
     let saved = client.command("save before", REPLY);
     assert!(saved.starts_with("saved "), "{saved}");
-    // The sampler needs two samples (5 s apart) to judge idleness.
-    std::thread::sleep(Duration::from_secs(11));
-
-    // Consolidate.
-    let out = office.jettison_json(&["consolidate", VM, "--socket", office.desktop_socket().to_str().unwrap()]);
+    // Consolidate, once the daemon's idleness check says it is idle.
+    let out = office.consolidate_when_idle(Duration::from_secs(180));
     eprintln!("consolidated: {out}");
     let on_desktop = last_count(&desktop_serial).unwrap();
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
