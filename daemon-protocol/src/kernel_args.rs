@@ -1,6 +1,5 @@
 //! Kernel arguments a VM's profile adds to its command line.
 
-use std::fmt;
 use std::str::FromStr;
 
 use identifiers::InvalidIdentifier;
@@ -36,31 +35,7 @@ impl FromStr for KernelArgs {
     }
 }
 
-impl fmt::Display for KernelArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for KernelArgs {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl bincode::Encode for KernelArgs {
-    fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
-        self.0.encode(encoder)
-    }
-}
-
-impl<C> bincode::Decode<C> for KernelArgs {
-    fn decode<D: bincode::de::Decoder<Context = C>>(decoder: &mut D) -> Result<Self, bincode::error::DecodeError> {
-        let text = String::decode(decoder)?;
-        text.parse().map_err(|e: InvalidIdentifier| bincode::error::DecodeError::OtherString(e.to_string()))
-    }
-}
-bincode::impl_borrow_decode!(KernelArgs);
+identifiers::checked_string!(KernelArgs);
 
 #[cfg(test)]
 mod tests {

@@ -9,9 +9,9 @@
 //! its access control. The command deserialises each report into its type,
 //! so a renamed or missing field is an error, never a silent zero.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use identifiers::{HostName, VmName};
 use serde::{Deserialize, Serialize};
@@ -221,48 +221,106 @@ where
     }
 }
 
+/// What can go wrong on the local socket, for the command and the daemons.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalSocketError {
+    /// The daemon is not there.
+    #[error("cannot reach the daemon at {path}: is `jettison desktop` or `jettison server` running?")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection broke.
+    #[error("lost the daemon at {path}")]
+    Lost {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon sent a line that is not a reply.
+    #[error("the daemon at {path} sent a line that is not a reply: {line}")]
+    Unreadable {
+        /// The socket.
+        path: PathBuf,
+        /// The line.
+        line: String,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The daemon closed without a final reply.
+    #[error("the daemon at {path} closed the connection without an answer; see its log")]
+    NoAnswer {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The daemon refused or failed; its text says why and what to do.
+    #[error("{0}")]
+    Failed(String),
+    /// Another daemon listens on the socket.
+    #[error("another daemon is already listening on {path}")]
+    InUse {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The socket cannot be made.
+    #[error("cannot listen on {path}")]
+    Bind {
+        /// The socket (or its directory).
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Sends `request` to the daemon at `socket`, passing interim replies to
 /// `on_reply`, and returns the final report.
 ///
 /// # Errors
-/// The daemon's `Failed` text, or a text saying the daemon cannot be reached.
-pub fn call(socket: &Path, request: &LocalRequest, mut on_reply: impl FnMut(&LocalReply)) -> Result<Report, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach the daemon at {} ({e}): is `jettison desktop` or `jettison server` running?",
-            socket.display()
-        )
-    })?;
+/// [`LocalSocketError::Failed`] with the daemon's text, or the error of
+/// reaching it.
+pub fn call(
+    socket: &Path,
+    request: &LocalRequest,
+    mut on_reply: impl FnMut(&LocalReply),
+) -> Result<Report, LocalSocketError> {
+    let path = || socket.to_owned();
+    let mut stream =
+        UnixStream::connect(socket).map_err(|source| LocalSocketError::Connect { path: path(), source })?;
     let mut text = serde_json::to_string(request).expect("requests serialise");
     text.push('\n');
-    stream.write_all(text.as_bytes()).map_err(|e| format!("cannot send to {}: {e}", socket.display()))?;
+    stream.write_all(text.as_bytes()).map_err(|source| LocalSocketError::Lost { path: path(), source })?;
     for line in BufReader::new(stream).lines() {
-        let line = line.map_err(|e| format!("lost the daemon at {}: {e}", socket.display()))?;
+        let line = line.map_err(|source| LocalSocketError::Lost { path: path(), source })?;
         match serde_json::from_str::<LocalReply>(&line) {
             Ok(LocalReply::Done { result }) => return Ok(result),
-            Ok(LocalReply::Failed { error }) => return Err(error),
+            Ok(LocalReply::Failed { error }) => return Err(LocalSocketError::Failed(error)),
             Ok(other) => on_reply(&other),
-            Err(e) => {
-                return Err(format!("the daemon at {} sent a line I cannot read ({e}): {line}", socket.display()))
-            }
+            Err(source) => return Err(LocalSocketError::Unreadable { path: path(), line, source }),
         }
     }
-    Err(format!("the daemon at {} closed the connection without an answer; see its log", socket.display()))
+    Err(LocalSocketError::NoAnswer { path: path() })
 }
 
 /// Binds `socket`, replacing a stale socket file left by a daemon that died.
 ///
 /// # Errors
-/// A text naming the socket.
-pub fn bind(socket: &Path) -> Result<UnixListener, String> {
+/// [`LocalSocketError::InUse`] or [`LocalSocketError::Bind`].
+pub fn bind(socket: &Path) -> Result<UnixListener, LocalSocketError> {
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| LocalSocketError::Bind { path: dir.to_owned(), source })?;
     }
     if UnixStream::connect(socket).is_ok() {
-        return Err(format!("another daemon is already listening on {}", socket.display()));
+        return Err(LocalSocketError::InUse { path: socket.to_owned() });
     }
     let _ = std::fs::remove_file(socket);
-    UnixListener::bind(socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))
+    UnixListener::bind(socket).map_err(|source| LocalSocketError::Bind { path: socket.to_owned(), source })
 }
 
 #[cfg(test)]
@@ -274,7 +332,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("d.sock");
         let listener = bind(&socket).unwrap();
-        assert!(bind(&socket).unwrap_err().contains("already listening"));
+        assert!(bind(&socket).unwrap_err().to_string().contains("already listening"));
         std::thread::spawn(move || {
             serve(listener, |request, send| match request {
                 LocalRequest::Consolidate { vm, .. } => {
@@ -299,7 +357,7 @@ mod tests {
         };
         assert_eq!((report.vm.as_str(), report.downtime_secs), ("vm1", 0.5));
         assert_eq!(seen, vec![LocalReply::Progress { what: "vm1".into(), done: 1, total: 2 }]);
-        assert_eq!(call(&socket, &LocalRequest::Status, |_| {}).unwrap_err(), "no");
+        assert_eq!(call(&socket, &LocalRequest::Status, |_| {}).unwrap_err().to_string(), "no");
         let mut raw = UnixStream::connect(&socket).unwrap();
         raw.write_all(b"{\"op\":\"fly\"}\n").unwrap();
         let mut answer = String::new();
@@ -312,6 +370,7 @@ mod tests {
         assert!(answer.contains("not a valid VM name"), "{answer}");
         assert!(call(&dir.path().join("none.sock"), &LocalRequest::Status, |_| {})
             .unwrap_err()
+            .to_string()
             .contains("is `jettison"));
     }
 }

@@ -36,8 +36,8 @@ pub enum DesktopError {
         source: io::Error,
     },
     /// The local socket cannot be opened.
-    #[error("{0}")]
-    LocalSocket(String),
+    #[error("the command's local socket")]
+    LocalSocket(#[source] daemon_protocol::local::LocalSocketError),
     /// No VM of that name here.
     #[error("no VM called {vm} on this desktop (it has: {known})")]
     NoSuchVm {

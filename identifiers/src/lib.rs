@@ -39,8 +39,37 @@ impl InvalidIdentifier {
     }
 }
 
-/// Implements the string-carrying traits of a checked type: `Display`,
-/// `AsRef<str>`, serde and bincode through its `FromStr`.
+/// Reads a checked type from its text on the wire (a bincode string), so
+/// that the decoder refuses a bad value whatever the sender's code.
+///
+/// # Errors
+/// bincode's error for a malformed string, or the type's rule broken.
+pub fn decode_text<T, D>(decoder: &mut D) -> Result<T, bincode::error::DecodeError>
+where
+    T: std::str::FromStr<Err = InvalidIdentifier>,
+    D: bincode::de::Decoder,
+{
+    let text: String = bincode::Decode::decode(decoder)?;
+    text.parse().map_err(|e: InvalidIdentifier| bincode::error::DecodeError::OtherString(e.to_string()))
+}
+
+/// Reads a checked type from its text in a configuration file.
+///
+/// # Errors
+/// The format's error, or the type's rule broken.
+pub fn deserialize_text<'de, T, D>(deserializer: D) -> Result<T, D::Error>
+where
+    T: std::str::FromStr<Err = InvalidIdentifier>,
+    D: serde::Deserializer<'de>,
+{
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+/// Implements the traits of a checked type that wraps its text in field
+/// `0`: `Display`, `AsRef<str>`, serde and bincode through its `FromStr`.
+/// The type must implement `FromStr<Err = InvalidIdentifier>`.
+#[macro_export]
 macro_rules! checked_string {
     ($type:ident) => {
         impl std::fmt::Display for $type {
@@ -63,14 +92,13 @@ macro_rules! checked_string {
 
         impl<'de> serde::Deserialize<'de> for $type {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
+                $crate::deserialize_text(deserializer)
             }
         }
 
         impl bincode::Encode for $type {
             fn encode<E: bincode::enc::Encoder>(&self, encoder: &mut E) -> Result<(), bincode::error::EncodeError> {
-                self.0.encode(encoder)
+                bincode::Encode::encode(&self.0, encoder)
             }
         }
 
@@ -78,19 +106,9 @@ macro_rules! checked_string {
             fn decode<D: bincode::de::Decoder<Context = C>>(
                 decoder: &mut D,
             ) -> Result<Self, bincode::error::DecodeError> {
-                let text = String::decode(decoder)?;
-                text.parse()
-                    .map_err(|e: $crate::InvalidIdentifier| bincode::error::DecodeError::OtherString(e.to_string()))
+                $crate::decode_text(decoder)
             }
         }
-
-        impl<'de, C> bincode::BorrowDecode<'de, C> for $type {
-            fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
-                decoder: &mut D,
-            ) -> Result<Self, bincode::error::DecodeError> {
-                <Self as bincode::Decode<C>>::decode(decoder)
-            }
-        }
+        bincode::impl_borrow_decode!($type);
     };
 }
-pub(crate) use checked_string;

@@ -77,8 +77,7 @@ impl serde::Serialize for Mac {
 
 impl<'de> serde::Deserialize<'de> for Mac {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        crate::deserialize_text(deserializer)
     }
 }
 
@@ -92,18 +91,10 @@ impl bincode::Encode for Mac {
 
 impl<C> bincode::Decode<C> for Mac {
     fn decode<D: bincode::de::Decoder<Context = C>>(decoder: &mut D) -> Result<Self, bincode::error::DecodeError> {
-        let text = String::decode(decoder)?;
-        text.parse().map_err(|e: InvalidIdentifier| bincode::error::DecodeError::OtherString(e.to_string()))
+        crate::decode_text(decoder)
     }
 }
-
-impl<'de, C> bincode::BorrowDecode<'de, C> for Mac {
-    fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = C>>(
-        decoder: &mut D,
-    ) -> Result<Self, bincode::error::DecodeError> {
-        <Self as bincode::Decode<C>>::decode(decoder)
-    }
-}
+bincode::impl_borrow_decode!(Mac);
 
 #[cfg(test)]
 mod tests {

@@ -47,8 +47,8 @@ pub enum ServerError {
         source: io::Error,
     },
     /// The local socket cannot be opened.
-    #[error("{0}")]
-    LocalSocket(String),
+    #[error("the command's local socket")]
+    LocalSocket(#[source] daemon_protocol::local::LocalSocketError),
     /// Only a desktop daemon may move VMs.
     #[error("only a desktop daemon may ask for {request}; this connection said hello as {peer}")]
     NotADesktop {

@@ -40,6 +40,8 @@ pub const VM_SERVICE: &str = "10.77.0.50:7000";
 pub const VM_MAC: &str = "02:4a:54:00:00:50";
 /// The VM's name.
 pub const VM: &str = "vm1";
+/// The desktop's name (the server keeps its VMs under it).
+pub const DESKTOP: &str = "desktop";
 /// The VM's tap on either host.
 pub const VM_TAP: &str = "jt-vm1";
 /// Text in the desktop-only file of the VM's disk.
@@ -145,7 +147,7 @@ impl Office {
         write(
             &dir.join("desktop.toml"),
             &format!(
-                "name = \"desktop\"\nkey = \"{d}/key\"\nserver = \"10.77.0.1:7400\"\n\
+                "name = \"{DESKTOP}\"\nkey = \"{d}/key\"\nserver = \"10.77.0.1:7400\"\n\
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
                  accel = \"tcg\"\nfailover_after_secs = {}\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
@@ -221,12 +223,12 @@ impl Office {
 
     /// The guest's serial console while it runs on the server.
     pub fn server_serial(&self) -> PathBuf {
-        self.dir.join("server/run/vms").join(VM).join("qemu/serial.log")
+        self.dir.join("server/run/vms").join(DESKTOP).join(VM).join("qemu/serial.log")
     }
 
     /// The server's state directory of the VM (its slices).
     pub fn server_vm_state(&self) -> PathBuf {
-        self.dir.join("server/state/vms").join(VM)
+        self.dir.join("server/state/vms").join(DESKTOP).join(VM)
     }
 
     /// A daemon's log: `desktop` or `server`.

@@ -142,7 +142,7 @@ fn a_server_without_room_refuses_and_the_vm_stays() {
     let out = office.jettison(&["consolidate", VM, "--force", "--socket", office.desktop_socket().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("no room for vm1") && err.contains("157.9 MiB"), "{err}");
+    assert!(err.contains("no room for desktop/vm1") && err.contains("157.9 MiB"), "{err}");
     assert!(err.contains("capacity_mib"), "the refusal says what to do: {err}");
     wait_for_count_above(&serial, before + 5, COUNT_TIMEOUT);
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
