@@ -171,7 +171,7 @@ impl HostedVm {
             });
         }
         let descriptor = state.join("descriptor.in");
-        fs::write(&descriptor, &request.descriptor).map_err(|source| ServerError::File {
+        durable_file::replace_file(&descriptor, &[&request.descriptor]).map_err(|source| ServerError::File {
             key: key.clone(),
             action: "write",
             path: descriptor.clone(),
