@@ -36,6 +36,8 @@ use identifiers::{HostName, Mac, VmName};
 use qemu_driver::IdleThresholds;
 use serde::Deserialize;
 
+use crate::error::DesktopError;
+
 /// The desktop daemon's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,12 +113,14 @@ impl DesktopConfig {
     /// Reads and checks the file at `path`.
     ///
     /// # Errors
-    /// A text naming the file and what is wrong in it.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    /// [`DesktopError::ReadConfig`], [`DesktopError::ParseConfig`] or
+    /// [`DesktopError::BadConfig`], naming the file and what is wrong in it.
+    pub fn load(path: &Path) -> Result<Self, DesktopError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the desktop configuration {}: {e}", path.display()))?;
-        let config: DesktopConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        config.check().map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|source| DesktopError::ReadConfig { path: path.to_owned(), source })?;
+        let config: DesktopConfig = toml::from_str(&text)
+            .map_err(|source| DesktopError::ParseConfig { path: path.to_owned(), source: Box::new(source) })?;
+        config.check().map_err(|reason| DesktopError::BadConfig { path: path.to_owned(), reason })?;
         Ok(config)
     }
 
@@ -161,7 +165,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("desktop.toml");
         std::fs::write(&path, text).unwrap();
-        DesktopConfig::load(&path)
+        DesktopConfig::load(&path).map_err(|e| wire::chain(&e))
     }
 
     #[test]

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::error::ServerError;
+
 /// The server daemon's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,13 +80,16 @@ impl ServerConfig {
     /// Reads and checks the file at `path`.
     ///
     /// # Errors
-    /// A text naming the file and what is wrong in it.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    /// [`ServerError::ReadConfig`], [`ServerError::ParseConfig`] or
+    /// [`ServerError::BadConfig`], naming the file and what is wrong in it.
+    pub fn load(path: &Path) -> Result<Self, ServerError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the server configuration {}: {e}", path.display()))?;
-        let config: ServerConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|source| ServerError::ReadConfig { path: path.to_owned(), source })?;
+        let config: ServerConfig = toml::from_str(&text)
+            .map_err(|source| ServerError::ParseConfig { path: path.to_owned(), source: Box::new(source) })?;
         if !matches!(config.accel.as_str(), "kvm" | "tcg") {
-            return Err(format!("{}: accel must be \"kvm\" or \"tcg\", not {:?}", path.display(), config.accel));
+            let reason = format!("accel must be \"kvm\" or \"tcg\", not {:?}", config.accel);
+            return Err(ServerError::BadConfig { path: path.to_owned(), reason });
         }
         Ok(config)
     }
@@ -120,9 +125,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("server.toml");
         std::fs::write(&path, "name = \"s\"\ncapacity = 3\n").unwrap();
-        let err = ServerConfig::load(&path).unwrap_err();
+        let err = wire::chain(&ServerConfig::load(&path).unwrap_err());
         assert!(err.contains("server.toml") && err.contains("capacity"), "{err}");
-        assert!(ServerConfig::load(&dir.path().join("missing.toml")).unwrap_err().contains("cannot read"));
+        assert!(ServerConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string().contains("cannot read"));
     }
 
     #[test]
