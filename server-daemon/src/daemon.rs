@@ -212,7 +212,14 @@ impl ServerDaemon {
     ) -> Result<VmKey, ServerError> {
         match desktop {
             Some(desktop) => Ok(VmKey { desktop: desktop.clone(), vm }),
-            None => Err(ServerError::NotADesktop { request, peer: format!("{hello:?}") }),
+            None => {
+                let peer = match hello {
+                    ControlHello::Desktop(name) => format!("desktop {name}"),
+                    ControlHello::Server(name) => format!("server {name}"),
+                    ControlHello::Tool => "the command line".to_owned(),
+                };
+                Err(ServerError::NotADesktop { request, peer })
+            }
         }
     }
 
