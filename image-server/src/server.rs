@@ -6,12 +6,33 @@
 //! [`FIRST_CONNECTION`] on. A peer that breaks the protocol loses its own
 //! connection only; the loop itself ends only when stopped or when polling
 //! fails.
+//!
+//! # Peers that have not proved themselves
+//!
+//! The Noise handshake's first message can be recorded and replayed by
+//! anyone on the LAN, and a TCP connection costs nothing to open, so a
+//! peer counts as *proven* only once its first request decrypts: that
+//! takes the session key of a completed handshake. Until then:
+//!
+//! - a peer that has not sent its hello within [`HELLO_DEADLINE`] is closed;
+//! - at most [`MAX_UNPROVEN`] unproven peers are kept, at most
+//!   [`MAX_UNPROVEN_PER_SOURCE`] from one address: a newcomer over either
+//!   cap replaces the oldest unproven peer (of its address, else of all), so
+//!   a legitimate client is always let in and served at once;
+//! - when the process runs out of file descriptors, the oldest unproven
+//!   peer is closed to make room, and accepting resumes on a timer if
+//!   there is none (the listener is edge-triggered and would not wake the
+//!   loop again);
+//! - nothing is reported on the event socket: `connected` and every other
+//!   event describe proven peers only, so a replayed handshake never counts
+//!   as activity for the power policy.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_loop::StopHandle;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -33,10 +54,21 @@ const STOP: Token = Token(2);
 const FIRST_CONNECTION: usize = 16;
 /// Stop reading a peer's requests while this much output waits to be sent.
 const OUTPUT_HIGH_WATER: usize = 8 * 1024 * 1024;
-/// Bytes read from a peer's socket at a time.
+/// Bytes read from a proven peer's socket at a time.
 const READ_BUFFER: usize = 256 * 1024;
+/// Bytes read at a time from a peer that has not proved itself: enough for
+/// a handshake, and cheap to hold for many.
+const UNPROVEN_READ_BUFFER: usize = 4 * 1024;
 /// Drop an event listener that has this much unread output.
 const LISTENER_BACKLOG_LIMIT: usize = 1024 * 1024;
+/// How long a new peer has to send its hello.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+/// Most peers kept before their first request (see the module doc).
+pub const MAX_UNPROVEN: usize = 64;
+/// Most unproven peers kept from one address.
+pub const MAX_UNPROVEN_PER_SOURCE: usize = 8;
+/// How soon accepting is tried again after the process ran out of descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// What a daemon serves and where.
 #[derive(Debug, Clone)]
@@ -115,6 +147,7 @@ impl Server {
         let mut events = Events::with_capacity(256);
         let mut conns: HashMap<Token, Conn> = HashMap::new();
         let mut next_token = FIRST_CONNECTION;
+        let mut accept_retry: Option<Instant> = None;
         tracing::info!(
             listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             export = %self.config.export,
@@ -123,16 +156,21 @@ impl Server {
             "serving"
         );
         while !self.stop.is_stopped() {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            let timeout = next_wake(&conns, accept_retry).map(|at| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == IoErrorKind::Interrupted {
                     continue;
                 }
                 return Err(ServeError::Poll(e));
             }
+            close_late_peers(&mut conns, &self.poll);
+            if accept_retry.is_some_and(|at| at <= Instant::now()) {
+                accept_retry = self.accept_peers(&mut conns, &mut next_token);
+            }
             for event in events.iter() {
                 match event.token() {
                     STOP => {}
-                    LISTENER => self.accept_peers(&mut conns, &mut next_token),
+                    LISTENER => accept_retry = self.accept_peers(&mut conns, &mut next_token),
                     EVENT_LISTENER => self.accept_listeners(&mut conns, &mut next_token),
                     token => {
                         let done = match conns.get_mut(&token) {
@@ -164,10 +202,14 @@ impl Server {
         Ok(())
     }
 
-    fn accept_peers(&mut self, conns: &mut HashMap<Token, Conn>, next_token: &mut usize) {
+    /// Accepts every waiting peer, making room as the module doc says.
+    /// Returns when to try again if the process ran out of descriptors with
+    /// nothing left to close.
+    fn accept_peers(&mut self, conns: &mut HashMap<Token, Conn>, next_token: &mut usize) -> Option<Instant> {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, addr)) => {
+                    make_room_for(conns, addr.ip(), &self.poll);
                     let token = Token(*next_token);
                     *next_token += 1;
                     if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
@@ -178,14 +220,22 @@ impl Server {
                         tracing::debug!(%addr, "cannot set TCP_NODELAY: {e}");
                     }
                     let session = ServerSession::new(self.config.key.clone(), addr.to_string());
-                    conns.insert(token, Conn::Peer(Box::new(PeerConn::new(stream, token, addr.to_string(), session))));
+                    conns.insert(token, Conn::Peer(Box::new(PeerConn::new(stream, token, addr, session))));
                 }
-                Err(e) if e.kind() == IoErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == IoErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    if close_oldest_unproven(conns, None, &self.poll) {
+                        continue;
+                    }
+                    tracing::warn!("accept failed: {e}; trying again in {} ms", ACCEPT_RETRY.as_millis());
+                    return Some(Instant::now() + ACCEPT_RETRY);
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: log and keep serving the others.
+                    // A connection reset before it was accepted and the like:
+                    // log and keep serving the others.
                     tracing::warn!("accept failed: {e}");
-                    return;
+                    return Some(Instant::now() + ACCEPT_RETRY);
                 }
             }
         }
@@ -247,6 +297,81 @@ fn broadcast(conns: &mut HashMap<Token, Conn>, notes: &[RequestEvent]) {
     }
 }
 
+/// The earliest moment the loop must wake without an event: a hello
+/// deadline or an accept retry.
+fn next_wake(conns: &HashMap<Token, Conn>, accept_retry: Option<Instant>) -> Option<Instant> {
+    let deadlines = conns.values().filter_map(|conn| match conn {
+        Conn::Peer(p) if !p.said_hello => Some(p.accepted_at + HELLO_DEADLINE),
+        _ => None,
+    });
+    deadlines.chain(accept_retry).min()
+}
+
+/// Closes the peers that did not say hello in time.
+fn close_late_peers(conns: &mut HashMap<Token, Conn>, poll: &Poll) {
+    let now = Instant::now();
+    let late: Vec<Token> = conns
+        .iter()
+        .filter_map(|(token, conn)| match conn {
+            Conn::Peer(p) if !p.said_hello && p.accepted_at + HELLO_DEADLINE <= now => Some(*token),
+            _ => None,
+        })
+        .collect();
+    for token in late {
+        if let Some(mut conn) = conns.remove(&token) {
+            if let Conn::Peer(p) = &conn {
+                tracing::debug!(peer = %p.peer, "closing a peer that sent no hello in {} s", HELLO_DEADLINE.as_secs());
+            }
+            conn.deregister(poll);
+        }
+    }
+}
+
+/// Before a peer from `source` joins: if the unproven peers are at either
+/// cap, closes the oldest one (from `source` for its own cap).
+fn make_room_for(conns: &mut HashMap<Token, Conn>, source: IpAddr, poll: &Poll) {
+    let (mut all, mut from_source) = (0, 0);
+    for conn in conns.values() {
+        if let Conn::Peer(p) = conn {
+            if !p.proven {
+                all += 1;
+                from_source += usize::from(p.source == source);
+            }
+        }
+    }
+    if from_source >= MAX_UNPROVEN_PER_SOURCE {
+        close_oldest_unproven(conns, Some(source), poll);
+    } else if all >= MAX_UNPROVEN {
+        close_oldest_unproven(conns, None, poll);
+    }
+}
+
+/// Closes the oldest unproven peer (from `source`, if given); returns
+/// whether there was one.
+fn close_oldest_unproven(conns: &mut HashMap<Token, Conn>, source: Option<IpAddr>, poll: &Poll) -> bool {
+    let oldest = conns
+        .iter()
+        .filter_map(|(token, conn)| match conn {
+            Conn::Peer(p) if !p.proven && source.is_none_or(|s| s == p.source) => Some((p.accepted_at, *token)),
+            _ => None,
+        })
+        .min();
+    let Some((_, token)) = oldest else { return false };
+    if let Some(mut conn) = conns.remove(&token) {
+        if let Conn::Peer(p) = &conn {
+            tracing::debug!(peer = %p.peer, "closing the oldest peer that has not sent a request, to make room");
+        }
+        conn.deregister(poll);
+    }
+    true
+}
+
+/// Whether an accept failed because the process or system has no
+/// descriptor left.
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// A connection the loop owns.
 enum Conn {
     Peer(Box<PeerConn>),
@@ -286,25 +411,36 @@ struct PeerConn {
     stream: TcpStream,
     token: Token,
     peer: String,
+    source: IpAddr,
+    accepted_at: Instant,
     session: ServerSession,
     out: Vec<u8>,
+    /// Its hello arrived (valid or not).
+    said_hello: bool,
+    /// It was welcomed.
     welcomed: bool,
+    /// A request of it decrypted: it completed the handshake.
+    proven: bool,
     writable_interest: bool,
-    /// Reused for every socket read (allocated once per connection).
+    /// Reused for every socket read: small until the peer is proven.
     read_buf: Vec<u8>,
 }
 
 impl PeerConn {
-    fn new(stream: TcpStream, token: Token, peer: String, session: ServerSession) -> Self {
+    fn new(stream: TcpStream, token: Token, addr: SocketAddr, session: ServerSession) -> Self {
         PeerConn {
             stream,
             token,
-            peer,
+            peer: addr.to_string(),
+            source: addr.ip(),
+            accepted_at: Instant::now(),
             session,
             out: Vec::new(),
+            said_hello: false,
             welcomed: false,
+            proven: false,
             writable_interest: false,
-            read_buf: vec![0; READ_BUFFER],
+            read_buf: vec![0; UNPROVEN_READ_BUFFER],
         }
     }
 
@@ -312,7 +448,7 @@ impl PeerConn {
     /// connection is finished.
     fn handle(&mut self, ctx: &mut Context<'_>) -> bool {
         let done = self.pump(ctx);
-        if done && self.welcomed {
+        if done && self.proven {
             ctx.note(EventKind::Disconnected, &self.peer, 0, 0);
         }
         done
@@ -364,6 +500,7 @@ impl PeerConn {
     fn on_event(&mut self, event: Event, ctx: &mut Context<'_>) {
         match event {
             Event::Hello(hello) => {
+                self.said_hello = true;
                 let reply = if hello.service != ctx.config.service {
                     HelloReply::Refused(format!("this daemon serves {}, not {}", ctx.config.service, hello.service))
                 } else if hello.export != ctx.config.export {
@@ -379,12 +516,16 @@ impl PeerConn {
                     tracing::warn!(peer = %self.peer, "handshake failed: {}", chain(&e));
                     return;
                 }
-                if welcomed {
-                    self.welcomed = true;
-                    ctx.note(EventKind::Connected, &self.peer, 0, 0);
-                }
+                // Not yet `connected`: a replayed hello gets this far too.
+                self.welcomed = welcomed;
             }
             Event::Request(Request::Read { id, ranges }) => {
+                if !self.proven {
+                    // Its request decrypted: it holds the session key.
+                    self.proven = true;
+                    self.read_buf.resize(READ_BUFFER, 0);
+                    ctx.note(EventKind::Connected, &self.peer, 0, 0);
+                }
                 let response = answer(ctx.image, id, &ranges);
                 let bytes = ranges.iter().map(|r| u64::from(r.len)).sum();
                 let kind = match &response {
