@@ -93,9 +93,9 @@ enum End {
 /// Serves the client `peer` on `stream` until it leaves or breaks the
 /// protocol, then logs how it ended. `stopping` tells a connection cut by
 /// the server's shutdown from one that failed.
-pub(crate) fn serve(stream: Stream, peer: &str, disk: &Disk, stopping: &AtomicBool) {
+pub(crate) fn serve(stream: Stream, peer: &str, disk: &Disk, stopping: &AtomicBool, served: &AtomicBool) {
     tracing::info!(peer, vm = disk.name(), "client connected");
-    match run(stream, peer, disk) {
+    match run(stream, peer, disk, served) {
         Ok(End::Aborted) => tracing::info!(peer, "client ended the handshake (NBD_OPT_ABORT)"),
         Ok(End::Transmission(Ended::Disconnected)) => tracing::info!(peer, "client disconnected (NBD_CMD_DISC)"),
         Ok(End::Transmission(Ended::HungUp)) if stopping.load(Ordering::SeqCst) => {
@@ -113,7 +113,7 @@ pub(crate) fn serve(stream: Stream, peer: &str, disk: &Disk, stopping: &AtomicBo
     }
 }
 
-fn run(stream: Stream, peer: &str, disk: &Disk) -> Result<End, ConnectionError> {
+fn run(stream: Stream, peer: &str, disk: &Disk, served: &AtomicBool) -> Result<End, ConnectionError> {
     let io = |during| move |source| ConnectionError::Io { peer: peer.to_owned(), during, source };
     stream.set_read_timeout(Some(HANDSHAKE_READ_TIMEOUT)).map_err(io("setting the handshake time limit"))?;
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone().map_err(io("cloning the socket"))?);
@@ -123,5 +123,5 @@ fn run(stream: Stream, peer: &str, disk: &Disk) -> Result<End, ConnectionError> 
         return Ok(End::Aborted);
     }
     reader.get_ref().set_read_timeout(None).map_err(io("clearing the handshake time limit"))?;
-    transmission::serve(&mut reader, &mut writer, disk, peer).map(End::Transmission)
+    transmission::serve(&mut reader, &mut writer, disk, peer, served).map(End::Transmission)
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -197,17 +198,20 @@ impl NbdServer {
 
     /// Starts a thread serving `stream`.
     fn start(&mut self, stream: Stream, peer: String) {
+        let served = Arc::new(AtomicBool::new(false));
         let id = self.next_id;
         self.next_id += 1;
         let peer = format!("{peer}#{id}");
         {
             let mut live = self.live.lock();
-            if live.len() >= MAX_CONNECTIONS {
-                tracing::warn!(peer, "refusing a connection: {MAX_CONNECTIONS} are open");
+            if live.len() >= MAX_CONNECTIONS && !close_oldest_unserved(&live) {
+                tracing::warn!(peer, "refusing a connection: {MAX_CONNECTIONS} are open and each has been served");
                 return;
             }
             match stream.try_clone() {
-                Ok(handle) => live.insert(id, handle),
+                Ok(handle) => {
+                    live.insert(id, LiveConn { stream: handle, accepted: Instant::now(), served: Arc::clone(&served) })
+                }
                 Err(e) => {
                     tracing::warn!(peer, "refusing a connection: cannot clone its socket: {e}");
                     return;
@@ -223,7 +227,7 @@ impl NbdServer {
             // from the live set, it no longer holds the disk.
             let registration = registration;
             let disk = disk;
-            connection::serve(stream, &peer, &disk, &stopping);
+            connection::serve(stream, &peer, &disk, &stopping, &served);
             drop(disk);
             drop(registration);
         });
@@ -289,23 +293,52 @@ impl NbdServer {
     }
 }
 
-/// The open connections' sockets, so that a shutdown can reach them.
+/// An open connection, as the server sees it from outside its thread.
+#[derive(Debug)]
+struct LiveConn {
+    /// Its socket, so that a shutdown can reach it.
+    stream: Stream,
+    /// When it was accepted.
+    accepted: Instant,
+    /// Whether it has sent a request after negotiating (set by its thread).
+    served: Arc<AtomicBool>,
+}
+
+/// When every connection slot is taken: closes the oldest connection that
+/// has not sent a request since it connected (one that only negotiated, or
+/// not even that), so that a client that does work is let in. Its thread
+/// sees the closed socket and leaves the live set. Returns whether there
+/// was one.
+fn close_oldest_unserved(live: &HashMap<u64, LiveConn>) -> bool {
+    let oldest = live.values().filter(|c| !c.served.load(Ordering::Acquire)).min_by_key(|c| c.accepted);
+    let Some(conn) = oldest else { return false };
+    tracing::info!("closing the oldest connection that has sent no request, to make room");
+    if let Err(e) = conn.stream.shutdown(Shutdown::Both) {
+        tracing::debug!("shutting down a connection: {e}");
+    }
+    // A shut-down connection stays in the map until its thread leaves;
+    // marking it served keeps the next newcomer from picking it again.
+    conn.served.store(true, Ordering::Release);
+    true
+}
+
+/// The open connections, so that a shutdown can reach them.
 #[derive(Debug, Default)]
 struct Live {
-    streams: Mutex<HashMap<u64, Stream>>,
+    streams: Mutex<HashMap<u64, LiveConn>>,
     ended: Condvar,
 }
 
 impl Live {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Stream>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, LiveConn>> {
         // Every critical section is one map operation: a panic cannot leave
         // the map half-changed.
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn shutdown_all(&self, how: Shutdown) {
-        for stream in self.lock().values() {
-            if let Err(e) = stream.shutdown(how) {
+        for conn in self.lock().values() {
+            if let Err(e) = conn.stream.shutdown(how) {
                 tracing::debug!("shutting down a connection: {e}");
             }
         }

@@ -15,6 +15,13 @@
 //! skip safely (if the length is garbage, so is whatever "payload" follows);
 //! it is answered `NBD_EINVAL` first, then the connection is closed.
 //!
+//! Memory: a write's buffer grows as its payload arrives ([`PAYLOAD_STEP`]
+//! at a time), so a header that announces 32 MiB and sends nothing costs
+//! one step, not 32 MiB; what all connections hold at once for payloads and
+//! read data is capped at [`MAX_HELD`] (a request over it gets `NBD_ENOMEM`,
+//! its payload read and dropped to stay in step); and a connection keeps at
+//! most [`KEEP_BUFFER`] between requests.
+//!
 //! Ordering: other connections may write the same blocks at the same time.
 //! The overlay serialises writes to one block and every connection sees the
 //! same slices, so an answered write is visible to every later read on any
@@ -23,11 +30,51 @@
 //! bytes are unordered, as on any disk.
 
 use std::io::{BufReader, ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::disk::Disk;
 use crate::error::{ConnectionError, CownetdiskError};
 use crate::protocol::{Command, ErrorCode, Request, SimpleReply, MAX_PAYLOAD, REQUEST_LEN};
 use crate::stats::Counters;
+
+/// Bytes of a write's payload read from the socket at a time.
+pub const PAYLOAD_STEP: usize = 1 << 20;
+/// Most bytes of write payloads and read data all connections of this
+/// process hold at once.
+pub const MAX_HELD: usize = 256 << 20;
+/// Most buffer a connection keeps between requests.
+pub const KEEP_BUFFER: usize = 1 << 20;
+
+/// Bytes held now by every connection (see [`MAX_HELD`]).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// A share of [`MAX_HELD`], given back when dropped.
+struct Held(usize);
+
+impl Held {
+    /// `bytes` of the budget, if that many are left.
+    fn take(bytes: usize) -> Option<Held> {
+        let mut held = Held(0);
+        held.grow(bytes).then_some(held)
+    }
+
+    /// Adds `bytes` to this share, if that many are left.
+    fn grow(&mut self, bytes: usize) -> bool {
+        let before = HELD.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > MAX_HELD {
+            HELD.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        self.0 += bytes;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
 
 /// How a transmission ended well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +85,8 @@ pub(crate) enum Ended {
     HungUp,
 }
 
-/// Serves requests from `reader` on `disk`, replying on `writer`.
+/// Serves requests from `reader` on `disk`, replying on `writer`; sets
+/// `served` once a request arrives.
 ///
 /// # Errors
 /// [`ConnectionError`] when the socket fails, a request breaks the framing
@@ -48,6 +96,7 @@ pub(crate) fn serve<R: Read>(
     writer: &mut impl Write,
     disk: &Disk,
     peer: &str,
+    served: &AtomicBool,
 ) -> Result<Ended, ConnectionError> {
     let mut connection = Transmission { writer, disk, peer, payload: Vec::new() };
     loop {
@@ -56,12 +105,21 @@ pub(crate) fn serve<R: Read>(
             connection.writer.flush().map_err(connection.io("sending replies"))?;
             return Ok(Ended::HungUp);
         }
+        served.store(true, Ordering::Release);
         let request =
             Request::decode(&header).map_err(|source| ConnectionError::Protocol { peer: peer.to_owned(), source })?;
-        if request.kind == Command::Write.code() {
-            connection.receive_payload(reader, &request)?;
-        }
-        if connection.handle(&request)? == Step::Disconnect {
+        let held = if request.kind == Command::Write.code() {
+            match connection.receive_payload(reader, &request)? {
+                Some(held) => Some(held),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let step = connection.handle(&request)?;
+        drop(held);
+        connection.shrink();
+        if step == Step::Disconnect {
             connection.writer.flush().map_err(connection.io("sending replies"))?;
             return Ok(Ended::Disconnected);
         }
@@ -96,13 +154,15 @@ impl<W: Write> Transmission<'_, W> {
         self.disk.counters()
     }
 
-    /// Reads a write's payload into `self.payload`, or, if it is longer
-    /// than the maximum, answers `NBD_EINVAL` and ends the connection.
+    /// Reads a write's payload into `self.payload` as it arrives, and
+    /// returns its share of the budget. If the budget is spent, reads and
+    /// drops the payload, answers `NBD_ENOMEM` and returns `None`. If it is
+    /// longer than the maximum, answers `NBD_EINVAL` and ends the connection.
     fn receive_payload<R: Read>(
         &mut self,
         reader: &mut BufReader<R>,
         request: &Request,
-    ) -> Result<(), ConnectionError> {
+    ) -> Result<Option<Held>, ConnectionError> {
         if request.length > MAX_PAYLOAD {
             self.counters().count_request(Some(Command::Write));
             self.reply(request.cookie, Err(ErrorCode::Inval))?;
@@ -113,8 +173,38 @@ impl<W: Write> Transmission<'_, W> {
                 max: MAX_PAYLOAD,
             });
         }
-        self.payload.resize(request.length as usize, 0);
-        reader.read_exact(&mut self.payload).map_err(self.io("reading a write's payload"))
+        // The budget is charged as the data arrives: a header alone holds
+        // nothing, of memory or of the budget.
+        let len = request.length as usize;
+        let mut held = Held(0);
+        self.payload.clear();
+        while self.payload.len() < len {
+            let start = self.payload.len();
+            let step = (len - start).min(PAYLOAD_STEP);
+            if !held.grow(step) {
+                let rest = (len - start) as u64;
+                std::io::copy(&mut reader.by_ref().take(rest), &mut std::io::sink())
+                    .map_err(self.io("skipping a write's payload"))?;
+                self.counters().count_request(Some(Command::Write));
+                tracing::warn!(
+                    peer = self.peer,
+                    cookie = request.cookie,
+                    "{MAX_HELD} bytes of requests are held: answering ENOMEM"
+                );
+                self.reply(request.cookie, Err(ErrorCode::NoMem))?;
+                return Ok(None);
+            }
+            self.payload.resize(start + step, 0);
+            reader.read_exact(&mut self.payload[start..]).map_err(self.io("reading a write's payload"))?;
+        }
+        Ok(Some(held))
+    }
+
+    /// Gives back a large buffer between requests.
+    fn shrink(&mut self) {
+        if self.payload.capacity() > KEEP_BUFFER {
+            self.payload = Vec::new();
+        }
     }
 
     /// Carries out one request and replies to it (except to a disconnect).
@@ -160,6 +250,10 @@ impl<W: Write> Transmission<'_, W> {
             let e = self.refuse(request, ErrorCode::Inval, "NBD_CMD_READ past the end");
             return self.reply(request.cookie, Err(e));
         }
+        let Some(_held) = Held::take(request.length as usize) else {
+            let e = self.refuse(request, ErrorCode::NoMem, "too many bytes of requests are held");
+            return self.reply(request.cookie, Err(e));
+        };
         let mut data = std::mem::take(&mut self.payload);
         data.resize(request.length as usize, 0);
         let result = self.disk.read(request.offset, &mut data).map_err(|e| self.failed(e));

@@ -435,6 +435,46 @@ fn bad_values_get_einval_and_an_oversized_write_closes_only_its_connection() {
     assert_eq!((s.dropped_connections, s.requests.unknown, s.dirty_blocks), (1, 3, 0), "{s:?}");
 }
 
+/// This process's resident memory, in MiB.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+#[test]
+fn writes_announced_without_their_data_cost_no_memory_and_others_are_served() {
+    let fx = Fixture::start();
+    let before = rss_mib();
+    // Eight writes of the largest size, announced by their 28-byte headers
+    // alone: the server must not set aside their 256 MiB before the data comes.
+    let mut stalled: Vec<RawClient> = (0..8).map(|_| RawClient::connect(fx.nbd.tcp_addr())).collect();
+    for client in &mut stalled {
+        client.send(NbdCommand::Write.code(), 0, 0, MAX_PAYLOAD, &[]);
+    }
+    let mut other = RawClient::connect(fx.nbd.tcp_addr());
+    assert!(other.read(4096, 4096) == fx.bytes[4096..8192], "another client is served meanwhile");
+    let during = rss_mib();
+    assert!(during < before + 64, "announced writes took memory: {before} MiB before, {during} MiB with them");
+    drop(stalled);
+    assert!(other.read(0, 4096) == fx.bytes[..4096]);
+}
+
+#[test]
+fn idle_connections_that_never_ask_do_not_lock_out_a_client_that_does() {
+    if let Some(why) = missing(&["qemu-io"]) {
+        return skip(why);
+    }
+    let fx = Fixture::start();
+    // As many connections as the server takes, half negotiated, half not
+    // even that, none sending a request.
+    let negotiated: Vec<RawClient> = (0..32).map(|_| RawClient::connect(fx.nbd.tcp_addr())).collect();
+    let silent: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(fx.nbd.tcp_addr()).unwrap()).collect();
+    qemu_io(&fx.nbd.tcp_uri(), &["write -P 0x33 0 4096", "read -P 0x33 0 4096"]);
+    qemu_io(&fx.nbd.unix_uri(), &["read -P 0x33 0 4096"]);
+    drop((negotiated, silent));
+}
+
 #[test]
 fn garbage_sent_to_diskserv_does_not_stop_it() {
     let fx = Fixture::start();
