@@ -77,7 +77,7 @@ impl Target {
 pub fn run(args: Args) -> CmdResult {
     match args.action {
         Action::Export { slices, unit, size, out } => {
-            let store = SliceStore::open(&slices, unit, size)?;
+            let store = SliceStore::open_existing(&slices, unit, size)?;
             store.flush()?;
             let file = File::create(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
             let mut writer = BufWriter::new(file);

@@ -399,7 +399,7 @@ impl HostedVm {
             source,
         })?;
         let open = |dir: PathBuf, size: u64| {
-            SliceStore::open(&dir, UNIT, size).map_err(|source| ServerError::OpenSlices {
+            SliceStore::open_existing(&dir, UNIT, size).map_err(|source| ServerError::OpenSlices {
                 key: key.clone(),
                 dir,
                 source: Box::new(source),

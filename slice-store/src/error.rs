@@ -45,6 +45,15 @@ pub enum StoreError {
         text: String,
     },
 
+    /// A store that must exist (to hand its writes back) is not there.
+    #[error(
+        "no slice store in {path} (its dirty.bitmap is missing): the slices were never made here, or were deleted"
+    )]
+    Missing {
+        /// The directory.
+        path: PathBuf,
+    },
+
     /// Creating the store directory failed.
     #[error("creating the store directory {path}")]
     CreateDir {

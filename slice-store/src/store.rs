@@ -137,6 +137,23 @@ impl SliceStore {
         Self::open_with_boot_id(dir, unit_size, size, BootId::current()?)
     }
 
+    /// [`open`](Self::open) a store that must already exist: the one whose
+    /// dirty units are about to be handed back. Never creates one, so a
+    /// missing or deleted store is an error rather than an empty set.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Missing`] naming the directory; else as [`open`](Self::open).
+    pub fn open_existing(dir: impl AsRef<Path>, unit_size: u32, size: u64) -> Result<Self> {
+        let dir = dir.as_ref();
+        let bitmap = dir.join("dirty.bitmap");
+        let exists = bitmap.try_exists().map_err(|source| StoreError::OpenFile { path: bitmap, source })?;
+        if !exists {
+            return Err(StoreError::Missing { path: dir.to_owned() });
+        }
+        Self::open(dir, unit_size, size)
+    }
+
     /// [`open`](Self::open) with the boot id given rather than read from the
     /// kernel; a different id than the store last saw makes it recover as after
     /// a reboot, which is what tests use it for.

@@ -163,3 +163,15 @@ fn an_empty_store_works() {
     assert_eq!(store.dirty_units().next(), None);
     store.close().unwrap();
 }
+
+#[test]
+fn a_store_that_must_exist_is_never_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+    let error = SliceStore::open_existing(&missing, 4096, 8 * 4096).unwrap_err();
+    assert!(matches!(error, StoreError::Missing { .. }), "{error:?}");
+    assert!(error.to_string().contains("nowhere"), "{error}");
+    assert!(!missing.exists(), "open_existing created the directory");
+    SliceStore::open(&missing, 4096, 8 * 4096).unwrap().close().unwrap();
+    SliceStore::open_existing(&missing, 4096, 8 * 4096).unwrap();
+}
