@@ -144,6 +144,12 @@ fn dirty_set_export_then_apply_changes_exactly_the_dirty_blocks() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("exported 2 dirty units"), "{}", text(&out));
+    // Slices that are not there are an error naming them, never an empty set.
+    let nowhere = dir.path().join("no-slices");
+    let args = ["dirty-set", "export", "--slices", nowhere.to_str().unwrap(), "--size", &size_arg, "--out"];
+    let out = jettison(&[&args[..], &[dir.path().join("none.dirty").to_str().unwrap()]].concat());
+    assert!(!out.status.success() && text(&out).contains("no slice store in"), "{}", text(&out));
+    assert!(!nowhere.exists(), "export created a slice store");
 
     // A truncated copy is refused and leaves the image as it was.
     let cut = dir.path().join("cut.dirty");
