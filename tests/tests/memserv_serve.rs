@@ -147,7 +147,12 @@ fn hostile_peers_do_not_stop_the_daemon() {
     let mut buf = Vec::new();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.read_to_end(&mut buf);
-    assert_eq!(buf.len(), 8, "only the preamble answer is sent before closing");
+    assert_eq!(
+        buf.len(),
+        8 + wire::secure::auth_failed_record().len(),
+        "the preamble answer and the clear auth-failed record, then closed"
+    );
+    assert!(buf.ends_with(b"JTAUTHFAIL"), "{buf:?}");
 
     // A wrong version gets the server's version and is closed.
     let mut s = TcpStream::connect(&srv.addr).unwrap();
@@ -160,9 +165,7 @@ fn hostile_peers_do_not_stop_the_daemon() {
     assert_eq!(answer.version, 1);
     assert_eq!(answer.word, 1, "status is VersionRefused");
 
-    // A client with another key.
-    let err = Client::connect(&srv.addr, &SharedKey::generate(), &hello(), Duration::from_secs(5)).unwrap_err();
-    assert!(matches!(err, WireError::Closed { .. } | WireError::Io { .. }), "{err}");
+    // A client with another key: see a_client_with_another_key_is_told_it_is_the_key.
 
     // Another export or service is refused with the reason.
     let other = Hello { service: Service::Memory, export: "vm2".into() };
@@ -214,4 +217,17 @@ fn missing_ram_file_is_named_in_the_error() {
     let err = memserv::bind(&dir.path().join("nope.ram"), config).unwrap_err();
     let text = wire::chain(&err);
     assert!(text.contains("nope.ram") && text.contains("is the VM stopped"), "{text}");
+}
+
+#[test]
+fn a_client_with_another_key_is_told_it_is_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, _) = ram_file(dir.path());
+    let srv = start(dir.path(), &ram);
+    let err = Client::connect(&srv.addr, &SharedKey::generate(), &hello(), Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(err, WireError::AuthFailed), "a wrong key looked like {err:?}");
+    assert!(err.to_string().contains("different keys"), "{err}");
+    // And the right key is served as before.
+    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    c.read(&[ByteRange::new(0, 4096)]).unwrap();
 }

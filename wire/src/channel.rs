@@ -101,7 +101,14 @@ impl Channel {
         conn.write_all(&Preamble::server(PreambleStatus::Accepted).encode())?;
         let mut responder = Responder::new(key, &theirs.encode())?;
         let msg1 = conn.read_record()?;
-        let hello = responder.read_first(&msg1)?;
+        let hello = match responder.read_first(&msg1) {
+            Ok(hello) => hello,
+            Err(e) => {
+                // Tell the client why (see `auth_failed_record`); it may be gone.
+                let _ = conn.write_all(&crate::secure::auth_failed_record());
+                return Err(e);
+            }
+        };
         let (msg2, transport) = responder.reply(&answer(&hello))?;
         conn.write_all(&msg2)?;
         Ok(conn.established(transport))
@@ -281,6 +288,10 @@ mod tests {
     fn a_wrong_key_fails_on_both_ends() {
         let (client, server) = pair(&SharedKey::generate(), &SharedKey::generate());
         assert!(matches!(server, Err(WireError::AuthFailed)), "{server:?}");
-        assert!(client.is_err());
+        assert!(
+            matches!(client, Err(WireError::AuthFailed)),
+            "the client is told, not just cut off: {:?}",
+            client.as_ref().err()
+        );
     }
 }

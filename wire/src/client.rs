@@ -194,9 +194,9 @@ impl RemoteImage {
     ///
     /// # Errors
     /// [`WireError::Remote`] at once when the server refuses the request
-    /// (retrying cannot help); [`WireError::AuthFailed`] and
-    /// [`WireError::Refused`] at once; other errors only after
-    /// `give_up_after`.
+    /// (retrying cannot help) and [`WireError::Refused`] at once; other
+    /// errors, [`WireError::AuthFailed`] among them (retried every
+    /// [`AUTH_RETRY`] and logged as such), only after `give_up_after`.
     pub fn read(&self, ranges: &[ByteRange]) -> Result<Vec<Chunk>, WireError> {
         retry(&self.config, self.wake.as_ref(), |config| {
             let pooled = self.idle.lock().expect("pool lock poisoned: a thread panicked holding it").pop();
@@ -212,6 +212,9 @@ impl RemoteImage {
         })
     }
 }
+
+/// How long to wait before trying again after an authentication failure.
+pub const AUTH_RETRY: Duration = Duration::from_secs(30);
 
 /// Whether retrying can help after `err`.
 fn is_transient(err: &WireError) -> bool {
@@ -234,6 +237,18 @@ fn retry<T>(
         wake.wake();
         match attempt(config) {
             Ok(v) => return Ok(v),
+            Err(WireError::AuthFailed) if config.give_up_after.is_none_or(|limit| started.elapsed() < limit) => {
+                // Logged as what it is, and retried slowly: a key is fixed
+                // by a person copying the right file, not by hammering.
+                tracing::error!(
+                    addr = %config.addr,
+                    export = %config.hello.export,
+                    "{}; retrying in {} s",
+                    WireError::AuthFailed,
+                    AUTH_RETRY.as_secs()
+                );
+                std::thread::sleep(AUTH_RETRY);
+            }
             Err(e) if is_transient(&e) => {
                 if config.give_up_after.is_some_and(|limit| started.elapsed() >= limit) {
                     return Err(e);

@@ -30,7 +30,7 @@
 //!     Note over C,S: status != 0: both close. Otherwise the client's preamble is the Noise prologue.
 //!     C->>S: Noise NNpsk0 msg 1 (-> psk, e), payload Hello
 //!     S->>C: Noise NNpsk0 msg 2 (<- e, ee), payload Welcome or Refused
-//!     Note over C,S: a wrong key fails msg 1's decryption: the server closes
+//!     Note over C,S: a wrong key fails msg 1's decryption: the server sends the clear record "JTAUTHFAIL" instead of msg 2 and closes; the client reports an authentication error
 //!     loop any number, pipelined
 //!         C->>S: Request::Read { id, ranges }
 //!         S->>C: Response::Data { id, chunks } or Response::Error { id, .. }

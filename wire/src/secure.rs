@@ -74,6 +74,18 @@ impl Initiator {
     }
 }
 
+/// What a server sends in place of handshake message 2 when message 1 did
+/// not decrypt: a clear, length-prefixed record too short to be a Noise
+/// message. Any client then fails to decrypt it as message 2 and reports
+/// [`WireError::AuthFailed`], instead of a connection that merely closed.
+/// (It proves nothing; anyone can send it. It only names the likely cause.)
+pub fn auth_failed_record() -> Vec<u8> {
+    const TEXT: &[u8] = b"JTAUTHFAIL";
+    let mut out = (TEXT.len() as u16).to_le_bytes().to_vec();
+    out.extend_from_slice(TEXT);
+    out
+}
+
 /// The server's half of the handshake.
 #[derive(Debug)]
 pub struct Responder {

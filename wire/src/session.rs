@@ -105,7 +105,15 @@ impl ServerSession {
                         self.phase = Phase::Handshake(responder);
                         return Ok(None);
                     };
-                    let payload = responder.read_first(&msg)?;
+                    let payload = match responder.read_first(&msg) {
+                        Ok(payload) => payload,
+                        Err(e) => {
+                            // Tell the client why, so that it does not take
+                            // a wrong key for a dropped connection.
+                            out.extend_from_slice(&crate::secure::auth_failed_record());
+                            return Err(e);
+                        }
+                    };
                     let hello = Hello::decode_body(&payload).map_err(|source| self.decode_error(source))?;
                     self.phase = Phase::Hello(responder);
                     return Ok(Some(Event::Hello(hello)));
