@@ -72,6 +72,7 @@ pub fn run(args: Args) -> CmdResult {
                 return Err(format!("zero map {file} is in {}-byte units; memtap needs 4096", map.unit_size).into());
             }
             config.zero_pages = map.ranges;
+            config.zero_map_pages = Some(map.units);
         }
         configs.push(config);
     }

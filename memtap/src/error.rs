@@ -5,6 +5,16 @@ use std::path::PathBuf;
 /// Why memtap could not bring up or serve a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum MemtapError {
+    /// The zero map was made for a RAM of another size.
+    #[error("memtap: the zero map of VM {vm} is for {map_pages} pages, but memserv serves {ram_pages}: it belongs to another RAM file")]
+    ZeroMapSize {
+        /// The VM.
+        vm: String,
+        /// Pages the map covers.
+        map_pages: u64,
+        /// Pages of the RAM memserv serves.
+        ram_pages: u64,
+    },
     /// memserv could not be reached or refused the VM.
     #[error("memtap: cannot reach memserv for VM {vm}")]
     Remote {

@@ -28,6 +28,10 @@ pub struct RamFileConfig {
     /// Page ranges known to be zero on the desktop (the descriptor's zero
     /// map): they are served as zero and never fetched.
     pub zero_pages: Vec<Range<u64>>,
+    /// How many pages the zero map was made for, when it came from a zero
+    /// map file: memtap refuses it for a RAM of another size (its zero
+    /// pages would be another file's, and real data would read as zeros).
+    pub zero_map_pages: Option<u64>,
     /// Pages fetched around each fault, besides the faulting page.
     pub pivot_window: u64,
     /// Size of the prefetch cache in bytes.
@@ -46,6 +50,7 @@ impl RamFileConfig {
             slices: slices.into(),
             remote,
             zero_pages: Vec::new(),
+            zero_map_pages: None,
             pivot_window: DEFAULT_PIVOT_WINDOW,
             cache_bytes: DEFAULT_CACHE_BYTES,
             wake: Arc::new(NoWake),
@@ -74,6 +79,12 @@ impl VmMemory {
             .map_err(|source| MemtapError::Remote { vm: name.clone(), source })?;
         if u64::from(remote.unit()) != PAGE_SIZE {
             return Err(MemtapError::PageSize { vm: name, unit: remote.unit() });
+        }
+        let ram_pages = remote.size().div_ceil(PAGE_SIZE);
+        let past_end = config.zero_pages.iter().map(|r| r.end).max().is_some_and(|end| end > ram_pages);
+        if past_end || config.zero_map_pages.is_some_and(|pages| pages != ram_pages) {
+            let map_pages = config.zero_map_pages.or(config.zero_pages.iter().map(|r| r.end).max()).unwrap_or(0);
+            return Err(MemtapError::ZeroMapSize { vm: name, map_pages, ram_pages });
         }
         std::fs::create_dir_all(&config.slices).map_err(|source| MemtapError::SliceDir {
             vm: name.clone(),

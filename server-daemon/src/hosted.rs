@@ -161,14 +161,10 @@ impl HostedVm {
         }
         let zero_map = ZeroMap::decode(&request.zero_map)
             .map_err(|source| ServerError::ZeroMap { key: key.clone(), source: Box::new(source) })?;
-        let ram_pages = (request.memory_mib << 20) / u64::from(UNIT);
-        if zero_map.units * u64::from(zero_map.unit_size) != ram_pages * u64::from(UNIT) {
-            return Err(ServerError::ZeroMapSize {
-                key,
-                map_pages: zero_map.units,
-                unit: zero_map.unit_size,
-                ram_pages,
-            });
+        if zero_map.unit_size != UNIT {
+            let (map_pages, unit) = (zero_map.units, zero_map.unit_size);
+            let ram_pages = (request.memory_mib << 20) / u64::from(UNIT);
+            return Err(ServerError::ZeroMapSize { key, map_pages, unit, ram_pages });
         }
         let descriptor = state.join("descriptor.in");
         durable_file::replace_file(&descriptor, &[&request.descriptor]).map_err(|source| ServerError::File {
@@ -184,6 +180,7 @@ impl HostedVm {
         let mut memory =
             memtap::RamFileConfig::new(vm.as_str(), state.join("memory"), remote(request.memserv, Service::Memory));
         memory.zero_pages = zero_map.ranges;
+        memory.zero_map_pages = Some(zero_map.units);
         memory.wake = Arc::clone(&wake);
         let mount = memtap::Mount::start(&run.join("ram"), vec![memory]).map_err(|source| ServerError::Memtap {
             key: key.clone(),

@@ -191,3 +191,30 @@ fn a_vanished_memserv_makes_the_reader_wait_not_fail() {
     assert!(wake.0.load(Ordering::SeqCst) > wakes_before + 1, "retries go through the wake hook");
     mount.unmount().unwrap();
 }
+
+#[test]
+fn a_zero_map_for_another_ram_size_is_refused_naming_the_vm() {
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, _) = desktop_ram(dir.path());
+    let key = SharedKey::generate();
+    let server = DesktopServer::memserv(&ram, "vm1", &key, "127.0.0.1:0");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // A map made for a quarter of this RAM: its zero pages are another file's.
+    let mut config = vm_config(dir.path(), &server, &key);
+    config.zero_map_pages = Some(PAGES / 4);
+    let error = Mount::start(&mnt, vec![config]).unwrap_err();
+    let text = wire::chain(&error);
+    assert!(text.contains("zero map of VM vm1") && text.contains("another RAM file"), "{text}");
+    // Ranges past the end are refused too, without a page count.
+    let mut config = vm_config(dir.path(), &server, &key);
+    config.zero_pages = vec![PAGES - 1..PAGES + 1];
+    assert!(wire::chain(&Mount::start(&mnt, vec![config]).unwrap_err()).contains("zero map"));
+    // The right size mounts.
+    let mut config = vm_config(dir.path(), &server, &key);
+    config.zero_map_pages = Some(PAGES);
+    Mount::start(&mnt, vec![config]).unwrap().unmount().unwrap();
+}
