@@ -211,7 +211,7 @@ fn a_zero_map_for_another_ram_size_is_refused_naming_the_vm() {
     assert!(text.contains("zero map of VM vm1") && text.contains("another RAM file"), "{text}");
     // Ranges past the end are refused too, without a page count.
     let mut config = vm_config(dir.path(), &server, &key);
-    config.zero_pages = vec![PAGES - 1..PAGES + 1];
+    config.zero_pages = std::iter::once(PAGES - 1..PAGES + 1).collect();
     assert!(wire::chain(&Mount::start(&mnt, vec![config]).unwrap_err()).contains("zero map"));
     // The right size mounts.
     let mut config = vm_config(dir.path(), &server, &key);
