@@ -10,6 +10,7 @@
 //! the page and block traffic.
 #![warn(missing_docs)]
 
+pub mod config_file;
 mod kernel_args;
 pub mod local;
 pub mod protocol;

@@ -113,15 +113,9 @@ impl DesktopConfig {
     /// Reads and checks the file at `path`.
     ///
     /// # Errors
-    /// [`DesktopError::ReadConfig`], [`DesktopError::ParseConfig`] or
-    /// [`DesktopError::BadConfig`], naming the file and what is wrong in it.
+    /// [`DesktopError::Config`], naming the file and what is wrong in it.
     pub fn load(path: &Path) -> Result<Self, DesktopError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| DesktopError::ReadConfig { path: path.to_owned(), source })?;
-        let config: DesktopConfig = toml::from_str(&text)
-            .map_err(|source| DesktopError::ParseConfig { path: path.to_owned(), source: Box::new(source) })?;
-        config.check().map_err(|reason| DesktopError::BadConfig { path: path.to_owned(), reason })?;
-        Ok(config)
+        daemon_protocol::config_file::load(path, DesktopConfig::check).map_err(DesktopError::Config)
     }
 
     fn check(&self) -> Result<(), String> {

@@ -17,32 +17,9 @@ use wire::{DecodeError, WireError};
 /// Everything the desktop daemon can fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum DesktopError {
-    /// The configuration file cannot be read.
-    #[error("cannot read the desktop configuration {path}")]
-    ReadConfig {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: io::Error,
-    },
-    /// The configuration file is not valid TOML for this daemon.
-    #[error("{path}")]
-    ParseConfig {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with its line and key.
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-    /// A value in the configuration breaks its rule.
-    #[error("{path}: {reason}")]
-    BadConfig {
-        /// The file.
-        path: PathBuf,
-        /// The key, what is wrong and what to write instead.
-        reason: String,
-    },
+    /// The configuration file cannot be used.
+    #[error("the desktop configuration")]
+    Config(#[source] daemon_protocol::config_file::ConfigFileError),
     /// The key file cannot be read.
     #[error("cannot read the office key {path}")]
     LoadKey {

@@ -80,18 +80,16 @@ impl ServerConfig {
     /// Reads and checks the file at `path`.
     ///
     /// # Errors
-    /// [`ServerError::ReadConfig`], [`ServerError::ParseConfig`] or
-    /// [`ServerError::BadConfig`], naming the file and what is wrong in it.
+    /// [`ServerError::Config`], naming the file and what is wrong in it.
     pub fn load(path: &Path) -> Result<Self, ServerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ServerError::ReadConfig { path: path.to_owned(), source })?;
-        let config: ServerConfig = toml::from_str(&text)
-            .map_err(|source| ServerError::ParseConfig { path: path.to_owned(), source: Box::new(source) })?;
-        if !matches!(config.accel.as_str(), "kvm" | "tcg") {
-            let reason = format!("accel must be \"kvm\" or \"tcg\", not {:?}", config.accel);
-            return Err(ServerError::BadConfig { path: path.to_owned(), reason });
-        }
-        Ok(config)
+        daemon_protocol::config_file::load(path, |config: &ServerConfig| {
+            if matches!(config.accel.as_str(), "kvm" | "tcg") {
+                Ok(())
+            } else {
+                Err(format!("accel must be \"kvm\" or \"tcg\", not {:?}", config.accel))
+            }
+        })
+        .map_err(ServerError::Config)
     }
 
     /// The local control socket `jettison status` talks to.
