@@ -125,7 +125,7 @@ mod tests {
         std::fs::write(&path, "name = \"s\"\ncapacity = 3\n").unwrap();
         let err = wire::chain(&ServerConfig::load(&path).unwrap_err());
         assert!(err.contains("server.toml") && err.contains("capacity"), "{err}");
-        assert!(ServerConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string().contains("cannot read"));
+        assert!(wire::chain(&ServerConfig::load(&dir.path().join("missing.toml")).unwrap_err()).contains("cannot read"));
     }
 
     #[test]
