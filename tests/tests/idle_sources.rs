@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use activity_monitor::{EvdevSource, IdleError, IdleSource, LogindSource, X11Source};
-use tests::{jettison_binary, skip};
+use tests::{jettison_binary, skip, skip_absent_here};
 use wire::chain;
 
 fn on_path(bin: &str) -> bool {
@@ -221,7 +221,9 @@ impl Drop for UinputKeyboard {
 #[test]
 fn evdev_sees_a_key_from_a_uinput_keyboard() {
     if !Path::new("/dev/uinput").exists() {
-        return skip("no /dev/uinput: this kernel has no uinput (modprobe uinput), so no virtual keyboard can be made");
+        return skip_absent_here(
+            "no /dev/uinput: this kernel has no uinput (modprobe uinput), so no virtual keyboard can be made",
+        );
     }
     let mut keyboard = match UinputKeyboard::create() {
         Ok(k) => k,
@@ -237,7 +239,7 @@ fn logind_reports_the_session_idle_time() {
     let mut source = match LogindSource::connect(None) {
         Ok(s) => s,
         Err(e @ (IdleError::NoLogind { .. } | IdleError::LogindSession { .. } | IdleError::LoginctlSpawn { .. })) => {
-            return skip(e);
+            return skip_absent_here(e);
         }
         Err(e) => panic!("logind answered something unexpected: {e}"),
     };
