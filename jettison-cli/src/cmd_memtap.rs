@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, default_value = "/run/jettison/memtap")]
     mount: PathBuf,
     /// A consolidated VM and its desktop's memserv, as NAME=HOST:PORT; repeat for more VMs.
-    #[arg(long = "vm", value_parser = parse_pair, required = true)]
+    #[arg(long = "vm", value_parser = parse_vm, required = true)]
     vms: Vec<(String, String)>,
     /// A VM's desktop MAC for Wake-on-LAN, as NAME=MAC; without it that desktop is taken as always awake.
     #[arg(long = "wake-mac", value_parser = parse_pair)]
@@ -39,6 +39,17 @@ pub struct Args {
     /// Size of each VM's prefetch cache, in MiB.
     #[arg(long, default_value_t = (memtap::prefetch::DEFAULT_CACHE_BYTES >> 20) as u64)]
     cache_mib: u64,
+}
+
+/// `NAME=HOST:PORT` for `--vm`: a VM name and memserv's address, checked
+/// when parsed (an address without a port would be retried for ever).
+fn parse_vm(text: &str) -> Result<(String, String), String> {
+    let (name, addr) = parse_pair(text)?;
+    name.parse::<identifiers::VmName>().map_err(|e| e.to_string())?;
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok((name, addr)),
+        _ => Err(format!("{addr:?} is not memserv's HOST:PORT (for example {name}=desktop1:7410)")),
+    }
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -76,18 +87,58 @@ pub fn run(args: Args) -> CmdResult {
         }
         configs.push(config);
     }
-    let mount = Mount::start(&args.mount, configs)?;
+    // Connecting waits, retrying through the wake hook, for a desktop that
+    // does not answer; a stop signal meanwhile ends the command at once
+    // (nothing is mounted yet), instead of after the desktop comes back.
+    let (events, happened) = std::sync::mpsc::channel();
+    let signals = events.clone();
+    std::thread::spawn(move || {
+        let _ = signals.send(Happened::Signal(wait_for_signal()));
+    });
+    let mountpoint = args.mount.clone();
+    std::thread::spawn(move || {
+        let _ = events.send(Happened::Started(Mount::start(&mountpoint, configs)));
+    });
+    let mount = match happened.recv()? {
+        Happened::Signal(signal) => {
+            let signal = signal.map(|s| s.to_string()).unwrap_or_else(|| "a signal".into());
+            tracing::info!("{signal} while connecting to memserv: stopping; nothing was mounted");
+            // Unless the mount came up in the same instant.
+            if let Ok(Happened::Started(Ok(mount))) = happened.try_recv() {
+                mount.unmount()?;
+            }
+            return Ok(());
+        }
+        Happened::Started(mount) => mount?,
+    };
     println!("memtap: mounted at {}", args.mount.display());
-    if let Some(signal) = wait_for_signal() {
+    if let Happened::Signal(Some(signal)) = happened.recv()? {
         tracing::info!("{signal}: flushing and unmounting");
     }
     mount.unmount()?;
     Ok(())
 }
 
+/// What the command waits for.
+enum Happened {
+    /// A stop signal arrived.
+    Signal(Option<nix::sys::signal::Signal>),
+    /// memtap connected to every memserv and mounted, or failed.
+    Started(Result<Mount, memtap::MemtapError>),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_needs_a_name_and_memservs_port() {
+        assert_eq!(parse_vm("vm1=desk1:7410").unwrap(), ("vm1".into(), "desk1:7410".into()));
+        assert!(parse_vm("vm1=desk1").unwrap_err().contains("HOST:PORT"));
+        assert!(parse_vm("vm1=desk1:0").is_err());
+        assert!(parse_vm("vm1=:7410").is_err());
+        assert!(parse_vm("../x=desk1:7410").unwrap_err().contains("VM name"));
+    }
 
     #[test]
     fn pairs_need_name_and_value() {

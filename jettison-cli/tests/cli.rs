@@ -116,6 +116,41 @@ fn errors_name_the_thing_and_what_to_do() {
 }
 
 #[test]
+fn memtap_stops_on_sigterm_while_memserv_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("office.key");
+    assert!(jettison(&["pair", "--out", key.to_str().unwrap()]).status.success());
+    let out = jettison(&["memtap", "--key", key.to_str().unwrap(), "--vm", "vm1=desk1"]);
+    assert!(!out.status.success() && text(&out).contains("HOST:PORT"), "an address without a port: {}", text(&out));
+    // Nothing listens on port 1: memtap retries the connection for ever.
+    let mut memtap = Command::new(env!("CARGO_BIN_EXE_jettison"))
+        .args(["memtap", "--key", key.to_str().unwrap(), "--vm", "vm1=127.0.0.1:1", "--mount"])
+        .arg(dir.path().join("mnt"))
+        .arg("--state-dir")
+        .arg(dir.path().join("slices"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(memtap.try_wait().unwrap().is_none(), "memtap gave up by itself");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(memtap.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // A bound only so that a hang fails the test instead of stalling it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = memtap.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "memtap ignored SIGTERM while connecting");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut memtap.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("while connecting to memserv"), "{log}");
+}
+
+#[test]
 fn dirty_set_export_then_apply_changes_exactly_the_dirty_blocks() {
     use slice_store::SliceStore;
     let dir = tempfile::tempdir().unwrap();
