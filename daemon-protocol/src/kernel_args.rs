@@ -13,11 +13,6 @@ pub struct KernelArgs(String);
 impl KernelArgs {
     /// The longest argument string.
     pub const MAX_LEN: usize = 1024;
-
-    /// The arguments as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl FromStr for KernelArgs {
@@ -25,11 +20,11 @@ impl FromStr for KernelArgs {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text.len() > KernelArgs::MAX_LEN || !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(InvalidIdentifier {
-                what: "kernel argument string",
-                value: text.chars().take(80).collect(),
-                rule: "write at most 1024 printable ASCII characters on one line",
-            });
+            return Err(InvalidIdentifier::new(
+                "kernel argument string",
+                text,
+                "write at most 1024 printable ASCII characters on one line",
+            ));
         }
         Ok(KernelArgs(text.to_owned()))
     }

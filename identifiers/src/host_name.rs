@@ -13,11 +13,6 @@ pub struct HostName(String);
 impl HostName {
     /// The longest name.
     pub const MAX_LEN: usize = 63;
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl FromStr for HostName {

@@ -34,7 +34,8 @@ pub struct InvalidIdentifier {
 }
 
 impl InvalidIdentifier {
-    fn new(what: &'static str, value: &str, rule: &'static str) -> Self {
+    /// `value` (kept to its first 80 characters) is not a valid `what`: `rule`.
+    pub fn new(what: &'static str, value: &str, rule: &'static str) -> Self {
         InvalidIdentifier { what, value: value.chars().take(80).collect(), rule }
     }
 }
@@ -67,11 +68,19 @@ where
 }
 
 /// Implements the traits of a checked type that wraps its text in field
-/// `0`: `Display`, `AsRef<str>`, serde and bincode through its `FromStr`.
+/// `0`: `as_str`, `Display`, `AsRef<str>`, serde and bincode through its
+/// `FromStr`.
 /// The type must implement `FromStr<Err = InvalidIdentifier>`.
 #[macro_export]
 macro_rules! checked_string {
     ($type:ident) => {
+        impl $type {
+            /// The value as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl std::fmt::Display for $type {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(&self.0)

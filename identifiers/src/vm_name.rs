@@ -14,11 +14,6 @@ impl VmName {
     /// The longest name.
     pub const MAX_LEN: usize = 12;
 
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// The VM's tap device on either host.
     pub fn tap_name(&self) -> String {
         format!("jt-{}", self.0)
