@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::ServerError;
+use crate::key::VmKey;
 
 /// The paper's median working set of an idle desktop VM (157.87 MiB).
 pub const PAPER_MEDIAN_BYTES: u64 = 157_870 * 1024 * 1024 / 1000;
@@ -62,8 +63,8 @@ impl History {
 /// One VM already on the server, as the capacity check sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
-    /// Its name.
-    pub vm: String,
+    /// The VM.
+    pub key: VmKey,
     /// Bytes it is expected to need.
     pub expected: u64,
     /// Bytes it holds now (fetched and dirtied).
@@ -128,7 +129,8 @@ mod tests {
     use super::*;
 
     fn tenant(vm: &str, expected_mib: u64, resident_mib: u64) -> Tenant {
-        Tenant { vm: vm.into(), expected: expected_mib << 20, resident: resident_mib << 20 }
+        let key = VmKey { desktop: "desk1".parse().unwrap(), vm: vm.parse().unwrap() };
+        Tenant { key, expected: expected_mib << 20, resident: resident_mib << 20 }
     }
 
     #[test]
@@ -157,6 +159,6 @@ mod tests {
     fn eviction_picks_the_vm_that_grew_most() {
         let tenants = [tenant("a", 100, 130), tenant("b", 50, 120), tenant("c", 10, 0)];
         assert_eq!(evict(1000 << 20, &tenants), None);
-        assert_eq!(evict(200 << 20, &tenants).map(|t| t.vm.as_str()), Some("b"));
+        assert_eq!(evict(200 << 20, &tenants).map(|t| t.key.vm.as_str()), Some("b"));
     }
 }

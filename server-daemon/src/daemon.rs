@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use daemon_protocol::local::{self, LocalRequest, Report, ServerStatus};
 use daemon_protocol::{ConsolidateRequest, Control, ControlHello, HostedStatus, ReserveRequest, CONTROL_TIMEOUT};
-use identifiers::{HostName, VmName};
+use identifiers::VmName;
 use remote_wakeup::{Registry, WakeTarget};
 use wire::protocol::Message;
 use wire::{Channel, NoWake, SharedKey, WakeHook, WireError};
@@ -145,10 +145,6 @@ impl ServerDaemon {
         // Long steps (QEMU starting, a reintegration) must not time out the
         // wait for the next request.
         let _ = channel.set_read_timeout(None);
-        let desktop = match &hello {
-            ControlHello::Desktop(name) => Some(name.clone()),
-            _ => None,
-        };
         let connection = self.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut reservation = Reservation { daemon: self, key: None, connection };
         loop {
@@ -170,23 +166,18 @@ impl ServerDaemon {
             };
             let reply = match request {
                 Control::Status => Ok(Control::StatusReply(self.status())),
-                Control::Reserve(request) => self
-                    .desktop_key(&desktop, &hello, "Reserve", request.vm.clone())
+                Control::Reserve(request) => desktop_key(&hello, "Reserve", request.vm.clone())
                     .and_then(|key| self.reserve(&mut reservation, key, &request).map(Control::Reserved)),
-                Control::Consolidate(request) => self
-                    .desktop_key(&desktop, &hello, "Consolidate", request.vm.clone())
+                Control::Consolidate(request) => desktop_key(&hello, "Consolidate", request.vm.clone())
                     .and_then(|key| self.host(&mut reservation, key, &request))
                     .map(Control::Running),
                 Control::Reintegrate(vm) => {
-                    match self
-                        .desktop_key(&desktop, &hello, "Reintegrate", vm)
-                        .and_then(|key| self.send_home(&key, &mut channel))
-                    {
+                    match desktop_key(&hello, "Reintegrate", vm).and_then(|key| self.send_home(&key, &mut channel)) {
                         Ok(()) => continue,
                         Err(e) => Err(e),
                     }
                 }
-                Control::Reintegrated(vm) => self.desktop_key(&desktop, &hello, "Reintegrated", vm).map(|key| {
+                Control::Reintegrated(vm) => desktop_key(&hello, "Reintegrated", vm).map(|key| {
                     self.forget(&key);
                     Control::Done
                 }),
@@ -198,27 +189,6 @@ impl ServerDaemon {
             });
             if let Err(e) = channel.send(&reply.encode_body()) {
                 return tracing::warn!(peer = %channel.peer(), "{}", wire::chain(&e));
-            }
-        }
-    }
-
-    /// The key of `vm` for a request only a desktop may make.
-    fn desktop_key(
-        &self,
-        desktop: &Option<HostName>,
-        hello: &ControlHello,
-        request: &'static str,
-        vm: VmName,
-    ) -> Result<VmKey, ServerError> {
-        match desktop {
-            Some(desktop) => Ok(VmKey { desktop: desktop.clone(), vm }),
-            None => {
-                let peer = match hello {
-                    ControlHello::Desktop(name) => format!("desktop {name}"),
-                    ControlHello::Server(name) => format!("server {name}"),
-                    ControlHello::Tool => "the command line".to_owned(),
-                };
-                Err(ServerError::NotADesktop { request, peer })
             }
         }
     }
@@ -255,7 +225,7 @@ impl ServerDaemon {
         }
         let mut tenants = self.tenants();
         tenants.extend(reservations.iter().filter(|(r, _)| **r != key).map(|(r, b)| Tenant {
-            vm: r.to_string(),
+            key: r.clone(),
             expected: b.expected,
             resident: 0,
         }));
@@ -346,7 +316,7 @@ impl ServerDaemon {
         vms.iter()
             .filter_map(|vm| {
                 vm.try_lock().ok().map(|v| Tenant {
-                    vm: v.key().to_string(),
+                    key: v.key().clone(),
                     expected: v.expected(),
                     resident: v.resident(),
                 })
@@ -382,16 +352,15 @@ impl ServerDaemon {
             for vm in &vms {
                 let Ok(mut vm) = vm.try_lock() else { continue };
                 vm.poll();
-                present.push(vm.key().to_string());
+                present.push(vm.key().clone());
                 if !vm.is_running() {
                     continue;
                 }
-                tenants.push(Tenant { vm: vm.key().to_string(), expected: vm.expected(), resident: vm.resident() });
+                tenants.push(Tenant { key: vm.key().clone(), expected: vm.expected(), resident: vm.resident() });
                 // A VM pulls its working set in its first seconds here:
                 // the rate counts from one window after its arrival.
-                let name = vm.key().to_string();
                 let rate =
-                    if vm.age() < window { None } else { rates.push(&name, Instant::now(), vm.fetched(), window) };
+                    if vm.age() < window { None } else { rates.push(vm.key(), Instant::now(), vm.fetched(), window) };
                 if let (Some(rate), Some(limit)) = (rate, self.config.max_fetch_mib_per_sec) {
                     if rate > limit * 1024.0 * 1024.0 {
                         let reason = format!(
@@ -403,24 +372,20 @@ impl ServerDaemon {
                     }
                 }
             }
-            let names: Vec<&str> = present.iter().map(String::as_str).collect();
-            rates.retain(&names);
+            rates.retain(&present);
             let capacity = self.config.capacity_mib << 20;
             if let Some(victim) = capacity::evict(capacity, &tenants) {
-                let found = vms.iter().find_map(|v| {
-                    v.try_lock()
-                        .ok()
-                        .filter(|v| v.key().to_string() == victim.vm)
-                        .map(|v| (v.key().clone(), v.desktop_control()))
-                });
-                if let Some((key, control)) = found {
+                let control = vms
+                    .iter()
+                    .find_map(|v| v.try_lock().ok().filter(|v| v.key() == &victim.key).map(|v| v.desktop_control()));
+                if let Some(control) = control {
                     let reason = format!(
                         "the server is short of memory and {} grew most beyond its estimate ({} MiB held, {} MiB expected)",
-                        victim.vm,
+                        victim.key,
                         victim.resident >> 20,
                         victim.expected >> 20
                     );
-                    self.ask_home(&key, control, reason);
+                    self.ask_home(&victim.key, control, reason);
                 }
             }
         }
@@ -451,6 +416,17 @@ impl ServerDaemon {
             }
         });
     }
+}
+
+/// The key of `vm` for `request`, which only a desktop may make: the
+/// desktop is the one `hello` named.
+fn desktop_key(hello: &ControlHello, request: &'static str, vm: VmName) -> Result<VmKey, ServerError> {
+    let peer = match hello {
+        ControlHello::Desktop(desktop) => return Ok(VmKey { desktop: desktop.clone(), vm }),
+        ControlHello::Server(name) => format!("server {name}"),
+        ControlHello::Tool => "the command line".to_owned(),
+    };
+    Err(ServerError::NotADesktop { request, peer })
 }
 
 /// A reservation made on one connection, released when the connection ends

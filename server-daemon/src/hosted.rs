@@ -395,28 +395,21 @@ impl HostedVm {
             path: descriptor_path,
             source,
         })?;
+        // Each store with the length of the set it exports.
         let open = |dir: PathBuf, size: u64| {
-            SliceStore::open_existing(&dir, UNIT, size).map_err(|source| ServerError::OpenSlices {
-                key: key.clone(),
-                dir,
-                source: Box::new(source),
-            })
+            let slices_error =
+                |source| ServerError::OpenSlices { key: key.clone(), dir: dir.clone(), source: Box::new(source) };
+            let store = SliceStore::open_existing(&dir, UNIT, size).map_err(slices_error)?;
+            let set_bytes = exported_len(&store).map_err(slices_error)?;
+            Ok::<_, ServerError>((store, set_bytes))
         };
-        let memory = open(self.state.join("memory"), self.ram_bytes)?;
-        let disk_dir = self.state.join("disk").join(key.vm.as_str());
-        let disk = open(disk_dir.clone(), self.disk_bytes)?;
-        let length = |store: &SliceStore, dir: PathBuf| {
-            exported_len(store).map_err(|source| ServerError::OpenSlices {
-                key: key.clone(),
-                dir,
-                source: Box::new(source),
-            })
-        };
+        let (memory, memory_set_bytes) = open(self.state.join("memory"), self.ram_bytes)?;
+        let (disk, disk_set_bytes) = open(self.state.join("disk").join(key.vm.as_str()), self.disk_bytes)?;
         let header = ReturnHeader {
             descriptor_bytes: descriptor.len() as u64,
             descriptor_crc: crc32fast::hash(&descriptor),
-            memory_set_bytes: length(&memory, self.state.join("memory"))?,
-            disk_set_bytes: length(&disk, disk_dir)?,
+            memory_set_bytes,
+            disk_set_bytes,
             dirty_pages: memory.dirty_count(),
             dirty_blocks: disk.dirty_count(),
         };

@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::key::VmKey;
+
 /// Fetch totals of one VM over the rate window.
 #[derive(Debug, Default)]
 pub struct FetchRate {
@@ -30,21 +32,21 @@ impl FetchRate {
     }
 }
 
-/// Per-VM fetch rates, by name.
+/// Per-VM fetch rates.
 #[derive(Debug, Default)]
 pub struct FetchRates {
-    vms: BTreeMap<String, FetchRate>,
+    vms: BTreeMap<VmKey, FetchRate>,
 }
 
 impl FetchRates {
     /// The rate of `vm` with its total now (see [`FetchRate::push`]).
-    pub fn push(&mut self, vm: &str, now: Instant, total: u64, window: Duration) -> Option<f64> {
-        self.vms.entry(vm.to_owned()).or_default().push(now, total, window)
+    pub fn push(&mut self, vm: &VmKey, now: Instant, total: u64, window: Duration) -> Option<f64> {
+        self.vms.entry(vm.clone()).or_default().push(now, total, window)
     }
 
     /// Forgets VMs not in `present`.
-    pub fn retain(&mut self, present: &[&str]) {
-        self.vms.retain(|vm, _| present.contains(&vm.as_str()));
+    pub fn retain(&mut self, present: &[VmKey]) {
+        self.vms.retain(|vm, _| present.contains(vm));
     }
 }
 
