@@ -219,7 +219,7 @@ impl DesktopDaemon {
                 }
             };
             for name in &away {
-                match hosted.iter().find(|h| &h.vm == name && h.desktop == self.config.name).map(|h| &h.state) {
+                match self.hosted_here(&hosted, name).map(|h| &h.state) {
                     None => self.fail_over(name, "the server does not have it (it restarted or lost it)"),
                     Some(state @ HostedState::Lost(_)) => self.fail_over(name, &state.to_string()),
                     Some(HostedState::Stopped) => self.bring_home(name, "a reintegration broke off"),
@@ -227,6 +227,11 @@ impl DesktopDaemon {
                 }
             }
         }
+    }
+
+    /// The server's view of `vm` of this desktop, among every VM it hosts.
+    fn hosted_here<'a>(&self, hosted: &'a [HostedStatus], vm: &VmName) -> Option<&'a HostedStatus> {
+        hosted.iter().find(|h| &h.vm == vm && h.desktop == self.config.name)
     }
 
     /// The server's view of its VMs.
@@ -282,11 +287,7 @@ impl DesktopDaemon {
                     },
                     Err(_) => (VmLocation::Moving, None, false),
                 };
-                let server = hosted
-                    .as_ref()
-                    .ok()
-                    .and_then(|h| h.iter().find(|h| &h.vm == name && h.desktop == self.config.name))
-                    .cloned();
+                let server = hosted.as_ref().ok().and_then(|h| self.hosted_here(h, name)).cloned();
                 DesktopVmStatus { vm: name.clone(), on, since, running_here, server }
             })
             .collect();
