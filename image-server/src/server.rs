@@ -301,8 +301,8 @@ fn broadcast(conns: &mut HashMap<Token, Conn>, notes: &[RequestEvent]) {
 /// deadline or an accept retry.
 fn next_wake(conns: &HashMap<Token, Conn>, accept_retry: Option<Instant>) -> Option<Instant> {
     let deadlines = conns.values().filter_map(|conn| match conn {
-        Conn::Peer(p) if !p.said_hello => Some(p.accepted_at + HELLO_DEADLINE),
-        _ => None,
+        Conn::Peer(p) => p.hello_deadline(),
+        Conn::Listener(_) => None,
     });
     deadlines.chain(accept_retry).min()
 }
@@ -313,17 +313,23 @@ fn close_late_peers(conns: &mut HashMap<Token, Conn>, poll: &Poll) {
     let late: Vec<Token> = conns
         .iter()
         .filter_map(|(token, conn)| match conn {
-            Conn::Peer(p) if !p.said_hello && p.accepted_at + HELLO_DEADLINE <= now => Some(*token),
+            Conn::Peer(p) if p.hello_deadline().is_some_and(|at| at <= now) => Some(*token),
             _ => None,
         })
         .collect();
     for token in late {
-        if let Some(mut conn) = conns.remove(&token) {
-            if let Conn::Peer(p) = &conn {
-                tracing::debug!(peer = %p.peer, "closing a peer that sent no hello in {} s", HELLO_DEADLINE.as_secs());
-            }
-            conn.deregister(poll);
+        close_unproven(conns, token, poll, "sent no hello in time");
+    }
+}
+
+/// Removes the unproven peer `token` and stops watching it; `why` goes to
+/// the debug log (an attack makes many of these).
+fn close_unproven(conns: &mut HashMap<Token, Conn>, token: Token, poll: &Poll, why: &str) {
+    if let Some(mut conn) = conns.remove(&token) {
+        if let Conn::Peer(p) = &conn {
+            tracing::debug!(peer = %p.peer, "closing a peer that {why}");
         }
+        conn.deregister(poll);
     }
 }
 
@@ -357,12 +363,7 @@ fn close_oldest_unproven(conns: &mut HashMap<Token, Conn>, source: Option<IpAddr
         })
         .min();
     let Some((_, token)) = oldest else { return false };
-    if let Some(mut conn) = conns.remove(&token) {
-        if let Conn::Peer(p) = &conn {
-            tracing::debug!(peer = %p.peer, "closing the oldest peer that has not sent a request, to make room");
-        }
-        conn.deregister(poll);
-    }
+    close_unproven(conns, token, poll, "is the oldest to have sent no request, to make room");
     true
 }
 
@@ -442,6 +443,11 @@ impl PeerConn {
             writable_interest: false,
             read_buf: vec![0; UNPROVEN_READ_BUFFER],
         }
+    }
+
+    /// When it must have said hello by, if it has not yet.
+    fn hello_deadline(&self) -> Option<Instant> {
+        (!self.said_hello).then_some(self.accepted_at + HELLO_DEADLINE)
     }
 
     /// Reads, answers and writes as far as possible. Returns whether the
