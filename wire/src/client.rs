@@ -237,25 +237,23 @@ fn retry<T>(
         wake.wake();
         match attempt(config) {
             Ok(v) => return Ok(v),
-            Err(WireError::AuthFailed) if config.give_up_after.is_none_or(|limit| started.elapsed() < limit) => {
-                // Logged as what it is, and retried slowly: a key is fixed
-                // by a person copying the right file, not by hammering.
-                tracing::error!(
-                    addr = %config.addr,
-                    export = %config.hello.export,
-                    "{}; retrying in {} s",
-                    WireError::AuthFailed,
-                    AUTH_RETRY.as_secs()
-                );
-                std::thread::sleep(AUTH_RETRY);
-            }
-            Err(e) if is_transient(&e) => {
+            Err(e) if is_transient(&e) || matches!(e, WireError::AuthFailed) => {
                 if config.give_up_after.is_some_and(|limit| started.elapsed() >= limit) {
                     return Err(e);
                 }
-                tracing::warn!(addr = %config.addr, export = %config.hello.export, error = %crate::error::chain(&e), "fetch failed; retrying in {pause:?}");
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(config.max_backoff);
+                let (addr, export) = (&config.addr, &config.hello.export);
+                let wait = if matches!(e, WireError::AuthFailed) {
+                    // Logged as what it is, and retried slowly: a key is fixed
+                    // by a person copying the right file, not by hammering.
+                    tracing::error!(%addr, %export, "{e}; retrying in {} s", AUTH_RETRY.as_secs());
+                    AUTH_RETRY
+                } else {
+                    tracing::warn!(%addr, %export, error = %crate::error::chain(&e), "fetch failed; retrying in {pause:?}");
+                    let wait = pause;
+                    pause = (pause * 2).min(config.max_backoff);
+                    wait
+                };
+                std::thread::sleep(wait);
             }
             Err(e) => return Err(e),
         }
