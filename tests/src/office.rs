@@ -236,6 +236,11 @@ impl Office {
         std::fs::read_to_string(self.dir.join(format!("{which}.log"))).unwrap_or_default()
     }
 
+    /// Both daemons' logs, for a failure message.
+    pub fn logs(&self) -> String {
+        format!("--- desktop log ---\n{}\n--- server log ---\n{}", self.log("desktop"), self.log("server"))
+    }
+
     /// Runs `jettison ARGS` (it talks to the daemons through their sockets).
     pub fn jettison(&self, args: &[&str]) -> Output {
         Command::new(crate::jettison_binary()).args(args).output().expect("the jettison binary runs")
@@ -248,11 +253,10 @@ impl Office {
         let out = self.jettison(&all);
         assert!(
             out.status.success(),
-            "jettison {} failed: {}\n--- desktop log ---\n{}\n--- server log ---\n{}",
+            "jettison {} failed: {}\n{}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr),
-            self.log("desktop"),
-            self.log("server")
+            self.logs()
         );
         serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON")
     }
@@ -273,9 +277,8 @@ impl Office {
             let why = String::from_utf8_lossy(&out.stderr).into_owned();
             assert!(
                 why.contains("is not idle") && Instant::now() < deadline,
-                "jettison consolidate {VM} failed: {why}\n--- desktop log ---\n{}\n--- server log ---\n{}",
-                self.log("desktop"),
-                self.log("server")
+                "jettison consolidate {VM} failed: {why}\n{}",
+                self.logs()
             );
             eprintln!("not idle yet, asking again: {}", why.trim());
             std::thread::sleep(Duration::from_secs(5));
@@ -293,12 +296,7 @@ impl Office {
             if status["vms"][0]["running_here"] == true {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {status}\n--- server log ---\n{}\n--- desktop log ---\n{}",
-                self.log("server"),
-                self.log("desktop")
-            );
+            assert!(Instant::now() < deadline, "{what}: {status}\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(500));
         }
     }
