@@ -13,12 +13,14 @@
 pub mod config_file;
 mod kernel_args;
 pub mod local;
+mod machine;
 pub mod protocol;
 pub mod transfer;
 
 pub use identifiers::{HostName, Mac, VmName};
+pub use machine::file_sha256;
 pub use protocol::{
-    ConsolidateRequest, Control, ControlHello, HostedState, HostedStatus, KernelArgs, ReserveRequest, ReturnHeader,
-    CONTROL_TIMEOUT,
+    ConsoleAccess, ConsolidateRequest, Control, ControlHello, CpuModel, Firmware, HostedState, HostedStatus,
+    KernelArgs, MachineProfile, ReserveRequest, ReturnHeader, CONTROL_TIMEOUT, MAX_VCPUS,
 };
 pub use transfer::{ChunkReader, ChunkWriter};

@@ -36,6 +36,51 @@ pub enum LocalRequest {
         /// The VM.
         vm: VmName,
     },
+    /// Boot a VM that is off (or take over its QEMU if one runs).
+    Start {
+        /// The VM.
+        vm: VmName,
+    },
+    /// Press a VM's power button and wait for its guest to power off.
+    Shutdown {
+        /// The VM.
+        vm: VmName,
+        /// How long to wait before giving up (the VM then keeps running).
+        timeout_secs: u64,
+    },
+    /// End a VM's QEMU at once, as pulling the plug.
+    Destroy {
+        /// The VM.
+        vm: VmName,
+    },
+    /// Save every running VM to its checkpoint and end its QEMU (a host
+    /// shutdown); the daemon resumes them when it next starts.
+    SaveAll,
+    /// Where to look at a VM's screen.
+    View {
+        /// The VM.
+        vm: VmName,
+    },
+}
+
+/// How to reach a VM's screen with a SPICE viewer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "at", rename_all = "snake_case")]
+pub enum ViewTarget {
+    /// On this desktop, through a Unix socket only root can open.
+    Local {
+        /// The `spice+unix://` URI.
+        uri: String,
+    },
+    /// On the server while the VM is consolidated: a TCP port and a ticket.
+    Remote {
+        /// The server's host.
+        host: String,
+        /// The SPICE port.
+        port: u16,
+        /// The ticket (password) of this stay on the server.
+        ticket: String,
+    },
 }
 
 /// What a consolidation did.
@@ -86,6 +131,10 @@ pub enum VmLocation {
     Server,
     /// Being moved now.
     Moving,
+    /// Here, powered off.
+    Off,
+    /// Here, saved to its checkpoint (a host shutdown); resumed at the next daemon start.
+    Saved,
 }
 
 /// One VM of a desktop.
@@ -99,6 +148,8 @@ pub struct DesktopVmStatus {
     pub since: Option<u64>,
     /// Whether QEMU runs it here.
     pub running_here: bool,
+    /// Why its last start or run here failed, with QEMU's own words.
+    pub error: Option<String>,
     /// The server's view of it, when it is there and the server answered.
     pub server: Option<HostedStatus>,
 }
@@ -139,6 +190,20 @@ pub enum Report {
     DesktopStatus(DesktopStatus),
     /// To `Status`, from the server daemon.
     ServerStatus(ServerStatus),
+    /// To `Start`, `Shutdown` and `Destroy`: where the VM is now.
+    VmState {
+        /// The VM.
+        vm: VmName,
+        /// Where it is.
+        on: VmLocation,
+    },
+    /// To `SaveAll`: the VMs saved.
+    Saved {
+        /// The VMs.
+        vms: Vec<VmName>,
+    },
+    /// To `View`.
+    View(ViewTarget),
 }
 
 impl Report {
@@ -149,6 +214,9 @@ impl Report {
             Report::Reintegrated(_) => "reintegration report",
             Report::DesktopStatus(_) => "desktop status",
             Report::ServerStatus(_) => "server status",
+            Report::VmState { .. } => "VM state",
+            Report::Saved { .. } => "list of saved VMs",
+            Report::View(_) => "viewer address",
         }
     }
 }

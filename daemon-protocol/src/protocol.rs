@@ -17,8 +17,8 @@
 //! sequenceDiagram
 //!     participant D as desktop daemon
 //!     participant S as server daemon
-//!     D->>S: Reserve (VM, RAM size, disk size)
-//!     Note over S: capacity check against the VM's expected working set
+//!     D->>S: Reserve (VM, its machine profile, disk size)
+//!     Note over S: the profile is one this server can run; capacity check against the expected working set
 //!     S->>D: Reserved (estimate) or Failed (why)
 //!     Note over D: stop the VM, save the descriptor, scan the zero map, start memserv and diskserv
 //!     D->>S: Consolidate (descriptor, zero map, where memserv and diskserv are)
@@ -73,8 +73,9 @@
 //! - Addresses a server connects to (`memserv`, `diskserv`,
 //!   `desktop_control`) are socket addresses with a port, not unspecified,
 //!   multicast or broadcast.
-//! - `memory_mib` is 1 to [`MAX_MEMORY_MIB`]; RAM and disk sizes at most
-//!   [`MAX_RAM_BYTES`] and [`MAX_DISK_BYTES`]; a descriptor 1 byte to
+//! - A profile's `memory_mib` is 1 to [`MAX_MEMORY_MIB`], its `vcpus` 1 to
+//!   [`MAX_VCPUS`], its CPU model a [`CpuModel`]; disk sizes at most
+//!   [`MAX_DISK_BYTES`]; a descriptor 1 byte to
 //!   [`MAX_DESCRIPTOR`]; texts at most [`MAX_TEXT`]; a `Data` chunk at most
 //!   [`MAX_CHUNK`] bytes.
 //!
@@ -91,6 +92,7 @@ use wire::protocol::{Message, MAX_FRAME};
 use wire::DecodeError;
 
 pub use crate::kernel_args::KernelArgs;
+pub use crate::machine::{CpuModel, Firmware, MachineProfile, MAX_VCPUS};
 
 /// Longest free text (a refusal, a reason).
 pub const MAX_TEXT: usize = 4096;
@@ -128,9 +130,9 @@ pub enum ControlHello {
 pub struct ReserveRequest {
     /// The VM's name.
     pub vm: VmName,
-    /// Its RAM size in bytes.
-    pub ram_bytes: u64,
-    /// Its disk size in bytes.
+    /// Its virtual hardware, which the server will run as it is.
+    pub profile: MachineProfile,
+    /// Its disk size in bytes (the guest-visible size).
     pub disk_bytes: u64,
 }
 
@@ -148,12 +150,8 @@ pub struct ConsolidateRequest {
     pub memserv: SocketAddr,
     /// Where diskserv serves the VM's disk.
     pub diskserv: SocketAddr,
-    /// The VM's RAM in MiB.
-    pub memory_mib: u64,
     /// The VM's NIC MAC, kept on every host.
     pub vm_mac: Mac,
-    /// Kernel arguments of the VM's profile (the test guest's `jt.*`).
-    pub kernel_args: KernelArgs,
     /// The saved device state (QEMU's migration stream with `x-ignore-shared`).
     pub descriptor: Vec<u8>,
     /// The RAM file's zero pages (`migration_formats::ZeroMap::encode`).
@@ -209,6 +207,16 @@ impl std::fmt::Display for HostedState {
     }
 }
 
+/// How to look at a consolidated VM's screen: its SPICE server on the
+/// server host, behind a ticket made for this stay.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
+pub struct ConsoleAccess {
+    /// The TCP port.
+    pub port: u16,
+    /// The ticket (the password a SPICE viewer asks for).
+    pub ticket: String,
+}
+
 /// One VM on the server, as `Status` reports it (and, as JSON, `jettison
 /// status --json`).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
@@ -238,6 +246,8 @@ pub struct HostedStatus {
     /// The desktop's power state as the server sees it (`awake`, `asleep`,
     /// `waking`, or `never sleeps`).
     pub desktop_power: String,
+    /// Its remote console, while it runs there with a display.
+    pub console: Option<ConsoleAccess>,
 }
 
 impl HostedStatus {
@@ -256,6 +266,7 @@ impl HostedStatus {
             dirty_blocks: 0,
             expected_bytes: 0,
             desktop_power: String::new(),
+            console: None,
         }
     }
 }
@@ -358,11 +369,7 @@ fn field<T: Decode<C>, C, D: Decoder<Context = C>>(
 
 impl<C> Decode<C> for ReserveRequest {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
-        Ok(ReserveRequest {
-            vm: field(d, "vm")?,
-            ram_bytes: field(d, "ram_bytes")?,
-            disk_bytes: field(d, "disk_bytes")?,
-        })
+        Ok(ReserveRequest { vm: field(d, "vm")?, profile: field(d, "profile")?, disk_bytes: field(d, "disk_bytes")? })
     }
 }
 bincode::impl_borrow_decode!(ReserveRequest);
@@ -375,9 +382,7 @@ impl<C> Decode<C> for ConsolidateRequest {
             desktop_control: field(d, "desktop_control")?,
             memserv: field(d, "memserv")?,
             diskserv: field(d, "diskserv")?,
-            memory_mib: field(d, "memory_mib")?,
             vm_mac: field(d, "vm_mac")?,
-            kernel_args: field(d, "kernel_args")?,
             descriptor: field(d, "descriptor")?,
             zero_map: field(d, "zero_map")?,
         })
@@ -393,8 +398,12 @@ impl Message for ControlHello {
 
 impl ReserveRequest {
     fn validate(&self) -> Result<(), DecodeError> {
-        if self.ram_bytes == 0 || self.ram_bytes > MAX_RAM_BYTES {
-            return Err(DecodeError::Limit("ram_bytes must be 1 byte to 1 TiB"));
+        let profile = &self.profile;
+        if profile.memory_mib == 0 || profile.memory_mib > MAX_MEMORY_MIB {
+            return Err(DecodeError::Limit("profile.memory_mib must be 1 to 1048576"));
+        }
+        if profile.vcpus == 0 || profile.vcpus > MAX_VCPUS {
+            return Err(DecodeError::Limit("profile.vcpus must be 1 to 256"));
         }
         if self.disk_bytes > MAX_DISK_BYTES {
             return Err(DecodeError::Limit("disk_bytes must be at most 64 TiB"));
@@ -405,9 +414,6 @@ impl ReserveRequest {
 
 impl ConsolidateRequest {
     fn validate(&self) -> Result<(), DecodeError> {
-        if self.memory_mib == 0 || self.memory_mib > MAX_MEMORY_MIB {
-            return Err(DecodeError::Limit("memory_mib must be 1 to 1048576"));
-        }
         if !self.vm_mac.is_unicast() {
             return Err(DecodeError::Limit("vm_mac must be a unicast address"));
         }
@@ -431,9 +437,12 @@ impl Message for Control {
             Control::Reserve(r) => r.validate(),
             Control::Consolidate(c) => c.validate(),
             Control::Data(chunk) if chunk.len() > MAX_CHUNK => Err(DecodeError::Limit("a data chunk over 1 MiB")),
-            Control::StatusReply(vms) => vms.iter().try_for_each(|v| match &v.state {
-                HostedState::Lost(why) => text_ok(why),
-                _ => text_ok(&v.desktop_power),
+            Control::StatusReply(vms) => vms.iter().try_for_each(|v| {
+                if let HostedState::Lost(why) = &v.state {
+                    text_ok(why)?;
+                }
+                text_ok(&v.desktop_power)?;
+                v.console.as_ref().map_or(Ok(()), |c| text_ok(&c.ticket))
             }),
             Control::PleaseReintegrate { reason, .. } => text_ok(reason),
             _ => Ok(()),
@@ -458,11 +467,23 @@ mod tests {
             desktop_control: "10.0.0.2:7400".parse().unwrap(),
             memserv: "10.0.0.2:7410".parse().unwrap(),
             diskserv: "10.0.0.2:7411".parse().unwrap(),
-            memory_mib: 256,
             vm_mac: "02:4a:54:00:00:50".parse().unwrap(),
-            kernel_args: "jt.fill=64".parse().unwrap(),
             descriptor: vec![1, 2, 3],
             zero_map: vec![4, 5],
+        }
+    }
+
+    fn profile() -> MachineProfile {
+        MachineProfile {
+            memory_mib: 256,
+            vcpus: 2,
+            cpu_model: "Skylake-Client-v4".parse().unwrap(),
+            firmware: Firmware::Kernel {
+                kernel_sha256: [1; 32],
+                initrd_sha256: [2; 32],
+                args: "jt.fill=64".parse().unwrap(),
+            },
+            display: true,
         }
     }
 
@@ -484,11 +505,17 @@ mod tests {
         let mut status = HostedStatus::moving("vm1".parse().unwrap(), "desk1".parse().unwrap());
         status.state = HostedState::Lost("QEMU died".into());
         status.pages_fetched = 10;
+        status.console = Some(ConsoleAccess { port: 5930, ticket: "secret".into() });
         let vm: VmName = "vm1".parse().unwrap();
         for msg in [
             Control::Welcome("server".parse().unwrap()),
             Control::Failed("no room".into()),
-            Control::Reserve(ReserveRequest { vm: vm.clone(), ram_bytes: 1, disk_bytes: 2 }),
+            Control::Reserve(ReserveRequest { vm: vm.clone(), profile: profile(), disk_bytes: 2 }),
+            Control::Reserve(ReserveRequest {
+                vm: vm.clone(),
+                profile: MachineProfile { firmware: Firmware::Uefi, display: false, ..profile() },
+                disk_bytes: 2,
+            }),
             Control::Reserved(7),
             Control::Consolidate(Box::new(consolidate())),
             Control::Running(12),
@@ -514,9 +541,7 @@ mod tests {
     fn limits_are_enforced_and_name_the_field() {
         assert!(Control::decode_body(&Control::Data(vec![0; MAX_CHUNK + 1]).encode_body()).is_err());
         type Spoil = fn(&mut ConsolidateRequest);
-        let cases: [(Spoil, &str); 9] = [
-            (|c| c.memory_mib = 0, "memory_mib"),
-            (|c| c.memory_mib = MAX_MEMORY_MIB + 1, "memory_mib"),
+        let cases: [(Spoil, &str); 7] = [
             (|c| c.vm_mac = "01:00:5e:00:00:01".parse().unwrap(), "vm_mac"),
             (|c| c.vm_mac = Mac::default(), "vm_mac"),
             (|c| c.desktop_mac = Some(Mac::BROADCAST), "desktop_mac"),
@@ -531,11 +556,15 @@ mod tests {
             let error = refusal(&Control::Consolidate(Box::new(c)));
             assert!(error.contains(field), "{field}: {error}");
         }
-        let reserve = |ram_bytes, disk_bytes| {
-            refusal(&Control::Reserve(ReserveRequest { vm: "vm1".parse().unwrap(), ram_bytes, disk_bytes }))
+        let reserve = |memory_mib, vcpus, disk_bytes| {
+            let profile = MachineProfile { memory_mib, vcpus, ..profile() };
+            refusal(&Control::Reserve(ReserveRequest { vm: "vm1".parse().unwrap(), profile, disk_bytes }))
         };
-        assert!(reserve(0, 1).contains("ram_bytes"));
-        assert!(reserve(1, MAX_DISK_BYTES + 1).contains("disk_bytes"));
+        assert!(reserve(0, 1, 1).contains("memory_mib"));
+        assert!(reserve(MAX_MEMORY_MIB + 1, 1, 1).contains("memory_mib"));
+        assert!(reserve(256, 0, 1).contains("vcpus"));
+        assert!(reserve(256, MAX_VCPUS + 1, 1).contains("vcpus"));
+        assert!(reserve(256, 1, MAX_DISK_BYTES + 1).contains("disk_bytes"));
         let mut body = Control::Done.encode_body();
         body.push(0);
         assert!(Control::decode_body(&body).is_err(), "trailing bytes");
@@ -548,7 +577,7 @@ mod tests {
     enum RawControl {
         _Welcome(String),
         _Failed(String),
-        Reserve { vm: String, ram_bytes: u64, disk_bytes: u64 },
+        Reserve { vm: String, memory_mib: u64, vcpus: u32, cpu_model: String },
     }
 
     fn bincode_config() -> impl bincode::config::Config {
@@ -558,11 +587,15 @@ mod tests {
     #[test]
     fn hostile_names_are_refused_by_the_decoder_naming_the_field() {
         for vm in ["../x", "", "a-very-long-vm-name", "vm1,romfile=/etc/shadow"] {
-            let raw = RawControl::Reserve { vm: vm.into(), ram_bytes: 1, disk_bytes: 0 };
+            let raw = RawControl::Reserve { vm: vm.into(), memory_mib: 1, vcpus: 1, cpu_model: "max".into() };
             let body = bincode::encode_to_vec(raw, bincode_config()).unwrap();
             let error = wire::chain(&Control::decode_body(&body).unwrap_err());
             assert!(error.contains("vm: ") && error.contains("not a valid VM name"), "{error}");
         }
+        let raw = RawControl::Reserve { vm: "vm1".into(), memory_mib: 1, vcpus: 1, cpu_model: "max,+vmx".into() };
+        let body = bincode::encode_to_vec(raw, bincode_config()).unwrap();
+        let error = wire::chain(&Control::decode_body(&body).unwrap_err());
+        assert!(error.contains("profile: ") && error.contains("not a valid CPU model"), "{error}");
         let hostile = bincode::encode_to_vec((0u32, "../../etc"), bincode_config()).unwrap();
         let error = wire::chain(&ControlHello::decode_body(&hostile).unwrap_err());
         assert!(error.contains("not a valid host name"), "{error}");

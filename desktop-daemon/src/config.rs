@@ -11,9 +11,8 @@
 //! state_dir = "/var/lib/jettison"     # RAM files, descriptors, staging
 //! run_dir = "/run/jettison"           # QEMU sockets, the control socket
 //! bridge = "br0"
-//! kernel = "/var/lib/jettison/guest/vmlinuz"
-//! initrd = "/var/lib/jettison/guest/initramfs.img"
-//! accel = "kvm"
+//! accel = "auto"                     # KVM where /dev/kvm works, else TCG
+//! cpu_model = "Skylake-Client-v4"     # the office's oldest CPU; the same on the server
 //! failover_after_secs = 30            # server unreachable this long: resume from the checkpoint
 //!
 //! [idle]                              # see qemu_driver::IdleThresholds
@@ -22,21 +21,39 @@
 //! [[vm]]
 //! name = "vm1"
 //! memory_mib = 2048
-//! disk = "/var/lib/jettison/vm1.img"
+//! vcpus = 2
+//! firmware = "uefi"                   # or "bios" (SeaBIOS), or "kernel" (kernel = / initrd = above)
+//! disk = "/var/lib/jettison/vm1.qcow2"
+//! disk_format = "qcow2"               # or "raw" (the default); never guessed
+//! display = true                      # a screen and USB input (the default)
 //! mac = "02:4a:54:00:00:01"
 //! memserv_port = 7410
 //! diskserv_port = 7411
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use daemon_protocol::KernelArgs;
+use daemon_protocol::protocol::MAX_MEMORY_MIB;
+use daemon_protocol::{CpuModel, KernelArgs, MAX_VCPUS};
 use identifiers::{HostName, Mac, VmName};
-use qemu_driver::IdleThresholds;
+use qemu_driver::{Accel, AccelChoice, IdleThresholds};
 use serde::Deserialize;
 
 use crate::error::DesktopError;
+
+/// Where Debian's `ovmf` package puts OVMF's code.
+pub const DEFAULT_OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Where Debian's `ovmf` package puts the variable store template.
+pub const DEFAULT_OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The CPU model under KVM when the file names none: Nehalem is
+/// x86-64-v2, which every x86-64 desktop and server of the last fifteen
+/// years runs. Name the office's oldest CPU instead to give guests more.
+pub const DEFAULT_KVM_CPU_MODEL: &str = "Nehalem";
+/// Smallest RAM a VM may have: a desktop OS needs more, but the test guest
+/// runs in this.
+pub const MIN_MEMORY_MIB: u64 = 64;
 
 /// The desktop daemon's settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -61,13 +78,25 @@ pub struct DesktopConfig {
     pub run_dir: PathBuf,
     /// The bridge the VMs' taps join.
     pub bridge: String,
-    /// The VM profile's kernel.
-    pub kernel: PathBuf,
-    /// The VM profile's initrd.
-    pub initrd: PathBuf,
-    /// `kvm` or `tcg`.
-    #[serde(default = "default_accel")]
-    pub accel: String,
+    /// The kernel of VMs that boot one the host supplies (`firmware = "kernel"`).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// Their initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// OVMF's code, for VMs with `firmware = "uefi"`.
+    #[serde(default = "default_ovmf_code")]
+    pub ovmf_code: PathBuf,
+    /// The variable store template each UEFI VM's own store is copied from.
+    #[serde(default = "default_ovmf_vars")]
+    pub ovmf_vars: PathBuf,
+    /// `auto` (KVM where `/dev/kvm` works, else TCG), `kvm` or `tcg`.
+    #[serde(default)]
+    pub accel: AccelChoice,
+    /// The CPU model every VM runs with, here and on the server: the same
+    /// for the whole office. Default: `max` under TCG, [`DEFAULT_KVM_CPU_MODEL`] under KVM.
+    #[serde(default)]
+    pub cpu_model: Option<CpuModel>,
     /// How long the server may be unreachable before a consolidated VM is
     /// resumed from its checkpoint.
     #[serde(default = "default_failover")]
@@ -78,6 +107,33 @@ pub struct DesktopConfig {
     /// The VMs.
     #[serde(rename = "vm")]
     pub vms: Vec<VmDefinition>,
+    /// The accelerator chosen at load.
+    #[serde(skip, default = "unresolved")]
+    resolved_accel: Accel,
+}
+
+/// How a VM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirmwareChoice {
+    /// SeaBIOS, then the disk's own bootloader.
+    Bios,
+    /// UEFI (OVMF), with this VM's own variable store.
+    Uefi,
+    /// The host's `kernel` and `initrd` (the test guest).
+    Kernel,
+}
+
+/// The format of a VM's disk image. Never guessed from the file's
+/// content: a raw disk whose guest wrote a qcow2 header must stay raw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// A plain image, byte for byte the guest's disk.
+    #[default]
+    Raw,
+    /// QEMU's qcow2 (possibly over a backing chain).
+    Qcow2,
 }
 
 /// One VM of the desktop.
@@ -88,11 +144,23 @@ pub struct VmDefinition {
     pub name: VmName,
     /// RAM in MiB.
     pub memory_mib: u64,
-    /// Its raw disk image.
+    /// vCPUs.
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    /// How it boots; default: `kernel` when the file names a kernel, else `bios`.
+    #[serde(default)]
+    pub firmware: Option<FirmwareChoice>,
+    /// Its disk image.
     pub disk: PathBuf,
+    /// The image's format.
+    #[serde(default)]
+    pub disk_format: DiskFormat,
+    /// Whether it has a screen and USB keyboard and tablet.
+    #[serde(default = "yes")]
+    pub display: bool,
     /// Its NIC's MAC, the same on every host.
     pub mac: Mac,
-    /// Extra kernel arguments (the test guest's `jt.*`).
+    /// Extra kernel arguments, for `firmware = "kernel"` (the test guest's `jt.*`).
     #[serde(default)]
     pub kernel_args: KernelArgs,
     /// memserv's port while it is consolidated.
@@ -101,37 +169,145 @@ pub struct VmDefinition {
     pub diskserv_port: u16,
 }
 
-fn default_accel() -> String {
-    "kvm".to_owned()
+impl VmDefinition {
+    /// How it boots, with the default applied.
+    pub fn firmware(&self, desktop: &DesktopConfig) -> FirmwareChoice {
+        self.firmware.unwrap_or(if desktop.kernel.is_some() { FirmwareChoice::Kernel } else { FirmwareChoice::Bios })
+    }
+}
+
+fn default_ovmf_code() -> PathBuf {
+    DEFAULT_OVMF_CODE.into()
+}
+
+fn default_ovmf_vars() -> PathBuf {
+    DEFAULT_OVMF_VARS.into()
 }
 
 fn default_failover() -> u64 {
     30
 }
 
+fn unresolved() -> Accel {
+    Accel::Tcg
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
 impl DesktopConfig {
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path`: every value, the files it
+    /// names, the accelerator and the CPU model against this host's QEMU.
     ///
     /// # Errors
-    /// [`DesktopError::Config`], naming the file and what is wrong in it.
+    /// [`DesktopError::Config`], naming the file, the key, what is wrong and
+    /// what to write instead.
     pub fn load(path: &Path) -> Result<Self, DesktopError> {
-        daemon_protocol::config_file::load(path, DesktopConfig::check).map_err(DesktopError::Config)
+        let mut config =
+            daemon_protocol::config_file::load(path, DesktopConfig::check).map_err(DesktopError::Config)?;
+        config.resolved_accel = config.accel.resolve().expect("checked at load");
+        Ok(config)
     }
 
     fn check(&self) -> Result<(), String> {
-        if !matches!(self.accel.as_str(), "kvm" | "tcg") {
-            return Err(format!("accel must be \"kvm\" or \"tcg\", not {:?}", self.accel));
+        let accel = self.accel.resolve()?;
+        let model = self.cpu_model_for(accel);
+        if accel == Accel::Kvm && model.is_host_dependent() {
+            return Err(format!(
+                "cpu_model = \"{model}\" differs from host to host under KVM, so a VM cannot move safely: \
+                 name the office's oldest CPU, e.g. cpu_model = \"Skylake-Client-v4\" (see qemu-system-x86_64 -cpu help)"
+            ));
+        }
+        let known = qemu_driver::cpu_models().map_err(|e| format!("cannot ask QEMU for its CPU models: {e}"))?;
+        if !known.iter().any(|m| m == model.as_str()) {
+            return Err(format!(
+                "cpu_model = \"{model}\" is not a CPU model this QEMU knows: pick one from \
+                 `qemu-system-x86_64 -cpu help`"
+            ));
         }
         if let Some(mac) = self.mac {
             mac.unicast().map_err(|e| format!("mac: {e}"))?;
         }
+        let mut ports = vec![("control_listen", self.control_listen.port())];
         for (i, vm) in self.vms.iter().enumerate() {
-            vm.mac.unicast().map_err(|e| format!("VM {}: mac: {e}", vm.name))?;
             if self.vms[..i].iter().any(|other| other.name == vm.name) {
-                return Err(format!("VM {:?} is listed twice", vm.name));
+                return Err(format!("VM {:?} is listed twice: give each [[vm]] its own name", vm.name));
+            }
+            self.check_vm(vm).map_err(|e| format!("[[vm]] {}: {e}", vm.name))?;
+            for (key, port) in [("memserv_port", vm.memserv_port), ("diskserv_port", vm.diskserv_port)] {
+                if let Some((other, _)) = ports.iter().find(|(_, p)| *p == port) {
+                    return Err(format!(
+                        "[[vm]] {}: {key} = {port} is already {other}: give every port its own number",
+                        vm.name
+                    ));
+                }
+                ports.push((if key == "memserv_port" { "a memserv_port" } else { "a diskserv_port" }, port));
             }
         }
         Ok(())
+    }
+
+    fn check_vm(&self, vm: &VmDefinition) -> Result<(), String> {
+        vm.mac.unicast().map_err(|e| format!("mac: {e}"))?;
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&vm.memory_mib) {
+            return Err(format!("memory_mib = {}: write {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}", vm.memory_mib));
+        }
+        if !(1..=MAX_VCPUS).contains(&vm.vcpus) {
+            return Err(format!("vcpus = {}: write 1 to {MAX_VCPUS}", vm.vcpus));
+        }
+        for port in [vm.memserv_port, vm.diskserv_port] {
+            if port == 0 {
+                return Err("memserv_port and diskserv_port must be fixed ports, not 0".to_owned());
+            }
+        }
+        expect_file("disk", &vm.disk, true)?;
+        match vm.firmware(self) {
+            FirmwareChoice::Kernel => {
+                let kernel = self.kernel.as_ref().ok_or(
+                    "firmware = \"kernel\" but the file names no kernel: \
+                     add kernel = \"...\" and initrd = \"...\" at the top, or write firmware = \"bios\"",
+                )?;
+                let initrd = self.initrd.as_ref().ok_or(
+                    "firmware = \"kernel\" but the file names no initrd: \
+                     add initrd = \"...\" at the top",
+                )?;
+                expect_file("kernel", kernel, false)?;
+                expect_file("initrd", initrd, false)?;
+            }
+            FirmwareChoice::Uefi => {
+                expect_file("ovmf_code", &self.ovmf_code, false)?;
+                expect_file("ovmf_vars", &self.ovmf_vars, false)?;
+            }
+            FirmwareChoice::Bios => {}
+        }
+        if !vm.kernel_args.as_str().is_empty() && vm.firmware(self) != FirmwareChoice::Kernel {
+            return Err("kernel_args only apply to firmware = \"kernel\": put the guest's kernel arguments in \
+                 its own bootloader configuration"
+                .to_owned());
+        }
+        Ok(())
+    }
+
+    /// The accelerator the VMs run with.
+    pub fn accel(&self) -> Accel {
+        self.resolved_accel
+    }
+
+    /// The CPU model the VMs run with.
+    pub fn cpu_model(&self) -> CpuModel {
+        self.cpu_model_for(self.resolved_accel)
+    }
+
+    fn cpu_model_for(&self, accel: Accel) -> CpuModel {
+        self.cpu_model.clone().unwrap_or_else(|| {
+            let default = if accel == Accel::Kvm { DEFAULT_KVM_CPU_MODEL } else { "max" };
+            default.parse().expect("the default models are valid names")
+        })
     }
 
     /// The local control socket the `jettison` command talks to.
@@ -145,47 +321,158 @@ impl DesktopConfig {
     }
 }
 
+/// Checks that `path` (the value of `key`) is a regular file, or a block
+/// device where `device_ok`.
+fn expect_file(key: &str, path: &Path, device_ok: bool) -> Result<(), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{key} = {:?}: {e}: write the path of an existing file", path))?;
+    let kind = meta.file_type();
+    if kind.is_file() || (device_ok && kind.is_block_device()) {
+        return Ok(());
+    }
+    let wanted = if device_ok { "a disk image file or a block device" } else { "a regular file" };
+    Err(format!("{key} = {path:?} is not {wanted}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const BASE: &str = "name = \"d\"\nkey = \"/k\"\nserver = \"s:1\"\ncontrol_listen = \"10.0.0.2:7400\"\n\
-        serve_ip = \"10.0.0.2\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\nbridge = \"br0\"\nkernel = \"/v\"\n\
-        initrd = \"/i\"\n";
-    const VM: &str = "[[vm]]\nname = \"vm1\"\nmemory_mib = 256\ndisk = \"/d.img\"\nmac = \"02:00:00:00:00:01\"\n\
-        memserv_port = 7410\ndiskserv_port = 7411\n";
+    /// A config file's text with real files under `dir` for it to name.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
 
-    fn load(text: &str) -> Result<DesktopConfig, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("desktop.toml");
-        std::fs::write(&path, text).unwrap();
-        DesktopConfig::load(&path).map_err(|e| wire::chain(&e))
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            for file in ["vmlinuz", "initrd", "d.img"] {
+                std::fs::write(dir.path().join(file), b"x").unwrap();
+            }
+            Fixture { dir }
+        }
+
+        fn base(&self) -> String {
+            let d = self.dir.path().display();
+            format!(
+                "name = \"d\"\nkey = \"/k\"\nserver = \"s:1\"\ncontrol_listen = \"10.0.0.2:7400\"\n\
+                 serve_ip = \"10.0.0.2\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\nbridge = \"br0\"\n\
+                 kernel = \"{d}/vmlinuz\"\ninitrd = \"{d}/initrd\"\naccel = \"tcg\"\n"
+            )
+        }
+
+        fn vm(&self) -> String {
+            format!(
+                "[[vm]]\nname = \"vm1\"\nmemory_mib = 256\ndisk = \"{}/d.img\"\nmac = \"02:00:00:00:00:01\"\n\
+                 memserv_port = 7410\ndiskserv_port = 7411\n",
+                self.dir.path().display()
+            )
+        }
+
+        fn load(&self, text: &str) -> Result<DesktopConfig, String> {
+            let path = self.dir.path().join("desktop.toml");
+            std::fs::write(&path, text).unwrap();
+            DesktopConfig::load(&path).map_err(|e| wire::chain(&e))
+        }
+
+        /// The error for the base file with `old` replaced by `new` in its VM.
+        fn refusal(&self, old: &str, new: &str) -> String {
+            let vm = self.vm();
+            assert!(vm.contains(old), "{old} is not in the VM");
+            self.load(&format!("{}{}", self.base(), vm.replace(old, new))).unwrap_err()
+        }
     }
 
     #[test]
     fn a_file_loads_with_defaults() {
-        let config = load(&format!("{BASE}[idle]\nmax_cpu_percent = 20.0\n{VM}")).unwrap();
+        let f = Fixture::new();
+        let config = f.load(&format!("{}[idle]\nmax_cpu_percent = 20.0\n{}", f.base(), f.vm())).unwrap();
         assert_eq!(config.failover_after_secs, 30);
         assert_eq!(config.idle.max_cpu_percent, 20.0);
-        assert_eq!(config.vm("vm1").unwrap().memory_mib, 256);
+        let vm = config.vm("vm1").unwrap();
+        assert_eq!((vm.memory_mib, vm.vcpus, vm.display, vm.disk_format), (256, 1, true, DiskFormat::Raw));
+        assert_eq!(vm.firmware(&config), FirmwareChoice::Kernel, "a file with a kernel keeps booting it");
+        assert_eq!(config.accel(), Accel::Tcg);
+        assert_eq!(config.cpu_model().as_str(), "max");
         assert_eq!(config.control_socket(), Path::new("/r/desktop.sock"));
     }
 
     #[test]
-    fn bad_names_and_twins_are_refused() {
-        let long = VM.replace("vm1", "a-very-long-vm-name");
-        assert!(load(&format!("{BASE}{long}")).unwrap_err().contains("tap device"));
-        let multicast = VM.replace("02:00:00:00:00:01", "01:00:5e:00:00:01");
-        assert!(load(&format!("{BASE}{multicast}")).unwrap_err().contains("unicast"));
-        let hostile = VM.replace("02:00:00:00:00:01", "52:54:00:00:00:01,romfile=/etc/shadow");
-        assert!(load(&format!("{BASE}{hostile}")).unwrap_err().contains("not a valid MAC address"));
-        assert!(load(&format!("{BASE}{VM}{VM}")).unwrap_err().contains("listed twice"));
-        assert!(load(&format!("{BASE}accel = \"xen\"\n{VM}")).unwrap_err().contains("accel"));
+    fn a_firmware_vm_needs_no_kernel() {
+        let f = Fixture::new();
+        let base: String = f
+            .base()
+            .lines()
+            .filter(|l| !l.starts_with("kernel") && !l.starts_with("initrd"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = f.load(&format!("{base}\n{}", f.vm())).unwrap();
+        assert_eq!(config.vm("vm1").unwrap().firmware(&config), FirmwareChoice::Bios);
+        let error = f.load(&format!("{base}\n{}firmware = \"kernel\"\n", f.vm())).unwrap_err();
+        assert!(error.contains("names no kernel") && error.contains("[[vm]] vm1"), "{error}");
     }
 
     #[test]
-    fn the_packaged_example_loads() {
+    fn each_kind_of_mistake_is_refused_naming_the_key() {
+        let f = Fixture::new();
+        let long = f.refusal("\"vm1\"", "\"a-very-long-vm-name\"");
+        assert!(long.contains("tap device"), "{long}");
+        assert!(f.refusal("02:00:00:00:00:01", "01:00:5e:00:00:01").contains("unicast"));
+        let hostile = f.refusal("02:00:00:00:00:01", "52:54:00:00:00:01,romfile=/etc/shadow");
+        assert!(hostile.contains("not a valid MAC address"), "{hostile}");
+        let twice = f.load(&format!("{}{}{}", f.base(), f.vm(), f.vm())).unwrap_err();
+        assert!(twice.contains("listed twice"), "{twice}");
+        let accel = f.load(&format!("{}{}", f.base().replace("\"tcg\"", "\"xen\""), f.vm())).unwrap_err();
+        assert!(accel.contains("accel") && accel.contains("auto"), "{accel}");
+        let port = f.refusal("diskserv_port = 7411", "diskserv_port = 7410");
+        assert!(port.contains("diskserv_port = 7410 is already a memserv_port"), "{port}");
+        let control = f.refusal("memserv_port = 7410", "memserv_port = 7400");
+        assert!(control.contains("is already control_listen"), "{control}");
+        let missing = f.refusal("d.img", "nowhere.img");
+        assert!(missing.contains("disk = ") && missing.contains("nowhere.img"), "{missing}");
+        let directory = f.refusal("/d.img", "");
+        assert!(directory.contains("is not a disk image file or a block device"), "{directory}");
+        let memory = f.refusal("memory_mib = 256", "memory_mib = 1");
+        assert!(memory.contains("memory_mib = 1: write 64 to"), "{memory}");
+        let vcpus = f.refusal("memory_mib = 256", "memory_mib = 256\nvcpus = 0");
+        assert!(vcpus.contains("vcpus = 0: write 1 to 256"), "{vcpus}");
+        let model = f.load(&format!("{}cpu_model = \"Pentium9000\"\n{}", f.base(), f.vm())).unwrap_err();
+        assert!(model.contains("not a CPU model this QEMU knows"), "{model}");
+        let hostile_model = f.load(&format!("{}cpu_model = \"max,+vmx\"\n{}", f.base(), f.vm())).unwrap_err();
+        assert!(hostile_model.contains("not a valid CPU model"), "{hostile_model}");
+        let uefi =
+            f.load(&format!("{}ovmf_vars = \"/nope.fd\"\n{}firmware = \"uefi\"\n", f.base(), f.vm())).unwrap_err();
+        assert!(uefi.contains("ovmf_vars = \"/nope.fd\""), "{uefi}");
+        let args =
+            f.load(&format!("{}{}firmware = \"bios\"\nkernel_args = \"quiet\"\n", f.base(), f.vm())).unwrap_err();
+        assert!(args.contains("kernel_args only apply"), "{args}");
+        let format = f.refusal("disk = ", "disk_format = \"vmdk\"\ndisk = ");
+        assert!(format.contains("disk_format"), "{format}");
+    }
+
+    #[test]
+    fn kvm_is_refused_where_it_cannot_work_and_max_is_refused_under_it() {
+        let f = Fixture::new();
+        let kvm = f.load(&format!("{}{}", f.base().replace("\"tcg\"", "\"kvm\""), f.vm()));
+        if qemu_driver::kvm_usable() {
+            let error = f.load(&format!("{}cpu_model = \"max\"\n{}", f.base().replace("\"tcg\"", "\"kvm\""), f.vm()));
+            assert!(error.unwrap_err().contains("differs from host to host"));
+            assert_eq!(kvm.unwrap().cpu_model().as_str(), DEFAULT_KVM_CPU_MODEL);
+        } else {
+            assert!(kvm.unwrap_err().contains("/dev/kvm cannot be opened"));
+        }
+    }
+
+    #[test]
+    fn the_packaged_example_loads_apart_from_its_files() {
+        // The example names files of a real install; only they may be missing here.
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/desktop.toml");
-        DesktopConfig::load(&path).unwrap();
+        match DesktopConfig::load(&path) {
+            Ok(_) => {}
+            Err(e) => {
+                let e = wire::chain(&e);
+                assert!(e.contains("No such file") && e.contains("write the path of an existing file"), "{e}");
+            }
+        }
     }
 }

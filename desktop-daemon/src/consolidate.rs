@@ -74,8 +74,10 @@ pub fn consolidate(
     log: &mut dyn FnMut(String),
 ) -> Result<ConsolidateReport, DesktopError> {
     let name = vm.name().clone();
-    if vm.placement() != &Placement::Desktop {
-        return Err(DesktopError::AlreadyOnServer { vm: name });
+    match vm.placement() {
+        Placement::Desktop => {}
+        Placement::Server { .. } => return Err(DesktopError::AlreadyOnServer { vm: name }),
+        Placement::Off | Placement::Saved => return Err(DesktopError::NotRunning { vm: name }),
     }
     let started = Instant::now();
     if force {
@@ -97,12 +99,8 @@ pub fn consolidate(
     }
 
     let mut channel = ctx.connect()?;
-    let ram_bytes = vm.config().memory_mib << 20;
-    let disk = &vm.config().disk;
-    let disk_bytes = std::fs::metadata(disk)
-        .map_err(|source| DesktopError::File { vm: name.clone(), action: "read", path: disk.clone(), source })?
-        .len();
-    let reserve = Control::Reserve(ReserveRequest { vm: name.clone(), ram_bytes, disk_bytes });
+    let disk_bytes = vm.disk_bytes()?;
+    let reserve = Control::Reserve(ReserveRequest { vm: name.clone(), profile: vm.profile()?, disk_bytes });
     let expected = match ask(&mut channel, &reserve)? {
         Control::Reserved(bytes) => bytes,
         Control::Failed(why) => return Err(DesktopError::Refused(why)),
@@ -168,9 +166,7 @@ fn hand_over(ctx: Context<'_>, vm: &mut LocalVm, channel: &mut Channel) -> Resul
         desktop_control: ctx.config.control_listen,
         memserv: std::net::SocketAddr::new(ip, vm.config().memserv_port),
         diskserv: std::net::SocketAddr::new(ip, vm.config().diskserv_port),
-        memory_mib: vm.config().memory_mib,
         vm_mac: vm.config().mac,
-        kernel_args: vm.config().kernel_args.clone(),
         descriptor,
         zero_map: zero_map.encode(),
     };

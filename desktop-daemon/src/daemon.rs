@@ -14,7 +14,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use daemon_protocol::local::{self, DesktopStatus, DesktopVmStatus, LocalReply, LocalRequest, Report, VmLocation};
+use daemon_protocol::local::{
+    self, DesktopStatus, DesktopVmStatus, LocalReply, LocalRequest, Report, ViewTarget, VmLocation,
+};
 use daemon_protocol::{Control, ControlHello, HostedState, HostedStatus, CONTROL_TIMEOUT};
 use identifiers::VmName;
 use wire::protocol::Message;
@@ -88,6 +90,8 @@ impl DesktopDaemon {
             let mut vm = lock(vm);
             let started = match vm.placement() {
                 Placement::Desktop => vm.boot(),
+                Placement::Off => Ok(()),
+                Placement::Saved => resume_saved(&mut vm),
                 Placement::Server { .. } => vm.serve(self.config.serve_ip, &self.key),
             };
             if let Err(e) = started {
@@ -124,8 +128,59 @@ impl DesktopDaemon {
             LocalRequest::Reintegrate { vm } => {
                 self.vm(&vm).and_then(|vm| reintegrate(self.context(), &mut lock(vm), send).map(Report::Reintegrated))
             }
+            LocalRequest::Start { vm } => self.vm(&vm).and_then(|vm| start(&mut lock(vm))),
+            LocalRequest::Shutdown { vm, timeout_secs } => self.vm(&vm).and_then(|vm| {
+                let mut vm = lock(vm);
+                here(&vm)?;
+                vm.shutdown_guest(Duration::from_secs(timeout_secs))?;
+                Ok(vm_state(&vm))
+            }),
+            LocalRequest::Destroy { vm } => self.vm(&vm).and_then(|vm| {
+                let mut vm = lock(vm);
+                here(&vm)?;
+                vm.destroy()?;
+                Ok(vm_state(&vm))
+            }),
+            LocalRequest::SaveAll => Ok(self.save_all()),
+            LocalRequest::View { vm } => self.vm(&vm).and_then(|vm| self.view(&lock(vm))).map(Report::View),
         };
         done.map_err(|e| wire::chain(&e))
+    }
+
+    /// Saves every VM running here to its checkpoint (a host shutdown).
+    fn save_all(&self) -> Report {
+        let mut saved = Vec::new();
+        for (name, vm) in &self.vms {
+            let mut vm = lock(vm);
+            if vm.placement() != &Placement::Desktop || !vm.is_running() {
+                continue;
+            }
+            match vm.stop_and_save().and_then(|bytes| vm.set_placement(Placement::Saved).map(|()| bytes)) {
+                Ok(bytes) => {
+                    tracing::info!(vm = %name, bytes, "saved to its checkpoint; resumed when the daemon starts");
+                    saved.push(name.clone());
+                }
+                Err(e) => tracing::error!(vm = %name, "cannot save it: {}", wire::chain(&e)),
+            }
+        }
+        Report::Saved { vms: saved }
+    }
+
+    /// Where `vm`'s screen can be seen now.
+    fn view(&self, vm: &LocalVm) -> Result<ViewTarget, DesktopError> {
+        let name = vm.name().clone();
+        if !vm.config().display {
+            return Err(DesktopError::NoDisplay { vm: name });
+        }
+        if !matches!(vm.placement(), Placement::Server { .. }) {
+            let socket = vm.spice_socket().ok_or_else(|| DesktopError::NoDisplay { vm: name.clone() })?;
+            return Ok(ViewTarget::Local { uri: format!("spice+unix://{}", socket.display()) });
+        }
+        let hosted = self.server_status()?;
+        let console = self.hosted_here(&hosted, &name).and_then(|h| h.console.clone());
+        let console = console.ok_or(DesktopError::NoRemoteConsole { vm: name })?;
+        let host = self.config.server.rsplit_once(':').map_or(self.config.server.as_str(), |(host, _)| host);
+        Ok(ViewTarget::Remote { host: host.to_owned(), port: console.port, ticket: console.ticket })
     }
 
     /// A request from the server: take a VM back.
@@ -161,7 +216,7 @@ impl DesktopDaemon {
     fn bring_home(&self, name: &VmName, why: &str) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
-        if vm.placement() == &Placement::Desktop {
+        if !matches!(vm.placement(), Placement::Server { .. }) {
             return;
         }
         match reintegrate(self.context(), &mut vm, &mut |_| {}) {
@@ -190,7 +245,7 @@ impl DesktopDaemon {
             let away: Vec<VmName> = self
                 .vms
                 .iter()
-                .filter(|(_, vm)| vm.try_lock().is_ok_and(|vm| vm.placement() != &Placement::Desktop))
+                .filter(|(_, vm)| vm.try_lock().is_ok_and(|vm| matches!(vm.placement(), Placement::Server { .. })))
                 .map(|(name, _)| name.clone())
                 .collect();
             if away.is_empty() {
@@ -265,11 +320,14 @@ impl DesktopDaemon {
         }
     }
 
-    /// Ends every QEMU of this daemon and stops serving checkpoints, for a
-    /// clean exit. A VM on the server stays there.
+    /// Stops serving checkpoints, for a clean exit, and leaves every VM's
+    /// QEMU running: the next daemon takes them over (a restart or upgrade
+    /// never touches a running guest). A host shutdown saves them first
+    /// (`jettison save-all`, run by the jettison-desktop-save unit). A VM
+    /// on the server stays there.
     pub fn shutdown(&self) {
         for vm in self.vms.values() {
-            lock(vm).shut_down();
+            lock(vm).leave_running();
         }
     }
 
@@ -280,15 +338,18 @@ impl DesktopDaemon {
             .vms
             .iter()
             .map(|(name, vm)| {
-                let (on, since, running_here) = match vm.try_lock() {
-                    Ok(vm) => match vm.placement() {
-                        Placement::Desktop => (VmLocation::Desktop, None, vm.is_running()),
-                        Placement::Server { since } => (VmLocation::Server, Some(*since), false),
-                    },
-                    Err(_) => (VmLocation::Moving, None, false),
+                let (on, since, running_here, error) = match vm.try_lock() {
+                    Ok(vm) => {
+                        let since = match vm.placement() {
+                            Placement::Server { since } => Some(*since),
+                            _ => None,
+                        };
+                        (location(&vm), since, vm.is_running(), vm.start_error().map(str::to_owned))
+                    }
+                    Err(_) => (VmLocation::Moving, None, false, None),
                 };
                 let server = hosted.as_ref().ok().and_then(|h| self.hosted_here(h, name)).cloned();
-                DesktopVmStatus { vm: name.clone(), on, since, running_here, server }
+                DesktopVmStatus { vm: name.clone(), on, since, running_here, error, server }
             })
             .collect();
         DesktopStatus {
@@ -299,4 +360,48 @@ impl DesktopDaemon {
             vms,
         }
     }
+}
+
+/// Where `vm` is, for the command.
+fn location(vm: &LocalVm) -> VmLocation {
+    match vm.placement() {
+        Placement::Desktop => VmLocation::Desktop,
+        Placement::Off => VmLocation::Off,
+        Placement::Saved => VmLocation::Saved,
+        Placement::Server { .. } => VmLocation::Server,
+    }
+}
+
+fn vm_state(vm: &LocalVm) -> Report {
+    Report::VmState { vm: vm.name().clone(), on: location(vm) }
+}
+
+/// Refuses a request that needs the VM here.
+fn here(vm: &LocalVm) -> Result<(), DesktopError> {
+    match vm.placement() {
+        Placement::Server { .. } => Err(DesktopError::OnServer { vm: vm.name().clone() }),
+        _ => Ok(()),
+    }
+}
+
+/// `jettison start`: boots a VM that is off, resumes a saved one.
+fn start(vm: &mut LocalVm) -> Result<Report, DesktopError> {
+    here(vm)?;
+    match vm.placement() {
+        Placement::Saved => resume_saved(vm)?,
+        _ => {
+            vm.boot()?;
+            vm.set_placement(Placement::Desktop)?;
+        }
+    }
+    Ok(vm_state(vm))
+}
+
+/// Resumes a VM saved at a host shutdown from its checkpoint.
+fn resume_saved(vm: &mut LocalVm) -> Result<(), DesktopError> {
+    let checkpoint = vm.checkpoint();
+    vm.resume_from(&checkpoint)?;
+    vm.set_placement(Placement::Desktop)?;
+    tracing::info!(vm = %vm.name(), "resumed from the checkpoint it was saved to at shutdown");
+    Ok(())
 }

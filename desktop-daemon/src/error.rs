@@ -62,8 +62,37 @@ pub enum DesktopError {
         vm: VmName,
     },
     /// The VM is not running here.
-    #[error("{vm} is not running on this desktop; nothing to consolidate")]
+    #[error("{vm} is not running on this desktop (`jettison start {vm}` boots it)")]
     NotRunning {
+        /// The VM.
+        vm: VmName,
+    },
+    /// The guest did not power off in time.
+    #[error(
+        "{vm} did not power off within {secs} s of its power button (does the guest handle ACPI?); it still runs: \
+         `jettison destroy {vm}` ends it at once"
+    )]
+    ShutdownTimeout {
+        /// The VM.
+        vm: VmName,
+        /// How long we waited.
+        secs: u64,
+    },
+    /// The VM is on the server, where this request does not reach.
+    #[error("{vm} is on the server: `jettison reintegrate {vm}` brings it back first")]
+    OnServer {
+        /// The VM.
+        vm: VmName,
+    },
+    /// The VM has no screen.
+    #[error("{vm} has no display (display = false in its [[vm]])")]
+    NoDisplay {
+        /// The VM.
+        vm: VmName,
+    },
+    /// The server did not say where the VM's screen is.
+    #[error("the server has no console for {vm} (it is not running there now)")]
+    NoRemoteConsole {
         /// The VM.
         vm: VmName,
     },

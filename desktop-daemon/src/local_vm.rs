@@ -17,24 +17,31 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use daemon_protocol::{CpuModel, Firmware, MachineProfile};
 use identifiers::VmName;
 use image_server::{ServeConfig, StopHandle};
 use qemu_driver::{
-    announce, nic_args, resume, save_device_state, Accel, DiskBackend, GuestImage, QemuProcess, Qmp, Tap, VmLoadSample,
-    VmLoadWindow, VmSpec,
+    announce, nic_args, resume, save_device_state, Accel, Boot, DiskBackend, Display, GuestImage, QemuProcess, Qmp,
+    Tap, VmLoadSample, VmLoadWindow, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use wire::{Service, SharedKey};
 
-use crate::config::{DesktopConfig, VmDefinition};
+use crate::config::{DesktopConfig, FirmwareChoice, VmDefinition};
 use crate::error::DesktopError;
 
 /// Where the VM is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "on", rename_all = "snake_case")]
 pub enum Placement {
-    /// Running here.
+    /// Here, running (or to be started when the daemon starts).
     Desktop,
+    /// Here, powered off (by its guest, `shutdown` or `destroy`); started
+    /// again by `jettison start` only.
+    Off,
+    /// Here, saved to its checkpoint at a host shutdown; resumed from it
+    /// when the daemon starts.
+    Saved,
     /// Consolidated on the server since `since` (seconds since the epoch).
     Server {
         /// When it left.
@@ -47,7 +54,7 @@ pub enum Placement {
 struct Running {
     qmp: Qmp,
     qemu: QemuProcess,
-    _tap: Tap,
+    tap: Tap,
 }
 
 /// memserv and diskserv serving the checkpoint.
@@ -72,8 +79,13 @@ impl Drop for Serving {
 #[derive(Debug)]
 pub struct LocalVm {
     config: VmDefinition,
-    guest: GuestImage,
+    boot: Boot,
     accel: Accel,
+    cpu_model: CpuModel,
+    /// The variable store template a UEFI VM's own store starts as.
+    ovmf_vars_template: PathBuf,
+    /// Why the last start failed, for `status`.
+    start_error: Option<String>,
     bridge: String,
     dir: PathBuf,
     run_dir: PathBuf,
@@ -101,10 +113,25 @@ impl LocalVm {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or(Placement::Desktop);
+        let boot = match config.firmware(desktop) {
+            FirmwareChoice::Bios => Boot::Bios,
+            FirmwareChoice::Uefi => Boot::Uefi { code: desktop.ovmf_code.clone(), vars: dir.join("efivars.fd") },
+            FirmwareChoice::Kernel => Boot::Kernel {
+                // The configuration was checked at load: a kernel VM has both.
+                image: GuestImage {
+                    kernel: desktop.kernel.clone().unwrap_or_default(),
+                    initrd: desktop.initrd.clone().unwrap_or_default(),
+                },
+                args: config.kernel_args.to_string(),
+            },
+        };
         Ok(LocalVm {
             config: config.clone(),
-            guest: GuestImage { kernel: desktop.kernel.clone(), initrd: desktop.initrd.clone() },
-            accel: if desktop.accel == "kvm" { Accel::Kvm } else { Accel::Tcg },
+            boot,
+            accel: desktop.accel(),
+            cpu_model: desktop.cpu_model(),
+            ovmf_vars_template: desktop.ovmf_vars.clone(),
+            start_error: None,
             bridge: desktop.bridge.clone(),
             dir,
             run_dir: desktop.run_dir.join(config.name.as_str()),
@@ -167,36 +194,159 @@ impl LocalVm {
         Ok(())
     }
 
+    /// Its virtual hardware, as the server must run it.
+    ///
+    /// # Errors
+    /// [`DesktopError::File`] when the kernel or initramfs of a VM that
+    /// boots them cannot be read.
+    pub fn profile(&self) -> Result<MachineProfile, DesktopError> {
+        let firmware = match &self.boot {
+            Boot::Bios => Firmware::Bios,
+            Boot::Uefi { .. } => Firmware::Uefi,
+            Boot::Kernel { image, .. } => {
+                let digest = |path: &Path| {
+                    daemon_protocol::file_sha256(path).map_err(|source| DesktopError::File {
+                        vm: self.name().clone(),
+                        action: "read",
+                        path: path.to_owned(),
+                        source,
+                    })
+                };
+                Firmware::Kernel {
+                    kernel_sha256: digest(&image.kernel)?,
+                    initrd_sha256: digest(&image.initrd)?,
+                    args: self.config.kernel_args.clone(),
+                }
+            }
+        };
+        Ok(MachineProfile {
+            memory_mib: self.config.memory_mib,
+            vcpus: self.config.vcpus,
+            cpu_model: self.cpu_model.clone(),
+            firmware,
+            display: self.config.display,
+        })
+    }
+
+    /// The guest-visible size of its disk.
+    ///
+    /// # Errors
+    /// [`DesktopError::File`] when the image cannot be measured.
+    pub fn disk_bytes(&self) -> Result<u64, DesktopError> {
+        let disk = &self.config.disk;
+        let file = std::fs::File::open(disk);
+        let len = file.and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)));
+        len.map_err(|source| DesktopError::File {
+            vm: self.name().clone(),
+            action: "measure",
+            path: disk.clone(),
+            source,
+        })
+    }
+
+    /// The SPICE socket a viewer on this desktop opens, if it has a screen.
+    pub fn spice_socket(&self) -> Option<PathBuf> {
+        self.config.display.then(|| self.run_dir.join("spice.sock"))
+    }
+
+    /// The guest's serial console socket.
+    pub fn console_socket(&self) -> PathBuf {
+        self.spec().console_socket()
+    }
+
     fn spec(&self) -> VmSpec {
-        VmSpec::new(&self.guest, self.ram_file(), &self.run_dir)
+        let display = match self.spice_socket() {
+            Some(socket) => Display::LocalSpice { socket },
+            None => Display::None,
+        };
+        VmSpec::booting(self.boot.clone(), self.ram_file(), &self.run_dir)
             .memory_mib(self.config.memory_mib)
+            .vcpus(self.config.vcpus)
             .accel(self.accel)
-            .kernel_args(self.config.kernel_args.as_str())
+            .cpu(self.cpu_model.as_str())
+            .display(display)
+            .reboot_ends_qemu(false)
             .extra_args(DiskBackend::File(self.config.disk.clone()).qemu_args())
     }
 
     /// Starts QEMU with `start` on our profile plus the NIC on a fresh tap,
-    /// and keeps it as the running VM with an empty idleness window.
+    /// and keeps it as the running VM with an empty idleness window. A
+    /// failure is kept for `status`.
     fn start(
         &mut self,
         start: impl FnOnce(VmSpec) -> Result<(QemuProcess, Qmp), DesktopError>,
     ) -> Result<(), DesktopError> {
+        let started = self.try_start(start);
+        self.start_error = started.as_ref().err().map(|e| wire::chain(e));
+        started
+    }
+
+    fn try_start(
+        &mut self,
+        start: impl FnOnce(VmSpec) -> Result<(QemuProcess, Qmp), DesktopError>,
+    ) -> Result<(), DesktopError> {
+        self.make_efi_vars()?;
         let tap = Tap::create(&self.config.name.tap_name(), &self.bridge).map_err(|source| DesktopError::Qemu {
             vm: self.config.name.clone(),
             action: "make its tap device",
             source: Box::new(source),
         })?;
         let (qemu, qmp) = start(self.spec().extra_args(nic_args(tap.name(), self.config.mac)))?;
-        self.running = Some(Running { qmp, qemu, _tap: tap });
+        self.running = Some(Running { qmp, qemu, tap });
         self.window = VmLoadWindow::new(self.window.length());
         Ok(())
     }
 
-    /// Boots it from its disk and kernel (a fresh start).
+    /// A UEFI VM's own variable store, copied from the template at its
+    /// first start.
+    fn make_efi_vars(&self) -> Result<(), DesktopError> {
+        let Boot::Uefi { vars, .. } = &self.boot else { return Ok(()) };
+        if vars.exists() {
+            return Ok(());
+        }
+        let file_error = |path: &Path| {
+            let (vm, path) = (self.name().clone(), path.to_owned());
+            move |source| DesktopError::File { vm, action: "make its UEFI variable store from", path, source }
+        };
+        let template = std::fs::read(&self.ovmf_vars_template).map_err(file_error(&self.ovmf_vars_template))?;
+        durable_file::replace_file(vars, &[&template]).map_err(file_error(vars))
+    }
+
+    /// Takes over the QEMU an earlier daemon left running for this VM, if
+    /// there is one; `true` if so.
+    pub fn attach(&mut self) -> bool {
+        let spec = self.spec();
+        let Some(mut qemu) = QemuProcess::attach(&spec) else { return false };
+        match qemu.connect_qmp() {
+            Ok(qmp) => {
+                let tap = Tap::adopt(&self.config.name.tap_name());
+                self.running = Some(Running { qmp, qemu, tap });
+                self.window = VmLoadWindow::new(self.window.length());
+                self.start_error = None;
+                tracing::info!(vm = %self.name(), pid = self.running.as_ref().map(|r| r.qemu.pid()), "took over its running QEMU");
+                true
+            }
+            Err(e) => {
+                // Our QEMU, but it does not answer: leave it alone rather
+                // than start a second VM on the same disk.
+                self.start_error = Some(format!("its QEMU (pid {}) runs but does not answer QMP: {e}", qemu.pid()));
+                qemu.leave_running();
+                tracing::error!(vm = %self.name(), "{}", self.start_error.as_deref().unwrap_or_default());
+                true
+            }
+        }
+    }
+
+    /// Boots it from its disk (a fresh start), or takes over its QEMU if
+    /// an earlier daemon left it running.
     ///
     /// # Errors
-    /// [`DesktopError::Qemu`] saying what could not start.
+    /// [`DesktopError::Qemu`] saying what could not start, with QEMU's own
+    /// words.
     pub fn boot(&mut self) -> Result<(), DesktopError> {
+        if self.running.is_some() || self.attach() {
+            return Ok(());
+        }
         let name = self.name().clone();
         let qemu_error = |action| {
             let vm = name.clone();
@@ -204,15 +354,18 @@ impl LocalVm {
         };
         self.start(|spec| {
             let mut qemu = spec.spawn().map_err(qemu_error("boot it"))?;
-            let qmp = qemu.connect_qmp().map_err(qemu_error("talk to its QEMU"))?;
+            let mut qmp = qemu.connect_qmp().map_err(qemu_error("talk to its QEMU"))?;
+            // A guest that fails at once (no bootable disk, bad firmware)
+            // is caught here rather than by the next sample.
+            qmp.run_state().map_err(qemu_error("talk to its QEMU"))?;
             Ok((qemu, qmp))
         })?;
         tracing::info!(vm = %name, "booted");
         Ok(())
     }
 
-    /// Resumes it here from the descriptor `state` over its RAM file, and
-    /// announces its MAC.
+    /// Resumes it here from the descriptor `state` over its RAM file,
+    /// announces its MAC and sets the guest's clock.
     ///
     /// # Errors
     /// [`DesktopError::Qemu`] saying what could not start.
@@ -229,7 +382,9 @@ impl LocalVm {
                 tracing::warn!(vm = %name, "cannot announce its MAC: {}", wire::chain(&e));
             }
             Ok((qemu, qmp))
-        })
+        })?;
+        qemu_driver::set_clock_in_background(name.to_string(), self.spec().agent_socket());
+        Ok(())
     }
 
     /// Stops it, saves its descriptor as the checkpoint, and ends QEMU.
@@ -284,10 +439,26 @@ impl LocalVm {
         self.serving = None;
     }
 
-    /// Ends QEMU (the guest with it) and stops serving.
+    /// Ends QEMU at once (the guest with it, as pulling the plug) and
+    /// stops serving.
     pub fn shut_down(&mut self) {
         self.running = None;
         self.serving = None;
+    }
+
+    /// Stops serving and lets QEMU run on without this daemon: a later
+    /// daemon takes it over ([`LocalVm::attach`]).
+    pub fn leave_running(&mut self) {
+        self.serving = None;
+        if let Some(Running { qemu, tap, .. }) = self.running.take() {
+            tap.keep();
+            qemu.leave_running();
+        }
+    }
+
+    /// Why its last start failed, if it did.
+    pub fn start_error(&self) -> Option<&str> {
+        self.start_error.as_deref()
     }
 
     /// The QMP connection of the running VM.
@@ -296,18 +467,71 @@ impl LocalVm {
     }
 
     /// Takes a CPU and I/O sample into the idleness window; notices a QEMU
-    /// that died.
+    /// that died and a guest that powered off (QEMU is then ended and the
+    /// VM stays off until `jettison start`).
     pub fn sample(&mut self) {
         let Some(running) = self.running.as_mut() else { return };
         if let Err(e) = running.qemu.check_running() {
             tracing::error!(vm = %self.config.name, "QEMU died: {e}");
+            self.start_error = Some(format!("QEMU died: {}", wire::chain(&e)));
             self.running = None;
+            return;
+        }
+        if matches!(running.qmp.run_state().as_deref(), Ok("shutdown")) {
+            tracing::info!(vm = %self.config.name, "the guest powered off");
+            self.power_off_recorded();
             return;
         }
         match VmLoadSample::take(running.qemu.pid(), &mut running.qmp) {
             Ok(sample) => self.window.push(sample),
             Err(e) => tracing::warn!(vm = %self.config.name, "cannot sample its activity: {e}"),
         }
+    }
+
+    /// Ends QEMU and records the VM as off.
+    fn power_off_recorded(&mut self) {
+        self.running = None;
+        if let Err(e) = self.set_placement(Placement::Off) {
+            tracing::error!(vm = %self.config.name, "{}", wire::chain(&e));
+        }
+    }
+
+    /// Asks the guest to power off (the ACPI power button) and waits up to
+    /// `timeout` for it to do so.
+    ///
+    /// # Errors
+    /// [`DesktopError::NotRunning`]; [`DesktopError::ShutdownTimeout`] when
+    /// the guest did not power off in time (it keeps running).
+    pub fn shutdown_guest(&mut self, timeout: Duration) -> Result<(), DesktopError> {
+        let vm = self.config.name.clone();
+        let running = self.running.as_mut().ok_or_else(|| DesktopError::NotRunning { vm: vm.clone() })?;
+        running.qmp.execute("system_powerdown", None).map_err(|source| DesktopError::Qemu {
+            vm: vm.clone(),
+            action: "press its power button",
+            source: Box::new(source),
+        })?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let state = running.qmp.run_state();
+            if matches!(state.as_deref(), Ok("shutdown")) || running.qemu.check_running().is_err() {
+                self.power_off_recorded();
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(DesktopError::ShutdownTimeout { vm, secs: timeout.as_secs() })
+    }
+
+    /// Ends its QEMU at once and records it as off (`jettison destroy`).
+    ///
+    /// # Errors
+    /// [`DesktopError::NotRunning`] when QEMU does not run it here.
+    pub fn destroy(&mut self) -> Result<(), DesktopError> {
+        if self.running.is_none() {
+            return Err(DesktopError::NotRunning { vm: self.config.name.clone() });
+        }
+        self.power_off_recorded();
+        Ok(())
     }
 
     /// The idleness window.

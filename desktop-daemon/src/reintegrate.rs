@@ -103,7 +103,7 @@ pub fn reintegrate(
     report: &mut dyn FnMut(LocalReply),
 ) -> Result<ReintegrateReport, DesktopError> {
     let name = vm.name().clone();
-    if vm.placement() == &Placement::Desktop {
+    if !matches!(vm.placement(), Placement::Server { .. }) {
         return Err(DesktopError::AlreadyHome { vm: name });
     }
     let started = Instant::now();

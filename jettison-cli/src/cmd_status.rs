@@ -165,6 +165,11 @@ fn print_desktop_status(status: &DesktopStatus) {
             (VmLocation::Server, Some(server)) => println!("{name}: on the server: {}", hosted_line(server)),
             (VmLocation::Server, None) => println!("{name}: on the server (no details: the server did not answer)"),
             (VmLocation::Moving, _) => println!("{name}: moving"),
+            (VmLocation::Off, _) => println!("{name}: off (jettison start {name})"),
+            (VmLocation::Saved, _) => println!("{name}: saved to its checkpoint (resumed at the next daemon start)"),
+        }
+        if let Some(error) = &vm.error {
+            println!("{name}: last failure: {error}");
         }
     }
 }

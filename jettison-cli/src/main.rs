@@ -13,6 +13,7 @@ mod cmd_move;
 mod cmd_pair;
 mod cmd_power;
 mod cmd_status;
+mod cmd_vm;
 mod cmd_wake;
 mod cmd_zero_map;
 mod signals;
@@ -40,6 +41,20 @@ enum Command {
     Consolidate(cmd_move::ConsolidateArgs),
     /// Bring a VM back from the server with what it changed there.
     Reintegrate(cmd_move::ReintegrateArgs),
+    /// Desktop: each VM and where it is.
+    List(cmd_vm::Daemon),
+    /// Desktop: boot a VM that is off.
+    Start(cmd_vm::VmArgs),
+    /// Desktop: press a VM's power button and wait for its guest to power off.
+    Shutdown(cmd_vm::ShutdownArgs),
+    /// Desktop: end a VM at once, as pulling the plug.
+    Destroy(cmd_vm::VmArgs),
+    /// Desktop: save every running VM to its checkpoint (run at host shutdown); resumed at the next start.
+    SaveAll(cmd_vm::Daemon),
+    /// Desktop: the VM's serial console, interactive (Ctrl-] leaves).
+    Console(cmd_vm::ConsoleArgs),
+    /// Desktop: open the VM's screen (here, or on the server while consolidated) with remote-viewer.
+    View(cmd_vm::ViewArgs),
     /// Create the shared key that desktop and server authenticate with.
     Pair(cmd_pair::Args),
     /// Desktop: serve a stopped VM's RAM file to memtap.
@@ -78,6 +93,13 @@ fn main() -> ExitCode {
         Command::Server(args) => cmd_daemon::run_server(args),
         Command::Consolidate(args) => cmd_move::consolidate(args),
         Command::Reintegrate(args) => cmd_move::reintegrate(args),
+        Command::List(args) => cmd_vm::list(args),
+        Command::Start(args) => cmd_vm::start(args),
+        Command::Shutdown(args) => cmd_vm::shutdown(args),
+        Command::Destroy(args) => cmd_vm::destroy(args),
+        Command::SaveAll(args) => cmd_vm::save_all(args),
+        Command::Console(args) => cmd_vm::console(args),
+        Command::View(args) => cmd_vm::view(args),
         Command::Pair(args) => cmd_pair::run(args),
         Command::Memserv(args) => cmd_memserv::run(args),
         Command::ZeroMap(args) => cmd_zero_map::run(args),

@@ -104,6 +104,17 @@ impl Tap {
         Ok(tap)
     }
 
+    /// The tap `name` a QEMU left running by an earlier owner still holds
+    /// (see `QemuProcess::attach`), taken over as it is.
+    pub fn adopt(name: &str) -> Tap {
+        Tap { name: name.to_owned() }
+    }
+
+    /// Leaves the device in place for a QEMU that runs on after us.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.name

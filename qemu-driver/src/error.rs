@@ -33,6 +33,19 @@ pub enum QemuError {
         output: String,
     },
 
+    /// A QEMU adopted from an earlier daemon exited.
+    #[error("QEMU (pid {pid}, started by an earlier daemon) is gone while {during}; its output ({log}):\n{output}")]
+    Gone {
+        /// Its process id.
+        pid: u32,
+        /// What we were doing.
+        during: String,
+        /// The file holding QEMU's stdout and stderr.
+        log: PathBuf,
+        /// The end of that file.
+        output: String,
+    },
+
     /// A file QEMU needs could not be prepared, or one it wrote could not be read.
     #[error("could not {action} {path}")]
     File {
@@ -113,12 +126,113 @@ pub enum QemuError {
         output: String,
     },
 
+    /// The guest agent channel exists but no agent answers on it.
+    #[error(
+        "no guest agent answers on {socket} ({detail}): the guest does not run qemu-ga \
+         (install qemu-guest-agent in the guest to have its clock set after moves)"
+    )]
+    NoGuestAgent {
+        /// The channel's socket.
+        socket: PathBuf,
+        /// What happened instead of an answer.
+        detail: String,
+    },
+
     /// Making or wiring the VM's tap device failed.
     #[error("cannot set up tap {tap} for the VM's NIC: {detail} (is the bridge there, and are we root?)")]
     Network {
         /// The tap's name.
         tap: String,
         /// What failed, with `ip`'s message.
+        detail: String,
+    },
+
+    /// `qemu-img info` could not read a disk image: it is not in the
+    /// format given, its backing chain is broken, or its format is not one
+    /// we support.
+    #[error("cannot read the disk image {image} as {format}: {detail}")]
+    ImageInfo {
+        /// The image.
+        image: PathBuf,
+        /// The format we read it as (`raw`, `qcow2`, or `any format`).
+        format: &'static str,
+        /// QEMU's message, or what was wrong with its answer.
+        detail: String,
+    },
+
+    /// Another process (a running VM's QEMU) holds a disk image open for
+    /// writing.
+    #[error(
+        "the disk image {image} is open in another process that writes it: is the VM still running? \
+         (stop it, or close what else has the image open) QEMU said: {detail}"
+    )]
+    ImageLocked {
+        /// The image.
+        image: PathBuf,
+        /// QEMU's message, naming the lock it could not get.
+        detail: String,
+    },
+
+    /// A disk view's mountpoint cannot be used.
+    #[error("cannot export the disk image {image} at {mountpoint}: {detail}")]
+    ViewMountpoint {
+        /// The image.
+        image: PathBuf,
+        /// The mountpoint.
+        mountpoint: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+
+    /// qemu-storage-daemon exited before exporting a disk image.
+    #[error("qemu-storage-daemon could not export the disk image {image} at {mountpoint} ({status}); its output ({log}):\n{output}")]
+    ViewStart {
+        /// The image.
+        image: PathBuf,
+        /// The mountpoint.
+        mountpoint: PathBuf,
+        /// How it exited.
+        status: ExitStatus,
+        /// The file holding its output.
+        log: PathBuf,
+        /// The end of that file.
+        output: String,
+    },
+
+    /// Flushing a writable disk view into its image failed.
+    #[error("could not flush the disk view {mountpoint} into the image {image}, which may lack the last writes (qemu-storage-daemon's output is in {log})")]
+    ViewFlush {
+        /// The image.
+        image: PathBuf,
+        /// The view.
+        mountpoint: PathBuf,
+        /// The file holding qemu-storage-daemon's output.
+        log: PathBuf,
+        /// The fsync's error.
+        source: io::Error,
+    },
+
+    /// qemu-storage-daemon did not stop cleanly.
+    #[error("qemu-storage-daemon serving the disk image {image} at {mountpoint} did not stop cleanly: {detail}; check the image with qemu-img check; its output ({log}):\n{output}")]
+    ViewStop {
+        /// The image.
+        image: PathBuf,
+        /// The mountpoint.
+        mountpoint: PathBuf,
+        /// What happened.
+        detail: String,
+        /// The file holding its output.
+        log: PathBuf,
+        /// The end of that file.
+        output: String,
+    },
+
+    /// A FUSE mount of a disk view could not be removed.
+    #[error("could not unmount the disk view at {mountpoint}: {detail}; unmount it by hand: umount -l {mountpoint}")]
+    ViewUnmount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+        /// Why, with the system's messages.
         detail: String,
     },
 }

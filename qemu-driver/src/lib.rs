@@ -10,9 +10,12 @@
 //! small test guest that `scripts/guest-image` builds.
 #![warn(missing_docs)]
 
+mod agent;
 mod devices;
+mod disk_view;
 mod error;
 mod guest;
+mod host;
 mod migration;
 mod no_hugepage;
 mod poll;
@@ -22,12 +25,15 @@ mod serial;
 mod vm;
 mod vm_load;
 
+pub use agent::{set_clock_in_background, GuestAgent};
 pub use devices::{announce, nic_args, DiskBackend, Tap};
+pub use disk_view::{virtual_size, DiskFormat, DiskView, ViewAccess};
 pub use error::QemuError;
 pub use guest::GuestImage;
+pub use host::{cpu_models, kvm_usable, AccelChoice};
 pub use migration::{load_device_state, resume, save_device_state};
 pub use process::QemuProcess;
 pub use qmp::Qmp;
 pub use serial::SerialLog;
-pub use vm::{Accel, VmSpec};
+pub use vm::{Accel, Boot, Display, VmSpec};
 pub use vm_load::{dirty_rate, judge, DirtyRate, IdleThresholds, IdleVerdict, Measured, VmLoadSample, VmLoadWindow};

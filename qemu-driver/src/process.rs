@@ -1,11 +1,15 @@
 //! A running QEMU: its process, QMP socket and logs.
 //!
-//! QEMU is a child process that must never outlive its owner by accident:
-//! tests fail half-way, daemons restart. So the owner holds a
-//! [`QemuProcess`], and dropping it kills and reaps QEMU. Every wait on
-//! QEMU also watches the process, so a QEMU that quits (bad argument, guest
-//! panic with `-no-reboot`) fails the wait at once, quoting QEMU's output,
-//! instead of running into a timeout.
+//! QEMU must never outlive its owner *by accident*: tests fail half-way.
+//! So the owner holds a [`QemuProcess`], and dropping it kills QEMU. But a
+//! user's VM must outlive a daemon restart *on purpose*: QEMU runs in its
+//! own process group, writes its pid file, and a daemon that stops leaves
+//! it running ([`QemuProcess::leave_running`]); the next daemon adopts it
+//! ([`QemuProcess::attach`]) and drives it through QMP as before.
+//!
+//! Every wait on QEMU also watches the process, so a QEMU that quits (bad
+//! argument, guest panic with `-no-reboot`) fails the wait at once, quoting
+//! QEMU's output, instead of running into a timeout.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
@@ -21,7 +25,7 @@ use crate::serial::{self, SerialLog};
 use crate::vm::VmSpec;
 
 /// The emulator we run.
-const QEMU_BINARY: &str = "qemu-system-x86_64";
+pub(crate) const QEMU_BINARY: &str = "qemu-system-x86_64";
 
 /// How long QEMU may take to create its QMP socket after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,10 +36,22 @@ const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of QEMU's output an [`QemuError::Exited`] quotes.
 const OUTPUT_TAIL_BYTES: u64 = 4096;
 
-/// A running QEMU. Dropping it kills QEMU (SIGKILL) and reaps it.
+/// How we know the QEMU process.
+#[derive(Debug)]
+enum Owner {
+    /// We started it: we can wait for it and read its exit status.
+    Child(Child),
+    /// An earlier daemon started it; we know its pid only.
+    Adopted(u32),
+    /// It was left running on purpose, or is gone and reaped.
+    Released,
+}
+
+/// A running QEMU. Dropping it kills QEMU (SIGKILL) and reaps it, unless
+/// it was [left running](QemuProcess::leave_running).
 #[derive(Debug)]
 pub struct QemuProcess {
-    child: Child,
+    owner: Owner,
     qmp_socket: PathBuf,
     serial: SerialLog,
     output_log: PathBuf,
@@ -57,6 +73,7 @@ impl QemuProcess {
             }
             _ => {}
         }
+        SerialLog::new(spec.serial_log()).rotate()?;
         let output_log = spec.output_log();
         let log_error =
             |source| QemuError::File { action: "create QEMU's output log", path: output_log.clone(), source };
@@ -64,6 +81,9 @@ impl QemuProcess {
         let stderr = stdout.try_clone().map_err(log_error)?;
         tracing::debug!(args = ?spec.args(), "starting {QEMU_BINARY}");
         let mut command = Command::new(QEMU_BINARY);
+        // Its own process group: a stop signal meant for the daemon (a
+        // terminal's Ctrl-C, systemd's KillMode=process) does not reach it.
+        command.process_group(0);
         // SAFETY: `install` only builds a filter on the stack and calls
         // prctl twice, both async-signal-safe; nothing else runs between
         // fork and exec.
@@ -72,24 +92,73 @@ impl QemuProcess {
         }
         let child = command
             .args(spec.args())
+            .arg("-pidfile")
+            .arg(spec.pid_file())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .map_err(|source| QemuError::Spawn { binary: QEMU_BINARY.into(), source })?;
-        let mut process =
-            QemuProcess { child, qmp_socket: socket, serial: SerialLog::new(spec.serial_log()), output_log };
-        let QemuProcess { child, qmp_socket, output_log, .. } = &mut process;
+        let mut process = QemuProcess {
+            owner: Owner::Child(child),
+            qmp_socket: socket,
+            serial: SerialLog::new(spec.serial_log()),
+            output_log,
+        };
+        let QemuProcess { owner, qmp_socket, output_log, .. } = &mut process;
         poll_until("QEMU to create its QMP socket", START_TIMEOUT, || {
-            check_running(child, output_log, "starting")?;
+            check_running(owner, output_log, "starting")?;
             Ok(qmp_socket.exists().then_some(()))
         })?;
         Ok(process)
     }
 
+    /// The QEMU an earlier owner started with `spec` and left running, if
+    /// its pid file names a live QEMU: adopted, to be driven through QMP.
+    /// `None` when there is none (never started, powered off, crashed).
+    pub fn attach(spec: &VmSpec) -> Option<QemuProcess> {
+        let pid: u32 = fs::read_to_string(spec.pid_file()).ok()?.trim().parse().ok()?;
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        if exe.file_name()? != QEMU_BINARY || !alive(pid) {
+            return None;
+        }
+        // The same VM: its command line names our QMP socket.
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let socket = spec.qmp_socket();
+        let needle = socket.as_os_str().as_encoded_bytes();
+        if !cmdline.windows(needle.len()).any(|w| w == needle) {
+            return None;
+        }
+        Some(QemuProcess {
+            owner: Owner::Adopted(pid),
+            qmp_socket: socket,
+            serial: SerialLog::new(spec.serial_log()),
+            output_log: spec.output_log(),
+        })
+    }
+
+    /// Lets QEMU run on after this handle is gone: for a daemon that stops
+    /// while its VMs keep running. A later [`QemuProcess::attach`] adopts it.
+    pub fn leave_running(mut self) {
+        if let Owner::Child(child) = std::mem::replace(&mut self.owner, Owner::Released) {
+            // Not reaped by us: when we exit, init adopts and reaps it.
+            drop(child);
+        }
+    }
+
     /// QEMU's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.owner {
+            Owner::Child(child) => child.id(),
+            Owner::Adopted(pid) => *pid,
+            Owner::Released => 0,
+        }
+    }
+
+    /// Waits up to `timeout` for QEMU to exit by itself (a guest that
+    /// powers off); `true` if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        poll_until("QEMU to exit", timeout, || Ok(self.check_running().is_err().then_some(()))).is_ok()
     }
 
     /// `Ok` while QEMU runs; [`QemuError::Exited`] with its status and output
@@ -98,7 +167,7 @@ impl QemuProcess {
     /// # Errors
     /// [`QemuError::Exited`] as said.
     pub fn check_running(&mut self) -> Result<()> {
-        check_running(&mut self.child, &self.output_log, "running the VM")
+        check_running(&mut self.owner, &self.output_log, "running the VM")
     }
 
     /// The QMP socket QEMU listens on.
@@ -122,7 +191,7 @@ impl QemuProcess {
     /// [`QemuError::Exited`] if QEMU has quit; otherwise as [`Qmp::connect`].
     pub fn connect_qmp(&mut self) -> Result<Qmp> {
         Qmp::connect(&self.qmp_socket, QMP_CONNECT_TIMEOUT).map_err(|err| {
-            match check_running(&mut self.child, &self.output_log, "connecting to QMP") {
+            match check_running(&mut self.owner, &self.output_log, "connecting to QMP") {
                 Err(exited) => exited,
                 Ok(()) => err,
             }
@@ -134,12 +203,12 @@ impl QemuProcess {
     /// # Errors
     /// [`QemuError::Timeout`], or [`QemuError::Exited`] as soon as QEMU quits.
     pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Result<String> {
-        let QemuProcess { child, serial, output_log, .. } = self;
+        let QemuProcess { owner, serial, output_log, .. } = self;
         let what = format!("a line starting with {prefix:?}");
         serial.wait_for(
             &what,
             timeout,
-            || check_running(child, output_log, &what),
+            || check_running(owner, output_log, &what),
             |text| serial::find_line(text, prefix).map(str::to_owned),
         )
     }
@@ -149,12 +218,12 @@ impl QemuProcess {
     /// # Errors
     /// [`QemuError::Timeout`], or [`QemuError::Exited`] as soon as QEMU quits.
     pub fn wait_for_count_above(&mut self, min: u64, timeout: Duration) -> Result<u64> {
-        let QemuProcess { child, serial, output_log, .. } = self;
+        let QemuProcess { owner, serial, output_log, .. } = self;
         let what = format!("JTCOUNT above {min}");
         serial.wait_for(
             &what,
             timeout,
-            || check_running(child, output_log, &what),
+            || check_running(owner, output_log, &what),
             |text| serial::counts(text).last().filter(|&n| n > min),
         )
     }
@@ -162,15 +231,46 @@ impl QemuProcess {
 
 impl Drop for QemuProcess {
     fn drop(&mut self) {
-        // Both fail only if QEMU is already gone and reaped; nothing to do then.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.owner {
+            Owner::Child(child) => {
+                // Both fail only if QEMU is already gone and reaped; nothing to do then.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Owner::Adopted(pid) => {
+                // SAFETY: kill(2) with a pid we checked was QEMU's; no memory involved.
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            }
+            Owner::Released => {}
+        }
     }
 }
 
-/// `Ok` while `child` runs; [`QemuError::Exited`] quoting its output once it has quit.
-fn check_running(child: &mut Child, output_log: &Path, during: &str) -> Result<()> {
-    let status = child.try_wait().expect("waitpid on our own unreaped child cannot fail");
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some(s) if s != "Z" && s != "X")
+}
+
+/// `Ok` while QEMU runs; [`QemuError::Exited`] (or [`QemuError::Gone`] for an
+/// adopted QEMU, whose exit status is not ours to read) quoting its output
+/// once it has quit.
+fn check_running(owner: &mut Owner, output_log: &Path, during: &str) -> Result<()> {
+    let status = match owner {
+        Owner::Child(child) => child.try_wait().expect("waitpid on our own unreaped child cannot fail"),
+        Owner::Adopted(pid) if alive(*pid) => None,
+        Owner::Adopted(pid) => {
+            return Err(QemuError::Gone {
+                pid: *pid,
+                during: during.to_owned(),
+                log: output_log.to_owned(),
+                output: tail(output_log),
+            })
+        }
+        Owner::Released => None,
+    };
     match status {
         None => Ok(()),
         Some(status) => Err(QemuError::Exited {

@@ -72,6 +72,16 @@ impl Qmp {
         Ok(qmp)
     }
 
+    /// The VM's run state as QEMU names it: `running`, `paused`,
+    /// `shutdown` (the guest powered off and QEMU stayed), `postmigrate`...
+    ///
+    /// # Errors
+    /// As [`Qmp::execute`].
+    pub fn run_state(&mut self) -> Result<String> {
+        let status = self.execute("query-status", None)?;
+        Ok(status["status"].as_str().unwrap_or("unknown").to_owned())
+    }
+
     /// Runs `command` with optional `arguments` and returns the value of its
     /// `return` member. Events that arrive meanwhile are queued.
     ///

@@ -1,6 +1,8 @@
 //! Reading the guest's serial console log.
 //!
-//! QEMU writes the guest's ttyS0 to a plain file (`-chardev file`). The test
+//! QEMU writes the guest's ttyS0 to a plain file (the console chardev's
+//! log, appended to across reboots inside the guest; each QEMU start
+//! rotates the previous run's file, see [`SerialLog::rotate`]). The test
 //! guest (`scripts/guest-image`) reports on it with line markers: `JTFILLED
 //! <MiB>`, `JTREADY`, then `JTCOUNT <n>` about five times a second. Only
 //! complete lines count: the guest may be stopped, or the file read, in the
@@ -27,6 +29,27 @@ impl SerialLog {
     /// A log at `path`; the file need not exist yet.
     pub fn new(path: impl Into<PathBuf>) -> SerialLog {
         SerialLog { path: path.into() }
+    }
+
+    /// How many earlier runs' logs [`SerialLog::rotate`] keeps.
+    pub const KEPT_RUNS: u32 = 5;
+
+    /// Moves the log of the previous QEMU run aside, to `<log>.1`, shifting
+    /// older ones up to `<log>.5` and dropping the oldest: a new run starts
+    /// an empty log and the earlier boots stay readable.
+    ///
+    /// # Errors
+    /// [`QemuError::File`] naming the file that could not be moved.
+    pub fn rotate(&self) -> Result<()> {
+        let numbered = |n: u32| {
+            let mut name = self.path.clone().into_os_string();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        for n in (1..SerialLog::KEPT_RUNS).rev() {
+            rename_if_there(&numbered(n), &numbered(n + 1))?;
+        }
+        rename_if_there(&self.path, &numbered(1))
     }
 
     /// Where the log is.
@@ -77,6 +100,15 @@ impl SerialLog {
     }
 }
 
+fn rename_if_there(from: &Path, to: &Path) -> Result<()> {
+    match fs::rename(from, to) {
+        Err(err) if err.kind() != ErrorKind::NotFound => {
+            Err(QemuError::File { action: "rotate the serial log", path: from.to_owned(), source: err })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The complete lines of `text`, without line endings (the tty adds `\r`).
 fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
@@ -119,6 +151,21 @@ mod tests {
         // The guest stopped after writing "JTCOUNT 1"; the restored guest
         // writes the rest, "2\r\n", into a new log.
         assert_eq!(counts("2\r\nJTCOUNT 13\r\n").collect::<Vec<_>>(), [13]);
+    }
+
+    #[test]
+    fn rotation_keeps_the_last_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SerialLog::new(dir.path().join("serial.log"));
+        log.rotate().expect("nothing to rotate is fine");
+        for run in 0..7 {
+            fs::write(log.path(), format!("run {run}\n")).unwrap();
+            log.rotate().unwrap();
+        }
+        assert!(!log.path().exists());
+        assert_eq!(fs::read_to_string(dir.path().join("serial.log.1")).unwrap(), "run 6\n");
+        assert_eq!(fs::read_to_string(dir.path().join("serial.log.5")).unwrap(), "run 2\n");
+        assert!(!dir.path().join("serial.log.6").exists());
     }
 
     #[test]

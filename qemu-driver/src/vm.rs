@@ -7,9 +7,12 @@
 //! capability `x-ignore-shared` QEMU leaves it out of the migration stream,
 //! so the "descriptor" is only device and vCPU state (see `migration`).
 //!
-//! Everything else is kept minimal (`-nodefaults`, no display) so that the
-//! device state is small and two QEMUs started from the same spec accept
-//! each other's migration stream.
+//! Everything else is kept to what a desktop needs (`-nodefaults`; a VGA
+//! screen with USB keyboard and tablet where the VM has a [`Display`]; a
+//! virtio-serial channel for the guest agent) so that the device state is
+//! small and two QEMUs started from the same spec accept each other's
+//! migration stream. How the VM boots ([`Boot`]) is the user's: its own
+//! bootloader through SeaBIOS or OVMF, or a kernel the host supplies.
 //!
 //! One device is there for the memory path: a virtio-balloon with free page
 //! reporting. The guest (Linux >= 5.7) tells QEMU which memory it has freed,
@@ -20,6 +23,7 @@
 //! The balloon is never inflated; only its reporting queue is used.
 
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -45,39 +49,97 @@ impl Accel {
     }
 }
 
+/// How the VM starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// SeaBIOS (QEMU's default firmware), from the first disk's bootloader.
+    Bios,
+    /// UEFI (OVMF): its code read-only and shared, and this VM's own
+    /// variable store (boot entries, Secure Boot keys), written by the guest.
+    Uefi {
+        /// OVMF's code, e.g. `/usr/share/OVMF/OVMF_CODE_4M.fd`.
+        code: PathBuf,
+        /// This VM's copy of the variable store template.
+        vars: PathBuf,
+    },
+    /// Direct kernel boot: the host's kernel and initramfs, with
+    /// `console=ttyS0 panic=-1` and `args` on the kernel command line.
+    Kernel {
+        /// The kernel and initramfs.
+        image: GuestImage,
+        /// Kernel arguments after ours (the test guest's `jt.*`).
+        args: String,
+    },
+}
+
+/// The VM's screen and input, and who may see them.
+///
+/// Every variant but [`Display::None`] gives the guest the same devices (a
+/// standard VGA, USB keyboard and tablet), so a VM moves between a desk and
+/// a server with its screen; only the SPICE server in front of it differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Display {
+    /// No display device and no USB input (the headless test guest).
+    None,
+    /// SPICE on a Unix socket, for a viewer on this host (the desk).
+    LocalSpice {
+        /// The socket `remote-viewer spice+unix://...` opens.
+        socket: PathBuf,
+    },
+    /// SPICE on a TCP port, for a remote viewer that knows the ticket.
+    RemoteSpice {
+        /// The address to listen on.
+        addr: IpAddr,
+        /// The port.
+        port: u16,
+        /// A file holding the ticket (the password), read by QEMU at start.
+        ticket_file: PathBuf,
+    },
+}
+
 /// Everything needed to start one QEMU with our VM profile.
 ///
 /// QEMU's files (QMP socket, serial log, its own output) go into a run
 /// directory; the RAM file is named separately because it outlives runs.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
-    guest: GuestImage,
+    boot: Boot,
     ram_file: PathBuf,
     run_dir: PathBuf,
     memory_mib: u64,
+    vcpus: u32,
     accel: Accel,
     cpu: String,
-    kernel_args: String,
+    display: Display,
+    reboot_ends_qemu: bool,
     incoming_defer: bool,
     free_page_reporting: bool,
     extra_args: Vec<OsString>,
 }
 
 impl VmSpec {
-    /// A 256 MiB TCG VM booting `guest` with its RAM in `ram_file` (created
-    /// by QEMU if missing, reused as-is if present) and its other files in
-    /// `run_dir`.
+    /// A 256 MiB, one-vCPU TCG VM booting `guest` directly (no display),
+    /// with its RAM in `ram_file` (created by QEMU if missing, reused as-is
+    /// if present) and its other files in `run_dir`. A reboot inside the
+    /// guest ends QEMU (see [`VmSpec::reboot_ends_qemu`]).
     pub fn new(guest: &GuestImage, ram_file: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> VmSpec {
+        VmSpec::booting(Boot::Kernel { image: guest.clone(), args: String::new() }, ram_file, run_dir)
+    }
+
+    /// As [`VmSpec::new`], booting as `boot` says.
+    pub fn booting(boot: Boot, ram_file: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> VmSpec {
         VmSpec {
-            guest: guest.clone(),
+            boot,
             ram_file: ram_file.into(),
             run_dir: run_dir.into(),
             memory_mib: 256,
+            vcpus: 1,
             accel: Accel::Tcg,
             // `max` works under both accelerators. Migration between
             // different hosts needs a named model both of them support.
             cpu: "max".to_owned(),
-            kernel_args: String::new(),
+            display: Display::None,
+            reboot_ends_qemu: true,
             incoming_defer: false,
             free_page_reporting: true,
             extra_args: Vec::new(),
@@ -88,6 +150,12 @@ impl VmSpec {
     /// have been made with the same size.
     pub fn memory_mib(mut self, mib: u64) -> VmSpec {
         self.memory_mib = mib;
+        self
+    }
+
+    /// Sets the number of vCPUs.
+    pub fn vcpus(mut self, vcpus: u32) -> VmSpec {
+        self.vcpus = vcpus.max(1);
         self
     }
 
@@ -103,10 +171,28 @@ impl VmSpec {
         self
     }
 
+    /// Sets the display (none by default).
+    pub fn display(mut self, display: Display) -> VmSpec {
+        self.display = display;
+        self
+    }
+
+    /// Whether a reboot inside the guest ends QEMU (`-no-reboot`, the
+    /// default: a panicking test guest fails fast) or resets the VM in
+    /// place, as a PC would (`false`: what users' VMs get; a poweroff
+    /// inside the guest then leaves QEMU in runstate `shutdown`).
+    pub fn reboot_ends_qemu(mut self, ends: bool) -> VmSpec {
+        self.reboot_ends_qemu = ends;
+        self
+    }
+
     /// Adds kernel command line arguments after our console settings, e.g.
-    /// `jt.mode=shell` or `jt.fill=64` for the test guest.
-    pub fn kernel_args(mut self, args: &str) -> VmSpec {
-        self.kernel_args = args.to_owned();
+    /// `jt.mode=shell` or `jt.fill=64` for the test guest. Only a VM that
+    /// boots its kernel directly has them.
+    pub fn kernel_args(mut self, extra: &str) -> VmSpec {
+        if let Boot::Kernel { args, .. } = &mut self.boot {
+            extra.clone_into(args);
+        }
         self
     }
 
@@ -147,9 +233,27 @@ impl VmSpec {
         self.run_dir.join("qmp.sock")
     }
 
-    /// The file QEMU will write the guest's serial console to.
+    /// The socket of the guest agent's channel (see [`crate::GuestAgent`]).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir.join("qga.sock")
+    }
+
+    /// The socket of the guest's serial console, for an interactive user.
+    pub fn console_socket(&self) -> PathBuf {
+        self.run_dir.join("console.sock")
+    }
+
+    /// The file QEMU writes the guest's serial console to, appending: a
+    /// reboot inside the guest keeps the earlier boot's lines. Each start of
+    /// QEMU first moves the previous run's log to `serial.log.1` (and so on,
+    /// see [`crate::SerialLog::rotate`]).
     pub fn serial_log(&self) -> PathBuf {
         self.run_dir.join("serial.log")
+    }
+
+    /// The file QEMU writes its process id to (how a restarted daemon finds it).
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir.join("qemu.pid")
     }
 
     /// The file QEMU's own stdout and stderr go to.
@@ -160,43 +264,37 @@ impl VmSpec {
     /// The full QEMU command line, without the binary.
     pub fn args(&self) -> Vec<OsString> {
         let mib = self.memory_mib;
-        let mut append = "console=ttyS0 panic=-1".to_owned();
-        if !self.kernel_args.is_empty() {
-            append.push(' ');
-            append.push_str(&self.kernel_args);
-        }
-        let mut args: Vec<OsString> = [
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-vga",
-            "none",
+        let mut args: Vec<OsString> = ["-nodefaults", "-no-user-config", "-machine", "q35,memory-backend=ram0"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        if self.reboot_ends_qemu {
             // A guest panic (panic=-1 reboots at once) ends QEMU instead of
-            // looping, so a broken guest fails fast.
-            "-no-reboot",
-            "-machine",
-            "q35,memory-backend=ram0",
-            "-accel",
-            self.accel.name(),
-            "-cpu",
-            &self.cpu,
-            "-m",
-            &format!("{mib}M"),
-            "-object",
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+            // looping, so a broken test guest fails fast.
+            args.push("-no-reboot".into());
+        } else {
+            // A poweroff inside the guest stops it and QEMU stays (runstate
+            // `shutdown`): its owner notices, and on a server can still
+            // send the VM's state home before ending QEMU.
+            args.extend(["-action".into(), "shutdown=pause".into()]);
+        }
+        args.extend(
+            ["-accel", self.accel.name(), "-cpu", &self.cpu, "-smp", &self.vcpus.to_string(), "-m", &format!("{mib}M")]
+                .map(OsString::from),
+        );
+        args.push("-object".into());
         args.push(option_with_path(
             &format!("memory-backend-file,id=ram0,size={mib}M,share=on,mem-path="),
             &self.ram_file,
         ));
-        args.extend(["-kernel".into(), self.guest.kernel.clone().into_os_string()]);
-        args.extend(["-initrd".into(), self.guest.initrd.clone().into_os_string()]);
-        args.extend(["-append".into(), append.into()]);
+        args.extend(self.boot_args());
+        args.extend(self.display_args());
+        // The serial console: a socket for `jettison console`, logged to a
+        // file whether or not anyone is connected.
         args.push("-chardev".into());
-        args.push(option_with_path("file,id=ser0,path=", &self.serial_log()));
+        let mut console = option_with_path("socket,id=ser0,server=on,wait=off,path=", &self.console_socket());
+        console.push(option_with_path(",logappend=on,logfile=", &self.serial_log()));
+        args.push(console);
         args.extend(["-serial".into(), "chardev:ser0".into()]);
         // The -chardev/-mon spelling of `-qmp unix:...`: its path is a plain
         // option value, so a comma in it can be escaped.
@@ -205,6 +303,11 @@ impl VmSpec {
         socket.push(",server=on,wait=off");
         args.push(socket);
         args.extend(["-mon".into(), "chardev=qmp0,mode=control".into()]);
+        // The guest agent's channel: the daemon sets the guest's clock
+        // through it after every move.
+        args.extend(["-device".into(), "virtio-serial-pci,id=vser0".into(), "-chardev".into()]);
+        args.push(option_with_path("socket,id=qga0,server=on,wait=off,path=", &self.agent_socket()));
+        args.extend(["-device".into(), AGENT_PORT.into()]);
         if self.free_page_reporting {
             args.extend(["-device".into(), BALLOON_DEVICE.into()]);
         }
@@ -215,6 +318,54 @@ impl VmSpec {
         args
     }
 
+    fn boot_args(&self) -> Vec<OsString> {
+        match &self.boot {
+            Boot::Bios => Vec::new(),
+            Boot::Uefi { code, vars } => vec![
+                "-drive".into(),
+                option_with_path("if=pflash,unit=0,format=raw,readonly=on,file=", code),
+                "-drive".into(),
+                option_with_path("if=pflash,unit=1,format=raw,file=", vars),
+            ],
+            Boot::Kernel { image, args } => {
+                let mut append = "console=ttyS0 panic=-1".to_owned();
+                if !args.is_empty() {
+                    append.push(' ');
+                    append.push_str(args);
+                }
+                vec![
+                    "-kernel".into(),
+                    image.kernel.clone().into_os_string(),
+                    "-initrd".into(),
+                    image.initrd.clone().into_os_string(),
+                    "-append".into(),
+                    append.into(),
+                ]
+            }
+        }
+    }
+
+    fn display_args(&self) -> Vec<OsString> {
+        let spice = match &self.display {
+            Display::None => return ["-display", "none", "-vga", "none"].map(OsString::from).to_vec(),
+            Display::LocalSpice { socket } => {
+                vec!["-spice".into(), option_with_path("unix=on,disable-ticketing=on,addr=", socket)]
+            }
+            Display::RemoteSpice { addr, port, ticket_file } => vec![
+                "-object".into(),
+                option_with_path("secret,id=spice-ticket,format=raw,file=", ticket_file),
+                "-spice".into(),
+                format!("addr={addr},port={port},password-secret=spice-ticket").into(),
+            ],
+        };
+        let mut args: Vec<OsString> = ["-display", "none", "-vga", "none"].map(OsString::from).to_vec();
+        for device in DISPLAY_DEVICES {
+            args.extend(["-device".into(), (*device).into()]);
+        }
+        args.extend(spice);
+        args
+    }
+
     /// Starts QEMU and returns once its QMP socket exists.
     ///
     /// # Errors
@@ -222,13 +373,25 @@ impl VmSpec {
     /// [`QemuError::Spawn`] if QEMU cannot run, [`QemuError::Exited`] with QEMU's
     /// output if it quits during start-up (e.g. a bad argument).
     ///
-    /// [`QemuError::File`]: crate::StoreError::File
-    /// [`QemuError::Spawn`]: crate::StoreError::Spawn
-    /// [`QemuError::Exited`]: crate::StoreError::Exited
+    /// [`QemuError::File`]: crate::QemuError::File
+    /// [`QemuError::Spawn`]: crate::QemuError::Spawn
+    /// [`QemuError::Exited`]: crate::QemuError::Exited
     pub fn spawn(&self) -> Result<QemuProcess> {
         QemuProcess::start(self)
     }
 }
+
+/// The screen and input devices of a VM with a display: a standard VGA
+/// (its video RAM travels in the descriptor, see `bench/RESULTS.md`), and a
+/// USB keyboard and tablet (absolute pointer: the viewer's cursor is the
+/// guest's) on an xHCI controller. Fixed ids keep their device state paths
+/// stable across hosts.
+const DISPLAY_DEVICES: &[&str] =
+    &["VGA,id=video0", "qemu-xhci,id=usb0", "usb-kbd,id=kbd0,bus=usb0.0", "usb-tablet,id=tablet0,bus=usb0.0"];
+
+/// The guest agent's port on the virtio-serial bus, under the name
+/// `qemu-ga` looks for.
+const AGENT_PORT: &str = "virtserialport,id=qga-port,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0";
 
 /// The balloon of the profile: never inflated, there for its free page
 /// reporting queue. A fixed id keeps its device state path stable.
@@ -274,7 +437,14 @@ mod tests {
         let spec = spec();
         let line = joined(&spec);
         assert_eq!(spec.qmp_socket(), Path::new("/run/vm/qmp.sock"));
-        assert!(line.contains("-chardev file,id=ser0,path=/run/vm/serial.log -serial chardev:ser0"), "{line}");
+        assert!(
+            line.contains(
+                "-chardev socket,id=ser0,server=on,wait=off,path=/run/vm/console.sock,\
+                 logappend=on,logfile=/run/vm/serial.log -serial chardev:ser0"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("-chardev socket,id=qga0,server=on,wait=off,path=/run/vm/qga.sock"), "{line}");
         assert!(
             line.contains(
                 "-chardev socket,id=qmp0,path=/run/vm/qmp.sock,server=on,wait=off -mon chardev=qmp0,mode=control"
@@ -286,7 +456,10 @@ mod tests {
     #[test]
     fn defaults_are_tcg_max_no_incoming() {
         let line = joined(&spec());
-        assert!(line.contains("-accel tcg -cpu max"), "{line}");
+        assert!(line.contains("-accel tcg -cpu max -smp 1"), "{line}");
+        assert!(line.contains("-no-reboot"), "{line}");
+        assert!(line.contains("-display none -vga none"), "{line}");
+        assert!(!line.contains("-device VGA"), "{line}");
         assert!(!line.contains("-incoming"), "{line}");
         assert!(spec().args().contains(&OsString::from("console=ttyS0 panic=-1")));
     }
@@ -304,6 +477,37 @@ mod tests {
         assert!(line.contains("-accel kvm -cpu host"), "{line}");
         assert!(args.contains(&OsString::from("console=ttyS0 panic=-1 jt.fill=64")));
         assert!(line.ends_with("-incoming defer -device virtio-rng-pci"), "{line}");
+    }
+
+    #[test]
+    fn firmware_boot_has_no_kernel_and_its_own_vars() {
+        let uefi = Boot::Uefi { code: "/fw/CODE.fd".into(), vars: "/vm/vars,1.fd".into() };
+        let line = joined(
+            &VmSpec::booting(uefi, "/vm/ram,1", "/run/vm").kernel_args("ignored").vcpus(4).reboot_ends_qemu(false),
+        );
+        assert!(!line.contains("-kernel") && !line.contains("ignored") && !line.contains("-no-reboot"), "{line}");
+        assert!(line.contains("-drive if=pflash,unit=0,format=raw,readonly=on,file=/fw/CODE.fd"), "{line}");
+        assert!(line.contains("-drive if=pflash,unit=1,format=raw,file=/vm/vars,,1.fd"), "{line}");
+        assert!(line.contains("-smp 4") && line.contains("-action shutdown=pause"), "{line}");
+        let bios = joined(&VmSpec::booting(Boot::Bios, "/vm/ram", "/run/vm"));
+        assert!(!bios.contains("-kernel") && !bios.contains("pflash"), "{bios}");
+    }
+
+    #[test]
+    fn a_display_is_the_same_devices_behind_either_spice() {
+        let local = joined(&spec().display(Display::LocalSpice { socket: "/run/vm/spice.sock".into() }));
+        let remote = joined(&spec().display(Display::RemoteSpice {
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 5930,
+            ticket_file: "/run/vm/ticket".into(),
+        }));
+        for line in [&local, &remote] {
+            assert!(line.contains("-device VGA,id=video0 -device qemu-xhci,id=usb0"), "{line}");
+            assert!(line.contains("-device usb-tablet,id=tablet0,bus=usb0.0"), "{line}");
+        }
+        assert!(local.contains("-spice unix=on,disable-ticketing=on,addr=/run/vm/spice.sock"), "{local}");
+        assert!(remote.contains("-object secret,id=spice-ticket,format=raw,file=/run/vm/ticket"), "{remote}");
+        assert!(remote.contains("-spice addr=10.0.0.1,port=5930,password-secret=spice-ticket"), "{remote}");
     }
 
     #[test]

@@ -8,9 +8,8 @@
 //! state_dir = "/var/lib/jettison"   # slices, descriptors, history (kept across restarts)
 //! run_dir = "/run/jettison"         # memtap mounts, QEMU sockets, the control socket
 //! bridge = "br0"                    # the LAN bridge the VMs' taps join
-//! kernel = "/var/lib/jettison/guest/vmlinuz"
-//! initrd = "/var/lib/jettison/guest/initramfs.img"
-//! accel = "kvm"
+//! accel = "auto"                   # KVM where /dev/kvm works, else TCG
+//! console_port_base = 5900          # consolidated VMs' SPICE consoles, with a ticket each
 //! capacity_mib = 8192               # memory for consolidated VMs' working sets
 //! max_fetch_mib_per_sec = 4.0       # a VM fetching faster is not idle: send it home
 //! wake_broadcast = "10.0.0.255"
@@ -19,6 +18,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use qemu_driver::AccelChoice;
 use serde::Deserialize;
 
 use crate::error::ServerError;
@@ -39,13 +39,30 @@ pub struct ServerConfig {
     pub run_dir: PathBuf,
     /// The bridge the VMs' taps join.
     pub bridge: String,
-    /// The VM profile's kernel (the same file the desktops boot).
-    pub kernel: PathBuf,
-    /// The VM profile's initrd.
-    pub initrd: PathBuf,
-    /// `kvm` or `tcg`.
-    #[serde(default = "default_accel")]
-    pub accel: String,
+    /// The kernel of VMs that boot one the hosts supply (the same file as
+    /// the desktops': a VM whose kernel differs is refused).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// Their initramfs.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// OVMF's code, for UEFI VMs.
+    #[serde(default = "default_ovmf_code")]
+    pub ovmf_code: PathBuf,
+    /// The variable store template (a UEFI VM's own store arrives in its
+    /// descriptor; QEMU needs a file of the same size to hold it).
+    #[serde(default = "default_ovmf_vars")]
+    pub ovmf_vars: PathBuf,
+    /// `auto` (KVM where `/dev/kvm` works, else TCG), `kvm` or `tcg`.
+    #[serde(default)]
+    pub accel: AccelChoice,
+    /// The first TCP port of consolidated VMs' remote consoles (SPICE with
+    /// a ticket, on the `listen` address); each VM takes the next free one.
+    #[serde(default = "default_console_port")]
+    pub console_port_base: u16,
+    /// How many console ports there are.
+    #[serde(default = "default_console_ports")]
+    pub console_ports: u16,
     /// Memory set aside for consolidated VMs' working sets, in MiB.
     pub capacity_mib: u64,
     /// Send a VM home when it fetches from its desktop faster than this
@@ -64,8 +81,20 @@ pub struct ServerConfig {
     pub wake_interface: Option<String>,
 }
 
-fn default_accel() -> String {
-    "kvm".to_owned()
+fn default_ovmf_code() -> PathBuf {
+    "/usr/share/OVMF/OVMF_CODE_4M.fd".into()
+}
+
+fn default_ovmf_vars() -> PathBuf {
+    "/usr/share/OVMF/OVMF_VARS_4M.fd".into()
+}
+
+fn default_console_port() -> u16 {
+    5900
+}
+
+fn default_console_ports() -> u16 {
+    100
 }
 
 fn default_fetch_window() -> u64 {
@@ -83,11 +112,11 @@ impl ServerConfig {
     /// [`ServerError::Config`], naming the file and what is wrong in it.
     pub fn load(path: &Path) -> Result<Self, ServerError> {
         daemon_protocol::config_file::load(path, |config: &ServerConfig| {
-            if matches!(config.accel.as_str(), "kvm" | "tcg") {
-                Ok(())
-            } else {
-                Err(format!("accel must be \"kvm\" or \"tcg\", not {:?}", config.accel))
+            config.accel.resolve()?;
+            if config.console_port_base == 0 || config.console_port_base.checked_add(config.console_ports).is_none() {
+                return Err("console_port_base and console_ports must name ports 1 to 65535".to_owned());
             }
+            Ok(())
         })
         .map_err(ServerError::Config)
     }
@@ -113,7 +142,8 @@ mod tests {
         )
         .unwrap();
         let config = ServerConfig::load(&path).unwrap();
-        assert_eq!(config.accel, "kvm");
+        assert_eq!(config.accel, AccelChoice::Auto);
+        assert_eq!((config.console_port_base, config.console_ports), (5900, 100));
         assert_eq!(config.max_fetch_mib_per_sec, None);
         assert_eq!(config.control_socket(), Path::new("/r/server.sock"));
     }

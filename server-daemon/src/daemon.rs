@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use daemon_protocol::local::{self, LocalRequest, Report, ServerStatus};
-use daemon_protocol::{ConsolidateRequest, Control, ControlHello, HostedStatus, ReserveRequest, CONTROL_TIMEOUT};
+use daemon_protocol::{
+    ConsolidateRequest, Control, ControlHello, HostedStatus, MachineProfile, ReserveRequest, CONTROL_TIMEOUT,
+};
 use identifiers::VmName;
 use remote_wakeup::{Registry, WakeTarget};
 use wire::protocol::Message;
@@ -21,8 +23,9 @@ use wire::{Channel, NoWake, SharedKey, WakeHook, WireError};
 use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::hosted::HostedVm;
+use crate::hosted::{Arrival, HostedVm};
 use crate::key::VmKey;
+use crate::machine;
 use crate::watch::FetchRates;
 
 /// How often the watcher looks at the VMs.
@@ -32,10 +35,12 @@ const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 type Vms = BTreeMap<VmKey, Arc<Mutex<HostedVm>>>;
 
-/// A reservation: the bytes expected, and the connection that holds it.
-#[derive(Debug, Clone, Copy)]
+/// A reservation: the bytes expected, the machine to run, and the
+/// connection that holds it.
+#[derive(Debug, Clone)]
 struct Reserved {
     expected: u64,
+    profile: MachineProfile,
     connection: u64,
 }
 
@@ -52,6 +57,10 @@ pub struct ServerDaemon {
     wakers: Registry,
     asked: Mutex<BTreeMap<VmKey, Instant>>,
     connections: std::sync::atomic::AtomicU64,
+    /// The accelerator VMs run with here.
+    accel: qemu_driver::Accel,
+    /// The CPU models this host's QEMU knows.
+    cpu_models: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,7 +90,11 @@ impl ServerDaemon {
             );
         }
         let history = History::load(&config.state_dir.join("history.json"));
+        let accel = config.accel.resolve().expect("checked at load");
+        let cpu_models = qemu_driver::cpu_models().map_err(|source| ServerError::NoQemu(Box::new(source)))?;
         Ok(Arc::new(ServerDaemon {
+            accel,
+            cpu_models,
             config,
             key,
             vms: Mutex::new(BTreeMap::new()),
@@ -209,6 +222,9 @@ impl ServerDaemon {
         key: VmKey,
         request: &ReserveRequest,
     ) -> Result<u64, ServerError> {
+        if let Some(why) = machine::refusal(&self.config, self.accel, &self.cpu_models, &request.profile) {
+            return Err(ServerError::CannotRun { key, why });
+        }
         let (expected, from_history) = lock(&self.history).expected(&key.to_string());
         let mut reservations = lock(&self.reservations);
         if reservation.key.as_ref() != Some(&key) && reservations.contains_key(&key) {
@@ -236,8 +252,9 @@ impl ServerDaemon {
                 reservations.remove(&old);
             }
         }
-        reservations.insert(key.clone(), Reserved { expected, connection: reservation.connection });
-        tracing::info!(vm = %key, ram_bytes = request.ram_bytes, expected_mib = expected >> 20, from_history, "reserved");
+        let profile = request.profile.clone();
+        reservations.insert(key.clone(), Reserved { expected, profile, connection: reservation.connection });
+        tracing::info!(vm = %key, ram_bytes = request.profile.ram_bytes(), expected_mib = expected >> 20, from_history, "reserved");
         Ok(expected)
     }
 
@@ -268,13 +285,30 @@ impl ServerDaemon {
                 self.wakers.add(desktop)
             }
         };
-        let expected = lock(&self.reservations).get(&key).map_or(capacity::PAPER_MEDIAN_BYTES, |r| r.expected);
-        let vm = HostedVm::start(&self.config, &self.key, key.clone(), request, wake, expected)?;
+        let reserved =
+            lock(&self.reservations).get(&key).cloned().ok_or_else(|| ServerError::NotReserved { key: key.clone() })?;
+        let console_port = self.free_console_port();
+        let vm = HostedVm::start(
+            &self.config,
+            &self.key,
+            key.clone(),
+            Arrival { request, profile: &reserved.profile, accel: self.accel, console_port },
+            wake,
+            reserved.expected,
+        )?;
         tracing::info!(vm = %key, "running on the server");
         // Hosted first, then unreserved: a VM is always in one of the two.
         lock(&self.vms).insert(key.clone(), Arc::new(Mutex::new(vm)));
         reservation.release();
         Ok(started.elapsed().as_millis() as u64)
+    }
+
+    /// The first console port no hosted VM uses.
+    fn free_console_port(&self) -> u16 {
+        let used: Vec<u16> =
+            lock(&self.vms).values().filter_map(|vm| vm.try_lock().ok().and_then(|vm| vm.console_port())).collect();
+        let base = self.config.console_port_base;
+        (base..base.saturating_add(self.config.console_ports)).find(|p| !used.contains(p)).unwrap_or(base)
     }
 
     /// Stops `key`'s VM and sends it home on `channel`.

@@ -102,6 +102,17 @@ pub enum ServerError {
         #[source]
         source: Box<NoRoom>,
     },
+    /// QEMU cannot be asked what it runs.
+    #[error("cannot ask QEMU for its CPU models")]
+    NoQemu(#[source] Box<qemu_driver::QemuError>),
+    /// This server cannot run the VM's virtual hardware.
+    #[error("{key} cannot run on this server: {why}")]
+    CannotRun {
+        /// The VM.
+        key: VmKey,
+        /// Why, and what to change.
+        why: String,
+    },
     /// `Consolidate` without a `Reserve` on the same connection.
     #[error("{key} has no reservation on this connection; send Reserve first")]
     NotReserved {

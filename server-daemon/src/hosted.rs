@@ -27,11 +27,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
-use daemon_protocol::{ChunkWriter, ConsolidateRequest, HostedState, HostedStatus, ReturnHeader};
+use daemon_protocol::{
+    ChunkWriter, ConsoleAccess, ConsolidateRequest, HostedState, HostedStatus, MachineProfile, ReturnHeader,
+};
 use identifiers::Mac;
 use migration_formats::ZeroMap;
-use qemu_driver::{announce, nic_args, resume, save_device_state, DiskBackend, GuestImage, QemuProcess, Qmp, Tap};
-use qemu_driver::{Accel, VmSpec};
+use qemu_driver::{announce, nic_args, resume, save_device_state, DiskBackend, QemuProcess, Qmp, Tap};
+use qemu_driver::{Accel, Display, VmSpec};
 use slice_store::{export_dirty_set, exported_len, SliceStore};
 use wire::protocol::Message;
 use wire::{Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
@@ -39,6 +41,7 @@ use wire::{Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::key::VmKey;
+use crate::machine;
 
 /// Memory pages and disk blocks are 4 KiB here.
 const UNIT: u32 = 4096;
@@ -67,6 +70,7 @@ struct VmProcess {
     qmp: Qmp,
     qemu: QemuProcess,
     _tap: Tap,
+    qemu_agent_socket: PathBuf,
 }
 
 /// memtap and cownetdisk for one VM.
@@ -130,6 +134,21 @@ pub struct HostedVm {
     started: Instant,
     phase: Phase,
     last: (memtap::RamStats, cownetdisk::DiskStats),
+    console: Option<ConsoleAccess>,
+}
+
+/// What a VM arrives with: the desktop's request, the machine it reserved,
+/// and what this server gives it.
+#[derive(Debug)]
+pub struct Arrival<'a> {
+    /// The desktop's request.
+    pub request: &'a ConsolidateRequest,
+    /// Its virtual hardware, from the reservation.
+    pub profile: &'a MachineProfile,
+    /// The accelerator here.
+    pub accel: Accel,
+    /// The port of its remote console, if it has a display.
+    pub console_port: u16,
 }
 
 impl HostedVm {
@@ -143,10 +162,11 @@ impl HostedVm {
         config: &ServerConfig,
         office_key: &SharedKey,
         key: VmKey,
-        request: &ConsolidateRequest,
+        arrival: Arrival<'_>,
         wake: Arc<dyn WakeHook>,
         expected: u64,
     ) -> Result<HostedVm, ServerError> {
+        let Arrival { request, profile, accel, console_port } = arrival;
         let vm = &key.vm;
         let state = state_dir(config, &key);
         let run = config.run_dir.join("vms").join(key.desktop.as_str()).join(vm.as_str());
@@ -163,7 +183,7 @@ impl HostedVm {
             .map_err(|source| ServerError::ZeroMap { key: key.clone(), source: Box::new(source) })?;
         if zero_map.unit_size != UNIT {
             let (map_pages, unit) = (zero_map.units, zero_map.unit_size);
-            let ram_pages = (request.memory_mib << 20) / u64::from(UNIT);
+            let ram_pages = profile.ram_bytes() / u64::from(UNIT);
             return Err(ServerError::ZeroMapSize { key, map_pages, unit, ram_pages });
         }
         let descriptor = state.join("descriptor.in");
@@ -217,21 +237,40 @@ impl HostedVm {
             move |source| ServerError::Qemu { key, action, source: Box::new(source) }
         };
         let tap = Tap::create(&vm.tap_name(), &config.bridge).map_err(qemu_error("make its tap device"))?;
-        let guest = GuestImage { kernel: config.kernel.clone(), initrd: config.initrd.clone() };
-        let accel = if config.accel == "kvm" { Accel::Kvm } else { Accel::Tcg };
-        let spec = VmSpec::new(&guest, run.join("ram").join(format!("{vm}.ram")), run.join("qemu"))
-            .memory_mib(request.memory_mib)
+        let file_error = |action, path: &Path| {
+            let (key, path) = (key.clone(), path.to_owned());
+            move |source| ServerError::File { key, action, path, source }
+        };
+        let boot =
+            machine::boot(config, profile, &state).map_err(file_error("make the UEFI variable store in", &state))?;
+        let console = profile.display.then(|| ConsoleAccess { port: console_port, ticket: new_ticket() });
+        let display = match &console {
+            None => Display::None,
+            Some(console) => {
+                let ticket_file = run.join("qemu").join("spice.ticket");
+                write_secret(&ticket_file, &console.ticket).map_err(file_error("write", &ticket_file))?;
+                Display::RemoteSpice { addr: config.listen.ip(), port: console.port, ticket_file }
+            }
+        };
+        let spec = VmSpec::booting(boot, run.join("ram").join(format!("{vm}.ram")), run.join("qemu"))
+            .memory_mib(profile.memory_mib)
+            .vcpus(profile.vcpus)
+            .cpu(profile.cpu_model.as_str())
             .accel(accel)
-            .kernel_args(request.kernel_args.as_str())
+            .display(display)
+            .reboot_ends_qemu(false)
             .extra_args(nic_args(tap.name(), request.vm_mac))
             .extra_args(DiskBackend::NbdUnix { socket, export: vm.to_string() }.qemu_args());
+        let qemu_agent_socket = spec.agent_socket();
         let (qemu, qmp) = resume(spec, &descriptor).map_err(qemu_error("resume it from its descriptor"))?;
-        let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap }, storage };
+        let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap, qemu_agent_socket }, storage };
         if let Err(e) = announce(&mut running.vm.qmp) {
             tracing::warn!(vm = %key, "cannot announce the VM's MAC: {}", wire::chain(&e));
         }
         let last = running.storage.stats();
+        qemu_driver::set_clock_in_background(key.to_string(), running.vm.qemu_agent_socket.clone());
         Ok(HostedVm {
+            console,
             key,
             mac: request.vm_mac,
             desktop_control: request.desktop_control,
@@ -244,6 +283,11 @@ impl HostedVm {
             phase: Phase::Running(Box::new(running)),
             last,
         })
+    }
+
+    /// The port of its remote console, if it has one.
+    pub fn console_port(&self) -> Option<u16> {
+        self.console.as_ref().map(|c| c.port)
     }
 
     /// The VM's key (desktop and name).
@@ -327,6 +371,7 @@ impl HostedVm {
             dirty_blocks: disk.dirty_blocks,
             expected_bytes: self.expected,
             desktop_power,
+            console: self.console.clone().filter(|_| self.is_running()),
         }
     }
 
@@ -463,4 +508,20 @@ fn keep_leftovers(key: &VmKey, state: &Path) -> Result<(), ServerError> {
         path: state.to_owned(),
         source,
     })
+}
+
+/// A fresh console ticket: 24 hex digits from the kernel's random source.
+fn new_ticket() -> String {
+    let mut bytes = [0u8; 12];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    read.expect("/dev/urandom is readable on Linux");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `secret` to `path`, readable by root only.
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(path);
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(secret.as_bytes())
 }

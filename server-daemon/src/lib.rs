@@ -15,6 +15,7 @@ pub mod daemon;
 mod error;
 pub mod hosted;
 mod key;
+mod machine;
 pub mod watch;
 
 pub use config::ServerConfig;

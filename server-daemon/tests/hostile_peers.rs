@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use bincode::Encode;
-use daemon_protocol::{Control, ControlHello, ReserveRequest};
+use daemon_protocol::{Control, ControlHello, Firmware, MachineProfile, ReserveRequest};
 use server_daemon::{ServerConfig, ServerDaemon};
 use wire::protocol::Message;
 use wire::{Channel, SharedKey};
@@ -32,7 +32,7 @@ impl Server {
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let text = format!(
             "name = \"server1\"\nlisten = \"{addr}\"\nkey = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n\
-             bridge = \"br-none\"\nkernel = \"/none\"\ninitrd = \"/none\"\ncapacity_mib = 1024\n",
+             bridge = \"br-none\"\nkernel = \"/none\"\ninitrd = \"/none\"\ncapacity_mib = 1024\naccel = \"tcg\"\n",
             key_file.display(),
             dir.path().join("state").display(),
             dir.path().join("run").display(),
@@ -88,27 +88,37 @@ fn raw(message: impl Encode) -> Vec<u8> {
 const RESERVE: u32 = 2;
 const CONSOLIDATE: u32 = 4;
 
-fn reserve(vm: &str) -> Vec<u8> {
-    Control::Reserve(ReserveRequest { vm: vm.parse().unwrap(), ram_bytes: 256 << 20, disk_bytes: 1 << 20 })
-        .encode_body()
+fn profile() -> MachineProfile {
+    MachineProfile {
+        memory_mib: 256,
+        vcpus: 1,
+        cpu_model: "max".parse().unwrap(),
+        firmware: Firmware::Bios,
+        display: false,
+    }
 }
 
-/// A raw `Consolidate` with `vm_mac` and `kernel_args` as given.
-fn raw_consolidate(vm: &str, vm_mac: &str, kernel_args: &str) -> Vec<u8> {
+fn reserve(vm: &str) -> Vec<u8> {
+    Control::Reserve(ReserveRequest { vm: vm.parse().unwrap(), profile: profile(), disk_bytes: 1 << 20 }).encode_body()
+}
+
+const BIOS: u32 = 0;
+const KERNEL: u32 = 2;
+
+/// A raw `Reserve` of a BIOS VM with this RAM size and CPU model.
+fn raw_reserve(vm: &str, memory_mib: u64, cpu_model: &str) -> Vec<u8> {
+    raw((RESERVE, vm, memory_mib, 1u32, cpu_model, BIOS, false, 0u64))
+}
+
+/// A raw `Reserve` of a VM booting the hosts' kernel with these arguments.
+fn raw_kernel_reserve(kernel_args: &str) -> Vec<u8> {
+    raw((RESERVE, "vm1", 256u64, 1u32, "max", KERNEL, [0u8; 32], [0u8; 32], kernel_args, false, 0u64))
+}
+
+/// A raw `Consolidate` with `vm_mac` as given.
+fn raw_consolidate(vm: &str, vm_mac: &str) -> Vec<u8> {
     let addr: SocketAddr = "127.0.0.1:7410".parse().unwrap();
-    raw((
-        CONSOLIDATE,
-        vm,
-        Some("02:00:00:00:00:02"),
-        addr,
-        addr,
-        addr,
-        256u64,
-        vm_mac,
-        kernel_args,
-        vec![1u8; 16],
-        Vec::<u8>::new(),
-    ))
+    raw((CONSOLIDATE, vm, Some("02:00:00:00:00:02"), addr, addr, addr, vm_mac, vec![1u8; 16], Vec::<u8>::new()))
 }
 
 #[test]
@@ -116,14 +126,17 @@ fn hostile_values_are_refused_naming_the_field_and_the_server_serves_on() {
     let server = Server::start();
     let mut channel = server.desktop("desk1");
     let cases = [
-        (raw((RESERVE, "../x", 1u64 << 28, 0u64)), "vm: \"../x\" is not a valid VM name"),
-        (raw((RESERVE, "a".repeat(64), 1u64 << 28, 0u64)), "is not a valid VM name"),
-        (raw((RESERVE, "vm1", 0u64, 0u64)), "ram_bytes"),
-        (raw_consolidate("vm1", "52:54:00:00:00:01,romfile=/etc/shadow", ""), "vm_mac: \"52:54:00:00:00:01,romfile"),
-        (raw_consolidate("vm1", "01:00:5e:00:00:01", ""), "vm_mac must be a unicast address"),
-        (raw_consolidate("vm1", "02:00:00:00:00:01", "quiet\ninit=/bin/sh"), "kernel_args"),
-        (raw_consolidate("../../etc", "02:00:00:00:00:01", ""), "vm: \"../../etc\""),
-        (raw_consolidate("vm1", "02:00:00:00:00:01", ""), "has no reservation on this connection"),
+        (raw_reserve("../x", 256, "max"), "vm: \"../x\" is not a valid VM name"),
+        (raw_reserve(&"a".repeat(64), 256, "max"), "is not a valid VM name"),
+        (raw_reserve("vm1", 0, "max"), "memory_mib"),
+        (raw_reserve("vm1", 256, "max,+vmx"), "not a valid CPU model"),
+        (raw_reserve("vm1", 256, "Pentium9000"), "does not know CPU model \"Pentium9000\""),
+        (raw_kernel_reserve("quiet\ninit=/bin/sh"), "kernel argument"),
+        (raw_kernel_reserve("quiet"), "cannot read its kernel /none"),
+        (raw_consolidate("vm1", "52:54:00:00:00:01,romfile=/etc/shadow"), "vm_mac: \"52:54:00:00:00:01,romfile"),
+        (raw_consolidate("vm1", "01:00:5e:00:00:01"), "vm_mac must be a unicast address"),
+        (raw_consolidate("../../etc", "02:00:00:00:00:01"), "vm: \"../../etc\""),
+        (raw_consolidate("vm1", "02:00:00:00:00:01"), "has no reservation on this connection"),
     ];
     for (body, expected) in cases {
         let why = refusal(ask(&mut channel, &body));

@@ -1,0 +1,240 @@
+//! The libvirt-like lifecycle of a desktop's VMs: `jettison list`, `start`,
+//! `shutdown`, `destroy`, `save-all`, `console` and `view`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+
+use daemon_protocol::local::{call, LocalRequest, Report, ViewTarget, VmLocation};
+use identifiers::VmName;
+
+use crate::CmdResult;
+
+/// The desktop daemon's socket, for every command here.
+#[derive(Debug, clap::Args)]
+pub struct Daemon {
+    /// The desktop daemon's socket.
+    #[arg(long, default_value = "/run/jettison/desktop.sock")]
+    socket: PathBuf,
+}
+
+/// Arguments of the commands that name one VM.
+#[derive(Debug, clap::Args)]
+pub struct VmArgs {
+    /// The VM.
+    vm: VmName,
+    #[command(flatten)]
+    daemon: Daemon,
+}
+
+/// Arguments of `jettison shutdown`.
+#[derive(Debug, clap::Args)]
+pub struct ShutdownArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Seconds to wait for the guest to power off.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+}
+
+/// Arguments of `jettison console`.
+#[derive(Debug, clap::Args)]
+pub struct ConsoleArgs {
+    /// The VM.
+    vm: VmName,
+    /// The desktop daemon's run directory (where each VM's sockets are).
+    #[arg(long, default_value = "/run/jettison")]
+    run_dir: PathBuf,
+}
+
+/// Arguments of `jettison view`.
+#[derive(Debug, clap::Args)]
+pub struct ViewArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// Print where the screen is (a SPICE URI, or a remote-viewer file with the ticket) instead of opening it.
+    #[arg(long)]
+    print: bool,
+    /// Open it full screen, as the desk shows it.
+    #[arg(long)]
+    full_screen: bool,
+}
+
+fn where_is(on: VmLocation) -> &'static str {
+    match on {
+        VmLocation::Desktop => "runs on this desktop",
+        VmLocation::Server => "runs on the server",
+        VmLocation::Moving => "is moving",
+        VmLocation::Off => "is off",
+        VmLocation::Saved => "is saved to its checkpoint",
+    }
+}
+
+fn vm_state(socket: &std::path::Path, request: LocalRequest) -> CmdResult {
+    match call(socket, &request, |_| {})? {
+        Report::VmState { vm, on } => {
+            println!("{vm} {}", where_is(on));
+            Ok(())
+        }
+        other => Err(format!("the desktop daemon answered with a {}", other.kind()).into()),
+    }
+}
+
+/// `jettison list`: each VM and where it is.
+pub fn list(args: Daemon) -> CmdResult {
+    let Report::DesktopStatus(status) = call(&args.socket, &LocalRequest::Status, |_| {})? else {
+        return Err("the desktop daemon answered a status request with something else".into());
+    };
+    println!("{:<14} {:<10} {}", "VM", "STATE", "LAST FAILURE");
+    for vm in &status.vms {
+        let state = match vm.on {
+            VmLocation::Desktop if vm.running_here => "running",
+            VmLocation::Desktop => "stopped",
+            VmLocation::Server => "server",
+            VmLocation::Moving => "moving",
+            VmLocation::Off => "off",
+            VmLocation::Saved => "saved",
+        };
+        println!("{:<14} {:<10} {}", vm.vm, state, vm.error.as_deref().unwrap_or("-"));
+    }
+    Ok(())
+}
+
+/// `jettison start VM`.
+pub fn start(args: VmArgs) -> CmdResult {
+    vm_state(&args.daemon.socket, LocalRequest::Start { vm: args.vm })
+}
+
+/// `jettison shutdown VM`.
+pub fn shutdown(args: ShutdownArgs) -> CmdResult {
+    vm_state(&args.vm.daemon.socket, LocalRequest::Shutdown { vm: args.vm.vm, timeout_secs: args.timeout })
+}
+
+/// `jettison destroy VM`.
+pub fn destroy(args: VmArgs) -> CmdResult {
+    vm_state(&args.daemon.socket, LocalRequest::Destroy { vm: args.vm })
+}
+
+/// `jettison save-all`: what a host shutdown runs before the daemon stops.
+pub fn save_all(args: Daemon) -> CmdResult {
+    match call(&args.socket, &LocalRequest::SaveAll, |_| {})? {
+        Report::Saved { vms } if vms.is_empty() => println!("no VM was running here"),
+        Report::Saved { vms } => {
+            let names: Vec<&str> = vms.iter().map(VmName::as_str).collect();
+            println!("saved to their checkpoints: {}", names.join(", "));
+        }
+        other => return Err(format!("the desktop daemon answered with a {}", other.kind()).into()),
+    }
+    Ok(())
+}
+
+/// `jettison console VM`: the guest's serial console, interactive, until Ctrl-].
+pub fn console(args: ConsoleArgs) -> CmdResult {
+    let path = args.run_dir.join(args.vm.as_str()).join("console.sock");
+    let stream = UnixStream::connect(&path).map_err(|e| {
+        format!("cannot open {}'s console {} ({e}): is it running on this desktop?", args.vm, path.display())
+    })?;
+    eprintln!("connected to {}'s serial console; Ctrl-] leaves", args.vm);
+    let _raw = RawTerminal::enter();
+    let mut from_vm = stream.try_clone()?;
+    std::thread::spawn(move || {
+        let mut out = std::io::stdout();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from_vm.read(&mut buf) {
+            if n == 0 || out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut to_vm = stream;
+    let mut input = std::io::stdin();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        // Ctrl-] (0x1d) leaves, as in telnet and virsh console.
+        let end = buf[..n].iter().position(|&b| b == 0x1d);
+        to_vm.write_all(&buf[..end.unwrap_or(n)])?;
+        if end.is_some() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The terminal in raw mode while it lives, when standard input is one.
+struct RawTerminal(Option<nix::sys::termios::Termios>);
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let Ok(saved) = tcgetattr(&stdin) else { return RawTerminal(None) };
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &raw);
+        RawTerminal(Some(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, saved);
+        }
+    }
+}
+
+/// `jettison view VM`: opens the VM's screen with remote-viewer (virt-viewer).
+pub fn view(args: ViewArgs) -> CmdResult {
+    let vm = args.vm.vm.clone();
+    let Report::View(target) = call(&args.vm.daemon.socket, &LocalRequest::View { vm: vm.clone() }, |_| {})? else {
+        return Err("the desktop daemon answered a view request with something else".into());
+    };
+    let (uri, file) = match &target {
+        ViewTarget::Local { uri } => (uri.clone(), None),
+        ViewTarget::Remote { host, port, ticket } => {
+            // The ticket goes in a file only we can read, not on a command line.
+            let text = format!(
+                "[virt-viewer]\ntype=spice\nhost={host}\nport={port}\npassword={ticket}\ntitle={vm} (on the server)\n\
+                 fullscreen={}\n",
+                u8::from(args.full_screen)
+            );
+            (format!("spice://{host}:{port}"), Some(text))
+        }
+    };
+    if args.print {
+        match &file {
+            None => println!("{uri}"),
+            Some(text) => print!("{text}"),
+        }
+        return Ok(());
+    }
+    let mut viewer = Command::new("remote-viewer");
+    if args.full_screen {
+        viewer.arg("--full-screen");
+    }
+    viewer.args(["--title", vm.as_str()]);
+    let _connection_file;
+    match file {
+        None => {
+            viewer.arg(&uri);
+        }
+        Some(text) => {
+            let mut vv = tempfile::Builder::new().prefix("jettison-view-").suffix(".vv").tempfile()?;
+            vv.write_all(text.as_bytes())?;
+            viewer.arg(vv.path());
+            _connection_file = vv;
+        }
+    }
+    let status = viewer
+        .status()
+        .map_err(|e| format!("cannot run remote-viewer ({e}): install virt-viewer to see {vm}'s screen"))?;
+    if !status.success() {
+        return Err(format!("remote-viewer ended with {status}").into());
+    }
+    Ok(())
+}
