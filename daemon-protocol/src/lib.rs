@@ -23,4 +23,4 @@ pub use protocol::{
     ConsoleAccess, ConsolidateRequest, Control, ControlHello, CpuModel, Firmware, HostedState, HostedStatus,
     KernelArgs, MachineProfile, ReserveRequest, ReturnHeader, CONTROL_TIMEOUT, MAX_VCPUS,
 };
-pub use transfer::{ChunkReader, ChunkWriter};
+pub use transfer::{receive_stream, send_stream, ChunkReader, ChunkWriter};

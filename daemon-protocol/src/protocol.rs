@@ -21,7 +21,8 @@
 //!     Note over S: the profile is one this server can run; capacity check against the expected working set
 //!     S->>D: Reserved (estimate) or Failed (why)
 //!     Note over D: stop the VM, save the descriptor, scan the zero map, start memserv and diskserv
-//!     D->>S: Consolidate (descriptor, zero map, where memserv and diskserv are)
+//!     D->>S: Consolidate (descriptor size and CRC, zero map, where memserv and diskserv are)
+//!     D->>S: Data ... End (the descriptor, as one byte stream)
 //!     Note over S: memtap file, cownetdisk export, QEMU -incoming, cont, announce the MAC
 //!     S->>D: Running or Failed (why; the desktop resumes the VM itself)
 //! ```
@@ -102,9 +103,10 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 pub const MAX_RAM_BYTES: u64 = MAX_MEMORY_MIB << 20;
 /// Largest disk size in bytes (64 TiB).
 pub const MAX_DISK_BYTES: u64 = 64 << 40;
-/// Largest descriptor: QEMU's device state without RAM is well under 1 MiB,
-/// and the descriptor travels in one frame with the zero map.
-pub const MAX_DESCRIPTOR: usize = 3 << 20;
+/// Largest descriptor: QEMU's device state without RAM, plus the RAM a
+/// device holds outside guest RAM (video RAM, firmware flash: UEFI's is
+/// 4 MiB). It travels as a stream of `Data` chunks.
+pub const MAX_DESCRIPTOR: u64 = 64 << 20;
 /// Largest `Data` chunk.
 pub const MAX_CHUNK: usize = 1 << 20;
 /// How long either daemon waits for the other's next message. Generous: a
@@ -112,7 +114,6 @@ pub const MAX_CHUNK: usize = 1 << 20;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
 
 const _: () = assert!(MAX_CHUNK + 1024 < MAX_FRAME);
-const _: () = assert!(MAX_DESCRIPTOR + (512 << 10) < MAX_FRAME);
 
 /// Who opens a control connection.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -152,8 +153,11 @@ pub struct ConsolidateRequest {
     pub diskserv: SocketAddr,
     /// The VM's NIC MAC, kept on every host.
     pub vm_mac: Mac,
-    /// The saved device state (QEMU's migration stream with `x-ignore-shared`).
-    pub descriptor: Vec<u8>,
+    /// Bytes of the saved device state (QEMU's migration stream with
+    /// `x-ignore-shared`), which follows this message as a stream.
+    pub descriptor_bytes: u64,
+    /// CRC-32 of the device state.
+    pub descriptor_crc: u32,
     /// The RAM file's zero pages (`migration_formats::ZeroMap::encode`).
     pub zero_map: Vec<u8>,
 }
@@ -383,7 +387,8 @@ impl<C> Decode<C> for ConsolidateRequest {
             memserv: field(d, "memserv")?,
             diskserv: field(d, "diskserv")?,
             vm_mac: field(d, "vm_mac")?,
-            descriptor: field(d, "descriptor")?,
+            descriptor_bytes: field(d, "descriptor_bytes")?,
+            descriptor_crc: field(d, "descriptor_crc")?,
             zero_map: field(d, "zero_map")?,
         })
     }
@@ -423,8 +428,8 @@ impl ConsolidateRequest {
         peer_address_ok(&self.desktop_control, "desktop_control must be a host's address with a port")?;
         peer_address_ok(&self.memserv, "memserv must be a host's address with a port")?;
         peer_address_ok(&self.diskserv, "diskserv must be a host's address with a port")?;
-        if self.descriptor.is_empty() || self.descriptor.len() > MAX_DESCRIPTOR {
-            return Err(DecodeError::Limit("descriptor must be 1 byte to 3 MiB"));
+        if self.descriptor_bytes == 0 || self.descriptor_bytes > MAX_DESCRIPTOR {
+            return Err(DecodeError::Limit("descriptor_bytes must be 1 byte to 64 MiB"));
         }
         Ok(())
     }
@@ -468,7 +473,8 @@ mod tests {
             memserv: "10.0.0.2:7410".parse().unwrap(),
             diskserv: "10.0.0.2:7411".parse().unwrap(),
             vm_mac: "02:4a:54:00:00:50".parse().unwrap(),
-            descriptor: vec![1, 2, 3],
+            descriptor_bytes: 3,
+            descriptor_crc: 7,
             zero_map: vec![4, 5],
         }
     }
@@ -541,14 +547,15 @@ mod tests {
     fn limits_are_enforced_and_name_the_field() {
         assert!(Control::decode_body(&Control::Data(vec![0; MAX_CHUNK + 1]).encode_body()).is_err());
         type Spoil = fn(&mut ConsolidateRequest);
-        let cases: [(Spoil, &str); 7] = [
+        let cases: [(Spoil, &str); 8] = [
+            (|c| c.descriptor_bytes = MAX_DESCRIPTOR + 1, "descriptor_bytes"),
             (|c| c.vm_mac = "01:00:5e:00:00:01".parse().unwrap(), "vm_mac"),
             (|c| c.vm_mac = Mac::default(), "vm_mac"),
             (|c| c.desktop_mac = Some(Mac::BROADCAST), "desktop_mac"),
             (|c| c.memserv = "0.0.0.0:7410".parse().unwrap(), "memserv"),
             (|c| c.diskserv = "10.0.0.2:0".parse().unwrap(), "diskserv"),
             (|c| c.desktop_control = "224.0.0.1:7400".parse().unwrap(), "desktop_control"),
-            (|c| c.descriptor.clear(), "descriptor"),
+            (|c| c.descriptor_bytes = 0, "descriptor_bytes"),
         ];
         for (spoil, field) in cases {
             let mut c = consolidate();

@@ -119,6 +119,39 @@ impl Read for ChunkReader<'_> {
     }
 }
 
+/// Sends `bytes` as one stream (`Data`... `End`); returns its length.
+///
+/// # Errors
+/// The channel's error, as an I/O error.
+pub fn send_stream(channel: &mut Channel, bytes: &[u8]) -> io::Result<u64> {
+    let mut writer = ChunkWriter::new(channel);
+    writer.write_all(bytes)?;
+    writer.finish()
+}
+
+/// Receives one whole stream that its sender announced as `len` bytes with
+/// CRC-32 `crc`, reading it to its `End` even when it is not what was
+/// announced, so that the connection stays in step.
+///
+/// # Errors
+/// The channel's error; `InvalidData` when the stream's length or CRC
+/// differ from the announcement.
+pub fn receive_stream(channel: &mut Channel, len: u64, crc: u32) -> io::Result<Vec<u8>> {
+    let mut reader = ChunkReader::new(channel, |_| {});
+    // The announcement was checked against the protocol's limits.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(64 << 20));
+    reader.by_ref().take(len).read_to_end(&mut bytes)?;
+    let extra = io::copy(&mut reader, &mut io::sink())?;
+    if bytes.len() as u64 != len || extra != 0 {
+        let got = bytes.len() as u64 + extra;
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{got} bytes arrived of {len} announced")));
+    }
+    if crc32fast::hash(&bytes) != crc {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the CRC differs from the one announced"));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,14 @@ pub fn ask(channel: &mut Channel, request: &Control) -> Result<Control, DesktopE
     Control::decode_body(&body).map_err(|e| DesktopError::ServerUnreadable(Box::new(e)))
 }
 
+/// Sends `request` followed by `stream` (`Data`... `End`), and returns the answer.
+fn send_with_stream(channel: &mut Channel, request: &Control, stream: &[u8]) -> Result<Control, DesktopError> {
+    channel.send(&request.encode_body()).map_err(|e| DesktopError::ServerConnection(Box::new(e)))?;
+    daemon_protocol::send_stream(channel, stream).map_err(DesktopError::SendStream)?;
+    let body = channel.recv().map_err(|e| DesktopError::ServerConnection(Box::new(e)))?;
+    Control::decode_body(&body).map_err(|e| DesktopError::ServerUnreadable(Box::new(e)))
+}
+
 /// Consolidates `vm`; `log` gets a line per step. Returns the report.
 ///
 /// # Errors
@@ -167,11 +175,12 @@ fn hand_over(ctx: Context<'_>, vm: &mut LocalVm, channel: &mut Channel) -> Resul
         memserv: std::net::SocketAddr::new(ip, vm.config().memserv_port),
         diskserv: std::net::SocketAddr::new(ip, vm.config().diskserv_port),
         vm_mac: vm.config().mac,
-        descriptor,
+        descriptor_bytes: descriptor.len() as u64,
+        descriptor_crc: crc32fast::hash(&descriptor),
         zero_map: zero_map.encode(),
     };
     let zero_pages = zero_map.zero_units();
-    let answer = ask(channel, &Control::Consolidate(Box::new(request)));
+    let answer = send_with_stream(channel, &Control::Consolidate(Box::new(request)), &descriptor);
     let refused = |vm: &mut LocalVm, why: DesktopError| {
         vm.set_placement(Placement::Desktop).map_err(HandOver::Refused)?;
         Err(HandOver::Refused(why))

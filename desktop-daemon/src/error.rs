@@ -165,6 +165,9 @@ pub enum DesktopError {
     /// The connection to the server broke.
     #[error("the server connection failed")]
     ServerConnection(#[source] Box<WireError>),
+    /// Sending a stream (the descriptor) to the server failed.
+    #[error("sending the descriptor to the server failed")]
+    SendStream(#[source] std::io::Error),
     /// The server sent something that does not decode.
     #[error("the server sent something unreadable")]
     ServerUnreadable(#[source] Box<DecodeError>),

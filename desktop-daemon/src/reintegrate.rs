@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use daemon_protocol::local::{LocalReply, ReintegrateReport};
+use daemon_protocol::protocol::MAX_DESCRIPTOR;
 use daemon_protocol::{ChunkReader, Control, ReturnHeader};
 use migration_formats::dirty_set::{ApplyTarget, StagedSet};
 use wire::Channel;
@@ -192,11 +193,10 @@ pub fn stage(
         path: checkpoint.staging.clone(),
         source,
     })?;
-    let too_large = ReceiveError::DescriptorTooLarge { len: header.descriptor_bytes };
-    let len = usize::try_from(header.descriptor_bytes).map_err(|_| too_large)?;
-    if len > 64 << 20 {
+    if header.descriptor_bytes > MAX_DESCRIPTOR {
         return Err(ReceiveError::DescriptorTooLarge { len: header.descriptor_bytes });
     }
+    let len = header.descriptor_bytes as usize;
     let mut descriptor = vec![0u8; len];
     reader.read_exact(&mut descriptor).map_err(ReceiveError::DescriptorBrokeOff)?;
     if crc32fast::hash(&descriptor) != header.descriptor_crc {

@@ -181,9 +181,19 @@ impl ServerDaemon {
                 Control::Status => Ok(Control::StatusReply(self.status())),
                 Control::Reserve(request) => desktop_key(&hello, "Reserve", request.vm.clone())
                     .and_then(|key| self.reserve(&mut reservation, key, &request).map(Control::Reserved)),
-                Control::Consolidate(request) => desktop_key(&hello, "Consolidate", request.vm.clone())
-                    .and_then(|key| self.host(&mut reservation, key, &request))
-                    .map(Control::Running),
+                Control::Consolidate(request) => {
+                    // The descriptor follows as a stream: read it whole
+                    // whatever the answer, so the connection stays in step.
+                    let descriptor =
+                        daemon_protocol::receive_stream(&mut channel, request.descriptor_bytes, request.descriptor_crc);
+                    desktop_key(&hello, "Consolidate", request.vm.clone())
+                        .and_then(|key| {
+                            let descriptor =
+                                descriptor.map_err(|source| ServerError::Descriptor { key: key.clone(), source })?;
+                            self.host(&mut reservation, key, &request, &descriptor)
+                        })
+                        .map(Control::Running)
+                }
                 Control::Reintegrate(vm) => {
                     match desktop_key(&hello, "Reintegrate", vm).and_then(|key| self.send_home(&key, &mut channel)) {
                         Ok(()) => continue,
@@ -264,6 +274,7 @@ impl ServerDaemon {
         reservation: &mut Reservation<'_>,
         key: VmKey,
         request: &ConsolidateRequest,
+        descriptor: &[u8],
     ) -> Result<u64, ServerError> {
         let started = Instant::now();
         if reservation.key.as_ref() != Some(&key) {
@@ -292,7 +303,7 @@ impl ServerDaemon {
             &self.config,
             &self.key,
             key.clone(),
-            Arrival { request, profile: &reserved.profile, accel: self.accel, console_port },
+            Arrival { request, descriptor, profile: &reserved.profile, accel: self.accel, console_port },
             wake,
             reserved.expected,
         )?;

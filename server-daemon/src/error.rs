@@ -102,6 +102,14 @@ pub enum ServerError {
         #[source]
         source: Box<NoRoom>,
     },
+    /// The descriptor stream after a Consolidate was not what it announced.
+    #[error("{key}: the descriptor did not arrive whole")]
+    Descriptor {
+        /// The VM.
+        key: VmKey,
+        /// What was wrong.
+        source: std::io::Error,
+    },
     /// QEMU cannot be asked what it runs.
     #[error("cannot ask QEMU for its CPU models")]
     NoQemu(#[source] Box<qemu_driver::QemuError>),

@@ -143,6 +143,8 @@ pub struct HostedVm {
 pub struct Arrival<'a> {
     /// The desktop's request.
     pub request: &'a ConsolidateRequest,
+    /// The device state that followed it.
+    pub descriptor: &'a [u8],
     /// Its virtual hardware, from the reservation.
     pub profile: &'a MachineProfile,
     /// The accelerator here.
@@ -166,7 +168,7 @@ impl HostedVm {
         wake: Arc<dyn WakeHook>,
         expected: u64,
     ) -> Result<HostedVm, ServerError> {
-        let Arrival { request, profile, accel, console_port } = arrival;
+        let Arrival { request, descriptor: device_state, profile, accel, console_port } = arrival;
         let vm = &key.vm;
         let state = state_dir(config, &key);
         let run = config.run_dir.join("vms").join(key.desktop.as_str()).join(vm.as_str());
@@ -187,7 +189,7 @@ impl HostedVm {
             return Err(ServerError::ZeroMapSize { key, map_pages, unit, ram_pages });
         }
         let descriptor = state.join("descriptor.in");
-        durable_file::replace_file(&descriptor, &[&request.descriptor]).map_err(|source| ServerError::File {
+        durable_file::replace_file(&descriptor, &[device_state]).map_err(|source| ServerError::File {
             key: key.clone(),
             action: "write",
             path: descriptor.clone(),

@@ -115,10 +115,15 @@ fn raw_kernel_reserve(kernel_args: &str) -> Vec<u8> {
     raw((RESERVE, "vm1", 256u64, 1u32, "max", KERNEL, [0u8; 32], [0u8; 32], kernel_args, false, 0u64))
 }
 
-/// A raw `Consolidate` with `vm_mac` as given.
-fn raw_consolidate(vm: &str, vm_mac: &str) -> Vec<u8> {
+/// A raw `Consolidate` with `vm_mac` and the descriptor's announced size as given.
+fn raw_consolidate_sized(vm: &str, vm_mac: &str, descriptor_bytes: u64) -> Vec<u8> {
     let addr: SocketAddr = "127.0.0.1:7410".parse().unwrap();
-    raw((CONSOLIDATE, vm, Some("02:00:00:00:00:02"), addr, addr, addr, vm_mac, vec![1u8; 16], Vec::<u8>::new()))
+    let crc = crc32fast::hash(&[1u8; 16]);
+    raw((CONSOLIDATE, vm, Some("02:00:00:00:00:02"), addr, addr, addr, vm_mac, descriptor_bytes, crc, Vec::<u8>::new()))
+}
+
+fn raw_consolidate(vm: &str, vm_mac: &str) -> Vec<u8> {
+    raw_consolidate_sized(vm, vm_mac, 16)
 }
 
 #[test]
@@ -136,12 +141,21 @@ fn hostile_values_are_refused_naming_the_field_and_the_server_serves_on() {
         (raw_consolidate("vm1", "52:54:00:00:00:01,romfile=/etc/shadow"), "vm_mac: \"52:54:00:00:00:01,romfile"),
         (raw_consolidate("vm1", "01:00:5e:00:00:01"), "vm_mac must be a unicast address"),
         (raw_consolidate("../../etc", "02:00:00:00:00:01"), "vm: \"../../etc\""),
-        (raw_consolidate("vm1", "02:00:00:00:00:01"), "has no reservation on this connection"),
+        (raw_consolidate_sized("vm1", "02:00:00:00:00:01", 1 << 40), "descriptor_bytes must be 1 byte to 64 MiB"),
     ];
     for (body, expected) in cases {
         let why = refusal(ask(&mut channel, &body));
         assert!(why.contains(expected), "expected {expected:?} in {why:?}");
         // The same connection still serves.
+        assert!(matches!(ask(&mut channel, &Control::Status.encode_body()), Control::StatusReply(_)));
+    }
+    // A Consolidate that decodes is followed by its descriptor stream, read
+    // whole whatever the answer: here too short, then right but unreserved.
+    for (stream, expected) in [(vec![1u8; 15], "15 bytes arrived of 16"), (vec![1u8; 16], "has no reservation")] {
+        channel.send(&raw_consolidate("vm1", "02:00:00:00:00:01")).unwrap();
+        daemon_protocol::send_stream(&mut channel, &stream).unwrap();
+        let why = refusal(Control::decode_body(&channel.recv().unwrap()).unwrap());
+        assert!(why.contains(expected), "expected {expected:?} in {why:?}");
         assert!(matches!(ask(&mut channel, &Control::Status.encode_body()), Control::StatusReply(_)));
     }
     // A hostile desktop name is refused at the hello.
