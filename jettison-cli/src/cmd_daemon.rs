@@ -35,12 +35,16 @@ pub fn run_desktop(args: DesktopArgs) -> CmdResult {
     Ok(())
 }
 
+/// How long a stopping server waits for its VMs to go home (within the
+/// unit's TimeoutStopSec).
+const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Runs the server daemon.
 pub fn run_server(args: ServerArgs) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
     let daemon = ServerDaemon::new(ServerConfig::load(&args.config)?)?;
     run_until_signal(Arc::clone(&daemon), ServerDaemon::run, wait_for_signal)?;
-    daemon.shutdown();
+    daemon.shutdown(SERVER_DRAIN);
     Ok(())
 }
 

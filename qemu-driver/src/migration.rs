@@ -119,7 +119,8 @@ fn wait_for_migration(qmp: &mut Qmp, direction: &'static str, path: &Path) -> Re
 /// Starts the VM of `spec` from a saved device state instead of booting it:
 /// QEMU with `-incoming defer`, the state loaded, then `cont`. The guest
 /// runs on whatever RAM file `spec` names (the desktop's checkpoint, or
-/// memtap's file on the server).
+/// memtap's file on the server). A guest that had powered off stays so
+/// (runstate `shutdown`, for its owner to see), without `cont`.
 ///
 /// # Errors
 /// As [`VmSpec::spawn`], [`load_device_state`] and the `cont` command.
@@ -127,6 +128,8 @@ pub fn resume(spec: VmSpec, descriptor: &Path) -> Result<(QemuProcess, Qmp)> {
     let mut qemu = spec.incoming_defer().spawn()?;
     let mut qmp = qemu.connect_qmp()?;
     load_device_state(&mut qmp, descriptor)?;
-    qmp.execute("cont", None)?;
+    if qmp.run_state()? != "shutdown" {
+        qmp.execute("cont", None)?;
+    }
     Ok((qemu, qmp))
 }

@@ -216,10 +216,36 @@ impl ServerDaemon {
         }
     }
 
-    /// Ends every hosted VM's QEMU and unmounts its memtap, for a clean
-    /// exit; the slices stay on disk.
-    pub fn shutdown(&self) {
+    /// For a clean exit: first sends every running VM home (its desktop
+    /// is asked to reintegrate it, as for memory pressure) and waits up to
+    /// `drain_within` for them to leave, so that stopping or upgrading the
+    /// server costs no guest its state; then ends what is left (a VM whose
+    /// desktop did not answer: it resumes from its checkpoint there) and
+    /// unmounts memtap; the slices stay on disk.
+    pub fn shutdown(self: &Arc<Self>, drain_within: Duration) {
+        let running: Vec<(VmKey, std::net::SocketAddr)> = lock(&self.vms)
+            .values()
+            .filter_map(|vm| {
+                vm.try_lock().ok().filter(|vm| vm.is_running()).map(|vm| (vm.key().clone(), vm.desktop_control()))
+            })
+            .collect();
+        lock(&self.asked).clear();
+        for (key, control) in &running {
+            self.ask_home(key, *control, "the server daemon is stopping".to_owned());
+        }
+        let deadline = Instant::now() + drain_within;
+        let still_here = || lock(&self.vms).values().any(|vm| vm.try_lock().map_or(true, |vm| vm.is_running()));
+        while !running.is_empty() && still_here() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+        }
         let vms = std::mem::take(&mut *lock(&self.vms));
+        if !vms.is_empty() {
+            let left: Vec<String> = vms.keys().map(VmKey::to_string).collect();
+            tracing::warn!(
+                "stopping with VMs that did not go home: {} (their desktops resume them from their checkpoints)",
+                left.join(", ")
+            );
+        }
         drop(vms);
     }
 
@@ -399,6 +425,11 @@ impl ServerDaemon {
                 vm.poll();
                 present.push(vm.key().clone());
                 if !vm.is_running() {
+                    continue;
+                }
+                if vm.guest_powered_off() {
+                    // Its disk writes and its "off" belong at home.
+                    self.ask_home(vm.key(), vm.desktop_control(), "its guest powered off".to_owned());
                     continue;
                 }
                 tenants.push(Tenant { key: vm.key().clone(), expected: vm.expected(), resident: vm.resident() });

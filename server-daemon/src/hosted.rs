@@ -353,6 +353,15 @@ impl HostedVm {
         }
     }
 
+    /// Whether its guest powered off (QEMU keeps it, stopped, in runstate
+    /// `shutdown`, so its state can still go home).
+    pub fn guest_powered_off(&mut self) -> bool {
+        match &mut self.phase {
+            Phase::Running(running) => matches!(running.vm.qmp.run_state().as_deref(), Ok("shutdown")),
+            _ => false,
+        }
+    }
+
     /// What `Status` says of it.
     pub fn status(&self, desktop_power: String) -> HostedStatus {
         let (memory, disk) = &self.last;

@@ -9,6 +9,7 @@
 
 pub mod netns;
 pub mod office;
+pub mod spice;
 pub mod vmnet;
 
 use std::path::{Path, PathBuf};

@@ -13,9 +13,9 @@
 //! ```
 //!
 //! Everything lives under one directory the caller owns; on drop the
-//! daemons get SIGTERM (they end their QEMUs and unmount memtap), and any
-//! QEMU or mount still naming that directory is killed or detached, so a
-//! failed test leaves nothing behind.
+//! daemons get SIGTERM (the desktop's leaves its QEMU running, as for a
+//! restart), and any QEMU or mount still naming that directory is killed
+//! or detached, so a failed test leaves nothing behind.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -198,6 +198,37 @@ impl Office {
         }
     }
 
+    /// Stops `jettison desktop` with SIGTERM, as `systemctl stop` does; its
+    /// VM's QEMU runs on.
+    pub fn stop_desktop(&mut self) {
+        let mut daemon = self.desktop_daemon.take().expect("the desktop daemon runs");
+        assert!(daemon.terminate(), "the desktop daemon exits cleanly on SIGTERM\n{}", self.logs());
+    }
+
+    /// Stops `jettison server` with SIGTERM (it sends its VMs home first).
+    pub fn stop_server(&mut self) {
+        let mut daemon = self.server_daemon.take().expect("the server daemon runs");
+        assert!(daemon.terminate(), "the server daemon exits cleanly on SIGTERM\n{}", self.logs());
+    }
+
+    /// The pid of the VM's QEMU on the desktop, if one runs.
+    pub fn desktop_qemu_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.dir.join("desktop/run").join(VM).join("qemu.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// The VM's line in `jettison list`: its state and last failure.
+    pub fn list_line(&self) -> String {
+        let out = self.jettison(&["list", "--socket", self.desktop_socket().to_str().expect("a UTF-8 path")]);
+        assert!(out.status.success(), "jettison list: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().find(|l| l.starts_with(VM)).unwrap_or_default().to_owned()
+    }
+
     /// Kills the server daemon and its QEMU with SIGKILL, as a crash would.
     pub fn crash_server(&mut self) {
         let _ = Command::new("pkill").args(["-KILL", "-f"]).arg(self.dir.join("server/run").as_os_str()).status();
@@ -275,11 +306,10 @@ impl Office {
                 return serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON");
             }
             let why = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(
-                why.contains("is not idle") && Instant::now() < deadline,
-                "jettison consolidate {VM} failed: {why}\n{}",
-                self.logs()
-            );
+            // Busy, or not sampled long enough yet (a daemon that just
+            // started or took a QEMU over has an empty window).
+            let not_yet = why.contains("is not idle") || why.contains("cannot be judged idle");
+            assert!(not_yet && Instant::now() < deadline, "jettison consolidate {VM} failed: {why}\n{}", self.logs());
             eprintln!("not idle yet, asking again: {}", why.trim());
             std::thread::sleep(Duration::from_secs(5));
         }
@@ -329,6 +359,12 @@ impl Drop for Office {
 pub fn last_count(serial: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(serial).ok()?;
     text.lines().rev().find_map(|l| l.strip_prefix("JTCOUNT ").and_then(|n| n.trim().parse().ok()))
+}
+
+/// The first `JTCOUNT` the guest printed in `serial`, if any.
+pub fn first_count(serial: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(serial).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("JTCOUNT ").and_then(|n| n.trim().parse().ok()))
 }
 
 /// Waits until the guest's count in `serial` passes `min`; returns it.
