@@ -61,6 +61,14 @@ pub enum LocalRequest {
         /// The VM.
         vm: VmName,
     },
+    /// Write what a VM's screen shows to a file (PNG for `.png`, else PPM),
+    /// on whichever host runs it: the desktop's daemon or the server's.
+    Screenshot {
+        /// The VM.
+        vm: VmName,
+        /// The file, an absolute path on the daemon's host.
+        file: PathBuf,
+    },
 }
 
 /// How to reach a VM's screen with a SPICE viewer.
@@ -204,6 +212,11 @@ pub enum Report {
     },
     /// To `View`.
     View(ViewTarget),
+    /// To `Screenshot`: the file written.
+    Screenshot {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 impl Report {
@@ -217,6 +230,7 @@ impl Report {
             Report::VmState { .. } => "VM state",
             Report::Saved { .. } => "list of saved VMs",
             Report::View(_) => "viewer address",
+            Report::Screenshot { .. } => "screenshot",
         }
     }
 }

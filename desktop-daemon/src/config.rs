@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use daemon_protocol::protocol::MAX_MEMORY_MIB;
 use daemon_protocol::{CpuModel, KernelArgs, MAX_VCPUS};
 use identifiers::{HostName, Mac, VmName};
-use qemu_driver::{Accel, AccelChoice, IdleThresholds};
+use qemu_driver::{Accel, AccelChoice, DiskFormat, IdleThresholds};
 use serde::Deserialize;
 
 use crate::error::DesktopError;
@@ -124,18 +124,6 @@ pub enum FirmwareChoice {
     Kernel,
 }
 
-/// The format of a VM's disk image. Never guessed from the file's
-/// content: a raw disk whose guest wrote a qcow2 header must stay raw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskFormat {
-    /// A plain image, byte for byte the guest's disk.
-    #[default]
-    Raw,
-    /// QEMU's qcow2 (possibly over a backing chain).
-    Qcow2,
-}
-
 /// One VM of the desktop.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,8 +140,9 @@ pub struct VmDefinition {
     pub firmware: Option<FirmwareChoice>,
     /// Its disk image.
     pub disk: PathBuf,
-    /// The image's format.
-    #[serde(default)]
+    /// The image's format (`raw` unless it says `qcow2`): never guessed
+    /// from the file's content, which the guest writes.
+    #[serde(default = "raw")]
     pub disk_format: DiskFormat,
     /// Whether it has a screen and USB keyboard and tablet.
     #[serde(default = "yes")]
@@ -190,6 +179,10 @@ fn default_failover() -> u64 {
 
 fn unresolved() -> Accel {
     Accel::Tcg
+}
+
+fn raw() -> DiskFormat {
+    DiskFormat::Raw
 }
 
 fn one() -> u32 {
@@ -266,6 +259,7 @@ impl DesktopConfig {
             }
         }
         expect_file("disk", &vm.disk, true)?;
+        check_disk_format(&vm.disk, vm.disk_format)?;
         match vm.firmware(self) {
             FirmwareChoice::Kernel => {
                 let kernel = self.kernel.as_ref().ok_or(
@@ -318,6 +312,25 @@ impl DesktopConfig {
     /// The VM called `name`.
     pub fn vm(&self, name: &str) -> Option<&VmDefinition> {
         self.vms.iter().find(|vm| vm.name.as_str() == name)
+    }
+}
+
+/// Checks that the disk reads as `format`, and, for a raw disk, that it
+/// does not look like a qcow2 image the file forgot to name as one. (The
+/// format still comes from the file, never from the probe: the probe only
+/// catches a mistake.)
+fn check_disk_format(disk: &Path, format: DiskFormat) -> Result<(), String> {
+    match (format, DiskFormat::detect(disk)) {
+        (DiskFormat::Raw, Ok(DiskFormat::Qcow2)) => Err(format!(
+            "disk = {disk:?} is a qcow2 image but disk_format is raw: write disk_format = \"qcow2\""
+        )),
+        // In use by a running VM (its QEMU holds the lock): checked when it was started.
+        (_, Err(qemu_driver::QemuError::ImageLocked { .. })) => Ok(()),
+        (_, Err(e)) if format == DiskFormat::Qcow2 => Err(format!("disk = {disk:?}: {e}")),
+        (DiskFormat::Qcow2, Ok(DiskFormat::Raw)) => Err(format!(
+            "disk = {disk:?} is not a qcow2 image: write disk_format = \"raw\", or convert it (qemu-img convert -O qcow2)"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -391,6 +404,20 @@ mod tests {
         assert_eq!(config.idle.max_cpu_percent, 20.0);
         let vm = config.vm("vm1").unwrap();
         assert_eq!((vm.memory_mib, vm.vcpus, vm.display, vm.disk_format), (256, 1, true, DiskFormat::Raw));
+        let qcow2 = f.dir.path().join("d.qcow2");
+        let made =
+            std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&qcow2).arg("1M").status();
+        assert!(made.unwrap().success());
+        let text = f.vm().replace("d.img", "d.qcow2");
+        let error = f.load(&format!("{}{text}", f.base())).unwrap_err();
+        assert!(error.contains("is a qcow2 image but disk_format is raw"), "{error}");
+        let config =
+            f.load(&format!("{}{}", f.base(), text.replace("disk = ", "disk_format = \"qcow2\"\ndisk = "))).unwrap();
+        assert_eq!(config.vm("vm1").unwrap().disk_format, DiskFormat::Qcow2);
+        let error = f
+            .load(&format!("{}{}", f.base(), f.vm().replace("disk = ", "disk_format = \"qcow2\"\ndisk = ")))
+            .unwrap_err();
+        assert!(error.contains("is not a qcow2 image"), "{error}");
         assert_eq!(vm.firmware(&config), FirmwareChoice::Kernel, "a file with a kernel keeps booting it");
         assert_eq!(config.accel(), Accel::Tcg);
         assert_eq!(config.cpu_model().as_str(), "max");

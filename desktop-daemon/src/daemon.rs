@@ -59,8 +59,18 @@ impl DesktopDaemon {
         let mut vms = BTreeMap::new();
         for vm in &config.vms {
             let local = LocalVm::new(&config, vm)?;
-            finish_pending(&Checkpoint::of(&local))
-                .map_err(|source| DesktopError::FinishPending { vm: vm.name.clone(), source: Box::new(source) })?;
+            let finish = |disk: &std::path::Path| {
+                finish_pending(&Checkpoint::of(&local, disk))
+                    .map_err(|source| DesktopError::FinishPending { vm: vm.name.clone(), source: Box::new(source) })
+            };
+            if Checkpoint::of(&local, &vm.disk).has_pending() {
+                // Through a writable view for a qcow2 disk, closed (flushed) after.
+                let disk = local.raw_disk(qemu_driver::ViewAccess::ReadWrite)?;
+                finish(disk.path())?;
+                disk.close(&vm.name)?;
+            } else {
+                finish(&vm.disk)?;
+            }
             vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
         }
         Ok(Arc::new(DesktopDaemon { config, key, vms }))
@@ -143,6 +153,9 @@ impl DesktopDaemon {
             }),
             LocalRequest::SaveAll => Ok(self.save_all()),
             LocalRequest::View { vm } => self.vm(&vm).and_then(|vm| self.view(&lock(vm))).map(Report::View),
+            LocalRequest::Screenshot { vm, file } => {
+                self.vm(&vm).and_then(|vm| lock(vm).screenshot(&file)).map(|()| Report::Screenshot { file })
+            }
         };
         done.map_err(|e| wire::chain(&e))
     }

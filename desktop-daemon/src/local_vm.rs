@@ -21,8 +21,8 @@ use daemon_protocol::{CpuModel, Firmware, MachineProfile};
 use identifiers::VmName;
 use image_server::{ServeConfig, StopHandle};
 use qemu_driver::{
-    announce, nic_args, resume, save_device_state, Accel, Boot, DiskBackend, Display, GuestImage, QemuProcess, Qmp,
-    Tap, VmLoadSample, VmLoadWindow, VmSpec,
+    announce, nic_args, resume, save_device_state, Accel, Boot, DiskBackend, DiskFormat, DiskView, Display, GuestImage,
+    QemuProcess, Qmp, Tap, ViewAccess, VmLoadSample, VmLoadWindow, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use wire::{Service, SharedKey};
@@ -62,6 +62,8 @@ struct Running {
 struct Serving {
     stops: Vec<StopHandle>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The disk diskserv reads (declared last: dropped after the threads stop).
+    _disk: RawDisk,
 }
 
 impl Drop for Serving {
@@ -228,20 +230,32 @@ impl LocalVm {
         })
     }
 
-    /// The guest-visible size of its disk.
+    /// The guest-visible size of its disk (for a qcow2 image, not the
+    /// file's size): QEMU's figure while it runs, the image's otherwise.
     ///
     /// # Errors
-    /// [`DesktopError::File`] when the image cannot be measured.
-    pub fn disk_bytes(&self) -> Result<u64, DesktopError> {
-        let disk = &self.config.disk;
-        let file = std::fs::File::open(disk);
-        let len = file.and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)));
-        len.map_err(|source| DesktopError::File {
-            vm: self.name().clone(),
-            action: "measure",
-            path: disk.clone(),
-            source,
+    /// [`DesktopError::Qemu`] when neither can say.
+    pub fn disk_bytes(&mut self) -> Result<u64, DesktopError> {
+        let size = match self.running.as_mut() {
+            Some(running) => qemu_driver::disk_virtual_size(&mut running.qmp),
+            None => qemu_driver::virtual_size(&self.config.disk, self.config.disk_format),
+        };
+        size.map_err(|source| DesktopError::Qemu {
+            vm: self.config.name.clone(),
+            action: "measure its disk",
+            source: Box::new(source),
         })
+    }
+
+    /// Its disk as a raw file for as long as the result lives: the image
+    /// itself when it is raw, else a view of its guest-visible content
+    /// through QEMU's block layer (read-only while it is served, writable
+    /// while a reintegration writes its dirty blocks back).
+    ///
+    /// # Errors
+    /// [`DesktopError::Qemu`] when the view cannot be made.
+    pub fn raw_disk(&self, access: ViewAccess) -> Result<RawDisk, DesktopError> {
+        raw_disk(&self.config.name, &self.config.disk, self.config.disk_format, &self.run_dir, access)
     }
 
     /// The SPICE socket a viewer on this desktop opens, if it has a screen.
@@ -266,7 +280,9 @@ impl LocalVm {
             .cpu(self.cpu_model.as_str())
             .display(display)
             .reboot_ends_qemu(false)
-            .extra_args(DiskBackend::File(self.config.disk.clone()).qemu_args())
+            .extra_args(
+                DiskBackend::Image { path: self.config.disk.clone(), format: self.config.disk_format }.qemu_args(),
+            )
     }
 
     /// Starts QEMU with `start` on our profile plus the NIC on a fresh tap,
@@ -418,9 +434,10 @@ impl LocalVm {
         };
         let memory = memserv::bind(&self.ram_file(), config(self.config.memserv_port, Service::Memory))
             .map_err(|source| DesktopError::Memserv { vm: self.name().clone(), source: Box::new(source) })?;
-        let disk = diskserv::bind(&self.config.disk, config(self.config.diskserv_port, Service::Disk), 4096)
+        let view = self.raw_disk(ViewAccess::ReadOnly)?;
+        let disk = diskserv::bind(view.path(), config(self.config.diskserv_port, Service::Disk), 4096)
             .map_err(|source| DesktopError::Diskserv { vm: self.name().clone(), source: Box::new(source) })?;
-        let mut serving = Serving { stops: Vec::new(), threads: Vec::new() };
+        let mut serving = Serving { stops: Vec::new(), threads: Vec::new(), _disk: view };
         for server in [memory, disk] {
             serving.stops.push(server.stop_handle());
             let vm = self.config.name.clone();
@@ -454,6 +471,21 @@ impl LocalVm {
             tap.keep();
             qemu.leave_running();
         }
+    }
+
+    /// Writes what its screen shows to `file` (see `qemu_driver::screendump`).
+    ///
+    /// # Errors
+    /// [`DesktopError::NotRunning`] when QEMU does not run it here (on the
+    /// server, ask the server's daemon); [`DesktopError::Qemu`] otherwise.
+    pub fn screenshot(&mut self, file: &Path) -> Result<(), DesktopError> {
+        let vm = self.config.name.clone();
+        let running = self.running.as_mut().ok_or_else(|| DesktopError::NotRunning { vm: vm.clone() })?;
+        qemu_driver::screendump(&mut running.qmp, file).map_err(|source| DesktopError::Qemu {
+            vm,
+            action: "take a screenshot",
+            source: Box::new(source),
+        })
     }
 
     /// Why its last start failed, if it did.
@@ -538,6 +570,70 @@ impl LocalVm {
     pub fn window(&self) -> &VmLoadWindow {
         &self.window
     }
+}
+
+/// A VM's disk as a raw file: the image itself, or a view of a qcow2
+/// image that ends (flushed, unmounted) when this is dropped or closed.
+#[derive(Debug)]
+pub enum RawDisk {
+    /// A raw image, used as it is.
+    Image(PathBuf),
+    /// A view through qemu-storage-daemon.
+    View(DiskView),
+}
+
+impl RawDisk {
+    /// The raw file.
+    pub fn path(&self) -> &Path {
+        match self {
+            RawDisk::Image(path) => path,
+            RawDisk::View(view) => view.path(),
+        }
+    }
+
+    /// Ends a view of `vm`'s disk, flushing what was written through it
+    /// into the image.
+    ///
+    /// # Errors
+    /// [`DesktopError::Qemu`]: the flush or the stop failed, and the image
+    /// may lack the last writes.
+    pub fn close(self, vm: &VmName) -> Result<(), DesktopError> {
+        match self {
+            RawDisk::Image(_) => Ok(()),
+            RawDisk::View(view) => view.close().map_err(|source| DesktopError::Qemu {
+                vm: vm.clone(),
+                action: "write its dirty blocks back into its disk image",
+                source: Box::new(source),
+            }),
+        }
+    }
+}
+
+/// `vm`'s disk `image` in `format` as a raw file; a view's mount point is
+/// in `run_dir`.
+pub fn raw_disk(
+    vm: &VmName,
+    image: &Path,
+    format: DiskFormat,
+    run_dir: &Path,
+    access: ViewAccess,
+) -> Result<RawDisk, DesktopError> {
+    if format == DiskFormat::Raw {
+        return Ok(RawDisk::Image(image.to_owned()));
+    }
+    let mountpoint = run_dir.join("disk-view.raw");
+    let made = std::fs::create_dir_all(run_dir).map_err(|source| qemu_driver::QemuError::File {
+        action: "create the run directory",
+        path: run_dir.to_owned(),
+        source,
+    });
+    made.and_then(|()| DiskView::open(image, format, &mountpoint, access)).map(RawDisk::View).map_err(|source| {
+        DesktopError::Qemu {
+            vm: vm.clone(),
+            action: "open its disk image through QEMU's block layer",
+            source: Box::new(source),
+        }
+    })
 }
 
 /// Seconds since the epoch, now.

@@ -34,6 +34,7 @@ use wire::Channel;
 use crate::consolidate::{ask, Context};
 use crate::error::{DesktopError, ReceiveError};
 use crate::local_vm::{LocalVm, Placement};
+use qemu_driver::ViewAccess;
 
 /// Pages and blocks are 4 KiB.
 const UNIT: u32 = 4096;
@@ -81,11 +82,12 @@ pub struct Received {
 }
 
 impl Checkpoint {
-    /// The checkpoint of `vm`.
-    pub fn of(vm: &LocalVm) -> Checkpoint {
+    /// The checkpoint of `vm`, whose disk is the raw file `disk` (the image,
+    /// or a view of it: see [`LocalVm::raw_disk`]).
+    pub fn of(vm: &LocalVm, disk: &Path) -> Checkpoint {
         Checkpoint {
             ram: vm.ram_file(),
-            disk: vm.config().disk.clone(),
+            disk: disk.to_owned(),
             state: vm.checkpoint(),
             staging: vm.dir().join("staging"),
         }
@@ -124,13 +126,15 @@ pub fn reintegrate(
         ),
     });
     vm.stop_serving();
-    let checkpoint = Checkpoint::of(vm);
+    let disk = vm.raw_disk(ViewAccess::ReadWrite)?;
+    let checkpoint = Checkpoint::of(vm, disk.path());
     let total = header.total_bytes();
     let what = name.to_string();
     let received = receive(&mut channel, &header, &checkpoint, |done| {
         report(LocalReply::Progress { what: what.clone(), done, total })
     })
     .map_err(|source| DesktopError::Receive { vm: name.clone(), source: Box::new(source) })?;
+    disk.close(&name)?;
     let transferred = started.elapsed();
     vm.resume_from(&checkpoint.state)?;
     vm.set_placement(Placement::Desktop)?;
@@ -249,6 +253,13 @@ fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, StagedSet)>) -> Re
         path: checkpoint.complete(),
         source,
     })
+}
+
+impl Checkpoint {
+    /// Whether a crash interrupted a complete transfer (see [`finish_pending`]).
+    pub fn has_pending(&self) -> bool {
+        self.complete().exists()
+    }
 }
 
 /// Finishes a transfer a crash interrupted after it was complete, or

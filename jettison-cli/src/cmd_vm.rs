@@ -48,6 +48,18 @@ pub struct ConsoleArgs {
     run_dir: PathBuf,
 }
 
+/// Arguments of `jettison screenshot`.
+#[derive(Debug, clap::Args)]
+pub struct ScreenshotArgs {
+    /// The VM.
+    vm: VmName,
+    /// The file to write: PNG if it ends in .png, else PPM.
+    file: PathBuf,
+    /// The socket of the daemon whose host runs the VM (the desktop's, or the server's while it is consolidated).
+    #[arg(long, default_value = "/run/jettison/desktop.sock")]
+    socket: PathBuf,
+}
+
 /// Arguments of `jettison view`.
 #[derive(Debug, clap::Args)]
 pub struct ViewArgs {
@@ -235,6 +247,16 @@ pub fn view(args: ViewArgs) -> CmdResult {
         .map_err(|e| format!("cannot run remote-viewer ({e}): install virt-viewer to see {vm}'s screen"))?;
     if !status.success() {
         return Err(format!("remote-viewer ended with {status}").into());
+    }
+    Ok(())
+}
+
+/// `jettison screenshot VM FILE`: what the VM's screen shows, from the host that runs it.
+pub fn screenshot(args: ScreenshotArgs) -> CmdResult {
+    let file = std::path::absolute(&args.file)?;
+    match call(&args.socket, &LocalRequest::Screenshot { vm: args.vm.clone(), file }, |_| {})? {
+        Report::Screenshot { file } => println!("{}", file.display()),
+        other => return Err(format!("the daemon answered with a {}", other.kind()).into()),
     }
     Ok(())
 }

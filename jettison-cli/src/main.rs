@@ -53,6 +53,8 @@ enum Command {
     SaveAll(cmd_vm::Daemon),
     /// Desktop: the VM's serial console, interactive (Ctrl-] leaves).
     Console(cmd_vm::ConsoleArgs),
+    /// Write what a VM's screen shows to a file (on the desktop, or with the server's --socket while consolidated).
+    Screenshot(cmd_vm::ScreenshotArgs),
     /// Desktop: open the VM's screen (here, or on the server while consolidated) with remote-viewer.
     View(cmd_vm::ViewArgs),
     /// Create the shared key that desktop and server authenticate with.
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
         Command::SaveAll(args) => cmd_vm::save_all(args),
         Command::Console(args) => cmd_vm::console(args),
         Command::View(args) => cmd_vm::view(args),
+        Command::Screenshot(args) => cmd_vm::screenshot(args),
         Command::Pair(args) => cmd_pair::run(args),
         Command::Memserv(args) => cmd_memserv::run(args),
         Command::ZeroMap(args) => cmd_zero_map::run(args),

@@ -19,14 +19,20 @@ use serde_json::json;
 
 use identifiers::Mac;
 
+use crate::disk_view::DiskFormat;
 use crate::error::{QemuError, Result};
 use crate::qmp::Qmp;
 
 /// Where the VM's disk comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskBackend {
-    /// A raw image file (the desktop's).
-    File(PathBuf),
+    /// An image file (the desktop's), raw or qcow2.
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// Its format.
+        format: DiskFormat,
+    },
     /// An NBD export on a Unix socket (cownetdisk on the server).
     NbdUnix {
         /// The socket cownetdisk listens on.
@@ -41,8 +47,10 @@ impl DiskBackend {
     /// (`cache=none`): the image or the NBD server is the only copy, so a
     /// stopped VM's disk is complete without a flush of QEMU's own.
     pub fn qemu_args(&self) -> Vec<OsString> {
+        let mut format = DiskFormat::Raw;
         let mut drive = match self {
-            DiskBackend::File(path) => {
+            DiskBackend::Image { path, format: image_format } => {
+                format = *image_format;
                 let mut d = OsString::from("file.filename=");
                 d.push(escape_commas(path));
                 d
@@ -55,7 +63,7 @@ impl DiskBackend {
                 d
             }
         };
-        drive.push(",format=raw,if=virtio,cache=none");
+        drive.push(format!(",format={format},if=virtio,cache=none"));
         vec!["-drive".into(), drive]
     }
 }
@@ -78,6 +86,39 @@ pub fn nic_args(tap: &str, mac: Mac) -> Vec<OsString> {
 /// [`QemuError::Command`] if QEMU refuses.
 pub fn announce(qmp: &mut Qmp) -> Result<()> {
     qmp.execute("announce-self", Some(json!({ "initial": 50, "max": 550, "rounds": 5, "step": 100 })))?;
+    Ok(())
+}
+
+/// The size of the disk the running guest sees (its first block device), as
+/// QEMU reports it: for a qcow2 image, not the file's size. Asks QEMU
+/// because it holds the image's lock while it runs.
+///
+/// # Errors
+/// [`QemuError::Command`] if QEMU refuses; [`QemuError::QmpProtocol`] if it
+/// reports no disk.
+pub fn disk_virtual_size(qmp: &mut Qmp) -> Result<u64> {
+    let devices = qmp.execute("query-block", None)?;
+    let size =
+        devices.as_array().and_then(|all| all.iter().find_map(|d| d["inserted"]["image"]["virtual-size"].as_u64()));
+    size.ok_or_else(|| QemuError::QmpProtocol {
+        socket: qmp.socket().to_owned(),
+        detail: format!("query-block reports no disk with a size: {devices}"),
+    })
+}
+
+/// Writes what the VM's screen shows now to `file`: PNG when its name
+/// ends in `.png`, else PPM (binary, `P6`).
+///
+/// # Errors
+/// [`QemuError::Command`] if QEMU refuses (no display device, a file it
+/// cannot write).
+pub fn screendump(qmp: &mut Qmp, file: &Path) -> Result<()> {
+    let format = if file.extension().is_some_and(|e| e == "png") { "png" } else { "ppm" };
+    let filename = file.to_str().ok_or_else(|| QemuError::QmpProtocol {
+        socket: qmp.socket().to_owned(),
+        detail: format!("{} is not UTF-8, which QMP needs", file.display()),
+    })?;
+    qmp.execute("screendump", Some(json!({ "filename": filename, "format": format })))?;
     Ok(())
 }
 
@@ -155,8 +196,10 @@ mod tests {
 
     #[test]
     fn disks_are_virtio_on_both_backends() {
-        let file = line(DiskBackend::File("/vm/a,b.img".into()).qemu_args());
+        let file = line(DiskBackend::Image { path: "/vm/a,b.img".into(), format: DiskFormat::Raw }.qemu_args());
         assert_eq!(file, "-drive file.filename=/vm/a,,b.img,format=raw,if=virtio,cache=none");
+        let qcow2 = line(DiskBackend::Image { path: "/vm/d.qcow2".into(), format: DiskFormat::Qcow2 }.qemu_args());
+        assert_eq!(qcow2, "-drive file.filename=/vm/d.qcow2,format=qcow2,if=virtio,cache=none");
         let nbd = line(DiskBackend::NbdUnix { socket: "/run/vm1.nbd".into(), export: "vm1".into() }.qemu_args());
         assert_eq!(
             nbd,

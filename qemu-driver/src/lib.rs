@@ -26,7 +26,7 @@ mod vm;
 mod vm_load;
 
 pub use agent::{set_clock_in_background, GuestAgent};
-pub use devices::{announce, nic_args, DiskBackend, Tap};
+pub use devices::{announce, disk_virtual_size, nic_args, screendump, DiskBackend, Tap};
 pub use disk_view::{virtual_size, DiskFormat, DiskView, ViewAccess};
 pub use error::QemuError;
 pub use guest::GuestImage;

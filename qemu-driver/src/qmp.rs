@@ -72,6 +72,11 @@ impl Qmp {
         Ok(qmp)
     }
 
+    /// The socket this connection is on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// The VM's run state as QEMU names it: `running`, `paused`,
     /// `shutdown` (the guest powered off and QEMU stayed), `postmigrate`...
     ///

@@ -110,6 +110,12 @@ pub enum ServerError {
         /// What was wrong.
         source: std::io::Error,
     },
+    /// No hosted VM has that name.
+    #[error("no VM called {vm} runs on this server")]
+    NoSuchVm {
+        /// The name asked for.
+        vm: identifiers::VmName,
+    },
     /// QEMU cannot be asked what it runs.
     #[error("cannot ask QEMU for its CPU models")]
     NoQemu(#[source] Box<qemu_driver::QemuError>),

@@ -353,6 +353,19 @@ impl HostedVm {
         }
     }
 
+    /// Writes what its screen shows to `file`.
+    ///
+    /// # Errors
+    /// [`ServerError::Qemu`]; [`ServerError::NotHosted`] when QEMU does not run it.
+    pub fn screenshot(&mut self, file: &Path) -> Result<(), ServerError> {
+        match &mut self.phase {
+            Phase::Running(running) => qemu_driver::screendump(&mut running.vm.qmp, file).map_err(|source| {
+                ServerError::Qemu { key: self.key.clone(), action: "take a screenshot", source: Box::new(source) }
+            }),
+            _ => Err(ServerError::NotHosted { key: self.key.clone() }),
+        }
+    }
+
     /// Whether its guest powered off (QEMU keeps it, stopped, in runstate
     /// `shutdown`, so its state can still go home).
     pub fn guest_powered_off(&mut self) -> bool {

@@ -83,6 +83,45 @@ pub fn guest() -> Result<GuestImage, String> {
     GuestImage::build(&repo_root()).map_err(|e| format!("no test guest image: {e}"))
 }
 
+/// A copy of the test guest's boot disk under `dir` (`vm-disk.raw` or
+/// `vm-disk.qcow2`, as `format` says) whose bootloader passes `args` and
+/// whose FAT partition also holds `files` (name, one line of text each).
+///
+/// # Errors
+/// Why it cannot be made (the script or mtools failed).
+pub fn boot_disk(dir: &Path, args: &str, files: &[(&str, &str)], format: &str) -> Result<PathBuf, String> {
+    let raw = dir.join("vm-disk.raw");
+    let script = repo_root().join("scripts/guest-image");
+    run(Command::new(&script).arg("--disk").arg(&raw).args(["--args", args]))?;
+    for (name, text) in files {
+        let file = dir.join(name);
+        std::fs::write(&file, format!("{text}\n")).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        // The FAT partition starts at 1 MiB (see scripts/guest-image).
+        let image = format!("{}@@1M", raw.display());
+        run(Command::new("mcopy").args(["-o", "-i", &image]).arg(&file).arg(format!("::{name}")))?;
+    }
+    if format == "raw" {
+        return Ok(raw);
+    }
+    let converted = dir.join(format!("vm-disk.{format}"));
+    run(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", format]).arg(&raw).arg(&converted))?;
+    std::fs::remove_file(&raw).map_err(|e| format!("cannot remove {}: {e}", raw.display()))?;
+    Ok(converted)
+}
+
+/// Runs `command`; its output in the error if it fails.
+fn run(command: &mut Command) -> Result<(), String> {
+    let out = command.output().map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
 /// An ext4 image of `mib` MiB under `dir` holding `files` (name, one line
 /// of text each), made with `mkfs.ext4 -d`; or why it cannot be made.
 pub fn ext4_image(dir: &Path, files: &[(&str, &str)], mib: u64) -> Result<PathBuf, String> {

@@ -79,6 +79,20 @@ pub struct OfficeSpec {
     pub disk_mib: u64,
     /// The server's `max_fetch_mib_per_sec`, if any.
     pub max_fetch_mib_per_sec: Option<f64>,
+    /// How the VM boots: the hosts' kernel (`None`, an ext4 data disk), or
+    /// its own disk through firmware, as a user's desktop VM does.
+    pub boot_disk: Option<BootDisk>,
+}
+
+/// A VM that boots from its own disk (`scripts/guest-image --disk`):
+/// syslinux on a FAT partition, which the guest also mounts as its data
+/// disk (`jt.diskdev=/dev/vda1`), and paints its screen (`jt.screen=1`).
+#[derive(Debug, Clone, Copy)]
+pub struct BootDisk {
+    /// `bios` or `uefi`.
+    pub firmware: &'static str,
+    /// `raw` or `qcow2`.
+    pub format: &'static str,
 }
 
 impl Default for OfficeSpec {
@@ -90,6 +104,7 @@ impl Default for OfficeSpec {
             failover_secs: 8,
             disk_mib: 64,
             max_fetch_mib_per_sec: None,
+            boot_disk: None,
         }
     }
 }
@@ -120,8 +135,19 @@ impl Office {
         crate::netns::available()?;
         crate::fuse_available()?;
         let guest = crate::guest()?;
-        let bulk = bulk_text(BULK_MIB);
-        let disk = crate::ext4_image(dir, &[("desktop-only.txt", DESKTOP_TEXT), ("bulk.txt", &bulk)], spec.disk_mib)?;
+        let guest_args = format!("jt.fill={} jt.disk=desktop jt.net=10.77.0.50/24 jt.serve=7000", spec.fill_mib);
+        let (disk, vm_boot) = match spec.boot_disk {
+            None => {
+                let bulk = bulk_text(BULK_MIB);
+                let files = [("desktop-only.txt", DESKTOP_TEXT), ("bulk.txt", &bulk)];
+                (crate::ext4_image(dir, &files, spec.disk_mib)?, format!("kernel_args = \"{guest_args}\"\n"))
+            }
+            Some(boot) => {
+                let args = format!("{guest_args} jt.diskdev=/dev/vda1 jt.screen=1");
+                let disk = crate::boot_disk(dir, &args, &[("desktop-only.txt", DESKTOP_TEXT)], boot.format)?;
+                (disk, format!("firmware = \"{}\"\ndisk_format = \"{}\"\n", boot.firmware, boot.format))
+            }
+        };
         SharedKey::generate().save(&dir.join("key")).map_err(|e| e.to_string())?;
         let lan = Lan::build(&[
             Host { role: "desktop", cidr: DESKTOP_CIDR, mac: None },
@@ -151,13 +177,11 @@ impl Office {
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
                  accel = \"tcg\"\nfailover_after_secs = {}\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
-                 name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n\
-                 kernel_args = \"jt.fill={} jt.disk=desktop jt.net=10.77.0.50/24 jt.serve=7000\"\n\
+                 name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}\
                  memserv_port = 7410\ndiskserv_port = 7411\n",
                 spec.failover_secs,
                 spec.memory_mib,
                 disk.display(),
-                spec.fill_mib
             ),
         );
         Ok(Office { dir: dir.to_owned(), lan, desktop_daemon: None, server_daemon: None, disk })

@@ -8,7 +8,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use qemu_driver::{
-    dirty_rate, judge, DirtyRate, DiskBackend, IdleThresholds, IdleVerdict, QemuProcess, Qmp, VmLoadSample,
+    dirty_rate, judge, DirtyRate, DiskBackend, DiskFormat, IdleThresholds, IdleVerdict, QemuProcess, Qmp, VmLoadSample,
     VmLoadWindow, VmSpec,
 };
 use tests::{guest, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
@@ -51,7 +51,7 @@ fn a_counting_guest_is_idle_and_a_guest_rewriting_its_memory_is_not() {
     // kernel reads its partition table at boot.
     let disk = dir.path().join("blank.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("write a blank disk image");
-    let idle = spec("idle", "").extra_args(DiskBackend::File(disk).qemu_args());
+    let idle = spec("idle", "").extra_args(DiskBackend::Image { path: disk, format: DiskFormat::Raw }.qemu_args());
     let mut idle = idle.spawn().expect("start the idle guest's QEMU");
     let mut busy = spec("busy", "jt.busy=1").spawn().expect("start the busy guest's QEMU");
     busy.wait_for_line("JTBUSY", BOOT_TIMEOUT).expect("busy guest starts rewriting its memory");
