@@ -160,16 +160,16 @@ pub enum QemuError {
         detail: String,
     },
 
-    /// Another process (a running VM's QEMU) holds a disk image open for
-    /// writing.
+    /// Another QEMU process (a running VM) holds a disk image in a way that
+    /// excludes us: it writes it, or reads it and lets nobody write.
     #[error(
-        "the disk image {image} is open in another process that writes it: is the VM still running? \
-         (stop it, or close what else has the image open) QEMU said: {detail}"
+        "the disk image {image} is in use by another QEMU process: is the VM still running? \
+         (stop it, or close whatever else has the image open) ({detail})"
     )]
     ImageLocked {
         /// The image.
         image: PathBuf,
-        /// QEMU's message, naming the lock it could not get.
+        /// QEMU's message, or which of its locks is held.
         detail: String,
     },
 
