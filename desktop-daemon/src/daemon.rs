@@ -67,7 +67,7 @@ impl DesktopDaemon {
                 // Through a writable view for a qcow2 disk, closed (flushed) after.
                 let disk = local.raw_disk(qemu_driver::ViewAccess::ReadWrite)?;
                 finish(disk.path())?;
-                disk.close(&vm.name)?;
+                crate::local_vm::close_disk(&vm.name, disk)?;
             } else {
                 finish(&vm.disk)?;
             }

@@ -63,7 +63,7 @@ struct Serving {
     stops: Vec<StopHandle>,
     threads: Vec<std::thread::JoinHandle<()>>,
     /// The disk diskserv reads (declared last: dropped after the threads stop).
-    _disk: RawDisk,
+    _disk: DiskView,
 }
 
 impl Drop for Serving {
@@ -254,7 +254,7 @@ impl LocalVm {
     ///
     /// # Errors
     /// [`DesktopError::Qemu`] when the view cannot be made.
-    pub fn raw_disk(&self, access: ViewAccess) -> Result<RawDisk, DesktopError> {
+    pub fn raw_disk(&self, access: ViewAccess) -> Result<DiskView, DesktopError> {
         raw_disk(&self.config.name, &self.config.disk, self.config.disk_format, &self.run_dir, access)
     }
 
@@ -572,67 +572,41 @@ impl LocalVm {
     }
 }
 
-/// A VM's disk as a raw file: the image itself, or a view of a qcow2
-/// image that ends (flushed, unmounted) when this is dropped or closed.
-#[derive(Debug)]
-pub enum RawDisk {
-    /// A raw image, used as it is.
-    Image(PathBuf),
-    /// A view through qemu-storage-daemon.
-    View(DiskView),
-}
-
-impl RawDisk {
-    /// The raw file.
-    pub fn path(&self) -> &Path {
-        match self {
-            RawDisk::Image(path) => path,
-            RawDisk::View(view) => view.path(),
-        }
-    }
-
-    /// Ends a view of `vm`'s disk, flushing what was written through it
-    /// into the image.
-    ///
-    /// # Errors
-    /// [`DesktopError::Qemu`]: the flush or the stop failed, and the image
-    /// may lack the last writes.
-    pub fn close(self, vm: &VmName) -> Result<(), DesktopError> {
-        match self {
-            RawDisk::Image(_) => Ok(()),
-            RawDisk::View(view) => view.close().map_err(|source| DesktopError::Qemu {
-                vm: vm.clone(),
-                action: "write its dirty blocks back into its disk image",
-                source: Box::new(source),
-            }),
-        }
-    }
-}
-
-/// `vm`'s disk `image` in `format` as a raw file; a view's mount point is
-/// in `run_dir`.
+/// `vm`'s disk `image` in `format` as a raw file: the image itself when it
+/// is raw, else a view through QEMU's block layer whose mount point is in
+/// `run_dir` (see `qemu_driver::DiskView`).
+///
+/// # Errors
+/// [`DesktopError::Qemu`] naming what failed (a VM still running on the
+/// image, a missing backing file).
 pub fn raw_disk(
     vm: &VmName,
     image: &Path,
     format: DiskFormat,
     run_dir: &Path,
     access: ViewAccess,
-) -> Result<RawDisk, DesktopError> {
-    if format == DiskFormat::Raw {
-        return Ok(RawDisk::Image(image.to_owned()));
-    }
-    let mountpoint = run_dir.join("disk-view.raw");
-    let made = std::fs::create_dir_all(run_dir).map_err(|source| qemu_driver::QemuError::File {
-        action: "create the run directory",
-        path: run_dir.to_owned(),
-        source,
-    });
-    made.and_then(|()| DiskView::open(image, format, &mountpoint, access)).map(RawDisk::View).map_err(|source| {
-        DesktopError::Qemu {
-            vm: vm.clone(),
-            action: "open its disk image through QEMU's block layer",
-            source: Box::new(source),
-        }
+) -> Result<DiskView, DesktopError> {
+    let qemu_error = |source| DesktopError::Qemu {
+        vm: vm.clone(),
+        action: "open its disk image through QEMU's block layer",
+        source: Box::new(source),
+    };
+    std::fs::create_dir_all(run_dir).map_err(|source| {
+        qemu_error(qemu_driver::QemuError::File { action: "create", path: run_dir.to_owned(), source })
+    })?;
+    DiskView::open(image, format, &run_dir.join("disk-view.raw"), access).map_err(qemu_error)
+}
+
+/// Ends `vm`'s disk view, flushing what was written through it into the image.
+///
+/// # Errors
+/// [`DesktopError::Qemu`]: the flush or the stop failed, and the image may
+/// lack the last writes.
+pub fn close_disk(vm: &VmName, disk: DiskView) -> Result<(), DesktopError> {
+    disk.close().map_err(|source| DesktopError::Qemu {
+        vm: vm.clone(),
+        action: "write its dirty blocks back into its disk image",
+        source: Box::new(source),
     })
 }
 

@@ -33,7 +33,7 @@ use wire::Channel;
 
 use crate::consolidate::{ask, Context};
 use crate::error::{DesktopError, ReceiveError};
-use crate::local_vm::{LocalVm, Placement};
+use crate::local_vm::{close_disk, LocalVm, Placement};
 use qemu_driver::ViewAccess;
 
 /// Pages and blocks are 4 KiB.
@@ -134,7 +134,7 @@ pub fn reintegrate(
         report(LocalReply::Progress { what: what.clone(), done, total })
     })
     .map_err(|source| DesktopError::Receive { vm: name.clone(), source: Box::new(source) })?;
-    disk.close(&name)?;
+    close_disk(&name, disk)?;
     let transferred = started.elapsed();
     vm.resume_from(&checkpoint.state)?;
     vm.set_placement(Placement::Desktop)?;

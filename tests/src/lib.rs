@@ -9,6 +9,7 @@
 
 pub mod netns;
 pub mod office;
+pub mod screen;
 pub mod spice;
 pub mod vmnet;
 

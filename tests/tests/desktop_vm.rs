@@ -1,0 +1,190 @@
+//! The user's own desktop VM, as an office runs it: it boots from its own
+//! qcow2 disk through the firmware, has a screen and USB input, moves to
+//! the server and back with its screen, is reachable there through a
+//! ticketed SPICE console, reboots and powers off like a PC, and its qcow2
+//! image is sound after the round trip. All through the real daemons and
+//! the `jettison` command, in network namespaces, under TCG.
+//!
+//! Root only (namespaces, taps, FUSE); skipped with a reason elsewhere.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tests::office::{last_count, wait_for_count_above, BootDisk, Office, OfficeSpec, DESKTOP_TEXT, VM};
+use tests::screen::Screenshot;
+use tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
+
+const PACE: Duration = Duration::from_secs(1);
+const REPLY: Duration = Duration::from_secs(120);
+
+fn office(dir: &Path, firmware: &'static str, format: &'static str) -> Option<Office> {
+    let spec = OfficeSpec { fill_mib: 32, boot_disk: Some(BootDisk { firmware, format }), ..OfficeSpec::default() };
+    let mut office = match Office::build(dir, &spec) {
+        Ok(office) => office,
+        Err(why) => {
+            skip(why);
+            return None;
+        }
+    };
+    office.start_server();
+    office.start_desktop();
+    wait_for_line(&office.desktop_serial(), "JTSCREEN ", BOOT_TIMEOUT, &office);
+    wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
+    Some(office)
+}
+
+fn wait_for_line(serial: &Path, prefix: &str, timeout: Duration, office: &Office) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(serial).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+            return line.trim_end().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no {prefix:?} line in {}\n{}", serial.display(), office.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A screenshot through `socket`'s daemon, checked to show the guest's pattern.
+fn screen_shows_pattern(office: &Office, socket: &Path, name: &str, dir: &Path) {
+    let file = dir.join(format!("{name}.ppm"));
+    let out = office.jettison(&["screenshot", VM, file.to_str().unwrap(), "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success(), "screenshot {name}: {}\n{}", String::from_utf8_lossy(&out.stderr), office.logs());
+    let shot = Screenshot::read_ppm(&file).unwrap();
+    assert!(
+        shot.shows_test_pattern(),
+        "{name}: the screen ({}x{}) does not show the guest's pattern",
+        shot.width,
+        shot.height
+    );
+    eprintln!("{name}: {}x{} screen shows the guest's pattern", shot.width, shot.height);
+}
+
+#[test]
+fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(office) = office(dir.path(), "bios", "qcow2") else { return };
+    let desktop = office.desktop_socket();
+    screen_shows_pattern(&office, &desktop, "on the desktop", dir.path());
+    let client = office.connect_client(PACE);
+    client.wait_for(2, REPLY);
+    let saved = client.command("save before", REPLY);
+    assert!(saved.starts_with("saved "), "{saved}");
+
+    let out = office.consolidate_when_idle(Duration::from_secs(180));
+    eprintln!("consolidated: {out}");
+    let left_at = last_count(&office.desktop_serial()).unwrap();
+    wait_for_count_above(&office.server_serial(), left_at, COUNT_TIMEOUT);
+    screen_shows_pattern(&office, &office.server_socket(), "on the server", dir.path());
+
+    // The remote console: the ticket `jettison view` hands out opens it; another does not.
+    let out = office.jettison(&["view", VM, "--print", "--socket", desktop.to_str().unwrap()]);
+    assert!(out.status.success(), "view --print: {}", String::from_utf8_lossy(&out.stderr));
+    let file = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |key: &str| file.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap().to_owned();
+    let addr: SocketAddr = format!("{}:{}", field("host"), field("port")).parse().unwrap();
+    let ticket = field("password");
+    let check = |ticket: String| {
+        remote_wakeup::netns::run_in(Some(office.host(2)), move || tests::spice::ticket_accepted(addr, &ticket))
+            .unwrap()
+            .unwrap()
+    };
+    assert!(check(ticket.clone()), "the console refused its own ticket");
+    assert!(!check(format!("{ticket}x")), "the console took a wrong ticket");
+    assert!(!check(String::new()), "the console took an empty ticket");
+
+    // The guest writes its disk on the server; it comes home with it.
+    let saved = client.command("save onserver", REPLY);
+    assert!(saved.starts_with("saved "), "{saved}");
+    let back = office.jettison_json(&["reintegrate", VM, "--socket", desktop.to_str().unwrap()]);
+    eprintln!("reintegrated: {back}");
+    assert!(back["dirty_blocks"].as_u64().unwrap() > 0, "{back}");
+    let at = last_count(&office.server_serial()).unwrap();
+    wait_for_count_above(&office.desktop_serial(), at, COUNT_TIMEOUT);
+    screen_shows_pattern(&office, &desktop, "after reintegration", dir.path());
+    let cat = client.command("cat onserver", REPLY);
+    assert!(cat.starts_with("cat ") && !cat.ends_with("missing"), "{cat}");
+    let cat = client.command("cat desktop-only", REPLY);
+    assert!(cat.contains(DESKTOP_TEXT), "{cat}");
+    let (exchanges, broke) = client.finish();
+    assert!(broke.is_none(), "the client's connection broke: {broke:?}");
+    eprintln!("{} exchanges on one connection", exchanges.len());
+
+    // Power off through its power button (ACPI), check the image, start it again.
+    let out = office.jettison(&["shutdown", VM, "--timeout", "120", "--socket", desktop.to_str().unwrap()]);
+    assert!(out.status.success(), "shutdown: {}\n{}", String::from_utf8_lossy(&out.stderr), office.logs());
+    assert!(office.list_line().contains("off"), "{}", office.list_line());
+    let check = Command::new("qemu-img").arg("check").arg(&office.disk).output().unwrap();
+    assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+    let out = office.jettison(&["start", VM, "--socket", desktop.to_str().unwrap()]);
+    assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
+    let again = Instant::now();
+    wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
+    eprintln!("started again, counting after {:.1} s", again.elapsed().as_secs_f64());
+}
+
+#[test]
+fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(office) = office(dir.path(), "bios", "raw") else { return };
+    let desktop = office.desktop_socket();
+    let serial = office.desktop_serial();
+    let pid = office.desktop_qemu_pid().unwrap();
+
+    // A reboot on the desktop: the same QEMU boots the guest again; the log keeps both boots.
+    let client = office.connect_client(PACE);
+    let reply = client.command("reboot", REPLY);
+    assert!(reply.starts_with("rebooting"), "{reply}");
+    drop(client.finish());
+    wait_until(
+        || std::fs::read_to_string(&serial).unwrap_or_default().matches("JTSCREEN ").count() >= 2,
+        "a second boot",
+        &office,
+    );
+    assert_eq!(office.desktop_qemu_pid(), Some(pid), "a reboot keeps the VM's QEMU");
+    assert!(office.list_line().contains("running"), "{}", office.list_line());
+
+    // A reboot on the server: it comes up again there, and still goes home.
+    office.consolidate_when_idle(Duration::from_secs(240));
+    let server_serial = office.server_serial();
+    wait_for_count_above(&server_serial, 0, COUNT_TIMEOUT);
+    let client = office.connect_client(PACE);
+    let reply = client.command("reboot", REPLY);
+    assert!(reply.starts_with("rebooting"), "{reply}");
+    drop(client.finish());
+    wait_until(
+        || {
+            std::fs::read_to_string(&server_serial).unwrap_or_default().matches("JTSCREEN ").count() >= 1
+                && std::fs::read_to_string(&server_serial).unwrap_or_default().contains("JTREADY")
+        },
+        "a boot on the server",
+        &office,
+    );
+    let status = office.jettison_json(&["status", "--daemon", desktop.to_str().unwrap()]);
+    assert_eq!(status["vms"][0]["on"], "server", "{status}");
+    office.jettison_json(&["reintegrate", VM, "--socket", desktop.to_str().unwrap()]);
+
+    // A poweroff inside the guest leaves it off; `start` boots it.
+    wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
+    let client = office.connect_client(PACE);
+    let reply = client.command("poweroff", REPLY);
+    assert!(reply.starts_with("powering-off"), "{reply}");
+    drop(client.finish());
+    wait_until(|| office.list_line().contains("off"), "the VM to be off after its guest powered off", &office);
+    assert_eq!(office.desktop_qemu_pid(), None, "QEMU ended");
+    let out = office.jettison(&["start", VM, "--socket", desktop.to_str().unwrap()]);
+    assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
+}
+
+fn wait_until(mut done: impl FnMut() -> bool, what: &str, office: &Office) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited in vain for {what}\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
