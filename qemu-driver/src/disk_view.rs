@@ -354,7 +354,7 @@ impl Daemon {
         // stop it before we have flushed it.
         command.process_group(0);
         let parent = std::process::id();
-        // SAFETY: `die_with_parent` calls prctl and getppid only, both
+        // SAFETY: `die_with_parent` calls pthread_sigmask, prctl and getppid only, all
         // async-signal-safe, and allocates nothing; nothing else runs
         // between fork and exec.
         unsafe {
@@ -783,6 +783,9 @@ fn log_tail(path: &Path) -> String {
 /// that forked us ends, and fails the exec if our parent is already gone
 /// (it died before the request, which then would never fire).
 fn die_with_parent(parent: u32) -> io::Result<()> {
+    // Our caller may block its stop signals (a daemon waiting for them); the
+    // child must see the SIGTERM that stops it.
+    crate::process::clear_signal_mask()?;
     // SAFETY: PR_SET_PDEATHSIG with a signal number only sets a flag of
     // this process; prctl is async-signal-safe.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) } != 0 {

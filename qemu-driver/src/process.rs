@@ -84,11 +84,14 @@ impl QemuProcess {
         // Its own process group: a stop signal meant for the daemon (a
         // terminal's Ctrl-C, systemd's KillMode=process) does not reach it.
         command.process_group(0);
-        // SAFETY: `install` only builds a filter on the stack and calls
-        // prctl twice, both async-signal-safe; nothing else runs between
-        // fork and exec.
+        // SAFETY: `clear_signal_mask` and `install` only build values on the
+        // stack and make async-signal-safe calls (pthread_sigmask, prctl);
+        // nothing else runs between fork and exec.
         unsafe {
-            command.pre_exec(crate::no_hugepage::install);
+            command.pre_exec(|| {
+                clear_signal_mask()?;
+                crate::no_hugepage::install()
+            });
         }
         let child = command
             .args(spec.args())
@@ -244,6 +247,24 @@ impl Drop for QemuProcess {
             Owner::Released => {}
         }
     }
+}
+
+/// Unblocks every signal, in a child between fork and exec: a daemon that
+/// waits for its stop signals blocks them in all its threads, and a child
+/// inherits the mask, so QEMU or qemu-storage-daemon would never see the
+/// SIGTERM meant to stop it. Async-signal-safe.
+pub(crate) fn clear_signal_mask() -> std::io::Result<()> {
+    // SAFETY: the set lives on this stack frame; sigemptyset and
+    // pthread_sigmask only write it and this thread's mask.
+    let result = unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut())
+    };
+    if result != 0 {
+        return Err(std::io::Error::from_raw_os_error(result));
+    }
+    Ok(())
 }
 
 /// Whether process `pid` exists and is not a zombie.

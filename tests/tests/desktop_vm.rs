@@ -99,10 +99,10 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     // The guest writes its disk on the server; it comes home with it.
     let saved = client.command("save onserver", REPLY);
     assert!(saved.starts_with("saved "), "{saved}");
+    let at = last_count(&office.server_serial()).unwrap();
     let back = office.jettison_json(&["reintegrate", VM, "--socket", desktop.to_str().unwrap()]);
     eprintln!("reintegrated: {back}");
     assert!(back["dirty_blocks"].as_u64().unwrap() > 0, "{back}");
-    let at = last_count(&office.server_serial()).unwrap();
     wait_for_count_above(&office.desktop_serial(), at, COUNT_TIMEOUT);
     screen_shows_pattern(&office, &desktop, "after reintegration", dir.path());
     let cat = client.command("cat onserver", REPLY);
