@@ -108,7 +108,10 @@ pub fn list(args: Daemon) -> CmdResult {
             VmLocation::Off => "off",
             VmLocation::Saved => "saved",
         };
-        println!("{:<14} {:<10} {}", vm.vm, state, vm.error.as_deref().unwrap_or("-"));
+        // One line a VM: QEMU's output in an error is joined onto it.
+        let error =
+            vm.error.as_deref().map_or_else(|| "-".to_owned(), |e| e.split_whitespace().collect::<Vec<_>>().join(" "));
+        println!("{:<14} {:<10} {error}", vm.vm, state);
     }
     Ok(())
 }

@@ -79,3 +79,37 @@ fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     let out = office.jettison_json(&["reintegrate", "vm1", "--socket", office.desktop_socket().to_str().unwrap()]);
     eprintln!("moved again: {out}");
 }
+
+#[test]
+fn a_vm_that_cannot_start_says_why_in_qemus_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut office = match Office::build(dir.path(), &OfficeSpec::default()) {
+        Ok(office) => office,
+        Err(why) => return skip(why),
+    };
+    // A kernel file that is no kernel: the configuration is sound, QEMU refuses.
+    let bad = dir.path().join("not-a-kernel");
+    std::fs::write(&bad, "not a kernel\n").unwrap();
+    let config = dir.path().join("desktop.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| if l.starts_with("kernel = ") { format!("kernel = \"{}\"", bad.display()) } else { l.to_owned() })
+        .collect();
+    std::fs::write(&config, text.join("\n")).unwrap();
+    office.start_server();
+    office.start_desktop();
+    // QEMU's own last words, e.g. "qemu: linux kernel too old to load a ram disk".
+    let qemu_log = std::fs::read_to_string(dir.path().join("desktop/run/vm1/qemu.log")).unwrap();
+    let said = qemu_log.lines().rev().find(|l| l.starts_with("qemu")).expect("QEMU said why").trim().to_owned();
+    let line = office.list_line();
+    assert!(line.contains("stopped") && line.contains(&said), "jettison list: {line}\n{}", office.logs());
+    let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
+    let error = status["vms"][0]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("cannot boot it") && error.contains(&said), "{status}");
+    assert!(office.log("desktop").contains(&said), "{}", office.logs());
+    // And `start` says the same, at once.
+    let out = office.jettison(&["start", "vm1", "--socket", office.desktop_socket().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&said), "{}", String::from_utf8_lossy(&out.stderr));
+}
