@@ -296,3 +296,46 @@ fn power_names_an_event_socket_it_cannot_reach() {
     // Checked before the back-end starts: no emulated S3 options are needed to learn this.
     assert!(text(&out).contains("memserv.events") && text(&out).contains("--events"), "{}", text(&out));
 }
+
+#[test]
+fn the_desktop_daemon_refuses_each_kind_of_configuration_mistake_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vm1.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let qcow2 = dir.path().join("vm2.qcow2");
+    let made = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&qcow2).arg("1M").status().unwrap();
+    assert!(made.success());
+    let base = format!(
+        "name = \"desk\"\nkey = \"{d}/key\"\nserver = \"127.0.0.1:1\"\ncontrol_listen = \"127.0.0.1:7400\"\n\
+         serve_ip = \"127.0.0.1\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\nbridge = \"br0\"\naccel = \"tcg\"\n",
+        d = dir.path().display()
+    );
+    let vm = format!(
+        "[[vm]]\nname = \"vm1\"\nmemory_mib = 256\ndisk = \"{}\"\nmac = \"02:00:00:00:00:01\"\nmemserv_port = 7410\n\
+         diskserv_port = 7411\n",
+        disk.display()
+    );
+    let cases = [
+        (vm.replace("02:00:00:00:00:01", "01:00:5e:00:00:01"), "needs a unicast address"),
+        (vm.replace("02:00:00:00:00:01", "02:00:00:00:00:01,romfile=/x"), "not a valid MAC address"),
+        (vm.replace("7411", "7410"), "diskserv_port = 7410 is already a memserv_port"),
+        (vm.replace("vm1.img", "missing.img"), "missing.img"),
+        (
+            vm.replace(&disk.display().to_string(), &qcow2.display().to_string()),
+            "is a qcow2 image but disk_format is raw",
+        ),
+        (vm.replace("memory_mib = 256", "memory_mib = 8"), "memory_mib = 8: write 64 to"),
+        (vm.replace("memory_mib = 256", "memory_mib = 256\nvcpus = 999"), "vcpus = 999: write 1 to 256"),
+        (format!("cpu_model = \"NoSuchCPU\"\n{vm}"), "not a CPU model this QEMU knows"),
+        (vm.replace("memory_mib = 256", "memory_mib = 256\nfirmware = \"kernel\""), "names no kernel"),
+    ];
+    for (i, (vm_text, expected)) in cases.iter().enumerate() {
+        let config = dir.path().join(format!("desktop-{i}.toml"));
+        std::fs::write(&config, format!("{base}{vm_text}")).unwrap();
+        // A sound file would still stop at the missing key: nothing here can start a daemon.
+        let out = jettison(&["desktop", "--config", config.to_str().unwrap()]);
+        assert!(!out.status.success(), "case {i} was accepted");
+        assert!(text(&out).contains(expected), "case {i}: expected {expected:?} in {}", text(&out));
+        assert!(text(&out).contains(&format!("desktop-{i}.toml")), "case {i} does not name the file: {}", text(&out));
+    }
+}
