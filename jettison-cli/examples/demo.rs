@@ -1,10 +1,12 @@
 //! The whole job on one machine, as `./scripts/demo` runs it: an office of
 //! three network namespaces (desktop, server, client on one LAN), the real
 //! `jettison desktop` and `jettison server` daemons, and a TCG guest that
-//! fills part of its RAM (a used desktop), counts, writes its disk and
-//! serves a client a line a second. The demo consolidates it, lets it work
-//! on the server, reintegrates it, and prints what moved and whether the
-//! client noticed.
+//! boots from its own qcow2 disk through SeaBIOS, paints its screen, fills
+//! part of its RAM (a used desktop), counts, writes its disk and serves a
+//! client a line a second. The demo consolidates it, takes a screenshot of
+//! it on the server, lets it work there, reintegrates it, and prints what
+//! moved and whether the client noticed. The screenshot is kept in
+//! `target/release/demo/` (beside the build).
 //!
 //! Usage: `demo` (root; uses this build's `jettison`).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a demo: a failed step ends it with the reason
@@ -13,7 +15,8 @@ use daemon_protocol::local::{ConsolidateReport, DesktopStatus, ReintegrateReport
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tests::office::{assert_continuous, last_count, wait_for_count_above, Office, OfficeSpec, VM};
+use tests::office::{assert_continuous, last_count, wait_for_count_above, BootDisk, Office, OfficeSpec, VM};
+use tests::screen::Screenshot;
 use tests::{BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 const PACE: Duration = Duration::from_secs(1);
@@ -25,7 +28,13 @@ const ON_SERVER: Duration = Duration::from_secs(20);
 
 fn main() -> ExitCode {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let spec = OfficeSpec::default();
+    let boot_disk = Some(BootDisk { firmware: "bios", format: "qcow2" });
+    let spec = OfficeSpec { boot_disk, ..OfficeSpec::default() };
+    // Beside the build: target/<profile>/demo/.
+    let exe = std::env::current_exe().expect("the demo's own path");
+    let shots =
+        exe.parent().and_then(|examples| examples.parent()).expect("target/<profile>/examples/demo").join("demo");
+    std::fs::create_dir_all(&shots).expect("target/demo can be made");
     let mut office = match Office::build(dir.path(), &spec) {
         Ok(office) => office,
         Err(why) => {
@@ -35,7 +44,7 @@ fn main() -> ExitCode {
     };
     let socket = office.desktop_socket();
     let socket = socket.to_str().expect("a UTF-8 path");
-    println!("demo: starting jettison server and jettison desktop in their namespaces; the desktop boots {VM}");
+    println!("demo: starting jettison server and jettison desktop in their namespaces; the desktop boots {VM} from its qcow2 disk");
     office.start_server();
     office.start_desktop();
     wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
@@ -46,6 +55,16 @@ fn main() -> ExitCode {
     let at_consolidation = last_count(&office.desktop_serial()).unwrap_or(0);
     println!("demo: consolidated; the guest works on the server for {} s and saves a file", ON_SERVER.as_secs());
     wait_for_count_above(&office.server_serial(), at_consolidation, COUNT_TIMEOUT);
+    let server_socket = office.server_socket();
+    let server_socket = server_socket.to_str().expect("a UTF-8 path");
+    let png = shots.join("screen-on-server.png");
+    let ppm = shots.join("screen-on-server.ppm");
+    for file in [&png, &ppm] {
+        let out = office.jettison(&["screenshot", VM, file.to_str().expect("a UTF-8 path"), "--socket", server_socket]);
+        assert!(out.status.success(), "demo: screenshot on the server: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let screen = Screenshot::read_ppm(&ppm).expect("QEMU wrote a PPM");
+    std::fs::remove_file(&ppm).expect("the PPM can be removed");
     std::thread::sleep(ON_SERVER);
     let saved = client.command("save written-on-server", REPLY);
     let status: DesktopStatus = typed(office.jettison_json(&["status", "--daemon", socket]));
@@ -99,7 +118,15 @@ fn main() -> ExitCode {
         (false, None) => "BROKE: a reply was lost or repeated".to_owned(),
     };
     println!("client connection        {connection}");
-    if survived && state_kept {
+    let pattern = screen.shows_test_pattern();
+    println!(
+        "screen on the server     {} ({}x{}, {})",
+        png.display(),
+        screen.width,
+        screen.height,
+        if pattern { "the guest's test pattern, as on the desk" } else { "NOT the guest's pattern" }
+    );
+    if survived && state_kept && pattern {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

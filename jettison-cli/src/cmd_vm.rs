@@ -71,6 +71,9 @@ pub struct ViewArgs {
     /// Open it full screen, as the desk shows it.
     #[arg(long)]
     full_screen: bool,
+    /// Keep showing it: when the VM moves (to the server or home), open it where it runs now.
+    #[arg(long)]
+    follow: bool,
 }
 
 fn where_is(on: VmLocation) -> &'static str {
@@ -203,55 +206,86 @@ impl Drop for RawTerminal {
     }
 }
 
-/// `jettison view VM`: opens the VM's screen with remote-viewer (virt-viewer).
+/// `jettison view VM`: opens the VM's screen with remote-viewer (virt-viewer);
+/// with `--follow`, opens it again wherever the VM runs next.
 pub fn view(args: ViewArgs) -> CmdResult {
     let vm = args.vm.vm.clone();
-    let Report::View(target) = call(&args.vm.daemon.socket, &LocalRequest::View { vm: vm.clone() }, |_| {})? else {
-        return Err("the desktop daemon answered a view request with something else".into());
-    };
-    let (uri, file) = match &target {
-        ViewTarget::Local { uri } => (uri.clone(), None),
-        ViewTarget::Remote { host, port, ticket } => {
-            // The ticket goes in a file only we can read, not on a command line.
-            let text = format!(
-                "[virt-viewer]\ntype=spice\nhost={host}\nport={port}\npassword={ticket}\ntitle={vm} (on the server)\n\
-                 fullscreen={}\n",
-                u8::from(args.full_screen)
-            );
-            (format!("spice://{host}:{port}"), Some(text))
+    let ask = || -> Result<ViewTarget, Box<dyn std::error::Error>> {
+        match call(&args.vm.daemon.socket, &LocalRequest::View { vm: vm.clone() }, |_| {})? {
+            Report::View(target) => Ok(target),
+            other => Err(format!("the desktop daemon answered a view request with a {}", other.kind()).into()),
         }
     };
+    let mut target = ask()?;
     if args.print {
-        match &file {
-            None => println!("{uri}"),
-            Some(text) => print!("{text}"),
-        }
+        print!("{}", viewer_text(&vm, &target, args.full_screen).1);
         return Ok(());
     }
+    loop {
+        let status = open_viewer(&vm, &target, args.full_screen)?;
+        if !args.follow {
+            return if status.success() { Ok(()) } else { Err(format!("remote-viewer ended with {status}").into()) };
+        }
+        // The viewer ends when the user closes it, or when the VM moves
+        // (its SPICE server goes away): follow it while it is moving.
+        let moved = loop {
+            match ask() {
+                Ok(next) if next != target => break Some(next),
+                Ok(_) => break None,
+                Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+            }
+        };
+        match moved {
+            Some(next) => target = next,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A SPICE URI for `target`, or a remote-viewer connection file (with the
+/// ticket); the boolean says which.
+fn viewer_text(vm: &VmName, target: &ViewTarget, full_screen: bool) -> (bool, String) {
+    match target {
+        ViewTarget::Local { uri } => (false, format!("{uri}\n")),
+        ViewTarget::Remote { host, port, ticket } => (
+            true,
+            format!(
+                "[virt-viewer]\ntype=spice\nhost={host}\nport={port}\npassword={ticket}\ntitle={vm} (on the server)\n\
+                 fullscreen={}\n",
+                u8::from(full_screen)
+            ),
+        ),
+    }
+}
+
+/// Runs remote-viewer on `target` until it ends.
+fn open_viewer(
+    vm: &VmName,
+    target: &ViewTarget,
+    full_screen: bool,
+) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
     let mut viewer = Command::new("remote-viewer");
-    if args.full_screen {
+    if full_screen {
         viewer.arg("--full-screen");
     }
     viewer.args(["--title", vm.as_str()]);
-    let _connection_file;
-    match file {
-        None => {
-            viewer.arg(&uri);
+    // The ticket goes in a file only we can read, never on a command line.
+    let mut _connection_file = None;
+    match viewer_text(vm, target, full_screen) {
+        (false, uri) => {
+            viewer.arg(uri.trim_end());
         }
-        Some(text) => {
+        (true, text) => {
             let mut vv = tempfile::Builder::new().prefix("jettison-view-").suffix(".vv").tempfile()?;
             vv.write_all(text.as_bytes())?;
             viewer.arg(vv.path());
-            _connection_file = vv;
+            _connection_file = Some(vv);
         }
     }
     let status = viewer
         .status()
         .map_err(|e| format!("cannot run remote-viewer ({e}): install virt-viewer to see {vm}'s screen"))?;
-    if !status.success() {
-        return Err(format!("remote-viewer ended with {status}").into());
-    }
-    Ok(())
+    Ok(status)
 }
 
 /// `jettison screenshot VM FILE`: what the VM's screen shows, from the host that runs it.

@@ -339,3 +339,38 @@ fn the_desktop_daemon_refuses_each_kind_of_configuration_mistake_at_start() {
         assert!(text(&out).contains(&format!("desktop-{i}.toml")), "case {i} does not name the file: {}", text(&out));
     }
 }
+
+#[test]
+fn console_carries_the_serial_console_both_ways_until_ctrl_close_bracket() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("vm1")).unwrap();
+    // QEMU's side of the console: a Unix socket server, as -chardev socket,server=on makes.
+    let listener = std::os::unix::net::UnixListener::bind(dir.path().join("vm1/console.sock")).unwrap();
+    let guest = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(b"JTCOUNT 7\r\n").unwrap();
+        let mut typed = Vec::new();
+        stream.read_to_end(&mut typed).unwrap();
+        typed
+    });
+    let mut console = Command::new(env!("CARGO_BIN_EXE_jettison"))
+        .args(["console", "vm1", "--run-dir", dir.path().to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(console.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "JTCOUNT 7\r\n");
+    let mut stdin = console.stdin.take().unwrap();
+    // One write (atomic on a pipe): what comes after Ctrl-] (0x1d) is never sent.
+    stdin.write_all(b"ls /\r\x1dnever sent").unwrap();
+    let status = console.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(guest.join().unwrap(), b"ls /\r", "the console sends what was typed, up to Ctrl-]");
+    let missing = jettison(&["console", "vm2", "--run-dir", dir.path().to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(text(&missing).contains("is it running on this desktop?"), "{}", text(&missing));
+}

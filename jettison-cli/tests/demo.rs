@@ -30,6 +30,7 @@ fn the_demo_moves_a_guest_there_and_back_and_reports_what_moved() {
     assert!(out.status.success(), "the demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("client connection        survived"), "{text}");
     assert!(text.contains("guest state kept         yes"), "{text}");
+    assert!(text.contains("the guest's test pattern, as on the desk"), "{text}");
     for line in ["bytes to the server", "reintegration"] {
         let share: f64 = text
             .lines()

@@ -80,7 +80,15 @@ impl GuestAgent {
     /// [`QemuError::NoGuestAgent`].
     pub fn set_time(&mut self) -> Result<()> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        self.execute("guest-set-time", json!({ "time": now }))?;
+        self.set_time_to(now)
+    }
+
+    /// Sets the guest's clock to `nanos` since the epoch.
+    ///
+    /// # Errors
+    /// As [`GuestAgent::set_time`].
+    pub fn set_time_to(&mut self, nanos: u64) -> Result<()> {
+        self.execute("guest-set-time", json!({ "time": nanos }))?;
         Ok(())
     }
 

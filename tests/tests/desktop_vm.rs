@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use qemu_driver::GuestAgent;
 use tests::office::{last_count, wait_for_count_above, BootDisk, Office, OfficeSpec, DESKTOP_TEXT, VM};
 use tests::screen::Screenshot;
 use tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
@@ -74,9 +75,17 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     let saved = client.command("save before", REPLY);
     assert!(saved.starts_with("saved "), "{saved}");
 
+    // Put the guest's clock an hour behind: the move must set it right.
+    let agent_socket = dir.path().join("desktop/run").join(VM).join("qga.sock");
+    let mut agent = GuestAgent::connect(&agent_socket).expect("the guest runs qemu-ga");
+    agent.set_time_to(host_nanos() - 3_600_000_000_000).unwrap();
+    assert!(host_nanos().abs_diff(agent.time().unwrap()) > 3_500_000_000_000);
+    drop(agent);
     let out = office.consolidate_when_idle(Duration::from_secs(180));
     eprintln!("consolidated: {out}");
     let left_at = last_count(&office.desktop_serial()).unwrap();
+    let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
+    wait_until_clock_set(&server_agent, &office);
     wait_for_count_above(&office.server_serial(), left_at, COUNT_TIMEOUT);
     screen_shows_pattern(&office, &office.server_socket(), "on the server", dir.path());
 
@@ -179,6 +188,21 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     let out = office.jettison(&["start", VM, "--socket", desktop.to_str().unwrap()]);
     assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
     wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
+}
+
+fn host_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// Waits until the server daemon says it set the guest's clock, then
+/// checks through the agent at `socket` (one client at a time: not before)
+/// that the guest has the host's time (within 2 s), which only the
+/// daemon's guest-set-time after the move gives it.
+fn wait_until_clock_set(socket: &Path, office: &Office) {
+    wait_until(|| office.log("server").contains("guest clock set through its agent"), "the clock set", office);
+    let guest = GuestAgent::connect(socket).and_then(|mut agent| agent.time()).unwrap();
+    assert!(guest.abs_diff(host_nanos()) < 2_000_000_000, "the guest's clock is {guest}, the host's {}", host_nanos());
+    eprintln!("the guest's clock was set after the move");
 }
 
 fn wait_until(mut done: impl FnMut() -> bool, what: &str, office: &Office) {
