@@ -47,7 +47,7 @@
 use std::ffi::{CString, OsString};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Read, Seek, SeekFrom};
+use std::io::{self, ErrorKind, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -75,9 +75,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the daemon may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How much of the daemon's output an error quotes.
-const OUTPUT_TAIL_BYTES: u64 = 4096;
 
 /// The format of a disk image, named as QEMU names its drivers (and as a
 /// configuration file spells it: `"raw"`, `"qcow2"`).
@@ -448,7 +445,7 @@ impl Daemon {
             mountpoint: self.mountpoint.clone(),
             detail,
             log: self.log.clone(),
-            output: log_tail(&self.log),
+            output: crate::process::tail(&self.log),
         };
         if let Some(status) = child.try_wait().expect("waitpid on our own unreaped child cannot fail") {
             // It exited by itself (a failed start, a crash): nothing to stop.
@@ -686,7 +683,7 @@ fn check_no_qemu_writes(image: &Path) -> Result<()> {
 /// The error for a daemon that exited while starting: [`QemuError::ImageLocked`]
 /// if another process holds the image, else [`QemuError::ViewStart`].
 fn start_error(image: &Path, mountpoint: &Path, log: &Path, status: ExitStatus) -> QemuError {
-    let output = log_tail(log);
+    let output = crate::process::tail(log);
     if is_lock_failure(&output) {
         return QemuError::ImageLocked { image: image.to_owned(), detail: output.trim().to_owned() };
     }
@@ -764,19 +761,6 @@ fn raw_size(image: &Path) -> Result<u64> {
 fn sync_raw(image: &Path) -> Result<()> {
     let sync = || -> io::Result<()> { OpenOptions::new().write(true).open(image)?.sync_all() };
     sync().map_err(|source| QemuError::File { action: "sync the disk image", path: image.to_owned(), source })
-}
-
-/// The end of the daemon's log, or a note saying why it cannot be shown.
-fn log_tail(path: &Path) -> String {
-    let read = || -> io::Result<String> {
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL_BYTES)))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    };
-    read().unwrap_or_else(|err| format!("(cannot read {}: {err})", path.display()))
 }
 
 /// In the child, between fork and exec: asks for SIGTERM when the thread

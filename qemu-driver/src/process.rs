@@ -303,8 +303,9 @@ fn check_running(owner: &mut Owner, output_log: &Path, during: &str) -> Result<(
     }
 }
 
-/// The end of a log file, or a note saying why it cannot be shown.
-fn tail(path: &Path) -> String {
+/// The end of a log file (the last 4 KiB), or a note saying why it cannot
+/// be shown.
+pub(crate) fn tail(path: &Path) -> String {
     let read = || -> std::io::Result<String> {
         let mut file = File::open(path)?;
         let len = file.metadata()?.len();

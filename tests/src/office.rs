@@ -187,6 +187,23 @@ impl Office {
         Ok(Office { dir: dir.to_owned(), lan, desktop_daemon: None, server_daemon: None, disk })
     }
 
+    /// Builds the office, starts both daemons and waits until the VM counts
+    /// on the desktop; `None` (after saying why, see [`crate::skip`]) where
+    /// this machine cannot run it.
+    pub fn started(dir: &Path, spec: &OfficeSpec) -> Option<Office> {
+        let mut office = match Office::build(dir, spec) {
+            Ok(office) => office,
+            Err(why) => {
+                crate::skip(why);
+                return None;
+            }
+        };
+        office.start_server();
+        office.start_desktop();
+        wait_for_count_above(&office.desktop_serial(), 0, crate::BOOT_TIMEOUT);
+        Some(office)
+    }
+
     /// The namespace of the desktop (0), the server (1) or the client (2).
     pub fn host(&self, i: usize) -> &str {
         self.lan.host(i)

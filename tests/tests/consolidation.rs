@@ -12,32 +12,16 @@
 use std::time::Duration;
 
 use tests::office::{assert_continuous, last_count, wait_for_count_above, Office, OfficeSpec, DESKTOP_TEXT, VM};
-use tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use tests::COUNT_TIMEOUT;
 
 const PACE: Duration = Duration::from_secs(1);
 const REPLY: Duration = Duration::from_secs(120);
-
-/// The office with both daemons up and the VM counting on the desktop, or
-/// `None` (after saying why) where this machine cannot run it.
-fn office(dir: &std::path::Path, spec: &OfficeSpec) -> Option<Office> {
-    let mut office = match Office::build(dir, spec) {
-        Ok(office) => office,
-        Err(why) => {
-            skip(why);
-            return None;
-        }
-    };
-    office.start_server();
-    office.start_desktop();
-    wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
-    Some(office)
-}
 
 #[test]
 fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     let dir = tempfile::tempdir().unwrap();
     let spec = OfficeSpec::default();
-    let Some(office) = office(dir.path(), &spec) else { return };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
     let desktop_serial = office.desktop_serial();
 
     // Before: the client talks to the VM on the desktop; the guest saves a file.
@@ -136,7 +120,7 @@ fn a_server_without_room_refuses_and_the_vm_stays() {
     let dir = tempfile::tempdir().unwrap();
     // Less than the paper's median working set, which a VM without history is expected to need.
     let spec = OfficeSpec { capacity_mib: 100, ..OfficeSpec::default() };
-    let Some(office) = office(dir.path(), &spec) else { return };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
     let serial = office.desktop_serial();
     let before = last_count(&serial).unwrap();
     let out = office.jettison(&["consolidate", VM, "--force", "--socket", office.desktop_socket().to_str().unwrap()]);
@@ -153,7 +137,7 @@ fn a_server_without_room_refuses_and_the_vm_stays() {
 fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let spec = OfficeSpec::default();
-    let Some(mut office) = office(dir.path(), &spec) else { return };
+    let Some(mut office) = Office::started(dir.path(), &spec) else { return };
     let desktop_serial = office.desktop_serial();
     let socket = office.desktop_socket();
     office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
@@ -196,7 +180,7 @@ fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
 fn a_vm_that_fetches_too_fast_is_sent_home_by_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let spec = OfficeSpec { max_fetch_mib_per_sec: Some(1.0), ..OfficeSpec::default() };
-    let Some(office) = office(dir.path(), &spec) else { return };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
     let client = office.connect_client(PACE);
     let socket = office.desktop_socket();
     office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
@@ -225,7 +209,7 @@ fn a_vm_that_outgrows_the_server_is_sent_home() {
     // Room for the paper's median (157.87 MiB, the VM has no history), not
     // for the 150 MiB the guest holds in data once it reads it all.
     let spec = OfficeSpec { capacity_mib: 170, fill_mib: 150, ..OfficeSpec::default() };
-    let Some(office) = office(dir.path(), &spec) else { return };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
     let client = office.connect_client(PACE);
     let socket = office.desktop_socket();
     office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);

@@ -16,24 +16,15 @@ use std::time::{Duration, Instant};
 use qemu_driver::GuestAgent;
 use tests::office::{last_count, wait_for_count_above, BootDisk, Office, OfficeSpec, DESKTOP_TEXT, VM};
 use tests::screen::Screenshot;
-use tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
+use tests::{BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 const PACE: Duration = Duration::from_secs(1);
 const REPLY: Duration = Duration::from_secs(120);
 
 fn office(dir: &Path, firmware: &'static str, format: &'static str) -> Option<Office> {
     let spec = OfficeSpec { fill_mib: 32, boot_disk: Some(BootDisk { firmware, format }), ..OfficeSpec::default() };
-    let mut office = match Office::build(dir, &spec) {
-        Ok(office) => office,
-        Err(why) => {
-            skip(why);
-            return None;
-        }
-    };
-    office.start_server();
-    office.start_desktop();
+    let office = Office::started(dir, &spec)?;
     wait_for_line(&office.desktop_serial(), "JTSCREEN ", BOOT_TIMEOUT, &office);
-    wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
     Some(office)
 }
 
