@@ -97,6 +97,10 @@ pub struct DesktopConfig {
     /// for the whole office. Default: `max` under TCG, [`DEFAULT_KVM_CPU_MODEL`] under KVM.
     #[serde(default)]
     pub cpu_model: Option<CpuModel>,
+    /// The group (the desk's user) that may open the VMs' screens and run
+    /// `jettison` against this daemon; none: root only.
+    #[serde(default)]
+    pub viewer_group: Option<String>,
     /// How long the server may be unreachable before a consolidated VM is
     /// resumed from its checkpoint.
     #[serde(default = "default_failover")]
@@ -226,6 +230,16 @@ impl DesktopConfig {
         if let Some(mac) = self.mac {
             mac.unicast().map_err(|e| format!("mac: {e}"))?;
         }
+        if let Some(group) = &self.viewer_group {
+            match nix::unistd::Group::from_name(group) {
+                Ok(Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "viewer_group = {group:?} is not a group of this host: create it or name another"
+                    ))
+                }
+            }
+        }
         let mut ports = vec![("control_listen", self.control_listen.port())];
         for (i, vm) in self.vms.iter().enumerate() {
             if self.vms[..i].iter().any(|other| other.name == vm.name) {
@@ -302,6 +316,12 @@ impl DesktopConfig {
             let default = if accel == Accel::Kvm { DEFAULT_KVM_CPU_MODEL } else { "max" };
             default.parse().expect("the default models are valid names")
         })
+    }
+
+    /// The id of `viewer_group`, if the file names one.
+    pub fn viewer_gid(&self) -> Option<nix::unistd::Gid> {
+        let group = self.viewer_group.as_ref()?;
+        nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid)
     }
 
     /// The local control socket the `jettison` command talks to.
@@ -449,6 +469,10 @@ mod tests {
         assert!(hostile.contains("not a valid MAC address"), "{hostile}");
         let twice = f.load(&format!("{}{}{}", f.base(), f.vm(), f.vm())).unwrap_err();
         assert!(twice.contains("listed twice"), "{twice}");
+        let group = f.load(&format!("{}viewer_group = \"no-such-group-here\"\n{}", f.base(), f.vm())).unwrap_err();
+        assert!(group.contains("is not a group of this host"), "{group}");
+        let root = f.load(&format!("{}viewer_group = \"root\"\n{}", f.base(), f.vm())).unwrap();
+        assert_eq!(root.viewer_gid(), Some(nix::unistd::Gid::from_raw(0)));
         let accel = f.load(&format!("{}{}", f.base().replace("\"tcg\"", "\"xen\""), f.vm())).unwrap_err();
         assert!(accel.contains("accel") && accel.contains("auto"), "{accel}");
         let port = f.refusal("diskserv_port = 7411", "diskserv_port = 7410");
@@ -492,9 +516,15 @@ mod tests {
 
     #[test]
     fn the_packaged_example_loads_apart_from_its_files() {
-        // The example names files of a real install; only they may be missing here.
+        // The example names a group and files of a real install; only they
+        // may be missing here.
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/desktop.toml");
-        match DesktopConfig::load(&path) {
+        let text =
+            std::fs::read_to_string(&path).unwrap().replace("viewer_group = \"jettison\"", "viewer_group = \"root\"");
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("desktop.toml");
+        std::fs::write(&copy, text).unwrap();
+        match DesktopConfig::load(&copy) {
             Ok(_) => {}
             Err(e) => {
                 let e = wire::chain(&e);

@@ -96,6 +96,13 @@ impl DesktopDaemon {
         let control = TcpListener::bind(self.config.control_listen)
             .map_err(|source| DesktopError::Listen { addr: self.config.control_listen, source })?;
         let socket = local::bind(&self.config.control_socket()).map_err(DesktopError::LocalSocket)?;
+        if let Some(gid) = self.config.viewer_gid() {
+            // The desk's user runs `jettison view` and the lifecycle commands.
+            let path = self.config.control_socket();
+            if let Err(e) = crate::local_vm::grant_to_group(&path, gid, 0o660) {
+                tracing::warn!("cannot let the viewer group use {}: {e}", path.display());
+            }
+        }
         for (name, vm) in &self.vms {
             let mut vm = lock(vm);
             let started = match vm.placement() {

@@ -88,6 +88,8 @@ pub struct LocalVm {
     ovmf_vars_template: PathBuf,
     /// Why the last start failed, for `status`.
     start_error: Option<String>,
+    /// The group that may open its screen.
+    viewer_gid: Option<nix::unistd::Gid>,
     bridge: String,
     dir: PathBuf,
     run_dir: PathBuf,
@@ -134,6 +136,7 @@ impl LocalVm {
             cpu_model: desktop.cpu_model(),
             ovmf_vars_template: desktop.ovmf_vars.clone(),
             start_error: None,
+            viewer_gid: desktop.viewer_gid(),
             bridge: desktop.bridge.clone(),
             dir,
             run_dir: desktop.run_dir.join(config.name.as_str()),
@@ -309,8 +312,19 @@ impl LocalVm {
         })?;
         let (qemu, qmp) = start(self.spec().extra_args(nic_args(tap.name(), self.config.mac)))?;
         self.running = Some(Running { qmp, qemu, tap });
+        self.let_viewers_in();
         self.window = VmLoadWindow::new(self.window.length());
         Ok(())
+    }
+
+    /// Lets `viewer_group` open the screen's socket (QEMU makes it root's):
+    /// the run directory and the socket become the group's. A failure is
+    /// logged; the VM runs on, its screen root's only.
+    fn let_viewers_in(&self) {
+        let (Some(gid), Some(socket)) = (self.viewer_gid, self.spice_socket()) else { return };
+        if let Err(e) = grant_to_group(&self.run_dir, gid, 0o750).and_then(|()| grant_to_group(&socket, gid, 0o660)) {
+            tracing::warn!(vm = %self.name(), "cannot let the viewer group open {}: {e}", socket.display());
+        }
     }
 
     /// A UEFI VM's own variable store, copied from the template at its
@@ -570,6 +584,16 @@ impl LocalVm {
     pub fn window(&self) -> &VmLoadWindow {
         &self.window
     }
+}
+
+/// Gives `path` to group `gid` with permissions `mode`.
+///
+/// # Errors
+/// The chown or chmod failed.
+pub fn grant_to_group(path: &Path, gid: nix::unistd::Gid, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    nix::unistd::chown(path, None, Some(gid)).map_err(std::io::Error::from)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// `vm`'s disk `image` in `format` as a raw file: the image itself when it

@@ -160,9 +160,14 @@ pub fn jettison_binary() -> PathBuf {
 
 fn build_jettison() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
-    // target/<profile>/deps/<this test>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary is under target/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("the test binary is under target/<profile>/deps");
+    // target/<profile>/deps/<a test>, target/<profile>/examples/<an example>
+    // or target/<profile>/<a binary>: the profile directory is the one
+    // whose parent is the target directory (which holds CACHEDIR.TAG).
+    let profile_dir = exe
+        .ancestors()
+        .find(|dir| dir.parent().is_some_and(|target| target.join("CACHEDIR.TAG").exists()))
+        .expect("the running binary is under target/<profile>/");
+    let target_dir = profile_dir.parent().expect("a profile directory is under the target directory");
     let mut cargo = Command::new(option_env!("CARGO").unwrap_or("cargo"));
     cargo
         .args(["build", "--quiet", "-p", "jettison-cli", "--bin", "jettison"])

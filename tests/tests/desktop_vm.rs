@@ -166,19 +166,41 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     );
     let status = office.jettison_json(&["status", "--daemon", desktop.to_str().unwrap()]);
     assert_eq!(status["vms"][0]["on"], "server", "{status}");
-    office.jettison_json(&["reintegrate", VM, "--socket", desktop.to_str().unwrap()]);
 
-    // A poweroff inside the guest leaves it off; `start` boots it.
-    wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
+    // A poweroff inside the guest on the server: it goes home (with its disk
+    // writes) and stays off there; `start` boots it.
+    wait_for_count_above(&server_serial, 0, COUNT_TIMEOUT);
+    let client = office.connect_client(PACE);
+    let reply = client.command("poweroff", REPLY);
+    assert!(reply.starts_with("powering-off"), "{reply}");
+    drop(client.finish());
+    wait_until(
+        || office.list_line().contains("off"),
+        "the VM to be home and off after its guest powered off on the server",
+        &office,
+    );
+    assert!(office.log("server").contains("its guest powered off"), "{}", office.logs());
+    start_again(&office);
+
+    // A poweroff inside the guest on the desktop: the same.
     let client = office.connect_client(PACE);
     let reply = client.command("poweroff", REPLY);
     assert!(reply.starts_with("powering-off"), "{reply}");
     drop(client.finish());
     wait_until(|| office.list_line().contains("off"), "the VM to be off after its guest powered off", &office);
     assert_eq!(office.desktop_qemu_pid(), None, "QEMU ended");
-    let out = office.jettison(&["start", VM, "--socket", desktop.to_str().unwrap()]);
-    assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
-    wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
+    start_again(&office);
+}
+
+/// `jettison start`, and the guest counting again.
+fn start_again(office: &Office) {
+    let out = office.jettison(&["start", VM, "--socket", office.desktop_socket().to_str().unwrap()]);
+    assert!(out.status.success(), "start: {}\n{}", String::from_utf8_lossy(&out.stderr), office.logs());
+    wait_until(
+        || std::fs::read_to_string(office.desktop_serial()).unwrap_or_default().contains("JTCOUNT"),
+        "the guest to count after start",
+        office,
+    );
 }
 
 fn host_nanos() -> u64 {
