@@ -101,7 +101,7 @@ pub fn list(args: Daemon) -> CmdResult {
     let Report::DesktopStatus(status) = call(&args.socket, &LocalRequest::Status, |_| {})? else {
         return Err("the desktop daemon answered a status request with something else".into());
     };
-    println!("{:<14} {:<10} {}", "VM", "STATE", "LAST FAILURE");
+    println!("{:<14} {:<10} LAST FAILURE", "VM", "STATE");
     for vm in &status.vms {
         let state = match vm.on {
             VmLocation::Desktop if vm.running_here => "running",

@@ -82,6 +82,9 @@ pub struct OfficeSpec {
     /// How the VM boots: the hosts' kernel (`None`, an ext4 data disk), or
     /// its own disk through firmware, as a user's desktop VM does.
     pub boot_disk: Option<BootDisk>,
+    /// Whether the VM has a screen and USB input (the default, as in
+    /// `desktop.toml`); `false`: headless.
+    pub display: bool,
 }
 
 /// A VM that boots from its own disk (`scripts/guest-image --disk`):
@@ -105,6 +108,7 @@ impl Default for OfficeSpec {
             disk_mib: 64,
             max_fetch_mib_per_sec: None,
             boot_disk: None,
+            display: true,
         }
     }
 }
@@ -177,11 +181,12 @@ impl Office {
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
                  accel = \"tcg\"\nfailover_after_secs = {}\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
-                 name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}\
+                 name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
                  memserv_port = 7410\ndiskserv_port = 7411\n",
                 spec.failover_secs,
                 spec.memory_mib,
                 disk.display(),
+                spec.display,
             ),
         );
         Ok(Office { dir: dir.to_owned(), lan, desktop_daemon: None, server_daemon: None, disk })

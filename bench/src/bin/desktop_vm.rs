@@ -4,7 +4,9 @@
 //! as the tests have had it so far and as an office has it:
 //!
 //! - **headless, kernel**: the test guest booted with the host's kernel and
-//!   initramfs, no display (the profile of every earlier figure);
+//!   initramfs, no display (the profile of the earlier figures);
+//! - **kernel + screen**: the same with the display devices (VGA, USB
+//!   keyboard and tablet) and the screen left as the text console;
 //! - **BIOS + screen, qcow2**: booted by SeaBIOS from its own qcow2 disk
 //!   (syslinux), with a standard VGA, USB keyboard and tablet, and the guest
 //!   painting its screen;
@@ -44,9 +46,9 @@ struct Row {
     reintegrate: f64,
 }
 
-fn measure(name: &'static str, boot_disk: Option<BootDisk>, stay: Duration) -> Result<Row, String> {
+fn measure(name: &'static str, boot_disk: Option<BootDisk>, display: bool, stay: Duration) -> Result<Row, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let spec = OfficeSpec { boot_disk, ..OfficeSpec::default() };
+    let spec = OfficeSpec { boot_disk, display, ..OfficeSpec::default() };
     let mut office = Office::build(dir.path(), &spec)?;
     office.start_server();
     office.start_desktop();
@@ -76,14 +78,15 @@ fn measure(name: &'static str, boot_disk: Option<BootDisk>, stay: Duration) -> R
 fn main() -> ExitCode {
     let args = Args::parse();
     let stay = Duration::from_secs(args.stay);
-    let profiles: [(&str, Option<BootDisk>); 3] = [
-        ("headless, kernel", None),
-        ("BIOS + screen, qcow2", Some(BootDisk { firmware: "bios", format: "qcow2" })),
-        ("UEFI + screen, raw", Some(BootDisk { firmware: "uefi", format: "raw" })),
+    let profiles: [(&str, Option<BootDisk>, bool); 4] = [
+        ("headless, kernel", None, false),
+        ("kernel + screen (text)", None, true),
+        ("BIOS + screen, qcow2", Some(BootDisk { firmware: "bios", format: "qcow2" }), true),
+        ("UEFI + screen, raw", Some(BootDisk { firmware: "uefi", format: "raw" }), true),
     ];
     let mut rows = Vec::new();
-    for (name, boot_disk) in profiles {
-        match measure(name, boot_disk, stay) {
+    for (name, boot_disk, display) in profiles {
+        match measure(name, boot_disk, display, stay) {
             Ok(row) => rows.push(row),
             Err(why) => {
                 skip(format!("desktop_vm: {name}: {why}"));
