@@ -357,17 +357,21 @@ fn an_image_another_process_writes_is_refused_by_name() {
     let mut fixture = Fixture::new();
     // Writers as a running VM holds its disk: qemu-io (waiting on its
     // stdin) on the top image, qemu-storage-daemon with a writable NBD
-    // export on the base.
+    // export on a raw image of its own. Not on the top's base: qemu-io
+    // opens that as its backing file, and whichever of the two came
+    // second would fail to start.
     let top = fixture.top().display().to_string();
     fixture.background("qemu-io", &["-f", "qcow2", &top]);
-    let file_node = format!("driver=file,node-name=f,filename={}", fixture.base().display());
+    let other = fixture.path("other.raw");
+    fs::copy(fixture.base(), &other).unwrap();
+    let file_node = format!("driver=file,node-name=f,filename={}", other.display());
     let nbd = format!("addr.type=unix,addr.path={}", fixture.path("nbd.sock").display());
     let export = "type=nbd,id=e,node-name=r,writable=on";
     let raw_node = "driver=raw,node-name=r,file=f";
     let args = ["--blockdev", &file_node, "--blockdev", raw_node, "--nbd-server", &nbd, "--export", export];
     fixture.background("qemu-storage-daemon", &args);
 
-    for (image, format) in [(fixture.top(), DiskFormat::Qcow2), (fixture.base(), DiskFormat::Raw)] {
+    for (image, format) in [(fixture.top(), DiskFormat::Qcow2), (other, DiskFormat::Raw)] {
         assert_refused_as_locked(&fixture, &image, format, ViewAccess::ReadOnly);
     }
     fixture.assert_no_mounts();
