@@ -61,13 +61,14 @@ pub enum LocalRequest {
         /// The VM.
         vm: VmName,
     },
-    /// Write what a VM's screen shows to a file (PNG for `.png`, else PPM),
+    /// Write what a VM's screen shows to a file of the daemon's own (in the
+    /// VM's run directory: a client never names a path the daemon writes),
     /// on whichever host runs it: the desktop's daemon or the server's.
     Screenshot {
         /// The VM.
         vm: VmName,
-        /// The file, an absolute path on the daemon's host.
-        file: PathBuf,
+        /// PNG (else PPM, binary `P6`).
+        png: bool,
     },
 }
 
@@ -212,7 +213,7 @@ pub enum Report {
     },
     /// To `View`.
     View(ViewTarget),
-    /// To `Screenshot`: the file written.
+    /// To `Screenshot`: the file written, readable by the socket's users.
     Screenshot {
         /// The file.
         file: PathBuf,

@@ -160,8 +160,8 @@ impl DesktopDaemon {
             }),
             LocalRequest::SaveAll => Ok(self.save_all()),
             LocalRequest::View { vm } => self.vm(&vm).and_then(|vm| self.view(&lock(vm))).map(Report::View),
-            LocalRequest::Screenshot { vm, file } => {
-                self.vm(&vm).and_then(|vm| lock(vm).screenshot(&file)).map(|()| Report::Screenshot { file })
+            LocalRequest::Screenshot { vm, png } => {
+                self.vm(&vm).and_then(|vm| lock(vm).screenshot(png)).map(|file| Report::Screenshot { file })
             }
         };
         done.map_err(|e| wire::chain(&e))

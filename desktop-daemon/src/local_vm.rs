@@ -487,19 +487,27 @@ impl LocalVm {
         }
     }
 
-    /// Writes what its screen shows to `file` (see `qemu_driver::screendump`).
+    /// Writes what its screen shows to `screenshot.png` (or `.ppm`) in its
+    /// run directory, readable by `viewer_group`, and returns the file.
     ///
     /// # Errors
     /// [`DesktopError::NotRunning`] when QEMU does not run it here (on the
     /// server, ask the server's daemon); [`DesktopError::Qemu`] otherwise.
-    pub fn screenshot(&mut self, file: &Path) -> Result<(), DesktopError> {
+    pub fn screenshot(&mut self, png: bool) -> Result<PathBuf, DesktopError> {
         let vm = self.config.name.clone();
+        let file = self.run_dir.join(if png { "screenshot.png" } else { "screenshot.ppm" });
         let running = self.running.as_mut().ok_or_else(|| DesktopError::NotRunning { vm: vm.clone() })?;
-        qemu_driver::screendump(&mut running.qmp, file).map_err(|source| DesktopError::Qemu {
+        qemu_driver::screendump(&mut running.qmp, &file).map_err(|source| DesktopError::Qemu {
             vm,
             action: "take a screenshot",
             source: Box::new(source),
-        })
+        })?;
+        if let Some(gid) = self.viewer_gid {
+            if let Err(e) = grant_to_group(&file, gid, 0o640) {
+                tracing::warn!(vm = %self.name(), "cannot let the viewer group read {}: {e}", file.display());
+            }
+        }
+        Ok(file)
     }
 
     /// Why its last start failed, if it did.

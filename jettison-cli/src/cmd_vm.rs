@@ -288,11 +288,18 @@ fn open_viewer(
     Ok(status)
 }
 
-/// `jettison screenshot VM FILE`: what the VM's screen shows, from the host that runs it.
+/// `jettison screenshot VM FILE`: what the VM's screen shows, from the host
+/// that runs it. The daemon writes its own file; this command, with the
+/// user's rights, copies it to FILE.
 pub fn screenshot(args: ScreenshotArgs) -> CmdResult {
-    let file = std::path::absolute(&args.file)?;
-    match call(&args.socket, &LocalRequest::Screenshot { vm: args.vm.clone(), file }, |_| {})? {
-        Report::Screenshot { file } => println!("{}", file.display()),
+    let png = args.file.extension().is_some_and(|e| e == "png");
+    match call(&args.socket, &LocalRequest::Screenshot { vm: args.vm.clone(), png }, |_| {})? {
+        Report::Screenshot { file } => {
+            std::fs::copy(&file, &args.file).map_err(|e| {
+                format!("cannot copy the screenshot {} to {} ({e})", file.display(), args.file.display())
+            })?;
+            println!("{}", args.file.display());
+        }
         other => return Err(format!("the daemon answered with a {}", other.kind()).into()),
     }
     Ok(())

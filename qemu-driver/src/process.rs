@@ -122,7 +122,9 @@ impl QemuProcess {
     pub fn attach(spec: &VmSpec) -> Option<QemuProcess> {
         let pid: u32 = fs::read_to_string(spec.pid_file()).ok()?.trim().parse().ok()?;
         let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-        if exe.file_name()? != QEMU_BINARY || !alive(pid) {
+        // A QEMU whose binary an upgrade replaced shows as "... (deleted)".
+        let name = exe.file_name()?.to_string_lossy().into_owned();
+        if name.trim_end_matches(" (deleted)") != QEMU_BINARY || !alive(pid) {
             return None;
         }
         // The same VM: its command line names our QMP socket.

@@ -120,8 +120,8 @@ impl ServerDaemon {
                 LocalRequest::Status => {
                     Ok(Report::ServerStatus(ServerStatus { server: me.config.name.clone(), vms: me.status() }))
                 }
-                LocalRequest::Screenshot { vm, file } => {
-                    me.screenshot(&vm, &file).map(|()| Report::Screenshot { file }).map_err(|e| wire::chain(&e))
+                LocalRequest::Screenshot { vm, png } => {
+                    me.screenshot(&vm, png).map(|file| Report::Screenshot { file }).map_err(|e| wire::chain(&e))
                 }
                 _ => Err("this is the server; run consolidate and reintegrate on the VM's desktop".to_owned()),
             })
@@ -343,12 +343,13 @@ impl ServerDaemon {
         Ok(started.elapsed().as_millis() as u64)
     }
 
-    /// Writes what hosted VM `vm`'s screen shows to `file`.
-    fn screenshot(&self, vm: &VmName, file: &std::path::Path) -> Result<(), ServerError> {
+    /// Writes what hosted VM `vm`'s screen shows to a file in its run
+    /// directory, and returns the file.
+    fn screenshot(&self, vm: &VmName, png: bool) -> Result<std::path::PathBuf, ServerError> {
         let hosted = lock(&self.vms).iter().find(|(key, _)| &key.vm == vm).map(|(_, v)| Arc::clone(v));
         let hosted = hosted.ok_or_else(|| ServerError::NoSuchVm { vm: vm.clone() })?;
         let mut hosted = lock(&hosted);
-        hosted.screenshot(file)
+        hosted.screenshot(png)
     }
 
     /// The first console port no hosted VM uses.

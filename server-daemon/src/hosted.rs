@@ -353,15 +353,21 @@ impl HostedVm {
         }
     }
 
-    /// Writes what its screen shows to `file`.
+    /// Writes what its screen shows to `screenshot.png` (or `.ppm`) in its
+    /// QEMU run directory, and returns the file.
     ///
     /// # Errors
     /// [`ServerError::Qemu`]; [`ServerError::NotHosted`] when QEMU does not run it.
-    pub fn screenshot(&mut self, file: &Path) -> Result<(), ServerError> {
+    pub fn screenshot(&mut self, png: bool) -> Result<PathBuf, ServerError> {
+        let file = self.run.join("qemu").join(if png { "screenshot.png" } else { "screenshot.ppm" });
         match &mut self.phase {
-            Phase::Running(running) => qemu_driver::screendump(&mut running.vm.qmp, file).map_err(|source| {
-                ServerError::Qemu { key: self.key.clone(), action: "take a screenshot", source: Box::new(source) }
-            }),
+            Phase::Running(running) => {
+                qemu_driver::screendump(&mut running.vm.qmp, &file).map(|()| file).map_err(|source| ServerError::Qemu {
+                    key: self.key.clone(),
+                    action: "take a screenshot",
+                    source: Box::new(source),
+                })
+            }
             _ => Err(ServerError::NotHosted { key: self.key.clone() }),
         }
     }
