@@ -384,10 +384,10 @@ impl LocalVm {
         };
         self.start(|spec| {
             let mut qemu = spec.spawn().map_err(qemu_error("boot it"))?;
-            let mut qmp = qemu.connect_qmp().map_err(qemu_error("talk to its QEMU"))?;
-            // A guest that fails at once (no bootable disk, bad firmware)
-            // is caught here rather than by the next sample.
-            qmp.run_state().map_err(qemu_error("talk to its QEMU"))?;
+            // A QEMU that fails at once (a bad kernel, firmware or disk) is
+            // caught here, with its own words, rather than by the next sample.
+            let qmp = qemu.connect_qmp().and_then(|mut qmp| qmp.run_state().map(|_| qmp));
+            let qmp = qmp.map_err(|e| qemu.explain(e)).map_err(qemu_error("boot it"))?;
             Ok((qemu, qmp))
         })?;
         tracing::info!(vm = %name, "booted");

@@ -160,6 +160,17 @@ impl QemuProcess {
         }
     }
 
+    /// The better account of a QMP failure: QEMU's own exit and output when
+    /// the failure is QEMU going away (it closes the socket a moment before
+    /// it exits), else `err` as it was.
+    pub fn explain(&mut self, err: QemuError) -> QemuError {
+        if !matches!(err, QemuError::QmpIo { .. } | QemuError::QmpConnect { .. }) {
+            return err;
+        }
+        self.wait_exit(Duration::from_secs(2));
+        self.check_running().err().unwrap_or(err)
+    }
+
     /// Waits up to `timeout` for QEMU to exit by itself (a guest that
     /// powers off); `true` if it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {

@@ -99,10 +99,12 @@ fn a_vm_that_cannot_start_says_why_in_qemus_words() {
     std::fs::write(&config, text.join("\n")).unwrap();
     office.start_server();
     office.start_desktop();
+    // The daemon answers `list` once it has tried to start its VMs (its
+    // socket accepts connections earlier, while it starts them).
+    let line = office.list_line();
     // QEMU's own last words, e.g. "qemu: linux kernel too old to load a ram disk".
     let qemu_log = std::fs::read_to_string(dir.path().join("desktop/run/vm1/qemu.log")).unwrap();
     let said = qemu_log.lines().rev().find(|l| l.starts_with("qemu")).expect("QEMU said why").trim().to_owned();
-    let line = office.list_line();
     assert!(line.contains("stopped") && line.contains(&said), "jettison list: {line}\n{}", office.logs());
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
     let error = status["vms"][0]["error"].as_str().unwrap_or_default().to_owned();
