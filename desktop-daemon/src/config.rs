@@ -43,10 +43,6 @@ use serde::Deserialize;
 
 use crate::error::DesktopError;
 
-/// Where Debian's `ovmf` package puts OVMF's code.
-pub const DEFAULT_OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-/// Where Debian's `ovmf` package puts the variable store template.
-pub const DEFAULT_OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// The CPU model under KVM when the file names none: Nehalem is
 /// x86-64-v2, which every x86-64 desktop and server of the last fifteen
 /// years runs. Name the office's oldest CPU instead to give guests more.
@@ -85,10 +81,10 @@ pub struct DesktopConfig {
     #[serde(default)]
     pub initrd: Option<PathBuf>,
     /// OVMF's code, for VMs with `firmware = "uefi"`.
-    #[serde(default = "default_ovmf_code")]
+    #[serde(default = "qemu_driver::default_ovmf_code")]
     pub ovmf_code: PathBuf,
     /// The variable store template each UEFI VM's own store is copied from.
-    #[serde(default = "default_ovmf_vars")]
+    #[serde(default = "qemu_driver::default_ovmf_vars")]
     pub ovmf_vars: PathBuf,
     /// `auto` (KVM where `/dev/kvm` works, else TCG), `kvm` or `tcg`.
     #[serde(default)]
@@ -167,14 +163,6 @@ impl VmDefinition {
     pub fn firmware(&self, desktop: &DesktopConfig) -> FirmwareChoice {
         self.firmware.unwrap_or(if desktop.kernel.is_some() { FirmwareChoice::Kernel } else { FirmwareChoice::Bios })
     }
-}
-
-fn default_ovmf_code() -> PathBuf {
-    DEFAULT_OVMF_CODE.into()
-}
-
-fn default_ovmf_vars() -> PathBuf {
-    DEFAULT_OVMF_VARS.into()
 }
 
 fn default_failover() -> u64 {

@@ -35,5 +35,5 @@ pub use migration::{load_device_state, resume, save_device_state};
 pub use process::QemuProcess;
 pub use qmp::Qmp;
 pub use serial::SerialLog;
-pub use vm::{Accel, Boot, Display, VmSpec};
+pub use vm::{default_ovmf_code, default_ovmf_vars, Accel, Boot, Display, VmSpec};
 pub use vm_load::{dirty_rate, judge, DirtyRate, IdleThresholds, IdleVerdict, Measured, VmLoadSample, VmLoadWindow};

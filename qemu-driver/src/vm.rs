@@ -72,6 +72,18 @@ pub enum Boot {
     },
 }
 
+/// Where Debian's `ovmf` package puts OVMF's code: the default of both
+/// daemons' `ovmf_code`.
+pub fn default_ovmf_code() -> PathBuf {
+    "/usr/share/OVMF/OVMF_CODE_4M.fd".into()
+}
+
+/// Where Debian's `ovmf` package puts the variable store template: the
+/// default of both daemons' `ovmf_vars`.
+pub fn default_ovmf_vars() -> PathBuf {
+    "/usr/share/OVMF/OVMF_VARS_4M.fd".into()
+}
+
 /// The VM's screen and input, and who may see them.
 ///
 /// Every variant but [`Display::None`] gives the guest the same devices (a

@@ -47,11 +47,11 @@ pub struct ServerConfig {
     #[serde(default)]
     pub initrd: Option<PathBuf>,
     /// OVMF's code, for UEFI VMs.
-    #[serde(default = "default_ovmf_code")]
+    #[serde(default = "qemu_driver::default_ovmf_code")]
     pub ovmf_code: PathBuf,
     /// The variable store template (a UEFI VM's own store arrives in its
     /// descriptor; QEMU needs a file of the same size to hold it).
-    #[serde(default = "default_ovmf_vars")]
+    #[serde(default = "qemu_driver::default_ovmf_vars")]
     pub ovmf_vars: PathBuf,
     /// `auto` (KVM where `/dev/kvm` works, else TCG), `kvm` or `tcg`.
     #[serde(default)]
@@ -79,14 +79,6 @@ pub struct ServerConfig {
     /// Also send raw 0x0842 wake frames on this interface.
     #[serde(default)]
     pub wake_interface: Option<String>,
-}
-
-fn default_ovmf_code() -> PathBuf {
-    "/usr/share/OVMF/OVMF_CODE_4M.fd".into()
-}
-
-fn default_ovmf_vars() -> PathBuf {
-    "/usr/share/OVMF/OVMF_VARS_4M.fd".into()
 }
 
 fn default_console_port() -> u16 {
