@@ -232,13 +232,34 @@ impl ServerDaemon {
                 vm.try_lock().ok().filter(|vm| vm.is_running()).map(|vm| (vm.key().clone(), vm.desktop_control()))
             })
             .collect();
-        lock(&self.asked).clear();
-        for (key, control) in &running {
-            self.ask_home(key, *control, "the server daemon is stopping".to_owned());
-        }
+        // Asked all at once; a desktop that does not take the request (it
+        // is gone, or its daemon is down) is not waited for.
+        let leaving: Vec<VmKey> = std::thread::scope(|scope| {
+            let asks: Vec<_> = running
+                .iter()
+                .map(|(key, control)| {
+                    tracing::info!(vm = %key, "asking its desktop to take it back: the server daemon is stopping");
+                    let ask = scope.spawn(|| self.request_home(key, *control, "the server daemon is stopping".into()));
+                    (key, ask)
+                })
+                .collect();
+            asks.into_iter()
+                .filter_map(|(key, ask)| match ask.join() {
+                    Ok(Ok(())) => Some(key.clone()),
+                    Ok(Err(e)) => {
+                        tracing::warn!(vm = %key, "its desktop did not take the request: {}", wire::chain(&e));
+                        None
+                    }
+                    Err(_) => None,
+                })
+                .collect()
+        });
         let deadline = Instant::now() + drain_within;
-        let still_here = || lock(&self.vms).values().any(|vm| vm.try_lock().map_or(true, |vm| vm.is_running()));
-        while !running.is_empty() && still_here() && Instant::now() < deadline {
+        let still_leaving = || {
+            let vms = lock(&self.vms);
+            leaving.iter().any(|key| vms.get(key).is_some_and(|vm| vm.try_lock().map_or(true, |vm| vm.is_running())))
+        };
+        while still_leaving() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(250));
         }
         let vms = std::mem::take(&mut *lock(&self.vms));
@@ -492,17 +513,19 @@ impl ServerDaemon {
         tracing::info!(vm = %key, "asking its desktop to take it back: {reason}");
         let (me, vm) = (Arc::clone(self), key.clone());
         std::thread::spawn(move || {
-            let hello = ControlHello::Server(me.config.name.clone()).encode_body();
-            let asked = Channel::connect(&control.to_string(), &me.key, &hello, CONTROL_TIMEOUT).and_then(
-                |(mut channel, _)| {
-                    channel.send(&Control::PleaseReintegrate { vm: vm.vm.clone(), reason }.encode_body())?;
-                    channel.recv()
-                },
-            );
-            if let Err(e) = asked {
+            if let Err(e) = me.request_home(&vm, control, reason) {
                 tracing::warn!(vm = %vm, "its desktop did not take the request: {}", wire::chain(&e));
             }
         });
+    }
+
+    /// Sends `PleaseReintegrate` for `key` to its desktop daemon at
+    /// `control` and waits for its answer.
+    fn request_home(&self, key: &VmKey, control: std::net::SocketAddr, reason: String) -> Result<(), WireError> {
+        let hello = ControlHello::Server(self.config.name.clone()).encode_body();
+        let (mut channel, _) = Channel::connect(&control.to_string(), &self.key, &hello, CONTROL_TIMEOUT)?;
+        channel.send(&Control::PleaseReintegrate { vm: key.vm.clone(), reason }.encode_body())?;
+        channel.recv().map(drop)
     }
 }
 

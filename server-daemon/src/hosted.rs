@@ -36,7 +36,7 @@ use qemu_driver::{announce, nic_args, resume, save_device_state, DiskBackend, Qe
 use qemu_driver::{Accel, Display, VmSpec};
 use slice_store::{export_dirty_set, exported_len, SliceStore};
 use wire::protocol::Message;
-use wire::{Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
+use wire::{Cancel, Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
@@ -71,6 +71,17 @@ struct VmProcess {
     qemu: QemuProcess,
     _tap: Tap,
     qemu_agent_socket: PathBuf,
+    /// Ends the VM's fetches from its desktop.
+    fetches: Cancel,
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        // A QEMU stuck in a page fault that waits for a desktop that is
+        // gone cannot die until memtap answers; the answer no longer
+        // matters, so end the fetches first (QEMU is killed next).
+        self.fetches.cancel();
+    }
 }
 
 /// memtap and cownetdisk for one VM.
@@ -81,6 +92,8 @@ struct Storage {
     nbd_stop: StopHandle,
     nbd_thread: Option<std::thread::JoinHandle<()>>,
     mount: Option<memtap::Mount>,
+    /// Ends fetches still waiting for the desktop once QEMU is gone.
+    fetches: Cancel,
 }
 
 impl Storage {
@@ -89,8 +102,10 @@ impl Storage {
         (memory.unwrap_or_default(), self.disk.stats())
     }
 
-    /// Stops the NBD server and memtap, flushing both.
+    /// Stops the NBD server and memtap, flushing both; a fetch still
+    /// waiting for the desktop is given up (QEMU, its only reader, is gone).
     fn shut(&mut self) -> Result<(), ServerError> {
+        self.fetches.cancel();
         self.nbd_stop.stop();
         if let Some(thread) = self.nbd_thread.take() {
             let _ = thread.join();
@@ -196,8 +211,12 @@ impl HostedVm {
             source,
         })?;
 
+        let fetches = Cancel::new();
         let remote = |addr: std::net::SocketAddr, service| {
-            RemoteConfig::new(addr.to_string(), office_key.clone(), Hello { service, export: vm.to_string() })
+            let mut remote =
+                RemoteConfig::new(addr.to_string(), office_key.clone(), Hello { service, export: vm.to_string() });
+            remote.cancel = fetches.clone();
+            remote
         };
         let mut memory =
             memtap::RamFileConfig::new(vm.as_str(), state.join("memory"), remote(request.memserv, Service::Memory));
@@ -233,7 +252,14 @@ impl HostedVm {
         let disk_bytes = disk.size();
         // From here a failed step drops the storage, which stops cownetdisk
         // and unmounts memtap.
-        let storage = Storage { key: key.clone(), disk, nbd_stop, nbd_thread: Some(nbd_thread), mount: Some(mount) };
+        let storage = Storage {
+            key: key.clone(),
+            disk,
+            nbd_stop,
+            nbd_thread: Some(nbd_thread),
+            mount: Some(mount),
+            fetches: fetches.clone(),
+        };
         let qemu_error = |action| {
             let key = key.clone();
             move |source| ServerError::Qemu { key, action, source: Box::new(source) }
@@ -265,7 +291,7 @@ impl HostedVm {
             .extra_args(DiskBackend::NbdUnix { socket, export: vm.to_string() }.qemu_args());
         let qemu_agent_socket = spec.agent_socket();
         let (qemu, qmp) = resume(spec, &descriptor).map_err(qemu_error("resume it from its descriptor"))?;
-        let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap, qemu_agent_socket }, storage };
+        let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap, qemu_agent_socket, fetches }, storage };
         if let Err(e) = announce(&mut running.vm.qmp) {
             tracing::warn!(vm = %key, "cannot announce the VM's MAC: {}", wire::chain(&e));
         }

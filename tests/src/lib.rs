@@ -26,6 +26,55 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Bound on waiting for a running guest to count further.
 pub const COUNT_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Bound on one `jettison` command in a test: the longest a command waits
+/// for is a reintegration or a guest's ACPI shutdown (`--timeout`, 120 s by
+/// default). Not a speed figure: it turns a command that hangs into a
+/// failure that says so, instead of a test run that never ends.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `command` to its end, its output captured, as
+/// [`Command::output`] does, but kills it if it runs past `limit`.
+///
+/// # Errors
+/// A text naming the command, when it cannot start or ran too long (its
+/// output so far included).
+pub fn output_within(command: &mut Command, limit: Duration) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().map_err(|e| format!("cannot wait for {command:?}: {e}"))? {
+            Some(status) => break status,
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let said = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+                return Err(format!("{command:?} was still running after {limit:?}: killed; it said: {said}"));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(std::process::Output { status, stdout, stderr })
+}
+
 /// Says why a test cannot run on this machine and lets it pass: on stderr,
 /// and, because the test harness hides the output of tests that pass, also
 /// as a line appended to the file named by `JETTISON_SKIP_LOG` (which

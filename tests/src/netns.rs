@@ -104,6 +104,11 @@ impl Lan {
     }
 }
 
+/// How long a daemon may take to stop on SIGTERM: the server daemon's
+/// drain (90 s, as its unit allows 120 s) and a margin. Not a speed
+/// figure: a bound that turns a daemon hanging on stop into a failure.
+pub const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(150);
+
 /// A `jettison` daemon running in a namespace (`ip netns exec` execs it in
 /// place, so the child's pid is the daemon's: an emulated S3 can stop and
 /// continue it). On drop it is continued (in case it was left stopped),
@@ -174,12 +179,24 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the daemon to exit; whether it exited
-    /// successfully.
+    /// successfully within [`STOP_LIMIT`]. One still running then is a
+    /// daemon that hangs on stop: it is killed and this says `false`.
     pub fn terminate(&mut self) -> bool {
         // SAFETY: kill has no memory preconditions; the pid is our child,
         // not yet reaped.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        self.child.wait().expect("the daemon can be waited for").success()
+        let deadline = std::time::Instant::now() + STOP_LIMIT;
+        loop {
+            match self.child.try_wait().expect("the daemon can be waited for") {
+                Some(status) => return status.success(),
+                None if std::time::Instant::now() >= deadline => {
+                    eprintln!("the daemon (pid {}) was still running {STOP_LIMIT:?} after SIGTERM: killed", self.pid());
+                    self.kill();
+                    return false;
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
     }
 }
 

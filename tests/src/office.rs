@@ -319,8 +319,14 @@ impl Office {
     }
 
     /// Runs `jettison ARGS` (it talks to the daemons through their sockets).
+    ///
+    /// # Panics
+    /// If it runs past [`crate::COMMAND_LIMIT`]: a command that hangs is a
+    /// failure, with both daemons' logs.
     pub fn jettison(&self, args: &[&str]) -> Output {
-        Command::new(crate::jettison_binary()).args(args).output().expect("the jettison binary runs")
+        let mut command = Command::new(crate::jettison_binary());
+        command.args(args);
+        crate::output_within(&mut command, crate::COMMAND_LIMIT).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
 
     /// `jettison ARGS --json` that must succeed; its JSON.
@@ -499,10 +505,15 @@ impl LineClient {
         }
     }
 
+    /// Queues `line` as the next exchange, without waiting for its reply.
+    pub fn send(&self, line: &str) {
+        self.queue.lock().expect("client queue lock").push(line.to_owned());
+    }
+
     /// Sends `line` as the next exchange and returns the reply.
     pub fn command(&self, line: &str, timeout: Duration) -> String {
         let from = self.count();
-        self.queue.lock().expect("client queue lock").push(line.to_owned());
+        self.send(line);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.log.lock().expect("client log lock")[from..].iter().find(|e| e.sent == line) {

@@ -14,6 +14,9 @@ use std::time::Duration;
 use tests::office::{first_count, last_count, wait_for_count_above, Office, OfficeSpec};
 use tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 
+/// How long the test client waits for a reply.
+const REPLY: Duration = Duration::from_secs(120);
+
 #[test]
 fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,4 +117,45 @@ fn a_vm_that_cannot_start_says_why_in_qemus_words() {
     let out = office.jettison(&["start", "vm1", "--socket", office.desktop_socket().to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&said), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Stopping the server daemon while its guest waits for pages from a
+/// desktop that is gone (its daemon down, the host off) must not hang: the
+/// fetch is given up, QEMU ended, memtap unmounted, and the desktop, once
+/// back, resumes the VM from its checkpoint. (Seen in CI: a server daemon
+/// that retried such a fetch for ever and never exited.)
+#[test]
+fn a_server_daemon_stops_while_its_guest_waits_for_a_desktop_that_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut office) = Office::started(dir.path(), &OfficeSpec::default()) else { return };
+    let client = office.connect_client(Duration::from_secs(1));
+    client.wait_for(2, REPLY);
+    office.consolidate_when_idle(Duration::from_secs(180));
+    let server_serial = office.server_serial();
+    let there = wait_for_count_above(&server_serial, 0, COUNT_TIMEOUT);
+    office.stop_desktop();
+    // The guest reads what it had left alone: pages only the desktop has.
+    client.send("readall");
+    let deadline = std::time::Instant::now() + COUNT_TIMEOUT;
+    while !office.log("server").contains("fetch failed; retrying") {
+        assert!(std::time::Instant::now() < deadline, "the guest never waited for its desktop\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    office.stop_server();
+    let log = office.log("server");
+    assert!(log.contains("its desktop did not take the request"), "{}", office.logs());
+    assert!(log.contains("stopping with VMs that did not go home: desktop/vm1"), "{}", office.logs());
+    let server_run = dir.path().join("server/run");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(server_run.to_str().unwrap()), "memtap is still mounted:\n{mounts}");
+    let left = std::process::Command::new("pgrep").arg("-af").arg(&server_run).output().unwrap();
+    assert!(left.stdout.is_empty(), "the server's QEMU outlived it: {}", String::from_utf8_lossy(&left.stdout));
+    let _ = client.finish();
+
+    // Both back: the desktop resumes the VM from its checkpoint.
+    office.start_server();
+    office.start_desktop();
+    office.wait_until_home(Duration::from_secs(120), "the desktop resumed the VM the stopped server had");
+    let home = wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
+    eprintln!("server stopped with its desktop gone; the VM counted {there} there, resumed at home at {home}");
 }

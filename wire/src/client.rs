@@ -9,6 +9,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::cancel::Cancel;
 use crate::channel::Channel;
 use crate::error::WireError;
 use crate::key::SharedKey;
@@ -142,10 +143,13 @@ pub struct RemoteConfig {
     /// Give up after this long without success; `None` retries for ever
     /// (the guest waits).
     pub give_up_after: Option<Duration>,
+    /// Ends the retries at once when cancelled (the VM is being ended).
+    pub cancel: Cancel,
 }
 
 impl RemoteConfig {
-    /// Defaults: 10 s timeout, back-off up to 2 s, never give up.
+    /// Defaults: 10 s timeout, back-off up to 2 s, never give up, a token
+    /// of its own (never cancelled unless a clone is taken).
     pub fn new(addr: impl Into<String>, key: SharedKey, hello: Hello) -> Self {
         RemoteConfig {
             addr: addr.into(),
@@ -154,6 +158,7 @@ impl RemoteConfig {
             timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(2),
             give_up_after: None,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -225,7 +230,7 @@ fn is_transient(err: &WireError) -> bool {
 }
 
 /// Runs `attempt` after waking the desktop, again after each transient
-/// failure, with doubling pauses.
+/// failure, with doubling pauses, until `config.cancel` is cancelled.
 fn retry<T>(
     config: &RemoteConfig,
     wake: &dyn WakeHook,
@@ -233,7 +238,11 @@ fn retry<T>(
 ) -> Result<T, WireError> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(50);
+    let cancelled = || WireError::Cancelled { addr: config.addr.clone(), export: config.hello.export.clone() };
     loop {
+        if config.cancel.is_cancelled() {
+            return Err(cancelled());
+        }
         wake.wake();
         match attempt(config) {
             Ok(v) => return Ok(v),
@@ -253,7 +262,9 @@ fn retry<T>(
                     pause = (pause * 2).min(config.max_backoff);
                     wait
                 };
-                std::thread::sleep(wait);
+                if !config.cancel.sleep(wait) {
+                    return Err(cancelled());
+                }
             }
             Err(e) => return Err(e),
         }
@@ -278,5 +289,31 @@ mod tests {
         assert!(!chunks_cover(&gap, &ranges[..1]));
         let overrun = [Chunk::Zero { offset: 0, len: 9000 }];
         assert!(!chunks_cover(&overrun, &ranges[..1]));
+    }
+
+    #[test]
+    fn a_cancel_ends_a_retry_that_would_wait_for_ever() {
+        // A port nothing listens on: every attempt is refused at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let hello = Hello { service: crate::Service::Memory, export: "vm1".into() };
+        let config = RemoteConfig::new(addr.clone(), SharedKey::generate(), hello);
+        let cancel = config.cancel.clone();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+        });
+        let result = retry(&config, &NoWake, |c| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Client::connect(&c.addr, &c.key, &c.hello, c.timeout)
+        });
+        canceller.join().unwrap();
+        match result {
+            Err(WireError::Cancelled { addr: got, export }) => assert_eq!((got, export.as_str()), (addr, "vm1")),
+            other => panic!("expected Cancelled, got {other:?}"),
+        }
+        assert!(attempts.into_inner() >= 2, "it retried until cancelled");
     }
 }

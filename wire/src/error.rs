@@ -134,6 +134,15 @@ pub enum WireError {
         /// The request's id.
         id: u64,
     },
+    /// The fetch was given up because its VM is being ended (see
+    /// [`Cancel`](crate::Cancel)).
+    #[error("stopped waiting for {addr} (export {export:?}): the VM is being ended")]
+    Cancelled {
+        /// The address the fetch was waiting for.
+        addr: String,
+        /// The export asked for.
+        export: String,
+    },
     /// The key file cannot be read or written.
     #[error("key file {}: create one with `jettison pair --out {}` and copy it to both hosts", path.display(), path.display())]
     KeyFile {

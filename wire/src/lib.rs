@@ -15,6 +15,7 @@
 //! implementation of the Noise spec.
 #![warn(missing_docs)]
 
+pub mod cancel;
 pub mod channel;
 pub mod client;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod secure;
 pub mod session;
 pub mod units;
 
+pub use cancel::Cancel;
 pub use channel::Channel;
 pub use client::{Client, NoWake, RemoteConfig, RemoteImage, WakeHook};
 pub use error::{chain, DecodeError, WireError};
