@@ -13,6 +13,7 @@
 
 mod error;
 mod fs;
+mod mount;
 pub mod prefetch;
 mod source;
 pub mod stats;
@@ -25,14 +26,16 @@ pub use vm::{RamFileConfig, VmMemory, PAGE_SIZE};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mount::FuseMount;
+
 /// Threads serving FUSE reads: enough for several vCPUs to fault at once
 /// while one waits for the desktop.
 const READ_WORKERS: usize = 8;
 
-/// A mounted memtap; unmounts when dropped.
+/// A mounted memtap; detached lazily when dropped without [`Mount::unmount`].
 #[derive(Debug)]
 pub struct Mount {
-    session: Option<fuser::BackgroundSession>,
+    fuse: FuseMount,
     mountpoint: PathBuf,
     vms: Vec<Arc<VmMemory>>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -63,17 +66,9 @@ impl Mount {
                 })
             })
             .collect();
-        let filesystem = fs::MemtapFs::new(memories.clone(), tx);
-        let options = [
-            fuser::MountOption::FSName("memtap".into()),
-            fuser::MountOption::Subtype("memtap".into()),
-            fuser::MountOption::DefaultPermissions,
-            fuser::MountOption::NoExec,
-        ];
-        let session = fuser::spawn_mount2(filesystem, mountpoint, &options)
-            .map_err(|source| MemtapError::Mount { path: mountpoint.to_owned(), source })?;
+        let fuse = FuseMount::start(fs::MemtapFs::new(memories.clone(), tx), mountpoint)?;
         tracing::info!(mountpoint = %mountpoint.display(), vms = memories.len(), "memtap mounted");
-        Ok(Mount { session: Some(session), mountpoint: mountpoint.to_owned(), vms: memories, workers })
+        Ok(Mount { fuse, mountpoint: mountpoint.to_owned(), vms: memories, workers })
     }
 
     /// Where the filesystem is mounted.
@@ -87,7 +82,8 @@ impl Mount {
     }
 
     /// Flushes every VM's dirty slice, then unmounts and waits for the
-    /// FUSE session and the read workers to end.
+    /// FUSE session and the read workers to end (a connection that another
+    /// mount namespace keeps open is aborted).
     ///
     /// # Errors
     /// The first flush error, or [`MemtapError::Busy`] when a process (a
@@ -95,38 +91,16 @@ impl Mount {
     /// and goes away when the last user closes it.
     pub fn unmount(mut self) -> Result<(), MemtapError> {
         let flushed = self.vms.iter().try_for_each(|vm| vm.flush());
-        match nix::mount::umount(&self.mountpoint) {
-            Ok(()) => {
-                // The session thread sees the device close and returns; it
-                // drops the filesystem and with it the job sender, so the
-                // workers finish too.
-                if let Some(session) = self.session.take() {
-                    session.join();
-                }
-                for worker in self.workers.drain(..) {
-                    if worker.join().is_err() {
-                        tracing::error!("a memtap read worker panicked");
-                    }
-                }
-                flushed
-            }
-            Err(errno) => {
-                let busy = MemtapError::Busy { path: self.mountpoint.clone(), source: errno.into() };
-                flushed.and(Err(busy))
+        if let Err(busy) = self.fuse.unmount() {
+            return flushed.and(Err(busy));
+        }
+        // The session has ended and dropped the filesystem, and with it
+        // the job sender: the workers finish too.
+        for worker in self.workers.drain(..) {
+            if worker.join().is_err() {
+                tracing::error!("a memtap read worker panicked");
             }
         }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let Some(session) = self.session.take() else { return };
-        // Not unmounted cleanly (an error path, or still in use): detach, so
-        // the mount disappears once its last user is gone, and do not wait
-        // for threads that may be serving that user.
-        if let Err(e) = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!(mountpoint = %self.mountpoint.display(), "cannot detach memtap: {e}");
-        }
-        drop(session);
+        flushed
     }
 }

@@ -218,3 +218,34 @@ fn a_zero_map_for_another_ram_size_is_refused_naming_the_vm() {
     config.zero_map_pages = Some(PAGES);
     Mount::start(&mnt, vec![config]).unwrap().unmount().unwrap();
 }
+
+#[test]
+fn an_unmount_ends_even_while_another_mount_namespace_holds_the_mount() {
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    let Fixture { dir: _dir, bytes, mnt, mount, server: _server, .. } = Fixture::start();
+    // A process that unshares its mount namespace now gets its own copy of
+    // the memtap mount, which keeps the FUSE connection open after ours is
+    // unmounted (as `ip netns exec` does to a daemon started after us).
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "600"])
+        .spawn()
+        .expect("unshare runs (util-linux)");
+    let ns = format!("/proc/{}/ns/mnt", holder.id());
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(&ns).map_or(true, |theirs| theirs == ours) {
+        assert!(std::time::Instant::now() < deadline, "unshare did not make a mount namespace");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(mnt.join("vm1.ram")).unwrap()[PAGE..2 * PAGE], bytes[PAGE..2 * PAGE]);
+    // Bounded only so that a hang fails instead of stalling the suite.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(mount.unmount().map_err(|e| wire::chain(&e))));
+    let unmounted = finished.recv_timeout(Duration::from_secs(120));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(unmounted, Ok(Ok(())), "memtap's unmount must end while another namespace holds the mount");
+    assert!(!std::fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap()));
+}
