@@ -75,6 +75,13 @@ pub fn output_within(command: &mut Command, limit: Duration) -> Result<std::proc
     Ok(std::process::Output { status, stdout, stderr })
 }
 
+/// Whether process `pid` runs under a seccomp filter (`Seccomp: 2` in its
+/// `/proc/<pid>/status`), as QEMU's `-sandbox on` puts it.
+pub fn runs_under_seccomp_filter(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|status| status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])))
+}
+
 /// Says why a test cannot run on this machine and lets it pass: on stderr,
 /// and, because the test harness hides the output of tests that pass, also
 /// as a line appended to the file named by `JETTISON_SKIP_LOG` (which

@@ -267,6 +267,13 @@ impl Office {
         std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
+    /// The pid of the VM's QEMU on the server, if one runs.
+    pub fn server_qemu_pid(&self) -> Option<u32> {
+        let pid_file = self.dir.join("server/run/vms").join(DESKTOP).join(VM).join("qemu/qemu.pid");
+        let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+        std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
     /// The VM's line in `jettison list`: its state and last failure.
     pub fn list_line(&self) -> String {
         let out = self.jettison(&["list", "--socket", self.desktop_socket().to_str().expect("a UTF-8 path")]);

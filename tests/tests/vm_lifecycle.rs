@@ -29,6 +29,7 @@ fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     let serial = office.desktop_serial();
     let booted = wait_for_count_above(&serial, 0, BOOT_TIMEOUT);
     let qemu = office.desktop_qemu_pid().expect("QEMU runs the VM");
+    assert!(tests::runs_under_seccomp_filter(qemu), "the desktop's QEMU runs without its sandbox");
 
     // A desktop daemon restart: the same QEMU, the counter going on.
     office.stop_desktop();
@@ -47,6 +48,8 @@ fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     let left_at = last_count(&serial).unwrap();
     let server_serial = office.server_serial();
     let there = wait_for_count_above(&server_serial, left_at, COUNT_TIMEOUT);
+    let server_qemu = office.server_qemu_pid().expect("QEMU runs the VM on the server");
+    assert!(tests::runs_under_seccomp_filter(server_qemu), "the server's QEMU runs without its sandbox");
     office.stop_desktop();
     office.start_desktop();
     let still_there = wait_for_count_above(&server_serial, there, COUNT_TIMEOUT);
