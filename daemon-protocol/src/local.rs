@@ -12,11 +12,33 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use identifiers::{HostName, VmName};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::HostedStatus;
+
+/// How long a daemon's status answer waits for a VM another thread holds
+/// (a load sample or a poll holds it for milliseconds) before it says the
+/// VM is moving (a consolidation or a reintegration holds it for seconds).
+pub const STATUS_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Locks `vm` to report on it: waits up to [`STATUS_PATIENCE`]; `None`
+/// means a move holds it, and the answer says "moving". A lock a panicking
+/// thread poisoned is still read: a status answer only looks.
+pub fn lock_for_status<T>(vm: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    let deadline = Instant::now() + STATUS_PATIENCE;
+    loop {
+        match vm.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) if Instant::now() >= deadline => return None,
+            Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
 
 /// What the command asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,6 +431,27 @@ pub fn bind(socket: &Path) -> Result<UnixListener, LocalSocketError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_waits_out_a_short_hold_and_calls_a_long_one_moving() {
+        let vm = std::sync::Arc::new(Mutex::new(7));
+        let holder = std::sync::Arc::clone(&vm);
+        let (held, wait_held) = std::sync::mpsc::channel();
+        let short = std::thread::spawn(move || {
+            let _guard = holder.lock().unwrap();
+            held.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        wait_held.recv().unwrap();
+        assert_eq!(lock_for_status(&vm).map(|v| *v), Some(7), "a sample's hold is waited out");
+        short.join().unwrap();
+        let _moving = vm.lock().unwrap();
+        let other = std::sync::Arc::clone(&vm);
+        assert!(
+            std::thread::spawn(move || lock_for_status(&other).is_none()).join().unwrap(),
+            "a move's hold is 'moving'"
+        );
+    }
 
     #[test]
     fn a_request_gets_progress_then_its_result() {

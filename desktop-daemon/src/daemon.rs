@@ -358,15 +358,15 @@ impl DesktopDaemon {
             .vms
             .iter()
             .map(|(name, vm)| {
-                let (on, since, running_here, error) = match vm.try_lock() {
-                    Ok(vm) => {
+                let (on, since, running_here, error) = match local::lock_for_status(vm) {
+                    Some(vm) => {
                         let since = match vm.placement() {
                             Placement::Server { since } => Some(*since),
                             _ => None,
                         };
                         (location(&vm), since, vm.is_running(), vm.start_error().map(str::to_owned))
                     }
-                    Err(_) => (VmLocation::Moving, None, false, None),
+                    None => (VmLocation::Moving, None, false, None),
                 };
                 let server = hosted.as_ref().ok().and_then(|h| self.hosted_here(h, name)).cloned();
                 DesktopVmStatus { vm: name.clone(), on, since, running_here, error, server }

@@ -375,8 +375,11 @@ impl ServerDaemon {
 
     /// The first console port no hosted VM uses.
     fn free_console_port(&self) -> u16 {
+        // A VM on its way home may be held for a moment; its QEMU still
+        // has its port until it ends.
+        let vms: Vec<_> = lock(&self.vms).values().cloned().collect();
         let used: Vec<u16> =
-            lock(&self.vms).values().filter_map(|vm| vm.try_lock().ok().and_then(|vm| vm.console_port())).collect();
+            vms.iter().filter_map(|vm| local::lock_for_status(vm).and_then(|vm| vm.console_port())).collect();
         let base = self.config.console_port_base;
         (base..base.saturating_add(self.config.console_ports)).find(|p| !used.contains(p)).unwrap_or(base)
     }
@@ -432,13 +435,13 @@ impl ServerDaemon {
     pub fn status(&self) -> Vec<HostedStatus> {
         let vms: Vec<_> = lock(&self.vms).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         vms.iter()
-            .map(|(key, vm)| match vm.try_lock() {
-                Ok(mut vm) => {
+            .map(|(key, vm)| match local::lock_for_status(vm) {
+                Some(mut vm) => {
                     vm.poll();
                     let power = self.wakers.get(key.desktop.as_str()).map(|w| w.status().state.to_string());
                     vm.status(power.unwrap_or_else(|| "awake (never sleeps)".to_owned()))
                 }
-                Err(_) => HostedStatus::moving(key.vm.clone(), key.desktop.clone()),
+                None => HostedStatus::moving(key.vm.clone(), key.desktop.clone()),
             })
             .collect()
     }
