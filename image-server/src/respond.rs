@@ -48,19 +48,22 @@ fn check(size: u64, ranges: &[ByteRange]) -> Result<(), (ErrorKind, String)> {
 
 /// Appends chunks covering `range`: one piece per unit-aligned stretch,
 /// adjacent data merged into one `Bytes`, adjacent zero pieces into one
-/// `Zero`.
+/// `Zero`. Only pieces of `range` merge: a range that starts where the one
+/// before it ends still gets chunks of its own, as the client expects.
 fn read_range(image: &dyn Image, range: ByteRange, chunks: &mut Vec<Chunk>) -> std::io::Result<()> {
     let unit = u64::from(image.unit());
     let end = range.offset + u64::from(range.len);
     let mut data = vec![0u8; range.len as usize];
     image.read_at(range.offset, &mut data)?;
+    let first = chunks.len();
     let mut at = range.offset;
     while at < end {
         let piece_end = ((at / unit) + 1).saturating_mul(unit).min(end);
         let piece = &data[(at - range.offset) as usize..(piece_end - range.offset) as usize];
         let len = piece_end - at;
         let is_zero = piece.iter().all(|&b| b == 0);
-        match (chunks.last_mut(), is_zero) {
+        let last = if chunks.len() > first { chunks.last_mut() } else { None };
+        match (last, is_zero) {
             (Some(Chunk::Zero { offset, len: zlen }), true) if *offset + u64::from(*zlen) == at => {
                 *zlen += len as u32;
             }
@@ -121,6 +124,20 @@ mod tests {
         let ranges = [ByteRange::new(4000, 5000), ByteRange::new(3 * 4096 + 1, 10)];
         let Response::Data { chunks, .. } = answer(&img, 2, &ranges) else { panic!("not data") };
         assert!(chunks_cover(&chunks, &ranges));
+    }
+
+    #[test]
+    fn adjacent_ranges_get_chunks_of_their_own() {
+        // Found by the fuzz target wire_request: a range that starts where
+        // the one before it ends got its data merged into the chunk of the
+        // range before, which the client refuses as not covering its ranges.
+        let img = image();
+        for ranges in
+            [[ByteRange::new(0, 48), ByteRange::new(48, 100)], [ByteRange::new(4096, 4096), ByteRange::new(8192, 4096)]]
+        {
+            let Response::Data { chunks, .. } = answer(&img, 7, &ranges) else { panic!("not data") };
+            assert!(chunks_cover(&chunks, &ranges), "{ranges:?}: {chunks:?}");
+        }
     }
 
     #[test]
