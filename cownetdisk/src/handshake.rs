@@ -136,6 +136,23 @@ pub(crate) fn negotiate(
     Err(ConnectionError::TooManyOptions { peer: peer.to_owned(), limit: MAX_OPTIONS })
 }
 
+/// Runs the handshake on `input`, every byte a client sends, for an export
+/// `name` of `size` bytes with the default block size, and appends what the
+/// server sends to `output`: `Ok(true)` when the client chose the export
+/// (transmission would follow), `Ok(false)` when it sent `NBD_OPT_ABORT`.
+/// The option haggling of a connection without its socket, for the fuzz
+/// target `nbd_handshake` (in `fuzz/`, outside the workspace).
+///
+/// # Errors
+/// As a connection's handshake; the end of `input` is a client that hung up.
+pub fn negotiate_bytes(input: &[u8], output: &mut Vec<u8>, name: &str, size: u64) -> Result<bool, ConnectionError> {
+    let block_sizes = BlockSizes::new(1, crate::DEFAULT_BLOCK_SIZE, crate::protocol::MAX_PAYLOAD)
+        .expect("the default block sizes follow the spec's rules");
+    let export = Export { name: name.to_owned(), size, block_sizes };
+    let mut reader = input;
+    negotiate(&mut reader, output, &export, "fuzz").map(|end| end == Negotiated::Transmission)
+}
+
 /// Why an option is refused, for the client's user.
 fn unsupported_reason(code: u32) -> &'static str {
     match code {
@@ -266,6 +283,18 @@ mod tests {
         let (result, replies, _) = run(fixed(), &[list_with_data, huge, ClientOption::Abort.encode()]);
         assert_eq!(result.unwrap(), Negotiated::Aborted);
         assert_eq!(kinds(&replies), [ReplyType::ErrInvalid, ReplyType::ErrTooBig, ReplyType::Ack]);
+    }
+
+    #[test]
+    fn negotiate_bytes_runs_the_same_handshake() {
+        let mut input = fixed().encode().to_vec();
+        input.extend_from_slice(&ClientOption::Go(query("vm1")).encode());
+        let mut output = Vec::new();
+        assert!(negotiate_bytes(&input, &mut output, "vm1", 16 << 20).unwrap());
+        assert_eq!(output[..GREETING_LEN], Greeting::server().encode());
+        let mut output = Vec::new();
+        let result = negotiate_bytes(&input[..6], &mut output, "vm1", 16 << 20);
+        assert!(matches!(result, Err(ConnectionError::Io { .. })), "a client that hung up: {result:?}");
     }
 
     #[test]

@@ -46,5 +46,6 @@ mod transmission;
 pub use disk::{Disk, DiskConfig, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 pub use error::{ConnectionError, CownetdiskError, ProtocolError};
 pub use event_loop::StopHandle;
+pub use handshake::negotiate_bytes;
 pub use server::{Listen, NbdServer};
 pub use stats::{DiskStats, RequestCounts};
