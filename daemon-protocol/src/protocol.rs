@@ -77,7 +77,8 @@
 //! - A profile's `memory_mib` is 1 to [`MAX_MEMORY_MIB`], its `vcpus` 1 to
 //!   [`MAX_VCPUS`], its CPU model a [`CpuModel`]; disk sizes at most
 //!   [`MAX_DISK_BYTES`]; a descriptor 1 byte to
-//!   [`MAX_DESCRIPTOR`]; texts at most [`MAX_TEXT`]; a `Data` chunk at most
+//!   [`MAX_DESCRIPTOR`]; the sizes a `Returning` announces add up to a
+//!   `u64`; texts at most [`MAX_TEXT`]; a `Data` chunk at most
 //!   [`MAX_CHUNK`] bytes.
 //!
 //! Names and MACs travel as text (bincode strings) so that it is the
@@ -435,12 +436,32 @@ impl ConsolidateRequest {
     }
 }
 
+impl ReturnHeader {
+    fn validate(&self) -> Result<(), DecodeError> {
+        if self.descriptor_bytes == 0 || self.descriptor_bytes > MAX_DESCRIPTOR {
+            return Err(DecodeError::Limit("descriptor_bytes must be 1 byte to 64 MiB"));
+        }
+        if self
+            .descriptor_bytes
+            .checked_add(self.memory_set_bytes)
+            .and_then(|n| n.checked_add(self.disk_set_bytes))
+            .is_none()
+        {
+            return Err(DecodeError::Limit(
+                "descriptor_bytes, memory_set_bytes and disk_set_bytes must add up to a u64",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Message for Control {
     fn validate(&self) -> Result<(), DecodeError> {
         match self {
             Control::Failed(text) => text_ok(text),
             Control::Reserve(r) => r.validate(),
             Control::Consolidate(c) => c.validate(),
+            Control::Returning(header) => header.validate(),
             Control::Data(chunk) if chunk.len() > MAX_CHUNK => Err(DecodeError::Limit("a data chunk over 1 MiB")),
             Control::StatusReply(vms) => vms.iter().try_for_each(|v| {
                 if let HostedState::Lost(why) = &v.state {
@@ -576,6 +597,26 @@ mod tests {
         body.push(0);
         assert!(Control::decode_body(&body).is_err(), "trailing bytes");
         assert!(Control::decode_body(&[200]).is_err(), "unknown variant");
+    }
+
+    #[test]
+    fn a_returning_header_keeps_its_sizes_within_limits() {
+        // Found by the fuzz targets control_message and descriptor_metadata:
+        // sizes whose sum overflows made `total_bytes`, which the desktop
+        // calls at once, panic (debug) or wrap (release).
+        let header = ReturnHeader {
+            descriptor_bytes: 3,
+            descriptor_crc: 9,
+            memory_set_bytes: u64::MAX,
+            disk_set_bytes: 96,
+            dirty_pages: 0,
+            dirty_blocks: 0,
+        };
+        assert!(refusal(&Control::Returning(header)).contains("set_bytes"));
+        for descriptor_bytes in [0, MAX_DESCRIPTOR + 1] {
+            let error = refusal(&Control::Returning(ReturnHeader { descriptor_bytes, memory_set_bytes: 96, ..header }));
+            assert!(error.contains("descriptor_bytes"), "{error}");
+        }
     }
 
     /// The same layout as the real messages, with plain strings where they
