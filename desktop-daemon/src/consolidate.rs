@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use daemon_protocol::local::ConsolidateReport;
 use daemon_protocol::{ConsolidateRequest, Control, ControlHello, ReserveRequest, CONTROL_TIMEOUT};
 use migration_formats::ZeroMap;
-use qemu_driver::{dirty_rate, judge, IdleVerdict};
+use qemu_driver::{dirty_rate, judge, IdleVerdict, Resumed};
 use wire::protocol::Message;
 use wire::{Channel, SharedKey};
 
@@ -129,7 +129,7 @@ pub fn consolidate(
             log(format!("the server could not take {name}: {why}; resuming it here"));
             let checkpoint = vm.checkpoint();
             vm.stop_serving();
-            vm.resume_from(&checkpoint)?;
+            vm.resume_from(&checkpoint, Resumed::WhereItStopped)?;
             return Err(DesktopError::ResumedHere { vm: name, why });
         }
     };

@@ -19,6 +19,7 @@ use daemon_protocol::local::{
 };
 use daemon_protocol::{Control, ControlHello, HostedState, HostedStatus, CONTROL_TIMEOUT};
 use identifiers::VmName;
+use qemu_driver::Resumed;
 use wire::protocol::Message;
 use wire::{Channel, SharedKey};
 
@@ -325,7 +326,7 @@ impl DesktopDaemon {
         let Placement::Server { since } = *vm.placement() else { return };
         let checkpoint = vm.checkpoint();
         vm.stop_serving();
-        match vm.resume_from(&checkpoint).and_then(|()| vm.set_placement(Placement::Desktop)) {
+        match vm.resume_from(&checkpoint, Resumed::FromOlderState).and_then(|()| vm.set_placement(Placement::Desktop)) {
             Ok(()) => tracing::error!(
                 vm = %name,
                 lost_secs = now_secs().saturating_sub(since),
@@ -420,7 +421,7 @@ fn start(vm: &mut LocalVm) -> Result<Report, DesktopError> {
 /// Resumes a VM saved at a host shutdown from its checkpoint.
 fn resume_saved(vm: &mut LocalVm) -> Result<(), DesktopError> {
     let checkpoint = vm.checkpoint();
-    vm.resume_from(&checkpoint)?;
+    vm.resume_from(&checkpoint, Resumed::WhereItStopped)?;
     vm.set_placement(Placement::Desktop)?;
     tracing::info!(vm = %vm.name(), "resumed from the checkpoint it was saved to at shutdown");
     Ok(())

@@ -22,7 +22,7 @@ use identifiers::VmName;
 use image_server::{ServeConfig, StopHandle};
 use qemu_driver::{
     announce, nic_args, resume, save_device_state, Accel, Boot, DiskBackend, DiskFormat, DiskView, Display, GuestImage,
-    QemuProcess, Qmp, Tap, ViewAccess, VmLoadSample, VmLoadWindow, VmSpec,
+    QemuProcess, Qmp, Resumed, Tap, ViewAccess, VmLoadSample, VmLoadWindow, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use wire::{Service, SharedKey};
@@ -395,11 +395,12 @@ impl LocalVm {
     }
 
     /// Resumes it here from the descriptor `state` over its RAM file,
-    /// announces its MAC and sets the guest's clock.
+    /// announces its MAC and sets the guest's clock (and, for a guest
+    /// `resumed` from an older state, resets its TCP connections).
     ///
     /// # Errors
     /// [`DesktopError::Qemu`] saying what could not start.
-    pub fn resume_from(&mut self, state: &Path) -> Result<(), DesktopError> {
+    pub fn resume_from(&mut self, state: &Path, resumed: Resumed) -> Result<(), DesktopError> {
         self.serving = None;
         let name = self.name().clone();
         self.start(|spec| {
@@ -413,7 +414,7 @@ impl LocalVm {
             }
             Ok((qemu, qmp))
         })?;
-        qemu_driver::set_clock_in_background(name.to_string(), self.spec().agent_socket());
+        qemu_driver::settle_guest_in_background(name.to_string(), self.spec().agent_socket(), resumed);
         Ok(())
     }
 

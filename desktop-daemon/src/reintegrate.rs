@@ -34,7 +34,7 @@ use wire::Channel;
 use crate::consolidate::{ask, Context};
 use crate::error::{DesktopError, ReceiveError};
 use crate::local_vm::{close_disk, LocalVm, Placement};
-use qemu_driver::ViewAccess;
+use qemu_driver::{Resumed, ViewAccess};
 
 /// Pages and blocks are 4 KiB.
 const UNIT: u32 = 4096;
@@ -136,7 +136,7 @@ pub fn reintegrate(
     .map_err(|source| DesktopError::Receive { vm: name.clone(), source: Box::new(source) })?;
     close_disk(&name, disk)?;
     let transferred = started.elapsed();
-    vm.resume_from(&checkpoint.state)?;
+    vm.resume_from(&checkpoint.state, Resumed::WhereItStopped)?;
     vm.set_placement(Placement::Desktop)?;
     let running = started.elapsed();
     if let Err(e) = ask(&mut channel, &Control::Reintegrated(name.clone())) {

@@ -8,6 +8,12 @@
 //! never answers, which [`GuestAgent::connect`] reports as
 //! [`QemuError::NoGuestAgent`] after a short wait.
 //!
+//! A guest resumed from an *older* state (a failover to the desktop's
+//! checkpoint) also has TCP connections whose peers have moved on: both
+//! ends would retransmit with growing pauses for many minutes.
+//! [`GuestAgent::reset_tcp_connections`] has the guest reset them
+//! (`ss -K`, iproute2), so its peers see a reset at once and reconnect.
+//!
 //! The protocol is QMP-like JSON lines. The channel is a byte pipe that
 //! may hold a half-written reply from an earlier client, so each session
 //! starts with `guest-sync-delimited`: the agent answers it after a 0xFF
@@ -18,6 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::error::{QemuError, Result};
@@ -25,6 +32,20 @@ use crate::error::{QemuError, Result};
 /// How long the agent may take to answer the sync. Under TCG a busy guest
 /// answers within a second or two.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a program run in the guest may take.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How a guest came back to life, for [`settle_guest_in_background`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// Where it stopped (a move, a host shutdown's save): only its clock
+    /// is behind.
+    WhereItStopped,
+    /// From an older state (a failover to the desktop's checkpoint): its
+    /// clock is behind and its TCP connections are out of step with their
+    /// peers, so they are reset too.
+    FromOlderState,
+}
 
 /// A session with one VM's guest agent.
 #[derive(Debug)]
@@ -101,6 +122,51 @@ impl GuestAgent {
         value.as_u64().ok_or_else(|| self.no_agent("guest-get-time returned no number"))
     }
 
+    /// Resets every established TCP connection of the guest (`ss -K state
+    /// established`): each peer receives a reset and its application
+    /// reconnects. Returns how many connections there were.
+    ///
+    /// # Errors
+    /// [`QemuError::GuestProgram`] when `ss` fails or is missing in the
+    /// guest (iproute2; its kernel needs `CONFIG_INET_DIAG_DESTROY`, which
+    /// Debian's has), [`QemuError::Command`] when the agent refuses to run
+    /// programs.
+    pub fn reset_tcp_connections(&mut self) -> Result<usize> {
+        let listed = self.run("ss", &["-K", "-t", "-n", "-H", "state", "established"])?;
+        Ok(listed.lines().filter(|line| !line.trim().is_empty()).count())
+    }
+
+    /// Runs `program` with `args` in the guest and returns what it printed
+    /// on stdout, if it exits with status 0 within [`PROGRAM_TIMEOUT`].
+    fn run(&mut self, program: &str, args: &[&str]) -> Result<String> {
+        let call = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+        let failed = |outcome: String| QemuError::GuestProgram { program: call.clone(), outcome };
+        let started = self.execute("guest-exec", json!({ "path": program, "arg": args, "capture-output": true }))?;
+        let pid = started.get("pid").and_then(Value::as_i64).ok_or_else(|| self.no_agent("guest-exec gave no pid"))?;
+        let deadline = Instant::now() + PROGRAM_TIMEOUT;
+        loop {
+            let status = self.execute("guest-exec-status", json!({ "pid": pid }))?;
+            if status.get("exited").and_then(Value::as_bool) == Some(true) {
+                let text = |key| {
+                    let data = status.get(key).and_then(Value::as_str).unwrap_or_default();
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                };
+                return match status.get("exitcode").and_then(Value::as_i64) {
+                    Some(0) => Ok(text("out-data")),
+                    Some(code) => Err(failed(format!("exited with status {code}: {}", text("err-data").trim()))),
+                    None => {
+                        Err(failed(format!("was killed by signal {}", status.get("signal").unwrap_or(&Value::Null))))
+                    }
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(failed(format!("did not end within {} s", PROGRAM_TIMEOUT.as_secs())));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
         let deadline = Instant::now() + SYNC_TIMEOUT;
         let mut line = json!({ "execute": command, "arguments": arguments }).to_string();
@@ -143,12 +209,29 @@ impl GuestAgent {
 }
 
 /// Sets the clock of the guest behind the agent channel `socket` (VM
-/// `vm`) to the host's, on a thread of its own: a guest without the agent
+/// `vm`) to the host's and, for a guest resumed from an older state, resets
+/// its TCP connections; on a thread of its own: a guest without the agent
 /// takes a few seconds to say nothing, and a move must not wait for that.
 /// The outcome goes to the log.
-pub fn set_clock_in_background(vm: String, socket: PathBuf) {
-    std::thread::spawn(move || match GuestAgent::connect(&socket).and_then(|mut agent| agent.set_time()) {
-        Ok(()) => tracing::info!(vm = %vm, "guest clock set through its agent"),
-        Err(e) => tracing::warn!(vm = %vm, "guest clock not set: {e}"),
+pub fn settle_guest_in_background(vm: String, socket: PathBuf, resumed: Resumed) {
+    std::thread::spawn(move || {
+        let mut agent = match GuestAgent::connect(&socket) {
+            Ok(agent) => agent,
+            Err(e) => return tracing::warn!(vm = %vm, "guest clock not set: {e}"),
+        };
+        match agent.set_time() {
+            Ok(()) => tracing::info!(vm = %vm, "guest clock set through its agent"),
+            Err(e) => tracing::warn!(vm = %vm, "guest clock not set: {e}"),
+        }
+        if resumed == Resumed::FromOlderState {
+            match agent.reset_tcp_connections() {
+                Ok(n) => tracing::info!(vm = %vm, "reset the guest's {n} TCP connections (their peers had moved on)"),
+                Err(e) => tracing::warn!(
+                    vm = %vm,
+                    "the guest's TCP connections were not reset ({e}): they stay out of step with their peers \
+                     until those time out"
+                ),
+            }
+        }
     });
 }

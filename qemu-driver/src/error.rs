@@ -138,6 +138,16 @@ pub enum QemuError {
         detail: String,
     },
 
+    /// A program run in the guest through its agent failed.
+    #[error("{program} in the guest {outcome}")]
+    GuestProgram {
+        /// The program and its arguments.
+        program: String,
+        /// How it ended: its exit status and what it printed on stderr,
+        /// or that it did not end in time.
+        outcome: String,
+    },
+
     /// Making or wiring the VM's tap device failed.
     #[error("cannot set up tap {tap} for the VM's NIC: {detail} (is the bridge there, and are we root?)")]
     Network {

@@ -296,7 +296,11 @@ impl HostedVm {
             tracing::warn!(vm = %key, "cannot announce the VM's MAC: {}", wire::chain(&e));
         }
         let last = running.storage.stats();
-        qemu_driver::set_clock_in_background(key.to_string(), running.vm.qemu_agent_socket.clone());
+        qemu_driver::settle_guest_in_background(
+            key.to_string(),
+            running.vm.qemu_agent_socket.clone(),
+            qemu_driver::Resumed::WhereItStopped,
+        );
         Ok(HostedVm {
             console,
             key,

@@ -531,6 +531,20 @@ impl LineClient {
         }
     }
 
+    /// Waits up to `timeout` for the connection to break (the service's
+    /// side reset or closed it) and returns why it broke.
+    ///
+    /// # Panics
+    /// If it still works after `timeout`.
+    pub fn wait_until_broken(self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            assert!(Instant::now() < deadline, "the connection still works after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.finish().1.unwrap_or_else(|| "the client stopped".to_owned())
+    }
+
     /// Stops and returns every exchange and, if the connection broke, why.
     pub fn finish(mut self) -> (Vec<Exchange>, Option<String>) {
         self.stop.store(true, Ordering::SeqCst);

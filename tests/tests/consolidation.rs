@@ -140,6 +140,8 @@ fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
     let Some(mut office) = Office::started(dir.path(), &spec) else { return };
     let desktop_serial = office.desktop_serial();
     let socket = office.desktop_socket();
+    let client = office.connect_client(PACE);
+    client.wait_for(2, REPLY);
     office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
     let at_consolidation = last_count(&desktop_serial).unwrap();
     let server_serial = office.server_serial();
@@ -163,6 +165,17 @@ fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
     wait_for_count_above(&desktop_serial, resumed + 3, COUNT_TIMEOUT);
     let log = office.log("desktop");
     assert!(log.contains("resumed from its checkpoint") && log.contains("is lost here"), "{log}");
+    // The client's connection is out of step with the rolled-back guest:
+    // the guest resets it (through its agent) instead of both ends waiting
+    // for minutes, and a new connection is served at once. (Bounded below
+    // the client's own 120 s read timeout, so a hang is not a reset.)
+    let broken = client.wait_until_broken(Duration::from_secs(90));
+    assert!(broken.contains("reset") || broken.contains("closed"), "the connection ended another way: {broken}");
+    eprintln!("after the failover the client's connection ended: {broken}");
+    assert!(office.log("desktop").contains("TCP connections (their peers had moved on)"), "{}", office.logs());
+    let again = office.connect_client(PACE);
+    again.wait_for(2, REPLY);
+    drop(again.finish());
     // The server's dirty slices stay on its disk.
     assert!(office.server_vm_state().join("memory").exists(), "the server's slices are gone");
     // And the newer state cannot be brought back, with the reason.
