@@ -89,11 +89,12 @@ impl DesktopDaemon {
     }
 
     /// Starts the VMs (booting those here, serving the checkpoints of those
-    /// on the server) and serves until the process ends.
+    /// on the server) and serves until the process ends; calls `ready` once
+    /// it listens and its VMs are started.
     ///
     /// # Errors
     /// [`DesktopError::Listen`] or [`DesktopError::LocalSocket`].
-    pub fn run(self: Arc<Self>) -> Result<(), DesktopError> {
+    pub fn run(self: Arc<Self>, ready: impl FnOnce()) -> Result<(), DesktopError> {
         let control = TcpListener::bind(self.config.control_listen)
             .map_err(|source| DesktopError::Listen { addr: self.config.control_listen, source })?;
         let socket = local::bind(&self.config.control_socket()).map_err(DesktopError::LocalSocket)?;
@@ -123,6 +124,7 @@ impl DesktopDaemon {
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.heartbeat());
         tracing::info!(vms = self.vms.len(), server = %self.config.server, "desktop daemon ready");
+        ready();
         for stream in control.incoming() {
             match stream {
                 Ok(stream) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use desktop_daemon::{DesktopConfig, DesktopDaemon};
 use server_daemon::{ServerConfig, ServerDaemon};
 
-use crate::signals::block_stop_signals;
+use crate::signals::block_stop_signals_reloading;
 use crate::CmdResult;
 
 /// Arguments of `jettison desktop`.
@@ -28,9 +28,13 @@ pub struct ServerArgs {
 
 /// Runs the desktop daemon.
 pub fn run_desktop(args: DesktopArgs) -> CmdResult {
-    let wait_for_signal = block_stop_signals()?;
+    let path = args.config.clone();
+    let wait_for_signal = block_stop_signals_reloading(move || {
+        report_reload(&path, DesktopConfig::load(&path).map(drop).map_err(|e| wire::chain(&e)))
+    })?;
     let daemon = DesktopDaemon::new(DesktopConfig::load(&args.config)?)?;
-    run_until_signal(Arc::clone(&daemon), DesktopDaemon::run, wait_for_signal)?;
+    run_until_signal(Arc::clone(&daemon), |d| d.run(|| notify_service_manager("READY=1")), wait_for_signal)?;
+    notify_service_manager("STOPPING=1");
     daemon.shutdown();
     Ok(())
 }
@@ -41,17 +45,58 @@ const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Runs the server daemon.
 pub fn run_server(args: ServerArgs) -> CmdResult {
-    let wait_for_signal = block_stop_signals()?;
+    let path = args.config.clone();
+    let wait_for_signal = block_stop_signals_reloading(move || {
+        report_reload(&path, ServerConfig::load(&path).map(drop).map_err(|e| wire::chain(&e)))
+    })?;
     let daemon = ServerDaemon::new(ServerConfig::load(&args.config)?)?;
-    run_until_signal(Arc::clone(&daemon), ServerDaemon::run, wait_for_signal)?;
+    run_until_signal(Arc::clone(&daemon), |d| d.run(|| notify_service_manager("READY=1")), wait_for_signal)?;
+    notify_service_manager("STOPPING=1");
     daemon.shutdown(SERVER_DRAIN);
     Ok(())
+}
+
+/// A SIGHUP (`systemctl reload`): the configuration file is read and
+/// checked again, and the log says that a restart applies it. Nothing is
+/// changed in the running daemon: its settings shape VMs that are running,
+/// and a restart costs them nothing (QEMU outlives the desktop daemon; a
+/// server sends its VMs home first).
+fn report_reload(path: &std::path::Path, checked: Result<(), String>) {
+    match checked {
+        Ok(()) => tracing::info!(
+            config = %path.display(),
+            "SIGHUP: the configuration is valid; nothing is changed while running: restart the daemon to apply it \
+             (running VMs are kept)"
+        ),
+        Err(e) => tracing::error!(
+            config = %path.display(),
+            "SIGHUP: the configuration would not load ({e}); the daemon goes on with the one it started with"
+        ),
+    }
+}
+
+/// Tells the service manager (systemd, `Type=notify`) the daemon's state,
+/// as `READY=1` or `STOPPING=1`, on the datagram socket `$NOTIFY_SOCKET`
+/// names (a path, or `@name` in the abstract namespace). Without that
+/// variable, nobody asked, and nothing is sent.
+fn notify_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sent = UnixDatagram::unbound().and_then(|socket| match target.as_bytes().strip_prefix(b"@") {
+        Some(name) => socket.send_to_addr(state.as_bytes(), &SocketAddr::from_abstract_name(name)?),
+        None => socket.send_to(state.as_bytes(), std::path::Path::new(&target)),
+    });
+    if let Err(e) = sent {
+        tracing::warn!("cannot tell the service manager {state} through {}: {e}", target.to_string_lossy());
+    }
 }
 
 /// Runs `serve(daemon)` on a thread until a stop signal arrives or it fails.
 fn run_until_signal<D: Send + Sync + 'static, E: std::error::Error + Send + Sync + 'static>(
     daemon: Arc<D>,
-    serve: fn(Arc<D>) -> Result<(), E>,
+    serve: impl FnOnce(Arc<D>) -> Result<(), E> + Send + 'static,
     wait_for_signal: impl FnOnce() -> Option<nix::sys::signal::Signal> + Send + 'static,
 ) -> CmdResult {
     let (tx, rx) = std::sync::mpsc::channel();

@@ -106,11 +106,12 @@ impl ServerDaemon {
         }))
     }
 
-    /// Serves desktops and the local socket until the process ends.
+    /// Serves desktops and the local socket until the process ends;
+    /// calls `ready` once both listen.
     ///
     /// # Errors
     /// [`ServerError::Listen`] or [`ServerError::LocalSocket`].
-    pub fn run(self: Arc<Self>) -> Result<(), ServerError> {
+    pub fn run(self: Arc<Self>, ready: impl FnOnce()) -> Result<(), ServerError> {
         let listener = TcpListener::bind(self.config.listen)
             .map_err(|source| ServerError::Listen { addr: self.config.listen, source })?;
         let local = local::bind(&self.config.control_socket()).map_err(ServerError::LocalSocket)?;
@@ -129,6 +130,7 @@ impl ServerDaemon {
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.watch());
         tracing::info!(listen = %self.config.listen, capacity_mib = self.config.capacity_mib, "server daemon ready");
+        ready();
         for stream in listener.incoming() {
             match stream {
                 Ok(stream) => {

@@ -40,7 +40,7 @@ impl Server {
         let config_file = dir.path().join("server.toml");
         std::fs::write(&config_file, text).unwrap();
         let daemon = ServerDaemon::new(ServerConfig::load(&config_file).unwrap()).unwrap();
-        std::thread::spawn(move || daemon.run().expect("the server daemon serves"));
+        std::thread::spawn(move || daemon.run(|| ()).expect("the server daemon serves"));
         let server = Server { addr, key, _dir: dir };
         for _ in 0..100 {
             if std::net::TcpStream::connect(addr).is_ok() {

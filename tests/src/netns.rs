@@ -116,21 +116,63 @@ pub const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(150);
 #[derive(Debug)]
 pub struct Daemon {
     child: std::process::Child,
+    /// Where a daemon started by [`Daemon::spawn_notifying`] tells its
+    /// state, as systemd's `$NOTIFY_SOCKET`.
+    notify: Option<std::os::unix::net::UnixDatagram>,
 }
 
 impl Daemon {
     /// Starts `jettison ARGS` in namespace `ns`, its stderr in `log`.
     pub fn spawn(ns: &str, log: &std::path::Path, args: &[&std::ffi::OsStr]) -> Daemon {
+        Daemon { child: Daemon::command(ns, log, args).spawn().expect("ip netns exec runs"), notify: None }
+    }
+
+    /// Starts `jettison ARGS` as [`Daemon::spawn`] does, with a
+    /// `$NOTIFY_SOCKET` beside `log` as systemd gives a `Type=notify`
+    /// service, and returns once the daemon says `READY=1` there.
+    ///
+    /// # Panics
+    /// If it does not within a minute (or exits first).
+    pub fn spawn_notifying(ns: &str, log: &std::path::Path, args: &[&std::ffi::OsStr]) -> Daemon {
+        let path = log.with_extension("notify");
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("the notify socket can be bound");
+        socket.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("a timeout can be set");
+        let child = Daemon::command(ns, log, args).env("NOTIFY_SOCKET", &path).spawn().expect("ip netns exec runs");
+        let mut daemon = Daemon { child, notify: Some(socket) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !daemon.notified().iter().any(|state| state == "READY=1") {
+            let exited = daemon.child.try_wait().expect("the daemon can be waited for");
+            assert!(exited.is_none(), "the daemon exited ({exited:?}) before it was ready; see {}", log.display());
+            assert!(std::time::Instant::now() < deadline, "the daemon never said READY=1; see {}", log.display());
+        }
+        daemon
+    }
+
+    /// The states the daemon told its notify socket since the last call
+    /// (waiting up to 200 ms for the first).
+    pub fn notified(&mut self) -> Vec<String> {
+        let Some(socket) = &self.notify else { return Vec::new() };
+        let mut states = Vec::new();
+        let mut buffer = [0u8; 512];
+        while let Ok(n) = socket.recv(&mut buffer) {
+            states.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+            socket.set_nonblocking(true).expect("the notify socket can be made non-blocking");
+        }
+        let _ = socket.set_nonblocking(false);
+        states
+    }
+
+    fn command(ns: &str, log: &std::path::Path, args: &[&std::ffi::OsStr]) -> Command {
         let log = std::fs::File::create(log).expect("the daemon's log file can be created");
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", ns])
             .arg(crate::jettison_binary())
             .args(args)
             .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("ip netns exec runs");
-        Daemon { child }
+            .stderr(log);
+        command
     }
 
     /// The real `jettison memserv` serving `ram` as export vm1 on

@@ -214,34 +214,24 @@ impl Office {
         self.lan.host(i)
     }
 
-    /// Starts `jettison server` and waits for its socket.
+    /// Starts `jettison server` as systemd would (`Type=notify`) and
+    /// returns once it says it is ready; its local socket then answers.
     pub fn start_server(&mut self) {
         let config = self.dir.join("server.toml");
         let log = self.dir.join("server.log");
-        let daemon =
-            Daemon::spawn(self.lan.host(1), &log, &["server".as_ref(), "--config".as_ref(), config.as_os_str()]);
-        self.server_daemon = Some(daemon);
-        self.wait_for_socket(&self.server_socket(), &log);
+        let args = ["server".as_ref(), "--config".as_ref(), config.as_os_str()];
+        self.server_daemon = Some(Daemon::spawn_notifying(self.lan.host(1), &log, &args));
+        assert!(std::os::unix::net::UnixStream::connect(self.server_socket()).is_ok(), "ready, but its socket is not");
     }
 
-    /// Starts `jettison desktop` (which boots the VM) and waits for its socket.
+    /// Starts `jettison desktop` (which boots the VM) as systemd would and
+    /// returns once it says it is ready; its local socket then answers.
     pub fn start_desktop(&mut self) {
         let config = self.dir.join("desktop.toml");
         let log = self.dir.join("desktop.log");
-        let daemon =
-            Daemon::spawn(self.lan.host(0), &log, &["desktop".as_ref(), "--config".as_ref(), config.as_os_str()]);
-        self.desktop_daemon = Some(daemon);
-        self.wait_for_socket(&self.desktop_socket(), &log);
-    }
-
-    /// Waits until a daemon answers on its local socket (a crashed
-    /// daemon's socket file may still be there, unanswered).
-    fn wait_for_socket(&self, path: &Path, log: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(path).is_err() {
-            assert!(Instant::now() < deadline, "nothing answers on {}; see {}", path.display(), log.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let args = ["desktop".as_ref(), "--config".as_ref(), config.as_os_str()];
+        self.desktop_daemon = Some(Daemon::spawn_notifying(self.lan.host(0), &log, &args));
+        assert!(std::os::unix::net::UnixStream::connect(self.desktop_socket()).is_ok(), "ready, but its socket is not");
     }
 
     /// Stops `jettison desktop` with SIGTERM, as `systemctl stop` does; its
@@ -249,6 +239,14 @@ impl Office {
     pub fn stop_desktop(&mut self) {
         let mut daemon = self.desktop_daemon.take().expect("the desktop daemon runs");
         assert!(daemon.terminate(), "the desktop daemon exits cleanly on SIGTERM\n{}", self.logs());
+        assert!(daemon.notified().contains(&"STOPPING=1".to_owned()), "it told systemd it was stopping");
+    }
+
+    /// Sends the desktop daemon SIGHUP, as `systemctl reload` does.
+    pub fn reload_desktop(&self) {
+        let daemon = self.desktop_daemon.as_ref().expect("the desktop daemon runs");
+        // SAFETY: kill has no memory preconditions; the pid is our child.
+        unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
     }
 
     /// Stops `jettison server` with SIGTERM (it sends its VMs home first).

@@ -31,6 +31,18 @@ fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     let qemu = office.desktop_qemu_pid().expect("QEMU runs the VM");
     assert!(tests::runs_under_seccomp_filter(qemu), "the desktop's QEMU runs without its sandbox");
 
+    // A reload (SIGHUP, `systemctl reload`) checks the file again and ends
+    // nothing; a broken file is named and the running daemon goes on.
+    office.reload_desktop();
+    wait_for_log(&office, "desktop", "SIGHUP: the configuration is valid");
+    let config = dir.path().join("desktop.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("memory_mib = ", "memory_mib = -")).unwrap();
+    office.reload_desktop();
+    wait_for_log(&office, "desktop", "SIGHUP: the configuration would not load");
+    std::fs::write(&config, good).unwrap();
+    assert!(office.list_line().contains("running"), "the daemon still serves: {}", office.list_line());
+
     // A desktop daemon restart: the same QEMU, the counter going on.
     office.stop_desktop();
     let during = wait_for_count_above(&serial, booted, COUNT_TIMEOUT);
@@ -161,4 +173,13 @@ fn a_server_daemon_stops_while_its_guest_waits_for_a_desktop_that_is_gone() {
     office.wait_until_home(Duration::from_secs(120), "the desktop resumed the VM the stopped server had");
     let home = wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
     eprintln!("server stopped with its desktop gone; the VM counted {there} there, resumed at home at {home}");
+}
+
+/// Waits until `which` daemon's log holds `text`.
+fn wait_for_log(office: &Office, which: &str, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !office.log(which).contains(text) {
+        assert!(std::time::Instant::now() < deadline, "no {text:?} in the {which} log\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
