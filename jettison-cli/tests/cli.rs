@@ -15,15 +15,19 @@ fn text(out: &Output) -> String {
 #[test]
 fn pair_writes_a_private_key_and_refuses_to_overwrite_it() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("jettison.key");
+    // A fresh host has no /etc/jettison: the directory is made.
+    let key = dir.path().join("etc/jettison/jettison.key");
     let out = jettison(&["pair", "--out", key.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(key.parent().unwrap()).unwrap().mode() & 0o777, 0o755);
     assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
     let again = jettison(&["pair", "--out", key.to_str().unwrap()]);
     assert!(!again.status.success());
-    assert!(text(&again).contains("jettison.key"), "{}", text(&again));
+    let said = text(&again);
+    assert!(said.contains("jettison.key already exists") && said.contains("remove it first"), "{said}");
+    assert!(!said.contains("jettison pair --out"), "it does not advise running pair again: {said}");
 }
 
 #[test]

@@ -152,6 +152,21 @@ pub enum WireError {
         #[source]
         source: std::io::Error,
     },
+    /// A new key would replace an existing one.
+    #[error("key file {} already exists: keep it (the other host needs this same file), or remove it first to make a new one (then copy the new one to every host)", path.display())]
+    KeyExists {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A new key file cannot be written.
+    #[error("cannot write key file {}: is the directory writable (run as root for /etc/jettison)?", path.display())]
+    KeyWrite {
+        /// The key file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The key file may be read by others.
     #[error("key file {} has mode {mode:o}: others may read it; run `chmod 600 {}`", path.display(), path.display())]
     KeyExposed {

@@ -6,7 +6,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use rand::RngCore;
@@ -54,13 +54,24 @@ impl SharedKey {
         Ok(SharedKey(bytes))
     }
 
-    /// Writes the key to a new file readable by its owner only.
+    /// Writes the key to a new file readable by its owner only, making its
+    /// directory first if needed (mode 0755, as `/etc/jettison` is).
     ///
     /// # Errors
-    /// [`WireError::KeyFile`] if the file exists or cannot be written.
+    /// [`WireError::KeyExists`] if the file exists, [`WireError::KeyWrite`]
+    /// if it cannot be written.
     pub fn save(&self, path: &Path) -> Result<(), WireError> {
-        let fail = |source| WireError::KeyFile { path: path.to_owned(), source };
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(fail)?;
+        let fail = |source| WireError::KeyWrite { path: path.to_owned(), source };
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(fail)?;
+        }
+        let created = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        let mut f = match created {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(WireError::KeyExists { path: path.to_owned() })
+            }
+            other => other.map_err(fail)?,
+        };
         writeln!(f, "{}", self.to_hex()).map_err(fail)?;
         f.sync_all().map_err(fail)
     }
