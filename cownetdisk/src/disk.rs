@@ -163,6 +163,12 @@ impl Disk {
         self.overlay.flush().map_err(|source| self.io_error("flush", 0, source))
     }
 
+    /// The disk's slices, e.g. to export the dirty set of a checkpoint
+    /// while nothing writes.
+    pub fn slices(&self) -> &SliceStore {
+        self.overlay.store()
+    }
+
     /// The disk's counters now.
     pub fn stats(&self) -> DiskStats {
         let c = &self.counters;

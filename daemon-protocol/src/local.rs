@@ -57,6 +57,10 @@ pub enum LocalRequest {
     Reintegrate {
         /// The VM.
         vm: VmName,
+        /// Bring it back from the server's last checkpoint of it (the
+        /// server lost the VM itself: its QEMU died, or it restarted).
+        #[serde(default)]
+        recover: bool,
     },
     /// Boot a VM that is off (or take over its QEMU if one runs).
     Start {

@@ -314,6 +314,10 @@ pub enum Control {
         /// Why (memory pressure, fetch rate).
         reason: String,
     },
+    /// Desktop: the server lost the VM (its QEMU died, or the server
+    /// restarted); send its last checkpoint home, as `Returning` and the
+    /// stream after it.
+    Recover(VmName),
 }
 
 impl Control {
@@ -336,6 +340,7 @@ impl Control {
             Control::Status => "Status",
             Control::StatusReply(_) => "StatusReply",
             Control::PleaseReintegrate { .. } => "PleaseReintegrate",
+            Control::Recover(_) => "Recover",
         }
     }
 }
@@ -554,7 +559,8 @@ mod tests {
             Control::Done,
             Control::Status,
             Control::StatusReply(vec![status]),
-            Control::PleaseReintegrate { vm, reason: "server full".into() },
+            Control::PleaseReintegrate { vm: vm.clone(), reason: "server full".into() },
+            Control::Recover(vm),
         ] {
             round_trip(msg);
         }

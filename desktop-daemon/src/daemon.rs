@@ -27,7 +27,7 @@ use crate::config::DesktopConfig;
 use crate::consolidate::{ask, consolidate, Context};
 use crate::error::DesktopError;
 use crate::local_vm::{now_secs, LocalVm, Placement};
-use crate::reintegrate::{finish_pending, reintegrate, Checkpoint};
+use crate::reintegrate::{finish_pending, reintegrate, Checkpoint, ReturnFrom};
 
 /// How often the VMs' CPU and I/O are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -145,8 +145,10 @@ impl DesktopDaemon {
                 consolidate(self.context(), &mut lock(vm), force, &mut |line| send(LocalReply::Log { line }))
                     .map(Report::Consolidated)
             }),
-            LocalRequest::Reintegrate { vm } => {
-                self.vm(&vm).and_then(|vm| reintegrate(self.context(), &mut lock(vm), send).map(Report::Reintegrated))
+            LocalRequest::Reintegrate { vm, recover } => {
+                let from = if recover { ReturnFrom::ServerCheckpoint } else { ReturnFrom::Server };
+                self.vm(&vm)
+                    .and_then(|vm| reintegrate(self.context(), &mut lock(vm), from, send).map(Report::Reintegrated))
             }
             LocalRequest::Start { vm } => self.vm(&vm).and_then(|vm| start(&mut lock(vm))),
             LocalRequest::Shutdown { vm, timeout_secs } => self.vm(&vm).and_then(|vm| {
@@ -242,7 +244,7 @@ impl DesktopDaemon {
         if !matches!(vm.placement(), Placement::Server { .. }) {
             return;
         }
-        match reintegrate(self.context(), &mut vm, &mut |_| {}) {
+        match reintegrate(self.context(), &mut vm, ReturnFrom::Server, &mut |_| {}) {
             Ok(report) => tracing::info!(vm = %name, bytes = report.bytes, "back on the desktop ({why})"),
             Err(e) => tracing::error!(vm = %name, "could not bring it home ({why}): {}", wire::chain(&e)),
         }
@@ -290,7 +292,8 @@ impl DesktopDaemon {
                         continue;
                     }
                     for name in &away {
-                        self.fail_over(name, &format!("the server has not answered for {} s ({e})", limit.as_secs()));
+                        let why = format!("the server has not answered for {} s ({e})", limit.as_secs());
+                        self.fail_over(name, &why, false);
                     }
                     unreachable_since = None;
                     continue;
@@ -298,8 +301,8 @@ impl DesktopDaemon {
             };
             for name in &away {
                 match self.hosted_here(&hosted, name).map(|h| &h.state) {
-                    None => self.fail_over(name, "the server does not have it (it restarted or lost it)"),
-                    Some(state @ HostedState::Lost(_)) => self.fail_over(name, &state.to_string()),
+                    None => self.fail_over(name, "the server does not have it (it restarted or lost it)", true),
+                    Some(state @ HostedState::Lost(_)) => self.fail_over(name, &state.to_string(), true),
                     Some(HostedState::Stopped) => self.bring_home(name, "a reintegration broke off"),
                     Some(HostedState::Running | HostedState::Moving) => {}
                 }
@@ -321,11 +324,32 @@ impl DesktopDaemon {
         }
     }
 
-    /// Resumes `name` here from its checkpoint, the server having lost it.
-    fn fail_over(&self, name: &VmName, why: &str) {
+    /// Brings `name` back after the server lost it: from the server's last
+    /// checkpoint of it when the server `answers` and has one (only the
+    /// work after that checkpoint is lost), else from the desktop's own
+    /// checkpoint of consolidation.
+    fn fail_over(&self, name: &VmName, why: &str, answers: bool) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
         let Placement::Server { since } = *vm.placement() else { return };
+        if answers {
+            match reintegrate(self.context(), &mut vm, ReturnFrom::ServerCheckpoint, &mut |_| ()) {
+                Ok(back) => {
+                    return tracing::warn!(
+                        vm = %name,
+                        dirty_pages = back.dirty_pages,
+                        dirty_blocks = back.dirty_blocks,
+                        "{why}: recovered from the server's last checkpoint of it; only what it did on the server \
+                         after that checkpoint is lost"
+                    )
+                }
+                Err(e) => tracing::warn!(
+                    vm = %name,
+                    "{why}, and it cannot come from the server's checkpoint ({}): resuming it from the desktop's",
+                    wire::chain(&e)
+                ),
+            }
+        }
         let checkpoint = vm.checkpoint();
         vm.stop_serving();
         match vm.resume_from(&checkpoint, Resumed::FromOlderState).and_then(|()| vm.set_placement(Placement::Desktop)) {

@@ -61,6 +61,16 @@ pub enum DesktopError {
         /// The VM.
         vm: VmName,
     },
+    /// A recovery was asked for a VM that runs here again: what the
+    /// server kept is another branch of its history.
+    #[error(
+        "{vm} runs on this desktop again (it failed over to its own checkpoint): the server's checkpoint is another \
+         branch of its history, and bringing it back would throw away what ran here since; the two are never merged"
+    )]
+    RecoverAfterFailover {
+        /// The VM.
+        vm: VmName,
+    },
     /// The VM is not running here.
     #[error("{vm} is not running on this desktop (`jettison start {vm}` boots it)")]
     NotRunning {

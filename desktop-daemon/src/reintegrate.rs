@@ -94,6 +94,16 @@ impl Checkpoint {
     }
 }
 
+/// What a reintegration brings home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnFrom {
+    /// The VM running on the server, stopped there for the way back.
+    Server,
+    /// The server's last checkpoint of a VM it lost (its QEMU died, or it
+    /// restarted): what the VM did after that checkpoint is lost.
+    ServerCheckpoint,
+}
+
 /// Brings `vm` home from the server: asks for it, receives and applies the
 /// stream (reporting progress), resumes it here and tells the server it
 /// may forget it. Returns the report.
@@ -103,23 +113,34 @@ impl Checkpoint {
 pub fn reintegrate(
     ctx: Context<'_>,
     vm: &mut LocalVm,
+    from: ReturnFrom,
     report: &mut dyn FnMut(LocalReply),
 ) -> Result<ReintegrateReport, DesktopError> {
     let name = vm.name().clone();
     if !matches!(vm.placement(), Placement::Server { .. }) {
-        return Err(DesktopError::AlreadyHome { vm: name });
+        return Err(match from {
+            ReturnFrom::Server => DesktopError::AlreadyHome { vm: name },
+            ReturnFrom::ServerCheckpoint => DesktopError::RecoverAfterFailover { vm: name },
+        });
     }
+    let (request, resumed, state) = match from {
+        ReturnFrom::Server => (Control::Reintegrate(name.clone()), Resumed::WhereItStopped, "stopped on the server"),
+        // Its connections' peers moved on after the checkpoint.
+        ReturnFrom::ServerCheckpoint => {
+            (Control::Recover(name.clone()), Resumed::FromOlderState, "coming from the server's last checkpoint")
+        }
+    };
     let started = Instant::now();
     let mut channel = ctx.connect()?;
-    let header = match ask(&mut channel, &Control::Reintegrate(name.clone()))? {
+    let header = match ask(&mut channel, &request)? {
         Control::Returning(header) => header,
         Control::Failed(why) => return Err(DesktopError::Refused(why)),
-        other => return Err(DesktopError::UnexpectedAnswer { request: "Reintegrate", got: other.kind() }),
+        other => return Err(DesktopError::UnexpectedAnswer { request: request.kind(), got: other.kind() }),
     };
     let stopped = started.elapsed();
     report(LocalReply::Log {
         line: format!(
-            "{name} stopped on the server; receiving {} dirty pages and {} dirty blocks ({} bytes)",
+            "{name} {state}; receiving {} dirty pages and {} dirty blocks ({} bytes)",
             header.dirty_pages,
             header.dirty_blocks,
             header.total_bytes()
@@ -136,7 +157,7 @@ pub fn reintegrate(
     .map_err(|source| DesktopError::Receive { vm: name.clone(), source: Box::new(source) })?;
     close_disk(&name, disk)?;
     let transferred = started.elapsed();
-    vm.resume_from(&checkpoint.state, Resumed::WhereItStopped)?;
+    vm.resume_from(&checkpoint.state, resumed)?;
     vm.set_placement(Placement::Desktop)?;
     let running = started.elapsed();
     if let Err(e) = ask(&mut channel, &Control::Reintegrated(name.clone())) {

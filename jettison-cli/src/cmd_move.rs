@@ -30,7 +30,8 @@ pub struct ConsolidateArgs {
 pub struct ReintegrateArgs {
     /// The VM.
     vm: VmName,
-    /// Bring back the newer state a crashed server kept (not possible; see the README).
+    /// Bring it back from the server's last checkpoint of it, when the server lost the VM (its QEMU died,
+    /// or the server restarted); what the VM did after that checkpoint is lost.
     #[arg(long)]
     recover: bool,
     /// The desktop daemon's socket.
@@ -65,23 +66,13 @@ pub fn consolidate(args: ConsolidateArgs) -> CmdResult {
 
 /// Reintegrates a VM, with a progress bar for the transfer.
 pub fn reintegrate(args: ReintegrateArgs) -> CmdResult {
-    if args.recover {
-        return Err(format!(
-            "--recover cannot bring {}'s newer state back: the server saves a VM's device state only when it stops \
-             it, so a server that crashed left dirty pages without the CPU and device state they belong to, and \
-             resuming them would corrupt the guest (see README, \"When the server fails\"). {} runs from its \
-             checkpoint on the desktop; the server's slices are kept for inspection",
-            args.vm, args.vm
-        )
-        .into());
-    }
     let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
             .expect("the template is valid")
             .progress_chars("=> "),
     );
-    let request = LocalRequest::Reintegrate { vm: args.vm.clone() };
+    let request = LocalRequest::Reintegrate { vm: args.vm.clone(), recover: args.recover };
     let result = call(&args.socket, &request, |reply| match reply {
         LocalReply::Log { line } => bar.println(line),
         LocalReply::Progress { what, done, total } => {

@@ -159,6 +159,12 @@ impl VmMemory {
         self.overlay.flush().map_err(|source| self.io_error(0, source))
     }
 
+    /// The VM's slices, e.g. to export the dirty set of a checkpoint while
+    /// the VM is stopped.
+    pub fn slices(&self) -> &SliceStore {
+        self.overlay.store()
+    }
+
     /// The VM's counters now.
     pub fn stats(&self) -> RamStats {
         let c = &self.counters;

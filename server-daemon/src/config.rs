@@ -12,6 +12,7 @@
 //! console_port_base = 5900          # consolidated VMs' SPICE consoles, with a ticket each
 //! capacity_mib = 8192               # memory for consolidated VMs' working sets
 //! max_fetch_mib_per_sec = 4.0       # a VM fetching faster is not idle: send it home
+//! checkpoint_every_secs = 600       # a crash of the server loses at most this much of a VM's work
 //! wake_broadcast = "10.0.0.255"
 //! ```
 
@@ -73,6 +74,12 @@ pub struct ServerConfig {
     /// The window for that rate.
     #[serde(default = "default_fetch_window")]
     pub fetch_window_secs: u64,
+    /// Take a checkpoint of each consolidated VM this often (a short stop:
+    /// its device state saved and its dirty pages and blocks copied at the
+    /// same instant), so that a crash of the server loses at most this
+    /// much of the VM's work; 0: never.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every_secs: u64,
     /// Broadcast address for Wake-on-LAN magic packets.
     #[serde(default = "default_broadcast")]
     pub wake_broadcast: IpAddr,
@@ -91,6 +98,10 @@ fn default_console_ports() -> u16 {
 
 fn default_fetch_window() -> u64 {
     10
+}
+
+fn default_checkpoint_every() -> u64 {
+    600
 }
 
 fn default_broadcast() -> IpAddr {

@@ -23,7 +23,7 @@ use wire::{Channel, NoWake, SharedKey, WakeHook, WireError};
 use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
-use crate::hosted::{Arrival, HostedVm};
+use crate::hosted::{state_dir, Arrival, HostedVm};
 use crate::key::VmKey;
 use crate::machine;
 use crate::watch::FetchRates;
@@ -201,6 +201,12 @@ impl ServerDaemon {
                 }
                 Control::Reintegrate(vm) => {
                     match desktop_key(&hello, "Reintegrate", vm).and_then(|key| self.send_home(&key, &mut channel)) {
+                        Ok(()) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+                Control::Recover(vm) => {
+                    match desktop_key(&hello, "Recover", vm).and_then(|key| self.send_checkpoint(&key, &mut channel)) {
                         Ok(()) => continue,
                         Err(e) => Err(e),
                     }
@@ -404,9 +410,45 @@ impl ServerDaemon {
         Ok(())
     }
 
-    /// Drops `key`'s VM once it runs at home, keeping its working set in the history.
+    /// Sends the last checkpoint of `key`'s VM home, for a VM this server
+    /// lost: its QEMU died, or the server restarted since it came.
+    fn send_checkpoint(&self, key: &VmKey, channel: &mut Channel) -> Result<(), ServerError> {
+        let hosted = lock(&self.vms).get(key).cloned();
+        let _held = match &hosted {
+            Some(vm) => {
+                let vm = lock(vm);
+                if vm.is_running() {
+                    return Err(ServerError::RunsHere { key: key.clone() });
+                }
+                Some(vm)
+            }
+            None => None,
+        };
+        let (header, manifest) = crate::hosted::send_checkpoint(key, &state_dir(&self.config, key), channel)?;
+        tracing::info!(
+            vm = %key,
+            taken_at = manifest.taken_at,
+            dirty_pages = header.dirty_pages,
+            dirty_blocks = header.dirty_blocks,
+            "sent home from its last checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Drops `key`'s VM once it runs at home, keeping its working set in
+    /// the history. A VM recovered from a checkpoint after a restart of
+    /// this daemon is not hosted: its files are deleted all the same.
     fn forget(&self, key: &VmKey) {
-        let Some(hosted) = lock(&self.vms).remove(key) else { return };
+        let Some(hosted) = lock(&self.vms).remove(key) else {
+            let state = state_dir(&self.config, key);
+            if state.exists() {
+                match std::fs::remove_dir_all(&state) {
+                    Ok(()) => tracing::info!(vm = %key, "back on its desktop from a checkpoint; slices deleted"),
+                    Err(e) => tracing::warn!(vm = %key, "cannot remove {}: {e}", state.display()),
+                }
+            }
+            return;
+        };
         lock(&self.asked).remove(key);
         let hosted = match Arc::try_unwrap(hosted) {
             Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
@@ -464,6 +506,18 @@ impl ServerDaemon {
                 present.push(vm.key().clone());
                 if !vm.is_running() {
                     continue;
+                }
+                if vm.checkpoint_due(Duration::from_secs(self.config.checkpoint_every_secs)) {
+                    match vm.checkpoint() {
+                        Ok(taken) => tracing::info!(
+                            vm = %vm.key(),
+                            pause_ms = taken.pause_ms,
+                            dirty_pages = taken.dirty_pages,
+                            dirty_blocks = taken.dirty_blocks,
+                            "checkpoint taken"
+                        ),
+                        Err(e) => tracing::error!("{}", wire::chain(&e)),
+                    }
                 }
                 if vm.guest_powered_off() {
                     // Its disk writes and its "off" belong at home.

@@ -242,6 +242,32 @@ pub enum ServerError {
         #[source]
         source: Box<ExportError>,
     },
+    /// A checkpoint of a running VM could not be taken; the VM runs on
+    /// and the previous checkpoint stands.
+    #[error("{key}: checkpoint not taken: cannot {step}")]
+    Checkpoint {
+        /// The VM.
+        key: VmKey,
+        /// The step that failed.
+        step: &'static str,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A recovery was asked for a VM the server has no checkpoint of.
+    #[error("{key}: this server has no checkpoint of it in {} (checkpoint_every_secs is 0, or it was lost before the first one): its desktop resumes it from its own checkpoint", dir.display())]
+    NoCheckpoint {
+        /// The VM.
+        key: VmKey,
+        /// Where the checkpoint would be.
+        dir: PathBuf,
+    },
+    /// A recovery was asked for a VM that runs here.
+    #[error("{key} runs on this server: reintegrate it (without --recover)")]
+    RunsHere {
+        /// The VM.
+        key: VmKey,
+    },
     /// The connection home broke.
     #[error("{key}: sending it home broke off")]
     SendHome {

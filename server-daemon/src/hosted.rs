@@ -8,6 +8,8 @@
 //! <state_dir>/vms/<desktop>/<vm>/disk/<vm>/     cownetdisk's slices of the disk
 //! <state_dir>/vms/<desktop>/<vm>/descriptor.in  the device state the desktop sent
 //! <state_dir>/vms/<desktop>/<vm>/descriptor.out the device state saved for the way back
+//! <state_dir>/vms/<desktop>/<vm>/checkpoint/    the last checkpoint: descriptor, memory.set,
+//!                                               disk.set (dirty sets at that instant), manifest
 //! <run_dir>/vms/<desktop>/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
 //! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's disk
 //! <run_dir>/vms/<desktop>/<vm>/qemu/            QEMU's QMP socket and logs
@@ -102,6 +104,25 @@ impl Storage {
         (memory.unwrap_or_default(), self.disk.stats())
     }
 
+    /// Writes the memory and disk dirty sets as they are now into `dir`
+    /// (`memory.set`, `disk.set`), durably; the VM must be stopped.
+    /// Returns the dirty pages and blocks.
+    fn copy_dirty_sets(&self, dir: &Path) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
+        let memory = self.mount.as_ref().and_then(|m| m.vms().first()).ok_or("memtap serves no RAM")?;
+        memory.flush()?;
+        self.disk.flush()?;
+        let mut counts = Vec::new();
+        for (store, file) in [(memory.slices(), "memory.set"), (self.disk.slices(), "disk.set")] {
+            let path = dir.join(file);
+            let out = fs::File::create(&path)?;
+            export_dirty_set(store, &out)?;
+            out.sync_all()?;
+            counts.push(store.dirty_count());
+        }
+        durable_file::sync_dir(dir)?;
+        Ok((counts[0], counts[1]))
+    }
+
     /// Stops the NBD server and memtap, flushing both; a fetch still
     /// waiting for the desktop is given up (QEMU, its only reader, is gone).
     fn shut(&mut self) -> Result<(), ServerError> {
@@ -147,9 +168,31 @@ pub struct HostedVm {
     disk_bytes: u64,
     expected: u64,
     started: Instant,
+    /// When its last checkpoint was taken.
+    checkpointed: Option<Instant>,
     phase: Phase,
     last: (memtap::RamStats, cownetdisk::DiskStats),
     console: Option<ConsoleAccess>,
+}
+
+/// A checkpoint's directory under the VM's state directory, and the one it
+/// is written in before it replaces that one.
+const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_NEW: &str = "checkpoint.new";
+/// The file that makes a checkpoint directory complete: written last.
+const MANIFEST: &str = "manifest.json";
+
+/// What a checkpoint holds, besides its three files.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointManifest {
+    /// When it was taken, in seconds since the epoch.
+    pub taken_at: u64,
+    /// Pages the VM had dirtied on the server by then.
+    pub dirty_pages: u64,
+    /// Disk blocks it had dirtied by then.
+    pub dirty_blocks: u64,
+    /// How long the VM was stopped for it, in milliseconds.
+    pub pause_ms: u64,
 }
 
 /// What a VM arrives with: the desktop's request, the machine it reserved,
@@ -312,6 +355,7 @@ impl HostedVm {
             disk_bytes,
             expected,
             started: Instant::now(),
+            checkpointed: None,
             phase: Phase::Running(Box::new(running)),
             last,
         })
@@ -355,6 +399,67 @@ impl HostedVm {
     /// How long it has been on the server.
     pub fn age(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// Whether a checkpoint is due: the VM runs and its last checkpoint (or
+    /// its arrival) is `every` old.
+    pub fn checkpoint_due(&self, every: std::time::Duration) -> bool {
+        self.is_running() && !every.is_zero() && self.checkpointed.unwrap_or(self.started).elapsed() >= every
+    }
+
+    /// Takes a checkpoint: stops the VM, saves its device state, syncs its
+    /// RAM file (the guest's last writes reach memtap's dirty slice),
+    /// copies the memory and disk dirty sets as they are at that instant,
+    /// continues the VM, and only then, with everything durable, puts the
+    /// new checkpoint in place of the last one. The VM runs on whatever
+    /// happens; a failed checkpoint leaves the last one standing.
+    ///
+    /// # Errors
+    /// [`ServerError::Checkpoint`] naming the step; [`ServerError::NotHosted`]
+    /// if QEMU does not run it.
+    pub fn checkpoint(&mut self) -> Result<CheckpointManifest, ServerError> {
+        let key = self.key.clone();
+        let Phase::Running(running) = &mut self.phase else { return Err(ServerError::NotHosted { key }) };
+        let failed = |step: &'static str| {
+            let key = key.clone();
+            move |source: Box<dyn std::error::Error + Send + Sync>| ServerError::Checkpoint { key, step, source }
+        };
+        let new = self.state.join(CHECKPOINT_NEW);
+        let _ = fs::remove_dir_all(&new);
+        fs::create_dir_all(&new).map_err(|e| failed("make its directory")(e.into()))?;
+        let ram = self.run.join("ram").join(format!("{}.ram", key.vm));
+        let paused = Instant::now();
+        let saved = save_device_state(&mut running.vm.qmp, &new.join("descriptor"))
+            .map_err(|e| failed("save its device state")(e.into()))
+            .and_then(|_| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&ram)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| failed("sync its RAM file")(e.into()))
+            })
+            .and_then(|()| running.storage.copy_dirty_sets(&new).map_err(failed("copy its dirty sets")));
+        // The VM goes on whatever happened above.
+        let resumed = running.vm.qmp.execute("cont", None).map_err(|e| failed("continue the VM")(e.into()));
+        let pause = paused.elapsed();
+        let (dirty_pages, dirty_blocks) = saved?;
+        resumed?;
+        let manifest = CheckpointManifest {
+            taken_at: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            dirty_pages,
+            dirty_blocks,
+            pause_ms: pause.as_millis() as u64,
+        };
+        let json = serde_json::to_vec(&manifest).map_err(|e| failed("write its manifest")(e.into()))?;
+        durable_file::replace_file(&new.join(MANIFEST), &[&json])
+            .map_err(|e| failed("write its manifest")(e.into()))?;
+        let current = self.state.join(CHECKPOINT);
+        let _ = fs::remove_dir_all(&current);
+        fs::rename(&new, &current)
+            .and_then(|()| durable_file::sync_dir(&self.state))
+            .map_err(|e| failed("put it in place")(e.into()))?;
+        self.checkpointed = Some(Instant::now());
+        Ok(manifest)
     }
 
     /// Whether QEMU still runs the guest.
@@ -518,23 +623,21 @@ impl HostedVm {
             dirty_pages: memory.dirty_count(),
             dirty_blocks: disk.dirty_count(),
         };
-        let broke = |source| ServerError::SendHome { key: key.clone(), source };
-        channel
-            .send(&daemon_protocol::Control::Returning(header).encode_body())
-            .map_err(|e| broke(std::io::Error::other(e)))?;
-        let mut writer = ChunkWriter::new(channel);
-        writer.write_all(&descriptor).map_err(broke)?;
-        export_dirty_set(&memory, &mut writer).map_err(|source| ServerError::Export {
-            key: key.clone(),
-            what: "memory",
-            source: Box::new(source),
-        })?;
-        export_dirty_set(&disk, &mut writer).map_err(|source| ServerError::Export {
-            key: key.clone(),
-            what: "disk",
-            source: Box::new(source),
-        })?;
-        writer.finish().map_err(broke)?;
+        let export = |store: &SliceStore, what, writer: &mut ChunkWriter<'_>| {
+            export_dirty_set(store, writer).map(drop).map_err(|source| ServerError::Export {
+                key: key.clone(),
+                what,
+                source: Box::new(source),
+            })
+        };
+        stream_home(
+            key,
+            channel,
+            header,
+            &descriptor,
+            |writer| export(&memory, "memory", writer),
+            |writer| export(&disk, "disk", writer),
+        )?;
         Ok(header)
     }
 
@@ -548,8 +651,79 @@ impl HostedVm {
     }
 }
 
+/// Sends `key`'s last checkpoint (under its state directory `state`) home
+/// on `channel`, as [`HostedVm::send_home`] sends a stopped VM: a
+/// `Returning` header, then the checkpoint's descriptor, memory dirty set
+/// and disk dirty set. For a VM the server lost (its QEMU died, or the
+/// whole server did and was restarted). Returns the header and the
+/// checkpoint's manifest.
+///
+/// # Errors
+/// [`ServerError::NoCheckpoint`] when there is no complete checkpoint;
+/// what could not be read or sent.
+pub fn send_checkpoint(
+    key: &VmKey,
+    state: &Path,
+    channel: &mut Channel,
+) -> Result<(ReturnHeader, CheckpointManifest), ServerError> {
+    let dir = state.join(CHECKPOINT);
+    let no_checkpoint = || ServerError::NoCheckpoint { key: key.clone(), dir: dir.clone() };
+    let manifest: CheckpointManifest = fs::read(dir.join(MANIFEST))
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(no_checkpoint)?;
+    let read_error = |path: PathBuf| {
+        let key = key.clone();
+        move |source| ServerError::File { key, action: "read", path, source }
+    };
+    let descriptor_path = dir.join("descriptor");
+    let descriptor = fs::read(&descriptor_path).map_err(read_error(descriptor_path.clone()))?;
+    let open = |name: &str| {
+        let path = dir.join(name);
+        let file = fs::File::open(&path).map_err(read_error(path.clone()))?;
+        let len = file.metadata().map_err(read_error(path.clone()))?.len();
+        Ok::<_, ServerError>((file, len, path))
+    };
+    let (memory, memory_set_bytes, memory_path) = open("memory.set")?;
+    let (disk, disk_set_bytes, disk_path) = open("disk.set")?;
+    let header = ReturnHeader {
+        descriptor_bytes: descriptor.len() as u64,
+        descriptor_crc: crc32fast::hash(&descriptor),
+        memory_set_bytes,
+        disk_set_bytes,
+        dirty_pages: manifest.dirty_pages,
+        dirty_blocks: manifest.dirty_blocks,
+    };
+    let copy = |mut file: fs::File, path: PathBuf| {
+        move |writer: &mut ChunkWriter<'_>| std::io::copy(&mut file, writer).map(drop).map_err(read_error(path))
+    };
+    stream_home(key, channel, header, &descriptor, copy(memory, memory_path), copy(disk, disk_path))?;
+    Ok((header, manifest))
+}
+
+/// Sends `header` on `channel`, then, as one stream, `descriptor` and
+/// what `memory` and `disk` write (the dirty sets, `header`'s sizes).
+fn stream_home(
+    key: &VmKey,
+    channel: &mut Channel,
+    header: ReturnHeader,
+    descriptor: &[u8],
+    memory: impl FnOnce(&mut ChunkWriter<'_>) -> Result<(), ServerError>,
+    disk: impl FnOnce(&mut ChunkWriter<'_>) -> Result<(), ServerError>,
+) -> Result<(), ServerError> {
+    let broke = |source| ServerError::SendHome { key: key.clone(), source };
+    channel
+        .send(&daemon_protocol::Control::Returning(header).encode_body())
+        .map_err(|e| broke(std::io::Error::other(e)))?;
+    let mut writer = ChunkWriter::new(channel);
+    writer.write_all(descriptor).map_err(broke)?;
+    memory(&mut writer)?;
+    disk(&mut writer)?;
+    writer.finish().map(drop).map_err(broke)
+}
+
 /// The state directory of `key`.
-fn state_dir(config: &ServerConfig, key: &VmKey) -> PathBuf {
+pub(crate) fn state_dir(config: &ServerConfig, key: &VmKey) -> PathBuf {
     config.state_dir.join("vms").join(key.desktop.as_str()).join(key.vm.as_str())
 }
 

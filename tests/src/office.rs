@@ -79,6 +79,8 @@ pub struct OfficeSpec {
     pub disk_mib: u64,
     /// The server's `max_fetch_mib_per_sec`, if any.
     pub max_fetch_mib_per_sec: Option<f64>,
+    /// The server's `checkpoint_every_secs` (its default, 600, if none).
+    pub checkpoint_every_secs: Option<u64>,
     /// How the VM boots: the hosts' kernel (`None`, an ext4 data disk), or
     /// its own disk through firmware, as a user's desktop VM does.
     pub boot_disk: Option<BootDisk>,
@@ -107,6 +109,7 @@ impl Default for OfficeSpec {
             failover_secs: 8,
             disk_mib: 64,
             max_fetch_mib_per_sec: None,
+            checkpoint_every_secs: None,
             boot_disk: None,
             display: true,
         }
@@ -162,7 +165,11 @@ impl Office {
         bridge_host(lan.host(1), SERVER_CIDR);
         let (kernel, initrd) = (guest.kernel.display(), guest.initrd.display());
         let d = dir.display();
-        let rate = spec.max_fetch_mib_per_sec.map(|r| format!("max_fetch_mib_per_sec = {r:?}\n")).unwrap_or_default();
+        let mut rate =
+            spec.max_fetch_mib_per_sec.map(|r| format!("max_fetch_mib_per_sec = {r:?}\n")).unwrap_or_default();
+        if let Some(every) = spec.checkpoint_every_secs {
+            rate.push_str(&format!("checkpoint_every_secs = {every}\n"));
+        }
         write(
             &dir.join("server.toml"),
             &format!(

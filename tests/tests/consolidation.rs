@@ -11,7 +11,9 @@
 
 use std::time::Duration;
 
-use tests::office::{assert_continuous, last_count, wait_for_count_above, Office, OfficeSpec, DESKTOP_TEXT, VM};
+use tests::office::{
+    assert_continuous, first_count, last_count, wait_for_count_above, Office, OfficeSpec, DESKTOP_TEXT, VM,
+};
 use tests::COUNT_TIMEOUT;
 
 const PACE: Duration = Duration::from_secs(1);
@@ -179,14 +181,75 @@ fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
     // The server's dirty slices stay on its disk.
     assert!(office.server_vm_state().join("memory").exists(), "the server's slices are gone");
     // And the newer state cannot be brought back, with the reason.
+    // The server's copy (had it a checkpoint) is another branch now.
     let out = office.jettison(&["reintegrate", VM, "--recover", "--socket", socket.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("device state"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never merged"), "{}", String::from_utf8_lossy(&out.stderr));
     // A restarted server clears the dead memtap mount and keeps the slices.
     office.start_server();
     let status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
     assert_eq!(status["vms"], serde_json::json!([]), "the restarted server hosts nothing: {status}");
     assert!(office.server_vm_state().join("memory").exists(), "a restart deleted the lost VM's slices");
+}
+
+/// The server checkpoints a consolidated VM every few seconds; killed
+/// whole (daemon, memtap, cownetdisk, QEMU) and restarted, it sends the
+/// last checkpoint home: the file the guest wrote there before it is on
+/// the desktop, the guest counts on from the checkpoint, not from the
+/// consolidation.
+#[test]
+fn a_crashed_servers_last_checkpoint_comes_home() {
+    let dir = tempfile::tempdir().unwrap();
+    // A failover to the desktop's own checkpoint must not come first.
+    let spec = OfficeSpec { checkpoint_every_secs: Some(4), failover_secs: 120, ..OfficeSpec::default() };
+    let Some(mut office) = Office::started(dir.path(), &spec) else { return };
+    let desktop_serial = office.desktop_serial();
+    let socket = office.desktop_socket();
+    let client = office.connect_client(PACE);
+    client.wait_for(2, REPLY);
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    let at_consolidation = last_count(&desktop_serial).unwrap();
+    let saved = client.command("save on-server", REPLY);
+    assert!(saved.starts_with("saved "), "{saved}");
+    let saved_count: u64 = saved.split(' ').nth(1).unwrap().parse().unwrap();
+    // A checkpoint taken after the file was written.
+    let taken = |office: &Office| office.log("server").matches("checkpoint taken").count();
+    let before = taken(&office);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while taken(&office) < before + 1 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint taken\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let at_checkpoint = last_count(&office.server_serial()).unwrap();
+    let pauses: Vec<String> = office
+        .log("server")
+        .lines()
+        .filter(|l| l.contains("checkpoint taken"))
+        .filter_map(|l| l.split("pause_ms=").nth(1).and_then(|p| p.split(' ').next()).map(str::to_owned))
+        .collect();
+    eprintln!("checkpoint pauses (ms): {}", pauses.join(", "));
+
+    office.crash_server();
+    office.start_server();
+    office.wait_until_home(Duration::from_secs(120), "the desktop never brought the VM back");
+    let log = office.log("desktop");
+    assert!(log.contains("recovered from the server's last checkpoint"), "{}", office.logs());
+    let first = first_count(&desktop_serial).unwrap();
+    assert!(
+        first > at_consolidation + 5 && first + 10 > at_checkpoint,
+        "resumed at {first}: not at the server's checkpoint (about {at_checkpoint}; consolidated at {at_consolidation})"
+    );
+    // Its old connection was reset; a new one finds the file written on the server.
+    let _ = client.wait_until_broken(Duration::from_secs(90));
+    let again = office.connect_client(PACE);
+    let cat = again.command("cat on-server", REPLY);
+    assert!(cat.ends_with(&format!(" {saved_count}")), "the file written on the server reads {cat:?}");
+    wait_for_count_above(&desktop_serial, first + 5, COUNT_TIMEOUT);
+    assert!(!office.server_vm_state().exists(), "the server kept the recovered VM's files");
+    // Nothing left to recover, and never over the desktop's own run.
+    let out = office.jettison(&["reintegrate", VM, "--recover", "--socket", socket.to_str().unwrap()]);
+    assert!(!out.status.success());
+    drop(again.finish());
 }
 
 #[test]
