@@ -3,10 +3,12 @@
 //! what they are doing.
 
 mod cmd_activity;
+mod cmd_completions;
 mod cmd_cownetdisk;
 mod cmd_daemon;
 mod cmd_dirty_set;
 mod cmd_diskserv;
+mod cmd_man;
 mod cmd_memserv;
 mod cmd_memtap;
 mod cmd_move;
@@ -79,6 +81,11 @@ enum Command {
     Activity(cmd_activity::Args),
     /// Desktop: sleep between remote requests while consolidated, and keep the energy ledger.
     Power(cmd_power::Args),
+    /// Print the shell completion script for bash, zsh, fish, elvish or PowerShell.
+    Completions(cmd_completions::Args),
+    /// Write the manual pages (jettison.1, jettison-consolidate.1, ...) into a directory.
+    #[command(hide = true)]
+    Man(cmd_man::Args),
 }
 
 fn main() -> ExitCode {
@@ -117,6 +124,8 @@ fn main() -> ExitCode {
         Command::Wake(args) => cmd_wake::run(args),
         Command::Activity(args) => cmd_activity::run(args),
         Command::Power(args) => cmd_power::run(args),
+        Command::Completions(args) => cmd_completions::run(args),
+        Command::Man(args) => cmd_man::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
