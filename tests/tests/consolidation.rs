@@ -234,6 +234,7 @@ fn a_crashed_servers_last_checkpoint_comes_home() {
     office.wait_until_home(Duration::from_secs(120), "the desktop never brought the VM back");
     let log = office.log("desktop");
     assert!(log.contains("recovered from the server's last checkpoint"), "{}", office.logs());
+    wait_for_count_above(&desktop_serial, 0, COUNT_TIMEOUT);
     let first = first_count(&desktop_serial).unwrap();
     assert!(
         first > at_consolidation + 5 && first + 10 > at_checkpoint,
@@ -249,7 +250,23 @@ fn a_crashed_servers_last_checkpoint_comes_home() {
     // Nothing left to recover, and never over the desktop's own run.
     let out = office.jettison(&["reintegrate", VM, "--recover", "--socket", socket.to_str().unwrap()]);
     assert!(!out.status.success());
-    drop(again.finish());
+
+    // A VM checkpointed on the server still moves back the ordinary way,
+    // with what it did after the checkpoint, its connection kept.
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    let before = taken(&office);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while taken(&office) < before + 1 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint taken\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let saved = again.command("save after-checkpoint", REPLY);
+    assert!(saved.starts_with("saved "), "{saved}");
+    office.jettison_json(&["reintegrate", VM, "--socket", socket.to_str().unwrap()]);
+    let cat = again.command("cat after-checkpoint", REPLY);
+    assert!(!cat.ends_with("missing"), "{cat}");
+    let (_, broken) = again.finish();
+    assert!(broken.is_none(), "the connection broke across an ordinary move: {broken:?}");
 }
 
 #[test]
