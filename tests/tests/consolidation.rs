@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use tests::office::{
-    assert_continuous, first_count, last_count, wait_for_count_above, Office, OfficeSpec, DESKTOP_TEXT, VM,
+    assert_continuous, first_count, last_count, wait_for_count_above, LineClient, Office, OfficeSpec, DESKTOP_TEXT, VM,
 };
 use tests::COUNT_TIMEOUT;
 
@@ -142,10 +142,7 @@ fn when_the_server_dies_the_desktop_resumes_the_vm_from_its_checkpoint() {
     let Some(mut office) = Office::started(dir.path(), &spec) else { return };
     let desktop_serial = office.desktop_serial();
     let socket = office.desktop_socket();
-    let client = office.connect_client(PACE);
-    client.wait_for(2, REPLY);
-    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
-    let at_consolidation = last_count(&desktop_serial).unwrap();
+    let (client, at_consolidation) = consolidated_with_a_client(&office);
     let server_serial = office.server_serial();
     let on_server = wait_for_count_above(&server_serial, at_consolidation + 10, COUNT_TIMEOUT);
 
@@ -205,21 +202,12 @@ fn a_crashed_servers_last_checkpoint_comes_home() {
     let Some(mut office) = Office::started(dir.path(), &spec) else { return };
     let desktop_serial = office.desktop_serial();
     let socket = office.desktop_socket();
-    let client = office.connect_client(PACE);
-    client.wait_for(2, REPLY);
-    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
-    let at_consolidation = last_count(&desktop_serial).unwrap();
+    let (client, at_consolidation) = consolidated_with_a_client(&office);
     let saved = client.command("save on-server", REPLY);
     assert!(saved.starts_with("saved "), "{saved}");
     let saved_count: u64 = saved.split(' ').nth(1).unwrap().parse().unwrap();
     // A checkpoint taken after the file was written.
-    let taken = |office: &Office| office.log("server").matches("checkpoint taken").count();
-    let before = taken(&office);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while taken(&office) < before + 1 {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint taken\n{}", office.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_a_new_checkpoint(&office);
     let at_checkpoint = last_count(&office.server_serial()).unwrap();
     let pauses: Vec<String> = office
         .log("server")
@@ -254,12 +242,7 @@ fn a_crashed_servers_last_checkpoint_comes_home() {
     // A VM checkpointed on the server still moves back the ordinary way,
     // with what it did after the checkpoint, its connection kept.
     office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
-    let before = taken(&office);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while taken(&office) < before + 1 {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint taken\n{}", office.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_a_new_checkpoint(&office);
     let saved = again.command("save after-checkpoint", REPLY);
     assert!(saved.starts_with("saved "), "{saved}");
     office.jettison_json(&["reintegrate", VM, "--socket", socket.to_str().unwrap()]);
@@ -267,6 +250,28 @@ fn a_crashed_servers_last_checkpoint_comes_home() {
     assert!(!cat.ends_with("missing"), "{cat}");
     let (_, broken) = again.finish();
     assert!(broken.is_none(), "the connection broke across an ordinary move: {broken:?}");
+}
+
+/// Connects a client to the VM's service, consolidates the VM (without
+/// the idleness check) and returns the client and the guest's count at
+/// consolidation.
+fn consolidated_with_a_client(office: &Office) -> (LineClient, u64) {
+    let client = office.connect_client(PACE);
+    client.wait_for(2, REPLY);
+    let socket = office.desktop_socket();
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    (client, last_count(&office.desktop_serial()).unwrap())
+}
+
+/// Waits until the server logs one more checkpoint than it has so far.
+fn wait_for_a_new_checkpoint(office: &Office) {
+    let taken = || office.log("server").matches("checkpoint taken").count();
+    let before = taken();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while taken() <= before {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint taken\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
