@@ -61,7 +61,9 @@ pub struct Args {
     /// How the desktop sleeps.
     #[arg(long, value_enum, default_value_t = SleepKind::System)]
     sleep: SleepKind,
-    /// emulated-s3: the desktop's LAN interface (listens there for magic packets).
+    /// The desktop's LAN interface. system: the NIC that must wake the machine on a magic packet,
+    /// checked before anything else (default: the default route's); emulated-s3: listens there
+    /// for magic packets.
     #[arg(long)]
     interface: Option<String>,
     /// emulated-s3: the interface's address with prefix (e.g. 10.77.0.2/24), removed while asleep.
@@ -98,6 +100,16 @@ impl Clock for BootClock {
 /// Runs the daemon until SIGINT or SIGTERM, then writes the ledger.
 pub fn run(args: Args) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
+    if args.sleep == SleepKind::System {
+        // A desktop whose NIC does not wake it never comes back, and its
+        // VM freezes on the server at the next page it needs.
+        let interface = match &args.interface {
+            Some(interface) => interface.clone(),
+            None => default_route_interface()?,
+        };
+        remote_wakeup::check_wakes_on_magic_packet(&interface)
+            .map_err(|e| format!("power: refusing to sleep this desktop: {e}"))?;
+    }
     let profile = match &args.profile {
         Some(path) => PowerProfile::load(path)?,
         None => PowerProfile::TABLE_1,
@@ -144,6 +156,25 @@ pub fn run(args: Args) -> CmdResult {
         report.saved_percent
     );
     Ok(())
+}
+
+/// The interface of the default route (`/proc/net/route`): the NIC the
+/// server reaches this desktop through, in the usual office.
+fn default_route_interface() -> Result<String, String> {
+    let routes = std::fs::read_to_string("/proc/net/route").map_err(|e| format!("cannot read /proc/net/route: {e}"))?;
+    default_route_in(&routes)
+        .ok_or_else(|| "this desktop has no default route: name the NIC that wakes it with --interface".to_owned())
+}
+
+/// The interface of the default route in the text of `/proc/net/route`
+/// (destination and mask 0).
+fn default_route_in(routes: &str) -> Option<String> {
+    routes
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000"))
+        .and_then(|fields| fields.first().map(|name| (*name).to_owned()))
 }
 
 /// Connects to `path` now (so a wrong path fails at start) and forwards its
@@ -303,6 +334,15 @@ mod tests {
     use activity_monitor::SysfsSuspend;
 
     use super::*;
+
+    #[test]
+    fn the_default_route_names_its_interface() {
+        let routes = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                      br0\t00004D0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                      br0\t00000000\t01004D0A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_in(routes).as_deref(), Some("br0"));
+        assert_eq!(default_route_in(&routes.lines().take(2).collect::<Vec<_>>().join("\n")), None);
+    }
 
     struct FixedClock(Cell<f64>);
 

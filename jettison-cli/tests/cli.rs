@@ -378,3 +378,25 @@ fn console_carries_the_serial_console_both_ways_until_ctrl_close_bracket() {
     assert!(!missing.status.success());
     assert!(text(&missing).contains("is it running on this desktop?"), "{}", text(&missing));
 }
+
+#[test]
+fn power_refuses_to_sleep_a_desktop_whose_nic_will_not_wake_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Loopback has no device that could wake the machine; the check comes
+    // before anything else (the event socket here does not even exist).
+    let events = dir.path().join("memserv.events");
+    let out = jettison(&[
+        "power",
+        "--events",
+        events.to_str().unwrap(),
+        "--sleep",
+        "system",
+        "--interface",
+        "lo",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("refusing to sleep") && said.contains("lo has no power/wakeup"), "{said}");
+}
