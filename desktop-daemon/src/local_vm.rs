@@ -7,7 +7,8 @@
 //! <state_dir>/<vm>/checkpoint.state    the descriptor saved at consolidation (the device checkpoint)
 //! <state_dir>/<vm>/placement.json      where the VM is: desktop or server, and since when
 //! <state_dir>/<vm>/staging/...         a reintegration being received (see `reintegrate`)
-//! <run_dir>/<vm>/                      QEMU's QMP socket, serial log and output
+//! <run_dir>/<vm>/                      QEMU's QMP socket, serial log and output; while the VM
+//!                                       is on the server, memserv.events and diskserv.events
 //! ```
 //!
 //! The disk image is where the configuration says. While the VM is on the
@@ -440,12 +441,17 @@ impl LocalVm {
         if self.serving.is_some() {
             return Ok(());
         }
+        // Each authenticated request is published on a local event socket,
+        // which `jettison power` follows to sleep between requests.
         let config = |port, service| ServeConfig {
             listen: std::net::SocketAddr::new(ip, port),
             key: key.clone(),
             service,
             export: self.config.name.to_string(),
-            events: None,
+            events: Some(self.run_dir.join(match service {
+                Service::Memory => "memserv.events",
+                Service::Disk => "diskserv.events",
+            })),
         };
         let memory = memserv::bind(&self.ram_file(), config(self.config.memserv_port, Service::Memory))
             .map_err(|source| DesktopError::Memserv { vm: self.name().clone(), source: Box::new(source) })?;

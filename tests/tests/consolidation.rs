@@ -288,8 +288,17 @@ fn a_vm_that_fetches_too_fast_is_sent_home_by_the_server() {
     std::thread::sleep(Duration::from_secs(25));
     let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
     assert_eq!(status["vms"][0]["on"], "server", "an idle VM was sent home: {status}");
+    // The desktop daemon's memserv publishes each request on its event
+    // socket (what `jettison power` follows to sleep between requests).
+    let events = dir.path().join("desktop/run").join(VM).join("memserv.events");
+    let subscribed = image_server::events::subscribe(&events).unwrap();
+    let requests = std::thread::spawn(move || {
+        subscribed.map_while(Result::ok).find(|e| e.kind == image_server::events::EventKind::Request)
+    });
     let read = client.command("readall", REPLY);
     assert!(read.starts_with("readall "), "{read}");
+    let request = requests.join().unwrap().expect("memserv published the guest's fetches");
+    assert!(request.service == "memory" && request.bytes > 0, "{request:?}");
     office.wait_until_home(Duration::from_secs(120), "the busy VM stayed on the server");
     let server_log = office.log("server");
     assert!(server_log.contains("from its desktop over the last"), "{server_log}");
