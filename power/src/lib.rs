@@ -28,8 +28,10 @@
 //!   desktop power daemon's loop around it, with the clock and the sleep
 //!   back-end as traits so that this crate needs neither the kernel nor the
 //!   other crates; [`LedgerFiles`] keeps `ledger.json` and `power.svg`.
-//! - [`trace`] and [`simulate`]: a seeded request-arrival trace generator and
-//!   a simulated desktop that replays a trace through a policy and a ledger.
+//! - [`trace`] and [`simulate`]: a seeded request-arrival trace generator
+//!   (periodic activities that reach the desktop only for pages not yet on
+//!   the server) and a simulated desktop that replays a trace through a
+//!   policy and a ledger.
 //!
 //! Times are `f64` seconds from an origin the caller chooses (the start of
 //! the consolidation in a trace, a monotonic clock's reading live): the

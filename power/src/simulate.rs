@@ -211,6 +211,33 @@ mod tests {
         assert!((report.energy.secs.serving - 0.01 * report.requests as f64).abs() < 1e-6);
     }
 
+    /// On a first-touch trace the guest reaches the desktop less and less
+    /// often, so wakes per hour fall and the saving grows with the idle
+    /// period (the shape of the paper's Figure 7), for either policy.
+    #[test]
+    fn savings_grow_with_the_idle_period_on_first_touch_traces() {
+        use crate::trace::{generate, TraceConfig};
+        let policy = |adaptive: bool| {
+            if adaptive {
+                MicrosleepPolicy::adaptive(PowerProfile::TABLE_1, AdaptiveConfig::default()).unwrap()
+            } else {
+                fixed(6.0)
+            }
+        };
+        for adaptive in [false, true] {
+            let (mut saved, mut wakes_per_hour) = (f64::NEG_INFINITY, f64::INFINITY);
+            for minutes in [10.0, 67.0, 308.0] {
+                let trace = generate(&TraceConfig::paper_like(2, minutes * 60.0));
+                let mut policy = policy(adaptive);
+                let (report, _) = simulate(&trace, &mut policy, SimConfig::default()).unwrap();
+                let rate = report.wakes as f64 / (minutes / 60.0);
+                assert!(report.energy.saved_percent > saved, "{} at {minutes} min", report.policy);
+                assert!(rate < wakes_per_hour, "{} at {minutes} min", report.policy);
+                (saved, wakes_per_hour) = (report.energy.saved_percent, rate);
+            }
+        }
+    }
+
     /// Bursts whose requests pause 7-9 s: a fixed 6 s wait suspends just
     /// before each next request, every time; the adaptive policy learns to
     /// wait the pauses out and sleeps only between bursts.
