@@ -323,7 +323,7 @@ impl HostedVm {
                 Display::RemoteSpice { addr: config.listen.ip(), port: console.port, ticket_file }
             }
         };
-        let spec = VmSpec::booting(boot, run.join("ram").join(format!("{vm}.ram")), run.join("qemu"))
+        let spec = VmSpec::booting(boot, ram_file(&run, vm), run.join("qemu"))
             .memory_mib(profile.memory_mib)
             .vcpus(profile.vcpus)
             .cpu(profile.cpu_model.as_str())
@@ -419,6 +419,7 @@ impl HostedVm {
     /// if QEMU does not run it.
     pub fn checkpoint(&mut self) -> Result<CheckpointManifest, ServerError> {
         let key = self.key.clone();
+        let ram = ram_file(&self.run, &self.key.vm);
         let Phase::Running(running) = &mut self.phase else { return Err(ServerError::NotHosted { key }) };
         let failed = |step: &'static str| {
             let key = key.clone();
@@ -427,17 +428,10 @@ impl HostedVm {
         let new = self.state.join(CHECKPOINT_NEW);
         let _ = fs::remove_dir_all(&new);
         fs::create_dir_all(&new).map_err(|e| failed("make its directory")(e.into()))?;
-        let ram = self.run.join("ram").join(format!("{}.ram", key.vm));
         let paused = Instant::now();
         let saved = save_device_state(&mut running.vm.qmp, &new.join("descriptor"))
             .map_err(|e| failed("save its device state")(e.into()))
-            .and_then(|_| {
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&ram)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| failed("sync its RAM file")(e.into()))
-            })
+            .and_then(|_| sync_ram(&ram).map_err(|e| failed("sync its RAM file")(e.into())))
             .and_then(|()| running.storage.copy_dirty_sets(&new).map_err(failed("copy its dirty sets")));
         // The VM goes on whatever happened above.
         let resumed = running.vm.qmp.execute("cont", None).map_err(|e| failed("continue the VM")(e.into()));
@@ -453,11 +447,16 @@ impl HostedVm {
         let json = serde_json::to_vec(&manifest).map_err(|e| failed("write its manifest")(e.into()))?;
         durable_file::replace_file(&new.join(MANIFEST), &[&json])
             .map_err(|e| failed("write its manifest")(e.into()))?;
+        // Swapped in one step, so that a crash leaves either checkpoint
+        // whole, never none; the old one, now under the new name, goes.
         let current = self.state.join(CHECKPOINT);
-        let _ = fs::remove_dir_all(&current);
-        fs::rename(&new, &current)
-            .and_then(|()| durable_file::sync_dir(&self.state))
-            .map_err(|e| failed("put it in place")(e.into()))?;
+        let swapped = match nix::fcntl::renameat2(None, &new, None, &current, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
+        {
+            Err(nix::errno::Errno::ENOENT) => fs::rename(&new, &current),
+            other => other.map_err(std::io::Error::from),
+        };
+        swapped.and_then(|()| durable_file::sync_dir(&self.state)).map_err(|e| failed("put it in place")(e.into()))?;
+        let _ = fs::remove_dir_all(&new);
         self.checkpointed = Some(Instant::now());
         Ok(manifest)
     }
@@ -558,7 +557,7 @@ impl HostedVm {
             }
             Phase::Running(mut running) => {
                 let descriptor = self.state.join("descriptor.out");
-                let ram = self.run.join("ram").join(format!("{}.ram", key.vm));
+                let ram = ram_file(&self.run, &self.key.vm);
                 let saved = save_device_state(&mut running.vm.qmp, &descriptor)
                     .map_err(|source| ServerError::Qemu {
                         key: key.clone(),
@@ -566,16 +565,11 @@ impl HostedVm {
                         source: Box::new(source),
                     })
                     .and_then(|_| {
-                        // QEMU is stopped: the guest's last writes sit in the
-                        // page cache of memtap's file; fsync sends them to
-                        // memtap's dirty slice.
-                        fs::OpenOptions::new().write(true).open(&ram).and_then(|f| f.sync_all()).map_err(|source| {
-                            ServerError::File {
-                                key: key.clone(),
-                                action: "sync (the guest's last writes)",
-                                path: ram,
-                                source,
-                            }
+                        sync_ram(&ram).map_err(|source| ServerError::File {
+                            key: key.clone(),
+                            action: "sync (the guest's last writes)",
+                            path: ram,
+                            source,
                         })
                     });
                 if let Err(e) = saved {
@@ -649,6 +643,18 @@ impl HostedVm {
             }
         }
     }
+}
+
+/// memtap's file under the VM's run directory `run` that QEMU maps as the
+/// guest's RAM.
+fn ram_file(run: &Path, vm: &identifiers::VmName) -> PathBuf {
+    run.join("ram").join(format!("{vm}.ram"))
+}
+
+/// With QEMU stopped, the guest's last writes sit in the page cache of
+/// memtap's RAM file `ram`; fsync sends them to memtap's dirty slice.
+fn sync_ram(ram: &Path) -> std::io::Result<()> {
+    fs::OpenOptions::new().write(true).open(ram).and_then(|f| f.sync_all())
 }
 
 /// Sends `key`'s last checkpoint (under its state directory `state`) home

@@ -206,7 +206,9 @@ fn a_crashed_servers_last_checkpoint_comes_home() {
     let saved = client.command("save on-server", REPLY);
     assert!(saved.starts_with("saved "), "{saved}");
     let saved_count: u64 = saved.split(' ').nth(1).unwrap().parse().unwrap();
-    // A checkpoint taken after the file was written.
+    // Checkpoints taken after the file was written: the second replaces
+    // the first (swapped in place).
+    wait_for_a_new_checkpoint(&office);
     wait_for_a_new_checkpoint(&office);
     let at_checkpoint = last_count(&office.server_serial()).unwrap();
     let pauses: Vec<String> = office
