@@ -23,11 +23,14 @@ dd if="$d/img.raw" of="$d/copy.raw" bs=4k status=none
 sync
 taskset -c 0 qemu-nbd -f raw -x vm1 --cache=writeback --persistent --shared=4 -k "$d/q.sock" "$d/copy.raw" &
 pids="$!"
-"$jettison" pair --out "$d/k.key" > /dev/null
-taskset -c 0 "$jettison" diskserv --vm vm1 --image "$d/img.raw" --listen "127.0.0.1:$port" --key "$d/k.key" 2> /dev/null &
+# Each end its own key, each enrolled at the other.
+"$jettison" enroll server "$("$jettison" pair --key "$d/server.key" 2> /dev/null)" --peers "$d/desktop-peers" > /dev/null
+"$jettison" enroll desktop "$("$jettison" pair --key "$d/desktop.key" 2> /dev/null)" --peers "$d/server-peers" > /dev/null
+taskset -c 0 "$jettison" diskserv --vm vm1 --image "$d/img.raw" --listen "127.0.0.1:$port" \
+    --host-key "$d/desktop.key" --peers "$d/desktop-peers" 2> /dev/null &
 pids="$pids $!"
 sleep 0.5
-taskset -c 0 "$jettison" cownetdisk --vm vm1 --desktop "127.0.0.1:$port" --key "$d/k.key" --state-dir "$d/state" \
+taskset -c 0 "$jettison" cownetdisk --vm vm1 --desktop "127.0.0.1:$port" --host-key "$d/server.key" --peers "$d/server-peers" --state-dir "$d/state" \
     --unix "$d/c.sock" 2> /dev/null &
 pids="$pids $!"
 sleep 1

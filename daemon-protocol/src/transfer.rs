@@ -157,18 +157,17 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::time::Duration;
-    use wire::SharedKey;
+    use wire::Credentials;
 
     fn channels() -> (Channel, Channel) {
-        let key = SharedKey::generate();
+        let (desktop, server) = Credentials::mutual(&"desk1".parse().unwrap(), &"server".parse().unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server_key = key.clone();
         let server = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
-            Channel::accept(stream, &server_key, Duration::from_secs(5), |_| Vec::new()).unwrap()
+            Channel::accept(stream, &server, Duration::from_secs(5), |_, _| Vec::new()).unwrap()
         });
-        let (client, _) = Channel::connect(&addr, &key, b"", Duration::from_secs(5)).unwrap();
+        let (client, _) = Channel::connect(&addr, &desktop, None, b"", Duration::from_secs(5)).unwrap();
         (client, server.join().unwrap())
     }
 

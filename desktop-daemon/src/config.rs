@@ -3,7 +3,8 @@
 //!
 //! ```toml
 //! name = "desk1"
-//! key = "/etc/jettison/jettison.key"
+//! host_key = "/etc/jettison/host.key" # made by `jettison pair` (the default)
+//! peers = "/etc/jettison/peers"       # the servers enrolled here (the default)
 //! server = "10.0.0.1:7400"            # the server daemon
 //! control_listen = "10.0.0.2:7400"    # where the server asks us to take a VM back
 //! serve_ip = "10.0.0.2"               # memserv and diskserv listen here
@@ -57,8 +58,16 @@ pub const MIN_MEMORY_MIB: u64 = 64;
 pub struct DesktopConfig {
     /// This desktop's name, shown on the server.
     pub name: HostName,
-    /// The key made by `jettison pair`.
-    pub key: PathBuf,
+    /// This host's private key, made by `jettison pair`.
+    #[serde(default = "daemon_protocol::config_file::default_host_key")]
+    pub host_key: PathBuf,
+    /// The directory of enrolled peers (`NAME.pub`, written by `jettison
+    /// enroll`): the servers this desktop moves to.
+    #[serde(default = "daemon_protocol::config_file::default_peers")]
+    pub peers: PathBuf,
+    /// The one office key of earlier releases: refused with how to upgrade.
+    #[serde(default)]
+    key: Option<PathBuf>,
     /// The server daemon, `host:port`.
     pub server: String,
     /// Where the server reaches this daemon.
@@ -200,6 +209,7 @@ impl DesktopConfig {
     }
 
     fn check(&self) -> Result<(), String> {
+        daemon_protocol::config_file::refuse_office_key(self.key.as_deref())?;
         let accel = self.accel.resolve()?;
         let model = self.cpu_model_for(accel);
         if accel == Accel::Kvm && model.is_host_dependent() {
@@ -376,7 +386,7 @@ mod tests {
         fn base(&self) -> String {
             let d = self.dir.path().display();
             format!(
-                "name = \"d\"\nkey = \"/k\"\nserver = \"s:1\"\ncontrol_listen = \"10.0.0.2:7400\"\n\
+                "name = \"d\"\nserver = \"s:1\"\ncontrol_listen = \"10.0.0.2:7400\"\n\
                  serve_ip = \"10.0.0.2\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\nbridge = \"br0\"\n\
                  kernel = \"{d}/vmlinuz\"\ninitrd = \"{d}/initrd\"\naccel = \"tcg\"\n"
             )
@@ -402,6 +412,14 @@ mod tests {
             assert!(vm.contains(old), "{old} is not in the VM");
             self.load(&format!("{}{}", self.base(), vm.replace(old, new))).unwrap_err()
         }
+    }
+
+    #[test]
+    fn the_office_key_of_earlier_releases_is_refused_with_the_way_up() {
+        let f = Fixture::new();
+        let err = f.load(&format!("key = \"/etc/jettison/jettison.key\"\n{}{}", f.base(), f.vm())).unwrap_err();
+        assert!(err.contains("key = \"/etc/jettison/jettison.key\": one office key"), "{err}");
+        assert!(err.contains("jettison pair") && err.contains("host_key = "), "{err}");
     }
 
     #[test]

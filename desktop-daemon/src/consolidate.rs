@@ -13,7 +13,7 @@ use daemon_protocol::{ConsolidateRequest, Control, ControlHello, ReserveRequest,
 use migration_formats::ZeroMap;
 use qemu_driver::{dirty_rate, judge, IdleVerdict, Resumed};
 use wire::protocol::Message;
-use wire::{Channel, SharedKey};
+use wire::{Channel, Credentials};
 
 use crate::config::DesktopConfig;
 use crate::error::DesktopError;
@@ -29,8 +29,8 @@ const DIRTY_RATE_PERIOD: Duration = Duration::from_secs(1);
 pub struct Context<'a> {
     /// The desktop's configuration.
     pub config: &'a DesktopConfig,
-    /// The shared key.
-    pub key: &'a SharedKey,
+    /// This host's key and its enrolled servers.
+    pub credentials: &'a std::sync::Arc<Credentials>,
 }
 
 impl Context<'_> {
@@ -40,8 +40,9 @@ impl Context<'_> {
     /// The server cannot be reached, refused us, or is not a server daemon.
     pub fn connect(&self) -> Result<Channel, DesktopError> {
         let hello = ControlHello::Desktop(self.config.name.clone()).encode_body();
-        let (mut channel, answer) = Channel::connect(&self.config.server, self.key, &hello, CONNECT_TIMEOUT)
-            .map_err(|e| DesktopError::ServerUnreachable(Box::new(e)))?;
+        let (mut channel, answer) =
+            Channel::connect(&self.config.server, self.credentials, None, &hello, CONNECT_TIMEOUT)
+                .map_err(|e| DesktopError::ServerUnreachable(Box::new(e)))?;
         match Control::decode_body(&answer) {
             Ok(Control::Welcome(_)) => {}
             Ok(Control::Failed(why)) => return Err(DesktopError::ServerRefusedHello(why)),
@@ -165,7 +166,7 @@ fn hand_over(ctx: Context<'_>, vm: &mut LocalVm, channel: &mut Channel) -> Resul
     let descriptor = std::fs::read(vm.checkpoint()).map_err(|source| {
         HandOver::Refused(DesktopError::File { vm: name.clone(), action: "read", path: vm.checkpoint(), source })
     })?;
-    vm.serve(ctx.config.serve_ip, ctx.key).map_err(HandOver::Refused)?;
+    vm.serve(ctx.config.serve_ip, ctx.credentials).map_err(HandOver::Refused)?;
     vm.set_placement(Placement::Server { since: now_secs() }).map_err(HandOver::Refused)?;
     let ip = ctx.config.serve_ip;
     let request = ConsolidateRequest {

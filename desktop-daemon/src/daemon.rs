@@ -21,7 +21,7 @@ use daemon_protocol::{Control, ControlHello, HostedState, HostedStatus, CONTROL_
 use identifiers::VmName;
 use qemu_driver::Resumed;
 use wire::protocol::Message;
-use wire::{Channel, SharedKey};
+use wire::{Channel, Credentials};
 
 use crate::config::DesktopConfig;
 use crate::consolidate::{ask, consolidate, Context};
@@ -44,7 +44,7 @@ fn lock(vm: &Vm) -> MutexGuard<'_, LocalVm> {
 #[derive(Debug)]
 pub struct DesktopDaemon {
     config: DesktopConfig,
-    key: SharedKey,
+    credentials: Arc<Credentials>,
     vms: BTreeMap<VmName, Vm>,
 }
 
@@ -55,8 +55,15 @@ impl DesktopDaemon {
     /// # Errors
     /// The file or VM at fault.
     pub fn new(config: DesktopConfig) -> Result<Arc<DesktopDaemon>, DesktopError> {
-        let key = SharedKey::load(&config.key)
-            .map_err(|source| DesktopError::LoadKey { path: config.key.clone(), source: Box::new(source) })?;
+        let credentials = Credentials::load(&config.host_key, &config.peers)
+            .map_err(|source| DesktopError::LoadKey { source: Box::new(source) })?;
+        if credentials.peer_count() == 0 {
+            tracing::warn!(
+                "no server is enrolled in {}: none can host this desktop's VMs until one is \
+                 (`jettison enroll SERVER-NAME KEY`, then `systemctl reload jettison-desktop`)",
+                config.peers.display()
+            );
+        }
         let mut vms = BTreeMap::new();
         for vm in &config.vms {
             let local = LocalVm::new(&config, vm)?;
@@ -74,11 +81,17 @@ impl DesktopDaemon {
             }
             vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
         }
-        Ok(Arc::new(DesktopDaemon { config, key, vms }))
+        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms }))
+    }
+
+    /// This host's key and enrolled servers (shared with its memserv and
+    /// diskserv, so a reload of the peers applies to them too).
+    pub fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(&self.credentials)
     }
 
     fn context(&self) -> Context<'_> {
-        Context { config: &self.config, key: &self.key }
+        Context { config: &self.config, credentials: &self.credentials }
     }
 
     fn vm(&self, name: &VmName) -> Result<&Vm, DesktopError> {
@@ -111,7 +124,7 @@ impl DesktopDaemon {
                 Placement::Desktop => vm.boot(),
                 Placement::Off => Ok(()),
                 Placement::Saved => resume_saved(&mut vm),
-                Placement::Server { .. } => vm.serve(self.config.serve_ip, &self.key),
+                Placement::Server { .. } => vm.serve(self.config.serve_ip, &self.credentials),
             };
             if let Err(e) = started {
                 tracing::error!(vm = %name, "cannot start: {}", wire::chain(&e));
@@ -211,13 +224,27 @@ impl DesktopDaemon {
     /// A request from the server: take a VM back.
     fn server_request(self: Arc<Self>, stream: TcpStream) {
         let name = self.config.name.clone();
+        let mut welcomed = false;
         let accepted =
-            Channel::accept(stream, &self.key, CONTROL_TIMEOUT, |hello| match ControlHello::decode_body(hello) {
-                Ok(ControlHello::Server(_)) => Control::Welcome(name).encode_body(),
-                _ => Control::Failed("only the server daemon talks to this port".to_owned()).encode_body(),
+            Channel::accept(stream, &self.credentials, CONTROL_TIMEOUT, |peer, hello| match ControlHello::decode_body(
+                hello,
+            ) {
+                Ok(ControlHello::Server(server)) if server == *peer => {
+                    welcomed = true;
+                    Control::Welcome(name).encode_body()
+                }
+                Ok(ControlHello::Server(server)) => Control::Failed(format!(
+                    "the key enrolled here as {peer} says it is {server}: enroll each server under its own name"
+                ))
+                .encode_body(),
+                _ => Control::Failed("only a server daemon talks to this port".to_owned()).encode_body(),
             });
         let mut channel = match accepted {
-            Ok(channel) => channel,
+            Ok(channel) if welcomed => channel,
+            // Refused in the answer; nothing it sends after is read.
+            Ok(channel) => {
+                return tracing::warn!(peer = %channel.peer(), server = %channel.peer_name(), "refused a bad control hello")
+            }
             Err(e) => return tracing::warn!("a control connection failed: {}", wire::chain(&e)),
         };
         let answer = match channel.recv().map(|body| Control::decode_body(&body)) {

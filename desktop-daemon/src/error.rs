@@ -20,11 +20,9 @@ pub enum DesktopError {
     /// The configuration file cannot be used.
     #[error("the desktop configuration")]
     Config(#[source] daemon_protocol::config_file::ConfigFileError),
-    /// The key file cannot be read.
-    #[error("cannot read the office key {path}")]
+    /// This host's key or its peers directory cannot be used.
+    #[error("cannot load this host's key or its enrolled peers")]
     LoadKey {
-        /// The file.
-        path: PathBuf,
         /// Cause.
         #[source]
         source: Box<WireError>,

@@ -26,7 +26,9 @@ use qemu_driver::{
     QemuProcess, Qmp, Resumed, Tap, ViewAccess, VmLoadSample, VmLoadWindow, VmSpec,
 };
 use serde::{Deserialize, Serialize};
-use wire::{Service, SharedKey};
+use std::sync::Arc;
+
+use wire::{Credentials, Service};
 
 use crate::config::{DesktopConfig, FirmwareChoice, VmDefinition};
 use crate::error::DesktopError;
@@ -437,7 +439,7 @@ impl LocalVm {
     ///
     /// # Errors
     /// [`DesktopError::Memserv`] or [`DesktopError::Diskserv`].
-    pub fn serve(&mut self, ip: std::net::IpAddr, key: &SharedKey) -> Result<(), DesktopError> {
+    pub fn serve(&mut self, ip: std::net::IpAddr, credentials: &Arc<Credentials>) -> Result<(), DesktopError> {
         if self.serving.is_some() {
             return Ok(());
         }
@@ -445,7 +447,7 @@ impl LocalVm {
         // which `jettison power` follows to sleep between requests.
         let config = |port, service| ServeConfig {
             listen: std::net::SocketAddr::new(ip, port),
-            key: key.clone(),
+            credentials: Arc::clone(credentials),
             service,
             export: self.config.name.to_string(),
             events: Some(self.run_dir.join(match service {

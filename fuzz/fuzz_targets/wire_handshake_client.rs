@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let Some(message) = records.next_record() else { return };
-    if let Ok((payload, _transport)) = initiator.finish(&message) {
+    if let Ok((payload, _transport, _server_key)) = initiator.finish(&message) {
         let _ = HelloReply::decode_body(&payload);
     }
 });

@@ -9,14 +9,14 @@
 #![no_main]
 
 use image_server::respond::answer;
-use jettison_fuzz::{key, pieces, split_lens, MemImage};
+use jettison_fuzz::{credentials, pieces, split_lens, MemImage};
 use libfuzzer_sys::fuzz_target;
 use wire::protocol::{Preamble, MAX_NAME, PREAMBLE_LEN};
 use wire::{Event, HelloReply, Request, ServerSession, Welcome};
 
 fuzz_target!(|data: &[u8]| {
     let (lens, stream) = split_lens(data);
-    let mut session = ServerSession::new(key(), "fuzz");
+    let mut session = ServerSession::new(credentials(), "fuzz");
     let mut out = Vec::new();
     'pieces: for piece in pieces(stream, lens) {
         session.receive(piece);

@@ -13,7 +13,7 @@
 #![no_main]
 
 use image_server::respond::answer;
-use jettison_fuzz::{key, pieces, split_lens, MemImage};
+use jettison_fuzz::{credentials, key, pieces, split_lens, MemImage};
 use libfuzzer_sys::fuzz_target;
 use wire::protocol::{Message, Preamble, PreambleStatus, MAX_RANGES, PREAMBLE_LEN};
 use wire::secure::{Initiator, RecordReader};
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let preamble = Preamble::client().encode();
     let mut initiator = Initiator::new(&key, &preamble).expect("the Noise parameters are valid");
     let message1 = initiator.first_message(hello_body).expect("255 bytes fit a handshake message");
-    let mut session = ServerSession::new(key, "fuzz");
+    let mut session = ServerSession::new(credentials(), "fuzz");
     let mut out = Vec::new();
     session.receive(&preamble);
     session.receive(&message1);
@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let theirs = Preamble::decode(&raw.try_into().expect("PREAMBLE_LEN bytes")).expect("a server preamble");
     assert!(matches!(theirs.status(), Ok(PreambleStatus::Accepted)));
     let message2 = records.next_record().expect("the server sent message 2");
-    let (payload, mut transport) = initiator.finish(&message2).expect("message 2 authenticates");
+    let (payload, mut transport, _) = initiator.finish(&message2).expect("message 2 authenticates");
     assert_eq!(HelloReply::decode_body(&payload).expect("a welcome"), welcome);
 
     let wire_bytes = if mode & 1 == 1 {

@@ -1,15 +1,25 @@
 //! What the fuzz targets share: the key both ends of a fuzzed connection
-//! hold, a small image to answer requests from, and a way to cut an input
+//! hold (each end enrolls it, so the one key plays both hosts), a small image to answer requests from, and a way to cut an input
 //! into the pieces a socket would deliver.
 
 use std::io;
 
-use wire::SharedKey;
+use std::sync::Arc;
+
+use wire::{Credentials, HostKey, Peers};
 
 /// The key of every fuzzed connection; fixed, so that a seed made with it
 /// (a client's first handshake message) still authenticates in a later run.
-pub fn key() -> SharedKey {
-    SharedKey::from_hex(&"4a".repeat(32), "the fuzz key").expect("64 hex digits are a key")
+pub fn key() -> HostKey {
+    HostKey::from_hex(&"4a".repeat(32), "the fuzz key").expect("64 hex digits are a key")
+}
+
+/// [`key`], with its own public key enrolled as peer `fuzz`.
+pub fn credentials() -> Arc<Credentials> {
+    let mut peers = Peers::new();
+    let name = "fuzz".parse().expect("a valid host name");
+    peers.insert(name, key().public(), std::path::Path::new("fuzz")).expect("one key in an empty set");
+    Arc::new(Credentials::new(key(), peers))
 }
 
 /// A read-only image of [`MemImage::SIZE`] bytes whose content is computed,

@@ -10,9 +10,10 @@
 //! # Peers that have not proved themselves
 //!
 //! The Noise handshake's first message can be recorded and replayed by
-//! anyone on the LAN, and a TCP connection costs nothing to open, so a
-//! peer counts as *proven* only once its first request decrypts: that
-//! takes the session key of a completed handshake. Until then:
+//! anyone on the LAN (or forged with any enrolled peer's public key), and a
+//! TCP connection costs nothing to open, so a peer counts as *proven* only
+//! once its first request decrypts: that takes the private key of an
+//! enrolled server and a completed handshake. Until then:
 //!
 //! - a peer that has not sent its hello within [`HELLO_DEADLINE`] is closed;
 //! - at most [`MAX_UNPROVEN`] unproven peers are kept, at most
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 use event_loop::StopHandle;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Registry, Token};
-use wire::{chain, Event, HelloReply, Request, ServerSession, Service, SharedKey, Welcome};
+use wire::{chain, Credentials, Event, HelloReply, Request, ServerSession, Service, Welcome};
 
 use crate::error::ServeError;
 use crate::events::{EventKind, RequestEvent};
@@ -75,8 +76,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 pub struct ServeConfig {
     /// TCP address to listen on (port 0 picks one).
     pub listen: SocketAddr,
-    /// The shared key peers must hold.
-    pub key: SharedKey,
+    /// This desktop's key and the servers it serves (its enrolled peers).
+    pub credentials: std::sync::Arc<Credentials>,
     /// The service offered.
     pub service: Service,
     /// The export's name (the VM's name).
@@ -219,7 +220,7 @@ impl Server {
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(%addr, "cannot set TCP_NODELAY: {e}");
                     }
-                    let session = ServerSession::new(self.config.key.clone(), addr.to_string());
+                    let session = ServerSession::new(std::sync::Arc::clone(&self.config.credentials), addr.to_string());
                     conns.insert(token, Conn::Peer(Box::new(PeerConn::new(stream, token, addr, session))));
                 }
                 Err(e) if e.kind() == IoErrorKind::WouldBlock => return None,
@@ -527,7 +528,8 @@ impl PeerConn {
             }
             Event::Request(Request::Read { id, ranges }) => {
                 if !self.proven {
-                    // Its request decrypted: it holds the session key.
+                    // Its request decrypted: it holds the private key of
+                    // the enrolled server it claimed to be.
                     self.proven = true;
                     self.read_buf.resize(READ_BUFFER, 0);
                     ctx.note(EventKind::Connected, &self.peer, 0, 0);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
-use wire::{Hello, RemoteConfig, Service, SharedKey};
+use wire::{Hello, RemoteConfig, Service};
 
 use crate::signals::block_stop_signals;
 use crate::wake_args::WakeArgs;
@@ -28,9 +28,9 @@ pub struct Args {
     /// Where the VM's slices (`<dir>/<vm>/`) and stats (`<dir>/<vm>.stats`) live.
     #[arg(long, default_value = "/var/lib/jettison/disks")]
     state_dir: PathBuf,
-    /// The shared key made by `jettison pair`.
-    #[arg(long, default_value = "/etc/jettison/jettison.key")]
-    key: PathBuf,
+    /// This host's key and its enrolled peers.
+    #[command(flatten)]
+    keys: crate::cmd_pair::KeyFiles,
     /// Serve NBD on this Unix socket (QEMU: `file=nbd+unix:///?socket=PATH`).
     #[arg(long)]
     unix: Option<PathBuf>,
@@ -49,7 +49,7 @@ pub fn run(args: Args) -> CmdResult {
     if args.unix.is_none() && args.listen.is_none() {
         return Err("give --unix PATH, --listen ADDR, or both: where QEMU reaches the disk".into());
     }
-    let key = SharedKey::load(&args.key)?;
+    let credentials = args.keys.load()?;
     // Reaching diskserv may take a while (the desktop may be asleep): a
     // signal before the server runs ends the process, which has written
     // nothing yet.
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> CmdResult {
         }
     });
     let hello = Hello { service: Service::Disk, export: args.vm.clone() };
-    let remote = RemoteConfig::new(&args.desktop, key, hello);
+    let remote = RemoteConfig::new(&args.desktop, credentials, hello);
     let mut config = DiskConfig::new(&args.vm, &args.state_dir, remote);
     config.block_size = args.block_size;
     let wake = args.wake.hook(&args.vm, args.wake_mac.as_deref(), &args.desktop)?;

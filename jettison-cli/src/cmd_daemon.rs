@@ -2,7 +2,7 @@
 //! until SIGINT or SIGTERM (systemd units in `packaging/systemd/`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use desktop_daemon::{DesktopConfig, DesktopDaemon};
 use server_daemon::{ServerConfig, ServerDaemon};
@@ -29,10 +29,13 @@ pub struct ServerArgs {
 /// Runs the desktop daemon.
 pub fn run_desktop(args: DesktopArgs) -> CmdResult {
     let path = args.config.clone();
+    let credentials = Arc::new(OnceLock::new());
+    let reload = Arc::clone(&credentials);
     let wait_for_signal = block_stop_signals_reloading(move || {
-        report_reload(&path, DesktopConfig::load(&path).map(drop).map_err(|e| wire::chain(&e)))
+        report_reload(&path, DesktopConfig::load(&path).map(drop).map_err(|e| wire::chain(&e)), reload.get())
     })?;
     let daemon = DesktopDaemon::new(DesktopConfig::load(&args.config)?)?;
+    let _ = credentials.set(daemon.credentials());
     run_until_signal(Arc::clone(&daemon), |d| d.run(|| notify_service_manager("READY=1")), wait_for_signal)?;
     notify_service_manager("STOPPING=1");
     daemon.shutdown();
@@ -46,27 +49,41 @@ const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(90);
 /// Runs the server daemon.
 pub fn run_server(args: ServerArgs) -> CmdResult {
     let path = args.config.clone();
+    let credentials = Arc::new(OnceLock::new());
+    let reload = Arc::clone(&credentials);
     let wait_for_signal = block_stop_signals_reloading(move || {
-        report_reload(&path, ServerConfig::load(&path).map(drop).map_err(|e| wire::chain(&e)))
+        report_reload(&path, ServerConfig::load(&path).map(drop).map_err(|e| wire::chain(&e)), reload.get())
     })?;
     let daemon = ServerDaemon::new(ServerConfig::load(&args.config)?)?;
+    let _ = credentials.set(daemon.credentials());
     run_until_signal(Arc::clone(&daemon), |d| d.run(|| notify_service_manager("READY=1")), wait_for_signal)?;
     notify_service_manager("STOPPING=1");
     daemon.shutdown(SERVER_DRAIN);
     Ok(())
 }
 
-/// A SIGHUP (`systemctl reload`): the configuration file is read and
-/// checked again, and the log says that a restart applies it. Nothing is
-/// changed in the running daemon: its settings shape VMs that are running,
-/// and a restart costs them nothing (QEMU outlives the desktop daemon; a
-/// server sends its VMs home first).
-fn report_reload(path: &std::path::Path, checked: Result<(), String>) {
+/// A SIGHUP (`systemctl reload`): the enrolled peers are read again (a
+/// key enrolled or removed applies to the next connection), and the
+/// configuration file is checked, with the log saying that a restart
+/// applies it. No other setting changes in the running daemon: they shape
+/// VMs that are running, and a restart costs them nothing (QEMU outlives the
+/// desktop daemon; a server sends its VMs home first).
+fn report_reload(path: &std::path::Path, checked: Result<(), String>, credentials: Option<&Arc<wire::Credentials>>) {
+    match credentials.map(|c| c.reload_peers()) {
+        Some(Ok(count)) => tracing::info!("SIGHUP: the enrolled peers were read again: {count} keys"),
+        Some(Err(e)) => {
+            tracing::error!(
+                "SIGHUP: the enrolled peers would not load ({}); the old set stays in force",
+                wire::chain(&e)
+            )
+        }
+        None => {}
+    }
     match checked {
         Ok(()) => tracing::info!(
             config = %path.display(),
-            "SIGHUP: the configuration is valid; nothing is changed while running: restart the daemon to apply it \
-             (running VMs are kept)"
+            "SIGHUP: the configuration is valid; other than the peers, nothing is changed while running: \
+             restart the daemon to apply it (running VMs are kept)"
         ),
         Err(e) => tracing::error!(
             config = %path.display(),

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use image_server::ServeConfig;
-use wire::{Service, SharedKey};
+use wire::Service;
 
 use crate::signals::{block_stop_signals, serve_until_signal};
 use crate::CmdResult;
@@ -21,9 +21,9 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:7410")]
     listen: SocketAddr,
-    /// The shared key made by `jettison pair`.
-    #[arg(long, default_value = "/etc/jettison/jettison.key")]
-    key: PathBuf,
+    /// This host's key and its enrolled peers.
+    #[command(flatten)]
+    keys: crate::cmd_pair::KeyFiles,
     /// Unix socket on which every request is reported (for the power policy).
     #[arg(long)]
     events: Option<PathBuf>,
@@ -32,9 +32,14 @@ pub struct Args {
 /// Serves until SIGINT or SIGTERM.
 pub fn run(args: Args) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
-    let key = SharedKey::load(&args.key)?;
-    let config =
-        ServeConfig { listen: args.listen, key, service: Service::Memory, export: args.vm, events: args.events };
+    let credentials = args.keys.load()?;
+    let config = ServeConfig {
+        listen: args.listen,
+        credentials,
+        service: Service::Memory,
+        export: args.vm,
+        events: args.events,
+    };
     let server = memserv::bind(&args.ram, config)?;
     println!("memserv: serving {} on {}", args.ram.display(), server.local_addr()?);
     serve_until_signal(server, wait_for_signal)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use memtap::{Mount, RamFileConfig};
 use migration_formats::ZeroMap;
-use wire::{Hello, RemoteConfig, Service, SharedKey};
+use wire::{Hello, RemoteConfig, Service};
 
 use crate::signals::block_stop_signals;
 use crate::wake_args::WakeArgs;
@@ -30,9 +30,9 @@ pub struct Args {
     /// Where the VMs' fetched and dirty slices live (one directory per VM).
     #[arg(long, default_value = "/var/lib/jettison/slices")]
     state_dir: PathBuf,
-    /// The shared key made by `jettison pair`.
-    #[arg(long, default_value = "/etc/jettison/jettison.key")]
-    key: PathBuf,
+    /// This host's key and its enrolled peers.
+    #[command(flatten)]
+    keys: crate::cmd_pair::KeyFiles,
     /// Pages fetched around each faulting page.
     #[arg(long, default_value_t = memtap::prefetch::DEFAULT_PIVOT_WINDOW)]
     pivot_window: u64,
@@ -62,7 +62,7 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 /// Mounts and serves until SIGINT or SIGTERM, then flushes and unmounts.
 pub fn run(args: Args) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
-    let key = SharedKey::load(&args.key)?;
+    let credentials = args.keys.load()?;
     for (option, pairs) in [("--zero-map", &args.zero_maps), ("--wake-mac", &args.wake_macs)] {
         if let Some((name, _)) = pairs.iter().find(|(name, _)| !args.vms.iter().any(|(vm, _)| vm == name)) {
             return Err(format!("{option} names VM {name:?}, which no --vm names").into());
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> CmdResult {
     let mut configs = Vec::new();
     for (name, addr) in &args.vms {
         let hello = Hello { service: Service::Memory, export: name.clone() };
-        let remote = RemoteConfig::new(addr, key.clone(), hello);
+        let remote = RemoteConfig::new(addr, std::sync::Arc::clone(&credentials), hello);
         let mut config = RamFileConfig::new(name, args.state_dir.join(name), remote);
         let mac = args.wake_macs.iter().find(|(vm, _)| vm == name).map(|(_, mac)| mac.as_str());
         config.wake = args.wake.hook(name, mac, addr)?;

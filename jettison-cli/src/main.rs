@@ -59,8 +59,10 @@ enum Command {
     Screenshot(cmd_vm::ScreenshotArgs),
     /// Desktop: open the VM's screen (here, or on the server while consolidated) with remote-viewer.
     View(cmd_vm::ViewArgs),
-    /// Create the shared key that desktop and server authenticate with.
+    /// Make this host's own key (if it has none) and print its public key, for its peers to enroll.
     Pair(cmd_pair::Args),
+    /// Trust a peer: enroll its public key under its name (a desktop on the server, the server on a desktop).
+    Enroll(cmd_pair::EnrollArgs),
     /// Desktop: serve a stopped VM's RAM file to memtap.
     Memserv(cmd_memserv::Args),
     /// Desktop: list the zero pages of a stopped VM's RAM file.
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
         Command::View(args) => cmd_vm::view(args),
         Command::Screenshot(args) => cmd_vm::screenshot(args),
         Command::Pair(args) => cmd_pair::run(args),
+        Command::Enroll(args) => cmd_pair::enroll(args),
         Command::Memserv(args) => cmd_memserv::run(args),
         Command::ZeroMap(args) => cmd_zero_map::run(args),
         Command::Memtap(args) => cmd_memtap::run(args),

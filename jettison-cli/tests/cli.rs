@@ -12,22 +12,49 @@ fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// Gives a host under `dir` its key and enrolls one peer: returns the
+/// `--host-key` and `--peers` options naming them.
+fn host_files(dir: &std::path::Path) -> [String; 4] {
+    let key = dir.join("host.key");
+    let peers = dir.join("peers");
+    assert!(jettison(&["pair", "--key", key.to_str().unwrap()]).status.success());
+    let peer = jettison(&["pair", "--key", dir.join("peer.key").to_str().unwrap()]);
+    let peer_key = String::from_utf8_lossy(&peer.stdout).trim().to_owned();
+    assert!(jettison(&["enroll", "server", &peer_key, "--peers", peers.to_str().unwrap()]).status.success());
+    ["--host-key".into(), key.to_str().unwrap().into(), "--peers".into(), peers.to_str().unwrap().into()]
+}
+
 #[test]
-fn pair_writes_a_private_key_and_refuses_to_overwrite_it() {
+fn pair_makes_a_private_key_once_and_enroll_trusts_a_peer_by_name() {
     let dir = tempfile::tempdir().unwrap();
     // A fresh host has no /etc/jettison: the directory is made.
-    let key = dir.path().join("etc/jettison/jettison.key");
-    let out = jettison(&["pair", "--out", key.to_str().unwrap()]);
+    let key = dir.path().join("etc/jettison/host.key");
+    let out = jettison(&["pair", "--key", key.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
     assert_eq!(std::fs::metadata(key.parent().unwrap()).unwrap().mode() & 0o777, 0o755);
-    assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
-    let again = jettison(&["pair", "--out", key.to_str().unwrap()]);
-    assert!(!again.status.success());
-    let said = text(&again);
-    assert!(said.contains("jettison.key already exists") && said.contains("remove it first"), "{said}");
-    assert!(!said.contains("jettison pair --out"), "it does not advise running pair again: {said}");
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(public.len(), 64, "stdout is the public key alone: {public}");
+    assert_ne!(public, std::fs::read_to_string(&key).unwrap().trim(), "the public key is not the private one");
+    assert!(text(&out).contains(&format!("jettison enroll THIS-HOST-NAME {public}")), "{}", text(&out));
+    // Run again, it keeps the key and prints the same public key.
+    let again = jettison(&["pair", "--key", key.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), public);
+    assert!(text(&again).contains("already has its key"), "{}", text(&again));
+
+    let peers = dir.path().join("etc/jettison/peers");
+    let enroll = |name: &str, key: &str| jettison(&["enroll", name, key, "--peers", peers.to_str().unwrap()]);
+    let out = enroll("desk1", &public);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(peers.join("desk1.pub")).unwrap().trim(), public);
+    let out = enroll("desk2", &public);
+    assert!(!out.status.success() && text(&out).contains("enrolled as desk1 and as desk2"), "{}", text(&out));
+    let out = enroll("../etc", &public);
+    assert!(!out.status.success() && text(&out).contains("not a valid host name"), "{}", text(&out));
+    let out = enroll("desk3", "beef");
+    assert!(!out.status.success() && text(&out).contains("KEY argument does not hold a key"), "{}", text(&out));
 }
 
 #[test]
@@ -74,34 +101,23 @@ fn errors_name_the_thing_and_what_to_do() {
     assert!(!out.status.success());
     assert!(text(&out).contains("is memtap or cownetdisk running"), "{}", text(&out));
 
+    let serve = |keys: &[&str], ram: &str| {
+        let mut args = vec!["memserv", "--vm", "vm1", "--ram", ram, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(keys);
+        jettison(&args)
+    };
     let missing_key = dir.path().join("none.key");
-    let out = jettison(&[
-        "memserv",
-        "--vm",
-        "vm1",
-        "--ram",
-        "/nonexistent",
-        "--listen",
-        "127.0.0.1:0",
-        "--key",
-        missing_key.to_str().unwrap(),
-    ]);
+    let out = serve(&["--host-key", missing_key.to_str().unwrap()], "/nonexistent");
     assert!(!out.status.success());
-    assert!(text(&out).contains("jettison pair --out"), "{}", text(&out));
+    assert!(text(&out).contains("jettison pair --key"), "{}", text(&out));
+    // An install of the release with one office key is told how to move on.
+    let out = serve(&["--key", missing_key.to_str().unwrap()], "/nonexistent");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("one office key shared by every host is no longer used"), "{}", text(&out));
 
-    let key = dir.path().join("k");
-    assert!(jettison(&["pair", "--out", key.to_str().unwrap()]).status.success());
-    let out = jettison(&[
-        "memserv",
-        "--vm",
-        "vm1",
-        "--ram",
-        "/nonexistent/vm1.ram",
-        "--listen",
-        "127.0.0.1:0",
-        "--key",
-        key.to_str().unwrap(),
-    ]);
+    let files = host_files(&dir.path().join("host"));
+    let keys: Vec<&str> = files.iter().map(String::as_str).collect();
+    let out = serve(&keys, "/nonexistent/vm1.ram");
     assert!(!out.status.success());
     let t = text(&out);
     assert!(t.contains("/nonexistent/vm1.ram") && t.contains("is the VM stopped"), "{t}");
@@ -110,11 +126,16 @@ fn errors_name_the_thing_and_what_to_do() {
     assert!(!out.status.success());
     assert!(text(&out).contains("NAME=VALUE"), "{}", text(&out));
 
-    let key_arg = key.to_str().unwrap();
-    let out = jettison(&["memtap", "--key", key_arg, "--vm", "vm1=127.0.0.1:1", "--wake-mac", "vm2=02:00:00:00:00:01"]);
+    let memtap = |extra: &[&str]| {
+        let mut args = vec!["memtap"];
+        args.extend_from_slice(&keys);
+        args.extend_from_slice(extra);
+        jettison(&args)
+    };
+    let out = memtap(&["--vm", "vm1=127.0.0.1:1", "--wake-mac", "vm2=02:00:00:00:00:01"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--wake-mac names VM \"vm2\", which no --vm names"), "{}", text(&out));
-    let out = jettison(&["memtap", "--key", key_arg, "--vm", "vm1=127.0.0.1:1", "--wake-mac", "vm1=not-a-mac"]);
+    let out = memtap(&["--vm", "vm1=127.0.0.1:1", "--wake-mac", "vm1=not-a-mac"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--wake-mac for vm1"), "{}", text(&out));
 }
@@ -122,13 +143,16 @@ fn errors_name_the_thing_and_what_to_do() {
 #[test]
 fn memtap_stops_on_sigterm_while_memserv_does_not_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("office.key");
-    assert!(jettison(&["pair", "--out", key.to_str().unwrap()]).status.success());
-    let out = jettison(&["memtap", "--key", key.to_str().unwrap(), "--vm", "vm1=desk1"]);
+    let keys = host_files(dir.path());
+    let mut args = vec!["memtap", "--vm", "vm1=desk1"];
+    args.extend(keys.iter().map(String::as_str));
+    let out = jettison(&args);
     assert!(!out.status.success() && text(&out).contains("HOST:PORT"), "an address without a port: {}", text(&out));
     // Nothing listens on port 1: memtap retries the connection for ever.
     let mut memtap = Command::new(env!("CARGO_BIN_EXE_jettison"))
-        .args(["memtap", "--key", key.to_str().unwrap(), "--vm", "vm1=127.0.0.1:1", "--mount"])
+        .arg("memtap")
+        .args(&keys)
+        .args(["--vm", "vm1=127.0.0.1:1", "--mount"])
         .arg(dir.path().join("mnt"))
         .arg("--state-dir")
         .arg(dir.path().join("slices"))
@@ -310,7 +334,7 @@ fn the_desktop_daemon_refuses_each_kind_of_configuration_mistake_at_start() {
     let made = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&qcow2).arg("1M").status().unwrap();
     assert!(made.success());
     let base = format!(
-        "name = \"desk\"\nkey = \"{d}/key\"\nserver = \"127.0.0.1:1\"\ncontrol_listen = \"127.0.0.1:7400\"\n\
+        "name = \"desk\"\nhost_key = \"{d}/host.key\"\nserver = \"127.0.0.1:1\"\ncontrol_listen = \"127.0.0.1:7400\"\n\
          serve_ip = \"127.0.0.1\"\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\nbridge = \"br0\"\naccel = \"tcg\"\n",
         d = dir.path().display()
     );

@@ -4,7 +4,8 @@
 //! ```toml
 //! name = "server1"
 //! listen = "10.0.0.1:7400"          # where desktops reach this daemon
-//! key = "/etc/jettison/jettison.key"
+//! host_key = "/etc/jettison/host.key"  # made by `jettison pair` (the default)
+//! peers = "/etc/jettison/peers"         # the desktops enrolled here (the default)
 //! state_dir = "/var/lib/jettison"   # slices, descriptors, history (kept across restarts)
 //! run_dir = "/run/jettison"         # memtap mounts, QEMU sockets, the control socket
 //! bridge = "br0"                    # the LAN bridge the VMs' taps join
@@ -32,8 +33,16 @@ pub struct ServerConfig {
     pub name: identifiers::HostName,
     /// Where desktops reach the daemon.
     pub listen: SocketAddr,
-    /// The key made by `jettison pair`.
-    pub key: PathBuf,
+    /// This host's private key, made by `jettison pair`.
+    #[serde(default = "daemon_protocol::config_file::default_host_key")]
+    pub host_key: PathBuf,
+    /// The directory of enrolled peers (`NAME.pub`, written by `jettison
+    /// enroll`): the desktops this server hosts.
+    #[serde(default = "daemon_protocol::config_file::default_peers")]
+    pub peers: PathBuf,
+    /// The one office key of earlier releases: refused with how to upgrade.
+    #[serde(default)]
+    key: Option<PathBuf>,
     /// Slices, descriptors and history.
     pub state_dir: PathBuf,
     /// Mounts, QEMU run directories and the local control socket.
@@ -115,6 +124,7 @@ impl ServerConfig {
     /// [`ServerError::Config`], naming the file and what is wrong in it.
     pub fn load(path: &Path) -> Result<Self, ServerError> {
         daemon_protocol::config_file::load(path, |config: &ServerConfig| {
+            daemon_protocol::config_file::refuse_office_key(config.key.as_deref())?;
             config.accel.resolve()?;
             if config.console_port_base == 0 || config.console_port_base.checked_add(config.console_ports).is_none() {
                 return Err("console_port_base and console_ports must name ports 1 to 65535".to_owned());
@@ -140,11 +150,13 @@ mod tests {
         let path = dir.path().join("server.toml");
         std::fs::write(
             &path,
-            "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nkey = \"/k\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
+            "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
              bridge = \"br0\"\nkernel = \"/v\"\ninitrd = \"/i\"\ncapacity_mib = 1024\n",
         )
         .unwrap();
         let config = ServerConfig::load(&path).unwrap();
+        assert_eq!(config.host_key, Path::new("/etc/jettison/host.key"));
+        assert_eq!(config.peers, Path::new("/etc/jettison/peers"));
         assert_eq!(config.accel, AccelChoice::Auto);
         assert_eq!((config.console_port_base, config.console_ports), (5900, 100));
         assert_eq!(config.max_fetch_mib_per_sec, None);
@@ -159,6 +171,15 @@ mod tests {
         let err = wire::chain(&ServerConfig::load(&path).unwrap_err());
         assert!(err.contains("server.toml") && err.contains("capacity"), "{err}");
         assert!(wire::chain(&ServerConfig::load(&dir.path().join("missing.toml")).unwrap_err()).contains("cannot read"));
+        // A file from the release with one office key says how to upgrade.
+        std::fs::write(
+            &path,
+            "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nkey = \"/etc/jettison/jettison.key\"\n\
+             state_dir = \"/s\"\nrun_dir = \"/r\"\nbridge = \"br0\"\ncapacity_mib = 1024\n",
+        )
+        .unwrap();
+        let err = wire::chain(&ServerConfig::load(&path).unwrap_err());
+        assert!(err.contains("no longer used") && err.contains("jettison enroll DESKTOP-NAME KEY"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use daemon_protocol::{
 use identifiers::VmName;
 use remote_wakeup::{Registry, WakeTarget};
 use wire::protocol::Message;
-use wire::{Channel, NoWake, SharedKey, WakeHook, WireError};
+use wire::{Channel, Credentials, NoWake, WakeHook, WireError};
 
 use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
@@ -48,7 +48,7 @@ struct Reserved {
 #[derive(Debug)]
 pub struct ServerDaemon {
     config: ServerConfig,
-    key: SharedKey,
+    credentials: Arc<Credentials>,
     vms: Mutex<Vms>,
     /// Locked before `vms` when both are held, so that a VM is always in
     /// one of the two while it moves from reserved to hosted.
@@ -68,6 +68,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ServerDaemon {
+    /// This host's key and enrolled desktops (shared with every hosted VM's
+    /// fetches, so a reload of the peers applies to them too).
+    pub fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(&self.credentials)
+    }
+
     /// Reads the key, makes the directories, and clears what a daemon that
     /// died left in the run directory (memtap mounts whose process is gone).
     /// Slices in the state directory are kept.
@@ -75,8 +81,15 @@ impl ServerDaemon {
     /// # Errors
     /// [`ServerError::LoadKey`] or [`ServerError::CreateDir`].
     pub fn new(config: ServerConfig) -> Result<Arc<ServerDaemon>, ServerError> {
-        let key = SharedKey::load(&config.key)
-            .map_err(|source| ServerError::LoadKey { path: config.key.clone(), source: Box::new(source) })?;
+        let credentials = Credentials::load(&config.host_key, &config.peers)
+            .map_err(|source| ServerError::LoadKey { source: Box::new(source) })?;
+        if credentials.peer_count() == 0 {
+            tracing::warn!(
+                "no desktop is enrolled in {}: none can move a VM here until one is \
+                 (`jettison enroll DESKTOP-NAME KEY`, then `systemctl reload jettison-server`)",
+                config.peers.display()
+            );
+        }
         for dir in [&config.state_dir, &config.run_dir] {
             std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir { path: dir.clone(), source })?;
         }
@@ -96,7 +109,7 @@ impl ServerDaemon {
             accel,
             cpu_models,
             config,
-            key,
+            credentials: Arc::new(credentials),
             vms: Mutex::new(BTreeMap::new()),
             reservations: Mutex::new(BTreeMap::new()),
             history: Mutex::new(history),
@@ -147,14 +160,22 @@ impl ServerDaemon {
     fn handle(self: &Arc<Self>, stream: TcpStream) {
         let mut hello = None;
         let name = self.config.name.clone();
-        let channel =
-            Channel::accept(stream, &self.key, CONTROL_TIMEOUT, |payload| match ControlHello::decode_body(payload) {
+        let channel = Channel::accept(stream, &self.credentials, CONTROL_TIMEOUT, |peer, payload| {
+            match ControlHello::decode_body(payload) {
+                // A desktop speaks for itself only: its key decides
+                // which desktop it is, whatever name it gives.
+                Ok(ControlHello::Desktop(claimed)) if claimed != *peer => Control::Failed(format!(
+                    "the key enrolled here as {peer} says it is {claimed}: enroll each desktop under the \
+                         name in its desktop.toml"
+                ))
+                .encode_body(),
                 Ok(h) => {
                     hello = Some(h);
                     Control::Welcome(name).encode_body()
                 }
                 Err(e) => Control::Failed(format!("not a control hello: {}", wire::chain(&e))).encode_body(),
-            });
+            }
+        });
         let (mut channel, hello) = match (channel, hello) {
             (Ok(c), Some(hello)) => (c, hello),
             (Ok(c), None) => return tracing::warn!(peer = %c.peer(), "a peer sent a bad hello"),
@@ -359,7 +380,7 @@ impl ServerDaemon {
         let console_port = self.free_console_port();
         let vm = HostedVm::start(
             &self.config,
-            &self.key,
+            &self.credentials,
             key.clone(),
             Arrival { request, descriptor, profile: &reserved.profile, accel: self.accel, console_port },
             wake,
@@ -582,7 +603,8 @@ impl ServerDaemon {
     /// `control` and waits for its answer.
     fn request_home(&self, key: &VmKey, control: std::net::SocketAddr, reason: String) -> Result<(), WireError> {
         let hello = ControlHello::Server(self.config.name.clone()).encode_body();
-        let (mut channel, _) = Channel::connect(&control.to_string(), &self.key, &hello, CONTROL_TIMEOUT)?;
+        let (mut channel, _) =
+            Channel::connect(&control.to_string(), &self.credentials, Some(&key.desktop), &hello, CONTROL_TIMEOUT)?;
         channel.send(&Control::PleaseReintegrate { vm: key.vm.clone(), reason }.encode_body())?;
         channel.recv().map(drop)
     }

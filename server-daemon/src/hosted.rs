@@ -38,7 +38,7 @@ use qemu_driver::{announce, nic_args, resume, save_device_state, DiskBackend, Qe
 use qemu_driver::{Accel, Display, VmSpec};
 use slice_store::{export_dirty_set, exported_len, SliceStore};
 use wire::protocol::Message;
-use wire::{Cancel, Channel, Hello, RemoteConfig, Service, SharedKey, WakeHook};
+use wire::{Cancel, Channel, Credentials, Hello, RemoteConfig, Service, WakeHook};
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
@@ -220,7 +220,7 @@ impl HostedVm {
     /// The step that failed; whatever was made is undone.
     pub fn start(
         config: &ServerConfig,
-        office_key: &SharedKey,
+        credentials: &Arc<Credentials>,
         key: VmKey,
         arrival: Arrival<'_>,
         wake: Arc<dyn WakeHook>,
@@ -256,8 +256,10 @@ impl HostedVm {
 
         let fetches = Cancel::new();
         let remote = |addr: std::net::SocketAddr, service| {
-            let mut remote =
-                RemoteConfig::new(addr.to_string(), office_key.clone(), Hello { service, export: vm.to_string() });
+            let hello = Hello { service, export: vm.to_string() };
+            let mut remote = RemoteConfig::new(addr.to_string(), Arc::clone(credentials), hello);
+            // The desktop that moved the VM here, and no other, serves it.
+            remote.peer = Some(key.desktop.clone());
             remote.cancel = fetches.clone();
             remote
         };

@@ -4,44 +4,67 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use bincode::Encode;
 use daemon_protocol::{Control, ControlHello, Firmware, MachineProfile, ReserveRequest};
+use identifiers::HostName;
 use server_daemon::{ServerConfig, ServerDaemon};
 use wire::protocol::Message;
-use wire::{Channel, SharedKey};
+use wire::{Channel, Credentials, HostKey, Peers, PublicKey, WireError};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The desktops enrolled at the test server.
+const DESKTOPS: [&str; 2] = ["desk1", "desk2"];
 
-/// A server daemon on a free loopback port, with its own directories.
+/// A server daemon on a free loopback port, with its own directories, and
+/// the keys of the desktops enrolled there.
 struct Server {
     addr: SocketAddr,
-    key: SharedKey,
+    public: PublicKey,
+    peers_dir: PathBuf,
+    desktops: BTreeMap<&'static str, Credentials>,
+    daemon: Arc<ServerDaemon>,
     _dir: tempfile::TempDir,
+}
+
+fn host(name: &str) -> HostName {
+    name.parse().unwrap()
 }
 
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let key = SharedKey::generate();
-        let key_file = dir.path().join("office.key");
+        let key = HostKey::generate();
+        let key_file = dir.path().join("host.key");
         key.save(&key_file).unwrap();
+        let peers_dir = dir.path().join("peers");
+        let mut desktops = BTreeMap::new();
+        for name in DESKTOPS {
+            let desktop = HostKey::generate();
+            Peers::enroll(&peers_dir, &host(name), desktop.public()).unwrap();
+            desktops.insert(name, Server::trusting(desktop, key.public()));
+        }
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let text = format!(
-            "name = \"server1\"\nlisten = \"{addr}\"\nkey = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n\
-             bridge = \"br-none\"\nkernel = \"/none\"\ninitrd = \"/none\"\ncapacity_mib = 1024\naccel = \"tcg\"\n",
+            "name = \"server1\"\nlisten = \"{addr}\"\nhost_key = \"{}\"\npeers = \"{}\"\nstate_dir = \"{}\"\n\
+             run_dir = \"{}\"\nbridge = \"br-none\"\nkernel = \"/none\"\ninitrd = \"/none\"\ncapacity_mib = 1024\n\
+             accel = \"tcg\"\n",
             key_file.display(),
+            peers_dir.display(),
             dir.path().join("state").display(),
             dir.path().join("run").display(),
         );
         let config_file = dir.path().join("server.toml");
         std::fs::write(&config_file, text).unwrap();
         let daemon = ServerDaemon::new(ServerConfig::load(&config_file).unwrap()).unwrap();
-        std::thread::spawn(move || daemon.run(|| ()).expect("the server daemon serves"));
-        let server = Server { addr, key, _dir: dir };
+        let serving = Arc::clone(&daemon);
+        std::thread::spawn(move || serving.run(|| ()).expect("the server daemon serves"));
+        let server = Server { addr, public: key.public(), peers_dir, desktops, daemon, _dir: dir };
         for _ in 0..100 {
             if std::net::TcpStream::connect(addr).is_ok() {
                 return server;
@@ -51,15 +74,28 @@ impl Server {
         panic!("the server daemon never listened on {addr}");
     }
 
-    /// A control connection that said `hello` (raw bytes), and the answer.
-    fn connect_raw(&self, hello: &[u8]) -> (Channel, Control) {
-        let (channel, answer) = Channel::connect(&self.addr.to_string(), &self.key, hello, TIMEOUT).unwrap();
-        (channel, Control::decode_body(&answer).unwrap())
+    /// A host holding `key` that has enrolled the server (`server`).
+    fn trusting(key: HostKey, server: PublicKey) -> Credentials {
+        let mut peers = Peers::new();
+        peers.insert(host("server1"), server, std::path::Path::new("test")).unwrap();
+        Credentials::new(key, peers)
     }
 
-    /// A control connection as desktop `name`.
+    /// A control connection with `credentials` that said `hello` (raw bytes).
+    fn connect_with(&self, credentials: &Credentials, hello: &[u8]) -> Result<(Channel, Control), WireError> {
+        let (channel, answer) = Channel::connect(&self.addr.to_string(), credentials, None, hello, TIMEOUT)?;
+        Ok((channel, Control::decode_body(&answer).unwrap()))
+    }
+
+    /// A control connection with desk1's key that said `hello` (raw bytes).
+    fn connect_raw(&self, hello: &[u8]) -> (Channel, Control) {
+        self.connect_with(&self.desktops["desk1"], hello).unwrap()
+    }
+
+    /// A control connection as desktop `name`, with its own key.
     fn desktop(&self, name: &str) -> Channel {
-        let (channel, answer) = self.connect_raw(&ControlHello::Desktop(name.parse().unwrap()).encode_body());
+        let hello = ControlHello::Desktop(host(name)).encode_body();
+        let (channel, answer) = self.connect_with(&self.desktops[name], &hello).unwrap();
         assert!(matches!(answer, Control::Welcome(_)), "{answer:?}");
         channel
     }
@@ -167,6 +203,35 @@ fn hostile_values_are_refused_naming_the_field_and_the_server_serves_on() {
     // And a fresh, honest desktop is served at once.
     let mut honest = server.desktop("desk2");
     assert!(matches!(ask(&mut honest, &reserve("vm1")), Control::Reserved(_)));
+}
+
+#[test]
+fn a_desktop_is_who_its_key_says_and_only_enrolled_keys_are_let_in() {
+    let server = Server::start();
+    // desk1's key claiming to be desk2 is refused at the hello: it could
+    // otherwise act on desk2's VMs.
+    let (mut posing, answer) = server.connect_raw(&ControlHello::Desktop(host("desk2")).encode_body());
+    let why = refusal(answer);
+    assert!(why.contains("enrolled here as desk1 says it is desk2"), "{why}");
+    // Nothing it sends after is acted on: the server has closed it.
+    let _ = posing.send(&reserve("vm1"));
+    assert!(posing.recv().is_err(), "a refused hello's connection must end");
+    // A key nobody enrolled: the client is told, the server serves on.
+    let stranger = Server::trusting(HostKey::generate(), server.public);
+    let err = server.connect_with(&stranger, &ControlHello::Desktop(host("desk3")).encode_body()).unwrap_err();
+    assert!(matches!(err, WireError::AuthFailed), "{err}");
+    assert!(matches!(ask(&mut server.desktop("desk1"), &reserve("vm1")), Control::Reserved(_)));
+    // Enrolled while the daemon runs, desk3 is let in at the next reload
+    // (what SIGHUP does), and not before.
+    let desk3 = HostKey::generate();
+    Peers::enroll(&server.peers_dir, &host("desk3"), desk3.public()).unwrap();
+    let desk3 = Server::trusting(desk3, server.public);
+    let hello = ControlHello::Desktop(host("desk3")).encode_body();
+    assert!(matches!(server.connect_with(&desk3, &hello), Err(WireError::AuthFailed)));
+    assert_eq!(server.daemon.credentials().reload_peers().unwrap(), 3);
+    let (mut channel, answer) = server.connect_with(&desk3, &hello).unwrap();
+    assert!(matches!(answer, Control::Welcome(_)), "{answer:?}");
+    assert!(matches!(ask(&mut channel, &reserve("vm3")), Control::Reserved(_)));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is the test failing
 
+pub mod keys;
 pub mod netns;
 pub mod office;
 pub mod screen;
@@ -19,7 +20,9 @@ use std::time::Duration;
 
 use image_server::{ServeConfig, StopHandle};
 use qemu_driver::GuestImage;
-use wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+use wire::{Hello, NoWake, RemoteConfig, Service};
+
+pub use keys::TestKeys;
 
 /// Generous bound on a TCG boot on a shared 2-core machine.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -266,8 +269,8 @@ pub struct DesktopServer {
 
 impl DesktopServer {
     /// memserv serving `ram` as export `vm` on `listen` (port 0 for any).
-    pub fn memserv(ram: &Path, vm: &str, key: &SharedKey, listen: &str) -> DesktopServer {
-        Self::memserv_with(ram, serve_config(Service::Memory, vm, key, listen))
+    pub fn memserv(ram: &Path, vm: &str, keys: &TestKeys, listen: &str) -> DesktopServer {
+        Self::memserv_with(ram, serve_config(Service::Memory, vm, keys, listen))
     }
 
     /// memserv serving `ram` as `config` says (an event socket, say).
@@ -277,8 +280,8 @@ impl DesktopServer {
 
     /// diskserv serving `image` in `block_size` blocks as export `vm` on
     /// `listen` (port 0 for any).
-    pub fn diskserv(image: &Path, vm: &str, key: &SharedKey, listen: &str, block_size: u32) -> DesktopServer {
-        Self::diskserv_with(image, serve_config(Service::Disk, vm, key, listen), block_size)
+    pub fn diskserv(image: &Path, vm: &str, keys: &TestKeys, listen: &str, block_size: u32) -> DesktopServer {
+        Self::diskserv_with(image, serve_config(Service::Disk, vm, keys, listen), block_size)
     }
 
     /// diskserv serving `image` in `block_size` blocks as `config` says.
@@ -293,21 +296,28 @@ impl DesktopServer {
         DesktopServer { addr, service, stop, thread }
     }
 
-    /// How the server side reaches this daemon for `vm`, with short retry
-    /// pauses.
-    pub fn remote(&self, vm: &str, key: &SharedKey) -> RemoteConfig {
+    /// How the server side (`keys`' server) reaches this daemon for `vm`,
+    /// with short retry pauses.
+    pub fn remote(&self, vm: &str, keys: &TestKeys) -> RemoteConfig {
         let hello = Hello { service: self.service, export: vm.into() };
-        let mut remote = RemoteConfig::new(&self.addr, key.clone(), hello);
+        let mut remote = RemoteConfig::new(&self.addr, keys.server(), hello);
+        remote.peer = Some(keys::DESKTOP_NAME.parse().expect("a valid host name"));
         remote.timeout = Duration::from_secs(5);
         remote.max_backoff = Duration::from_millis(200);
         remote
     }
 }
 
-/// How a desktop daemon serves export `vm` on `listen`, without an event
-/// socket.
-pub fn serve_config(service: Service, vm: &str, key: &SharedKey, listen: &str) -> ServeConfig {
-    ServeConfig { listen: listen.parse().unwrap(), key: key.clone(), service, export: vm.into(), events: None }
+/// How a desktop daemon (`keys`' desktop) serves export `vm` on `listen`,
+/// without an event socket.
+pub fn serve_config(service: Service, vm: &str, keys: &TestKeys, listen: &str) -> ServeConfig {
+    ServeConfig {
+        listen: listen.parse().unwrap(),
+        credentials: keys.desktop(),
+        service,
+        export: vm.into(),
+        events: None,
+    }
 }
 
 impl Drop for DesktopServer {
@@ -339,8 +349,8 @@ impl std::fmt::Debug for Cownetdisk {
 
 impl Cownetdisk {
     /// Serves export `vm` of `diskserv`, keeping its slices in `state_dir`.
-    pub fn start(state_dir: &Path, socket: &Path, diskserv: &DesktopServer, vm: &str, key: &SharedKey) -> Cownetdisk {
-        let config = cownetdisk::DiskConfig::new(vm, state_dir, diskserv.remote(vm, key));
+    pub fn start(state_dir: &Path, socket: &Path, diskserv: &DesktopServer, vm: &str, keys: &TestKeys) -> Cownetdisk {
+        let config = cownetdisk::DiskConfig::new(vm, state_dir, diskserv.remote(vm, keys));
         let disk = std::sync::Arc::new(cownetdisk::Disk::open(config, std::sync::Arc::new(NoWake)).unwrap());
         let listen = cownetdisk::Listen { unix: Some(socket.to_owned()), tcp: Some("127.0.0.1:0".parse().unwrap()) };
         let server = cownetdisk::NbdServer::bind(std::sync::Arc::clone(&disk), &listen).unwrap();

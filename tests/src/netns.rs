@@ -179,8 +179,16 @@ impl Daemon {
     /// [`office::MEMSERV`] in namespace `desktop`, reporting requests on
     /// `events`, its log in `dir`; returns once `events` exists and memserv
     /// answers a TCP handshake from namespace `server`.
-    pub fn memserv(desktop: &str, server: &str, dir: &Path, ram: &Path, key: &Path, events: &Path) -> Daemon {
-        let args: [&std::ffi::OsStr; 11] = [
+    pub fn memserv(
+        desktop: &str,
+        server: &str,
+        dir: &Path,
+        ram: &Path,
+        keys: &crate::keys::KeyFiles,
+        events: &Path,
+    ) -> Daemon {
+        let keys = keys.args();
+        let mut args: Vec<&std::ffi::OsStr> = vec![
             "memserv".as_ref(),
             "--vm".as_ref(),
             "vm1".as_ref(),
@@ -188,11 +196,10 @@ impl Daemon {
             office::MEMSERV.as_ref(),
             "--ram".as_ref(),
             ram.as_os_str(),
-            "--key".as_ref(),
-            key.as_os_str(),
             "--events".as_ref(),
             events.as_os_str(),
         ];
+        args.extend(keys.iter().map(|a| a.as_os_str()));
         let daemon = Daemon::spawn(desktop, &dir.join("memserv.log"), &args);
         let probe: std::net::SocketAddr = office::MEMSERV.parse().expect("office::MEMSERV is an address");
         let answers = || {

@@ -26,8 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wire::SharedKey;
-
 use crate::netns::office::{DESKTOP_CIDR, SERVER_CIDR};
 use crate::netns::{Daemon, Host, Lan};
 use crate::vmnet::bridge_host;
@@ -132,6 +130,30 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
+/// Gives the desktop and the server each its key under `dir` (`desktop/`
+/// and `server/`) and enrolls each at the other, with `jettison pair` and
+/// `jettison enroll` as an administrator would.
+fn pair_and_enroll(dir: &Path) -> Result<(), String> {
+    let run = |args: &[&std::ffi::OsStr]| -> Result<String, String> {
+        let out = Command::new(crate::jettison_binary()).args(args).output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("jettison {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let public_key = |host: &str| -> Result<String, String> {
+        let key = dir.join(host).join("host.key");
+        run(&["pair".as_ref(), "--key".as_ref(), key.as_os_str()])
+    };
+    let (desktop, server) = (public_key("desktop")?, public_key("server")?);
+    let enroll = |at: &str, name: &str, key: &str| {
+        let peers = dir.join(at).join("peers");
+        run(&["enroll".as_ref(), name.as_ref(), key.as_ref(), "--peers".as_ref(), peers.as_os_str()]).map(drop)
+    };
+    enroll("server", DESKTOP, &desktop)?;
+    enroll("desktop", "server", &server)
+}
+
 impl Office {
     /// Builds the LAN, the key, the VM's disk and both configuration files
     /// under `dir`. Nothing runs yet.
@@ -155,7 +177,7 @@ impl Office {
                 (disk, format!("firmware = \"{}\"\ndisk_format = \"{}\"\n", boot.firmware, boot.format))
             }
         };
-        SharedKey::generate().save(&dir.join("key")).map_err(|e| e.to_string())?;
+        pair_and_enroll(dir)?;
         let lan = Lan::build(&[
             Host { role: "desktop", cidr: DESKTOP_CIDR, mac: None },
             Host { role: "server", cidr: SERVER_CIDR, mac: None },
@@ -173,7 +195,8 @@ impl Office {
         write(
             &dir.join("server.toml"),
             &format!(
-                "name = \"server\"\nlisten = \"10.77.0.1:7400\"\nkey = \"{d}/key\"\nstate_dir = \"{d}/server/state\"\n\
+                "name = \"server\"\nlisten = \"10.77.0.1:7400\"\nhost_key = \"{d}/server/host.key\"\n\
+                 peers = \"{d}/server/peers\"\nstate_dir = \"{d}/server/state\"\n\
                  run_dir = \"{d}/server/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
                  accel = \"tcg\"\ncapacity_mib = {}\n{rate}",
                 spec.capacity_mib
@@ -184,7 +207,7 @@ impl Office {
         write(
             &dir.join("desktop.toml"),
             &format!(
-                "name = \"{DESKTOP}\"\nkey = \"{d}/key\"\nserver = \"10.77.0.1:7400\"\n\
+                "name = \"{DESKTOP}\"\nhost_key = \"{d}/desktop/host.key\"\npeers = \"{d}/desktop/peers\"\nserver = \"10.77.0.1:7400\"\n\
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
                  accel = \"tcg\"\nfailover_after_secs = {}\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\

@@ -18,9 +18,9 @@ use cownetdisk::protocol::{
     OPTION_REPLY_HEADER_LEN, SIMPLE_REPLY_LEN,
 };
 use cownetdisk::DiskStats;
+use tests::TestKeys;
 use tests::{jettison_binary, skip, Cownetdisk, DesktopServer};
 use wire::protocol::Preamble;
-use wire::SharedKey;
 
 const BLOCK: usize = 4096;
 const BLOCKS: usize = 4096;
@@ -55,7 +55,7 @@ fn desktop_image(dir: &Path) -> (PathBuf, Vec<u8>) {
 struct Fixture {
     nbd: Cownetdisk,
     diskserv: DesktopServer,
-    key: SharedKey,
+    key: TestKeys,
     bytes: Vec<u8>,
     image: PathBuf,
     dir: tempfile::TempDir,
@@ -65,7 +65,7 @@ impl Fixture {
     fn start() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (image, bytes) = desktop_image(dir.path());
-        let key = SharedKey::generate();
+        let key = TestKeys::new();
         let diskserv = DesktopServer::diskserv(&image, "vm1", &key, "127.0.0.1:0", BLOCK as u32);
         let nbd = Cownetdisk::start(&dir.path().join("state"), &dir.path().join("nbd.sock"), &diskserv, "vm1", &key);
         Fixture { nbd, diskserv, key, bytes, image, dir }
@@ -286,7 +286,7 @@ struct Daemon {
 
 impl Daemon {
     /// Starts `jettison cownetdisk` and waits for its socket.
-    fn cownetdisk(jettison: &Path, fx: &Fixture, key: &Path, socket: &Path, log: PathBuf) -> Daemon {
+    fn cownetdisk(jettison: &Path, fx: &Fixture, keys: &tests::keys::KeyFiles, socket: &Path, log: PathBuf) -> Daemon {
         let state = fx.dir.path().join("state-process");
         let args = [
             "cownetdisk",
@@ -296,14 +296,13 @@ impl Daemon {
             &fx.diskserv.addr,
             "--state-dir",
             state.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
             "--unix",
             socket.to_str().unwrap(),
         ];
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(jettison)
             .args(args)
+            .args(keys.args())
             .stdout(Stdio::from(log_file.try_clone().unwrap()))
             .stderr(Stdio::from(log_file))
             .spawn()
@@ -349,8 +348,7 @@ fn flushed_writes_survive_kill_9_and_a_restart() {
     }
     let jettison = jettison_binary();
     let fx = Fixture::start();
-    let key = fx.dir.path().join("jettison.key");
-    fx.key.save(&key).unwrap();
+    let (_, key) = fx.key.write(fx.dir.path());
     let socket = fx.dir.path().join("process.sock");
     let uri = format!("nbd+unix:///?socket={}", socket.display());
 
@@ -523,7 +521,7 @@ impl wire::WakeHook for CountingWake {
 fn every_remote_fetch_asks_the_wake_hook_first() {
     let dir = tempfile::tempdir().unwrap();
     let (image, bytes) = desktop_image(dir.path());
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     let diskserv = DesktopServer::diskserv(&image, "vm1", &key, "127.0.0.1:0", BLOCK as u32);
     let wake = std::sync::Arc::new(CountingWake::default());
     let config = cownetdisk::DiskConfig::new("vm1", dir.path().join("state"), diskserv.remote("vm1", &key));

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use image_server::events::{subscribe, EventKind};
 use image_server::ServeConfig;
+use tests::TestKeys;
 use tests::{serve_config, DesktopServer};
-use wire::{ByteRange, Chunk, Client, Hello, Service, SharedKey, WireError};
+use wire::{ByteRange, Chunk, Client, Hello, Service, WireError};
 
 const BLOCK: usize = 65536;
 const BLOCKS: usize = 24;
@@ -30,17 +31,17 @@ fn disk_image(dir: &Path) -> (PathBuf, Vec<u8>) {
 /// diskserv for export vm1 with its event socket, and what a client needs.
 struct Running {
     addr: String,
-    key: SharedKey,
+    key: TestKeys,
     events: PathBuf,
     _server: DesktopServer,
 }
 
-fn config(key: &SharedKey, service: Service, events: Option<PathBuf>) -> ServeConfig {
+fn config(key: &TestKeys, service: Service, events: Option<PathBuf>) -> ServeConfig {
     ServeConfig { events, ..serve_config(service, "vm1", key, "127.0.0.1:0") }
 }
 
 fn start(dir: &Path, image: &Path) -> Running {
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     let events = dir.join("events.sock");
     let server = DesktopServer::diskserv_with(image, config(&key, Service::Disk, Some(events.clone())), BLOCK as u32);
     Running { addr: server.addr.clone(), key, events, _server: server }
@@ -56,7 +57,8 @@ fn serves_every_block_with_zero_runs_as_markers() {
     let (image, bytes) = disk_image(dir.path());
     let before = std::fs::read(&image).unwrap();
     let srv = start(dir.path(), &image);
-    let mut c = Client::connect(&srv.addr, &srv.key, &hello(Service::Disk), Duration::from_secs(5)).unwrap();
+    let mut c =
+        Client::connect(&srv.addr, &srv.key.server(), None, &hello(Service::Disk), Duration::from_secs(5)).unwrap();
     assert_eq!((c.welcome().size, c.welcome().unit), (bytes.len() as u64, BLOCK as u32));
 
     let mut got = vec![0xAAu8; bytes.len()];
@@ -86,9 +88,11 @@ fn only_the_disk_service_is_offered_and_requests_are_reported() {
     let mut events = subscribe(&srv.events).unwrap();
     // Give the loop a moment to accept the listener before traffic starts.
     std::thread::sleep(Duration::from_millis(200));
-    let err = Client::connect(&srv.addr, &srv.key, &hello(Service::Memory), Duration::from_secs(5)).unwrap_err();
+    let err = Client::connect(&srv.addr, &srv.key.server(), None, &hello(Service::Memory), Duration::from_secs(5))
+        .unwrap_err();
     assert!(matches!(err, WireError::Refused { .. }), "{err}");
-    let mut c = Client::connect(&srv.addr, &srv.key, &hello(Service::Disk), Duration::from_secs(5)).unwrap();
+    let mut c =
+        Client::connect(&srv.addr, &srv.key.server(), None, &hello(Service::Disk), Duration::from_secs(5)).unwrap();
     c.read(&[ByteRange::new(BLOCK as u64, 4096)]).unwrap();
     let got: Vec<_> = events.by_ref().take(2).map(Result::unwrap).collect();
     assert_eq!(got[0].kind, EventKind::Connected);
@@ -99,7 +103,7 @@ fn only_the_disk_service_is_offered_and_requests_are_reported() {
 fn a_wrong_service_or_missing_image_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let (image, _) = disk_image(dir.path());
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     let err = diskserv::bind(&image, config(&key, Service::Memory, None), 4096).unwrap_err();
     assert!(matches!(err, diskserv::DiskservError::Service { .. }), "{err}");
     let err = diskserv::bind(&dir.path().join("gone.raw"), config(&key, Service::Disk, None), 4096).unwrap_err();

@@ -12,8 +12,8 @@ use migration_formats::dirty_set::ApplyTarget;
 use qemu_driver::VmSpec;
 use slice_store::export_dirty_set;
 use slice_store::SliceStore;
+use tests::TestKeys;
 use tests::{ext4_image, file_in_image, guest, skip, Cownetdisk, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use wire::SharedKey;
 
 const DESKTOP_TEXT: &str = "written on the desktop before consolidation";
 const DISK_MIB: u64 = 32;
@@ -31,7 +31,7 @@ fn guest_mounts_reads_and_writes_a_disk_served_by_cownetdisk() {
         Err(why) => return skip(why),
     };
     let before = std::fs::read(&image).unwrap();
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     let diskserv = DesktopServer::diskserv(&image, "vm1", &key, "127.0.0.1:0", BLOCK);
     let state = dir.path().join("state");
     let nbd = Cownetdisk::start(&state, &dir.path().join("vm1.nbd"), &diskserv, "vm1", &key);

@@ -9,8 +9,8 @@
 use memtap::{Mount, RamFileConfig};
 use migration_formats::zero_map;
 use qemu_driver::{resume, save_device_state, VmSpec};
+use tests::TestKeys;
 use tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use wire::SharedKey;
 
 const RAM_MIB: u64 = 256;
 /// Non-zero data the guest holds but does not touch while it counts: it
@@ -50,7 +50,7 @@ fn guest_resumed_on_memtap_keeps_running_and_fetches_little() {
     eprintln!("zero map: {zero_pages} of {} pages are zero on the desktop", (RAM_MIB << 20) / memtap::PAGE_SIZE);
 
     // On the server: memserv serves the desktop's file, memtap exposes it.
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     let memserv = DesktopServer::memserv(&desktop_ram, "vm1", &key, "127.0.0.1:0");
     let mnt = dir.path().join("memtap");
     std::fs::create_dir(&mnt).unwrap();

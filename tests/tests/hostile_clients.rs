@@ -11,10 +11,11 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tests::TestKeys;
 
 use image_server::events::{subscribe, EventKind};
 use image_server::server::{HELLO_DEADLINE, MAX_UNPROVEN_PER_SOURCE};
-use wire::{ByteRange, Chunk, Client, Hello, Service, SharedKey};
+use wire::{ByteRange, Chunk, Client, Hello, Service};
 
 const PAGES: usize = 64;
 /// The descriptors memserv may have: fewer than the unproven peers it keeps.
@@ -24,7 +25,7 @@ const NOFILE: u32 = 40;
 struct Memserv {
     child: Child,
     addr: SocketAddr,
-    key: SharedKey,
+    key: TestKeys,
     events: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -35,9 +36,8 @@ impl Memserv {
         let ram = dir.path().join("vm1.ram");
         let bytes: Vec<u8> = (0..PAGES * 4096).map(|i| (i % 251) as u8 + 1).collect();
         std::fs::write(&ram, bytes).unwrap();
-        let key = SharedKey::generate();
-        let key_file = dir.path().join("office.key");
-        key.save(&key_file).unwrap();
+        let key = TestKeys::new();
+        let (desktop_files, _) = key.write(dir.path());
         let events = dir.path().join("events.sock");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -48,8 +48,7 @@ impl Memserv {
             .arg(addr.to_string())
             .arg("--ram")
             .arg(&ram)
-            .arg("--key")
-            .arg(&key_file)
+            .args(desktop_files.args())
             .arg("--events")
             .arg(&events)
             .stdout(Stdio::null())
@@ -67,8 +66,9 @@ impl Memserv {
     /// A legitimate client reads page 3 and gets its bytes.
     fn serve_one_read(&self) {
         let hello = Hello { service: Service::Memory, export: "vm1".into() };
-        let mut client = Client::connect(&self.addr.to_string(), &self.key, &hello, Duration::from_secs(5))
-            .expect("a legitimate client is let in");
+        let mut client =
+            Client::connect(&self.addr.to_string(), &self.key.server(), None, &hello, Duration::from_secs(5))
+                .expect("a legitimate client is let in");
         let chunks = client.read(&[ByteRange::new(3 * 4096, 4096)]).expect("and served");
         let Chunk::Bytes { data, .. } = &chunks[0] else { panic!("page 3 is not zero") };
         assert_eq!(data[0], (3 * 4096 % 251) as u8 + 1);
@@ -180,7 +180,9 @@ fn a_handshake_without_a_request_is_no_activity() {
     // most: welcomed, without the session key a request needs.
     let hello = Hello { service: Service::Memory, export: "vm1".into() };
     for _ in 0..5 {
-        let idle = Client::connect(&memserv.addr.to_string(), &memserv.key, &hello, Duration::from_secs(5)).unwrap();
+        let idle =
+            Client::connect(&memserv.addr.to_string(), &memserv.key.server(), None, &hello, Duration::from_secs(5))
+                .unwrap();
         drop(idle);
     }
     memserv.serve_one_read();

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use image_server::events::{subscribe, EventKind};
 use image_server::ServeConfig;
+use tests::TestKeys;
 use tests::{serve_config, DesktopServer};
 use wire::protocol::Preamble;
-use wire::{ByteRange, Chunk, Client, ErrorKind, Hello, Request, Response, Service, SharedKey, WireError};
+use wire::{ByteRange, Chunk, Client, ErrorKind, Hello, Request, Response, Service, WireError};
 
 const PAGES: usize = 64;
 
@@ -31,13 +32,13 @@ fn ram_file(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
 /// memserv for export vm1 with its event socket, and what a client needs.
 struct Running {
     addr: String,
-    key: SharedKey,
+    key: TestKeys,
     events: std::path::PathBuf,
     _server: DesktopServer,
 }
 
 fn start(dir: &Path, ram: &Path) -> Running {
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     let events = dir.join("events.sock");
     let mut config = serve_config(Service::Memory, "vm1", &key, "127.0.0.1:0");
     config.events = Some(events.clone());
@@ -67,7 +68,7 @@ fn serves_every_byte_and_marks_zero_pages() {
     let (ram, bytes) = ram_file(dir.path());
     let before = std::fs::read(&ram).unwrap();
     let srv = start(dir.path(), &ram);
-    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    let mut c = Client::connect(&srv.addr, &srv.key.server(), None, &hello(), Duration::from_secs(5)).unwrap();
     assert_eq!(c.welcome().size, bytes.len() as u64);
     assert_eq!(c.welcome().unit, 4096);
 
@@ -100,7 +101,7 @@ fn pipelined_requests_are_answered_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (ram, bytes) = ram_file(dir.path());
     let srv = start(dir.path(), &ram);
-    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    let mut c = Client::connect(&srv.addr, &srv.key.server(), None, &hello(), Duration::from_secs(5)).unwrap();
     for id in 0..PAGES as u64 {
         c.send(&Request::read(id, vec![ByteRange::new(id * 4096, 4096)])).unwrap();
     }
@@ -116,7 +117,7 @@ fn bad_requests_get_error_replies_and_the_connection_stays_up() {
     let dir = tempfile::tempdir().unwrap();
     let (ram, bytes) = ram_file(dir.path());
     let srv = start(dir.path(), &ram);
-    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    let mut c = Client::connect(&srv.addr, &srv.key.server(), None, &hello(), Duration::from_secs(5)).unwrap();
     let err = c.read(&[ByteRange::new(bytes.len() as u64 - 10, 4096)]).unwrap_err();
     assert!(matches!(err, WireError::Remote { kind: ErrorKind::OutOfRange, .. }), "{err}");
     let err = c.read(&[ByteRange::new(0, 0)]).unwrap_err();
@@ -169,16 +170,16 @@ fn hostile_peers_do_not_stop_the_daemon() {
 
     // Another export or service is refused with the reason.
     let other = Hello { service: Service::Memory, export: "vm2".into() };
-    let err = Client::connect(&srv.addr, &srv.key, &other, Duration::from_secs(5)).unwrap_err();
+    let err = Client::connect(&srv.addr, &srv.key.server(), None, &other, Duration::from_secs(5)).unwrap_err();
     assert!(matches!(err, WireError::Refused { .. }), "{err}");
     let disk = Hello { service: Service::Disk, export: "vm1".into() };
     assert!(matches!(
-        Client::connect(&srv.addr, &srv.key, &disk, Duration::from_secs(5)),
+        Client::connect(&srv.addr, &srv.key.server(), None, &disk, Duration::from_secs(5)),
         Err(WireError::Refused { .. })
     ));
 
     // And a good client is still served.
-    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    let mut c = Client::connect(&srv.addr, &srv.key.server(), None, &hello(), Duration::from_secs(5)).unwrap();
     assert!(c.read(&[ByteRange::new(0, 4096)]).is_ok());
 }
 
@@ -190,7 +191,7 @@ fn every_request_is_reported_on_the_event_socket() {
     let mut events = subscribe(&srv.events).unwrap();
     // Give the loop a moment to accept the listener before traffic starts.
     std::thread::sleep(Duration::from_millis(200));
-    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    let mut c = Client::connect(&srv.addr, &srv.key.server(), None, &hello(), Duration::from_secs(5)).unwrap();
     c.read(&[ByteRange::new(0, 8192), ByteRange::new(4096 * 10, 4096)]).unwrap();
     let _ = c.read(&[ByteRange::new(u64::MAX - 1, 1)]);
     drop(c);
@@ -209,7 +210,7 @@ fn missing_ram_file_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        key: SharedKey::generate(),
+        credentials: TestKeys::new().desktop(),
         service: Service::Memory,
         export: "vm1".into(),
         events: None,
@@ -220,14 +221,17 @@ fn missing_ram_file_is_named_in_the_error() {
 }
 
 #[test]
-fn a_client_with_another_key_is_told_it_is_the_key() {
+fn a_client_whose_key_is_not_enrolled_is_told_it_is_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let (ram, _) = ram_file(dir.path());
     let srv = start(dir.path(), &ram);
-    let err = Client::connect(&srv.addr, &SharedKey::generate(), &hello(), Duration::from_secs(5)).unwrap_err();
-    assert!(matches!(err, WireError::AuthFailed), "a wrong key looked like {err:?}");
-    assert!(err.to_string().contains("different keys"), "{err}");
+    // A stranger, and another office's server: neither is enrolled here.
+    for credentials in [TestKeys::stranger(), TestKeys::new().server()] {
+        let err = Client::connect(&srv.addr, &credentials, None, &hello(), Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, WireError::AuthFailed), "a key not enrolled looked like {err:?}");
+        assert!(err.to_string().contains("does not accept this host's key"), "{err}");
+    }
     // And the right key is served as before.
-    let mut c = Client::connect(&srv.addr, &srv.key, &hello(), Duration::from_secs(5)).unwrap();
+    let mut c = Client::connect(&srv.addr, &srv.key.server(), None, &hello(), Duration::from_secs(5)).unwrap();
     c.read(&[ByteRange::new(0, 4096)]).unwrap();
 }

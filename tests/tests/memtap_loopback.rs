@@ -13,8 +13,9 @@ use std::time::Duration;
 use memmap2::MmapOptions;
 use memtap::{Mount, RamFileConfig};
 use slice_store::{SliceStore, UnitState};
+use tests::TestKeys;
 use tests::{fuse_available, skip, DesktopServer};
-use wire::{SharedKey, WakeHook};
+use wire::WakeHook;
 
 const PAGES: u64 = 4096; // 16 MiB
 const PAGE: usize = 4096;
@@ -52,7 +53,7 @@ impl WakeHook for CountingWake {
     }
 }
 
-fn vm_config(dir: &Path, server: &DesktopServer, key: &SharedKey) -> RamFileConfig {
+fn vm_config(dir: &Path, server: &DesktopServer, key: &TestKeys) -> RamFileConfig {
     let mut config = RamFileConfig::new("vm1", dir.join("slices"), server.remote("vm1", key));
     // The descriptor's zero map: the hole (pages 100..200).
     config.zero_pages = std::iter::once(100..200).collect();
@@ -64,7 +65,7 @@ struct Fixture {
     dir: tempfile::TempDir,
     ram: std::path::PathBuf,
     bytes: Vec<u8>,
-    key: SharedKey,
+    key: TestKeys,
     server: DesktopServer,
     mnt: std::path::PathBuf,
     wake: Arc<CountingWake>,
@@ -75,7 +76,7 @@ impl Fixture {
     fn start() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (ram, bytes) = desktop_ram(dir.path());
-        let key = SharedKey::generate();
+        let key = TestKeys::new();
         let server = DesktopServer::memserv(&ram, "vm1", &key, "127.0.0.1:0");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
@@ -199,7 +200,7 @@ fn a_zero_map_for_another_ram_size_is_refused_naming_the_vm() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (ram, _) = desktop_ram(dir.path());
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     let server = DesktopServer::memserv(&ram, "vm1", &key, "127.0.0.1:0");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();

@@ -23,7 +23,8 @@ use remote_wakeup::{netns, DesktopWaker, Mac, WakeTarget};
 use tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
 use tests::netns::{Daemon, Host, Lan};
 use tests::skip;
-use wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
+use tests::TestKeys;
+use wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, WakeHook};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 64;
@@ -70,9 +71,8 @@ fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again(
     let bytes: Vec<u8> = (0..PAGES * PAGE).map(|i| ((i / PAGE * 7 + i) % 251) as u8 + 1).collect();
     let ram = dir.path().join("vm1.ram");
     std::fs::File::create(&ram).unwrap().write_all_at(&bytes, 0).unwrap();
-    let key = SharedKey::generate();
-    let key_path = dir.path().join("jettison.key");
-    key.save(&key_path).unwrap();
+    let key = TestKeys::new();
+    let (key_path, _) = key.write(dir.path());
     let events = dir.path().join("memserv.events");
 
     let memserv = Daemon::memserv(desktop_ns, server_ns, dir.path(), &ram, &key_path, &events);
@@ -82,7 +82,7 @@ fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again(
     let mut config = WakeTarget::new("desktop1", DESKTOP_MAC, broadcast, MEMSERV.parse().unwrap());
     config.probe_timeout = Duration::from_millis(300);
     let waker = Arc::new(DesktopWaker::new(config));
-    let mut remote = RemoteConfig::new(MEMSERV, key, Hello { service: Service::Memory, export: "vm1".into() });
+    let mut remote = RemoteConfig::new(MEMSERV, key.server(), Hello { service: Service::Memory, export: "vm1".into() });
     remote.timeout = Duration::from_secs(2);
     remote.max_backoff = Duration::from_millis(200);
     remote.give_up_after = Some(WAIT);

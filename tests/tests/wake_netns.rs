@@ -25,8 +25,9 @@ use qemu_driver::{resume, save_device_state, VmSpec};
 use remote_wakeup::{netns, DesktopWaker, EmulatedS3, Mac, S3Config, S3State, WakeTarget};
 use tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
 use tests::netns::{Daemon, Host, Lan};
+use tests::TestKeys;
 use tests::{fuse_available, jettison_binary, skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, SharedKey, WakeHook};
+use wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, WakeHook};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 256;
@@ -90,9 +91,8 @@ impl Scenario {
     /// `bytes`, if the test compares them) in `dir`.
     fn start_with(raw_frames: bool, dir: tempfile::TempDir, ram: &Path, bytes: Vec<u8>) -> Scenario {
         let office = Office::build();
-        let key = SharedKey::generate();
-        let key_path = dir.path().join("jettison.key");
-        key.save(&key_path).unwrap();
+        let key = TestKeys::new();
+        let (key_path, _) = key.write(dir.path());
         let events = dir.path().join("memserv.events");
         let memserv = Daemon::memserv(office.desktop(), office.server(), dir.path(), ram, &key_path, &events);
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", memserv.pid())).unwrap();
@@ -117,7 +117,8 @@ impl Scenario {
         }
         let waker = Arc::new(DesktopWaker::new(config));
 
-        let mut remote = RemoteConfig::new(MEMSERV, key, Hello { service: Service::Memory, export: "vm1".into() });
+        let mut remote =
+            RemoteConfig::new(MEMSERV, key.server(), Hello { service: Service::Memory, export: "vm1".into() });
         remote.timeout = Duration::from_secs(2);
         remote.max_backoff = Duration::from_millis(200);
         remote.give_up_after = Some(WAIT);

@@ -12,7 +12,9 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::error::{DecodeError, WireError};
-use crate::key::SharedKey;
+use identifiers::HostName;
+
+use crate::key::{Credentials, PublicKey};
 use crate::protocol::{frame, FrameReader, Preamble, PreambleStatus, PREAMBLE_LEN};
 use crate::secure::{Initiator, RecordReader, Responder, Transport};
 
@@ -24,6 +26,7 @@ const READ_BUFFER: usize = 64 * 1024;
 pub struct Channel {
     stream: TcpStream,
     peer: String,
+    peer_name: HostName,
     transport: Transport,
     records: RecordReader,
     frames: FrameReader,
@@ -31,17 +34,21 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Connects to `addr`, authenticates with `key` and sends `hello` in the
-    /// first handshake message; returns the channel and the payload of the
-    /// server's answer. `timeout` bounds the connect and every later read.
+    /// Connects to `addr`, proves this host's key from `credentials` and
+    /// sends `hello` in the first handshake message; returns the channel and
+    /// the payload of the server's answer. The server must prove a key
+    /// enrolled here, under the name `expect` when one is given. `timeout`
+    /// bounds the connect and every later read.
     ///
     /// # Errors
     /// [`WireError::Connect`] when nobody answers, [`WireError::VersionRefused`]
-    /// when the peer speaks another version, [`WireError::AuthFailed`] on a
-    /// key mismatch.
+    /// when the peer speaks another version, [`WireError::AuthFailed`] when
+    /// the server does not accept this host's key, [`WireError::UnknownPeer`]
+    /// or [`WireError::WrongPeer`] when this host does not accept the server's.
     pub fn connect(
         addr: &str,
-        key: &SharedKey,
+        credentials: &Credentials,
+        expect: Option<&HostName>,
         hello: &[u8],
         timeout: Duration,
     ) -> Result<(Channel, Vec<u8>), WireError> {
@@ -66,26 +73,37 @@ impl Channel {
                 })
             }
         }
-        let mut initiator = Initiator::new(key, &preamble)?;
+        let mut initiator = Initiator::new(credentials.key(), &preamble)?;
         conn.write_all(&initiator.first_message(hello)?)?;
         let msg2 = conn.read_record()?;
-        let (answer, transport) = initiator.finish(&msg2)?;
-        Ok((conn.established(transport), answer))
+        let (answer, transport, server_key) = initiator.finish(&msg2)?;
+        let name = enrolled_name(credentials, &conn.peer, server_key)?;
+        match expect {
+            Some(expected) if *expected != name => {
+                Err(WireError::WrongPeer { peer: conn.peer, expected: expected.clone(), found: name })
+            }
+            _ => Ok((conn.established(transport, name), answer)),
+        }
     }
 
     /// Takes the server's side of a connection `accept(2)` returned: checks
-    /// the version, authenticates with `key`, and answers the client's hello
-    /// with what `answer` makes of it. `timeout` bounds every read.
+    /// the version, runs the handshake with this host's key, and answers the
+    /// client's hello with what `answer` makes of it and of the name the
+    /// client's key is enrolled under. `timeout` bounds every read.
+    ///
+    /// The client's key is proven only by its first frame (which only the
+    /// holder of the key can seal): act on requests, not on the hello.
     ///
     /// # Errors
     /// [`WireError::Decode`] for a peer that does not speak this protocol,
     /// [`WireError::VersionRefused`] (after telling the peer),
-    /// [`WireError::AuthFailed`] for a peer with another key.
+    /// [`WireError::UnknownPeer`] for a key not enrolled here (after telling
+    /// the peer its key was refused).
     pub fn accept(
         stream: TcpStream,
-        key: &SharedKey,
+        credentials: &Credentials,
         timeout: Duration,
-        answer: impl FnOnce(&[u8]) -> Vec<u8>,
+        answer: impl FnOnce(&HostName, &[u8]) -> Vec<u8>,
     ) -> Result<Channel, WireError> {
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "an unknown peer".to_owned());
         let mut conn = Handshaking::new(stream, peer, timeout)?;
@@ -99,24 +117,32 @@ impl Channel {
             });
         }
         conn.write_all(&Preamble::server(PreambleStatus::Accepted).encode())?;
-        let mut responder = Responder::new(key, &theirs.encode())?;
+        let mut responder = Responder::new(credentials.key(), &theirs.encode())?;
         let msg1 = conn.read_record()?;
-        let hello = match responder.read_first(&msg1) {
-            Ok(hello) => hello,
+        let checked = responder
+            .read_first(&msg1)
+            .and_then(|(hello, client_key)| Ok((hello, enrolled_name(credentials, &conn.peer, client_key)?)));
+        let (hello, name) = match checked {
+            Ok(checked) => checked,
             Err(e) => {
                 // Tell the client why (see `auth_failed_record`); it may be gone.
                 let _ = conn.write_all(&crate::secure::auth_failed_record());
                 return Err(e);
             }
         };
-        let (msg2, transport) = responder.reply(&answer(&hello))?;
+        let (msg2, transport) = responder.reply(&answer(&name, &hello))?;
         conn.write_all(&msg2)?;
-        Ok(conn.established(transport))
+        Ok(conn.established(transport, name))
     }
 
-    /// Who is at the other end.
+    /// Who is at the other end (its address).
     pub fn peer(&self) -> &str {
         &self.peer
+    }
+
+    /// The name the other end's key is enrolled under here.
+    pub fn peer_name(&self) -> &HostName {
+        &self.peer_name
     }
 
     /// Bounds every later read (`None`: wait for ever).
@@ -230,16 +256,25 @@ impl Handshaking {
         WireError::Decode { peer: self.peer.clone(), source }
     }
 
-    fn established(self, transport: Transport) -> Channel {
+    fn established(self, transport: Transport, peer_name: HostName) -> Channel {
         Channel {
             stream: self.stream,
             peer: self.peer,
+            peer_name,
             transport,
             records: self.records,
             frames: FrameReader::new(),
             read_buf: self.read_buf,
         }
     }
+}
+
+/// The name `key` is enrolled under in `credentials`.
+///
+/// # Errors
+/// [`WireError::UnknownPeer`] naming `peer` when it is not enrolled.
+pub(crate) fn enrolled_name(credentials: &Credentials, peer: &str, key: PublicKey) -> Result<HostName, WireError> {
+    credentials.peer_name(&key).ok_or_else(|| WireError::UnknownPeer { peer: peer.to_owned(), key })
 }
 
 #[cfg(test)]
@@ -250,29 +285,30 @@ mod tests {
     /// What each end of a test connection ended with.
     type Ends = (Result<(Channel, Vec<u8>), WireError>, Result<Channel, WireError>);
 
-    fn pair(client_key: &SharedKey, server_key: &SharedKey) -> Ends {
+    fn pair(client: &Credentials, server: Credentials, expect: Option<&HostName>) -> Ends {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server_key = server_key.clone();
         let server = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
-            Channel::accept(stream, &server_key, Duration::from_secs(5), |hello| {
-                let mut answer = b"hi ".to_vec();
+            Channel::accept(stream, &server, Duration::from_secs(5), |name, hello| {
+                let mut answer = format!("hi {name}: ").into_bytes();
                 answer.extend_from_slice(hello);
                 answer
             })
         });
-        let client = Channel::connect(&addr, client_key, b"desktop", Duration::from_secs(5));
+        let client = Channel::connect(&addr, client, expect, b"hello", Duration::from_secs(5));
         (client, server.join().unwrap())
     }
 
     #[test]
     fn hello_and_frames_cross_both_ways() {
-        let key = SharedKey::generate();
-        let (client, server) = pair(&key, &key);
+        let (desktop, server) = Credentials::mutual(&name("desktop"), &name("server"));
+        let (client, server) = pair(&desktop, server, Some(&name("server")));
         let (mut client, answer) = client.unwrap();
         let mut server = server.unwrap();
-        assert_eq!(answer, b"hi desktop");
+        assert_eq!(answer, b"hi desktop: hello");
+        assert_eq!(client.peer_name().as_str(), "server");
+        assert_eq!(server.peer_name().as_str(), "desktop");
         let big = vec![7u8; 300_000];
         client.send(&big).unwrap();
         client.send(b"").unwrap();
@@ -285,13 +321,40 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_key_fails_on_both_ends() {
-        let (client, server) = pair(&SharedKey::generate(), &SharedKey::generate());
-        assert!(matches!(server, Err(WireError::AuthFailed)), "{server:?}");
+    fn a_key_not_enrolled_fails_on_both_ends() {
+        let (_, server) = Credentials::mutual(&name("desktop"), &name("server"));
+        let stranger = trusting(&server, "server");
+        let (client, server) = pair(&stranger, server, None);
+        assert!(matches!(server, Err(WireError::UnknownPeer { .. })), "{server:?}");
         assert!(
             matches!(client, Err(WireError::AuthFailed)),
             "the client is told, not just cut off: {:?}",
             client.as_ref().err()
         );
+    }
+
+    #[test]
+    fn a_server_not_enrolled_or_under_another_name_is_refused_by_the_client() {
+        let (desktop, server) = Credentials::mutual(&name("desktop"), &name("server"));
+        let (client, _) = pair(&desktop, server, Some(&name("server2")));
+        let err = client.unwrap_err();
+        assert!(matches!(err, WireError::WrongPeer { .. }), "{err}");
+        assert!(err.to_string().contains("enrolled here as server, not server2"), "{err}");
+        let (desktop, _) = Credentials::mutual(&name("desktop"), &name("server"));
+        let impostor = trusting(&desktop, "desktop");
+        let (client, _) = pair(&desktop, impostor, None);
+        assert!(matches!(client, Err(WireError::UnknownPeer { .. })), "{:?}", client.err());
+    }
+
+    fn name(text: &str) -> HostName {
+        text.parse().unwrap()
+    }
+
+    /// A host with a fresh key that trusts `peer` as `peer_name`, and is
+    /// itself enrolled nowhere.
+    fn trusting(peer: &Credentials, peer_name: &str) -> Credentials {
+        let mut peers = crate::Peers::new();
+        peers.insert(name(peer_name), peer.public(), std::path::Path::new("test")).unwrap();
+        Credentials::new(crate::HostKey::generate(), peers)
     }
 }

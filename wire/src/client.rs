@@ -6,14 +6,15 @@
 //! [`WakeHook`] before every attempt, so a guest that needs a page simply
 //! waits until the desktop is back.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::cancel::Cancel;
 use crate::channel::Channel;
 use crate::error::WireError;
-use crate::key::SharedKey;
+use crate::key::Credentials;
 use crate::protocol::{ByteRange, Chunk, Hello, HelloReply, Message, Request, Response, Welcome};
+use identifiers::HostName;
 
 /// One authenticated connection to an export.
 #[derive(Debug)]
@@ -24,14 +25,22 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr`, authenticates with `key` and asks for `hello`'s
-    /// export. `timeout` bounds the connect and every later read.
+    /// Connects to `addr`, authenticates with `credentials` (the server must
+    /// be enrolled, as `expect` when given) and asks for `hello`'s export.
+    /// `timeout` bounds the connect and every later read.
     ///
     /// # Errors
-    /// [`WireError::Connect`] when nobody answers, [`WireError::AuthFailed`]
-    /// on a key mismatch, [`WireError::Refused`] for an unknown export.
-    pub fn connect(addr: &str, key: &SharedKey, hello: &Hello, timeout: Duration) -> Result<Self, WireError> {
-        let (channel, answer) = Channel::connect(addr, key, &hello.encode_body(), timeout)?;
+    /// [`WireError::Connect`] when nobody answers, [`WireError::AuthFailed`],
+    /// [`WireError::UnknownPeer`] or [`WireError::WrongPeer`] when a key is
+    /// not enrolled, [`WireError::Refused`] for an unknown export.
+    pub fn connect(
+        addr: &str,
+        credentials: &Credentials,
+        expect: Option<&HostName>,
+        hello: &Hello,
+        timeout: Duration,
+    ) -> Result<Self, WireError> {
+        let (channel, answer) = Channel::connect(addr, credentials, expect, &hello.encode_body(), timeout)?;
         let welcome = match HelloReply::decode_body(&answer).map_err(|source| channel.decode_error(source))? {
             HelloReply::Welcome(w) => w,
             HelloReply::Refused(reason) => {
@@ -131,8 +140,11 @@ impl WakeHook for NoWake {
 pub struct RemoteConfig {
     /// `host:port` of memserv or diskserv.
     pub addr: String,
-    /// The shared key.
-    pub key: SharedKey,
+    /// This host's key and its enrolled peers.
+    pub credentials: Arc<Credentials>,
+    /// The name the desktop at `addr` must be enrolled under (`None`: any
+    /// enrolled peer).
+    pub peer: Option<HostName>,
     /// The export asked for.
     pub hello: Hello,
     /// Bound on connect and on each read; a desktop that falls asleep
@@ -148,18 +160,27 @@ pub struct RemoteConfig {
 }
 
 impl RemoteConfig {
-    /// Defaults: 10 s timeout, back-off up to 2 s, never give up, a token
-    /// of its own (never cancelled unless a clone is taken).
-    pub fn new(addr: impl Into<String>, key: SharedKey, hello: Hello) -> Self {
+    /// Defaults: any enrolled peer, 10 s timeout, back-off up to 2 s, never
+    /// give up, a token of its own (never cancelled unless a clone is taken).
+    pub fn new(addr: impl Into<String>, credentials: Arc<Credentials>, hello: Hello) -> Self {
         RemoteConfig {
             addr: addr.into(),
-            key,
+            credentials,
+            peer: None,
             hello,
             timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(2),
             give_up_after: None,
             cancel: Cancel::new(),
         }
+    }
+
+    /// One connection to the export, without retries.
+    ///
+    /// # Errors
+    /// Those of [`Client::connect`].
+    pub fn connect(&self) -> Result<Client, WireError> {
+        Client::connect(&self.addr, &self.credentials, self.peer.as_ref(), &self.hello, self.timeout)
     }
 }
 
@@ -179,7 +200,7 @@ impl RemoteImage {
     /// # Errors
     /// As [`RemoteImage::read`].
     pub fn connect(config: RemoteConfig, wake: std::sync::Arc<dyn WakeHook>) -> Result<Self, WireError> {
-        let client = retry(&config, wake.as_ref(), |c| Client::connect(&c.addr, &c.key, &c.hello, c.timeout))?;
+        let client = retry(&config, wake.as_ref(), |c| c.connect())?;
         let welcome = client.welcome().clone();
         Ok(RemoteImage { config, wake, idle: Mutex::new(vec![client]), welcome })
     }
@@ -207,7 +228,7 @@ impl RemoteImage {
             let pooled = self.idle.lock().expect("pool lock poisoned: a thread panicked holding it").pop();
             let mut client = match pooled {
                 Some(c) => c,
-                None => Client::connect(&config.addr, &config.key, &config.hello, config.timeout)?,
+                None => config.connect()?,
             };
             let result = client.read(ranges);
             if result.is_ok() || matches!(result, Err(WireError::Remote { .. })) {
@@ -246,14 +267,14 @@ fn retry<T>(
         wake.wake();
         match attempt(config) {
             Ok(v) => return Ok(v),
-            Err(e) if is_transient(&e) || matches!(e, WireError::AuthFailed) => {
+            Err(e) if is_transient(&e) || is_a_key_problem(&e) => {
                 if config.give_up_after.is_some_and(|limit| started.elapsed() >= limit) {
                     return Err(e);
                 }
                 let (addr, export) = (&config.addr, &config.hello.export);
-                let wait = if matches!(e, WireError::AuthFailed) {
+                let wait = if is_a_key_problem(&e) {
                     // Logged as what it is, and retried slowly: a key is fixed
-                    // by a person copying the right file, not by hammering.
+                    // by a person enrolling it, not by hammering.
                     tracing::error!(%addr, %export, "{e}; retrying in {} s", AUTH_RETRY.as_secs());
                     AUTH_RETRY
                 } else {
@@ -269,6 +290,11 @@ fn retry<T>(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether `e` is a key one end does not accept: a person must enroll it.
+fn is_a_key_problem(e: &WireError) -> bool {
+    matches!(e, WireError::AuthFailed | WireError::UnknownPeer { .. } | WireError::WrongPeer { .. })
 }
 
 #[cfg(test)]
@@ -298,7 +324,8 @@ mod tests {
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
         let hello = Hello { service: crate::Service::Memory, export: "vm1".into() };
-        let config = RemoteConfig::new(addr.clone(), SharedKey::generate(), hello);
+        let (credentials, _) = Credentials::mutual(&"server".parse().unwrap(), &"desktop".parse().unwrap());
+        let config = RemoteConfig::new(addr.clone(), Arc::new(credentials), hello);
         let cancel = config.cancel.clone();
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let canceller = std::thread::spawn(move || {
@@ -307,7 +334,7 @@ mod tests {
         });
         let result = retry(&config, &NoWake, |c| {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Client::connect(&c.addr, &c.key, &c.hello, c.timeout)
+            c.connect()
         });
         canceller.join().unwrap();
         match result {

@@ -87,10 +87,28 @@ pub enum WireError {
         /// Theirs.
         theirs: u16,
     },
-    /// A Noise message did not decrypt: the peers hold different keys, or
-    /// the stream was tampered with.
-    #[error("authentication failed: the two ends hold different keys (copy the key made by `jettison pair` to both) or the stream was altered")]
+    /// A Noise message did not decrypt: the peer does not know this host's
+    /// key, or the stream was tampered with.
+    #[error("authentication failed: the peer does not accept this host's key (enroll it there: `jettison pair` prints it, `jettison enroll NAME KEY` on the peer adds it) or the stream was altered")]
     AuthFailed,
+    /// The peer proved a key that is not enrolled here.
+    #[error("{peer} holds key {key}, which is not enrolled here: if that host is one of ours, run `jettison enroll ITS-NAME {key}` here (and `systemctl reload` the daemon)")]
+    UnknownPeer {
+        /// The peer's address.
+        peer: String,
+        /// The key it proved.
+        key: crate::key::PublicKey,
+    },
+    /// The peer is enrolled, but under another name than the one expected.
+    #[error("{peer} is enrolled here as {found}, not {expected}: check the address configured for {expected}")]
+    WrongPeer {
+        /// The peer's address.
+        peer: String,
+        /// The name expected at that address.
+        expected: identifiers::HostName,
+        /// The name its key is enrolled under.
+        found: identifiers::HostName,
+    },
     /// The Noise library refused an operation.
     #[error("encryption error")]
     Crypto(#[source] snow::Error),
@@ -143,8 +161,8 @@ pub enum WireError {
         /// The export asked for.
         export: String,
     },
-    /// The key file cannot be read or written.
-    #[error("key file {}: create one with `jettison pair --out {}` and copy it to both hosts", path.display(), path.display())]
+    /// The key file cannot be read.
+    #[error("host key file {}: make this host's key with `jettison pair --key {}`", path.display(), path.display())]
     KeyFile {
         /// The key file.
         path: PathBuf,
@@ -153,7 +171,7 @@ pub enum WireError {
         source: std::io::Error,
     },
     /// A new key would replace an existing one.
-    #[error("key file {} already exists: keep it (the other host needs this same file), or remove it first to make a new one (then copy the new one to every host)", path.display())]
+    #[error("host key file {} already exists: this host has its key (its public half is enrolled on its peers); to rotate it, move it aside first and enroll the new public key on every peer", path.display())]
     KeyExists {
         /// The key file.
         path: PathBuf,
@@ -176,10 +194,30 @@ pub enum WireError {
         mode: u32,
     },
     /// The text is not a key.
-    #[error("{origin} does not hold a key (64 hex digits); make one with `jettison pair`")]
+    #[error("{origin} does not hold a key (64 hex digits, as `jettison pair` prints)")]
     BadKey {
         /// Where the text came from.
         origin: String,
+    },
+    /// The peers directory or one of its files cannot be used.
+    #[error("peers {}: {why} (the directory holds one NAME.pub per enrolled peer; `jettison enroll` writes them)", path.display())]
+    PeersFile {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// One key is enrolled under two names.
+    #[error("{}: key {key} is enrolled as {first} and as {second}: a key belongs to one host; remove one", path.display())]
+    KeyTwice {
+        /// The file that enrolls it a second time.
+        path: PathBuf,
+        /// The key, in hex.
+        key: String,
+        /// The name it was enrolled under first.
+        first: identifiers::HostName,
+        /// The other name.
+        second: identifiers::HostName,
     },
 }
 

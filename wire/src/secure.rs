@@ -1,17 +1,27 @@
-//! The encrypted layer under the frames: a Noise `NNpsk0` handshake keyed by
-//! the shared key, then length-prefixed ChaCha20-Poly1305 records.
+//! The encrypted layer under the frames: a Noise `IX` handshake in which each
+//! end proves its own static key, then length-prefixed ChaCha20-Poly1305
+//! records.
+//!
+//! In `IX` the client sends its ephemeral and static public keys in the first
+//! message and the server answers with its own, so neither end needs to know
+//! in advance which key sits at which address (a desktop's server may move,
+//! a server serves many desktops). Each end then looks the other's key up in
+//! its enrolled peers ([`crate::Credentials`]). The first message, and with
+//! it the client's hello (a service and a VM's name), travels in the clear;
+//! nothing else does, and the answer can only be read by the holder of the
+//! client's private key.
 //!
 //! Everything here is sans-I/O: bytes in, bytes out. The blocking client
 //! ([`crate::client`]) and the event-loop server (in `image-server`) drive the
 //! same code, so both ends agree by construction.
 
 use crate::error::WireError;
-use crate::key::SharedKey;
+use crate::key::{HostKey, PublicKey};
 use crate::protocol::MAX_RECORD;
 
-/// Noise protocol name: PSK-authenticated, no static keys, X25519,
+/// Noise protocol name: static keys exchanged in the handshake, X25519,
 /// ChaCha20-Poly1305, BLAKE2s.
-const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+const NOISE_PARAMS: &str = "Noise_IX_25519_ChaChaPoly_BLAKE2s";
 /// Authentication tag added to every Noise message.
 const TAG_LEN: usize = 16;
 /// Largest plaintext that fits one record.
@@ -26,9 +36,9 @@ enum Role {
     Responder,
 }
 
-fn handshake_state(key: &SharedKey, prologue: &[u8], role: Role) -> Result<snow::HandshakeState, WireError> {
+fn handshake_state(key: &HostKey, prologue: &[u8], role: Role) -> Result<snow::HandshakeState, WireError> {
     let params = NOISE_PARAMS.parse().expect("NOISE_PARAMS is a valid Noise protocol name");
-    let builder = snow::Builder::new(params).psk(0, key.bytes()).prologue(prologue);
+    let builder = snow::Builder::new(params).local_private_key(key.bytes()).prologue(prologue);
     match role {
         Role::Initiator => builder.build_initiator(),
         Role::Responder => builder.build_responder(),
@@ -47,7 +57,7 @@ impl Initiator {
     ///
     /// # Errors
     /// [`WireError::Crypto`] if the Noise library refuses its parameters.
-    pub fn new(key: &SharedKey, prologue: &[u8]) -> Result<Self, WireError> {
+    pub fn new(key: &HostKey, prologue: &[u8]) -> Result<Self, WireError> {
         Ok(Initiator { state: handshake_state(key, prologue, Role::Initiator)? })
     }
 
@@ -59,18 +69,19 @@ impl Initiator {
         write_prefixed(|buf| self.state.write_message(payload, buf))
     }
 
-    /// Reads handshake message 2 (without its prefix) and returns its payload
-    /// and the transport.
+    /// Reads handshake message 2 (without its prefix) and returns its
+    /// payload, the transport and the server's proven static key.
     ///
     /// # Errors
-    /// [`WireError::AuthFailed`] when the message does not decrypt: the peer
-    /// holds another key.
-    pub fn finish(mut self, message: &[u8]) -> Result<(Vec<u8>, Transport), WireError> {
+    /// [`WireError::AuthFailed`] when the message does not decrypt: the
+    /// server refused this host's key, or the message was altered.
+    pub fn finish(mut self, message: &[u8]) -> Result<(Vec<u8>, Transport, PublicKey), WireError> {
         let mut payload = vec![0u8; MAX_RECORD];
         let n = self.state.read_message(message, &mut payload).map_err(|_| WireError::AuthFailed)?;
         payload.truncate(n);
+        let remote = remote_static(&self.state)?;
         let noise = self.state.into_transport_mode().map_err(WireError::Crypto)?;
-        Ok((payload, Transport { noise }))
+        Ok((payload, Transport { noise }, remote))
     }
 }
 
@@ -97,20 +108,23 @@ impl Responder {
     ///
     /// # Errors
     /// [`WireError::Crypto`] if the Noise library refuses its parameters.
-    pub fn new(key: &SharedKey, prologue: &[u8]) -> Result<Self, WireError> {
+    pub fn new(key: &HostKey, prologue: &[u8]) -> Result<Self, WireError> {
         Ok(Responder { state: handshake_state(key, prologue, Role::Responder)? })
     }
 
-    /// Reads handshake message 1 (without its prefix) and returns its payload.
+    /// Reads handshake message 1 (without its prefix) and returns its
+    /// payload and the static key the client claims. The claim is proven
+    /// only once the client's first transport record opens: only the
+    /// holder of that key's private half can seal it.
     ///
     /// # Errors
-    /// [`WireError::AuthFailed`] when it does not decrypt: the client holds
-    /// another key, or is not a Jettison peer.
-    pub fn read_first(&mut self, message: &[u8]) -> Result<Vec<u8>, WireError> {
+    /// [`WireError::AuthFailed`] when it is not a Noise message of this
+    /// pattern: the client is not a Jettison peer of this version.
+    pub fn read_first(&mut self, message: &[u8]) -> Result<(Vec<u8>, PublicKey), WireError> {
         let mut payload = vec![0u8; MAX_RECORD];
         let n = self.state.read_message(message, &mut payload).map_err(|_| WireError::AuthFailed)?;
         payload.truncate(n);
-        Ok(payload)
+        Ok((payload, remote_static(&self.state)?))
     }
 
     /// Handshake message 2 carrying `payload`, with its length prefix, and
@@ -123,6 +137,10 @@ impl Responder {
         let noise = self.state.into_transport_mode().map_err(WireError::Crypto)?;
         Ok((msg, Transport { noise }))
     }
+}
+
+fn remote_static(state: &snow::HandshakeState) -> Result<PublicKey, WireError> {
+    state.get_remote_static().and_then(PublicKey::from_slice).ok_or(WireError::AuthFailed)
 }
 
 fn write_prefixed(write: impl FnOnce(&mut [u8]) -> Result<usize, snow::Error>) -> Result<Vec<u8>, WireError> {
@@ -237,25 +255,27 @@ impl RecordReader {
 mod tests {
     use super::*;
 
-    fn pair(client_key: &SharedKey, server_key: &SharedKey) -> Result<(Transport, Transport), WireError> {
+    fn pair(client_key: &HostKey, server_key: &HostKey) -> Result<(Transport, Transport), WireError> {
         let prologue = b"JTSN\x01\x00\x00\x00";
         let mut i = Initiator::new(client_key, prologue)?;
         let mut r = Responder::new(server_key, prologue)?;
         let m1 = i.first_message(b"hello")?;
         let mut rr = RecordReader::new();
         rr.push(&m1);
-        assert_eq!(r.read_first(&rr.next_record().unwrap())?, b"hello");
+        let (hello, client_static) = r.read_first(&rr.next_record().unwrap())?;
+        assert_eq!(hello, b"hello");
+        assert_eq!(client_static, client_key.public());
         let (m2, server) = r.reply(b"welcome")?;
         rr.push(&m2);
-        let (payload, client) = i.finish(&rr.next_record().unwrap())?;
+        let (payload, client, server_static) = i.finish(&rr.next_record().unwrap())?;
         assert_eq!(payload, b"welcome");
+        assert_eq!(server_static, server_key.public());
         Ok((client, server))
     }
 
     #[test]
     fn handshake_and_large_transfer() {
-        let key = SharedKey::generate();
-        let (mut c, mut s) = pair(&key, &key).unwrap();
+        let (mut c, mut s) = pair(&HostKey::generate(), &HostKey::generate()).unwrap();
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut wire = Vec::new();
         c.seal(&big, &mut wire).unwrap();
@@ -272,15 +292,29 @@ mod tests {
     }
 
     #[test]
-    fn wrong_key_fails_authentication() {
-        let err = pair(&SharedKey::generate(), &SharedKey::generate()).unwrap_err();
+    fn a_claimed_key_without_its_private_half_opens_nothing() {
+        // In IX the first message carries the client's static key in the
+        // clear: a thief can put a victim's public key there. The server
+        // then answers, but only the victim's private key reads the answer.
+        let (server_key, victim, thief) = (HostKey::generate(), HostKey::generate(), HostKey::generate());
+        let prologue = b"JTSN";
+        let mut forger = Initiator::new(&thief, prologue).unwrap();
+        let mut r = Responder::new(&server_key, prologue).unwrap();
+        let mut rr = RecordReader::new();
+        rr.push(&forger.first_message(b"hello").unwrap());
+        let mut m1 = rr.next_record().unwrap();
+        m1[32..64].copy_from_slice(&hex::decode(victim.public().to_string()).unwrap());
+        let (hello, claimed) = r.read_first(&m1).unwrap();
+        assert_eq!((hello.as_slice(), claimed), (b"hello".as_slice(), victim.public()));
+        let (m2, _server) = r.reply(b"welcome").unwrap();
+        rr.push(&m2);
+        let err = forger.finish(&rr.next_record().unwrap()).unwrap_err();
         assert!(matches!(err, WireError::AuthFailed), "{err}");
     }
 
     #[test]
     fn altered_record_fails() {
-        let key = SharedKey::generate();
-        let (mut c, mut s) = pair(&key, &key).unwrap();
+        let (mut c, mut s) = pair(&HostKey::generate(), &HostKey::generate()).unwrap();
         let mut wire = Vec::new();
         c.seal(b"page data", &mut wire).unwrap();
         wire[5] ^= 1;

@@ -2,7 +2,11 @@
 //! event loops: feed it the bytes that arrived, take the bytes to send.
 
 use crate::error::{DecodeError, WireError};
-use crate::key::SharedKey;
+use std::sync::Arc;
+
+use identifiers::HostName;
+
+use crate::key::Credentials;
 use crate::protocol::{
     frame, FrameReader, Hello, HelloReply, Message, Preamble, PreambleStatus, Request, Response, PREAMBLE_LEN, VERSION,
 };
@@ -36,23 +40,32 @@ pub enum Event {
 /// One server-side connection, without its socket.
 #[derive(Debug)]
 pub struct ServerSession {
-    key: SharedKey,
+    credentials: Arc<Credentials>,
     peer: String,
+    peer_name: Option<HostName>,
     records: RecordReader,
     frames: FrameReader,
     phase: Phase,
 }
 
 impl ServerSession {
-    /// A new connection from `peer` (used in error messages).
-    pub fn new(key: SharedKey, peer: impl Into<String>) -> Self {
+    /// A new connection from `peer` (used in error messages), which must
+    /// prove a key enrolled in `credentials`.
+    pub fn new(credentials: Arc<Credentials>, peer: impl Into<String>) -> Self {
         ServerSession {
-            key,
+            credentials,
             peer: peer.into(),
+            peer_name: None,
             records: RecordReader::new(),
             frames: FrameReader::new(),
             phase: Phase::Preamble,
         }
+    }
+
+    /// The name the client's key is enrolled under, once its hello arrived
+    /// (proven once its first request opens).
+    pub fn peer_name(&self) -> Option<&HostName> {
+        self.peer_name.as_ref()
     }
 
     /// Adds bytes received from the socket.
@@ -98,22 +111,26 @@ impl ServerSession {
                         });
                     }
                     out.extend_from_slice(&Preamble::server(PreambleStatus::Accepted).encode());
-                    self.phase = Phase::Handshake(Responder::new(&self.key, &raw)?);
+                    self.phase = Phase::Handshake(Responder::new(self.credentials.key(), &raw)?);
                 }
                 Phase::Handshake(mut responder) => {
                     let Some(msg) = self.records.next_record() else {
                         self.phase = Phase::Handshake(responder);
                         return Ok(None);
                     };
-                    let payload = match responder.read_first(&msg) {
-                        Ok(payload) => payload,
+                    let checked = responder.read_first(&msg).and_then(|(payload, key)| {
+                        Ok((payload, crate::channel::enrolled_name(&self.credentials, &self.peer, key)?))
+                    });
+                    let (payload, name) = match checked {
+                        Ok(checked) => checked,
                         Err(e) => {
                             // Tell the client why, so that it does not take
-                            // a wrong key for a dropped connection.
+                            // a refused key for a dropped connection.
                             out.extend_from_slice(&crate::secure::auth_failed_record());
                             return Err(e);
                         }
                     };
+                    self.peer_name = Some(name);
                     let hello = Hello::decode_body(&payload).map_err(|source| self.decode_error(source))?;
                     self.phase = Phase::Hello(responder);
                     return Ok(Some(Event::Hello(hello)));

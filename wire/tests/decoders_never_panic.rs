@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use wire::protocol::{frame, FrameReader, Message, Preamble, PREAMBLE_LEN};
-use wire::{ByteRange, Chunk, Hello, HelloReply, Request, Response, ServerSession, SharedKey};
+use wire::{ByteRange, Chunk, Credentials, Hello, HelloReply, Request, Response, ServerSession};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
@@ -36,7 +36,7 @@ proptest! {
         prefix_valid in any::<bool>(),
         bytes in proptest::collection::vec(any::<u8>(), 0..2048),
     ) {
-        let mut session = ServerSession::new(SharedKey::generate(), "fuzz");
+        let mut session = ServerSession::new(std::sync::Arc::new(Credentials::mutual(&"a".parse().unwrap(), &"b".parse().unwrap()).0), "fuzz");
         let mut out = Vec::new();
         if prefix_valid {
             session.receive(&Preamble::client().encode());

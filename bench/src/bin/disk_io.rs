@@ -97,7 +97,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tempfile::TempDir;
 use tests::skip;
-use wire::{Hello, NoWake, RemoteConfig, Service, SharedKey};
+use tests::TestKeys;
+use wire::{Hello, NoWake, RemoteConfig, Service};
 
 /// The block size of every small request, of cownetdisk's slices and of
 /// diskserv's zero markers.
@@ -212,7 +213,7 @@ struct Setup {
     /// Every block number in one random order: the cold random rows and
     /// the ping-pong read them in this order.
     shuffled: Vec<usize>,
-    key: SharedKey,
+    key: TestKeys,
     row_time: Duration,
     depths: Vec<usize>,
     seed: u64,
@@ -331,7 +332,7 @@ fn make_setup(args: &Args) -> BenchResult<Setup> {
         payload: random_bytes(MIB, !args.seed),
         shuffled: rand::seq::index::sample(&mut rng, blocks, blocks).into_vec(),
         image,
-        key: SharedKey::generate(),
+        key: TestKeys::new(),
         row_time: Duration::from_secs_f64(args.seconds),
         depths: args.depth.clone(),
         seed: args.seed,
@@ -634,10 +635,10 @@ struct Diskserv {
 }
 
 impl Diskserv {
-    fn start(image: &Path, key: &SharedKey) -> BenchResult<Diskserv> {
+    fn start(image: &Path, key: &TestKeys) -> BenchResult<Diskserv> {
         let config = ServeConfig {
             listen: "127.0.0.1:0".parse()?,
-            key: key.clone(),
+            credentials: key.desktop(),
             service: Service::Disk,
             export: VM.into(),
             events: None,
@@ -654,9 +655,9 @@ impl Diskserv {
     }
 
     /// How cownetdisk reaches it, with short retry pauses.
-    fn remote(&self, key: &SharedKey) -> RemoteConfig {
+    fn remote(&self, key: &TestKeys) -> RemoteConfig {
         let hello = Hello { service: Service::Disk, export: VM.into() };
-        let mut remote = RemoteConfig::new(&self.addr, key.clone(), hello);
+        let mut remote = RemoteConfig::new(&self.addr, key.server(), hello);
         remote.timeout = Duration::from_secs(5);
         remote.max_backoff = Duration::from_millis(200);
         remote

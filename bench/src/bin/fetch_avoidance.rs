@@ -52,8 +52,8 @@ use clap::Parser;
 use memtap::{Mount, RamFileConfig, RamStats, PAGE_SIZE};
 use migration_formats::zero_map;
 use qemu_driver::{resume, save_device_state, GuestImage, VmSpec};
+use tests::TestKeys;
 use tests::{fuse_available, guest, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use wire::SharedKey;
 
 /// The VM's name: memserv's export and memtap's `vm1.ram`.
 const VM: &str = "vm1";
@@ -314,7 +314,7 @@ fn checkpoint(args: &Args, guest: &GuestImage, dir: &Path, ram_mib: u64, boot: B
 /// written its later data.
 fn on_memtap(args: &Args, guest: &GuestImage, dir: &Path, cp: &Checkpoint, config: Config) -> BenchResult<Row> {
     let tag = format!("{}-{}", cp.boot.tag(), if config.zero_map { "zero-map" } else { "no-zero-map" });
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     // Declared before the mount and QEMU, so dropped after them.
     let memserv = DesktopServer::memserv(&cp.ram, VM, &key, "127.0.0.1:0");
     let mountpoint = dir.join(format!("{tag}-memtap"));

@@ -89,8 +89,8 @@ use rand::{RngCore, SeedableRng};
 use remote_wakeup::netns::run_in;
 use serde_json::{json, Value};
 use tests::netns::office::MEMSERV;
+use tests::TestKeys;
 use tests::{fuse_available, guest, netns, skip, DesktopServer, BOOT_TIMEOUT, COUNT_TIMEOUT};
-use wire::SharedKey;
 
 use office::{CappedOffice, Side, VM_CIDR, VM_PORT};
 use reintegrate::{reintegrate, Consolidated};
@@ -669,7 +669,7 @@ fn consolidate(
     }
     fs::write(&received, &bytes[..descriptor_bytes as usize])?;
     // The desktop serves its RAM file; the server mounts memtap over it.
-    let key = SharedKey::generate();
+    let key = TestKeys::new();
     let memserv = run_in(Some(office.desktop()), || DesktopServer::memserv(&desktop_ram, VM, &key, MEMSERV))?;
     let mountpoint = dir.join("memtap");
     fs::create_dir_all(&mountpoint)?;

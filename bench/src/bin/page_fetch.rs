@@ -68,8 +68,9 @@ use memtap::{MemtapError, Mount, RamFileConfig, RamStats};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tempfile::TempDir;
+use tests::TestKeys;
 use tests::{fuse_available, skip, DesktopServer};
-use wire::{ByteRange, Chunk, Client, SharedKey};
+use wire::{ByteRange, Chunk};
 
 /// The page size everything is measured in.
 const PAGE: usize = 4096;
@@ -154,7 +155,7 @@ struct Setup {
     path: PathBuf,
     image: Mmap,
     pages: Vec<usize>,
-    key: SharedKey,
+    key: TestKeys,
 }
 
 fn run(args: &Args) -> BenchResult<()> {
@@ -171,7 +172,7 @@ fn run(args: &Args) -> BenchResult<()> {
     // Warm: the desktop side reads from the page cache in every row.
     black_box(image.chunks_exact(PAGE).fold(0u8, |acc, page| acc ^ page[0]));
     let pages = random_pages(image.len() / PAGE, args.samples, args.seed);
-    let setup = Setup { path, image, pages, key: SharedKey::generate() };
+    let setup = Setup { path, image, pages, key: TestKeys::new() };
 
     let mut rows = link_rows(&setup)?;
     rows.extend(local_rows(&setup)?);
@@ -349,7 +350,7 @@ fn wire_reads(setup: &Setup, range_len: usize) -> BenchResult<Vec<Duration>> {
     let image = &setup.image;
     let server = DesktopServer::memserv(&setup.path, VM, &setup.key, "127.0.0.1:0");
     let remote = server.remote(VM, &setup.key);
-    let mut client = Client::connect(&remote.addr, &remote.key, &remote.hello, remote.timeout)?;
+    let mut client = remote.connect()?;
     let mut samples = Vec::with_capacity(image.len().div_ceil(range_len));
     for (i, want) in image.chunks(range_len).enumerate() {
         let range = ByteRange::new((i * range_len) as u64, u32::try_from(want.len())?);
