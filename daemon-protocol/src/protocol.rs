@@ -2,11 +2,12 @@
 //!
 //! # Transport
 //!
-//! A [`wire::Channel`]: clear preamble, Noise `NNpsk0` with the
-//! office's shared key, then frames. The client's first handshake payload is
-//! a [`ControlHello`]; the answer is a [`Control::Welcome`] or a
-//! [`Control::Failed`]. A desktop's hello names it: the server knows every
-//! VM by (desktop, VM name), so two desktops may each have a `vm1`, and a
+//! A [`wire::Channel`]: clear preamble, Noise `IX` in which each host
+//! proves its own enrolled key, then frames. The client's first handshake
+//! payload is a [`ControlHello`]; the answer is a [`Control::Welcome`] or a
+//! [`Control::Failed`]. A desktop's hello names it, and the name must be the
+//! one its key is enrolled under at the server: the server knows every VM by
+//! (desktop, VM name), so two desktops may each have a `vm1`, and a
 //! desktop's requests only ever reach its own VMs. Every later frame body is one [`Control`], encoded
 //! with bincode 2 (little-endian, variable-length integers) and decoded with
 //! the wire's frame limit ([`MAX_FRAME`]) and the limits below.

@@ -1,5 +1,5 @@
 //! Feeds what a server sends to a client that has sent its preamble and
-//! Noise NNpsk0 message 1 (the steps of `wire::Channel::connect`, which
+//! Noise IX message 1 (the steps of `wire::Channel::connect`, which
 //! needs a TCP socket): the server's clear preamble through
 //! `RecordReader::take_raw` and `Preamble::decode`/`status`, then message
 //! 2 through `RecordReader::next_record` and `Initiator::finish`, then its

@@ -1,5 +1,5 @@
 //! Feeds what a client sends before it has authenticated (the clear
-//! preamble, then Noise NNpsk0 message 1, then anything) to
+//! preamble, then Noise IX message 1, then anything) to
 //! `wire::ServerSession`, the state machine of memserv's and diskserv's
 //! connections, in pieces of input-chosen lengths. The session holds the
 //! fuzz key, so a seed made with that key gets through message 1 and the

@@ -163,10 +163,10 @@ fn hostile_peers_do_not_stop_the_daemon() {
     let mut answer = [0u8; 8];
     s.read_exact(&mut answer).unwrap();
     let answer = Preamble::decode(&answer).unwrap();
-    assert_eq!(answer.version, 1);
+    assert_eq!(answer.version, wire::protocol::VERSION);
     assert_eq!(answer.word, 1, "status is VersionRefused");
 
-    // A client with another key: see a_client_with_another_key_is_told_it_is_the_key.
+    // A client with another key: see a_client_whose_key_is_not_enrolled_is_told_it_is_the_key.
 
     // Another export or service is refused with the reason.
     let other = Hello { service: Service::Memory, export: "vm2".into() };

@@ -1,4 +1,4 @@
-//! The Jettison wire protocol, version 1: how a server (memtap, cownetdisk)
+//! The Jettison wire protocol, version 2: how a server (memtap, cownetdisk)
 //! reads byte ranges of an image (a VM's RAM file, a disk image) that lives on
 //! a desktop (memserv, diskserv).
 //!
@@ -15,7 +15,7 @@
 //!  +-----------------------------------------------+
 //!  | records: u16 LE length + Noise ciphertext     |  ChaCha20-Poly1305, <= 65535 B
 //!  +-----------------------------------------------+
-//!  | preamble (8 B, clear) + Noise NNpsk0 handshake|  TCP
+//!  | preamble (8 B, clear) + Noise IX handshake    |  TCP
 //!  +-----------------------------------------------+
 //! ```
 //!
@@ -28,9 +28,10 @@
 //!     C->>S: preamble "JTSN", version u16 LE, flags u16 = 0
 //!     S->>C: preamble "JTSN", version S speaks, status u16 (0 ok, 1 version refused)
 //!     Note over C,S: status != 0: both close. Otherwise the client's preamble is the Noise prologue.
-//!     C->>S: Noise NNpsk0 msg 1 (-> psk, e), payload Hello
-//!     S->>C: Noise NNpsk0 msg 2 (<- e, ee), payload Welcome or Refused
-//!     Note over C,S: a wrong key fails msg 1's decryption: the server sends the clear record "JTAUTHFAIL" instead of msg 2 and closes; the client reports an authentication error
+//!     C->>S: Noise IX msg 1 (-> e, s), payload Hello (in the clear)
+//!     Note over S: C's static key not enrolled here: the clear record "JTAUTHFAIL" instead of msg 2, and close; the client reports an authentication error
+//!     S->>C: Noise IX msg 2 (<- e, ee, se, s, es), payload Welcome or Refused
+//!     Note over C: S's static key not enrolled here (or not as the expected host): close
 //!     loop any number, pipelined
 //!         C->>S: Request::Read { id, ranges }
 //!         S->>C: Response::Data { id, chunks } or Response::Error { id, .. }
@@ -45,12 +46,20 @@
 //!
 //! # Authentication and encryption
 //!
-//! Both ends hold the same 32-byte key (made by `jettison pair`). The Noise
-//! pattern `NNpsk0` mixes it into the first message, so a peer without the key
-//! cannot produce or read anything, and fresh ephemeral keys give forward
-//! secrecy. Transport messages are ChaCha20-Poly1305 with implicit nonces, so
-//! a replayed, reordered or altered record fails to decrypt and ends the
-//! connection.
+//! Each host has its own static X25519 key (made by `jettison pair`), and
+//! each end keeps the public keys of the peers it trusts, by name (written
+//! by `jettison enroll`; see [`crate::key`]). The Noise pattern `IX` sends
+//! the client's static key in the first message and the server's in the
+//! second, and mixes both into the session keys: only the holder of the
+//! client's private key can read message 2 or seal a record, and only the
+//! holder of the server's can have written message 2. Each end looks the
+//! other's key up among its peers and closes on a stranger. Message 1 is in
+//! the clear (a public key and the hello: a service and an export name); a
+//! replay of it gets an answer nobody can read. A server therefore counts a
+//! client as proven only once its first record opens. Fresh ephemeral keys
+//! give forward secrecy. Transport messages are ChaCha20-Poly1305 with
+//! implicit nonces, so a replayed, reordered or altered record fails to
+//! decrypt and ends the connection.
 //!
 //! # Version rule
 //!
@@ -92,8 +101,9 @@ use crate::error::DecodeError;
 
 /// The magic at the start of both preambles.
 pub const MAGIC: [u8; 4] = *b"JTSN";
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this build speaks: 2 since each host proves its own
+/// key (Noise `IX`); version 1 shared one office key (`NNpsk0`).
+pub const VERSION: u16 = 2;
 /// Size of a preamble on the wire.
 pub const PREAMBLE_LEN: usize = 8;
 /// Largest frame body, in bytes.

@@ -256,7 +256,7 @@ mod tests {
     use super::*;
 
     fn pair(client_key: &HostKey, server_key: &HostKey) -> Result<(Transport, Transport), WireError> {
-        let prologue = b"JTSN\x01\x00\x00\x00";
+        let prologue = b"JTSN\x02\x00\x00\x00";
         let mut i = Initiator::new(client_key, prologue)?;
         let mut r = Responder::new(server_key, prologue)?;
         let m1 = i.first_message(b"hello")?;
