@@ -19,7 +19,7 @@
 //! starts with `guest-sync-delimited`: the agent answers it after a 0xFF
 //! byte, and everything before that byte is stale.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +34,10 @@ use crate::error::{QemuError, Result};
 const SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a program run in the guest may take.
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest reply taken from the agent: the guest writes it, so a guest
+/// that never ends a line must not grow the daemon's memory. The largest
+/// honest one, a program's base64 output, is far smaller.
+const MAX_REPLY: usize = 4 << 20;
 
 /// How a guest came back to life, for [`settle_guest_in_background`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +87,10 @@ impl GuestAgent {
         self.io(|reader| reader.get_mut().write_all(&line), deadline)?;
         loop {
             let mut skipped = Vec::new();
-            self.io(|reader| reader.read_until(0xff, &mut skipped).map(drop), deadline)?;
+            self.io(
+                |reader| crate::line::read_until_within(reader, 0xff, &mut skipped, MAX_REPLY).map(drop),
+                deadline,
+            )?;
             if skipped.last() != Some(&0xff) {
                 return Err(self.no_agent("the channel closed"));
             }
@@ -182,7 +189,7 @@ impl GuestAgent {
 
     fn read_reply(&mut self, deadline: Instant) -> Result<Value> {
         let mut line = Vec::new();
-        self.io(|reader| reader.read_until(b'\n', &mut line).map(drop), deadline)?;
+        self.io(|reader| crate::line::read_until_within(reader, b'\n', &mut line, MAX_REPLY).map(drop), deadline)?;
         serde_json::from_slice(&line).map_err(|e| self.no_agent(&format!("it sent something that is not JSON ({e})")))
     }
 

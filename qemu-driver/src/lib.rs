@@ -16,6 +16,7 @@ mod disk_view;
 mod error;
 mod guest;
 mod host;
+mod line;
 mod migration;
 mod no_hugepage;
 mod poll;

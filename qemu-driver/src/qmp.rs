@@ -9,7 +9,7 @@
 //! waiting at the time.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::io::{self, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
@@ -169,7 +169,7 @@ impl Qmp {
                 });
             }
             self.reader.get_ref().set_read_timeout(Some(remaining)).map_err(|source| self.io_error(source))?;
-            match self.reader.read_until(b'\n', &mut self.partial) {
+            match crate::line::read_until_within(&mut self.reader, b'\n', &mut self.partial, MAX_QMP_LINE) {
                 Ok(0) => {
                     let eof = io::Error::new(ErrorKind::UnexpectedEof, "QEMU closed the QMP connection");
                     return Err(self.io_error(eof));
@@ -195,6 +195,10 @@ impl Qmp {
         QemuError::QmpProtocol { socket: self.socket.clone(), detail }
     }
 }
+
+/// Longest QMP message taken from QEMU: its largest answers (`query-*` of a
+/// big machine) are a few hundred KiB.
+const MAX_QMP_LINE: usize = 16 << 20;
 
 fn is_event(message: &Value, name: &str) -> bool {
     message.get("event").and_then(Value::as_str) == Some(name)
