@@ -225,8 +225,9 @@ fn a_client_whose_key_is_not_enrolled_is_told_it_is_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let (ram, _) = ram_file(dir.path());
     let srv = start(dir.path(), &ram);
-    // A stranger, and another office's server: neither is enrolled here.
-    for credentials in [TestKeys::stranger(), TestKeys::new().server()] {
+    // A stranger, another office's server, and a desktop (as a thief of a
+    // desktop's key would be): none is an enrolled server here.
+    for credentials in [TestKeys::stranger(), TestKeys::new().server(), srv.key.desktop()] {
         let err = Client::connect(&srv.addr, &credentials, None, &hello(), Duration::from_secs(5)).unwrap_err();
         assert!(matches!(err, WireError::AuthFailed), "a key not enrolled looked like {err:?}");
         assert!(err.to_string().contains("does not accept this host's key"), "{err}");
