@@ -12,6 +12,8 @@
 //! calling thread (a daemon runs in its host's namespace).
 
 use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -106,19 +108,22 @@ pub fn disk_virtual_size(qmp: &mut Qmp) -> Result<u64> {
     })
 }
 
-/// Writes what the VM's screen shows now to `file`: PNG when its name
-/// ends in `.png`, else PPM (binary, `P6`).
+/// Writes what the VM's screen shows now to `file` (mode 0600; the caller
+/// grants more): PNG when its name ends in `.png`, else PPM (binary, `P6`).
+/// The file is opened here and lent to QEMU, which may run unprivileged.
 ///
 /// # Errors
-/// [`QemuError::Command`] if QEMU refuses (no display device, a file it
-/// cannot write).
+/// [`QemuError::File`] if `file` cannot be created; [`QemuError::Command`]
+/// if QEMU refuses (no display device).
 pub fn screendump(qmp: &mut Qmp, file: &Path) -> Result<()> {
     let format = if file.extension().is_some_and(|e| e == "png") { "png" } else { "ppm" };
-    let filename = file.to_str().ok_or_else(|| QemuError::QmpProtocol {
-        socket: qmp.socket().to_owned(),
-        detail: format!("{} is not UTF-8, which QMP needs", file.display()),
+    let out =
+        OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file).map_err(|source| {
+            QemuError::File { action: "create the screenshot file", path: file.to_owned(), source }
+        })?;
+    qmp.with_file_lent(&out, |qmp, filename| {
+        qmp.execute("screendump", Some(json!({ "filename": filename, "format": format })))
     })?;
-    qmp.execute("screendump", Some(json!({ "filename": filename, "format": format })))?;
     Ok(())
 }
 
