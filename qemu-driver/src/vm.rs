@@ -377,12 +377,18 @@ impl VmSpec {
     fn boot_args(&self) -> Vec<OsString> {
         match &self.boot {
             Boot::Bios => Vec::new(),
-            Boot::Uefi { code, vars } => vec![
-                "-drive".into(),
-                option_with_path("if=pflash,unit=0,format=raw,readonly=on,file=", code),
-                "-drive".into(),
-                option_with_path("if=pflash,unit=1,format=raw,file=", vars),
-            ],
+            Boot::Uefi { code, vars } => {
+                // The variable store read-write at once, as the disk (see
+                // `DiskBackend::qemu_args`): not reopened by path at `cont`.
+                let mut vars_drive = option_with_path("if=pflash,unit=1,format=raw,file=", vars);
+                vars_drive.push(",auto-read-only=off");
+                vec![
+                    "-drive".into(),
+                    option_with_path("if=pflash,unit=0,format=raw,readonly=on,file=", code),
+                    "-drive".into(),
+                    vars_drive,
+                ]
+            }
             Boot::Kernel { image, args } => {
                 let mut append = "console=ttyS0 panic=-1".to_owned();
                 if !args.is_empty() {
@@ -543,7 +549,7 @@ mod tests {
         );
         assert!(!line.contains("-kernel") && !line.contains("ignored") && !line.contains("-no-reboot"), "{line}");
         assert!(line.contains("-drive if=pflash,unit=0,format=raw,readonly=on,file=/fw/CODE.fd"), "{line}");
-        assert!(line.contains("-drive if=pflash,unit=1,format=raw,file=/vm/vars,,1.fd"), "{line}");
+        assert!(line.contains("-drive if=pflash,unit=1,format=raw,file=/vm/vars,,1.fd,auto-read-only=off"), "{line}");
         assert!(line.contains("-smp 4") && line.contains("-action shutdown=pause"), "{line}");
         let bios = joined(&VmSpec::booting(Boot::Bios, "/vm/ram", "/run/vm"));
         assert!(!bios.contains("-kernel") && !bios.contains("pflash"), "{bios}");
