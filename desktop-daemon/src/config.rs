@@ -15,6 +15,7 @@
 //! accel = "auto"                     # KVM where /dev/kvm works, else TCG
 //! cpu_model = "Skylake-Client-v4"     # the office's oldest CPU; the same on the server
 //! failover_after_secs = 30            # server unreachable this long: resume from the checkpoint
+//! qemu_user = "jettison-qemu"         # QEMU drops to this user once a VM is set up (omit: root)
 //!
 //! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
@@ -39,7 +40,7 @@ use std::path::{Path, PathBuf};
 use daemon_protocol::protocol::MAX_MEMORY_MIB;
 use daemon_protocol::{CpuModel, KernelArgs, MAX_VCPUS};
 use identifiers::{HostName, Mac, VmName};
-use qemu_driver::{Accel, AccelChoice, DiskFormat, IdleThresholds};
+use qemu_driver::{Accel, AccelChoice, DiskFormat, IdleThresholds, QemuUser};
 use serde::Deserialize;
 
 use crate::error::DesktopError;
@@ -110,6 +111,10 @@ pub struct DesktopConfig {
     /// resumed from its checkpoint.
     #[serde(default = "default_failover")]
     pub failover_after_secs: u64,
+    /// The unprivileged user QEMU drops to once a VM is set up (the
+    /// package makes `jettison-qemu`); none: QEMU runs as root.
+    #[serde(default)]
+    pub qemu_user: Option<String>,
     /// When a VM counts as idle.
     #[serde(default)]
     pub idle: IdleThresholds,
@@ -119,6 +124,9 @@ pub struct DesktopConfig {
     /// The accelerator chosen at load.
     #[serde(skip, default = "unresolved")]
     resolved_accel: Accel,
+    /// `qemu_user`, looked up at load.
+    #[serde(skip)]
+    resolved_qemu_user: Option<QemuUser>,
 }
 
 /// How a VM boots.
@@ -205,6 +213,13 @@ impl DesktopConfig {
         let mut config =
             daemon_protocol::config_file::load(path, DesktopConfig::check).map_err(DesktopError::Config)?;
         config.resolved_accel = config.accel.resolve().expect("checked at load");
+        config.resolved_qemu_user = config.qemu_user.as_deref().map(qemu_user).transpose().map_err(|e| {
+            // Checked a moment ago; only a user removed since gets here.
+            DesktopError::Config(daemon_protocol::config_file::ConfigFileError::Invalid {
+                path: path.to_owned(),
+                reason: e,
+            })
+        })?;
         Ok(config)
     }
 
@@ -227,6 +242,9 @@ impl DesktopConfig {
         }
         if let Some(mac) = self.mac {
             mac.unicast().map_err(|e| format!("mac: {e}"))?;
+        }
+        if let Some(user) = &self.qemu_user {
+            qemu_user(user)?;
         }
         if let Some(group) = &self.viewer_group {
             match nix::unistd::Group::from_name(group) {
@@ -316,6 +334,11 @@ impl DesktopConfig {
         })
     }
 
+    /// The user QEMU drops to, if the file names one (looked up at load).
+    pub fn qemu_user(&self) -> Option<QemuUser> {
+        self.resolved_qemu_user.clone()
+    }
+
     /// The id of `viewer_group`, if the file names one.
     pub fn viewer_gid(&self) -> Option<nix::unistd::Gid> {
         let group = self.viewer_group.as_ref()?;
@@ -331,6 +354,11 @@ impl DesktopConfig {
     pub fn vm(&self, name: &str) -> Option<&VmDefinition> {
         self.vms.iter().find(|vm| vm.name.as_str() == name)
     }
+}
+
+/// The user `qemu_user` names, or what is wrong with it and what to do.
+fn qemu_user(name: &str) -> Result<QemuUser, String> {
+    QemuUser::lookup(name).map_err(|e| format!("qemu_user = {name:?}: {e}; or omit qemu_user to run QEMU as root"))
 }
 
 /// Checks that the disk reads as `format`, and, for a raw disk, that it
@@ -479,6 +507,13 @@ mod tests {
         assert!(group.contains("is not a group of this host"), "{group}");
         let root = f.load(&format!("{}viewer_group = \"root\"\n{}", f.base(), f.vm())).unwrap();
         assert_eq!(root.viewer_gid(), Some(nix::unistd::Gid::from_raw(0)));
+        assert_eq!(root.qemu_user(), None, "no qemu_user: QEMU runs as root");
+        let user = f.load(&format!("{}qemu_user = \"no-such-user-here\"\n{}", f.base(), f.vm())).unwrap_err();
+        assert!(user.contains("qemu_user = \"no-such-user-here\"") && user.contains("useradd --system"), "{user}");
+        let root_user = f.load(&format!("{}qemu_user = \"root\"\n{}", f.base(), f.vm())).unwrap_err();
+        assert!(root_user.contains("qemu_user = \"root\"") && root_user.contains("is root"), "{root_user}");
+        let nobody = f.load(&format!("{}qemu_user = \"nobody\"\n{}", f.base(), f.vm())).unwrap();
+        assert_eq!(nobody.qemu_user().map(|u| u.uid()), Some(65534));
         let accel = f.load(&format!("{}{}", f.base().replace("\"tcg\"", "\"xen\""), f.vm())).unwrap_err();
         assert!(accel.contains("accel") && accel.contains("auto"), "{accel}");
         let port = f.refusal("diskserv_port = 7411", "diskserv_port = 7410");
@@ -522,11 +557,14 @@ mod tests {
 
     #[test]
     fn the_packaged_example_loads_apart_from_its_files() {
-        // The example names a group and files of a real install; only they
-        // may be missing here.
+        // The example names a group, a user and files of a real install;
+        // only the files may be missing here.
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/desktop.toml");
         let text =
             std::fs::read_to_string(&path).unwrap().replace("viewer_group = \"jettison\"", "viewer_group = \"root\"");
+        // The packaged user is made by the package; Debian's nobody stands in.
+        assert!(text.contains("qemu_user = \"jettison-qemu\""), "the example confines QEMU");
+        let text = text.replace("qemu_user = \"jettison-qemu\"", "qemu_user = \"nobody\"");
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("desktop.toml");
         std::fs::write(&copy, text).unwrap();

@@ -118,6 +118,14 @@ impl DesktopDaemon {
                 tracing::warn!("cannot let the viewer group use {}: {e}", path.display());
             }
         }
+        match self.config.qemu_user() {
+            Some(user) => {
+                tracing::info!(user = user.name(), uid = user.uid(), "QEMU drops to qemu_user once a VM is set up")
+            }
+            None => tracing::warn!(
+                "QEMU runs as root: set qemu_user (e.g. jettison-qemu) in the configuration to confine it"
+            ),
+        }
         for (name, vm) in &self.vms {
             let mut vm = lock(vm);
             let started = match vm.placement() {

@@ -23,7 +23,7 @@ use identifiers::VmName;
 use image_server::{ServeConfig, StopHandle};
 use qemu_driver::{
     announce, nic_args, resume, save_device_state, Accel, Boot, DiskBackend, DiskFormat, DiskView, Display, GuestImage,
-    QemuProcess, Qmp, Resumed, Tap, ViewAccess, VmLoadSample, VmLoadWindow, VmSpec,
+    QemuProcess, QemuUser, Qmp, Resumed, Tap, ViewAccess, VmLoadSample, VmLoadWindow, VmSpec,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -93,6 +93,8 @@ pub struct LocalVm {
     start_error: Option<String>,
     /// The group that may open its screen.
     viewer_gid: Option<nix::unistd::Gid>,
+    /// The user its QEMU drops to; none: root.
+    qemu_user: Option<QemuUser>,
     bridge: String,
     dir: PathBuf,
     run_dir: PathBuf,
@@ -140,6 +142,7 @@ impl LocalVm {
             ovmf_vars_template: desktop.ovmf_vars.clone(),
             start_error: None,
             viewer_gid: desktop.viewer_gid(),
+            qemu_user: desktop.qemu_user(),
             bridge: desktop.bridge.clone(),
             dir,
             run_dir: desktop.run_dir.join(config.name.as_str()),
@@ -286,6 +289,7 @@ impl LocalVm {
             .cpu(self.cpu_model.as_str())
             .display(display)
             .reboot_ends_qemu(false)
+            .run_as(self.qemu_user.clone())
             .extra_args(
                 DiskBackend::Image { path: self.config.disk.clone(), format: self.config.disk_format }.qemu_args(),
             )

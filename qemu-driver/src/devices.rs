@@ -12,6 +12,8 @@
 //! calling thread (a daemon runs in its host's namespace).
 
 use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -45,7 +47,11 @@ pub enum DiskBackend {
 impl DiskBackend {
     /// QEMU arguments for a virtio-blk disk on this back-end. No host cache
     /// (`cache=none`): the image or the NBD server is the only copy, so a
-    /// stopped VM's disk is complete without a flush of QEMU's own.
+    /// stopped VM's disk is complete without a flush of QEMU's own. An
+    /// image is opened read-write at once (`auto-read-only=off`): by
+    /// default a QEMU started `-incoming` opens it read-only and opens it
+    /// again by its path at `cont`, which a QEMU that has dropped to an
+    /// unprivileged user (see `user`) may not.
     pub fn qemu_args(&self) -> Vec<OsString> {
         let mut format = DiskFormat::Raw;
         let mut drive = match self {
@@ -53,6 +59,7 @@ impl DiskBackend {
                 format = *image_format;
                 let mut d = OsString::from("file.filename=");
                 d.push(escape_commas(path));
+                d.push(",auto-read-only=off");
                 d
             }
             DiskBackend::NbdUnix { socket, export } => {
@@ -106,19 +113,22 @@ pub fn disk_virtual_size(qmp: &mut Qmp) -> Result<u64> {
     })
 }
 
-/// Writes what the VM's screen shows now to `file`: PNG when its name
-/// ends in `.png`, else PPM (binary, `P6`).
+/// Writes what the VM's screen shows now to `file` (mode 0600; the caller
+/// grants more): PNG when its name ends in `.png`, else PPM (binary, `P6`).
+/// The file is opened here and lent to QEMU, which may run unprivileged.
 ///
 /// # Errors
-/// [`QemuError::Command`] if QEMU refuses (no display device, a file it
-/// cannot write).
+/// [`QemuError::File`] if `file` cannot be created; [`QemuError::Command`]
+/// if QEMU refuses (no display device).
 pub fn screendump(qmp: &mut Qmp, file: &Path) -> Result<()> {
     let format = if file.extension().is_some_and(|e| e == "png") { "png" } else { "ppm" };
-    let filename = file.to_str().ok_or_else(|| QemuError::QmpProtocol {
-        socket: qmp.socket().to_owned(),
-        detail: format!("{} is not UTF-8, which QMP needs", file.display()),
+    let out =
+        OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file).map_err(|source| {
+            QemuError::File { action: "create the screenshot file", path: file.to_owned(), source }
+        })?;
+    qmp.with_file_lent(&out, |qmp, filename| {
+        qmp.execute("screendump", Some(json!({ "filename": filename, "format": format })))
     })?;
-    qmp.execute("screendump", Some(json!({ "filename": filename, "format": format })))?;
     Ok(())
 }
 
@@ -197,9 +207,9 @@ mod tests {
     #[test]
     fn disks_are_virtio_on_both_backends() {
         let file = line(DiskBackend::Image { path: "/vm/a,b.img".into(), format: DiskFormat::Raw }.qemu_args());
-        assert_eq!(file, "-drive file.filename=/vm/a,,b.img,format=raw,if=virtio,cache=none");
+        assert_eq!(file, "-drive file.filename=/vm/a,,b.img,auto-read-only=off,format=raw,if=virtio,cache=none");
         let qcow2 = line(DiskBackend::Image { path: "/vm/d.qcow2".into(), format: DiskFormat::Qcow2 }.qemu_args());
-        assert_eq!(qcow2, "-drive file.filename=/vm/d.qcow2,format=qcow2,if=virtio,cache=none");
+        assert_eq!(qcow2, "-drive file.filename=/vm/d.qcow2,auto-read-only=off,format=qcow2,if=virtio,cache=none");
         let nbd = line(DiskBackend::NbdUnix { socket: "/run/vm1.nbd".into(), export: "vm1".into() }.qemu_args());
         assert_eq!(
             nbd,

@@ -237,6 +237,32 @@ pub enum QemuError {
         output: String,
     },
 
+    /// The user QEMU is to run as does not exist on this host.
+    #[error(
+        "there is no user {name:?} on this host for QEMU to run as: create it \
+         (useradd --system --no-create-home {name}) or name another"
+    )]
+    NoSuchUser {
+        /// The user's name.
+        name: String,
+    },
+
+    /// The user QEMU is to run as is root, which would drop nothing.
+    #[error("user {name:?} is root (uid 0): QEMU would keep every privilege; name an unprivileged user")]
+    RootUser {
+        /// The user's name.
+        name: String,
+    },
+
+    /// The user database could not be read.
+    #[error("cannot look user {name:?} up in the user database")]
+    UserLookup {
+        /// The user's name.
+        name: String,
+        /// The system's error.
+        source: io::Error,
+    },
+
     /// A FUSE mount of a disk view could not be removed.
     #[error("could not unmount the disk view at {mountpoint}: {detail}; unmount it by hand: umount -l {mountpoint}")]
     ViewUnmount {

@@ -23,6 +23,7 @@ mod poll;
 mod process;
 mod qmp;
 mod serial;
+mod user;
 mod vm;
 mod vm_load;
 
@@ -36,5 +37,6 @@ pub use migration::{load_device_state, resume, save_device_state};
 pub use process::QemuProcess;
 pub use qmp::Qmp;
 pub use serial::SerialLog;
+pub use user::QemuUser;
 pub use vm::{default_ovmf_code, default_ovmf_vars, Accel, Boot, Display, VmSpec};
 pub use vm_load::{dirty_rate, judge, DirtyRate, IdleThresholds, IdleVerdict, Measured, VmLoadSample, VmLoadWindow};

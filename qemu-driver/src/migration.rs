@@ -10,12 +10,13 @@
 //!
 //! Both ends must set the capability: the source to leave the RAM out, the
 //! destination to expect it missing. The destination is a QEMU started with
-//! `-incoming defer`. The stream is addressed with a `channels` argument
-//! rather than a `file:` URI so that a comma in the path cannot be taken
-//! for an option separator.
+//! `-incoming defer`. The file is opened here and lent to QEMU over QMP
+//! (an fd set), so QEMU opens no path of ours: it may by then run as an
+//! unprivileged user that could not (see `user`). The stream is addressed
+//! with a `channels` argument rather than a `file:` URI.
 
-use std::fs;
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,17 +40,23 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 ///
 /// # Errors
 /// [`QemuError::Command`] if QEMU rejects a step, [`QemuError::MigrationFailed`]
-/// with QEMU's reason, [`QemuError::Timeout`], or [`QemuError::File`] if the saved
-/// file cannot be examined.
+/// with QEMU's reason, [`QemuError::Timeout`], or [`QemuError::File`] if the
+/// file cannot be created or examined.
 pub fn save_device_state(qmp: &mut Qmp, path: &Path) -> Result<u64> {
     let status = qmp.execute("query-status", None)?;
     if status["running"].as_bool() == Some(true) {
         qmp.execute("stop", None)?;
     }
     ignore_shared_ram(qmp)?;
-    qmp.execute("migrate", Some(json!({ "channels": file_channel(path)? })))?;
-    wait_for_migration(qmp, "save", path)?;
-    let metadata = fs::metadata(path).map_err(|source| QemuError::File {
+    let file =
+        OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(|source| {
+            QemuError::File { action: "create the device state file", path: path.to_owned(), source }
+        })?;
+    qmp.with_file_lent(&file, |qmp, name| {
+        qmp.execute("migrate", Some(json!({ "channels": file_channel(name) })))?;
+        wait_for_migration(qmp, "save", path)
+    })?;
+    let metadata = file.metadata().map_err(|source| QemuError::File {
         action: "examine the saved device state",
         path: path.to_owned(),
         source,
@@ -64,16 +71,24 @@ pub fn save_device_state(qmp: &mut Qmp, path: &Path) -> Result<u64> {
 /// [`save_device_state`] does); the caller resumes it with `cont`.
 ///
 /// # Errors
-/// [`QemuError::Command`] if QEMU rejects a step (e.g. it was not started with
-/// `-incoming defer`, or the file cannot be opened), [`QemuError::MigrationFailed`]
-/// with QEMU's reason if the stream does not fit this VM, [`QemuError::Timeout`].
+/// [`QemuError::File`] if `path` cannot be opened, [`QemuError::Command`] if
+/// QEMU rejects a step (e.g. it was not started with `-incoming defer`),
+/// [`QemuError::MigrationFailed`] with QEMU's reason if the stream does not
+/// fit this VM, [`QemuError::Timeout`].
 pub fn load_device_state(qmp: &mut Qmp, path: &Path) -> Result<()> {
     ignore_shared_ram(qmp)?;
-    // exit-on-error=false: on a bad stream QEMU would otherwise exit and
-    // take its error-desc with it.
-    let arguments = json!({ "channels": file_channel(path)?, "exit-on-error": false });
-    qmp.execute("migrate-incoming", Some(arguments))?;
-    wait_for_migration(qmp, "load", path)
+    let file = File::open(path).map_err(|source| QemuError::File {
+        action: "open the saved device state",
+        path: path.to_owned(),
+        source,
+    })?;
+    qmp.with_file_lent(&file, |qmp, name| {
+        // exit-on-error=false: on a bad stream QEMU would otherwise exit and
+        // take its error-desc with it.
+        let arguments = json!({ "channels": file_channel(name), "exit-on-error": false });
+        qmp.execute("migrate-incoming", Some(arguments))?;
+        wait_for_migration(qmp, "load", path)
+    })
 }
 
 fn ignore_shared_ram(qmp: &mut Qmp) -> Result<()> {
@@ -83,17 +98,13 @@ fn ignore_shared_ram(qmp: &mut Qmp) -> Result<()> {
 }
 
 /// The `channels` argument that sends a migration stream to, or reads it
-/// from, the start of the file at `path`.
-fn file_channel(path: &Path) -> Result<Value> {
-    let filename = path.to_str().ok_or_else(|| QemuError::File {
-        action: "use as a migration file (QMP needs a UTF-8 path)",
-        path: path.to_owned(),
-        source: io::Error::from(io::ErrorKind::InvalidInput),
-    })?;
-    Ok(json!([{
+/// from, the start of the file QEMU knows as `filename` (a file lent to it,
+/// see `Qmp::with_file_lent`).
+fn file_channel(filename: &str) -> Value {
+    json!([{
         "channel-type": "main",
         "addr": { "transport": "file", "filename": filename, "offset": 0 }
-    }]))
+    }])
 }
 
 /// Polls `query-migrate` until the migration completes or fails. On the

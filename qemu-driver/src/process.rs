@@ -121,14 +121,17 @@ impl QemuProcess {
     /// `None` when there is none (never started, powered off, crashed).
     pub fn attach(spec: &VmSpec) -> Option<QemuProcess> {
         let pid: u32 = fs::read_to_string(spec.pid_file()).ok()?.trim().parse().ok()?;
-        let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-        // A QEMU whose binary an upgrade replaced shows as "... (deleted)".
-        let name = exe.file_name()?.to_string_lossy().into_owned();
-        if name.trim_end_matches(" (deleted)") != QEMU_BINARY || !alive(pid) {
+        // QEMU by its command line, which anyone may read: its `exe` link
+        // could not be read without CAP_SYS_PTRACE once QEMU runs as
+        // another user (a change of uid makes a process non-dumpable), and
+        // the daemons' units do not grant that capability. We started it
+        // as `qemu-system-x86_64`, which an upgrade of QEMU does not change.
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let program = cmdline.split(|&b| b == 0).next()?;
+        if program != QEMU_BINARY.as_bytes() || !alive(pid) {
             return None;
         }
         // The same VM: its command line names our QMP socket.
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let socket = spec.qmp_socket();
         let needle = socket.as_os_str().as_encoded_bytes();
         if !cmdline.windows(needle.len()).any(|w| w == needle) {

@@ -9,7 +9,9 @@
 //! waiting at the time.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, BufReader, ErrorKind, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
@@ -94,6 +96,41 @@ impl Qmp {
     /// [`QemuError::Command`] with QEMU's description when QEMU rejects the
     /// command; I/O, protocol or timeout errors otherwise.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value> {
+        self.request(command, arguments, None)
+    }
+
+    /// Lends `file` to QEMU for the duration of `use_it`: the descriptor
+    /// goes over the socket into a new fd set (`add-fd`), `use_it` gets the
+    /// name QEMU opens it by (`/dev/fdset/N`, which QEMU's own opens accept
+    /// wherever they take a file name), and the set is removed afterwards,
+    /// whether `use_it` succeeded or not. QEMU, which may run as an
+    /// unprivileged user by then, thus never opens a path of ours; it gets
+    /// only the access `file` was opened with, which must be the access the
+    /// command opens its file with (write-only for a migration's or a
+    /// screenshot's output, read-only for a migration's input).
+    ///
+    /// # Errors
+    /// As [`Qmp::execute`] for `add-fd` and `remove-fd`, and `use_it`'s own.
+    pub(crate) fn with_file_lent<T>(
+        &mut self,
+        file: &File,
+        use_it: impl FnOnce(&mut Qmp, &str) -> Result<T>,
+    ) -> Result<T> {
+        let added = self.request("add-fd", None, Some(file.as_fd()))?;
+        let set =
+            added["fdset-id"].as_u64().ok_or_else(|| self.protocol(format!("add-fd returned no fdset-id: {added}")))?;
+        let used = use_it(self, &format!("/dev/fdset/{set}"));
+        // QEMU closes its copy when the command is done with it; this closes
+        // the one the set holds.
+        let removed = self.execute("remove-fd", Some(json!({ "fdset-id": set })));
+        let value = used?;
+        removed?;
+        Ok(value)
+    }
+
+    /// Sends `command` (with `fd` as ancillary data, if any) and waits for
+    /// its reply.
+    fn request(&mut self, command: &str, arguments: Option<Value>, fd: Option<BorrowedFd<'_>>) -> Result<Value> {
         let mut request = json!({ "execute": command });
         if let Some(arguments) = arguments {
             request["arguments"] = arguments;
@@ -101,7 +138,12 @@ impl Qmp {
         tracing::debug!(socket = %self.socket.display(), %request, "QMP command");
         let mut line = request.to_string().into_bytes();
         line.push(b'\n');
-        self.reader.get_mut().write_all(&line).map_err(|source| self.io_error(source))?;
+        let stream = self.reader.get_mut();
+        let sent = match fd {
+            None => stream.write_all(&line),
+            Some(fd) => send_with_fd(stream, &line, fd),
+        };
+        sent.map_err(|source| self.io_error(source))?;
 
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let what = format!("the reply to QMP command {command}");
@@ -199,6 +241,27 @@ impl Qmp {
 /// Longest QMP message taken from QEMU: its largest answers (`query-*` of a
 /// big machine) are a few hundred KiB.
 const MAX_QMP_LINE: usize = 16 << 20;
+
+/// Writes `line` to `stream` with `fd` attached to its first byte
+/// (SCM_RIGHTS), which is how QEMU takes a descriptor for the command
+/// that byte starts.
+fn send_with_fd(stream: &mut UnixStream, line: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let sent = loop {
+        match sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[io::IoSlice::new(line)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.map_err(io::Error::from)?,
+        }
+    };
+    stream.write_all(&line[sent..])
+}
 
 fn is_event(message: &Value, name: &str) -> bool {
     message.get("event").and_then(Value::as_str) == Some(name)

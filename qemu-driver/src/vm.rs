@@ -26,7 +26,9 @@
 //! takes over QEMU cannot start programs, gain privileges or change
 //! scheduling, and obsolete system calls are refused. Nothing the project
 //! asks of QEMU needs those: the descriptor goes to a file through a
-//! migration channel, taps are opened by name, no helper is spawned.
+//! migration channel, taps are opened by name, no helper is spawned. Given
+//! a [`QemuUser`] ([`VmSpec::run_as`]), QEMU also drops to that user once
+//! the VM is set up ([`SANDBOX_DROPPING`] says how the two fit).
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -34,12 +36,29 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
-
-/// QEMU's `-sandbox` setting: its seccomp filter with every optional deny
-/// list on.
-const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 use crate::guest::GuestImage;
 use crate::process::QemuProcess;
+use crate::user::QemuUser;
+
+/// QEMU's `-sandbox` setting for a QEMU that stays root: its seccomp filter
+/// with every optional deny list on.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// QEMU's `-sandbox` setting for a QEMU that drops to an unprivileged user
+/// (`-run-with user=`): as [`SANDBOX`] but `elevateprivileges=allow`.
+///
+/// QEMU installs its filter while it parses its options and drops to the
+/// user only at the end of its set-up, through `setgid`, `setgroups` and
+/// `setuid`: exactly the calls `elevateprivileges=deny` (and `children`,
+/// which adds no-new-privs to it) makes fatal, so QEMU 10 dies of SIGSYS
+/// (`Bad system call`) before the guest starts. `allow` is the only
+/// setting QEMU takes with `-run-with user=`, and it gives a guest nothing:
+/// after the drop QEMU's real, effective and saved ids are the user's and
+/// it holds no capability, so a `set*id` call can no longer raise it; the
+/// only other way up, exec of a set-user-ID program, is closed twice, by
+/// `spawn=deny` and by the no-new-privs bit our own filter
+/// (`no_hugepage`) sets before exec.
+const SANDBOX_DROPPING: &str = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
 
 /// How QEMU runs the guest's CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +155,7 @@ pub struct VmSpec {
     reboot_ends_qemu: bool,
     incoming_defer: bool,
     free_page_reporting: bool,
+    run_as: Option<QemuUser>,
     extra_args: Vec<OsString>,
 }
 
@@ -164,6 +184,7 @@ impl VmSpec {
             reboot_ends_qemu: true,
             incoming_defer: false,
             free_page_reporting: true,
+            run_as: None,
             extra_args: Vec::new(),
         }
     }
@@ -234,6 +255,14 @@ impl VmSpec {
         self
     }
 
+    /// Has QEMU drop to `user` once it has opened everything the VM needs
+    /// and before the guest runs (see `user`); `None` (the default): QEMU
+    /// runs as the caller.
+    pub fn run_as(mut self, user: Option<QemuUser>) -> VmSpec {
+        self.run_as = user;
+        self
+    }
+
     /// Appends raw QEMU arguments, for devices the profile does not have yet
     /// (a virtio-blk disk, a tap NIC with a fixed MAC).
     pub fn extra_args<I, S>(mut self, args: I) -> VmSpec
@@ -286,11 +315,15 @@ impl VmSpec {
     /// The full QEMU command line, without the binary.
     pub fn args(&self) -> Vec<OsString> {
         let mib = self.memory_mib;
+        let sandbox = if self.run_as.is_some() { SANDBOX_DROPPING } else { SANDBOX };
         let mut args: Vec<OsString> =
-            ["-nodefaults", "-no-user-config", "-sandbox", SANDBOX, "-machine", "q35,memory-backend=ram0"]
+            ["-nodefaults", "-no-user-config", "-sandbox", sandbox, "-machine", "q35,memory-backend=ram0"]
                 .iter()
                 .map(OsString::from)
                 .collect();
+        if let Some(user) = &self.run_as {
+            args.extend(["-run-with".into(), user.run_with().into()]);
+        }
         if self.reboot_ends_qemu {
             // A guest panic (panic=-1 reboots at once) ends QEMU instead of
             // looping, so a broken test guest fails fast.
@@ -344,12 +377,18 @@ impl VmSpec {
     fn boot_args(&self) -> Vec<OsString> {
         match &self.boot {
             Boot::Bios => Vec::new(),
-            Boot::Uefi { code, vars } => vec![
-                "-drive".into(),
-                option_with_path("if=pflash,unit=0,format=raw,readonly=on,file=", code),
-                "-drive".into(),
-                option_with_path("if=pflash,unit=1,format=raw,file=", vars),
-            ],
+            Boot::Uefi { code, vars } => {
+                // The variable store read-write at once, as the disk (see
+                // `DiskBackend::qemu_args`): not reopened by path at `cont`.
+                let mut vars_drive = option_with_path("if=pflash,unit=1,format=raw,file=", vars);
+                vars_drive.push(",auto-read-only=off");
+                vec![
+                    "-drive".into(),
+                    option_with_path("if=pflash,unit=0,format=raw,readonly=on,file=", code),
+                    "-drive".into(),
+                    vars_drive,
+                ]
+            }
             Boot::Kernel { image, args } => {
                 let mut append = "console=ttyS0 panic=-1".to_owned();
                 if !args.is_empty() {
@@ -510,7 +549,7 @@ mod tests {
         );
         assert!(!line.contains("-kernel") && !line.contains("ignored") && !line.contains("-no-reboot"), "{line}");
         assert!(line.contains("-drive if=pflash,unit=0,format=raw,readonly=on,file=/fw/CODE.fd"), "{line}");
-        assert!(line.contains("-drive if=pflash,unit=1,format=raw,file=/vm/vars,,1.fd"), "{line}");
+        assert!(line.contains("-drive if=pflash,unit=1,format=raw,file=/vm/vars,,1.fd,auto-read-only=off"), "{line}");
         assert!(line.contains("-smp 4") && line.contains("-action shutdown=pause"), "{line}");
         let bios = joined(&VmSpec::booting(Boot::Bios, "/vm/ram", "/run/vm"));
         assert!(!bios.contains("-kernel") && !bios.contains("pflash"), "{bios}");
@@ -546,6 +585,17 @@ mod tests {
         assert!(!line.contains("virtio-balloon"), "{line}");
         let line = joined(&spec().free_page_reporting(false).free_page_reporting(true));
         assert!(line.contains("free-page-reporting=on"), "{line}");
+    }
+
+    #[test]
+    fn a_qemu_that_drops_to_a_user_allows_the_drop_in_its_sandbox() {
+        let root = joined(&spec());
+        assert!(root.contains(&format!("-sandbox {SANDBOX}")) && !root.contains("-run-with"), "{root}");
+        let nobody = QemuUser::lookup("nobody").expect("nobody exists on Debian");
+        let dropping = joined(&spec().run_as(Some(nobody)));
+        assert!(dropping.contains(&format!("-sandbox {SANDBOX_DROPPING} ")), "{dropping}");
+        assert!(dropping.contains("-run-with user=65534:65534"), "{dropping}");
+        assert_eq!(SANDBOX_DROPPING.replace("elevateprivileges=allow", "elevateprivileges=deny"), SANDBOX);
     }
 
     #[test]

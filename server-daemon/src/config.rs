@@ -15,12 +15,14 @@
 //! max_fetch_mib_per_sec = 4.0       # a VM fetching faster is not idle: send it home
 //! checkpoint_every_secs = 600       # a crash of the server loses at most this much of a VM's work
 //! wake_broadcast = "10.0.0.255"
+//! qemu_user = "jettison-qemu"       # QEMU drops to this user once a VM is set up (omit: root)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use qemu_driver::AccelChoice;
+use daemon_protocol::config_file::ConfigFileError;
+use qemu_driver::{AccelChoice, QemuUser};
 use serde::Deserialize;
 
 use crate::error::ServerError;
@@ -95,6 +97,13 @@ pub struct ServerConfig {
     /// Also send raw 0x0842 wake frames on this interface.
     #[serde(default)]
     pub wake_interface: Option<String>,
+    /// The unprivileged user QEMU drops to once a VM is set up (the
+    /// package makes `jettison-qemu`); none: QEMU runs as root.
+    #[serde(default)]
+    pub qemu_user: Option<String>,
+    /// `qemu_user`, looked up at load.
+    #[serde(skip)]
+    resolved_qemu_user: Option<QemuUser>,
 }
 
 fn default_console_port() -> u16 {
@@ -123,21 +132,37 @@ impl ServerConfig {
     /// # Errors
     /// [`ServerError::Config`], naming the file and what is wrong in it.
     pub fn load(path: &Path) -> Result<Self, ServerError> {
-        daemon_protocol::config_file::load(path, |config: &ServerConfig| {
+        let mut config = daemon_protocol::config_file::load(path, |config: &ServerConfig| {
             daemon_protocol::config_file::refuse_office_key(config.key.as_deref())?;
             config.accel.resolve()?;
             if config.console_port_base == 0 || config.console_port_base.checked_add(config.console_ports).is_none() {
                 return Err("console_port_base and console_ports must name ports 1 to 65535".to_owned());
             }
+            config.qemu_user.as_deref().map(qemu_user).transpose()?;
             Ok(())
         })
-        .map_err(ServerError::Config)
+        .map_err(ServerError::Config)?;
+        config.resolved_qemu_user = config.qemu_user.as_deref().map(qemu_user).transpose().map_err(|reason| {
+            // Checked a moment ago; only a user removed since gets here.
+            ServerError::Config(ConfigFileError::Invalid { path: path.to_owned(), reason })
+        })?;
+        Ok(config)
+    }
+
+    /// The user QEMU drops to, if the file names one (looked up at load).
+    pub fn qemu_user(&self) -> Option<QemuUser> {
+        self.resolved_qemu_user.clone()
     }
 
     /// The local control socket `jettison status` talks to.
     pub fn control_socket(&self) -> PathBuf {
         self.run_dir.join("server.sock")
     }
+}
+
+/// The user `qemu_user` names, or what is wrong with it and what to do.
+fn qemu_user(name: &str) -> Result<QemuUser, String> {
+    QemuUser::lookup(name).map_err(|e| format!("qemu_user = {name:?}: {e}; or omit qemu_user to run QEMU as root"))
 }
 
 #[cfg(test)]
@@ -161,6 +186,29 @@ mod tests {
         assert_eq!((config.console_port_base, config.console_ports), (5900, 100));
         assert_eq!(config.max_fetch_mib_per_sec, None);
         assert_eq!(config.control_socket(), Path::new("/r/server.sock"));
+        assert_eq!(config.qemu_user(), None, "no qemu_user: QEMU runs as root");
+    }
+
+    #[test]
+    fn qemu_user_must_be_an_unprivileged_user_of_this_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        let load = |user: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nkey = \"/k\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
+                     bridge = \"br0\"\ncapacity_mib = 1024\nqemu_user = \"{user}\"\n"
+                ),
+            )
+            .unwrap();
+            ServerConfig::load(&path).map_err(|e| wire::chain(&e))
+        };
+        let missing = load("no-such-user-here").unwrap_err();
+        assert!(missing.contains("qemu_user = \"no-such-user-here\"") && missing.contains("useradd"), "{missing}");
+        let root = load("root").unwrap_err();
+        assert!(root.contains("qemu_user = \"root\"") && root.contains("is root"), "{root}");
+        assert_eq!(load("nobody").unwrap().qemu_user().map(|u| u.uid()), Some(65534));
     }
 
     #[test]
@@ -185,6 +233,12 @@ mod tests {
     #[test]
     fn the_packaged_example_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/server.toml");
-        ServerConfig::load(&path).unwrap();
+        // The packaged user is made by the package; Debian's nobody stands in.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("qemu_user = \"jettison-qemu\""), "the example confines QEMU");
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("server.toml");
+        std::fs::write(&copy, text.replace("qemu_user = \"jettison-qemu\"", "qemu_user = \"nobody\"")).unwrap();
+        ServerConfig::load(&copy).unwrap();
     }
 }

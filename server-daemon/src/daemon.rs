@@ -142,6 +142,14 @@ impl ServerDaemon {
         });
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.watch());
+        match self.config.qemu_user() {
+            Some(user) => {
+                tracing::info!(user = user.name(), uid = user.uid(), "QEMU drops to qemu_user once a VM is set up")
+            }
+            None => tracing::warn!(
+                "QEMU runs as root: set qemu_user (e.g. jettison-qemu) in the configuration to confine it"
+            ),
+        }
         tracing::info!(listen = %self.config.listen, capacity_mib = self.config.capacity_mib, "server daemon ready");
         ready();
         for stream in listener.incoming() {

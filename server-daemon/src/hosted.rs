@@ -332,6 +332,7 @@ impl HostedVm {
             .accel(accel)
             .display(display)
             .reboot_ends_qemu(false)
+            .run_as(config.qemu_user())
             .extra_args(nic_args(tap.name(), request.vm_mac))
             .extra_args(DiskBackend::NbdUnix { socket, export: vm.to_string() }.qemu_args());
         let qemu_agent_socket = spec.agent_socket();

@@ -85,6 +85,34 @@ pub fn runs_under_seccomp_filter(pid: u32) -> bool {
         .is_ok_and(|status| status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])))
 }
 
+/// The real user id of process `pid` (the first field of the `Uid:` line
+/// of its `/proc/<pid>/status`), if it runs.
+pub fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// The unprivileged user the office's daemons have QEMU drop to
+/// (`qemu_user`), as the packaged configurations do.
+pub const QEMU_USER: &str = "jettison-qemu";
+
+/// Panics unless process `pid`, the QEMU on `host`, runs as [`QEMU_USER`]
+/// (read from its `/proc/<pid>/status`), which is not root.
+pub fn assert_runs_as_qemu_user(pid: u32, host: &str) {
+    let uid = process_uid(pid);
+    assert_ne!(uid, Some(0), "the {host}'s QEMU (pid {pid}) runs as root");
+    let expected = qemu_driver::QemuUser::lookup(QEMU_USER).map(|user| user.uid()).ok();
+    assert!(expected.is_some(), "no user {QEMU_USER}");
+    assert_eq!(uid, expected, "the {host}'s QEMU (pid {pid}) runs as uid {uid:?}, not as {QEMU_USER}");
+}
+
+/// `Ok` if [`QEMU_USER`] is an unprivileged user of this host, else the
+/// reason and what makes it.
+pub fn qemu_user_available() -> Result<(), String> {
+    qemu_driver::QemuUser::lookup(QEMU_USER).map(drop).map_err(|e| format!("{e} (scripts/test makes it)"))
+}
+
 /// Says why a test cannot run on this machine and lets it pass: on stderr,
 /// and, because the test harness hides the output of tests that pass, also
 /// as a line appended to the file named by `JETTISON_SKIP_LOG` (which

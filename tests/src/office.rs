@@ -12,6 +12,10 @@
 //!  the VM   10.77.0.50, MAC 02:4a:54:00:00:50, line service on port 7000
 //! ```
 //!
+//! Both daemons have QEMU drop to the unprivileged [`crate::QEMU_USER`]
+//! (`qemu_user`), as the packaged configurations do, so every test of the
+//! office runs its VM that way; an office cannot be built without the user.
+//!
 //! Everything lives under one directory the caller owns; on drop the
 //! daemons get SIGTERM (the desktop's leaves its QEMU running, as for a
 //! restart), and any QEMU or mount still naming that directory is killed
@@ -159,10 +163,12 @@ impl Office {
     /// under `dir`. Nothing runs yet.
     ///
     /// # Errors
-    /// Why this machine cannot run it (no root, no mkfs.ext4, no guest).
+    /// Why this machine cannot run it (no root, no mkfs.ext4, no guest, no
+    /// [`crate::QEMU_USER`]).
     pub fn build(dir: &Path, spec: &OfficeSpec) -> Result<Office, String> {
         crate::netns::available()?;
         crate::fuse_available()?;
+        crate::qemu_user_available()?;
         let guest = crate::guest()?;
         let guest_args = format!("jt.fill={} jt.disk=desktop jt.net=10.77.0.50/24 jt.serve=7000", spec.fill_mib);
         let (disk, vm_boot) = match spec.boot_disk {
@@ -198,8 +204,9 @@ impl Office {
                 "name = \"server\"\nlisten = \"10.77.0.1:7400\"\nhost_key = \"{d}/server/host.key\"\n\
                  peers = \"{d}/server/peers\"\nstate_dir = \"{d}/server/state\"\n\
                  run_dir = \"{d}/server/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\ncapacity_mib = {}\n{rate}",
-                spec.capacity_mib
+                 accel = \"tcg\"\ncapacity_mib = {}\nqemu_user = \"{}\"\n{rate}",
+                spec.capacity_mib,
+                crate::QEMU_USER,
             ),
         );
         // The idle limits are the defaults but for CPU: a TCG guest that
@@ -210,10 +217,11 @@ impl Office {
                 "name = \"{DESKTOP}\"\nhost_key = \"{d}/desktop/host.key\"\npeers = \"{d}/desktop/peers\"\nserver = \"10.77.0.1:7400\"\n\
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\nfailover_after_secs = {}\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
+                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
                  name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
                  memserv_port = 7410\ndiskserv_port = 7411\n",
                 spec.failover_secs,
+                crate::QEMU_USER,
                 spec.memory_mib,
                 disk.display(),
                 spec.display,

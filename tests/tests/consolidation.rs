@@ -29,6 +29,8 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     // Before: the client talks to the VM on the desktop; the guest saves a file.
     let client = office.connect_client(PACE);
     client.wait_for(3, REPLY);
+    // QEMU dropped to the unprivileged qemu_user, as the daemons are told.
+    tests::assert_runs_as_qemu_user(office.desktop_qemu_pid().expect("QEMU runs the VM"), "desktop");
     assert!(client.command("cat on-server", REPLY).ends_with("missing"), "no such file yet");
     let saved = client.command("save before", REPLY);
     assert!(saved.starts_with("saved "), "{saved}");
@@ -68,6 +70,9 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     assert!(fetched_pages > 0, "the guest ran on the server without fetching a page: {server}");
     let server_status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
     assert_eq!(server_status["vms"][0]["vm"], VM, "{server_status}");
+    // Unprivileged on the server too, on memtap's file and cownetdisk's
+    // socket, which only root may open: QEMU opened them before the drop.
+    tests::assert_runs_as_qemu_user(office.server_qemu_pid().expect("QEMU runs the VM on the server"), "server");
 
     // Reintegrate (the server forgets the VM, serial log included).
     let last_on_server = last_count(&server_serial).unwrap();
@@ -89,6 +94,7 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     assert_eq!(status["vms"][0]["on"], "desktop", "{status}");
     assert_eq!(status["vms"][0]["running_here"], true, "{status}");
     assert!(!office.server_vm_state().exists(), "the server kept the VM's slices after it went home");
+    tests::assert_runs_as_qemu_user(office.desktop_qemu_pid().expect("QEMU runs the VM at home"), "desktop");
 
     // The client never lost its connection nor a reply.
     let (log, broken) = client.finish();

@@ -30,6 +30,7 @@ fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     let booted = wait_for_count_above(&serial, 0, BOOT_TIMEOUT);
     let qemu = office.desktop_qemu_pid().expect("QEMU runs the VM");
     assert!(tests::runs_under_seccomp_filter(qemu), "the desktop's QEMU runs without its sandbox");
+    tests::assert_runs_as_qemu_user(qemu, "desktop");
 
     // A reload (SIGHUP, `systemctl reload`) checks the file again and ends
     // nothing; a broken file is named and the running daemon goes on.
@@ -62,6 +63,7 @@ fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     let there = wait_for_count_above(&server_serial, left_at, COUNT_TIMEOUT);
     let server_qemu = office.server_qemu_pid().expect("QEMU runs the VM on the server");
     assert!(tests::runs_under_seccomp_filter(server_qemu), "the server's QEMU runs without its sandbox");
+    tests::assert_runs_as_qemu_user(server_qemu, "server");
     office.stop_desktop();
     office.start_desktop();
     let still_there = wait_for_count_above(&server_serial, there, COUNT_TIMEOUT);
