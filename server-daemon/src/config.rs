@@ -197,7 +197,7 @@ mod tests {
             std::fs::write(
                 &path,
                 format!(
-                    "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nkey = \"/k\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
+                    "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
                      bridge = \"br0\"\ncapacity_mib = 1024\nqemu_user = \"{user}\"\n"
                 ),
             )
