@@ -70,7 +70,10 @@ pub fn run_server(args: ServerArgs) -> CmdResult {
 /// desktop daemon; a server sends its VMs home first).
 fn report_reload(path: &std::path::Path, checked: Result<(), String>, credentials: Option<&Arc<wire::Credentials>>) {
     match credentials.map(|c| c.reload_peers()) {
-        Some(Ok(count)) => tracing::info!("SIGHUP: the enrolled peers were read again: {count} keys"),
+        Some(Ok(count)) => tracing::info!(
+            "SIGHUP: the enrolled peers were read again: {count} {}",
+            if count == 1 { "key" } else { "keys" }
+        ),
         Some(Err(e)) => {
             tracing::error!(
                 "SIGHUP: the enrolled peers would not load ({}); the old set stays in force",

@@ -36,6 +36,8 @@ fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     // nothing; a broken file is named and the running daemon goes on.
     office.reload_desktop();
     wait_for_log(&office, "desktop", "SIGHUP: the configuration is valid");
+    // It reads the enrolled peers again: the office's server, one key.
+    wait_for_log(&office, "desktop", "SIGHUP: the enrolled peers were read again: 1 key");
     let config = dir.path().join("desktop.toml");
     let good = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, good.replace("memory_mib = ", "memory_mib = -")).unwrap();
