@@ -14,6 +14,7 @@
 //! accel = "auto"                     # KVM where /dev/kvm works, else TCG
 //! cpu_model = "Skylake-Client-v4"     # the office's oldest CPU; the same on the server
 //! failover_after_secs = 30            # server unreachable this long: resume from the checkpoint
+//! metrics_listen = "127.0.0.1:9464"   # Prometheus metrics on GET /metrics (omit: none)
 //!
 //! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
@@ -101,6 +102,9 @@ pub struct DesktopConfig {
     /// resumed from its checkpoint.
     #[serde(default = "default_failover")]
     pub failover_after_secs: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none: nowhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// When a VM counts as idle.
     #[serde(default)]
     pub idle: IdleThresholds,

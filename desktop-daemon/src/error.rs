@@ -41,6 +41,9 @@ pub enum DesktopError {
     /// The local socket cannot be opened.
     #[error("the command's local socket")]
     LocalSocket(#[source] daemon_protocol::local::LocalSocketError),
+    /// The metrics endpoint cannot be opened.
+    #[error("the metrics endpoint")]
+    Metrics(#[source] metrics_endpoint::MetricsError),
     /// No VM of that name here.
     #[error("no VM called {vm} on this desktop (it has: {known})")]
     NoSuchVm {

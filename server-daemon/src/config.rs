@@ -14,6 +14,7 @@
 //! max_fetch_mib_per_sec = 4.0       # a VM fetching faster is not idle: send it home
 //! checkpoint_every_secs = 600       # a crash of the server loses at most this much of a VM's work
 //! wake_broadcast = "10.0.0.255"
+//! metrics_listen = "127.0.0.1:9464" # Prometheus metrics on GET /metrics (omit: none)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -86,6 +87,9 @@ pub struct ServerConfig {
     /// Also send raw 0x0842 wake frames on this interface.
     #[serde(default)]
     pub wake_interface: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none: nowhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_console_port() -> u16 {

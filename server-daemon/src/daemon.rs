@@ -26,6 +26,7 @@ use crate::error::ServerError;
 use crate::hosted::{state_dir, Arrival, HostedVm};
 use crate::key::VmKey;
 use crate::machine;
+use crate::metrics::{ServerMetrics, VmFigures};
 use crate::watch::FetchRates;
 
 /// How often the watcher looks at the VMs.
@@ -61,6 +62,8 @@ pub struct ServerDaemon {
     accel: qemu_driver::Accel,
     /// The CPU models this host's QEMU knows.
     cpu_models: Vec<String>,
+    /// Moves counted for the metrics endpoint.
+    metrics: ServerMetrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,14 +106,15 @@ impl ServerDaemon {
             wakers: Registry::new(),
             asked: Mutex::new(BTreeMap::new()),
             connections: std::sync::atomic::AtomicU64::new(0),
+            metrics: ServerMetrics::default(),
         }))
     }
 
-    /// Serves desktops and the local socket until the process ends;
-    /// calls `ready` once both listen.
+    /// Serves desktops, the local socket and the metrics endpoint (if
+    /// configured) until the process ends; calls `ready` once all listen.
     ///
     /// # Errors
-    /// [`ServerError::Listen`] or [`ServerError::LocalSocket`].
+    /// [`ServerError::Listen`], [`ServerError::LocalSocket`] or [`ServerError::Metrics`].
     pub fn run(self: Arc<Self>, ready: impl FnOnce()) -> Result<(), ServerError> {
         let listener = TcpListener::bind(self.config.listen)
             .map_err(|source| ServerError::Listen { addr: self.config.listen, source })?;
@@ -127,6 +131,11 @@ impl ServerDaemon {
                 _ => Err("this is the server; run consolidate and reintegrate on the VM's desktop".to_owned()),
             })
         });
+        if let Some(addr) = self.config.metrics_listen {
+            let me = Arc::clone(&self);
+            let bound = metrics_endpoint::spawn(addr, move || me.metrics_page()).map_err(ServerError::Metrics)?;
+            tracing::info!(%bound, "metrics on GET /metrics");
+        }
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.watch());
         tracing::info!(listen = %self.config.listen, capacity_mib = self.config.capacity_mib, "server daemon ready");
@@ -365,6 +374,7 @@ impl ServerDaemon {
             wake,
             reserved.expected,
         )?;
+        self.metrics.hosted(started.elapsed());
         tracing::info!(vm = %key, "running on the server");
         // Hosted first, then unreserved: a VM is always in one of the two.
         lock(&self.vms).insert(key.clone(), Arc::new(Mutex::new(vm)));
@@ -399,6 +409,7 @@ impl ServerDaemon {
         let started = Instant::now();
         hosted.stop()?;
         let header = hosted.send_home(channel)?;
+        self.metrics.sent_home(started.elapsed(), header.total_bytes());
         tracing::info!(
             vm = %key,
             dirty_pages = header.dirty_pages,
@@ -473,6 +484,25 @@ impl ServerDaemon {
                 })
             })
             .collect()
+    }
+
+    /// The metrics page: the moves so far, each hosted VM's figures (read
+    /// now) and the desktops' wakes.
+    fn metrics_page(&self) -> String {
+        let vms: Vec<_> = lock(&self.vms).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let figures: Vec<VmFigures> = vms
+            .iter()
+            .filter_map(|(key, vm)| {
+                // A VM that is moving is left out of this scrape.
+                let mut vm = local::lock_for_status(vm)?;
+                vm.poll();
+                let power = self.wakers.get(key.desktop.as_str()).map(|w| w.status().state.to_string());
+                let status = vm.status(power.unwrap_or_default());
+                let (memory, disk) = vm.counters().clone();
+                Some(VmFigures { status, memory, disk })
+            })
+            .collect();
+        self.metrics.page(&figures, &self.wakers.status())
     }
 
     /// Every VM's status.

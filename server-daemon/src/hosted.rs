@@ -515,6 +515,11 @@ impl HostedVm {
         }
     }
 
+    /// Its memtap and cownetdisk counters as of the last [`HostedVm::poll`].
+    pub fn counters(&self) -> &(memtap::RamStats, cownetdisk::DiskStats) {
+        &self.last
+    }
+
     /// What `Status` says of it.
     pub fn status(&self, desktop_power: String) -> HostedStatus {
         let (memory, disk) = &self.last;

@@ -44,6 +44,8 @@ pub const VM: &str = "vm1";
 pub const DESKTOP: &str = "desktop";
 /// The VM's tap on either host.
 pub const VM_TAP: &str = "jt-vm1";
+/// Where each daemon serves its metrics, inside its host's namespace.
+pub const METRICS: &str = "127.0.0.1:9464";
 /// Text in the desktop-only file of the VM's disk.
 pub const DESKTOP_TEXT: &str = "made on the desktop";
 
@@ -175,7 +177,7 @@ impl Office {
             &format!(
                 "name = \"server\"\nlisten = \"10.77.0.1:7400\"\nkey = \"{d}/key\"\nstate_dir = \"{d}/server/state\"\n\
                  run_dir = \"{d}/server/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\ncapacity_mib = {}\n{rate}",
+                 accel = \"tcg\"\ncapacity_mib = {}\nmetrics_listen = \"{METRICS}\"\n{rate}",
                 spec.capacity_mib
             ),
         );
@@ -187,7 +189,7 @@ impl Office {
                 "name = \"{DESKTOP}\"\nkey = \"{d}/key\"\nserver = \"10.77.0.1:7400\"\n\
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\nfailover_after_secs = {}\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
+                 accel = \"tcg\"\nfailover_after_secs = {}\nmetrics_listen = \"{METRICS}\"\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
                  name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
                  memserv_port = 7410\ndiskserv_port = 7411\n",
                 spec.failover_secs,
@@ -328,6 +330,28 @@ impl Office {
     /// Both daemons' logs, for a failure message.
     pub fn logs(&self) -> String {
         format!("--- desktop log ---\n{}\n--- server log ---\n{}", self.log("desktop"), self.log("server"))
+    }
+
+    /// The metrics page of the desktop's daemon (0) or the server's (1):
+    /// `GET /metrics` at [`METRICS`] in its namespace, as Prometheus asks.
+    ///
+    /// # Panics
+    /// If the daemon does not answer 200 with a page.
+    pub fn scrape(&self, host: usize) -> Metrics {
+        let ns = self.lan.host(host);
+        let answer = remote_wakeup::netns::run_in(Some(ns), || -> std::io::Result<String> {
+            let mut stream = TcpStream::connect(METRICS)?;
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+            let mut answer = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut answer)?;
+            Ok(answer)
+        })
+        .expect("the daemon's namespace can be entered")
+        .unwrap_or_else(|e| panic!("cannot scrape {METRICS} in {ns}: {e}\n{}", self.logs()));
+        let (head, page) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(head.starts_with("HTTP/1.1 200 "), "the scrape got {head}");
+        Metrics(page.to_owned())
     }
 
     /// Runs `jettison ARGS` (it talks to the daemons through their sockets).
@@ -620,4 +644,23 @@ pub fn assert_continuous(log: &[Exchange]) -> usize {
 
 fn reply_number(e: &Exchange) -> u64 {
     e.reply.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("reply {:?} has no count", e.reply))
+}
+
+/// A metrics page in the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the sample `series` (its name and labels exactly as
+    /// printed, e.g. `jettison_vm_on_server{vm="vm1"}`).
+    ///
+    /// # Panics
+    /// If the page has no such sample, with the page.
+    pub fn value(&self, series: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in the metrics:\n{}", self.0))
+    }
 }

@@ -12,11 +12,15 @@
 use std::time::Duration;
 
 use tests::office::{
-    assert_continuous, first_count, last_count, wait_for_count_above, LineClient, Office, OfficeSpec, DESKTOP_TEXT, VM,
+    assert_continuous, first_count, last_count, wait_for_count_above, LineClient, Office, OfficeSpec, DESKTOP,
+    DESKTOP_TEXT, VM,
 };
 use tests::COUNT_TIMEOUT;
 
 const PACE: Duration = Duration::from_secs(1);
+/// The office's hosts, as [`Office::scrape`] names them.
+const DESKTOP_HOST: usize = 0;
+const SERVER: usize = 1;
 const REPLY: Duration = Duration::from_secs(120);
 
 #[test]
@@ -69,6 +73,27 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     let server_status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
     assert_eq!(server_status["vms"][0]["vm"], VM, "{server_status}");
 
+    // Both daemons' metrics, scraped as Prometheus does, show the move and the fetches.
+    let server_page = office.scrape(SERVER);
+    let vm = format!("{{desktop=\"{DESKTOP}\",vm=\"{VM}\"}}");
+    assert_eq!(server_page.value("jettison_server_consolidation_seconds_count"), 1.0);
+    assert!(server_page.value(&format!("jettison_vm_pages_fetched_total{vm}")) >= fetched_pages as f64);
+    let latency_count = server_page.value(&format!("jettison_vm_fetch_latency_seconds_count{vm}"));
+    assert!(latency_count > 0.0, "faults went to the desktop, yet no fetch latency was counted");
+    let memory_bytes =
+        format!("jettison_vm_fetched_bytes_total{{desktop=\"{DESKTOP}\",vm=\"{VM}\",device=\"memory\"}}");
+    assert!(server_page.value(&memory_bytes) > 0.0);
+    let desktop_page = office.scrape(DESKTOP_HOST);
+    let desktop_vm = format!("{{vm=\"{VM}\"}}");
+    assert_eq!(desktop_page.value(&format!("jettison_consolidation_seconds_count{desktop_vm}")), 1.0);
+    let took = desktop_page.value(&format!("jettison_consolidation_seconds_sum{desktop_vm}"));
+    assert!((took - out["total_secs"].as_f64().unwrap()).abs() < 0.01, "{took} s against {out}");
+    assert_eq!(
+        desktop_page.value(&format!("jettison_sent_bytes_total{desktop_vm}")),
+        out["descriptor_bytes"].as_f64().unwrap()
+    );
+    assert_eq!(desktop_page.value(&format!("jettison_vm_on_server{desktop_vm}")), 1.0);
+
     // Reintegrate (the server forgets the VM, serial log included).
     let last_on_server = last_count(&server_serial).unwrap();
     let back = office.jettison_json(&["reintegrate", VM, "--socket", office.desktop_socket().to_str().unwrap()]);
@@ -89,6 +114,18 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     assert_eq!(status["vms"][0]["on"], "desktop", "{status}");
     assert_eq!(status["vms"][0]["running_here"], true, "{status}");
     assert!(!office.server_vm_state().exists(), "the server kept the VM's slices after it went home");
+    let home = office.scrape(DESKTOP_HOST);
+    assert_eq!(home.value(&format!("jettison_reintegration_seconds_count{desktop_vm}")), 1.0);
+    assert_eq!(home.value(&format!("jettison_received_bytes_total{desktop_vm}")), back["bytes"].as_f64().unwrap());
+    assert_eq!(
+        home.value(&format!("jettison_reintegrated_blocks_total{desktop_vm}")),
+        back["dirty_blocks"].as_f64().unwrap()
+    );
+    assert_eq!(home.value(&format!("jettison_vm_on_server{desktop_vm}")), 0.0);
+    let server_after = office.scrape(SERVER);
+    assert_eq!(server_after.value("jettison_server_reintegration_seconds_count"), 1.0);
+    assert_eq!(server_after.value("jettison_server_sent_home_bytes_total"), back["bytes"].as_f64().unwrap());
+    assert!(!server_after.0.contains(&vm), "a VM that went home keeps its series:\n{}", server_after.0);
 
     // The client never lost its connection nor a reply.
     let (log, broken) = client.finish();
