@@ -289,7 +289,42 @@ pub enum LocalReply {
     Failed {
         /// The text for the user.
         error: String,
+        /// What kind of failure, for the command's exit status (absent
+        /// from daemons that predate it: [`FailureKind::Other`]).
+        #[serde(default)]
+        kind: FailureKind,
     },
+}
+
+/// What kind of failure a daemon reports, so that a script can tell them
+/// apart (the `jettison` command's exit status).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The VM is not idle enough to move (`--force` skips the check).
+    NotIdle,
+    /// The server has no room for the VM's expected working set.
+    NoRoom,
+    /// The desktop daemon cannot reach the server daemon.
+    Unreachable,
+    /// Anything else: the text says what.
+    #[default]
+    Other,
+}
+
+/// A request a daemon refused or failed: the kind and the text for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The kind.
+    pub kind: FailureKind,
+    /// Why, and what to do.
+    pub message: String,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal { kind: FailureKind::Other, message }
+    }
 }
 
 /// Serves `listener` for ever, one thread per client, calling `handle` with
@@ -297,7 +332,7 @@ pub enum LocalReply {
 /// final reply. A client that sends garbage gets a `Failed` line.
 pub fn serve<H>(listener: UnixListener, handle: H)
 where
-    H: Fn(LocalRequest, &mut dyn FnMut(LocalReply)) -> Result<Report, String> + Send + Sync + 'static,
+    H: Fn(LocalRequest, &mut dyn FnMut(LocalReply)) -> Result<Report, Refusal> + Send + Sync + 'static,
 {
     let handle = std::sync::Arc::new(handle);
     for stream in listener.incoming() {
@@ -321,9 +356,12 @@ where
             let last = match serde_json::from_str::<LocalRequest>(&line) {
                 Ok(request) => match handle(request, &mut send) {
                     Ok(result) => LocalReply::Done { result },
-                    Err(error) => LocalReply::Failed { error },
+                    Err(Refusal { kind, message }) => LocalReply::Failed { error: message, kind },
                 },
-                Err(e) => LocalReply::Failed { error: format!("not a request this daemon knows: {e}") },
+                Err(e) => LocalReply::Failed {
+                    error: format!("not a request this daemon knows: {e}"),
+                    kind: FailureKind::Other,
+                },
             };
             send(last);
         });
@@ -369,8 +407,13 @@ pub enum LocalSocketError {
         path: PathBuf,
     },
     /// The daemon refused or failed; its text says why and what to do.
-    #[error("{0}")]
-    Failed(String),
+    #[error("{message}")]
+    Failed {
+        /// The kind of failure.
+        kind: FailureKind,
+        /// The daemon's text.
+        message: String,
+    },
     /// Another daemon listens on the socket.
     #[error("another daemon is already listening on {path}")]
     InUse {
@@ -409,7 +452,7 @@ pub fn call(
         let line = line.map_err(|source| LocalSocketError::Lost { path: path(), source })?;
         match serde_json::from_str::<LocalReply>(&line) {
             Ok(LocalReply::Done { result }) => return Ok(result),
-            Ok(LocalReply::Failed { error }) => return Err(LocalSocketError::Failed(error)),
+            Ok(LocalReply::Failed { error, kind }) => return Err(LocalSocketError::Failed { kind, message: error }),
             Ok(other) => on_reply(&other),
             Err(source) => return Err(LocalSocketError::Unreadable { path: path(), line, source }),
         }
@@ -477,7 +520,8 @@ mod tests {
                         server_ms: 4,
                     }))
                 }
-                _ => Err("no".into()),
+                LocalRequest::Start { .. } => Err(Refusal { kind: FailureKind::NotIdle, message: "busy".into() }),
+                _ => Err(String::from("no").into()),
             })
         });
         let mut seen = Vec::new();
@@ -488,6 +532,14 @@ mod tests {
         assert_eq!((report.vm.as_str(), report.downtime_secs), ("vm1", 0.5));
         assert_eq!(seen, vec![LocalReply::Progress { what: "vm1".into(), done: 1, total: 2 }]);
         assert_eq!(call(&socket, &LocalRequest::Status, |_| {}).unwrap_err().to_string(), "no");
+        let start = LocalRequest::Start { vm: "vm1".parse().unwrap() };
+        assert!(matches!(
+            call(&socket, &start, |_| {}).unwrap_err(),
+            LocalSocketError::Failed { kind: FailureKind::NotIdle, message } if message == "busy"
+        ));
+        // A daemon that sends no kind: "other".
+        let old: LocalReply = serde_json::from_str(r#"{"reply":"failed","error":"x"}"#).unwrap();
+        assert_eq!(old, LocalReply::Failed { error: "x".into(), kind: FailureKind::Other });
         let mut raw = UnixStream::connect(&socket).unwrap();
         raw.write_all(b"{\"op\":\"fly\"}\n").unwrap();
         let mut answer = String::new();

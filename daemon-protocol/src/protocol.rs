@@ -19,7 +19,7 @@
 //!     participant S as server daemon
 //!     D->>S: Reserve (VM, its machine profile, disk size)
 //!     Note over S: the profile is one this server can run; capacity check against the expected working set
-//!     S->>D: Reserved (estimate) or Failed (why)
+//!     S->>D: Reserved (estimate), NoRoom (the capacity check's figures) or Failed (why)
 //!     Note over D: stop the VM, save the descriptor, scan the zero map, start memserv and diskserv
 //!     D->>S: Consolidate (descriptor size and CRC, zero map, where memserv and diskserv are)
 //!     D->>S: Data ... End (the descriptor, as one byte stream)
@@ -318,6 +318,10 @@ pub enum Control {
     /// restarted); send its last checkpoint home, as `Returning` and the
     /// stream after it.
     Recover(VmName),
+    /// Server: a `Reserve` refused because the capacity check found no
+    /// room; the text gives the figures and what to change. Apart from
+    /// `Failed` so that the command can tell "no room" from other refusals.
+    NoRoom(String),
 }
 
 impl Control {
@@ -341,6 +345,7 @@ impl Control {
             Control::StatusReply(_) => "StatusReply",
             Control::PleaseReintegrate { .. } => "PleaseReintegrate",
             Control::Recover(_) => "Recover",
+            Control::NoRoom(_) => "NoRoom",
         }
     }
 }
@@ -463,7 +468,7 @@ impl ReturnHeader {
 impl Message for Control {
     fn validate(&self) -> Result<(), DecodeError> {
         match self {
-            Control::Failed(text) => text_ok(text),
+            Control::Failed(text) | Control::NoRoom(text) => text_ok(text),
             Control::Reserve(r) => r.validate(),
             Control::Consolidate(c) => c.validate(),
             Control::Returning(header) => header.validate(),
@@ -542,6 +547,7 @@ mod tests {
         for msg in [
             Control::Welcome("server".parse().unwrap()),
             Control::Failed("no room".into()),
+            Control::NoRoom("no room for desk1/vm1".into()),
             Control::Reserve(ReserveRequest { vm: vm.clone(), profile: profile(), disk_bytes: 2 }),
             Control::Reserve(ReserveRequest {
                 vm: vm.clone(),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use daemon_protocol::local::{
-    self, DesktopStatus, DesktopVmStatus, LocalReply, LocalRequest, Report, ViewTarget, VmLocation,
+    self, DesktopStatus, DesktopVmStatus, LocalReply, LocalRequest, Refusal, Report, ViewTarget, VmLocation,
 };
 use daemon_protocol::{Control, ControlHello, HostedState, HostedStatus, CONTROL_TIMEOUT};
 use identifiers::VmName;
@@ -147,7 +147,7 @@ impl DesktopDaemon {
     }
 
     /// A request from the `jettison` command.
-    fn local_request(&self, request: LocalRequest, send: &mut dyn FnMut(LocalReply)) -> Result<Report, String> {
+    fn local_request(&self, request: LocalRequest, send: &mut dyn FnMut(LocalReply)) -> Result<Report, Refusal> {
         let done = match request {
             LocalRequest::Status => Ok(Report::DesktopStatus(self.status())),
             LocalRequest::Consolidate { vm, force } => self.vm(&vm).and_then(|vm| {
@@ -179,7 +179,7 @@ impl DesktopDaemon {
                 self.vm(&vm).and_then(|vm| lock(vm).screenshot(png)).map(|file| Report::Screenshot { file })
             }
         };
-        done.map_err(|e| wire::chain(&e))
+        done.map_err(|e| Refusal { kind: e.failure_kind(), message: wire::chain(&e) })
     }
 
     /// Saves every VM running here to its checkpoint (a host shutdown).

@@ -126,9 +126,11 @@ impl ServerDaemon {
                     Ok(Report::ServerStatus(ServerStatus { server: me.config.name.clone(), vms: me.status() }))
                 }
                 LocalRequest::Screenshot { vm, png } => {
-                    me.screenshot(&vm, png).map(|file| Report::Screenshot { file }).map_err(|e| wire::chain(&e))
+                    me.screenshot(&vm, png).map(|file| Report::Screenshot { file }).map_err(|e| wire::chain(&e).into())
                 }
-                _ => Err("this is the server; run consolidate and reintegrate on the VM's desktop".to_owned()),
+                _ => {
+                    Err(String::from("this is the server; run consolidate and reintegrate on the VM's desktop").into())
+                }
             })
         });
         if let Some(addr) = self.config.metrics_listen {
@@ -228,7 +230,10 @@ impl ServerDaemon {
             };
             let reply = reply.unwrap_or_else(|e| {
                 tracing::warn!(peer = %channel.peer(), "refused: {}", wire::chain(&e));
-                Control::Failed(wire::chain(&e))
+                match e {
+                    ServerError::NoRoom { .. } => Control::NoRoom(wire::chain(&e)),
+                    _ => Control::Failed(wire::chain(&e)),
+                }
             });
             if let Err(e) = channel.send(&reply.encode_body()) {
                 return tracing::warn!(peer = %channel.peer(), "{}", wire::chain(&e));

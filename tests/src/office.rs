@@ -411,7 +411,7 @@ impl Office {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.jettison_json(&["status", "--daemon", socket]);
-            if status["vms"][0]["running_here"] == true {
+            if status["vms"][0]["location"] == "desktop" && status["vms"][0]["running"] == true {
                 return;
             }
             assert!(Instant::now() < deadline, "{what}: {status}\n{}", self.logs());

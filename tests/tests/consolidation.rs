@@ -41,7 +41,7 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     eprintln!("consolidated: {out}");
     let on_desktop = last_count(&desktop_serial).unwrap();
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "server", "{status}");
+    assert_eq!(status["vms"][0]["location"], "server", "{status}");
 
     // On the server: the counter goes on from where it was, the client is
     // still answered, the guest writes a file on its (copy-on-write) disk.
@@ -64,14 +64,19 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     let saved_count: u64 = saved.split(' ').nth(1).unwrap().parse().unwrap();
     client.wait_for(client.count() + 2, REPLY);
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
-    let server = &status["vms"][0]["server"];
+    // The documented status schema holds for both daemons' real answers.
+    tests::check_status_schema(&status, None);
+    assert_eq!((status["source"].as_str(), status["host"].as_str()), (Some("desktop"), Some(DESKTOP)));
+    let server = &status["vms"][0]["on_server"];
     eprintln!("on the server: {server}");
     assert_eq!(server["state"], "running", "{status}");
-    let fetched_pages = server["pages_fetched"].as_u64().unwrap();
-    let fetched_blocks = server["blocks_fetched"].as_u64().unwrap();
+    let fetched_pages = server["memory"]["pages_fetched"].as_u64().unwrap();
+    let fetched_blocks = server["disk"]["blocks_fetched"].as_u64().unwrap();
     assert!(fetched_pages > 0, "the guest ran on the server without fetching a page: {server}");
     let server_status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
     assert_eq!(server_status["vms"][0]["vm"], VM, "{server_status}");
+    tests::check_status_schema(&server_status, None);
+    assert_eq!(server_status["source"], "server", "{server_status}");
 
     // Both daemons' metrics, scraped as Prometheus does, show the move and the fetches.
     let server_page = office.scrape(SERVER);
@@ -111,8 +116,9 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     assert!(!cat.ends_with("missing"), "{cat}");
     client.wait_for(client.count() + 2, REPLY);
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "desktop", "{status}");
-    assert_eq!(status["vms"][0]["running_here"], true, "{status}");
+    assert_eq!(status["vms"][0]["location"], "desktop", "{status}");
+    assert_eq!(status["vms"][0]["running"], true, "{status}");
+    tests::check_status_schema(&status, None);
     assert!(!office.server_vm_state().exists(), "the server kept the VM's slices after it went home");
     let home = office.scrape(DESKTOP_HOST);
     assert_eq!(home.value(&format!("jettison_reintegration_seconds_count{desktop_vm}")), 1.0);
@@ -164,12 +170,12 @@ fn a_server_without_room_refuses_and_the_vm_stays() {
     let before = last_count(&serial).unwrap();
     let out = office.jettison(&["consolidate", VM, "--force", "--socket", office.desktop_socket().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(6), "no room has its own exit status: {err}");
     assert!(err.contains("no room for desktop/vm1") && err.contains("157.9 MiB"), "{err}");
     assert!(err.contains("capacity_mib"), "the refusal says what to do: {err}");
     wait_for_count_above(&serial, before + 5, COUNT_TIMEOUT);
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "desktop", "{status}");
+    assert_eq!(status["vms"][0]["location"], "desktop", "{status}");
 }
 
 #[test]
@@ -326,7 +332,7 @@ fn a_vm_that_fetches_too_fast_is_sent_home_by_the_server() {
     // had left alone and its disk's bulk file: it all comes from the desktop.
     std::thread::sleep(Duration::from_secs(25));
     let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "server", "an idle VM was sent home: {status}");
+    assert_eq!(status["vms"][0]["location"], "server", "an idle VM was sent home: {status}");
     // The desktop daemon's memserv publishes each request on its event
     // socket (what `jettison power` follows to sleep between requests).
     let events = dir.path().join("desktop/run").join(VM).join("memserv.events");
