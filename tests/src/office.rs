@@ -372,8 +372,9 @@ impl Office {
         let out = self.jettison(&all);
         assert!(
             out.status.success(),
-            "jettison {} failed: {}\n{}",
+            "jettison {} failed: {}{}\n{}",
             args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             self.logs()
         );
@@ -390,13 +391,14 @@ impl Office {
         let deadline = Instant::now() + timeout;
         loop {
             let out = self.jettison(&["consolidate", VM, "--socket", socket, "--json"]);
+            let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON");
             if out.status.success() {
-                return serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON");
+                return answer;
             }
-            let why = String::from_utf8_lossy(&out.stderr).into_owned();
+            let why = answer["error"]["message"].as_str().unwrap_or_default().to_owned();
             // Busy, or not sampled long enough yet (a daemon that just
-            // started or took a QEMU over has an empty window).
-            let not_yet = why.contains("is not idle") || why.contains("cannot be judged idle");
+            // started or took a QEMU over has an empty window): exit status 5.
+            let not_yet = out.status.code() == Some(5) && answer["error"]["kind"] == "not_idle";
             assert!(not_yet && Instant::now() < deadline, "jettison consolidate {VM} failed: {why}\n{}", self.logs());
             eprintln!("not idle yet, asking again: {}", why.trim());
             std::thread::sleep(Duration::from_secs(5));
