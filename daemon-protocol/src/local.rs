@@ -5,8 +5,8 @@
 //! number of [`LocalReply::Progress`] and [`LocalReply::Log`] lines and one
 //! final [`LocalReply::Done`] carrying a typed [`Report`], or
 //! [`LocalReply::Failed`], then closes. JSON so that a script or `socat`
-//! can talk to a daemon too; the socket's file permissions (root only) are
-//! its access control. The command deserialises each report into its type,
+//! can talk to a daemon too. Who may connect, and ask what, is
+//! [`crate::local_access`]'s: root, and a group. The command deserialises each report into its type,
 //! so a renamed or missing field is an error, never a silent zero.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use identifiers::{HostName, VmName};
 use serde::{Deserialize, Serialize};
 
+use crate::local_access::{Peer, SocketAccess};
 use crate::protocol::HostedStatus;
 
 /// How long a daemon's status answer waits for a VM another thread holds
@@ -307,6 +308,8 @@ pub enum FailureKind {
     NoRoom,
     /// The desktop daemon cannot reach the server daemon.
     Unreachable,
+    /// The peer may not make this request (see [`crate::local_access`]).
+    Denied,
     /// Anything else: the text says what.
     #[default]
     Other,
@@ -328,9 +331,10 @@ impl From<String> for Refusal {
 }
 
 /// Serves `listener` for ever, one thread per client, calling `handle` with
-/// each request and a sink for its interim replies; `handle`'s result is the
-/// final reply. A client that sends garbage gets a `Failed` line.
-pub fn serve<H>(listener: UnixListener, handle: H)
+/// each request `access` lets the client make and a sink for its interim
+/// replies; `handle`'s result is the final reply. A client that sends
+/// garbage, or asks what it may not, gets a `Failed` line.
+pub fn serve<H>(listener: UnixListener, access: SocketAccess, handle: H)
 where
     H: Fn(LocalRequest, &mut dyn FnMut(LocalReply)) -> Result<Report, Refusal> + Send + Sync + 'static,
 {
@@ -338,7 +342,9 @@ where
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let handle = std::sync::Arc::clone(&handle);
+        let access = access.clone();
         std::thread::spawn(move || {
+            let peer = Peer::of(&stream);
             let mut writer = match stream.try_clone() {
                 Ok(w) => w,
                 Err(_) => return,
@@ -354,10 +360,16 @@ where
                 let _ = writer.write_all(text.as_bytes());
             };
             let last = match serde_json::from_str::<LocalRequest>(&line) {
-                Ok(request) => match handle(request, &mut send) {
-                    Ok(result) => LocalReply::Done { result },
-                    Err(Refusal { kind, message }) => LocalReply::Failed { error: message, kind },
-                },
+                Ok(request) => {
+                    let allowed = peer
+                        .map_err(|e| format!("cannot read the caller's credentials: {e}"))
+                        .and_then(|peer| access.check(&peer, &request));
+                    match allowed.map(|()| handle(request, &mut send)) {
+                        Ok(Ok(result)) => LocalReply::Done { result },
+                        Ok(Err(Refusal { kind, message })) => LocalReply::Failed { error: message, kind },
+                        Err(error) => LocalReply::Failed { error, kind: FailureKind::Denied },
+                    }
+                }
                 Err(e) => LocalReply::Failed {
                     error: format!("not a request this daemon knows: {e}"),
                     kind: FailureKind::Other,
@@ -371,6 +383,16 @@ where
 /// What can go wrong on the local socket, for the command and the daemons.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalSocketError {
+    /// The socket's permissions keep the caller out.
+    #[error(
+        "{path} is open only to root and the members of the group {group} (adduser $USER {group}, then log in again)"
+    )]
+    NotAllowed {
+        /// The socket.
+        path: PathBuf,
+        /// Its group.
+        group: String,
+    },
     /// The daemon is not there.
     #[error("cannot reach the daemon at {path}: is `jettison desktop` or `jettison server` running?")]
     Connect {
@@ -443,8 +465,14 @@ pub fn call(
     mut on_reply: impl FnMut(&LocalReply),
 ) -> Result<Report, LocalSocketError> {
     let path = || socket.to_owned();
-    let mut stream =
-        UnixStream::connect(socket).map_err(|source| LocalSocketError::Connect { path: path(), source })?;
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            if let Some(group) = socket_group(socket) {
+                return LocalSocketError::NotAllowed { path: path(), group };
+            }
+        }
+        LocalSocketError::Connect { path: path(), source }
+    })?;
     let mut text = serde_json::to_string(request).expect("requests serialise");
     text.push('\n');
     stream.write_all(text.as_bytes()).map_err(|source| LocalSocketError::Lost { path: path(), source })?;
@@ -460,11 +488,19 @@ pub fn call(
     Err(LocalSocketError::NoAnswer { path: path() })
 }
 
-/// Binds `socket`, replacing a stale socket file left by a daemon that died.
+/// The name of the group `socket` belongs to, if it has one.
+fn socket_group(socket: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata(socket).ok()?.gid();
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name)
+}
+
+/// Binds `socket`, replacing a stale socket file left by a daemon that
+/// died, and gives it the owner and mode `access` asks for.
 ///
 /// # Errors
 /// [`LocalSocketError::InUse`] or [`LocalSocketError::Bind`].
-pub fn bind(socket: &Path) -> Result<UnixListener, LocalSocketError> {
+pub fn bind(socket: &Path, access: &SocketAccess) -> Result<UnixListener, LocalSocketError> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|source| LocalSocketError::Bind { path: dir.to_owned(), source })?;
     }
@@ -472,7 +508,10 @@ pub fn bind(socket: &Path) -> Result<UnixListener, LocalSocketError> {
         return Err(LocalSocketError::InUse { path: socket.to_owned() });
     }
     let _ = std::fs::remove_file(socket);
-    UnixListener::bind(socket).map_err(|source| LocalSocketError::Bind { path: socket.to_owned(), source })
+    let listener =
+        UnixListener::bind(socket).map_err(|source| LocalSocketError::Bind { path: socket.to_owned(), source })?;
+    access.apply(socket).map_err(|source| LocalSocketError::Bind { path: socket.to_owned(), source })?;
+    Ok(listener)
 }
 
 #[cfg(test)]
@@ -504,10 +543,10 @@ mod tests {
     fn a_request_gets_progress_then_its_result() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("d.sock");
-        let listener = bind(&socket).unwrap();
-        assert!(bind(&socket).unwrap_err().to_string().contains("already listening"));
+        let listener = bind(&socket, &SocketAccess::root_only()).unwrap();
+        assert!(bind(&socket, &SocketAccess::root_only()).unwrap_err().to_string().contains("already listening"));
         std::thread::spawn(move || {
-            serve(listener, |request, send| match request {
+            serve(listener, SocketAccess::root_only(), |request, send| match request {
                 LocalRequest::Consolidate { vm, .. } => {
                     send(LocalReply::Progress { what: vm.to_string(), done: 1, total: 2 });
                     Ok(Report::Consolidated(ConsolidateReport {

@@ -101,14 +101,11 @@ impl DesktopDaemon {
     pub fn run(self: Arc<Self>, ready: impl FnOnce()) -> Result<(), DesktopError> {
         let control = TcpListener::bind(self.config.control_listen)
             .map_err(|source| DesktopError::Listen { addr: self.config.control_listen, source })?;
-        let socket = local::bind(&self.config.control_socket()).map_err(DesktopError::LocalSocket)?;
-        if let Some(gid) = self.config.viewer_gid() {
-            // The desk's user runs `jettison view` and the lifecycle commands.
-            let path = self.config.control_socket();
-            if let Err(e) = crate::local_vm::grant_to_group(&path, gid, 0o660) {
-                tracing::warn!("cannot let the viewer group use {}: {e}", path.display());
-            }
+        let (access, warning) = self.config.socket_access().map_err(DesktopError::SocketGroup)?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
         }
+        let socket = local::bind(&self.config.control_socket(), &access).map_err(DesktopError::LocalSocket)?;
         for (name, vm) in &self.vms {
             let mut vm = lock(vm);
             let started = match vm.placement() {
@@ -127,7 +124,7 @@ impl DesktopDaemon {
             tracing::info!(%bound, "metrics on GET /metrics");
         }
         let me = Arc::clone(&self);
-        std::thread::spawn(move || local::serve(socket, move |request, send| me.local_request(request, send)));
+        std::thread::spawn(move || local::serve(socket, access, move |request, send| me.local_request(request, send)));
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.sample());
         let me = Arc::clone(&self);

@@ -41,6 +41,9 @@ pub enum DesktopError {
     /// The local socket cannot be opened.
     #[error("the command's local socket")]
     LocalSocket(#[source] daemon_protocol::local::LocalSocketError),
+    /// The local socket's group cannot be used.
+    #[error("the local socket's group")]
+    SocketGroup(#[source] daemon_protocol::local_access::AccessError),
     /// The metrics endpoint cannot be opened.
     #[error("the metrics endpoint")]
     Metrics(#[source] metrics_endpoint::MetricsError),

@@ -40,6 +40,9 @@ impl Default for VmMetrics {
     }
 }
 
+/// A family of every VM's `T`: name, help, and where `T` is in a VM's counters.
+type Family<T> = (&'static str, &'static str, fn(&VmMetrics) -> &T);
+
 /// Every VM's counters.
 #[derive(Debug)]
 pub(crate) struct DesktopMetrics {
@@ -74,7 +77,7 @@ impl DesktopMetrics {
     /// (`None`: moving, left out).
     pub(crate) fn page(&self, on_server: impl Fn(&VmName) -> Option<bool>) -> String {
         let mut page = Exposition::new();
-        let histograms: [(&str, &str, fn(&VmMetrics) -> &Histogram); 2] = [
+        let histograms: [Family<Histogram>; 2] = [
             (
                 "jettison_consolidation_seconds",
                 "Consolidations of the VM (the count), by the time from the request to the VM running on the server.",
@@ -93,7 +96,7 @@ impl DesktopMetrics {
                 page.histogram(&[("vm", vm.as_str())], &histogram(metrics).snapshot());
             }
         }
-        let counters: [(&str, &str, fn(&VmMetrics) -> &AtomicU64); 4] = [
+        let counters: [Family<AtomicU64>; 4] = [
             (
                 "jettison_sent_bytes_total",
                 "Descriptor bytes sent to the server at consolidation (the pages and blocks it fetches later are in \

@@ -10,6 +10,7 @@
 //! | 4 | `unreachable` | the local daemon, or the desktop daemon's server, does not answer |
 //! | 5 | `not_idle` | the VM is not idle enough to consolidate (`--force` skips the check) |
 //! | 6 | `no_room` | the server has no room for the VM |
+//! | 7 | `denied` | the caller may not use the daemon's socket, or not for this request |
 
 use std::error::Error;
 
@@ -33,14 +34,17 @@ pub enum Failure {
     NotIdle,
     /// The server has no room.
     NoRoom,
+    /// The caller may not ask this.
+    Denied,
 }
 
 /// The exit statuses, for the manual page (`jettison --help`).
 pub const EXIT_STATUS_HELP: &str = "Exit status: 0 done; 1 failed (the message says why); 2 bad usage; \
 3 bad configuration file; 4 a daemon unreachable (the local one, or the desktop's server); 5 the VM is not \
-idle (consolidate; --force skips the check); 6 no room on the server. With --json (status, consolidate, \
-reintegrate) a failure is printed on stdout as {\"error\": {\"kind\": KIND, \"message\": TEXT, \"exit_status\": N}}, \
-KIND one of failed, usage, config, unreachable, not_idle, no_room.";
+idle (consolidate; --force skips the check); 6 no room on the server; 7 denied (only root and the daemon's \
+socket_group may use its socket, and only root may move VMs where group_may_move = false). With --json (status, \
+consolidate, reintegrate) a failure is printed on stdout as {\"error\": {\"kind\": KIND, \"message\": TEXT, \
+\"exit_status\": N}}, KIND one of failed, usage, config, unreachable, not_idle, no_room, denied.";
 
 impl Failure {
     /// The process's exit status.
@@ -52,6 +56,7 @@ impl Failure {
             Failure::Unreachable => 4,
             Failure::NotIdle => 5,
             Failure::NoRoom => 6,
+            Failure::Denied => 7,
         }
     }
 
@@ -64,11 +69,13 @@ impl Failure {
             }
             match e.downcast_ref::<LocalSocketError>() {
                 Some(LocalSocketError::Connect { .. }) => return Failure::Unreachable,
+                Some(LocalSocketError::NotAllowed { .. }) => return Failure::Denied,
                 Some(LocalSocketError::Failed { kind, .. }) => {
                     return match kind {
                         FailureKind::NotIdle => Failure::NotIdle,
                         FailureKind::NoRoom => Failure::NoRoom,
                         FailureKind::Unreachable => Failure::Unreachable,
+                        FailureKind::Denied => Failure::Denied,
                         FailureKind::Other => Failure::Failed,
                     }
                 }
@@ -108,6 +115,9 @@ mod tests {
         assert_eq!(Failure::of(failed(FailureKind::NoRoom).as_ref()), Failure::NoRoom);
         assert_eq!(Failure::of(failed(FailureKind::Unreachable).as_ref()), Failure::Unreachable);
         assert_eq!(Failure::of(failed(FailureKind::Other).as_ref()), Failure::Failed);
+        assert_eq!(Failure::of(failed(FailureKind::Denied).as_ref()), Failure::Denied);
+        let kept_out = LocalSocketError::NotAllowed { path: "/x".into(), group: "jettison".into() };
+        assert_eq!(Failure::of(&kept_out), Failure::Denied);
         let gone = LocalSocketError::Connect { path: "/x".into(), source: std::io::ErrorKind::NotFound.into() };
         assert_eq!(Failure::of(&gone), Failure::Unreachable);
         let dir = tempfile::tempdir().unwrap();

@@ -15,11 +15,13 @@
 //! checkpoint_every_secs = 600       # a crash of the server loses at most this much of a VM's work
 //! wake_broadcast = "10.0.0.255"
 //! metrics_listen = "127.0.0.1:9464" # Prometheus metrics on GET /metrics (omit: none)
+//! socket_group = "jettison"         # may use the local socket to look (the default; "" = root only)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use daemon_protocol::local_access::{AccessError, SocketAccess};
 use qemu_driver::AccelChoice;
 use serde::Deserialize;
 
@@ -90,6 +92,11 @@ pub struct ServerConfig {
     /// Where to serve Prometheus metrics (`GET /metrics`); none: nowhere.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The group whose members may use the local socket (status and
+    /// screenshots: it takes no moves); none: `jettison` if it exists,
+    /// else root only; empty: root only.
+    #[serde(default)]
+    pub socket_group: Option<String>,
 }
 
 fn default_console_port() -> u16 {
@@ -123,6 +130,7 @@ impl ServerConfig {
             if config.console_port_base == 0 || config.console_port_base.checked_add(config.console_ports).is_none() {
                 return Err("console_port_base and console_ports must name ports 1 to 65535".to_owned());
             }
+            config.socket_access().map_err(|e| e.to_string())?;
             Ok(())
         })
         .map_err(ServerError::Config)
@@ -131,6 +139,15 @@ impl ServerConfig {
     /// The local control socket `jettison status` talks to.
     pub fn control_socket(&self) -> PathBuf {
         self.run_dir.join("server.sock")
+    }
+
+    /// Who may use the local socket, and a warning if the default group is missing.
+    ///
+    /// # Errors
+    /// A `socket_group` that is not a group here.
+    pub fn socket_access(&self) -> Result<(SocketAccess, Option<String>), AccessError> {
+        // The server's socket takes no moves.
+        SocketAccess::from_setting(self.socket_group.as_deref(), false)
     }
 }
 

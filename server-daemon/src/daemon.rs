@@ -118,10 +118,14 @@ impl ServerDaemon {
     pub fn run(self: Arc<Self>, ready: impl FnOnce()) -> Result<(), ServerError> {
         let listener = TcpListener::bind(self.config.listen)
             .map_err(|source| ServerError::Listen { addr: self.config.listen, source })?;
-        let local = local::bind(&self.config.control_socket()).map_err(ServerError::LocalSocket)?;
+        let (access, warning) = self.config.socket_access().map_err(ServerError::SocketGroup)?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
+        let local = local::bind(&self.config.control_socket(), &access).map_err(ServerError::LocalSocket)?;
         let me = Arc::clone(&self);
         std::thread::spawn(move || {
-            local::serve(local, move |request, _| match request {
+            local::serve(local, access, move |request, _| match request {
                 LocalRequest::Status => {
                     Ok(Report::ServerStatus(ServerStatus { server: me.config.name.clone(), vms: me.status() }))
                 }

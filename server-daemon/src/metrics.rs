@@ -78,9 +78,12 @@ impl ServerMetrics {
     }
 }
 
+/// A family read from each of a list: name, kind, help, and its value for one.
+type Family<T> = (&'static str, Kind, &'static str, fn(&T) -> f64);
+
 /// Each hosted VM's series, labelled with its desktop and name.
 fn vm_figures(page: &mut Exposition, vms: &[VmFigures]) {
-    let families: [(&str, Kind, &str, fn(&VmFigures) -> f64); 9] = [
+    let families: [Family<VmFigures>; 9] = [
         (
             "jettison_vm_pages_fetched_total",
             Kind::Counter,
@@ -153,7 +156,7 @@ fn labels(vm: &VmFigures) -> [(&'static str, &str); 2] {
 
 /// The wakes of each desktop this server wakes before fetching.
 fn desktop_figures(page: &mut Exposition, desktops: &[remote_wakeup::DesktopStatus]) {
-    let families: [(&str, Kind, &str, fn(&remote_wakeup::DesktopStatus) -> f64); 4] = [
+    let families: [Family<remote_wakeup::DesktopStatus>; 4] = [
         (
             "jettison_desktop_wakes_total",
             Kind::Counter,
