@@ -19,6 +19,7 @@ mod cmd_vm;
 mod cmd_wake;
 mod cmd_zero_map;
 mod failure;
+mod logging;
 mod signals;
 mod status_document;
 mod wake_args;
@@ -96,16 +97,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JETTISON_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal; plain text for the journal
-        // and for files, where escape codes are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    logging::init();
     // Errors go out as JSON on stdout where JSON was asked for, usage
     // errors included.
     let json = std::env::args_os().skip(1).any(|arg| arg == "--json");

@@ -264,7 +264,7 @@ impl ServerDaemon {
             let asks: Vec<_> = running
                 .iter()
                 .map(|(key, control)| {
-                    tracing::info!(vm = %key, "asking its desktop to take it back: the server daemon is stopping");
+                    tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: the server daemon is stopping");
                     let ask = scope.spawn(|| self.request_home(key, *control, "the server daemon is stopping".into()));
                     (key, ask)
                 })
@@ -273,7 +273,7 @@ impl ServerDaemon {
                 .filter_map(|(key, ask)| match ask.join() {
                     Ok(Ok(())) => Some(key.clone()),
                     Ok(Err(e)) => {
-                        tracing::warn!(vm = %key, "its desktop did not take the request: {}", wire::chain(&e));
+                        tracing::warn!(desktop = %key.desktop, vm = %key.vm, "its desktop did not take the request: {}", wire::chain(&e));
                         None
                     }
                     Err(_) => None,
@@ -340,7 +340,7 @@ impl ServerDaemon {
         }
         let profile = request.profile.clone();
         reservations.insert(key.clone(), Reserved { expected, profile, connection: reservation.connection });
-        tracing::info!(vm = %key, ram_bytes = request.profile.ram_bytes(), expected_mib = expected >> 20, from_history, "reserved");
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, ram_bytes = request.profile.ram_bytes(), expected_mib = expected >> 20, from_history, "reserved");
         Ok(expected)
     }
 
@@ -384,7 +384,7 @@ impl ServerDaemon {
             reserved.expected,
         )?;
         self.metrics.hosted(started.elapsed());
-        tracing::info!(vm = %key, "running on the server");
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, "running on the server");
         // Hosted first, then unreserved: a VM is always in one of the two.
         lock(&self.vms).insert(key.clone(), Arc::new(Mutex::new(vm)));
         reservation.release();
@@ -420,7 +420,7 @@ impl ServerDaemon {
         let header = hosted.send_home(channel)?;
         self.metrics.sent_home(started.elapsed(), header.total_bytes());
         tracing::info!(
-            vm = %key,
+            desktop = %key.desktop, vm = %key.vm,
             dirty_pages = header.dirty_pages,
             dirty_blocks = header.dirty_blocks,
             bytes = header.total_bytes(),
@@ -446,7 +446,7 @@ impl ServerDaemon {
         };
         let (header, manifest) = crate::hosted::send_checkpoint(key, &state_dir(&self.config, key), channel)?;
         tracing::info!(
-            vm = %key,
+            desktop = %key.desktop, vm = %key.vm,
             taken_at = manifest.taken_at,
             dirty_pages = header.dirty_pages,
             dirty_blocks = header.dirty_blocks,
@@ -463,8 +463,12 @@ impl ServerDaemon {
             let state = state_dir(&self.config, key);
             if state.exists() {
                 match std::fs::remove_dir_all(&state) {
-                    Ok(()) => tracing::info!(vm = %key, "back on its desktop from a checkpoint; slices deleted"),
-                    Err(e) => tracing::warn!(vm = %key, "cannot remove {}: {e}", state.display()),
+                    Ok(()) => {
+                        tracing::info!(desktop = %key.desktop, vm = %key.vm, "back on its desktop from a checkpoint; slices deleted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot remove {}: {e}", state.display())
+                    }
                 }
             }
             return;
@@ -472,13 +476,15 @@ impl ServerDaemon {
         lock(&self.asked).remove(key);
         let hosted = match Arc::try_unwrap(hosted) {
             Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-            Err(_) => return tracing::warn!(vm = %key, "still in use; its files stay until the next restart"),
+            Err(_) => {
+                return tracing::warn!(desktop = %key.desktop, vm = %key.vm, "still in use; its files stay until the next restart")
+            }
         };
         if let Err(e) = lock(&self.history).record(&key.to_string(), hosted.resident()) {
             tracing::warn!("{}", wire::chain(&e));
         }
         hosted.discard();
-        tracing::info!(vm = %key, "back on its desktop; slices deleted");
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, "back on its desktop; slices deleted");
     }
 
     /// The VMs here, for the capacity check.
@@ -549,7 +555,7 @@ impl ServerDaemon {
                 if vm.checkpoint_due(Duration::from_secs(self.config.checkpoint_every_secs)) {
                     match vm.checkpoint() {
                         Ok(taken) => tracing::info!(
-                            vm = %vm.key(),
+                            desktop = %vm.key().desktop, vm = %vm.key().vm,
                             pause_ms = taken.pause_ms,
                             dirty_pages = taken.dirty_pages,
                             dirty_blocks = taken.dirty_blocks,
@@ -608,11 +614,11 @@ impl ServerDaemon {
             }
             asked.insert(key.clone(), Instant::now());
         }
-        tracing::info!(vm = %key, "asking its desktop to take it back: {reason}");
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: {reason}");
         let (me, vm) = (Arc::clone(self), key.clone());
         std::thread::spawn(move || {
             if let Err(e) = me.request_home(&vm, control, reason) {
-                tracing::warn!(vm = %vm, "its desktop did not take the request: {}", wire::chain(&e));
+                tracing::warn!(desktop = %vm.desktop, vm = %vm.vm, "its desktop did not take the request: {}", wire::chain(&e));
             }
         });
     }

@@ -289,7 +289,7 @@ impl HostedVm {
         let nbd_key = key.clone();
         let nbd_thread = std::thread::spawn(move || {
             if let Err(e) = nbd.run() {
-                tracing::error!(vm = %nbd_key, "cownetdisk stopped: {}", wire::chain(&e));
+                tracing::error!(desktop = %nbd_key.desktop, vm = %nbd_key.vm, "cownetdisk stopped: {}", wire::chain(&e));
             }
         });
         let disk_bytes = disk.size();
@@ -336,7 +336,7 @@ impl HostedVm {
         let (qemu, qmp) = resume(spec, &descriptor).map_err(qemu_error("resume it from its descriptor"))?;
         let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap, qemu_agent_socket, fetches }, storage };
         if let Err(e) = announce(&mut running.vm.qmp) {
-            tracing::warn!(vm = %key, "cannot announce the VM's MAC: {}", wire::chain(&e));
+            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot announce the VM's MAC: {}", wire::chain(&e));
         }
         let last = running.storage.stats();
         qemu_driver::settle_guest_in_background(
@@ -476,12 +476,12 @@ impl HostedVm {
             _ => None,
         };
         if let Some(why) = lost {
-            tracing::error!(vm = %self.key, "QEMU died on the server: {why}");
+            tracing::error!(desktop = %self.key.desktop, vm = %self.key.vm, "QEMU died on the server: {why}");
             if let Phase::Running(running) = std::mem::replace(&mut self.phase, Phase::Lost(why)) {
                 let Running { vm, mut storage } = *running;
                 drop(vm);
                 if let Err(e) = storage.shut() {
-                    tracing::error!(vm = %self.key, "after QEMU died: {}", wire::chain(&e));
+                    tracing::error!(desktop = %self.key.desktop, vm = %self.key.vm, "after QEMU died: {}", wire::chain(&e));
                 }
             }
         }
@@ -644,7 +644,7 @@ impl HostedVm {
     pub fn discard(self) {
         for dir in [&self.state, &self.run] {
             if let Err(e) = fs::remove_dir_all(dir) {
-                tracing::warn!(vm = %self.key, "cannot remove {}: {e}", dir.display());
+                tracing::warn!(desktop = %self.key.desktop, vm = %self.key.vm, "cannot remove {}: {e}", dir.display());
             }
         }
     }
