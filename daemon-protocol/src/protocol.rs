@@ -222,8 +222,8 @@ pub struct ConsoleAccess {
     pub ticket: String,
 }
 
-/// One VM on the server, as `Status` reports it (and, as JSON, `jettison
-/// status --json`).
+/// One VM on the server, as `Status` reports it (`jettison status` shows
+/// it in its status document, `docs/status.schema.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
 pub struct HostedStatus {
     /// The VM's name.
@@ -240,6 +240,8 @@ pub struct HostedStatus {
     pub pages_fetched: u64,
     /// Pages served as zero without a fetch.
     pub zero_pages_served: u64,
+    /// Pages the consolidation's zero map marked zero: never fetched.
+    pub zero_pages: u64,
     /// Pages dirtied on the server.
     pub dirty_pages: u64,
     /// Disk blocks fetched from the desktop.
@@ -266,6 +268,7 @@ impl HostedStatus {
             ram_bytes: 0,
             pages_fetched: 0,
             zero_pages_served: 0,
+            zero_pages: 0,
             dirty_pages: 0,
             blocks_fetched: 0,
             dirty_blocks: 0,

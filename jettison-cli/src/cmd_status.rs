@@ -172,9 +172,13 @@ fn print_document(document: &StatusDocument) {
 /// One hosted VM's figures for people.
 fn hosted_line(s: &OnServer) -> String {
     let m = &s.memory;
+    let zero = match (m.zero_pages, m.zero_mib) {
+        (Some(pages), Some(mib)) => format!("{} never fetched ({pages} zero pages at consolidation), ", mib_text(mib)),
+        _ => String::new(),
+    };
     let mut line = format!(
-        "{} of {} RAM fetched ({} pages), {} zero pages served without a fetch, {} dirty ({} pages written back \
-         so far)",
+        "{} of {} RAM fetched ({} pages), {zero}{} zero pages served without a fetch, {} dirty ({} pages written \
+         back so far)",
         mib_text(m.fetched_mib),
         mib_text(s.ram_mib),
         m.pages_fetched,

@@ -121,6 +121,11 @@ pub struct MemoryFigures {
     pub pages_fetched: u64,
     /// The same in MiB.
     pub fetched_mib: f64,
+    /// Pages the consolidation's zero map marked zero (never fetched);
+    /// none standalone.
+    pub zero_pages: Option<u64>,
+    /// The same in MiB.
+    pub zero_mib: Option<f64>,
     /// Faults answered as zero pages without a fetch.
     pub zero_pages_served: u64,
     /// Pages the guest wrote that memtap holds (written back from QEMU's
@@ -255,6 +260,8 @@ impl StatusDocument {
                         memory: MemoryFigures {
                             pages_fetched: ram.map_or(0, |m| m.pages_fetched),
                             fetched_mib: mib(ram.map_or(0, |m| m.pages_fetched), UNIT),
+                            zero_pages: None,
+                            zero_mib: None,
                             zero_pages_served: ram.map_or(0, |m| m.zero_pages_served),
                             dirty_pages: ram.map_or(0, |m| m.dirty_pages),
                             dirty_mib: mib(ram.map_or(0, |m| m.dirty_pages), UNIT),
@@ -322,6 +329,8 @@ fn hosted(s: &HostedStatus) -> OnServer {
         memory: MemoryFigures {
             pages_fetched: s.pages_fetched,
             fetched_mib: mib(s.pages_fetched, UNIT),
+            zero_pages: Some(s.zero_pages),
+            zero_mib: Some(mib(s.zero_pages, UNIT)),
             zero_pages_served: s.zero_pages_served,
             dirty_pages: s.dirty_pages,
             dirty_mib: mib(s.dirty_pages, UNIT),

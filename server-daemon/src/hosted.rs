@@ -167,6 +167,8 @@ pub struct HostedVm {
     ram_bytes: u64,
     disk_bytes: u64,
     expected: u64,
+    /// Pages its zero map of consolidation marked zero.
+    zero_pages: u64,
     started: Instant,
     /// When its last checkpoint was taken.
     checkpointed: Option<Instant>,
@@ -263,6 +265,7 @@ impl HostedVm {
         };
         let mut memory =
             memtap::RamFileConfig::new(vm.as_str(), state.join("memory"), remote(request.memserv, Service::Memory));
+        let zero_pages = zero_map.ranges.iter().map(|r| r.end - r.start).sum();
         memory.zero_pages = zero_map.ranges;
         memory.zero_map_pages = Some(zero_map.units);
         memory.wake = Arc::clone(&wake);
@@ -354,6 +357,7 @@ impl HostedVm {
             ram_bytes,
             disk_bytes,
             expected,
+            zero_pages,
             started: Instant::now(),
             checkpointed: None,
             phase: Phase::Running(Box::new(running)),
@@ -535,6 +539,7 @@ impl HostedVm {
             ram_bytes: self.ram_bytes,
             pages_fetched: memory.pages_fetched,
             zero_pages_served: memory.zero_pages_served,
+            zero_pages: self.zero_pages,
             dirty_pages: memory.dirty_pages,
             blocks_fetched: disk.blocks_fetched,
             dirty_blocks: disk.dirty_blocks,

@@ -71,6 +71,7 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     eprintln!("on the server: {server}");
     assert_eq!(server["state"], "running", "{status}");
     let fetched_pages = server["memory"]["pages_fetched"].as_u64().unwrap();
+    assert_eq!(server["memory"]["zero_pages"], out["zero_pages"], "status counts zero pages as consolidation did");
     let fetched_blocks = server["disk"]["blocks_fetched"].as_u64().unwrap();
     assert!(fetched_pages > 0, "the guest ran on the server without fetching a page: {server}");
     let server_status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
