@@ -533,8 +533,10 @@ mod tests {
         // The example names a group and files of a real install; only they
         // may be missing here.
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/desktop.toml");
-        let text =
-            std::fs::read_to_string(&path).unwrap().replace("viewer_group = \"jettison\"", "viewer_group = \"root\"");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("viewer_group = \"jettison\"", "viewer_group = \"root\"")
+            .replace("socket_group = \"jettison\"", "socket_group = \"root\"");
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("desktop.toml");
         std::fs::write(&copy, text).unwrap();
