@@ -13,6 +13,7 @@
 pub mod config_file;
 mod kernel_args;
 pub mod local;
+pub mod local_access;
 mod machine;
 pub mod protocol;
 pub mod transfer;

@@ -5,8 +5,8 @@
 //! number of [`LocalReply::Progress`] and [`LocalReply::Log`] lines and one
 //! final [`LocalReply::Done`] carrying a typed [`Report`], or
 //! [`LocalReply::Failed`], then closes. JSON so that a script or `socat`
-//! can talk to a daemon too; the socket's file permissions (root only) are
-//! its access control. The command deserialises each report into its type,
+//! can talk to a daemon too. Who may connect, and ask what, is
+//! [`crate::local_access`]'s: root, and a group. The command deserialises each report into its type,
 //! so a renamed or missing field is an error, never a silent zero.
 
 use std::io::{self, BufRead, BufReader, Write};
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use identifiers::{HostName, VmName};
 use serde::{Deserialize, Serialize};
 
+use crate::local_access::{Peer, SocketAccess};
 use crate::protocol::HostedStatus;
 
 /// How long a daemon's status answer waits for a VM another thread holds
@@ -289,21 +290,61 @@ pub enum LocalReply {
     Failed {
         /// The text for the user.
         error: String,
+        /// What kind of failure, for the command's exit status (absent
+        /// from daemons that predate it: [`FailureKind::Other`]).
+        #[serde(default)]
+        kind: FailureKind,
     },
 }
 
+/// What kind of failure a daemon reports, so that a script can tell them
+/// apart (the `jettison` command's exit status).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The VM is not idle enough to move (`--force` skips the check).
+    NotIdle,
+    /// The server has no room for the VM's expected working set.
+    NoRoom,
+    /// The desktop daemon cannot reach the server daemon.
+    Unreachable,
+    /// The peer may not make this request (see [`crate::local_access`]).
+    Denied,
+    /// Anything else: the text says what.
+    #[default]
+    Other,
+}
+
+/// A request a daemon refused or failed: the kind and the text for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The kind.
+    pub kind: FailureKind,
+    /// Why, and what to do.
+    pub message: String,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal { kind: FailureKind::Other, message }
+    }
+}
+
 /// Serves `listener` for ever, one thread per client, calling `handle` with
-/// each request and a sink for its interim replies; `handle`'s result is the
-/// final reply. A client that sends garbage gets a `Failed` line.
-pub fn serve<H>(listener: UnixListener, handle: H)
+/// each request `access` lets the client make and a sink for its interim
+/// replies; `handle`'s result is the final reply. A client that sends
+/// garbage, or asks what it may not, gets a `Failed` line.
+pub fn serve<H>(listener: UnixListener, access: SocketAccess, handle: H)
 where
-    H: Fn(LocalRequest, &mut dyn FnMut(LocalReply)) -> Result<Report, String> + Send + Sync + 'static,
+    H: Fn(LocalRequest, &mut dyn FnMut(LocalReply)) -> Result<Report, Refusal> + Send + Sync + 'static,
 {
     let handle = std::sync::Arc::new(handle);
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let handle = std::sync::Arc::clone(&handle);
+        let access = access.clone();
         std::thread::spawn(move || {
+            let peer = Peer::of(&stream);
             let mut writer = match stream.try_clone() {
                 Ok(w) => w,
                 Err(_) => return,
@@ -319,11 +360,20 @@ where
                 let _ = writer.write_all(text.as_bytes());
             };
             let last = match serde_json::from_str::<LocalRequest>(&line) {
-                Ok(request) => match handle(request, &mut send) {
-                    Ok(result) => LocalReply::Done { result },
-                    Err(error) => LocalReply::Failed { error },
+                Ok(request) => {
+                    let allowed = peer
+                        .map_err(|e| format!("cannot read the caller's credentials: {e}"))
+                        .and_then(|peer| access.check(&peer, &request));
+                    match allowed.map(|()| handle(request, &mut send)) {
+                        Ok(Ok(result)) => LocalReply::Done { result },
+                        Ok(Err(Refusal { kind, message })) => LocalReply::Failed { error: message, kind },
+                        Err(error) => LocalReply::Failed { error, kind: FailureKind::Denied },
+                    }
+                }
+                Err(e) => LocalReply::Failed {
+                    error: format!("not a request this daemon knows: {e}"),
+                    kind: FailureKind::Other,
                 },
-                Err(e) => LocalReply::Failed { error: format!("not a request this daemon knows: {e}") },
             };
             send(last);
         });
@@ -333,6 +383,16 @@ where
 /// What can go wrong on the local socket, for the command and the daemons.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalSocketError {
+    /// The socket's permissions keep the caller out.
+    #[error(
+        "{path} is open only to root and the members of the group {group} (adduser $USER {group}, then log in again)"
+    )]
+    NotAllowed {
+        /// The socket.
+        path: PathBuf,
+        /// Its group.
+        group: String,
+    },
     /// The daemon is not there.
     #[error("cannot reach the daemon at {path}: is `jettison desktop` or `jettison server` running?")]
     Connect {
@@ -369,8 +429,13 @@ pub enum LocalSocketError {
         path: PathBuf,
     },
     /// The daemon refused or failed; its text says why and what to do.
-    #[error("{0}")]
-    Failed(String),
+    #[error("{message}")]
+    Failed {
+        /// The kind of failure.
+        kind: FailureKind,
+        /// The daemon's text.
+        message: String,
+    },
     /// Another daemon listens on the socket.
     #[error("another daemon is already listening on {path}")]
     InUse {
@@ -400,8 +465,14 @@ pub fn call(
     mut on_reply: impl FnMut(&LocalReply),
 ) -> Result<Report, LocalSocketError> {
     let path = || socket.to_owned();
-    let mut stream =
-        UnixStream::connect(socket).map_err(|source| LocalSocketError::Connect { path: path(), source })?;
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            if let Some(group) = socket_group(socket) {
+                return LocalSocketError::NotAllowed { path: path(), group };
+            }
+        }
+        LocalSocketError::Connect { path: path(), source }
+    })?;
     let mut text = serde_json::to_string(request).expect("requests serialise");
     text.push('\n');
     stream.write_all(text.as_bytes()).map_err(|source| LocalSocketError::Lost { path: path(), source })?;
@@ -409,7 +480,7 @@ pub fn call(
         let line = line.map_err(|source| LocalSocketError::Lost { path: path(), source })?;
         match serde_json::from_str::<LocalReply>(&line) {
             Ok(LocalReply::Done { result }) => return Ok(result),
-            Ok(LocalReply::Failed { error }) => return Err(LocalSocketError::Failed(error)),
+            Ok(LocalReply::Failed { error, kind }) => return Err(LocalSocketError::Failed { kind, message: error }),
             Ok(other) => on_reply(&other),
             Err(source) => return Err(LocalSocketError::Unreadable { path: path(), line, source }),
         }
@@ -417,11 +488,19 @@ pub fn call(
     Err(LocalSocketError::NoAnswer { path: path() })
 }
 
-/// Binds `socket`, replacing a stale socket file left by a daemon that died.
+/// The name of the group `socket` belongs to, if it has one.
+fn socket_group(socket: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let gid = std::fs::metadata(socket).ok()?.gid();
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name)
+}
+
+/// Binds `socket`, replacing a stale socket file left by a daemon that
+/// died, and gives it the owner and mode `access` asks for.
 ///
 /// # Errors
 /// [`LocalSocketError::InUse`] or [`LocalSocketError::Bind`].
-pub fn bind(socket: &Path) -> Result<UnixListener, LocalSocketError> {
+pub fn bind(socket: &Path, access: &SocketAccess) -> Result<UnixListener, LocalSocketError> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|source| LocalSocketError::Bind { path: dir.to_owned(), source })?;
     }
@@ -429,7 +508,10 @@ pub fn bind(socket: &Path) -> Result<UnixListener, LocalSocketError> {
         return Err(LocalSocketError::InUse { path: socket.to_owned() });
     }
     let _ = std::fs::remove_file(socket);
-    UnixListener::bind(socket).map_err(|source| LocalSocketError::Bind { path: socket.to_owned(), source })
+    let listener =
+        UnixListener::bind(socket).map_err(|source| LocalSocketError::Bind { path: socket.to_owned(), source })?;
+    access.apply(socket).map_err(|source| LocalSocketError::Bind { path: socket.to_owned(), source })?;
+    Ok(listener)
 }
 
 #[cfg(test)]
@@ -461,10 +543,10 @@ mod tests {
     fn a_request_gets_progress_then_its_result() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("d.sock");
-        let listener = bind(&socket).unwrap();
-        assert!(bind(&socket).unwrap_err().to_string().contains("already listening"));
+        let listener = bind(&socket, &SocketAccess::root_only()).unwrap();
+        assert!(bind(&socket, &SocketAccess::root_only()).unwrap_err().to_string().contains("already listening"));
         std::thread::spawn(move || {
-            serve(listener, |request, send| match request {
+            serve(listener, SocketAccess::root_only(), |request, send| match request {
                 LocalRequest::Consolidate { vm, .. } => {
                     send(LocalReply::Progress { what: vm.to_string(), done: 1, total: 2 });
                     Ok(Report::Consolidated(ConsolidateReport {
@@ -477,7 +559,8 @@ mod tests {
                         server_ms: 4,
                     }))
                 }
-                _ => Err("no".into()),
+                LocalRequest::Start { .. } => Err(Refusal { kind: FailureKind::NotIdle, message: "busy".into() }),
+                _ => Err(String::from("no").into()),
             })
         });
         let mut seen = Vec::new();
@@ -488,6 +571,14 @@ mod tests {
         assert_eq!((report.vm.as_str(), report.downtime_secs), ("vm1", 0.5));
         assert_eq!(seen, vec![LocalReply::Progress { what: "vm1".into(), done: 1, total: 2 }]);
         assert_eq!(call(&socket, &LocalRequest::Status, |_| {}).unwrap_err().to_string(), "no");
+        let start = LocalRequest::Start { vm: "vm1".parse().unwrap() };
+        assert!(matches!(
+            call(&socket, &start, |_| {}).unwrap_err(),
+            LocalSocketError::Failed { kind: FailureKind::NotIdle, message } if message == "busy"
+        ));
+        // A daemon that sends no kind: "other".
+        let old: LocalReply = serde_json::from_str(r#"{"reply":"failed","error":"x"}"#).unwrap();
+        assert_eq!(old, LocalReply::Failed { error: "x".into(), kind: FailureKind::Other });
         let mut raw = UnixStream::connect(&socket).unwrap();
         raw.write_all(b"{\"op\":\"fly\"}\n").unwrap();
         let mut answer = String::new();

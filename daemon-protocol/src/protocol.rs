@@ -20,7 +20,7 @@
 //!     participant S as server daemon
 //!     D->>S: Reserve (VM, its machine profile, disk size)
 //!     Note over S: the profile is one this server can run; capacity check against the expected working set
-//!     S->>D: Reserved (estimate) or Failed (why)
+//!     S->>D: Reserved (estimate), NoRoom (the capacity check's figures) or Failed (why)
 //!     Note over D: stop the VM, save the descriptor, scan the zero map, start memserv and diskserv
 //!     D->>S: Consolidate (descriptor size and CRC, zero map, where memserv and diskserv are)
 //!     D->>S: Data ... End (the descriptor, as one byte stream)
@@ -223,8 +223,8 @@ pub struct ConsoleAccess {
     pub ticket: String,
 }
 
-/// One VM on the server, as `Status` reports it (and, as JSON, `jettison
-/// status --json`).
+/// One VM on the server, as `Status` reports it (`jettison status` shows
+/// it in its status document, `docs/status.schema.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
 pub struct HostedStatus {
     /// The VM's name.
@@ -241,6 +241,8 @@ pub struct HostedStatus {
     pub pages_fetched: u64,
     /// Pages served as zero without a fetch.
     pub zero_pages_served: u64,
+    /// Pages the consolidation's zero map marked zero: never fetched.
+    pub zero_pages: u64,
     /// Pages dirtied on the server.
     pub dirty_pages: u64,
     /// Disk blocks fetched from the desktop.
@@ -267,6 +269,7 @@ impl HostedStatus {
             ram_bytes: 0,
             pages_fetched: 0,
             zero_pages_served: 0,
+            zero_pages: 0,
             dirty_pages: 0,
             blocks_fetched: 0,
             dirty_blocks: 0,
@@ -319,6 +322,10 @@ pub enum Control {
     /// restarted); send its last checkpoint home, as `Returning` and the
     /// stream after it.
     Recover(VmName),
+    /// Server: a `Reserve` refused because the capacity check found no
+    /// room; the text gives the figures and what to change. Apart from
+    /// `Failed` so that the command can tell "no room" from other refusals.
+    NoRoom(String),
 }
 
 impl Control {
@@ -342,6 +349,7 @@ impl Control {
             Control::StatusReply(_) => "StatusReply",
             Control::PleaseReintegrate { .. } => "PleaseReintegrate",
             Control::Recover(_) => "Recover",
+            Control::NoRoom(_) => "NoRoom",
         }
     }
 }
@@ -464,7 +472,7 @@ impl ReturnHeader {
 impl Message for Control {
     fn validate(&self) -> Result<(), DecodeError> {
         match self {
-            Control::Failed(text) => text_ok(text),
+            Control::Failed(text) | Control::NoRoom(text) => text_ok(text),
             Control::Reserve(r) => r.validate(),
             Control::Consolidate(c) => c.validate(),
             Control::Returning(header) => header.validate(),
@@ -543,6 +551,7 @@ mod tests {
         for msg in [
             Control::Welcome("server".parse().unwrap()),
             Control::Failed("no room".into()),
+            Control::NoRoom("no room for desk1/vm1".into()),
             Control::Reserve(ReserveRequest { vm: vm.clone(), profile: profile(), disk_bytes: 2 }),
             Control::Reserve(ReserveRequest {
                 vm: vm.clone(),

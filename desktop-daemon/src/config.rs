@@ -16,6 +16,9 @@
 //! cpu_model = "Skylake-Client-v4"     # the office's oldest CPU; the same on the server
 //! failover_after_secs = 30            # server unreachable this long: resume from the checkpoint
 //! qemu_user = "jettison-qemu"         # QEMU drops to this user once a VM is set up (omit: root)
+//! socket_group = "jettison"           # may use the local socket (the default; "" = root only)
+//! group_may_move = true               # ...and move VMs, not only look (the default)
+//! metrics_listen = "127.0.0.1:9464"   # Prometheus metrics on GET /metrics (omit: none)
 //!
 //! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
@@ -37,6 +40,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use daemon_protocol::local_access::{AccessError, SocketAccess};
 use daemon_protocol::protocol::MAX_MEMORY_MIB;
 use daemon_protocol::{CpuModel, KernelArgs, MAX_VCPUS};
 use identifiers::{HostName, Mac, VmName};
@@ -103,10 +107,20 @@ pub struct DesktopConfig {
     /// for the whole office. Default: `max` under TCG, [`DEFAULT_KVM_CPU_MODEL`] under KVM.
     #[serde(default)]
     pub cpu_model: Option<CpuModel>,
-    /// The group (the desk's user) that may open the VMs' screens and run
-    /// `jettison` against this daemon; none: root only.
+    /// The group (the desk's user) that may open the VMs' screens; none:
+    /// root only.
     #[serde(default)]
     pub viewer_group: Option<String>,
+    /// The group whose members may use the local socket (see
+    /// [`daemon_protocol::local_access`]); none: `jettison` if it exists,
+    /// else root only; empty: root only.
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Whether `socket_group`'s members may also move, start and stop VMs
+    /// (the desk's user's session consolidates and reintegrates), not only
+    /// look.
+    #[serde(default = "yes")]
+    pub group_may_move: bool,
     /// How long the server may be unreachable before a consolidated VM is
     /// resumed from its checkpoint.
     #[serde(default = "default_failover")]
@@ -115,6 +129,9 @@ pub struct DesktopConfig {
     /// package makes `jettison-qemu`); none: QEMU runs as root.
     #[serde(default)]
     pub qemu_user: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none: nowhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// When a VM counts as idle.
     #[serde(default)]
     pub idle: IdleThresholds,
@@ -256,6 +273,7 @@ impl DesktopConfig {
                 }
             }
         }
+        self.socket_access().map_err(|e| e.to_string())?;
         let mut ports = vec![("control_listen", self.control_listen.port())];
         for (i, vm) in self.vms.iter().enumerate() {
             if self.vms[..i].iter().any(|other| other.name == vm.name) {
@@ -348,6 +366,14 @@ impl DesktopConfig {
     /// The local control socket the `jettison` command talks to.
     pub fn control_socket(&self) -> PathBuf {
         self.run_dir.join("desktop.sock")
+    }
+
+    /// Who may use the local socket, and a warning if the default group is missing.
+    ///
+    /// # Errors
+    /// A `socket_group` that is not a group here.
+    pub fn socket_access(&self) -> Result<(SocketAccess, Option<String>), AccessError> {
+        SocketAccess::from_setting(self.socket_group.as_deref(), self.group_may_move)
     }
 
     /// The VM called `name`.
@@ -560,8 +586,10 @@ mod tests {
         // The example names a group, a user and files of a real install;
         // only the files may be missing here.
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/desktop.toml");
-        let text =
-            std::fs::read_to_string(&path).unwrap().replace("viewer_group = \"jettison\"", "viewer_group = \"root\"");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("viewer_group = \"jettison\"", "viewer_group = \"root\"")
+            .replace("socket_group = \"jettison\"", "socket_group = \"root\"");
         // The packaged user is made by the package; Debian's nobody stands in.
         assert!(text.contains("qemu_user = \"jettison-qemu\""), "the example confines QEMU");
         let text = text.replace("qemu_user = \"jettison-qemu\"", "qemu_user = \"nobody\"");

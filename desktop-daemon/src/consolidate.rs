@@ -113,6 +113,7 @@ pub fn consolidate(
     let expected = match ask(&mut channel, &reserve)? {
         Control::Reserved(bytes) => bytes,
         Control::Failed(why) => return Err(DesktopError::Refused(why)),
+        Control::NoRoom(why) => return Err(DesktopError::NoRoom(why)),
         other => return Err(DesktopError::UnexpectedAnswer { request: "Reserve", got: other.kind() }),
     };
     log(format!("the server has room ({:.1} MiB expected)", expected as f64 / (1024.0 * 1024.0)));

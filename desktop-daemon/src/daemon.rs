@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use daemon_protocol::local::{
-    self, DesktopStatus, DesktopVmStatus, LocalReply, LocalRequest, Report, ViewTarget, VmLocation,
+    self, DesktopStatus, DesktopVmStatus, LocalReply, LocalRequest, Refusal, Report, ViewTarget, VmLocation,
 };
 use daemon_protocol::{Control, ControlHello, HostedState, HostedStatus, CONTROL_TIMEOUT};
 use identifiers::VmName;
@@ -27,6 +27,7 @@ use crate::config::DesktopConfig;
 use crate::consolidate::{ask, consolidate, Context};
 use crate::error::DesktopError;
 use crate::local_vm::{now_secs, LocalVm, Placement};
+use crate::metrics::DesktopMetrics;
 use crate::reintegrate::{finish_pending, reintegrate, Checkpoint, ReturnFrom};
 
 /// How often the VMs' CPU and I/O are sampled.
@@ -46,6 +47,8 @@ pub struct DesktopDaemon {
     config: DesktopConfig,
     credentials: Arc<Credentials>,
     vms: BTreeMap<VmName, Vm>,
+    /// Moves counted for the metrics endpoint.
+    metrics: DesktopMetrics,
 }
 
 impl DesktopDaemon {
@@ -81,7 +84,8 @@ impl DesktopDaemon {
             }
             vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
         }
-        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms }))
+        let metrics = DesktopMetrics::new(vms.keys());
+        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms, metrics }))
     }
 
     /// This host's key and enrolled servers (shared with its memserv and
@@ -106,17 +110,13 @@ impl DesktopDaemon {
     /// it listens and its VMs are started.
     ///
     /// # Errors
-    /// [`DesktopError::Listen`] or [`DesktopError::LocalSocket`].
+    /// [`DesktopError::Listen`], [`DesktopError::LocalSocket`] or [`DesktopError::Metrics`].
     pub fn run(self: Arc<Self>, ready: impl FnOnce()) -> Result<(), DesktopError> {
         let control = TcpListener::bind(self.config.control_listen)
             .map_err(|source| DesktopError::Listen { addr: self.config.control_listen, source })?;
-        let socket = local::bind(&self.config.control_socket()).map_err(DesktopError::LocalSocket)?;
-        if let Some(gid) = self.config.viewer_gid() {
-            // The desk's user runs `jettison view` and the lifecycle commands.
-            let path = self.config.control_socket();
-            if let Err(e) = crate::local_vm::grant_to_group(&path, gid, 0o660) {
-                tracing::warn!("cannot let the viewer group use {}: {e}", path.display());
-            }
+        let (access, warning) = self.config.socket_access().map_err(DesktopError::SocketGroup)?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
         }
         match self.config.qemu_user() {
             Some(user) => {
@@ -126,6 +126,7 @@ impl DesktopDaemon {
                 "QEMU runs as root: set qemu_user (e.g. jettison-qemu) in the configuration to confine it"
             ),
         }
+        let socket = local::bind(&self.config.control_socket(), &access).map_err(DesktopError::LocalSocket)?;
         for (name, vm) in &self.vms {
             let mut vm = lock(vm);
             let started = match vm.placement() {
@@ -138,8 +139,13 @@ impl DesktopDaemon {
                 tracing::error!(vm = %name, "cannot start: {}", wire::chain(&e));
             }
         }
+        if let Some(addr) = self.config.metrics_listen {
+            let me = Arc::clone(&self);
+            let bound = metrics_endpoint::spawn(addr, move || me.metrics_page()).map_err(DesktopError::Metrics)?;
+            tracing::info!(%bound, "metrics on GET /metrics");
+        }
         let me = Arc::clone(&self);
-        std::thread::spawn(move || local::serve(socket, move |request, send| me.local_request(request, send)));
+        std::thread::spawn(move || local::serve(socket, access, move |request, send| me.local_request(request, send)));
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.sample());
         let me = Arc::clone(&self);
@@ -159,17 +165,18 @@ impl DesktopDaemon {
     }
 
     /// A request from the `jettison` command.
-    fn local_request(&self, request: LocalRequest, send: &mut dyn FnMut(LocalReply)) -> Result<Report, String> {
+    fn local_request(&self, request: LocalRequest, send: &mut dyn FnMut(LocalReply)) -> Result<Report, Refusal> {
         let done = match request {
             LocalRequest::Status => Ok(Report::DesktopStatus(self.status())),
             LocalRequest::Consolidate { vm, force } => self.vm(&vm).and_then(|vm| {
-                consolidate(self.context(), &mut lock(vm), force, &mut |line| send(LocalReply::Log { line }))
-                    .map(Report::Consolidated)
+                let report =
+                    consolidate(self.context(), &mut lock(vm), force, &mut |line| send(LocalReply::Log { line }))?;
+                self.metrics.consolidated(&report);
+                Ok(Report::Consolidated(report))
             }),
             LocalRequest::Reintegrate { vm, recover } => {
                 let from = if recover { ReturnFrom::ServerCheckpoint } else { ReturnFrom::Server };
-                self.vm(&vm)
-                    .and_then(|vm| reintegrate(self.context(), &mut lock(vm), from, send).map(Report::Reintegrated))
+                self.vm(&vm).and_then(|vm| self.bring_back(&mut lock(vm), from, send).map(Report::Reintegrated))
             }
             LocalRequest::Start { vm } => self.vm(&vm).and_then(|vm| start(&mut lock(vm))),
             LocalRequest::Shutdown { vm, timeout_secs } => self.vm(&vm).and_then(|vm| {
@@ -190,7 +197,7 @@ impl DesktopDaemon {
                 self.vm(&vm).and_then(|vm| lock(vm).screenshot(png)).map(|file| Report::Screenshot { file })
             }
         };
-        done.map_err(|e| wire::chain(&e))
+        done.map_err(|e| Refusal { kind: e.failure_kind(), message: wire::chain(&e) })
     }
 
     /// Saves every VM running here to its checkpoint (a host shutdown).
@@ -272,6 +279,26 @@ impl DesktopDaemon {
         let _ = channel.send(&answer.encode_body());
     }
 
+    /// Reintegrates `vm` (see [`reintegrate`]) and counts it for the metrics.
+    fn bring_back(
+        &self,
+        vm: &mut LocalVm,
+        from: ReturnFrom,
+        send: &mut dyn FnMut(LocalReply),
+    ) -> Result<daemon_protocol::local::ReintegrateReport, DesktopError> {
+        let report = reintegrate(self.context(), vm, from, send)?;
+        self.metrics.reintegrated(&report);
+        Ok(report)
+    }
+
+    /// The metrics page: each VM's moves, and where it is now.
+    fn metrics_page(&self) -> String {
+        self.metrics.page(|name| {
+            let vm = local::lock_for_status(self.vms.get(name)?)?;
+            Some(matches!(vm.placement(), Placement::Server { .. }))
+        })
+    }
+
     /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.
     fn bring_home(&self, name: &VmName, why: &str) {
         let Ok(vm) = self.vm(name) else { return };
@@ -279,7 +306,7 @@ impl DesktopDaemon {
         if !matches!(vm.placement(), Placement::Server { .. }) {
             return;
         }
-        match reintegrate(self.context(), &mut vm, ReturnFrom::Server, &mut |_| {}) {
+        match self.bring_back(&mut vm, ReturnFrom::Server, &mut |_| {}) {
             Ok(report) => tracing::info!(vm = %name, bytes = report.bytes, "back on the desktop ({why})"),
             Err(e) => tracing::error!(vm = %name, "could not bring it home ({why}): {}", wire::chain(&e)),
         }
@@ -368,7 +395,7 @@ impl DesktopDaemon {
         let mut vm = lock(vm);
         let Placement::Server { since } = *vm.placement() else { return };
         if answers {
-            match reintegrate(self.context(), &mut vm, ReturnFrom::ServerCheckpoint, &mut |_| ()) {
+            match self.bring_back(&mut vm, ReturnFrom::ServerCheckpoint, &mut |_| ()) {
                 Ok(back) => {
                     return tracing::warn!(
                         vm = %name,

@@ -39,6 +39,12 @@ pub enum DesktopError {
     /// The local socket cannot be opened.
     #[error("the command's local socket")]
     LocalSocket(#[source] daemon_protocol::local::LocalSocketError),
+    /// The local socket's group cannot be used.
+    #[error("the local socket's group")]
+    SocketGroup(#[source] daemon_protocol::local_access::AccessError),
+    /// The metrics endpoint cannot be opened.
+    #[error("the metrics endpoint")]
+    Metrics(#[source] metrics_endpoint::MetricsError),
     /// No VM of that name here.
     #[error("no VM called {vm} on this desktop (it has: {known})")]
     NoSuchVm {
@@ -190,6 +196,9 @@ pub enum DesktopError {
     /// The server refused the request; its text says why.
     #[error("{0}")]
     Refused(String),
+    /// The server has no room for the VM; its text gives the figures.
+    #[error("{0}")]
+    NoRoom(String),
     /// The server could not take the VM; it runs here again.
     #[error("the server could not take {vm} ({why}); it runs on the desktop again")]
     ResumedHere {
@@ -228,6 +237,19 @@ pub enum DesktopError {
         #[source]
         source: Box<ReceiveError>,
     },
+}
+
+impl DesktopError {
+    /// The kind the `jettison` command turns into its exit status.
+    pub fn failure_kind(&self) -> daemon_protocol::local::FailureKind {
+        use daemon_protocol::local::FailureKind;
+        match self {
+            DesktopError::NotIdle { .. } => FailureKind::NotIdle,
+            DesktopError::NoRoom(_) => FailureKind::NoRoom,
+            DesktopError::ServerUnreachable(_) | DesktopError::ServerConnection(_) => FailureKind::Unreachable,
+            _ => FailureKind::Other,
+        }
+    }
 }
 
 /// What can go wrong receiving and applying a VM's way home.

@@ -15,6 +15,7 @@ pub mod consolidate;
 pub mod daemon;
 mod error;
 pub mod local_vm;
+mod metrics;
 pub mod reintegrate;
 
 pub use config::DesktopConfig;

@@ -611,7 +611,7 @@ impl LocalVm {
 ///
 /// # Errors
 /// The chown or chmod failed.
-pub fn grant_to_group(path: &Path, gid: nix::unistd::Gid, mode: u32) -> std::io::Result<()> {
+fn grant_to_group(path: &Path, gid: nix::unistd::Gid, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     nix::unistd::chown(path, None, Some(gid)).map_err(std::io::Error::from)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -131,6 +131,7 @@ fn control_seeds() {
     let messages = [
         ("welcome", Control::Welcome("server".parse().expect("a host"))),
         ("failed", Control::Failed("no room".into())),
+        ("no-room", Control::NoRoom("no room for desk1/vm1".into())),
         ("reserve", Control::Reserve(reserve.clone())),
         ("reserved", Control::Reserved(7)),
         ("consolidate", Control::Consolidate(Box::new(consolidate.clone()))),

@@ -1,35 +1,45 @@
-//! `jettison status`: where each VM runs and what it has moved, from a
-//! daemon (`--daemon`: the desktop's or the server's local socket), or read
-//! from standalone memtap and cownetdisk state (`<vm>.stats` files), and
-//! with `--power` the energy a desktop's power daemon (`jettison power`)
-//! saved.
+//! `jettison status`: where each VM runs and what it has moved. With no
+//! flags it asks the local daemon (the desktop's socket, else the
+//! server's); `--daemon` names a socket; `--memtap` and `--disks` read
+//! standalone memtap and cownetdisk state (`<vm>.stats` files) instead,
+//! which is also where it looks when no daemon runs here. `--power` adds
+//! the energy a desktop's power daemon (`jettison power`) saved. `--json`
+//! prints one versioned document whatever answered (see
+//! [`crate::status_document`] and `docs/status.schema.json`).
 
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use daemon_protocol::local::{call, DesktopStatus, LocalRequest, Report, VmLocation};
-use daemon_protocol::HostedStatus;
-use power::{LedgerFiles, LedgerSummary, CHART_FILE, LEDGER_FILE};
+use daemon_protocol::local::{call, LocalRequest, Report};
+use power::{LedgerFiles, CHART_FILE, LEDGER_FILE};
 
+use crate::failure::NoDaemon;
+use crate::status_document::{Location, OnServer, Source, StatusDocument};
 use crate::CmdResult;
+
+/// Where the daemons' sockets are, tried in this order with no flags.
+const LOCAL_SOCKETS: [&str; 2] = ["/run/jettison/desktop.sock", "/run/jettison/server.sock"];
+/// memtap's and cownetdisk's default state, read when no daemon runs.
+const DEFAULT_MEMTAP: &str = "/run/jettison/memtap";
+const DEFAULT_DISKS: &str = "/var/lib/jettison/disks";
 
 /// Arguments of `jettison status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Ask a daemon: the desktop's (`/run/jettison/desktop.sock`) or the server's (`/run/jettison/server.sock`).
-    #[arg(long)]
+    /// Ask this daemon socket (default: /run/jettison/desktop.sock, else /run/jettison/server.sock).
+    #[arg(long, conflicts_with_all = ["memtap", "disks"])]
     daemon: Option<PathBuf>,
-    /// memtap's mount point.
-    #[arg(long, default_value = "/run/jettison/memtap")]
-    memtap: PathBuf,
-    /// cownetdisk's state directory.
-    #[arg(long, default_value = "/var/lib/jettison/disks")]
-    disks: PathBuf,
-    /// A desktop power daemon's state directory (`jettison power --state-dir`).
+    /// Read a standalone memtap's mount instead of asking a daemon (default when no daemon runs: /run/jettison/memtap).
+    #[arg(long)]
+    memtap: Option<PathBuf>,
+    /// Read a standalone cownetdisk's state directory (default when no daemon runs: /var/lib/jettison/disks).
+    #[arg(long)]
+    disks: Option<PathBuf>,
+    /// Add the energy ledger of a desktop's power daemon (`jettison power --state-dir`).
     #[arg(long)]
     power: Option<PathBuf>,
-    /// Print JSON (`{"memory": [...], "disks": [...], "power": {...}}`) for scripts.
+    /// Print the status document as JSON (docs/status.schema.json), errors as {"error": {...}}.
     #[arg(long)]
     json: bool,
 }
@@ -60,116 +70,145 @@ fn read_stats<T: DeserializeOwned>(dir: &Path) -> std::io::Result<Option<Vec<T>>
     Ok(Some(all))
 }
 
-/// Prints one line per VM and device (or one JSON object).
+/// Prints the status document, for people or as JSON.
 pub fn run(args: Args) -> CmdResult {
-    if let Some(socket) = &args.daemon {
-        match call(socket, &LocalRequest::Status, |_| {})? {
-            Report::DesktopStatus(status) if args.json => println!("{}", serde_json::to_string_pretty(&status)?),
-            Report::ServerStatus(status) if args.json => println!("{}", serde_json::to_string_pretty(&status)?),
-            Report::DesktopStatus(status) => print_desktop_status(&status),
-            Report::ServerStatus(status) if status.vms.is_empty() => println!("no VM is consolidated on this server"),
-            Report::ServerStatus(status) => {
-                for vm in &status.vms {
-                    println!("{} (from {}): {}", vm.vm, vm.desktop, hosted_line(vm));
-                }
-            }
-            other => return Err(format!("the daemon answered a status request with a {}", other.kind()).into()),
-        }
-        return Ok(());
-    }
-    let memory: Option<Vec<memtap::RamStats>> =
-        read_stats(&args.memtap).map_err(|e| format!("cannot read memtap's mount {}: {e}", args.memtap.display()))?;
-    let disks: Option<Vec<cownetdisk::DiskStats>> = read_stats(&args.disks)
-        .map_err(|e| format!("cannot read cownetdisk's state directory {}: {e}", args.disks.display()))?;
     let power = match &args.power {
         Some(dir) => LedgerFiles::read(dir)?,
         None => None,
     };
-    if memory.is_none() && disks.is_none() && power.is_none() {
-        let power_dir = args.power.as_ref().map(|dir| format!(" nor {}", dir.display())).unwrap_or_default();
-        return Err(format!(
-            "neither {} nor {}{power_dir} exists: is memtap or cownetdisk running on this server? (--memtap, --disks, --power)",
-            args.memtap.display(),
-            args.disks.display()
-        )
-        .into());
-    }
-    let (memory, disks) = (memory.unwrap_or_default(), disks.unwrap_or_default());
+    let document = gather(&args, power.is_some())?.with_power(power.as_ref());
     if args.json {
-        let mut json = serde_json::json!({ "memory": memory, "disks": disks });
-        if let Some(power) = &power {
-            json["power"] = serde_json::to_value(power)?;
-        }
-        println!("{}", serde_json::to_string_pretty(&json)?);
-        return Ok(());
-    }
-    if memory.is_empty() && disks.is_empty() && power.is_none() {
-        println!("no VM is consolidated on this server");
-    }
-    if let Some(power) = &power {
-        println!("{}", power_line(power));
-    }
-    for s in &memory {
-        println!("memory {}", s.summary());
-    }
-    for s in &disks {
-        println!("disk   {}", s.summary());
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print_document(&document);
     }
     Ok(())
 }
 
-/// The desktop's energy in one line: its total over every consolidation.
-fn power_line(power: &LedgerSummary) -> String {
-    let Some(total) = power.total else {
-        return format!("power desktop: no consolidation yet ({LEDGER_FILE}, chart {CHART_FILE})");
-    };
-    format!(
-        "power desktop: {:.1} min consolidated, {} wakes, {:.0} kJ used vs {:.0} kJ idle: {:.1}% saved ({LEDGER_FILE}, chart {CHART_FILE})",
-        total.wall_secs / 60.0,
-        total.wakes,
-        total.joules / 1000.0,
-        total.idle_baseline_joules / 1000.0,
-        total.saved_percent
-    )
-}
-
-/// One hosted VM's figures for people.
-fn hosted_line(s: &HostedStatus) -> String {
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let pages = |n: u64| mib(n * 4096);
-    let power = if s.desktop_power.is_empty() { s.desktop.as_str() } else { s.desktop_power.as_str() };
-    format!(
-        "{:.1} MiB fetched ({:.1} MiB never fetched: zero), {:.1} MiB dirty, disk {:.1} MiB fetched {:.1} MiB \
-         dirty, expected {:.1} MiB; {} for {} s; desktop {power}",
-        pages(s.pages_fetched),
-        pages(s.zero_pages_served),
-        pages(s.dirty_pages),
-        pages(s.blocks_fetched),
-        pages(s.dirty_blocks),
-        mib(s.expected_bytes),
-        s.state,
-        s.seconds,
-    )
-}
-
-/// The desktop daemon's status for people: one line per VM.
-fn print_desktop_status(status: &DesktopStatus) {
-    if let Some(err) = &status.server_error {
-        println!("server {}: unreachable ({err})", status.server);
+/// The document from whichever source the flags, or what runs here, name;
+/// with `have_power`, standalone state may be missing altogether.
+fn gather(args: &Args, have_power: bool) -> Result<StatusDocument, Box<dyn std::error::Error>> {
+    if let Some(socket) = &args.daemon {
+        return ask(socket);
     }
-    for vm in &status.vms {
-        let name = &vm.vm;
-        match (vm.on, &vm.server) {
-            (VmLocation::Desktop, _) if vm.running_here => println!("{name}: runs on this desktop"),
-            (VmLocation::Desktop, _) => println!("{name}: on this desktop, not running"),
-            (VmLocation::Server, Some(server)) => println!("{name}: on the server: {}", hosted_line(server)),
-            (VmLocation::Server, None) => println!("{name}: on the server (no details: the server did not answer)"),
-            (VmLocation::Moving, _) => println!("{name}: moving"),
-            (VmLocation::Off, _) => println!("{name}: off (jettison start {name})"),
-            (VmLocation::Saved, _) => println!("{name}: saved to its checkpoint (resumed at the next daemon start)"),
+    if args.memtap.is_none() && args.disks.is_none() {
+        if let Some(socket) = LOCAL_SOCKETS.iter().map(Path::new).find(|s| s.exists()) {
+            return ask(socket);
+        }
+    }
+    let memtap = args.memtap.clone().unwrap_or_else(|| DEFAULT_MEMTAP.into());
+    let disks = args.disks.clone().unwrap_or_else(|| DEFAULT_DISKS.into());
+    let memory: Option<Vec<memtap::RamStats>> =
+        read_stats(&memtap).map_err(|e| format!("cannot read memtap's mount {}: {e}", memtap.display()))?;
+    let disk: Option<Vec<cownetdisk::DiskStats>> =
+        read_stats(&disks).map_err(|e| format!("cannot read cownetdisk's state directory {}: {e}", disks.display()))?;
+    if memory.is_none() && disk.is_none() && !have_power {
+        if args.memtap.is_some() || args.disks.is_some() {
+            let power_dir = args.power.as_ref().map(|dir| format!(" nor {}", dir.display())).unwrap_or_default();
+            return Err(format!(
+                "neither {} nor {}{power_dir} exists: is memtap or cownetdisk running here? (--memtap, --disks, --power)",
+                memtap.display(),
+                disks.display()
+            )
+            .into());
+        }
+        return Err(NoDaemon { tried: LOCAL_SOCKETS.join(" and ") }.into());
+    }
+    Ok(StatusDocument::standalone(&memory.unwrap_or_default(), &disk.unwrap_or_default()))
+}
+
+/// Asks the daemon at `socket`.
+fn ask(socket: &Path) -> Result<StatusDocument, Box<dyn std::error::Error>> {
+    match call(socket, &LocalRequest::Status, |_| {})? {
+        Report::DesktopStatus(status) => Ok(StatusDocument::desktop(&status)),
+        Report::ServerStatus(status) => Ok(StatusDocument::server(&status)),
+        other => Err(format!("the daemon answered a status request with a {}", other.kind()).into()),
+    }
+}
+
+/// The document for people: a line per VM, MiB and seconds.
+fn print_document(document: &StatusDocument) {
+    if let Some(server) = document.server.as_ref().filter(|s| !s.reachable) {
+        println!("server {}: unreachable ({})", server.address, server.error.as_deref().unwrap_or("no answer"));
+    }
+    if document.vms.is_empty() {
+        match document.source {
+            Source::Desktop => println!("no VM is configured on this desktop"),
+            Source::Server | Source::Standalone => println!("no VM is consolidated on this server"),
+        }
+    }
+    for vm in &document.vms {
+        let name = match (&vm.desktop, document.source) {
+            (Some(desktop), Source::Server) => format!("{} (from {desktop})", vm.vm),
+            _ => vm.vm.clone(),
+        };
+        match (vm.location, &vm.on_server) {
+            (Location::Desktop, _) if vm.running => println!("{name}: runs on this desktop"),
+            (Location::Desktop, _) => println!("{name}: on this desktop, not running"),
+            (Location::Server, Some(figures)) => println!("{name}: on the server: {}", hosted_line(figures)),
+            (Location::Server, None) => println!("{name}: on the server (no figures: the server did not answer)"),
+            (Location::Moving, _) => println!("{name}: moving"),
+            (Location::Off, _) => println!("{name}: off (jettison start {})", vm.vm),
+            (Location::Saved, _) => println!("{name}: saved to its checkpoint (resumed at the next daemon start)"),
         }
         if let Some(error) = &vm.error {
             println!("{name}: last failure: {error}");
         }
     }
+    if let Some(power) = &document.power {
+        println!(
+            "power: {:.0} s consolidated over {} consolidations, {} wakes, {:.1} kJ used against {:.1} kJ idle: \
+             {:.1}% saved ({LEDGER_FILE}, chart {CHART_FILE})",
+            power.consolidated_secs,
+            power.consolidations,
+            power.wakes,
+            power.used_kj,
+            power.idle_kj,
+            power.saved_percent
+        );
+    }
+}
+
+/// One hosted VM's figures for people.
+fn hosted_line(s: &OnServer) -> String {
+    let m = &s.memory;
+    let zero = match (m.zero_pages, m.zero_mib) {
+        (Some(pages), Some(mib)) => format!("{} never fetched ({pages} zero pages at consolidation), ", mib_text(mib)),
+        _ => String::new(),
+    };
+    let mut line = format!(
+        "{} of {} RAM fetched ({} pages), {zero}{} zero pages served without a fetch, {} dirty ({} pages written \
+         back so far)",
+        mib_text(m.fetched_mib),
+        mib_text(s.ram_mib),
+        m.pages_fetched,
+        m.zero_pages_served,
+        mib_text(m.dirty_mib),
+        m.dirty_pages
+    );
+    if let Some(d) = &s.disk {
+        line.push_str(&format!(
+            "; disk {} fetched ({} blocks), {} dirty ({} blocks)",
+            mib_text(d.fetched_mib),
+            d.blocks_fetched,
+            mib_text(d.dirty_mib),
+            d.dirty_blocks
+        ));
+    }
+    if let Some(expected) = s.expected_mib {
+        line.push_str(&format!("; expected {}", mib_text(expected)));
+    }
+    line.push_str(&format!("; {}", s.state));
+    if let Some(secs) = s.seconds {
+        line.push_str(&format!(" for {secs} s"));
+    }
+    if let Some(power) = &s.desktop_power {
+        line.push_str(&format!("; desktop {power}"));
+    }
+    line
+}
+
+/// MiB with the precision a person reads.
+fn mib_text(mib: f64) -> String {
+    format!("{mib:.1} MiB")
 }

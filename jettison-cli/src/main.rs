@@ -18,16 +18,21 @@ mod cmd_status;
 mod cmd_vm;
 mod cmd_wake;
 mod cmd_zero_map;
+mod failure;
+mod logging;
 mod signals;
+mod status_document;
 mod wake_args;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::failure::Failure;
+
 /// Partial VM migration for idle desktops.
 #[derive(Debug, Parser)]
-#[command(name = "jettison", version, about)]
+#[command(name = "jettison", version, about, after_help = failure::EXIT_STATUS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,8 +45,10 @@ enum Command {
     /// Server: the daemon that hosts consolidated VMs (config: /etc/jettison/server.toml).
     Server(cmd_daemon::ServerArgs),
     /// Move a VM from this desktop to the server (it must be idle, the server must have room).
+    #[command(after_help = failure::EXIT_STATUS_HELP)]
     Consolidate(cmd_move::ConsolidateArgs),
     /// Bring a VM back from the server with what it changed there.
+    #[command(after_help = failure::EXIT_STATUS_HELP)]
     Reintegrate(cmd_move::ReintegrateArgs),
     /// Desktop: each VM and where it is.
     List(cmd_vm::Daemon),
@@ -75,7 +82,8 @@ enum Command {
     Cownetdisk(cmd_cownetdisk::Args),
     /// Hand a VM's writes back: export its dirty units, apply them to the desktop's image.
     DirtySet(cmd_dirty_set::Args),
-    /// Show what the consolidated VMs have fetched and dirtied.
+    /// Where each VM runs and what it has moved: from the local daemon, or memtap's and cownetdisk's state.
+    #[command(after_help = failure::EXIT_STATUS_HELP)]
     Status(cmd_status::Args),
     /// Wake a sleeping desktop with Wake-on-LAN and report how long it took.
     Wake(cmd_wake::Args),
@@ -91,17 +99,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JETTISON_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal; plain text for the journal
-        // and for files, where escape codes are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let cli = Cli::parse();
+    logging::init();
+    // Errors go out as JSON on stdout where JSON was asked for, usage
+    // errors included.
+    let json = std::env::args_os().skip(1).any(|arg| arg == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if json && e.use_stderr() => {
+            println!("{}", Failure::Usage.json(e.render().to_string().trim()));
+            return ExitCode::from(Failure::Usage.exit_status());
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Desktop(args) => cmd_daemon::run_desktop(args),
         Command::Server(args) => cmd_daemon::run_server(args),
@@ -133,8 +142,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("jettison: {}", wire::chain(e.as_ref()));
-            ExitCode::FAILURE
+            let failure = Failure::of(e.as_ref());
+            let message = wire::chain(e.as_ref());
+            if json {
+                println!("{}", failure.json(&message));
+            } else {
+                eprintln!("jettison: {message}");
+            }
+            ExitCode::from(failure.exit_status())
         }
     }
 }

@@ -84,13 +84,53 @@ fn status_prints_a_line_per_vm_and_json_for_scripts() {
     let out = status(&[]);
     assert!(out.status.success(), "{}", text(&out));
     let line = String::from_utf8_lossy(&out.stdout);
-    assert!(line.starts_with("memory vm1: 256 MiB RAM, 1086 faults"), "{line}");
-    assert!(line.contains("prefetch 815 hits / 258 misses") && line.contains("7 dirty pages"), "{line}");
+    assert_eq!(
+        line.trim(),
+        "vm1: on the server: 15.7 MiB of 256.0 MiB RAM fetched (4030 pages), 0 zero pages served without a fetch, \
+         0.0 MiB dirty (7 pages written back so far); running"
+    );
     let out = status(&["--json"]);
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let memory: Vec<memtap::RamStats> = serde_json::from_value(parsed["memory"].clone()).unwrap();
-    assert_eq!(memory, vec![stats]);
-    assert_eq!(parsed["disks"], serde_json::json!([]));
+    tests::check_status_schema(&parsed, None);
+    assert_eq!((parsed["schema_version"].as_u64(), parsed["source"].as_str()), (Some(1), Some("standalone")));
+    let memory = &parsed["vms"][0]["on_server"]["memory"];
+    assert_eq!(memory["pages_fetched"], 4030, "{parsed}");
+    assert_eq!(memory["fetched_mib"], 4030.0 * 4096.0 / 1048576.0, "{parsed}");
+    assert_eq!(memory["dirty_pages"], 7, "{parsed}");
+    assert_eq!(parsed["vms"][0]["on_server"]["disk"], serde_json::Value::Null, "{parsed}");
+}
+
+#[test]
+fn failures_have_distinct_exit_statuses_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("desktop.sock");
+    let json_error = |args: &[&str], status: i32, kind: &str| {
+        let out = jettison(args);
+        assert_eq!(out.status.code(), Some(status), "{args:?}: {}", text(&out));
+        let parsed: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", text(&out)));
+        tests::check_status_schema(&parsed, Some("error"));
+        assert_eq!(parsed["error"]["kind"], kind, "{parsed}");
+        parsed["error"]["message"].as_str().unwrap().to_owned()
+    };
+    let said = json_error(&["status", "--daemon", socket.to_str().unwrap(), "--json"], 4, "unreachable");
+    assert!(said.contains("desktop.sock") && said.contains("jettison desktop"), "{said}");
+    json_error(&["consolidate", "vm1", "--socket", socket.to_str().unwrap(), "--json"], 4, "unreachable");
+    let said = json_error(&["status", "--bogus", "--json"], 2, "usage");
+    assert!(said.contains("--bogus"), "{said}");
+    json_error(&["consolidate", "../vm", "--json"], 2, "usage");
+    // Without --json: the same statuses, the text on stderr.
+    let out = jettison(&["status", "--daemon", socket.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(out.stdout.is_empty() && String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+    let config = dir.path().join("desktop.toml");
+    std::fs::write(&config, "name = \"d\"\nno_such_setting = 1\n").unwrap();
+    let out = jettison(&["desktop", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("desktop.toml"), "{}", text(&out));
+    // The statuses are in the manual.
+    let help = String::from_utf8_lossy(&jettison(&["status", "--help"]).stdout).into_owned();
+    assert!(help.contains("5 the VM is not idle") && help.contains("6 no room on the server"), "{help}");
 }
 
 #[test]
@@ -271,21 +311,23 @@ fn status_shows_the_power_ledger_beside_memory_and_disks() {
     let total = summary.total.unwrap();
     let line = String::from_utf8_lossy(&out.stdout);
     let expected = format!(
-        "power desktop: 50.3 min consolidated, 1 wakes, {:.0} kJ used vs {:.0} kJ idle: {:.1}% saved (ledger.json, chart power.svg)",
+        "power: 3020 s consolidated over 1 consolidations, 1 wakes, {:.1} kJ used against {:.1} kJ idle: {:.1}% saved \
+         (ledger.json, chart power.svg)",
         total.joules / 1000.0,
         total.idle_baseline_joules / 1000.0,
         total.saved_percent
     );
-    assert_eq!(line.trim(), expected);
+    assert_eq!(line.lines().last().unwrap(), expected, "{line}");
     let out = status(&["--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let back: power::LedgerSummary = serde_json::from_value(parsed["power"].clone()).unwrap();
-    // serde_json's Value rounds the last bit of some floats: compare what the line shows.
-    let back_total = back.total.unwrap();
-    assert_eq!((back.consolidations.len(), back_total.wakes), (1, 1));
-    assert!((back_total.saved_percent - total.saved_percent).abs() < 1e-9);
-    assert_eq!(parsed["memory"], serde_json::json!([]));
+    tests::check_status_schema(&parsed, None);
+    let energy = &parsed["power"];
+    assert_eq!((energy["consolidations"].as_u64(), energy["wakes"].as_u64()), (Some(1), Some(1)), "{parsed}");
+    // serde_json's Value rounds the last bit of some floats.
+    assert!((energy["saved_percent"].as_f64().unwrap() - total.saved_percent).abs() < 1e-9);
+    assert!((energy["consolidated_secs"].as_f64().unwrap() - total.wall_secs).abs() < 1e-9);
+    assert_eq!(parsed["vms"], serde_json::json!([]));
 
     // A missing power directory is like a missing memtap mount: an error
     // only when every source is missing.

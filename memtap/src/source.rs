@@ -98,7 +98,9 @@ impl UnitSource for PageSource {
         }
         Counters::add(&self.counters.prefetch_misses, missing.len() as u64);
         let want: Vec<u64> = self.wanted(&missing)?.into_iter().collect();
+        let asked = std::time::Instant::now();
         let fetched = self.remote.read_units(&want, self.page_size).map_err(SourceError::new)?;
+        self.counters.fetch_latency.0.observe(asked.elapsed());
         Counters::add(&self.counters.remote_fetches, fetched.requests);
         Counters::add(&self.counters.pages_fetched, fetched.units.len() as u64);
         Counters::add(&self.counters.bytes_fetched, fetched.data_bytes);

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use metrics_endpoint::{Histogram, HistogramSnapshot};
 use serde::{Deserialize, Serialize};
 
 /// Live counters, updated by the FUSE handlers.
@@ -25,6 +26,25 @@ pub struct Counters {
     pub zero_pages_served: AtomicU64,
     /// Pages written by the guest (page-cache writeback).
     pub pages_written: AtomicU64,
+    /// How long each fault that went to memserv waited for its pages
+    /// (a wake of the desktop included).
+    pub fetch_latency: FetchLatency,
+}
+
+/// Upper bounds, in seconds, of the fetch latency buckets: a page from an
+/// awake desktop on the LAN takes about a millisecond; one that waits for
+/// the desktop to wake from S3 takes seconds (8.6 s in the paper's Table 1).
+pub const FETCH_LATENCY_BOUNDS: &[f64] =
+    &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The histogram of fetch latencies, over [`FETCH_LATENCY_BOUNDS`].
+#[derive(Debug)]
+pub struct FetchLatency(pub Histogram);
+
+impl Default for FetchLatency {
+    fn default() -> Self {
+        FetchLatency(Histogram::new(FETCH_LATENCY_BOUNDS))
+    }
 }
 
 impl Counters {
@@ -36,7 +56,7 @@ impl Counters {
 
 /// A point-in-time copy of a VM's counters, as shown by `<vm>.stats` and
 /// `jettison status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RamStats {
     /// The VM's name.
     pub vm: String,
@@ -66,6 +86,9 @@ pub struct RamStats {
     pub resident_pages: u64,
     /// Pages waiting in the prefetch cache now.
     pub cached_pages: u64,
+    /// See [`Counters::fetch_latency`].
+    #[serde(default)]
+    pub fetch_latency: HistogramSnapshot,
 }
 
 impl RamStats {

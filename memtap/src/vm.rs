@@ -185,6 +185,7 @@ impl VmMemory {
             dirty_pages: overlay.dirty_units,
             resident_pages: overlay.fetched_units,
             cached_pages: self.source.cached_pages() as u64,
+            fetch_latency: c.fetch_latency.0.snapshot(),
         }
     }
 

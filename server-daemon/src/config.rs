@@ -16,12 +16,15 @@
 //! checkpoint_every_secs = 600       # a crash of the server loses at most this much of a VM's work
 //! wake_broadcast = "10.0.0.255"
 //! qemu_user = "jettison-qemu"       # QEMU drops to this user once a VM is set up (omit: root)
+//! metrics_listen = "127.0.0.1:9464" # Prometheus metrics on GET /metrics (omit: none)
+//! socket_group = "jettison"         # may use the local socket to look (the default; "" = root only)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use daemon_protocol::config_file::ConfigFileError;
+use daemon_protocol::local_access::{AccessError, SocketAccess};
 use qemu_driver::{AccelChoice, QemuUser};
 use serde::Deserialize;
 
@@ -104,6 +107,14 @@ pub struct ServerConfig {
     /// `qemu_user`, looked up at load.
     #[serde(skip)]
     resolved_qemu_user: Option<QemuUser>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); none: nowhere.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The group whose members may use the local socket (status and
+    /// screenshots: it takes no moves); none: `jettison` if it exists,
+    /// else root only; empty: root only.
+    #[serde(default)]
+    pub socket_group: Option<String>,
 }
 
 fn default_console_port() -> u16 {
@@ -139,6 +150,7 @@ impl ServerConfig {
                 return Err("console_port_base and console_ports must name ports 1 to 65535".to_owned());
             }
             config.qemu_user.as_deref().map(qemu_user).transpose()?;
+            config.socket_access().map_err(|e| e.to_string())?;
             Ok(())
         })
         .map_err(ServerError::Config)?;
@@ -157,6 +169,15 @@ impl ServerConfig {
     /// The local control socket `jettison status` talks to.
     pub fn control_socket(&self) -> PathBuf {
         self.run_dir.join("server.sock")
+    }
+
+    /// Who may use the local socket, and a warning if the default group is missing.
+    ///
+    /// # Errors
+    /// A `socket_group` that is not a group here.
+    pub fn socket_access(&self) -> Result<(SocketAccess, Option<String>), AccessError> {
+        // The server's socket takes no moves.
+        SocketAccess::from_setting(self.socket_group.as_deref(), false)
     }
 }
 
@@ -232,13 +253,18 @@ mod tests {
 
     #[test]
     fn the_packaged_example_loads() {
+        // The example names the group the package makes; only it may be
+        // missing here.
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/server.toml");
-        // The packaged user is made by the package; Debian's nobody stands in.
+        // The packaged user and group are made by the package; Debian's
+        // nobody and root stand in.
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("qemu_user = \"jettison-qemu\""), "the example confines QEMU");
+        assert!(text.contains("socket_group = \"jettison\""), "the example names the package's group");
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("server.toml");
-        std::fs::write(&copy, text.replace("qemu_user = \"jettison-qemu\"", "qemu_user = \"nobody\"")).unwrap();
+        let text = text.replace("qemu_user = \"jettison-qemu\"", "qemu_user = \"nobody\"");
+        std::fs::write(&copy, text.replace("socket_group = \"jettison\"", "socket_group = \"root\"")).unwrap();
         ServerConfig::load(&copy).unwrap();
     }
 }

@@ -26,6 +26,7 @@ use crate::error::ServerError;
 use crate::hosted::{state_dir, Arrival, HostedVm};
 use crate::key::VmKey;
 use crate::machine;
+use crate::metrics::{ServerMetrics, VmFigures};
 use crate::watch::FetchRates;
 
 /// How often the watcher looks at the VMs.
@@ -61,6 +62,8 @@ pub struct ServerDaemon {
     accel: qemu_driver::Accel,
     /// The CPU models this host's QEMU knows.
     cpu_models: Vec<String>,
+    /// Moves counted for the metrics endpoint.
+    metrics: ServerMetrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,30 +119,42 @@ impl ServerDaemon {
             wakers: Registry::new(),
             asked: Mutex::new(BTreeMap::new()),
             connections: std::sync::atomic::AtomicU64::new(0),
+            metrics: ServerMetrics::default(),
         }))
     }
 
-    /// Serves desktops and the local socket until the process ends;
-    /// calls `ready` once both listen.
+    /// Serves desktops, the local socket and the metrics endpoint (if
+    /// configured) until the process ends; calls `ready` once all listen.
     ///
     /// # Errors
-    /// [`ServerError::Listen`] or [`ServerError::LocalSocket`].
+    /// [`ServerError::Listen`], [`ServerError::LocalSocket`] or [`ServerError::Metrics`].
     pub fn run(self: Arc<Self>, ready: impl FnOnce()) -> Result<(), ServerError> {
         let listener = TcpListener::bind(self.config.listen)
             .map_err(|source| ServerError::Listen { addr: self.config.listen, source })?;
-        let local = local::bind(&self.config.control_socket()).map_err(ServerError::LocalSocket)?;
+        let (access, warning) = self.config.socket_access().map_err(ServerError::SocketGroup)?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
+        let local = local::bind(&self.config.control_socket(), &access).map_err(ServerError::LocalSocket)?;
         let me = Arc::clone(&self);
         std::thread::spawn(move || {
-            local::serve(local, move |request, _| match request {
+            local::serve(local, access, move |request, _| match request {
                 LocalRequest::Status => {
                     Ok(Report::ServerStatus(ServerStatus { server: me.config.name.clone(), vms: me.status() }))
                 }
                 LocalRequest::Screenshot { vm, png } => {
-                    me.screenshot(&vm, png).map(|file| Report::Screenshot { file }).map_err(|e| wire::chain(&e))
+                    me.screenshot(&vm, png).map(|file| Report::Screenshot { file }).map_err(|e| wire::chain(&e).into())
                 }
-                _ => Err("this is the server; run consolidate and reintegrate on the VM's desktop".to_owned()),
+                _ => {
+                    Err(String::from("this is the server; run consolidate and reintegrate on the VM's desktop").into())
+                }
             })
         });
+        if let Some(addr) = self.config.metrics_listen {
+            let me = Arc::clone(&self);
+            let bound = metrics_endpoint::spawn(addr, move || me.metrics_page()).map_err(ServerError::Metrics)?;
+            tracing::info!(%bound, "metrics on GET /metrics");
+        }
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.watch());
         match self.config.qemu_user() {
@@ -248,7 +263,10 @@ impl ServerDaemon {
             };
             let reply = reply.unwrap_or_else(|e| {
                 tracing::warn!(peer = %channel.peer(), "refused: {}", wire::chain(&e));
-                Control::Failed(wire::chain(&e))
+                match e {
+                    ServerError::NoRoom { .. } => Control::NoRoom(wire::chain(&e)),
+                    _ => Control::Failed(wire::chain(&e)),
+                }
             });
             if let Err(e) = channel.send(&reply.encode_body()) {
                 return tracing::warn!(peer = %channel.peer(), "{}", wire::chain(&e));
@@ -275,7 +293,7 @@ impl ServerDaemon {
             let asks: Vec<_> = running
                 .iter()
                 .map(|(key, control)| {
-                    tracing::info!(vm = %key, "asking its desktop to take it back: the server daemon is stopping");
+                    tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: the server daemon is stopping");
                     let ask = scope.spawn(|| self.request_home(key, *control, "the server daemon is stopping".into()));
                     (key, ask)
                 })
@@ -284,7 +302,7 @@ impl ServerDaemon {
                 .filter_map(|(key, ask)| match ask.join() {
                     Ok(Ok(())) => Some(key.clone()),
                     Ok(Err(e)) => {
-                        tracing::warn!(vm = %key, "its desktop did not take the request: {}", wire::chain(&e));
+                        tracing::warn!(desktop = %key.desktop, vm = %key.vm, "its desktop did not take the request: {}", wire::chain(&e));
                         None
                     }
                     Err(_) => None,
@@ -351,7 +369,7 @@ impl ServerDaemon {
         }
         let profile = request.profile.clone();
         reservations.insert(key.clone(), Reserved { expected, profile, connection: reservation.connection });
-        tracing::info!(vm = %key, ram_bytes = request.profile.ram_bytes(), expected_mib = expected >> 20, from_history, "reserved");
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, ram_bytes = request.profile.ram_bytes(), expected_mib = expected >> 20, from_history, "reserved");
         Ok(expected)
     }
 
@@ -394,7 +412,8 @@ impl ServerDaemon {
             wake,
             reserved.expected,
         )?;
-        tracing::info!(vm = %key, "running on the server");
+        self.metrics.hosted(started.elapsed());
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, "running on the server");
         // Hosted first, then unreserved: a VM is always in one of the two.
         lock(&self.vms).insert(key.clone(), Arc::new(Mutex::new(vm)));
         reservation.release();
@@ -428,8 +447,9 @@ impl ServerDaemon {
         let started = Instant::now();
         hosted.stop()?;
         let header = hosted.send_home(channel)?;
+        self.metrics.sent_home(started.elapsed(), header.total_bytes());
         tracing::info!(
-            vm = %key,
+            desktop = %key.desktop, vm = %key.vm,
             dirty_pages = header.dirty_pages,
             dirty_blocks = header.dirty_blocks,
             bytes = header.total_bytes(),
@@ -455,7 +475,7 @@ impl ServerDaemon {
         };
         let (header, manifest) = crate::hosted::send_checkpoint(key, &state_dir(&self.config, key), channel)?;
         tracing::info!(
-            vm = %key,
+            desktop = %key.desktop, vm = %key.vm,
             taken_at = manifest.taken_at,
             dirty_pages = header.dirty_pages,
             dirty_blocks = header.dirty_blocks,
@@ -472,8 +492,12 @@ impl ServerDaemon {
             let state = state_dir(&self.config, key);
             if state.exists() {
                 match std::fs::remove_dir_all(&state) {
-                    Ok(()) => tracing::info!(vm = %key, "back on its desktop from a checkpoint; slices deleted"),
-                    Err(e) => tracing::warn!(vm = %key, "cannot remove {}: {e}", state.display()),
+                    Ok(()) => {
+                        tracing::info!(desktop = %key.desktop, vm = %key.vm, "back on its desktop from a checkpoint; slices deleted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot remove {}: {e}", state.display())
+                    }
                 }
             }
             return;
@@ -481,13 +505,15 @@ impl ServerDaemon {
         lock(&self.asked).remove(key);
         let hosted = match Arc::try_unwrap(hosted) {
             Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-            Err(_) => return tracing::warn!(vm = %key, "still in use; its files stay until the next restart"),
+            Err(_) => {
+                return tracing::warn!(desktop = %key.desktop, vm = %key.vm, "still in use; its files stay until the next restart")
+            }
         };
         if let Err(e) = lock(&self.history).record(&key.to_string(), hosted.resident()) {
             tracing::warn!("{}", wire::chain(&e));
         }
         hosted.discard();
-        tracing::info!(vm = %key, "back on its desktop; slices deleted");
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, "back on its desktop; slices deleted");
     }
 
     /// The VMs here, for the capacity check.
@@ -502,6 +528,25 @@ impl ServerDaemon {
                 })
             })
             .collect()
+    }
+
+    /// The metrics page: the moves so far, each hosted VM's figures (read
+    /// now) and the desktops' wakes.
+    fn metrics_page(&self) -> String {
+        let vms: Vec<_> = lock(&self.vms).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let figures: Vec<VmFigures> = vms
+            .iter()
+            .filter_map(|(key, vm)| {
+                // A VM that is moving is left out of this scrape.
+                let mut vm = local::lock_for_status(vm)?;
+                vm.poll();
+                let power = self.wakers.get(key.desktop.as_str()).map(|w| w.status().state.to_string());
+                let status = vm.status(power.unwrap_or_default());
+                let (memory, disk) = vm.counters().clone();
+                Some(VmFigures { status, memory, disk })
+            })
+            .collect();
+        self.metrics.page(&figures, &self.wakers.status())
     }
 
     /// Every VM's status.
@@ -539,7 +584,7 @@ impl ServerDaemon {
                 if vm.checkpoint_due(Duration::from_secs(self.config.checkpoint_every_secs)) {
                     match vm.checkpoint() {
                         Ok(taken) => tracing::info!(
-                            vm = %vm.key(),
+                            desktop = %vm.key().desktop, vm = %vm.key().vm,
                             pause_ms = taken.pause_ms,
                             dirty_pages = taken.dirty_pages,
                             dirty_blocks = taken.dirty_blocks,
@@ -598,11 +643,11 @@ impl ServerDaemon {
             }
             asked.insert(key.clone(), Instant::now());
         }
-        tracing::info!(vm = %key, "asking its desktop to take it back: {reason}");
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: {reason}");
         let (me, vm) = (Arc::clone(self), key.clone());
         std::thread::spawn(move || {
             if let Err(e) = me.request_home(&vm, control, reason) {
-                tracing::warn!(vm = %vm, "its desktop did not take the request: {}", wire::chain(&e));
+                tracing::warn!(desktop = %vm.desktop, vm = %vm.vm, "its desktop did not take the request: {}", wire::chain(&e));
             }
         });
     }

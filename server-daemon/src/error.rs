@@ -50,6 +50,12 @@ pub enum ServerError {
     /// The local socket cannot be opened.
     #[error("the command's local socket")]
     LocalSocket(#[source] daemon_protocol::local::LocalSocketError),
+    /// The local socket's group cannot be used.
+    #[error("the local socket's group")]
+    SocketGroup(#[source] daemon_protocol::local_access::AccessError),
+    /// The metrics endpoint cannot be opened.
+    #[error("the metrics endpoint")]
+    Metrics(#[source] metrics_endpoint::MetricsError),
     /// Only a desktop daemon may move VMs.
     #[error("only a desktop daemon may ask for {request}; this connection said hello as {peer}")]
     NotADesktop {

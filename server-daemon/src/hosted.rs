@@ -167,6 +167,8 @@ pub struct HostedVm {
     ram_bytes: u64,
     disk_bytes: u64,
     expected: u64,
+    /// Pages its zero map of consolidation marked zero.
+    zero_pages: u64,
     started: Instant,
     /// When its last checkpoint was taken.
     checkpointed: Option<Instant>,
@@ -265,6 +267,7 @@ impl HostedVm {
         };
         let mut memory =
             memtap::RamFileConfig::new(vm.as_str(), state.join("memory"), remote(request.memserv, Service::Memory));
+        let zero_pages = zero_map.ranges.iter().map(|r| r.end - r.start).sum();
         memory.zero_pages = zero_map.ranges;
         memory.zero_map_pages = Some(zero_map.units);
         memory.wake = Arc::clone(&wake);
@@ -291,7 +294,7 @@ impl HostedVm {
         let nbd_key = key.clone();
         let nbd_thread = std::thread::spawn(move || {
             if let Err(e) = nbd.run() {
-                tracing::error!(vm = %nbd_key, "cownetdisk stopped: {}", wire::chain(&e));
+                tracing::error!(desktop = %nbd_key.desktop, vm = %nbd_key.vm, "cownetdisk stopped: {}", wire::chain(&e));
             }
         });
         let disk_bytes = disk.size();
@@ -339,7 +342,7 @@ impl HostedVm {
         let (qemu, qmp) = resume(spec, &descriptor).map_err(qemu_error("resume it from its descriptor"))?;
         let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap, qemu_agent_socket, fetches }, storage };
         if let Err(e) = announce(&mut running.vm.qmp) {
-            tracing::warn!(vm = %key, "cannot announce the VM's MAC: {}", wire::chain(&e));
+            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot announce the VM's MAC: {}", wire::chain(&e));
         }
         let last = running.storage.stats();
         qemu_driver::settle_guest_in_background(
@@ -357,6 +360,7 @@ impl HostedVm {
             ram_bytes,
             disk_bytes,
             expected,
+            zero_pages,
             started: Instant::now(),
             checkpointed: None,
             phase: Phase::Running(Box::new(running)),
@@ -479,12 +483,12 @@ impl HostedVm {
             _ => None,
         };
         if let Some(why) = lost {
-            tracing::error!(vm = %self.key, "QEMU died on the server: {why}");
+            tracing::error!(desktop = %self.key.desktop, vm = %self.key.vm, "QEMU died on the server: {why}");
             if let Phase::Running(running) = std::mem::replace(&mut self.phase, Phase::Lost(why)) {
                 let Running { vm, mut storage } = *running;
                 drop(vm);
                 if let Err(e) = storage.shut() {
-                    tracing::error!(vm = %self.key, "after QEMU died: {}", wire::chain(&e));
+                    tracing::error!(desktop = %self.key.desktop, vm = %self.key.vm, "after QEMU died: {}", wire::chain(&e));
                 }
             }
         }
@@ -518,6 +522,11 @@ impl HostedVm {
         }
     }
 
+    /// Its memtap and cownetdisk counters as of the last [`HostedVm::poll`].
+    pub fn counters(&self) -> &(memtap::RamStats, cownetdisk::DiskStats) {
+        &self.last
+    }
+
     /// What `Status` says of it.
     pub fn status(&self, desktop_power: String) -> HostedStatus {
         let (memory, disk) = &self.last;
@@ -533,6 +542,7 @@ impl HostedVm {
             ram_bytes: self.ram_bytes,
             pages_fetched: memory.pages_fetched,
             zero_pages_served: memory.zero_pages_served,
+            zero_pages: self.zero_pages,
             dirty_pages: memory.dirty_pages,
             blocks_fetched: disk.blocks_fetched,
             dirty_blocks: disk.dirty_blocks,
@@ -642,7 +652,7 @@ impl HostedVm {
     pub fn discard(self) {
         for dir in [&self.state, &self.run] {
             if let Err(e) = fs::remove_dir_all(dir) {
-                tracing::warn!(vm = %self.key, "cannot remove {}: {e}", dir.display());
+                tracing::warn!(desktop = %self.key.desktop, vm = %self.key.vm, "cannot remove {}: {e}", dir.display());
             }
         }
     }

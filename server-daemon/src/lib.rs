@@ -16,6 +16,7 @@ mod error;
 pub mod hosted;
 mod key;
 mod machine;
+mod metrics;
 pub mod watch;
 
 pub use config::ServerConfig;

@@ -429,3 +429,26 @@ impl Drop for Cownetdisk {
         self.stop();
     }
 }
+
+/// Checks `document` against `docs/status.schema.json`: the status
+/// document of `jettison status --json`, or with `definition` one of the
+/// schema's `$defs` (`error`: a `--json` failure).
+///
+/// # Panics
+/// If the schema does not compile or the document does not match it, with
+/// every mismatch and the document.
+pub fn check_status_schema(document: &serde_json::Value, definition: Option<&str>) {
+    let path = repo_root().join("docs/status.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())))
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let mut compiler = boon::Compiler::new();
+    let location = "status.schema.json";
+    compiler.add_resource(location, schema).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    let at = definition.map_or_else(|| location.to_owned(), |d| format!("{location}#/$defs/{d}"));
+    let mut schemas = boon::Schemas::new();
+    let index = compiler.compile(&at, &mut schemas).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    if let Err(e) = schemas.validate(document, index) {
+        panic!("the document does not match {at}:\n{e}\n{document:#}");
+    }
+}

@@ -46,6 +46,8 @@ pub const VM: &str = "vm1";
 pub const DESKTOP: &str = "desktop";
 /// The VM's tap on either host.
 pub const VM_TAP: &str = "jt-vm1";
+/// Where each daemon serves its metrics, inside its host's namespace.
+pub const METRICS: &str = "127.0.0.1:9464";
 /// Text in the desktop-only file of the VM's disk.
 pub const DESKTOP_TEXT: &str = "made on the desktop";
 
@@ -204,7 +206,7 @@ impl Office {
                 "name = \"server\"\nlisten = \"10.77.0.1:7400\"\nhost_key = \"{d}/server/host.key\"\n\
                  peers = \"{d}/server/peers\"\nstate_dir = \"{d}/server/state\"\n\
                  run_dir = \"{d}/server/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\ncapacity_mib = {}\nqemu_user = \"{}\"\n{rate}",
+                 accel = \"tcg\"\ncapacity_mib = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{rate}",
                 spec.capacity_mib,
                 crate::QEMU_USER,
             ),
@@ -217,7 +219,8 @@ impl Office {
                 "name = \"{DESKTOP}\"\nhost_key = \"{d}/desktop/host.key\"\npeers = \"{d}/desktop/peers\"\nserver = \"10.77.0.1:7400\"\n\
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\n\n[idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
+                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n\n\
+                 [idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
                  name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
                  memserv_port = 7410\ndiskserv_port = 7411\n",
                 spec.failover_secs,
@@ -361,6 +364,28 @@ impl Office {
         format!("--- desktop log ---\n{}\n--- server log ---\n{}", self.log("desktop"), self.log("server"))
     }
 
+    /// The metrics page of the desktop's daemon (0) or the server's (1):
+    /// `GET /metrics` at [`METRICS`] in its namespace, as Prometheus asks.
+    ///
+    /// # Panics
+    /// If the daemon does not answer 200 with a page.
+    pub fn scrape(&self, host: usize) -> Metrics {
+        let ns = self.lan.host(host);
+        let answer = remote_wakeup::netns::run_in(Some(ns), || -> std::io::Result<String> {
+            let mut stream = TcpStream::connect(METRICS)?;
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+            let mut answer = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut answer)?;
+            Ok(answer)
+        })
+        .expect("the daemon's namespace can be entered")
+        .unwrap_or_else(|e| panic!("cannot scrape {METRICS} in {ns}: {e}\n{}", self.logs()));
+        let (head, page) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        assert!(head.starts_with("HTTP/1.1 200 "), "the scrape got {head}");
+        Metrics(page.to_owned())
+    }
+
     /// Runs `jettison ARGS` (it talks to the daemons through their sockets).
     ///
     /// # Panics
@@ -379,8 +404,9 @@ impl Office {
         let out = self.jettison(&all);
         assert!(
             out.status.success(),
-            "jettison {} failed: {}\n{}",
+            "jettison {} failed: {}{}\n{}",
             args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             self.logs()
         );
@@ -397,13 +423,14 @@ impl Office {
         let deadline = Instant::now() + timeout;
         loop {
             let out = self.jettison(&["consolidate", VM, "--socket", socket, "--json"]);
+            let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON");
             if out.status.success() {
-                return serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON");
+                return answer;
             }
-            let why = String::from_utf8_lossy(&out.stderr).into_owned();
+            let why = answer["error"]["message"].as_str().unwrap_or_default().to_owned();
             // Busy, or not sampled long enough yet (a daemon that just
-            // started or took a QEMU over has an empty window).
-            let not_yet = why.contains("is not idle") || why.contains("cannot be judged idle");
+            // started or took a QEMU over has an empty window): exit status 5.
+            let not_yet = out.status.code() == Some(5) && answer["error"]["kind"] == "not_idle";
             assert!(not_yet && Instant::now() < deadline, "jettison consolidate {VM} failed: {why}\n{}", self.logs());
             eprintln!("not idle yet, asking again: {}", why.trim());
             std::thread::sleep(Duration::from_secs(5));
@@ -418,7 +445,7 @@ impl Office {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.jettison_json(&["status", "--daemon", socket]);
-            if status["vms"][0]["running_here"] == true {
+            if status["vms"][0]["location"] == "desktop" && status["vms"][0]["running"] == true {
                 return;
             }
             assert!(Instant::now() < deadline, "{what}: {status}\n{}", self.logs());
@@ -651,4 +678,23 @@ pub fn assert_continuous(log: &[Exchange]) -> usize {
 
 fn reply_number(e: &Exchange) -> u64 {
     e.reply.split(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("reply {:?} has no count", e.reply))
+}
+
+/// A metrics page in the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the sample `series` (its name and labels exactly as
+    /// printed, e.g. `jettison_vm_on_server{vm="vm1"}`).
+    ///
+    /// # Panics
+    /// If the page has no such sample, with the page.
+    pub fn value(&self, series: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {series} in the metrics:\n{}", self.0))
+    }
 }

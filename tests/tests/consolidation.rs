@@ -12,11 +12,15 @@
 use std::time::Duration;
 
 use tests::office::{
-    assert_continuous, first_count, last_count, wait_for_count_above, LineClient, Office, OfficeSpec, DESKTOP_TEXT, VM,
+    assert_continuous, first_count, last_count, wait_for_count_above, LineClient, Office, OfficeSpec, DESKTOP,
+    DESKTOP_TEXT, VM,
 };
 use tests::COUNT_TIMEOUT;
 
 const PACE: Duration = Duration::from_secs(1);
+/// The office's hosts, as [`Office::scrape`] names them.
+const DESKTOP_HOST: usize = 0;
+const SERVER: usize = 1;
 const REPLY: Duration = Duration::from_secs(120);
 
 #[test]
@@ -39,7 +43,7 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     eprintln!("consolidated: {out}");
     let on_desktop = last_count(&desktop_serial).unwrap();
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "server", "{status}");
+    assert_eq!(status["vms"][0]["location"], "server", "{status}");
 
     // On the server: the counter goes on from where it was, the client is
     // still answered, the guest writes a file on its (copy-on-write) disk.
@@ -62,17 +66,44 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     let saved_count: u64 = saved.split(' ').nth(1).unwrap().parse().unwrap();
     client.wait_for(client.count() + 2, REPLY);
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
-    let server = &status["vms"][0]["server"];
+    // The documented status schema holds for both daemons' real answers.
+    tests::check_status_schema(&status, None);
+    assert_eq!((status["source"].as_str(), status["host"].as_str()), (Some("desktop"), Some(DESKTOP)));
+    let server = &status["vms"][0]["on_server"];
     eprintln!("on the server: {server}");
     assert_eq!(server["state"], "running", "{status}");
-    let fetched_pages = server["pages_fetched"].as_u64().unwrap();
-    let fetched_blocks = server["blocks_fetched"].as_u64().unwrap();
+    let fetched_pages = server["memory"]["pages_fetched"].as_u64().unwrap();
+    assert_eq!(server["memory"]["zero_pages"], out["zero_pages"], "status counts zero pages as consolidation did");
+    let fetched_blocks = server["disk"]["blocks_fetched"].as_u64().unwrap();
     assert!(fetched_pages > 0, "the guest ran on the server without fetching a page: {server}");
     let server_status = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
     assert_eq!(server_status["vms"][0]["vm"], VM, "{server_status}");
     // Unprivileged on the server too, on memtap's file and cownetdisk's
     // socket, which only root may open: QEMU opened them before the drop.
     tests::assert_runs_as_qemu_user(office.server_qemu_pid().expect("QEMU runs the VM on the server"), "server");
+    tests::check_status_schema(&server_status, None);
+    assert_eq!(server_status["source"], "server", "{server_status}");
+
+    // Both daemons' metrics, scraped as Prometheus does, show the move and the fetches.
+    let server_page = office.scrape(SERVER);
+    let vm = format!("{{desktop=\"{DESKTOP}\",vm=\"{VM}\"}}");
+    assert_eq!(server_page.value("jettison_server_consolidation_seconds_count"), 1.0);
+    assert!(server_page.value(&format!("jettison_vm_pages_fetched_total{vm}")) >= fetched_pages as f64);
+    let latency_count = server_page.value(&format!("jettison_vm_fetch_latency_seconds_count{vm}"));
+    assert!(latency_count > 0.0, "faults went to the desktop, yet no fetch latency was counted");
+    let memory_bytes =
+        format!("jettison_vm_fetched_bytes_total{{desktop=\"{DESKTOP}\",vm=\"{VM}\",device=\"memory\"}}");
+    assert!(server_page.value(&memory_bytes) > 0.0);
+    let desktop_page = office.scrape(DESKTOP_HOST);
+    let desktop_vm = format!("{{vm=\"{VM}\"}}");
+    assert_eq!(desktop_page.value(&format!("jettison_consolidation_seconds_count{desktop_vm}")), 1.0);
+    let took = desktop_page.value(&format!("jettison_consolidation_seconds_sum{desktop_vm}"));
+    assert!((took - out["total_secs"].as_f64().unwrap()).abs() < 0.01, "{took} s against {out}");
+    assert_eq!(
+        desktop_page.value(&format!("jettison_sent_bytes_total{desktop_vm}")),
+        out["descriptor_bytes"].as_f64().unwrap()
+    );
+    assert_eq!(desktop_page.value(&format!("jettison_vm_on_server{desktop_vm}")), 1.0);
 
     // Reintegrate (the server forgets the VM, serial log included).
     let last_on_server = last_count(&server_serial).unwrap();
@@ -91,10 +122,23 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     assert!(!cat.ends_with("missing"), "{cat}");
     client.wait_for(client.count() + 2, REPLY);
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "desktop", "{status}");
-    assert_eq!(status["vms"][0]["running_here"], true, "{status}");
+    assert_eq!(status["vms"][0]["location"], "desktop", "{status}");
+    assert_eq!(status["vms"][0]["running"], true, "{status}");
+    tests::check_status_schema(&status, None);
     assert!(!office.server_vm_state().exists(), "the server kept the VM's slices after it went home");
     tests::assert_runs_as_qemu_user(office.desktop_qemu_pid().expect("QEMU runs the VM at home"), "desktop");
+    let home = office.scrape(DESKTOP_HOST);
+    assert_eq!(home.value(&format!("jettison_reintegration_seconds_count{desktop_vm}")), 1.0);
+    assert_eq!(home.value(&format!("jettison_received_bytes_total{desktop_vm}")), back["bytes"].as_f64().unwrap());
+    assert_eq!(
+        home.value(&format!("jettison_reintegrated_blocks_total{desktop_vm}")),
+        back["dirty_blocks"].as_f64().unwrap()
+    );
+    assert_eq!(home.value(&format!("jettison_vm_on_server{desktop_vm}")), 0.0);
+    let server_after = office.scrape(SERVER);
+    assert_eq!(server_after.value("jettison_server_reintegration_seconds_count"), 1.0);
+    assert_eq!(server_after.value("jettison_server_sent_home_bytes_total"), back["bytes"].as_f64().unwrap());
+    assert!(!server_after.0.contains(&vm), "a VM that went home keeps its series:\n{}", server_after.0);
 
     // The client never lost its connection nor a reply.
     let (log, broken) = client.finish();
@@ -133,12 +177,12 @@ fn a_server_without_room_refuses_and_the_vm_stays() {
     let before = last_count(&serial).unwrap();
     let out = office.jettison(&["consolidate", VM, "--force", "--socket", office.desktop_socket().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(6), "no room has its own exit status: {err}");
     assert!(err.contains("no room for desktop/vm1") && err.contains("157.9 MiB"), "{err}");
     assert!(err.contains("capacity_mib"), "the refusal says what to do: {err}");
     wait_for_count_above(&serial, before + 5, COUNT_TIMEOUT);
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "desktop", "{status}");
+    assert_eq!(status["vms"][0]["location"], "desktop", "{status}");
 }
 
 #[test]
@@ -295,7 +339,7 @@ fn a_vm_that_fetches_too_fast_is_sent_home_by_the_server() {
     // had left alone and its disk's bulk file: it all comes from the desktop.
     std::thread::sleep(Duration::from_secs(25));
     let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "server", "an idle VM was sent home: {status}");
+    assert_eq!(status["vms"][0]["location"], "server", "an idle VM was sent home: {status}");
     // The desktop daemon's memserv publishes each request on its event
     // socket (what `jettison power` follows to sleep between requests).
     let events = dir.path().join("desktop/run").join(VM).join("memserv.events");

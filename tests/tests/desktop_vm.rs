@@ -165,7 +165,7 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
         &office,
     );
     let status = office.jettison_json(&["status", "--daemon", desktop.to_str().unwrap()]);
-    assert_eq!(status["vms"][0]["on"], "server", "{status}");
+    assert_eq!(status["vms"][0]["location"], "server", "{status}");
 
     // A poweroff inside the guest on the server: it goes home (with its disk
     // writes) and stays off there; `start` boots it.

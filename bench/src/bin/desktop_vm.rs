@@ -58,9 +58,10 @@ fn measure(name: &'static str, boot_disk: Option<BootDisk>, display: bool, stay:
     let desktop = office.desktop_socket();
     let desktop = desktop.to_str().ok_or("a non-UTF-8 path")?;
     let status = office.jettison_json(&["status", "--daemon", desktop]);
-    let server = &status["vms"][0]["server"];
-    let fetched =
-        (server["pages_fetched"].as_u64().unwrap_or(0) + server["blocks_fetched"].as_u64().unwrap_or(0)) * 4096;
+    let server = &status["vms"][0]["on_server"];
+    let fetched = (server["memory"]["pages_fetched"].as_u64().unwrap_or(0)
+        + server["disk"]["blocks_fetched"].as_u64().unwrap_or(0))
+        * 4096;
     let back = office.jettison_json(&["reintegrate", VM, "--socket", desktop]);
     let number = |v: &serde_json::Value, key: &str| v[key].as_f64().ok_or(format!("no {key} in {v}"));
     let descriptor = number(&out, "descriptor_bytes")? as u64;
