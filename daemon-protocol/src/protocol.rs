@@ -54,7 +54,9 @@
 //!
 //! # Other requests
 //!
-//! - `Status` → `StatusReply`: the server's VMs, any client.
+//! - `Status` → `StatusReply`: the server's VMs, any client; `StatusExact`
+//!   the same after writing back each running guest's page cache, so that
+//!   its dirty pages are exact.
 //! - `PleaseReintegrate` (server daemon → desktop daemon) → `Done`: the
 //!   server wants a VM gone (memory pressure, or the VM fetches faster than
 //!   the configured rate); the desktop then runs a reintegration as above.
@@ -326,6 +328,11 @@ pub enum Control {
     /// room; the text gives the figures and what to change. Apart from
     /// `Failed` so that the command can tell "no room" from other refusals.
     NoRoom(String),
+    /// Anyone: as `Status`, after each running VM's guest writes still in
+    /// the page cache are written back to memtap, so that its dirty pages
+    /// are exact (for a person's `jettison status`; the heartbeat asks
+    /// `Status`, which costs no writeback).
+    StatusExact,
 }
 
 impl Control {
@@ -350,6 +357,7 @@ impl Control {
             Control::PleaseReintegrate { .. } => "PleaseReintegrate",
             Control::Recover(_) => "Recover",
             Control::NoRoom(_) => "NoRoom",
+            Control::StatusExact => "StatusExact",
         }
     }
 }
@@ -568,6 +576,7 @@ mod tests {
             Control::Reintegrated(vm.clone()),
             Control::Done,
             Control::Status,
+            Control::StatusExact,
             Control::StatusReply(vec![status]),
             Control::PleaseReintegrate { vm: vm.clone(), reason: "server full".into() },
             Control::Recover(vm),

@@ -229,7 +229,7 @@ impl DesktopDaemon {
             let socket = vm.spice_socket().ok_or_else(|| DesktopError::NoDisplay { vm: name.clone() })?;
             return Ok(ViewTarget::Local { uri: format!("spice+unix://{}", socket.display()) });
         }
-        let hosted = self.server_status()?;
+        let hosted = self.server_status(false)?;
         let console = self.hosted_here(&hosted, &name).and_then(|h| h.console.clone());
         let console = console.ok_or(DesktopError::NoRemoteConsole { vm: name })?;
         let host = self.config.server.rsplit_once(':').map_or(self.config.server.as_str(), |(host, _)| host);
@@ -339,7 +339,7 @@ impl DesktopDaemon {
                 unreachable_since = None;
                 continue;
             }
-            let hosted = self.server_status();
+            let hosted = self.server_status(false);
             let hosted = match hosted {
                 Ok(hosted) => {
                     unreachable_since = None;
@@ -377,10 +377,13 @@ impl DesktopDaemon {
         hosted.iter().find(|h| &h.vm == vm && h.desktop == self.config.name)
     }
 
-    /// The server's view of its VMs.
-    fn server_status(&self) -> Result<Vec<HostedStatus>, DesktopError> {
+    /// The server's view of its VMs; `exact` for a person's status (the
+    /// server writes its guests' page caches back first, see
+    /// [`Control::StatusExact`]).
+    fn server_status(&self, exact: bool) -> Result<Vec<HostedStatus>, DesktopError> {
         let mut channel = self.context().connect()?;
-        match ask(&mut channel, &Control::Status)? {
+        let request = if exact { Control::StatusExact } else { Control::Status };
+        match ask(&mut channel, &request)? {
             Control::StatusReply(vms) => Ok(vms),
             other => Err(DesktopError::UnexpectedAnswer { request: "Status", got: other.kind() }),
         }
@@ -442,7 +445,7 @@ impl DesktopDaemon {
 
     /// `jettison status` on the desktop.
     fn status(&self) -> DesktopStatus {
-        let hosted = self.server_status();
+        let hosted = self.server_status(true);
         let vms = self
             .vms
             .iter()

@@ -177,8 +177,7 @@ fn hosted_line(s: &OnServer) -> String {
         _ => String::new(),
     };
     let mut line = format!(
-        "{} of {} RAM fetched ({} pages), {zero}{} zero pages served without a fetch, {} dirty ({} pages written \
-         back so far)",
+        "{} of {} RAM fetched ({} pages), {zero}{} zero pages served without a fetch, {} dirty ({} pages)",
         mib_text(m.fetched_mib),
         mib_text(s.ram_mib),
         m.pages_fetched,

@@ -128,8 +128,9 @@ pub struct MemoryFigures {
     pub zero_mib: Option<f64>,
     /// Faults answered as zero pages without a fetch.
     pub zero_pages_served: u64,
-    /// Pages the guest wrote that memtap holds (written back from QEMU's
-    /// page cache so far): what reintegration sends at least.
+    /// Pages the guest has written on the server: from a daemon, exact as
+    /// of the status (the server writes the guest's page cache back to
+    /// memtap first); standalone, what memtap holds (written back so far).
     pub dirty_pages: u64,
     /// The same in MiB.
     pub dirty_mib: f64,

@@ -87,7 +87,7 @@ fn status_prints_a_line_per_vm_and_json_for_scripts() {
     assert_eq!(
         line.trim(),
         "vm1: on the server: 15.7 MiB of 256.0 MiB RAM fetched (4030 pages), 0 zero pages served without a fetch, \
-         0.0 MiB dirty (7 pages written back so far); running"
+         0.0 MiB dirty (7 pages); running"
     );
     let out = status(&["--json"]);
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -140,7 +140,7 @@ impl ServerDaemon {
         std::thread::spawn(move || {
             local::serve(local, access, move |request, _| match request {
                 LocalRequest::Status => {
-                    Ok(Report::ServerStatus(ServerStatus { server: me.config.name.clone(), vms: me.status() }))
+                    Ok(Report::ServerStatus(ServerStatus { server: me.config.name.clone(), vms: me.status(true) }))
                 }
                 LocalRequest::Screenshot { vm, png } => {
                     me.screenshot(&vm, png).map(|file| Report::Screenshot { file }).map_err(|e| wire::chain(&e).into())
@@ -227,7 +227,8 @@ impl ServerDaemon {
                 }
             };
             let reply = match request {
-                Control::Status => Ok(Control::StatusReply(self.status())),
+                Control::Status => Ok(Control::StatusReply(self.status(false))),
+                Control::StatusExact => Ok(Control::StatusReply(self.status(true))),
                 Control::Reserve(request) => desktop_key(&hello, "Reserve", request.vm.clone())
                     .and_then(|key| self.reserve(&mut reservation, key, &request).map(Control::Reserved)),
                 Control::Consolidate(request) => {
@@ -549,12 +550,18 @@ impl ServerDaemon {
         self.metrics.page(&figures, &self.wakers.status())
     }
 
-    /// Every VM's status.
-    pub fn status(&self) -> Vec<HostedStatus> {
+    /// Every VM's status; with `exact`, each running guest's page cache
+    /// is written back first (see [`HostedVm::write_back`]).
+    pub fn status(&self, exact: bool) -> Vec<HostedStatus> {
         let vms: Vec<_> = lock(&self.vms).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         vms.iter()
             .map(|(key, vm)| match local::lock_for_status(vm) {
                 Some(mut vm) => {
+                    if exact {
+                        if let Err(e) = vm.write_back() {
+                            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot write its page cache back for an exact status: {e}");
+                        }
+                    }
                     vm.poll();
                     let power = self.wakers.get(key.desktop.as_str()).map(|w| w.status().state.to_string());
                     vm.status(power.unwrap_or_else(|| "awake (never sleeps)".to_owned()))

@@ -102,7 +102,7 @@ fn vm_figures(page: &mut Exposition, vms: &[VmFigures]) {
         (
             "jettison_vm_dirty_pages",
             Kind::Gauge,
-            "Memory pages the VM has written here (what reintegration sends back).",
+            "Memory pages the VM has written here that memtap holds (written back from the page cache so far; reintegration writes back the rest first).",
             |v| v.memory.dirty_pages as f64,
         ),
         (
