@@ -1,4 +1,5 @@
-//! The control protocol, version 1 (the wire preamble's version covers it).
+//! The control protocol, version 2 (the wire preamble's version covers it:
+//! version 2 has each host prove its own key, and `NoRoom` and `StatusExact`).
 //!
 //! # Transport
 //!
