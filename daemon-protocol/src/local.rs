@@ -9,7 +9,7 @@
 //! [`crate::local_access`]'s: root, and a group. The command deserialises each report into its type,
 //! so a renamed or missing field is an error, never a silent zero.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -330,6 +330,11 @@ impl From<String> for Refusal {
     }
 }
 
+/// Longest request line a client may send.
+const MAX_REQUEST_LINE: u64 = 64 * 1024;
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves `listener` for ever, one thread per client, calling `handle` with
 /// each request `access` lets the client make and a sink for its interim
 /// replies; `handle`'s result is the final reply. A client that sends
@@ -349,8 +354,12 @@ where
                 Ok(w) => w,
                 Err(_) => return,
             };
+            // A request is one short line: a client (any member of the
+            // socket's group) that sends more, or nothing, costs a bounded
+            // buffer and a bounded wait, then its thread ends.
+            let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
             let mut line = String::new();
-            if BufReader::new(stream).read_line(&mut line).is_err() {
+            if BufReader::new(stream).take(MAX_REQUEST_LINE).read_line(&mut line).is_err() {
                 return;
             }
             let mut send = |reply: LocalReply| {
@@ -360,6 +369,10 @@ where
                 let _ = writer.write_all(text.as_bytes());
             };
             let last = match serde_json::from_str::<LocalRequest>(&line) {
+                Err(_) if !line.ends_with('\n') && line.len() as u64 == MAX_REQUEST_LINE => LocalReply::Failed {
+                    error: format!("a request longer than {MAX_REQUEST_LINE} bytes: not one this daemon knows"),
+                    kind: FailureKind::Other,
+                },
                 Ok(request) => {
                     let allowed = peer
                         .map_err(|e| format!("cannot read the caller's credentials: {e}"))
@@ -589,6 +602,15 @@ mod tests {
         let mut answer = String::new();
         BufReader::new(raw).read_line(&mut answer).unwrap();
         assert!(answer.contains("not a valid VM name"), "{answer}");
+        // A line without end is cut at the limit and refused; the daemon
+        // serves the next client.
+        let mut raw = UnixStream::connect(&socket).unwrap();
+        let endless = vec![b'{'; 2 * MAX_REQUEST_LINE as usize];
+        let _ = raw.write_all(&endless);
+        let mut answer = String::new();
+        BufReader::new(raw).read_line(&mut answer).unwrap();
+        assert!(answer.contains("a request longer than 65536 bytes"), "{answer}");
+        assert!(call(&socket, &request, |_| {}).is_ok());
         assert!(call(&dir.path().join("none.sock"), &LocalRequest::Status, |_| {})
             .unwrap_err()
             .to_string()
