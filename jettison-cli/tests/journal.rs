@@ -100,12 +100,18 @@ fn under_systemd_the_server_logs_structured_fields_to_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let jettison = env!("CARGO_BIN_EXE_jettison");
-    assert!(Command::new(jettison).args(["pair", "--out"]).arg(dir.path().join("key")).status().unwrap().success());
+    assert!(Command::new(jettison)
+        .args(["pair", "--key"])
+        .arg(dir.path().join("host.key"))
+        .status()
+        .unwrap()
+        .success());
+    std::fs::create_dir(dir.path().join("peers")).unwrap();
     let config = dir.path().join("server.toml");
     std::fs::write(
         &config,
         format!(
-            "name = \"server\"\nlisten = \"127.0.0.1:0\"\nkey = \"{d}/key\"\nstate_dir = \"{d}/state\"\n\
+            "name = \"server\"\nlisten = \"127.0.0.1:0\"\nhost_key = \"{d}/host.key\"\npeers = \"{d}/peers\"\nstate_dir = \"{d}/state\"\n\
              run_dir = \"{d}/run\"\nbridge = \"br0\"\naccel = \"tcg\"\ncapacity_mib = 1234\nsocket_group = \"\"\n"
         ),
     )

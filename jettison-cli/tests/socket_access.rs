@@ -107,13 +107,14 @@ fn a_member_of_the_socket_group_gets_status_and_an_outsider_is_refused() {
     let group = ThrowawayGroup::new("status");
     let dir = open_dir();
     let d = dir.path().display();
-    let key = dir.path().join("key");
-    assert!(Command::new(env!("CARGO_BIN_EXE_jettison")).args(["pair", "--out"]).arg(&key).status().unwrap().success());
+    let key = dir.path().join("host.key");
+    assert!(Command::new(env!("CARGO_BIN_EXE_jettison")).args(["pair", "--key"]).arg(&key).status().unwrap().success());
+    std::fs::create_dir(dir.path().join("peers")).unwrap();
     let config = dir.path().join("server.toml");
     std::fs::write(
         &config,
         format!(
-            "name = \"server\"\nlisten = \"127.0.0.1:0\"\nkey = \"{d}/key\"\nstate_dir = \"{d}/state\"\n\
+            "name = \"server\"\nlisten = \"127.0.0.1:0\"\nhost_key = \"{d}/host.key\"\npeers = \"{d}/peers\"\nstate_dir = \"{d}/state\"\n\
              run_dir = \"{d}/run\"\nbridge = \"br0\"\naccel = \"tcg\"\ncapacity_mib = 1024\nsocket_group = \"{}\"\n",
             group.name
         ),
