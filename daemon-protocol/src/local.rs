@@ -202,6 +202,50 @@ pub struct DesktopStatus {
     pub server_error: Option<String>,
     /// Its VMs.
     pub vms: Vec<DesktopVmStatus>,
+    /// How it sleeps while its VMs are away; absent without `[power]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<DesktopPower>,
+}
+
+/// Where the desktop is in its sleep cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesktopPowerState {
+    /// No power session: a VM runs here, or none is away.
+    NotSleeping,
+    /// A session runs and the desktop is awake (waiting for t_w or serving).
+    Awake,
+    /// Going to sleep.
+    Suspending,
+    /// Asleep.
+    Asleep,
+    /// Waking up for a request.
+    Resuming,
+    /// It would sleep, but refused: see `refused`.
+    Refused,
+}
+
+/// The desktop's sleep, for `jettison status`: the current power session's
+/// figures, or the last one's once it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesktopPower {
+    /// Where it is now.
+    pub state: DesktopPowerState,
+    /// Why it refuses to sleep (its NIC would not wake it), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Times it fell asleep in the session.
+    pub sleeps: u64,
+    /// Times a request woke it in the session.
+    pub wakes: u64,
+    /// Seconds asleep in the session (the ledger, as of its last state change).
+    pub asleep_secs: f64,
+    /// Energy saved against staying idle, joules (the ledger).
+    pub saved_joules: f64,
+    /// The same as a percentage of staying idle.
+    pub saved_percent: f64,
+    /// The ledger's directory (`ledger.json`, `power.svg`).
+    pub ledger_dir: PathBuf,
 }
 
 /// The server daemon's status.

@@ -17,6 +17,9 @@
 //! failover_after_secs = 30            # server unreachable this long: resume from the checkpoint
 //! qemu_user = "jettison-qemu"         # QEMU drops to this user once a VM is set up (omit: root)
 //!
+//! [power]                             # sleep while the VMs are away (omit: never); see power_config
+//! policy = "adaptive"
+//!
 //! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
 //!
@@ -44,6 +47,7 @@ use qemu_driver::{Accel, AccelChoice, DiskFormat, IdleThresholds, QemuUser};
 use serde::Deserialize;
 
 use crate::error::DesktopError;
+use crate::power_config::PowerConfig;
 
 /// The CPU model under KVM when the file names none: Nehalem is
 /// x86-64-v2, which every x86-64 desktop and server of the last fifteen
@@ -118,6 +122,9 @@ pub struct DesktopConfig {
     /// When a VM counts as idle.
     #[serde(default)]
     pub idle: IdleThresholds,
+    /// How the desktop sleeps while its VMs are consolidated; none: it never sleeps.
+    #[serde(default)]
+    pub power: Option<PowerConfig>,
     /// The VMs.
     #[serde(rename = "vm")]
     pub vms: Vec<VmDefinition>,
@@ -245,6 +252,9 @@ impl DesktopConfig {
         }
         if let Some(user) = &self.qemu_user {
             qemu_user(user)?;
+        }
+        if let Some(power) = &self.power {
+            power.check(self.mac)?;
         }
         if let Some(group) = &self.viewer_group {
             match nix::unistd::Group::from_name(group) {

@@ -27,6 +27,7 @@ use crate::config::DesktopConfig;
 use crate::consolidate::{ask, consolidate, Context};
 use crate::error::DesktopError;
 use crate::local_vm::{now_secs, LocalVm, Placement};
+use crate::power_slot::PowerSlot;
 use crate::reintegrate::{finish_pending, reintegrate, Checkpoint, ReturnFrom};
 
 /// How often the VMs' CPU and I/O are sampled.
@@ -46,6 +47,8 @@ pub struct DesktopDaemon {
     config: DesktopConfig,
     credentials: Arc<Credentials>,
     vms: BTreeMap<VmName, Vm>,
+    /// The desktop's sleep while nothing runs here (`[power]`).
+    power: PowerSlot,
 }
 
 impl DesktopDaemon {
@@ -81,7 +84,8 @@ impl DesktopDaemon {
             }
             vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
         }
-        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms }))
+        let power = PowerSlot::new(&config);
+        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms, power }))
     }
 
     /// This host's key and enrolled servers (shared with its memserv and
@@ -138,6 +142,7 @@ impl DesktopDaemon {
                 tracing::error!(vm = %name, "cannot start: {}", wire::chain(&e));
             }
         }
+        self.follow_power();
         let me = Arc::clone(&self);
         std::thread::spawn(move || local::serve(socket, move |request, send| me.local_request(request, send)));
         let me = Arc::clone(&self);
@@ -158,8 +163,28 @@ impl DesktopDaemon {
         Ok(())
     }
 
+    /// Starts the power session when nothing runs here and a VM is on the
+    /// server, stops it otherwise.
+    fn follow_power(&self) {
+        let mut away = false;
+        for vm in self.vms.values() {
+            let vm = lock(vm);
+            if vm.is_running() {
+                return self.power.follow(false);
+            }
+            away |= matches!(vm.placement(), Placement::Server { .. });
+        }
+        self.power.follow(away);
+    }
+
     /// A request from the `jettison` command.
     fn local_request(&self, request: LocalRequest, send: &mut dyn FnMut(LocalReply)) -> Result<Report, String> {
+        let moves =
+            !matches!(request, LocalRequest::Status | LocalRequest::View { .. } | LocalRequest::Screenshot { .. });
+        if matches!(request, LocalRequest::Reintegrate { .. } | LocalRequest::Start { .. }) {
+            // A VM is about to run here: the desktop stays awake from now.
+            self.power.stop();
+        }
         let done = match request {
             LocalRequest::Status => Ok(Report::DesktopStatus(self.status())),
             LocalRequest::Consolidate { vm, force } => self.vm(&vm).and_then(|vm| {
@@ -190,6 +215,9 @@ impl DesktopDaemon {
                 self.vm(&vm).and_then(|vm| lock(vm).screenshot(png)).map(|file| Report::Screenshot { file })
             }
         };
+        if moves {
+            self.follow_power();
+        }
         done.map_err(|e| wire::chain(&e))
     }
 
@@ -274,6 +302,12 @@ impl DesktopDaemon {
 
     /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.
     fn bring_home(&self, name: &VmName, why: &str) {
+        self.power.stop();
+        self.bring_home_awake(name, why);
+        self.follow_power();
+    }
+
+    fn bring_home_awake(&self, name: &VmName, why: &str) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
         if !matches!(vm.placement(), Placement::Server { .. }) {
@@ -302,6 +336,12 @@ impl DesktopDaemon {
         let mut unreachable_since: Option<Instant> = None;
         loop {
             std::thread::sleep(HEARTBEAT_EVERY);
+            if self.power.asleep() {
+                // Asleep, the desktop reaches nobody, as a real S3 would
+                // not run this loop at all: that is no failure of the server.
+                unreachable_since = None;
+                continue;
+            }
             let away: Vec<VmName> = self
                 .vms
                 .iter()
@@ -364,6 +404,12 @@ impl DesktopDaemon {
     /// work after that checkpoint is lost), else from the desktop's own
     /// checkpoint of consolidation.
     fn fail_over(&self, name: &VmName, why: &str, answers: bool) {
+        self.power.stop();
+        self.fail_over_awake(name, why, answers);
+        self.follow_power();
+    }
+
+    fn fail_over_awake(&self, name: &VmName, why: &str, answers: bool) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
         let Placement::Server { since } = *vm.placement() else { return };
@@ -408,6 +454,7 @@ impl DesktopDaemon {
     /// (`jettison save-all`, run by the jettison-desktop-save unit). A VM
     /// on the server stays there.
     pub fn shutdown(&self) {
+        self.power.stop();
         for vm in self.vms.values() {
             lock(vm).leave_running();
         }
@@ -440,6 +487,7 @@ impl DesktopDaemon {
             server_reachable: hosted.is_ok(),
             server_error: hosted.err().map(|e| wire::chain(&e)),
             vms,
+            power: self.power.status(),
         }
     }
 }
