@@ -166,15 +166,14 @@ impl DesktopDaemon {
     /// Starts the power session when nothing runs here and a VM is on the
     /// server, stops it otherwise.
     fn follow_power(&self) {
-        let mut away = false;
+        let (mut away, mut running) = (false, false);
         for vm in self.vms.values() {
             let vm = lock(vm);
-            if vm.is_running() {
-                return self.power.follow(false);
-            }
+            running |= vm.is_running();
             away |= matches!(vm.placement(), Placement::Server { .. });
         }
-        self.power.follow(away);
+        // No VM lock is held here: stopping a session joins its threads.
+        self.power.follow(away && !running);
     }
 
     /// A request from the `jettison` command.
