@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use daemon_protocol::local::{call, DesktopStatus, LocalRequest, Report, VmLocation};
+use daemon_protocol::local::{call, DesktopPower, DesktopPowerState, DesktopStatus, LocalRequest, Report, VmLocation};
 use daemon_protocol::HostedStatus;
 use power::{LedgerFiles, LedgerSummary, CHART_FILE, LEDGER_FILE};
 
@@ -172,4 +172,29 @@ fn print_desktop_status(status: &DesktopStatus) {
             println!("{name}: last failure: {error}");
         }
     }
+    if let Some(power) = &status.power {
+        println!("{}", desktop_power_line(power));
+    }
+}
+
+/// The desktop's own sleep in one line (`[power]` in its configuration).
+fn desktop_power_line(power: &DesktopPower) -> String {
+    let state = match power.state {
+        DesktopPowerState::NotSleeping => "awake (a VM runs here, or none is away)",
+        DesktopPowerState::Awake => "awake between requests",
+        DesktopPowerState::Suspending => "suspending",
+        DesktopPowerState::Asleep => "asleep",
+        DesktopPowerState::Resuming => "resuming",
+        DesktopPowerState::Refused => "refuses to sleep",
+    };
+    let refused = power.refused.as_ref().map(|why| format!(": {why}")).unwrap_or_default();
+    format!(
+        "power: {state}{refused}; {} sleeps, {} wakes, {:.1} min asleep, {:.1} kJ saved ({:.1}%) (ledger in {})",
+        power.sleeps,
+        power.wakes,
+        power.asleep_secs / 60.0,
+        power.saved_joules / 1000.0,
+        power.saved_percent,
+        power.ledger_dir.display()
+    )
 }
