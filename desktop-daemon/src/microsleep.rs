@@ -160,19 +160,31 @@ fn default_route_in(routes: &str) -> Option<String> {
         .and_then(|fields| fields.first().map(|name| (*name).to_owned()))
 }
 
+/// A NIC checked to wake this machine on a magic packet: the only way to
+/// ask for this machine's S3 ([`crate::power_session::SleepWith::System`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakingNic(String);
+
+impl WakingNic {
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Checks that `interface` (else the default route's) will wake this
-/// machine on a magic packet; returns the interface checked.
+/// machine on a magic packet.
 ///
 /// # Errors
 /// [`MicrosleepError::NicCannotWake`] naming what to set, or no interface.
-pub fn check_nic(interface: Option<&str>) -> Result<String, MicrosleepError> {
+pub fn check_nic(interface: Option<&str>) -> Result<WakingNic, MicrosleepError> {
     let interface = match interface {
         Some(interface) => interface.to_owned(),
         None => default_route_interface()?,
     };
     remote_wakeup::check_wakes_on_magic_packet(&interface)
         .map_err(|source| MicrosleepError::NicCannotWake { interface: interface.clone(), source })?;
-    Ok(interface)
+    Ok(WakingNic(interface))
 }
 
 /// Follows the event socket at `path` from a thread until `stop` is set:

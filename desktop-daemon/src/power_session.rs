@@ -18,7 +18,9 @@ use std::thread::JoinHandle;
 use power::daemon::{self, Clock, DaemonError, Sleeper};
 use power::{EnergyReport, FilesError, LedgerFiles, MicrosleepPolicy, PowerState, SleepMachine};
 
-use crate::microsleep::{self, BootClock, EmulatedSettings, EmulatedSleeper, MicrosleepError, SystemSleeper};
+use crate::microsleep::{
+    self, BootClock, EmulatedSettings, EmulatedSleeper, MicrosleepError, SystemSleeper, WakingNic,
+};
 
 /// Seconds of serving power each request counts for in the ledger, unless set.
 pub const DEFAULT_SERVE_SECS: f64 = 1.0;
@@ -26,12 +28,9 @@ pub const DEFAULT_SERVE_SECS: f64 = 1.0;
 /// The sleep back-end of a session.
 #[derive(Debug, Clone)]
 pub enum SleepWith {
-    /// This machine's S3, after checking that `interface` (else the
-    /// default route's) wakes it on a magic packet.
-    System {
-        /// The NIC to check.
-        interface: Option<String>,
-    },
+    /// This machine's S3, once its NIC is known to wake it
+    /// ([`microsleep::check_nic`]).
+    System(WakingNic),
     /// The emulated S3 of the tests.
     Emulated(EmulatedSettings),
 }
@@ -123,19 +122,14 @@ pub struct PowerSession {
 }
 
 impl PowerSession {
-    /// Checks the NIC (system sleep), starts the back-end, one reader per
-    /// event socket and the loop.
+    /// Starts the back-end, one reader per event socket and the loop.
     ///
     /// # Errors
-    /// [`SessionError`]; [`MicrosleepError::NicCannotWake`] inside
-    /// [`SessionError::Setup`] when the NIC would not wake the desktop.
+    /// [`SessionError`].
     pub fn start(settings: SessionSettings) -> Result<PowerSession, SessionError> {
         let sleeper: Box<dyn Sleeper + Send> = match &settings.sleep {
-            SleepWith::System { interface } => {
-                // A desktop whose NIC does not wake it never comes back, and
-                // its VM freezes on the server at the next page it needs.
-                let checked = microsleep::check_nic(interface.as_deref())?;
-                tracing::info!(interface = %checked, "the NIC wakes this desktop on a magic packet");
+            SleepWith::System(nic) => {
+                tracing::info!(interface = nic.name(), "the NIC wakes this desktop on a magic packet");
                 Box::new(SystemSleeper::new(*settings.policy.profile()))
             }
             SleepWith::Emulated(emulated) => Box::new(EmulatedSleeper::start(emulated)?),

@@ -10,7 +10,7 @@ use daemon_protocol::local::{DesktopPower, DesktopPowerState};
 use power::LedgerFiles;
 
 use crate::config::DesktopConfig;
-use crate::microsleep::MicrosleepError;
+use crate::microsleep::{self, MicrosleepError};
 use crate::power_config::{PowerConfig, SleepChoice};
 use crate::power_session::{
     Phase, PowerSession, Progress, SessionError, SessionSettings, SleepWith, DEFAULT_SERVE_SECS,
@@ -139,7 +139,9 @@ impl PowerSlot {
     fn settings(&self, config: &PowerConfig) -> Result<SessionSettings, SessionError> {
         let profile = config.profile().map_err(|reason| SessionError::Config { reason })?;
         let sleep = match config.sleep {
-            SleepChoice::System => SleepWith::System { interface: config.interface.clone() },
+            // A desktop whose NIC does not wake it never comes back, and
+            // its VM freezes on the server at the next page it needs.
+            SleepChoice::System => SleepWith::System(microsleep::check_nic(config.interface.as_deref())?),
             SleepChoice::EmulatedS3 => {
                 let mac = self.desktop.mac.ok_or(SessionError::Config { reason: "no mac".to_owned() })?;
                 SleepWith::Emulated(config.emulated(mac, &profile).map_err(|reason| SessionError::Config { reason })?)

@@ -9,9 +9,10 @@
 //! [`desktop_daemon::power_session`]'s; this file only reads the arguments
 //! and waits for SIGINT or SIGTERM.
 
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use desktop_daemon::microsleep::{EmulatedSettings, WaitPolicy};
+use desktop_daemon::microsleep::{check_nic, EmulatedSettings, WaitPolicy};
 use desktop_daemon::power_session::{PowerSession, SessionSettings, SleepWith, DEFAULT_SERVE_SECS};
 use power::{PowerProfile, DEFAULT_WAIT_SECS};
 use remote_wakeup::Mac;
@@ -96,9 +97,25 @@ pub fn run(args: Args) -> CmdResult {
         PolicyKind::Adaptive => WaitPolicy::Adaptive,
     }
     .build(profile, args.wait_secs)?;
-    let sleep = match args.sleep {
-        SleepKind::System => SleepWith::System { interface: args.interface.clone() },
-        SleepKind::EmulatedS3 => SleepWith::Emulated(emulated(&args, &profile)?),
+    // Refused before anything else: a desktop whose NIC does not wake it
+    // never comes back.
+    let nic = match args.sleep {
+        SleepKind::System => Some(check_nic(args.interface.as_deref())?),
+        SleepKind::EmulatedS3 => None,
+    };
+    for path in &args.events {
+        // The reader follows a socket whose daemon restarts, but a path that
+        // names nothing at start is a mistake to say at once.
+        UnixStream::connect(path).map_err(|e| {
+            format!(
+                "cannot connect to event socket {}: {e} (is memserv or diskserv running with --events?)",
+                path.display()
+            )
+        })?;
+    }
+    let sleep = match nic {
+        Some(nic) => SleepWith::System(nic),
+        None => SleepWith::Emulated(emulated(&args, &profile)?),
     };
     let policy_name = policy.name();
     let session = PowerSession::start(SessionSettings {
