@@ -50,6 +50,8 @@ impl PowerSlot {
         let Some(config) = &self.config else { return };
         let mut inner = self.lock();
         if !idle {
+            // A refusal is news only while the desktop would sleep.
+            inner.refused = None;
             return stop(&mut inner);
         }
         if inner.session.is_some() {

@@ -97,3 +97,37 @@ fn the_desktop_daemon_sleeps_while_its_vm_is_away_and_the_server_wakes_it() {
     let (_, broken) = client.finish();
     assert!(broken.is_none(), "the client's connection broke: {broken:?}");
 }
+
+#[test]
+fn the_desktop_daemon_refuses_to_sleep_when_its_nic_would_not_wake_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Loopback can never wake a machine: the check refuses it whatever this
+    // host's NICs are, so this test can never suspend the machine it runs on.
+    let power = "sleep = \"system\"\ninterface = \"lo\"\nwait_secs = 2.0".to_owned();
+    let spec = OfficeSpec { power: Some(power), failover_secs: 600, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let socket = office.desktop_socket();
+    let socket = socket.to_str().unwrap();
+
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket]);
+    let refused = wait_for_power(&office, "no refusal in the status", |p| p["state"] == "refused");
+    let why = refused["refused"].as_str().unwrap();
+    assert!(why.contains("refusing to sleep") && why.contains("lo"), "{refused}");
+    assert_eq!(refused["sleeps"], 0, "{refused}");
+    let desktop_log = office.log("desktop");
+    assert!(desktop_log.contains("refusing to sleep this desktop"), "{desktop_log}");
+    let out = office.jettison(&["status", "--daemon", socket]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("power: refuses to sleep"), "{said}");
+
+    // Awake all along, the desktop serves the VM's pages without a wake.
+    let client = office.connect_client(PACE);
+    let read = client.command("readall", REPLY);
+    assert!(read.starts_with("readall "), "{read}");
+    office.jettison_json(&["reintegrate", VM, "--socket", socket]);
+    office.wait_until_home(REPLY, "the VM did not come home");
+    let after = wait_for_power(&office, "a refusal outlived the stay", |p| p["state"] == "not_sleeping");
+    assert_eq!(after["sleeps"], 0, "{after}");
+    let (_, broken) = client.finish();
+    assert!(broken.is_none(), "the client's connection broke: {broken:?}");
+}
