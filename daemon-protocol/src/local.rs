@@ -480,6 +480,31 @@ pub fn bind(socket: &Path) -> Result<UnixListener, LocalSocketError> {
 mod tests {
     use super::*;
 
+    /// A status from a daemon without `[power]` (or from before it) reads
+    /// as no power, and one with it round-trips.
+    #[test]
+    fn a_desktop_status_reads_with_and_without_power() {
+        let old =
+            r#"{"desktop":"desk1","server":"10.0.0.1:7400","server_reachable":true,"server_error":null,"vms":[]}"#;
+        let status: DesktopStatus = serde_json::from_str(old).expect("an old status");
+        assert_eq!(status.power, None);
+        assert!(!serde_json::to_string(&status).expect("serialises").contains("power"));
+        let power = DesktopPower {
+            state: DesktopPowerState::Asleep,
+            refused: None,
+            sleeps: 2,
+            wakes: 1,
+            asleep_secs: 30.5,
+            saved_joules: 1200.0,
+            saved_percent: 40.0,
+            ledger_dir: PathBuf::from("/var/lib/jettison/power"),
+        };
+        let with = DesktopStatus { power: Some(power), ..status };
+        let text = serde_json::to_string(&with).expect("serialises");
+        assert!(text.contains(r#""state":"asleep""#), "{text}");
+        assert_eq!(serde_json::from_str::<DesktopStatus>(&text).expect("reads back"), with);
+    }
+
     #[test]
     fn a_status_waits_out_a_short_hold_and_calls_a_long_one_moving() {
         let vm = std::sync::Arc::new(Mutex::new(7));
