@@ -203,6 +203,50 @@ pub struct DesktopStatus {
     pub server_error: Option<String>,
     /// Its VMs.
     pub vms: Vec<DesktopVmStatus>,
+    /// How it sleeps while its VMs are away; absent without `[power]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<DesktopPower>,
+}
+
+/// Where the desktop is in its sleep cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesktopPowerState {
+    /// No power session: a VM runs here, or none is away.
+    NotSleeping,
+    /// A session runs and the desktop is awake (waiting for t_w or serving).
+    Awake,
+    /// Going to sleep.
+    Suspending,
+    /// Asleep.
+    Asleep,
+    /// Waking up for a request.
+    Resuming,
+    /// It would sleep, but refused: see `refused`.
+    Refused,
+}
+
+/// The desktop's sleep, for `jettison status`: the current power session's
+/// figures, or the last one's once it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesktopPower {
+    /// Where it is now.
+    pub state: DesktopPowerState,
+    /// Why it refuses to sleep (its NIC would not wake it), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Times it fell asleep in the session.
+    pub sleeps: u64,
+    /// Times a request woke it in the session.
+    pub wakes: u64,
+    /// Seconds asleep in the session (the ledger, as of its last state change).
+    pub asleep_secs: f64,
+    /// Energy saved against staying idle, joules (the ledger).
+    pub saved_joules: f64,
+    /// The same as a percentage of staying idle.
+    pub saved_percent: f64,
+    /// The ledger's directory (`ledger.json`, `power.svg`).
+    pub ledger_dir: PathBuf,
 }
 
 /// The server daemon's status.
@@ -530,6 +574,31 @@ pub fn bind(socket: &Path, access: &SocketAccess) -> Result<UnixListener, LocalS
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status from a daemon without `[power]` (or from before it) reads
+    /// as no power, and one with it round-trips.
+    #[test]
+    fn a_desktop_status_reads_with_and_without_power() {
+        let old =
+            r#"{"desktop":"desk1","server":"10.0.0.1:7400","server_reachable":true,"server_error":null,"vms":[]}"#;
+        let status: DesktopStatus = serde_json::from_str(old).expect("an old status");
+        assert_eq!(status.power, None);
+        assert!(!serde_json::to_string(&status).expect("serialises").contains("power"));
+        let power = DesktopPower {
+            state: DesktopPowerState::Asleep,
+            refused: None,
+            sleeps: 2,
+            wakes: 1,
+            asleep_secs: 30.5,
+            saved_joules: 1200.0,
+            saved_percent: 40.0,
+            ledger_dir: PathBuf::from("/var/lib/jettison/power"),
+        };
+        let with = DesktopStatus { power: Some(power), ..status };
+        let text = serde_json::to_string(&with).expect("serialises");
+        assert!(text.contains(r#""state":"asleep""#), "{text}");
+        assert_eq!(serde_json::from_str::<DesktopStatus>(&text).expect("reads back"), with);
+    }
 
     #[test]
     fn a_status_waits_out_a_short_hold_and_calls_a_long_one_moving() {

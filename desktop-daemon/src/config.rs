@@ -20,6 +20,9 @@
 //! group_may_move = true               # ...and move VMs, not only look (the default)
 //! metrics_listen = "127.0.0.1:9464"   # Prometheus metrics on GET /metrics (omit: none)
 //!
+//! [power]                             # sleep while the VMs are away (omit: never); see power_config
+//! policy = "adaptive"
+//!
 //! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
 //!
@@ -48,6 +51,7 @@ use qemu_driver::{Accel, AccelChoice, DiskFormat, IdleThresholds, QemuUser};
 use serde::Deserialize;
 
 use crate::error::DesktopError;
+use crate::power_config::PowerConfig;
 
 /// The CPU model under KVM when the file names none: Nehalem is
 /// x86-64-v2, which every x86-64 desktop and server of the last fifteen
@@ -135,6 +139,9 @@ pub struct DesktopConfig {
     /// When a VM counts as idle.
     #[serde(default)]
     pub idle: IdleThresholds,
+    /// How the desktop sleeps while its VMs are consolidated; none: it never sleeps.
+    #[serde(default)]
+    pub power: Option<PowerConfig>,
     /// The VMs.
     #[serde(rename = "vm")]
     pub vms: Vec<VmDefinition>,
@@ -262,6 +269,9 @@ impl DesktopConfig {
         }
         if let Some(user) = &self.qemu_user {
             qemu_user(user)?;
+        }
+        if let Some(power) = &self.power {
+            power.check(self.mac)?;
         }
         if let Some(group) = &self.viewer_group {
             match nix::unistd::Group::from_name(group) {

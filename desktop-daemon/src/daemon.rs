@@ -28,6 +28,7 @@ use crate::consolidate::{ask, consolidate, Context};
 use crate::error::DesktopError;
 use crate::local_vm::{now_secs, LocalVm, Placement};
 use crate::metrics::DesktopMetrics;
+use crate::power_slot::PowerSlot;
 use crate::reintegrate::{finish_pending, reintegrate, Checkpoint, ReturnFrom};
 
 /// How often the VMs' CPU and I/O are sampled.
@@ -49,6 +50,8 @@ pub struct DesktopDaemon {
     vms: BTreeMap<VmName, Vm>,
     /// Moves counted for the metrics endpoint.
     metrics: DesktopMetrics,
+    /// The desktop's sleep while nothing runs here (`[power]`).
+    power: PowerSlot,
 }
 
 impl DesktopDaemon {
@@ -85,7 +88,8 @@ impl DesktopDaemon {
             vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
         }
         let metrics = DesktopMetrics::new(vms.keys());
-        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms, metrics }))
+        let power = PowerSlot::new(&config);
+        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms, metrics, power }))
     }
 
     /// This host's key and enrolled servers (shared with its memserv and
@@ -144,6 +148,7 @@ impl DesktopDaemon {
             let bound = metrics_endpoint::spawn(addr, move || me.metrics_page()).map_err(DesktopError::Metrics)?;
             tracing::info!(%bound, "metrics on GET /metrics");
         }
+        self.follow_power();
         let me = Arc::clone(&self);
         std::thread::spawn(move || local::serve(socket, access, move |request, send| me.local_request(request, send)));
         let me = Arc::clone(&self);
@@ -164,8 +169,27 @@ impl DesktopDaemon {
         Ok(())
     }
 
+    /// Starts the power session when nothing runs here and a VM is on the
+    /// server, stops it otherwise.
+    fn follow_power(&self) {
+        let (mut away, mut running) = (false, false);
+        for vm in self.vms.values() {
+            let vm = lock(vm);
+            running |= vm.is_running();
+            away |= matches!(vm.placement(), Placement::Server { .. });
+        }
+        // No VM lock is held here: stopping a session joins its threads.
+        self.power.follow(away && !running);
+    }
+
     /// A request from the `jettison` command.
     fn local_request(&self, request: LocalRequest, send: &mut dyn FnMut(LocalReply)) -> Result<Report, Refusal> {
+        let moves =
+            !matches!(request, LocalRequest::Status | LocalRequest::View { .. } | LocalRequest::Screenshot { .. });
+        if matches!(request, LocalRequest::Reintegrate { .. } | LocalRequest::Start { .. }) {
+            // A VM is about to run here: the desktop stays awake from now.
+            self.power.stop();
+        }
         let done = match request {
             LocalRequest::Status => Ok(Report::DesktopStatus(self.status())),
             LocalRequest::Consolidate { vm, force } => self.vm(&vm).and_then(|vm| {
@@ -197,6 +221,9 @@ impl DesktopDaemon {
                 self.vm(&vm).and_then(|vm| lock(vm).screenshot(png)).map(|file| Report::Screenshot { file })
             }
         };
+        if moves {
+            self.follow_power();
+        }
         done.map_err(|e| Refusal { kind: e.failure_kind(), message: wire::chain(&e) })
     }
 
@@ -293,14 +320,21 @@ impl DesktopDaemon {
 
     /// The metrics page: each VM's moves, and where it is now.
     fn metrics_page(&self) -> String {
-        self.metrics.page(|name| {
+        let on_server = |name: &VmName| {
             let vm = local::lock_for_status(self.vms.get(name)?)?;
             Some(matches!(vm.placement(), Placement::Server { .. }))
-        })
+        };
+        self.metrics.page(on_server, self.power.status())
     }
 
     /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.
     fn bring_home(&self, name: &VmName, why: &str) {
+        self.power.stop();
+        self.bring_home_awake(name, why);
+        self.follow_power();
+    }
+
+    fn bring_home_awake(&self, name: &VmName, why: &str) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
         if !matches!(vm.placement(), Placement::Server { .. }) {
@@ -329,6 +363,12 @@ impl DesktopDaemon {
         let mut unreachable_since: Option<Instant> = None;
         loop {
             std::thread::sleep(HEARTBEAT_EVERY);
+            if self.power.asleep() {
+                // Asleep, the desktop reaches nobody, as a real S3 would
+                // not run this loop at all: that is no failure of the server.
+                unreachable_since = None;
+                continue;
+            }
             let away: Vec<VmName> = self
                 .vms
                 .iter()
@@ -394,6 +434,12 @@ impl DesktopDaemon {
     /// work after that checkpoint is lost), else from the desktop's own
     /// checkpoint of consolidation.
     fn fail_over(&self, name: &VmName, why: &str, answers: bool) {
+        self.power.stop();
+        self.fail_over_awake(name, why, answers);
+        self.follow_power();
+    }
+
+    fn fail_over_awake(&self, name: &VmName, why: &str, answers: bool) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
         let Placement::Server { since } = *vm.placement() else { return };
@@ -438,6 +484,7 @@ impl DesktopDaemon {
     /// (`jettison save-all`, run by the jettison-desktop-save unit). A VM
     /// on the server stays there.
     pub fn shutdown(&self) {
+        self.power.stop();
         for vm in self.vms.values() {
             lock(vm).leave_running();
         }
@@ -470,6 +517,7 @@ impl DesktopDaemon {
             server_reachable: hosted.is_ok(),
             server_error: hosted.err().map(|e| wire::chain(&e)),
             vms,
+            power: self.power.status(),
         }
     }
 }

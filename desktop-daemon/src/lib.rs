@@ -8,6 +8,8 @@
 //! ([`reintegrate`]): the server's descriptor and dirty pages and blocks,
 //! staged and applied only once all have arrived. If the server loses it,
 //! the desktop resumes it from the checkpoint ([`daemon`]'s heartbeat).
+//! While none of its VMs runs here, the desktop sleeps between the server's
+//! requests ([`power_session`], set up by `[power]`, [`power_config`]).
 #![warn(missing_docs)]
 
 pub mod config;
@@ -16,6 +18,10 @@ pub mod daemon;
 mod error;
 pub mod local_vm;
 mod metrics;
+pub mod microsleep;
+pub mod power_config;
+pub mod power_session;
+mod power_slot;
 pub mod reintegrate;
 
 pub use config::DesktopConfig;

@@ -4,15 +4,15 @@
 //!
 //! Counted since the daemon started. The pages and blocks the server
 //! fetches while a VM is there are counted by the server daemon
-//! (`jettison_vm_pages_fetched_total`), which sees every fetch; the
-//! desktop's sleeps and the energy they save are kept by `jettison power`
-//! (its ledger), which runs beside this daemon, and are not here.
+//! (`jettison_vm_pages_fetched_total`), which sees every fetch. The
+//! desktop's own sleep (`[power]`) is given as gauges of the current stay
+//! on the server, or the last one: its ledger starts again at each stay.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use daemon_protocol::local::{ConsolidateReport, ReintegrateReport};
+use daemon_protocol::local::{ConsolidateReport, DesktopPower, DesktopPowerState, ReintegrateReport};
 use identifiers::VmName;
 use metrics_endpoint::{Exposition, Histogram, Kind, MOVE_SECONDS_BOUNDS};
 
@@ -74,8 +74,9 @@ impl DesktopMetrics {
     }
 
     /// The page for a scrape; `on_server` says where each VM is now
-    /// (`None`: moving, left out).
-    pub(crate) fn page(&self, on_server: impl Fn(&VmName) -> Option<bool>) -> String {
+    /// (`None`: moving, left out); `sleep` is the desktop's sleep, if it
+    /// has a `[power]` section.
+    pub(crate) fn page(&self, on_server: impl Fn(&VmName) -> Option<bool>, sleep: Option<DesktopPower>) -> String {
         let mut page = Exposition::new();
         let histograms: [Family<Histogram>; 2] = [
             (
@@ -123,6 +124,36 @@ impl DesktopMetrics {
         for vm in self.vms.keys() {
             if let Some(away) = on_server(vm) {
                 page.sample(&[("vm", vm.as_str())], f64::from(u8::from(away)));
+            }
+        }
+        if let Some(sleep) = sleep {
+            let asleep = matches!(sleep.state, DesktopPowerState::Suspending | DesktopPowerState::Asleep);
+            let gauges: [(&str, &str, f64); 5] = [
+                (
+                    "jettison_desktop_asleep",
+                    "1 while the desktop is suspending or asleep, else 0.",
+                    f64::from(u8::from(asleep)),
+                ),
+                (
+                    "jettison_desktop_sleeps",
+                    "Times the desktop fell asleep in the current (or last) stay of its VMs on the server.",
+                    sleep.sleeps as f64,
+                ),
+                ("jettison_desktop_wakes", "Times a request woke the desktop in that stay.", sleep.wakes as f64),
+                (
+                    "jettison_desktop_asleep_seconds",
+                    "Seconds asleep in that stay (its ledger, as of its last state change).",
+                    sleep.asleep_secs,
+                ),
+                (
+                    "jettison_desktop_saved_joules",
+                    "Energy saved in that stay against staying idle, joules (its ledger).",
+                    sleep.saved_joules,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                page.family(name, Kind::Gauge, help);
+                page.sample(&[], value);
             }
         }
         page.into_text()

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use daemon_protocol::local::{call, LocalRequest, Report};
+use daemon_protocol::local::{call, DesktopPower, DesktopPowerState, LocalRequest, Report};
 use power::{LedgerFiles, CHART_FILE, LEDGER_FILE};
 
 use crate::failure::NoDaemon;
@@ -155,6 +155,9 @@ fn print_document(document: &StatusDocument) {
             println!("{name}: last failure: {error}");
         }
     }
+    if let Some(sleep) = &document.sleep {
+        println!("{}", desktop_power_line(sleep));
+    }
     if let Some(power) = &document.power {
         println!(
             "power: {:.0} s consolidated over {} consolidations, {} wakes, {:.1} kJ used against {:.1} kJ idle: \
@@ -210,4 +213,26 @@ fn hosted_line(s: &OnServer) -> String {
 /// MiB with the precision a person reads.
 fn mib_text(mib: f64) -> String {
     format!("{mib:.1} MiB")
+}
+
+/// The desktop's own sleep in one line (`[power]` in its configuration).
+fn desktop_power_line(power: &DesktopPower) -> String {
+    let state = match power.state {
+        DesktopPowerState::NotSleeping => "awake (a VM runs here, or none is away)",
+        DesktopPowerState::Awake => "awake between requests",
+        DesktopPowerState::Suspending => "suspending",
+        DesktopPowerState::Asleep => "asleep",
+        DesktopPowerState::Resuming => "resuming",
+        DesktopPowerState::Refused => "refuses to sleep",
+    };
+    let refused = power.refused.as_ref().map(|why| format!(": {why}")).unwrap_or_default();
+    format!(
+        "power: {state}{refused}; {} sleeps, {} wakes, {:.1} min asleep, {:.1} kJ saved ({:.1}%) (ledger in {})",
+        power.sleeps,
+        power.wakes,
+        power.asleep_secs / 60.0,
+        power.saved_joules / 1000.0,
+        power.saved_percent,
+        power.ledger_dir.display()
+    )
 }

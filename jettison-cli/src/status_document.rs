@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use daemon_protocol::local::{DesktopStatus, ServerStatus, VmLocation};
+use daemon_protocol::local::{DesktopPower, DesktopStatus, ServerStatus, VmLocation};
 use daemon_protocol::{HostedState, HostedStatus};
 use power::LedgerSummary;
 
@@ -35,6 +35,9 @@ pub struct StatusDocument {
     pub vms: Vec<VmStatus>,
     /// The desktop's energy (`--power`), if asked.
     pub power: Option<PowerStatus>,
+    /// The desktop daemon's own sleep while its VMs are away (`[power]` in
+    /// desktop.toml); none elsewhere or without that section.
+    pub sleep: Option<DesktopPower>,
 }
 
 /// Who answered.
@@ -206,6 +209,7 @@ impl StatusDocument {
             }),
             vms,
             power: None,
+            sleep: status.power.clone(),
         }
     }
 
@@ -231,6 +235,7 @@ impl StatusDocument {
             server: None,
             vms,
             power: None,
+            sleep: None,
         }
     }
 
@@ -279,6 +284,7 @@ impl StatusDocument {
             server: None,
             vms,
             power: None,
+            sleep: None,
         }
     }
 

@@ -398,6 +398,9 @@ fn the_desktop_daemon_refuses_each_kind_of_configuration_mistake_at_start() {
         (vm.replace("memory_mib = 256", "memory_mib = 256\nvcpus = 999"), "vcpus = 999: write 1 to 256"),
         (format!("cpu_model = \"NoSuchCPU\"\n{vm}"), "not a CPU model this QEMU knows"),
         (vm.replace("memory_mib = 256", "memory_mib = 256\nfirmware = \"kernel\""), "names no kernel"),
+        (format!("{vm}[power]\n"), "add mac = \"...\" (this desktop's NIC)"),
+        (format!("mac = \"02:00:00:00:00:02\"\n{vm}[power]\nwait_secs = -1.0\n"), "[power] wait_secs = -1"),
+        (format!("mac = \"02:00:00:00:00:02\"\n{vm}[power]\nsleep = \"emulated-s3\"\n"), "needs interface"),
     ];
     for (i, (vm_text, expected)) in cases.iter().enumerate() {
         let config = dir.path().join(format!("desktop-{i}.toml"));

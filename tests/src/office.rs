@@ -40,6 +40,10 @@ pub const CLIENT_CIDR: &str = "10.77.0.3/24";
 pub const VM_SERVICE: &str = "10.77.0.50:7000";
 /// The VM's MAC on both hosts.
 pub const VM_MAC: &str = "02:4a:54:00:00:50";
+/// The desktop's own MAC, which the server wakes it by (with `power`).
+pub const DESKTOP_MAC: &str = "02:4a:57:00:00:02";
+/// The desktop's interface on the LAN and its address (see the diagram).
+pub const DESKTOP_LAN: (&str, &str) = ("br0", DESKTOP_CIDR);
 /// The VM's name.
 pub const VM: &str = "vm1";
 /// The desktop's name (the server keeps its VMs under it).
@@ -91,6 +95,10 @@ pub struct OfficeSpec {
     /// Whether the VM has a screen and USB input (the default, as in
     /// `desktop.toml`); `false`: headless.
     pub display: bool,
+    /// The keys of the desktop's `[power]` section, if it sleeps while its
+    /// VM is away; the desktop's `mac` ([`DESKTOP_MAC`]) and the server's
+    /// `wake_broadcast` come with it.
+    pub power: Option<String>,
 }
 
 /// A VM that boots from its own disk (`scripts/guest-image --disk`):
@@ -116,6 +124,7 @@ impl Default for OfficeSpec {
             checkpoint_every_secs: None,
             boot_disk: None,
             display: true,
+            power: None,
         }
     }
 }
@@ -200,6 +209,13 @@ impl Office {
         if let Some(every) = spec.checkpoint_every_secs {
             rate.push_str(&format!("checkpoint_every_secs = {every}\n"));
         }
+        let (mac, power) = match &spec.power {
+            Some(keys) => {
+                rate.push_str(&format!("wake_broadcast = \"{}\"\n", crate::netns::office::BROADCAST));
+                (format!("mac = \"{DESKTOP_MAC}\"\n"), format!("\n[power]\n{keys}\n"))
+            }
+            None => (String::new(), String::new()),
+        };
         write(
             &dir.join("server.toml"),
             &format!(
@@ -219,8 +235,8 @@ impl Office {
                 "name = \"{DESKTOP}\"\nhost_key = \"{d}/desktop/host.key\"\npeers = \"{d}/desktop/peers\"\nserver = \"10.77.0.1:7400\"\n\
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n\n\
-                 [idle]\nmax_cpu_percent = 50.0\n\n[[vm]]\n\
+                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}\n\
+                 [idle]\nmax_cpu_percent = 50.0\n{power}\n[[vm]]\n\
                  name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
                  memserv_port = 7410\ndiskserv_port = 7411\n",
                 spec.failover_secs,
