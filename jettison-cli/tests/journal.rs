@@ -98,24 +98,8 @@ fn under_systemd_the_server_logs_structured_fields_to_the_journal() {
     }
     let journal = FakeJournal::bind();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
     let jettison = env!("CARGO_BIN_EXE_jettison");
-    assert!(Command::new(jettison)
-        .args(["pair", "--key"])
-        .arg(dir.path().join("host.key"))
-        .status()
-        .unwrap()
-        .success());
-    std::fs::create_dir(dir.path().join("peers")).unwrap();
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "name = \"server\"\nlisten = \"127.0.0.1:0\"\nhost_key = \"{d}/host.key\"\npeers = \"{d}/peers\"\nstate_dir = \"{d}/state\"\n\
-             run_dir = \"{d}/run\"\nbridge = \"br0\"\naccel = \"tcg\"\ncapacity_mib = 1234\nsocket_group = \"\"\n"
-        ),
-    )
-    .unwrap();
+    let config = tests::standalone_server_config(dir.path(), 1234, "socket_group = \"\"\n");
     // stderr is a file whose device and inode JOURNAL_STREAM names, as
     // systemd names the stream it connects.
     let stderr_path = dir.path().join("stderr");

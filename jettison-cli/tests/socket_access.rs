@@ -106,20 +106,7 @@ fn a_member_of_the_socket_group_gets_status_and_an_outsider_is_refused() {
     }
     let group = ThrowawayGroup::new("status");
     let dir = open_dir();
-    let d = dir.path().display();
-    let key = dir.path().join("host.key");
-    assert!(Command::new(env!("CARGO_BIN_EXE_jettison")).args(["pair", "--key"]).arg(&key).status().unwrap().success());
-    std::fs::create_dir(dir.path().join("peers")).unwrap();
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "name = \"server\"\nlisten = \"127.0.0.1:0\"\nhost_key = \"{d}/host.key\"\npeers = \"{d}/peers\"\nstate_dir = \"{d}/state\"\n\
-             run_dir = \"{d}/run\"\nbridge = \"br0\"\naccel = \"tcg\"\ncapacity_mib = 1024\nsocket_group = \"{}\"\n",
-            group.name
-        ),
-    )
-    .unwrap();
+    let config = tests::standalone_server_config(dir.path(), 1024, &format!("socket_group = \"{}\"\n", group.name));
     let log = dir.path().join("server.log");
     let mut daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_jettison"))

@@ -452,3 +452,21 @@ pub fn check_status_schema(document: &serde_json::Value, definition: Option<&str
         panic!("the document does not match {at}:\n{e}\n{document:#}");
     }
 }
+
+/// A server configuration file in `dir` for a server daemon alone on
+/// loopback (no bridge, no VM will run): its own key and an empty peers
+/// directory beside it, `capacity_mib` and the lines `extra` (each ending
+/// in a newline). Returns the file's path.
+pub fn standalone_server_config(dir: &Path, capacity_mib: u64, extra: &str) -> PathBuf {
+    wire::HostKey::generate().save(&dir.join("host.key")).expect("a key file in a fresh directory");
+    std::fs::create_dir(dir.join("peers")).expect("a peers directory in a fresh directory");
+    let d = dir.display();
+    let config = dir.join("server.toml");
+    let text = format!(
+        "name = \"server\"\nlisten = \"127.0.0.1:0\"\nhost_key = \"{d}/host.key\"\npeers = \"{d}/peers\"\n\
+         state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\nbridge = \"br0\"\naccel = \"tcg\"\n\
+         capacity_mib = {capacity_mib}\n{extra}"
+    );
+    std::fs::write(&config, text).expect("the configuration can be written");
+    config
+}
