@@ -45,7 +45,7 @@ mod waker;
 pub use emulated_s3::{EmulatedS3, S3Config, S3State, S3Stats};
 pub use error::WakeError;
 pub use magic::{Mac, MagicKind};
-pub use packet_socket::PacketSocket;
 pub use nic::{check_wakes_on_magic_packet, NicWakeError};
+pub use packet_socket::PacketSocket;
 pub use registry::Registry;
 pub use waker::{DesktopStatus, DesktopWaker, WakeOutcome, WakeState, WakeStats, WakeTarget};
