@@ -448,16 +448,13 @@ impl LocalVm {
             return Ok(());
         }
         // Each authenticated request is published on a local event socket,
-        // which `jettison power` follows to sleep between requests.
+        // which the power session follows to sleep between requests.
         let config = |port, service| ServeConfig {
             listen: std::net::SocketAddr::new(ip, port),
             credentials: Arc::clone(credentials),
             service,
             export: self.config.name.to_string(),
-            events: Some(self.run_dir.join(match service {
-                Service::Memory => "memserv.events",
-                Service::Disk => "diskserv.events",
-            })),
+            events: Some(events_socket(&self.run_dir, service)),
         };
         let memory = memserv::bind(&self.ram_file(), config(self.config.memserv_port, Service::Memory))
             .map_err(|source| DesktopError::Memserv { vm: self.name().clone(), source: Box::new(source) })?;
@@ -605,6 +602,16 @@ impl LocalVm {
     pub fn window(&self) -> &VmLoadWindow {
         &self.window
     }
+}
+
+/// The event socket on which the VM's `service` (memserv or diskserv)
+/// publishes each authenticated request while the VM is on the server, in
+/// the VM's run directory `vm_run_dir`.
+pub(crate) fn events_socket(vm_run_dir: &Path, service: Service) -> PathBuf {
+    vm_run_dir.join(match service {
+        Service::Memory => "memserv.events",
+        Service::Disk => "diskserv.events",
+    })
 }
 
 /// Gives `path` to group `gid` with permissions `mode`.

@@ -8,8 +8,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use daemon_protocol::local::{DesktopPower, DesktopPowerState};
 use power::LedgerFiles;
+use wire::Service;
 
 use crate::config::DesktopConfig;
+use crate::local_vm::events_socket;
 use crate::microsleep::{self, MicrosleepError};
 use crate::power_config::{PowerConfig, SleepChoice};
 use crate::power_session::{
@@ -29,7 +31,6 @@ struct Inner {
 /// The daemon's power session slot; inert without `[power]`.
 #[derive(Debug)]
 pub(crate) struct PowerSlot {
-    config: Option<PowerConfig>,
     desktop: DesktopConfig,
     inner: Mutex<Inner>,
 }
@@ -37,7 +38,7 @@ pub(crate) struct PowerSlot {
 impl PowerSlot {
     /// The slot for `desktop`'s `[power]`.
     pub(crate) fn new(desktop: &DesktopConfig) -> PowerSlot {
-        PowerSlot { config: desktop.power.clone(), desktop: desktop.clone(), inner: Mutex::default() }
+        PowerSlot { desktop: desktop.clone(), inner: Mutex::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -47,7 +48,7 @@ impl PowerSlot {
     /// Starts a session if `idle` (nothing runs here, a VM is away) and
     /// none runs; stops the running one if not `idle`.
     pub(crate) fn follow(&self, idle: bool) {
-        let Some(config) = &self.config else { return };
+        let Some(config) = &self.desktop.power else { return };
         let mut inner = self.lock();
         if !idle {
             // A refusal is news only while the desktop would sleep.
@@ -97,7 +98,7 @@ impl PowerSlot {
 
     /// The power part of `jettison status`; none without `[power]`.
     pub(crate) fn status(&self) -> Option<DesktopPower> {
-        let config = self.config.as_ref()?;
+        let config = self.desktop.power.as_ref()?;
         let inner = self.lock();
         let (state, progress) = match (&inner.session, &inner.refused) {
             (Some(session), _) => {
@@ -155,7 +156,7 @@ impl PowerSlot {
             .iter()
             .flat_map(|vm| {
                 let dir = self.desktop.run_dir.join(vm.name.as_str());
-                [dir.join("memserv.events"), dir.join("diskserv.events")]
+                [Service::Memory, Service::Disk].map(|service| events_socket(&dir, service))
             })
             .collect();
         Ok(SessionSettings {
