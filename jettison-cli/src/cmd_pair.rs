@@ -23,7 +23,7 @@ pub struct Args {
 /// Makes this host's key if it has none, and prints its public key (alone
 /// on stdout, for scripts) with what to do with it (on stderr).
 pub fn run(args: Args) -> CmdResult {
-    let made = match HostKey::load(&args.key) {
+    let (key, new) = match HostKey::load(&args.key) {
         Ok(key) => (key, false),
         Err(WireError::KeyFile { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             let key = HostKey::generate();
@@ -32,7 +32,6 @@ pub fn run(args: Args) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
-    let (key, new) = made;
     let public = key.public();
     println!("{public}");
     eprintln!(
