@@ -80,8 +80,9 @@ pub enum LocalRequest {
         /// The VM.
         vm: VmName,
     },
-    /// Save every running VM to its checkpoint and end its QEMU (a host
-    /// shutdown); the daemon resumes them when it next starts.
+    /// A host shutdown. On a desktop: save every running VM to its
+    /// checkpoint and end its QEMU; the daemon resumes them when it next
+    /// starts. On the server: send every hosted VM home.
     SaveAll,
     /// Where to look at a VM's screen.
     View {
@@ -282,6 +283,15 @@ pub enum Report {
         /// The VMs.
         vms: Vec<VmName>,
     },
+    /// To `SaveAll`, from the server daemon: the VMs (`desktop/vm`) sent
+    /// home, and those that did not go (their desktops resume them from
+    /// their checkpoints).
+    SentHome {
+        /// Gone home.
+        home: Vec<String>,
+        /// Still here.
+        stayed: Vec<String>,
+    },
     /// To `View`.
     View(ViewTarget),
     /// To `Screenshot`: the file written, readable by the socket's users.
@@ -301,6 +311,7 @@ impl Report {
             Report::ServerStatus(_) => "server status",
             Report::VmState { .. } => "VM state",
             Report::Saved { .. } => "list of saved VMs",
+            Report::SentHome { .. } => "list of VMs sent home",
             Report::View(_) => "viewer address",
             Report::Screenshot { .. } => "screenshot",
         }

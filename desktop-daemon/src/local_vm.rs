@@ -491,7 +491,7 @@ impl LocalVm {
     /// daemon takes it over ([`LocalVm::attach`]).
     pub fn leave_running(&mut self) {
         self.serving = None;
-        if let Some(Running { qemu, tap, .. }) = self.running.take() {
+        if let Some(Running { mut qemu, tap, .. }) = self.running.take() {
             tap.keep();
             qemu.leave_running();
         }

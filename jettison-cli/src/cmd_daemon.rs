@@ -42,10 +42,6 @@ pub fn run_desktop(args: DesktopArgs) -> CmdResult {
     Ok(())
 }
 
-/// How long a stopping server waits for its VMs to go home (within the
-/// unit's TimeoutStopSec).
-const SERVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(90);
-
 /// Runs the server daemon.
 pub fn run_server(args: ServerArgs) -> CmdResult {
     let path = args.config.clone();
@@ -58,7 +54,7 @@ pub fn run_server(args: ServerArgs) -> CmdResult {
     let _ = credentials.set(daemon.credentials());
     run_until_signal(Arc::clone(&daemon), |d| d.run(|| notify_service_manager("READY=1")), wait_for_signal)?;
     notify_service_manager("STOPPING=1");
-    daemon.shutdown(SERVER_DRAIN);
+    daemon.shutdown();
     Ok(())
 }
 
@@ -66,8 +62,8 @@ pub fn run_server(args: ServerArgs) -> CmdResult {
 /// key enrolled or removed applies to the next connection), and the
 /// configuration file is checked, with the log saying that a restart
 /// applies it. No other setting changes in the running daemon: they shape
-/// VMs that are running, and a restart costs them nothing (QEMU outlives the
-/// desktop daemon; a server sends its VMs home first).
+/// VMs that are running, and a restart costs them nothing (QEMU, and on the
+/// server each VM's storage process, outlive the daemon).
 fn report_reload(path: &std::path::Path, checked: Result<(), String>, credentials: Option<&Arc<wire::Credentials>>) {
     match credentials.map(|c| c.reload_peers()) {
         Some(Ok(count)) => tracing::info!(

@@ -134,7 +134,9 @@ pub fn destroy(args: VmArgs) -> CmdResult {
     vm_state(&args.daemon.socket, LocalRequest::Destroy { vm: args.vm })
 }
 
-/// `jettison save-all`: what a host shutdown runs before the daemon stops.
+/// `jettison save-all`: what a host shutdown runs before the daemon stops
+/// (on a desktop, the VMs saved to their checkpoints; on the server, sent
+/// home).
 pub fn save_all(args: Daemon) -> CmdResult {
     match call(&args.socket, &LocalRequest::SaveAll, |_| {})? {
         Report::Saved { vms } if vms.is_empty() => println!("no VM was running here"),
@@ -142,7 +144,18 @@ pub fn save_all(args: Daemon) -> CmdResult {
             let names: Vec<&str> = vms.iter().map(VmName::as_str).collect();
             println!("saved to their checkpoints: {}", names.join(", "));
         }
-        other => return Err(format!("the desktop daemon answered with a {}", other.kind()).into()),
+        Report::SentHome { home, stayed } => {
+            if home.is_empty() && stayed.is_empty() {
+                println!("no VM was running here");
+            }
+            if !home.is_empty() {
+                println!("sent home: {}", home.join(", "));
+            }
+            if !stayed.is_empty() {
+                println!("did not go home (their desktops resume them from their checkpoints): {}", stayed.join(", "));
+            }
+        }
+        other => return Err(format!("the daemon answered with a {}", other.kind()).into()),
     }
     Ok(())
 }

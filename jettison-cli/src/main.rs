@@ -58,7 +58,7 @@ enum Command {
     Shutdown(cmd_vm::ShutdownArgs),
     /// Desktop: end a VM at once, as pulling the plug.
     Destroy(cmd_vm::VmArgs),
-    /// Desktop: save every running VM to its checkpoint (run at host shutdown); resumed at the next start.
+    /// Host shutdown: on a desktop, save every running VM to its checkpoint (resumed at the next start); with the server's --socket, send every hosted VM home.
     SaveAll(cmd_vm::Daemon),
     /// Desktop: the VM's serial console, interactive (Ctrl-] leaves).
     Console(cmd_vm::ConsoleArgs),
@@ -96,6 +96,17 @@ enum Command {
     /// Write the manual pages (jettison.1, jettison-consolidate.1, ...) into a directory.
     #[command(hide = true)]
     Man(cmd_man::Args),
+    /// Server: one hosted VM's memtap and cownetdisk, run by the server daemon (not by hand).
+    #[command(name = "vm-storage", hide = true)]
+    VmStorage(VmStorageArgs),
+}
+
+/// Arguments of `jettison vm-storage`.
+#[derive(Debug, clap::Args)]
+struct VmStorageArgs {
+    /// The spec the server daemon wrote.
+    #[arg(long)]
+    spec: std::path::PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +149,9 @@ fn main() -> ExitCode {
         Command::Power(args) => cmd_power::run(args),
         Command::Completions(args) => cmd_completions::run(args),
         Command::Man(args) => cmd_man::run(args),
+        Command::VmStorage(args) => {
+            server_daemon::storage::run(&args.spec).map_err(|e| -> Box<dyn std::error::Error> { e })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -120,7 +120,13 @@ impl QemuProcess {
     /// its pid file names a live QEMU: adopted, to be driven through QMP.
     /// `None` when there is none (never started, powered off, crashed).
     pub fn attach(spec: &VmSpec) -> Option<QemuProcess> {
-        let pid: u32 = fs::read_to_string(spec.pid_file()).ok()?.trim().parse().ok()?;
+        QemuProcess::attach_in(spec.run_dir())
+    }
+
+    /// [`QemuProcess::attach`] for the QEMU whose [run
+    /// directory](VmSpec::run_dir) is `run_dir`.
+    pub fn attach_in(run_dir: &Path) -> Option<QemuProcess> {
+        let pid: u32 = fs::read_to_string(VmSpec::pid_file_in(run_dir)).ok()?.trim().parse().ok()?;
         // QEMU by its command line, which anyone may read: its `exe` link
         // could not be read without CAP_SYS_PTRACE once QEMU runs as
         // another user (a change of uid makes a process non-dumpable), and
@@ -132,7 +138,7 @@ impl QemuProcess {
             return None;
         }
         // The same VM: its command line names our QMP socket.
-        let socket = spec.qmp_socket();
+        let socket = VmSpec::qmp_socket_in(run_dir);
         let needle = socket.as_os_str().as_encoded_bytes();
         if !cmdline.windows(needle.len()).any(|w| w == needle) {
             return None;
@@ -140,17 +146,34 @@ impl QemuProcess {
         Some(QemuProcess {
             owner: Owner::Adopted(pid),
             qmp_socket: socket,
-            serial: SerialLog::new(spec.serial_log()),
-            output_log: spec.output_log(),
+            serial: SerialLog::new(VmSpec::serial_log_in(run_dir)),
+            output_log: VmSpec::output_log_in(run_dir),
         })
     }
 
     /// Lets QEMU run on after this handle is gone: for a daemon that stops
     /// while its VMs keep running. A later [`QemuProcess::attach`] adopts it.
-    pub fn leave_running(mut self) {
+    pub fn leave_running(&mut self) {
         if let Owner::Child(child) = std::mem::replace(&mut self.owner, Owner::Released) {
             // Not reaped by us: when we exit, init adopts and reaps it.
             drop(child);
+        }
+    }
+
+    /// Kills QEMU (SIGKILL), and reaps it if we started it; what dropping
+    /// the handle does.
+    pub fn kill(&mut self) {
+        match std::mem::replace(&mut self.owner, Owner::Released) {
+            Owner::Child(mut child) => {
+                // Both fail only if QEMU is already gone and reaped; nothing to do then.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Owner::Adopted(pid) => {
+                // SAFETY: kill(2) with a pid we checked was QEMU's; no memory involved.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            Owner::Released => {}
         }
     }
 
@@ -250,18 +273,7 @@ impl QemuProcess {
 
 impl Drop for QemuProcess {
     fn drop(&mut self) {
-        match &mut self.owner {
-            Owner::Child(child) => {
-                // Both fail only if QEMU is already gone and reaped; nothing to do then.
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            Owner::Adopted(pid) => {
-                // SAFETY: kill(2) with a pid we checked was QEMU's; no memory involved.
-                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
-            }
-            Owner::Released => {}
-        }
+        self.kill();
     }
 }
 

@@ -281,7 +281,11 @@ impl VmSpec {
 
     /// The QMP socket QEMU will listen on.
     pub fn qmp_socket(&self) -> PathBuf {
-        self.run_dir.join("qmp.sock")
+        VmSpec::qmp_socket_in(&self.run_dir)
+    }
+
+    pub(crate) fn qmp_socket_in(run_dir: &Path) -> PathBuf {
+        run_dir.join("qmp.sock")
     }
 
     /// The socket of the guest agent's channel (see [`crate::GuestAgent`]).
@@ -299,17 +303,29 @@ impl VmSpec {
     /// QEMU first moves the previous run's log to `serial.log.1` (and so on,
     /// see [`crate::SerialLog::rotate`]).
     pub fn serial_log(&self) -> PathBuf {
-        self.run_dir.join("serial.log")
+        VmSpec::serial_log_in(&self.run_dir)
+    }
+
+    pub(crate) fn serial_log_in(run_dir: &Path) -> PathBuf {
+        run_dir.join("serial.log")
     }
 
     /// The file QEMU writes its process id to (how a restarted daemon finds it).
     pub fn pid_file(&self) -> PathBuf {
-        self.run_dir.join("qemu.pid")
+        VmSpec::pid_file_in(&self.run_dir)
+    }
+
+    pub(crate) fn pid_file_in(run_dir: &Path) -> PathBuf {
+        run_dir.join("qemu.pid")
     }
 
     /// The file QEMU's own stdout and stderr go to.
     pub fn output_log(&self) -> PathBuf {
-        self.run_dir.join("qemu.log")
+        VmSpec::output_log_in(&self.run_dir)
+    }
+
+    pub(crate) fn output_log_in(run_dir: &Path) -> PathBuf {
+        run_dir.join("qemu.log")
     }
 
     /// The full QEMU command line, without the binary.

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::WakeError;
 use crate::magic::{self, Mac};
@@ -64,7 +64,7 @@ impl WakeTarget {
 }
 
 /// What the server believes of a desktop's power.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WakeState {
     /// Answered a probe or a fetch recently (or nothing is known yet, see
@@ -87,7 +87,7 @@ impl std::fmt::Display for WakeState {
 }
 
 /// Counters of one desktop.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WakeStats {
     /// Wakes: rounds that had to send magic packets.
     pub wakes: u64,
@@ -102,7 +102,7 @@ pub struct WakeStats {
 }
 
 /// A snapshot of one desktop, for `jettison status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesktopStatus {
     /// The desktop's name.
     pub name: String,

@@ -16,9 +16,9 @@ use daemon_protocol::{
     ConsolidateRequest, Control, ControlHello, HostedStatus, MachineProfile, ReserveRequest, CONTROL_TIMEOUT,
 };
 use identifiers::VmName;
-use remote_wakeup::{Registry, WakeTarget};
+use remote_wakeup::DesktopStatus;
 use wire::protocol::Message;
-use wire::{Channel, Credentials, NoWake, WakeHook, WireError};
+use wire::{Channel, Credentials, WireError};
 
 use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
@@ -27,10 +27,13 @@ use crate::hosted::{state_dir, Arrival, HostedVm};
 use crate::key::VmKey;
 use crate::machine;
 use crate::metrics::{ServerMetrics, VmFigures};
+use crate::storage::WakeSpec;
 use crate::watch::FetchRates;
 
 /// How often the watcher looks at the VMs.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// How long `jettison save-all` waits for the VMs to go home.
+pub const SEND_ALL_HOME_WITHIN: Duration = Duration::from_secs(90);
 /// How long before the server asks a desktop again to take its VM back.
 const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
@@ -55,7 +58,8 @@ pub struct ServerDaemon {
     /// one of the two while it moves from reserved to hosted.
     reservations: Mutex<BTreeMap<VmKey, Reserved>>,
     history: Mutex<History>,
-    wakers: Registry,
+    /// The program run as each VM's storage process (this one).
+    storage_program: std::path::PathBuf,
     asked: Mutex<BTreeMap<VmKey, Instant>>,
     connections: std::sync::atomic::AtomicU64,
     /// The accelerator VMs run with here.
@@ -77,12 +81,14 @@ impl ServerDaemon {
         Arc::clone(&self.credentials)
     }
 
-    /// Reads the key, makes the directories, and clears what a daemon that
-    /// died left in the run directory (memtap mounts whose process is gone).
-    /// Slices in the state directory are kept.
+    /// Reads the key, makes the directories, takes over the VMs an earlier
+    /// daemon left running (their QEMU and storage process), and clears
+    /// what else it left in the run directory. Slices in the state
+    /// directory are kept.
     ///
     /// # Errors
-    /// [`ServerError::LoadKey`] or [`ServerError::CreateDir`].
+    /// [`ServerError::LoadKey`], [`ServerError::CreateDir`], or
+    /// [`ServerError::NoQemu`].
     pub fn new(config: ServerConfig) -> Result<Arc<ServerDaemon>, ServerError> {
         let credentials = Credentials::load(&config.host_key, &config.peers)
             .map_err(|source| ServerError::LoadKey { source: Box::new(source) })?;
@@ -96,8 +102,19 @@ impl ServerDaemon {
         for dir in [&config.state_dir, &config.run_dir] {
             std::fs::create_dir_all(dir).map_err(|source| ServerError::CreateDir { path: dir.clone(), source })?;
         }
-        clear_stale_run_dir(&config.run_dir.join("vms"));
-        let orphans = list_dir(&config.state_dir.join("vms"));
+        let vms = take_over(&config);
+        clear_stale_run_dir(&config.run_dir.join("vms"), &vms);
+        let orphans: Vec<String> = list_dir(&config.state_dir.join("vms"))
+            .into_iter()
+            .flat_map(|desktop| {
+                let vms = &vms;
+                list_dir(&config.state_dir.join("vms").join(&desktop))
+                    .into_iter()
+                    .filter(|vm| !vms.keys().any(|k| k.desktop.as_str() == desktop && k.vm.as_str() == vm))
+                    .map(|vm| format!("{desktop}/{vm}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         if !orphans.is_empty() {
             tracing::warn!(
                 "slices of VMs an earlier run hosted are kept in {}: {}",
@@ -105,6 +122,8 @@ impl ServerDaemon {
                 orphans.join(", ")
             );
         }
+        let storage_program = std::env::current_exe()
+            .map_err(|source| ServerError::CreateDir { path: "/proc/self/exe".into(), source })?;
         let history = History::load(&config.state_dir.join("history.json"));
         let accel = config.accel.resolve().expect("checked at load");
         let cpu_models = qemu_driver::cpu_models().map_err(|source| ServerError::NoQemu(Box::new(source)))?;
@@ -113,10 +132,10 @@ impl ServerDaemon {
             cpu_models,
             config,
             credentials: Arc::new(credentials),
-            vms: Mutex::new(BTreeMap::new()),
+            vms: Mutex::new(vms.into_iter().map(|(key, vm)| (key, Arc::new(Mutex::new(vm)))).collect()),
             reservations: Mutex::new(BTreeMap::new()),
             history: Mutex::new(history),
-            wakers: Registry::new(),
+            storage_program,
             asked: Mutex::new(BTreeMap::new()),
             connections: std::sync::atomic::AtomicU64::new(0),
             metrics: ServerMetrics::default(),
@@ -145,6 +164,7 @@ impl ServerDaemon {
                 LocalRequest::Screenshot { vm, png } => {
                     me.screenshot(&vm, png).map(|file| Report::Screenshot { file }).map_err(|e| wire::chain(&e).into())
                 }
+                LocalRequest::SaveAll => Ok(me.send_all_home(SEND_ALL_HOME_WITHIN)),
                 _ => {
                     Err(String::from("this is the server; run consolidate and reintegrate on the VM's desktop").into())
                 }
@@ -275,17 +295,39 @@ impl ServerDaemon {
         }
     }
 
-    /// For a clean exit: first sends every running VM home (its desktop
-    /// is asked to reintegrate it, as for memory pressure) and waits up to
-    /// `drain_within` for them to leave, so that stopping or upgrading the
-    /// server costs no guest its state; then ends what is left (a VM whose
-    /// desktop did not answer: it resumes from its checkpoint there) and
-    /// unmounts memtap; the slices stay on disk.
-    pub fn shutdown(self: &Arc<Self>, drain_within: Duration) {
+    /// For a clean exit (a restart, an upgrade): every hosted VM's QEMU
+    /// and storage process run on, and the next daemon takes them over
+    /// ([`HostedVm::take_over`]); its guest notices nothing. A host that
+    /// shuts down sends them home first ([`ServerDaemon::send_all_home`],
+    /// `jettison save-all`).
+    pub fn shutdown(&self) {
+        let vms = std::mem::take(&mut *lock(&self.vms));
+        for (key, vm) in vms {
+            match Arc::try_unwrap(vm).map(|vm| vm.into_inner().unwrap_or_else(|p| p.into_inner())) {
+                Ok(vm) if vm.is_running() => {
+                    tracing::info!(desktop = %key.desktop, vm = %key.vm, "left running for the next start of the daemon");
+                    vm.leave_running();
+                }
+                Ok(_) => {}
+                // Held by a thread that is moving it: the process ends
+                // under it, and what runs is taken over at the next start.
+                Err(_) => tracing::warn!(desktop = %key.desktop, vm = %key.vm, "busy (moving) as the daemon stops"),
+            }
+        }
+    }
+
+    /// Sends every running VM home (its desktop is asked to reintegrate
+    /// it, as for memory pressure) and waits up to `within` for them to
+    /// leave: what a host shutdown runs (`jettison save-all`), so that no
+    /// guest loses its state with the host. Says which went home and which
+    /// did not (their desktops resume them from their checkpoints).
+    pub fn send_all_home(self: &Arc<Self>, within: Duration) -> Report {
         let running: Vec<(VmKey, std::net::SocketAddr)> = lock(&self.vms)
             .values()
             .filter_map(|vm| {
-                vm.try_lock().ok().filter(|vm| vm.is_running()).map(|vm| (vm.key().clone(), vm.desktop_control()))
+                local::lock_for_status(vm)
+                    .filter(|vm| vm.is_running())
+                    .map(|vm| (vm.key().clone(), vm.desktop_control()))
             })
             .collect();
         // Asked all at once; a desktop that does not take the request (it
@@ -294,8 +336,9 @@ impl ServerDaemon {
             let asks: Vec<_> = running
                 .iter()
                 .map(|(key, control)| {
-                    tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: the server daemon is stopping");
-                    let ask = scope.spawn(|| self.request_home(key, *control, "the server daemon is stopping".into()));
+                    tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: the server host shuts down");
+                    let ask =
+                        scope.spawn(|| self.request_home(key, *control, "the server host shuts down".into()));
                     (key, ask)
                 })
                 .collect();
@@ -310,23 +353,24 @@ impl ServerDaemon {
                 })
                 .collect()
         });
-        let deadline = Instant::now() + drain_within;
-        let still_leaving = || {
-            let vms = lock(&self.vms);
-            leaving.iter().any(|key| vms.get(key).is_some_and(|vm| vm.try_lock().map_or(true, |vm| vm.is_running())))
+        let deadline = Instant::now() + within;
+        let still_here = |key: &VmKey| {
+            lock(&self.vms).get(key).cloned().is_some_and(|vm| vm.try_lock().map_or(true, |vm| vm.is_running()))
         };
-        while still_leaving() && Instant::now() < deadline {
+        while leaving.iter().any(still_here) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(250));
         }
-        let vms = std::mem::take(&mut *lock(&self.vms));
-        if !vms.is_empty() {
-            let left: Vec<String> = vms.keys().map(VmKey::to_string).collect();
+        let (gone, stayed): (Vec<VmKey>, Vec<VmKey>) =
+            running.into_iter().map(|(key, _)| key).partition(|key| !still_here(key));
+        if !stayed.is_empty() {
+            let left: Vec<String> = stayed.iter().map(VmKey::to_string).collect();
             tracing::warn!(
-                "stopping with VMs that did not go home: {} (their desktops resume them from their checkpoints)",
+                "VMs that did not go home: {} (their desktops resume them from their checkpoints)",
                 left.join(", ")
             );
         }
-        drop(vms);
+        let names = |keys: Vec<VmKey>| keys.into_iter().map(|key| key.to_string()).collect();
+        Report::SentHome { home: names(gone), stayed: names(stayed) }
     }
 
     /// The capacity check for a VM that wants to come; the reservation is
@@ -393,21 +437,17 @@ impl ServerDaemon {
         if let Some(other) = mac_user {
             return Err(ServerError::MacInUse { key, mac: request.vm_mac, other });
         }
-        let wake: Arc<dyn WakeHook> = match request.desktop_mac {
-            None => Arc::new(NoWake),
-            Some(mac) => {
-                let mut desktop =
-                    WakeTarget::new(key.desktop.as_str(), mac, self.config.wake_broadcast, request.memserv);
-                desktop.raw_interface = self.config.wake_interface.clone();
-                self.wakers.add(desktop)
-            }
-        };
+        let wake = request.desktop_mac.map(|mac| WakeSpec {
+            mac,
+            broadcast: self.config.wake_broadcast,
+            interface: self.config.wake_interface.clone(),
+        });
         let reserved =
             lock(&self.reservations).get(&key).cloned().ok_or_else(|| ServerError::NotReserved { key: key.clone() })?;
         let console_port = self.free_console_port();
         let vm = HostedVm::start(
             &self.config,
-            &self.credentials,
+            &self.storage_program,
             key.clone(),
             Arrival { request, descriptor, profile: &reserved.profile, accel: self.accel, console_port },
             wake,
@@ -535,19 +575,19 @@ impl ServerDaemon {
     /// now) and the desktops' wakes.
     fn metrics_page(&self) -> String {
         let vms: Vec<_> = lock(&self.vms).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
-        let figures: Vec<VmFigures> = vms
+        let figures: Vec<(VmFigures, Option<DesktopStatus>)> = vms
             .iter()
-            .filter_map(|(key, vm)| {
+            .filter_map(|(_, vm)| {
                 // A VM that is moving is left out of this scrape.
                 let mut vm = local::lock_for_status(vm)?;
                 vm.poll();
-                let power = self.wakers.get(key.desktop.as_str()).map(|w| w.status().state.to_string());
-                let status = vm.status(power.unwrap_or_default());
                 let (memory, disk) = vm.counters().clone();
-                Some(VmFigures { status, memory, disk })
+                Some((VmFigures { status: vm.status(), memory, disk }, vm.desktop_power().cloned()))
             })
             .collect();
-        self.metrics.page(&figures, &self.wakers.status())
+        let desktops = desktop_power(figures.iter().filter_map(|(_, desktop)| desktop.clone()));
+        let figures: Vec<VmFigures> = figures.into_iter().map(|(figures, _)| figures).collect();
+        self.metrics.page(&figures, &desktops)
     }
 
     /// Every VM's status; with `exact`, each running guest's page cache
@@ -559,12 +599,11 @@ impl ServerDaemon {
                 Some(mut vm) => {
                     if exact {
                         if let Err(e) = vm.write_back() {
-                            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot write its page cache back for an exact status: {e}");
+                            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot write its page cache back for an exact status: {}", wire::chain(&e));
                         }
                     }
                     vm.poll();
-                    let power = self.wakers.get(key.desktop.as_str()).map(|w| w.status().state.to_string());
-                    vm.status(power.unwrap_or_else(|| "awake (never sleeps)".to_owned()))
+                    vm.status()
                 }
                 None => HostedStatus::moving(key.vm.clone(), key.desktop.clone()),
             })
@@ -708,18 +747,70 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// Detaches memtap mounts a dead daemon left under `dir` and removes its
-/// run files; nothing there is state worth keeping.
-fn clear_stale_run_dir(dir: &std::path::Path) {
-    for desktop in list_dir(dir) {
-        for vm in list_dir(&dir.join(&desktop)) {
-            let mount = dir.join(&desktop).join(&vm).join("ram");
-            let _ = std::process::Command::new("umount").arg("-l").arg(&mount).output();
-        }
-        if let Err(e) = std::fs::remove_dir_all(dir.join(&desktop)) {
-            tracing::warn!("cannot clear {}: {e}", dir.join(&desktop).display());
+/// The VMs an earlier daemon left running, found from their records in
+/// the state directory (see [`HostedVm::take_over`]).
+fn take_over(config: &ServerConfig) -> BTreeMap<VmKey, HostedVm> {
+    let vms = config.state_dir.join("vms");
+    let mut found = BTreeMap::new();
+    for desktop in list_dir(&vms) {
+        for vm in list_dir(&vms.join(&desktop)) {
+            // Names that do not parse are an earlier stay's leftovers
+            // (`vm1.orphaned-<time>`), not VMs.
+            let (Ok(desktop), Ok(vm)) = (desktop.parse(), vm.parse()) else { continue };
+            let key = VmKey { desktop, vm };
+            if let Some(hosted) = HostedVm::take_over(config, key.clone()) {
+                found.insert(key, hosted);
+            }
         }
     }
+    found
+}
+
+/// Removes what a dead daemon left in the run directory `dir` for VMs
+/// that are not `running` (taken over): memtap mounts whose process is
+/// gone, sockets, logs. Nothing there is state worth keeping.
+fn clear_stale_run_dir(dir: &std::path::Path, running: &BTreeMap<VmKey, HostedVm>) {
+    for desktop in list_dir(dir) {
+        for vm in list_dir(&dir.join(&desktop)) {
+            if running.keys().any(|key| key.desktop.as_str() == desktop && key.vm.as_str() == vm) {
+                continue;
+            }
+            let run = dir.join(&desktop).join(&vm);
+            let _ = std::process::Command::new("umount").arg("-l").arg(run.join("ram")).output();
+            if let Err(e) = std::fs::remove_dir_all(&run) {
+                tracing::warn!("cannot clear {}: {e}", run.display());
+            }
+        }
+    }
+}
+
+/// One status per desktop from its VMs' storage processes (each wakes its
+/// desktop on its own): wakes added up; waking if any is waking, else
+/// asleep if any saw it asleep.
+fn desktop_power(seen: impl Iterator<Item = DesktopStatus>) -> Vec<DesktopStatus> {
+    let mut desktops: BTreeMap<String, DesktopStatus> = BTreeMap::new();
+    for status in seen {
+        match desktops.get_mut(&status.name) {
+            None => {
+                desktops.insert(status.name.clone(), status);
+            }
+            Some(merged) => {
+                use remote_wakeup::WakeState::{Asleep, Waking};
+                merged.state = match (merged.state, status.state) {
+                    (Waking, _) | (_, Waking) => Waking,
+                    (Asleep, _) | (_, Asleep) => Asleep,
+                    (state, _) => state,
+                };
+                let (a, b) = (&mut merged.stats, status.stats);
+                a.wakes += b.wakes;
+                a.failed_wakes += b.failed_wakes;
+                a.magic_packets += b.magic_packets;
+                a.joined += b.joined;
+                a.total_wait_ms += b.total_wait_ms;
+            }
+        }
+    }
+    desktops.into_values().collect()
 }
 
 fn list_dir(dir: &std::path::Path) -> Vec<String> {

@@ -6,8 +6,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cownetdisk::CownetdiskError;
-use memtap::MemtapError;
 use migration_formats::ZeroMapError;
 use qemu_driver::QemuError;
 use slice_store::{ExportError, StoreError};
@@ -173,27 +171,14 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    /// memtap cannot serve, flush or unmount the VM's RAM.
-    #[error("{key}: memtap cannot {action} its RAM")]
-    Memtap {
+    /// The VM's storage process (memtap and cownetdisk) failed.
+    #[error("{key}: memory and disk")]
+    Storage {
         /// The VM.
         key: VmKey,
-        /// What it was doing ("serve", "unmount").
-        action: &'static str,
         /// Cause.
         #[source]
-        source: Box<MemtapError>,
-    },
-    /// cownetdisk cannot serve or flush the VM's disk.
-    #[error("{key}: cownetdisk cannot {action} its disk")]
-    Cownetdisk {
-        /// The VM.
-        key: VmKey,
-        /// What it was doing ("open", "serve", "flush").
-        action: &'static str,
-        /// Cause.
-        #[source]
-        source: Box<CownetdiskError>,
+        source: Box<crate::storage::StorageError>,
     },
     /// QEMU failed at a step.
     #[error("{key}: cannot {action}")]

@@ -25,10 +25,8 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
 use daemon_protocol::{
     ChunkWriter, ConsoleAccess, ConsolidateRequest, HostedState, HostedStatus, MachineProfile, ReturnHeader,
 };
@@ -36,14 +34,16 @@ use identifiers::Mac;
 use migration_formats::ZeroMap;
 use qemu_driver::{announce, nic_args, resume, save_device_state, DiskBackend, QemuProcess, Qmp, Tap};
 use qemu_driver::{Accel, Display, VmSpec};
+use remote_wakeup::DesktopStatus;
 use slice_store::{export_dirty_set, exported_len, SliceStore};
 use wire::protocol::Message;
-use wire::{Cancel, Channel, Credentials, Hello, RemoteConfig, Service, WakeHook};
+use wire::Channel;
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::key::VmKey;
 use crate::machine;
+use crate::storage::{StorageSpec, VmStorage, WakeSpec, DISK_SOCKET, ZERO_MAP};
 
 /// Memory pages and disk blocks are 4 KiB here.
 const UNIT: u32 = 4096;
@@ -59,100 +59,53 @@ enum Phase {
     Lost(String),
 }
 
-/// A running VM: its QEMU and tap, and the storage under them.
+/// A running VM: its QEMU and tap, and the storage process under them.
+/// Dropping it ends the fetches, then QEMU, then the storage (declared in
+/// that order), unless it was [left running](Running::leave_running).
 #[derive(Debug)]
 struct Running {
-    vm: VmProcess,
-    storage: Storage,
-}
-
-/// QEMU and its tap. Dropping it ends QEMU and deletes the tap.
-#[derive(Debug)]
-struct VmProcess {
     qmp: Qmp,
     qemu: QemuProcess,
-    _tap: Tap,
+    tap: Option<Tap>,
     qemu_agent_socket: PathBuf,
-    /// Ends the VM's fetches from its desktop.
-    fetches: Cancel,
+    storage: VmStorage,
+    left: bool,
 }
 
-impl Drop for VmProcess {
+impl Running {
+    /// Leaves QEMU, its tap and its storage process running for the next
+    /// daemon.
+    fn leave_running(mut self) {
+        self.left = true;
+        self.qemu.leave_running();
+        self.storage.leave_running();
+        if let Some(tap) = self.tap.take() {
+            tap.keep();
+        }
+    }
+
+    /// Ends QEMU, then flushes and closes the storage.
+    fn end(mut self) -> Result<(), crate::storage::StorageError> {
+        self.end_qemu();
+        self.storage.shut()
+    }
+
+    /// Ends QEMU. A QEMU stuck in a page fault that waits for a desktop
+    /// that is gone cannot die until memtap answers; the answer no longer
+    /// matters, so the fetches are ended first.
+    fn end_qemu(&mut self) {
+        if !self.left {
+            self.left = true;
+            self.storage.cancel_fetches();
+            self.qemu.kill();
+        }
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
-        // A QEMU stuck in a page fault that waits for a desktop that is
-        // gone cannot die until memtap answers; the answer no longer
-        // matters, so end the fetches first (QEMU is killed next).
-        self.fetches.cancel();
-    }
-}
-
-/// memtap and cownetdisk for one VM.
-#[derive(Debug)]
-struct Storage {
-    key: VmKey,
-    disk: Arc<Disk>,
-    nbd_stop: StopHandle,
-    nbd_thread: Option<std::thread::JoinHandle<()>>,
-    mount: Option<memtap::Mount>,
-    /// Ends fetches still waiting for the desktop once QEMU is gone.
-    fetches: Cancel,
-}
-
-impl Storage {
-    fn stats(&self) -> (memtap::RamStats, cownetdisk::DiskStats) {
-        let memory = self.mount.as_ref().and_then(|m| m.vms().first().map(|vm| vm.stats()));
-        (memory.unwrap_or_default(), self.disk.stats())
-    }
-
-    /// Writes the memory and disk dirty sets as they are now into `dir`
-    /// (`memory.set`, `disk.set`), durably; the VM must be stopped.
-    /// Returns the dirty pages and blocks.
-    fn copy_dirty_sets(&self, dir: &Path) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
-        let memory = self.mount.as_ref().and_then(|m| m.vms().first()).ok_or("memtap serves no RAM")?;
-        memory.flush()?;
-        self.disk.flush()?;
-        let mut counts = Vec::new();
-        for (store, file) in [(memory.slices(), "memory.set"), (self.disk.slices(), "disk.set")] {
-            let path = dir.join(file);
-            let out = fs::File::create(&path)?;
-            export_dirty_set(store, &out)?;
-            out.sync_all()?;
-            counts.push(store.dirty_count());
-        }
-        durable_file::sync_dir(dir)?;
-        Ok((counts[0], counts[1]))
-    }
-
-    /// Stops the NBD server and memtap, flushing both; a fetch still
-    /// waiting for the desktop is given up (QEMU, its only reader, is gone).
-    fn shut(&mut self) -> Result<(), ServerError> {
-        self.fetches.cancel();
-        self.nbd_stop.stop();
-        if let Some(thread) = self.nbd_thread.take() {
-            let _ = thread.join();
-        }
-        let key = &self.key;
-        self.disk.flush().map_err(|source| ServerError::Cownetdisk {
-            key: key.clone(),
-            action: "flush",
-            source: Box::new(source),
-        })?;
-        if let Some(mount) = self.mount.take() {
-            mount.unmount().map_err(|source| ServerError::Memtap {
-                key: key.clone(),
-                action: "unmount",
-                source: Box::new(source),
-            })?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Storage {
-    fn drop(&mut self) {
-        if let Err(e) = self.shut() {
-            tracing::error!("closing a VM's storage: {}", wire::chain(&e));
-        }
+        // The storage is shut as its field drops, after QEMU is gone.
+        self.end_qemu();
     }
 }
 
@@ -160,22 +113,40 @@ impl Drop for Storage {
 #[derive(Debug)]
 pub struct HostedVm {
     key: VmKey,
-    mac: Mac,
-    desktop_control: std::net::SocketAddr,
+    record: HostedRecord,
     state: PathBuf,
     run: PathBuf,
-    ram_bytes: u64,
-    disk_bytes: u64,
-    expected: u64,
-    /// Pages its zero map of consolidation marked zero.
-    zero_pages: u64,
     started: Instant,
     /// When its last checkpoint was taken.
     checkpointed: Option<Instant>,
     phase: Phase,
     last: (memtap::RamStats, cownetdisk::DiskStats),
+    /// Its desktop's power, as its storage process last saw it.
+    desktop: Option<DesktopStatus>,
     console: Option<ConsoleAccess>,
 }
+
+/// What the server keeps of a hosted VM in its state directory
+/// (`hosted.json`), so that a restarted daemon takes it over.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct HostedRecord {
+    mac: Mac,
+    desktop_control: std::net::SocketAddr,
+    ram_bytes: u64,
+    disk_bytes: u64,
+    expected: u64,
+    /// Pages its zero map of consolidation marked zero.
+    zero_pages: u64,
+    /// When it arrived, in seconds since the epoch.
+    arrived_at: u64,
+    /// Its console's port; the ticket stays in QEMU's run directory.
+    console_port: Option<u16>,
+}
+
+/// The record's file in the VM's state directory.
+const RECORD: &str = "hosted.json";
+/// A console ticket's file in QEMU's run directory.
+const TICKET: &str = "spice.ticket";
 
 /// A checkpoint's directory under the VM's state directory, and the one it
 /// is written in before it replaces that one.
@@ -213,33 +184,40 @@ pub struct Arrival<'a> {
     pub console_port: u16,
 }
 
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 impl HostedVm {
-    /// Brings `request`'s VM (`key`) up: memtap, cownetdisk, tap, QEMU from
-    /// the descriptor, `cont`, and an announcement of its MAC. `wake` runs
-    /// before every fetch from its desktop.
+    /// Brings `request`'s VM (`key`) up: its storage process (memtap and
+    /// cownetdisk, `storage_program`), tap, QEMU from the descriptor,
+    /// `cont`, and an announcement of its MAC. With `wake`, its desktop is
+    /// woken before every fetch.
     ///
     /// # Errors
     /// The step that failed; whatever was made is undone.
     pub fn start(
         config: &ServerConfig,
-        credentials: &Arc<Credentials>,
+        storage_program: &Path,
         key: VmKey,
         arrival: Arrival<'_>,
-        wake: Arc<dyn WakeHook>,
+        wake: Option<WakeSpec>,
         expected: u64,
     ) -> Result<HostedVm, ServerError> {
         let Arrival { request, descriptor: device_state, profile, accel, console_port } = arrival;
         let vm = &key.vm;
         let state = state_dir(config, &key);
-        let run = config.run_dir.join("vms").join(key.desktop.as_str()).join(vm.as_str());
+        let run = run_dir(config, &key);
         keep_leftovers(&key, &state)?;
+        let file_error = |action, path: &Path| {
+            let (key, path) = (key.clone(), path.to_owned());
+            move |source| ServerError::File { key, action, path, source }
+        };
+        // A run directory an earlier stay left (its daemon died) holds
+        // nothing worth keeping.
+        let _ = fs::remove_dir_all(&run);
         for dir in [state.join("memory"), state.join("disk"), run.join("ram"), run.join("qemu")] {
-            fs::create_dir_all(&dir).map_err(|source| ServerError::File {
-                key: key.clone(),
-                action: "create",
-                path: dir,
-                source,
-            })?;
+            fs::create_dir_all(&dir).map_err(file_error("create", &dir))?;
         }
         let zero_map = ZeroMap::decode(&request.zero_map)
             .map_err(|source| ServerError::ZeroMap { key: key.clone(), source: Box::new(source) })?;
@@ -248,82 +226,45 @@ impl HostedVm {
             let ram_pages = profile.ram_bytes() / u64::from(UNIT);
             return Err(ServerError::ZeroMapSize { key, map_pages, unit, ram_pages });
         }
-        let descriptor = state.join("descriptor.in");
-        durable_file::replace_file(&descriptor, &[device_state]).map_err(|source| ServerError::File {
-            key: key.clone(),
-            action: "write",
-            path: descriptor.clone(),
-            source,
-        })?;
-
-        let fetches = Cancel::new();
-        let remote = |addr: std::net::SocketAddr, service| {
-            let hello = Hello { service, export: vm.to_string() };
-            let mut remote = RemoteConfig::new(addr.to_string(), Arc::clone(credentials), hello);
-            // The desktop that moved the VM here, and no other, serves it.
-            remote.peer = Some(key.desktop.clone());
-            remote.cancel = fetches.clone();
-            remote
-        };
-        let mut memory =
-            memtap::RamFileConfig::new(vm.as_str(), state.join("memory"), remote(request.memserv, Service::Memory));
         let zero_pages = zero_map.ranges.iter().map(|r| r.end - r.start).sum();
-        memory.zero_pages = zero_map.ranges;
-        memory.zero_map_pages = Some(zero_map.units);
-        memory.wake = Arc::clone(&wake);
-        let mount = memtap::Mount::start(&run.join("ram"), vec![memory]).map_err(|source| ServerError::Memtap {
-            key: key.clone(),
-            action: "serve",
-            source: Box::new(source),
-        })?;
-        let ram_bytes = mount.vms().first().map(|m| m.size()).unwrap_or(0);
-        let disk_config = DiskConfig::new(vm.as_str(), state.join("disk"), remote(request.diskserv, Service::Disk));
-        let disk = Arc::new(Disk::open(disk_config, wake).map_err(|source| ServerError::Cownetdisk {
-            key: key.clone(),
-            action: "open",
-            source: Box::new(source),
-        })?);
-        let socket = run.join("disk.nbd");
-        let listen = Listen { unix: Some(socket.clone()), tcp: None };
-        let nbd = NbdServer::bind(Arc::clone(&disk), &listen).map_err(|source| ServerError::Cownetdisk {
-            key: key.clone(),
-            action: "serve",
-            source: Box::new(source),
-        })?;
-        let nbd_stop = nbd.stop_handle();
-        let nbd_key = key.clone();
-        let nbd_thread = std::thread::spawn(move || {
-            if let Err(e) = nbd.run() {
-                tracing::error!(desktop = %nbd_key.desktop, vm = %nbd_key.vm, "cownetdisk stopped: {}", wire::chain(&e));
-            }
-        });
-        let disk_bytes = disk.size();
-        // From here a failed step drops the storage, which stops cownetdisk
-        // and unmounts memtap.
-        let storage = Storage {
-            key: key.clone(),
-            disk,
-            nbd_stop,
-            nbd_thread: Some(nbd_thread),
-            mount: Some(mount),
-            fetches: fetches.clone(),
+        let zero_map_file = state.join(ZERO_MAP);
+        durable_file::replace_file(&zero_map_file, &[&request.zero_map])
+            .map_err(file_error("write", &zero_map_file))?;
+        let descriptor = state.join("descriptor.in");
+        durable_file::replace_file(&descriptor, &[device_state]).map_err(file_error("write", &descriptor))?;
+
+        let spec = StorageSpec {
+            desktop: key.desktop.clone(),
+            vm: vm.clone(),
+            state: state.clone(),
+            run: run.clone(),
+            memserv: request.memserv,
+            diskserv: request.diskserv,
+            wake,
+            host_key: config.host_key.clone(),
+            peers: config.peers.clone(),
         };
+        // From here a failed step drops what was made: QEMU is killed, the
+        // storage process flushes and exits, the tap goes.
+        let mut storage = VmStorage::spawn(storage_program, &spec)
+            .map_err(|source| ServerError::Storage { key: key.clone(), source: Box::new(source) })?;
+        let last = storage
+            .stats()
+            .map(|s| (s.memory, s.disk))
+            .map_err(|source| ServerError::Storage { key: key.clone(), source: Box::new(source) })?;
+        let (ram_bytes, disk_bytes) = (last.0.ram_bytes, last.1.disk_bytes);
         let qemu_error = |action| {
             let key = key.clone();
             move |source| ServerError::Qemu { key, action, source: Box::new(source) }
         };
         let tap = Tap::create(&vm.tap_name(), &config.bridge).map_err(qemu_error("make its tap device"))?;
-        let file_error = |action, path: &Path| {
-            let (key, path) = (key.clone(), path.to_owned());
-            move |source| ServerError::File { key, action, path, source }
-        };
         let boot =
             machine::boot(config, profile, &state).map_err(file_error("make the UEFI variable store in", &state))?;
         let console = profile.display.then(|| ConsoleAccess { port: console_port, ticket: new_ticket() });
         let display = match &console {
             None => Display::None,
             Some(console) => {
-                let ticket_file = run.join("qemu").join("spice.ticket");
+                let ticket_file = run.join("qemu").join(TICKET);
                 write_secret(&ticket_file, &console.ticket).map_err(file_error("write", &ticket_file))?;
                 Display::RemoteSpice { addr: config.listen.ip(), port: console.port, ticket_file }
             }
@@ -337,35 +278,129 @@ impl HostedVm {
             .reboot_ends_qemu(false)
             .run_as(config.qemu_user())
             .extra_args(nic_args(tap.name(), request.vm_mac))
-            .extra_args(DiskBackend::NbdUnix { socket, export: vm.to_string() }.qemu_args());
+            .extra_args(DiskBackend::NbdUnix { socket: run.join(DISK_SOCKET), export: vm.to_string() }.qemu_args());
         let qemu_agent_socket = spec.agent_socket();
-        let (qemu, qmp) = resume(spec, &descriptor).map_err(qemu_error("resume it from its descriptor"))?;
-        let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap, qemu_agent_socket, fetches }, storage };
-        if let Err(e) = announce(&mut running.vm.qmp) {
+        let (qemu, qmp) = match resume(spec, &descriptor) {
+            Ok(started) => started,
+            Err(e) => {
+                if let Err(shut) = storage.shut() {
+                    tracing::warn!(desktop = %key.desktop, vm = %key.vm, "{}", wire::chain(&shut));
+                }
+                return Err(qemu_error("resume it from its descriptor")(e));
+            }
+        };
+        let mut running = Running { qmp, qemu, tap: Some(tap), qemu_agent_socket, storage, left: false };
+        if let Err(e) = announce(&mut running.qmp) {
             tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot announce the VM's MAC: {}", wire::chain(&e));
         }
-        let last = running.storage.stats();
         qemu_driver::settle_guest_in_background(
             key.to_string(),
-            running.vm.qemu_agent_socket.clone(),
+            running.qemu_agent_socket.clone(),
             qemu_driver::Resumed::WhereItStopped,
         );
-        Ok(HostedVm {
-            console,
-            key,
+        let record = HostedRecord {
             mac: request.vm_mac,
             desktop_control: request.desktop_control,
-            state,
-            run,
             ram_bytes,
             disk_bytes,
             expected,
             zero_pages,
+            arrived_at: now_secs(),
+            console_port: console.as_ref().map(|c| c.port),
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("a hosted record serialises");
+        let record_file = state.join(RECORD);
+        if let Err(e) = durable_file::replace_file(&record_file, &[&json]) {
+            // It runs; only a restart of this daemon would not find it.
+            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot write {}: {e}: a restart of this daemon would send it home from its last checkpoint", record_file.display());
+        }
+        Ok(HostedVm {
+            key,
+            record,
+            state,
+            run,
             started: Instant::now(),
             checkpointed: None,
             phase: Phase::Running(Box::new(running)),
             last,
+            desktop: None,
+            console,
         })
+    }
+
+    /// Takes over `key`'s VM as an earlier daemon left it: its QEMU and its
+    /// storage process still run. `None` when there is nothing to take
+    /// over (it was never hosted, or went home); whatever of it still runs
+    /// alone (a QEMU without its storage, or the reverse) is ended then,
+    /// and its slices stay for its desktop's recovery.
+    pub fn take_over(config: &ServerConfig, key: VmKey) -> Option<HostedVm> {
+        let state = state_dir(config, &key);
+        let run = run_dir(config, &key);
+        let record: HostedRecord = serde_json::from_slice(&fs::read(state.join(RECORD)).ok()?).ok()?;
+        let storage = VmStorage::attach(&run);
+        let qemu = QemuProcess::attach_in(&run.join("qemu"));
+        let (mut storage, mut qemu) = match (storage, qemu) {
+            (Some(storage), Some(qemu)) => (storage, qemu),
+            (storage, qemu) => {
+                tracing::warn!(desktop = %key.desktop, vm = %key.vm, qemu = qemu.is_some(), storage = storage.is_some(), "hosted before this daemon started, but not whole any more: ended; its desktop can recover it from its last checkpoint");
+                if let Some(mut qemu) = qemu {
+                    qemu.kill();
+                }
+                if let Some(mut storage) = storage {
+                    if let Err(e) = storage.shut() {
+                        tracing::warn!(desktop = %key.desktop, vm = %key.vm, "{}", wire::chain(&e));
+                    }
+                }
+                let _ = fs::remove_file(state.join(RECORD));
+                return None;
+            }
+        };
+        let qmp = match qemu.connect_qmp() {
+            Ok(qmp) => qmp,
+            Err(e) => {
+                // Ours, but mute: leave it be rather than end a guest that
+                // may still run; the daemon does not count it as hosted.
+                tracing::error!(desktop = %key.desktop, vm = %key.vm, pid = qemu.pid(), "its QEMU runs but does not answer QMP ({e}); left alone");
+                qemu.leave_running();
+                storage.leave_running();
+                return None;
+            }
+        };
+        let console = record
+            .console_port
+            .and_then(|port| fs::read_to_string(run.join("qemu").join(TICKET)).ok().map(|ticket| (port, ticket)));
+        let arrived = Duration::from_secs(now_secs().saturating_sub(record.arrived_at));
+        let running = Running {
+            qmp,
+            qemu,
+            tap: Some(Tap::adopt(&key.vm.tap_name())),
+            qemu_agent_socket: run.join("qemu").join("qga.sock"),
+            storage,
+            left: false,
+        };
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, qemu = running.qemu.pid(), storage = running.storage.pid(), console = ?console.as_ref().map(|c| c.0), "took over its running QEMU and storage");
+        let mut vm = HostedVm {
+            key,
+            record,
+            state,
+            run,
+            started: Instant::now().checked_sub(arrived).unwrap_or_else(Instant::now),
+            checkpointed: None,
+            phase: Phase::Running(Box::new(running)),
+            last: Default::default(),
+            desktop: None,
+            console: console.map(|(port, ticket)| ConsoleAccess { port, ticket }),
+        };
+        vm.poll();
+        Some(vm)
+    }
+
+    /// Leaves its QEMU and storage process running, for the next daemon
+    /// (see [`HostedVm::take_over`]).
+    pub fn leave_running(mut self) {
+        if let Phase::Running(running) = std::mem::replace(&mut self.phase, Phase::Stopped) {
+            running.leave_running();
+        }
     }
 
     /// The port of its remote console, if it has one.
@@ -380,17 +415,17 @@ impl HostedVm {
 
     /// Its NIC's MAC.
     pub fn mac(&self) -> Mac {
-        self.mac
+        self.record.mac
     }
 
     /// Where its desktop daemon takes `PleaseReintegrate`.
     pub fn desktop_control(&self) -> std::net::SocketAddr {
-        self.desktop_control
+        self.record.desktop_control
     }
 
     /// The working set it was expected to need.
     pub fn expected(&self) -> u64 {
-        self.expected
+        self.record.expected
     }
 
     /// Bytes it holds on the server: pages fetched and dirtied.
@@ -426,7 +461,6 @@ impl HostedVm {
     /// if QEMU does not run it.
     pub fn checkpoint(&mut self) -> Result<CheckpointManifest, ServerError> {
         let key = self.key.clone();
-        let ram = ram_file(&self.run, &self.key.vm);
         let Phase::Running(running) = &mut self.phase else { return Err(ServerError::NotHosted { key }) };
         let failed = |step: &'static str| {
             let key = key.clone();
@@ -436,12 +470,12 @@ impl HostedVm {
         let _ = fs::remove_dir_all(&new);
         fs::create_dir_all(&new).map_err(|e| failed("make its directory")(e.into()))?;
         let paused = Instant::now();
-        let saved = save_device_state(&mut running.vm.qmp, &new.join("descriptor"))
+        let saved = save_device_state(&mut running.qmp, &new.join("descriptor"))
             .map_err(|e| failed("save its device state")(e.into()))
-            .and_then(|_| sync_ram(&ram).map_err(|e| failed("sync its RAM file")(e.into())))
-            .and_then(|()| running.storage.copy_dirty_sets(&new).map_err(failed("copy its dirty sets")));
+            .and_then(|_| running.storage.sync_ram().map_err(|e| failed("sync its RAM file")(e.into())))
+            .and_then(|()| running.storage.copy_dirty_sets(&new).map_err(|e| failed("copy its dirty sets")(e.into())));
         // The VM goes on whatever happened above.
-        let resumed = running.vm.qmp.execute("cont", None).map_err(|e| failed("continue the VM")(e.into()));
+        let resumed = running.qmp.execute("cont", None).map_err(|e| failed("continue the VM")(e.into()));
         let pause = paused.elapsed();
         let (dirty_pages, dirty_blocks) = saved?;
         resumed?;
@@ -478,30 +512,40 @@ impl HostedVm {
     /// stopping the VM), so that its dirty count is exact as of now.
     ///
     /// # Errors
-    /// The error of the fsync.
-    pub fn write_back(&self) -> std::io::Result<()> {
-        if !self.is_running() {
-            return Ok(());
+    /// The storage process's error of the fsync.
+    pub fn write_back(&self) -> Result<(), crate::storage::StorageError> {
+        match &self.phase {
+            Phase::Running(running) => running.storage.sync_ram(),
+            _ => Ok(()),
         }
-        sync_ram(&ram_file(&self.run, &self.key.vm))
     }
 
-    /// Refreshes the counters and notices a QEMU that died.
+    /// Refreshes the counters and notices a QEMU, or a storage process,
+    /// that died.
     pub fn poll(&mut self) {
         let lost = match &mut self.phase {
             Phase::Running(running) => {
-                self.last = running.storage.stats();
-                running.vm.qemu.check_running().err().map(|e| e.to_string())
+                if let Ok(stats) = running.storage.stats() {
+                    self.last = (stats.memory, stats.disk);
+                    self.desktop = stats.desktop;
+                }
+                match running.qemu.check_running() {
+                    Err(e) => Some(format!("QEMU died on the server: {e}")),
+                    Ok(()) if !running.storage.is_running() => Some(format!(
+                        "its storage process (memtap and cownetdisk, pid {}) died on the server",
+                        running.storage.pid()
+                    )),
+                    Ok(()) => None,
+                }
             }
             _ => None,
         };
         if let Some(why) = lost {
-            tracing::error!(desktop = %self.key.desktop, vm = %self.key.vm, "QEMU died on the server: {why}");
+            tracing::error!(desktop = %self.key.desktop, vm = %self.key.vm, "{why}");
+            let _ = fs::remove_file(self.state.join(RECORD));
             if let Phase::Running(running) = std::mem::replace(&mut self.phase, Phase::Lost(why)) {
-                let Running { vm, mut storage } = *running;
-                drop(vm);
-                if let Err(e) = storage.shut() {
-                    tracing::error!(desktop = %self.key.desktop, vm = %self.key.vm, "after QEMU died: {}", wire::chain(&e));
+                if let Err(e) = running.end() {
+                    tracing::error!(desktop = %self.key.desktop, vm = %self.key.vm, "after it was lost: {}", wire::chain(&e));
                 }
             }
         }
@@ -516,7 +560,7 @@ impl HostedVm {
         let file = self.run.join("qemu").join(if png { "screenshot.png" } else { "screenshot.ppm" });
         match &mut self.phase {
             Phase::Running(running) => {
-                qemu_driver::screendump(&mut running.vm.qmp, &file).map(|()| file).map_err(|source| ServerError::Qemu {
+                qemu_driver::screendump(&mut running.qmp, &file).map(|()| file).map_err(|source| ServerError::Qemu {
                     key: self.key.clone(),
                     action: "take a screenshot",
                     source: Box::new(source),
@@ -530,7 +574,7 @@ impl HostedVm {
     /// `shutdown`, so its state can still go home).
     pub fn guest_powered_off(&mut self) -> bool {
         match &mut self.phase {
-            Phase::Running(running) => matches!(running.vm.qmp.run_state().as_deref(), Ok("shutdown")),
+            Phase::Running(running) => matches!(running.qmp.run_state().as_deref(), Ok("shutdown")),
             _ => false,
         }
     }
@@ -540,8 +584,18 @@ impl HostedVm {
         &self.last
     }
 
+    /// Its desktop's power and wakes as its storage process saw them at
+    /// the last [`HostedVm::poll`]; `None` for a desktop that never sleeps.
+    pub fn desktop_power(&self) -> Option<&DesktopStatus> {
+        self.desktop.as_ref()
+    }
+
     /// What `Status` says of it.
-    pub fn status(&self, desktop_power: String) -> HostedStatus {
+    pub fn status(&self) -> HostedStatus {
+        let desktop_power = match &self.desktop {
+            Some(desktop) => desktop.state.to_string(),
+            None => "awake (never sleeps)".to_owned(),
+        };
         let (memory, disk) = &self.last;
         HostedStatus {
             vm: self.key.vm.clone(),
@@ -552,14 +606,14 @@ impl HostedVm {
                 Phase::Lost(why) => HostedState::Lost(why.clone()),
             },
             seconds: self.started.elapsed().as_secs(),
-            ram_bytes: self.ram_bytes,
+            ram_bytes: self.record.ram_bytes,
             pages_fetched: memory.pages_fetched,
             zero_pages_served: memory.zero_pages_served,
-            zero_pages: self.zero_pages,
+            zero_pages: self.record.zero_pages,
             dirty_pages: memory.dirty_pages,
             blocks_fetched: disk.blocks_fetched,
             dirty_blocks: disk.dirty_blocks,
-            expected_bytes: self.expected,
+            expected_bytes: self.record.expected,
             desktop_power,
             console: self.console.clone().filter(|_| self.is_running()),
         }
@@ -583,29 +637,28 @@ impl HostedVm {
             }
             Phase::Running(mut running) => {
                 let descriptor = self.state.join("descriptor.out");
-                let ram = ram_file(&self.run, &self.key.vm);
-                let saved = save_device_state(&mut running.vm.qmp, &descriptor)
+                let saved = save_device_state(&mut running.qmp, &descriptor)
                     .map_err(|source| ServerError::Qemu {
                         key: key.clone(),
                         action: "save its device state",
                         source: Box::new(source),
                     })
                     .and_then(|_| {
-                        sync_ram(&ram).map_err(|source| ServerError::File {
-                            key: key.clone(),
-                            action: "sync (the guest's last writes)",
-                            path: ram,
-                            source,
-                        })
+                        running
+                            .storage
+                            .sync_ram()
+                            .map_err(|source| ServerError::Storage { key: key.clone(), source: Box::new(source) })
                     });
                 if let Err(e) = saved {
                     self.phase = Phase::Running(running);
                     return Err(e);
                 }
-                self.last = running.storage.stats();
-                let Running { vm: process, mut storage } = *running;
-                drop(process);
-                storage.shut()
+                if let Ok(stats) = running.storage.stats() {
+                    self.last = (stats.memory, stats.disk);
+                }
+                // Not taken over by a restarted daemon from here: it goes home.
+                let _ = fs::remove_file(self.state.join(RECORD));
+                running.end().map_err(|source| ServerError::Storage { key, source: Box::new(source) })
             }
         }
     }
@@ -633,8 +686,8 @@ impl HostedVm {
             let set_bytes = exported_len(&store).map_err(slices_error)?;
             Ok::<_, ServerError>((store, set_bytes))
         };
-        let (memory, memory_set_bytes) = open(self.state.join("memory"), self.ram_bytes)?;
-        let (disk, disk_set_bytes) = open(self.state.join("disk").join(key.vm.as_str()), self.disk_bytes)?;
+        let (memory, memory_set_bytes) = open(self.state.join("memory"), self.record.ram_bytes)?;
+        let (disk, disk_set_bytes) = open(self.state.join("disk").join(key.vm.as_str()), self.record.disk_bytes)?;
         let header = ReturnHeader {
             descriptor_bytes: descriptor.len() as u64,
             descriptor_crc: crc32fast::hash(&descriptor),
@@ -673,13 +726,13 @@ impl HostedVm {
 
 /// memtap's file under the VM's run directory `run` that QEMU maps as the
 /// guest's RAM.
-fn ram_file(run: &Path, vm: &identifiers::VmName) -> PathBuf {
+pub(crate) fn ram_file(run: &Path, vm: &identifiers::VmName) -> PathBuf {
     run.join("ram").join(format!("{vm}.ram"))
 }
 
 /// With QEMU stopped, the guest's last writes sit in the page cache of
 /// memtap's RAM file `ram`; fsync sends them to memtap's dirty slice.
-fn sync_ram(ram: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_ram(ram: &Path) -> std::io::Result<()> {
     fs::OpenOptions::new().write(true).open(ram).and_then(|f| f.sync_all())
 }
 
@@ -757,6 +810,11 @@ fn stream_home(
 /// The state directory of `key`.
 pub(crate) fn state_dir(config: &ServerConfig, key: &VmKey) -> PathBuf {
     config.state_dir.join("vms").join(key.desktop.as_str()).join(key.vm.as_str())
+}
+
+/// The run directory of `key`.
+pub(crate) fn run_dir(config: &ServerConfig, key: &VmKey) -> PathBuf {
+    config.run_dir.join("vms").join(key.desktop.as_str()).join(key.vm.as_str())
 }
 
 /// Renames what an earlier stay of the VM left in `state` (slices of a VM

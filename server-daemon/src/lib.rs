@@ -17,6 +17,7 @@ pub mod hosted;
 mod key;
 mod machine;
 mod metrics;
+pub mod storage;
 pub mod watch;
 
 pub use config::ServerConfig;

@@ -306,7 +306,8 @@ impl Office {
         unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
     }
 
-    /// Stops `jettison server` with SIGTERM (it sends its VMs home first).
+    /// Stops `jettison server` with SIGTERM, as `systemctl stop` does; its
+    /// VMs' QEMUs and storage processes run on.
     pub fn stop_server(&mut self) {
         let mut daemon = self.server_daemon.take().expect("the server daemon runs");
         assert!(daemon.terminate(), "the server daemon exits cleanly on SIGTERM\n{}", self.logs());
@@ -322,9 +323,15 @@ impl Office {
         std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
+    /// The VM's run directory on the server (its storage process's and
+    /// QEMU's files).
+    pub fn server_vm_run(&self) -> PathBuf {
+        self.dir.join("server/run/vms").join(DESKTOP).join(VM)
+    }
+
     /// The pid of the VM's QEMU on the server, if one runs.
     pub fn server_qemu_pid(&self) -> Option<u32> {
-        let pid_file = self.dir.join("server/run/vms").join(DESKTOP).join(VM).join("qemu/qemu.pid");
+        let pid_file = self.server_vm_run().join("qemu/qemu.pid");
         let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
         std::path::Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }

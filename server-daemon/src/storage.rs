@@ -1,0 +1,641 @@
+//! A hosted VM's storage in a process of its own: memtap (its RAM, a FUSE
+//! file QEMU maps) and cownetdisk (its disk, an NBD socket QEMU reads),
+//! both fetching from the VM's desktop.
+//!
+//! They run apart from the daemon so that a restart or an upgrade of the
+//! server daemon does not take the guest's memory and disk from under
+//! QEMU: QEMU and this process run on, each in its own process group, and
+//! the next daemon finds them again ([`VmStorage::attach`]). The daemon
+//! starts it as `jettison vm-storage --spec FILE` ([`run`]) and talks to
+//! it on a Unix socket in the VM's run directory, one JSON request and one
+//! JSON reply a connection ([`StorageRequest`], [`StorageReply`]).
+//!
+//! Everything that goes through the FUSE file happens here too (syncing
+//! the guest's last writes into memtap): the mount lives in this process's
+//! mount namespace, which a restarted daemon may not share (systemd's
+//! `PrivateMounts=`, `ip netns exec`).
+//!
+//! ```text
+//! <run_dir>/vms/<desktop>/<vm>/storage.json   the spec it was started with
+//! <run_dir>/vms/<desktop>/<vm>/storage.sock   its requests
+//! <run_dir>/vms/<desktop>/<vm>/storage.pid    its pid
+//! ```
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cownetdisk::{Disk, DiskConfig, Listen, NbdServer};
+use identifiers::Mac;
+use migration_formats::ZeroMap;
+use remote_wakeup::{DesktopStatus, DesktopWaker, WakeTarget};
+use slice_store::export_dirty_set;
+use wire::{Cancel, Credentials, Hello, NoWake, RemoteConfig, Service, WakeHook};
+
+use crate::key::VmKey;
+
+/// The hidden subcommand of `jettison` that runs [`run`].
+pub const SUBCOMMAND: &str = "vm-storage";
+/// Its spec, socket and pid files in the VM's run directory.
+const SPEC: &str = "storage.json";
+const SOCKET: &str = "storage.sock";
+const PID: &str = "storage.pid";
+/// How long it may take to mount memtap and open cownetdisk.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a quick request (counters, a cancel) may take.
+const QUICK: Duration = Duration::from_secs(10);
+/// How long a request that writes data (a sync, the dirty sets, the
+/// final flush) may take.
+const SLOW: Duration = Duration::from_secs(300);
+/// The longest request or reply line read.
+const MAX_LINE: u64 = 1 << 20;
+
+/// What the storage process of one VM is started with.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StorageSpec {
+    /// Its desktop.
+    pub desktop: identifiers::HostName,
+    /// The VM.
+    pub vm: identifiers::VmName,
+    /// Its state directory: memtap's and cownetdisk's slices, its zero map.
+    pub state: PathBuf,
+    /// Its run directory: the RAM file's mount point and the NBD socket.
+    pub run: PathBuf,
+    /// The desktop's memserv.
+    pub memserv: SocketAddr,
+    /// The desktop's diskserv.
+    pub diskserv: SocketAddr,
+    /// How to wake the desktop before a fetch, if it sleeps.
+    pub wake: Option<WakeSpec>,
+    /// This server's key.
+    pub host_key: PathBuf,
+    /// The enrolled desktops.
+    pub peers: PathBuf,
+}
+
+/// How to wake a desktop: [`WakeTarget`]'s settings.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WakeSpec {
+    /// The desktop's MAC.
+    pub mac: Mac,
+    /// Where magic packets are broadcast.
+    pub broadcast: IpAddr,
+    /// The interface for raw magic frames, if any.
+    pub interface: Option<String>,
+}
+
+/// A request to the storage process.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum StorageRequest {
+    /// Its counters and the desktop's power, as this process sees them.
+    Stats,
+    /// Write the guest's pages still in the RAM file's page cache to
+    /// memtap (an fsync of the file).
+    SyncRam,
+    /// Write the memory and disk dirty sets as they are now into the
+    /// directory (`memory.set`, `disk.set`), durably.
+    CopyDirtySets(PathBuf),
+    /// End the fetches still waiting for the desktop: QEMU is being ended.
+    Cancel,
+    /// Flush and close everything, then exit.
+    Shut,
+}
+
+/// The storage process's answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum StorageReply {
+    /// Counters.
+    Stats(Box<StorageStats>),
+    /// Done.
+    Done,
+    /// The dirty sets were written: pages and blocks in them.
+    DirtySets {
+        /// Dirty memory pages.
+        pages: u64,
+        /// Dirty disk blocks.
+        blocks: u64,
+    },
+    /// The request failed; why.
+    Failed(String),
+}
+
+/// memtap's and cownetdisk's counters, and what the process knows of the
+/// desktop's power.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct StorageStats {
+    /// memtap's.
+    pub memory: memtap::RamStats,
+    /// cownetdisk's.
+    pub disk: cownetdisk::DiskStats,
+    /// The desktop's power and wakes, when it can sleep.
+    pub desktop: Option<DesktopStatus>,
+}
+
+/// What went wrong with a VM's storage process.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Its spec could not be written or read.
+    #[error("cannot {action} {}", path.display())]
+    File {
+        /// "write", "read".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process could not be started.
+    #[error("cannot start {} {SUBCOMMAND}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It started but could not serve the VM.
+    #[error("its storage process could not start: {0}")]
+    Startup(String),
+    /// A request could not be sent or its answer read.
+    #[error("no answer from its storage process ({}) to {request}", socket.display())]
+    Ask {
+        /// The request.
+        request: &'static str,
+        /// The socket.
+        socket: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It answered that the request failed.
+    #[error("its storage process failed to {request}: {why}")]
+    Failed {
+        /// The request.
+        request: &'static str,
+        /// Its words.
+        why: String,
+    },
+}
+
+/// The daemon's handle on one VM's storage process. Dropping it ends the
+/// fetches and shuts the process (QEMU must be gone by then), unless it
+/// was [left running](VmStorage::leave_running) or already shut.
+#[derive(Debug)]
+pub struct VmStorage {
+    /// The process, when this daemon started it (to reap it).
+    child: Option<Child>,
+    pid: u32,
+    socket: PathBuf,
+    /// Shut, killed or left running: nothing left to do on drop.
+    done: bool,
+}
+
+impl Drop for VmStorage {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cancel_fetches();
+            if let Err(e) = self.shut() {
+                tracing::error!("closing a VM's storage: {}", wire::chain(&e));
+            }
+        }
+    }
+}
+
+impl VmStorage {
+    /// Starts `program SUBCOMMAND --spec <run>/storage.json` for `spec`
+    /// and waits until memtap is mounted and cownetdisk listens.
+    ///
+    /// # Errors
+    /// [`StorageError::Spawn`], [`StorageError::File`], or
+    /// [`StorageError::Startup`] with the process's own words.
+    pub fn spawn(program: &Path, spec: &StorageSpec) -> Result<VmStorage, StorageError> {
+        let spec_file = spec.run.join(SPEC);
+        let json = serde_json::to_vec_pretty(spec).expect("a storage spec serialises");
+        durable_file::replace_file(&spec_file, &[&json]).map_err(|source| StorageError::File {
+            action: "write",
+            path: spec_file.clone(),
+            source,
+        })?;
+        let mut command = Command::new(program);
+        command.arg(SUBCOMMAND).arg("--spec").arg(&spec_file);
+        // Its own process group: a signal meant for the daemon (Ctrl-C at
+        // a terminal, systemd's KillMode=process) does not reach it.
+        command.process_group(0);
+        // SAFETY: pthread_sigmask only writes this thread's mask; nothing
+        // else runs between fork and exec. The daemon blocks the signals
+        // it waits for; the child must get them as usual.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::signal::pthread_sigmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::empty()),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|source| StorageError::Spawn { program: program.to_owned(), source })?;
+        let stdout = child.stdout.take().expect("stdout was piped");
+        // One line: "ready", or "failed: why". A reader thread, so that a
+        // process that hangs is given up on after START_TIMEOUT.
+        let (said, heard) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout.take(MAX_LINE)).read_line(&mut line);
+            let _ = said.send(line);
+        });
+        let line = heard.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        let mut storage = VmStorage { pid: child.id(), child: Some(child), socket: spec.run.join(SOCKET), done: false };
+        match line.trim_end() {
+            "ready" => Ok(storage),
+            other => {
+                let why = match other.strip_prefix("failed: ") {
+                    Some(why) => why.to_owned(),
+                    None if other.is_empty() => {
+                        format!("it said nothing within {} s", START_TIMEOUT.as_secs())
+                    }
+                    None => format!("it said {other:?}"),
+                };
+                storage.kill();
+                Err(StorageError::Startup(why))
+            }
+        }
+    }
+
+    /// The storage process an earlier daemon started for the VM whose run
+    /// directory is `run`, if it still runs.
+    pub fn attach(run: &Path) -> Option<VmStorage> {
+        let pid: u32 = fs::read_to_string(run.join(PID)).ok()?.trim().parse().ok()?;
+        // Ours by its command line: the subcommand and this VM's spec.
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let spec = run.join(SPEC);
+        let ours = args.contains(&SUBCOMMAND.as_bytes()) && args.contains(&spec.as_os_str().as_encoded_bytes());
+        (ours && alive(pid)).then(|| VmStorage { child: None, pid, socket: run.join(SOCKET), done: false })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => alive(self.pid),
+        }
+    }
+
+    /// Its counters.
+    ///
+    /// # Errors
+    /// [`StorageError::Ask`] or [`StorageError::Failed`].
+    pub fn stats(&self) -> Result<StorageStats, StorageError> {
+        match self.ask(&StorageRequest::Stats, "report its counters", QUICK)? {
+            StorageReply::Stats(stats) => Ok(*stats),
+            other => Err(unexpected("report its counters", &other)),
+        }
+    }
+
+    /// Has the guest's last writes in the RAM file's page cache written to
+    /// memtap.
+    ///
+    /// # Errors
+    /// [`StorageError::Ask`] or [`StorageError::Failed`].
+    pub fn sync_ram(&self) -> Result<(), StorageError> {
+        self.ask_done(&StorageRequest::SyncRam, "sync the RAM file", SLOW)
+    }
+
+    /// Has the dirty sets written into `dir`; returns the dirty pages and
+    /// blocks.
+    ///
+    /// # Errors
+    /// [`StorageError::Ask`] or [`StorageError::Failed`].
+    pub fn copy_dirty_sets(&self, dir: &Path) -> Result<(u64, u64), StorageError> {
+        match self.ask(&StorageRequest::CopyDirtySets(dir.to_owned()), "copy its dirty sets", SLOW)? {
+            StorageReply::DirtySets { pages, blocks } => Ok((pages, blocks)),
+            other => Err(unexpected("copy its dirty sets", &other)),
+        }
+    }
+
+    /// Ends the fetches still waiting for the desktop (QEMU is being
+    /// ended); a process that does not answer is logged, not waited for.
+    pub fn cancel_fetches(&self) {
+        if let Err(e) = self.ask_done(&StorageRequest::Cancel, "cancel its fetches", QUICK) {
+            tracing::warn!("{}", wire::chain(&e));
+        }
+    }
+
+    /// Lets the process run on after this handle is gone, for the next
+    /// daemon ([`VmStorage::attach`]).
+    pub fn leave_running(&mut self) {
+        self.done = true;
+    }
+
+    /// Flushes and closes memtap and cownetdisk and waits for the process
+    /// to exit. QEMU must be gone.
+    ///
+    /// # Errors
+    /// [`StorageError::Ask`] or [`StorageError::Failed`]; the process is
+    /// killed then, what it had flushed stays.
+    pub fn shut(&mut self) -> Result<(), StorageError> {
+        if self.done {
+            return Ok(());
+        }
+        let asked = self.ask_done(&StorageRequest::Shut, "flush and close", SLOW);
+        if asked.is_err() {
+            self.kill();
+            return asked;
+        }
+        for _ in 0..100 {
+            if !self.is_running() {
+                self.done = true;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        Ok(())
+    }
+
+    /// Kills it (SIGKILL) and reaps it if it is ours.
+    fn kill(&mut self) {
+        self.done = true;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::SIGKILL);
+        if let Some(child) = &mut self.child {
+            let _ = child.wait();
+        }
+    }
+
+    fn ask_done(&self, request: &StorageRequest, what: &'static str, within: Duration) -> Result<(), StorageError> {
+        match self.ask(request, what, within)? {
+            StorageReply::Done => Ok(()),
+            other => Err(unexpected(what, &other)),
+        }
+    }
+
+    fn ask(
+        &self,
+        request: &StorageRequest,
+        what: &'static str,
+        within: Duration,
+    ) -> Result<StorageReply, StorageError> {
+        let broke = |source| StorageError::Ask { request: what, socket: self.socket.clone(), source };
+        let mut stream = UnixStream::connect(&self.socket).map_err(broke)?;
+        stream.set_read_timeout(Some(within)).map_err(broke)?;
+        stream.set_write_timeout(Some(QUICK)).map_err(broke)?;
+        let mut line = serde_json::to_vec(request).expect("a storage request serialises");
+        line.push(b'\n');
+        stream.write_all(&line).map_err(broke)?;
+        let reply = read_line(&stream).map_err(broke)?;
+        match serde_json::from_str(&reply).map_err(|e| broke(std::io::Error::other(e)))? {
+            StorageReply::Failed(why) => Err(StorageError::Failed { request: what, why }),
+            reply => Ok(reply),
+        }
+    }
+}
+
+fn unexpected(request: &'static str, reply: &StorageReply) -> StorageError {
+    StorageError::Failed { request, why: format!("unexpected answer {reply:?}") }
+}
+
+/// One line (without its newline) of at most [`MAX_LINE`] bytes.
+fn read_line(stream: &UnixStream) -> std::io::Result<String> {
+    let mut line = String::new();
+    BufReader::new(stream.take(MAX_LINE)).read_line(&mut line)?;
+    if !line.ends_with('\n') {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the line ended early"));
+    }
+    line.pop();
+    Ok(line)
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The storage process itself (`jettison vm-storage --spec FILE`): mounts
+/// memtap, serves cownetdisk, says "ready" on stdout (or "failed: why"),
+/// then answers the daemon until it is told to [shut](StorageRequest::Shut).
+///
+/// # Errors
+/// What kept it from starting, or from serving its socket.
+pub fn run(spec_file: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let started = start(spec_file);
+    let mut stdout = std::io::stdout();
+    let (storage, listener) = match started {
+        Ok(started) => {
+            let _ = stdout.write_all(b"ready\n").and_then(|()| stdout.flush());
+            started
+        }
+        Err(e) => {
+            let _ = writeln!(stdout, "failed: {}", wire::chain(&*e)).and_then(|()| stdout.flush());
+            return Err(e);
+        }
+    };
+    tracing::info!(desktop = %storage.key.desktop, vm = %storage.key.vm, pid = std::process::id(), "serving the VM's memory and disk");
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(QUICK));
+        let reply = match read_line(&stream)
+            .map_err(|e| e.to_string())
+            .and_then(|line| serde_json::from_str::<StorageRequest>(&line).map_err(|e| format!("not a request: {e}")))
+        {
+            Ok(StorageRequest::Shut) => {
+                let reply = match storage.shut() {
+                    Ok(()) => StorageReply::Done,
+                    Err(e) => StorageReply::Failed(e),
+                };
+                answer(&stream, &reply);
+                let _ = fs::remove_file(storage.spec.run.join(SOCKET));
+                let _ = fs::remove_file(storage.spec.run.join(PID));
+                tracing::info!(desktop = %storage.key.desktop, vm = %storage.key.vm, "memory and disk closed");
+                return Ok(());
+            }
+            Ok(request) => storage.serve(request),
+            Err(why) => StorageReply::Failed(why),
+        };
+        answer(&stream, &reply);
+    }
+    Ok(())
+}
+
+fn answer(mut stream: &UnixStream, reply: &StorageReply) {
+    let mut line = serde_json::to_vec(reply).expect("a storage reply serialises");
+    line.push(b'\n');
+    let _ = stream.write_all(&line);
+}
+
+/// What the storage process serves.
+struct Serving {
+    key: VmKey,
+    spec: StorageSpec,
+    mount: std::sync::Mutex<Option<memtap::Mount>>,
+    disk: Arc<Disk>,
+    nbd_stop: cownetdisk::StopHandle,
+    nbd_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    fetches: Cancel,
+    waker: Option<Arc<DesktopWaker>>,
+}
+
+/// Reads the spec, mounts memtap, opens and serves cownetdisk, and binds
+/// the request socket.
+fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error::Error + Send + Sync>> {
+    let json = fs::read(spec_file).map_err(|source| StorageError::File {
+        action: "read",
+        path: spec_file.to_owned(),
+        source,
+    })?;
+    let spec: StorageSpec = serde_json::from_slice(&json)?;
+    let key = VmKey { desktop: spec.desktop.clone(), vm: spec.vm.clone() };
+    let vm = &spec.vm;
+    let credentials = Arc::new(Credentials::load(&spec.host_key, &spec.peers)?);
+    let zero_map_file = spec.state.join(ZERO_MAP);
+    let zero_map = ZeroMap::decode(&fs::read(&zero_map_file)?)?;
+    let waker = spec.wake.as_ref().map(|wake| {
+        let mut target = WakeTarget::new(spec.desktop.as_str(), wake.mac, wake.broadcast, spec.memserv);
+        target.raw_interface = wake.interface.clone();
+        Arc::new(DesktopWaker::new(target))
+    });
+    let wake: Arc<dyn WakeHook> = match &waker {
+        Some(waker) => Arc::clone(waker) as Arc<dyn WakeHook>,
+        None => Arc::new(NoWake),
+    };
+    let fetches = Cancel::new();
+    let remote = |addr: SocketAddr, service| {
+        let hello = Hello { service, export: vm.to_string() };
+        let mut remote = RemoteConfig::new(addr.to_string(), Arc::clone(&credentials), hello);
+        // The desktop that moved the VM here, and no other, serves it.
+        remote.peer = Some(spec.desktop.clone());
+        remote.cancel = fetches.clone();
+        remote
+    };
+    let mut memory =
+        memtap::RamFileConfig::new(vm.as_str(), spec.state.join("memory"), remote(spec.memserv, Service::Memory));
+    memory.zero_pages = zero_map.ranges;
+    memory.zero_map_pages = Some(zero_map.units);
+    memory.wake = Arc::clone(&wake);
+    let mount = memtap::Mount::start(&spec.run.join("ram"), vec![memory])?;
+    let disk_config = DiskConfig::new(vm.as_str(), spec.state.join("disk"), remote(spec.diskserv, Service::Disk));
+    let disk = Arc::new(Disk::open(disk_config, wake)?);
+    let socket = spec.run.join(DISK_SOCKET);
+    let nbd = NbdServer::bind(Arc::clone(&disk), &Listen { unix: Some(socket), tcp: None })?;
+    let nbd_stop = nbd.stop_handle();
+    let nbd_key = key.clone();
+    let nbd_thread = std::thread::spawn(move || {
+        if let Err(e) = nbd.run() {
+            tracing::error!(desktop = %nbd_key.desktop, vm = %nbd_key.vm, "cownetdisk stopped: {}", wire::chain(&e));
+        }
+    });
+    let serving = Serving {
+        key,
+        mount: std::sync::Mutex::new(Some(mount)),
+        disk,
+        nbd_stop,
+        nbd_thread: std::sync::Mutex::new(Some(nbd_thread)),
+        fetches,
+        waker,
+        spec,
+    };
+    let socket = serving.spec.run.join(SOCKET);
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
+    durable_file::replace_file(&serving.spec.run.join(PID), &[std::process::id().to_string().as_bytes()])?;
+    Ok((serving, listener))
+}
+
+/// The zero map of consolidation, in the VM's state directory.
+pub(crate) const ZERO_MAP: &str = "zero.map";
+/// cownetdisk's socket, QEMU's disk, in the VM's run directory.
+pub(crate) const DISK_SOCKET: &str = "disk.nbd";
+
+impl Serving {
+    fn ram_file(&self) -> PathBuf {
+        crate::hosted::ram_file(&self.spec.run, &self.spec.vm)
+    }
+
+    fn serve(&self, request: StorageRequest) -> StorageReply {
+        let failed = |e: &dyn std::error::Error| StorageReply::Failed(wire::chain(e));
+        match request {
+            StorageRequest::Stats => {
+                let memory = self.with_ram(|ram| Ok(ram.stats())).unwrap_or_default();
+                let desktop = self.waker.as_ref().map(|w| w.status());
+                StorageReply::Stats(Box::new(StorageStats { memory, disk: self.disk.stats(), desktop }))
+            }
+            StorageRequest::SyncRam => match crate::hosted::sync_ram(&self.ram_file()) {
+                Ok(()) => StorageReply::Done,
+                Err(e) => failed(&e),
+            },
+            StorageRequest::CopyDirtySets(dir) => match self.copy_dirty_sets(&dir) {
+                Ok((pages, blocks)) => StorageReply::DirtySets { pages, blocks },
+                Err(e) => failed(&*e),
+            },
+            StorageRequest::Cancel => {
+                self.fetches.cancel();
+                StorageReply::Done
+            }
+            StorageRequest::Shut => unreachable!("answered by run"),
+        }
+    }
+
+    fn with_ram<T>(
+        &self,
+        f: impl FnOnce(&memtap::VmMemory) -> Result<T, Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Result<T, Box<dyn std::error::Error + Send + Sync>> {
+        let mount = self.mount.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ram = mount.as_ref().and_then(|m| m.vms().first()).ok_or("memtap serves no RAM")?;
+        f(ram)
+    }
+
+    /// Writes the memory and disk dirty sets as they are now into `dir`
+    /// (`memory.set`, `disk.set`), durably; the VM must be stopped.
+    fn copy_dirty_sets(&self, dir: &Path) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
+        self.with_ram(|memory| {
+            memory.flush()?;
+            self.disk.flush()?;
+            let mut counts = Vec::new();
+            for (store, file) in [(memory.slices(), "memory.set"), (self.disk.slices(), "disk.set")] {
+                let out = fs::File::create(dir.join(file))?;
+                export_dirty_set(store, &out)?;
+                out.sync_all()?;
+                counts.push(store.dirty_count());
+            }
+            durable_file::sync_dir(dir)?;
+            Ok((counts[0], counts[1]))
+        })
+    }
+
+    /// Stops the NBD server and memtap, flushing both; a fetch still
+    /// waiting for the desktop is given up (QEMU, its only reader, is gone).
+    fn shut(&self) -> Result<(), String> {
+        self.fetches.cancel();
+        self.nbd_stop.stop();
+        if let Some(thread) = self.nbd_thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = thread.join();
+        }
+        self.disk.flush().map_err(|e| format!("cownetdisk cannot flush its disk: {}", wire::chain(&e)))?;
+        let mount = self.mount.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(mount) = mount {
+            mount.unmount().map_err(|e| format!("memtap cannot unmount its RAM: {}", wire::chain(&e)))?;
+        }
+        Ok(())
+    }
+}
