@@ -45,13 +45,18 @@ pub fn run_desktop(args: DesktopArgs) -> CmdResult {
 /// Runs the server daemon.
 pub fn run_server(args: ServerArgs) -> CmdResult {
     let path = args.config.clone();
-    let credentials = Arc::new(OnceLock::new());
-    let reload = Arc::clone(&credentials);
+    let running = Arc::new(OnceLock::<Arc<ServerDaemon>>::new());
+    let reload = Arc::clone(&running);
     let wait_for_signal = block_stop_signals_reloading(move || {
-        report_reload(&path, ServerConfig::load(&path).map(drop).map_err(|e| wire::chain(&e)), reload.get())
+        let daemon = reload.get();
+        let checked = ServerConfig::load(&path).map(drop).map_err(|e| wire::chain(&e));
+        report_reload(&path, checked, daemon.map(|d| d.credentials()).as_ref());
+        if let Some(daemon) = daemon {
+            daemon.reload_storage_peers();
+        }
     })?;
     let daemon = ServerDaemon::new(ServerConfig::load(&args.config)?)?;
-    let _ = credentials.set(daemon.credentials());
+    let _ = running.set(Arc::clone(&daemon));
     run_until_signal(Arc::clone(&daemon), |d| d.run(|| notify_service_manager("READY=1")), wait_for_signal)?;
     notify_service_manager("STOPPING=1");
     daemon.shutdown();

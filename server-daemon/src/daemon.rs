@@ -81,6 +81,19 @@ impl ServerDaemon {
         Arc::clone(&self.credentials)
     }
 
+    /// Has every hosted VM's storage process read the enrolled peers again
+    /// (after [`Credentials::reload_peers`] of [`ServerDaemon::credentials`]),
+    /// so that a key enrolled or removed applies to their fetches too.
+    pub fn reload_storage_peers(&self) {
+        let vms: Vec<_> = lock(&self.vms).values().cloned().collect();
+        for vm in vms {
+            let Some(vm) = local::lock_for_status(&vm) else { continue };
+            if let Err(e) = vm.reload_peers() {
+                tracing::error!("SIGHUP: {}", wire::chain(&e));
+            }
+        }
+    }
+
     /// Reads the key, makes the directories, takes over the VMs an earlier
     /// daemon left running (their QEMU and storage process), and clears
     /// what else it left in the run directory. Slices in the state
@@ -818,4 +831,37 @@ fn list_dir(dir: &std::path::Path) -> Vec<String> {
         .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     names.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remote_wakeup::{WakeState, WakeStats};
+
+    fn seen(name: &str, state: WakeState, wakes: u64) -> DesktopStatus {
+        DesktopStatus {
+            name: name.to_owned(),
+            mac: "02:00:00:00:00:01".to_owned(),
+            probe: "10.0.0.2:7410".to_owned(),
+            state,
+            stats: WakeStats { wakes, ..WakeStats::default() },
+        }
+    }
+
+    #[test]
+    fn one_desktops_vms_add_up_to_one_status() {
+        let merged = desktop_power(
+            [
+                seen("desk1", WakeState::Awake, 2),
+                seen("desk2", WakeState::Awake, 1),
+                seen("desk1", WakeState::Asleep, 3),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(merged.len(), 2);
+        assert_eq!((merged[0].name.as_str(), merged[0].state, merged[0].stats.wakes), ("desk1", WakeState::Asleep, 5));
+        assert_eq!((merged[1].name.as_str(), merged[1].state, merged[1].stats.wakes), ("desk2", WakeState::Awake, 1));
+        let waking = desktop_power([seen("d", WakeState::Asleep, 0), seen("d", WakeState::Waking, 0)].into_iter());
+        assert_eq!(waking[0].state, WakeState::Waking);
+    }
 }

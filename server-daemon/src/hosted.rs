@@ -395,6 +395,20 @@ impl HostedVm {
         Some(vm)
     }
 
+    /// Has its storage process read the enrolled peers again.
+    ///
+    /// # Errors
+    /// [`ServerError::Storage`]; the old peers stay in force there.
+    pub fn reload_peers(&self) -> Result<(), ServerError> {
+        match &self.phase {
+            Phase::Running(running) => running
+                .storage
+                .reload_peers()
+                .map_err(|source| ServerError::Storage { key: self.key.clone(), source: Box::new(source) }),
+            _ => Ok(()),
+        }
+    }
+
     /// Leaves its QEMU and storage process running, for the next daemon
     /// (see [`HostedVm::take_over`]).
     pub fn leave_running(mut self) {

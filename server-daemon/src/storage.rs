@@ -104,6 +104,8 @@ pub enum StorageRequest {
     CopyDirtySets(PathBuf),
     /// End the fetches still waiting for the desktop: QEMU is being ended.
     Cancel,
+    /// Read the enrolled peers again (`systemctl reload` of the daemon).
+    ReloadPeers,
     /// Flush and close everything, then exit.
     Shut,
 }
@@ -331,6 +333,15 @@ impl VmStorage {
         }
     }
 
+    /// Has the enrolled peers read again.
+    ///
+    /// # Errors
+    /// [`StorageError::Ask`] or [`StorageError::Failed`] (the old peers
+    /// stay in force then).
+    pub fn reload_peers(&self) -> Result<(), StorageError> {
+        self.ask_done(&StorageRequest::ReloadPeers, "read the enrolled peers again", QUICK)
+    }
+
     /// Ends the fetches still waiting for the desktop (QEMU is being
     /// ended); a process that does not answer is logged, not waited for.
     pub fn cancel_fetches(&self) {
@@ -493,6 +504,7 @@ struct Serving {
     nbd_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     fetches: Cancel,
     waker: Option<Arc<DesktopWaker>>,
+    credentials: Arc<Credentials>,
 }
 
 /// Reads the spec, mounts memtap, opens and serves cownetdisk, and binds
@@ -553,6 +565,7 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
         fetches,
         waker,
         spec,
+        credentials,
     };
     let socket = serving.spec.run.join(SOCKET);
     let _ = fs::remove_file(&socket);
@@ -592,6 +605,10 @@ impl Serving {
                 self.fetches.cancel();
                 StorageReply::Done
             }
+            StorageRequest::ReloadPeers => match self.credentials.reload_peers() {
+                Ok(_) => StorageReply::Done,
+                Err(e) => failed(&e),
+            },
             StorageRequest::Shut => unreachable!("answered by run"),
         }
     }
@@ -637,5 +654,37 @@ impl Serving {
             mount.unmount().map_err(|e| format!("memtap cannot unmount its RAM: {}", wire::chain(&e)))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_file_that_names_another_program_is_not_taken_over() {
+        let run = tempfile::tempdir().unwrap();
+        // This test's own process: alive, but not `jettison vm-storage`.
+        fs::write(run.path().join(PID), std::process::id().to_string()).unwrap();
+        assert!(VmStorage::attach(run.path()).is_none());
+        fs::write(run.path().join(PID), "not a pid").unwrap();
+        assert!(VmStorage::attach(run.path()).is_none());
+        fs::remove_file(run.path().join(PID)).unwrap();
+        assert!(VmStorage::attach(run.path()).is_none());
+    }
+
+    #[test]
+    fn a_line_without_its_end_within_the_limit_is_refused() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut b = b;
+            let _ = b.write_all(&vec![b'x'; MAX_LINE as usize + 10]);
+        });
+        assert!(read_line(&a).is_err());
+        drop(a);
+        writer.join().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(b"{\"Stats\":null}\n").unwrap();
+        assert_eq!(read_line(&a).unwrap(), "{\"Stats\":null}");
     }
 }

@@ -301,9 +301,12 @@ impl Office {
 
     /// Sends the desktop daemon SIGHUP, as `systemctl reload` does.
     pub fn reload_desktop(&self) {
-        let daemon = self.desktop_daemon.as_ref().expect("the desktop daemon runs");
-        // SAFETY: kill has no memory preconditions; the pid is our child.
-        unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
+        hang_up(self.desktop_daemon.as_ref().expect("the desktop daemon runs"));
+    }
+
+    /// Sends the server daemon SIGHUP, as `systemctl reload` does.
+    pub fn reload_server(&self) {
+        hang_up(self.server_daemon.as_ref().expect("the server daemon runs"));
     }
 
     /// Stops `jettison server` with SIGTERM, as `systemctl stop` does; its
@@ -498,6 +501,12 @@ impl Drop for Office {
             }
         }
     }
+}
+
+/// Sends `daemon` SIGHUP.
+fn hang_up(daemon: &Daemon) {
+    // SAFETY: kill has no memory preconditions; the pid is our child.
+    unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
 }
 
 /// The last `JTCOUNT` the guest printed in `serial`, if any.

@@ -84,6 +84,11 @@ fn daemon_restarts_and_a_host_shutdown_never_set_the_guest_back() {
     assert_eq!(office.server_qemu_pid(), Some(server_qemu), "the new server daemon takes the same QEMU over");
     assert!(office.log("server").contains("took over its running QEMU and storage"), "{}", office.logs());
     let over = wait_for_count_above(&server_serial, stopped_at, COUNT_TIMEOUT);
+    // A reload reaches the VM's storage process too (its fetches use the
+    // enrolled peers): a failure there would be logged as a SIGHUP error.
+    office.reload_server();
+    wait_for_log(&office, "server", "SIGHUP: the configuration is valid");
+    assert!(!office.log("server").contains("ERROR"), "{}", office.logs());
     let hosted = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
     assert_eq!(hosted["vms"][0]["on_server"]["state"], "running", "{hosted}");
     eprintln!("server daemon restarted: counter {stopped_at} -> {over}, QEMU pid {server_qemu} kept");
