@@ -789,6 +789,14 @@ fn clear_stale_run_dir(dir: &std::path::Path, running: &BTreeMap<VmKey, HostedVm
                 continue;
             }
             let run = dir.join(&desktop).join(&vm);
+            // A QEMU or storage process a daemon killed mid-arrival left
+            // behind: nothing will take it over.
+            drop(qemu_driver::QemuProcess::attach_in(&run.join("qemu")));
+            if let Some(mut storage) = crate::storage::VmStorage::attach(&run) {
+                if let Err(e) = storage.shut() {
+                    tracing::warn!("{}: {}", run.display(), wire::chain(&e));
+                }
+            }
             let _ = std::process::Command::new("umount").arg("-l").arg(run.join("ram")).output();
             if let Err(e) = std::fs::remove_dir_all(&run) {
                 tracing::warn!("cannot clear {}: {e}", run.display());
