@@ -96,6 +96,31 @@ pub fn announce(qmp: &mut Qmp) -> Result<()> {
     Ok(())
 }
 
+/// The sizes of the virtio disks the running guest sees, in the order they
+/// were given to QEMU (`-drive if=virtio` names them `virtio0`,
+/// `virtio1`, ...; firmware flash and other block devices are left out), as
+/// QEMU reports them: for a qcow2 image, not the file's size. Asks QEMU
+/// because it holds the images' locks while it runs.
+///
+/// # Errors
+/// [`QemuError::Command`] if QEMU refuses; [`QemuError::QmpProtocol`] if a
+/// virtio disk has no size.
+pub fn disk_virtual_sizes(qmp: &mut Qmp) -> Result<Vec<u64>> {
+    let devices = qmp.execute("query-block", None)?;
+    let mut disks = Vec::new();
+    for device in devices.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(index) = device["device"].as_str().and_then(|name| name.strip_prefix("virtio")) else { continue };
+        let Ok(index) = index.parse::<u32>() else { continue };
+        let size = device["inserted"]["image"]["virtual-size"].as_u64().ok_or_else(|| QemuError::QmpProtocol {
+            socket: qmp.socket().to_owned(),
+            detail: format!("query-block reports virtio disk {index} without a size: {device}"),
+        })?;
+        disks.push((index, size));
+    }
+    disks.sort_unstable();
+    Ok(disks.into_iter().map(|(_, size)| size).collect())
+}
+
 /// The size of the disk the running guest sees (its first block device), as
 /// QEMU reports it: for a qcow2 image, not the file's size. Asks QEMU
 /// because it holds the image's lock while it runs.

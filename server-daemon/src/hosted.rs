@@ -5,18 +5,25 @@
 //!
 //! ```text
 //! <state_dir>/vms/<desktop>/<vm>/memory/        memtap's fetched and dirty slices of the RAM
-//! <state_dir>/vms/<desktop>/<vm>/disk/<vm>/     cownetdisk's slices of the disk
+//! <state_dir>/vms/<desktop>/<vm>/disk/<vm>/     cownetdisk's slices of the (first) disk
+//! <state_dir>/vms/<desktop>/<vm>/disk/<vm>.<n>/ ... of disk n (from 1) of a VM with several
 //! <state_dir>/vms/<desktop>/<vm>/descriptor.in  the device state the desktop sent
 //! <state_dir>/vms/<desktop>/<vm>/descriptor.out the device state saved for the way back
 //! <state_dir>/vms/<desktop>/<vm>/checkpoint/    the last checkpoint: descriptor, memory.set,
-//!                                               disk.set (dirty sets at that instant), manifest
+//!                                               disk.set, disk.<n>.set (dirty sets at that
+//!                                               instant), manifest
 //! <run_dir>/vms/<desktop>/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
-//! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's disk
+//! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's (first) disk
+//! <run_dir>/vms/<desktop>/<vm>/disk.<n>.nbd     ... for disk n (from 1)
 //! <run_dir>/vms/<desktop>/<vm>/qemu/            QEMU's QMP socket and logs
 //! ```
 //!
-//! Both names in those paths are checked types ([`VmKey`]): nothing a
-//! desktop sends is joined onto a path as it came.
+//! Both names in those paths are checked types ([`VmKey`]), and a disk's
+//! number is an index below the reserved count (at most
+//! [`daemon_protocol::MAX_DISKS`]): nothing a desktop sends is joined onto
+//! a path as it came. Each disk is a cownetdisk [`Disk`] of its own, with
+//! its own NBD server and socket, fetching from the desktop's one diskserv
+//! under the disk's export ([`disk_export`]), whose name is also its slices'.
 //!
 //! The state directory outlives the daemon: if the server or its QEMU dies,
 //! the VM's dirty slices stay there (an earlier VM's leftovers are renamed
@@ -30,7 +37,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer, StopHandle};
 use daemon_protocol::{
-    ChunkWriter, ConsoleAccess, ConsolidateRequest, HostedState, HostedStatus, MachineProfile, ReturnHeader,
+    disk_export, ChunkWriter, ConsoleAccess, ConsolidateRequest, HostedState, HostedStatus, MachineProfile,
+    ReturnHeader,
 };
 use identifiers::Mac;
 use migration_formats::ZeroMap;
@@ -90,29 +98,35 @@ impl Drop for VmProcess {
 #[derive(Debug)]
 struct Storage {
     key: VmKey,
-    disk: Arc<Disk>,
-    nbd_stop: StopHandle,
-    nbd_thread: Option<std::thread::JoinHandle<()>>,
+    /// Its disks, in the guest's order.
+    disks: Vec<HostedDisk>,
     mount: Option<memtap::Mount>,
     /// Ends fetches still waiting for the desktop once QEMU is gone.
     fetches: Cancel,
 }
 
 impl Storage {
+    /// memtap's counters, and cownetdisk's summed over the disks.
     fn stats(&self) -> (memtap::RamStats, cownetdisk::DiskStats) {
         let memory = self.mount.as_ref().and_then(|m| m.vms().first().map(|vm| vm.stats()));
-        (memory.unwrap_or_default(), self.disk.stats())
+        let disks: Vec<_> = self.disks.iter().map(|d| d.disk.stats()).collect();
+        (memory.unwrap_or_default(), summed(disks))
     }
 
     /// Writes the memory and disk dirty sets as they are now into `dir`
-    /// (`memory.set`, `disk.set`), durably; the VM must be stopped.
-    /// Returns the dirty pages and blocks.
+    /// (`memory.set`, and per disk `disk.set` or `disk.<n>.set`: see
+    /// [`disk_set_file`]), durably; the VM must be stopped. Returns the
+    /// dirty pages and blocks (of all disks).
     fn copy_dirty_sets(&self, dir: &Path) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
         let memory = self.mount.as_ref().and_then(|m| m.vms().first()).ok_or("memtap serves no RAM")?;
         memory.flush()?;
-        self.disk.flush()?;
+        let mut sets = vec![(memory.slices(), "memory.set".to_owned())];
+        for (index, disk) in self.disks.iter().enumerate() {
+            disk.disk.flush()?;
+            sets.push((disk.disk.slices(), disk_set_file(index)));
+        }
         let mut counts = Vec::new();
-        for (store, file) in [(memory.slices(), "memory.set"), (self.disk.slices(), "disk.set")] {
+        for (store, file) in sets {
             let path = dir.join(file);
             let out = fs::File::create(&path)?;
             export_dirty_set(store, &out)?;
@@ -120,23 +134,22 @@ impl Storage {
             counts.push(store.dirty_count());
         }
         durable_file::sync_dir(dir)?;
-        Ok((counts[0], counts[1]))
+        Ok((counts[0], counts[1..].iter().sum()))
     }
 
-    /// Stops the NBD server and memtap, flushing both; a fetch still
+    /// Stops the NBD servers and memtap, flushing all; a fetch still
     /// waiting for the desktop is given up (QEMU, its only reader, is gone).
     fn shut(&mut self) -> Result<(), ServerError> {
         self.fetches.cancel();
-        self.nbd_stop.stop();
-        if let Some(thread) = self.nbd_thread.take() {
-            let _ = thread.join();
-        }
         let key = &self.key;
-        self.disk.flush().map_err(|source| ServerError::Cownetdisk {
-            key: key.clone(),
-            action: "flush",
-            source: Box::new(source),
-        })?;
+        let mut flushed = Ok(());
+        for disk in &mut self.disks {
+            let stopped = disk.stop(key);
+            if flushed.is_ok() {
+                flushed = stopped;
+            }
+        }
+        flushed?;
         if let Some(mount) = self.mount.take() {
             mount.unmount().map_err(|source| ServerError::Memtap {
                 key: key.clone(),
@@ -156,6 +169,102 @@ impl Drop for Storage {
     }
 }
 
+/// One disk of a hosted VM: a cownetdisk [`Disk`] over its slices, served
+/// to QEMU by an NBD server of its own.
+#[derive(Debug)]
+struct HostedDisk {
+    disk: Arc<Disk>,
+    nbd_stop: StopHandle,
+    nbd_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostedDisk {
+    /// Opens disk `index` of `key` (slices under `<state>/disk/`, fetched
+    /// from `remote`, the desktop's diskserv under the disk's export) and
+    /// serves it on its socket under `run`. Returns it and the QEMU
+    /// back-end that reaches it.
+    fn serve(
+        key: &VmKey,
+        index: usize,
+        state: &Path,
+        run: &Path,
+        remote: RemoteConfig,
+        wake: Arc<dyn WakeHook>,
+    ) -> Result<(HostedDisk, DiskBackend), ServerError> {
+        let export = disk_export(&key.vm, index);
+        let failed = |action| {
+            let key = key.clone();
+            move |source: cownetdisk::CownetdiskError| ServerError::Cownetdisk { key, action, source: Box::new(source) }
+        };
+        let config = DiskConfig::new(export.clone(), state.join("disk"), remote);
+        let disk = Arc::new(Disk::open(config, wake).map_err(failed("open"))?);
+        let socket = disk_socket(run, index);
+        let listen = Listen { unix: Some(socket.clone()), tcp: None };
+        let nbd = NbdServer::bind(Arc::clone(&disk), &listen).map_err(failed("serve"))?;
+        let nbd_stop = nbd.stop_handle();
+        let nbd_key = key.clone();
+        let nbd_thread = std::thread::spawn(move || {
+            if let Err(e) = nbd.run() {
+                tracing::error!(desktop = %nbd_key.desktop, vm = %nbd_key.vm, disk = index, "cownetdisk stopped: {}", wire::chain(&e));
+            }
+        });
+        Ok((HostedDisk { disk, nbd_stop, nbd_thread: Some(nbd_thread) }, DiskBackend::NbdUnix { socket, export }))
+    }
+
+    /// Stops its NBD server and flushes it.
+    fn stop(&mut self, key: &VmKey) -> Result<(), ServerError> {
+        self.nbd_stop.stop();
+        if let Some(thread) = self.nbd_thread.take() {
+            let _ = thread.join();
+        }
+        self.disk.flush().map_err(|source| ServerError::Cownetdisk {
+            key: key.clone(),
+            action: "flush",
+            source: Box::new(source),
+        })
+    }
+}
+
+/// The NBD socket under the VM's run directory `run` of its disk `index`.
+fn disk_socket(run: &Path, index: usize) -> PathBuf {
+    run.join(if index == 0 { "disk.nbd".to_owned() } else { format!("disk.{index}.nbd") })
+}
+
+/// The file of a checkpoint that holds disk `index`'s dirty set.
+fn disk_set_file(index: usize) -> String {
+    if index == 0 {
+        "disk.set".to_owned()
+    } else {
+        format!("disk.{index}.set")
+    }
+}
+
+/// The counters of several disks as one: what the daemon reports (blocks
+/// and bytes fetched, blocks dirty, sizes, requests) added up; the name
+/// and block size are the first disk's.
+fn summed(disks: Vec<cownetdisk::DiskStats>) -> cownetdisk::DiskStats {
+    let mut disks = disks.into_iter();
+    let mut total = disks.next().unwrap_or_default();
+    for disk in disks {
+        total.disk_bytes += disk.disk_bytes;
+        total.connections += disk.connections;
+        total.dropped_connections += disk.dropped_connections;
+        total.bytes_read += disk.bytes_read;
+        total.bytes_written += disk.bytes_written;
+        total.bytes_zeroed += disk.bytes_zeroed;
+        total.error_replies += disk.error_replies;
+        total.fetch_calls += disk.fetch_calls;
+        total.remote_requests += disk.remote_requests;
+        total.blocks_fetched += disk.blocks_fetched;
+        total.bytes_fetched += disk.bytes_fetched;
+        total.whole_block_writes += disk.whole_block_writes;
+        total.partial_write_fetches += disk.partial_write_fetches;
+        total.fetched_blocks += disk.fetched_blocks;
+        total.dirty_blocks += disk.dirty_blocks;
+    }
+    total
+}
+
 /// A VM the server hosts.
 #[derive(Debug)]
 pub struct HostedVm {
@@ -165,7 +274,8 @@ pub struct HostedVm {
     state: PathBuf,
     run: PathBuf,
     ram_bytes: u64,
-    disk_bytes: u64,
+    /// Its disks' sizes, in the guest's order.
+    disk_bytes: Vec<u64>,
     expected: u64,
     /// Pages its zero map of consolidation marked zero.
     zero_pages: u64,
@@ -191,10 +301,18 @@ pub struct CheckpointManifest {
     pub taken_at: u64,
     /// Pages the VM had dirtied on the server by then.
     pub dirty_pages: u64,
-    /// Disk blocks it had dirtied by then.
+    /// Disk blocks it had dirtied by then, on all its disks.
     pub dirty_blocks: u64,
     /// How long the VM was stopped for it, in milliseconds.
     pub pause_ms: u64,
+    /// Its disks: one disk dirty set each (1 for a checkpoint of a release
+    /// that knew only one disk).
+    #[serde(default = "one_disk")]
+    pub disks: usize,
+}
+
+fn one_disk() -> usize {
+    1
 }
 
 /// What a VM arrives with: the desktop's request, the machine it reserved,
@@ -207,6 +325,9 @@ pub struct Arrival<'a> {
     pub descriptor: &'a [u8],
     /// Its virtual hardware, from the reservation.
     pub profile: &'a MachineProfile,
+    /// Its number of disks, from the reservation (1 to
+    /// [`daemon_protocol::MAX_DISKS`], as the decoder checked).
+    pub disks: usize,
     /// The accelerator here.
     pub accel: Accel,
     /// The port of its remote console, if it has a display.
@@ -228,7 +349,7 @@ impl HostedVm {
         wake: Arc<dyn WakeHook>,
         expected: u64,
     ) -> Result<HostedVm, ServerError> {
-        let Arrival { request, descriptor: device_state, profile, accel, console_port } = arrival;
+        let Arrival { request, descriptor: device_state, profile, disks, accel, console_port } = arrival;
         let vm = &key.vm;
         let state = state_dir(config, &key);
         let run = config.run_dir.join("vms").join(key.desktop.as_str()).join(vm.as_str());
@@ -257,16 +378,19 @@ impl HostedVm {
         })?;
 
         let fetches = Cancel::new();
-        let remote = |addr: std::net::SocketAddr, service| {
-            let hello = Hello { service, export: vm.to_string() };
+        let remote = |addr: std::net::SocketAddr, service, export: String| {
+            let hello = Hello { service, export };
             let mut remote = RemoteConfig::new(addr.to_string(), Arc::clone(credentials), hello);
             // The desktop that moved the VM here, and no other, serves it.
             remote.peer = Some(key.desktop.clone());
             remote.cancel = fetches.clone();
             remote
         };
-        let mut memory =
-            memtap::RamFileConfig::new(vm.as_str(), state.join("memory"), remote(request.memserv, Service::Memory));
+        let mut memory = memtap::RamFileConfig::new(
+            vm.as_str(),
+            state.join("memory"),
+            remote(request.memserv, Service::Memory, vm.to_string()),
+        );
         let zero_pages = zero_map.ranges.iter().map(|r| r.end - r.start).sum();
         memory.zero_pages = zero_map.ranges;
         memory.zero_map_pages = Some(zero_map.units);
@@ -277,37 +401,17 @@ impl HostedVm {
             source: Box::new(source),
         })?;
         let ram_bytes = mount.vms().first().map(|m| m.size()).unwrap_or(0);
-        let disk_config = DiskConfig::new(vm.as_str(), state.join("disk"), remote(request.diskserv, Service::Disk));
-        let disk = Arc::new(Disk::open(disk_config, wake).map_err(|source| ServerError::Cownetdisk {
-            key: key.clone(),
-            action: "open",
-            source: Box::new(source),
-        })?);
-        let socket = run.join("disk.nbd");
-        let listen = Listen { unix: Some(socket.clone()), tcp: None };
-        let nbd = NbdServer::bind(Arc::clone(&disk), &listen).map_err(|source| ServerError::Cownetdisk {
-            key: key.clone(),
-            action: "serve",
-            source: Box::new(source),
-        })?;
-        let nbd_stop = nbd.stop_handle();
-        let nbd_key = key.clone();
-        let nbd_thread = std::thread::spawn(move || {
-            if let Err(e) = nbd.run() {
-                tracing::error!(desktop = %nbd_key.desktop, vm = %nbd_key.vm, "cownetdisk stopped: {}", wire::chain(&e));
-            }
-        });
-        let disk_bytes = disk.size();
         // From here a failed step drops the storage, which stops cownetdisk
         // and unmounts memtap.
-        let storage = Storage {
-            key: key.clone(),
-            disk,
-            nbd_stop,
-            nbd_thread: Some(nbd_thread),
-            mount: Some(mount),
-            fetches: fetches.clone(),
-        };
+        let mut storage = Storage { key: key.clone(), disks: Vec::new(), mount: Some(mount), fetches: fetches.clone() };
+        let mut backends = Vec::with_capacity(disks);
+        for index in 0..disks {
+            let remote = remote(request.diskserv, Service::Disk, disk_export(vm, index));
+            let (disk, backend) = HostedDisk::serve(&key, index, &state, &run, remote, Arc::clone(&wake))?;
+            storage.disks.push(disk);
+            backends.push(backend);
+        }
+        let disk_bytes = storage.disks.iter().map(|d| d.disk.size()).collect();
         let qemu_error = |action| {
             let key = key.clone();
             move |source| ServerError::Qemu { key, action, source: Box::new(source) }
@@ -337,7 +441,7 @@ impl HostedVm {
             .reboot_ends_qemu(false)
             .run_as(config.qemu_user())
             .extra_args(nic_args(tap.name(), request.vm_mac))
-            .extra_args(DiskBackend::NbdUnix { socket, export: vm.to_string() }.qemu_args());
+            .extra_args(backends.iter().flat_map(DiskBackend::qemu_args));
         let qemu_agent_socket = spec.agent_socket();
         let (qemu, qmp) = resume(spec, &descriptor).map_err(qemu_error("resume it from its descriptor"))?;
         let mut running = Running { vm: VmProcess { qmp, qemu, _tap: tap, qemu_agent_socket, fetches }, storage };
@@ -450,6 +554,7 @@ impl HostedVm {
             dirty_pages,
             dirty_blocks,
             pause_ms: pause.as_millis() as u64,
+            disks: self.disk_bytes.len(),
         };
         let json = serde_json::to_vec(&manifest).map_err(|e| failed("write its manifest")(e.into()))?;
         durable_file::replace_file(&new.join(MANIFEST), &[&json])
@@ -611,8 +716,8 @@ impl HostedVm {
     }
 
     /// Sends the stopped VM home on `channel`: a `Returning` header, then
-    /// the descriptor, the memory dirty set and the disk dirty set as one
-    /// stream. Returns the header.
+    /// the descriptor, the memory dirty set and the disk dirty sets (one
+    /// per disk, in order) as one stream. Returns the header.
     ///
     /// # Errors
     /// What could not be read or sent.
@@ -634,14 +739,18 @@ impl HostedVm {
             Ok::<_, ServerError>((store, set_bytes))
         };
         let (memory, memory_set_bytes) = open(self.state.join("memory"), self.ram_bytes)?;
-        let (disk, disk_set_bytes) = open(self.state.join("disk").join(key.vm.as_str()), self.disk_bytes)?;
+        let mut disks = Vec::with_capacity(self.disk_bytes.len());
+        for (index, &size) in self.disk_bytes.iter().enumerate() {
+            disks.push(open(self.state.join("disk").join(disk_export(&key.vm, index)), size)?);
+        }
         let header = ReturnHeader {
             descriptor_bytes: descriptor.len() as u64,
             descriptor_crc: crc32fast::hash(&descriptor),
             memory_set_bytes,
-            disk_set_bytes,
+            disk_set_bytes: disks.iter().map(|(_, bytes)| bytes).sum(),
             dirty_pages: memory.dirty_count(),
-            dirty_blocks: disk.dirty_count(),
+            dirty_blocks: disks.iter().map(|(store, _)| store.dirty_count()).sum(),
+            disk_count: disks.len() as u32,
         };
         let export = |store: &SliceStore, what, writer: &mut ChunkWriter<'_>| {
             export_dirty_set(store, writer).map(drop).map_err(|source| ServerError::Export {
@@ -656,7 +765,7 @@ impl HostedVm {
             header,
             &descriptor,
             |writer| export(&memory, "memory", writer),
-            |writer| export(&disk, "disk", writer),
+            |writer| disks.iter().try_for_each(|(disk, _)| export(disk, "disk", writer)),
         )?;
         Ok(header)
     }
@@ -686,7 +795,7 @@ fn sync_ram(ram: &Path) -> std::io::Result<()> {
 /// Sends `key`'s last checkpoint (under its state directory `state`) home
 /// on `channel`, as [`HostedVm::send_home`] sends a stopped VM: a
 /// `Returning` header, then the checkpoint's descriptor, memory dirty set
-/// and disk dirty set. For a VM the server lost (its QEMU died, or the
+/// and disk dirty sets. For a VM the server lost (its QEMU died, or the
 /// whole server did and was restarted). Returns the header and the
 /// checkpoint's manifest.
 ///
@@ -717,31 +826,43 @@ pub fn send_checkpoint(
         Ok::<_, ServerError>((file, len, path))
     };
     let (memory, memory_set_bytes, memory_path) = open("memory.set")?;
-    let (disk, disk_set_bytes, disk_path) = open("disk.set")?;
+    if !(1..=daemon_protocol::MAX_DISKS).contains(&manifest.disks) {
+        return Err(no_checkpoint());
+    }
+    let disks = (0..manifest.disks).map(|index| open(&disk_set_file(index))).collect::<Result<Vec<_>, _>>()?;
     let header = ReturnHeader {
         descriptor_bytes: descriptor.len() as u64,
         descriptor_crc: crc32fast::hash(&descriptor),
         memory_set_bytes,
-        disk_set_bytes,
+        disk_set_bytes: disks.iter().map(|(_, len, _)| len).sum(),
         dirty_pages: manifest.dirty_pages,
         dirty_blocks: manifest.dirty_blocks,
+        disk_count: disks.len() as u32,
     };
-    let copy = |mut file: fs::File, path: PathBuf| {
-        move |writer: &mut ChunkWriter<'_>| std::io::copy(&mut file, writer).map(drop).map_err(read_error(path))
+    let copy = |mut file: &fs::File, path: &Path, writer: &mut ChunkWriter<'_>| {
+        std::io::copy(&mut file, writer).map(drop).map_err(read_error(path.to_owned()))
     };
-    stream_home(key, channel, header, &descriptor, copy(memory, memory_path), copy(disk, disk_path))?;
+    stream_home(
+        key,
+        channel,
+        header,
+        &descriptor,
+        |writer| copy(&memory, &memory_path, writer),
+        |writer| disks.iter().try_for_each(|(file, _, path)| copy(file, path, writer)),
+    )?;
     Ok((header, manifest))
 }
 
 /// Sends `header` on `channel`, then, as one stream, `descriptor` and
-/// what `memory` and `disk` write (the dirty sets, `header`'s sizes).
+/// what `memory` and `disks` write (the dirty sets, `header`'s sizes:
+/// `disks` writes one per disk, in order).
 fn stream_home(
     key: &VmKey,
     channel: &mut Channel,
     header: ReturnHeader,
     descriptor: &[u8],
     memory: impl FnOnce(&mut ChunkWriter<'_>) -> Result<(), ServerError>,
-    disk: impl FnOnce(&mut ChunkWriter<'_>) -> Result<(), ServerError>,
+    disks: impl FnOnce(&mut ChunkWriter<'_>) -> Result<(), ServerError>,
 ) -> Result<(), ServerError> {
     let broke = |source| ServerError::SendHome { key: key.clone(), source };
     channel
@@ -750,7 +871,7 @@ fn stream_home(
     let mut writer = ChunkWriter::new(channel);
     writer.write_all(descriptor).map_err(broke)?;
     memory(&mut writer)?;
-    disk(&mut writer)?;
+    disks(&mut writer)?;
     writer.finish().map(drop).map_err(broke)
 }
 
