@@ -4,9 +4,11 @@
 //! its virtio-net NIC sits on a tap device that is a port of that host's
 //! bridge, so a move changes which port of the office LAN the MAC is behind
 //! and nothing else. QEMU's `announce-self` (see [`announce`]) tells the LAN.
-//! The disk is a virtio-blk device on both hosts: the image file on the
-//! desktop, cownetdisk's NBD export on the server. The guest sees the same
-//! devices, so the descriptor saved on one host loads on the other.
+//! Each disk is a virtio-blk device on both hosts: the image file on the
+//! desktop, cownetdisk's NBD export on the server. A VM's disks are given
+//! to QEMU in the same order on both, so the guest sees the same devices
+//! at the same addresses, and the descriptor saved on one host loads on
+//! the other.
 //!
 //! Taps are made with iproute2's `ip`, in the network namespace of the
 //! calling thread (a daemon runs in its host's namespace).
@@ -119,23 +121,6 @@ pub fn disk_virtual_sizes(qmp: &mut Qmp) -> Result<Vec<u64>> {
     }
     disks.sort_unstable();
     Ok(disks.into_iter().map(|(_, size)| size).collect())
-}
-
-/// The size of the disk the running guest sees (its first block device), as
-/// QEMU reports it: for a qcow2 image, not the file's size. Asks QEMU
-/// because it holds the image's lock while it runs.
-///
-/// # Errors
-/// [`QemuError::Command`] if QEMU refuses; [`QemuError::QmpProtocol`] if it
-/// reports no disk.
-pub fn disk_virtual_size(qmp: &mut Qmp) -> Result<u64> {
-    let devices = qmp.execute("query-block", None)?;
-    let size =
-        devices.as_array().and_then(|all| all.iter().find_map(|d| d["inserted"]["image"]["virtual-size"].as_u64()));
-    size.ok_or_else(|| QemuError::QmpProtocol {
-        socket: qmp.socket().to_owned(),
-        detail: format!("query-block reports no disk with a size: {devices}"),
-    })
 }
 
 /// Writes what the VM's screen shows now to `file` (mode 0600; the caller
