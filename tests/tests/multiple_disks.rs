@@ -144,3 +144,81 @@ fn a_vm_with_a_raw_and_a_qcow2_disk_moves_and_comes_back_with_both_disks_written
     let at = SERVER_MARK as usize;
     assert!(!first[at..at + 4096].starts_with(SERVER_TEXT.as_bytes()), "the second disk's write reached the first");
 }
+
+/// The same through a server crash, with three disks (raw, raw, qcow2):
+/// the server's checkpoints hold a dirty set per disk, and once the
+/// restarted server sends the last one home, each disk's writes on the
+/// server are in its own image.
+#[test]
+fn a_crashed_servers_last_checkpoint_brings_each_disk_home() {
+    let dir = tempfile::tempdir().unwrap();
+    // A failover to the desktop's own checkpoint must not come first.
+    let spec = OfficeSpec {
+        fill_mib: 32,
+        checkpoint_every_secs: Some(4),
+        failover_secs: 120,
+        extra_disks: &["raw", "qcow2"],
+        ..OfficeSpec::default()
+    };
+    let Some(mut office) = Office::started(dir.path(), &spec) else { return };
+    let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
+    let client = office.connect_client(PACE);
+    client.wait_for(2, REPLY);
+    let socket = office.desktop_socket();
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    wait_until(|| office.log("server").contains("guest clock set through its agent"), "the clock set", &office);
+    let seek = SERVER_MARK / 4096;
+    for (device, text) in [("vdb", "checkpointed, disk 2"), ("vdc", "checkpointed, disk 3")] {
+        in_guest(
+            &server_agent,
+            &format!("printf '{text}' | dd of=/dev/{device} bs=4096 seek={seek} conv=sync,fsync 2>/dev/null"),
+            &office,
+        );
+    }
+    let saved = client.command("save on-server", REPLY);
+    assert!(saved.starts_with("saved "), "{saved}");
+    wait_for_a_new_checkpoint(&office);
+    wait_for_a_new_checkpoint(&office);
+    let checkpoint = office.server_vm_state().join("checkpoint");
+    for file in ["memory.set", "disk.set", "disk.1.set", "disk.2.set"] {
+        assert!(checkpoint.join(file).is_file(), "no {file} in {}", checkpoint.display());
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["disks"], 3, "{manifest}");
+
+    office.crash_server();
+    office.start_server();
+    office.wait_until_home(Duration::from_secs(120), "the desktop never brought the VM back");
+    assert!(office.log("desktop").contains("recovered from the server's last checkpoint"), "{}", office.logs());
+    let _ = client.wait_until_broken(Duration::from_secs(90));
+    let again = office.connect_client(PACE);
+    let cat = again.command("cat on-server", REPLY);
+    assert!(cat.starts_with("cat ") && !cat.ends_with("missing"), "{cat}");
+    drop(again.finish());
+
+    let out = office.jettison(&["shutdown", VM, "--timeout", "120", "--socket", socket.to_str().unwrap()]);
+    assert!(out.status.success(), "shutdown: {}\n{}", String::from_utf8_lossy(&out.stderr), office.logs());
+    assert!(!tests::file_in_image(&office.disk, "/on-server.txt").trim().is_empty(), "the first disk lacks its file");
+    for (image, format, text) in [
+        (&office.extra_disks[0], "raw", "checkpointed, disk 2"),
+        (&office.extra_disks[1], "qcow2", "checkpointed, disk 3"),
+    ] {
+        let block = block_of(image, format, SERVER_MARK);
+        assert!(block.starts_with(text.as_bytes()), "{} lacks {text:?}", image.display());
+        assert!(block_of(image, format, EXTRA_DISK_MARK).iter().all(|&b| b == EXTRA_DISK_PATTERN));
+    }
+    let check = Command::new("qemu-img").arg("check").arg(&office.extra_disks[1]).output().unwrap();
+    assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"), "qemu-img check");
+}
+
+/// Waits until the server logs one more checkpoint than it has so far.
+fn wait_for_a_new_checkpoint(office: &Office) {
+    let taken = || office.log("server").matches("checkpoint taken").count();
+    let before = taken();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while taken() <= before {
+        assert!(Instant::now() < deadline, "no checkpoint taken\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
