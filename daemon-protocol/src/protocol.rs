@@ -288,9 +288,9 @@ pub struct HostedStatus {
     pub zero_pages: u64,
     /// Pages dirtied on the server.
     pub dirty_pages: u64,
-    /// Disk blocks fetched from the desktop.
+    /// Disk blocks fetched from the desktop, all its disks together.
     pub blocks_fetched: u64,
-    /// Disk blocks dirtied on the server.
+    /// Disk blocks dirtied on the server, all its disks together.
     pub dirty_blocks: u64,
     /// The working set the server expects of it, in bytes.
     pub expected_bytes: u64,

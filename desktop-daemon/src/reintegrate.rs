@@ -79,7 +79,7 @@ pub struct Received {
     pub bytes: u64,
     /// Pages written into the RAM file.
     pub pages: u64,
-    /// Blocks written into the disk image.
+    /// Blocks written into the disk images (all its disks together).
     pub blocks: u64,
 }
 

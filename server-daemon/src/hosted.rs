@@ -239,9 +239,9 @@ fn disk_set_file(index: usize) -> String {
     }
 }
 
-/// The counters of several disks as one: what the daemon reports (blocks
-/// and bytes fetched, blocks dirty, sizes, requests) added up; the name
-/// and block size are the first disk's.
+/// The counters of several disks as one: sizes, connections, bytes,
+/// fetches and blocks added up; the name, the block size and the
+/// per-command request counts are the first disk's.
 fn summed(disks: Vec<cownetdisk::DiskStats>) -> cownetdisk::DiskStats {
     let mut disks = disks.into_iter();
     let mut total = disks.next().unwrap_or_default();
