@@ -292,7 +292,7 @@ pub enum ReceiveError {
     /// A dirty set did not stage.
     #[error("the {what} dirty set")]
     Stage {
-        /// "memory", "disk" (the first disk) or "disk <n>" (from 2).
+        /// "memory", "disk" (the first disk) or "disk N" (N from 2).
         what: String,
         /// Cause.
         #[source]
@@ -309,7 +309,7 @@ pub enum ReceiveError {
         "applying the {what} dirty set failed; it stays staged in {staging} and is applied again before the VM starts"
     )]
     Apply {
-        /// "memory", "disk" (the first disk) or "disk <n>" (from 2).
+        /// "memory", "disk" (the first disk) or "disk N" (N from 2).
         what: String,
         /// The staging directory.
         staging: PathBuf,

@@ -144,7 +144,7 @@ impl GuestAgent {
     }
 
     /// Runs `program` with `args` in the guest and returns what it printed
-    /// on stdout, if it exits with status 0 within [`PROGRAM_TIMEOUT`].
+    /// on stdout, if it exits with status 0 within 20 s.
     ///
     /// # Errors
     /// [`QemuError::GuestProgram`] when it fails, is missing or runs too
