@@ -1,11 +1,12 @@
 //! A VM with two disks, as a desktop with a system disk and a data disk
-//! has: its first disk raw (the test guest's ext4 disk, `/dev/vda`), its
-//! second qcow2 (`/dev/vdb`, written raw by the guest). It moves to the
+//! has: its first disk qcow2, which the firmware boots from (`/dev/vda`),
+//! its second raw (`/dev/vdb`, written raw by the guest). It moves to the
 //! server and back through the real daemons; on the server the guest reads
 //! what the desktop had on the second disk (fetched through the one
-//! diskserv, from the qcow2 image through QEMU's block layer) and writes
-//! both disks; at home both images hold those writes, each in its own
-//! image, and the qcow2 one checks clean.
+//! diskserv) and writes both disks; at home both images hold those writes,
+//! each in its own image, and the qcow2 one checks clean. Then the same
+//! through a server crash and the recovery of its last checkpoint, with
+//! three disks of a kernel-booted VM (raw, raw, qcow2).
 //!
 //! Root only (namespaces, taps, FUSE); skipped with a reason elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
@@ -15,7 +16,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use qemu_driver::GuestAgent;
-use tests::office::{last_count, wait_for_count_above, Office, OfficeSpec, EXTRA_DISK_MARK, EXTRA_DISK_PATTERN, VM};
+use tests::office::{
+    last_count, wait_for_count_above, BootDisk, Office, OfficeSpec, EXTRA_DISK_MARK, EXTRA_DISK_PATTERN, VM,
+};
 use tests::COUNT_TIMEOUT;
 
 const PACE: Duration = Duration::from_secs(1);
@@ -74,12 +77,29 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str, office: &Office) {
     }
 }
 
+/// The file `name` on the FAT partition of the firmware-booted guest's
+/// qcow2 boot disk `image` (at 1 MiB, see `scripts/guest-image`).
+fn file_on_boot_disk(image: &Path, name: &str) -> String {
+    let raw = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(image)
+        .arg(raw.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "qemu-img convert of {}", image.display());
+    let out =
+        Command::new("mtype").arg("-i").arg(format!("{}@@1M", raw.path().display())).arg(format!("::{name}")).output();
+    String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+}
+
 #[test]
-fn a_vm_with_a_raw_and_a_qcow2_disk_moves_and_comes_back_with_both_disks_written() {
+fn a_vm_with_a_qcow2_and_a_raw_disk_moves_and_comes_back_with_both_disks_written() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = OfficeSpec { fill_mib: 32, extra_disks: &["qcow2"], ..OfficeSpec::default() };
+    let boot = BootDisk { firmware: "bios", format: "qcow2" };
+    let spec = OfficeSpec { fill_mib: 32, boot_disk: Some(boot), extra_disks: &["raw"], ..OfficeSpec::default() };
     let Some(office) = Office::started(dir.path(), &spec) else { return };
-    let qcow2 = office.extra_disks[0].clone();
+    let data = office.extra_disks[0].clone();
     let desktop_agent = dir.path().join("desktop/run").join(VM).join("qga.sock");
     let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
 
@@ -130,19 +150,18 @@ fn a_vm_with_a_raw_and_a_qcow2_disk_moves_and_comes_back_with_both_disks_written
     let desktop = office.desktop_socket();
     let out = office.jettison(&["shutdown", VM, "--timeout", "120", "--socket", desktop.to_str().unwrap()]);
     assert!(out.status.success(), "shutdown: {}\n{}", String::from_utf8_lossy(&out.stderr), office.logs());
-    let on_server = tests::file_in_image(&office.disk, "/onserver.txt");
-    assert!(!on_server.trim().is_empty(), "the first (raw) disk lacks the file written on the server");
-    let check = Command::new("qemu-img").arg("check").arg(&qcow2).output().unwrap();
+    let check = Command::new("qemu-img").arg("check").arg(&office.disk).output().unwrap();
     assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
     assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
-    let written = block_of(&qcow2, "qcow2", SERVER_MARK);
-    assert!(written.starts_with(SERVER_TEXT.as_bytes()), "the second (qcow2) disk lacks the server's write");
+    let on_server = file_on_boot_disk(&office.disk, "onserver.txt");
+    assert!(!on_server.trim().is_empty(), "the first (qcow2) disk lacks the file written on the server");
+    let written = block_of(&data, "raw", SERVER_MARK);
+    assert!(written.starts_with(SERVER_TEXT.as_bytes()), "the second (raw) disk lacks the server's write");
     assert!(written[SERVER_TEXT.len()..].iter().all(|&b| b == 0));
-    assert!(block_of(&qcow2, "qcow2", EXTRA_DISK_MARK).iter().all(|&b| b == EXTRA_DISK_PATTERN));
+    assert!(block_of(&data, "raw", EXTRA_DISK_MARK).iter().all(|&b| b == EXTRA_DISK_PATTERN));
     // The server's write went to the second disk only.
-    let first = std::fs::read(&office.disk).unwrap();
-    let at = SERVER_MARK as usize;
-    assert!(!first[at..at + 4096].starts_with(SERVER_TEXT.as_bytes()), "the second disk's write reached the first");
+    let first = block_of(&office.disk, "qcow2", SERVER_MARK);
+    assert!(!first.starts_with(SERVER_TEXT.as_bytes()), "the second disk's write reached the first");
 }
 
 /// The same through a server crash, with three disks (raw, raw, qcow2):
