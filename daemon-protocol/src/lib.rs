@@ -21,7 +21,7 @@ pub mod transfer;
 pub use identifiers::{HostName, Mac, VmName};
 pub use machine::file_sha256;
 pub use protocol::{
-    ConsoleAccess, ConsolidateRequest, Control, ControlHello, CpuModel, Firmware, HostedState, HostedStatus,
-    KernelArgs, MachineProfile, ReserveRequest, ReturnHeader, CONTROL_TIMEOUT, MAX_VCPUS,
+    disk_export, ConsoleAccess, ConsolidateRequest, Control, ControlHello, CpuModel, Firmware, HostedState,
+    HostedStatus, KernelArgs, MachineProfile, ReserveRequest, ReturnHeader, CONTROL_TIMEOUT, MAX_DISKS, MAX_VCPUS,
 };
 pub use transfer::{receive_stream, send_stream, ChunkReader, ChunkWriter};

@@ -148,7 +148,7 @@ pub struct ReintegrateReport {
     pub bytes: u64,
     /// Pages written into the RAM file.
     pub dirty_pages: u64,
-    /// Blocks written into the disk image.
+    /// Blocks written into the disk images (all the VM's disks together).
     pub dirty_blocks: u64,
     /// Seconds until the server had stopped it.
     pub server_stop_secs: f64,

@@ -1,5 +1,7 @@
-//! The control protocol, version 2 (the wire preamble's version covers it:
-//! version 2 has each host prove its own key, and `NoRoom` and `StatusExact`).
+//! The control protocol, version 3 (the wire preamble's version covers it:
+//! version 2 has each host prove its own key, and `NoRoom` and `StatusExact`;
+//! version 3 gives a VM up to [`MAX_DISKS`] disks: `Reserve` carries the
+//! further disks' sizes and `Returning` the number of disk dirty sets).
 //!
 //! # Transport
 //!
@@ -19,11 +21,12 @@
 //! sequenceDiagram
 //!     participant D as desktop daemon
 //!     participant S as server daemon
-//!     D->>S: Reserve (VM, its machine profile, disk size)
+//!     D->>S: Reserve (VM, its machine profile, its disks' sizes)
 //!     Note over S: the profile is one this server can run; capacity check against the expected working set
 //!     S->>D: Reserved (estimate), NoRoom (the capacity check's figures) or Failed (why)
 //!     Note over D: stop the VM, save the descriptor, scan the zero map, start memserv and diskserv
 //!     D->>S: Consolidate (descriptor size and CRC, zero map, where memserv and diskserv are)
+//!     Note over S: one cownetdisk disk per reserved disk, each fetching from diskserv's export for it
 //!     D->>S: Data ... End (the descriptor, as one byte stream)
 //!     Note over S: memtap file, cownetdisk export, QEMU -incoming, cont, announce the MAC
 //!     S->>D: Running or Failed (why; the desktop resumes the VM itself)
@@ -41,13 +44,22 @@
 //!     D->>S: Reintegrate (VM)
 //!     Note over S: stop the VM, save the descriptor, end QEMU, flush memtap and cownetdisk
 //!     S->>D: Returning (sizes, descriptor CRC)
-//!     S->>D: Data ... (descriptor, memory dirty set, disk dirty set, as one byte stream)
+//!     S->>D: Data ... (descriptor, memory dirty set, one disk dirty set per disk in order, as one byte stream)
 //!     S->>D: End
 //!     Note over D: stage all, verify, then apply; resume the VM
 //!     D->>S: Reintegrated (VM)
 //!     Note over S: delete the VM's slices
 //!     S->>D: Done
 //! ```
+//!
+//! A VM has 1 to [`MAX_DISKS`] disks, in the order its guest sees them;
+//! the reservation says how many (`disk_bytes` is the first's size,
+//! `extra_disk_bytes` the others'). One diskserv per VM serves them all, on
+//! one port: its export (the wire `Hello`'s) for the first disk is the VM's
+//! name, for disk `n` (from 1) `<vm>.<n>` (see [`disk_export`]), which no VM
+//! name can be. The server builds those names from the checked VM name and
+//! the reserved count, and a desktop's diskserv answers only the names it
+//! made itself: no export name from a peer is parsed or joined to a path.
 //!
 //! If the connection breaks before `Reintegrated`, the server keeps the
 //! stopped VM's descriptor and slices and a later `Reintegrate` sends them
@@ -80,7 +92,8 @@
 //!   multicast or broadcast.
 //! - A profile's `memory_mib` is 1 to [`MAX_MEMORY_MIB`], its `vcpus` 1 to
 //!   [`MAX_VCPUS`], its CPU model a [`CpuModel`]; disk sizes at most
-//!   [`MAX_DISK_BYTES`]; a descriptor 1 byte to
+//!   [`MAX_DISK_BYTES`], and at most [`MAX_DISKS`] disks in a reservation
+//!   or a `Returning`, at least one; a descriptor 1 byte to
 //!   [`MAX_DESCRIPTOR`]; the sizes a `Returning` announces add up to a
 //!   `u64`; texts at most [`MAX_TEXT`]; a `Data` chunk at most
 //!   [`MAX_CHUNK`] bytes.
@@ -108,6 +121,8 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 pub const MAX_RAM_BYTES: u64 = MAX_MEMORY_MIB << 20;
 /// Largest disk size in bytes (64 TiB).
 pub const MAX_DISK_BYTES: u64 = 64 << 40;
+/// Most disks a VM may have (virtio-blk devices `vda` to `vdh`).
+pub const MAX_DISKS: usize = 8;
 /// Largest descriptor: QEMU's device state without RAM, plus the RAM a
 /// device holds outside guest RAM (video RAM, firmware flash: UEFI's is
 /// 4 MiB). It travels as a stream of `Data` chunks.
@@ -138,8 +153,30 @@ pub struct ReserveRequest {
     pub vm: VmName,
     /// Its virtual hardware, which the server will run as it is.
     pub profile: MachineProfile,
-    /// Its disk size in bytes (the guest-visible size).
+    /// Its first disk's size in bytes (the guest-visible size).
     pub disk_bytes: u64,
+    /// Its further disks' sizes, in the order the guest sees them (at most
+    /// [`MAX_DISKS`] - 1).
+    pub extra_disk_bytes: Vec<u64>,
+}
+
+impl ReserveRequest {
+    /// How many disks the VM has: 1 to [`MAX_DISKS`] once decoded.
+    pub fn disk_count(&self) -> usize {
+        1 + self.extra_disk_bytes.len()
+    }
+}
+
+/// The diskserv export (the wire `Hello`'s `export`) of disk `index` of
+/// `vm`: the VM's name for its first disk (index 0), `<vm>.<index>` for the
+/// others. No VM name contains a dot, so no export of one VM is the name of
+/// another VM; the same name names the disk's slices on the server.
+pub fn disk_export(vm: &VmName, index: usize) -> String {
+    if index == 0 {
+        vm.to_string()
+    } else {
+        format!("{vm}.{index}")
+    }
 }
 
 /// Everything the server needs to run the VM, sent once it is stopped.
@@ -176,12 +213,15 @@ pub struct ReturnHeader {
     pub descriptor_crc: u32,
     /// Bytes of the memory dirty set, next.
     pub memory_set_bytes: u64,
-    /// Bytes of the disk dirty set, last.
+    /// Bytes of the disk dirty sets, last: one set per disk, in order.
     pub disk_set_bytes: u64,
     /// Pages the VM dirtied on the server.
     pub dirty_pages: u64,
-    /// Disk blocks it dirtied.
+    /// Disk blocks it dirtied, on all its disks.
     pub dirty_blocks: u64,
+    /// How many disk dirty sets follow the memory set: the VM's disks, 1
+    /// to [`MAX_DISKS`].
+    pub disk_count: u32,
 }
 
 impl ReturnHeader {
@@ -248,9 +288,9 @@ pub struct HostedStatus {
     pub zero_pages: u64,
     /// Pages dirtied on the server.
     pub dirty_pages: u64,
-    /// Disk blocks fetched from the desktop.
+    /// Disk blocks fetched from the desktop, all its disks together.
     pub blocks_fetched: u64,
-    /// Disk blocks dirtied on the server.
+    /// Disk blocks dirtied on the server, all its disks together.
     pub dirty_blocks: u64,
     /// The working set the server expects of it, in bytes.
     pub expected_bytes: u64,
@@ -397,7 +437,12 @@ fn field<T: Decode<C>, C, D: Decoder<Context = C>>(
 
 impl<C> Decode<C> for ReserveRequest {
     fn decode<D: Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
-        Ok(ReserveRequest { vm: field(d, "vm")?, profile: field(d, "profile")?, disk_bytes: field(d, "disk_bytes")? })
+        Ok(ReserveRequest {
+            vm: field(d, "vm")?,
+            profile: field(d, "profile")?,
+            disk_bytes: field(d, "disk_bytes")?,
+            extra_disk_bytes: field(d, "extra_disk_bytes")?,
+        })
     }
 }
 bincode::impl_borrow_decode!(ReserveRequest);
@@ -437,6 +482,12 @@ impl ReserveRequest {
         if self.disk_bytes > MAX_DISK_BYTES {
             return Err(DecodeError::Limit("disk_bytes must be at most 64 TiB"));
         }
+        if self.disk_count() > MAX_DISKS {
+            return Err(DecodeError::Limit("extra_disk_bytes: a VM has at most 8 disks"));
+        }
+        if self.extra_disk_bytes.iter().any(|&bytes| bytes > MAX_DISK_BYTES) {
+            return Err(DecodeError::Limit("extra_disk_bytes must each be at most 64 TiB"));
+        }
         Ok(())
     }
 }
@@ -473,6 +524,9 @@ impl ReturnHeader {
             return Err(DecodeError::Limit(
                 "descriptor_bytes, memory_set_bytes and disk_set_bytes must add up to a u64",
             ));
+        }
+        if self.disk_count == 0 || self.disk_count as usize > MAX_DISKS {
+            return Err(DecodeError::Limit("disk_count must be 1 to 8"));
         }
         Ok(())
     }
@@ -551,6 +605,7 @@ mod tests {
             disk_set_bytes: 96,
             dirty_pages: 0,
             dirty_blocks: 0,
+            disk_count: 2,
         };
         let mut status = HostedStatus::moving("vm1".parse().unwrap(), "desk1".parse().unwrap());
         status.state = HostedState::Lost("QEMU died".into());
@@ -561,11 +616,17 @@ mod tests {
             Control::Welcome("server".parse().unwrap()),
             Control::Failed("no room".into()),
             Control::NoRoom("no room for desk1/vm1".into()),
-            Control::Reserve(ReserveRequest { vm: vm.clone(), profile: profile(), disk_bytes: 2 }),
+            Control::Reserve(ReserveRequest {
+                vm: vm.clone(),
+                profile: profile(),
+                disk_bytes: 2,
+                extra_disk_bytes: vec![],
+            }),
             Control::Reserve(ReserveRequest {
                 vm: vm.clone(),
                 profile: MachineProfile { firmware: Firmware::Uefi, display: false, ..profile() },
                 disk_bytes: 2,
+                extra_disk_bytes: vec![3, 4],
             }),
             Control::Reserved(7),
             Control::Consolidate(Box::new(consolidate())),
@@ -612,13 +673,26 @@ mod tests {
         }
         let reserve = |memory_mib, vcpus, disk_bytes| {
             let profile = MachineProfile { memory_mib, vcpus, ..profile() };
-            refusal(&Control::Reserve(ReserveRequest { vm: "vm1".parse().unwrap(), profile, disk_bytes }))
+            refusal(&Control::Reserve(ReserveRequest {
+                vm: "vm1".parse().unwrap(),
+                profile,
+                disk_bytes,
+                extra_disk_bytes: vec![],
+            }))
         };
         assert!(reserve(0, 1, 1).contains("memory_mib"));
         assert!(reserve(MAX_MEMORY_MIB + 1, 1, 1).contains("memory_mib"));
         assert!(reserve(256, 0, 1).contains("vcpus"));
         assert!(reserve(256, MAX_VCPUS + 1, 1).contains("vcpus"));
         assert!(reserve(256, 1, MAX_DISK_BYTES + 1).contains("disk_bytes"));
+        let disks = |extra_disk_bytes: Vec<u64>| {
+            let request =
+                ReserveRequest { vm: "vm1".parse().unwrap(), profile: profile(), disk_bytes: 1, extra_disk_bytes };
+            Control::decode_body(&Control::Reserve(request).encode_body()).map_err(|e| wire::chain(&e))
+        };
+        assert!(disks(vec![1; MAX_DISKS - 1]).is_ok(), "8 disks are fine");
+        assert!(disks(vec![1; MAX_DISKS]).unwrap_err().contains("at most 8 disks"));
+        assert!(disks(vec![1, MAX_DISK_BYTES + 1]).unwrap_err().contains("extra_disk_bytes"));
         let mut body = Control::Done.encode_body();
         body.push(0);
         assert!(Control::decode_body(&body).is_err(), "trailing bytes");
@@ -637,8 +711,13 @@ mod tests {
             disk_set_bytes: 96,
             dirty_pages: 0,
             dirty_blocks: 0,
+            disk_count: 1,
         };
         assert!(refusal(&Control::Returning(header)).contains("set_bytes"));
+        for disk_count in [0, MAX_DISKS as u32 + 1] {
+            let header = ReturnHeader { memory_set_bytes: 96, disk_count, ..header };
+            assert!(refusal(&Control::Returning(header)).contains("disk_count"), "{disk_count}");
+        }
         for descriptor_bytes in [0, MAX_DESCRIPTOR + 1] {
             let error = refusal(&Control::Returning(ReturnHeader { descriptor_bytes, memory_set_bytes: 96, ..header }));
             assert!(error.contains("descriptor_bytes"), "{error}");
@@ -656,6 +735,15 @@ mod tests {
 
     fn bincode_config() -> impl bincode::config::Config {
         bincode::config::standard().with_little_endian().with_variable_int_encoding()
+    }
+
+    #[test]
+    fn disk_exports_name_the_first_disk_as_the_vm_and_no_other_vm() {
+        let vm: VmName = "vm1".parse().unwrap();
+        assert_eq!(disk_export(&vm, 0), "vm1");
+        assert_eq!(disk_export(&vm, 1), "vm1.1");
+        assert_eq!(disk_export(&vm, 7), "vm1.7");
+        assert!(disk_export(&vm, 1).parse::<VmName>().is_err(), "no VM is called like a further disk");
     }
 
     #[test]

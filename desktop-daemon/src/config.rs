@@ -36,7 +36,19 @@
 //! display = true                      # a screen and USB input (the default)
 //! mac = "02:4a:54:00:00:01"
 //! memserv_port = 7410
-//! diskserv_port = 7411
+//! diskserv_port = 7411                # one port serves all the VM's disks
+//!
+//! [[vm]]                              # a VM with several disks: one table each, in
+//! name = "vm2"                        # the order the guest sees them (vda, vdb, ...),
+//! memory_mib = 2048                   # instead of disk = and disk_format =
+//! mac = "02:4a:54:00:00:02"
+//! memserv_port = 7420
+//! diskserv_port = 7421
+//! [[vm.disks]]
+//! path = "/var/lib/jettison/vm2.qcow2"
+//! format = "qcow2"                    # or "raw" (the default); never guessed
+//! [[vm.disks]]
+//! path = "/var/lib/jettison/vm2-data.img"
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -45,7 +57,7 @@ use std::path::{Path, PathBuf};
 
 use daemon_protocol::local_access::{AccessError, SocketAccess};
 use daemon_protocol::protocol::MAX_MEMORY_MIB;
-use daemon_protocol::{CpuModel, KernelArgs, MAX_VCPUS};
+use daemon_protocol::{CpuModel, KernelArgs, MAX_DISKS, MAX_VCPUS};
 use identifiers::{HostName, Mac, VmName};
 use qemu_driver::{Accel, AccelChoice, DiskFormat, IdleThresholds, QemuUser};
 use serde::Deserialize;
@@ -179,12 +191,17 @@ pub struct VmDefinition {
     /// How it boots; default: `kernel` when the file names a kernel, else `bios`.
     #[serde(default)]
     pub firmware: Option<FirmwareChoice>,
-    /// Its disk image.
-    pub disk: PathBuf,
-    /// The image's format (`raw` unless it says `qcow2`): never guessed
-    /// from the file's content, which the guest writes.
-    #[serde(default = "raw")]
-    pub disk_format: DiskFormat,
+    /// Its disk image, for a VM with one disk written the short way; see
+    /// [`VmDefinition::disks`].
+    #[serde(default)]
+    disk: Option<PathBuf>,
+    /// That image's format (`raw` unless it says `qcow2`).
+    #[serde(default)]
+    disk_format: Option<DiskFormat>,
+    /// Its disks written as `[[vm.disks]]` tables, in the order the guest
+    /// sees them: for a VM with several, instead of `disk`.
+    #[serde(default, rename = "disks")]
+    disk_tables: Vec<DiskDefinition>,
     /// Whether it has a screen and USB keyboard and tablet.
     #[serde(default = "yes")]
     pub display: bool,
@@ -199,7 +216,40 @@ pub struct VmDefinition {
     pub diskserv_port: u16,
 }
 
+/// One disk of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskDefinition {
+    /// The image (a file, or a block device).
+    pub path: PathBuf,
+    /// Its format (`raw` unless it says `qcow2`): never guessed from the
+    /// file's content, which the guest writes.
+    #[serde(default = "raw")]
+    pub format: DiskFormat,
+}
+
 impl VmDefinition {
+    /// Its disks, in the order the guest sees them (`vda`, `vdb`, ...):
+    /// `disk` and `disk_format`, or the `[[vm.disks]]` tables. A checked
+    /// configuration has 1 to [`MAX_DISKS`].
+    pub fn disks(&self) -> Vec<DiskDefinition> {
+        match &self.disk {
+            Some(path) => {
+                vec![DiskDefinition { path: path.clone(), format: self.disk_format.unwrap_or(DiskFormat::Raw) }]
+            }
+            None => self.disk_tables.clone(),
+        }
+    }
+
+    /// The key a configuration file names disk `index` with, for messages.
+    fn disk_keys(&self, index: usize) -> (String, &'static str) {
+        if self.disk.is_some() {
+            ("disk".to_owned(), "disk_format")
+        } else {
+            (format!("[[vm.disks]] number {}: path", index + 1), "format")
+        }
+    }
+
     /// How it boots, with the default applied.
     pub fn firmware(&self, desktop: &DesktopConfig) -> FirmwareChoice {
         self.firmware.unwrap_or(if desktop.kernel.is_some() { FirmwareChoice::Kernel } else { FirmwareChoice::Bios })
@@ -285,11 +335,23 @@ impl DesktopConfig {
         }
         self.socket_access().map_err(|e| e.to_string())?;
         let mut ports = vec![("control_listen", self.control_listen.port())];
+        let mut images: Vec<(ImageId, String)> = Vec::new();
         for (i, vm) in self.vms.iter().enumerate() {
             if self.vms[..i].iter().any(|other| other.name == vm.name) {
                 return Err(format!("VM {:?} is listed twice: give each [[vm]] its own name", vm.name));
             }
             self.check_vm(vm).map_err(|e| format!("[[vm]] {}: {e}", vm.name))?;
+            for (index, disk) in vm.disks().iter().enumerate() {
+                let (key, _) = vm.disk_keys(index);
+                let Some(id) = ImageId::of(&disk.path) else { continue };
+                if let Some((_, other)) = images.iter().find(|(seen, _)| *seen == id) {
+                    return Err(format!(
+                        "[[vm]] {}: {key} = {:?} is the same image as {other}: give each disk its own image",
+                        vm.name, disk.path
+                    ));
+                }
+                images.push((id, format!("disk {} of [[vm]] {}", index + 1, vm.name)));
+            }
             for (key, port) in [("memserv_port", vm.memserv_port), ("diskserv_port", vm.diskserv_port)] {
                 if let Some((other, _)) = ports.iter().find(|(_, p)| *p == port) {
                     return Err(format!(
@@ -316,8 +378,7 @@ impl DesktopConfig {
                 return Err("memserv_port and diskserv_port must be fixed ports, not 0".to_owned());
             }
         }
-        expect_file("disk", &vm.disk, true)?;
-        check_disk_format(&vm.disk, vm.disk_format)?;
+        self.check_disks(vm)?;
         match vm.firmware(self) {
             FirmwareChoice::Kernel => {
                 let kernel = self.kernel.as_ref().ok_or(
@@ -341,6 +402,44 @@ impl DesktopConfig {
             return Err("kernel_args only apply to firmware = \"kernel\": put the guest's kernel arguments in \
                  its own bootloader configuration"
                 .to_owned());
+        }
+        Ok(())
+    }
+
+    /// Checks that the VM names its disks one way, 1 to [`MAX_DISKS`] of
+    /// them, and each as [`expect_file`] and [`check_disk_format`] do.
+    fn check_disks(&self, vm: &VmDefinition) -> Result<(), String> {
+        match (&vm.disk, vm.disk_format, vm.disk_tables.is_empty()) {
+            (Some(disk), _, false) => {
+                return Err(format!(
+                    "disk = {disk:?} and [[vm.disks]] both name disks: write each disk, the first one first, \
+                     as a [[vm.disks]] table (path = \"...\" and format = \"raw\" or \"qcow2\"), \
+                     and remove disk and disk_format"
+                ))
+            }
+            (None, Some(_), false) => {
+                return Err("disk_format applies to disk = only: with [[vm.disks]], write format = \"...\" \
+                     in each table and remove disk_format"
+                    .to_owned())
+            }
+            (None, _, true) => {
+                return Err("it has no disk: write disk = \"/path/to/image\" (with disk_format = \"qcow2\" \
+                     for a qcow2 image), or one [[vm.disks]] table (path = and format =) per disk"
+                    .to_owned())
+            }
+            _ => {}
+        }
+        let disks = vm.disks();
+        if disks.len() > MAX_DISKS {
+            return Err(format!(
+                "{} [[vm.disks]] tables: a VM has at most {MAX_DISKS} disks; put the data of the others on these",
+                disks.len()
+            ));
+        }
+        for (index, disk) in disks.iter().enumerate() {
+            let (path_key, format_key) = vm.disk_keys(index);
+            expect_file(&path_key, &disk.path, true)?;
+            check_disk_format(&disk.path, disk.format, &path_key, format_key)?;
         }
         Ok(())
     }
@@ -397,22 +496,44 @@ fn qemu_user(name: &str) -> Result<QemuUser, String> {
     QemuUser::lookup(name).map_err(|e| format!("qemu_user = {name:?}: {e}; or omit qemu_user to run QEMU as root"))
 }
 
-/// Checks that the disk reads as `format`, and, for a raw disk, that it
-/// does not look like a qcow2 image the file forgot to name as one. (The
-/// format still comes from the file, never from the probe: the probe only
-/// catches a mistake.)
-fn check_disk_format(disk: &Path, format: DiskFormat) -> Result<(), String> {
+/// Checks that the disk (the value of `key`, its format that of
+/// `format_key`) reads as `format`, and, for a raw disk, that it does not
+/// look like a qcow2 image the file forgot to name as one. (The format
+/// still comes from the file, never from the probe: the probe only catches
+/// a mistake.)
+fn check_disk_format(disk: &Path, format: DiskFormat, key: &str, format_key: &str) -> Result<(), String> {
     match (format, DiskFormat::detect(disk)) {
         (DiskFormat::Raw, Ok(DiskFormat::Qcow2)) => Err(format!(
-            "disk = {disk:?} is a qcow2 image but disk_format is raw: write disk_format = \"qcow2\""
+            "{key} = {disk:?} is a qcow2 image but {format_key} is raw: write {format_key} = \"qcow2\""
         )),
         // In use by a running VM (its QEMU holds the lock): checked when it was started.
         (_, Err(qemu_driver::QemuError::ImageLocked { .. })) => Ok(()),
-        (_, Err(e)) if format == DiskFormat::Qcow2 => Err(format!("disk = {disk:?}: {e}")),
+        (_, Err(e)) if format == DiskFormat::Qcow2 => Err(format!("{key} = {disk:?}: {e}")),
         (DiskFormat::Qcow2, Ok(DiskFormat::Raw)) => Err(format!(
-            "disk = {disk:?} is not a qcow2 image: write disk_format = \"raw\", or convert it (qemu-img convert -O qcow2)"
+            "{key} = {disk:?} is not a qcow2 image: write {format_key} = \"raw\", or convert it (qemu-img convert -O qcow2)"
         )),
         _ => Ok(()),
+    }
+}
+
+/// What makes two paths the same image: the block device they are, or the
+/// file (device and inode), whatever links lead to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImageId {
+    Device(u64),
+    File(u64, u64),
+}
+
+impl ImageId {
+    /// The image at `path`; none if it cannot be read (reported elsewhere).
+    fn of(path: &Path) -> Option<ImageId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(if meta.file_type().is_block_device() {
+            ImageId::Device(meta.rdev())
+        } else {
+            ImageId::File(meta.dev(), meta.ino())
+        })
     }
 }
 
@@ -493,7 +614,8 @@ mod tests {
         assert_eq!(config.failover_after_secs, 30);
         assert_eq!(config.idle.max_cpu_percent, 20.0);
         let vm = config.vm("vm1").unwrap();
-        assert_eq!((vm.memory_mib, vm.vcpus, vm.display, vm.disk_format), (256, 1, true, DiskFormat::Raw));
+        assert_eq!((vm.memory_mib, vm.vcpus, vm.display, vm.disks()[0].format), (256, 1, true, DiskFormat::Raw));
+        assert_eq!(vm.disks().len(), 1);
         let qcow2 = f.dir.path().join("d.qcow2");
         let made =
             std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&qcow2).arg("1M").status();
@@ -503,7 +625,7 @@ mod tests {
         assert!(error.contains("is a qcow2 image but disk_format is raw"), "{error}");
         let config =
             f.load(&format!("{}{}", f.base(), text.replace("disk = ", "disk_format = \"qcow2\"\ndisk = "))).unwrap();
-        assert_eq!(config.vm("vm1").unwrap().disk_format, DiskFormat::Qcow2);
+        assert_eq!(config.vm("vm1").unwrap().disks()[0].format, DiskFormat::Qcow2);
         let error = f
             .load(&format!("{}{}", f.base(), f.vm().replace("disk = ", "disk_format = \"qcow2\"\ndisk = ")))
             .unwrap_err();
@@ -576,6 +698,72 @@ mod tests {
         assert!(args.contains("kernel_args only apply"), "{args}");
         let format = f.refusal("disk = ", "disk_format = \"vmdk\"\ndisk = ");
         assert!(format.contains("disk_format"), "{format}");
+    }
+
+    #[test]
+    fn several_disks_load_in_order_and_each_mistake_is_refused_naming_the_key() {
+        let f = Fixture::new();
+        let d = f.dir.path().display().to_string();
+        std::fs::write(f.dir.path().join("e.img"), b"y").unwrap();
+        let qcow2 = f.dir.path().join("e.qcow2");
+        let made =
+            std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&qcow2).arg("1M").status();
+        assert!(made.unwrap().success());
+        let one_disk = f.vm();
+        let disk_line = format!("disk = \"{d}/d.img\"\n");
+        assert!(one_disk.contains(&disk_line));
+        let without_disk = one_disk.replace(&disk_line, "");
+        let table = |path: &str, format: &str| format!("[[vm.disks]]\npath = \"{d}/{path}\"\n{format}");
+        let load = |tables: &[String]| f.load(&format!("{}{without_disk}{}", f.base(), tables.concat()));
+
+        let config = load(&[table("d.img", ""), table("e.qcow2", "format = \"qcow2\"\n")]).unwrap();
+        let disks = config.vm("vm1").unwrap().disks();
+        assert_eq!(disks.len(), 2);
+        assert_eq!((disks[0].path.clone(), disks[0].format), (f.dir.path().join("d.img"), DiskFormat::Raw));
+        assert_eq!((disks[1].path.clone(), disks[1].format), (qcow2.clone(), DiskFormat::Qcow2));
+
+        let both = f.load(&format!("{}{one_disk}{}", f.base(), table("e.img", ""))).unwrap_err();
+        assert!(both.contains("both name disks") && both.contains("as a [[vm.disks]] table"), "{both}");
+        let format = f
+            .load(&format!("{}{without_disk}disk_format = \"qcow2\"\n{}", f.base(), table("e.qcow2", "")))
+            .unwrap_err();
+        assert!(format.contains("disk_format applies to disk = only"), "{format}");
+        let none = load(&[]).unwrap_err();
+        assert!(none.contains("it has no disk") && none.contains("[[vm.disks]]"), "{none}");
+        let twice = load(&[table("d.img", ""), table("d.img", "")]).unwrap_err();
+        assert!(twice.contains("[[vm.disks]] number 2: path = ") && twice.contains("same image as disk 1"), "{twice}");
+        std::os::unix::fs::symlink(f.dir.path().join("d.img"), f.dir.path().join("link.img")).unwrap();
+        let linked = load(&[table("d.img", ""), table("link.img", "")]).unwrap_err();
+        assert!(linked.contains("same image as disk 1 of [[vm]] vm1"), "{linked}");
+        let second_vm = format!("{}name = \"vm2\"\n", one_disk.replace("name = \"vm1\"\n", ""))
+            .replace("7410", "7420")
+            .replace("7411", "7421")
+            .replace("00:01\"", "00:02\"");
+        let shared = f.load(&format!("{}{one_disk}{second_vm}", f.base())).unwrap_err();
+        assert!(
+            shared.contains("[[vm]] vm2: disk = ") && shared.contains("same image as disk 1 of [[vm]] vm1"),
+            "{shared}"
+        );
+        let many: Vec<String> = (0..=MAX_DISKS)
+            .map(|i| {
+                std::fs::write(f.dir.path().join(format!("m{i}.img")), b"z").unwrap();
+                table(&format!("m{i}.img"), "")
+            })
+            .collect();
+        let too_many = load(&many).unwrap_err();
+        assert!(too_many.contains("9 [[vm.disks]] tables: a VM has at most 8 disks"), "{too_many}");
+        assert!(load(&many[..MAX_DISKS]).is_ok(), "8 disks are fine");
+        let missing = load(&[table("d.img", ""), table("nowhere.img", "")]).unwrap_err();
+        assert!(missing.contains("[[vm.disks]] number 2: path = ") && missing.contains("nowhere.img"), "{missing}");
+        let raw_as_qcow2 = load(&[table("d.img", ""), table("e.img", "format = \"qcow2\"\n")]).unwrap_err();
+        assert!(raw_as_qcow2.contains("is not a qcow2 image: write format = \"raw\""), "{raw_as_qcow2}");
+        let qcow2_as_raw = load(&[table("d.img", ""), table("e.qcow2", "")]).unwrap_err();
+        assert!(
+            qcow2_as_raw.contains("is a qcow2 image but format is raw: write format = \"qcow2\""),
+            "{qcow2_as_raw}"
+        );
+        let unknown = load(&[table("d.img", "size = 3\n")]).unwrap_err();
+        assert!(unknown.contains("size"), "{unknown}");
     }
 
     #[test]

@@ -108,8 +108,15 @@ pub fn consolidate(
     }
 
     let mut channel = ctx.connect()?;
-    let disk_bytes = vm.disk_bytes()?;
-    let reserve = Control::Reserve(ReserveRequest { vm: name.clone(), profile: vm.profile()?, disk_bytes });
+    let disk_sizes = vm.disk_sizes()?;
+    let (&disk_bytes, extra) =
+        disk_sizes.split_first().expect("a checked configuration names a disk, and disk_sizes has one per disk");
+    let reserve = Control::Reserve(ReserveRequest {
+        vm: name.clone(),
+        profile: vm.profile()?,
+        disk_bytes,
+        extra_disk_bytes: extra.to_vec(),
+    });
     let expected = match ask(&mut channel, &reserve)? {
         Control::Reserved(bytes) => bytes,
         Control::Failed(why) => return Err(DesktopError::Refused(why)),

@@ -73,17 +73,19 @@ impl DesktopDaemon {
         let mut vms = BTreeMap::new();
         for vm in &config.vms {
             let local = LocalVm::new(&config, vm)?;
-            let finish = |disk: &std::path::Path| {
-                finish_pending(&Checkpoint::of(&local, disk))
+            let finish = |disks: &[&std::path::Path]| {
+                finish_pending(&Checkpoint::of(&local, disks))
                     .map_err(|source| DesktopError::FinishPending { vm: vm.name.clone(), source: Box::new(source) })
             };
-            if Checkpoint::of(&local, &vm.disk).has_pending() {
-                // Through a writable view for a qcow2 disk, closed (flushed) after.
-                let disk = local.raw_disk(qemu_driver::ViewAccess::ReadWrite)?;
-                finish(disk.path())?;
-                crate::local_vm::close_disk(&vm.name, disk)?;
+            let images: Vec<std::path::PathBuf> = vm.disks().into_iter().map(|disk| disk.path).collect();
+            let images: Vec<&std::path::Path> = images.iter().map(|image| image.as_path()).collect();
+            if Checkpoint::of(&local, &images).has_pending() {
+                // Through writable views for qcow2 disks, closed (flushed) after.
+                let disks = local.raw_disks(qemu_driver::ViewAccess::ReadWrite)?;
+                finish(&disks.iter().map(|disk| disk.path()).collect::<Vec<_>>())?;
+                crate::local_vm::close_disks(&vm.name, disks)?;
             } else {
-                finish(&vm.disk)?;
+                finish(&images)?;
             }
             vms.insert(vm.name.clone(), Arc::new(Mutex::new(local)));
         }

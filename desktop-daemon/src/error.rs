@@ -278,17 +278,28 @@ pub enum ReceiveError {
     /// The descriptor's CRC does not match.
     #[error("the descriptor arrived damaged (CRC mismatch)")]
     DescriptorDamaged,
+    /// The server sends dirty sets for another number of disks than the VM has here.
+    #[error(
+        "the server sends {sent} disk dirty sets, but the VM has {have} disks here: its disks changed in the \
+         configuration while it was away; name its disks as they were when it left, then reintegrate it again"
+    )]
+    DiskCount {
+        /// Disk sets announced.
+        sent: u32,
+        /// Disks configured here.
+        have: usize,
+    },
     /// A dirty set did not stage.
     #[error("the {what} dirty set")]
     Stage {
-        /// "memory" or "disk".
-        what: &'static str,
+        /// "memory", "disk" (the first disk) or "disk N" (N from 2).
+        what: String,
         /// Cause.
         #[source]
         source: Box<DirtySetError>,
     },
-    /// More came after the disk set.
-    #[error("the stream goes on past the disk dirty set")]
+    /// More came after the last disk set.
+    #[error("the stream goes on past the last disk dirty set")]
     TrailingData,
     /// The stream's end could not be read.
     #[error("the stream's end")]
@@ -298,8 +309,8 @@ pub enum ReceiveError {
         "applying the {what} dirty set failed; it stays staged in {staging} and is applied again before the VM starts"
     )]
     Apply {
-        /// "memory" or "disk".
-        what: &'static str,
+        /// "memory", "disk" (the first disk) or "disk N" (N from 2).
+        what: String,
         /// The staging directory.
         staging: PathBuf,
         /// Cause.

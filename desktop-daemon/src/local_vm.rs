@@ -11,14 +11,17 @@
 //!                                       is on the server, memserv.events and diskserv.events
 //! ```
 //!
-//! The disk image is where the configuration says. While the VM is on the
-//! server, the RAM file and the disk image are not written by anyone here:
-//! they are what the VM returns to if the server loses it.
+//! The disk images are where the configuration says (one or more, in the
+//! order the guest sees them). While the VM is on the server, the RAM file
+//! and the disk images are not written by anyone here: they are what the VM
+//! returns to if the server loses it. One diskserv serves all of them on
+//! the VM's `diskserv_port`, each as its own export
+//! ([`daemon_protocol::disk_export`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use daemon_protocol::{CpuModel, Firmware, MachineProfile};
+use daemon_protocol::{disk_export, CpuModel, Firmware, MachineProfile};
 use identifiers::VmName;
 use image_server::{ServeConfig, StopHandle};
 use qemu_driver::{
@@ -65,8 +68,8 @@ struct Running {
 struct Serving {
     stops: Vec<StopHandle>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    /// The disk diskserv reads (declared last: dropped after the threads stop).
-    _disk: DiskView,
+    /// The disks diskserv reads (declared last: dropped after the threads stop).
+    _disks: Vec<DiskView>,
 }
 
 impl Drop for Serving {
@@ -239,32 +242,54 @@ impl LocalVm {
         })
     }
 
-    /// The guest-visible size of its disk (for a qcow2 image, not the
-    /// file's size): QEMU's figure while it runs, the image's otherwise.
+    /// The guest-visible sizes of its disks, in order (for a qcow2 image,
+    /// not the file's size): QEMU's figures while it runs, the images'
+    /// otherwise.
     ///
     /// # Errors
-    /// [`DesktopError::Qemu`] when neither can say.
-    pub fn disk_bytes(&mut self) -> Result<u64, DesktopError> {
-        let size = match self.running.as_mut() {
-            Some(running) => qemu_driver::disk_virtual_size(&mut running.qmp),
-            None => qemu_driver::virtual_size(&self.config.disk, self.config.disk_format),
+    /// [`DesktopError::Qemu`] when neither can say, or QEMU shows another
+    /// number of disks than the configuration names.
+    pub fn disk_sizes(&mut self) -> Result<Vec<u64>, DesktopError> {
+        let disks = self.config.disks();
+        let sizes = match self.running.as_mut() {
+            Some(running) => qemu_driver::disk_virtual_sizes(&mut running.qmp).and_then(|sizes| {
+                if sizes.len() == disks.len() {
+                    Ok(sizes)
+                } else {
+                    Err(qemu_driver::QemuError::QmpProtocol {
+                        socket: running.qmp.socket().to_owned(),
+                        detail: format!(
+                            "QEMU shows {} virtio disks, the configuration names {}",
+                            sizes.len(),
+                            disks.len()
+                        ),
+                    })
+                }
+            }),
+            None => disks.iter().map(|disk| qemu_driver::virtual_size(&disk.path, disk.format)).collect(),
         };
-        size.map_err(|source| DesktopError::Qemu {
+        sizes.map_err(|source| DesktopError::Qemu {
             vm: self.config.name.clone(),
-            action: "measure its disk",
+            action: "measure its disks",
             source: Box::new(source),
         })
     }
 
-    /// Its disk as a raw file for as long as the result lives: the image
-    /// itself when it is raw, else a view of its guest-visible content
-    /// through QEMU's block layer (read-only while it is served, writable
-    /// while a reintegration writes its dirty blocks back).
+    /// Its disks, in order, as raw files for as long as the result lives:
+    /// each image itself when it is raw, else a view of its guest-visible
+    /// content through QEMU's block layer (read-only while it is served,
+    /// writable while a reintegration writes its dirty blocks back).
     ///
     /// # Errors
-    /// [`DesktopError::Qemu`] when the view cannot be made.
-    pub fn raw_disk(&self, access: ViewAccess) -> Result<DiskView, DesktopError> {
-        raw_disk(&self.config.name, &self.config.disk, self.config.disk_format, &self.run_dir, access)
+    /// [`DesktopError::Qemu`] when a view cannot be made (those made
+    /// already are closed).
+    pub fn raw_disks(&self, access: ViewAccess) -> Result<Vec<DiskView>, DesktopError> {
+        let disks = self.config.disks();
+        let mut views = Vec::with_capacity(disks.len());
+        for (index, disk) in disks.iter().enumerate() {
+            views.push(raw_disk(&self.config.name, index, &disk.path, disk.format, &self.run_dir, access)?);
+        }
+        Ok(views)
     }
 
     /// The SPICE socket a viewer on this desktop opens, if it has a screen.
@@ -291,7 +316,10 @@ impl LocalVm {
             .reboot_ends_qemu(false)
             .run_as(self.qemu_user.clone())
             .extra_args(
-                DiskBackend::Image { path: self.config.disk.clone(), format: self.config.disk_format }.qemu_args(),
+                self.config
+                    .disks()
+                    .into_iter()
+                    .flat_map(|disk| DiskBackend::Image { path: disk.path, format: disk.format }.qemu_args()),
             )
     }
 
@@ -439,7 +467,8 @@ impl LocalVm {
         Ok(bytes)
     }
 
-    /// Serves the checkpoint: memserv for the RAM file, diskserv for the disk.
+    /// Serves the checkpoint: memserv for the RAM file, diskserv for the
+    /// disks (one export each, on the one port).
     ///
     /// # Errors
     /// [`DesktopError::Memserv`] or [`DesktopError::Diskserv`].
@@ -458,10 +487,15 @@ impl LocalVm {
         };
         let memory = memserv::bind(&self.ram_file(), config(self.config.memserv_port, Service::Memory))
             .map_err(|source| DesktopError::Memserv { vm: self.name().clone(), source: Box::new(source) })?;
-        let view = self.raw_disk(ViewAccess::ReadOnly)?;
-        let disk = diskserv::bind(view.path(), config(self.config.diskserv_port, Service::Disk), 4096)
-            .map_err(|source| DesktopError::Diskserv { vm: self.name().clone(), source: Box::new(source) })?;
-        let mut serving = Serving { stops: Vec::new(), threads: Vec::new(), _disk: view };
+        let views = self.raw_disks(ViewAccess::ReadOnly)?;
+        let diskserv_error = |source| DesktopError::Diskserv { vm: self.name().clone(), source: Box::new(source) };
+        let mut disk = diskserv::bind(views[0].path(), config(self.config.diskserv_port, Service::Disk), 4096)
+            .map_err(diskserv_error)?;
+        for (index, view) in views.iter().enumerate().skip(1) {
+            diskserv::add_disk(&mut disk, disk_export(self.name(), index), view.path(), 4096)
+                .map_err(diskserv_error)?;
+        }
+        let mut serving = Serving { stops: Vec::new(), threads: Vec::new(), _disks: views };
         for server in [memory, disk] {
             serving.stops.push(server.stop_handle());
             let vm = self.config.name.clone();
@@ -624,15 +658,17 @@ fn grant_to_group(path: &Path, gid: nix::unistd::Gid, mode: u32) -> std::io::Res
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-/// `vm`'s disk `image` in `format` as a raw file: the image itself when it
-/// is raw, else a view through QEMU's block layer whose mount point is in
-/// `run_dir` (see `qemu_driver::DiskView`).
+/// `vm`'s disk number `index` (from 0), `image` in `format`, as a raw
+/// file: the image itself when it is raw, else a view through QEMU's block
+/// layer whose mount point is in `run_dir` (`disk-view.raw` for the first
+/// disk, `disk-view.<index>.raw` for the others; see `qemu_driver::DiskView`).
 ///
 /// # Errors
 /// [`DesktopError::Qemu`] naming what failed (a VM still running on the
 /// image, a missing backing file).
 pub fn raw_disk(
     vm: &VmName,
+    index: usize,
     image: &Path,
     format: DiskFormat,
     run_dir: &Path,
@@ -646,20 +682,29 @@ pub fn raw_disk(
     std::fs::create_dir_all(run_dir).map_err(|source| {
         qemu_error(qemu_driver::QemuError::File { action: "create", path: run_dir.to_owned(), source })
     })?;
-    DiskView::open(image, format, &run_dir.join("disk-view.raw"), access).map_err(qemu_error)
+    let mountpoint = if index == 0 { "disk-view.raw".to_owned() } else { format!("disk-view.{index}.raw") };
+    DiskView::open(image, format, &run_dir.join(mountpoint), access).map_err(qemu_error)
 }
 
-/// Ends `vm`'s disk view, flushing what was written through it into the image.
+/// Ends `vm`'s disk views, flushing what was written through each into its
+/// image. Every view is closed, whatever happens to the others.
 ///
 /// # Errors
-/// [`DesktopError::Qemu`]: the flush or the stop failed, and the image may
-/// lack the last writes.
-pub fn close_disk(vm: &VmName, disk: DiskView) -> Result<(), DesktopError> {
-    disk.close().map_err(|source| DesktopError::Qemu {
-        vm: vm.clone(),
-        action: "write its dirty blocks back into its disk image",
-        source: Box::new(source),
-    })
+/// [`DesktopError::Qemu`] for the first that failed: its flush or its stop
+/// failed, and its image may lack the last writes.
+pub fn close_disks(vm: &VmName, disks: Vec<DiskView>) -> Result<(), DesktopError> {
+    let mut first = Ok(());
+    for disk in disks {
+        let closed = disk.close().map_err(|source| DesktopError::Qemu {
+            vm: vm.clone(),
+            action: "write its dirty blocks back into its disk image",
+            source: Box::new(source),
+        });
+        if first.is_ok() {
+            first = closed;
+        }
+    }
+    first
 }
 
 /// Seconds since the epoch, now.

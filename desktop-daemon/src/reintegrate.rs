@@ -2,17 +2,18 @@
 //! blocks, applied to the checkpoint only once all of them have arrived.
 //!
 //! The stream after `Returning` is the descriptor, the memory dirty set and
-//! the disk dirty set. The rule is the dirty-set module's, widened to the
-//! three parts: the checkpoint (RAM file, disk image, `checkpoint.state`)
-//! is not touched until every part has arrived and verified and is durable
-//! beside it. In order:
+//! one disk dirty set per disk, in the guest's order. The rule is the
+//! dirty-set module's, widened to all the parts: the checkpoint (RAM file,
+//! disk images, `checkpoint.state`) is not touched until every part has
+//! arrived and verified and is durable beside it. In order:
 //!
 //! 1. the descriptor into `staging/incoming.state` (CRC checked, fsynced);
 //! 2. each set staged and verified by [`ApplyTarget::stage`], memory into
-//!    `staging/memory/`, disk into `staging/disk/`;
+//!    `staging/memory/`, the first disk's into `staging/disk/`, disk `n`'s
+//!    (from 1) into `staging/disk.<n>/`;
 //! 3. `staging/complete` written and fsynced: from here on the transfer is
 //!    to be applied, also after a crash;
-//! 4. both sets committed into the RAM file and the disk image;
+//! 4. every set committed into the RAM file and the disk images;
 //! 5. `incoming.state` renamed over `checkpoint.state`, `complete` removed.
 //!
 //! [`finish_pending`] runs before a VM starts: with `complete` present it
@@ -33,7 +34,7 @@ use wire::Channel;
 
 use crate::consolidate::{ask, Context};
 use crate::error::{DesktopError, ReceiveError};
-use crate::local_vm::{close_disk, LocalVm, Placement};
+use crate::local_vm::{close_disks, LocalVm, Placement};
 use qemu_driver::{Resumed, ViewAccess};
 
 /// Pages and blocks are 4 KiB.
@@ -44,8 +45,8 @@ const UNIT: u32 = 4096;
 pub struct Checkpoint {
     /// The RAM file.
     pub ram: PathBuf,
-    /// The disk image.
-    pub disk: PathBuf,
+    /// The disk images (or raw views of them), in the guest's order.
+    pub disks: Vec<PathBuf>,
     /// The descriptor the VM resumes from.
     pub state: PathBuf,
     /// The staging directory.
@@ -57,8 +58,9 @@ impl Checkpoint {
         ApplyTarget::new(&self.ram, UNIT, self.staging.join("memory"))
     }
 
-    fn disk(&self) -> ApplyTarget {
-        ApplyTarget::new(&self.disk, UNIT, self.staging.join("disk"))
+    fn disk(&self, index: usize) -> ApplyTarget {
+        let staging = if index == 0 { "disk".to_owned() } else { format!("disk.{index}") };
+        ApplyTarget::new(&self.disks[index], UNIT, self.staging.join(staging))
     }
 
     fn incoming(&self) -> PathBuf {
@@ -77,17 +79,17 @@ pub struct Received {
     pub bytes: u64,
     /// Pages written into the RAM file.
     pub pages: u64,
-    /// Blocks written into the disk image.
+    /// Blocks written into the disk images (all its disks together).
     pub blocks: u64,
 }
 
 impl Checkpoint {
-    /// The checkpoint of `vm`, whose disk is the raw file `disk` (the image,
-    /// or a view of it: see [`LocalVm::raw_disk`]).
-    pub fn of(vm: &LocalVm, disk: &Path) -> Checkpoint {
+    /// The checkpoint of `vm`, whose disks are the raw files `disks` (the
+    /// images, or views of them: see [`LocalVm::raw_disks`]).
+    pub fn of(vm: &LocalVm, disks: &[&Path]) -> Checkpoint {
         Checkpoint {
             ram: vm.ram_file(),
-            disk: disk.to_owned(),
+            disks: disks.iter().map(|disk| disk.to_path_buf()).collect(),
             state: vm.checkpoint(),
             staging: vm.dir().join("staging"),
         }
@@ -147,15 +149,15 @@ pub fn reintegrate(
         ),
     });
     vm.stop_serving();
-    let disk = vm.raw_disk(ViewAccess::ReadWrite)?;
-    let checkpoint = Checkpoint::of(vm, disk.path());
+    let disks = vm.raw_disks(ViewAccess::ReadWrite)?;
+    let checkpoint = Checkpoint::of(vm, &disks.iter().map(|disk| disk.path()).collect::<Vec<_>>());
     let total = header.total_bytes();
     let what = name.to_string();
     let received = receive(&mut channel, &header, &checkpoint, |done| {
         report(LocalReply::Progress { what: what.clone(), done, total })
     })
     .map_err(|source| DesktopError::Receive { vm: name.clone(), source: Box::new(source) })?;
-    close_disk(&name, disk)?;
+    close_disks(&name, disks)?;
     let transferred = started.elapsed();
     vm.resume_from(&checkpoint.state, resumed)?;
     vm.set_placement(Placement::Desktop)?;
@@ -189,7 +191,7 @@ pub fn receive(
 ) -> Result<Received, ReceiveError> {
     let reader = ChunkReader::new(channel, progress);
     let staged = stage(reader, header, checkpoint);
-    let (memory, disk) = match staged {
+    let (memory, disks) = match staged {
         Ok(sets) => sets,
         Err(e) => {
             discard_staging(checkpoint);
@@ -197,8 +199,8 @@ pub fn receive(
         }
     };
     let pages = memory.header().unit_count;
-    let blocks = disk.header().unit_count;
-    commit(checkpoint, Some((memory, disk)))?;
+    let blocks = disks.iter().map(|disk| disk.header().unit_count).sum();
+    commit(checkpoint, Some((memory, disks)))?;
     Ok(Received { bytes: header.total_bytes(), pages, blocks })
 }
 
@@ -211,8 +213,11 @@ pub fn stage(
     mut reader: impl Read,
     header: &ReturnHeader,
     checkpoint: &Checkpoint,
-) -> Result<(StagedSet, StagedSet), ReceiveError> {
+) -> Result<(StagedSet, Vec<StagedSet>), ReceiveError> {
     finish_pending(checkpoint)?;
+    if header.disk_count as usize != checkpoint.disks.len() {
+        return Err(ReceiveError::DiskCount { sent: header.disk_count, have: checkpoint.disks.len() });
+    }
     fs::create_dir_all(&checkpoint.staging).map_err(|source| ReceiveError::File {
         action: "create",
         path: checkpoint.staging.clone(),
@@ -231,12 +236,18 @@ pub fn stage(
     let memory = checkpoint
         .memory()
         .stage(&mut reader)
-        .map_err(|source| ReceiveError::Stage { what: "memory", source: Box::new(source) })?;
-    let disk = checkpoint.disk().stage(&mut reader).map_err(|source| {
-        let _ = fs::remove_file(memory.path());
-        ReceiveError::Stage { what: "disk", source: Box::new(source) }
-    })?;
-    // Nothing may follow the disk set but the end of the stream.
+        .map_err(|source| ReceiveError::Stage { what: "memory".to_owned(), source: Box::new(source) })?;
+    let mut disks = Vec::with_capacity(checkpoint.disks.len());
+    for index in 0..checkpoint.disks.len() {
+        let disk = checkpoint.disk(index).stage(&mut reader).map_err(|source| {
+            for staged in std::iter::once(&memory).chain(&disks) {
+                let _ = fs::remove_file(staged.path());
+            }
+            ReceiveError::Stage { what: disk_name(index), source: Box::new(source) }
+        })?;
+        disks.push(disk);
+    }
+    // Nothing may follow the last disk set but the end of the stream.
     let mut extra = [0u8; 1];
     match reader.read(&mut extra) {
         Ok(0) => {}
@@ -244,22 +255,39 @@ pub fn stage(
         Err(e) => return Err(ReceiveError::StreamEnd(e)),
     }
     write_durably(&checkpoint.complete(), b"all parts staged and verified\n")?;
-    Ok((memory, disk))
+    Ok((memory, disks))
+}
+
+/// How errors name disk `index`'s dirty set: "disk" for the first (as
+/// with one disk), "disk 2" and on for the others.
+fn disk_name(index: usize) -> String {
+    if index == 0 {
+        "disk".to_owned()
+    } else {
+        format!("disk {}", index + 1)
+    }
 }
 
 /// Steps 4 and 5, for sets just staged or (with `None`) for whatever a
 /// crash left after step 3.
-fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, StagedSet)>) -> Result<(), ReceiveError> {
-    let apply_error =
-        |what, source| ReceiveError::Apply { what, staging: checkpoint.staging.clone(), source: Box::new(source) };
+fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, Vec<StagedSet>)>) -> Result<(), ReceiveError> {
+    let apply_error = |what: String, source| ReceiveError::Apply {
+        what,
+        staging: checkpoint.staging.clone(),
+        source: Box::new(source),
+    };
     match staged {
-        Some((memory, disk)) => {
-            memory.commit().map_err(|e| apply_error("memory", e))?;
-            disk.commit().map_err(|e| apply_error("disk", e))?;
+        Some((memory, disks)) => {
+            memory.commit().map_err(|e| apply_error("memory".to_owned(), e))?;
+            for (index, disk) in disks.into_iter().enumerate() {
+                disk.commit().map_err(|e| apply_error(disk_name(index), e))?;
+            }
         }
         None => {
-            checkpoint.memory().resume_pending().map_err(|e| apply_error("memory", e))?;
-            checkpoint.disk().resume_pending().map_err(|e| apply_error("disk", e))?;
+            checkpoint.memory().resume_pending().map_err(|e| apply_error("memory".to_owned(), e))?;
+            for index in 0..checkpoint.disks.len() {
+                checkpoint.disk(index).resume_pending().map_err(|e| apply_error(disk_name(index), e))?;
+            }
         }
     }
     fs::rename(checkpoint.incoming(), &checkpoint.state)
@@ -320,66 +348,94 @@ mod tests {
     use slice_store::export_dirty_set;
     use slice_store::SliceStore;
 
-    /// A checkpoint of 16 pages of 1s and 8 blocks of 2s, and a server-side
-    /// stream dirtying pages 3 and 9 and block 5.
+    /// A checkpoint of 16 pages of 1s, a first disk of 8 blocks of 2s and a
+    /// second of 4 blocks of 3s, and a server-side stream dirtying pages 3
+    /// and 9, block 5 of the first disk and block 2 of the second.
     fn setup(dir: &Path) -> (Checkpoint, ReturnHeader, Vec<u8>) {
         let checkpoint = Checkpoint {
             ram: dir.join("ram"),
-            disk: dir.join("disk.img"),
+            disks: vec![dir.join("disk.img"), dir.join("disk2.qcow2-view")],
             state: dir.join("checkpoint.state"),
             staging: dir.join("staging"),
         };
         fs::write(&checkpoint.ram, vec![1u8; 16 * 4096]).unwrap();
-        fs::write(&checkpoint.disk, vec![2u8; 8 * 4096]).unwrap();
+        fs::write(&checkpoint.disks[0], vec![2u8; 8 * 4096]).unwrap();
+        fs::write(&checkpoint.disks[1], vec![3u8; 4 * 4096]).unwrap();
         fs::write(&checkpoint.state, b"old descriptor").unwrap();
         let memory = SliceStore::open(dir.join("server-memory"), UNIT, 16 * 4096).unwrap();
         memory.write_dirty(3, &[7u8; 4096]).unwrap();
         memory.write_dirty(9, &[8u8; 4096]).unwrap();
         let disk = SliceStore::open(dir.join("server-disk"), UNIT, 8 * 4096).unwrap();
         disk.write_dirty(5, &[9u8; 4096]).unwrap();
+        let disk2 = SliceStore::open(dir.join("server-disk2"), UNIT, 4 * 4096).unwrap();
+        disk2.write_dirty(2, &[6u8; 4096]).unwrap();
         let descriptor = b"new descriptor".to_vec();
         let mut stream = descriptor.clone();
         let m = export_dirty_set(&memory, &mut stream).unwrap();
         let d = export_dirty_set(&disk, &mut stream).unwrap();
+        let d2 = export_dirty_set(&disk2, &mut stream).unwrap();
         let header = ReturnHeader {
             descriptor_bytes: descriptor.len() as u64,
             descriptor_crc: crc32fast::hash(&descriptor),
             memory_set_bytes: m.stream_bytes,
-            disk_set_bytes: d.stream_bytes,
+            disk_set_bytes: d.stream_bytes + d2.stream_bytes,
             dirty_pages: 2,
-            dirty_blocks: 1,
+            dirty_blocks: 2,
+            disk_count: 2,
         };
         (checkpoint, header, stream)
     }
 
     fn untouched(checkpoint: &Checkpoint) {
         assert_eq!(fs::read(&checkpoint.ram).unwrap(), vec![1u8; 16 * 4096]);
-        assert_eq!(fs::read(&checkpoint.disk).unwrap(), vec![2u8; 8 * 4096]);
+        assert_eq!(fs::read(&checkpoint.disks[0]).unwrap(), vec![2u8; 8 * 4096]);
+        assert_eq!(fs::read(&checkpoint.disks[1]).unwrap(), vec![3u8; 4 * 4096]);
         assert_eq!(fs::read(&checkpoint.state).unwrap(), b"old descriptor");
+    }
+
+    fn applied(checkpoint: &Checkpoint) {
+        assert_eq!(fs::read(&checkpoint.ram).unwrap()[3 * 4096], 7);
+        let disk = fs::read(&checkpoint.disks[0]).unwrap();
+        assert_eq!((disk[5 * 4096], disk[4 * 4096]), (9, 2));
+        let disk2 = fs::read(&checkpoint.disks[1]).unwrap();
+        assert_eq!((disk2[2 * 4096], disk2[3 * 4096]), (6, 3), "the second disk's block went to the second disk");
+        assert_eq!(fs::read(&checkpoint.state).unwrap(), b"new descriptor");
     }
 
     #[test]
     fn a_whole_stream_is_applied() {
         let dir = tempfile::tempdir().unwrap();
         let (checkpoint, header, stream) = setup(dir.path());
-        let (memory, disk) = stage(&stream[..], &header, &checkpoint).unwrap();
+        let (memory, disks) = stage(&stream[..], &header, &checkpoint).unwrap();
         untouched(&checkpoint);
-        commit(&checkpoint, Some((memory, disk))).unwrap();
+        commit(&checkpoint, Some((memory, disks))).unwrap();
         let ram = fs::read(&checkpoint.ram).unwrap();
         assert_eq!(&ram[3 * 4096..4 * 4096], &[7u8; 4096][..]);
         assert_eq!(&ram[9 * 4096..10 * 4096], &[8u8; 4096][..]);
         assert_eq!(ram[0], 1);
-        assert_eq!(fs::read(&checkpoint.disk).unwrap()[5 * 4096], 9);
-        assert_eq!(fs::read(&checkpoint.state).unwrap(), b"new descriptor");
+        applied(&checkpoint);
         assert!(!checkpoint.complete().exists());
+    }
+
+    #[test]
+    fn a_stream_for_another_number_of_disks_is_refused_before_anything_is_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut checkpoint, header, stream) = setup(dir.path());
+        checkpoint.disks.pop();
+        let error = wire::chain(&stage(&stream[..], &header, &checkpoint).map(|_| ()).unwrap_err());
+        assert!(error.contains("sends 2 disk dirty sets, but the VM has 1 disks here"), "{error}");
+        assert!(!checkpoint.complete().exists());
+        assert_eq!(fs::read(&checkpoint.state).unwrap(), b"old descriptor");
     }
 
     #[test]
     fn a_stream_cut_anywhere_leaves_the_checkpoint_usable() {
         let dir = tempfile::tempdir().unwrap();
         let (checkpoint, header, stream) = setup(dir.path());
-        // Every cut point in the descriptor and the headers, then every 997th byte.
-        let cuts = (0..200).chain((200..stream.len()).step_by(997));
+        // Every cut point in the descriptor and the headers, then every
+        // 997th byte, and every 13th in the last disk's set (the last 4300 bytes).
+        let last = stream.len() - 4300;
+        let cuts = (0..200).chain((200..stream.len()).step_by(997)).chain((last..stream.len()).step_by(13));
         for cut in cuts {
             let err = stage(&stream[..cut], &header, &checkpoint).map(|_| ()).unwrap_err();
             assert!(!wire::chain(&err).is_empty());
@@ -409,8 +465,6 @@ mod tests {
         drop(staged); // the daemon dies before committing
         untouched(&checkpoint);
         finish_pending(&checkpoint).unwrap();
-        assert_eq!(fs::read(&checkpoint.ram).unwrap()[3 * 4096], 7);
-        assert_eq!(fs::read(&checkpoint.disk).unwrap()[5 * 4096], 9);
-        assert_eq!(fs::read(&checkpoint.state).unwrap(), b"new descriptor");
+        applied(&checkpoint);
     }
 }

@@ -43,3 +43,15 @@ pub fn bind(image: &Path, config: ServeConfig, block_size: u32) -> Result<Server
     let image = DiskImage::open(image, block_size)?;
     Server::bind(config, Arc::new(image)).map_err(DiskservError::Serve)
 }
+
+/// Serves the disk image at `image` too, read-only, on `server` (bound by
+/// [`bind`]) to peers whose hello names export `name`: a VM's further disk
+/// beside its first, on the same port (see `daemon_protocol::disk_export`).
+///
+/// # Errors
+/// [`DiskservError`] naming the image; [`DiskservError::Serve`] when `name`
+/// is already served.
+pub fn add_disk(server: &mut Server, name: String, image: &Path, block_size: u32) -> Result<(), DiskservError> {
+    let image = DiskImage::open(image, block_size)?;
+    server.add_export(name, Arc::new(image)).map_err(DiskservError::Serve)
+}

@@ -106,7 +106,12 @@ fn control_seeds() {
     write("control_hello", "desktop", &ControlHello::Desktop("desk1".parse().expect("a host")).encode_body());
     write("control_hello", "tool", &ControlHello::Tool.encode_body());
     let vm = "vm1".parse().expect("a VM name");
-    let reserve = ReserveRequest { vm: "vm1".parse().expect("a VM name"), profile: profile(), disk_bytes: 1 << 30 };
+    let reserve = ReserveRequest {
+        vm: "vm1".parse().expect("a VM name"),
+        profile: profile(),
+        disk_bytes: 1 << 30,
+        extra_disk_bytes: vec![1 << 20],
+    };
     let consolidate = ConsolidateRequest {
         vm: "vm1".parse().expect("a VM name"),
         desktop_mac: Some("02:00:00:00:00:02".parse().expect("a MAC")),
@@ -125,6 +130,7 @@ fn control_seeds() {
         disk_set_bytes: 96,
         dirty_pages: 0,
         dirty_blocks: 0,
+        disk_count: 1,
     };
     let mut status = HostedStatus::moving("vm1".parse().expect("a VM name"), "desk1".parse().expect("a host"));
     status.state = HostedState::Lost("QEMU died".into());

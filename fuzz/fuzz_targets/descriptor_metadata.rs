@@ -11,7 +11,7 @@
 //! message.
 #![no_main]
 
-use daemon_protocol::protocol::{MAX_DESCRIPTOR, MAX_DISK_BYTES, MAX_MEMORY_MIB};
+use daemon_protocol::protocol::{MAX_DESCRIPTOR, MAX_DISKS, MAX_DISK_BYTES, MAX_MEMORY_MIB};
 use daemon_protocol::{Control, MAX_VCPUS};
 use libfuzzer_sys::fuzz_target;
 use migration_formats::ZeroMap;
@@ -32,6 +32,8 @@ fuzz_target!(|data: &[u8]| {
             assert!((1..=MAX_MEMORY_MIB).contains(&profile.memory_mib));
             assert!((1..=MAX_VCPUS).contains(&profile.vcpus));
             assert!(reserve.disk_bytes <= MAX_DISK_BYTES);
+            assert!(reserve.disk_count() <= MAX_DISKS);
+            assert!(reserve.extra_disk_bytes.iter().all(|&bytes| bytes <= MAX_DISK_BYTES));
             let _ = profile.ram_bytes();
             let _ = profile.cpu_model.is_host_dependent();
         }

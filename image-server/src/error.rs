@@ -23,6 +23,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// An export was added under a name already served.
+    #[error("export {name:?} is already served")]
+    ExportTwice {
+        /// The name.
+        name: String,
+    },
     /// The event loop's poll failed.
     #[error("event loop failed")]
     Poll(#[source] std::io::Error),

@@ -80,7 +80,8 @@ pub struct ServeConfig {
     pub credentials: std::sync::Arc<Credentials>,
     /// The service offered.
     pub service: Service,
-    /// The export's name (the VM's name).
+    /// The export's name (the VM's name); [`Server::add_export`] adds
+    /// more (a VM's further disks).
     pub export: String,
     /// Unix socket for the local event stream, if any.
     pub events: Option<PathBuf>,
@@ -90,7 +91,8 @@ pub struct ServeConfig {
 #[derive(Debug)]
 pub struct Server {
     config: ServeConfig,
-    image: Arc<dyn Image>,
+    /// The exports by name: the first is `config.export`'s.
+    exports: Vec<(String, Arc<dyn Image>)>,
     poll: Poll,
     listener: TcpListener,
     event_listener: Option<UnixListener>,
@@ -124,7 +126,22 @@ impl Server {
             None => None,
         };
         let stop = StopHandle::new(poll.registry(), STOP).map_err(ServeError::Poll)?;
-        Ok(Server { config, image, poll, listener, event_listener, stop })
+        let exports = vec![(config.export.clone(), image)];
+        Ok(Server { config, exports, poll, listener, event_listener, stop })
+    }
+
+    /// Serves `image` too, to peers whose hello names `name` (a VM's
+    /// further disk beside its first, on the same port). Names are matched
+    /// whole against those given here, never parsed.
+    ///
+    /// # Errors
+    /// [`ServeError::ExportTwice`] when `name` is already served.
+    pub fn add_export(&mut self, name: String, image: Arc<dyn Image>) -> Result<(), ServeError> {
+        if self.exports.iter().any(|(served, _)| *served == name) {
+            return Err(ServeError::ExportTwice { name });
+        }
+        self.exports.push((name, image));
+        Ok(())
     }
 
     /// The address actually listened on.
@@ -152,8 +169,9 @@ impl Server {
         tracing::info!(
             listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             export = %self.config.export,
+            exports = self.exports.len(),
             service = %self.config.service,
-            size = self.image.size(),
+            size = self.exports[0].1.size(),
             "serving"
         );
         while !self.stop.is_stopped() {
@@ -179,7 +197,7 @@ impl Server {
                                 let mut ctx = Context {
                                     registry: self.poll.registry(),
                                     config: &self.config,
-                                    image: self.image.as_ref(),
+                                    exports: &self.exports,
                                     notes: Vec::new(),
                                 };
                                 let done = peer.handle(&mut ctx);
@@ -268,14 +286,17 @@ impl Server {
 struct Context<'a> {
     registry: &'a Registry,
     config: &'a ServeConfig,
-    image: &'a dyn Image,
+    exports: &'a [(String, Arc<dyn Image>)],
     notes: Vec<RequestEvent>,
 }
 
 impl Context<'_> {
-    fn note(&mut self, kind: EventKind, peer: &str, ranges: u32, bytes: u64) {
+    /// Records an event of a peer of export `export` (an index into
+    /// `exports`; the first export's name before a hello).
+    fn note(&mut self, kind: EventKind, export: Option<usize>, peer: &str, ranges: u32, bytes: u64) {
         let service = self.config.service.to_string();
-        self.notes.push(RequestEvent::now(kind, &service, &self.config.export, peer, ranges, bytes));
+        let name = &self.exports[export.unwrap_or(0)].0;
+        self.notes.push(RequestEvent::now(kind, &service, name, peer, ranges, bytes));
     }
 }
 
@@ -419,8 +440,8 @@ struct PeerConn {
     out: Vec<u8>,
     /// Its hello arrived (valid or not).
     said_hello: bool,
-    /// It was welcomed.
-    welcomed: bool,
+    /// The export it was welcomed to (an index into the server's exports).
+    export: Option<usize>,
     /// A request of it decrypted: it completed the handshake.
     proven: bool,
     writable_interest: bool,
@@ -439,7 +460,7 @@ impl PeerConn {
             session,
             out: Vec::new(),
             said_hello: false,
-            welcomed: false,
+            export: None,
             proven: false,
             writable_interest: false,
             read_buf: vec![0; UNPROVEN_READ_BUFFER],
@@ -456,7 +477,7 @@ impl PeerConn {
     fn handle(&mut self, ctx: &mut Context<'_>) -> bool {
         let done = self.pump(ctx);
         if done && self.proven {
-            ctx.note(EventKind::Disconnected, &self.peer, 0, 0);
+            ctx.note(EventKind::Disconnected, self.export, &self.peer, 0, 0);
         }
         done
     }
@@ -508,33 +529,46 @@ impl PeerConn {
         match event {
             Event::Hello(hello) => {
                 self.said_hello = true;
-                let reply = if hello.service != ctx.config.service {
-                    HelloReply::Refused(format!("this daemon serves {}, not {}", ctx.config.service, hello.service))
-                } else if hello.export != ctx.config.export {
-                    HelloReply::Refused(format!("this daemon serves {:?}, not {:?}", ctx.config.export, hello.export))
-                } else {
-                    HelloReply::Welcome(Welcome { size: ctx.image.size(), unit: ctx.image.unit() })
+                let export = ctx.exports.iter().position(|(name, _)| *name == hello.export);
+                let reply = match export {
+                    _ if hello.service != ctx.config.service => {
+                        HelloReply::Refused(format!("this daemon serves {}, not {}", ctx.config.service, hello.service))
+                    }
+                    None => HelloReply::Refused(format!(
+                        "this daemon serves {:?}, not {:?}",
+                        ctx.exports.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", "),
+                        hello.export
+                    )),
+                    Some(i) => {
+                        let image = &ctx.exports[i].1;
+                        HelloReply::Welcome(Welcome { size: image.size(), unit: image.unit() })
+                    }
                 };
                 if let HelloReply::Refused(reason) = &reply {
                     tracing::warn!(peer = %self.peer, "refused: {reason}");
                 }
-                let welcomed = matches!(reply, HelloReply::Welcome(_));
+                let welcomed = if matches!(reply, HelloReply::Welcome(_)) { export } else { None };
                 if let Err(e) = self.session.answer_hello(&reply, &mut self.out) {
                     tracing::warn!(peer = %self.peer, "handshake failed: {}", chain(&e));
                     return;
                 }
                 // Not yet `connected`: a replayed hello gets this far too.
-                self.welcomed = welcomed;
+                self.export = welcomed;
             }
             Event::Request(Request::Read { id, ranges }) => {
+                let Some(export) = self.export else {
+                    // The session passes requests only after a welcome.
+                    tracing::warn!(peer = %self.peer, "a request before a welcome: ignored");
+                    return;
+                };
                 if !self.proven {
                     // Its request decrypted: it holds the private key of
                     // the enrolled server it claimed to be.
                     self.proven = true;
                     self.read_buf.resize(READ_BUFFER, 0);
-                    ctx.note(EventKind::Connected, &self.peer, 0, 0);
+                    ctx.note(EventKind::Connected, self.export, &self.peer, 0, 0);
                 }
-                let response = answer(ctx.image, id, &ranges);
+                let response = answer(ctx.exports[export].1.as_ref(), id, &ranges);
                 let bytes = ranges.iter().map(|r| u64::from(r.len)).sum();
                 let kind = match &response {
                     wire::Response::Data { .. } => EventKind::Request,
@@ -543,7 +577,7 @@ impl PeerConn {
                         EventKind::Rejected
                     }
                 };
-                ctx.note(kind, &self.peer, ranges.len() as u32, bytes);
+                ctx.note(kind, self.export, &self.peer, ranges.len() as u32, bytes);
                 if let Err(e) = self.session.send(&response, &mut self.out) {
                     tracing::warn!(peer = %self.peer, "cannot encrypt reply: {}", chain(&e));
                 }

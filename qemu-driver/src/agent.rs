@@ -144,8 +144,12 @@ impl GuestAgent {
     }
 
     /// Runs `program` with `args` in the guest and returns what it printed
-    /// on stdout, if it exits with status 0 within [`PROGRAM_TIMEOUT`].
-    fn run(&mut self, program: &str, args: &[&str]) -> Result<String> {
+    /// on stdout, if it exits with status 0 within 20 s.
+    ///
+    /// # Errors
+    /// [`QemuError::GuestProgram`] when it fails, is missing or runs too
+    /// long; [`QemuError::Command`] when the agent refuses to run programs.
+    pub fn run(&mut self, program: &str, args: &[&str]) -> Result<String> {
         let call = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
         let failed = |outcome: String| QemuError::GuestProgram { program: call.clone(), outcome };
         let started = self.execute("guest-exec", json!({ "path": program, "arg": args, "capture-output": true }))?;

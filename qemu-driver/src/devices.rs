@@ -4,9 +4,11 @@
 //! its virtio-net NIC sits on a tap device that is a port of that host's
 //! bridge, so a move changes which port of the office LAN the MAC is behind
 //! and nothing else. QEMU's `announce-self` (see [`announce`]) tells the LAN.
-//! The disk is a virtio-blk device on both hosts: the image file on the
-//! desktop, cownetdisk's NBD export on the server. The guest sees the same
-//! devices, so the descriptor saved on one host loads on the other.
+//! Each disk is a virtio-blk device on both hosts: the image file on the
+//! desktop, cownetdisk's NBD export on the server. A VM's disks are given
+//! to QEMU in the same order on both, so the guest sees the same devices
+//! at the same addresses, and the descriptor saved on one host loads on
+//! the other.
 //!
 //! Taps are made with iproute2's `ip`, in the network namespace of the
 //! calling thread (a daemon runs in its host's namespace).
@@ -96,21 +98,29 @@ pub fn announce(qmp: &mut Qmp) -> Result<()> {
     Ok(())
 }
 
-/// The size of the disk the running guest sees (its first block device), as
-/// QEMU reports it: for a qcow2 image, not the file's size. Asks QEMU
-/// because it holds the image's lock while it runs.
+/// The sizes of the virtio disks the running guest sees, in the order they
+/// were given to QEMU (`-drive if=virtio` names them `virtio0`,
+/// `virtio1`, ...; firmware flash and other block devices are left out), as
+/// QEMU reports them: for a qcow2 image, not the file's size. Asks QEMU
+/// because it holds the images' locks while it runs.
 ///
 /// # Errors
-/// [`QemuError::Command`] if QEMU refuses; [`QemuError::QmpProtocol`] if it
-/// reports no disk.
-pub fn disk_virtual_size(qmp: &mut Qmp) -> Result<u64> {
+/// [`QemuError::Command`] if QEMU refuses; [`QemuError::QmpProtocol`] if a
+/// virtio disk has no size.
+pub fn disk_virtual_sizes(qmp: &mut Qmp) -> Result<Vec<u64>> {
     let devices = qmp.execute("query-block", None)?;
-    let size =
-        devices.as_array().and_then(|all| all.iter().find_map(|d| d["inserted"]["image"]["virtual-size"].as_u64()));
-    size.ok_or_else(|| QemuError::QmpProtocol {
-        socket: qmp.socket().to_owned(),
-        detail: format!("query-block reports no disk with a size: {devices}"),
-    })
+    let mut disks = Vec::new();
+    for device in devices.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(index) = device["device"].as_str().and_then(|name| name.strip_prefix("virtio")) else { continue };
+        let Ok(index) = index.parse::<u32>() else { continue };
+        let size = device["inserted"]["image"]["virtual-size"].as_u64().ok_or_else(|| QemuError::QmpProtocol {
+            socket: qmp.socket().to_owned(),
+            detail: format!("query-block reports virtio disk {index} without a size: {device}"),
+        })?;
+        disks.push((index, size));
+    }
+    disks.sort_unstable();
+    Ok(disks.into_iter().map(|(_, size)| size).collect())
 }
 
 /// Writes what the VM's screen shows now to `file` (mode 0600; the caller

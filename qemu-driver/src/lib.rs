@@ -28,7 +28,7 @@ mod vm;
 mod vm_load;
 
 pub use agent::{settle_guest_in_background, GuestAgent, Resumed};
-pub use devices::{announce, disk_virtual_size, nic_args, screendump, DiskBackend, Tap};
+pub use devices::{announce, disk_virtual_sizes, nic_args, screendump, DiskBackend, Tap};
 pub use disk_view::{virtual_size, DiskFormat, DiskView, ViewAccess};
 pub use error::QemuError;
 pub use guest::GuestImage;

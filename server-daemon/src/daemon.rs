@@ -39,12 +39,14 @@ const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 type Vms = BTreeMap<VmKey, Arc<Mutex<HostedVm>>>;
 
-/// A reservation: the bytes expected, the machine to run, and the
-/// connection that holds it.
+/// A reservation: the bytes expected, the machine to run, its number of
+/// disks, and the connection that holds it.
 #[derive(Debug, Clone)]
 struct Reserved {
     expected: u64,
     profile: MachineProfile,
+    /// 1 to `MAX_DISKS`, as the decoder checked.
+    disks: usize,
     connection: u64,
 }
 
@@ -426,8 +428,9 @@ impl ServerDaemon {
             }
         }
         let profile = request.profile.clone();
-        reservations.insert(key.clone(), Reserved { expected, profile, connection: reservation.connection });
-        tracing::info!(desktop = %key.desktop, vm = %key.vm, ram_bytes = request.profile.ram_bytes(), expected_mib = expected >> 20, from_history, "reserved");
+        let disks = request.disk_count();
+        reservations.insert(key.clone(), Reserved { expected, profile, disks, connection: reservation.connection });
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, ram_bytes = request.profile.ram_bytes(), disks, expected_mib = expected >> 20, from_history, "reserved");
         Ok(expected)
     }
 
@@ -462,7 +465,14 @@ impl ServerDaemon {
             &self.config,
             &self.storage_program,
             key.clone(),
-            Arrival { request, descriptor, profile: &reserved.profile, accel: self.accel, console_port },
+            Arrival {
+                request,
+                descriptor,
+                profile: &reserved.profile,
+                disks: reserved.disks,
+                accel: self.accel,
+                console_port,
+            },
             wake,
             reserved.expected,
         )?;

@@ -5,18 +5,27 @@
 //!
 //! ```text
 //! <state_dir>/vms/<desktop>/<vm>/memory/        memtap's fetched and dirty slices of the RAM
-//! <state_dir>/vms/<desktop>/<vm>/disk/<vm>/     cownetdisk's slices of the disk
+//! <state_dir>/vms/<desktop>/<vm>/disk/<vm>/     cownetdisk's slices of the (first) disk
+//! <state_dir>/vms/<desktop>/<vm>/disk/<vm>.<n>/ ... of disk n (from 1) of a VM with several
 //! <state_dir>/vms/<desktop>/<vm>/descriptor.in  the device state the desktop sent
 //! <state_dir>/vms/<desktop>/<vm>/descriptor.out the device state saved for the way back
 //! <state_dir>/vms/<desktop>/<vm>/checkpoint/    the last checkpoint: descriptor, memory.set,
-//!                                               disk.set (dirty sets at that instant), manifest
+//!                                               disk.set, disk.<n>.set (dirty sets at that
+//!                                               instant), manifest
+//! <state_dir>/vms/<desktop>/<vm>/hosted.json    what a restarted daemon takes it over with
 //! <run_dir>/vms/<desktop>/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
-//! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's disk
+//! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's (first) disk
+//! <run_dir>/vms/<desktop>/<vm>/disk.<n>.nbd     ... for disk n (from 1)
 //! <run_dir>/vms/<desktop>/<vm>/qemu/            QEMU's QMP socket and logs
 //! ```
 //!
-//! Both names in those paths are checked types ([`VmKey`]): nothing a
-//! desktop sends is joined onto a path as it came.
+//! memtap and cownetdisk run in the VM's storage process ([`crate::storage`]).
+//! Both names in those paths are checked types ([`VmKey`]), and a disk's
+//! number is an index below the reserved count (at most
+//! [`daemon_protocol::MAX_DISKS`]): nothing a desktop sends is joined onto
+//! a path as it came. Each disk is a cownetdisk disk of its own, with its
+//! own NBD socket, fetching from the desktop's one diskserv under the
+//! disk's export ([`disk_export`]), whose name is also its slices'.
 //!
 //! The state directory outlives the daemon: if the server or its QEMU dies,
 //! the VM's dirty slices stay there (an earlier VM's leftovers are renamed
@@ -28,7 +37,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use daemon_protocol::{
-    ChunkWriter, ConsoleAccess, ConsolidateRequest, HostedState, HostedStatus, MachineProfile, ReturnHeader,
+    disk_export, ChunkWriter, ConsoleAccess, ConsolidateRequest, HostedState, HostedStatus, MachineProfile,
+    ReturnHeader,
 };
 use identifiers::Mac;
 use migration_formats::ZeroMap;
@@ -43,7 +53,7 @@ use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::key::VmKey;
 use crate::machine;
-use crate::storage::{StorageSpec, VmStorage, WakeSpec, DISK_SOCKET, ZERO_MAP};
+use crate::storage::{disk_set_file, disk_socket, StorageSpec, VmStorage, WakeSpec, ZERO_MAP};
 
 /// Memory pages and disk blocks are 4 KiB here.
 const UNIT: u32 = 4096;
@@ -109,6 +119,32 @@ impl Drop for Running {
     }
 }
 
+/// The counters of several disks as one: sizes, connections, bytes,
+/// fetches and blocks added up; the name, the block size and the
+/// per-command request counts are the first disk's.
+fn summed(disks: Vec<cownetdisk::DiskStats>) -> cownetdisk::DiskStats {
+    let mut disks = disks.into_iter();
+    let mut total = disks.next().unwrap_or_default();
+    for disk in disks {
+        total.disk_bytes += disk.disk_bytes;
+        total.connections += disk.connections;
+        total.dropped_connections += disk.dropped_connections;
+        total.bytes_read += disk.bytes_read;
+        total.bytes_written += disk.bytes_written;
+        total.bytes_zeroed += disk.bytes_zeroed;
+        total.error_replies += disk.error_replies;
+        total.fetch_calls += disk.fetch_calls;
+        total.remote_requests += disk.remote_requests;
+        total.blocks_fetched += disk.blocks_fetched;
+        total.bytes_fetched += disk.bytes_fetched;
+        total.whole_block_writes += disk.whole_block_writes;
+        total.partial_write_fetches += disk.partial_write_fetches;
+        total.fetched_blocks += disk.fetched_blocks;
+        total.dirty_blocks += disk.dirty_blocks;
+    }
+    total
+}
+
 /// A VM the server hosts.
 #[derive(Debug)]
 pub struct HostedVm {
@@ -133,7 +169,8 @@ struct HostedRecord {
     mac: Mac,
     desktop_control: std::net::SocketAddr,
     ram_bytes: u64,
-    disk_bytes: u64,
+    /// Its disks' sizes, in the guest's order.
+    disk_bytes: Vec<u64>,
     expected: u64,
     /// Pages its zero map of consolidation marked zero.
     zero_pages: u64,
@@ -162,10 +199,18 @@ pub struct CheckpointManifest {
     pub taken_at: u64,
     /// Pages the VM had dirtied on the server by then.
     pub dirty_pages: u64,
-    /// Disk blocks it had dirtied by then.
+    /// Disk blocks it had dirtied by then, on all its disks.
     pub dirty_blocks: u64,
     /// How long the VM was stopped for it, in milliseconds.
     pub pause_ms: u64,
+    /// Its disks: one disk dirty set each (1 for a checkpoint of a release
+    /// that knew only one disk).
+    #[serde(default = "one_disk")]
+    pub disks: usize,
+}
+
+fn one_disk() -> usize {
+    1
 }
 
 /// What a VM arrives with: the desktop's request, the machine it reserved,
@@ -178,6 +223,9 @@ pub struct Arrival<'a> {
     pub descriptor: &'a [u8],
     /// Its virtual hardware, from the reservation.
     pub profile: &'a MachineProfile,
+    /// Its number of disks, from the reservation (1 to
+    /// [`daemon_protocol::MAX_DISKS`], as the decoder checked).
+    pub disks: usize,
     /// The accelerator here.
     pub accel: Accel,
     /// The port of its remote console, if it has a display.
@@ -204,7 +252,7 @@ impl HostedVm {
         wake: Option<WakeSpec>,
         expected: u64,
     ) -> Result<HostedVm, ServerError> {
-        let Arrival { request, descriptor: device_state, profile, accel, console_port } = arrival;
+        let Arrival { request, descriptor: device_state, profile, disks, accel, console_port } = arrival;
         let vm = &key.vm;
         let state = state_dir(config, &key);
         let run = run_dir(config, &key);
@@ -240,6 +288,7 @@ impl HostedVm {
             run: run.clone(),
             memserv: request.memserv,
             diskserv: request.diskserv,
+            disks,
             wake,
             host_key: config.host_key.clone(),
             peers: config.peers.clone(),
@@ -248,11 +297,11 @@ impl HostedVm {
         // storage process flushes and exits, the tap goes.
         let mut storage = VmStorage::spawn(storage_program, &spec)
             .map_err(|source| ServerError::Storage { key: key.clone(), source: Box::new(source) })?;
-        let last = storage
-            .stats()
-            .map(|s| (s.memory, s.disk))
-            .map_err(|source| ServerError::Storage { key: key.clone(), source: Box::new(source) })?;
-        let (ram_bytes, disk_bytes) = (last.0.ram_bytes, last.1.disk_bytes);
+        let stats =
+            storage.stats().map_err(|source| ServerError::Storage { key: key.clone(), source: Box::new(source) })?;
+        let ram_bytes = stats.memory.ram_bytes;
+        let disk_bytes = stats.disks.iter().map(|d| d.disk_bytes).collect();
+        let last = (stats.memory, summed(stats.disks));
         let qemu_error = |action| {
             let key = key.clone();
             move |source| ServerError::Qemu { key, action, source: Box::new(source) }
@@ -278,7 +327,9 @@ impl HostedVm {
             .reboot_ends_qemu(false)
             .run_as(config.qemu_user())
             .extra_args(nic_args(tap.name(), request.vm_mac))
-            .extra_args(DiskBackend::NbdUnix { socket: run.join(DISK_SOCKET), export: vm.to_string() }.qemu_args());
+            .extra_args((0..disks).flat_map(|index| {
+                DiskBackend::NbdUnix { socket: disk_socket(&run, index), export: disk_export(vm, index) }.qemu_args()
+            }));
         let qemu_agent_socket = spec.agent_socket();
         let (qemu, qmp) = match resume(spec, &descriptor) {
             Ok(started) => started,
@@ -498,6 +549,7 @@ impl HostedVm {
             dirty_pages,
             dirty_blocks,
             pause_ms: pause.as_millis() as u64,
+            disks: self.record.disk_bytes.len(),
         };
         let json = serde_json::to_vec(&manifest).map_err(|e| failed("write its manifest")(e.into()))?;
         durable_file::replace_file(&new.join(MANIFEST), &[&json])
@@ -540,7 +592,7 @@ impl HostedVm {
         let lost = match &mut self.phase {
             Phase::Running(running) => {
                 if let Ok(stats) = running.storage.stats() {
-                    self.last = (stats.memory, stats.disk);
+                    self.last = (stats.memory, summed(stats.disks));
                     self.desktop = stats.desktop;
                 }
                 match running.qemu.check_running() {
@@ -668,7 +720,7 @@ impl HostedVm {
                     return Err(e);
                 }
                 if let Ok(stats) = running.storage.stats() {
-                    self.last = (stats.memory, stats.disk);
+                    self.last = (stats.memory, summed(stats.disks));
                 }
                 // Not taken over by a restarted daemon from here: it goes home.
                 let _ = fs::remove_file(self.state.join(RECORD));
@@ -678,8 +730,8 @@ impl HostedVm {
     }
 
     /// Sends the stopped VM home on `channel`: a `Returning` header, then
-    /// the descriptor, the memory dirty set and the disk dirty set as one
-    /// stream. Returns the header.
+    /// the descriptor, the memory dirty set and the disk dirty sets (one
+    /// per disk, in order) as one stream. Returns the header.
     ///
     /// # Errors
     /// What could not be read or sent.
@@ -701,14 +753,18 @@ impl HostedVm {
             Ok::<_, ServerError>((store, set_bytes))
         };
         let (memory, memory_set_bytes) = open(self.state.join("memory"), self.record.ram_bytes)?;
-        let (disk, disk_set_bytes) = open(self.state.join("disk").join(key.vm.as_str()), self.record.disk_bytes)?;
+        let mut disks = Vec::with_capacity(self.record.disk_bytes.len());
+        for (index, &size) in self.record.disk_bytes.iter().enumerate() {
+            disks.push(open(self.state.join("disk").join(disk_export(&key.vm, index)), size)?);
+        }
         let header = ReturnHeader {
             descriptor_bytes: descriptor.len() as u64,
             descriptor_crc: crc32fast::hash(&descriptor),
             memory_set_bytes,
-            disk_set_bytes,
+            disk_set_bytes: disks.iter().map(|(_, bytes)| bytes).sum(),
             dirty_pages: memory.dirty_count(),
-            dirty_blocks: disk.dirty_count(),
+            dirty_blocks: disks.iter().map(|(store, _)| store.dirty_count()).sum(),
+            disk_count: disks.len() as u32,
         };
         let export = |store: &SliceStore, what, writer: &mut ChunkWriter<'_>| {
             export_dirty_set(store, writer).map(drop).map_err(|source| ServerError::Export {
@@ -723,7 +779,7 @@ impl HostedVm {
             header,
             &descriptor,
             |writer| export(&memory, "memory", writer),
-            |writer| export(&disk, "disk", writer),
+            |writer| disks.iter().try_for_each(|(disk, _)| export(disk, "disk", writer)),
         )?;
         Ok(header)
     }
@@ -753,7 +809,7 @@ pub(crate) fn sync_ram(ram: &Path) -> std::io::Result<()> {
 /// Sends `key`'s last checkpoint (under its state directory `state`) home
 /// on `channel`, as [`HostedVm::send_home`] sends a stopped VM: a
 /// `Returning` header, then the checkpoint's descriptor, memory dirty set
-/// and disk dirty set. For a VM the server lost (its QEMU died, or the
+/// and disk dirty sets. For a VM the server lost (its QEMU died, or the
 /// whole server did and was restarted). Returns the header and the
 /// checkpoint's manifest.
 ///
@@ -784,31 +840,43 @@ pub fn send_checkpoint(
         Ok::<_, ServerError>((file, len, path))
     };
     let (memory, memory_set_bytes, memory_path) = open("memory.set")?;
-    let (disk, disk_set_bytes, disk_path) = open("disk.set")?;
+    if !(1..=daemon_protocol::MAX_DISKS).contains(&manifest.disks) {
+        return Err(no_checkpoint());
+    }
+    let disks = (0..manifest.disks).map(|index| open(&disk_set_file(index))).collect::<Result<Vec<_>, _>>()?;
     let header = ReturnHeader {
         descriptor_bytes: descriptor.len() as u64,
         descriptor_crc: crc32fast::hash(&descriptor),
         memory_set_bytes,
-        disk_set_bytes,
+        disk_set_bytes: disks.iter().map(|(_, len, _)| len).sum(),
         dirty_pages: manifest.dirty_pages,
         dirty_blocks: manifest.dirty_blocks,
+        disk_count: disks.len() as u32,
     };
-    let copy = |mut file: fs::File, path: PathBuf| {
-        move |writer: &mut ChunkWriter<'_>| std::io::copy(&mut file, writer).map(drop).map_err(read_error(path))
+    let copy = |mut file: &fs::File, path: &Path, writer: &mut ChunkWriter<'_>| {
+        std::io::copy(&mut file, writer).map(drop).map_err(read_error(path.to_owned()))
     };
-    stream_home(key, channel, header, &descriptor, copy(memory, memory_path), copy(disk, disk_path))?;
+    stream_home(
+        key,
+        channel,
+        header,
+        &descriptor,
+        |writer| copy(&memory, &memory_path, writer),
+        |writer| disks.iter().try_for_each(|(file, _, path)| copy(file, path, writer)),
+    )?;
     Ok((header, manifest))
 }
 
 /// Sends `header` on `channel`, then, as one stream, `descriptor` and
-/// what `memory` and `disk` write (the dirty sets, `header`'s sizes).
+/// what `memory` and `disks` write (the dirty sets, `header`'s sizes:
+/// `disks` writes one per disk, in order).
 fn stream_home(
     key: &VmKey,
     channel: &mut Channel,
     header: ReturnHeader,
     descriptor: &[u8],
     memory: impl FnOnce(&mut ChunkWriter<'_>) -> Result<(), ServerError>,
-    disk: impl FnOnce(&mut ChunkWriter<'_>) -> Result<(), ServerError>,
+    disks: impl FnOnce(&mut ChunkWriter<'_>) -> Result<(), ServerError>,
 ) -> Result<(), ServerError> {
     let broke = |source| ServerError::SendHome { key: key.clone(), source };
     channel
@@ -817,7 +885,7 @@ fn stream_home(
     let mut writer = ChunkWriter::new(channel);
     writer.write_all(descriptor).map_err(broke)?;
     memory(&mut writer)?;
-    disk(&mut writer)?;
+    disks(&mut writer)?;
     writer.finish().map(drop).map_err(broke)
 }
 

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cownetdisk::{Disk, DiskConfig, Listen, NbdServer};
+use daemon_protocol::disk_export;
 use identifiers::Mac;
 use migration_formats::ZeroMap;
 use remote_wakeup::{DesktopStatus, DesktopWaker, WakeTarget};
@@ -72,6 +73,8 @@ pub struct StorageSpec {
     pub memserv: SocketAddr,
     /// The desktop's diskserv.
     pub diskserv: SocketAddr,
+    /// How many disks the VM has (1 to [`daemon_protocol::MAX_DISKS`]).
+    pub disks: usize,
     /// How to wake the desktop before a fetch, if it sleeps.
     pub wake: Option<WakeSpec>,
     /// This server's key.
@@ -100,7 +103,7 @@ pub enum StorageRequest {
     /// memtap (an fsync of the file).
     SyncRam,
     /// Write the memory and disk dirty sets as they are now into the
-    /// directory (`memory.set`, `disk.set`), durably.
+    /// directory (`memory.set`, and per disk [`disk_set_file`]), durably.
     CopyDirtySets(PathBuf),
     /// End the fetches still waiting for the desktop: QEMU is being ended.
     Cancel,
@@ -134,8 +137,8 @@ pub enum StorageReply {
 pub struct StorageStats {
     /// memtap's.
     pub memory: memtap::RamStats,
-    /// cownetdisk's.
-    pub disk: cownetdisk::DiskStats,
+    /// cownetdisk's, one per disk in the guest's order.
+    pub disks: Vec<cownetdisk::DiskStats>,
     /// The desktop's power and wakes, when it can sleep.
     pub desktop: Option<DesktopStatus>,
 }
@@ -499,9 +502,8 @@ struct Serving {
     key: VmKey,
     spec: StorageSpec,
     mount: std::sync::Mutex<Option<memtap::Mount>>,
-    disk: Arc<Disk>,
-    nbd_stop: cownetdisk::StopHandle,
-    nbd_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Its disks, in the guest's order.
+    disks: std::sync::Mutex<Vec<HostedDisk>>,
     fetches: Cancel,
     waker: Option<Arc<DesktopWaker>>,
     credentials: Arc<Credentials>,
@@ -531,37 +533,35 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
         None => Arc::new(NoWake),
     };
     let fetches = Cancel::new();
-    let remote = |addr: SocketAddr, service| {
-        let hello = Hello { service, export: vm.to_string() };
+    let remote = |addr: SocketAddr, service, export: String| {
+        let hello = Hello { service, export };
         let mut remote = RemoteConfig::new(addr.to_string(), Arc::clone(&credentials), hello);
         // The desktop that moved the VM here, and no other, serves it.
         remote.peer = Some(spec.desktop.clone());
         remote.cancel = fetches.clone();
         remote
     };
-    let mut memory =
-        memtap::RamFileConfig::new(vm.as_str(), spec.state.join("memory"), remote(spec.memserv, Service::Memory));
+    let mut memory = memtap::RamFileConfig::new(
+        vm.as_str(),
+        spec.state.join("memory"),
+        remote(spec.memserv, Service::Memory, vm.to_string()),
+    );
     memory.zero_pages = zero_map.ranges;
     memory.zero_map_pages = Some(zero_map.units);
     memory.wake = Arc::clone(&wake);
     let mount = memtap::Mount::start(&spec.run.join("ram"), vec![memory])?;
-    let disk_config = DiskConfig::new(vm.as_str(), spec.state.join("disk"), remote(spec.diskserv, Service::Disk));
-    let disk = Arc::new(Disk::open(disk_config, wake)?);
-    let socket = spec.run.join(DISK_SOCKET);
-    let nbd = NbdServer::bind(Arc::clone(&disk), &Listen { unix: Some(socket), tcp: None })?;
-    let nbd_stop = nbd.stop_handle();
-    let nbd_key = key.clone();
-    let nbd_thread = std::thread::spawn(move || {
-        if let Err(e) = nbd.run() {
-            tracing::error!(desktop = %nbd_key.desktop, vm = %nbd_key.vm, "cownetdisk stopped: {}", wire::chain(&e));
-        }
-    });
+    if !(1..=daemon_protocol::MAX_DISKS).contains(&spec.disks) {
+        return Err(format!("{} disks: a VM has 1 to {}", spec.disks, daemon_protocol::MAX_DISKS).into());
+    }
+    let mut disks = Vec::with_capacity(spec.disks);
+    for index in 0..spec.disks {
+        let remote = remote(spec.diskserv, Service::Disk, disk_export(vm, index));
+        disks.push(HostedDisk::serve(&key, index, &spec.state, &spec.run, remote, Arc::clone(&wake))?);
+    }
     let serving = Serving {
         key,
         mount: std::sync::Mutex::new(Some(mount)),
-        disk,
-        nbd_stop,
-        nbd_thread: std::sync::Mutex::new(Some(nbd_thread)),
+        disks: std::sync::Mutex::new(disks),
         fetches,
         waker,
         spec,
@@ -577,8 +577,62 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
 
 /// The zero map of consolidation, in the VM's state directory.
 pub(crate) const ZERO_MAP: &str = "zero.map";
-/// cownetdisk's socket, QEMU's disk, in the VM's run directory.
-pub(crate) const DISK_SOCKET: &str = "disk.nbd";
+/// The NBD socket under the VM's run directory `run` of its disk `index`.
+pub(crate) fn disk_socket(run: &Path, index: usize) -> PathBuf {
+    run.join(if index == 0 { "disk.nbd".to_owned() } else { format!("disk.{index}.nbd") })
+}
+
+/// The file of a checkpoint that holds disk `index`'s dirty set.
+pub(crate) fn disk_set_file(index: usize) -> String {
+    if index == 0 {
+        "disk.set".to_owned()
+    } else {
+        format!("disk.{index}.set")
+    }
+}
+
+/// One disk of a hosted VM: a cownetdisk [`Disk`] over its slices, served
+/// to QEMU by an NBD server of its own.
+struct HostedDisk {
+    disk: Arc<Disk>,
+    nbd_stop: cownetdisk::StopHandle,
+    nbd_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostedDisk {
+    /// Opens disk `index` of `key` (slices under `<state>/disk/<export>`,
+    /// fetched from `remote`, the desktop's diskserv under the disk's
+    /// export) and serves it on its socket under `run`.
+    fn serve(
+        key: &VmKey,
+        index: usize,
+        state: &Path,
+        run: &Path,
+        remote: RemoteConfig,
+        wake: Arc<dyn WakeHook>,
+    ) -> Result<HostedDisk, cownetdisk::CownetdiskError> {
+        let config = DiskConfig::new(disk_export(&key.vm, index), state.join("disk"), remote);
+        let disk = Arc::new(Disk::open(config, wake)?);
+        let nbd = NbdServer::bind(Arc::clone(&disk), &Listen { unix: Some(disk_socket(run, index)), tcp: None })?;
+        let nbd_stop = nbd.stop_handle();
+        let nbd_key = key.clone();
+        let nbd_thread = std::thread::spawn(move || {
+            if let Err(e) = nbd.run() {
+                tracing::error!(desktop = %nbd_key.desktop, vm = %nbd_key.vm, disk = index, "cownetdisk stopped: {}", wire::chain(&e));
+            }
+        });
+        Ok(HostedDisk { disk, nbd_stop, nbd_thread: Some(nbd_thread) })
+    }
+
+    /// Stops its NBD server and flushes it.
+    fn stop(&mut self) -> Result<(), cownetdisk::CownetdiskError> {
+        self.nbd_stop.stop();
+        if let Some(thread) = self.nbd_thread.take() {
+            let _ = thread.join();
+        }
+        self.disk.flush()
+    }
+}
 
 impl Serving {
     fn ram_file(&self) -> PathBuf {
@@ -591,7 +645,8 @@ impl Serving {
             StorageRequest::Stats => {
                 let memory = self.with_ram(|ram| Ok(ram.stats())).unwrap_or_default();
                 let desktop = self.waker.as_ref().map(|w| w.status());
-                StorageReply::Stats(Box::new(StorageStats { memory, disk: self.disk.stats(), desktop }))
+                let disks = self.lock_disks().iter().map(|d| d.disk.stats()).collect();
+                StorageReply::Stats(Box::new(StorageStats { memory, disks, desktop }))
             }
             StorageRequest::SyncRam => match crate::hosted::sync_ram(&self.ram_file()) {
                 Ok(()) => StorageReply::Done,
@@ -613,6 +668,10 @@ impl Serving {
         }
     }
 
+    fn lock_disks(&self) -> std::sync::MutexGuard<'_, Vec<HostedDisk>> {
+        self.disks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn with_ram<T>(
         &self,
         f: impl FnOnce(&memtap::VmMemory) -> Result<T, Box<dyn std::error::Error + Send + Sync>>,
@@ -623,20 +682,26 @@ impl Serving {
     }
 
     /// Writes the memory and disk dirty sets as they are now into `dir`
-    /// (`memory.set`, `disk.set`), durably; the VM must be stopped.
+    /// (`memory.set`, and per disk [`disk_set_file`]), durably; the VM
+    /// must be stopped. Returns the dirty pages and blocks (of all disks).
     fn copy_dirty_sets(&self, dir: &Path) -> Result<(u64, u64), Box<dyn std::error::Error + Send + Sync>> {
         self.with_ram(|memory| {
             memory.flush()?;
-            self.disk.flush()?;
+            let disks = self.lock_disks();
+            let mut sets = vec![(memory.slices(), "memory.set".to_owned())];
+            for (index, disk) in disks.iter().enumerate() {
+                disk.disk.flush()?;
+                sets.push((disk.disk.slices(), disk_set_file(index)));
+            }
             let mut counts = Vec::new();
-            for (store, file) in [(memory.slices(), "memory.set"), (self.disk.slices(), "disk.set")] {
+            for (store, file) in sets {
                 let out = fs::File::create(dir.join(file))?;
                 export_dirty_set(store, &out)?;
                 out.sync_all()?;
                 counts.push(store.dirty_count());
             }
             durable_file::sync_dir(dir)?;
-            Ok((counts[0], counts[1]))
+            Ok((counts[0], counts[1..].iter().sum()))
         })
     }
 
@@ -644,11 +709,14 @@ impl Serving {
     /// waiting for the desktop is given up (QEMU, its only reader, is gone).
     fn shut(&self) -> Result<(), String> {
         self.fetches.cancel();
-        self.nbd_stop.stop();
-        if let Some(thread) = self.nbd_thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-            let _ = thread.join();
+        let mut flushed = Ok(());
+        for (index, disk) in self.lock_disks().iter_mut().enumerate() {
+            let stopped = disk.stop().map_err(|e| format!("cownetdisk cannot flush disk {index}: {}", wire::chain(&e)));
+            if flushed.is_ok() {
+                flushed = stopped;
+            }
         }
-        self.disk.flush().map_err(|e| format!("cownetdisk cannot flush its disk: {}", wire::chain(&e)))?;
+        flushed?;
         let mount = self.mount.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(mount) = mount {
             mount.unmount().map_err(|e| format!("memtap cannot unmount its RAM: {}", wire::chain(&e)))?;

@@ -135,7 +135,9 @@ fn profile() -> MachineProfile {
 }
 
 fn reserve(vm: &str) -> Vec<u8> {
-    Control::Reserve(ReserveRequest { vm: vm.parse().unwrap(), profile: profile(), disk_bytes: 1 << 20 }).encode_body()
+    let request =
+        ReserveRequest { vm: vm.parse().unwrap(), profile: profile(), disk_bytes: 1 << 20, extra_disk_bytes: vec![] };
+    Control::Reserve(request).encode_body()
 }
 
 const BIOS: u32 = 0;
@@ -143,12 +145,25 @@ const KERNEL: u32 = 2;
 
 /// A raw `Reserve` of a BIOS VM with this RAM size and CPU model.
 fn raw_reserve(vm: &str, memory_mib: u64, cpu_model: &str) -> Vec<u8> {
-    raw((RESERVE, vm, memory_mib, 1u32, cpu_model, BIOS, false, 0u64))
+    raw((RESERVE, vm, memory_mib, 1u32, cpu_model, BIOS, false, 0u64, Vec::<u64>::new()))
 }
 
 /// A raw `Reserve` of a VM booting the hosts' kernel with these arguments.
 fn raw_kernel_reserve(kernel_args: &str) -> Vec<u8> {
-    raw((RESERVE, "vm1", 256u64, 1u32, "max", KERNEL, [0u8; 32], [0u8; 32], kernel_args, false, 0u64))
+    raw((
+        RESERVE,
+        "vm1",
+        256u64,
+        1u32,
+        "max",
+        KERNEL,
+        [0u8; 32],
+        [0u8; 32],
+        kernel_args,
+        false,
+        0u64,
+        Vec::<u64>::new(),
+    ))
 }
 
 /// A raw `Consolidate` with `vm_mac` and the descriptor's announced size as given.
@@ -172,6 +187,7 @@ fn hostile_values_are_refused_naming_the_field_and_the_server_serves_on() {
         (raw_reserve("vm1", 0, "max"), "memory_mib"),
         (raw_reserve("vm1", 256, "max,+vmx"), "not a valid CPU model"),
         (raw_reserve("vm1", 256, "Pentium9000"), "does not know CPU model \"Pentium9000\""),
+        (raw((RESERVE, "vm1", 256u64, 1u32, "max", BIOS, false, 0u64, vec![1u64; 8])), "at most 8 disks"),
         (raw_kernel_reserve("quiet\ninit=/bin/sh"), "kernel argument"),
         (raw_kernel_reserve("quiet"), "cannot read its kernel /none"),
         (raw_consolidate("vm1", "52:54:00:00:00:01,romfile=/etc/shadow"), "vm_mac: \"52:54:00:00:00:01,romfile"),

@@ -317,6 +317,22 @@ impl DesktopServer {
         Self::run(diskserv::bind(image, config, block_size).unwrap(), Service::Disk)
     }
 
+    /// diskserv serving `image` as `config` says and each of `more` (an
+    /// export name and an image) beside it on the same port, as a VM's
+    /// further disks are.
+    pub fn diskserv_disks(
+        image: &Path,
+        more: &[(String, &Path)],
+        config: ServeConfig,
+        block_size: u32,
+    ) -> DesktopServer {
+        let mut server = diskserv::bind(image, config, block_size).unwrap();
+        for (name, image) in more {
+            diskserv::add_disk(&mut server, name.clone(), image, block_size).unwrap();
+        }
+        Self::run(server, Service::Disk)
+    }
+
     fn run(server: image_server::Server, service: Service) -> DesktopServer {
         let addr = server.local_addr().unwrap().to_string();
         let stop = server.stop_handle();

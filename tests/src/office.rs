@@ -99,7 +99,20 @@ pub struct OfficeSpec {
     /// VM is away; the desktop's `mac` ([`DESKTOP_MAC`]) and the server's
     /// `wake_broadcast` come with it.
     pub power: Option<String>,
+    /// The formats (`raw`, `qcow2`) of further disks of the VM, after its
+    /// first: blank images of [`EXTRA_DISK_MIB`] MiB each (`/dev/vdb`, ...
+    /// in the guest), written in the configuration as `[[vm.disks]]` tables
+    /// with the first disk. Each has [`EXTRA_DISK_PATTERN`] in its block at
+    /// [`EXTRA_DISK_MARK`], written on the desktop before the VM boots.
+    pub extra_disks: &'static [&'static str],
 }
+
+/// Size of each of [`OfficeSpec::extra_disks`].
+pub const EXTRA_DISK_MIB: u64 = 16;
+/// The byte that fills a block of each extra disk before the VM boots (`Z`).
+pub const EXTRA_DISK_PATTERN: u8 = 0x5a;
+/// The offset of that block.
+pub const EXTRA_DISK_MARK: u64 = 1 << 20;
 
 /// A VM that boots from its own disk (`scripts/guest-image --disk`):
 /// syslinux on a FAT partition, which the guest also mounts as its data
@@ -125,6 +138,7 @@ impl Default for OfficeSpec {
             boot_disk: None,
             display: true,
             power: None,
+            extra_disks: &[],
         }
     }
 }
@@ -138,6 +152,8 @@ pub struct Office {
     server_daemon: Option<Daemon>,
     /// The VM's disk image on the desktop.
     pub disk: PathBuf,
+    /// Its further disks' images ([`OfficeSpec::extra_disks`]).
+    pub extra_disks: Vec<PathBuf>,
 }
 
 /// Writes `text` to `path`, panicking with the path on failure.
@@ -182,17 +198,41 @@ impl Office {
         crate::qemu_user_available()?;
         let guest = crate::guest()?;
         let guest_args = format!("jt.fill={} jt.disk=desktop jt.net=10.77.0.50/24 jt.serve=7000", spec.fill_mib);
-        let (disk, vm_boot) = match spec.boot_disk {
+        let (disk, format, vm_boot) = match spec.boot_disk {
             None => {
                 let bulk = bulk_text(BULK_MIB);
                 let files = [("desktop-only.txt", DESKTOP_TEXT), ("bulk.txt", &bulk)];
-                (crate::ext4_image(dir, &files, spec.disk_mib)?, format!("kernel_args = \"{guest_args}\"\n"))
+                (crate::ext4_image(dir, &files, spec.disk_mib)?, "raw", format!("kernel_args = \"{guest_args}\"\n"))
             }
             Some(boot) => {
                 let args = format!("{guest_args} jt.diskdev=/dev/vda1 jt.screen=1");
                 let disk = crate::boot_disk(dir, &args, &[("desktop-only.txt", DESKTOP_TEXT)], boot.format)?;
-                (disk, format!("firmware = \"{}\"\ndisk_format = \"{}\"\n", boot.firmware, boot.format))
+                (disk, boot.format, format!("firmware = \"{}\"\n", boot.firmware))
             }
+        };
+        let mut extra_disks = Vec::new();
+        for (i, format) in spec.extra_disks.iter().enumerate() {
+            let image = dir.join(format!("extra-disk{}.{format}", i + 1));
+            crate::run(
+                Command::new("qemu-img")
+                    .args(["create", "-q", "-f", format])
+                    .arg(&image)
+                    .arg(format!("{EXTRA_DISK_MIB}M")),
+            )?;
+            let write = format!("write -P {EXTRA_DISK_PATTERN} {EXTRA_DISK_MARK} 4096");
+            crate::run(Command::new("qemu-io").args(["-f", format, "-c", &write]).arg(&image))?;
+            extra_disks.push(image);
+        }
+        // One disk the short way, as most files have it; several as tables.
+        let disks = if extra_disks.is_empty() {
+            format!("disk = \"{}\"\ndisk_format = \"{format}\"\n", disk.display())
+        } else {
+            let formats = std::iter::once(format).chain(spec.extra_disks.iter().copied());
+            std::iter::once(&disk)
+                .chain(&extra_disks)
+                .zip(formats)
+                .map(|(image, format)| format!("[[vm.disks]]\npath = \"{}\"\nformat = \"{format}\"\n", image.display()))
+                .collect()
         };
         pair_and_enroll(dir)?;
         let lan = Lan::build(&[
@@ -237,16 +277,15 @@ impl Office {
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
                  accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}\n\
                  [idle]\nmax_cpu_percent = 50.0\n{power}\n[[vm]]\n\
-                 name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
-                 memserv_port = 7410\ndiskserv_port = 7411\n",
+                 name = \"{VM}\"\nmemory_mib = {}\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
+                 memserv_port = 7410\ndiskserv_port = 7411\n{disks}",
                 spec.failover_secs,
                 crate::QEMU_USER,
                 spec.memory_mib,
-                disk.display(),
                 spec.display,
             ),
         );
-        Ok(Office { dir: dir.to_owned(), lan, desktop_daemon: None, server_daemon: None, disk })
+        Ok(Office { dir: dir.to_owned(), lan, desktop_daemon: None, server_daemon: None, disk, extra_disks })
     }
 
     /// Builds the office, starts both daemons and waits until the VM counts

@@ -1,6 +1,7 @@
 //! diskserv on loopback with real clients: every block of the image, zero
 //! runs as markers at the chosen block size, the disk service only, the
-//! event stream, and the image left untouched.
+//! event stream, the image left untouched, and a VM's several disks on one
+//! port, each under its own export.
 #![allow(clippy::unwrap_used)] // a failure is the test failing
 
 use std::path::{Path, PathBuf};
@@ -109,4 +110,38 @@ fn a_wrong_service_or_missing_image_is_named_in_the_error() {
     let err = diskserv::bind(&dir.path().join("gone.raw"), config(&key, Service::Disk, None), 4096).unwrap_err();
     let text = wire::chain(&err);
     assert!(text.contains("gone.raw") && text.contains("is the VM stopped"), "{text}");
+    let mut server = diskserv::bind(&image, config(&key, Service::Disk, None), 4096).unwrap();
+    let err = diskserv::add_disk(&mut server, "vm1".into(), &image, 4096).unwrap_err();
+    assert!(wire::chain(&err).contains("export \"vm1\" is already served"), "{}", wire::chain(&err));
+}
+
+#[test]
+fn a_vms_disks_are_served_on_one_port_each_under_its_export_and_no_other_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, bytes) = disk_image(dir.path());
+    let second = dir.path().join("vm1-data.raw");
+    std::fs::write(&second, vec![0x5au8; 3 * BLOCK]).unwrap();
+    let key = TestKeys::new();
+    // The desktop daemon names them with daemon_protocol::disk_export.
+    let more = [("vm1.1".to_owned(), second.as_path())];
+    let server = DesktopServer::diskserv_disks(&first, &more, config(&key, Service::Disk, None), BLOCK as u32);
+    let connect = |export: &str| {
+        let hello = Hello { service: Service::Disk, export: export.into() };
+        Client::connect(&server.addr, &key.server(), None, &hello, Duration::from_secs(5))
+    };
+    let mut disk1 = connect("vm1").unwrap();
+    let mut disk2 = connect("vm1.1").unwrap();
+    assert_eq!(disk1.welcome().size, bytes.len() as u64, "the VM's name is its first disk");
+    assert_eq!(disk2.welcome().size, 3 * BLOCK as u64, "vm1.1 is its second");
+    let read = |client: &mut Client| match client.read(&[ByteRange::new(BLOCK as u64, 16)]).unwrap().remove(0) {
+        Chunk::Bytes { data, .. } => data,
+        Chunk::Zero { len, .. } => vec![0; len as usize],
+    };
+    assert_eq!(read(&mut disk1), bytes[BLOCK..BLOCK + 16]);
+    assert_eq!(read(&mut disk2), vec![0x5a; 16]);
+    // Names are matched whole, never parsed: no third disk, no path, no other VM.
+    for export in ["vm1.2", "vm1.01", "vm1.1/../vm1", "vm1-data.raw", "vm2", "vm1."] {
+        let err = connect(export).unwrap_err();
+        assert!(matches!(err, WireError::Refused { .. }), "{export}: {err}");
+    }
 }

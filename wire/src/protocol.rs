@@ -1,4 +1,4 @@
-//! The Jettison wire protocol, version 2: how a server (memtap, cownetdisk)
+//! The Jettison wire protocol, version 3: how a server (memtap, cownetdisk)
 //! reads byte ranges of an image (a VM's RAM file, a disk image) that lives on
 //! a desktop (memserv, diskserv).
 //!
@@ -101,9 +101,12 @@ use crate::error::DecodeError;
 
 /// The magic at the start of both preambles.
 pub const MAGIC: [u8; 4] = *b"JTSN";
-/// The protocol version this build speaks: 2 since each host proves its own
-/// key (Noise `IX`); version 1 shared one office key (`NNpsk0`).
-pub const VERSION: u16 = 2;
+/// The protocol version this build speaks: 3 since a VM may have several
+/// disks (the daemons' control messages changed shape, and a diskserv
+/// serves one export per disk: `<vm>` for the first, `<vm>.<n>` for the
+/// others); 2 since each host proves its own key (Noise `IX`); version 1
+/// shared one office key (`NNpsk0`).
+pub const VERSION: u16 = 3;
 /// Size of a preamble on the wire.
 pub const PREAMBLE_LEN: usize = 8;
 /// Largest frame body, in bytes.
@@ -215,7 +218,8 @@ impl std::fmt::Display for Service {
 pub struct Hello {
     /// The kind of image wanted.
     pub service: Service,
-    /// The export's name: the VM's name.
+    /// The export's name: the VM's name (for a disk, the VM's name for its
+    /// first disk, `<vm>.<n>` for disk `n` of the others).
     pub export: String,
 }
 
