@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use daemon_protocol::local::{call, DesktopPower, DesktopPowerState, LocalRequest, Report};
+use daemon_protocol::local::{
+    call, DesktopActivity, DesktopActivityState, DesktopPower, DesktopPowerState, LocalRequest, Report,
+};
 use power::{LedgerFiles, CHART_FILE, LEDGER_FILE};
 
 use crate::failure::NoDaemon;
@@ -155,6 +157,9 @@ fn print_document(document: &StatusDocument) {
             println!("{name}: last failure: {error}");
         }
     }
+    if let Some(activity) = &document.activity {
+        println!("{}", activity_line(activity));
+    }
     if let Some(sleep) = &document.sleep {
         println!("{}", desktop_power_line(sleep));
     }
@@ -213,6 +218,38 @@ fn hosted_line(s: &OnServer) -> String {
 /// MiB with the precision a person reads.
 fn mib_text(mib: f64) -> String {
     format!("{mib:.1} MiB")
+}
+
+/// The desktop's activity monitor in one line (`[activity]` in its configuration).
+fn activity_line(activity: &DesktopActivity) -> String {
+    let moved = activity.moved.iter().map(|vm| vm.as_str()).collect::<Vec<_>>().join(", ");
+    let state = match activity.state {
+        DesktopActivityState::NoSource => {
+            format!("no idle source yet ({})", activity.source_error.as_deref().unwrap_or("none answers"))
+        }
+        DesktopActivityState::Watching => "watching the user".to_owned(),
+        DesktopActivityState::Warned => "the user is idle: warned, the VMs move unless there is input".to_owned(),
+        DesktopActivityState::Away => format!("the user is away; moved {moved} and brings it back at the return"),
+        DesktopActivityState::Returning => format!("the user is back; bringing {moved} home"),
+    };
+    let mut line = format!("activity: {state}");
+    if let Some(source) = &activity.source {
+        line.push_str(&format!("; source {source}"));
+    }
+    if let Some(idle) = activity.idle_secs {
+        line.push_str(&format!("; idle {idle:.0} s"));
+    }
+    line.push_str(&format!(
+        "; warning after {} s idle, for {} s ({})",
+        activity.idle_limit_secs,
+        activity.warn_secs,
+        if activity.warning_window { "a window on the user's display" } else { "in the log: no display answers" }
+    ));
+    if !activity.held.is_empty() {
+        let held = activity.held.iter().map(|vm| vm.as_str()).collect::<Vec<_>>().join(", ");
+        line.push_str(&format!("; {held} brought back by hand, kept here until the user has been at the desk"));
+    }
+    line
 }
 
 /// The desktop's own sleep in one line (`[power]` in its configuration).
