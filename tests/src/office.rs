@@ -99,6 +99,9 @@ pub struct OfficeSpec {
     /// VM is away; the desktop's `mac` ([`DESKTOP_MAC`]) and the server's
     /// `wake_broadcast` come with it.
     pub power: Option<String>,
+    /// The keys of the desktop's `[activity]` section, if its daemon
+    /// watches the user.
+    pub activity: Option<String>,
 }
 
 /// A VM that boots from its own disk (`scripts/guest-image --disk`):
@@ -125,6 +128,7 @@ impl Default for OfficeSpec {
             boot_disk: None,
             display: true,
             power: None,
+            activity: None,
         }
     }
 }
@@ -215,6 +219,10 @@ impl Office {
                 (format!("mac = \"{DESKTOP_MAC}\"\n"), format!("\n[power]\n{keys}\n"))
             }
             None => (String::new(), String::new()),
+        };
+        let power = match &spec.activity {
+            Some(keys) => format!("{power}\n[activity]\n{keys}\n"),
+            None => power,
         };
         write(
             &dir.join("server.toml"),

@@ -15,12 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use activity_monitor::{EvdevSource, IdleError, IdleSource, LogindSource, X11Source};
+use tests::xvfb::Xvfb;
 use tests::{jettison_binary, skip, skip_absent_here};
 use wire::chain;
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-}
 
 /// The check every idle source passes: its idle time grows while nothing
 /// happens and drops after `input`.
@@ -34,79 +31,6 @@ fn idle_grows_then_drops_after(source: &mut dyn IdleSource, input: impl FnOnce()
     std::thread::sleep(Duration::from_millis(100)); // the kernel or server delivers the event
     let after = source.idle_for().unwrap();
     assert!(after < grown, "{name}: input should reset the idle time: {grown:?} then {after:?}");
-}
-
-/// A headless X server on a display number no one else uses; killed on drop.
-struct Xvfb {
-    display: String,
-    number: u32,
-    child: Child,
-    lock: PathBuf,
-}
-
-impl Xvfb {
-    /// Starts Xvfb and waits until its screensaver extension answers, or
-    /// says why it cannot.
-    fn start() -> Result<Xvfb, String> {
-        if !on_path("Xvfb") || !on_path("xdotool") {
-            return Err("Xvfb or xdotool is not installed (run scripts/install-deps)".into());
-        }
-        for n in 90..190u32 {
-            if Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-                continue;
-            }
-            // Our own lock makes the choice unique among concurrent tests
-            // before Xvfb writes its lock.
-            let lock = PathBuf::from(format!("/tmp/jettison-xvfb-{n}.lock"));
-            if OpenOptions::new().write(true).create_new(true).open(&lock).is_err() {
-                continue;
-            }
-            let display = format!(":{n}");
-            let child = Command::new("Xvfb")
-                // -noreset: the server must not reset when the probe below disconnects.
-                .args([display.as_str(), "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start Xvfb: {e}"))?;
-            let mut xvfb = Xvfb { display, number: n, child, lock };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if X11Source::connect(Some(&xvfb.display)).is_ok() {
-                    return Ok(xvfb);
-                }
-                if xvfb.child.try_wait().ok().flatten().is_some() {
-                    break; // lost a race for the display: try the next
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            drop(xvfb);
-        }
-        Err("no free X display between :90 and :189".into())
-    }
-
-    /// Moves the pointer to (x, y) with xdotool (XTEST: real server input).
-    fn move_pointer(&self, x: u32, y: u32) {
-        let status = Command::new("xdotool")
-            .args(["mousemove", &x.to_string(), &y.to_string()])
-            .env("DISPLAY", &self.display)
-            .status()
-            .unwrap();
-        assert!(status.success(), "xdotool mousemove failed on {}", self.display);
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: Xvfb then removes its lock and socket.
-        // SAFETY: kill has no memory preconditions; the pid is our child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-        // In case it died before it could clean up: the number is ours (our lock).
-        let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.number));
-        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.number));
-        let _ = std::fs::remove_file(&self.lock);
-    }
 }
 
 #[test]

@@ -1,0 +1,166 @@
+//! A headless X server (Xvfb) for the tests of the user's idle time and
+//! the warning: input through xdotool (XTEST, which the server counts as
+//! the user's), and a watch on the windows that appear and go.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use x11rb::connection::Connection as _;
+use x11rb::protocol::xproto::{AtomEnum, ChangeWindowAttributesAux, ConnectionExt as _, EventMask};
+use x11rb::protocol::Event;
+use x11rb::rust_connection::RustConnection;
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// A headless X server on a display number no one else uses; killed on drop.
+#[derive(Debug)]
+pub struct Xvfb {
+    /// Its display, e.g. ":93".
+    pub display: String,
+    number: u32,
+    child: Child,
+    lock: PathBuf,
+}
+
+impl Xvfb {
+    /// Starts Xvfb (640x480) and waits until it answers, or says why it
+    /// cannot (Xvfb or xdotool missing: `scripts/install-deps` installs both).
+    ///
+    /// # Errors
+    /// Why not, for [`crate::skip`].
+    pub fn start() -> Result<Xvfb, String> {
+        if !on_path("Xvfb") || !on_path("xdotool") {
+            return Err("Xvfb or xdotool is not installed (run scripts/install-deps)".into());
+        }
+        for n in 90..190u32 {
+            if Path::new(&format!("/tmp/.X{n}-lock")).exists() {
+                continue;
+            }
+            // Our own lock makes the choice unique among concurrent tests
+            // before Xvfb writes its lock.
+            let lock = PathBuf::from(format!("/tmp/jettison-xvfb-{n}.lock"));
+            if OpenOptions::new().write(true).create_new(true).open(&lock).is_err() {
+                continue;
+            }
+            let display = format!(":{n}");
+            let child = Command::new("Xvfb")
+                // -noreset: the server must not reset when the probe below disconnects.
+                .args([display.as_str(), "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start Xvfb: {e}"))?;
+            let mut xvfb = Xvfb { display, number: n, child, lock };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if x11rb::connect(Some(&xvfb.display)).is_ok() {
+                    return Ok(xvfb);
+                }
+                if xvfb.child.try_wait().ok().flatten().is_some() {
+                    break; // lost a race for the display: try the next
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(xvfb);
+        }
+        Err("no free X display between :90 and :189".into())
+    }
+
+    /// Runs xdotool with `args` on this display, panicking if it fails.
+    pub fn xdotool(&self, args: &[&str]) {
+        let status = Command::new("xdotool").args(args).env("DISPLAY", &self.display).status().unwrap_or_else(|e| {
+            panic!("cannot run xdotool: {e}");
+        });
+        assert!(status.success(), "xdotool {args:?} failed on {}", self.display);
+    }
+
+    /// Moves the pointer to (x, y) with xdotool (XTEST: real server input).
+    pub fn move_pointer(&self, x: u32, y: u32) {
+        self.xdotool(&["mousemove", &x.to_string(), &y.to_string()]);
+    }
+
+    /// A watch on the top-level windows of this display, from now on.
+    pub fn watch_windows(&self) -> WindowWatch {
+        WindowWatch::new(&self.display)
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: Xvfb then removes its lock and socket.
+        // SAFETY: kill has no memory preconditions; the pid is our child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+        // In case it died before it could clean up: the number is ours (our lock).
+        let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.number));
+        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.number));
+        let _ = std::fs::remove_file(&self.lock);
+    }
+}
+
+/// The X server's own account of the top-level windows mapped and
+/// destroyed: events queue from the moment the watch starts, so a window
+/// that comes and goes quickly is never missed.
+pub struct WindowWatch {
+    conn: RustConnection,
+}
+
+impl std::fmt::Debug for WindowWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowWatch").finish_non_exhaustive()
+    }
+}
+
+impl WindowWatch {
+    fn new(display: &str) -> WindowWatch {
+        let (conn, screen) = x11rb::connect(Some(display)).expect("the Xvfb answers");
+        let root = conn.setup().roots[screen].root;
+        let aux = ChangeWindowAttributesAux::new().event_mask(EventMask::SUBSTRUCTURE_NOTIFY);
+        conn.change_window_attributes(root, &aux).expect("a request").check().expect("the root's events");
+        WindowWatch { conn }
+    }
+
+    /// Waits for a window titled `title` to be mapped; returns its id, or
+    /// panics with `what` after `timeout`.
+    pub fn wait_for_mapped(&self, title: &str, timeout: Duration, what: &str) -> u32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(event) = self.conn.poll_for_event().expect("the Xvfb answers") {
+                if let Event::MapNotify(e) = event {
+                    if self.title(e.window).as_deref() == Some(title) {
+                        return e.window;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "{what}: no window {title:?} in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for `window` to be unmapped or destroyed, or panics with `what`.
+    pub fn wait_for_gone(&self, window: u32, timeout: Duration, what: &str) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(event) = self.conn.poll_for_event().expect("the Xvfb answers") {
+                match event {
+                    Event::UnmapNotify(e) if e.window == window => return,
+                    Event::DestroyNotify(e) if e.window == window => return,
+                    _ => {}
+                }
+            }
+            assert!(Instant::now() < deadline, "{what}: window {window:#x} still there after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `window`'s `WM_NAME`, if it still exists and has one.
+    pub fn title(&self, window: u32) -> Option<String> {
+        let reply =
+            self.conn.get_property(false, window, AtomEnum::WM_NAME, AtomEnum::STRING, 0, 256).ok()?.reply().ok()?;
+        Some(String::from_utf8_lossy(&reply.value).into_owned())
+    }
+}

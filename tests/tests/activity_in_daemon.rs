@@ -1,0 +1,160 @@
+//! The desktop daemon watches the user itself: with `[activity]` in
+//! `desktop.toml`, `jettison desktop` reads the user's idle time from the
+//! X server (Xvfb here, input through xdotool), shows its warning as a
+//! window on the user's display, consolidates the idle VM when the warning
+//! runs out, and brings it back when the user moves the pointer; a click
+//! or a key on the warning keeps the VM here.
+//!
+//! Root only (namespaces, taps, FUSE) and Xvfb with xdotool
+//! (`scripts/install-deps`); skipped with a reason elsewhere (a failure
+//! under CI). No timing threshold is asserted: each step waits for the
+//! state it expects, within a bound only a broken daemon reaches.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use activity_monitor::WARNING_TITLE;
+use tests::office::{Office, OfficeSpec, VM};
+use tests::xvfb::Xvfb;
+
+/// Bound on a change that should come within seconds (a freshly booted
+/// TCG guest may be too busy to move for a while: the monitor tries again
+/// after each idle period).
+const WAIT: Duration = Duration::from_secs(300);
+
+fn xvfb() -> Option<Xvfb> {
+    match Xvfb::start() {
+        Ok(xvfb) => Some(xvfb),
+        Err(why) => {
+            tests::skip(why);
+            None
+        }
+    }
+}
+
+/// The desktop's status until `done` holds of it (checked against the
+/// status schema each time), or the panic.
+fn wait_for_status(office: &Office, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let socket = office.desktop_socket();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
+        tests::check_status_schema(&status, None);
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status}\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A user at the desk: moves the pointer (XTEST) every 300 ms until dropped.
+struct User {
+    here: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl User {
+    fn arrives(xvfb: &Xvfb) -> User {
+        let here = Arc::new(AtomicBool::new(true));
+        let display = xvfb.display.clone();
+        let still = Arc::clone(&here);
+        let thread = std::thread::spawn(move || {
+            let mut x = 10;
+            while still.load(Ordering::Relaxed) {
+                x = if x == 10 { 200 } else { 10 };
+                let _ = std::process::Command::new("xdotool")
+                    .args(["mousemove", &x.to_string(), "100"])
+                    .env("DISPLAY", &display)
+                    .status();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        User { here, thread: Some(thread) }
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        self.here.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn the_daemon_warns_the_idle_user_moves_the_vm_and_brings_it_back_when_the_user_returns() {
+    let Some(xvfb) = xvfb() else { return };
+    let windows = xvfb.watch_windows();
+    let dir = tempfile::tempdir().unwrap();
+    let activity = format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = 3\nwarn_secs = 3", xvfb.display);
+    let spec = OfficeSpec { activity: Some(activity), ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+
+    // Nobody touches the display: the warning appears on it, then the VM moves.
+    let warning = windows.wait_for_mapped(WARNING_TITLE, WAIT, "no warning on the idle user's display");
+    let away = wait_for_status(&office, "the idle user's VM never moved", |s| {
+        s["vms"][0]["location"] == "server" && s["activity"]["state"] == "away"
+    });
+    eprintln!("away: {}", away["activity"]);
+    windows.wait_for_gone(warning, WAIT, "the warning stayed after the move");
+    let activity = &away["activity"];
+    assert_eq!(activity["source"], format!("x11 {}", xvfb.display), "{activity}");
+    assert_eq!(activity["moved"], serde_json::json!([VM]), "{activity}");
+    assert_eq!(activity["warning_window"], true, "{activity}");
+    assert!(activity["idle_since"].is_u64() && activity["idle_secs"].is_number(), "{activity}");
+    assert_eq!((activity["idle_limit_secs"].as_u64(), activity["warn_secs"].as_u64()), (Some(3), Some(3)));
+    let socket = office.desktop_socket();
+    let out = office.jettison(&["status", "--daemon", socket.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("activity: the user is away; moved vm1"), "{said}");
+
+    // The user comes back and works: the VM comes home and stays.
+    let user = User::arrives(&xvfb);
+    office.wait_until_home(WAIT, "the user came back but the VM did not");
+    let back = wait_for_status(&office, "the monitor never saw the user back", |s| {
+        s["activity"]["state"] == "watching" && s["activity"]["moved"] == serde_json::json!([])
+    });
+    eprintln!("back: {}", back["activity"]);
+    assert_eq!(back["vms"][0]["location"], "desktop", "{back}");
+    drop(user);
+    let log = office.log("desktop");
+    assert!(log.contains("the user is away: moved to the server"), "{log}");
+    assert!(log.contains("the user is back: home again"), "{log}");
+}
+
+#[test]
+fn a_key_or_a_click_on_the_warning_keeps_the_vm_on_the_desktop() {
+    let Some(xvfb) = xvfb() else { return };
+    let windows = xvfb.watch_windows();
+    let dir = tempfile::tempdir().unwrap();
+    // A warning that outlasts the test: only a cancel can end it.
+    let activity = format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = 2\nwarn_secs = 3600", xvfb.display);
+    let spec = OfficeSpec { activity: Some(activity), ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+
+    // A key sent to the warning alone (XSendEvent: the X server's idle
+    // counter does not see it, so only the window's own cancel can act).
+    let first = windows.wait_for_mapped(WARNING_TITLE, WAIT, "no warning on the idle user's display");
+    let warned = wait_for_status(&office, "the status never said warned", |s| s["activity"]["state"] == "warned");
+    assert_eq!(warned["vms"][0]["location"], "desktop", "{warned}");
+    xvfb.xdotool(&["key", "--window", &first.to_string(), "Escape"]);
+    windows.wait_for_gone(first, WAIT, "a key on the warning did not take it away");
+    let log = office.log("desktop");
+    assert!(log.contains("the user cancelled the move on the warning"), "{log}");
+
+    // A full idle period later it warns again; a real click on it (at the
+    // screen's centre, where it shows) cancels that one too.
+    let second = windows.wait_for_mapped(WARNING_TITLE, WAIT, "no second warning after a full idle period");
+    xvfb.xdotool(&["mousemove", "320", "240", "click", "1"]);
+    windows.wait_for_gone(second, WAIT, "a click on the warning did not take it away");
+
+    let status = wait_for_status(&office, "the status shows no cancel", |s| s["activity"]["state"] != "warned");
+    assert_eq!(status["vms"][0]["location"], "desktop", "{status}");
+    assert_eq!(status["activity"]["moved"], serde_json::json!([]), "{status}");
+    let log = office.log("desktop");
+    assert!(!log.contains("moved to the server"), "{log}");
+}
