@@ -1,4 +1,8 @@
-//! `jettison activity`: the desktop's activity monitor.
+//! `jettison activity`: the activity monitor on its own, for debugging an
+//! idle source or trying thresholds in a session. The desktop daemon runs
+//! the same monitor itself with `[activity]` in `desktop.toml` (its
+//! warning, its own consolidation and reintegration); this command only
+//! runs the commands it is given.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
