@@ -158,3 +158,37 @@ fn a_key_or_a_click_on_the_warning_keeps_the_vm_on_the_desktop() {
     let log = office.log("desktop");
     assert!(!log.contains("moved to the server"), "{log}");
 }
+
+#[test]
+fn the_whole_loop_runs_in_one_daemon_idle_move_sleep_and_back_at_the_users_return() {
+    let Some(xvfb) = xvfb() else { return };
+    let windows = xvfb.watch_windows();
+    let dir = tempfile::tempdir().unwrap();
+    let (interface, address) = tests::office::DESKTOP_LAN;
+    let power = format!(
+        "sleep = \"emulated-s3\"\nwait_secs = 2.0\ninterface = \"{interface}\"\naddress = \"{address}\"\n\
+         suspend_secs = 1.0\nresume_secs = 1.0"
+    );
+    let activity = format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = 3\nwarn_secs = 3", xvfb.display);
+    // Asleep the desktop reaches no server: the failover must wait long.
+    let spec = OfficeSpec { power: Some(power), activity: Some(activity), failover_secs: 600, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+
+    windows.wait_for_mapped(WARNING_TITLE, WAIT, "no warning on the idle user's display");
+    let asleep = wait_for_status(&office, "the desktop never slept with its VM away", |s| {
+        s["activity"]["state"] == "away" && s["sleep"]["sleeps"].as_u64() >= Some(1)
+    });
+    eprintln!("asleep: {} {}", asleep["activity"], asleep["sleep"]);
+
+    // The user returns to a sleeping desktop: the session ends, the VM comes home.
+    let user = User::arrives(&xvfb);
+    office.wait_until_home(WAIT, "the user came back but the VM did not");
+    let back = wait_for_status(&office, "the desktop still sleeps with the user back", |s| {
+        s["activity"]["state"] == "watching" && s["sleep"]["state"] == "not_sleeping"
+    });
+    eprintln!("back: {} {}", back["activity"], back["sleep"]);
+    drop(user);
+    let log = office.log("desktop");
+    assert!(log.contains("power session over"), "{log}");
+    assert!(log.contains("the user is back: home again"), "{log}");
+}
