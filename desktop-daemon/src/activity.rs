@@ -15,11 +15,13 @@
 //! apart from the [`Desk`] and [`Notice`] it is handed, so its tests
 //! drive it with a fake desk and made-up times:
 //!
-//! - **Only idle VMs move.** At the end of the warning each VM running
-//!   here goes through the daemon's own consolidation, idleness check
-//!   included (as `jettison consolidate` without `--force`); one that is
-//!   busy, or moving already (a command holds it), stays. If none moved the
-//!   user gets a full idle period before the next warning.
+//! - **Only idle VMs move.** The warning names the VMs quiet by the CPU
+//!   and I/O the daemon samples (none quiet: no warning, and a full idle
+//!   period before the next look). At its end each goes through the
+//!   daemon's own consolidation, idleness check included (as `jettison
+//!   consolidate` without `--force`); one that is busy, or moving already
+//!   (a command holds it), stays. If none moved the user gets a full idle
+//!   period before the next warning.
 //! - **Only what it moved comes back.** At the user's return the monitor
 //!   reintegrates the VMs it moved, not those moved by hand: a user who ran
 //!   `jettison consolidate` asked for it. (At start, VMs already on the
@@ -56,7 +58,8 @@ pub const RETRY: Duration = Duration::from_secs(5);
 
 /// What the monitor asks of the daemon.
 pub(crate) trait Desk {
-    /// The VMs running on the desktop that no command is moving now.
+    /// The VMs running on the desktop, quiet enough to move by what the
+    /// daemon sampled, that no command is moving now.
     fn here(&self) -> Vec<VmName>;
     /// Whether `vm` is on the server; `None` while a command is moving it.
     fn on_server(&self, vm: &VmName) -> Option<bool>;

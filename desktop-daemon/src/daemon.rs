@@ -550,9 +550,20 @@ impl DesktopDaemon {
 /// and reintegration as the `jettison` command's, called in-process.
 impl Desk for DesktopDaemon {
     fn here(&self) -> Vec<VmName> {
+        // Quiet by the sampled CPU and I/O: a VM at work is not worth a
+        // warning (its dirty rate is measured at the move itself).
+        let unmeasured = qemu_driver::DirtyRate { mib_per_sec: 0.0, period: Duration::ZERO };
+        let quiet = |vm: &LocalVm| {
+            matches!(
+                qemu_driver::judge(vm.name().as_str(), vm.window(), unmeasured, &self.config.idle),
+                qemu_driver::IdleVerdict::Idle(_)
+            )
+        };
         self.vms
             .iter()
-            .filter(|(_, vm)| vm.try_lock().is_ok_and(|vm| *vm.placement() == Placement::Desktop && vm.is_running()))
+            .filter(|(_, vm)| {
+                vm.try_lock().is_ok_and(|vm| *vm.placement() == Placement::Desktop && vm.is_running() && quiet(&vm))
+            })
             .map(|(name, _)| name.clone())
             .collect()
     }
