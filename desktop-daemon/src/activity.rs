@@ -328,8 +328,11 @@ impl ActivitySlot {
             if retry_due {
                 last_try = Some(Instant::now());
                 window.connect_if_needed();
-                if source.is_none() || wants_x11(config, &reading) {
-                    match open(config) {
+                let upgrade = source.is_some() && wants_x11(config, &reading);
+                if source.is_none() || upgrade {
+                    // Moving up to X11, only X11 is tried: the source in use stays open.
+                    let kind = if upgrade { IdleSourceKind::X11 } else { config.source.kind() };
+                    match open(config, kind) {
                         Ok(opened) => {
                             if source.is_none() || opened.name().starts_with("x11") {
                                 tracing::info!(source = %opened.name(), "reading the user's idle time");
@@ -385,11 +388,13 @@ fn wants_x11(config: &ActivityConfig, reading: &Reading) -> bool {
     config.source == SourceChoice::Auto && reading.name.as_ref().is_some_and(|n| !n.starts_with("x11"))
 }
 
-/// Opens the configured source, with seat0's active session for logind
+/// Opens a source of `kind`, with seat0's active session for logind
 /// when the file names none (the daemon has no session of its own).
-fn open(config: &ActivityConfig) -> Result<Box<dyn IdleSource>, String> {
-    let session = config.session.clone().or_else(active_session);
-    let kind: IdleSourceKind = config.source.kind();
+fn open(config: &ActivityConfig, kind: IdleSourceKind) -> Result<Box<dyn IdleSource>, String> {
+    let session = match kind {
+        IdleSourceKind::Logind | IdleSourceKind::Auto => config.session.clone().or_else(active_session),
+        IdleSourceKind::X11 | IdleSourceKind::Evdev => None,
+    };
     open_source(kind, &config.source_options(session)).map_err(|e| wire::chain(&e))
 }
 

@@ -22,8 +22,18 @@ pub struct Xvfb {
     /// Its display, e.g. ":93".
     pub display: String,
     number: u32,
-    child: Child,
+    child: Option<Child>,
     lock: PathBuf,
+}
+
+fn spawn(display: &str) -> Result<Child, String> {
+    Command::new("Xvfb")
+        // -noreset: the server must not reset when a probe disconnects.
+        .args([display, "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start Xvfb: {e}"))
 }
 
 impl Xvfb {
@@ -47,27 +57,52 @@ impl Xvfb {
                 continue;
             }
             let display = format!(":{n}");
-            let child = Command::new("Xvfb")
-                // -noreset: the server must not reset when the probe below disconnects.
-                .args([display.as_str(), "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start Xvfb: {e}"))?;
-            let mut xvfb = Xvfb { display, number: n, child, lock };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if x11rb::connect(Some(&xvfb.display)).is_ok() {
-                    return Ok(xvfb);
-                }
-                if xvfb.child.try_wait().ok().flatten().is_some() {
-                    break; // lost a race for the display: try the next
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            let child = spawn(&display)?;
+            let mut xvfb = Xvfb { display, number: n, child: Some(child), lock };
+            if xvfb.answers() {
+                return Ok(xvfb);
             }
-            drop(xvfb);
+            drop(xvfb); // lost a race for the display: try the next
         }
         Err("no free X display between :90 and :189".into())
+    }
+
+    /// Waits until the server answers; false if it died first.
+    fn answers(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if x11rb::connect(Some(&self.display)).is_ok() {
+                return true;
+            }
+            if self.child.as_mut().is_none_or(|child| child.try_wait().ok().flatten().is_some()) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Stops the server and keeps its display number for [`Xvfb::restart`]
+    /// (as a user's X server is gone before the login and after a logout).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM, not SIGKILL: Xvfb then removes its lock and socket.
+            // SAFETY: kill has no memory preconditions; the pid is our child, not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.number));
+        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.number));
+    }
+
+    /// Starts the server again on its display, once stopped.
+    ///
+    /// # Panics
+    /// It does not answer.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "Xvfb {} runs already", self.display);
+        self.child = Some(spawn(&self.display).expect("Xvfb starts again"));
+        assert!(self.answers(), "Xvfb {} does not answer after a restart", self.display);
     }
 
     /// Runs xdotool with `args` on this display, panicking if it fails.
@@ -91,13 +126,9 @@ impl Xvfb {
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: Xvfb then removes its lock and socket.
-        // SAFETY: kill has no memory preconditions; the pid is our child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-        // In case it died before it could clean up: the number is ours (our lock).
-        let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.number));
-        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.number));
+        // In case it died before it could clean up, stop removes its files
+        // too: the number is ours (our lock) until the lock goes.
+        self.stop();
         let _ = std::fs::remove_file(&self.lock);
     }
 }

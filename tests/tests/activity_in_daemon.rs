@@ -192,3 +192,31 @@ fn the_whole_loop_runs_in_one_daemon_idle_move_sleep_and_back_at_the_users_retur
     assert!(log.contains("power session over"), "{log}");
     assert!(log.contains("the user is back: home again"), "{log}");
 }
+
+#[test]
+fn before_the_user_logs_in_the_monitor_waits_for_the_display_and_then_watches_it() {
+    let Some(mut xvfb) = xvfb() else { return };
+    // No X server yet, as at boot before the login screen's session.
+    xvfb.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let activity = format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = 2\nwarn_secs = 3600", xvfb.display);
+    let spec = OfficeSpec { activity: Some(activity), ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let waiting = wait_for_status(&office, "no word of the missing display", |s| {
+        s["activity"]["state"] == "no_source" && s["activity"]["source_error"].is_string()
+    });
+    let why = waiting["activity"]["source_error"].as_str().unwrap();
+    assert!(why.contains(&format!("{:?}", xvfb.display)), "{waiting}");
+    assert_eq!(waiting["vms"][0]["location"], "desktop", "{waiting}");
+
+    // The user logs in: the monitor takes the display up and warns on it.
+    xvfb.restart();
+    let windows = xvfb.watch_windows();
+    let warning = windows.wait_for_mapped(WARNING_TITLE, WAIT, "no warning once the display came");
+    let watching = wait_for_status(&office, "the status does not name the display", |s| {
+        s["activity"]["source"] == format!("x11 {}", xvfb.display) && s["activity"]["warning_window"] == true
+    });
+    eprintln!("watching: {}", watching["activity"]);
+    xvfb.xdotool(&["key", "--window", &warning.to_string(), "Escape"]);
+    windows.wait_for_gone(warning, WAIT, "a key on the warning did not take it away");
+}
