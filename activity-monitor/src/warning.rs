@@ -57,6 +57,8 @@ struct Shown {
     gc: u32,
     font: u32,
     lines: Vec<String>,
+    /// Who had the keyboard focus before the warning took it.
+    focus: Option<(u32, InputFocus)>,
 }
 
 impl std::fmt::Debug for X11Warning {
@@ -125,10 +127,13 @@ impl X11Warning {
             .map_err(&err)?;
         self.conn.map_window(window).map_err(&err)?;
         self.conn.configure_window(window, &ConfigureWindowAux::new().stack_mode(StackMode::ABOVE)).map_err(&err)?;
-        self.shown = Some(Shown { window, gc, font, lines: lines.to_vec() });
+        // The keys that cancel go to the warning, not to the user's
+        // document, which gets the focus back when the warning goes.
+        let focus = self.conn.get_input_focus().map_err(&err)?.reply().ok().map(|f| (f.focus, f.revert_to));
+        self.shown = Some(Shown { window, gc, font, lines: lines.to_vec(), focus });
         self.draw()?;
-        // The keys that cancel go to the warning, not to the user's document.
-        // A window not yet viewable refuses the focus: no matter, a click still cancels.
+        // Mapped above, so viewable now (no window manager redirects an
+        // override-redirect window); if refused anyway, a click still cancels.
         let _ = self.conn.set_input_focus(InputFocus::PARENT, window, x11rb::CURRENT_TIME);
         self.conn.flush().map_err(&err)?;
         Ok(())
@@ -149,6 +154,11 @@ impl X11Warning {
     /// Whether a warning is shown.
     pub fn is_shown(&self) -> bool {
         self.shown.is_some()
+    }
+
+    /// The warning's window, while it is shown.
+    pub fn window(&self) -> Option<u32> {
+        self.shown.as_ref().map(|s| s.window)
     }
 
     /// Handles what the X server sent: redraws on exposure, and says
@@ -177,6 +187,12 @@ impl X11Warning {
     /// Takes the warning off the screen, if it is shown.
     pub fn withdraw(&mut self) {
         let Some(shown) = self.shown.take() else { return };
+        let ours =
+            self.conn.get_input_focus().ok().and_then(|c| c.reply().ok()).is_some_and(|f| f.focus == shown.window);
+        if let (true, Some((window, revert_to))) = (ours, shown.focus) {
+            // A window gone since answers with an error event, which is ignored.
+            let _ = self.conn.set_input_focus(revert_to, window, x11rb::CURRENT_TIME);
+        }
         let _ = self.conn.free_gc(shown.gc);
         let _ = self.conn.close_font(shown.font);
         let _ = self.conn.destroy_window(shown.window);

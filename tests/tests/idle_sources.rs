@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use activity_monitor::{EvdevSource, IdleError, IdleSource, LogindSource, X11Source};
+use activity_monitor::{warning_lines, EvdevSource, IdleError, IdleSource, LogindSource, X11Source, X11Warning};
 use tests::xvfb::Xvfb;
 use tests::{jettison_binary, skip, skip_absent_here};
 use wire::chain;
@@ -42,6 +42,47 @@ fn x11_idle_time_grows_without_input_and_drops_after_pointer_motion() {
     let mut source = X11Source::connect(Some(&xvfb.display)).unwrap_or_else(|e| panic!("{}", chain(&e)));
     assert_eq!(source.name(), format!("x11 {}", xvfb.display));
     idle_grows_then_drops_after(&mut source, || xvfb.move_pointer(17, 23));
+}
+
+/// The warning window on a real X server: it appears titled as scripts and
+/// tests look for it, takes the keyboard focus from the user's window, a
+/// key sent to it cancels, and withdrawing it gives the focus back.
+#[test]
+fn the_warning_window_takes_the_keys_and_gives_the_focus_back() {
+    use x11rb::connection::Connection as _;
+    use x11rb::protocol::xproto::{ConnectionExt as _, CreateWindowAux, InputFocus, WindowClass};
+
+    let xvfb = match Xvfb::start() {
+        Ok(x) => x,
+        Err(reason) => return skip(reason),
+    };
+    let windows = xvfb.watch_windows();
+    // The user's document: a window of its own with the focus.
+    let (conn, screen) = x11rb::connect(Some(&xvfb.display)).unwrap();
+    let root = conn.setup().roots[screen].root;
+    let document = conn.generate_id().unwrap();
+    conn.create_window(0, document, root, 0, 0, 200, 100, 0, WindowClass::INPUT_OUTPUT, 0, &CreateWindowAux::new())
+        .unwrap();
+    conn.map_window(document).unwrap();
+    conn.set_input_focus(InputFocus::PARENT, document, x11rb::CURRENT_TIME).unwrap();
+    let focus = |conn: &x11rb::rust_connection::RustConnection| conn.get_input_focus().unwrap().reply().unwrap().focus;
+    assert_eq!(focus(&conn), document);
+
+    let mut warning = X11Warning::connect(&xvfb.display, None).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    warning.show(&warning_lines(Duration::from_secs(5), &["vm1".to_owned()])).unwrap();
+    let window = warning.window().expect("shown");
+    assert_eq!(windows.wait_for_mapped(activity_monitor::WARNING_TITLE, Duration::from_secs(30), "no window"), window);
+    assert_eq!(focus(&conn), window, "the warning takes the keys");
+    assert!(!warning.cancelled().unwrap(), "nothing pressed yet");
+    xvfb.xdotool(&["key", "--window", &window.to_string(), "Escape"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !warning.cancelled().unwrap() {
+        assert!(Instant::now() < deadline, "the key on the warning never reached it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    warning.withdraw();
+    windows.wait_for_gone(window, Duration::from_secs(30), "the warning stayed");
+    assert_eq!(focus(&conn), document, "the user's window has the focus back");
 }
 
 /// A virtual keyboard made through /dev/uinput; destroyed on drop.
