@@ -347,7 +347,7 @@ impl DesktopDaemon {
             let vm = local::lock_for_status(self.vms.get(name)?)?;
             Some(matches!(vm.placement(), Placement::Server { .. }))
         };
-        self.metrics.page(on_server, self.power.status())
+        self.metrics.page(on_server, self.power.status(), self.activity.status())
     }
 
     /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.

@@ -111,6 +111,8 @@ fn the_daemon_warns_the_idle_user_moves_the_vm_and_brings_it_back_when_the_user_
     let out = office.jettison(&["status", "--daemon", socket.to_str().unwrap()]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("activity: the user is away; moved vm1"), "{said}");
+    // Host 0 of the office is the desktop.
+    assert_eq!(office.scrape(0).value("jettison_desktop_user_away"), 1.0);
 
     // The user comes back and works: the VM comes home and stays.
     let user = User::arrives(&xvfb);
@@ -120,6 +122,9 @@ fn the_daemon_warns_the_idle_user_moves_the_vm_and_brings_it_back_when_the_user_
     });
     eprintln!("back: {}", back["activity"]);
     assert_eq!(back["vms"][0]["location"], "desktop", "{back}");
+    let page = office.scrape(0);
+    assert_eq!(page.value("jettison_desktop_user_away"), 0.0);
+    assert!(page.value("jettison_desktop_user_idle_seconds") >= 0.0);
     drop(user);
     let log = office.log("desktop");
     assert!(log.contains("the user is away: moved to the server"), "{log}");
