@@ -71,3 +71,4 @@ pub use sleep::{LogindSuspend, SleepBackend, SleepError, Slept, SystemSuspend};
 pub use sysfs::{SysfsSuspend, SYS_POWER_STATE};
 pub use warning::{warning_lines, X11Warning, WARNING_CLASS, WARNING_TITLE};
 pub use x11::X11Source;
+pub use xauth::connect_x11;

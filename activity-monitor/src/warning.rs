@@ -77,7 +77,7 @@ impl X11Warning {
     /// # Errors
     /// The display cannot be reached or refuses the connection.
     pub fn connect(display: &str, xauthority: Option<&Path>) -> Result<X11Warning, IdleError> {
-        let (conn, screen) = crate::xauth::connect(display, xauthority)
+        let (conn, screen) = crate::xauth::connect_x11(display, xauthority)
             .map_err(|source| IdleError::X11Connect { display: display.to_owned(), source })?;
         let Some(s) = conn.setup().roots.get(screen) else {
             return Err(IdleError::X11NoScreen { display: display.to_owned(), screen });

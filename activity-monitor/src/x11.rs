@@ -47,7 +47,7 @@ impl X11Source {
             Some(d) => d.to_owned(),
             None => std::env::var("DISPLAY").ok().filter(|d| !d.is_empty()).ok_or(IdleError::NoDisplay)?,
         };
-        let (conn, screen) = crate::xauth::connect(&display, xauthority)
+        let (conn, screen) = crate::xauth::connect_x11(&display, xauthority)
             .map_err(|source| IdleError::X11Connect { display: display.clone(), source })?;
         let root = match conn.setup().roots.get(screen) {
             Some(s) => s.root,

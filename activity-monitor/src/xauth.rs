@@ -87,7 +87,7 @@ fn cookie(records: &[Record], hostname: &[u8], number: u16) -> Option<Vec<u8>> {
 /// # Errors
 /// The display cannot be parsed or reached, the file cannot be read, or
 /// the server refuses the connection.
-pub(crate) fn connect(
+pub fn connect_x11(
     display: &str,
     xauthority: Option<&Path>,
 ) -> Result<(RustConnection, usize), x11rb::errors::ConnectError> {

@@ -24,16 +24,34 @@ pub struct Xvfb {
     number: u32,
     child: Option<Child>,
     lock: PathBuf,
+    /// The Xauthority file with its cookie, if it admits only clients
+    /// that have it (as a user's X server does).
+    pub xauthority: Option<PathBuf>,
 }
 
-fn spawn(display: &str) -> Result<Child, String> {
-    Command::new("Xvfb")
-        // -noreset: the server must not reset when a probe disconnects.
-        .args([display, "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start Xvfb: {e}"))
+fn spawn(display: &str, xauthority: Option<&Path>) -> Result<Child, String> {
+    let mut command = Command::new("Xvfb");
+    // -noreset: the server must not reset when a probe disconnects.
+    command.args([display, "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"]);
+    if let Some(file) = xauthority {
+        command.arg("-auth").arg(file);
+    }
+    command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start Xvfb: {e}"))
+}
+
+/// Writes an Xauthority file as `xauth add` does: one `FamilyLocal`
+/// record for this host and display `number` with a random
+/// MIT-MAGIC-COOKIE-1.
+fn write_cookie(file: &Path, number: u32) -> Result<(), String> {
+    let hostname = std::fs::read("/proc/sys/kernel/hostname").map_err(|e| format!("hostname: {e}"))?;
+    let cookie: [u8; 16] = rand::random();
+    let mut bytes = 256u16.to_be_bytes().to_vec();
+    let number = number.to_string();
+    for field in [hostname.trim_ascii_end(), number.as_bytes(), b"MIT-MAGIC-COOKIE-1", &cookie] {
+        bytes.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(field);
+    }
+    std::fs::write(file, bytes).map_err(|e| format!("cannot write {}: {e}", file.display()))
 }
 
 impl Xvfb {
@@ -43,6 +61,19 @@ impl Xvfb {
     /// # Errors
     /// Why not, for [`crate::skip`].
     pub fn start() -> Result<Xvfb, String> {
+        Self::start_as(false)
+    }
+
+    /// As [`Xvfb::start`], admitting only clients with the cookie in its
+    /// [`Xvfb::xauthority`] file, as a user's X server does.
+    ///
+    /// # Errors
+    /// As [`Xvfb::start`].
+    pub fn start_with_cookie() -> Result<Xvfb, String> {
+        Self::start_as(true)
+    }
+
+    fn start_as(with_cookie: bool) -> Result<Xvfb, String> {
         if !on_path("Xvfb") || !on_path("xdotool") {
             return Err("Xvfb or xdotool is not installed (run scripts/install-deps)".into());
         }
@@ -57,8 +88,12 @@ impl Xvfb {
                 continue;
             }
             let display = format!(":{n}");
-            let child = spawn(&display)?;
-            let mut xvfb = Xvfb { display, number: n, child: Some(child), lock };
+            let xauthority = with_cookie.then(|| PathBuf::from(format!("/tmp/jettison-xvfb-{n}.xauthority")));
+            if let Some(file) = &xauthority {
+                write_cookie(file, n)?;
+            }
+            let child = spawn(&display, xauthority.as_deref())?;
+            let mut xvfb = Xvfb { display, number: n, child: Some(child), lock, xauthority };
             if xvfb.answers() {
                 return Ok(xvfb);
             }
@@ -71,7 +106,7 @@ impl Xvfb {
     fn answers(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if x11rb::connect(Some(&self.display)).is_ok() {
+            if self.connect().is_ok() {
                 return true;
             }
             if self.child.as_mut().is_none_or(|child| child.try_wait().ok().flatten().is_some()) {
@@ -101,15 +136,27 @@ impl Xvfb {
     /// It does not answer.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "Xvfb {} runs already", self.display);
-        self.child = Some(spawn(&self.display).expect("Xvfb starts again"));
+        self.child = Some(spawn(&self.display, self.xauthority.as_deref()).expect("Xvfb starts again"));
         assert!(self.answers(), "Xvfb {} does not answer after a restart", self.display);
     }
 
-    /// Runs xdotool with `args` on this display, panicking if it fails.
+    /// A client connection with the cookie, if the server has one, and its screen.
+    ///
+    /// # Errors
+    /// The server does not answer or refuses.
+    pub fn connect(&self) -> Result<(RustConnection, usize), x11rb::errors::ConnectError> {
+        activity_monitor::connect_x11(&self.display, self.xauthority.as_deref())
+    }
+
+    /// Runs xdotool with `args` on this display (with the cookie, if the
+    /// server has one), panicking if it fails.
     pub fn xdotool(&self, args: &[&str]) {
-        let status = Command::new("xdotool").args(args).env("DISPLAY", &self.display).status().unwrap_or_else(|e| {
-            panic!("cannot run xdotool: {e}");
-        });
+        let mut command = Command::new("xdotool");
+        command.args(args).env("DISPLAY", &self.display);
+        if let Some(file) = &self.xauthority {
+            command.env("XAUTHORITY", file);
+        }
+        let status = command.status().unwrap_or_else(|e| panic!("cannot run xdotool: {e}"));
         assert!(status.success(), "xdotool {args:?} failed on {}", self.display);
     }
 
@@ -120,7 +167,7 @@ impl Xvfb {
 
     /// A watch on the top-level windows of this display, from now on.
     pub fn watch_windows(&self) -> WindowWatch {
-        WindowWatch::new(&self.display)
+        WindowWatch::new(self.connect().expect("the Xvfb answers"))
     }
 }
 
@@ -129,6 +176,9 @@ impl Drop for Xvfb {
         // In case it died before it could clean up, stop removes its files
         // too: the number is ours (our lock) until the lock goes.
         self.stop();
+        if let Some(file) = &self.xauthority {
+            let _ = std::fs::remove_file(file);
+        }
         let _ = std::fs::remove_file(&self.lock);
     }
 }
@@ -147,8 +197,7 @@ impl std::fmt::Debug for WindowWatch {
 }
 
 impl WindowWatch {
-    fn new(display: &str) -> WindowWatch {
-        let (conn, screen) = x11rb::connect(Some(display)).expect("the Xvfb answers");
+    fn new((conn, screen): (RustConnection, usize)) -> WindowWatch {
         let root = conn.setup().roots[screen].root;
         let aux = ChangeWindowAttributesAux::new().event_mask(EventMask::SUBSTRUCTURE_NOTIFY);
         conn.change_window_attributes(root, &aux).expect("a request").check().expect("the root's events");

@@ -25,7 +25,11 @@ use tests::xvfb::Xvfb;
 const WAIT: Duration = Duration::from_secs(300);
 
 fn xvfb() -> Option<Xvfb> {
-    match Xvfb::start() {
+    started(Xvfb::start())
+}
+
+fn started(xvfb: Result<Xvfb, String>) -> Option<Xvfb> {
+    match xvfb {
         Ok(xvfb) => Some(xvfb),
         Err(why) => {
             tests::skip(why);
@@ -60,6 +64,7 @@ impl User {
     fn arrives(xvfb: &Xvfb) -> User {
         let here = Arc::new(AtomicBool::new(true));
         let display = xvfb.display.clone();
+        let xauthority = xvfb.xauthority.clone().unwrap_or_default();
         let still = Arc::clone(&here);
         let thread = std::thread::spawn(move || {
             let mut x = 10;
@@ -68,6 +73,7 @@ impl User {
                 let _ = std::process::Command::new("xdotool")
                     .args(["mousemove", &x.to_string(), "100"])
                     .env("DISPLAY", &display)
+                    .env("XAUTHORITY", &xauthority)
                     .status();
                 std::thread::sleep(Duration::from_millis(300));
             }
@@ -133,11 +139,20 @@ fn the_daemon_warns_the_idle_user_moves_the_vm_and_brings_it_back_when_the_user_
 
 #[test]
 fn a_key_or_a_click_on_the_warning_keeps_the_vm_on_the_desktop() {
-    let Some(xvfb) = xvfb() else { return };
+    // An X server that admits only clients with its cookie, as a user's
+    // session does: the daemon reads it from the file named in xauthority.
+    let Some(xvfb) = started(Xvfb::start_with_cookie()) else { return };
+    let cookie = xvfb.xauthority.clone().unwrap();
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    assert!(activity_monitor::connect_x11(&xvfb.display, Some(empty.path())).is_err(), "no cookie, no entry");
     let windows = xvfb.watch_windows();
     let dir = tempfile::tempdir().unwrap();
     // A warning that outlasts the test: only a cancel can end it.
-    let activity = format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = 2\nwarn_secs = 3600", xvfb.display);
+    let activity = format!(
+        "source = \"x11\"\ndisplay = \"{}\"\nxauthority = \"{}\"\nidle_secs = 2\nwarn_secs = 3600",
+        xvfb.display,
+        cookie.display()
+    );
     let spec = OfficeSpec { activity: Some(activity), ..OfficeSpec::default() };
     let Some(office) = Office::started(dir.path(), &spec) else { return };
 
