@@ -8,7 +8,8 @@
 //! enabled = true                      # the default once the section is there
 //! source = "auto"                     # x11, logind, evdev, or auto (x11, else logind, else evdev)
 //! display = ":0"                      # the user's X display (the default), for x11 and the warning
-//! xauthority = "/run/user/1000/gdm/Xauthority" # its cookie (omit: $XAUTHORITY, ~/.Xauthority)
+//! xauthority = "/var/run/lightdm/root/:0" # a cookie root may read (omit: $XAUTHORITY, ~/.Xauthority,
+//!                                     # or the session's `xhost +SI:localuser:root`)
 //! session = "2"                       # logind: the session (omit: seat0's active session)
 //! input_dir = "/dev/input"            # evdev: the devices (the default)
 //! idle_secs = 15                      # no keyboard or pointer input this long: warn (the paper's 15)
@@ -135,7 +136,7 @@ impl ActivityConfig {
         if let Some(file) = &self.xauthority {
             if !file.is_absolute() {
                 return Err(format!(
-                    "[activity] xauthority = {:?}: write an absolute path, e.g. \"/run/user/1000/gdm/Xauthority\"",
+                    "[activity] xauthority = {:?}: write an absolute path, e.g. \"/var/run/lightdm/root/:0\"",
                     file.display()
                 ));
             }

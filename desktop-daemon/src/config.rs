@@ -24,7 +24,7 @@
 //! policy = "adaptive"
 //!
 //! [activity]                          # watch the user, move the VMs while away (omit: never); see activity_config
-//! xauthority = "/run/user/1000/gdm/Xauthority"
+//! xauthority = "/var/run/lightdm/root/:0"
 //!
 //! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
