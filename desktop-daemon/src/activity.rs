@@ -21,7 +21,9 @@
 //!   daemon's own consolidation, idleness check included (as `jettison
 //!   consolidate` without `--force`); one that is busy, or moving already
 //!   (a command holds it), stays. If none moved the user gets a full idle
-//!   period before the next warning.
+//!   period before the next warning, and while nobody comes, tries that
+//!   keep moving nothing (a full server, a VM busy all night) come at
+//!   doubling intervals up to [`MAX_BACKOFF`].
 //! - **Only what it moved comes back.** At the user's return the monitor
 //!   reintegrates the VMs it moved, not those moved by hand: a user who ran
 //!   `jettison consolidate` asked for it. (At start, VMs already on the
@@ -55,6 +57,9 @@ use crate::activity_config::{ActivityConfig, SourceChoice};
 
 /// How often a missing source or display is tried again.
 pub const RETRY: Duration = Duration::from_secs(5);
+/// The longest wait between tries that moved nothing, while nobody is
+/// at the desk (a full server, a VM busy all night).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 /// What the monitor asks of the daemon.
 pub(crate) trait Desk {
@@ -95,6 +100,9 @@ pub(crate) struct Watch {
     held: BTreeMap<VmName, Instant>,
     /// The VMs the current warning is about.
     warned: Vec<VmName>,
+    /// Tries in a row that moved nothing (the server full, every VM busy),
+    /// and when the last one ended.
+    failed: (u32, Option<Instant>),
 }
 
 impl Watch {
@@ -105,7 +113,13 @@ impl Watch {
         } else {
             IdleMachine::consolidated(config.machine(), now)
         };
-        Watch { machine, moved: away.into_iter().collect(), held: BTreeMap::new(), warned: Vec::new() }
+        Watch {
+            machine,
+            moved: away.into_iter().collect(),
+            held: BTreeMap::new(),
+            warned: Vec::new(),
+            failed: (0, None),
+        }
     }
 
     /// `vm` was brought back by hand at `at`.
@@ -131,6 +145,12 @@ impl Watch {
         notice: &mut dyn Notice,
     ) {
         let last_input = now.checked_sub(idle);
+        // The user was here since the last failed try: start counting again.
+        if let (_, Some(at)) = self.failed {
+            if last_input.is_some_and(|input| input > at) {
+                self.failed = (0, None);
+            }
+        }
         // A hold lasts until the user's first input after it.
         self.held.retain(|_, at| last_input.is_none_or(|input| input <= *at));
         // What it moved and is home again, another way, is no longer its own.
@@ -145,6 +165,12 @@ impl Watch {
         }
         let step = self.machine.observe(now, idle);
         match step {
+            Some(Step::Warn { idle, remaining }) if self.backing_off(now) => {
+                // Tries that moved nothing come at longer and longer
+                // intervals while nobody is here: no warning till then.
+                let _ = (idle, remaining);
+                self.machine.cancel(now);
+            }
             Some(Step::Warn { idle, remaining }) => {
                 self.warned = desk.here().into_iter().filter(|vm| !self.held.contains_key(vm)).collect();
                 if self.warned.is_empty() {
@@ -186,6 +212,11 @@ impl Watch {
                         Err(why) => tracing::info!(vm = %vm, "the user is away, but it stays here: {why}"),
                     }
                 }
+                if self.moved.is_empty() {
+                    self.failed = (self.failed.0.saturating_add(1), Some(now));
+                } else {
+                    self.failed = (0, None);
+                }
                 self.machine.consolidation_done(now, !self.moved.is_empty());
             }
             Some(Step::Reintegrate) => {
@@ -205,6 +236,20 @@ impl Watch {
                 self.machine.reintegration_done(now, !failed);
             }
         }
+    }
+
+    /// Whether the next try must wait: after `n` tries in a row that moved
+    /// nothing, the next comes `idle_secs * 2^(n-1)` (at most
+    /// [`MAX_BACKOFF`]) after the last, counted from the full idle period
+    /// that follows every failure.
+    fn backing_off(&self, now: Instant) -> bool {
+        let (n, Some(at)) = self.failed else { return false };
+        if n < 2 {
+            return false;
+        }
+        let idle = self.machine.config().idle;
+        let wait = idle.saturating_mul(1 << (n - 1).min(16)).min(MAX_BACKOFF);
+        now.saturating_duration_since(at) < wait
     }
 
     /// The status, given the source's name and idle time.
@@ -634,6 +679,22 @@ mod tests {
         assert_eq!(sim.screen.shows, 1);
         sim.run(&desk, secs(35), secs(36));
         assert_eq!(sim.screen.shows, 2);
+    }
+
+    #[test]
+    fn tries_that_move_nothing_back_off_while_nobody_comes() {
+        let mut desk = FakeDesk::with(&["vm1"]);
+        desk.busy.insert(vm("vm1"));
+        let mut sim = Sim::new(&[]);
+        // Over an hour without input: far fewer tries than one per 20 s.
+        sim.run(&desk, Duration::ZERO, secs(3600));
+        let tries = desk.calls.borrow().len();
+        assert!((5..=12).contains(&tries), "{tries} tries: {:?}", desk.calls.borrow());
+        // The user comes and goes: a try after one full period again.
+        sim.last_input = secs(3600);
+        desk.calls.borrow_mut().clear();
+        sim.run(&desk, secs(3600), secs(3621));
+        assert_eq!(*desk.calls.borrow(), ["consolidate vm1"]);
     }
 
     #[test]

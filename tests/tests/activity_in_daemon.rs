@@ -98,7 +98,11 @@ fn the_daemon_warns_the_idle_user_moves_the_vm_and_brings_it_back_when_the_user_
     let dir = tempfile::tempdir().unwrap();
     let activity = format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = 3\nwarn_secs = 3", xvfb.display);
     let spec = OfficeSpec { activity: Some(activity), ..OfficeSpec::default() };
+    // The user works while the desktop boots: a TCG guest starved of CPU
+    // on a loaded machine could pass for idle and move before it counts.
+    let user = User::arrives(&xvfb);
     let Some(office) = Office::started(dir.path(), &spec) else { return };
+    drop(user);
 
     // Nobody touches the display: the warning appears on it, then the VM moves.
     let warning = windows.wait_for_mapped(WARNING_TITLE, WAIT, "no warning on the idle user's display");
@@ -154,7 +158,11 @@ fn a_key_or_a_click_on_the_warning_keeps_the_vm_on_the_desktop() {
         cookie.display()
     );
     let spec = OfficeSpec { activity: Some(activity), ..OfficeSpec::default() };
+    // The user works while the desktop boots: a TCG guest starved of CPU
+    // on a loaded machine could pass for idle and move before it counts.
+    let user = User::arrives(&xvfb);
     let Some(office) = Office::started(dir.path(), &spec) else { return };
+    drop(user);
 
     // A key sent to the warning alone (XSendEvent: the X server's idle
     // counter does not see it, so only the window's own cancel can act).
@@ -192,7 +200,11 @@ fn the_whole_loop_runs_in_one_daemon_idle_move_sleep_and_back_at_the_users_retur
     let activity = format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = 3\nwarn_secs = 3", xvfb.display);
     // Asleep the desktop reaches no server: the failover must wait long.
     let spec = OfficeSpec { power: Some(power), activity: Some(activity), failover_secs: 600, ..OfficeSpec::default() };
+    // The user works while the desktop boots: a TCG guest starved of CPU
+    // on a loaded machine could pass for idle and move before it counts.
+    let user = User::arrives(&xvfb);
     let Some(office) = Office::started(dir.path(), &spec) else { return };
+    drop(user);
 
     windows.wait_for_mapped(WARNING_TITLE, WAIT, "no warning on the idle user's display");
     let asleep = wait_for_status(&office, "the desktop never slept with its VM away", |s| {
