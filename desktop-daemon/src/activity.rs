@@ -165,10 +165,9 @@ impl Watch {
         }
         let step = self.machine.observe(now, idle);
         match step {
-            Some(Step::Warn { idle, remaining }) if self.backing_off(now) => {
+            Some(Step::Warn { .. }) if self.backing_off(now) => {
                 // Tries that moved nothing come at longer and longer
                 // intervals while nobody is here: no warning till then.
-                let _ = (idle, remaining);
                 self.machine.cancel(now);
             }
             Some(Step::Warn { idle, remaining }) => {
