@@ -273,3 +273,39 @@ fn desktop_power_line(power: &DesktopPower) -> String {
         power.ledger_dir.display()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(state: DesktopActivityState) -> DesktopActivity {
+        DesktopActivity {
+            state,
+            source: Some("x11 :0".to_owned()),
+            source_error: None,
+            idle_secs: Some(42.4),
+            idle_since: Some(1_000),
+            idle_limit_secs: 15,
+            warn_secs: 5,
+            warning_window: true,
+            moved: vec!["vm1".parse().expect("a VM name")],
+            held: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_activity_line_says_the_state_source_idle_time_and_what_moved() {
+        let away = activity_line(&activity(DesktopActivityState::Away));
+        assert!(away.starts_with("activity: the user is away; moved vm1"), "{away}");
+        assert!(away.contains("source x11 :0") && away.contains("idle 42 s"), "{away}");
+        assert!(away.contains("warning after 15 s idle, for 5 s (a window on the user's display)"), "{away}");
+        let mut none = activity(DesktopActivityState::NoSource);
+        none.source = None;
+        none.source_error = Some("x11: cannot connect".to_owned());
+        none.warning_window = false;
+        none.held = vec!["vm1".parse().expect("a VM name")];
+        let line = activity_line(&none);
+        assert!(line.contains("no idle source yet (x11: cannot connect)") && line.contains("in the log"), "{line}");
+        assert!(line.contains("vm1 brought back by hand"), "{line}");
+    }
+}
