@@ -69,6 +69,13 @@ impl X11Source {
     pub fn display(&self) -> &str {
         &self.display
     }
+
+    /// Whether the server is Xwayland (it offers the `XWAYLAND`
+    /// extension). Its idle time counts only input to X clients, not to
+    /// the session's Wayland clients, so it is no measure of the user.
+    pub fn is_xwayland(&self) -> bool {
+        self.conn.extension_information("XWAYLAND").ok().flatten().is_some()
+    }
 }
 
 impl IdleSource for X11Source {

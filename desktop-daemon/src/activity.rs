@@ -40,7 +40,7 @@
 //!   logs in: while no source answers the monitor says why in `jettison
 //!   status` and tries again every [`RETRY`]. With `source = "auto"` a
 //!   source other than X11 is replaced by X11 as soon as the display
-//!   answers.
+//!   answers, unless it is Xwayland (see [`open`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -48,7 +48,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use activity_monitor::{
-    open_source, warning_lines, IdleMachine, IdleSource, IdleSourceKind, MonitorState, Step, X11Warning,
+    open_source, warning_lines, IdleMachine, IdleSource, IdleSourceKind, MonitorState, Step, X11Source, X11Warning,
 };
 use daemon_protocol::local::{DesktopActivity, DesktopActivityState};
 use identifiers::VmName;
@@ -375,8 +375,7 @@ impl ActivitySlot {
                 let upgrade = source.is_some() && wants_x11(config, &reading);
                 if source.is_none() || upgrade {
                     // Moving up to X11, only X11 is tried: the source in use stays open.
-                    let kind = if upgrade { IdleSourceKind::X11 } else { config.source.kind() };
-                    match open(config, kind) {
+                    match open(config, upgrade) {
                         Ok(opened) => {
                             if source.is_none() || opened.name().starts_with("x11") {
                                 tracing::info!(source = %opened.name(), "reading the user's idle time");
@@ -432,14 +431,54 @@ fn wants_x11(config: &ActivityConfig, reading: &Reading) -> bool {
     config.source == SourceChoice::Auto && reading.name.as_ref().is_some_and(|n| !n.starts_with("x11"))
 }
 
-/// Opens a source of `kind`, with seat0's active session for logind
-/// when the file names none (the daemon has no session of its own).
-fn open(config: &ActivityConfig, kind: IdleSourceKind) -> Result<Box<dyn IdleSource>, String> {
-    let session = match kind {
-        IdleSourceKind::Logind | IdleSourceKind::Auto => config.session.clone().or_else(active_session),
-        IdleSourceKind::X11 | IdleSourceKind::Evdev => None,
-    };
-    open_source(kind, &config.source_options(session)).map_err(|e| wire::chain(&e))
+/// Opens the configured source, or only X11 for an `upgrade` of `auto`.
+///
+/// `auto` in the daemon is X11 unless the display is Xwayland (its idle
+/// time misses input to the session's Wayland clients: Debian's GNOME
+/// runs on Wayland), else evdev (root reads every keyboard and pointer,
+/// exactly), else logind (only as fine as the desktop's own idle delay).
+/// logind gets seat0's active session when the file names none: the
+/// daemon has no session of its own.
+fn open(config: &ActivityConfig, upgrade: bool) -> Result<Box<dyn IdleSource>, String> {
+    let kind = config.source.kind();
+    if kind == IdleSourceKind::X11 {
+        let x11 = X11Source::connect_with(Some(&config.display), config.xauthority.as_deref())
+            .map_err(|e| wire::chain(&e))?;
+        if x11.is_xwayland() {
+            tracing::warn!(
+                display = %config.display,
+                "source = \"x11\" on Xwayland: its idle time misses input to the session's Wayland clients, so \
+                 the user may be taken for idle while typing; source = \"evdev\" (or \"auto\") sees all input"
+            );
+        }
+        return Ok(Box::new(x11));
+    }
+    if kind != IdleSourceKind::Auto {
+        let session = (kind == IdleSourceKind::Logind).then(|| config.session.clone().or_else(active_session));
+        let source = open_source(kind, &config.source_options(session.flatten())).map_err(|e| wire::chain(&e))?;
+        return Ok(source);
+    }
+    let mut tried = Vec::new();
+    match X11Source::connect_with(Some(&config.display), config.xauthority.as_deref()) {
+        Ok(x11) if x11.is_xwayland() => tried.push(format!(
+            "x11 ({} is Xwayland, whose idle time misses input to Wayland clients: the warning shows there, \
+             the idle time comes from elsewhere)",
+            config.display
+        )),
+        Ok(x11) => return Ok(Box::new(x11)),
+        Err(e) => tried.push(format!("x11 ({})", wire::chain(&e))),
+    }
+    if upgrade {
+        return Err(tried.join("; "));
+    }
+    for kind in [IdleSourceKind::Evdev, IdleSourceKind::Logind] {
+        let session = (kind == IdleSourceKind::Logind).then(|| config.session.clone().or_else(active_session));
+        match open_source(kind, &config.source_options(session.flatten())) {
+            Ok(source) => return Ok(source),
+            Err(e) => tried.push(format!("{} ({})", kind.name(), wire::chain(&e))),
+        }
+    }
+    Err(format!("no idle source answers: {}", tried.join("; ")))
 }
 
 /// The active session of seat0, from logind.

@@ -6,7 +6,7 @@
 //! ```toml
 //! [activity]
 //! enabled = true                      # the default once the section is there
-//! source = "auto"                     # x11, logind, evdev, or auto (x11, else logind, else evdev)
+//! source = "auto"                     # x11, logind, evdev, or auto (x11 unless Xwayland, else evdev, else logind)
 //! display = ":0"                      # the user's X display (the default), for x11 and the warning
 //! xauthority = "/var/run/lightdm/root/:0" # a cookie root may read (omit: $XAUTHORITY, ~/.Xauthority,
 //!                                     # or the session's `xhost +SI:localuser:root`)
@@ -31,8 +31,8 @@ pub const MAX_WARN_SECS: u64 = 3_600;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceChoice {
-    /// X11 if the display answers, else logind, else evdev; a later X
-    /// session is taken up when it appears.
+    /// X11 if the display answers and is not Xwayland, else evdev, else
+    /// logind; a later X session is taken up when it appears.
     #[default]
     Auto,
     /// The X server's screensaver extension (`display`).

@@ -231,17 +231,30 @@ fn before_the_user_logs_in_the_monitor_waits_for_the_display_and_then_watches_it
     // No X server yet, as at boot before the login screen's session.
     xvfb.stop();
     let dir = tempfile::tempdir().unwrap();
-    let activity = format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = 2\nwarn_secs = 3600", xvfb.display);
+    // auto, with no input devices for evdev: X11, else evdev, else logind.
+    let no_devices = dir.path().join("no-input-devices");
+    std::fs::create_dir(&no_devices).unwrap();
+    let activity = format!(
+        "source = \"auto\"\ndisplay = \"{}\"\ninput_dir = \"{}\"\nidle_secs = 2\nwarn_secs = 3600",
+        xvfb.display,
+        no_devices.display()
+    );
     let spec = OfficeSpec { activity: Some(activity), ..OfficeSpec::default() };
     let Some(office) = Office::started(dir.path(), &spec) else { return };
+    // Where a logind answers for seat0 it stands in until the display comes.
     let waiting = wait_for_status(&office, "no word of the missing display", |s| {
-        s["activity"]["state"] == "no_source" && s["activity"]["source_error"].is_string()
+        let activity = &s["activity"];
+        (activity["state"] == "no_source" && activity["source_error"].is_string())
+            || activity["source"].as_str().is_some_and(|source| source.starts_with("logind"))
     });
-    let why = waiting["activity"]["source_error"].as_str().unwrap();
-    assert!(why.contains(&format!("{:?}", xvfb.display)), "{waiting}");
+    if let Some(why) = waiting["activity"]["source_error"].as_str() {
+        assert!(why.contains(&format!("x11 (x11: cannot connect to display {:?}", xvfb.display)), "{waiting}");
+        assert!(why.contains("evdev (") && why.contains("logind ("), "{waiting}");
+    }
     assert_eq!(waiting["vms"][0]["location"], "desktop", "{waiting}");
 
-    // The user logs in: the monitor takes the display up and warns on it.
+    // The user logs in: the monitor takes the display up (auto prefers it)
+    // and warns on it.
     xvfb.restart();
     let windows = xvfb.watch_windows();
     let warning = windows.wait_for_mapped(WARNING_TITLE, WAIT, "no warning once the display came");

@@ -41,6 +41,7 @@ fn x11_idle_time_grows_without_input_and_drops_after_pointer_motion() {
     };
     let mut source = X11Source::connect(Some(&xvfb.display)).unwrap_or_else(|e| panic!("{}", chain(&e)));
     assert_eq!(source.name(), format!("x11 {}", xvfb.display));
+    assert!(!source.is_xwayland(), "Xvfb is no Xwayland");
     idle_grows_then_drops_after(&mut source, || xvfb.move_pointer(17, 23));
 }
 
