@@ -128,6 +128,14 @@ impl Watch {
         self.held.insert(vm, at);
     }
 
+    /// The idle source went away (the X server of a session that ended):
+    /// a warning running is dropped, so none runs out unseen.
+    pub(crate) fn source_lost(&mut self, now: Instant) {
+        if self.machine.cancel(now) {
+            tracing::info!("the idle source went away during the warning: nothing moves");
+        }
+    }
+
     /// The machine's state.
     #[cfg(test)]
     pub(crate) fn state(&self) -> MonitorState {
@@ -410,6 +418,8 @@ impl ActivitySlot {
                     reading = Reading { name: None, error: Some(e), idle: None };
                     source = None;
                     window.withdraw();
+                    // No warning runs out unseen: a new one comes when a source answers.
+                    watch.source_lost(Instant::now());
                     last_try = None;
                     None
                 }
@@ -733,6 +743,19 @@ mod tests {
         desk.calls.borrow_mut().clear();
         sim.run(&desk, secs(3600), secs(3621));
         assert_eq!(*desk.calls.borrow(), ["consolidate vm1"]);
+    }
+
+    #[test]
+    fn a_warning_is_dropped_when_the_source_goes_away() {
+        let desk = FakeDesk::with(&["vm1"]);
+        let mut sim = Sim::new(&[]);
+        sim.run(&desk, Duration::ZERO, secs(16));
+        assert!(sim.screen.shown.is_some());
+        sim.watch.source_lost(sim.t0 + secs(16));
+        // Back much later, still without input: a new warning, not a move.
+        sim.at(&desk, secs(60), false);
+        assert!(desk.calls.borrow().is_empty(), "{:?}", desk.calls.borrow());
+        assert_eq!(sim.state(), "warning");
     }
 
     #[test]
