@@ -227,8 +227,8 @@ impl Drop for X11Warning {
 pub fn warning_lines(remaining: Duration, vms: &[String]) -> Vec<String> {
     let what = if vms.is_empty() { "your desktop".to_owned() } else { vms.join(", ") };
     vec![
-        "You seem to be away: to save energy, this desktop".to_owned(),
-        format!("moves {what} to the server and sleeps in {} s.", remaining.as_secs()),
+        "You seem to be away.".to_owned(),
+        format!("To save energy, {what} will move to the server in {} s.", remaining.as_secs()),
         String::new(),
         "Click here or press any key to stay.".to_owned(),
     ]
