@@ -54,7 +54,9 @@ mod notify;
 mod select;
 mod sleep;
 mod sysfs;
+mod warning;
 mod x11;
+mod xauth;
 
 pub use actions::{ActionError, Actions, CommandActions};
 pub use clock::SuspendClock;
@@ -67,4 +69,6 @@ pub use notify::Notifier;
 pub use select::{open_source, IdleSourceKind, SourceOptions, UnknownSource};
 pub use sleep::{LogindSuspend, SleepBackend, SleepError, Slept, SystemSuspend};
 pub use sysfs::{SysfsSuspend, SYS_POWER_STATE};
+pub use warning::{warning_lines, X11Warning, WARNING_CLASS, WARNING_TITLE};
 pub use x11::X11Source;
+pub use xauth::connect_x11;

@@ -111,6 +111,13 @@ impl IdleMachine {
         IdleMachine { config, state: MonitorState::Active { since: now } }
     }
 
+    /// A machine in `Consolidated` from `now`: the VMs were already on the
+    /// server when it started (a daemon restart while the user was away),
+    /// so the user's next input brings them back.
+    pub fn consolidated(config: MachineConfig, now: Instant) -> IdleMachine {
+        IdleMachine { config, state: MonitorState::Consolidated { since: now } }
+    }
+
     /// The state now.
     pub fn state(&self) -> MonitorState {
         self.state
@@ -162,6 +169,26 @@ impl IdleMachine {
     /// is still here and the user gets a full idle period before the next try.
     pub fn consolidation_done(&mut self, now: Instant, ok: bool) {
         if matches!(self.state, MonitorState::Consolidated { .. }) && !ok {
+            self.state = MonitorState::Active { since: now };
+        }
+    }
+
+    /// The user cancelled the warning on it (a click or a key on the
+    /// warning, which the idle source may not count as input): back to
+    /// `Active` for a full idle period. Returns whether a warning was shown.
+    pub fn cancel(&mut self, now: Instant) -> bool {
+        let warned = matches!(self.state, MonitorState::Warning { .. });
+        if warned {
+            self.state = MonitorState::Active { since: now };
+        }
+        warned
+    }
+
+    /// Nothing the machine moved is away any more (brought back by hand, by
+    /// the server, or from a checkpoint): back to `Active` for a full idle
+    /// period, so that a VM brought back is not sent off again at once.
+    pub fn reset(&mut self, now: Instant) {
+        if matches!(self.state, MonitorState::Consolidated { .. }) {
             self.state = MonitorState::Active { since: now };
         }
     }
@@ -314,6 +341,46 @@ mod tests {
         sim.input_at(secs(22)); // while the consolidation command runs
         sim.machine.consolidation_done(sim.t0 + secs(25), true);
         assert_eq!(sim.at(secs(25)), Some(Step::Reintegrate));
+    }
+
+    #[test]
+    fn a_cancel_on_the_warning_earns_a_full_period_without_input() {
+        let mut sim = Sim::new();
+        assert!(matches!(sim.at(secs(15)), Some(Step::Warn { .. })));
+        assert!(sim.machine.cancel(sim.t0 + secs(16)));
+        assert_eq!(sim.state(), "active");
+        // No input at all (the idle time keeps growing), yet no consolidation
+        // at the old deadline and no warning before a full period.
+        assert_eq!(sim.run(secs(16), secs(31)), vec![]);
+        assert!(matches!(sim.at(secs(31)), Some(Step::Warn { .. })));
+    }
+
+    #[test]
+    fn a_cancel_outside_the_warning_changes_nothing() {
+        let mut sim = Sim::new();
+        assert!(!sim.machine.cancel(sim.t0 + secs(1)));
+        sim.run(Duration::ZERO, secs(21));
+        assert_eq!(sim.state(), "consolidated");
+        assert!(!sim.machine.cancel(sim.t0 + secs(22)));
+        assert_eq!(sim.state(), "consolidated");
+    }
+
+    #[test]
+    fn a_reset_while_consolidated_earns_a_full_period() {
+        let mut sim = Sim::new();
+        sim.run(Duration::ZERO, secs(21));
+        sim.machine.reset(sim.t0 + secs(30));
+        assert_eq!(sim.state(), "active");
+        assert_eq!(sim.run(secs(30), secs(45)), vec![]);
+        assert!(matches!(sim.at(secs(45)), Some(Step::Warn { .. })));
+    }
+
+    #[test]
+    fn a_machine_started_consolidated_reintegrates_at_the_first_input() {
+        let t0 = Instant::now();
+        let mut machine = IdleMachine::consolidated(MachineConfig::default(), t0);
+        assert_eq!(machine.observe(t0 + secs(5), secs(3600)), None);
+        assert_eq!(machine.observe(t0 + secs(9), secs(1)), Some(Step::Reintegrate));
     }
 
     #[test]

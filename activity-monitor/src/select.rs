@@ -68,6 +68,9 @@ impl FromStr for IdleSourceKind {
 pub struct SourceOptions {
     /// The X display (`None`: `$DISPLAY`).
     pub display: Option<String>,
+    /// The Xauthority file with the display's cookie (`None`: `$XAUTHORITY`,
+    /// else `~/.Xauthority`).
+    pub xauthority: Option<PathBuf>,
     /// The logind session (`None`: `$XDG_SESSION_ID`, else the caller's).
     pub session: Option<String>,
     /// The input device directory.
@@ -76,7 +79,7 @@ pub struct SourceOptions {
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        SourceOptions { display: None, session: None, input_dir: PathBuf::from(DEFAULT_INPUT_DIR) }
+        SourceOptions { display: None, xauthority: None, session: None, input_dir: PathBuf::from(DEFAULT_INPUT_DIR) }
     }
 }
 
@@ -88,7 +91,9 @@ impl Default for SourceOptions {
 /// source tried and why it failed.
 pub fn open_source(kind: IdleSourceKind, options: &SourceOptions) -> Result<Box<dyn IdleSource>, IdleError> {
     match kind {
-        IdleSourceKind::X11 => Ok(Box::new(X11Source::connect(options.display.as_deref())?)),
+        IdleSourceKind::X11 => {
+            Ok(Box::new(X11Source::connect_with(options.display.as_deref(), options.xauthority.as_deref())?))
+        }
         IdleSourceKind::Logind => Ok(Box::new(LogindSource::connect(options.session.as_deref())?)),
         IdleSourceKind::Evdev => Ok(Box::new(EvdevSource::open(&options.input_dir)?)),
         IdleSourceKind::Auto => {
@@ -128,6 +133,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let options = SourceOptions {
             display: Some(":999".into()),
+            xauthority: None,
             session: Some("no-such-session".into()),
             input_dir: dir.path().to_owned(),
         };

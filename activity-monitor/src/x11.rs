@@ -4,6 +4,7 @@
 //! count since the last keyboard or pointer event of any client's device,
 //! which is exactly the question, with no device access needed.
 
+use std::path::Path;
 use std::time::Duration;
 
 use x11rb::connection::{Connection as _, RequestConnection as _};
@@ -32,11 +33,21 @@ impl X11Source {
     /// # Errors
     /// No display, no connection, no extension, or the first query fails.
     pub fn connect(display: Option<&str>) -> Result<X11Source, IdleError> {
+        Self::connect_with(display, None)
+    }
+
+    /// As [`connect`](Self::connect), with the cookie from `xauthority`
+    /// (the session's file, e.g. `/run/user/1000/gdm/Xauthority`) where
+    /// given: the desktop daemon is not a client of the session.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub fn connect_with(display: Option<&str>, xauthority: Option<&Path>) -> Result<X11Source, IdleError> {
         let display = match display {
             Some(d) => d.to_owned(),
             None => std::env::var("DISPLAY").ok().filter(|d| !d.is_empty()).ok_or(IdleError::NoDisplay)?,
         };
-        let (conn, screen) = x11rb::connect(Some(&display))
+        let (conn, screen) = crate::xauth::connect_x11(&display, xauthority)
             .map_err(|source| IdleError::X11Connect { display: display.clone(), source })?;
         let root = match conn.setup().roots.get(screen) {
             Some(s) => s.root,
@@ -57,6 +68,13 @@ impl X11Source {
     /// The display connected to.
     pub fn display(&self) -> &str {
         &self.display
+    }
+
+    /// Whether the server is Xwayland (it offers the `XWAYLAND`
+    /// extension). Its idle time counts only input to X clients, not to
+    /// the session's Wayland clients, so it is no measure of the user.
+    pub fn is_xwayland(&self) -> bool {
+        self.conn.extension_information("XWAYLAND").ok().flatten().is_some()
     }
 }
 

@@ -207,6 +207,59 @@ pub struct DesktopStatus {
     /// How it sleeps while its VMs are away; absent without `[power]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<DesktopPower>,
+    /// How it watches the user; absent without `[activity]` (boxed: a
+    /// status is the largest report as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Box<DesktopActivity>>,
+}
+
+/// Where the desktop's activity monitor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesktopActivityState {
+    /// No idle source answers yet (no user session): see `source_error`.
+    NoSource,
+    /// Watching the user, who is here (or not idle long enough yet).
+    Watching,
+    /// The user has been idle long enough and is being warned.
+    Warned,
+    /// The user is away; the monitor moved `moved` to the server (or is
+    /// moving them) and waits for the user's return.
+    Away,
+    /// The user is back; the monitor is bringing `moved` home.
+    Returning,
+}
+
+/// The desktop's activity monitor, for `jettison status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesktopActivity {
+    /// Where it is now.
+    pub state: DesktopActivityState,
+    /// The idle source it reads ("x11 :0", "logind session 2", ...), if one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Why no source answers, while none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_error: Option<String>,
+    /// Seconds since the user's last input, as the source last said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_secs: Option<f64>,
+    /// When that input was (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<u64>,
+    /// The idle threshold before the warning (`idle_secs` in `[activity]`).
+    pub idle_limit_secs: u64,
+    /// How long the warning lasts (`warn_secs`).
+    pub warn_secs: u64,
+    /// Whether the warning shows as a window on the user's display (else
+    /// only in the log: the display does not answer).
+    pub warning_window: bool,
+    /// The VMs the monitor moved to the server and brings back at the
+    /// user's return.
+    pub moved: Vec<VmName>,
+    /// VMs brought back by hand, which the monitor leaves here until the
+    /// user has been at the desk again.
+    pub held: Vec<VmName>,
 }
 
 /// Where the desktop is in its sleep cycle.
@@ -608,6 +661,33 @@ mod tests {
         let with = DesktopStatus { power: Some(power), ..status };
         let text = serde_json::to_string(&with).expect("serialises");
         assert!(text.contains(r#""state":"asleep""#), "{text}");
+        assert_eq!(serde_json::from_str::<DesktopStatus>(&text).expect("reads back"), with);
+    }
+
+    /// A status without `[activity]` reads as no activity, and one with it
+    /// round-trips with its state in snake case.
+    #[test]
+    fn a_desktop_status_reads_with_and_without_activity() {
+        let old =
+            r#"{"desktop":"desk1","server":"10.0.0.1:7400","server_reachable":true,"server_error":null,"vms":[]}"#;
+        let status: DesktopStatus = serde_json::from_str(old).expect("an old status");
+        assert_eq!(status.activity, None);
+        assert!(!serde_json::to_string(&status).expect("serialises").contains("activity"));
+        let activity = DesktopActivity {
+            state: DesktopActivityState::NoSource,
+            source: None,
+            source_error: Some("x11: cannot connect to display \":0\"".to_owned()),
+            idle_secs: None,
+            idle_since: None,
+            idle_limit_secs: 15,
+            warn_secs: 5,
+            warning_window: false,
+            moved: vec!["vm1".parse().expect("a VM name")],
+            held: Vec::new(),
+        };
+        let with = DesktopStatus { activity: Some(Box::new(activity)), ..status };
+        let text = serde_json::to_string(&with).expect("serialises");
+        assert!(text.contains(r#""state":"no_source""#), "{text}");
         assert_eq!(serde_json::from_str::<DesktopStatus>(&text).expect("reads back"), with);
     }
 

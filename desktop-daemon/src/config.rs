@@ -23,6 +23,9 @@
 //! [power]                             # sleep while the VMs are away (omit: never); see power_config
 //! policy = "adaptive"
 //!
+//! [activity]                          # watch the user, move the VMs while away (omit: never); see activity_config
+//! xauthority = "/var/run/lightdm/root/:0"
+//!
 //! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
 //!
@@ -62,6 +65,7 @@ use identifiers::{HostName, Mac, VmName};
 use qemu_driver::{Accel, AccelChoice, DiskFormat, IdleThresholds, QemuUser};
 use serde::Deserialize;
 
+use crate::activity_config::ActivityConfig;
 use crate::error::DesktopError;
 use crate::power_config::PowerConfig;
 
@@ -154,6 +158,10 @@ pub struct DesktopConfig {
     /// How the desktop sleeps while its VMs are consolidated; none: it never sleeps.
     #[serde(default)]
     pub power: Option<PowerConfig>,
+    /// Whether and how the daemon watches the user; none: it never moves a
+    /// VM on its own.
+    #[serde(default)]
+    pub activity: Option<ActivityConfig>,
     /// The VMs.
     #[serde(rename = "vm")]
     pub vms: Vec<VmDefinition>,
@@ -322,6 +330,9 @@ impl DesktopConfig {
         }
         if let Some(power) = &self.power {
             power.check(self.mac)?;
+        }
+        if let Some(activity) = &self.activity {
+            activity.check()?;
         }
         if let Some(group) = &self.viewer_group {
             match nix::unistd::Group::from_name(group) {
@@ -696,6 +707,10 @@ mod tests {
         let args =
             f.load(&format!("{}{}firmware = \"bios\"\nkernel_args = \"quiet\"\n", f.base(), f.vm())).unwrap_err();
         assert!(args.contains("kernel_args only apply"), "{args}");
+        let activity = f.load(&format!("{}{}[activity]\nwarn_secs = 0\n", f.base(), f.vm())).unwrap_err();
+        assert!(activity.contains("[activity] warn_secs = 0"), "{activity}");
+        let watched = f.load(&format!("{}{}[activity]\nsource = \"x11\"\n", f.base(), f.vm())).unwrap();
+        assert_eq!(watched.activity.map(|a| a.idle_secs), Some(15));
         let format = f.refusal("disk = ", "disk_format = \"vmdk\"\ndisk = ");
         assert!(format.contains("disk_format"), "{format}");
     }

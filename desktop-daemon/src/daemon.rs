@@ -23,6 +23,7 @@ use qemu_driver::Resumed;
 use wire::protocol::Message;
 use wire::{Channel, Credentials};
 
+use crate::activity::{ActivitySlot, Desk};
 use crate::config::DesktopConfig;
 use crate::consolidate::{ask, consolidate, Context};
 use crate::error::DesktopError;
@@ -52,6 +53,8 @@ pub struct DesktopDaemon {
     metrics: DesktopMetrics,
     /// The desktop's sleep while nothing runs here (`[power]`).
     power: PowerSlot,
+    /// The activity monitor (`[activity]`).
+    activity: ActivitySlot,
 }
 
 impl DesktopDaemon {
@@ -91,7 +94,8 @@ impl DesktopDaemon {
         }
         let metrics = DesktopMetrics::new(vms.keys());
         let power = PowerSlot::new(&config);
-        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms, metrics, power }))
+        let activity = ActivitySlot::new(config.activity.as_ref());
+        Ok(Arc::new(DesktopDaemon { config, credentials: Arc::new(credentials), vms, metrics, power, activity }))
     }
 
     /// This host's key and enrolled servers (shared with its memserv and
@@ -157,6 +161,16 @@ impl DesktopDaemon {
         std::thread::spawn(move || me.sample());
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.heartbeat());
+        if self.activity.enabled() {
+            let away = self
+                .vms
+                .iter()
+                .filter(|(_, vm)| matches!(lock(vm).placement(), Placement::Server { .. }))
+                .map(|(name, _)| name.clone())
+                .collect();
+            let me = Arc::clone(&self);
+            std::thread::spawn(move || me.activity.run(&*me, away));
+        }
         tracing::info!(vms = self.vms.len(), server = %self.config.server, "desktop daemon ready");
         ready();
         for stream in control.incoming() {
@@ -188,7 +202,11 @@ impl DesktopDaemon {
     fn local_request(&self, request: LocalRequest, send: &mut dyn FnMut(LocalReply)) -> Result<Report, Refusal> {
         let moves =
             !matches!(request, LocalRequest::Status | LocalRequest::View { .. } | LocalRequest::Screenshot { .. });
-        if matches!(request, LocalRequest::Reintegrate { .. } | LocalRequest::Start { .. }) {
+        let by_hand = match &request {
+            LocalRequest::Reintegrate { vm, .. } | LocalRequest::Start { vm } => Some(vm.clone()),
+            _ => None,
+        };
+        if by_hand.is_some() {
             // A VM is about to run here: the desktop stays awake from now.
             self.power.stop();
         }
@@ -225,6 +243,11 @@ impl DesktopDaemon {
         };
         if moves {
             self.follow_power();
+        }
+        if let (Some(vm), Ok(_)) = (&by_hand, &done) {
+            // The user wants it here: the monitor does not send it off again
+            // before the user has been at the desk.
+            self.activity.held_by_hand(vm);
         }
         done.map_err(|e| Refusal { kind: e.failure_kind(), message: wire::chain(&e) })
     }
@@ -326,7 +349,7 @@ impl DesktopDaemon {
             let vm = local::lock_for_status(self.vms.get(name)?)?;
             Some(matches!(vm.placement(), Placement::Server { .. }))
         };
-        self.metrics.page(on_server, self.power.status())
+        self.metrics.page(on_server, self.power.status(), self.activity.status())
     }
 
     /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.
@@ -520,7 +543,63 @@ impl DesktopDaemon {
             server_error: hosted.err().map(|e| wire::chain(&e)),
             vms,
             power: self.power.status(),
+            activity: self.activity.status().map(Box::new),
         }
+    }
+}
+
+/// What the activity monitor asks of the daemon: the same consolidation
+/// and reintegration as the `jettison` command's, called in-process.
+impl Desk for DesktopDaemon {
+    fn here(&self) -> Vec<VmName> {
+        // Quiet by the sampled CPU and I/O: a VM at work is not worth a
+        // warning (its dirty rate is measured at the move itself).
+        let unmeasured = qemu_driver::DirtyRate { mib_per_sec: 0.0, period: Duration::ZERO };
+        let quiet = |vm: &LocalVm| {
+            matches!(
+                qemu_driver::judge(vm.name().as_str(), vm.window(), unmeasured, &self.config.idle),
+                qemu_driver::IdleVerdict::Idle(_)
+            )
+        };
+        self.vms
+            .iter()
+            .filter(|(_, vm)| {
+                vm.try_lock().is_ok_and(|vm| *vm.placement() == Placement::Desktop && vm.is_running() && quiet(&vm))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn on_server(&self, name: &VmName) -> Option<bool> {
+        let Some(vm) = self.vms.get(name) else { return Some(false) };
+        vm.try_lock().ok().map(|vm| matches!(vm.placement(), Placement::Server { .. }))
+    }
+
+    fn consolidate(&self, name: &VmName) -> Result<(), String> {
+        let vm = self.vm(name).map_err(|e| wire::chain(&e))?;
+        // A command holding the VM is moving it: that VM is left alone.
+        let Ok(mut vm) = vm.try_lock() else { return Err("a command is moving it".to_owned()) };
+        let done = consolidate(self.context(), &mut vm, false, &mut |line| tracing::debug!(vm = %name, "{line}"));
+        drop(vm);
+        let report = done.map_err(|e| wire::chain(&e))?;
+        self.metrics.consolidated(&report);
+        self.follow_power();
+        Ok(())
+    }
+
+    fn reintegrate(&self, name: &VmName) -> Result<bool, String> {
+        let vm = self.vm(name).map_err(|e| wire::chain(&e))?;
+        self.power.stop();
+        let done = {
+            let mut vm = lock(vm);
+            if matches!(vm.placement(), Placement::Server { .. }) {
+                self.bring_back(&mut vm, ReturnFrom::Server, &mut |_| {}).map(|_| true)
+            } else {
+                Ok(false)
+            }
+        };
+        self.follow_power();
+        done.map_err(|e| wire::chain(&e))
     }
 }
 

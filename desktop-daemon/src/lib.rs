@@ -10,8 +10,13 @@
 //! the desktop resumes it from the checkpoint ([`daemon`]'s heartbeat).
 //! While none of its VMs runs here, the desktop sleeps between the server's
 //! requests ([`power_session`], set up by `[power]`, [`power_config`]).
+//! With `[activity]` ([`activity_config`]) it watches the user itself and
+//! does both moves on its own: idle, a warning, consolidation; input,
+//! reintegration.
 #![warn(missing_docs)]
 
+mod activity;
+pub mod activity_config;
 pub mod config;
 pub mod consolidate;
 pub mod daemon;

@@ -7,12 +7,16 @@
 //! (`jettison_vm_pages_fetched_total`), which sees every fetch. The
 //! desktop's own sleep (`[power]`) is given as gauges of the current stay
 //! on the server, or the last one: its ledger starts again at each stay.
+//! The activity monitor (`[activity]`) gives the user's idle time and
+//! whether the user counts as away.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use daemon_protocol::local::{ConsolidateReport, DesktopPower, DesktopPowerState, ReintegrateReport};
+use daemon_protocol::local::{
+    ConsolidateReport, DesktopActivity, DesktopActivityState, DesktopPower, DesktopPowerState, ReintegrateReport,
+};
 use identifiers::VmName;
 use metrics_endpoint::{Exposition, Histogram, Kind, MOVE_SECONDS_BOUNDS};
 
@@ -75,8 +79,14 @@ impl DesktopMetrics {
 
     /// The page for a scrape; `on_server` says where each VM is now
     /// (`None`: moving, left out); `sleep` is the desktop's sleep, if it
-    /// has a `[power]` section.
-    pub(crate) fn page(&self, on_server: impl Fn(&VmName) -> Option<bool>, sleep: Option<DesktopPower>) -> String {
+    /// has a `[power]` section; `activity` its activity monitor, if it has
+    /// an `[activity]` section.
+    pub(crate) fn page(
+        &self,
+        on_server: impl Fn(&VmName) -> Option<bool>,
+        sleep: Option<DesktopPower>,
+        activity: Option<DesktopActivity>,
+    ) -> String {
         let mut page = Exposition::new();
         let histograms: [Family<Histogram>; 2] = [
             (
@@ -154,6 +164,23 @@ impl DesktopMetrics {
             for (name, help, value) in gauges {
                 page.family(name, Kind::Gauge, help);
                 page.sample(&[], value);
+            }
+        }
+        if let Some(activity) = activity {
+            let away = matches!(activity.state, DesktopActivityState::Away | DesktopActivityState::Returning);
+            page.family(
+                "jettison_desktop_user_away",
+                Kind::Gauge,
+                "1 while the activity monitor has moved VMs for an absent user and waits for the return, else 0.",
+            );
+            page.sample(&[], f64::from(u8::from(away)));
+            if let Some(idle) = activity.idle_secs {
+                page.family(
+                    "jettison_desktop_user_idle_seconds",
+                    Kind::Gauge,
+                    "Seconds since the user's last keyboard or pointer input, as the idle source last said.",
+                );
+                page.sample(&[], idle);
             }
         }
         page.into_text()

@@ -1,4 +1,8 @@
-//! `jettison activity`: the desktop's activity monitor.
+//! `jettison activity`: the activity monitor on its own, for debugging an
+//! idle source or trying thresholds in a session. The desktop daemon runs
+//! the same monitor itself with `[activity]` in `desktop.toml` (its
+//! warning, its own consolidation and reintegration); this command only
+//! runs the commands it is given.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +40,9 @@ pub struct Args {
     /// X display for the x11 source (default: $DISPLAY).
     #[arg(long)]
     display: Option<String>,
+    /// Xauthority file with the display's cookie (default: $XAUTHORITY, else ~/.Xauthority).
+    #[arg(long)]
+    xauthority: Option<PathBuf>,
     /// logind session for the logind source (default: $XDG_SESSION_ID, else the caller's).
     #[arg(long)]
     session: Option<String>,
@@ -47,7 +54,12 @@ pub struct Args {
 /// Watches the user's input until SIGINT or SIGTERM.
 pub fn run(args: Args) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
-    let options = SourceOptions { display: args.display, session: args.session, input_dir: args.input_dir };
+    let options = SourceOptions {
+        display: args.display,
+        xauthority: args.xauthority,
+        session: args.session,
+        input_dir: args.input_dir,
+    };
     let source = open_source(args.idle_source, &options)?;
     let config = MachineConfig { idle: Duration::from_secs(args.idle_secs), warn: Duration::from_secs(args.warn_secs) };
     println!(

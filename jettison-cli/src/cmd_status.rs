@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use daemon_protocol::local::{call, DesktopPower, DesktopPowerState, LocalRequest, Report};
+use daemon_protocol::local::{
+    call, DesktopActivity, DesktopActivityState, DesktopPower, DesktopPowerState, LocalRequest, Report,
+};
 use power::{LedgerFiles, CHART_FILE, LEDGER_FILE};
 
 use crate::failure::NoDaemon;
@@ -155,6 +157,9 @@ fn print_document(document: &StatusDocument) {
             println!("{name}: last failure: {error}");
         }
     }
+    if let Some(activity) = &document.activity {
+        println!("{}", activity_line(activity));
+    }
     if let Some(sleep) = &document.sleep {
         println!("{}", desktop_power_line(sleep));
     }
@@ -215,6 +220,38 @@ fn mib_text(mib: f64) -> String {
     format!("{mib:.1} MiB")
 }
 
+/// The desktop's activity monitor in one line (`[activity]` in its configuration).
+fn activity_line(activity: &DesktopActivity) -> String {
+    let moved = activity.moved.iter().map(|vm| vm.as_str()).collect::<Vec<_>>().join(", ");
+    let state = match activity.state {
+        DesktopActivityState::NoSource => {
+            format!("no idle source yet ({})", activity.source_error.as_deref().unwrap_or("none answers"))
+        }
+        DesktopActivityState::Watching => "watching the user".to_owned(),
+        DesktopActivityState::Warned => "the user is idle: warned, the VMs move unless there is input".to_owned(),
+        DesktopActivityState::Away => format!("the user is away; moved {moved} and brings it back at the return"),
+        DesktopActivityState::Returning => format!("the user is back; bringing {moved} home"),
+    };
+    let mut line = format!("activity: {state}");
+    if let Some(source) = &activity.source {
+        line.push_str(&format!("; source {source}"));
+    }
+    if let Some(idle) = activity.idle_secs {
+        line.push_str(&format!("; idle {idle:.0} s"));
+    }
+    line.push_str(&format!(
+        "; warning after {} s idle, for {} s ({})",
+        activity.idle_limit_secs,
+        activity.warn_secs,
+        if activity.warning_window { "a window on the user's display" } else { "in the log: no display answers" }
+    ));
+    if !activity.held.is_empty() {
+        let held = activity.held.iter().map(|vm| vm.as_str()).collect::<Vec<_>>().join(", ");
+        line.push_str(&format!("; {held} brought back by hand, kept here until the user has been at the desk"));
+    }
+    line
+}
+
 /// The desktop's own sleep in one line (`[power]` in its configuration).
 fn desktop_power_line(power: &DesktopPower) -> String {
     let state = match power.state {
@@ -235,4 +272,40 @@ fn desktop_power_line(power: &DesktopPower) -> String {
         power.saved_percent,
         power.ledger_dir.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(state: DesktopActivityState) -> DesktopActivity {
+        DesktopActivity {
+            state,
+            source: Some("x11 :0".to_owned()),
+            source_error: None,
+            idle_secs: Some(42.4),
+            idle_since: Some(1_000),
+            idle_limit_secs: 15,
+            warn_secs: 5,
+            warning_window: true,
+            moved: vec!["vm1".parse().expect("a VM name")],
+            held: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_activity_line_says_the_state_source_idle_time_and_what_moved() {
+        let away = activity_line(&activity(DesktopActivityState::Away));
+        assert!(away.starts_with("activity: the user is away; moved vm1"), "{away}");
+        assert!(away.contains("source x11 :0") && away.contains("idle 42 s"), "{away}");
+        assert!(away.contains("warning after 15 s idle, for 5 s (a window on the user's display)"), "{away}");
+        let mut none = activity(DesktopActivityState::NoSource);
+        none.source = None;
+        none.source_error = Some("x11: cannot connect".to_owned());
+        none.warning_window = false;
+        none.held = vec!["vm1".parse().expect("a VM name")];
+        let line = activity_line(&none);
+        assert!(line.contains("no idle source yet (x11: cannot connect)") && line.contains("in the log"), "{line}");
+        assert!(line.contains("vm1 brought back by hand"), "{line}");
+    }
 }

@@ -87,7 +87,7 @@ enum Command {
     Status(cmd_status::Args),
     /// Wake a sleeping desktop with Wake-on-LAN and report how long it took.
     Wake(cmd_wake::Args),
-    /// Desktop: watch for user idleness; consolidate when idle, reintegrate on input.
+    /// Desktop, for debugging: watch for user idleness and run commands; the daemon does it itself with [activity].
     Activity(cmd_activity::Args),
     /// Desktop: sleep between remote requests while consolidated, and keep the energy ledger.
     Power(cmd_power::Args),

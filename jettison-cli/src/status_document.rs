@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use daemon_protocol::local::{DesktopPower, DesktopStatus, ServerStatus, VmLocation};
+use daemon_protocol::local::{DesktopActivity, DesktopPower, DesktopStatus, ServerStatus, VmLocation};
 use daemon_protocol::{HostedState, HostedStatus};
 use power::LedgerSummary;
 
@@ -38,6 +38,9 @@ pub struct StatusDocument {
     /// The desktop daemon's own sleep while its VMs are away (`[power]` in
     /// desktop.toml); none elsewhere or without that section.
     pub sleep: Option<DesktopPower>,
+    /// The desktop daemon's activity monitor (`[activity]` in
+    /// desktop.toml); none elsewhere or without that section.
+    pub activity: Option<DesktopActivity>,
 }
 
 /// Who answered.
@@ -210,6 +213,7 @@ impl StatusDocument {
             vms,
             power: None,
             sleep: status.power.clone(),
+            activity: status.activity.as_deref().cloned(),
         }
     }
 
@@ -236,6 +240,7 @@ impl StatusDocument {
             vms,
             power: None,
             sleep: None,
+            activity: None,
         }
     }
 
@@ -285,6 +290,7 @@ impl StatusDocument {
             vms,
             power: None,
             sleep: None,
+            activity: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod office;
 pub mod screen;
 pub mod spice;
 pub mod vmnet;
+pub mod xvfb;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

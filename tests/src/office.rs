@@ -105,6 +105,9 @@ pub struct OfficeSpec {
     /// with the first disk. Each has [`EXTRA_DISK_PATTERN`] in its block at
     /// [`EXTRA_DISK_MARK`], written on the desktop before the VM boots.
     pub extra_disks: &'static [&'static str],
+    /// The keys of the desktop's `[activity]` section, if its daemon
+    /// watches the user.
+    pub activity: Option<String>,
 }
 
 /// Size of each of [`OfficeSpec::extra_disks`].
@@ -139,6 +142,7 @@ impl Default for OfficeSpec {
             display: true,
             power: None,
             extra_disks: &[],
+            activity: None,
         }
     }
 }
@@ -255,6 +259,10 @@ impl Office {
                 (format!("mac = \"{DESKTOP_MAC}\"\n"), format!("\n[power]\n{keys}\n"))
             }
             None => (String::new(), String::new()),
+        };
+        let power = match &spec.activity {
+            Some(keys) => format!("{power}\n[activity]\n{keys}\n"),
+            None => power,
         };
         write(
             &dir.join("server.toml"),

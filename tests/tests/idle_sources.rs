@@ -14,13 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use activity_monitor::{EvdevSource, IdleError, IdleSource, LogindSource, X11Source};
+use activity_monitor::{warning_lines, EvdevSource, IdleError, IdleSource, LogindSource, X11Source, X11Warning};
+use tests::xvfb::Xvfb;
 use tests::{jettison_binary, skip, skip_absent_here};
 use wire::chain;
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-}
 
 /// The check every idle source passes: its idle time grows while nothing
 /// happens and drops after `input`.
@@ -36,79 +33,6 @@ fn idle_grows_then_drops_after(source: &mut dyn IdleSource, input: impl FnOnce()
     assert!(after < grown, "{name}: input should reset the idle time: {grown:?} then {after:?}");
 }
 
-/// A headless X server on a display number no one else uses; killed on drop.
-struct Xvfb {
-    display: String,
-    number: u32,
-    child: Child,
-    lock: PathBuf,
-}
-
-impl Xvfb {
-    /// Starts Xvfb and waits until its screensaver extension answers, or
-    /// says why it cannot.
-    fn start() -> Result<Xvfb, String> {
-        if !on_path("Xvfb") || !on_path("xdotool") {
-            return Err("Xvfb or xdotool is not installed (run scripts/install-deps)".into());
-        }
-        for n in 90..190u32 {
-            if Path::new(&format!("/tmp/.X{n}-lock")).exists() {
-                continue;
-            }
-            // Our own lock makes the choice unique among concurrent tests
-            // before Xvfb writes its lock.
-            let lock = PathBuf::from(format!("/tmp/jettison-xvfb-{n}.lock"));
-            if OpenOptions::new().write(true).create_new(true).open(&lock).is_err() {
-                continue;
-            }
-            let display = format!(":{n}");
-            let child = Command::new("Xvfb")
-                // -noreset: the server must not reset when the probe below disconnects.
-                .args([display.as_str(), "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start Xvfb: {e}"))?;
-            let mut xvfb = Xvfb { display, number: n, child, lock };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if X11Source::connect(Some(&xvfb.display)).is_ok() {
-                    return Ok(xvfb);
-                }
-                if xvfb.child.try_wait().ok().flatten().is_some() {
-                    break; // lost a race for the display: try the next
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            drop(xvfb);
-        }
-        Err("no free X display between :90 and :189".into())
-    }
-
-    /// Moves the pointer to (x, y) with xdotool (XTEST: real server input).
-    fn move_pointer(&self, x: u32, y: u32) {
-        let status = Command::new("xdotool")
-            .args(["mousemove", &x.to_string(), &y.to_string()])
-            .env("DISPLAY", &self.display)
-            .status()
-            .unwrap();
-        assert!(status.success(), "xdotool mousemove failed on {}", self.display);
-    }
-}
-
-impl Drop for Xvfb {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: Xvfb then removes its lock and socket.
-        // SAFETY: kill has no memory preconditions; the pid is our child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-        // In case it died before it could clean up: the number is ours (our lock).
-        let _ = std::fs::remove_file(format!("/tmp/.X{}-lock", self.number));
-        let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.number));
-        let _ = std::fs::remove_file(&self.lock);
-    }
-}
-
 #[test]
 fn x11_idle_time_grows_without_input_and_drops_after_pointer_motion() {
     let xvfb = match Xvfb::start() {
@@ -117,7 +41,49 @@ fn x11_idle_time_grows_without_input_and_drops_after_pointer_motion() {
     };
     let mut source = X11Source::connect(Some(&xvfb.display)).unwrap_or_else(|e| panic!("{}", chain(&e)));
     assert_eq!(source.name(), format!("x11 {}", xvfb.display));
+    assert!(!source.is_xwayland(), "Xvfb is no Xwayland");
     idle_grows_then_drops_after(&mut source, || xvfb.move_pointer(17, 23));
+}
+
+/// The warning window on a real X server: it appears titled as scripts and
+/// tests look for it, takes the keyboard focus from the user's window, a
+/// key sent to it cancels, and withdrawing it gives the focus back.
+#[test]
+fn the_warning_window_takes_the_keys_and_gives_the_focus_back() {
+    use x11rb::connection::Connection as _;
+    use x11rb::protocol::xproto::{ConnectionExt as _, CreateWindowAux, InputFocus, WindowClass};
+
+    let xvfb = match Xvfb::start() {
+        Ok(x) => x,
+        Err(reason) => return skip(reason),
+    };
+    let windows = xvfb.watch_windows();
+    // The user's document: a window of its own with the focus.
+    let (conn, screen) = x11rb::connect(Some(&xvfb.display)).unwrap();
+    let root = conn.setup().roots[screen].root;
+    let document = conn.generate_id().unwrap();
+    conn.create_window(0, document, root, 0, 0, 200, 100, 0, WindowClass::INPUT_OUTPUT, 0, &CreateWindowAux::new())
+        .unwrap();
+    conn.map_window(document).unwrap();
+    conn.set_input_focus(InputFocus::PARENT, document, x11rb::CURRENT_TIME).unwrap();
+    let focus = |conn: &x11rb::rust_connection::RustConnection| conn.get_input_focus().unwrap().reply().unwrap().focus;
+    assert_eq!(focus(&conn), document);
+
+    let mut warning = X11Warning::connect(&xvfb.display, None).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    warning.show(&warning_lines(Duration::from_secs(5), &["vm1".to_owned()])).unwrap();
+    let window = warning.window().expect("shown");
+    assert_eq!(windows.wait_for_mapped(activity_monitor::WARNING_TITLE, Duration::from_secs(30), "no window"), window);
+    assert_eq!(focus(&conn), window, "the warning takes the keys");
+    assert!(!warning.cancelled().unwrap(), "nothing pressed yet");
+    xvfb.xdotool(&["key", "--window", &window.to_string(), "Escape"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !warning.cancelled().unwrap() {
+        assert!(Instant::now() < deadline, "the key on the warning never reached it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    warning.withdraw();
+    windows.wait_for_gone(window, Duration::from_secs(30), "the warning stayed");
+    assert_eq!(focus(&conn), document, "the user's window has the focus back");
 }
 
 /// A virtual keyboard made through /dev/uinput; destroyed on drop.
