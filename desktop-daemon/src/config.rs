@@ -33,7 +33,7 @@
 //! firmware = "uefi"                   # or "bios" (SeaBIOS), or "kernel" (kernel = / initrd = above)
 //! disk = "/var/lib/jettison/vm1.qcow2"
 //! disk_format = "qcow2"               # or "raw" (the default); never guessed
-//! display = true                      # a screen and USB input (the default)
+//! display = true                      # a screen, USB input and sound (the default)
 //! mac = "02:4a:54:00:00:01"
 //! memserv_port = 7410
 //! diskserv_port = 7411
@@ -185,7 +185,7 @@ pub struct VmDefinition {
     /// from the file's content, which the guest writes.
     #[serde(default = "raw")]
     pub disk_format: DiskFormat,
-    /// Whether it has a screen and USB keyboard and tablet.
+    /// Whether it has a screen, USB keyboard and tablet, and a sound card.
     #[serde(default = "yes")]
     pub display: bool,
     /// Its NIC's MAC, the same on every host.

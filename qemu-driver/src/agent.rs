@@ -145,7 +145,11 @@ impl GuestAgent {
 
     /// Runs `program` with `args` in the guest and returns what it printed
     /// on stdout, if it exits with status 0 within [`PROGRAM_TIMEOUT`].
-    fn run(&mut self, program: &str, args: &[&str]) -> Result<String> {
+    ///
+    /// # Errors
+    /// [`QemuError::GuestProgram`] when the program fails or does not end
+    /// in time, [`QemuError::Command`] when the agent refuses to run it.
+    pub fn run(&mut self, program: &str, args: &[&str]) -> Result<String> {
         let call = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
         let failed = |outcome: String| QemuError::GuestProgram { program: call.clone(), outcome };
         let started = self.execute("guest-exec", json!({ "path": program, "arg": args, "capture-output": true }))?;

@@ -1,9 +1,10 @@
 //! The user's own desktop VM, as an office runs it: it boots from its own
-//! qcow2 disk through the firmware, has a screen and USB input, moves to
-//! the server and back with its screen, is reachable there through a
-//! ticketed SPICE console, reboots and powers off like a PC, and its qcow2
-//! image is sound after the round trip. All through the real daemons and
-//! the `jettison` command, in network namespaces, under TCG.
+//! qcow2 disk through the firmware, has a screen, USB input and a sound
+//! card, moves to the server and back with them (its clock set after each
+//! move), is reachable there through a ticketed SPICE console, reboots and
+//! powers off like a PC, and its qcow2 image is sound after the round trip.
+//! All through the real daemons and the `jettison` command, in network
+//! namespaces, under TCG.
 //!
 //! Root only (namespaces, taps, FUSE); skipped with a reason elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
@@ -69,6 +70,7 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     // Put the guest's clock an hour behind: the move must set it right.
     let agent_socket = dir.path().join("desktop/run").join(VM).join("qga.sock");
     let mut agent = GuestAgent::connect(&agent_socket).expect("the guest runs qemu-ga");
+    assert_sound_card_answers(&mut agent, "on the desktop");
     agent.set_time_to(host_nanos() - 3_600_000_000_000).unwrap();
     assert!(host_nanos().abs_diff(agent.time().unwrap()) > 3_500_000_000_000);
     drop(agent);
@@ -76,7 +78,12 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     eprintln!("consolidated: {out}");
     let left_at = last_count(&office.desktop_serial()).unwrap();
     let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
-    wait_until_clock_set(&server_agent, &office);
+    wait_until_clock_set(&server_agent, &office, "server");
+    let mut agent = GuestAgent::connect(&server_agent).expect("the guest runs qemu-ga");
+    assert_sound_card_answers(&mut agent, "on the server");
+    // Put it an hour behind again: coming home must set it right too.
+    agent.set_time_to(host_nanos() - 3_600_000_000_000).unwrap();
+    drop(agent);
     wait_for_count_above(&office.server_serial(), left_at, COUNT_TIMEOUT);
     screen_shows_pattern(&office, &office.server_socket(), "on the server", dir.path());
 
@@ -104,6 +111,7 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     eprintln!("reintegrated: {back}");
     assert!(back["dirty_blocks"].as_u64().unwrap() > 0, "{back}");
     wait_for_count_above(&office.desktop_serial(), at, COUNT_TIMEOUT);
+    wait_until_clock_set(&agent_socket, &office, "desktop");
     screen_shows_pattern(&office, &desktop, "after reintegration", dir.path());
     let cat = client.command("cat onserver", REPLY);
     assert!(cat.starts_with("cat ") && !cat.ends_with("missing"), "{cat}");
@@ -207,15 +215,28 @@ fn host_nanos() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
-/// Waits until the server daemon says it set the guest's clock, then
-/// checks through the agent at `socket` (one client at a time: not before)
-/// that the guest has the host's time (within 2 s), which only the
-/// daemon's guest-set-time after the move gives it.
-fn wait_until_clock_set(socket: &Path, office: &Office) {
-    wait_until(|| office.log("server").contains("guest clock set through its agent"), "the clock set", office);
+/// The guest's sound card, seen from inside the guest: the ICH9 HD Audio
+/// controller at 00:1b.0. Its configuration space is read from the device
+/// itself (not from what the guest's kernel remembers of it), so after a
+/// move this is the QEMU of the host the VM now runs on answering.
+fn assert_sound_card_answers(agent: &mut GuestAgent, where_: &str) {
+    let config = agent.run("od", &["-An", "-tx1", "-N12", "/sys/bus/pci/devices/0000:00:1b.0/config"]).unwrap();
+    let bytes: Vec<&str> = config.split_whitespace().collect();
+    // Intel (8086), ICH9 HD Audio (293e); class 04 (multimedia), subclass 03 (audio).
+    assert_eq!(&bytes[..4], ["86", "80", "3e", "29"], "{where_}: no ICH9 HD Audio at 00:1b.0: {config}");
+    assert_eq!(&bytes[10..12], ["03", "04"], "{where_}: 00:1b.0 is not an audio device: {config}");
+    eprintln!("{where_}: the guest's sound card answers at 00:1b.0");
+}
+
+/// Waits until `daemon` says it set the guest's clock, then checks through
+/// the agent at `socket` (one client at a time: not before) that the guest
+/// has the host's time (within 2 s), which only the daemon's
+/// guest-set-time after the move gives it.
+fn wait_until_clock_set(socket: &Path, office: &Office, daemon: &str) {
+    wait_until(|| office.log(daemon).contains("guest clock set through its agent"), "the clock set", office);
     let guest = GuestAgent::connect(socket).and_then(|mut agent| agent.time()).unwrap();
     assert!(guest.abs_diff(host_nanos()) < 2_000_000_000, "the guest's clock is {guest}, the host's {}", host_nanos());
-    eprintln!("the guest's clock was set after the move");
+    eprintln!("the guest's clock was set after the move ({daemon})");
 }
 
 fn wait_until(mut done: impl FnMut() -> bool, what: &str, office: &Office) {
