@@ -95,6 +95,11 @@ pub struct OfficeSpec {
     /// Whether the VM has a screen and USB input (the default, as in
     /// `desktop.toml`); `false`: headless.
     pub display: bool,
+    /// The VM's `vcpus`.
+    pub vcpus: u32,
+    /// The office's `cpu_model` in `desktop.toml`, if it names one (else
+    /// the default under TCG, `max`).
+    pub cpu_model: Option<&'static str>,
     /// The keys of the desktop's `[power]` section, if it sleeps while its
     /// VM is away; the desktop's `mac` ([`DESKTOP_MAC`]) and the server's
     /// `wake_broadcast` come with it.
@@ -124,6 +129,8 @@ impl Default for OfficeSpec {
             checkpoint_every_secs: None,
             boot_disk: None,
             display: true,
+            vcpus: 1,
+            cpu_model: None,
             power: None,
         }
     }
@@ -216,6 +223,7 @@ impl Office {
             }
             None => (String::new(), String::new()),
         };
+        let cpu_model = spec.cpu_model.map(|m| format!("cpu_model = \"{m}\"\n")).unwrap_or_default();
         write(
             &dir.join("server.toml"),
             &format!(
@@ -235,13 +243,14 @@ impl Office {
                 "name = \"{DESKTOP}\"\nhost_key = \"{d}/desktop/host.key\"\npeers = \"{d}/desktop/peers\"\nserver = \"10.77.0.1:7400\"\n\
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}\n\
+                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}{cpu_model}\n\
                  [idle]\nmax_cpu_percent = 50.0\n{power}\n[[vm]]\n\
-                 name = \"{VM}\"\nmemory_mib = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
-                 memserv_port = 7410\ndiskserv_port = 7411\n",
+                 name = \"{VM}\"\nmemory_mib = {}\nvcpus = {}\ndisk = \"{}\"\nmac = \"{VM_MAC}\"\n{vm_boot}\
+                 display = {}\nmemserv_port = 7410\ndiskserv_port = 7411\n",
                 spec.failover_secs,
                 crate::QEMU_USER,
                 spec.memory_mib,
+                spec.vcpus,
                 disk.display(),
                 spec.display,
             ),

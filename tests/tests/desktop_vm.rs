@@ -23,8 +23,11 @@ const PACE: Duration = Duration::from_secs(1);
 const REPLY: Duration = Duration::from_secs(120);
 
 fn office(dir: &Path, firmware: &'static str, format: &'static str) -> Option<Office> {
-    let spec = OfficeSpec { fill_mib: 32, boot_disk: Some(BootDisk { firmware, format }), ..OfficeSpec::default() };
-    let office = Office::started(dir, &spec)?;
+    office_of(dir, OfficeSpec { boot_disk: Some(BootDisk { firmware, format }), ..OfficeSpec::default() })
+}
+
+fn office_of(dir: &Path, spec: OfficeSpec) -> Option<Office> {
+    let office = Office::started(dir, &OfficeSpec { fill_mib: 32, ..spec })?;
     wait_for_line(&office.desktop_serial(), "JTSCREEN ", BOOT_TIMEOUT, &office);
     Some(office)
 }
@@ -138,10 +141,19 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
 #[test]
 fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(office) = office(dir.path(), "bios", "raw") else { return };
+    // Two vCPUs and a CPU model named for the office, as a desktop VM has.
+    let boot_disk = Some(BootDisk { firmware: "bios", format: "raw" });
+    let spec = OfficeSpec { boot_disk, vcpus: 2, cpu_model: Some("Nehalem"), ..OfficeSpec::default() };
+    let Some(office) = office_of(dir.path(), spec) else { return };
     let desktop = office.desktop_socket();
     let serial = office.desktop_serial();
     let pid = office.desktop_qemu_pid().unwrap();
+    let agent_socket = dir.path().join("desktop/run").join(VM).join("qga.sock");
+    let mut agent = GuestAgent::connect(&agent_socket).expect("the guest runs qemu-ga");
+    assert_eq!(agent.run("nproc", &[]).unwrap().trim(), "2", "the guest's vCPUs");
+    let cpuinfo = agent.run("cat", &["/proc/cpuinfo"]).unwrap();
+    assert!(cpuinfo.contains("Nehalem"), "the guest's CPU is not the office's model:\n{cpuinfo}");
+    drop(agent);
 
     // A reboot on the desktop: the same QEMU boots the guest again; the log keeps both boots.
     let client = office.connect_client(PACE);
@@ -174,6 +186,12 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     );
     let status = office.jettison_json(&["status", "--daemon", desktop.to_str().unwrap()]);
     assert_eq!(status["vms"][0]["location"], "server", "{status}");
+    // The server runs the same machine: the office's model, both vCPUs.
+    let server_qemu = office.server_qemu_pid().expect("QEMU runs the VM on the server");
+    let line = std::fs::read(format!("/proc/{server_qemu}/cmdline")).unwrap();
+    let line: Vec<String> = line.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    assert!(line.windows(2).any(|w| w == ["-cpu", "Nehalem"]), "{line:?}");
+    assert!(line.windows(2).any(|w| w == ["-smp", "2"]), "{line:?}");
 
     // A poweroff inside the guest on the server: it goes home (with its disk
     // writes) and stays off there; `start` boots it.
@@ -198,6 +216,30 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     wait_until(|| office.list_line().contains("off"), "the VM to be off after its guest powered off", &office);
     assert_eq!(office.desktop_qemu_pid(), None, "QEMU ended");
     start_again(&office);
+
+    // Its serial console, interactive, through `jettison console`.
+    let run_dir = dir.path().join("desktop/run");
+    let mut console = Command::new(tests::jettison_binary())
+        .args(["console", VM, "--run-dir", run_dir.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(console.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("JTCOUNT") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut lines, &mut line).unwrap() > 0, "the console ended");
+    }
+    std::io::Write::write_all(&mut console.stdin.take().unwrap(), b"\x1d").unwrap();
+    assert!(console.wait().unwrap().success(), "console did not leave on Ctrl-]");
+    eprintln!("the serial console showed {}", line.trim());
+
+    // `destroy` pulls the plug: QEMU gone at once, the VM off.
+    let out = office.jettison(&["destroy", VM, "--socket", desktop.to_str().unwrap()]);
+    assert!(out.status.success(), "destroy: {}\n{}", String::from_utf8_lossy(&out.stderr), office.logs());
+    assert!(office.list_line().contains("off"), "{}", office.list_line());
+    assert_eq!(office.desktop_qemu_pid(), None, "destroy ended QEMU");
 }
 
 /// `jettison start`, and the guest counting again.
