@@ -139,6 +139,36 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
 }
 
 #[test]
+fn a_uefi_booted_vm_moves_and_comes_back_with_its_screen_and_variable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(office) = office(dir.path(), "uefi", "raw") else { return };
+    let vars = dir.path().join("desktop/state").join(VM).join("efivars.fd");
+    assert!(vars.is_file(), "the VM has no variable store of its own at {}", vars.display());
+    let desktop = office.desktop_socket();
+    screen_shows_pattern(&office, &desktop, "UEFI, on the desktop", dir.path());
+    office.consolidate_when_idle(Duration::from_secs(240));
+    let left_at = last_count(&office.desktop_serial()).unwrap();
+    wait_for_count_above(&office.server_serial(), left_at, COUNT_TIMEOUT);
+    screen_shows_pattern(&office, &office.server_socket(), "UEFI, on the server", dir.path());
+    let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
+    wait_until_clock_set(&server_agent, &office, "server");
+    let mut agent = GuestAgent::connect(&server_agent).expect("the guest runs qemu-ga");
+    assert_sound_card_answers(&mut agent, "UEFI, on the server");
+    // The USB keyboard and tablet, as the guest's input layer knows them.
+    let inputs = agent.run("cat", &["/proc/bus/input/devices"]).unwrap();
+    for device in ["QEMU USB Keyboard", "QEMU USB Tablet"] {
+        assert!(inputs.contains(device), "UEFI, on the server: no {device} in the guest:\n{inputs}");
+    }
+    drop(agent);
+    let at = last_count(&office.server_serial()).unwrap();
+    let back = office.jettison_json(&["reintegrate", VM, "--socket", desktop.to_str().unwrap()]);
+    eprintln!("reintegrated: {back}");
+    wait_for_count_above(&office.desktop_serial(), at, COUNT_TIMEOUT);
+    screen_shows_pattern(&office, &desktop, "UEFI, after reintegration", dir.path());
+    assert!(vars.is_file(), "the variable store went away");
+}
+
+#[test]
 fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     let dir = tempfile::tempdir().unwrap();
     // Two vCPUs and a CPU model named for the office, as a desktop VM has.
