@@ -113,7 +113,8 @@ pub struct OfficeSpec {
 pub struct BootDisk {
     /// `bios` or `uefi`.
     pub firmware: &'static str,
-    /// `raw` or `qcow2`.
+    /// `raw`, `qcow2`, or `qcow2-backed` (a qcow2 overlay over a base
+    /// image, see [`crate::boot_disk`]).
     pub format: &'static str,
 }
 
@@ -198,7 +199,8 @@ impl Office {
             Some(boot) => {
                 let args = format!("{guest_args} jt.diskdev=/dev/vda1 jt.screen=1");
                 let disk = crate::boot_disk(dir, &args, &[("desktop-only.txt", DESKTOP_TEXT)], boot.format)?;
-                (disk, format!("firmware = \"{}\"\ndisk_format = \"{}\"\n", boot.firmware, boot.format))
+                let format = if boot.format == "qcow2-backed" { "qcow2" } else { boot.format };
+                (disk, format!("firmware = \"{}\"\ndisk_format = \"{format}\"\n", boot.firmware))
             }
         };
         pair_and_enroll(dir)?;

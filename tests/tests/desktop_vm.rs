@@ -62,7 +62,10 @@ fn screen_shows_pattern(office: &Office, socket: &Path, name: &str, dir: &Path) 
 #[test]
 fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(office) = office(dir.path(), "bios", "qcow2") else { return };
+    // A qcow2 overlay over a base image: the base must never be written.
+    let Some(office) = office(dir.path(), "bios", "qcow2-backed") else { return };
+    let base = dir.path().join(tests::BACKING_IMAGE);
+    let base_before = std::fs::read(&base).unwrap();
     let desktop = office.desktop_socket();
     screen_shows_pattern(&office, &desktop, "on the desktop", dir.path());
     let client = office.connect_client(PACE);
@@ -131,6 +134,10 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     let check = Command::new("qemu-img").arg("check").arg(&office.disk).output().unwrap();
     assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
     assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+    assert!(std::fs::read(&base).unwrap() == base_before, "the backing file below the VM's qcow2 was written");
+    let info = Command::new("qemu-img").args(["info", "-U"]).arg(&office.disk).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(info.contains(&format!("backing file: {}", base.display())), "the overlay lost its backing file: {info}");
     let out = office.jettison(&["start", VM, "--socket", desktop.to_str().unwrap()]);
     assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
     let again = Instant::now();
@@ -270,6 +277,7 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     assert!(out.status.success(), "destroy: {}\n{}", String::from_utf8_lossy(&out.stderr), office.logs());
     assert!(office.list_line().contains("off"), "{}", office.list_line());
     assert_eq!(office.desktop_qemu_pid(), None, "destroy ended QEMU");
+
 }
 
 /// `jettison start`, and the guest counting again.
