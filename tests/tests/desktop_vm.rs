@@ -278,6 +278,13 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     assert!(office.list_line().contains("off"), "{}", office.list_line());
     assert_eq!(office.desktop_qemu_pid(), None, "destroy ended QEMU");
 
+    // The first QEMU run's serial log, with both of its boots, is kept
+    // beside the later runs' (rotated, not truncated).
+    let kept = (1..=5)
+        .map(|n| serial.with_extension(format!("log.{n}")))
+        .find(|log| std::fs::read_to_string(log).unwrap_or_default().matches("JTSCREEN ").count() >= 2);
+    assert!(kept.is_some(), "no earlier run's serial log keeps the first run's two boots");
+    eprintln!("the first run's serial log was kept as {}", kept.unwrap().display());
 }
 
 /// `jettison start`, and the guest counting again.
