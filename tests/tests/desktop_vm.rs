@@ -245,6 +245,11 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     assert!(office.log("server").contains("its guest powered off"), "{}", office.logs());
     start_again(&office);
 
+    // The desk's viewer (`jettison view --follow`, here with a stand-in
+    // remote-viewer that holds the screen's socket until QEMU closes it).
+    let (mut follow, opened) = follow_the_screen(&office, dir.path());
+    wait_until(|| opened().len() == 1, "the viewer to open the screen", &office);
+
     // A poweroff inside the guest on the desktop: the same.
     let client = office.connect_client(PACE);
     let reply = client.command("poweroff", REPLY);
@@ -252,7 +257,13 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     drop(client.finish());
     wait_until(|| office.list_line().contains("off"), "the VM to be off after its guest powered off", &office);
     assert_eq!(office.desktop_qemu_pid(), None, "QEMU ended");
+    assert!(follow.try_wait().unwrap().is_none(), "view --follow gave up when the VM went off");
     start_again(&office);
+    // Started again: the desk shows it again, by itself.
+    wait_until(|| opened().len() == 2, "the viewer to open the screen again after start", &office);
+    assert!(opened().iter().all(|args| args.ends_with("spice.sock")), "{:?}", opened());
+    follow.kill().unwrap();
+    follow.wait().unwrap();
 
     // Its serial console, interactive, through `jettison console`.
     let run_dir = dir.path().join("desktop/run");
@@ -285,6 +296,37 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
         .find(|log| std::fs::read_to_string(log).unwrap_or_default().matches("JTSCREEN ").count() >= 2);
     assert!(kept.is_some(), "no earlier run's serial log keeps the first run's two boots");
     eprintln!("the first run's serial log was kept as {}", kept.unwrap().display());
+}
+
+/// Runs `jettison view VM --follow` on the desktop's socket with a
+/// stand-in `remote-viewer` first on its PATH, which records its arguments
+/// and holds a connection to the screen's socket until QEMU closes it (as
+/// the real viewer ends when its SPICE server goes away). Returns the
+/// process and what reads the arguments of each viewer opened so far.
+fn follow_the_screen(office: &Office, dir: &Path) -> (std::process::Child, impl Fn() -> Vec<String>) {
+    let bin = dir.join("viewer-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = dir.join("viewers.log");
+    let stub = bin.join("remote-viewer");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/usr/bin/python3\nimport socket, sys\nopen({log:?}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n\
+             s = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[-1].removeprefix('spice+unix://'))\n\
+             while s.recv(4096):\n    pass\n",
+            log = log.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let follow = Command::new(tests::jettison_binary())
+        .args(["view", VM, "--follow", "--socket", office.desktop_socket().to_str().unwrap()])
+        .env("PATH", path)
+        .spawn()
+        .unwrap();
+    let opened = move || std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect();
+    (follow, opened)
 }
 
 /// `jettison start`, and the guest counting again.
