@@ -80,7 +80,7 @@ pub struct MachineProfile {
     pub cpu_model: CpuModel,
     /// How it boots.
     pub firmware: Firmware,
-    /// Whether it has a screen and USB input (a VGA, a keyboard, a tablet).
+    /// Whether it has a screen, USB input and sound (a VGA, a keyboard, a tablet, an HD Audio card).
     pub display: bool,
 }
 

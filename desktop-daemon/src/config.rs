@@ -36,7 +36,7 @@
 //! firmware = "uefi"                   # or "bios" (SeaBIOS), or "kernel" (kernel = / initrd = above)
 //! disk = "/var/lib/jettison/vm1.qcow2"
 //! disk_format = "qcow2"               # or "raw" (the default); never guessed
-//! display = true                      # a screen and USB input (the default)
+//! display = true                      # a screen, USB input and sound (the default)
 //! mac = "02:4a:54:00:00:01"
 //! memserv_port = 7410
 //! diskserv_port = 7411                # one port serves all the VM's disks
@@ -210,7 +210,7 @@ pub struct VmDefinition {
     /// sees them: for a VM with several, instead of `disk`.
     #[serde(default, rename = "disks")]
     disk_tables: Vec<DiskDefinition>,
-    /// Whether it has a screen and USB keyboard and tablet.
+    /// Whether it has a screen, USB keyboard and tablet, and a sound card.
     #[serde(default = "yes")]
     pub display: bool,
     /// Its NIC's MAC, the same on every host.

@@ -71,7 +71,8 @@ pub struct ViewArgs {
     /// Open it full screen, as the desk shows it.
     #[arg(long)]
     full_screen: bool,
-    /// Keep showing it: when the VM moves (to the server or home), open it where it runs now.
+    /// Keep showing it: when the VM moves (to the server or home), or is started again after it stopped, open it
+    /// where it runs now. Ends when the viewer is closed while the screen is there.
     #[arg(long)]
     follow: bool,
 }
@@ -239,19 +240,40 @@ pub fn view(args: ViewArgs) -> CmdResult {
         if !args.follow {
             return if status.success() { Ok(()) } else { Err(format!("remote-viewer ended with {status}").into()) };
         }
-        // The viewer ends when the user closes it, or when the VM moves
-        // (its SPICE server goes away): follow it while it is moving.
-        let moved = loop {
+        // The viewer ends when the user closes it, or when the VM's SPICE
+        // server goes away: it moved (the daemon answers once the move is
+        // done, with the new place), or it stopped here (powered off, shut
+        // down, destroyed). Follow it while it is away; only a viewer closed
+        // while its screen is still there ends `--follow`.
+        let mut waited = false;
+        target = loop {
             match ask() {
-                Ok(next) if next != target => break Some(next),
-                Ok(_) => break None,
-                Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+                Ok(next) if next != target => break next,
+                Ok(same) if screen_answers(&same) => {
+                    if !waited {
+                        return Ok(());
+                    }
+                    break same;
+                }
+                Ok(_) | Err(_) => {
+                    waited = true;
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
             }
         };
-        match moved {
-            Some(next) => target = next,
-            None => return Ok(()),
+    }
+}
+
+/// Whether the SPICE server of `target` accepts a connection now.
+fn screen_answers(target: &ViewTarget) -> bool {
+    match target {
+        ViewTarget::Local { uri } => {
+            uri.strip_prefix("spice+unix://").is_some_and(|path| UnixStream::connect(path).is_ok())
         }
+        ViewTarget::Remote { host, port, .. } => std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .is_some_and(|addr| std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()),
     }
 }
 

@@ -8,7 +8,8 @@
 //! so the "descriptor" is only device and vCPU state (see `migration`).
 //!
 //! Everything else is kept to what a desktop needs (`-nodefaults`; a VGA
-//! screen with USB keyboard and tablet where the VM has a [`Display`]; a
+//! screen with USB keyboard and tablet and a sound card where the VM has a
+//! [`Display`]; a
 //! virtio-serial channel for the guest agent) so that the device state is
 //! small and two QEMUs started from the same spec accept each other's
 //! migration stream. How the VM boots ([`Boot`]) is the user's: its own
@@ -116,7 +117,8 @@ pub fn default_ovmf_vars() -> PathBuf {
 /// The VM's screen and input, and who may see them.
 ///
 /// Every variant but [`Display::None`] gives the guest the same devices (a
-/// standard VGA, USB keyboard and tablet), so a VM moves between a desk and
+/// standard VGA, USB keyboard and tablet, an HD Audio sound card whose
+/// sound goes to the SPICE client), so a VM moves between a desk and
 /// a server with its screen; only the SPICE server in front of it differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Display {
@@ -441,6 +443,10 @@ impl VmSpec {
             args.extend(["-device".into(), (*device).into()]);
         }
         args.extend(spice);
+        args.extend(["-audiodev".into(), AUDIO_BACKEND.into()]);
+        for device in SOUND_DEVICES {
+            args.extend(["-device".into(), (*device).into()]);
+        }
         args
     }
 
@@ -466,6 +472,24 @@ impl VmSpec {
 /// stable across hosts.
 const DISPLAY_DEVICES: &[&str] =
     &["VGA,id=video0", "qemu-xhci,id=usb0", "usb-kbd,id=kbd0,bus=usb0.0", "usb-tablet,id=tablet0,bus=usb0.0"];
+
+/// Where the guest's sound goes: to the SPICE client, beside its screen.
+/// QEMU runs as a system service that outlives the desk's session, so it
+/// cannot play into that session's PipeWire or PulseAudio; the viewer
+/// (`remote-viewer`) is the session's own program and plays it there. On
+/// the server the remote console's viewer gets it the same way.
+const AUDIO_BACKEND: &str = "spice,id=snd0";
+
+/// The sound card of a VM with a display: an ICH9 HD Audio controller
+/// with a line-out and line-in codec, which every desktop OS drives
+/// (virtio-sound would be lighter but QEMU 10 refuses to migrate it). Its
+/// fixed PCI address (00:1b.0, where a real ICH9 has it) keeps the other
+/// devices where they were before it existed, so a descriptor saved
+/// without it (an older release's checkpoint) still loads: QEMU leaves a
+/// device the stream does not mention in its reset state. It adds about
+/// 23 KiB to the descriptor (`bench/RESULTS.md`).
+const SOUND_DEVICES: &[&str] =
+    &["ich9-intel-hda,id=sound0,addr=0x1b", "hda-duplex,id=sound0-codec0,bus=sound0.0,audiodev=snd0"];
 
 /// The guest agent's port on the virtio-serial bus, under the name
 /// `qemu-ga` looks for.
@@ -586,6 +610,17 @@ mod tests {
         assert!(local.contains("-spice unix=on,disable-ticketing=on,addr=/run/vm/spice.sock"), "{local}");
         assert!(remote.contains("-object secret,id=spice-ticket,format=raw,file=/run/vm/ticket"), "{remote}");
         assert!(remote.contains("-spice addr=10.0.0.1,port=5930,password-secret=spice-ticket"), "{remote}");
+        for line in [&local, &remote] {
+            assert!(
+                line.contains(
+                    "-audiodev spice,id=snd0 -device ich9-intel-hda,id=sound0,addr=0x1b \
+                     -device hda-duplex,id=sound0-codec0,bus=sound0.0,audiodev=snd0"
+                ),
+                "{line}"
+            );
+        }
+        let headless = joined(&spec());
+        assert!(!headless.contains("-audiodev") && !headless.contains("intel-hda"), "{headless}");
     }
 
     #[test]

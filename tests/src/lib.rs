@@ -175,6 +175,9 @@ pub fn guest() -> Result<GuestImage, String> {
 /// A copy of the test guest's boot disk under `dir` (`vm-disk.raw` or
 /// `vm-disk.qcow2`, as `format` says) whose bootloader passes `args` and
 /// whose FAT partition also holds `files` (name, one line of text each).
+/// `qcow2-backed` makes `vm-disk.qcow2` an empty overlay over
+/// [`BACKING_IMAGE`], which holds the content, as a user's qcow2 over a
+/// base image is.
 ///
 /// # Errors
 /// Why it cannot be made (the script or mtools failed).
@@ -192,11 +195,21 @@ pub fn boot_disk(dir: &Path, args: &str, files: &[(&str, &str)], format: &str) -
     if format == "raw" {
         return Ok(raw);
     }
-    let converted = dir.join(format!("vm-disk.{format}"));
+    let backed = format == "qcow2-backed";
+    let format = if backed { "qcow2" } else { format };
+    let converted = dir.join(if backed { BACKING_IMAGE.to_owned() } else { format!("vm-disk.{format}") });
     run(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", format]).arg(&raw).arg(&converted))?;
     std::fs::remove_file(&raw).map_err(|e| format!("cannot remove {}: {e}", raw.display()))?;
-    Ok(converted)
+    if !backed {
+        return Ok(converted);
+    }
+    let top = dir.join("vm-disk.qcow2");
+    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(&converted).arg(&top))?;
+    Ok(top)
 }
+
+/// The backing file of a `qcow2-backed` [`boot_disk`], in its directory.
+pub const BACKING_IMAGE: &str = "vm-disk-base.qcow2";
 
 /// Runs `command`; its output in the error if it fails.
 fn run(command: &mut Command) -> Result<(), String> {

@@ -95,6 +95,11 @@ pub struct OfficeSpec {
     /// Whether the VM has a screen and USB input (the default, as in
     /// `desktop.toml`); `false`: headless.
     pub display: bool,
+    /// The VM's `vcpus`.
+    pub vcpus: u32,
+    /// The office's `cpu_model` in `desktop.toml`, if it names one (else
+    /// the default under TCG, `max`).
+    pub cpu_model: Option<&'static str>,
     /// The keys of the desktop's `[power]` section, if it sleeps while its
     /// VM is away; the desktop's `mac` ([`DESKTOP_MAC`]) and the server's
     /// `wake_broadcast` come with it.
@@ -124,7 +129,8 @@ pub const EXTRA_DISK_MARK: u64 = 1 << 20;
 pub struct BootDisk {
     /// `bios` or `uefi`.
     pub firmware: &'static str,
-    /// `raw` or `qcow2`.
+    /// `raw`, `qcow2`, or `qcow2-backed` (a qcow2 overlay over a base
+    /// image, see [`crate::boot_disk`]).
     pub format: &'static str,
 }
 
@@ -140,6 +146,8 @@ impl Default for OfficeSpec {
             checkpoint_every_secs: None,
             boot_disk: None,
             display: true,
+            vcpus: 1,
+            cpu_model: None,
             power: None,
             extra_disks: &[],
             activity: None,
@@ -211,7 +219,8 @@ impl Office {
             Some(boot) => {
                 let args = format!("{guest_args} jt.diskdev=/dev/vda1 jt.screen=1");
                 let disk = crate::boot_disk(dir, &args, &[("desktop-only.txt", DESKTOP_TEXT)], boot.format)?;
-                (disk, boot.format, format!("firmware = \"{}\"\n", boot.firmware))
+                let format = if boot.format == "qcow2-backed" { "qcow2" } else { boot.format };
+                (disk, format, format!("firmware = \"{}\"\n", boot.firmware))
             }
         };
         let mut extra_disks = Vec::new();
@@ -264,6 +273,7 @@ impl Office {
             Some(keys) => format!("{power}\n[activity]\n{keys}\n"),
             None => power,
         };
+        let cpu_model = spec.cpu_model.map(|m| format!("cpu_model = \"{m}\"\n")).unwrap_or_default();
         write(
             &dir.join("server.toml"),
             &format!(
@@ -283,13 +293,14 @@ impl Office {
                 "name = \"{DESKTOP}\"\nhost_key = \"{d}/desktop/host.key\"\npeers = \"{d}/desktop/peers\"\nserver = \"10.77.0.1:7400\"\n\
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}\n\
+                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}{cpu_model}\n\
                  [idle]\nmax_cpu_percent = 50.0\n{power}\n[[vm]]\n\
-                 name = \"{VM}\"\nmemory_mib = {}\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
+                 name = \"{VM}\"\nmemory_mib = {}\nvcpus = {}\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
                  memserv_port = 7410\ndiskserv_port = 7411\n{disks}",
                 spec.failover_secs,
                 crate::QEMU_USER,
                 spec.memory_mib,
+                spec.vcpus,
                 spec.display,
             ),
         );

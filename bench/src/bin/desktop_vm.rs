@@ -1,15 +1,15 @@
 //! What a user's own desktop VM costs a move (issue 10): the same office
 //! (`tests::office`: a desktop and a server in network namespaces, the
-//! real daemons and command, TCG) run three times in one run, with the VM
+//! real daemons and command, TCG) run four times in one run, with the VM
 //! as the tests have had it so far and as an office has it:
 //!
 //! - **headless, kernel**: the test guest booted with the host's kernel and
 //!   initramfs, no display (the profile of the earlier figures);
 //! - **kernel + screen**: the same with the display devices (VGA, USB
-//!   keyboard and tablet) and the screen left as the text console;
+//!   keyboard and tablet, and the HD Audio sound card that comes with a
+//!   screen) and the screen left as the text console;
 //! - **BIOS + screen, qcow2**: booted by SeaBIOS from its own qcow2 disk
-//!   (syslinux), with a standard VGA, USB keyboard and tablet, and the guest
-//!   painting its screen;
+//!   (syslinux), with the same devices, and the guest painting its screen;
 //! - **UEFI + screen, raw**: the same booted by OVMF, whose 4 MiB flash is a
 //!   device's memory and so travels in the descriptor.
 //!
