@@ -10,6 +10,10 @@
 //! <state_dir>/vms/<desktop>/<vm>/descriptor.out the device state saved for the way back
 //! <state_dir>/vms/<desktop>/<vm>/checkpoint/    the last checkpoint: descriptor, memory.set,
 //!                                               disk.set (dirty sets at that instant), manifest
+//! <state_dir>/vms/<desktop>/<vm>/fetch-trace.csv every request to the desktop this stay
+//!                                               (memtap's and cownetdisk's; `fetch-trace` crate)
+//! <state_dir>/history/<desktop>/<vm>/<secs>.csv  the traces of its last stays, kept when it
+//!                                               goes home (named for when each stay began)
 //! <run_dir>/vms/<desktop>/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
 //! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's disk
 //! <run_dir>/vms/<desktop>/<vm>/qemu/            QEMU's QMP socket and logs

@@ -19,7 +19,13 @@
 //! <run_dir>/vms/<desktop>/<vm>/storage.json   the spec it was started with
 //! <run_dir>/vms/<desktop>/<vm>/storage.sock   its requests
 //! <run_dir>/vms/<desktop>/<vm>/storage.pid    its pid
+//! <state_dir>/vms/<desktop>/<vm>/fetch-trace.csv   every request memtap and cownetdisk
+//!                                                  sent to the desktop this stay
 //! ```
+//!
+//! The fetch trace is one file for both, opened here so that memory and
+//! disk requests share one clock and one order; it is closed, with
+//! memtap's and cownetdisk's final counters, when the process is shut.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -54,6 +60,8 @@ const QUICK: Duration = Duration::from_secs(10);
 /// How long a request that writes data (a sync, the dirty sets, the
 /// final flush) may take.
 const SLOW: Duration = Duration::from_secs(300);
+/// The fetch trace's file in the VM's state directory.
+pub(crate) const FETCH_TRACE: &str = "fetch-trace.csv";
 /// The longest request or reply line read.
 const MAX_LINE: u64 = 1 << 20;
 
@@ -505,6 +513,7 @@ struct Serving {
     fetches: Cancel,
     waker: Option<Arc<DesktopWaker>>,
     credentials: Arc<Credentials>,
+    trace: Option<Arc<fetch_trace::TraceWriter>>,
 }
 
 /// Reads the spec, mounts memtap, opens and serves cownetdisk, and binds
@@ -530,6 +539,15 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
         Some(waker) => Arc::clone(waker) as Arc<dyn WakeHook>,
         None => Arc::new(NoWake),
     };
+    // A VM runs without its trace rather than not at all.
+    let trace_file = spec.state.join(FETCH_TRACE);
+    let trace = match fetch_trace::TraceWriter::open(&trace_file) {
+        Ok(trace) => Some(Arc::new(trace)),
+        Err(e) => {
+            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot open {}, fetches go unrecorded: {e}", trace_file.display());
+            None
+        }
+    };
     let fetches = Cancel::new();
     let remote = |addr: SocketAddr, service| {
         let hello = Hello { service, export: vm.to_string() };
@@ -544,8 +562,10 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     memory.zero_pages = zero_map.ranges;
     memory.zero_map_pages = Some(zero_map.units);
     memory.wake = Arc::clone(&wake);
+    memory.trace = trace.clone();
     let mount = memtap::Mount::start(&spec.run.join("ram"), vec![memory])?;
-    let disk_config = DiskConfig::new(vm.as_str(), spec.state.join("disk"), remote(spec.diskserv, Service::Disk));
+    let mut disk_config = DiskConfig::new(vm.as_str(), spec.state.join("disk"), remote(spec.diskserv, Service::Disk));
+    disk_config.trace = trace.clone();
     let disk = Arc::new(Disk::open(disk_config, wake)?);
     let socket = spec.run.join(DISK_SOCKET);
     let nbd = NbdServer::bind(Arc::clone(&disk), &Listen { unix: Some(socket), tcp: None })?;
@@ -566,6 +586,7 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
         waker,
         spec,
         credentials,
+        trace,
     };
     let socket = serving.spec.run.join(SOCKET);
     let _ = fs::remove_file(&socket);
@@ -649,9 +670,23 @@ impl Serving {
             let _ = thread.join();
         }
         self.disk.flush().map_err(|e| format!("cownetdisk cannot flush its disk: {}", wire::chain(&e)))?;
+        let memory = self.with_ram(|ram| Ok(ram.stats())).unwrap_or_default();
         let mount = self.mount.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(mount) = mount {
             mount.unmount().map_err(|e| format!("memtap cannot unmount its RAM: {}", wire::chain(&e)))?;
+        }
+        if let Some(trace) = &self.trace {
+            let disk = self.disk.stats();
+            let totals = fetch_trace::Totals {
+                memory_requests: memory.remote_fetches,
+                memory_units: memory.pages_fetched,
+                disk_requests: disk.remote_requests,
+                disk_units: disk.blocks_fetched,
+                ..fetch_trace::Totals::default()
+            };
+            if let Err(e) = trace.close(totals) {
+                tracing::warn!(desktop = %self.key.desktop, vm = %self.key.vm, "cannot close {}: {e}", trace.path().display());
+            }
         }
         Ok(())
     }
