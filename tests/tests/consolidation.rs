@@ -111,6 +111,13 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     );
     assert_eq!(desktop_page.value(&format!("jettison_vm_on_server{desktop_vm}")), 1.0);
 
+    // JETTISON_STAY_SECS=N keeps the VM on the server N s longer, for a
+    // longer fetch trace (how bench/traces/ was recorded); no check depends on it.
+    if let Some(secs) = std::env::var("JETTISON_STAY_SECS").ok().and_then(|s| s.parse().ok()) {
+        eprintln!("staying {secs} s on the server (JETTISON_STAY_SECS)");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+
     // Reintegrate (the server forgets the VM, serial log included).
     let last_on_server = last_count(&server_serial).unwrap();
     let back = office.jettison_json(&["reintegrate", VM, "--socket", office.desktop_socket().to_str().unwrap()]);
