@@ -36,12 +36,20 @@ pub struct DiskConfig {
     pub remote: RemoteConfig,
     /// The block size: the slices' unit, NBD's preferred block size.
     pub block_size: u32,
+    /// Where every request to diskserv is recorded, if anywhere.
+    pub trace: Option<Arc<fetch_trace::TraceWriter>>,
 }
 
 impl DiskConfig {
     /// A disk with [`DEFAULT_BLOCK_SIZE`] blocks.
     pub fn new(name: impl Into<String>, state_dir: impl Into<PathBuf>, remote: RemoteConfig) -> Self {
-        DiskConfig { name: name.into(), state_dir: state_dir.into(), remote, block_size: DEFAULT_BLOCK_SIZE }
+        DiskConfig {
+            name: name.into(),
+            state_dir: state_dir.into(),
+            remote,
+            block_size: DEFAULT_BLOCK_SIZE,
+            trace: None,
+        }
     }
 }
 
@@ -66,7 +74,7 @@ impl Disk {
     /// [`CownetdiskError::BlockSize`], [`CownetdiskError::Remote`] or
     /// [`CownetdiskError::Slices`], naming the VM.
     pub fn open(config: DiskConfig, wake: Arc<dyn WakeHook>) -> Result<Self, CownetdiskError> {
-        let DiskConfig { name, state_dir, remote, block_size } = config;
+        let DiskConfig { name, state_dir, remote, block_size, trace } = config;
         let bad_size = || CownetdiskError::BlockSize { vm: name.clone(), block_size };
         if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
             return Err(bad_size());
@@ -92,7 +100,7 @@ impl Disk {
         })?;
         tracing::info!(vm = %name, size = remote.size(), block_size, recovery = %store.recovery(), "disk opened");
         let counters = Arc::new(Counters::default());
-        let source = DiskSource::new(remote, block_size, Arc::clone(&counters));
+        let source = DiskSource::new(remote, block_size, Arc::clone(&counters), trace);
         let stats_path = state_dir.join(format!("{name}.stats"));
         Ok(Disk { name, block_sizes, overlay: Overlay::new(store, source), counters, stats_path })
     }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use fetch_trace::{boottime_ns, Cause, Device, Fetch, TraceWriter};
 use slice_store::{SourceError, UnitSource};
 use wire::RemoteImage;
 
@@ -21,18 +22,41 @@ pub(crate) struct DiskSource {
     remote: RemoteImage,
     block_size: u32,
     counters: Arc<Counters>,
+    trace: Option<Arc<TraceWriter>>,
 }
 
 impl DiskSource {
     /// Blocks of `block_size` bytes of `remote`; the last may be shorter.
-    pub(crate) fn new(remote: RemoteImage, block_size: u32, counters: Arc<Counters>) -> Self {
-        DiskSource { remote, block_size, counters }
+    /// Every request to diskserv is recorded in `trace`, if given.
+    pub(crate) fn new(
+        remote: RemoteImage,
+        block_size: u32,
+        counters: Arc<Counters>,
+        trace: Option<Arc<TraceWriter>>,
+    ) -> Self {
+        DiskSource { remote, block_size, counters, trace }
     }
 }
 
 impl UnitSource for DiskSource {
     fn fetch(&self, units: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, SourceError> {
-        let fetched = self.remote.read_units(units, self.block_size).map_err(SourceError::new)?;
+        // Taken before read_units, whose every wire request asks the wake
+        // hook first: the wait for a sleeping desktop is part of the fetch.
+        let asked_ns = boottime_ns();
+        let fetched = self.remote.read_units(units, self.block_size);
+        if let Some(trace) = &self.trace {
+            trace.record(&Fetch {
+                device: Device::Disk,
+                unit: units.iter().copied().min().unwrap_or_default(),
+                cause: Cause::Fault,
+                faulting: units.len() as u64,
+                units: units.len() as u64,
+                requests: fetched.as_ref().map_or(0, |f| f.requests),
+                asked_ns,
+                answered_ns: fetched.is_ok().then(boottime_ns),
+            });
+        }
+        let fetched = fetched.map_err(SourceError::new)?;
         Counters::add(&self.counters.remote_requests, fetched.requests);
         Counters::add(&self.counters.bytes_fetched, fetched.data_bytes);
         Ok(fetched.units)

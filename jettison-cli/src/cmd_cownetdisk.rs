@@ -40,6 +40,9 @@ pub struct Args {
     /// Block size in bytes: the slices' unit; whole aligned blocks are written without a fetch.
     #[arg(long, default_value_t = cownetdisk::DEFAULT_BLOCK_SIZE)]
     block_size: u32,
+    /// Record every request to diskserv in this fetch trace (appended to; see the fetch-trace crate).
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 /// Serves until SIGINT or SIGTERM, then lets requests in flight finish and
@@ -74,9 +77,16 @@ pub fn run(args: Args) -> CmdResult {
     let remote = RemoteConfig::new(&args.desktop, credentials, hello);
     let mut config = DiskConfig::new(&args.vm, &args.state_dir, remote);
     config.block_size = args.block_size;
+    let trace = match &args.trace {
+        Some(path) => Some(Arc::new(
+            fetch_trace::TraceWriter::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    config.trace = trace.clone();
     let wake = args.wake.hook(&args.vm, args.wake_mac.as_deref(), &args.desktop)?;
-    let disk = Disk::open(config, wake)?;
-    let server = NbdServer::bind(Arc::new(disk), &Listen { unix: args.unix, tcp: args.listen })?;
+    let disk = Arc::new(Disk::open(config, wake)?);
+    let server = NbdServer::bind(Arc::clone(&disk), &Listen { unix: args.unix, tcp: args.listen })?;
     if let Some(path) = server.unix_path() {
         println!("cownetdisk: serving VM {} on nbd+unix:///?socket={}", args.vm, path.display());
     }
@@ -85,5 +95,14 @@ pub fn run(args: Args) -> CmdResult {
     }
     stop.set(server.stop_handle()).map_err(|_| "the stop handle was set twice")?;
     server.run()?;
+    if let Some(trace) = trace {
+        let stats = disk.stats();
+        let totals = fetch_trace::Totals {
+            disk_requests: stats.remote_requests,
+            disk_units: stats.blocks_fetched,
+            ..fetch_trace::Totals::default()
+        };
+        trace.close(totals).map_err(|e| format!("cannot close {}: {e}", trace.path().display()))?;
+    }
     Ok(())
 }

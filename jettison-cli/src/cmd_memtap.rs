@@ -39,6 +39,9 @@ pub struct Args {
     /// Size of each VM's prefetch cache, in MiB.
     #[arg(long, default_value_t = (memtap::prefetch::DEFAULT_CACHE_BYTES >> 20) as u64)]
     cache_mib: u64,
+    /// Record every request a VM sends to memserv in a fetch trace (appended to), as NAME=FILE; one file per VM.
+    #[arg(long = "trace", value_parser = parse_pair)]
+    traces: Vec<(String, String)>,
 }
 
 /// `NAME=HOST:PORT` for `--vm`: a VM name and memserv's address, checked
@@ -63,12 +66,14 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 pub fn run(args: Args) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
     let credentials = args.keys.load()?;
-    for (option, pairs) in [("--zero-map", &args.zero_maps), ("--wake-mac", &args.wake_macs)] {
+    for (option, pairs) in [("--zero-map", &args.zero_maps), ("--wake-mac", &args.wake_macs), ("--trace", &args.traces)]
+    {
         if let Some((name, _)) = pairs.iter().find(|(name, _)| !args.vms.iter().any(|(vm, _)| vm == name)) {
             return Err(format!("{option} names VM {name:?}, which no --vm names").into());
         }
     }
     let mut configs = Vec::new();
+    let mut traces = Vec::new();
     for (name, addr) in &args.vms {
         let hello = Hello { service: Service::Memory, export: name.clone() };
         let remote = RemoteConfig::new(addr, std::sync::Arc::clone(&credentials), hello);
@@ -77,6 +82,13 @@ pub fn run(args: Args) -> CmdResult {
         config.wake = args.wake.hook(name, mac, addr)?;
         config.pivot_window = args.pivot_window;
         config.cache_bytes = (args.cache_mib as usize) << 20;
+        if let Some((_, file)) = args.traces.iter().find(|(vm, _)| vm == name) {
+            let trace = fetch_trace::TraceWriter::open(std::path::Path::new(file))
+                .map_err(|e| format!("cannot open the fetch trace {file}: {e}"))?;
+            let trace = std::sync::Arc::new(trace);
+            config.trace = Some(std::sync::Arc::clone(&trace));
+            traces.push((name.clone(), trace));
+        }
         if let Some((_, file)) = args.zero_maps.iter().find(|(vm, _)| vm == name) {
             let map = ZeroMap::load(std::path::Path::new(file))?;
             if u64::from(map.unit_size) != memtap::PAGE_SIZE {
@@ -115,7 +127,17 @@ pub fn run(args: Args) -> CmdResult {
     if let Happened::Signal(Some(signal)) = happened.recv()? {
         tracing::info!("{signal}: flushing and unmounting");
     }
+    let stats: Vec<memtap::RamStats> = mount.vms().iter().map(|vm| vm.stats()).collect();
     mount.unmount()?;
+    for (name, trace) in traces {
+        let Some(stats) = stats.iter().find(|s| s.vm == name) else { continue };
+        let totals = fetch_trace::Totals {
+            memory_requests: stats.remote_fetches,
+            memory_units: stats.pages_fetched,
+            ..fetch_trace::Totals::default()
+        };
+        trace.close(totals).map_err(|e| format!("cannot close {}: {e}", trace.path().display()))?;
+    }
     Ok(())
 }
 

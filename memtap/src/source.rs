@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
+use fetch_trace::{boottime_ns, Cause, Device, Fetch, TraceWriter};
 use slice_store::{SliceStore, SourceError, UnitSource, UnitState};
 use wire::RemoteImage;
 
@@ -20,18 +21,21 @@ pub struct PageSource {
     page_size: u32,
     pages: u64,
     counters: Arc<Counters>,
+    trace: Option<Arc<TraceWriter>>,
 }
 
 impl PageSource {
     /// A source reading from `remote`, fetching `window` pages around each
     /// fault into a cache of `cache_bytes`; `store` tells which pages are
-    /// already local so the window skips them.
+    /// already local so the window skips them; every request to memserv
+    /// is recorded in `trace`, if given.
     pub fn new(
         remote: RemoteImage,
         store: Arc<SliceStore>,
         window: u64,
         cache_bytes: usize,
         counters: Arc<Counters>,
+        trace: Option<Arc<TraceWriter>>,
     ) -> Self {
         let page_size = remote.unit();
         let pages = remote.size().div_ceil(u64::from(page_size));
@@ -43,6 +47,7 @@ impl PageSource {
             page_size,
             pages,
             counters,
+            trace,
         }
     }
 
@@ -98,8 +103,24 @@ impl UnitSource for PageSource {
         }
         Counters::add(&self.counters.prefetch_misses, missing.len() as u64);
         let want: Vec<u64> = self.wanted(&missing)?.into_iter().collect();
+        // Taken before read_units, whose every wire request asks the wake
+        // hook first: the wait for a sleeping desktop is part of the fetch.
+        let asked_ns = boottime_ns();
         let asked = std::time::Instant::now();
-        let fetched = self.remote.read_units(&want, self.page_size).map_err(SourceError::new)?;
+        let fetched = self.remote.read_units(&want, self.page_size);
+        if let Some(trace) = &self.trace {
+            trace.record(&Fetch {
+                device: Device::Memory,
+                unit: missing.iter().copied().min().unwrap_or_default(),
+                cause: Cause::Fault,
+                faulting: missing.len() as u64,
+                units: fetched.as_ref().map_or(want.len(), |f| f.units.len()) as u64,
+                requests: fetched.as_ref().map_or(0, |f| f.requests),
+                asked_ns,
+                answered_ns: fetched.is_ok().then(boottime_ns),
+            });
+        }
+        let fetched = fetched.map_err(SourceError::new)?;
         self.counters.fetch_latency.0.observe(asked.elapsed());
         Counters::add(&self.counters.remote_fetches, fetched.requests);
         Counters::add(&self.counters.pages_fetched, fetched.units.len() as u64);

@@ -39,6 +39,8 @@ pub struct RamFileConfig {
     /// Asked before every fetch from this VM's desktop (Wake-on-LAN in a
     /// deployment; [`NoWake`] for a desktop that never sleeps).
     pub wake: Arc<dyn WakeHook>,
+    /// Where every request to memserv is recorded, if anywhere.
+    pub trace: Option<Arc<fetch_trace::TraceWriter>>,
 }
 
 impl RamFileConfig {
@@ -54,6 +56,7 @@ impl RamFileConfig {
             pivot_window: DEFAULT_PIVOT_WINDOW,
             cache_bytes: DEFAULT_CACHE_BYTES,
             wake: Arc::new(NoWake),
+            trace: None,
         }
     }
 }
@@ -105,6 +108,7 @@ impl VmMemory {
             config.pivot_window,
             config.cache_bytes,
             Arc::clone(&counters),
+            config.trace,
         ));
         let overlay = Overlay::new(store, Arc::clone(&source));
         Ok(VmMemory { name, overlay, source, counters })

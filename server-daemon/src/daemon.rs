@@ -548,13 +548,15 @@ impl ServerDaemon {
         Ok(())
     }
 
-    /// Drops `key`'s VM once it runs at home, keeping its working set in
-    /// the history. A VM recovered from a checkpoint after a restart of
-    /// this daemon is not hosted: its files are deleted all the same.
+    /// Drops `key`'s VM once it runs at home, keeping its working set and
+    /// its stay's fetch trace in the history ([`crate::traces`]). A VM
+    /// recovered from a checkpoint after a restart of this daemon is not
+    /// hosted: its trace is kept and its files deleted all the same.
     fn forget(&self, key: &VmKey) {
+        let state = state_dir(&self.config, key);
         let Some(hosted) = lock(&self.vms).remove(key) else {
-            let state = state_dir(&self.config, key);
             if state.exists() {
+                crate::traces::keep(&self.config.state_dir, key, &state);
                 match std::fs::remove_dir_all(&state) {
                     Ok(()) => {
                         tracing::info!(desktop = %key.desktop, vm = %key.vm, "back on its desktop from a checkpoint; slices deleted")
@@ -576,6 +578,7 @@ impl ServerDaemon {
         if let Err(e) = lock(&self.history).record(&key.to_string(), hosted.resident()) {
             tracing::warn!("{}", wire::chain(&e));
         }
+        crate::traces::keep(&self.config.state_dir, key, &state);
         hosted.discard();
         tracing::info!(desktop = %key.desktop, vm = %key.vm, "back on its desktop; slices deleted");
     }

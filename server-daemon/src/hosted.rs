@@ -13,6 +13,10 @@
 //!                                               disk.set, disk.<n>.set (dirty sets at that
 //!                                               instant), manifest
 //! <state_dir>/vms/<desktop>/<vm>/hosted.json    what a restarted daemon takes it over with
+//! <state_dir>/vms/<desktop>/<vm>/fetch-trace.csv every request to the desktop this stay
+//!                                               (memtap's and cownetdisk's; `fetch-trace` crate)
+//! <state_dir>/history/<desktop>/<vm>/<secs>.csv  the traces of its last stays, kept when it
+//!                                               goes home (named for when each stay began)
 //! <run_dir>/vms/<desktop>/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
 //! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's (first) disk
 //! <run_dir>/vms/<desktop>/<vm>/disk.<n>.nbd     ... for disk n (from 1)

@@ -18,6 +18,7 @@ mod key;
 mod machine;
 mod metrics;
 pub mod storage;
+pub mod traces;
 pub mod watch;
 
 pub use config::ServerConfig;

@@ -19,7 +19,13 @@
 //! <run_dir>/vms/<desktop>/<vm>/storage.json   the spec it was started with
 //! <run_dir>/vms/<desktop>/<vm>/storage.sock   its requests
 //! <run_dir>/vms/<desktop>/<vm>/storage.pid    its pid
+//! <state_dir>/vms/<desktop>/<vm>/fetch-trace.csv   every request memtap and cownetdisk
+//!                                                  sent to the desktop this stay
 //! ```
+//!
+//! The fetch trace is one file for both, opened here so that memory and
+//! disk requests share one clock and one order; it is closed, with
+//! memtap's and cownetdisk's final counters, when the process is shut.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -55,6 +61,8 @@ const QUICK: Duration = Duration::from_secs(10);
 /// How long a request that writes data (a sync, the dirty sets, the
 /// final flush) may take.
 const SLOW: Duration = Duration::from_secs(300);
+/// The fetch trace's file in the VM's state directory.
+pub(crate) const FETCH_TRACE: &str = "fetch-trace.csv";
 /// The longest request or reply line read.
 const MAX_LINE: u64 = 1 << 20;
 
@@ -507,6 +515,7 @@ struct Serving {
     fetches: Cancel,
     waker: Option<Arc<DesktopWaker>>,
     credentials: Arc<Credentials>,
+    trace: Option<Arc<fetch_trace::TraceWriter>>,
 }
 
 /// Reads the spec, mounts memtap, opens and serves cownetdisk, and binds
@@ -532,6 +541,15 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
         Some(waker) => Arc::clone(waker) as Arc<dyn WakeHook>,
         None => Arc::new(NoWake),
     };
+    // A VM runs without its trace rather than not at all.
+    let trace_file = spec.state.join(FETCH_TRACE);
+    let trace = match fetch_trace::TraceWriter::open(&trace_file) {
+        Ok(trace) => Some(Arc::new(trace)),
+        Err(e) => {
+            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot open {}, fetches go unrecorded: {e}", trace_file.display());
+            None
+        }
+    };
     let fetches = Cancel::new();
     let remote = |addr: SocketAddr, service, export: String| {
         let hello = Hello { service, export };
@@ -549,6 +567,7 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     memory.zero_pages = zero_map.ranges;
     memory.zero_map_pages = Some(zero_map.units);
     memory.wake = Arc::clone(&wake);
+    memory.trace = trace.clone();
     let mount = memtap::Mount::start(&spec.run.join("ram"), vec![memory])?;
     if !(1..=daemon_protocol::MAX_DISKS).contains(&spec.disks) {
         return Err(format!("{} disks: a VM has 1 to {}", spec.disks, daemon_protocol::MAX_DISKS).into());
@@ -556,7 +575,7 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     let mut disks = Vec::with_capacity(spec.disks);
     for index in 0..spec.disks {
         let remote = remote(spec.diskserv, Service::Disk, disk_export(vm, index));
-        disks.push(HostedDisk::serve(&key, index, &spec.state, &spec.run, remote, Arc::clone(&wake))?);
+        disks.push(HostedDisk::serve(&key, index, &spec.state, &spec.run, remote, Arc::clone(&wake), trace.clone())?);
     }
     let serving = Serving {
         key,
@@ -566,6 +585,7 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
         waker,
         spec,
         credentials,
+        trace,
     };
     let socket = serving.spec.run.join(SOCKET);
     let _ = fs::remove_file(&socket);
@@ -602,7 +622,8 @@ struct HostedDisk {
 impl HostedDisk {
     /// Opens disk `index` of `key` (slices under `<state>/disk/<export>`,
     /// fetched from `remote`, the desktop's diskserv under the disk's
-    /// export) and serves it on its socket under `run`.
+    /// export) and serves it on its socket under `run`; its fetches go in
+    /// `trace`.
     fn serve(
         key: &VmKey,
         index: usize,
@@ -610,8 +631,10 @@ impl HostedDisk {
         run: &Path,
         remote: RemoteConfig,
         wake: Arc<dyn WakeHook>,
+        trace: Option<Arc<fetch_trace::TraceWriter>>,
     ) -> Result<HostedDisk, cownetdisk::CownetdiskError> {
-        let config = DiskConfig::new(disk_export(&key.vm, index), state.join("disk"), remote);
+        let mut config = DiskConfig::new(disk_export(&key.vm, index), state.join("disk"), remote);
+        config.trace = trace;
         let disk = Arc::new(Disk::open(config, wake)?);
         let nbd = NbdServer::bind(Arc::clone(&disk), &Listen { unix: Some(disk_socket(run, index)), tcp: None })?;
         let nbd_stop = nbd.stop_handle();
@@ -717,9 +740,23 @@ impl Serving {
             }
         }
         flushed?;
+        let memory = self.with_ram(|ram| Ok(ram.stats())).unwrap_or_default();
         let mount = self.mount.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(mount) = mount {
             mount.unmount().map_err(|e| format!("memtap cannot unmount its RAM: {}", wire::chain(&e)))?;
+        }
+        if let Some(trace) = &self.trace {
+            let disks: Vec<_> = self.lock_disks().iter().map(|d| d.disk.stats()).collect();
+            let totals = fetch_trace::Totals {
+                memory_requests: memory.remote_fetches,
+                memory_units: memory.pages_fetched,
+                disk_requests: disks.iter().map(|d| d.remote_requests).sum(),
+                disk_units: disks.iter().map(|d| d.blocks_fetched).sum(),
+                ..fetch_trace::Totals::default()
+            };
+            if let Err(e) = trace.close(totals) {
+                tracing::warn!(desktop = %self.key.desktop, vm = %self.key.vm, "cannot close {}: {e}", trace.path().display());
+            }
         }
         Ok(())
     }

@@ -438,6 +438,11 @@ impl Office {
         self.dir.join("server/state/vms").join(DESKTOP).join(VM)
     }
 
+    /// The server's history of the VM: the fetch traces of its past stays.
+    pub fn server_vm_history(&self) -> PathBuf {
+        self.dir.join("server/state/history").join(DESKTOP).join(VM)
+    }
+
     /// A daemon's log: `desktop` or `server`.
     pub fn log(&self, which: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{which}.log"))).unwrap_or_default()

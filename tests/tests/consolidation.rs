@@ -111,6 +111,13 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     );
     assert_eq!(desktop_page.value(&format!("jettison_vm_on_server{desktop_vm}")), 1.0);
 
+    // JETTISON_STAY_SECS=N keeps the VM on the server N s longer, for a
+    // longer fetch trace (how bench/traces/ was recorded); no check depends on it.
+    if let Some(secs) = std::env::var("JETTISON_STAY_SECS").ok().and_then(|s| s.parse().ok()) {
+        eprintln!("staying {secs} s on the server (JETTISON_STAY_SECS)");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+
     // Reintegrate (the server forgets the VM, serial log included).
     let last_on_server = last_count(&server_serial).unwrap();
     let back = office.jettison_json(&["reintegrate", VM, "--socket", office.desktop_socket().to_str().unwrap()]);
@@ -133,6 +140,7 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     assert_eq!(status["vms"][0]["running"], true, "{status}");
     tests::check_status_schema(&status, None);
     assert!(!office.server_vm_state().exists(), "the server kept the VM's slices after it went home");
+    check_kept_trace(&office, fetched_pages);
     tests::assert_runs_as_qemu_user(office.desktop_qemu_pid().expect("QEMU runs the VM at home"), "desktop");
     let home = office.scrape(DESKTOP_HOST);
     assert_eq!(home.value(&format!("jettison_reintegration_seconds_count{desktop_vm}")), 1.0);
@@ -388,4 +396,50 @@ fn a_vm_that_outgrows_the_server_is_sent_home() {
     let (log, broken) = client.finish();
     assert!(broken.is_none(), "the client's connection broke: {broken:?}");
     assert_continuous(&log);
+}
+
+/// The stay's fetch trace is in the server's history once the VM is home:
+/// every request memtap counted is in it (the counters `status` reports,
+/// written into the trace when it was closed), no fewer pages than status
+/// reported mid-stay, and each answer after its request, within the stay.
+/// With `JETTISON_KEEP_TRACE=FILE` set, the trace is copied there (how
+/// `bench/traces/` got its small guest's trace).
+fn check_kept_trace(office: &Office, status_pages: u64) {
+    let kept: Vec<_> = std::fs::read_dir(office.server_vm_history()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(kept.len(), 1, "one stay, one trace: {kept:?}");
+    if let Some(copy) = std::env::var_os("JETTISON_KEEP_TRACE") {
+        std::fs::copy(&kept[0], copy).unwrap();
+    }
+    let trace = fetch_trace::read(&kept[0]).unwrap();
+    assert!(trace.notes.is_empty(), "{:?}", trace.notes);
+    let totals = trace.totals.expect("the storage process closed the trace with its counters");
+    assert_eq!(totals.dropped, 0);
+    let memory: Vec<_> = trace.answered(fetch_trace::Device::Memory).collect();
+    let disk: Vec<_> = trace.answered(fetch_trace::Device::Disk).collect();
+    let sum = |fetches: &[&fetch_trace::Fetch], f: fn(&fetch_trace::Fetch) -> u64| fetches.iter().map(|x| f(x)).sum();
+    let (requests, pages) = (sum(&memory, |f| f.requests), sum(&memory, |f| f.units));
+    assert_eq!(
+        (requests, pages),
+        (totals.memory_requests, totals.memory_units),
+        "memtap's remote_fetches and pages_fetched"
+    );
+    assert_eq!((sum(&disk, |f| f.requests), sum(&disk, |f| f.units)), (totals.disk_requests, totals.disk_units));
+    assert!(pages >= status_pages, "status reported {status_pages} pages fetched mid-stay, the trace holds {pages}");
+    assert!(memory.iter().all(|f| f.faulting >= 1 && f.units >= f.faulting));
+    let now = fetch_trace::boottime_ns();
+    let mut last_asked = trace.started_boottime_ns;
+    for fetch in &trace.fetches {
+        assert!(fetch.asked_ns >= last_asked, "requests out of order or before the stay: {fetch:?}");
+        last_asked = fetch.asked_ns;
+        // A fetch cancelled as the VM stopped has no answer.
+        if let Some(answered) = fetch.answered_ns {
+            assert!(answered >= fetch.asked_ns && answered <= now, "{fetch:?}");
+        }
+    }
+    eprintln!(
+        "fetch trace {}: {} memory requests ({pages} pages), {} disk",
+        kept[0].display(),
+        memory.len(),
+        disk.len()
+    );
 }

@@ -250,3 +250,61 @@ fn an_unmount_ends_even_while_another_mount_namespace_holds_the_mount() {
     assert_eq!(unmounted, Ok(Ok(())), "memtap's unmount must end while another namespace holds the mount");
     assert!(!std::fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap()));
 }
+
+/// Notes the `CLOCK_BOOTTIME` of each wake-up.
+#[derive(Debug, Default)]
+struct TimedWake(std::sync::Mutex<Vec<u64>>);
+impl WakeHook for TimedWake {
+    fn wake(&self) {
+        self.0.lock().unwrap().push(fetch_trace::boottime_ns());
+    }
+}
+
+#[test]
+fn every_fetch_is_traced_with_its_time_taken_before_the_wake_hook() {
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, bytes) = desktop_ram(dir.path());
+    let key = TestKeys::new();
+    let server = DesktopServer::memserv(&ram, "vm1", &key, "127.0.0.1:0");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let wake = Arc::new(TimedWake::default());
+    let trace_path = dir.path().join("fetch-trace.csv");
+    let trace = Arc::new(fetch_trace::TraceWriter::open(&trace_path).unwrap());
+    let mut config = vm_config(dir.path(), &server, &key);
+    config.wake = wake.clone();
+    config.trace = Some(Arc::clone(&trace));
+    let mount = Mount::start(&mnt, vec![config]).unwrap();
+
+    let file = OpenOptions::new().read(true).open(mnt.join("vm1.ram")).unwrap();
+    // SAFETY: the file is ours for the test; nobody truncates it.
+    let map = unsafe { MmapOptions::new().map(&file) }.unwrap();
+    for p in (0..1000).step_by(7) {
+        assert_eq!(map[p * PAGE..(p + 1) * PAGE], bytes[p * PAGE..(p + 1) * PAGE], "page {p}");
+    }
+    let s = stats(&mnt);
+    drop(map);
+    drop(file);
+    mount.unmount().unwrap();
+    let totals =
+        fetch_trace::Totals { memory_requests: s.remote_fetches, memory_units: s.pages_fetched, ..Default::default() };
+    trace.close(totals).unwrap();
+
+    let read = fetch_trace::read(&trace_path).unwrap();
+    let memory: Vec<_> = read.answered(fetch_trace::Device::Memory).collect();
+    assert!(!memory.is_empty());
+    assert_eq!(memory.iter().map(|f| f.requests).sum::<u64>(), s.remote_fetches, "{s:?}");
+    assert_eq!(memory.iter().map(|f| f.units).sum::<u64>(), s.pages_fetched, "{s:?}");
+    assert!(memory.iter().all(|f| f.faulting >= 1 && f.units >= f.faulting), "{memory:?}");
+    let wakes = wake.0.lock().unwrap().clone();
+    for fetch in &memory {
+        let answered = fetch.answered_ns.unwrap();
+        assert!(
+            wakes.iter().any(|&at| at >= fetch.asked_ns && at <= answered),
+            "no wake-up between the request's time and its answer: {fetch:?}"
+        );
+    }
+}

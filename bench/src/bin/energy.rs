@@ -39,7 +39,22 @@
 //! time of the 67-minute trace (Table 1, 6 s and adaptive), like the
 //! paper's Figure 8.
 //!
+//! **Recorded traces** (`--trace FILE`, repeatable): fetch traces of real
+//! stays on the server (the `fetch-trace` crate's format, kept by the
+//! server daemon in `<state_dir>/history/<desktop>/<vm>/`) replace the
+//! generator. Every request in them, memory or disk, answered or not, is a
+//! moment the desktop had to be awake, at its `asked_ns` (taken before the
+//! wake hook), counted from the start of the stay. Each is replayed over
+//! the same three idle periods: a stay longer than the period is cut (the
+//! user came back), and after the end of a shorter one **the desktop sleeps
+//! undisturbed to the end of the period** (the VM is taken to fetch nothing
+//! more, which flatters a short trace: the program prints this beside the
+//! table). For each trace it also prints the paper's Figure 3 (`p(I < t_b +
+//! t_w | I > t_w)` over the trace's gaps) and Figure 4 (`E_waste(t_w)`,
+//! Eq. 4) against `t_w`, for both profiles.
+//!
 //! `cargo run --release -p bench --bin energy [-- --seed 1 --seeds 20 --svg-dir DIR]`
+//! `cargo run --release -p bench --bin energy -- --trace FILE [--trace FILE ...]`
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -49,7 +64,8 @@ use clap::Parser;
 use power::simulate::{simulate, SimConfig, SimReport};
 use power::svg::{power_chart, ChartLabels};
 use power::trace::{generate, RequestTrace, TraceConfig};
-use power::{AdaptiveConfig, EnergyLedger, MicrosleepPolicy, PowerProfile, DEFAULT_WAIT_SECS};
+
+use power::{AdaptiveConfig, EnergyLedger, GapHistory, MicrosleepPolicy, PowerProfile, DEFAULT_WAIT_SECS};
 
 type BenchResult<T> = Result<T, Box<dyn Error>>;
 
@@ -77,6 +93,10 @@ struct Args {
     /// Write power-over-time charts (SVG) of the 67-minute trace here.
     #[arg(long)]
     svg_dir: Option<PathBuf>,
+    /// Replay this recorded fetch trace instead of the generated ones
+    /// (repeat for more; a `.gz` file is read through `gzip -dc`).
+    #[arg(long = "trace")]
+    traces: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +123,12 @@ fn run(args: &Args) -> BenchResult<()> {
             profile.break_even_secs(),
             profile.wasted_microsleep_joules()
         );
+    }
+    if !args.traces.is_empty() {
+        for path in &args.traces {
+            replay_recorded(path, &profiles, sim)?;
+        }
+        return Ok(());
     }
     print_model(&TraceConfig::paper_like(args.seed, 0.0));
 
@@ -240,4 +266,138 @@ fn write_chart(dir: &std::path::Path, minutes: f64, report: &SimReport, ledger: 
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     println!("(wrote {})", path.display());
     Ok(())
+}
+
+/// The wait times of the Figure 3 and 4 tables, seconds.
+const FIGURE_WAITS: [f64; 14] = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0];
+
+/// A recorded fetch trace: what it holds, then the energy table over the
+/// three idle periods, then Figures 3 and 4 of its gaps.
+fn replay_recorded(path: &std::path::Path, profiles: &[(&str, PowerProfile); 2], sim: SimConfig) -> BenchResult<()> {
+    let trace = read_trace(path)?;
+    for note in &trace.notes {
+        println!("note: {}: {note}", path.display());
+    }
+    let start = trace.started_boottime_ns;
+    let secs = |ns: u64| ns.saturating_sub(start) as f64 / 1e9;
+    // Every request, answered or not: the desktop had to be awake for it.
+    let arrivals: Vec<f64> = trace.fetches.iter().map(|f| secs(f.asked_ns)).collect();
+    let last = arrivals.last().copied().unwrap_or(0.0);
+    let stay = trace.totals.map_or(last, |t| secs(t.closed_boottime_ns).max(last));
+    let count = |device| trace.fetches.iter().filter(|f| f.device == device).count();
+    let units = |device| trace.fetches.iter().filter(|f| f.device == device).map(|f| f.units).sum::<u64>();
+    let (memory, disk) = (fetch_trace::Device::Memory, fetch_trace::Device::Disk);
+    let whole = RequestTrace::new(stay + 1e-9, arrivals.clone());
+    let gaps: Vec<f64> = whole.gaps().collect();
+    let longer = |secs: f64| gaps.iter().filter(|&&gap| gap > secs).count();
+    println!();
+    println!("trace {}:", path.display());
+    println!(
+        "  stay {stay:.0} s ({:.1} min){}; {} requests: {} memory ({} pages), {} disk ({} blocks); last request at {last:.1} s",
+        stay / 60.0,
+        if trace.totals.is_some() { "" } else { " (not closed: the stay's end is taken as its last request)" },
+        arrivals.len(),
+        count(memory),
+        units(memory),
+        count(disk),
+        units(disk),
+    );
+    println!(
+        "  gaps: {}, {:.2}% under 1 s (paper: 99.23%), {} over 6 s, {} over 32 s, {} over 60 s; bursts 6 s apart: {}",
+        gaps.len(),
+        100.0 * whole.fraction_of_gaps_below(1.0),
+        longer(6.0),
+        longer(32.0),
+        longer(60.0),
+        whole.burst_starts(DEFAULT_WAIT_SECS).len()
+    );
+    println!();
+    println!("| idle period | trace covers | profile | policy | requests | wakes | during suspend | energy kJ | idle kJ | saved vs idle | paper (Table 1) |");
+    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for &(minutes, paper, _) in &PERIODS {
+        let period = minutes * 60.0;
+        let covers = if stay >= period {
+            format!("cut at {minutes} min")
+        } else {
+            format!("{:.1} min, then no requests", stay / 60.0)
+        };
+        let cut = RequestTrace::new(period, arrivals.clone());
+        for (name, profile) in profiles {
+            for mut policy in policies(*profile)? {
+                let (report, _) = simulate(&cut, &mut policy, sim)?;
+                let energy = &report.energy;
+                println!(
+                    "| {minutes} min | {covers} | {name} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1}% | {} |",
+                    report.policy,
+                    report.requests,
+                    report.wakes,
+                    report.delayed_by_suspend,
+                    energy.joules / 1000.0,
+                    energy.idle_baseline_joules / 1000.0,
+                    energy.saved_percent,
+                    if *name == "Table 1" { paper } else { "-" }
+                );
+            }
+        }
+    }
+    if stay < PERIODS.iter().map(|p| p.0 * 60.0).fold(0.0, f64::max) {
+        println!();
+        println!(
+            "Assumption: past the trace's end ({:.1} min) the desktop sleeps undisturbed until the period ends (no more requests), then resumes once for the user.",
+            stay / 60.0
+        );
+    }
+
+    // Figures 3 and 4 over every gap of the whole trace.
+    let mut history = GapHistory::new(gaps.len().max(1), 3600.0);
+    for &gap in &gaps {
+        history.record(gap);
+    }
+    println!();
+    println!(
+        "Figure 3 (p(I < t_b + t_w | I > t_w)) and Figure 4 (E_waste(t_w), Eq. 4, joules) over the trace's {} gaps:",
+        gaps.len()
+    );
+    println!();
+    let [(a, pa), (b, pb)] = *profiles;
+    println!(
+        "| t_w s | gaps > t_w | p, {a} (t_b {:.2} s) | E_waste J, {a} | p, {b} (t_b {:.2} s) | E_waste J, {b} |",
+        pa.break_even_secs(),
+        pb.break_even_secs()
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for wait in FIGURE_WAITS {
+        println!(
+            "| {wait} | {} | {:.3} | {:.0} | {:.3} | {:.0} |",
+            longer(wait),
+            history.p_wasted(wait, pa.break_even_secs()),
+            history.expected_waste(&pa, wait),
+            history.p_wasted(wait, pb.break_even_secs()),
+            history.expected_waste(&pb, wait),
+        );
+    }
+    for (name, profile) in profiles {
+        let grid = (0..=600).map(|tenths| f64::from(tenths) / 10.0);
+        if let Some((wait, waste)) = history.best_wait(profile, grid) {
+            println!("Eq. 4's minimiser on this trace, {name}: t_w = {wait:.1} s ({waste:.0} J); the paper's was 6 s.");
+        }
+    }
+    Ok(())
+}
+
+/// Reads a fetch trace, through `gzip -dc` when its name ends in `.gz`.
+fn read_trace(path: &std::path::Path) -> BenchResult<fetch_trace::Trace> {
+    if path.extension().is_some_and(|e| e == "gz") {
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .map_err(|e| format!("running gzip -dc {}: {e}", path.display()))?;
+        if !out.status.success() {
+            return Err(format!("gzip -dc {}: {}", path.display(), String::from_utf8_lossy(&out.stderr)).into());
+        }
+        return Ok(fetch_trace::parse(&String::from_utf8_lossy(&out.stdout))
+            .map_err(|e| format!("{}: {}", path.display(), wire::chain(&e)))?);
+    }
+    Ok(fetch_trace::read(path)?)
 }

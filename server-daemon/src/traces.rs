@@ -1,0 +1,129 @@
+//! The fetch traces of a VM's past stays, kept when it goes home.
+//!
+//! A stay's trace (`fetch-trace.csv` in the VM's state directory, written
+//! by its storage process) would go with the state directory, which is
+//! deleted once the VM runs at home. It is moved first into the VM's
+//! history, named for when the stay began (the trace's own header):
+//!
+//! ```text
+//! <state_dir>/history/<desktop>/<vm>/<started-unix-secs>.csv
+//! ```
+//!
+//! Only the last [`KEPT_STAYS`] are kept per VM, oldest dropped first:
+//! each trace is capped ([`fetch_trace::DEFAULT_MAX_BYTES`], a few hundred
+//! KiB for an idle stay), so a VM's history stays bounded however often it
+//! moves. The energy model replays them (`energy --trace`).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use crate::key::VmKey;
+use crate::storage::FETCH_TRACE;
+
+/// Stays whose traces are kept per VM: about a month of working days.
+pub const KEPT_STAYS: usize = 20;
+
+/// The directory of `key`'s kept traces.
+pub fn history_dir(state_dir: &Path, key: &VmKey) -> PathBuf {
+    state_dir.join("history").join(key.desktop.as_str()).join(key.vm.as_str())
+}
+
+/// Moves the trace of the stay whose state directory is `vm_state` (if it
+/// has one) into `key`'s history under `state_dir`, then drops the oldest
+/// beyond [`KEPT_STAYS`]. Returns where it now is. Failures are logged:
+/// a lost trace never keeps a VM from going home.
+pub fn keep(state_dir: &Path, key: &VmKey, vm_state: &Path) -> Option<PathBuf> {
+    let trace = vm_state.join(FETCH_TRACE);
+    if !trace.exists() {
+        return None;
+    }
+    let dir = history_dir(state_dir, key);
+    let kept = fs::create_dir_all(&dir).and_then(|()| {
+        let started = started_unix(&trace).unwrap_or_else(|| {
+            fs::metadata(&trace)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs())
+        });
+        let mut to = dir.join(format!("{started}.csv"));
+        let mut n = 1;
+        while to.exists() {
+            to = dir.join(format!("{started}-{n}.csv"));
+            n += 1;
+        }
+        fs::rename(&trace, &to)?;
+        durable_file::sync_dir(&dir)?;
+        Ok(to)
+    });
+    match kept {
+        Ok(to) => {
+            prune(&dir, KEPT_STAYS);
+            tracing::info!(desktop = %key.desktop, vm = %key.vm, trace = %to.display(), "fetch trace kept");
+            Some(to)
+        }
+        Err(e) => {
+            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot keep the fetch trace {} in {}: {e}", trace.display(), dir.display());
+            None
+        }
+    }
+}
+
+/// The start time in a trace's header line.
+fn started_unix(trace: &Path) -> Option<u64> {
+    let mut first = String::new();
+    BufReader::new(fs::File::open(trace).ok()?.take(4096)).read_line(&mut first).ok()?;
+    first.split_whitespace().find_map(|w| w.strip_prefix("started_unix=")).and_then(|s| s.parse().ok())
+}
+
+/// Deletes the oldest traces in `dir` beyond `keep`, by their start time.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut traces: Vec<((u64, u64), PathBuf)> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|path| {
+            let stem = path.file_stem()?.to_str()?.to_owned();
+            let (secs, n) = stem.split_once('-').unwrap_or((&stem, "0"));
+            Some(((secs.parse().ok()?, n.parse().ok()?), path))
+        })
+        .collect();
+    traces.sort();
+    let excess = traces.len().saturating_sub(keep);
+    for (_, path) in traces.into_iter().take(excess) {
+        if let Err(e) = fs::remove_file(&path) {
+            tracing::warn!("cannot remove the old fetch trace {}: {e}", path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn key() -> VmKey {
+        VmKey { desktop: "desk1".parse().unwrap(), vm: "vm1".parse().unwrap() }
+    }
+
+    #[test]
+    fn a_stays_trace_moves_to_the_history_and_only_the_last_stays_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let vm_state = root.path().join("vms/desk1/vm1");
+        fs::create_dir_all(&vm_state).unwrap();
+        assert_eq!(keep(root.path(), &key(), &vm_state), None, "no trace, nothing kept");
+        let mut kept = Vec::new();
+        for started in 0..KEPT_STAYS as u64 + 3 {
+            let header = format!("jettison-fetch-trace 1 started_unix={}\n", 1000 + started / 2);
+            fs::write(vm_state.join(FETCH_TRACE), header).unwrap();
+            kept.push(keep(root.path(), &key(), &vm_state).unwrap());
+            assert!(!vm_state.join(FETCH_TRACE).exists());
+        }
+        assert_eq!(kept[0].file_name().unwrap(), "1000.csv");
+        assert_eq!(kept[1].file_name().unwrap(), "1000-1.csv", "two stays in one second both kept");
+        let left: Vec<_> = fs::read_dir(history_dir(root.path(), &key())).unwrap().collect();
+        assert_eq!(left.len(), KEPT_STAYS);
+        assert!(!kept[2].exists() && kept[3].exists(), "the three oldest went");
+        assert!(kept.last().unwrap().exists());
+    }
+}
