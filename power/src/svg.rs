@@ -1,7 +1,10 @@
-//! The desktop's power over time as an SVG line chart, like the paper's
-//! Figure 8: time in minutes across, watts up, the power as a step line, a
-//! dashed line at idle power (the baseline) and a legend with the share of
-//! energy saved.
+//! Power over time as SVG line charts, like the paper's Figure 8:
+//! [`power_chart`] draws the desktop alone (time in minutes across, watts
+//! up, the power as a step line, a dashed line at idle power, the baseline,
+//! and a legend with the share of energy saved); [`power_timeline`] draws
+//! several hosts over the same time, one panel each (the desktop above the
+//! consolidation server, as in the figure), with spans shaded across them
+//! (when the VM was on the server).
 //!
 //! Written by hand: a chart of one step line needs a path, two axes and a
 //! few labels, not a plotting library.
@@ -97,19 +100,7 @@ pub fn power_chart(steps: &[(f64, f64)], labels: &ChartLabels) -> String {
     );
 
     // The power as a step line.
-    let mut d = String::new();
-    let mut previous: Option<f64> = None;
-    for &(t, w) in steps {
-        match previous {
-            None => {
-                let _ = write!(d, "M{:.2},{:.2}", x(t), y(w));
-            }
-            Some(old) => {
-                let _ = write!(d, " L{:.2},{:.2} L{:.2},{:.2}", x(t), y(old), x(t), y(w));
-            }
-        }
-        previous = Some(w);
-    }
+    let d = step_path(steps, &x, &y);
     let _ = writeln!(svg, r##"<path d="{d}" fill="none" stroke="#c0392b" stroke-width="1.2"/>"##);
 
     // Legend.
@@ -138,6 +129,205 @@ pub fn power_chart(steps: &[(f64, f64)], labels: &ChartLabels) -> String {
     let _ = writeln!(svg, r#"<text x="{}" y="{}">idle ({} W)</text>"#, lx + 30.0, TOP + 26.0, labels.idle_watts);
     svg.push_str("</svg>\n");
     svg
+}
+
+/// One host's power in a [`power_timeline`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelinePanel {
+    /// The host, as the panel's heading says it ("desktop").
+    pub host: String,
+    /// Where its watts come from, printed beside the heading.
+    pub source: String,
+    /// `(seconds, watts)` steps, ascending in time, as for [`power_chart`].
+    pub steps: Vec<(f64, f64)>,
+    /// A dashed reference line (the desktop's idle power), if any, and its label.
+    pub baseline: Option<(f64, String)>,
+    /// The line's colour (an SVG colour).
+    pub colour: String,
+}
+
+/// A time span shaded across every panel, with its label ("VM on the server").
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineSpan {
+    /// From, seconds.
+    pub from_secs: f64,
+    /// To, seconds.
+    pub to_secs: f64,
+    /// What happened then.
+    pub label: String,
+}
+
+/// Several hosts' power over the same time, one panel each, stacked on a
+/// shared time axis: the layout of the paper's Figure 8 (the desktop
+/// above, the consolidation server below).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeline {
+    /// The title above the panels.
+    pub title: String,
+    /// The panels, top to bottom.
+    pub panels: Vec<TimelinePanel>,
+    /// Spans shaded in every panel.
+    pub spans: Vec<TimelineSpan>,
+    /// Lines of notes under the time axis (what the figures are).
+    pub notes: Vec<String>,
+}
+
+const PANEL_HEIGHT: f64 = 220.0;
+const PANEL_GAP: f64 = 40.0;
+
+/// Renders `timeline` as an SVG document: each panel a step line in its
+/// own watts scale, every panel over the same seconds, shaded spans
+/// behind the lines.
+pub fn power_timeline(timeline: &Timeline) -> String {
+    let all = timeline.panels.iter().flat_map(|panel| panel.steps.iter().map(|&(t, _)| t));
+    let spans = timeline.spans.iter().flat_map(|span| [span.from_secs, span.to_secs]);
+    let (t_start, t_end) = all.chain(spans).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)));
+    let (t_start, t_end) = if t_start.is_finite() { (t_start, t_end.max(t_start + 1.0)) } else { (0.0, 1.0) };
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let x = |t: f64| LEFT + (t - t_start) / (t_end - t_start) * plot_w;
+    let n = timeline.panels.len() as f64;
+    let axis_y = TOP + n * PANEL_HEIGHT + (n - 1.0).max(0.0) * PANEL_GAP;
+    let height = axis_y + BOTTOM + 10.0 + 16.0 * timeline.notes.len() as f64;
+
+    let mut svg = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        WIDTH / 2.0,
+        escape(&timeline.title)
+    );
+
+    for (i, panel) in timeline.panels.iter().enumerate() {
+        let top = TOP + i as f64 * (PANEL_HEIGHT + PANEL_GAP);
+        let bottom = top + PANEL_HEIGHT;
+        let reference = panel.baseline.as_ref().map_or(0.0, |(w, _)| *w);
+        let max_watts = panel.steps.iter().map(|&(_, w)| w).fold(reference, f64::max);
+        let step = if max_watts > 100.0 { 50.0 } else { 20.0 };
+        let w_top = ((max_watts * 1.2 / step).ceil() * step).max(step);
+        let y = |w: f64| bottom - w / w_top * PANEL_HEIGHT;
+
+        for span in &timeline.spans {
+            let (x1, x2) = (x(span.from_secs), x(span.to_secs));
+            let _ = writeln!(
+                svg,
+                r##"<rect x="{x1:.1}" y="{top}" width="{:.1}" height="{PANEL_HEIGHT}" fill="#dfe9f5"/>"##,
+                (x2 - x1).max(0.5)
+            );
+            if i == 0 {
+                let _ = writeln!(
+                    svg,
+                    r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#34618f">{}</text>"##,
+                    (x1 + x2) / 2.0,
+                    top + 14.0,
+                    escape(&span.label)
+                );
+            }
+        }
+        let _ =
+            writeln!(svg, r#"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="black"/>"#, LEFT + plot_w);
+        let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" stroke="black"/>"#);
+        let mut w = 0.0;
+        while w <= w_top {
+            let _ = writeln!(svg, r#"<text x="{}" y="{:.1}" text-anchor="end">{w}</text>"#, LEFT - 6.0, y(w) + 4.0);
+            w += step;
+        }
+        let middle = (top + bottom) / 2.0;
+        let _ = writeln!(
+            svg,
+            r#"<text x="16" y="{middle}" text-anchor="middle" transform="rotate(-90 16 {middle})">{} (W)</text>"#,
+            escape(&panel.host)
+        );
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{}" font-weight="bold">{}</text><text x="{}" y="{}" fill="#555">{}</text>"##,
+            LEFT + 8.0,
+            top - 6.0,
+            escape(&panel.host),
+            LEFT + 8.0 + 8.0 * panel.host.len() as f64 + 10.0,
+            top - 6.0,
+            escape(&panel.source)
+        );
+        if let Some((watts, label)) = &panel.baseline {
+            let yb = y(*watts);
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{LEFT}" y1="{yb:.1}" x2="{}" y2="{yb:.1}" stroke="gray" stroke-dasharray="6 4"/>"#,
+                LEFT + plot_w
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{:.1}" text-anchor="end" fill="gray">{}</text>"#,
+                LEFT + plot_w - 4.0,
+                yb - 4.0,
+                escape(label)
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<path d="{}" fill="none" stroke="{}" stroke-width="1.5"/>"#,
+            step_path(&panel.steps, &x, &y),
+            escape(&panel.colour)
+        );
+    }
+
+    // The shared time axis, under the last panel.
+    let secs = t_end - t_start;
+    let tick = [5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0]
+        .into_iter()
+        .find(|&s| secs / s <= 12.0)
+        .unwrap_or(7200.0);
+    let in_minutes = tick >= 60.0;
+    let mut s = 0.0;
+    while s <= secs {
+        let tx = x(t_start + s);
+        let _ =
+            writeln!(svg, r#"<line x1="{tx:.1}" y1="{axis_y}" x2="{tx:.1}" y2="{}" stroke="black"/>"#, axis_y + 4.0);
+        let label = if in_minutes { s / 60.0 } else { s };
+        let _ = writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{label}</text>"#, axis_y + 18.0);
+        s += tick;
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">time ({})</text>"#,
+        LEFT + plot_w / 2.0,
+        axis_y + 36.0,
+        if in_minutes { "minutes" } else { "seconds" }
+    );
+    for (k, note) in timeline.notes.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{LEFT}" y="{}" fill="#333">{}</text>"##,
+            axis_y + 58.0 + 16.0 * k as f64,
+            escape(note)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The SVG path of a step line: one point for the first step, two for
+/// each later one (the old power up to its time, then the new power).
+fn step_path(steps: &[(f64, f64)], x: &dyn Fn(f64) -> f64, y: &dyn Fn(f64) -> f64) -> String {
+    let mut d = String::new();
+    let mut previous: Option<f64> = None;
+    for &(t, w) in steps {
+        match previous {
+            None => {
+                let _ = write!(d, "M{:.2},{:.2}", x(t), y(w));
+            }
+            Some(old) => {
+                let _ = write!(d, " L{:.2},{:.2} L{:.2},{:.2}", x(t), y(old), x(t), y(w));
+            }
+        }
+        previous = Some(w);
+    }
+    d
 }
 
 /// Escapes text for an SVG text node.
@@ -173,6 +363,43 @@ mod tests {
         let points = d.matches(['M', 'L']).count();
         assert_eq!(points, 2 * trace.len() - 1);
         assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+    }
+
+    #[test]
+    fn a_timeline_has_a_panel_per_host_on_one_time_axis_and_its_spans() {
+        let desktop = TimelinePanel {
+            host: "desktop".into(),
+            source: "its ledger".into(),
+            steps: vec![(0.0, 61.4), (10.0, 1.95), (40.0, 121.72), (42.0, 61.4), (60.0, 61.4)],
+            baseline: Some((61.4, "idle 61.4 W".into())),
+            colour: "#c0392b".into(),
+        };
+        let server = TimelinePanel {
+            host: "server".into(),
+            source: "the paper's 150.7 W & <more>".into(),
+            steps: vec![(0.0, 150.7), (60.0, 150.7)],
+            baseline: None,
+            colour: "#2c6fbb".into(),
+        };
+        let span = TimelineSpan { from_secs: 8.0, to_secs: 50.0, label: "VM on the server".into() };
+        let timeline = Timeline {
+            title: "t".into(),
+            panels: vec![desktop, server],
+            spans: vec![span],
+            notes: vec!["a note".into()],
+        };
+        let svg = power_timeline(&timeline);
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.lines().filter(|line| line.starts_with("<path ")).count(), 2);
+        let first = svg.lines().find(|line| line.starts_with("<path ")).unwrap();
+        assert_eq!(first.matches(['M', 'L']).count(), 2 * 5 - 1);
+        assert_eq!(svg.matches("VM on the server").count(), 1);
+        assert!(svg.contains("the paper's 150.7 W &amp; &lt;more&gt;"));
+        assert!(svg.contains("time (seconds)") && svg.contains("a note"));
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+        // An empty timeline still renders.
+        let empty = power_timeline(&Timeline { title: String::new(), panels: vec![], spans: vec![], notes: vec![] });
+        assert!(empty.contains("</svg>"));
     }
 
     #[test]

@@ -244,3 +244,44 @@ impl WindowWatch {
         Some(String::from_utf8_lossy(&reply.value).into_owned())
     }
 }
+
+/// A user at the desk: moves the pointer (XTEST, through xdotool) every
+/// 300 ms until dropped, so the X server counts the user as active.
+#[derive(Debug)]
+pub struct User {
+    here: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl User {
+    /// The user starts working on `xvfb`'s display.
+    pub fn arrives(xvfb: &Xvfb) -> User {
+        use std::sync::atomic::Ordering;
+        let here = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let display = xvfb.display.clone();
+        let xauthority = xvfb.xauthority.clone().unwrap_or_default();
+        let still = std::sync::Arc::clone(&here);
+        let thread = std::thread::spawn(move || {
+            let mut x = 10;
+            while still.load(Ordering::Relaxed) {
+                x = if x == 10 { 200 } else { 10 };
+                let _ = Command::new("xdotool")
+                    .args(["mousemove", &x.to_string(), "100"])
+                    .env("DISPLAY", &display)
+                    .env("XAUTHORITY", &xauthority)
+                    .status();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        User { here, thread: Some(thread) }
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        self.here.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
