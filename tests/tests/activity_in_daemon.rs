@@ -11,13 +11,11 @@
 //! state it expects, within a bound only a broken daemon reaches.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use activity_monitor::WARNING_TITLE;
 use tests::office::{Office, OfficeSpec, VM};
-use tests::xvfb::Xvfb;
+use tests::xvfb::{User, Xvfb};
 
 /// Bound on a change that should come within seconds (a freshly booted
 /// TCG guest may be too busy to move for a while: the monitor tries again
@@ -51,43 +49,6 @@ fn wait_for_status(office: &Office, what: &str, done: impl Fn(&serde_json::Value
         }
         assert!(Instant::now() < deadline, "{what}: {status}\n{}", office.logs());
         std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// A user at the desk: moves the pointer (XTEST) every 300 ms until dropped.
-struct User {
-    here: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl User {
-    fn arrives(xvfb: &Xvfb) -> User {
-        let here = Arc::new(AtomicBool::new(true));
-        let display = xvfb.display.clone();
-        let xauthority = xvfb.xauthority.clone().unwrap_or_default();
-        let still = Arc::clone(&here);
-        let thread = std::thread::spawn(move || {
-            let mut x = 10;
-            while still.load(Ordering::Relaxed) {
-                x = if x == 10 { 200 } else { 10 };
-                let _ = std::process::Command::new("xdotool")
-                    .args(["mousemove", &x.to_string(), "100"])
-                    .env("DISPLAY", &display)
-                    .env("XAUTHORITY", &xauthority)
-                    .status();
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        });
-        User { here, thread: Some(thread) }
-    }
-}
-
-impl Drop for User {
-    fn drop(&mut self) {
-        self.here.store(false, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
