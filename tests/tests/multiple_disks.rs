@@ -1,10 +1,12 @@
 //! A VM with two disks, as a desktop with a system disk and a data disk
-//! has: its first disk qcow2, which the firmware boots from (`/dev/vda`),
-//! its second raw (`/dev/vdb`, written raw by the guest). It moves to the
-//! server and back through the real daemons; on the server the guest reads
-//! what the desktop had on the second disk (fetched through the one
-//! diskserv) and writes both disks; at home both images hold those writes,
-//! each in its own image, and the qcow2 one checks clean. Then the same
+//! has: both qcow2, the first booted by the firmware (`/dev/vda`), the
+//! second written raw by the guest (`/dev/vdb`). It moves to the server
+//! and back through the real daemons; on the server the guest reads what
+//! the desktop had on the second disk (fetched through the one diskserv)
+//! and writes both disks; at home both images hold those writes, each in
+//! its own image, both check clean, and `qemu-img compare` finds the data
+//! disk identical to a copy of it taken at consolidation with the same
+//! write done locally. Then the same
 //! through a server crash and the recovery of its last checkpoint, with
 //! three disks of a kernel-booted VM (raw, raw, qcow2).
 //!
@@ -94,10 +96,10 @@ fn file_on_boot_disk(image: &Path, name: &str) -> String {
 }
 
 #[test]
-fn a_vm_with_a_qcow2_and_a_raw_disk_moves_and_comes_back_with_both_disks_written() {
+fn a_vm_with_two_qcow2_disks_moves_and_comes_back_with_both_disks_written_as_if_done_locally() {
     let dir = tempfile::tempdir().unwrap();
     let boot = BootDisk { firmware: "bios", format: "qcow2" };
-    let spec = OfficeSpec { fill_mib: 32, boot_disk: Some(boot), extra_disks: &["raw"], ..OfficeSpec::default() };
+    let spec = OfficeSpec { fill_mib: 32, boot_disk: Some(boot), extra_disks: &["qcow2"], ..OfficeSpec::default() };
     let Some(office) = Office::started(dir.path(), &spec) else { return };
     let data = office.extra_disks[0].clone();
     let desktop_agent = dir.path().join("desktop/run").join(VM).join("qga.sock");
@@ -112,6 +114,13 @@ fn a_vm_with_a_qcow2_and_a_raw_disk_moves_and_comes_back_with_both_disks_written
 
     let out = office.consolidate_when_idle(Duration::from_secs(180));
     eprintln!("consolidated: {out}");
+    // The data disk as it is now, the VM away: the reference that gets
+    // the server's write done locally (as raw: compare reads through
+    // each image's format).
+    let local = dir.path().join("data-written-locally.raw");
+    let copied =
+        Command::new("qemu-img").args(["convert", "-U", "-f", "qcow2", "-O", "raw"]).arg(&data).arg(&local).status();
+    assert!(copied.unwrap().success(), "qemu-img convert of {}", data.display());
     let left_at = last_count(&office.desktop_serial()).unwrap();
     wait_for_count_above(&office.server_serial(), left_at, COUNT_TIMEOUT);
     // Each disk has its own slices on the server: the first where a VM
@@ -146,6 +155,15 @@ fn a_vm_with_a_qcow2_and_a_raw_disk_moves_and_comes_back_with_both_disks_written
     let (_, broke) = client.finish();
     assert!(broke.is_none(), "the client's connection broke: {broke:?}");
 
+    // The server's write, done locally on the reference: the block the
+    // guest's dd wrote (the text, then zeros to 4 KiB: conv=sync).
+    {
+        use std::os::unix::fs::FileExt;
+        let mut block = vec![0u8; 4096];
+        block[..SERVER_TEXT.len()].copy_from_slice(SERVER_TEXT.as_bytes());
+        std::fs::OpenOptions::new().write(true).open(&local).unwrap().write_all_at(&block, SERVER_MARK).unwrap();
+    }
+
     // Powered off, each image holds what the guest wrote on the server.
     let desktop = office.desktop_socket();
     let out = office.jettison(&["shutdown", VM, "--timeout", "120", "--socket", desktop.to_str().unwrap()]);
@@ -153,12 +171,22 @@ fn a_vm_with_a_qcow2_and_a_raw_disk_moves_and_comes_back_with_both_disks_written
     let check = Command::new("qemu-img").arg("check").arg(&office.disk).output().unwrap();
     assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
     assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+    let check = Command::new("qemu-img").arg("check").arg(&data).output().unwrap();
+    assert!(check.status.success(), "qemu-img check of the data disk: {}", String::from_utf8_lossy(&check.stdout));
+    let compare =
+        Command::new("qemu-img").args(["compare", "-f", "qcow2", "-F", "raw"]).arg(&data).arg(&local).output().unwrap();
+    assert!(
+        compare.status.success(),
+        "the data disk after the round trip differs from the same write done locally: {}{}",
+        String::from_utf8_lossy(&compare.stdout),
+        String::from_utf8_lossy(&compare.stderr)
+    );
     let on_server = file_on_boot_disk(&office.disk, "onserver.txt");
     assert!(!on_server.trim().is_empty(), "the first (qcow2) disk lacks the file written on the server");
-    let written = block_of(&data, "raw", SERVER_MARK);
-    assert!(written.starts_with(SERVER_TEXT.as_bytes()), "the second (raw) disk lacks the server's write");
+    let written = block_of(&data, "qcow2", SERVER_MARK);
+    assert!(written.starts_with(SERVER_TEXT.as_bytes()), "the second disk lacks the server's write");
     assert!(written[SERVER_TEXT.len()..].iter().all(|&b| b == 0));
-    assert!(block_of(&data, "raw", EXTRA_DISK_MARK).iter().all(|&b| b == EXTRA_DISK_PATTERN));
+    assert!(block_of(&data, "qcow2", EXTRA_DISK_MARK).iter().all(|&b| b == EXTRA_DISK_PATTERN));
     // The server's write went to the second disk only.
     let first = block_of(&office.disk, "qcow2", SERVER_MARK);
     assert!(!first.starts_with(SERVER_TEXT.as_bytes()), "the second disk's write reached the first");
