@@ -27,12 +27,14 @@ pub struct Xvfb {
     /// The Xauthority file with its cookie, if it admits only clients
     /// that have it (as a user's X server does).
     pub xauthority: Option<PathBuf>,
+    /// Its screen's size, `WIDTHxHEIGHT`.
+    size: String,
 }
 
-fn spawn(display: &str, xauthority: Option<&Path>) -> Result<Child, String> {
+fn spawn(display: &str, size: &str, xauthority: Option<&Path>) -> Result<Child, String> {
     let mut command = Command::new("Xvfb");
     // -noreset: the server must not reset when a probe disconnects.
-    command.args([display, "-screen", "0", "640x480x24", "-nolisten", "tcp", "-noreset"]);
+    command.args([display, "-screen", "0", &format!("{size}x24"), "-nolisten", "tcp", "-noreset"]);
     if let Some(file) = xauthority {
         command.arg("-auth").arg(file);
     }
@@ -61,7 +63,16 @@ impl Xvfb {
     /// # Errors
     /// Why not, for [`crate::skip`].
     pub fn start() -> Result<Xvfb, String> {
-        Self::start_as(false)
+        Self::start_as(false, "640x480")
+    }
+
+    /// As [`Xvfb::start`], with a screen of `size` (`WIDTHxHEIGHT`), as a
+    /// desk's monitor has.
+    ///
+    /// # Errors
+    /// As [`Xvfb::start`].
+    pub fn start_sized(size: &str) -> Result<Xvfb, String> {
+        Self::start_as(false, size)
     }
 
     /// As [`Xvfb::start`], admitting only clients with the cookie in its
@@ -70,10 +81,10 @@ impl Xvfb {
     /// # Errors
     /// As [`Xvfb::start`].
     pub fn start_with_cookie() -> Result<Xvfb, String> {
-        Self::start_as(true)
+        Self::start_as(true, "640x480")
     }
 
-    fn start_as(with_cookie: bool) -> Result<Xvfb, String> {
+    fn start_as(with_cookie: bool, size: &str) -> Result<Xvfb, String> {
         if !on_path("Xvfb") || !on_path("xdotool") {
             return Err("Xvfb or xdotool is not installed (run scripts/install-deps)".into());
         }
@@ -92,8 +103,8 @@ impl Xvfb {
             if let Some(file) = &xauthority {
                 write_cookie(file, n)?;
             }
-            let child = spawn(&display, xauthority.as_deref())?;
-            let mut xvfb = Xvfb { display, number: n, child: Some(child), lock, xauthority };
+            let child = spawn(&display, size, xauthority.as_deref())?;
+            let mut xvfb = Xvfb { display, number: n, child: Some(child), lock, xauthority, size: size.to_owned() };
             if xvfb.answers() {
                 return Ok(xvfb);
             }
@@ -136,7 +147,7 @@ impl Xvfb {
     /// It does not answer.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "Xvfb {} runs already", self.display);
-        self.child = Some(spawn(&self.display, self.xauthority.as_deref()).expect("Xvfb starts again"));
+        self.child = Some(spawn(&self.display, &self.size, self.xauthority.as_deref()).expect("Xvfb starts again"));
         assert!(self.answers(), "Xvfb {} does not answer after a restart", self.display);
     }
 
@@ -146,6 +157,30 @@ impl Xvfb {
     /// The server does not answer or refuses.
     pub fn connect(&self) -> Result<(RustConnection, usize), x11rb::errors::ConnectError> {
         activity_monitor::connect_x11(&self.display, self.xauthority.as_deref())
+    }
+
+    /// What the whole screen shows now (the root window, as a person at
+    /// the desk sees it).
+    ///
+    /// # Errors
+    /// The server does not answer, or sends no 24- or 32-bit image.
+    pub fn screen(&self) -> Result<crate::screen::Screenshot, String> {
+        use x11rb::protocol::xproto::ImageFormat;
+        let (conn, screen) = self.connect().map_err(|e| format!("{}: {e}", self.display))?;
+        let root = &conn.setup().roots[screen];
+        let (width, height) = (root.width_in_pixels, root.height_in_pixels);
+        let image = conn
+            .get_image(ImageFormat::Z_PIXMAP, root.root, 0, 0, width, height, !0)
+            .map_err(|e| e.to_string())?
+            .reply()
+            .map_err(|e| e.to_string())?;
+        let (width, height) = (usize::from(width), usize::from(height));
+        if image.depth < 24 || image.data.len() < width * height * 4 {
+            return Err(format!("a {}-bit image of {} bytes from {}", image.depth, image.data.len(), self.display));
+        }
+        // Xvfb's 24-bit visual: 32 bits a pixel, blue first (little endian).
+        let pixels = image.data.chunks_exact(4).take(width * height).map(|p| [p[2], p[1], p[0]]).collect();
+        Ok(crate::screen::Screenshot { width, height, pixels })
     }
 
     /// Runs xdotool with `args` on this display (with the cookie, if the
