@@ -30,6 +30,9 @@ pub(crate) const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// How long QEMU may take to create its QMP socket after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a killed QEMU that an earlier daemon started may take to go.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long connecting to an existing QMP socket may take.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -172,6 +175,13 @@ impl QemuProcess {
             Owner::Adopted(pid) => {
                 // SAFETY: kill(2) with a pid we checked was QEMU's; no memory involved.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                // Not our child, so no wait(2): watch it go (init reaps
+                // it), so that what it had open (a memtap mount, a disk)
+                // is free when this returns, as for a child.
+                let gone = poll_until("QEMU to exit after SIGKILL", KILL_TIMEOUT, || Ok((!alive(pid)).then_some(())));
+                if gone.is_err() {
+                    tracing::warn!(pid, "QEMU still runs {} s after SIGKILL", KILL_TIMEOUT.as_secs());
+                }
             }
             Owner::Released => {}
         }
