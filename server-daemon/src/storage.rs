@@ -434,6 +434,34 @@ fn unexpected(request: &'static str, reply: &StorageReply) -> StorageError {
     StorageError::Failed { request, why: format!("unexpected answer {reply:?}") }
 }
 
+/// The processes that still map or hold open a file under `dir`, as
+/// `pid (command)` entries, for the log.
+fn holders_of(dir: &Path) -> String {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let maps = fs::read_to_string(entry.path().join("maps")).unwrap_or_default().contains(&needle);
+        let fds = fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().contains(&needle)));
+        if maps || fds {
+            let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push(format!("{pid} ({})", comm.trim()));
+        }
+    }
+    if found.is_empty() {
+        "none found in this PID namespace".to_owned()
+    } else {
+        found.join(", ")
+    }
+}
+
 /// One line (without its newline) of at most [`MAX_LINE`] bytes.
 fn read_line(stream: &UnixStream) -> std::io::Result<String> {
     let mut line = String::new();
@@ -743,7 +771,15 @@ impl Serving {
         let memory = self.with_ram(|ram| Ok(ram.stats())).unwrap_or_default();
         let mount = self.mount.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(mount) = mount {
-            mount.unmount().map_err(|e| format!("memtap cannot unmount its RAM: {}", wire::chain(&e)))?;
+            match mount.unmount() {
+                // Flushed first, then detached lazily: the slices are
+                // whole; only the mount lingers while its holder lives.
+                Err(e @ memtap::MemtapError::Busy { .. }) => {
+                    let holders = holders_of(&self.spec.run.join("ram"));
+                    tracing::warn!(desktop = %self.key.desktop, vm = %self.key.vm, holders = %holders, "{}", wire::chain(&e));
+                }
+                other => other.map_err(|e| format!("memtap cannot unmount its RAM: {}", wire::chain(&e)))?,
+            }
         }
         if let Some(trace) = &self.trace {
             let disks: Vec<_> = self.lock_disks().iter().map(|d| d.disk.stats()).collect();
