@@ -34,7 +34,7 @@ pub use error::QemuError;
 pub use guest::GuestImage;
 pub use host::{cpu_models, kvm_usable, AccelChoice};
 pub use migration::{load_device_state, resume, save_device_state};
-pub use process::QemuProcess;
+pub use process::{alive as process_alive, clear_signal_mask, QemuProcess};
 pub use qmp::Qmp;
 pub use serial::SerialLog;
 pub use user::QemuUser;

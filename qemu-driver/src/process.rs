@@ -287,11 +287,12 @@ impl Drop for QemuProcess {
     }
 }
 
-/// Unblocks every signal, in a child between fork and exec: a daemon that
+/// Unblocks every signal, in a child between fork and exec (QEMU, and the
+/// server's per-VM storage process): a daemon that
 /// waits for its stop signals blocks them in all its threads, and a child
 /// inherits the mask, so QEMU or qemu-storage-daemon would never see the
 /// SIGTERM meant to stop it. Async-signal-safe.
-pub(crate) fn clear_signal_mask() -> std::io::Result<()> {
+pub fn clear_signal_mask() -> std::io::Result<()> {
     // SAFETY: the set lives on this stack frame; sigemptyset and
     // pthread_sigmask only write it and this thread's mask.
     let result = unsafe {
@@ -306,7 +307,7 @@ pub(crate) fn clear_signal_mask() -> std::io::Result<()> {
 }
 
 /// Whether process `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state follows the parenthesised command name.
     let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());

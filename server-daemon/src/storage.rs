@@ -242,18 +242,11 @@ impl VmStorage {
         // Its own process group: a signal meant for the daemon (Ctrl-C at
         // a terminal, systemd's KillMode=process) does not reach it.
         command.process_group(0);
-        // SAFETY: pthread_sigmask only writes this thread's mask; nothing
-        // else runs between fork and exec. The daemon blocks the signals
-        // it waits for; the child must get them as usual.
+        // SAFETY: clear_signal_mask is async-signal-safe; nothing else runs
+        // between fork and exec. The daemon blocks the signals it waits
+        // for; the child must get them as usual.
         unsafe {
-            command.pre_exec(|| {
-                nix::sys::signal::pthread_sigmask(
-                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                    Some(&nix::sys::signal::SigSet::empty()),
-                    None,
-                )
-                .map_err(std::io::Error::from)
-            });
+            command.pre_exec(qemu_driver::clear_signal_mask);
         }
         let mut child = command
             .stdin(Stdio::null())
@@ -296,7 +289,12 @@ impl VmStorage {
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         let spec = run.join(SPEC);
         let ours = args.contains(&SUBCOMMAND.as_bytes()) && args.contains(&spec.as_os_str().as_encoded_bytes());
-        (ours && alive(pid)).then(|| VmStorage { child: None, pid, socket: run.join(SOCKET), done: false })
+        (ours && qemu_driver::process_alive(pid)).then(|| VmStorage {
+            child: None,
+            pid,
+            socket: run.join(SOCKET),
+            done: false,
+        })
     }
 
     /// Its pid.
@@ -308,7 +306,7 @@ impl VmStorage {
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => alive(self.pid),
+            None => qemu_driver::process_alive(self.pid),
         }
     }
 
@@ -471,14 +469,6 @@ fn read_line(stream: &UnixStream) -> std::io::Result<String> {
     }
     line.pop();
     Ok(line)
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
 }
 
 /// The storage process itself (`jettison vm-storage --spec FILE`): mounts
