@@ -66,6 +66,17 @@ pub enum QemuError {
         source: io::Error,
     },
 
+    /// QEMU has not greeted on its QMP socket yet (see [`crate::Qmp::connect_once`]).
+    #[error(
+        "QEMU has not answered on {socket} yet: its main loop is held, most likely by a guest \
+         waiting for a page or block from a desktop that is asleep or gone; it answers once that \
+         read is served"
+    )]
+    QmpNotYet {
+        /// The Unix socket path.
+        socket: PathBuf,
+    },
+
     /// Reading from or writing to an established QMP connection failed.
     #[error("QMP I/O on {socket} failed (did QEMU exit?)")]
     QmpIo {

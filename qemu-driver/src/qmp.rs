@@ -60,6 +60,28 @@ impl Qmp {
                 Err(_) => sleep(Duration::from_millis(50)),
             }
         };
+        Qmp::greeted(socket, stream, deadline, timeout)
+    }
+
+    /// Connects once to the QMP socket of a QEMU known to run (one taken
+    /// over from an earlier daemon) and waits up to `patience` for its
+    /// greeting. A QEMU whose main loop is held (under TCG, by a vCPU
+    /// stuck in a page fault) greets only once it is free; a single
+    /// connection waits for that, where retries would pile up in the
+    /// socket's backlog.
+    ///
+    /// # Errors
+    /// [`QemuError::QmpConnect`] when the socket does not accept at once;
+    /// I/O (QEMU ended), protocol or timeout errors from the greeting and
+    /// `qmp_capabilities`.
+    pub fn connect_once(socket: &Path, patience: Duration) -> Result<Qmp> {
+        let stream = UnixStream::connect(socket)
+            .map_err(|source| QemuError::QmpConnect { socket: socket.to_owned(), source })?;
+        Qmp::greeted(socket, stream, Instant::now() + patience, patience)
+    }
+
+    /// Reads the greeting on `stream` by `deadline` and enters command mode.
+    fn greeted(socket: &Path, stream: UnixStream, deadline: Instant, timeout: Duration) -> Result<Qmp> {
         let mut qmp = Qmp {
             socket: socket.to_owned(),
             reader: BufReader::new(stream),

@@ -78,7 +78,7 @@ enum Phase {
 /// that order), unless it was [left running](Running::leave_running).
 #[derive(Debug)]
 struct Running {
-    qmp: Qmp,
+    qmp: QmpLink,
     qemu: QemuProcess,
     tap: Option<Tap>,
     qemu_agent_socket: PathBuf,
@@ -112,6 +112,68 @@ impl Running {
             self.left = true;
             self.storage.cancel_fetches();
             self.qemu.kill();
+        }
+    }
+}
+
+/// How long a taken-over QEMU's greeting is waited for on one connection
+/// before a new one is made.
+const TAKE_OVER_PATIENCE: Duration = Duration::from_secs(3600);
+
+/// The daemon's QMP connection to a VM's QEMU: ready, or, for a QEMU taken
+/// over from an earlier daemon, still waiting for its greeting on a thread
+/// of its own. A guest stuck in a fetch from an absent desktop holds
+/// QEMU's main loop (under TCG); the daemon serves everyone else meanwhile
+/// and reaches this QEMU once the desktop answers.
+#[derive(Debug)]
+enum QmpLink {
+    Ready(Qmp),
+    Waiting(std::sync::mpsc::Receiver<Result<Qmp, qemu_driver::QemuError>>, PathBuf),
+}
+
+impl QmpLink {
+    /// Starts waiting for the greeting on `socket`.
+    fn wait_for(socket: &Path) -> QmpLink {
+        let (answer, answered) = std::sync::mpsc::channel();
+        let waited = socket.to_owned();
+        let spawned = std::thread::Builder::new().name("qmp-take-over".into()).spawn(move || {
+            let _ = answer.send(Qmp::connect_once(&waited, TAKE_OVER_PATIENCE));
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread to reach QEMU on {}: {e}", socket.display());
+        }
+        QmpLink::Waiting(answered, socket.to_owned())
+    }
+
+    /// The connection, once QEMU has answered.
+    ///
+    /// # Errors
+    /// [`qemu_driver::QemuError::QmpNotYet`] while it waits; the error of
+    /// a wait that failed (then a new wait starts).
+    fn get(&mut self) -> Result<&mut Qmp, qemu_driver::QemuError> {
+        if let QmpLink::Waiting(answered, socket) = self {
+            match answered.try_recv() {
+                Ok(Ok(qmp)) => {
+                    tracing::info!(socket = %socket.display(), "its QEMU answers QMP again");
+                    *self = QmpLink::Ready(qmp);
+                }
+                Ok(Err(e)) => {
+                    *self = QmpLink::wait_for(socket);
+                    return Err(e);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    return Err(qemu_driver::QemuError::QmpNotYet { socket: socket.clone() })
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    let socket = socket.clone();
+                    *self = QmpLink::wait_for(&socket);
+                    return Err(qemu_driver::QemuError::QmpNotYet { socket });
+                }
+            }
+        }
+        match self {
+            QmpLink::Ready(qmp) => Ok(qmp),
+            QmpLink::Waiting(_, socket) => Err(qemu_driver::QemuError::QmpNotYet { socket: socket.clone() }),
         }
     }
 }
@@ -344,10 +406,12 @@ impl HostedVm {
                 return Err(qemu_error("resume it from its descriptor")(e));
             }
         };
-        let mut running = Running { qmp, qemu, tap: Some(tap), qemu_agent_socket, storage, left: false };
-        if let Err(e) = announce(&mut running.qmp) {
+        let mut qmp = qmp;
+        if let Err(e) = announce(&mut qmp) {
             tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot announce the VM's MAC: {}", wire::chain(&e));
         }
+        let running =
+            Running { qmp: QmpLink::Ready(qmp), qemu, tap: Some(tap), qemu_agent_socket, storage, left: false };
         qemu_driver::settle_guest_in_background(
             key.to_string(),
             running.qemu_agent_socket.clone(),
@@ -394,7 +458,7 @@ impl HostedVm {
         let record: HostedRecord = serde_json::from_slice(&fs::read(state.join(RECORD)).ok()?).ok()?;
         let storage = VmStorage::attach(&run);
         let qemu = QemuProcess::attach_in(&run.join("qemu"));
-        let (mut storage, mut qemu) = match (storage, qemu) {
+        let (storage, qemu) = match (storage, qemu) {
             (Some(storage), Some(qemu)) => (storage, qemu),
             (storage, qemu) => {
                 tracing::warn!(desktop = %key.desktop, vm = %key.vm, qemu = qemu.is_some(), storage = storage.is_some(), "hosted before this daemon started, but not whole any more: ended; its desktop can recover it from its last checkpoint");
@@ -410,17 +474,10 @@ impl HostedVm {
                 return None;
             }
         };
-        let qmp = match qemu.connect_qmp() {
-            Ok(qmp) => qmp,
-            Err(e) => {
-                // Ours, but mute: leave it be rather than end a guest that
-                // may still run; the daemon does not count it as hosted.
-                tracing::error!(desktop = %key.desktop, vm = %key.vm, pid = qemu.pid(), "its QEMU runs but does not answer QMP ({e}); left alone");
-                qemu.leave_running();
-                storage.leave_running();
-                return None;
-            }
-        };
+        // Not waited for here: a guest stuck in a fetch from an absent
+        // desktop holds QEMU's main loop, and the daemon must serve the
+        // others meanwhile.
+        let qmp = QmpLink::wait_for(qemu.qmp_socket());
         let console = record
             .console_port
             .and_then(|port| fs::read_to_string(run.join("qemu").join(TICKET)).ok().map(|ticket| (port, ticket)));
@@ -538,13 +595,14 @@ impl HostedVm {
         let new = self.state.join(CHECKPOINT_NEW);
         let _ = fs::remove_dir_all(&new);
         fs::create_dir_all(&new).map_err(|e| failed("make its directory")(e.into()))?;
+        let qmp = running.qmp.get().map_err(|e| failed("reach its QEMU")(e.into()))?;
         let paused = Instant::now();
-        let saved = save_device_state(&mut running.qmp, &new.join("descriptor"))
+        let saved = save_device_state(qmp, &new.join("descriptor"))
             .map_err(|e| failed("save its device state")(e.into()))
             .and_then(|_| running.storage.sync_ram().map_err(|e| failed("sync its RAM file")(e.into())))
             .and_then(|()| running.storage.copy_dirty_sets(&new).map_err(|e| failed("copy its dirty sets")(e.into())));
         // The VM goes on whatever happened above.
-        let resumed = running.qmp.execute("cont", None).map_err(|e| failed("continue the VM")(e.into()));
+        let resumed = qmp.execute("cont", None).map_err(|e| failed("continue the VM")(e.into()));
         let pause = paused.elapsed();
         let (dirty_pages, dirty_blocks) = saved?;
         resumed?;
@@ -630,10 +688,8 @@ impl HostedVm {
         let file = self.run.join("qemu").join(if png { "screenshot.png" } else { "screenshot.ppm" });
         match &mut self.phase {
             Phase::Running(running) => {
-                qemu_driver::screendump(&mut running.qmp, &file).map(|()| file).map_err(|source| ServerError::Qemu {
-                    key: self.key.clone(),
-                    action: "take a screenshot",
-                    source: Box::new(source),
+                running.qmp.get().and_then(|qmp| qemu_driver::screendump(qmp, &file)).map(|()| file).map_err(|source| {
+                    ServerError::Qemu { key: self.key.clone(), action: "take a screenshot", source: Box::new(source) }
                 })
             }
             _ => Err(ServerError::NotHosted { key: self.key.clone() }),
@@ -644,7 +700,9 @@ impl HostedVm {
     /// `shutdown`, so its state can still go home).
     pub fn guest_powered_off(&mut self) -> bool {
         match &mut self.phase {
-            Phase::Running(running) => matches!(running.qmp.run_state().as_deref(), Ok("shutdown")),
+            Phase::Running(running) => {
+                running.qmp.get().is_ok_and(|qmp| matches!(qmp.run_state().as_deref(), Ok("shutdown")))
+            }
             _ => false,
         }
     }
@@ -707,7 +765,10 @@ impl HostedVm {
             }
             Phase::Running(mut running) => {
                 let descriptor = self.state.join("descriptor.out");
-                let saved = save_device_state(&mut running.qmp, &descriptor)
+                let saved = running
+                    .qmp
+                    .get()
+                    .and_then(|qmp| save_device_state(qmp, &descriptor))
                     .map_err(|source| ServerError::Qemu {
                         key: key.clone(),
                         action: "save its device state",
