@@ -22,7 +22,7 @@
 //! Usage: `demo` (root; uses this build's `jettison`).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a demo: a failed step ends it with the reason
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -159,11 +159,22 @@ fn main() -> ExitCode {
         s["sleep"]["sleeps"].as_u64() >= Some(2) && s["sleep"]["state"] == "asleep"
     });
     println!("demo: the desktop sleeps again; the user stays away {} s more", ASLEEP.as_secs());
+    let quiet_from = fetch_trace::boottime_ns();
     std::thread::sleep(ASLEEP);
+    let quiet_until = fetch_trace::boottime_ns();
     // Asleep, the desktop reaches no server: the server's own status has the figures.
-    let hosting = office.jettison_json(&["status", "--daemon", server_socket]);
+    // A VM whose lock a checkpoint holds reports as "moving", without
+    // figures: asked again until it answers as running.
+    let deadline = Instant::now() + WAIT;
+    let hosting = loop {
+        let hosting = office.jettison_json(&["status", "--daemon", server_socket]);
+        if hosting["vms"][0]["on_server"]["state"] == "running" {
+            break hosting;
+        }
+        assert!(Instant::now() < deadline, "demo: the server does not report the VM it hosts as running: {hosting}");
+        std::thread::sleep(SAMPLE);
+    };
     let server = &hosting["vms"][0]["on_server"];
-    assert!(server.is_object(), "demo: the server does not report the VM it hosts: {hosting}");
     let figure = |path: &[&str]| path.iter().fold(server, |v, key| &v[*key]).as_u64().unwrap_or(0);
     let (pages, blocks, zero_pages) =
         (figure(&["memory", "pages_fetched"]), figure(&["disk", "blocks_fetched"]), figure(&["memory", "zero_pages"]));
@@ -178,6 +189,7 @@ fn main() -> ExitCode {
         s["activity"]["state"] == "watching" && s["sleep"]["state"] == "not_sleeping"
     });
     println!("demo: the daemon brought {VM} home");
+    let trace = keep_trace(&office, &shots);
     let counting = wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
     let cat = client.command("cat written-on-server", REPLY);
     client.wait_for(client.count() + 2, REPLY);
@@ -268,6 +280,23 @@ fn main() -> ExitCode {
         mib(back_bytes),
         share(back_bytes),
     );
+    match &trace {
+        Ok((file, trace)) => {
+            let later = trace.fetches.iter().filter(|f| (quiet_from..quiet_until).contains(&f.asked_ns));
+            let (memory, disk) = later.fold((0, 0), |(m, d), f| match f.device {
+                fetch_trace::Device::Memory => (m + 1, d),
+                fetch_trace::Device::Disk => (m, d + 1),
+            });
+            println!(
+                "fetch trace              {} ({} requests to the desktop; {memory} for memory and {disk} for disk \
+                 in the last {} s away)",
+                file.display(),
+                trace.fetches.len(),
+                ASLEEP.as_secs()
+            );
+        }
+        Err(why) => println!("fetch trace              NONE: {why}"),
+    }
     let kept = if state_kept { "yes (its counter, and the file it wrote on the server)" } else { "NO" };
     println!("guest state kept         {kept}");
     let connection = match (survived, broken) {
@@ -294,6 +323,18 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Copies the stay's fetch trace, which the server keeps in the VM's
+/// history once it is home, beside the timeline, and reads it.
+fn keep_trace(office: &Office, shots: &Path) -> Result<(PathBuf, fetch_trace::Trace), String> {
+    let history = office.server_vm_history();
+    let stays = std::fs::read_dir(&history).map_err(|e| format!("cannot list {}: {e}", history.display()))?;
+    let stay = stays.filter_map(Result::ok).map(|entry| entry.path()).max().ok_or("the server kept no trace")?;
+    let file = shots.join("fetch-trace.csv");
+    std::fs::copy(&stay, &file).map_err(|e| format!("cannot copy {}: {e}", stay.display()))?;
+    let trace = fetch_trace::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    Ok((file, trace))
 }
 
 /// The desktop's status until `done` holds of it, or the panic with the logs.
