@@ -564,6 +564,16 @@ impl HostedVm {
         self.last.0.bytes_fetched + self.last.1.bytes_fetched
     }
 
+    /// CPU time its QEMU and its storage process (memtap and cownetdisk)
+    /// have used so far, what the server spends on it; `None` unless it
+    /// runs and both can be read.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let Phase::Running(running) = &self.phase else { return None };
+        let qemu = qemu_driver::process_cpu_time(running.qemu.pid()).ok()?;
+        let storage = qemu_driver::process_cpu_time(running.storage.pid()).ok()?;
+        Some(qemu + storage)
+    }
+
     /// How long it has been on the server.
     pub fn age(&self) -> std::time::Duration {
         self.started.elapsed()
