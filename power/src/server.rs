@@ -96,7 +96,7 @@ impl ServerProfile {
             return u32::MAX;
         }
         // Saturating float-to-int conversion; a huge ratio means "never".
-        (self.idle_watts / saving).floor() as u32 + 1
+        ((self.idle_watts / saving).floor() as u32).saturating_add(1)
     }
 }
 

@@ -183,14 +183,14 @@ impl ServerLedger {
         let server = config.server();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let profile = Meter::Profile { joules_per_cpu_second: server.joules_per_cpu_second(cpus) };
-        let rapl = |rapl| Meter::Rapl { rapl, floor_watts: None, host_busy: rapl::host_busy_cpu_secs() };
+        let measured = |rapl| Meter::Rapl { rapl, floor_watts: None, host_busy: rapl::host_busy_cpu_secs() };
         let meter = match config.source {
             EnergySource::Profile => profile,
             EnergySource::Rapl => {
-                rapl(Rapl::open(powercap).map_err(|source| ServerError::Rapl { source: Box::new(source) })?)
+                measured(Rapl::open(powercap).map_err(|source| ServerError::Rapl { source: Box::new(source) })?)
             }
             EnergySource::Auto => match Rapl::open(powercap) {
-                Ok(found) => rapl(found),
+                Ok(found) => measured(found),
                 Err(e) => {
                     tracing::info!(
                         "energy: no RAPL here ({}): the server's active power is modelled from busy_watts",
