@@ -17,6 +17,8 @@
 //!                                               (memtap's and cownetdisk's; `fetch-trace` crate)
 //! <state_dir>/history/<desktop>/<vm>/<secs>.csv  the traces of its last stays, kept when it
 //!                                               goes home (named for when each stay began)
+//! <state_dir>/energy/<desktop>/<vm>.jsonl        each stay's energy account, appended when it
+//!                                               goes home ([`crate::energy`])
 //! <run_dir>/vms/<desktop>/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
 //! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's (first) disk
 //! <run_dir>/vms/<desktop>/<vm>/disk.<n>.nbd     ... for disk n (from 1)
