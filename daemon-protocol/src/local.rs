@@ -310,6 +310,64 @@ pub struct ServerStatus {
     pub server: HostName,
     /// The VMs it hosts.
     pub vms: Vec<HostedStatus>,
+    /// Its energy ledger: each VM's share of the server against what its
+    /// desktop saves (absent from a daemon of a release without one).
+    #[serde(default)]
+    pub energy: Option<ServerEnergy>,
+}
+
+/// The server's power, split across the VMs it hosts (`[energy]` in
+/// server.toml), and each VM's net saving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerEnergy {
+    /// Where its active power comes from: `profile` or `rapl`.
+    pub source: String,
+    /// The server's idle power, watts.
+    pub idle_watts: f64,
+    /// Its power with every CPU busy, watts.
+    pub busy_watts: f64,
+    /// What a desktop saves while asleep (its idle minus its sleep power), watts.
+    pub desktop_saving_watts: f64,
+    /// How many VMs must share the server before each one's share of its
+    /// idle power is below what its desktop saves asleep.
+    pub break_even_vms: u32,
+    /// Whether a VM that would cost more than it saves is refused.
+    pub refuse_unprofitable: bool,
+    /// Each hosted VM's account of its stay so far.
+    pub vms: Vec<VmEnergy>,
+}
+
+/// One VM's stay, in joules: its share of the server, what its desktop
+/// saved, and the difference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmEnergy {
+    /// Its desktop.
+    pub desktop: HostName,
+    /// The VM.
+    pub vm: VmName,
+    /// Seconds accounted (since it came, or since this daemon took it over).
+    pub seconds: f64,
+    /// CPU seconds of its QEMU and its storage process (memtap, cownetdisk).
+    pub cpu_secs: f64,
+    /// Bytes moved between the server and its desktop.
+    pub network_bytes: u64,
+    /// Its share of the server's energy above idle, by CPU time.
+    pub active_joules: f64,
+    /// Its share of the server's idle energy, by memory.
+    pub idle_joules: f64,
+    /// The network's energy for its bytes.
+    pub network_joules: f64,
+    /// The three together.
+    pub server_joules: f64,
+    /// Whether its desktop sleeps while it is away (the server wakes it
+    /// for fetches); a desktop that never sleeps saves nothing.
+    pub desktop_sleeps: bool,
+    /// What its desktop saved against staying idle, estimated from the
+    /// requests that reached it (the desktops' profile and wait).
+    pub desktop_saved_joules: f64,
+    /// `desktop_saved_joules - server_joules`: negative while it costs more
+    /// than it saves.
+    pub net_joules: f64,
 }
 
 /// The final answer to a request.
@@ -638,6 +696,15 @@ pub fn bind(socket: &Path, access: &SocketAccess) -> Result<UnixListener, LocalS
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server status from a daemon without an energy ledger reads as
+    /// none.
+    #[test]
+    fn a_server_status_reads_without_energy() {
+        let old = r#"{"server":"server1","vms":[]}"#;
+        let status: ServerStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(status.energy, None);
+    }
 
     /// A status from a daemon without `[power]` (or from before it) reads
     /// as no power, and one with it round-trips.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use daemon_protocol::local::{
-    call, DesktopActivity, DesktopActivityState, DesktopPower, DesktopPowerState, LocalRequest, Report,
+    call, DesktopActivity, DesktopActivityState, DesktopPower, DesktopPowerState, LocalRequest, Report, ServerEnergy,
 };
 use power::{LedgerFiles, CHART_FILE, LEDGER_FILE};
 
@@ -163,6 +163,11 @@ fn print_document(document: &StatusDocument) {
     if let Some(sleep) = &document.sleep {
         println!("{}", desktop_power_line(sleep));
     }
+    if let Some(energy) = &document.server_energy {
+        for line in server_energy_lines(energy) {
+            println!("{line}");
+        }
+    }
     if let Some(power) = &document.power {
         println!(
             "power: {:.0} s consolidated over {} consolidations, {} wakes, {:.1} kJ used against {:.1} kJ idle: \
@@ -175,6 +180,44 @@ fn print_document(document: &StatusDocument) {
             power.saved_percent
         );
     }
+}
+
+/// The server's energy ledger for people: its figures and break-even
+/// count, then a line per VM.
+fn server_energy_lines(energy: &ServerEnergy) -> Vec<String> {
+    let refuse = if energy.refuse_unprofitable { "; refuses a VM that would cost more than it saves" } else { "" };
+    let mut lines = vec![format!(
+        "energy ({}: {:.1} W idle, {:.1} W busy): with {:.1} W idle, a VM pays off once about {} share the server \
+         (each desktop saves at most {:.2} W asleep){refuse}",
+        energy.source,
+        energy.idle_watts,
+        energy.busy_watts,
+        energy.idle_watts,
+        energy.break_even_vms,
+        energy.desktop_saving_watts
+    )];
+    for vm in &energy.vms {
+        let saved = if vm.desktop_sleeps {
+            format!("desktop saved {:.1} kJ (estimated)", vm.desktop_saved_joules / 1000.0)
+        } else {
+            "desktop never sleeps (no wake address), saved nothing".to_owned()
+        };
+        lines.push(format!(
+            "{} (from {}): server share {:.1} kJ over {:.0} s (active {:.2} kJ for {:.1} CPU s, idle {:.1} kJ, \
+             network {:.3} kJ for {}), {saved}, net {:+.1} kJ",
+            vm.vm,
+            vm.desktop,
+            vm.server_joules / 1000.0,
+            vm.seconds,
+            vm.active_joules / 1000.0,
+            vm.cpu_secs,
+            vm.idle_joules / 1000.0,
+            vm.network_joules / 1000.0,
+            mib_text(vm.network_bytes as f64 / (1024.0 * 1024.0)),
+            vm.net_joules / 1000.0
+        ));
+    }
+    lines
 }
 
 /// One hosted VM's figures for people.
@@ -277,6 +320,38 @@ fn desktop_power_line(power: &DesktopPower) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_energy_lines_give_the_break_even_count_and_each_vms_net() {
+        let vm = daemon_protocol::local::VmEnergy {
+            desktop: "desk1".parse().unwrap(),
+            vm: "vm1".parse().unwrap(),
+            seconds: 600.0,
+            cpu_secs: 12.5,
+            network_bytes: 200 << 20,
+            active_joules: 300.0,
+            idle_joules: 30_000.0,
+            network_joules: 5.0,
+            server_joules: 30_305.0,
+            desktop_sleeps: true,
+            desktop_saved_joules: 34_000.0,
+            net_joules: 3_695.0,
+        };
+        let energy = ServerEnergy {
+            source: "profile".to_owned(),
+            idle_watts: 150.7,
+            busy_watts: 250.0,
+            desktop_saving_watts: 59.45,
+            break_even_vms: 3,
+            refuse_unprofitable: false,
+            vms: vec![vm],
+        };
+        let lines = server_energy_lines(&energy);
+        assert!(lines[0].contains("with 150.7 W idle, a VM pays off once about 3 share the server"), "{}", lines[0]);
+        assert!(lines[1].starts_with("vm1 (from desk1): server share 30.3 kJ"), "{}", lines[1]);
+        assert!(lines[1].contains("12.5 CPU s") && lines[1].contains("desktop saved 34.0 kJ"), "{}", lines[1]);
+        assert!(lines[1].ends_with("net +3.7 kJ"), "{}", lines[1]);
+    }
 
     fn activity(state: DesktopActivityState) -> DesktopActivity {
         DesktopActivity {

@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use daemon_protocol::local::{DesktopActivity, DesktopPower, DesktopStatus, ServerStatus, VmLocation};
+use daemon_protocol::local::{DesktopActivity, DesktopPower, DesktopStatus, ServerEnergy, ServerStatus, VmLocation};
 use daemon_protocol::{HostedState, HostedStatus};
 use power::LedgerSummary;
 
@@ -41,6 +41,10 @@ pub struct StatusDocument {
     /// The desktop daemon's activity monitor (`[activity]` in
     /// desktop.toml); none elsewhere or without that section.
     pub activity: Option<DesktopActivity>,
+    /// The server daemon's energy ledger (`[energy]` in server.toml): each
+    /// VM's share of the server against its desktop's saving; none
+    /// elsewhere.
+    pub server_energy: Option<ServerEnergy>,
 }
 
 /// Who answered.
@@ -214,6 +218,7 @@ impl StatusDocument {
             power: None,
             sleep: status.power.clone(),
             activity: status.activity.as_deref().cloned(),
+            server_energy: None,
         }
     }
 
@@ -241,6 +246,7 @@ impl StatusDocument {
             power: None,
             sleep: None,
             activity: None,
+            server_energy: status.energy.clone(),
         }
     }
 
@@ -291,6 +297,7 @@ impl StatusDocument {
             power: None,
             sleep: None,
             activity: None,
+            server_energy: None,
         }
     }
 

@@ -153,9 +153,11 @@ fn where_the_group_may_only_look_a_member_cannot_move_a_vm() {
     let listener = daemon_protocol::local::bind(&socket, &access).unwrap();
     std::thread::spawn(move || {
         serve(listener, access, |request, _| match request {
-            LocalRequest::Status => {
-                Ok(Report::ServerStatus(ServerStatus { server: "desk".parse().unwrap(), vms: Vec::new() }))
-            }
+            LocalRequest::Status => Ok(Report::ServerStatus(ServerStatus {
+                server: "desk".parse().unwrap(),
+                vms: Vec::new(),
+                energy: None,
+            })),
             other => Err(format!("{} reached the daemon", other.name()).into()),
         })
     });

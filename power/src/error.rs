@@ -88,4 +88,14 @@ pub enum PowerError {
         /// When the open one began.
         open_since: f64,
     },
+    /// A server profile whose full-load power is below its idle power.
+    #[error("server power profile {origin}: busy_watts {busy_watts} must be at least idle_watts {idle_watts}")]
+    BusyBelowIdle {
+        /// Where the profile came from.
+        origin: String,
+        /// Idle power.
+        idle_watts: f64,
+        /// Full-load power.
+        busy_watts: f64,
+    },
 }

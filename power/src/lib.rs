@@ -28,6 +28,9 @@
 //!   desktop power daemon's loop around it, with the clock and the sleep
 //!   back-end as traits so that this crate needs neither the kernel nor the
 //!   other crates; [`LedgerFiles`] keeps `ledger.json` and `power.svg`.
+//! - [`server`]: the consolidation server's side, its power split across
+//!   the VMs it hosts (active by CPU time, idle by memory, network by
+//!   bytes) and how many VMs must share it before each pays off.
 //! - [`trace`] and [`simulate`]: a seeded request-arrival trace generator
 //!   (periodic activities that reach the desktop only for pages not yet on
 //!   the server) and a simulated desktop that replays a trace through a
@@ -65,6 +68,7 @@ mod ledger;
 mod machine;
 mod policy;
 mod profile;
+pub mod server;
 pub mod simulate;
 mod state;
 pub mod svg;

@@ -39,4 +39,7 @@ pub use qmp::Qmp;
 pub use serial::SerialLog;
 pub use user::QemuUser;
 pub use vm::{default_ovmf_code, default_ovmf_vars, Accel, Boot, Display, VmSpec};
-pub use vm_load::{dirty_rate, judge, DirtyRate, IdleThresholds, IdleVerdict, Measured, VmLoadSample, VmLoadWindow};
+pub use vm_load::{
+    clock_ticks_per_sec, dirty_rate, judge, process_cpu_time, DirtyRate, IdleThresholds, IdleVerdict, Measured,
+    VmLoadSample, VmLoadWindow,
+};

@@ -89,10 +89,17 @@ impl VmLoadSample {
     }
 }
 
-/// CPU time (user plus system) of process `pid` so far.
-fn process_cpu_time(pid: u32) -> Result<Duration> {
+/// CPU time (user plus system, all threads) of process `pid` so far: a
+/// QEMU's, or any process the caller watches (the server charges a VM
+/// for its storage process's too).
+///
+/// # Errors
+/// [`QemuError::File`] if `/proc/<pid>/stat` cannot be read or parsed (the
+/// process has exited).
+pub fn process_cpu_time(pid: u32) -> Result<Duration> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
-    let read_error = |source| QemuError::File { action: "read QEMU's CPU time from", path: path.clone(), source };
+    let read_error =
+        |source| QemuError::File { action: "read the CPU time of a process from", path: path.clone(), source };
     let stat = fs::read_to_string(&path).map_err(read_error)?;
     let ticks = stat_cpu_ticks(&stat).ok_or_else(|| {
         read_error(io::Error::new(io::ErrorKind::InvalidData, format!("no utime and stime fields in {stat:?}")))
@@ -113,7 +120,10 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     utime.checked_add(stime)
 }
 
-fn clock_ticks_per_sec() -> u64 {
+/// Clock ticks per second of the kernel's CPU time counters
+/// (`/proc/<pid>/stat`, `/proc/stat`): `sysconf(_SC_CLK_TCK)`, 100 if it
+/// cannot say.
+pub fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no preconditions; it only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(FALLBACK_CLK_TCK)

@@ -18,6 +18,15 @@
 //! qemu_user = "jettison-qemu"       # QEMU drops to this user once a VM is set up (omit: root)
 //! metrics_listen = "127.0.0.1:9464" # Prometheus metrics on GET /metrics (omit: none)
 //! socket_group = "jettison"         # may use the local socket to look (the default; "" = root only)
+//!
+//! [energy]                          # the server's share of each VM's saving (every key optional)
+//! source = "auto"                   # "rapl", "profile", or "auto": RAPL where readable, else the profile
+//! idle_watts = 150.7                # this server idle (the paper's)
+//! busy_watts = 250.0                # ... with every CPU busy (assumed; measure yours)
+//! network_watts_per_gbit = 3.0      # two NICs and a switch port at line rate
+//! desktop_profile = "/etc/jettison/desktop-power.json"  # the desktops' power (omit: the paper's Table 1)
+//! desktop_wait_secs = 6.0           # the desktops' wait before a microsleep (their power policy's)
+//! refuse_unprofitable = false       # refuse a VM whose share would exceed what its desktop saves
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -115,6 +124,99 @@ pub struct ServerConfig {
     /// else root only; empty: root only.
     #[serde(default)]
     pub socket_group: Option<String>,
+    /// The server's power and its split across the VMs (`[energy]`).
+    #[serde(default)]
+    pub energy: EnergyConfig,
+}
+
+/// Where the server's active power comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnergySource {
+    /// RAPL where it can be read, else the profile (said in the log).
+    #[default]
+    Auto,
+    /// RAPL, or the daemon does not start.
+    Rapl,
+    /// The configured idle and busy watts only.
+    Profile,
+}
+
+/// `[energy]`: the server's power, what moving a byte costs, the desktops'
+/// power, and whether a VM that would cost more than it saves is refused
+/// (see [`crate::energy`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnergyConfig {
+    /// Where active power comes from.
+    pub source: EnergySource,
+    /// The server's power with nothing to do, watts (the paper's 150.7 W).
+    pub idle_watts: f64,
+    /// Its power with every CPU busy, watts (250 W, an assumption: the
+    /// paper measured only idle).
+    pub busy_watts: f64,
+    /// What the network draws per Gbit/s it carries, watts: 3 W, two NICs
+    /// and a switch port at gigabit line rate, about 1 W each.
+    pub network_watts_per_gbit: f64,
+    /// The desktops' power profile (JSON, `power::PowerProfile`'s fields),
+    /// for the estimate of what each desktop saves; none: the paper's
+    /// Table 1.
+    pub desktop_profile: Option<PathBuf>,
+    /// The wait after a request before a desktop sleeps again (its power
+    /// policy's `t_w`; the paper's 6 s), for the same estimate.
+    pub desktop_wait_secs: f64,
+    /// Refuse a VM whose expected share of the server would exceed what
+    /// its desktop is expected to save.
+    pub refuse_unprofitable: bool,
+    /// `desktop_profile`, read at load.
+    #[serde(skip)]
+    pub(crate) resolved_desktop: power::PowerProfile,
+}
+
+impl Default for EnergyConfig {
+    fn default() -> Self {
+        EnergyConfig {
+            source: EnergySource::Auto,
+            idle_watts: power::server::ServerProfile::PAPER.idle_watts,
+            busy_watts: power::server::ServerProfile::PAPER.busy_watts,
+            network_watts_per_gbit: 3.0,
+            desktop_profile: None,
+            desktop_wait_secs: power::DEFAULT_WAIT_SECS,
+            refuse_unprofitable: false,
+            resolved_desktop: power::PowerProfile::TABLE_1,
+        }
+    }
+}
+
+impl EnergyConfig {
+    /// The server's profile.
+    pub fn server(&self) -> power::server::ServerProfile {
+        power::server::ServerProfile { idle_watts: self.idle_watts, busy_watts: self.busy_watts }
+    }
+
+    /// The desktops' profile (read at load).
+    pub fn desktop(&self) -> power::PowerProfile {
+        self.resolved_desktop
+    }
+
+    /// Checks the figures and reads the desktop profile.
+    fn resolve(&mut self) -> Result<(), String> {
+        const ORIGIN: &str = "[energy]";
+        self.server().validate(ORIGIN).map_err(|e| e.to_string())?;
+        for (key, value) in
+            [("network_watts_per_gbit", self.network_watts_per_gbit), ("desktop_wait_secs", self.desktop_wait_secs)]
+        {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("{ORIGIN} {key} = {value}: must be a number of at least 0"));
+            }
+        }
+        if let Some(path) = &self.desktop_profile {
+            self.resolved_desktop = power::PowerProfile::load(path).map_err(|e| {
+                format!("{ORIGIN} desktop_profile: {}; or omit it for the paper's Table 1", wire::chain(&e))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn default_console_port() -> u16 {
@@ -151,9 +253,13 @@ impl ServerConfig {
             }
             config.qemu_user.as_deref().map(qemu_user).transpose()?;
             config.socket_access().map_err(|e| e.to_string())?;
-            Ok(())
+            config.energy.clone().resolve()
         })
         .map_err(ServerError::Config)?;
+        config.energy.resolve().map_err(|reason| {
+            // Checked a moment ago; only a profile file changed since gets here.
+            ServerError::Config(ConfigFileError::Invalid { path: path.to_owned(), reason })
+        })?;
         config.resolved_qemu_user = config.qemu_user.as_deref().map(qemu_user).transpose().map_err(|reason| {
             // Checked a moment ago; only a user removed since gets here.
             ServerError::Config(ConfigFileError::Invalid { path: path.to_owned(), reason })
@@ -208,6 +314,41 @@ mod tests {
         assert_eq!(config.max_fetch_mib_per_sec, None);
         assert_eq!(config.control_socket(), Path::new("/r/server.sock"));
         assert_eq!(config.qemu_user(), None, "no qemu_user: QEMU runs as root");
+        assert_eq!(config.energy.source, EnergySource::Auto);
+        assert_eq!(config.energy.server(), power::server::ServerProfile::PAPER);
+        assert_eq!(config.energy.desktop(), power::PowerProfile::TABLE_1);
+        assert!(!config.energy.refuse_unprofitable, "off unless asked for");
+    }
+
+    #[test]
+    fn the_energy_section_is_checked_and_reads_a_desktop_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        let load = |energy: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
+                     bridge = \"br0\"\ncapacity_mib = 1024\n[energy]\n{energy}\n"
+                ),
+            )
+            .unwrap();
+            ServerConfig::load(&path).map_err(|e| wire::chain(&e))
+        };
+        let low = load("idle_watts = 200.0\nbusy_watts = 100.0").unwrap_err();
+        assert!(low.contains("busy_watts 100") && low.contains("server.toml"), "{low}");
+        let bad = load("network_watts_per_gbit = -1.0").unwrap_err();
+        assert!(bad.contains("network_watts_per_gbit"), "{bad}");
+        assert!(load("source = \"solar\"").unwrap_err().contains("solar"));
+        let missing = load("desktop_profile = \"/nonexistent/desk.json\"").unwrap_err();
+        assert!(missing.contains("/nonexistent/desk.json") && missing.contains("Table 1"), "{missing}");
+        let profile = dir.path().join("desk.json");
+        let fast = power::PowerProfile::TABLE_1.with_transition_secs(2.0, 2.0);
+        std::fs::write(&profile, serde_json::to_string(&fast).unwrap()).unwrap();
+        let config =
+            load(&format!("source = \"profile\"\nrefuse_unprofitable = true\ndesktop_profile = {profile:?}")).unwrap();
+        assert_eq!((config.energy.source, config.energy.refuse_unprofitable), (EnergySource::Profile, true));
+        assert_eq!(config.energy.desktop(), fast);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use wire::{Channel, Credentials, WireError};
 
 use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
+use crate::energy::{ServerLedger, VmSample};
 use crate::error::ServerError;
 use crate::hosted::{state_dir, Arrival, HostedVm};
 use crate::key::VmKey;
@@ -70,6 +71,9 @@ pub struct ServerDaemon {
     cpu_models: Vec<String>,
     /// Moves counted for the metrics endpoint.
     metrics: ServerMetrics,
+    /// The server's power split across its VMs. Locked last: nothing
+    /// waits for another lock while holding it.
+    energy: Mutex<ServerLedger>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,7 +146,10 @@ impl ServerDaemon {
         let history = History::load(&config.state_dir.join("history.json"));
         let accel = config.accel.resolve().expect("checked at load");
         let cpu_models = qemu_driver::cpu_models().map_err(|source| ServerError::NoQemu(Box::new(source)))?;
+        let energy =
+            ServerLedger::new(&config.energy, &config.state_dir, std::path::Path::new(crate::rapl::POWERCAP_DIR))?;
         Ok(Arc::new(ServerDaemon {
+            energy: Mutex::new(energy),
             accel,
             cpu_models,
             config,
@@ -173,9 +180,11 @@ impl ServerDaemon {
         let me = Arc::clone(&self);
         std::thread::spawn(move || {
             local::serve(local, access, move |request, _| match request {
-                LocalRequest::Status => {
-                    Ok(Report::ServerStatus(ServerStatus { server: me.config.name.clone(), vms: me.status(true) }))
-                }
+                LocalRequest::Status => Ok(Report::ServerStatus(ServerStatus {
+                    server: me.config.name.clone(),
+                    vms: me.status(true),
+                    energy: Some(lock(&me.energy).report(Instant::now())),
+                })),
                 LocalRequest::Screenshot { vm, png } => {
                     me.screenshot(&vm, png).map(|file| Report::Screenshot { file }).map_err(|e| wire::chain(&e).into())
                 }
@@ -422,6 +431,10 @@ impl ServerDaemon {
         }));
         capacity::check(self.config.capacity_mib << 20, &tenants, expected, from_history)
             .map_err(|source| ServerError::NoRoom { key: key.clone(), source: Box::new(source) })?;
+        let others = tenants.iter().map(Tenant::claim).sum();
+        lock(&self.energy)
+            .check(&key, expected, others)
+            .map_err(|source| ServerError::Unprofitable { key: key.clone(), source: Box::new(source) })?;
         if let Some(old) = reservation.key.replace(key.clone()) {
             if old != key {
                 reservations.remove(&old);
@@ -477,6 +490,8 @@ impl ServerDaemon {
             reserved.expected,
         )?;
         self.metrics.hosted(started.elapsed());
+        // Its desktop sleeps if the server can wake it.
+        lock(&self.energy).arrived(&key, request.desktop_mac.is_some(), started);
         tracing::info!(desktop = %key.desktop, vm = %key.vm, "running on the server");
         // Hosted first, then unreserved: a VM is always in one of the two.
         lock(&self.vms).insert(key.clone(), Arc::new(Mutex::new(vm)));
@@ -512,6 +527,7 @@ impl ServerDaemon {
         hosted.stop()?;
         let header = hosted.send_home(channel)?;
         self.metrics.sent_home(started.elapsed(), header.total_bytes());
+        lock(&self.energy).sent_home(key, header.total_bytes());
         tracing::info!(
             desktop = %key.desktop, vm = %key.vm,
             dirty_pages = header.dirty_pages,
@@ -569,6 +585,17 @@ impl ServerDaemon {
             return;
         };
         lock(&self.asked).remove(key);
+        match lock(&self.energy).close(key, Instant::now()) {
+            Ok(Some(stay)) => tracing::info!(
+                desktop = %key.desktop, vm = %key.vm,
+                server_kj = stay.energy.server_joules / 1000.0,
+                desktop_saved_kj = stay.energy.desktop_saved_joules / 1000.0,
+                net_kj = stay.energy.net_joules / 1000.0,
+                "energy of its stay"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{}", wire::chain(&e)),
+        }
         let hosted = match Arc::try_unwrap(hosted) {
             Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
             Err(_) => {
@@ -598,7 +625,7 @@ impl ServerDaemon {
     }
 
     /// The metrics page: the moves so far, each hosted VM's figures (read
-    /// now) and the desktops' wakes.
+    /// now), the desktops' wakes and the energy ledger.
     fn metrics_page(&self) -> String {
         let vms: Vec<_> = lock(&self.vms).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         let figures: Vec<(VmFigures, Option<DesktopStatus>)> = vms
@@ -613,7 +640,8 @@ impl ServerDaemon {
             .collect();
         let desktops = desktop_power(figures.iter().filter_map(|(_, desktop)| desktop.clone()));
         let figures: Vec<VmFigures> = figures.into_iter().map(|(figures, _)| figures).collect();
-        self.metrics.page(&figures, &desktops)
+        let energy = lock(&self.energy).report(Instant::now());
+        self.metrics.page(&figures, &desktops, &energy)
     }
 
     /// Every VM's status; with `exact`, each running guest's page cache
@@ -646,6 +674,7 @@ impl ServerDaemon {
             let vms: Vec<_> = lock(&self.vms).values().cloned().collect();
             let mut tenants = Vec::new();
             let mut present = Vec::new();
+            let mut samples = Vec::new();
             for vm in &vms {
                 let Ok(mut vm) = vm.try_lock() else { continue };
                 vm.poll();
@@ -670,7 +699,15 @@ impl ServerDaemon {
                     self.ask_home(vm.key(), vm.desktop_control(), "its guest powered off".to_owned());
                     continue;
                 }
-                tenants.push(Tenant { key: vm.key().clone(), expected: vm.expected(), resident: vm.resident() });
+                let tenant = Tenant { key: vm.key().clone(), expected: vm.expected(), resident: vm.resident() };
+                samples.push(VmSample {
+                    key: tenant.key.clone(),
+                    cpu: vm.cpu_time(),
+                    memory_bytes: tenant.claim(),
+                    fetched_bytes: vm.fetched(),
+                    desktop_sleeps: vm.desktop_power().is_some(),
+                });
+                tenants.push(tenant);
                 // A VM pulls its working set in its first seconds here:
                 // the rate counts from one window after its arrival.
                 let rate =
@@ -687,6 +724,7 @@ impl ServerDaemon {
                 }
             }
             rates.retain(&present);
+            lock(&self.energy).tick(Instant::now(), &samples);
             let capacity = self.config.capacity_mib << 20;
             if let Some(victim) = capacity::evict(capacity, &tenants) {
                 let control = vms

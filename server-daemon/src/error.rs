@@ -104,6 +104,31 @@ pub enum ServerError {
         #[source]
         source: Box<NoRoom>,
     },
+    /// The VM would cost more than it saves (`refuse_unprofitable`).
+    #[error("the server refuses {key}")]
+    Unprofitable {
+        /// The VM.
+        key: VmKey,
+        /// The figures.
+        #[source]
+        source: Box<crate::energy::Unprofitable>,
+    },
+    /// `source = "rapl"` in `[energy]`, and RAPL cannot be read.
+    #[error("[energy] source = \"rapl\", but RAPL cannot be read here (source = \"auto\" falls back to the profile)")]
+    Rapl {
+        /// Why.
+        #[source]
+        source: Box<crate::rapl::RaplError>,
+    },
+    /// A stay's energy account cannot be appended to its VM's history.
+    #[error("cannot append a stay's energy account to {path}")]
+    SaveEnergy {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// The descriptor stream after a Consolidate was not what it announced.
     #[error("{key}: the descriptor did not arrive whole")]
     Descriptor {

@@ -17,6 +17,8 @@
 //!                                               (memtap's and cownetdisk's; `fetch-trace` crate)
 //! <state_dir>/history/<desktop>/<vm>/<secs>.csv  the traces of its last stays, kept when it
 //!                                               goes home (named for when each stay began)
+//! <state_dir>/energy/<desktop>/<vm>.jsonl        each stay's energy account, appended when it
+//!                                               goes home ([`crate::energy`])
 //! <run_dir>/vms/<desktop>/<vm>/ram/<vm>.ram     memtap's FUSE file, QEMU's guest RAM
 //! <run_dir>/vms/<desktop>/<vm>/disk.nbd         cownetdisk's socket, QEMU's (first) disk
 //! <run_dir>/vms/<desktop>/<vm>/disk.<n>.nbd     ... for disk n (from 1)
@@ -562,6 +564,16 @@ impl HostedVm {
     /// Bytes fetched from the desktop so far (memory and disk).
     pub fn fetched(&self) -> u64 {
         self.last.0.bytes_fetched + self.last.1.bytes_fetched
+    }
+
+    /// CPU time its QEMU and its storage process (memtap and cownetdisk)
+    /// have used so far, what the server spends on it; `None` unless it
+    /// runs and both can be read.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let Phase::Running(running) = &self.phase else { return None };
+        let qemu = qemu_driver::process_cpu_time(running.qemu.pid()).ok()?;
+        let storage = qemu_driver::process_cpu_time(running.storage.pid()).ok()?;
+        Some(qemu + storage)
     }
 
     /// How long it has been on the server.

@@ -6,17 +6,21 @@
 //! desktop on demand, and runs the VM in QEMU from the desktop's descriptor
 //! ([`hosted`]). It sends a VM home when its desktop asks, and asks a
 //! desktop to take its VM back when the server runs short of memory or the
-//! VM pulls state faster than an idle VM would ([`watch`]).
+//! VM pulls state faster than an idle VM would ([`watch`]). It splits its
+//! power across the VMs it hosts and reports each one's net saving
+//! ([`energy`]).
 #![warn(missing_docs)]
 
 pub mod capacity;
 pub mod config;
 pub mod daemon;
+pub mod energy;
 mod error;
 pub mod hosted;
 mod key;
 mod machine;
 mod metrics;
+pub mod rapl;
 pub mod storage;
 pub mod traces;
 pub mod watch;

@@ -3,12 +3,15 @@
 //!
 //! A VM's series exist while the server hosts it and start from zero at
 //! each stay (Prometheus' `rate` and `increase` take that as a counter
-//! reset). The desktops' sleeps and the energy they save are not here: the
-//! desktop's power loop (`jettison power`) keeps them, in its ledger.
+//! reset). The energy series are the server's ledger ([`crate::energy`]):
+//! each VM's share of the server and its desktop's saving as the server
+//! estimates it; the desktop's own ledger (`jettison power`) measures the
+//! latter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use daemon_protocol::local::{ServerEnergy, VmEnergy};
 use daemon_protocol::HostedStatus;
 use metrics_endpoint::{Exposition, Histogram, Kind, MOVE_SECONDS_BOUNDS};
 use remote_wakeup::WakeState;
@@ -52,7 +55,12 @@ impl ServerMetrics {
     }
 
     /// The page for a scrape.
-    pub(crate) fn page(&self, vms: &[VmFigures], desktops: &[remote_wakeup::DesktopStatus]) -> String {
+    pub(crate) fn page(
+        &self,
+        vms: &[VmFigures],
+        desktops: &[remote_wakeup::DesktopStatus],
+        energy: &ServerEnergy,
+    ) -> String {
         let mut page = Exposition::new();
         page.family(
             "jettison_server_consolidation_seconds",
@@ -74,6 +82,7 @@ impl ServerMetrics {
         .sample(&[], self.sent_home_bytes.load(Ordering::Relaxed) as f64);
         vm_figures(&mut page, vms);
         desktop_figures(&mut page, desktops);
+        energy_figures(&mut page, energy);
         page.into_text()
     }
 }
@@ -188,4 +197,56 @@ fn desktop_figures(page: &mut Exposition, desktops: &[remote_wakeup::DesktopStat
             page.sample(&[("desktop", desktop.name.as_str())], value(desktop));
         }
     }
+}
+
+/// The energy ledger: the server's break-even count, and each VM's share,
+/// its desktop's estimated saving and the difference.
+fn energy_figures(page: &mut Exposition, energy: &ServerEnergy) {
+    page.family(
+        "jettison_server_break_even_vms",
+        Kind::Gauge,
+        "VMs that must share the server before each one's share of its idle power is below what its desktop saves asleep.",
+    )
+    .sample(&[], f64::from(energy.break_even_vms));
+    page.family(
+        "jettison_vm_server_joules",
+        Kind::Gauge,
+        "The VM's share of the server in this stay: active (by CPU time), idle (by memory) and network (by bytes).",
+    );
+    for vm in &energy.vms {
+        let [desktop, name] = energy_labels(vm);
+        page.sample(&[desktop, name, ("part", "active")], vm.active_joules);
+        page.sample(&[desktop, name, ("part", "idle")], vm.idle_joules);
+        page.sample(&[desktop, name, ("part", "network")], vm.network_joules);
+    }
+    let families: [Family<VmEnergy>; 3] = [
+        (
+            "jettison_vm_cpu_seconds",
+            Kind::Gauge,
+            "CPU seconds of the VM's QEMU and storage process in this stay.",
+            |v| v.cpu_secs,
+        ),
+        (
+            "jettison_vm_desktop_saved_joules",
+            Kind::Gauge,
+            "What the VM's desktop saved in this stay against staying idle, as the server estimates it.",
+            |v| v.desktop_saved_joules,
+        ),
+        (
+            "jettison_vm_net_saved_joules",
+            Kind::Gauge,
+            "The desktop's saving minus the VM's share of the server and network; negative while it costs more.",
+            |v| v.net_joules,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        page.family(name, kind, help);
+        for vm in &energy.vms {
+            page.sample(&energy_labels(vm), value(vm));
+        }
+    }
+}
+
+fn energy_labels(vm: &VmEnergy) -> [(&'static str, &str); 2] {
+    [("desktop", vm.desktop.as_str()), ("vm", vm.vm.as_str())]
 }

@@ -89,6 +89,7 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     tests::assert_runs_as_qemu_user(office.server_qemu_pid().expect("QEMU runs the VM on the server"), "server");
     tests::check_status_schema(&server_status, None);
     assert_eq!(server_status["source"], "server", "{server_status}");
+    check_server_energy(&office);
 
     // Both daemons' metrics, scraped as Prometheus does, show the move and the fetches.
     let server_page = office.scrape(SERVER);
@@ -141,6 +142,14 @@ fn a_vm_moves_to_the_server_and_back_with_its_state_files_and_client() {
     tests::check_status_schema(&status, None);
     assert!(!office.server_vm_state().exists(), "the server kept the VM's slices after it went home");
     check_kept_trace(&office, fetched_pages);
+    // Its stay's energy account is kept with the server's history.
+    let state = office.server_vm_state();
+    let energy =
+        state.parent().unwrap().parent().unwrap().parent().unwrap().join(format!("energy/{DESKTOP}/{VM}.jsonl"));
+    let stays = std::fs::read_to_string(&energy).unwrap();
+    assert_eq!(stays.lines().count(), 1, "one stay: {stays}");
+    let stay: serde_json::Value = serde_json::from_str(stays.trim()).unwrap();
+    assert!(stay["cpu_secs"].as_f64().unwrap() > 0.0 && stay["server_joules"].as_f64().unwrap() > 0.0, "{stay}");
     tests::assert_runs_as_qemu_user(office.desktop_qemu_pid().expect("QEMU runs the VM at home"), "desktop");
     let home = office.scrape(DESKTOP_HOST);
     assert_eq!(home.value(&format!("jettison_reintegration_seconds_count{desktop_vm}")), 1.0);
@@ -404,6 +413,41 @@ fn a_vm_that_outgrows_the_server_is_sent_home() {
 /// reported mid-stay, and each answer after its request, within the stay.
 /// With `JETTISON_KEEP_TRACE=FILE` set, the trace is copied there (how
 /// `bench/traces/` got its small guest's trace).
+/// The server's status and metrics give the VM's share of the server (CPU
+/// time charged once a watch tick has seen its QEMU and storage process),
+/// its desktop's saving and the net, and the break-even count of the
+/// default figures (the paper's 150.7 W server and Table 1 desktops).
+fn check_server_energy(office: &Office) {
+    let socket = office.server_socket();
+    let ask = || office.jettison_json(&["status", "--daemon", socket.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + REPLY;
+    let mut status = ask();
+    while status["server_energy"]["vms"][0]["cpu_secs"].as_f64().unwrap_or(0.0) == 0.0 {
+        assert!(std::time::Instant::now() < deadline, "no CPU time charged to the VM: {status}");
+        std::thread::sleep(Duration::from_secs(1));
+        status = ask();
+    }
+    tests::check_status_schema(&status, None);
+    let energy = &status["server_energy"];
+    eprintln!("server energy: {energy}");
+    assert_eq!(energy["break_even_vms"], 3, "{energy}");
+    assert_eq!(energy["refuse_unprofitable"], false, "{energy}");
+    let vm = &energy["vms"][0];
+    assert_eq!((vm["desktop"].as_str(), vm["vm"].as_str()), (Some(DESKTOP), Some(VM)), "{vm}");
+    for field in ["active_joules", "idle_joules", "network_joules", "server_joules"] {
+        assert!(vm[field].as_f64().unwrap() > 0.0, "{field} is not charged: {vm}");
+    }
+    let net = vm["desktop_saved_joules"].as_f64().unwrap() - vm["server_joules"].as_f64().unwrap();
+    assert!((vm["net_joules"].as_f64().unwrap() - net).abs() < 1e-6, "{vm}");
+    let text = office.jettison(&["status", "--daemon", socket.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("a VM pays off once about 3 share the server"), "{text}");
+    let page = office.scrape(SERVER);
+    assert_eq!(page.value("jettison_server_break_even_vms"), 3.0);
+    let labels = format!("{{desktop=\"{DESKTOP}\",vm=\"{VM}\"}}");
+    assert!(page.value(&format!("jettison_vm_cpu_seconds{labels}")) > 0.0, "{}", page.0);
+}
+
 fn check_kept_trace(office: &Office, status_pages: u64) {
     let kept: Vec<_> = std::fs::read_dir(office.server_vm_history()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(kept.len(), 1, "one stay, one trace: {kept:?}");
