@@ -135,7 +135,7 @@ impl PowerSession {
             SleepWith::Emulated(emulated) => Box::new(EmulatedSleeper::start(emulated)?),
         };
         let backend = sleeper.name();
-        let files = LedgerFiles::new(&settings.ledger_dir)?;
+        let files = LedgerFiles::open(&settings.ledger_dir)?;
         let clock = BootClock::start();
         let machine = SleepMachine::start(settings.policy, settings.serve_secs, clock.now())?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -94,7 +94,8 @@ pub enum DaemonError {
 
 /// Runs `machine` until `stop` is set: requests from `events`, suspends
 /// through `sleeper`, the ledger written to `files` on each change. Returns
-/// the consolidation's report, written at stop too.
+/// the consolidation's report, written at stop too and appended to the log
+/// of stays ([`LedgerFiles::finish`]).
 ///
 /// # Errors
 ///
@@ -112,6 +113,7 @@ pub fn run(
     let written = save(&machine, clock, files);
     let report = result.and(report.map_err(DaemonError::from))?;
     written?;
+    files.finish(&report)?;
     Ok(report)
 }
 
@@ -252,7 +254,7 @@ mod tests {
     #[test]
     fn sleeps_after_t_w_and_writes_the_ledger() {
         let dir = tempfile::tempdir().unwrap();
-        let files = LedgerFiles::new(dir.path()).unwrap();
+        let files = LedgerFiles::open(dir.path()).unwrap();
         // The wait is zero, so the fake time never needs to advance between polls.
         let policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 0.0).unwrap();
         let machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
@@ -306,7 +308,7 @@ mod tests {
     #[test]
     fn a_refused_suspend_leaves_the_desktop_idle_and_the_daemon_running() {
         let dir = tempfile::tempdir().unwrap();
-        let files = LedgerFiles::new(dir.path()).unwrap();
+        let files = LedgerFiles::open(dir.path()).unwrap();
         let policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 0.0).unwrap();
         let machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
         let clock = FakeClock(Cell::new(0.0));

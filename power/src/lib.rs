@@ -27,7 +27,8 @@
 //!   clock-injected state machine feeding the ledger; [`daemon::run`] is the
 //!   desktop power daemon's loop around it, with the clock and the sleep
 //!   back-end as traits so that this crate needs neither the kernel nor the
-//!   other crates; [`LedgerFiles`] keeps `ledger.json` and `power.svg`.
+//!   other crates; [`LedgerFiles`] keeps every stay (`stays.jsonl`, appended),
+//!   `ledger.json` (all of them and their total) and `power.svg`.
 //! - [`trace`] and [`simulate`]: a seeded request-arrival trace generator
 //!   (periodic activities that reach the desktop only for pages not yet on
 //!   the server) and a simulated desktop that replays a trace through a
@@ -71,7 +72,7 @@ pub mod svg;
 pub mod trace;
 
 pub use error::PowerError;
-pub use files::{FilesError, LedgerFiles, CHART_FILE, LEDGER_FILE};
+pub use files::{FilesError, LedgerFiles, Stay, CHART_FILE, LEDGER_FILE, OPEN_STAY_FILE, STAYS_FILE};
 pub use gaps::GapHistory;
 pub use ledger::{EnergyLedger, EnergyReport, LedgerSummary, PowerStep, StateSecs};
 pub use machine::{Decision, SleepMachine};
