@@ -92,7 +92,8 @@ pub enum DaemonError {
     },
 }
 
-/// Runs `machine` until `stop` is set: requests from `events`, suspends
+/// Runs `machine` until `stop` is set (the caller keeps it, for what its
+/// policy learned): requests from `events`, suspends
 /// through `sleeper`, the ledger written to `files` on each change. Returns
 /// the consolidation's report, written at stop too and appended to the log
 /// of stays ([`LedgerFiles::finish`]).
@@ -101,16 +102,16 @@ pub enum DaemonError {
 ///
 /// [`DaemonError`]; the ledger is written (best effort) before returning it.
 pub fn run(
-    mut machine: SleepMachine,
+    machine: &mut SleepMachine,
     events: &Receiver<Arrival>,
     sleeper: &mut dyn Sleeper,
     clock: &dyn Clock,
     files: &LedgerFiles,
     stop: &AtomicBool,
 ) -> Result<EnergyReport, DaemonError> {
-    let result = serve(&mut machine, events, sleeper, clock, files, stop);
+    let result = serve(machine, events, sleeper, clock, files, stop);
     let report = machine.stop(clock.now());
-    let written = save(&machine, clock, files);
+    let written = save(machine, clock, files);
     let report = result.and(report.map_err(DaemonError::from))?;
     written?;
     files.finish(&report)?;
@@ -257,13 +258,13 @@ mod tests {
         let files = LedgerFiles::open(dir.path()).unwrap();
         // The wait is zero, so the fake time never needs to advance between polls.
         let policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 0.0).unwrap();
-        let machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
+        let mut machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
         let clock = FakeClock(Cell::new(0.0));
         let (tx, rx) = mpsc::channel();
         tx.send(Arrival::Request(0.0)).unwrap();
         let mut sleeper = FakeSleeper { clock: &clock, rounds: 2 };
         let stop = AtomicBool::new(false);
-        let report = run(machine, &rx, &mut sleeper, &clock, &files, &stop).unwrap();
+        let report = run(&mut machine, &rx, &mut sleeper, &clock, &files, &stop).unwrap();
         assert_eq!(report.wakes, 2);
         assert_eq!(report.secs.asleep, 198.0);
         let summary: LedgerSummary =
@@ -310,12 +311,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = LedgerFiles::open(dir.path()).unwrap();
         let policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 0.0).unwrap();
-        let machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
+        let mut machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
         let clock = FakeClock(Cell::new(0.0));
         let (_tx, rx) = mpsc::channel();
         let stop = AtomicBool::new(false);
         let mut refuser = Refuser { clock: &clock, stop: &stop, rounds: 3 };
-        let report = run(machine, &rx, &mut refuser, &clock, &files, &stop).unwrap();
+        let report = run(&mut machine, &rx, &mut refuser, &clock, &files, &stop).unwrap();
         assert_eq!(report.wakes, 0);
         assert_eq!(report.secs.asleep, 0.0);
         assert_eq!(report.secs.suspending, 3.0);

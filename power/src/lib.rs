@@ -18,7 +18,8 @@
 //!   length `t_b` (Eq. 3) and the waste of a too-short microsleep.
 //! - [`GapHistory`] and [`MicrosleepPolicy`]: the wait time `t_w` the desktop
 //!   stays awake after the last memserv/diskserv request, fixed (6 s) or
-//!   adaptive (the `t_w` that minimises Eq. 4 over the gaps seen so far).
+//!   adaptive (the `t_w` that minimises Eq. 4 over the gaps seen so far),
+//!   which [`load_gaps`] and [`save_gaps`] keep per VM across its stays.
 //! - [`PowerState`] and [`EnergyLedger`]: timestamped state transitions
 //!   integrated with the profile's power, per consolidation and in total,
 //!   against the baseline of staying idle; [`svg::power_chart`] draws the
@@ -62,6 +63,7 @@ pub mod daemon;
 mod error;
 mod files;
 mod gaps;
+mod learned;
 mod ledger;
 mod machine;
 mod policy;
@@ -74,6 +76,7 @@ pub mod trace;
 pub use error::PowerError;
 pub use files::{FilesError, LedgerFiles, Stay, CHART_FILE, LEDGER_FILE, OPEN_STAY_FILE, STAYS_FILE};
 pub use gaps::GapHistory;
+pub use learned::{load_gaps, save_gaps, LearnedError, MAX_LEARNED_BYTES};
 pub use ledger::{EnergyLedger, EnergyReport, LedgerSummary, PowerStep, StateSecs};
 pub use machine::{Decision, SleepMachine};
 pub use policy::{AdaptiveConfig, MicrosleepPolicy, WaitMode, DEFAULT_WAIT_SECS};
