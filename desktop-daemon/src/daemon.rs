@@ -188,14 +188,16 @@ impl DesktopDaemon {
     /// Starts the power session when nothing runs here and a VM is on the
     /// server, stops it otherwise.
     fn follow_power(&self) {
-        let (mut away, mut running) = (false, false);
-        for vm in self.vms.values() {
+        let (mut away, mut running) = (Vec::new(), false);
+        for (name, vm) in &self.vms {
             let vm = lock(vm);
             running |= vm.is_running();
-            away |= matches!(vm.placement(), Placement::Server { .. });
+            if matches!(vm.placement(), Placement::Server { .. }) {
+                away.push(name.clone());
+            }
         }
         // No VM lock is held here: stopping a session joins its threads.
-        self.power.follow(away && !running);
+        self.power.follow(if running { &[] } else { &away });
     }
 
     /// A request from the `jettison` command.

@@ -7,6 +7,7 @@
 //! <state_dir>/<vm>/checkpoint.state    the descriptor saved at consolidation (the device checkpoint)
 //! <state_dir>/<vm>/placement.json      where the VM is: desktop or server, and since when
 //! <state_dir>/<vm>/staging/...         a reintegration being received (see `reintegrate`)
+//! <state_dir>/<vm>/wait-gaps.json      the gaps the adaptive wait learned in its stays (`power_slot`)
 //! <run_dir>/<vm>/                      QEMU's QMP socket, serial log and output; while the VM
 //!                                       is on the server, memserv.events and diskserv.events
 //! ```

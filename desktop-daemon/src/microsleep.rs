@@ -265,7 +265,7 @@ fn forward(stream: UnixStream, path: &Path, tx: &Sender<Arrival>, clock: &BootCl
 }
 
 /// This machine's S3 through [`SystemSuspend`], which returns after the
-/// resume with how long the machine slept.
+/// resume.
 #[derive(Debug)]
 pub struct SystemSleeper {
     backend: SystemSuspend,
@@ -273,9 +273,9 @@ pub struct SystemSleeper {
 }
 
 impl SystemSleeper {
-    /// logind's Suspend, else `/sys/power/state`; the awake part of each
-    /// round trip is split between suspending and resuming as `profile`'s
-    /// times are.
+    /// logind's Suspend, else `/sys/power/state`; each round trip is
+    /// charged `profile`'s suspend and resume times
+    /// ([`PowerProfile::round_trip`]).
     pub fn new(profile: PowerProfile) -> SystemSleeper {
         SystemSleeper { backend: SystemSuspend::detect(), profile }
     }
@@ -293,14 +293,12 @@ impl Sleeper for SystemSleeper {
         report: &mut dyn FnMut(PowerState, f64),
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let before = clock.now();
-        let slept = self.backend.suspend()?;
-        // Only the total awake part of the round trip is measured; it is
-        // split between suspending and resuming as the profile's times are.
-        let p = &self.profile;
-        let awake = slept.elapsed.saturating_sub(slept.asleep).as_secs_f64();
-        let asleep_at = before + awake * p.suspend_secs / (p.suspend_secs + p.resume_secs);
+        self.backend.suspend()?;
+        // The kernel's time asleep holds the firmware's resume, which draws
+        // resume power: the profile's suspend and resume times are charged.
+        let (asleep_at, resuming_at) = self.profile.round_trip(before, clock.now());
         report(PowerState::Asleep, asleep_at);
-        report(PowerState::Resuming, asleep_at + slept.asleep.as_secs_f64());
+        report(PowerState::Resuming, resuming_at);
         Ok(())
     }
 

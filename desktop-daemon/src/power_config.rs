@@ -11,7 +11,7 @@
 //! profile = "/etc/jettison/power.json" # the desktop's power profile (default: the paper's Table 1)
 //! sleep = "system"                    # logind or /sys/power/state; "emulated-s3" for tests
 //! interface = "br0"                   # the NIC that must wake the desktop (default: the default route's)
-//! ledger_dir = "/var/lib/jettison/power" # ledger.json and power.svg (default: state_dir/power)
+//! ledger_dir = "/var/lib/jettison/power" # stays.jsonl, ledger.json, power.svg (default: state_dir/power)
 //! # sleep = "emulated-s3" only: the interface's address, dropped while asleep, and the times
 //! address = "10.77.0.2/24"
 //! suspend_secs = 2.0
@@ -58,7 +58,7 @@ pub struct PowerConfig {
     /// default route's); emulated-s3: the interface that loses its address.
     #[serde(default)]
     pub interface: Option<String>,
-    /// Where `ledger.json` and `power.svg` go; none: `state_dir/power`.
+    /// Where `stays.jsonl`, `ledger.json` and `power.svg` go; none: `state_dir/power`.
     #[serde(default)]
     pub ledger_dir: Option<PathBuf>,
     /// emulated-s3: the interface's address with prefix.

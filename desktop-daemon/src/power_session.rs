@@ -48,6 +48,10 @@ pub struct SessionSettings {
     pub ledger_dir: PathBuf,
     /// The event sockets to follow (they may not exist yet).
     pub events: Vec<PathBuf>,
+    /// The learned-gaps file of each VM whose requests the session
+    /// follows: the policy starts from what they hold and leaves what it
+    /// learned in each (see [`power::load_gaps`]). None for `jettison power`.
+    pub learned: Vec<PathBuf>,
 }
 
 /// Why a session could not start or ended badly.
@@ -114,7 +118,8 @@ fn lock(progress: &Shared) -> MutexGuard<'_, Progress> {
 #[derive(Debug)]
 pub struct PowerSession {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<EnergyReport, DaemonError>>,
+    thread: JoinHandle<(Result<EnergyReport, DaemonError>, Vec<f64>)>,
+    learned: Vec<PathBuf>,
     readers: Vec<JoinHandle<()>>,
     progress: Shared,
     ledger_dir: PathBuf,
@@ -135,9 +140,18 @@ impl PowerSession {
             SleepWith::Emulated(emulated) => Box::new(EmulatedSleeper::start(emulated)?),
         };
         let backend = sleeper.name();
-        let files = LedgerFiles::new(&settings.ledger_dir)?;
+        let files = LedgerFiles::open(&settings.ledger_dir)?;
         let clock = BootClock::start();
-        let machine = SleepMachine::start(settings.policy, settings.serve_secs, clock.now())?;
+        let mut policy = settings.policy;
+        policy.learn_from(load_learned(&settings.learned));
+        if !settings.learned.is_empty() {
+            tracing::info!(
+                gaps = policy.history().len(),
+                wait_secs = policy.wait_secs(),
+                "the wait starts from the gaps this desktop's VMs showed in earlier stays"
+            );
+        }
+        let mut machine = SleepMachine::start(policy, settings.serve_secs, clock.now())?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let mut readers = Vec::new();
@@ -157,7 +171,10 @@ impl PowerSession {
         let loop_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("power-session".into())
-            .spawn(move || daemon::run(machine, &rx, &mut observed, &clock, &files, &loop_stop))
+            .spawn(move || {
+                let report = daemon::run(&mut machine, &rx, &mut observed, &clock, &files, &loop_stop);
+                (report, machine.policy().learned_gaps())
+            })
             .map_err(SessionError::Thread);
         let thread = match thread {
             Ok(thread) => thread,
@@ -167,7 +184,15 @@ impl PowerSession {
                 return Err(e);
             }
         };
-        Ok(PowerSession { stop, thread, readers, progress, ledger_dir: settings.ledger_dir, backend })
+        Ok(PowerSession {
+            stop,
+            thread,
+            learned: settings.learned,
+            readers,
+            progress,
+            ledger_dir: settings.ledger_dir,
+            backend,
+        })
     }
 
     /// The back-end's name, for the log.
@@ -186,13 +211,21 @@ impl PowerSession {
     }
 
     /// Stops the loop (waking the desktop if it sleeps), joins every
-    /// thread and returns what the session did and its report, also
+    /// thread, leaves the gaps the policy learned in each learned-gaps
+    /// file, and returns what the session did and its report, also
     /// written to the ledger, or why the loop failed
     /// ([`SessionError::Loop`] or [`SessionError::Panicked`]).
     pub fn stop(self) -> (Progress, Result<EnergyReport, SessionError>) {
         self.stop.store(true, Ordering::Relaxed);
         let result = match self.thread.join() {
-            Ok(report) => report.map_err(SessionError::from),
+            Ok((report, gaps)) => {
+                for file in &self.learned {
+                    if let Err(e) = power::save_gaps(file, &gaps) {
+                        tracing::warn!("{}; the VM's next stay starts from fewer gaps", wire::chain(&e));
+                    }
+                }
+                report.map_err(SessionError::from)
+            }
             Err(_) => Err(SessionError::Panicked),
         };
         for reader in self.readers {
@@ -251,4 +284,19 @@ impl Sleeper for Observed {
     fn failed(&mut self, error: &DaemonError) {
         self.inner.failed(error);
     }
+}
+
+/// The gaps in `files`, one after the other (several VMs away share the
+/// desktop's sleep, so the session learns from all of them); a file that
+/// cannot be read is left out with a warning, and the policy then starts
+/// from less.
+fn load_learned(files: &[PathBuf]) -> Vec<f64> {
+    let mut gaps = Vec::new();
+    for file in files {
+        match power::load_gaps(file) {
+            Ok(more) => gaps.extend(more),
+            Err(e) => tracing::warn!("{}; starting without it", wire::chain(&e)),
+        }
+    }
+    gaps
 }

@@ -3,10 +3,11 @@
 //! at least on the server), stopped before a VM must run here again, and
 //! shown by `jettison status`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use daemon_protocol::local::{DesktopPower, DesktopPowerState};
+use identifiers::VmName;
 use power::LedgerFiles;
 use wire::Service;
 
@@ -17,6 +18,10 @@ use crate::power_config::{PowerConfig, SleepChoice};
 use crate::power_session::{
     Phase, PowerSession, Progress, SessionError, SessionSettings, SleepWith, DEFAULT_SERVE_SECS,
 };
+
+/// The file in a VM's state directory that keeps the gaps the adaptive
+/// wait learned in its stays.
+pub(crate) const LEARNED_GAPS_FILE: &str = "wait-gaps.json";
 
 /// The session, if any, and what the last one did.
 #[derive(Debug, Default)]
@@ -45,12 +50,12 @@ impl PowerSlot {
         self.inner.lock().expect("the power slot lock was poisoned: a thread panicked holding it")
     }
 
-    /// Starts a session if `idle` (nothing runs here, a VM is away) and
-    /// none runs; stops the running one if not `idle`.
-    pub(crate) fn follow(&self, idle: bool) {
+    /// Starts a session if some VMs are `away` (and nothing runs here)
+    /// and none runs; stops the running one if none is away.
+    pub(crate) fn follow(&self, away: &[VmName]) {
         let Some(config) = &self.desktop.power else { return };
         let mut inner = self.lock();
-        if !idle {
+        if away.is_empty() {
             // A refusal is news only while the desktop would sleep.
             inner.refused = None;
             return stop(&mut inner);
@@ -58,7 +63,7 @@ impl PowerSlot {
         if inner.session.is_some() {
             return;
         }
-        match self.settings(config).and_then(PowerSession::start) {
+        match self.settings(config, away).and_then(PowerSession::start) {
             Ok(session) => {
                 tracing::info!(
                     backend = session.backend(),
@@ -138,8 +143,9 @@ impl PowerSlot {
         config.ledger_dir(&self.desktop.state_dir)
     }
 
-    /// The session's settings: every VM's memserv and diskserv events.
-    fn settings(&self, config: &PowerConfig) -> Result<SessionSettings, SessionError> {
+    /// The session's settings: every VM's memserv and diskserv events, and
+    /// the gaps learned in earlier stays of the VMs `away`.
+    fn settings(&self, config: &PowerConfig, away: &[VmName]) -> Result<SessionSettings, SessionError> {
         let profile = config.profile().map_err(|reason| SessionError::Config { reason })?;
         let sleep = match config.sleep {
             // A desktop whose NIC does not wake it never comes back, and
@@ -165,8 +171,14 @@ impl PowerSlot {
             sleep,
             ledger_dir: self.ledger_dir(config),
             events,
+            learned: away.iter().map(|vm| learned_gaps_file(&self.desktop.state_dir, vm)).collect(),
         })
     }
+}
+
+/// Where the wait's learned gaps of `vm` are kept: `<state_dir>/<vm>/wait-gaps.json`.
+fn learned_gaps_file(state_dir: &Path, vm: &VmName) -> PathBuf {
+    state_dir.join(vm.as_str()).join(LEARNED_GAPS_FILE)
 }
 
 /// Stops `inner`'s session, keeping its figures.

@@ -25,6 +25,16 @@ impl Trace {
     pub fn answered(&self, device: crate::Device) -> impl Iterator<Item = &Fetch> {
         self.fetches.iter().filter(move |f| f.device == device && f.answered())
     }
+
+    /// The memory pages this stay's guest faulted on and the desktop
+    /// answered: each answered memory fault's first faulting page (the
+    /// line's `unit`). The pages a fault's pivot window brought, and a
+    /// request's other faulting pages, are not in the trace, so this is
+    /// the least the stay needed: what a later stay can be given before
+    /// the desktop sleeps.
+    pub fn faulted_pages(&self) -> std::collections::BTreeSet<u64> {
+        self.answered(crate::Device::Memory).filter(|f| f.cause == crate::Cause::Fault).map(|f| f.unit).collect()
+    }
 }
 
 /// Why a trace could not be read.
@@ -152,6 +162,8 @@ mod tests {
         assert_eq!(read_totals, Totals { closed_boottime_ns: read_totals.closed_boottime_ns, ..totals });
         assert!(read_totals.closed_boottime_ns >= trace.started_boottime_ns);
         assert!(trace.notes.is_empty());
+        // The prefetch and the disk block are no faulted pages.
+        assert_eq!(trace.faulted_pages().into_iter().collect::<Vec<_>>(), [7]);
         assert!(trace.started_unix > 1_600_000_000 && trace.started_boottime_ns > 0, "{trace:?}");
         assert_eq!(trace.answered(Device::Memory).count(), 1);
     }

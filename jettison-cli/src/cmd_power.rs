@@ -124,6 +124,7 @@ pub fn run(args: Args) -> CmdResult {
         sleep,
         ledger_dir: args.state_dir.clone(),
         events: args.events.clone(),
+        learned: Vec::new(),
     })?;
     println!(
         "power: {policy_name} on {} event socket(s), sleeping with {}, ledger in {}",

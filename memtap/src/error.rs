@@ -63,6 +63,17 @@ pub enum MemtapError {
         #[source]
         source: slice_store::StoreError,
     },
+    /// Pushing a working set failed.
+    #[error("memtap: pushing {pages} pages of VM {vm}'s working set from its desktop failed (the guest fetches them on demand instead)")]
+    Push {
+        /// The VM.
+        vm: String,
+        /// Pages asked for.
+        pages: usize,
+        /// The cause.
+        #[source]
+        source: slice_store::SourceError,
+    },
     /// Two VMs share a name.
     #[error("memtap: two VMs are named {0}: names must be unique")]
     DuplicateVm(String),

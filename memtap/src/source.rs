@@ -1,5 +1,6 @@
 //! Where pages the server lacks come from: the prefetch cache, else memserv
-//! with a pivot window.
+//! with a pivot window; and the push of a working set at consolidation
+//! ([`PageSource::push`]).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -84,6 +85,90 @@ impl PageSource {
     }
 }
 
+impl PageSource {
+    /// Fetches those of `pages` still absent (not local, not cached) into
+    /// the fetched slice now, [`PUSH_BATCH_PAGES`] at a time, each batch a
+    /// `prefetch` line of the trace; returns how many pages came. This is
+    /// the push of the working set: the pages earlier stays faulted on,
+    /// fetched at consolidation while the desktop is awake anyway, so the
+    /// guest's first touch of one needs no wake. Pages past the end of the
+    /// RAM are ignored.
+    ///
+    /// The guest runs meanwhile, and events can cross: a page it writes
+    /// while its batch is on the wire becomes dirty, and a dirty page is
+    /// read before a fetched one, so the pushed copy is never seen; a page
+    /// it faults on meanwhile is fetched by the fault too, and both store
+    /// the desktop's same bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`SourceError`]: memserv or the slices failed; the batches before
+    /// are kept.
+    pub fn push(&self, pages: &[u64]) -> Result<u64, SourceError> {
+        let mut want: Vec<u64> = pages.iter().copied().filter(|&page| page < self.pages).collect();
+        want.sort_unstable();
+        want.dedup();
+        let mut pushed = 0;
+        for batch in want.chunks(PUSH_BATCH_PAGES) {
+            let absent = {
+                let cache = self.lock_cache();
+                let mut absent = Vec::with_capacity(batch.len());
+                for &page in batch {
+                    if !cache.contains(page) && self.store.state(page).map_err(SourceError::new)? == UnitState::Absent {
+                        absent.push(page);
+                    }
+                }
+                absent
+            };
+            let Some(&first) = absent.first() else { continue };
+            let fetched = self.fetch_from_remote(&absent, first, Cause::Prefetch, 0)?;
+            for (page, data) in fetched {
+                self.store.store_fetched(page, &data).map_err(SourceError::new)?;
+                pushed += 1;
+            }
+        }
+        Ok(pushed)
+    }
+
+    /// Asks memserv for `want`, traced as a request for `unit` of `cause`
+    /// with `faulting` pages a guest access needed, and counted.
+    fn fetch_from_remote(
+        &self,
+        want: &[u64],
+        unit: u64,
+        cause: Cause,
+        faulting: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, SourceError> {
+        // Taken before read_units, whose every wire request asks the wake
+        // hook first: the wait for a sleeping desktop is part of the fetch.
+        let asked_ns = boottime_ns();
+        let asked = std::time::Instant::now();
+        let fetched = self.remote.read_units(want, self.page_size);
+        if let Some(trace) = &self.trace {
+            trace.record(&Fetch {
+                device: Device::Memory,
+                unit,
+                cause,
+                faulting,
+                units: fetched.as_ref().map_or(want.len(), |f| f.units.len()) as u64,
+                requests: fetched.as_ref().map_or(0, |f| f.requests),
+                asked_ns,
+                answered_ns: fetched.is_ok().then(boottime_ns),
+            });
+        }
+        let fetched = fetched.map_err(SourceError::new)?;
+        self.counters.fetch_latency.0.observe(asked.elapsed());
+        Counters::add(&self.counters.remote_fetches, fetched.requests);
+        Counters::add(&self.counters.pages_fetched, fetched.units.len() as u64);
+        Counters::add(&self.counters.bytes_fetched, fetched.data_bytes);
+        Ok(fetched.units)
+    }
+}
+
+/// Pages a push asks memserv for at once (4 MiB): a bound on the memory a
+/// batch holds, and a trace line per batch.
+pub const PUSH_BATCH_PAGES: usize = 1024;
+
 impl UnitSource for PageSource {
     fn fetch(&self, units: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, SourceError> {
         let mut found = Vec::with_capacity(units.len());
@@ -103,31 +188,11 @@ impl UnitSource for PageSource {
         }
         Counters::add(&self.counters.prefetch_misses, missing.len() as u64);
         let want: Vec<u64> = self.wanted(&missing)?.into_iter().collect();
-        // Taken before read_units, whose every wire request asks the wake
-        // hook first: the wait for a sleeping desktop is part of the fetch.
-        let asked_ns = boottime_ns();
-        let asked = std::time::Instant::now();
-        let fetched = self.remote.read_units(&want, self.page_size);
-        if let Some(trace) = &self.trace {
-            trace.record(&Fetch {
-                device: Device::Memory,
-                unit: missing.iter().copied().min().unwrap_or_default(),
-                cause: Cause::Fault,
-                faulting: missing.len() as u64,
-                units: fetched.as_ref().map_or(want.len(), |f| f.units.len()) as u64,
-                requests: fetched.as_ref().map_or(0, |f| f.requests),
-                asked_ns,
-                answered_ns: fetched.is_ok().then(boottime_ns),
-            });
-        }
-        let fetched = fetched.map_err(SourceError::new)?;
-        self.counters.fetch_latency.0.observe(asked.elapsed());
-        Counters::add(&self.counters.remote_fetches, fetched.requests);
-        Counters::add(&self.counters.pages_fetched, fetched.units.len() as u64);
-        Counters::add(&self.counters.bytes_fetched, fetched.data_bytes);
+        let first = missing.iter().copied().min().unwrap_or_default();
+        let fetched = self.fetch_from_remote(&want, first, Cause::Fault, missing.len() as u64)?;
         let missing: BTreeSet<u64> = missing.into_iter().collect();
         let mut cache = self.lock_cache();
-        for (page, data) in fetched.units {
+        for (page, data) in fetched {
             if missing.contains(&page) {
                 found.push((page, data));
             } else {

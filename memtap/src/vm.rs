@@ -155,6 +155,20 @@ impl VmMemory {
         Ok(())
     }
 
+    /// Fetches those of `pages` the server lacks now, so that the guest's
+    /// first touch of them wakes no desktop (see [`PageSource::push`]);
+    /// returns how many came.
+    ///
+    /// # Errors
+    /// [`MemtapError::Push`] when memserv or the slices fail.
+    pub fn push(&self, pages: &[u64]) -> Result<u64, MemtapError> {
+        self.source.push(pages).map_err(|source| MemtapError::Push {
+            vm: self.name.clone(),
+            pages: pages.len(),
+            source,
+        })
+    }
+
     /// Makes the dirty slice and its bitmap durable.
     ///
     /// # Errors

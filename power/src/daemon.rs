@@ -92,26 +92,29 @@ pub enum DaemonError {
     },
 }
 
-/// Runs `machine` until `stop` is set: requests from `events`, suspends
+/// Runs `machine` until `stop` is set (the caller keeps it, for what its
+/// policy learned): requests from `events`, suspends
 /// through `sleeper`, the ledger written to `files` on each change. Returns
-/// the consolidation's report, written at stop too.
+/// the consolidation's report, written at stop too and appended to the log
+/// of stays ([`LedgerFiles::finish`]).
 ///
 /// # Errors
 ///
 /// [`DaemonError`]; the ledger is written (best effort) before returning it.
 pub fn run(
-    mut machine: SleepMachine,
+    machine: &mut SleepMachine,
     events: &Receiver<Arrival>,
     sleeper: &mut dyn Sleeper,
     clock: &dyn Clock,
     files: &LedgerFiles,
     stop: &AtomicBool,
 ) -> Result<EnergyReport, DaemonError> {
-    let result = serve(&mut machine, events, sleeper, clock, files, stop);
+    let result = serve(machine, events, sleeper, clock, files, stop);
     let report = machine.stop(clock.now());
-    let written = save(&machine, clock, files);
+    let written = save(machine, clock, files);
     let report = result.and(report.map_err(DaemonError::from))?;
     written?;
+    files.finish(&report)?;
     Ok(report)
 }
 
@@ -252,16 +255,16 @@ mod tests {
     #[test]
     fn sleeps_after_t_w_and_writes_the_ledger() {
         let dir = tempfile::tempdir().unwrap();
-        let files = LedgerFiles::new(dir.path()).unwrap();
+        let files = LedgerFiles::open(dir.path()).unwrap();
         // The wait is zero, so the fake time never needs to advance between polls.
         let policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 0.0).unwrap();
-        let machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
+        let mut machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
         let clock = FakeClock(Cell::new(0.0));
         let (tx, rx) = mpsc::channel();
         tx.send(Arrival::Request(0.0)).unwrap();
         let mut sleeper = FakeSleeper { clock: &clock, rounds: 2 };
         let stop = AtomicBool::new(false);
-        let report = run(machine, &rx, &mut sleeper, &clock, &files, &stop).unwrap();
+        let report = run(&mut machine, &rx, &mut sleeper, &clock, &files, &stop).unwrap();
         assert_eq!(report.wakes, 2);
         assert_eq!(report.secs.asleep, 198.0);
         let summary: LedgerSummary =
@@ -306,14 +309,14 @@ mod tests {
     #[test]
     fn a_refused_suspend_leaves_the_desktop_idle_and_the_daemon_running() {
         let dir = tempfile::tempdir().unwrap();
-        let files = LedgerFiles::new(dir.path()).unwrap();
+        let files = LedgerFiles::open(dir.path()).unwrap();
         let policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 0.0).unwrap();
-        let machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
+        let mut machine = SleepMachine::start(policy, 0.0, 0.0).unwrap();
         let clock = FakeClock(Cell::new(0.0));
         let (_tx, rx) = mpsc::channel();
         let stop = AtomicBool::new(false);
         let mut refuser = Refuser { clock: &clock, stop: &stop, rounds: 3 };
-        let report = run(machine, &rx, &mut refuser, &clock, &files, &stop).unwrap();
+        let report = run(&mut machine, &rx, &mut refuser, &clock, &files, &stop).unwrap();
         assert_eq!(report.wakes, 0);
         assert_eq!(report.secs.asleep, 0.0);
         assert_eq!(report.secs.suspending, 3.0);

@@ -64,6 +64,11 @@ impl GapHistory {
         self.recent.push_back(gap_secs);
     }
 
+    /// The gaps held, oldest first.
+    pub fn gaps(&self) -> impl Iterator<Item = f64> + '_ {
+        self.recent.iter().copied()
+    }
+
     /// Number of gaps held.
     pub fn len(&self) -> usize {
         self.recent.len()

@@ -123,6 +123,26 @@ pub struct LedgerSummary {
     pub total: Option<EnergyReport>,
 }
 
+impl LedgerSummary {
+    /// The summary of `consolidations` (in order) under `profile`, with
+    /// their total.
+    pub fn of(profile: PowerProfile, consolidations: Vec<EnergyReport>) -> LedgerSummary {
+        let total = consolidations.first().map(|first| {
+            let mut secs = StateSecs::default();
+            let mut wakes = 0;
+            for report in &consolidations {
+                for state in PowerState::ALL {
+                    secs.add(state, report.secs.get(state));
+                }
+                wakes += report.wakes;
+            }
+            let ended = consolidations.last().map_or(first.ended_secs, |last| last.ended_secs);
+            EnergyReport::new(first.began_secs, ended, secs, wakes, &profile)
+        });
+        LedgerSummary { profile, consolidations, total }
+    }
+}
+
 /// One step of the power trace: from `at_secs` the desktop draws `watts`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PowerStep {
@@ -270,19 +290,7 @@ impl EnergyLedger {
         if let Some(open) = &self.open {
             consolidations.push(self.report_of(open, now_secs));
         }
-        let total = consolidations.first().map(|first| {
-            let mut secs = StateSecs::default();
-            let mut wakes = 0;
-            for report in &consolidations {
-                for state in PowerState::ALL {
-                    secs.add(state, report.secs.get(state));
-                }
-                wakes += report.wakes;
-            }
-            let ended = consolidations.last().map_or(first.ended_secs, |last| last.ended_secs);
-            EnergyReport::new(first.began_secs, ended, secs, wakes, &self.profile)
-        });
-        LedgerSummary { profile: self.profile, consolidations, total }
+        LedgerSummary::of(self.profile, consolidations)
     }
 
     /// The power over time as steps. Each consolidation's last step is at

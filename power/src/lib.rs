@@ -18,7 +18,8 @@
 //!   length `t_b` (Eq. 3) and the waste of a too-short microsleep.
 //! - [`GapHistory`] and [`MicrosleepPolicy`]: the wait time `t_w` the desktop
 //!   stays awake after the last memserv/diskserv request, fixed (6 s) or
-//!   adaptive (the `t_w` that minimises Eq. 4 over the gaps seen so far).
+//!   adaptive (the `t_w` that minimises Eq. 4 over the gaps seen so far),
+//!   which [`load_gaps`] and [`save_gaps`] keep per VM across its stays.
 //! - [`PowerState`] and [`EnergyLedger`]: timestamped state transitions
 //!   integrated with the profile's power, per consolidation and in total,
 //!   against the baseline of staying idle; [`svg::power_chart`] draws the
@@ -27,7 +28,8 @@
 //!   clock-injected state machine feeding the ledger; [`daemon::run`] is the
 //!   desktop power daemon's loop around it, with the clock and the sleep
 //!   back-end as traits so that this crate needs neither the kernel nor the
-//!   other crates; [`LedgerFiles`] keeps `ledger.json` and `power.svg`.
+//!   other crates; [`LedgerFiles`] keeps every stay (`stays.jsonl`, appended),
+//!   `ledger.json` (all of them and their total) and `power.svg`.
 //! - [`server`]: the consolidation server's side, its power split across
 //!   the VMs it hosts (active by CPU time, idle by memory, network by
 //!   bytes) and how many VMs must share it before each pays off.
@@ -64,6 +66,7 @@ pub mod daemon;
 mod error;
 mod files;
 mod gaps;
+mod learned;
 mod ledger;
 mod machine;
 mod policy;
@@ -75,8 +78,9 @@ pub mod svg;
 pub mod trace;
 
 pub use error::PowerError;
-pub use files::{FilesError, LedgerFiles, CHART_FILE, LEDGER_FILE};
+pub use files::{FilesError, LedgerFiles, Stay, CHART_FILE, LEDGER_FILE, OPEN_STAY_FILE, STAYS_FILE};
 pub use gaps::GapHistory;
+pub use learned::{load_gaps, save_gaps, LearnedError, MAX_LEARNED_BYTES};
 pub use ledger::{EnergyLedger, EnergyReport, LedgerSummary, PowerStep, StateSecs};
 pub use machine::{Decision, SleepMachine};
 pub use policy::{AdaptiveConfig, MicrosleepPolicy, WaitMode, DEFAULT_WAIT_SECS};

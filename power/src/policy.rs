@@ -16,7 +16,9 @@
 //! desktop's VM actually produces while consolidated, so a VM whose bursts
 //! pause for 7-9 s (where 6 s sleeps just before the next request every
 //! time) learns to wait them out. Until it has seen
-//! [`AdaptiveConfig::min_gaps`] gaps it uses the fixed default.
+//! [`AdaptiveConfig::min_gaps`] gaps it uses the fixed default. What it
+//! learned carries over to the VM's next stay ([`MicrosleepPolicy::learn_from`],
+//! [`crate::load_gaps`]), so only a VM's first stay starts at the default.
 //!
 //! Gaps are measured between request arrival times. Live, a request that
 //! woke the desktop is seen only after the resume, so its gap includes the
@@ -153,6 +155,29 @@ impl MicrosleepPolicy {
             self.history.record((at_secs - last).max(0.0));
         }
         self.last_request = Some(self.last_request.map_or(at_secs, |last| last.max(at_secs)));
+        self.choose_wait();
+        Ok(())
+    }
+
+    /// Starts from the gaps an earlier stay of the same VM learned
+    /// ([`crate::load_gaps`]), oldest first, as if they had just been
+    /// seen; in adaptive mode the wait is chosen over them once there are
+    /// [`AdaptiveConfig::min_gaps`]. Negative or non-finite gaps are
+    /// ignored; the next request's gap is measured from that request on.
+    pub fn learn_from(&mut self, gaps: impl IntoIterator<Item = f64>) {
+        for gap in gaps {
+            self.history.record(gap);
+        }
+        self.choose_wait();
+    }
+
+    /// The gaps learned so far, oldest first, for [`crate::save_gaps`].
+    pub fn learned_gaps(&self) -> Vec<f64> {
+        self.history.gaps().collect()
+    }
+
+    /// In adaptive mode with enough gaps, the wait minimising Eq. 4 over them.
+    fn choose_wait(&mut self) {
         if let WaitMode::Adaptive(config) = self.mode {
             if self.history.len() >= config.min_gaps {
                 let steps = (config.max_wait_secs / config.step_secs).floor() as u64;
@@ -162,7 +187,6 @@ impl MicrosleepPolicy {
                 }
             }
         }
-        Ok(())
     }
 
     /// The current wait time `t_w`, seconds.
@@ -245,5 +269,34 @@ mod tests {
         assert!(MicrosleepPolicy::adaptive(PowerProfile::TABLE_1, zero_step).is_err());
         let mut policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 6.0).unwrap();
         assert!(policy.on_request(f64::INFINITY).is_err());
+    }
+
+    /// A second stay that starts from the first one's gaps waits what the
+    /// first learned from its first request on, where a fresh policy
+    /// still waits the prior 6 s.
+    #[test]
+    fn a_later_stay_starts_from_the_gaps_an_earlier_one_learned() {
+        let config = AdaptiveConfig { min_gaps: 10, ..AdaptiveConfig::default() };
+        let mut first = MicrosleepPolicy::adaptive(PowerProfile::TABLE_1, config).unwrap();
+        let mut at = 0.0;
+        for i in 0..40 {
+            first.on_request(at).unwrap();
+            at += if i % 3 == 2 { 100.0 } else { 7.4 };
+        }
+        assert_eq!(first.wait_secs(), 7.5);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("wait-gaps.json");
+        crate::save_gaps(&file, &first.learned_gaps()).unwrap();
+
+        let mut second = MicrosleepPolicy::adaptive(PowerProfile::TABLE_1, config).unwrap();
+        second.learn_from(crate::load_gaps(&file).unwrap());
+        assert_eq!(second.history().len(), 39);
+        assert_eq!(second.wait_secs(), 7.5);
+        // Its first request is no gap: nothing from the first stay's last one.
+        second.on_request(1e6).unwrap();
+        assert_eq!(second.history().len(), 39);
+        assert_eq!(second.sleep_at(), Some(1e6 + 7.5));
+        let fresh = MicrosleepPolicy::adaptive(PowerProfile::TABLE_1, config).unwrap();
+        assert_eq!(fresh.wait_secs(), DEFAULT_WAIT_SECS);
     }
 }

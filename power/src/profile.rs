@@ -155,6 +155,26 @@ impl PowerProfile {
     pub fn wasted_microsleep_joules(&self) -> f64 {
         self.cycle_waste_joules(self.suspend_secs + self.resume_secs)
     }
+
+    /// When a suspend and resume that took `before..after` (seconds, on a
+    /// clock that counts through S3) was asleep: `(asleep_at, resuming_at)`.
+    ///
+    /// The suspend and the resume are charged the profile's times, the
+    /// rest is asleep. A host's own measure of its time asleep (the gap
+    /// between `CLOCK_BOOTTIME` and `CLOCK_MONOTONIC`) also holds the
+    /// firmware's part of the resume, which draws resume power, not sleep
+    /// power, so it is not used. A round trip shorter than both times is
+    /// split between them in their proportion, with no time asleep.
+    pub fn round_trip(&self, before: f64, after: f64) -> (f64, f64) {
+        let elapsed = (after - before).max(0.0);
+        let transitions = self.suspend_secs + self.resume_secs;
+        if transitions <= elapsed {
+            (before + self.suspend_secs, after - self.resume_secs)
+        } else {
+            let at = if transitions > 0.0 { before + elapsed * self.suspend_secs / transitions } else { before };
+            (at, at)
+        }
+    }
 }
 
 impl Default for PowerProfile {
@@ -236,5 +256,17 @@ mod tests {
         let flat = PowerProfile { sleep_watts: 70.0, ..PowerProfile::TABLE_1 };
         assert!(matches!(flat.validate("t"), Err(PowerError::SleepNotCheaper { .. })));
         assert!(matches!(PowerProfile::load(&dir.path().join("missing.json")), Err(PowerError::ReadProfile { .. })));
+    }
+
+    #[test]
+    fn a_round_trip_charges_the_profiles_transition_times() {
+        let p = PowerProfile::TABLE_1;
+        let (asleep, resuming) = p.round_trip(10.0, 110.0);
+        assert!((asleep - (10.0 + p.suspend_secs)).abs() < 1e-9);
+        assert!((resuming - (110.0 - p.resume_secs)).abs() < 1e-9);
+        // Too short for both: split in their proportion, nothing asleep.
+        let (asleep, resuming) = p.round_trip(0.0, 8.48);
+        assert_eq!(asleep, resuming);
+        assert!((asleep - 8.48 * p.suspend_secs / (p.suspend_secs + p.resume_secs)).abs() < 1e-9);
     }
 }

@@ -360,6 +360,7 @@ impl HostedVm {
             wake,
             host_key: config.host_key.clone(),
             peers: config.peers.clone(),
+            push_from: config.push_working_set.then(|| crate::traces::history_dir(&config.state_dir, &key)),
         };
         // From here a failed step drops what was made: QEMU is killed, the
         // storage process flushes and exits, the tap goes.

@@ -89,6 +89,10 @@ pub struct StorageSpec {
     pub host_key: PathBuf,
     /// The enrolled desktops.
     pub peers: PathBuf,
+    /// The VM's history of fetch traces, whose working set
+    /// ([`crate::traces::working_set`]) is pushed at start; none: no push.
+    #[serde(default)]
+    pub push_from: Option<PathBuf>,
 }
 
 /// How to wake a desktop: [`WakeTarget`]'s settings.
@@ -587,6 +591,9 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     memory.wake = Arc::clone(&wake);
     memory.trace = trace.clone();
     let mount = memtap::Mount::start(&spec.run.join("ram"), vec![memory])?;
+    if let (Some(dir), Some(ram)) = (&spec.push_from, mount.vms().first()) {
+        push_working_set(&key, dir, Arc::clone(ram));
+    }
     if !(1..=daemon_protocol::MAX_DISKS).contains(&spec.disks) {
         return Err(format!("{} disks: a VM has 1 to {}", spec.disks, daemon_protocol::MAX_DISKS).into());
     }
@@ -611,6 +618,35 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))?;
     durable_file::replace_file(&serving.spec.run.join(PID), &[std::process::id().to_string().as_bytes()])?;
     Ok((serving, listener))
+}
+
+/// Pushes the working set of the traces in `dir` into `ram` from a thread
+/// of its own, while the desktop is still awake from the consolidation;
+/// the guest runs meanwhile and faults as usual. A failed push is logged:
+/// the pages then come on demand.
+fn push_working_set(key: &VmKey, dir: &Path, ram: Arc<memtap::VmMemory>) {
+    let pages = crate::traces::working_set(dir);
+    if pages.is_empty() {
+        return;
+    }
+    let key = key.clone();
+    let spawned = std::thread::Builder::new().name("push-working-set".into()).spawn(move || {
+        let started = std::time::Instant::now();
+        match ram.push(&pages) {
+            Ok(pushed) => tracing::info!(
+                desktop = %key.desktop,
+                vm = %key.vm,
+                pushed,
+                known = pages.len(),
+                "working set of earlier stays pushed in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => tracing::warn!(desktop = %key.desktop, vm = %key.vm, "{}", wire::chain(&e)),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the working set's push, the pages come on demand: {e}");
+    }
 }
 
 /// The zero map of consolidation, in the VM's state directory.

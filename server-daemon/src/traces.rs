@@ -12,7 +12,9 @@
 //! Only the last [`KEPT_STAYS`] are kept per VM, oldest dropped first:
 //! each trace is capped ([`fetch_trace::DEFAULT_MAX_BYTES`], a few hundred
 //! KiB for an idle stay), so a VM's history stays bounded however often it
-//! moves. The energy model replays them (`energy --trace`).
+//! moves. The energy model replays them (`energy --trace`), and the pages
+//! they faulted on are the working set pushed at the VM's next
+//! consolidation ([`working_set`]).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -70,6 +72,26 @@ pub fn keep(state_dir: &Path, key: &VmKey, vm_state: &Path) -> Option<PathBuf> {
     }
 }
 
+/// The working set of the VM whose kept traces are in `dir`: every page
+/// its earlier stays faulted on ([`fetch_trace::Trace::faulted_pages`]),
+/// sorted. This is what the storage process pushes at consolidation
+/// (`push_working_set`); at most [`KEPT_STAYS`] traces, each capped, so it
+/// stays small. A trace that cannot be read is left out with a warning.
+pub fn working_set(dir: &Path) -> Vec<u64> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let mut pages = std::collections::BTreeSet::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().is_none_or(|ext| ext != "csv") {
+            continue;
+        }
+        match fetch_trace::read(&path) {
+            Ok(trace) => pages.extend(trace.faulted_pages()),
+            Err(e) => tracing::warn!("the kept fetch trace {} is left out of the working set: {e}", path.display()),
+        }
+    }
+    pages.into_iter().collect()
+}
+
 /// The start time in a trace's header line.
 fn started_unix(trace: &Path) -> Option<u64> {
     let mut first = String::new();
@@ -125,5 +147,25 @@ mod tests {
         assert_eq!(left.len(), KEPT_STAYS);
         assert!(!kept[2].exists() && kept[3].exists(), "the three oldest went");
         assert!(kept.last().unwrap().exists());
+    }
+
+    #[test]
+    fn the_working_set_is_every_page_the_kept_stays_faulted_on() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        assert!(working_set(&dir.join("none")).is_empty());
+        let head = "jettison-fetch-trace 1 started_unix=1 started_boottime_ns=0\n\
+                    device,unit,cause,faulting,units,requests,asked_ns,answered_ns\n";
+        fs::write(dir.join("1.csv"), format!("{head}memory,9,fault,1,21,1,5,6\nmemory,3,fault,1,21,1,7,failed\n"))
+            .unwrap();
+        fs::write(
+            dir.join("2.csv"),
+            format!("{head}memory,4,fault,1,21,1,5,6\ndisk,8,fault,1,1,1,5,6\nmemory,9,fault,1,1,1,8,9\n"),
+        )
+        .unwrap();
+        fs::write(dir.join("3.csv"), "not a trace\n").unwrap();
+        fs::write(dir.join("notes.txt"), "memory,77").unwrap();
+        // Answered memory faults only: the failed one and the disk block are not.
+        assert_eq!(working_set(dir), [4, 9]);
     }
 }

@@ -308,3 +308,34 @@ fn every_fetch_is_traced_with_its_time_taken_before_the_wake_hook() {
         );
     }
 }
+
+/// A pushed working set is on the server before the guest touches it: the
+/// push asks memserv once (the desktop is awake for it), and reading the
+/// pushed pages afterwards asks memserv for none of them and wakes nobody.
+#[test]
+fn pushed_pages_are_served_without_asking_the_desktop() {
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    let f = Fixture::start();
+    let ram = Arc::clone(&f.mount.vms()[0]);
+    // Pages 300..400, a page of the zero map's hole, and one past the end.
+    let pages: Vec<u64> = (300..400).chain([150, PAGES + 10]).collect();
+    assert_eq!(ram.push(&pages).unwrap(), 100, "absent pages only");
+    assert_eq!(ram.push(&pages).unwrap(), 0, "what is local is not pushed again");
+    let (fetches, wakes) = (stats(&f.mnt).remote_fetches, f.wake.0.load(Ordering::SeqCst));
+    assert!(fetches >= 1 && wakes >= 1, "the push asked the desktop");
+
+    let file = OpenOptions::new().read(true).open(f.mnt.join("vm1.ram")).unwrap();
+    // SAFETY: the file is ours for the test; nobody truncates it.
+    let map = unsafe { MmapOptions::new().map(&file) }.unwrap();
+    for p in 300..400 {
+        assert_eq!(map[p * PAGE..(p + 1) * PAGE], f.bytes[p * PAGE..(p + 1) * PAGE], "page {p}");
+    }
+    let after = stats(&f.mnt);
+    assert_eq!(after.remote_fetches, fetches, "a pushed page was fetched again: {after:?}");
+    assert_eq!(f.wake.0.load(Ordering::SeqCst), wakes, "a pushed page woke the desktop");
+    drop(map);
+    drop(file);
+    f.mount.unmount().unwrap();
+}
