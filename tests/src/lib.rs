@@ -211,7 +211,7 @@ pub fn boot_disk(dir: &Path, args: &str, files: &[(&str, &str)], format: &str) -
 /// A qcow2 copy of the Debian desktop guest's disk (`vm-disk.qcow2` under
 /// `dir`) whose kernel command line ends with `args`, made by
 /// `scripts/desktop-guest-image --disk` (which builds the guest first if
-/// `.cache/desktop-guest` lacks it: about 20 minutes, as root).
+/// `.cache/desktop-guest` lacks it: about 10 minutes, as root).
 ///
 /// # Errors
 /// Why it cannot be made: no TCG QEMU, or the script failed (its output).

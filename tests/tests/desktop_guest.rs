@@ -8,9 +8,10 @@
 //! All through the real daemons and the `jettison` command, in the office of
 //! network namespaces, under TCG.
 //!
-//! Slow (a TCG boot of Xfce and Firefox, five minutes on the server: about
-//! 15 minutes in all on 2 cores), so ignored by default: run it with
-//! `scripts/desktop-guest-test`, which builds the guest first (about 20
+//! Slow (a TCG boot of Xfce and Firefox, up to five minutes waiting for the
+//! idleness check, five minutes on the server: 16 min 23 s in one run on 2
+//! shared cores), so ignored by default: run it with
+//! `scripts/desktop-guest-test`, which builds the guest first (about 10
 //! minutes the first time). Root only; skipped with a reason elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
@@ -136,7 +137,7 @@ fn consolidate(office: &Office) -> (serde_json::Value, bool) {
 }
 
 #[test]
-#[ignore = "slow (about 15 minutes under TCG, and the desktop guest takes about 20 minutes to build): \
+#[ignore = "slow (about 16 minutes under TCG, and the desktop guest takes about 10 minutes to build): \
             run it with scripts/desktop-guest-test"]
 fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_session_and_connection() {
     let started = Instant::now();
