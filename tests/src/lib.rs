@@ -208,6 +208,21 @@ pub fn boot_disk(dir: &Path, args: &str, files: &[(&str, &str)], format: &str) -
     Ok(top)
 }
 
+/// A qcow2 copy of the Debian desktop guest's disk (`vm-disk.qcow2` under
+/// `dir`) whose kernel command line ends with `args`, made by
+/// `scripts/desktop-guest-image --disk` (which builds the guest first if
+/// `.cache/desktop-guest` lacks it: about 10 minutes, as root).
+///
+/// # Errors
+/// Why it cannot be made: no TCG QEMU, or the script failed (its output).
+pub fn desktop_guest_disk(dir: &Path, args: &str) -> Result<PathBuf, String> {
+    guest()?;
+    let disk = dir.join("vm-disk.qcow2");
+    let script = repo_root().join("scripts/desktop-guest-image");
+    run(Command::new(&script).arg("--disk").arg(&disk).args(["--args", args]))?;
+    Ok(disk)
+}
+
 /// The backing file of a `qcow2-backed` [`boot_disk`], in its directory.
 pub const BACKING_IMAGE: &str = "vm-disk-base.qcow2";
 

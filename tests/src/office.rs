@@ -38,6 +38,10 @@ use crate::vmnet::bridge_host;
 pub const CLIENT_CIDR: &str = "10.77.0.3/24";
 /// The VM's address and its line service.
 pub const VM_SERVICE: &str = "10.77.0.50:7000";
+/// Where the client host listens for the desktop guest's always-on client
+/// ([`OfficeSpec::desktop_guest`], its `jt.peer=`): that guest dials out, as
+/// an IM or mail client does, and answers lines as the small guest's service.
+pub const CLIENT_PEER: &str = "10.77.0.3:7100";
 /// The VM's MAC on both hosts.
 pub const VM_MAC: &str = "02:4a:54:00:00:50";
 /// The desktop's own MAC, which the server wakes it by (with `power`).
@@ -113,6 +117,12 @@ pub struct OfficeSpec {
     /// The keys of the desktop's `[activity]` section, if its daemon
     /// watches the user.
     pub activity: Option<String>,
+    /// The VM is the Debian desktop guest (`scripts/desktop-guest-image`:
+    /// Xfce, Firefox ESR, an always-on client dialling [`CLIENT_PEER`])
+    /// instead of the small one: a qcow2 copy of its disk, booted through
+    /// SeaBIOS. `boot_disk`, `fill_mib`, `disk_mib` and `extra_disks` do not
+    /// apply; its serial console has `JTCOUNT` lines every 5 s once it is up.
+    pub desktop_guest: bool,
 }
 
 /// Size of each of [`OfficeSpec::extra_disks`].
@@ -151,6 +161,7 @@ impl Default for OfficeSpec {
             power: None,
             extra_disks: &[],
             activity: None,
+            desktop_guest: false,
         }
     }
 }
@@ -211,6 +222,10 @@ impl Office {
         let guest = crate::guest()?;
         let guest_args = format!("jt.fill={} jt.disk=desktop jt.net=10.77.0.50/24 jt.serve=7000", spec.fill_mib);
         let (disk, format, vm_boot) = match spec.boot_disk {
+            _ if spec.desktop_guest => {
+                let args = format!("jt.net=10.77.0.50/24 jt.peer={CLIENT_PEER}");
+                (crate::desktop_guest_disk(dir, &args)?, "qcow2", "firmware = \"bios\"\n".to_owned())
+            }
             None => {
                 let bulk = bulk_text(BULK_MIB);
                 let files = [("desktop-only.txt", DESKTOP_TEXT), ("bulk.txt", &bulk)];
@@ -547,6 +562,17 @@ impl Office {
     pub fn connect_client(&self, pace: Duration) -> LineClient {
         LineClient::connect(self.lan.host(2), VM_SERVICE, pace)
     }
+
+    /// Listens on the client host at [`CLIENT_PEER`] until the desktop
+    /// guest's always-on client connects (it dials again every 2 s), then
+    /// starts exchanging a line every `pace` on that connection.
+    ///
+    /// # Panics
+    /// If no connection comes within `timeout`, with both daemons' logs.
+    pub fn accept_client(&self, pace: Duration, timeout: Duration) -> LineClient {
+        LineClient::accept(self.lan.host(2), CLIENT_PEER, pace, timeout)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
 }
 
 impl Drop for Office {
@@ -640,6 +666,36 @@ impl LineClient {
             }
         };
         LineClient::start(stream, pace)
+    }
+
+    /// Listens in namespace `ns` at `addr` for the one connection a guest's
+    /// client makes (waiting up to `timeout`: a guest dials late in its
+    /// boot) and starts exchanging a line every `pace` on it.
+    ///
+    /// # Errors
+    /// A text saying what failed: the listen, or no connection in time.
+    pub fn accept(ns: &str, addr: &str, pace: Duration, timeout: Duration) -> Result<LineClient, String> {
+        let sockaddr: SocketAddr = addr.parse().map_err(|e| format!("{addr} is not an address: {e}"))?;
+        let listener = remote_wakeup::netns::run_in(Some(ns), || std::net::TcpListener::bind(sockaddr))
+            .map_err(|e| format!("cannot enter namespace {ns}: {e}"))?
+            .map_err(|e| format!("cannot listen at {addr} in {ns}: {e}"))?;
+        listener.set_nonblocking(true).map_err(|e| format!("listener at {addr}: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).map_err(|e| format!("connection at {addr}: {e}"))?;
+                    return Ok(LineClient::start(stream, pace));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return Err(format!("no guest connected to {addr} in {ns} within {timeout:?}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(format!("accepting at {addr} in {ns}: {e}")),
+            }
+        }
     }
 
     fn start(stream: TcpStream, pace: Duration) -> LineClient {

@@ -72,6 +72,24 @@ impl Screenshot {
                 .all(|&(dx, dy)| self.at(x0 + dx, y0 + dy) == colour)
         })
     }
+
+    /// The share (0 to 1) of the pixels that have exactly `colour`.
+    pub fn share_of(&self, colour: [u8; 3]) -> f64 {
+        if self.pixels.is_empty() {
+            return 0.0;
+        }
+        self.pixels.iter().filter(|&&p| p == colour).count() as f64 / self.pixels.len() as f64
+    }
+
+    /// How many different colours the screen shows: a blank screen or a
+    /// text console has a handful, a graphical session (anti-aliased text,
+    /// icons, a wallpaper) hundreds.
+    pub fn distinct_colours(&self) -> usize {
+        let mut seen: Vec<[u8; 3]> = self.pixels.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
 }
 
 #[cfg(test)]
@@ -110,5 +128,18 @@ mod tests {
         assert!(!Screenshot::read_ppm(&black).unwrap().shows_test_pattern());
         std::fs::write(&black, b"P6\n64 48\n255\n").unwrap();
         assert!(Screenshot::read_ppm(&black).unwrap_err().contains("fewer pixels"));
+    }
+
+    #[test]
+    fn shares_and_distinct_colours_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shot.ppm");
+        // A quarter of the pixels one blue, the rest a gradient of 192 greys.
+        std::fs::write(&file, ppm(64, 4, |x, y| if y == 0 { [42, 111, 151] } else { [x as u8, x as u8, y as u8] }))
+            .unwrap();
+        let shot = Screenshot::read_ppm(&file).unwrap();
+        assert!((shot.share_of([42, 111, 151]) - 0.25).abs() < 1e-9);
+        assert_eq!(shot.share_of([1, 2, 3]), 0.0);
+        assert_eq!(shot.distinct_colours(), 1 + 64 * 3);
     }
 }
