@@ -226,6 +226,13 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
     let back = office.jettison_json(&["reintegrate", VM, "--socket", desktop.to_str().unwrap()]);
     eprintln!("reintegrated in {:.1} s: {back}", back_started.elapsed().as_secs_f64());
     wait_for_count_above(&office.desktop_serial(), at, Duration::from_secs(300));
+    // JETTISON_KEEP_TRACE=FILE copies the stay's fetch trace out (how
+    // bench/traces/ got the desktop guest's).
+    if let Some(copy) = std::env::var_os("JETTISON_KEEP_TRACE") {
+        let history = office.server_vm_history();
+        let stay = std::fs::read_dir(&history).unwrap().map(|e| e.unwrap().path()).max().expect("a kept trace");
+        std::fs::copy(&stay, copy).unwrap();
+    }
     let mut guest = agent(&desktop_agent, &office);
     let file = guest.run("cat", &["/home/jt/on-server.txt"]).unwrap_or_else(|e| panic!("after reintegration: {e}"));
     assert_eq!(file.trim(), text, "the file written on the server");
