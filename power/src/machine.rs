@@ -169,7 +169,10 @@ impl SleepMachine {
         self.ledger.power_trace()
     }
 
-    /// Ends the consolidation at `now` (no earlier than the last transition).
+    /// Ends the consolidation at `now` (no earlier than the last
+    /// transition). A desktop asleep or suspending then is woken for the
+    /// user's return: a resume from `now`, charged the profile's resume
+    /// time (the stay ends when it is over), as the simulator charges it.
     ///
     /// # Errors
     ///
@@ -177,6 +180,10 @@ impl SleepMachine {
     /// already ended.
     pub fn stop(&mut self, now: f64) -> Result<EnergyReport, PowerError> {
         let now = self.not_before_last(now);
+        if matches!(self.state(), PowerState::Suspending | PowerState::Asleep) {
+            self.ledger.enter(PowerState::Resuming, now)?;
+            return self.ledger.end(now + self.policy.profile().resume_secs);
+        }
         self.ledger.end(now)
     }
 }
@@ -263,5 +270,17 @@ mod tests {
     fn rejects_a_bad_serving_time() {
         let policy = MicrosleepPolicy::fixed(PowerProfile::TABLE_1, 6.0).unwrap();
         assert!(SleepMachine::start(policy, f64::NAN, 0.0).is_err());
+    }
+
+    #[test]
+    fn a_stay_that_ends_asleep_is_charged_the_resume_for_the_user() {
+        let mut machine = fixed(6.0);
+        assert_eq!(machine.poll(6.0).unwrap(), Decision::Sleep);
+        machine.enter(PowerState::Suspending, 6.0).unwrap();
+        machine.enter(PowerState::Asleep, 7.0).unwrap();
+        let report = machine.stop(100.0).unwrap();
+        assert_eq!(report.wakes, 1);
+        assert!((report.secs.resuming - PowerProfile::TABLE_1.resume_secs).abs() < 1e-9, "{report:?}");
+        assert_eq!(report.ended_secs, 100.0 + PowerProfile::TABLE_1.resume_secs);
     }
 }

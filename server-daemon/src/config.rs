@@ -324,6 +324,7 @@ mod tests {
         assert_eq!(config.max_fetch_mib_per_sec, None);
         assert_eq!(config.control_socket(), Path::new("/r/server.sock"));
         assert_eq!(config.qemu_user(), None, "no qemu_user: QEMU runs as root");
+        assert!(!config.push_working_set, "no push unless asked");
         assert_eq!(config.energy.source, EnergySource::Auto);
         assert_eq!(config.energy.server(), power::server::ServerProfile::PAPER);
         assert_eq!(config.energy.desktop(), power::PowerProfile::TABLE_1);

@@ -6,7 +6,7 @@
 //! guest needs pages and blocks it had left alone, and stops the session
 //! (awake, ledger written) before the VM comes home. A daemon restart
 //! while the VM is away keeps the stay it ended in the ledger and in the
-//! total. `jettison status` shows the figures, and they agree with the
+//! total, and the next stay's wait starts from the gaps the first learned. `jettison status` shows the figures, and they agree with the
 //! ledger.
 //!
 //! Root only (namespaces, taps, FUSE, AF_PACKET); skipped with a reason
@@ -78,9 +78,19 @@ fn the_desktop_daemon_sleeps_while_its_vm_is_away_and_the_server_wakes_it() {
     assert_eq!(first.len(), 1, "the stopped daemon logged its stay");
     let first = first[0].report;
     assert!(first.secs.asleep > 0.0 && first.wakes >= 1, "{first:?}");
+    // What the wait learned of the VM's gaps is kept for its next stay.
+    let learned = power::load_gaps(&dir.path().join("desktop/state").join(VM).join("wait-gaps.json")).unwrap();
+    assert!(!learned.is_empty(), "the first stay's gaps were not kept");
     office.start_desktop();
     let again = wait_for_power(&office, "the restarted daemon never slept", |p| p["sleeps"].as_u64() >= Some(1));
     assert!(again["asleep_secs"].as_f64().unwrap() > first.secs.asleep, "the total forgot the first stay: {again}");
+    let desktop_log = office.log("desktop");
+    let started_from = format!("gaps={}", learned.len());
+    assert!(
+        desktop_log.lines().any(|line| line.contains("starts from the gaps") && line.contains(&started_from)),
+        "the second stay did not start from the first one's {} gaps: {desktop_log}",
+        learned.len()
+    );
 
     // Home: the session stops first (awake, ledger written), then the VM comes back.
     let back = office.jettison_json(&["reintegrate", VM, "--socket", socket]);
