@@ -331,21 +331,20 @@ mod tests {
         assert!(!config.energy.refuse_unprofitable, "off unless asked for");
     }
 
+    /// Loads `server.toml` in `dir`: the keys every configuration needs,
+    /// then `extra`; the error as its whole chain.
+    fn load_minimal(dir: &Path, extra: &str) -> Result<ServerConfig, String> {
+        let path = dir.join("server.toml");
+        let needed = "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
+                      bridge = \"br0\"\ncapacity_mib = 1024\n";
+        std::fs::write(&path, format!("{needed}{extra}")).unwrap();
+        ServerConfig::load(&path).map_err(|e| wire::chain(&e))
+    }
+
     #[test]
     fn the_energy_section_is_checked_and_reads_a_desktop_profile() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("server.toml");
-        let load = |energy: &str| {
-            std::fs::write(
-                &path,
-                format!(
-                    "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
-                     bridge = \"br0\"\ncapacity_mib = 1024\n[energy]\n{energy}\n"
-                ),
-            )
-            .unwrap();
-            ServerConfig::load(&path).map_err(|e| wire::chain(&e))
-        };
+        let load = |energy: &str| load_minimal(dir.path(), &format!("[energy]\n{energy}\n"));
         let low = load("idle_watts = 200.0\nbusy_watts = 100.0").unwrap_err();
         assert!(low.contains("busy_watts 100") && low.contains("server.toml"), "{low}");
         let bad = load("network_watts_per_gbit = -1.0").unwrap_err();
@@ -365,18 +364,7 @@ mod tests {
     #[test]
     fn qemu_user_must_be_an_unprivileged_user_of_this_host() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("server.toml");
-        let load = |user: &str| {
-            std::fs::write(
-                &path,
-                format!(
-                    "name = \"s\"\nlisten = \"10.0.0.1:7400\"\nstate_dir = \"/s\"\nrun_dir = \"/r\"\n\
-                     bridge = \"br0\"\ncapacity_mib = 1024\nqemu_user = \"{user}\"\n"
-                ),
-            )
-            .unwrap();
-            ServerConfig::load(&path).map_err(|e| wire::chain(&e))
-        };
+        let load = |user: &str| load_minimal(dir.path(), &format!("qemu_user = \"{user}\"\n"));
         let missing = load("no-such-user-here").unwrap_err();
         assert!(missing.contains("qemu_user = \"no-such-user-here\"") && missing.contains("useradd"), "{missing}");
         let root = load("root").unwrap_err();
