@@ -191,13 +191,22 @@ impl UnitSource for PageSource {
         let first = missing.iter().copied().min().unwrap_or_default();
         let fetched = self.fetch_from_remote(&want, first, Cause::Fault, missing.len() as u64)?;
         let missing: BTreeSet<u64> = missing.into_iter().collect();
-        let mut cache = self.lock_cache();
-        for (page, data) in fetched {
-            if missing.contains(&page) {
-                found.push((page, data));
-            } else {
-                cache.insert(page, data);
+        let mut evicted = Vec::new();
+        {
+            let mut cache = self.lock_cache();
+            for (page, data) in fetched {
+                if missing.contains(&page) {
+                    found.push((page, data));
+                } else {
+                    evicted.extend(cache.insert(page, data));
+                }
             }
+        }
+        // Not touched while it was cached, but on the server now: kept in
+        // the fetched slice, so that a later fault does not fetch it again.
+        // (One the guest wrote meanwhile is dirty, and its dirty copy wins.)
+        for (page, data) in evicted {
+            self.store.store_fetched(page, &data).map_err(SourceError::new)?;
         }
         Ok(found)
     }

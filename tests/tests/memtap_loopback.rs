@@ -74,6 +74,11 @@ struct Fixture {
 
 impl Fixture {
     fn start() -> Fixture {
+        Fixture::start_with(|_| {})
+    }
+
+    /// As [`Fixture::start`], with `adjust` applied to the VM's configuration.
+    fn start_with(adjust: impl FnOnce(&mut RamFileConfig)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let (ram, bytes) = desktop_ram(dir.path());
         let key = TestKeys::new();
@@ -83,6 +88,7 @@ impl Fixture {
         let wake = Arc::new(CountingWake::default());
         let mut config = vm_config(dir.path(), &server, &key);
         config.wake = wake.clone();
+        adjust(&mut config);
         let mount = Mount::start(&mnt, vec![config]).unwrap();
         Fixture { dir, ram, bytes, key, server, mnt, wake, mount }
     }
@@ -338,4 +344,29 @@ fn pushed_pages_are_served_without_asking_the_desktop() {
     drop(map);
     drop(file);
     f.mount.unmount().unwrap();
+}
+
+#[test]
+fn a_page_evicted_from_the_prefetch_cache_is_never_fetched_again() {
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    // A cache of two pages: nearly every neighbour a fault brings along is
+    // evicted at once.
+    let fixture = Fixture::start_with(|config| config.cache_bytes = 2 * PAGE);
+    let (bytes, mnt) = (&fixture.bytes, &fixture.mnt);
+    let file = std::fs::File::open(mnt.join("vm1.ram")).unwrap();
+    // SAFETY: the file is ours for the test; nobody truncates it.
+    let map = unsafe { MmapOptions::new().map(&file) }.unwrap();
+    assert_eq!(map[500 * PAGE..501 * PAGE], bytes[500 * PAGE..501 * PAGE]);
+    let after_one = stats(mnt);
+    assert_eq!(after_one.remote_fetches, 1, "{after_one:?}");
+    // A neighbour the cache could not keep: on the server all the same.
+    assert_eq!(map[495 * PAGE..496 * PAGE], bytes[495 * PAGE..496 * PAGE]);
+    let s = stats(mnt);
+    assert_eq!(s.remote_fetches, 1, "page 495 came with page 500's window and was fetched again: {s:?}");
+    // Every page, each fetched once: all but the zero map's hole.
+    assert!(map[..] == bytes[..], "mapped RAM differs from the desktop's");
+    let s = stats(mnt);
+    assert_eq!(s.pages_fetched, PAGES - 100, "a page was fetched twice (or a zero page fetched): {s:?}");
 }
