@@ -306,12 +306,19 @@ pub fn clear_signal_mask() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether process `pid` exists and is not a zombie.
+/// Whether process `pid` exists and is not a zombie: whether any of its
+/// threads still runs. A process whose main thread has exited shows that
+/// thread as a zombie while its other threads finish (one blocked on a
+/// FUSE request, say), and until the last one has, its open files (and
+/// their locks and mappings) are still held.
 pub fn alive(pid: u32) -> bool {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the parenthesised command name.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-    matches!(state, Some(s) if s != "Z" && s != "X")
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.filter_map(std::result::Result::ok).any(|task| {
+        let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        matches!(state, Some(s) if s != "Z" && s != "X")
+    })
 }
 
 /// `Ok` while QEMU runs; [`QemuError::Exited`] (or [`QemuError::Gone`] for an
@@ -354,4 +361,45 @@ pub(crate) fn tail(path: &Path) -> String {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     };
     read().unwrap_or_else(|err| format!("(cannot read {}: {err})", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn leader_state(pid: u32) -> String {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("").to_owned()
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_process_is_alive_until_its_last_thread_ends_not_its_first() {
+        // Python's main thread leaves by pthread_exit; a second thread
+        // lives on until its stdin closes.
+        let script = "import ctypes, sys, threading\n\
+                      threading.Thread(target=sys.stdin.read).start()\n\
+                      ctypes.CDLL(None).pthread_exit(None)\n";
+        let mut child = match Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).spawn() {
+            Ok(child) => child,
+            Err(e) => panic!("python3 runs this test's process (scripts/install-deps installs it): {e}"),
+        };
+        let pid = child.id();
+        wait_until("the main thread has exited", || leader_state(pid) == "Z");
+        assert!(alive(pid), "its other thread still runs, and with it its open files");
+        drop(child.stdin.take());
+        wait_until("the process has ended (a zombie, not yet reaped)", || !alive(pid));
+        assert!(child.wait().unwrap().success());
+        assert!(!alive(pid), "reaped");
+        assert!(alive(std::process::id()), "this test's own process");
+    }
 }
