@@ -66,6 +66,12 @@ impl PageSource {
         self.cache.lock().expect("prefetch cache lock poisoned: a thread panicked holding it")
     }
 
+    /// Whether `page` is neither waiting in `cache` nor in the slices
+    /// (fetched, dirty or known zero): only such a page is asked for.
+    fn absent(&self, cache: &PrefetchCache, page: u64) -> Result<bool, SourceError> {
+        Ok(!cache.contains(page) && self.store.state(page).map_err(SourceError::new)? == UnitState::Absent)
+    }
+
     /// The pages to ask memserv for: the faulting ones and their windows,
     /// less what is local or cached already.
     fn wanted(&self, faulting: &[u64]) -> Result<BTreeSet<u64>, SourceError> {
@@ -73,10 +79,7 @@ impl PageSource {
         let mut want: BTreeSet<u64> = faulting.iter().copied().collect();
         for &page in faulting {
             for near in pivot_window(page, self.window, self.pages) {
-                if want.contains(&near) || cache.contains(near) {
-                    continue;
-                }
-                if self.store.state(near).map_err(SourceError::new)? == UnitState::Absent {
+                if !want.contains(&near) && self.absent(&cache, near)? {
                     want.insert(near);
                 }
             }
@@ -114,7 +117,7 @@ impl PageSource {
                 let cache = self.lock_cache();
                 let mut absent = Vec::with_capacity(batch.len());
                 for &page in batch {
-                    if !cache.contains(page) && self.store.state(page).map_err(SourceError::new)? == UnitState::Absent {
+                    if self.absent(&cache, page)? {
                         absent.push(page);
                     }
                 }
