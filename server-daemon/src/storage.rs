@@ -625,12 +625,15 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
 /// the guest runs meanwhile and faults as usual. A failed push is logged:
 /// the pages then come on demand.
 fn push_working_set(key: &VmKey, dir: &Path, ram: Arc<memtap::VmMemory>) {
-    let pages = crate::traces::working_set(dir);
-    if pages.is_empty() {
-        return;
-    }
     let key = key.clone();
+    let dir = dir.to_owned();
+    // The traces are read on the push's thread too: the storage process
+    // says it is ready (and the consolidation goes on) without waiting.
     let spawned = std::thread::Builder::new().name("push-working-set".into()).spawn(move || {
+        let pages = crate::traces::working_set(&dir);
+        if pages.is_empty() {
+            return;
+        }
         let started = std::time::Instant::now();
         match ram.push(&pages) {
             Ok(pushed) => tracing::info!(
