@@ -23,7 +23,6 @@
 //! seconds in each state, so a profile changed between stays is applied to
 //! the earlier ones too.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -268,16 +267,8 @@ fn truncate(file: &Path, len: u64) -> Result<(), FilesError> {
 /// directory, for a new log).
 fn append(file: &Path, stay: &Stay) -> Result<(), FilesError> {
     let log = |source| FilesError::Log { file: file.to_owned(), source };
-    let mut line =
-        serde_json::to_vec(stay).map_err(|e| log(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    line.push(b'\n');
-    let new = !file.exists();
-    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file).map_err(log)?;
-    out.write_all(&line).and_then(|()| out.sync_all()).map_err(log)?;
-    if new {
-        durable_file::sync_dir(durable_file::parent_dir(file)).map_err(log)?;
-    }
-    Ok(())
+    let line = serde_json::to_vec(stay).map_err(|e| log(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    durable_file::append_line(file, &line).map_err(log)
 }
 
 /// Removes `file` if it is there.

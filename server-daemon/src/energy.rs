@@ -34,7 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -467,17 +467,11 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Appends `line` and a newline to `path` (made with its directory if
-/// missing) and syncs it: a crash loses at most the line being written.
+/// Appends `line` to the log at `path`, made with its directory if
+/// missing ([`durable_file::append_line`]).
 fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
-    let dir = durable_file::parent_dir(path);
-    fs::create_dir_all(dir)?;
-    let mut file = fs::OpenOptions::new().create(true).append(true).open(path)?;
-    let mut whole = line.to_vec();
-    whole.push(b'\n');
-    file.write_all(&whole)?;
-    file.sync_data()?;
-    durable_file::sync_dir(dir)
+    fs::create_dir_all(durable_file::parent_dir(path))?;
+    durable_file::append_line(path, line)
 }
 
 #[cfg(test)]
