@@ -7,3 +7,4 @@
 pub mod link;
 pub mod measure;
 pub mod nbd;
+pub mod trace_shape;

@@ -69,6 +69,7 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bench::trace_shape;
 use clap::Parser;
 use power::simulate::{simulate, SimConfig, SimReport};
 use power::svg::{power_chart, ChartLabels};
@@ -282,29 +283,65 @@ fn write_chart(dir: &std::path::Path, minutes: f64, report: &SimReport, ledger: 
     Ok(())
 }
 
-/// Memory pages a trace's faults fetched, and how many distinct pages they
-/// could have fetched at most: each fault's faulting pages (from its
-/// first, contiguous) with `window` pages around them, as memtap's pivot
-/// window takes them. More fetched than that means pages fetched twice.
-/// (A push's batches are not faults and are left out.)
-fn refetch_bound(trace: &fetch_trace::Trace, window: u64) -> (u64, u64) {
-    let memory = trace
+/// The minutes into a stay at which the fetched working set is printed
+/// (issue 11: 1, 10, 30 and 67 minutes idle).
+const WORKING_SET_MINUTES: [f64; 4] = [1.0, 10.0, 30.0, 67.0];
+/// The pivot windows compared with memtap's on the same faults.
+const WINDOWS: [u64; 7] = [0, 4, 8, 20, 32, 64, 128];
+/// The windows over which the highest fetch rate is printed, seconds (the
+/// server's `fetch_window_secs`).
+const RATE_WINDOWS: [f64; 4] = [10.0, 60.0, 300.0, 600.0];
+
+/// The working set a trace fetched by 1, 10, 30 and 67 minutes; what other
+/// pivot windows would have cost on the same faults (and how many pages
+/// this one fetched twice); the highest fetch rate over windows of 10 s to
+/// 10 minutes.
+fn print_working_set(trace: &fetch_trace::Trace, stay: f64) {
+    let mib = |pages: u64| (pages * trace_shape::PAGE_BYTES) as f64 / f64::from(1 << 20);
+    for minutes in WORKING_SET_MINUTES.iter().filter(|&&m| m * 60.0 <= stay) {
+        let by = trace_shape::fetched_by(trace, minutes * 60.0);
+        println!(
+            "  fetched by {minutes} min: {:.1} MiB ({} pages) of memory, {} disk blocks, in {} requests",
+            mib(by.pages),
+            by.pages,
+            by.blocks,
+            by.requests
+        );
+    }
+    let faulted: u64 = trace
         .fetches
         .iter()
-        .filter(|f| f.device == fetch_trace::Device::Memory && f.cause == fetch_trace::Cause::Fault);
-    let mut spans: Vec<(u64, u64)> =
-        memory.clone().map(|f| (f.unit.saturating_sub(window / 2), f.unit + f.faulting.max(1) + window / 2)).collect();
-    spans.sort_unstable();
-    let mut spanned = 0;
-    let mut reached = 0;
-    for (start, end) in spans {
-        let start = start.max(reached);
-        if end > start {
-            spanned += end - start;
-            reached = end;
-        }
+        .filter(|f| f.device == fetch_trace::Device::Memory && f.cause == fetch_trace::Cause::Fault)
+        .map(|f| f.units)
+        .sum();
+    let ours = memtap::prefetch::DEFAULT_PIVOT_WINDOW;
+    let spanned = trace_shape::pages_spanned(trace, ours);
+    println!(
+        "  memory faults: {faulted} pages fetched; their {ours}-page pivot windows span {spanned} distinct pages, so \
+         at least {} were fetched more than once",
+        faulted.saturating_sub(spanned)
+    );
+    let windows: Vec<String> = WINDOWS
+        .iter()
+        .map(|&w| {
+            let pages = trace_shape::pages_spanned(trace, w);
+            format!("{w}: {pages} pages ({:.0} MiB)", mib(pages))
+        })
+        .collect();
+    println!("  the same faults with another pivot window would fetch at least: {}", windows.join(", "));
+    let rates: Vec<String> = RATE_WINDOWS
+        .iter()
+        .filter_map(|&w| {
+            let (rate, from) = trace_shape::highest_rate(trace, w, u64::from(cownetdisk::DEFAULT_BLOCK_SIZE))?;
+            Some(format!("{w:.0} s: {:.2} MiB/s (from {from:.0} s)", rate / f64::from(1 << 20)))
+        })
+        .collect();
+    if !rates.is_empty() {
+        println!(
+            "  highest fetch rate over any window after the first (max_fetch_mib_per_sec over fetch_window_secs): {}",
+            rates.join(", ")
+        );
     }
-    (memory.map(|f| f.units).sum(), spanned)
 }
 
 /// The wait times of the Figure 3 and 4 tables, seconds.
@@ -346,12 +383,7 @@ fn replay_recorded(
         count(disk),
         units(disk),
     );
-    let (fetched, spanned) = refetch_bound(trace, memtap::prefetch::DEFAULT_PIVOT_WINDOW);
-    println!(
-        "  memory faults: {fetched} pages fetched; their pivot windows span {spanned} distinct pages, so at \
-         least {} were fetched more than once",
-        fetched.saturating_sub(spanned)
-    );
+    print_working_set(trace, stay);
     println!(
         "  gaps: {}, {:.2}% under 1 s (paper: 99.23%), {} over 6 s, {} over 32 s, {} over 60 s; bursts 6 s apart: {}",
         gaps.len(),
@@ -439,9 +471,6 @@ fn replay_recorded(
     Ok(())
 }
 
-/// Bytes of a memory unit in a fetch trace.
-const PAGE_BYTES: u64 = 4096;
-
 /// The push of the working set against fixed 6 s on the same trace: the
 /// `pushed` pages (those earlier stays faulted on) are fetched at the
 /// consolidation, while the desktop is awake anyway (one request at time
@@ -461,7 +490,7 @@ fn print_push(
     let all: Vec<f64> = trace.fetches.iter().map(|f| secs(f.asked_ns)).collect();
     let left: Vec<f64> =
         std::iter::once(0.0).chain(trace.fetches.iter().filter(|f| !covered(f)).map(|f| secs(f.asked_ns))).collect();
-    let mib = (pushed.len() as u64 * PAGE_BYTES) as f64 / f64::from(1 << 20);
+    let mib = (pushed.len() as u64 * trace_shape::PAGE_BYTES) as f64 / f64::from(1 << 20);
     println!();
     println!(
         "Push the working set: the {} pages ({mib:.2} MiB) the earlier traces faulted on, fetched at consolidation; fixed 6 s with and without:",
