@@ -28,8 +28,11 @@
 //! request ([`dirty_rate`]), taken once when consolidation is considered.
 //! [`judge`] compares the lot with [`IdleThresholds`] and, when it refuses,
 //! says which measure was over which limit, by how much, and what to do.
-//! It judges on a partly filled window rather than refusing, and says so:
-//! an administrator asking "why not?" wants numbers, not "wait a minute".
+//! A partly filled window can refuse (what it holds is already over a
+//! limit) but not accept: a VM is idle over the whole window, and a lull of
+//! seconds after it starts or comes home says little. Either way the answer
+//! carries the figures so far and how much of the window they cover: an
+//! administrator asking "why not?" wants numbers, not "wait a minute".
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -393,7 +396,8 @@ impl fmt::Display for Measured {
 /// Whether a VM may be consolidated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdleVerdict {
-    /// Every measure is within its limit; the figures, for the log.
+    /// Every measure is within its limit over the whole window; the
+    /// figures, for the log.
     Idle(Measured),
     /// Some measure is over its limit, or there was too little to judge
     /// on: a sentence naming the VM, the measure, its value and limit, and
@@ -408,11 +412,12 @@ impl IdleVerdict {
     }
 }
 
-/// Judges whether VM `vm` is idle: CPU and I/O over `window` (however much
-/// of it is filled) and `dirty`, against `thresholds`.
+/// Judges whether VM `vm` is idle: CPU and I/O over `window` and `dirty`,
+/// against `thresholds`.
 ///
-/// A window with fewer than two samples cannot be judged, and is refused
-/// as [`IdleVerdict::Busy`] saying so.
+/// A window with fewer than two samples cannot be judged, and one not yet
+/// filled cannot be judged idle: both are refused as [`IdleVerdict::Busy`]
+/// saying so (the latter with the figures so far and how long to wait).
 pub fn judge(vm: &str, window: &VmLoadWindow, dirty: DirtyRate, thresholds: &IdleThresholds) -> IdleVerdict {
     const WHAT_TO_DO: &str = "try again when it is quiet, or use --force";
     let (Some(cpu_percent), Some(io_bytes_per_sec)) = (window.cpu_percent(), window.io_bytes_per_sec()) else {
@@ -444,6 +449,16 @@ pub fn judge(vm: &str, window: &VmLoadWindow, dirty: DirtyRate, thresholds: &Idl
             dirty.mib_per_sec,
             Secs(dirty.period),
             thresholds.max_dirty_mib_per_sec
+        ));
+    }
+    if over.is_empty() && measured.is_partial() {
+        // Within the limits so far, but a VM is idle over the whole window:
+        // right after it starts or comes home, a lull of seconds says little.
+        let left = thresholds.window.saturating_sub(measured.span);
+        return IdleVerdict::Busy(format!(
+            "{vm} cannot be judged idle yet: {measured}; it is judged over the whole window: \
+             try again in {}, or use --force",
+            Secs(Duration::from_secs(left.as_secs_f64().ceil() as u64))
         ));
     }
     if over.is_empty() {
@@ -629,15 +644,17 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_verdict_on_a_partial_window_says_so() {
+    fn a_quiet_partial_window_is_not_yet_idle_and_says_how_long_to_wait() {
         let window = steady(60, 20, 20, 0);
         let verdict = judge("vm1", &window, dirty(1.0), &IdleThresholds::default());
-        let IdleVerdict::Idle(measured) = verdict else { panic!("expected idle, got {verdict:?}") };
-        assert!(measured.is_partial());
         assert_eq!(
-            measured.to_string(),
-            "CPU 2.0% of a core and disk I/O 0 B/s over 20 s, dirty pages 1 MiB/s over 1 s \
-             (only 20 s of the 60 s window measured so far)"
+            verdict,
+            IdleVerdict::Busy(
+                "vm1 cannot be judged idle yet: CPU 2.0% of a core and disk I/O 0 B/s over 20 s, dirty pages \
+                 1 MiB/s over 1 s (only 20 s of the 60 s window measured so far); it is judged over the whole \
+                 window: try again in 40 s, or use --force"
+                    .into()
+            )
         );
     }
 

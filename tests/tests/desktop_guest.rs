@@ -202,9 +202,8 @@ fn server_memory(office: &Office) -> String {
     let rollup = |pid: Option<u32>| {
         pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()).unwrap_or_default()
     };
-    let storage_pid = std::fs::read_to_string(office.server_vm_run().join("storage.pid"))
-        .ok()
-        .and_then(|t| t.trim().parse().ok());
+    let storage_pid =
+        std::fs::read_to_string(office.server_vm_run().join("storage.pid")).ok().and_then(|t| t.trim().parse().ok());
     let (qemu, storage) = (rollup(office.server_qemu_pid()), rollup(storage_pid));
     let mib = |kib: u64| kib as f64 / 1024.0;
     let slices = page_cache_bytes(&office.server_vm_state()) as f64 / (1 << 20) as f64;
