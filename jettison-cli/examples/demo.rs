@@ -19,7 +19,15 @@
 //! server (like the paper's Figure 8) as SVG (and PNG where `rsvg-convert`
 //! is installed) beside the server's screenshot in `target/<profile>/demo/`.
 //!
-//! Usage: `demo` (root; uses this build's `jettison`).
+//! With `--desktop-guest` the VM is the Debian desktop of
+//! `scripts/desktop-guest-image` instead (2 GiB, two vCPUs: Xfce logged in
+//! on its screen, Firefox ESR on local pages, an always-on client that dials
+//! the office's client host): the guest faults on its own while it idles on
+//! the server, reads a file it had left alone through its guest agent, and
+//! writes one there; the screen checks look for its session. About 20
+//! minutes under TCG, most of it the boot and the guest calming down.
+//!
+//! Usage: `demo [--desktop-guest]` (root; uses this build's `jettison`).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a demo: a failed step ends it with the reason
 
 use std::path::{Path, PathBuf};
@@ -31,6 +39,8 @@ use std::time::{Duration, Instant};
 use activity_monitor::WARNING_TITLE;
 use power::svg::{power_timeline, Timeline, TimelinePanel, TimelineSpan};
 use power::PowerProfile;
+use tests::desktop_guest::{agent, wait_for_session_on_screen, SESSION_TIMEOUT};
+use tests::office::LineClient;
 use tests::office::{
     assert_continuous, last_count, wait_for_count_above, BootDisk, Office, OfficeSpec, DESKTOP_LAN, VM,
 };
@@ -62,7 +72,142 @@ const SERVER_WATTS: f64 = 150.70;
 /// VMs the paper's server holds (its share of the server per VM).
 const SERVER_VMS: f64 = 98.0;
 
+/// The demo's guest: the small test guest, or the Debian desktop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Guest {
+    /// `scripts/guest-image`: boots from a qcow2 disk through SeaBIOS,
+    /// paints a test pattern, fills 64 MiB, counts, answers a client.
+    Small,
+    /// `scripts/desktop-guest-image`: Xfce, Firefox, an always-on client.
+    Desktop,
+}
+
+/// The desktop guest's always-on client sends a line this often.
+const DESKTOP_PACE: Duration = Duration::from_secs(5);
+/// Bound on the desktop guest's steps that wait on it calming down under
+/// TCG (the warning comes only once the idleness check lets it move).
+const DESKTOP_WAIT: Duration = Duration::from_secs(20 * 60);
+/// What the guest writes in a file on the server.
+const ON_SERVER_TEXT: &str = "written-on-server";
+
+impl Guest {
+    /// The office for this guest, with the demo's `[power]` and `[activity]`.
+    fn spec(self, power: String, activity: String) -> OfficeSpec {
+        // Asleep, the desktop reaches no server: its failover must wait long.
+        let loop_spec =
+            OfficeSpec { power: Some(power), activity: Some(activity), failover_secs: 600, ..OfficeSpec::default() };
+        match self {
+            Guest::Small => OfficeSpec { boot_disk: Some(BootDisk { firmware: "bios", format: "qcow2" }), ..loop_spec },
+            Guest::Desktop => OfficeSpec { memory_mib: 2048, vcpus: 2, desktop_guest: true, ..loop_spec },
+        }
+    }
+
+    /// Bound on the steps of the loop that wait on the guest.
+    fn wait(self) -> Duration {
+        match self {
+            Guest::Small => WAIT,
+            Guest::Desktop => DESKTOP_WAIT,
+        }
+    }
+
+    /// Waits for the guest to be up on the desktop and returns the client
+    /// talking to it.
+    fn boot(self, office: &Office, dir: &Path) -> LineClient {
+        match self {
+            Guest::Small => {
+                wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
+                let client = office.connect_client(PACE);
+                client.wait_for(3, REPLY);
+                client
+            }
+            Guest::Desktop => {
+                let client = office.accept_client(DESKTOP_PACE, SESSION_TIMEOUT);
+                client.wait_for(2, REPLY);
+                wait_for_session_on_screen(office, &office.desktop_socket(), "on the desktop", dir, SESSION_TIMEOUT);
+                client
+            }
+        }
+    }
+
+    /// Has the guest on the server read memory and disk it had left alone,
+    /// so that the server must wake the desktop.
+    fn read_what_it_left(self, office: &Office, client: &LineClient) {
+        match self {
+            Guest::Small => {
+                let read = client.command("readall", REPLY);
+                assert!(read.starts_with("readall "), "demo: readall answered {read:?}");
+            }
+            Guest::Desktop => {
+                let mut guest = agent(&office.server_agent_socket(), office);
+                guest
+                    .run("sh", &["-c", "cat /usr/lib/firefox-esr/libxul.so >/dev/null"])
+                    .unwrap_or_else(|e| panic!("demo: the guest cannot read Firefox's library on the server: {e}"));
+            }
+        }
+    }
+
+    /// Has the guest on the server write a file; returns what to find in it.
+    fn write_on_server(self, office: &Office, client: &LineClient) -> String {
+        match self {
+            Guest::Small => client.command(&format!("save {ON_SERVER_TEXT}"), REPLY),
+            Guest::Desktop => {
+                let mut guest = agent(&office.server_agent_socket(), office);
+                let script = format!("echo {ON_SERVER_TEXT} > /home/jt/{ON_SERVER_TEXT}.txt && sync");
+                guest
+                    .run("sh", &["-c", &script])
+                    .unwrap_or_else(|e| panic!("demo: the guest cannot write a file on the server: {e}"));
+                ON_SERVER_TEXT.to_owned()
+            }
+        }
+    }
+
+    /// Whether the file written on the server (`saved`: what
+    /// [`write_on_server`](Self::write_on_server) returned) is there at home.
+    fn file_back(self, office: &Office, client: &LineClient, saved: &str) -> bool {
+        match self {
+            Guest::Small => {
+                let cat = client.command(&format!("cat {ON_SERVER_TEXT}"), REPLY);
+                saved.split(' ').nth(1).is_some_and(|n| cat.ends_with(&format!(" {n}")))
+            }
+            Guest::Desktop => {
+                let mut guest = agent(&office.desktop_agent_socket(), office);
+                guest.run("cat", &[&format!("/home/jt/{ON_SERVER_TEXT}.txt")]).is_ok_and(|text| text.trim() == saved)
+            }
+        }
+    }
+
+    /// Whether the screenshot on the server shows what the desk showed, and
+    /// how to say it.
+    fn screen_kept(self, screen: &Screenshot) -> (bool, &'static str) {
+        match self {
+            Guest::Small if screen.shows_test_pattern() => (true, "the guest's test pattern, as on the desk"),
+            Guest::Small => (false, "NOT the guest's pattern"),
+            Guest::Desktop if screen.shows_desktop_session() => (true, "the Xfce session with Firefox, as on the desk"),
+            Guest::Desktop => (false, "NOT the guest's session"),
+        }
+    }
+
+    /// The report's line on what the guest is.
+    fn describe(self, spec: &OfficeSpec) -> String {
+        match self {
+            Guest::Small => format!("{} MiB ({} MiB of it filled with data)", spec.memory_mib, spec.fill_mib),
+            Guest::Desktop => format!(
+                "{} MiB, {} vCPUs: Debian with Xfce, Firefox ESR and an always-on client",
+                spec.memory_mib, spec.vcpus
+            ),
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let guest = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
+        [] => Guest::Small,
+        [flag] if flag == "--desktop-guest" => Guest::Desktop,
+        other => {
+            eprintln!("demo: unknown arguments {other:?}; usage: demo [--desktop-guest]");
+            return ExitCode::FAILURE;
+        }
+    };
     let xvfb = match Xvfb::start() {
         Ok(xvfb) => xvfb,
         Err(why) => {
@@ -72,7 +217,6 @@ fn main() -> ExitCode {
     };
     let windows = xvfb.watch_windows();
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let boot_disk = Some(BootDisk { firmware: "bios", format: "qcow2" });
     let (interface, address) = DESKTOP_LAN;
     let power = format!(
         "sleep = \"emulated-s3\"\nwait_secs = {WAIT_SECS:?}\ninterface = \"{interface}\"\naddress = \"{address}\"\n\
@@ -80,14 +224,7 @@ fn main() -> ExitCode {
     );
     let activity =
         format!("source = \"x11\"\ndisplay = \"{}\"\nidle_secs = {IDLE_SECS}\nwarn_secs = {WARN_SECS}", xvfb.display);
-    // Asleep, the desktop reaches no server: its failover must wait long.
-    let spec = OfficeSpec {
-        boot_disk,
-        power: Some(power),
-        activity: Some(activity),
-        failover_secs: 600,
-        ..OfficeSpec::default()
-    };
+    let spec = guest.spec(power, activity);
     // Beside the build: target/<profile>/demo/.
     let exe = std::env::current_exe().expect("the demo's own path");
     let shots =
@@ -113,23 +250,21 @@ fn main() -> ExitCode {
     office.start_server();
     office.start_desktop();
     let watch = Watch::start(&socket);
-    wait_for_count_above(&office.desktop_serial(), 0, BOOT_TIMEOUT);
-    let client = office.connect_client(PACE);
-    client.wait_for(3, REPLY);
+    let client = guest.boot(&office, dir.path());
 
     println!(
         "demo: {VM} runs on the desktop and answers the client; the user stops working (no input for {IDLE_SECS} s \
          means idle)"
     );
     drop(user);
-    let warning = windows.wait_for_mapped(WARNING_TITLE, WAIT, "no warning on the idle user's display");
+    let warning = windows.wait_for_mapped(WARNING_TITLE, guest.wait(), "no warning on the idle user's display");
     let warned_at = watch.now();
     println!("demo: the daemon's warning is on the user's screen (window {warning:#x}, {WARN_SECS} s to cancel)");
-    let away = wait_for_status(&office, &socket, "the idle user's VM never moved", |s| {
+    let away = wait_for_status(&office, &socket, guest.wait(), "the idle user's VM never moved", |s| {
         s["vms"][0]["location"] == "server" && s["activity"]["state"] == "away"
     });
     assert_eq!(away["activity"]["moved"], serde_json::json!([VM]), "{away}");
-    windows.wait_for_gone(warning, WAIT, "the warning stayed after the move");
+    windows.wait_for_gone(warning, guest.wait(), "the warning stayed after the move");
     let at_consolidation = last_count(&office.desktop_serial()).unwrap_or(0);
     println!(
         "demo: the daemon moved {VM} to the server by itself; the desktop will sleep when the server needs nothing"
@@ -137,6 +272,9 @@ fn main() -> ExitCode {
     wait_for_count_above(&office.server_serial(), at_consolidation, COUNT_TIMEOUT);
     let server_socket = office.server_socket();
     let server_socket = server_socket.to_str().expect("a UTF-8 path");
+    if guest == Guest::Desktop {
+        wait_for_session_on_screen(&office, &office.server_socket(), "on the server", dir.path(), guest.wait());
+    }
     let png = shots.join("screen-on-server.png");
     let ppm = shots.join("screen-on-server.ppm");
     for file in [&png, &ppm] {
@@ -146,16 +284,19 @@ fn main() -> ExitCode {
     let screen = Screenshot::read_ppm(&ppm).expect("QEMU wrote a PPM");
     std::fs::remove_file(&ppm).expect("the PPM can be removed");
 
-    wait_for_status(&office, &socket, "the desktop never fell asleep", |s| s["sleep"]["sleeps"].as_u64() >= Some(1));
+    wait_for_status(&office, &socket, guest.wait(), "the desktop never fell asleep", |s| {
+        s["sleep"]["sleeps"].as_u64() >= Some(1)
+    });
     println!("demo: the desktop sleeps (emulated S3); the guest now reads the memory it had left alone");
-    let read = client.command("readall", REPLY);
-    assert!(read.starts_with("readall "), "demo: readall answered {read:?}");
-    wait_for_status(&office, &socket, "the server never woke the desktop", |s| s["sleep"]["wakes"].as_u64() >= Some(1));
+    guest.read_what_it_left(&office, &client);
+    wait_for_status(&office, &socket, guest.wait(), "the server never woke the desktop", |s| {
+        s["sleep"]["wakes"].as_u64() >= Some(1)
+    });
     println!(
         "demo: the server woke the desktop with Wake-on-LAN for those pages; the guest saves a file on the server"
     );
-    let saved = client.command("save written-on-server", REPLY);
-    wait_for_status(&office, &socket, "the desktop never slept again after a wake", |s| {
+    let saved = guest.write_on_server(&office, &client);
+    wait_for_status(&office, &socket, guest.wait(), "the desktop never slept again after a wake", |s| {
         s["sleep"]["sleeps"].as_u64() >= Some(2) && s["sleep"]["state"] == "asleep"
     });
     println!("demo: the desktop sleeps again; the user stays away {} s more", ASLEEP.as_secs());
@@ -165,7 +306,7 @@ fn main() -> ExitCode {
     // Asleep, the desktop reaches no server: the server's own status has the figures.
     // A VM whose lock a checkpoint holds reports as "moving", without
     // figures: asked again until it answers as running.
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + guest.wait();
     let hosting = loop {
         let hosting = office.jettison_json(&["status", "--daemon", server_socket]);
         if hosting["vms"][0]["on_server"]["state"] == "running" {
@@ -184,14 +325,14 @@ fn main() -> ExitCode {
     println!("demo: the user comes back and moves the mouse");
     let user = User::arrives(&xvfb);
     let returned_at = watch.now();
-    office.wait_until_home(WAIT, "the user came back but the VM did not");
-    let back = wait_for_status(&office, &socket, "the daemon never saw the user back", |s| {
+    office.wait_until_home(guest.wait(), "the user came back but the VM did not");
+    let back = wait_for_status(&office, &socket, guest.wait(), "the daemon never saw the user back", |s| {
         s["activity"]["state"] == "watching" && s["sleep"]["state"] == "not_sleeping"
     });
     println!("demo: the daemon brought {VM} home");
     let trace = keep_trace(&office, &shots);
     let counting = wait_for_count_above(&office.desktop_serial(), 0, COUNT_TIMEOUT);
-    let cat = client.command("cat written-on-server", REPLY);
+    let file_back = guest.file_back(&office, &client, &saved);
     client.wait_for(client.count() + 2, REPLY);
     drop(user);
     let (log, broken) = client.finish();
@@ -242,11 +383,10 @@ fn main() -> ExitCode {
     let share = |bytes: u64| 100.0 * bytes as f64 / ram as f64;
     let out_bytes = (pages + blocks) * 4096 + descriptor_bytes;
     let survived = broken.is_none() && std::panic::catch_unwind(|| assert_continuous(&log)).is_ok();
-    let file_back = saved.split(' ').nth(1).is_some_and(|n| cat.ends_with(&format!(" {n}")));
     let state_kept = counting + 10 >= last_on_server && file_back;
     println!();
     println!("Jettison demo report");
-    println!("guest RAM                {} MiB ({} MiB of it filled with data)", spec.memory_mib, spec.fill_mib);
+    println!("guest                    {}", guest.describe(&spec));
     println!(
         "user idle                no input on X display {} for {IDLE_SECS} s: the daemon's warning window \
          appeared, {WARN_SECS} s later it moved {VM} itself",
@@ -305,14 +445,8 @@ fn main() -> ExitCode {
         (false, None) => "BROKE: a reply was lost or repeated".to_owned(),
     };
     println!("client connection        {connection}");
-    let pattern = screen.shows_test_pattern();
-    println!(
-        "screen on the server     {} ({}x{}, {})",
-        png.display(),
-        screen.width,
-        screen.height,
-        if pattern { "the guest's test pattern, as on the desk" } else { "NOT the guest's pattern" }
-    );
+    let (pattern, shown) = guest.screen_kept(&screen);
+    println!("screen on the server     {} ({}x{}, {shown})", png.display(), screen.width, screen.height);
     println!(
         "power timeline           {}{} (desktop and server, like the paper's Fig. 8)",
         chart.display(),
@@ -341,10 +475,11 @@ fn keep_trace(office: &Office, shots: &Path) -> Result<(PathBuf, fetch_trace::Tr
 fn wait_for_status(
     office: &Office,
     socket: &str,
+    timeout: Duration,
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + timeout;
     loop {
         let status = office.jettison_json(&["status", "--daemon", socket]);
         if done(&status) {

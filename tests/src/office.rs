@@ -405,6 +405,16 @@ impl Office {
         self.dir.join("server/run/vms").join(DESKTOP).join(VM)
     }
 
+    /// The guest agent's socket of the VM while it runs on the desktop.
+    pub fn desktop_agent_socket(&self) -> PathBuf {
+        self.dir.join("desktop/run").join(VM).join("qga.sock")
+    }
+
+    /// The guest agent's socket of the VM while it runs on the server.
+    pub fn server_agent_socket(&self) -> PathBuf {
+        self.server_vm_run().join("qemu/qga.sock")
+    }
+
     /// The pid of the VM's QEMU on the server, if one runs.
     pub fn server_qemu_pid(&self) -> Option<u32> {
         let pid_file = self.server_vm_run().join("qemu/qemu.pid");

@@ -4,6 +4,9 @@
 
 use std::path::Path;
 
+/// The background of the desktop guest's local pages in Firefox (#2a6f97).
+pub const PAGE_COLOUR: [u8; 3] = [0x2a, 0x6f, 0x97];
+
 /// A screenshot's pixels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Screenshot {
@@ -71,6 +74,14 @@ impl Screenshot {
                 .iter()
                 .all(|&(dx, dy)| self.at(x0 + dx, y0 + dy) == colour)
         })
+    }
+
+    /// Whether this is the desktop guest's session with Firefox on its
+    /// local page: the page's background ([`PAGE_COLOUR`]) over a good part
+    /// of the screen, and the rest of a session around it (panel, window
+    /// decorations, anti-aliased text: over a hundred colours).
+    pub fn shows_desktop_session(&self) -> bool {
+        self.share_of(PAGE_COLOUR) > 0.10 && self.distinct_colours() > 100
     }
 
     /// The share (0 to 1) of the pixels that have exactly `colour`.

@@ -28,78 +28,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use qemu_driver::GuestAgent;
+use tests::desktop_guest::{agent, screen, wait_for_session_on_screen, SESSION_TIMEOUT};
 use tests::office::{assert_continuous, last_count, wait_for_count_above, LineClient, Office, OfficeSpec, VM};
-use tests::screen::Screenshot;
 
 /// A line to and from the guest's always-on client every `PACE`: a chatty
 /// IM peer, slow enough to leave the guest idle.
 const PACE: Duration = Duration::from_secs(5);
 /// Bound on one exchange (a TCG guest on a busy server can stall).
 const REPLY: Duration = Duration::from_secs(120);
-/// Bound on the first boot to a session with Firefox on the screen under TCG.
-const SESSION_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// How long the idleness check may refuse before the test consolidates with
 /// `--force` (and says so): TCG makes an idle Xfce and Firefox look busy.
 const IDLE_PATIENCE: Duration = Duration::from_secs(5 * 60);
 /// How long the VM stays on the server (issue 11: at least five minutes).
 const ON_SERVER: Duration = Duration::from_secs(5 * 60);
-/// The background of the guest's local pages in Firefox (#2a6f97).
-const PAGE_COLOUR: [u8; 3] = [0x2a, 0x6f, 0x97];
-
-/// Takes a screenshot through the daemon at `socket` and says whether it
-/// shows the session with Firefox's local page, and what it shows.
-fn screen(office: &Office, socket: &Path, name: &str, dir: &Path) -> (bool, String) {
-    let file = dir.join(format!("{name}.ppm"));
-    let out = office.jettison(&["screenshot", VM, file.to_str().unwrap(), "--socket", socket.to_str().unwrap()]);
-    assert!(out.status.success(), "screenshot {name}: {}\n{}", String::from_utf8_lossy(&out.stderr), office.logs());
-    let shot = Screenshot::read_ppm(&file).unwrap();
-    let (page, colours) = (shot.share_of(PAGE_COLOUR), shot.distinct_colours());
-    let what = format!(
-        "{name}: {}x{} screen, {colours} colours, {:.1}% Firefox's page ({})",
-        shot.width,
-        shot.height,
-        page * 100.0,
-        file.display()
-    );
-    // Firefox's page over a good part of the screen, and the rest of a
-    // session around it (panel, window decorations, anti-aliased text).
-    (page > 0.10 && colours > 100, what)
-}
-
-/// Waits until the screen through `socket` shows the session with Firefox.
-fn wait_for_session_on_screen(office: &Office, socket: &Path, name: &str, dir: &Path, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (shown, what) = screen(office, socket, name, dir);
-        if shown {
-            eprintln!("{what}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "no session on the screen: {what}\n{}", office.logs());
-        std::thread::sleep(Duration::from_secs(10));
-    }
-}
-
-/// The guest agent behind `socket`, once it answers (it starts late in a
-/// boot, and a guest just moved may be busy).
-fn agent(socket: &Path, office: &Office) -> GuestAgent {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        match GuestAgent::connect(socket) {
-            Ok(agent) => return agent,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the guest agent at {} never answered: {e}\n{}",
-                    socket.display(),
-                    office.logs()
-                );
-                std::thread::sleep(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
 /// The pid of the guest's process named exactly `name` (`pgrep -o -x`).
 fn pid_of(agent: &mut GuestAgent, name: &str) -> Result<u32, String> {
     let out = agent.run("pgrep", &["-o", "-x", name]).map_err(|e| format!("no {name} in the guest: {e}"))?;
@@ -235,8 +176,7 @@ fn stay(
     name: &str,
 ) -> bool {
     let (desktop, server) = (office.desktop_socket(), office.server_socket());
-    let server_agent = office.server_vm_run().join("qemu/qga.sock");
-    let desktop_agent = desktop.parent().unwrap().join(VM).join("qga.sock");
+    let (server_agent, desktop_agent) = (office.server_agent_socket(), office.desktop_agent_socket());
     std::thread::sleep(Duration::from_secs(60));
     let (answer, idle_check_passed) = consolidate(office);
     eprintln!(
@@ -329,7 +269,7 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
         Err(why) => return tests::skip(why),
     };
     let desktop = office.desktop_socket();
-    let desktop_agent = dir.path().join("desktop/run").join(VM).join("qga.sock");
+    let desktop_agent = office.desktop_agent_socket();
     office.start_server();
     office.start_desktop();
 

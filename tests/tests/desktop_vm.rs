@@ -74,7 +74,7 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     assert!(saved.starts_with("saved "), "{saved}");
 
     // Put the guest's clock an hour behind: the move must set it right.
-    let agent_socket = dir.path().join("desktop/run").join(VM).join("qga.sock");
+    let agent_socket = office.desktop_agent_socket();
     let mut agent = GuestAgent::connect(&agent_socket).expect("the guest runs qemu-ga");
     assert_sound_card_answers(&mut agent, "on the desktop");
     agent.set_time_to(host_nanos() - 3_600_000_000_000).unwrap();
@@ -83,7 +83,7 @@ fn a_firmware_booted_qcow2_vm_with_a_screen_moves_and_comes_back_whole() {
     let out = office.consolidate_when_idle(Duration::from_secs(180));
     eprintln!("consolidated: {out}");
     let left_at = last_count(&office.desktop_serial()).unwrap();
-    let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
+    let server_agent = office.server_agent_socket();
     wait_until_clock_set(&server_agent, &office, "server");
     let mut agent = GuestAgent::connect(&server_agent).expect("the guest runs qemu-ga");
     assert_sound_card_answers(&mut agent, "on the server");
@@ -157,7 +157,7 @@ fn a_uefi_booted_vm_moves_and_comes_back_with_its_screen_and_variable_store() {
     let left_at = last_count(&office.desktop_serial()).unwrap();
     wait_for_count_above(&office.server_serial(), left_at, COUNT_TIMEOUT);
     screen_shows_pattern(&office, &office.server_socket(), "UEFI, on the server", dir.path());
-    let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
+    let server_agent = office.server_agent_socket();
     wait_until_clock_set(&server_agent, &office, "server");
     let mut agent = GuestAgent::connect(&server_agent).expect("the guest runs qemu-ga");
     assert_sound_card_answers(&mut agent, "UEFI, on the server");
@@ -185,7 +185,7 @@ fn reboot_and_poweroff_inside_the_guest_behave_like_a_pc_on_either_host() {
     let desktop = office.desktop_socket();
     let serial = office.desktop_serial();
     let pid = office.desktop_qemu_pid().unwrap();
-    let agent_socket = dir.path().join("desktop/run").join(VM).join("qga.sock");
+    let agent_socket = office.desktop_agent_socket();
     let mut agent = GuestAgent::connect(&agent_socket).expect("the guest runs qemu-ga");
     assert_eq!(agent.run("nproc", &[]).unwrap().trim(), "2", "the guest's vCPUs");
     let cpuinfo = agent.run("cat", &["/proc/cpuinfo"]).unwrap();

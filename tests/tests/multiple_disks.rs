@@ -102,8 +102,8 @@ fn a_vm_with_two_qcow2_disks_moves_and_comes_back_with_both_disks_written_as_if_
     let spec = OfficeSpec { fill_mib: 32, boot_disk: Some(boot), extra_disks: &["qcow2"], ..OfficeSpec::default() };
     let Some(office) = Office::started(dir.path(), &spec) else { return };
     let data = office.extra_disks[0].clone();
-    let desktop_agent = dir.path().join("desktop/run").join(VM).join("qga.sock");
-    let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
+    let desktop_agent = office.desktop_agent_socket();
+    let server_agent = office.server_agent_socket();
 
     // On the desktop the guest sees its second disk, with what the desktop wrote on it.
     assert_eq!(pattern_bytes_seen(&desktop_agent, &office), "4096", "the guest reads its second disk");
@@ -208,7 +208,7 @@ fn a_crashed_servers_last_checkpoint_brings_each_disk_home() {
         ..OfficeSpec::default()
     };
     let Some(mut office) = Office::started(dir.path(), &spec) else { return };
-    let server_agent = dir.path().join("server/run/vms/desktop").join(VM).join("qemu/qga.sock");
+    let server_agent = office.server_agent_socket();
     let client = office.connect_client(PACE);
     client.wait_for(2, REPLY);
     let socket = office.desktop_socket();
