@@ -89,7 +89,9 @@ pub struct OfficeSpec {
     pub failover_secs: u64,
     /// The VM's disk in MiB.
     pub disk_mib: u64,
-    /// The server's `max_fetch_mib_per_sec`, if any.
+    /// The server's `max_fetch_mib_per_sec`, if any, over a 10 s
+    /// `fetch_window_secs` (short, so that a test sees the rule act in
+    /// seconds; the packaged window is 300 s).
     pub max_fetch_mib_per_sec: Option<f64>,
     /// The server's `checkpoint_every_secs` (its default, 600, if none).
     pub checkpoint_every_secs: Option<u64>,
@@ -272,8 +274,10 @@ impl Office {
         bridge_host(lan.host(1), SERVER_CIDR);
         let (kernel, initrd) = (guest.kernel.display(), guest.initrd.display());
         let d = dir.display();
-        let mut rate =
-            spec.max_fetch_mib_per_sec.map(|r| format!("max_fetch_mib_per_sec = {r:?}\n")).unwrap_or_default();
+        let mut rate = spec
+            .max_fetch_mib_per_sec
+            .map(|r| format!("max_fetch_mib_per_sec = {r:?}\nfetch_window_secs = 10\n"))
+            .unwrap_or_default();
         if let Some(every) = spec.checkpoint_every_secs {
             rate.push_str(&format!("checkpoint_every_secs = {every}\n"));
         }
