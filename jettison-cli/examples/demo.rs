@@ -304,8 +304,8 @@ fn main() -> ExitCode {
     std::thread::sleep(ASLEEP);
     let quiet_until = fetch_trace::boottime_ns();
     // Asleep, the desktop reaches no server: the server's own status has the figures.
-    // A VM whose lock a checkpoint holds reports as "moving", without
-    // figures: asked again until it answers as running.
+    // A VM the server cannot read at once (busy with a move) reports as
+    // "moving", without figures: asked again until it answers as running.
     let deadline = Instant::now() + guest.wait();
     let hosting = loop {
         let hosting = office.jettison_json(&["status", "--daemon", server_socket]);

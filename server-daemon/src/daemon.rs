@@ -74,6 +74,18 @@ pub struct ServerDaemon {
     /// The server's power split across its VMs. Locked last: nothing
     /// waits for another lock while holding it.
     energy: Mutex<ServerLedger>,
+    /// The figures of each VM a checkpoint holds, as read just before it
+    /// (under TCG a checkpoint can hold a VM as long as its desktop takes
+    /// to wake): status and metrics answer with them meanwhile, not with
+    /// "moving".
+    checkpointing: Mutex<BTreeMap<VmKey, (VmFigures, Option<DesktopStatus>)>>,
+}
+
+/// A hosted VM's figures for status and metrics, read now.
+fn figures_of(vm: &mut HostedVm) -> (VmFigures, Option<DesktopStatus>) {
+    vm.poll();
+    let (memory, disk) = vm.counters().clone();
+    (VmFigures { status: vm.status(), memory, disk }, vm.desktop_power().cloned())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +168,7 @@ impl ServerDaemon {
             credentials: Arc::new(credentials),
             vms: Mutex::new(vms.into_iter().map(|(key, vm)| (key, Arc::new(Mutex::new(vm)))).collect()),
             reservations: Mutex::new(BTreeMap::new()),
+            checkpointing: Mutex::new(BTreeMap::new()),
             history: Mutex::new(history),
             storage_program,
             asked: Mutex::new(BTreeMap::new()),
@@ -630,12 +643,10 @@ impl ServerDaemon {
         let vms: Vec<_> = lock(&self.vms).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         let figures: Vec<(VmFigures, Option<DesktopStatus>)> = vms
             .iter()
-            .filter_map(|(_, vm)| {
+            .filter_map(|(key, vm)| match local::lock_for_status(vm) {
+                Some(mut vm) => Some(figures_of(&mut vm)),
                 // A VM that is moving is left out of this scrape.
-                let mut vm = local::lock_for_status(vm)?;
-                vm.poll();
-                let (memory, disk) = vm.counters().clone();
-                Some((VmFigures { status: vm.status(), memory, disk }, vm.desktop_power().cloned()))
+                None => lock(&self.checkpointing).get(key).cloned(),
             })
             .collect();
         let desktops = desktop_power(figures.iter().filter_map(|(_, desktop)| desktop.clone()));
@@ -659,7 +670,10 @@ impl ServerDaemon {
                     vm.poll();
                     vm.status()
                 }
-                None => HostedStatus::moving(key.vm.clone(), key.desktop.clone()),
+                None => lock(&self.checkpointing).get(key).map_or_else(
+                    || HostedStatus::moving(key.vm.clone(), key.desktop.clone()),
+                    |(figures, _)| figures.status.clone(),
+                ),
             })
             .collect()
     }
@@ -683,7 +697,11 @@ impl ServerDaemon {
                     continue;
                 }
                 if vm.checkpoint_due(Duration::from_secs(self.config.checkpoint_every_secs)) {
-                    match vm.checkpoint() {
+                    tracing::info!(desktop = %vm.key().desktop, vm = %vm.key().vm, "taking a checkpoint");
+                    lock(&self.checkpointing).insert(vm.key().clone(), figures_of(&mut vm));
+                    let taken = vm.checkpoint();
+                    lock(&self.checkpointing).remove(vm.key());
+                    match taken {
                         Ok(taken) => tracing::info!(
                             desktop = %vm.key().desktop, vm = %vm.key().vm,
                             pause_ms = taken.pause_ms,

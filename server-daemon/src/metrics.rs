@@ -17,6 +17,7 @@ use metrics_endpoint::{Exposition, Histogram, Kind, MOVE_SECONDS_BOUNDS};
 use remote_wakeup::WakeState;
 
 /// What one hosted VM shows: its status and its storage's counters.
+#[derive(Debug, Clone)]
 pub(crate) struct VmFigures {
     pub status: HostedStatus,
     pub memory: memtap::RamStats,

@@ -211,6 +211,53 @@ fn a_server_daemon_stops_while_its_guest_waits_for_a_desktop_that_is_gone() {
     eprintln!("server stopped with its desktop gone; the VM counted {there}, waited at {waited_at}, went on to {going} on the server, and came home at {home}: {out}");
 }
 
+#[test]
+fn a_checkpoint_held_up_by_a_guest_waiting_for_its_desktop_leaves_its_figures_in_the_servers_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = OfficeSpec { checkpoint_every_secs: Some(5), ..OfficeSpec::default() };
+    let Some(mut office) = Office::started(dir.path(), &spec) else { return };
+    let client = office.connect_client(Duration::from_secs(1));
+    client.wait_for(2, REPLY);
+    office.consolidate_when_idle(Duration::from_secs(180));
+    let server_serial = office.server_serial();
+    let there = wait_for_count_above(&server_serial, 0, COUNT_TIMEOUT);
+    // The desktop goes away and the guest reads what it had left alone:
+    // under TCG its vCPU, waiting in the fetch, holds QEMU's main loop, so
+    // the next checkpoint waits too, holding the VM.
+    office.stop_desktop();
+    client.send("readall");
+    wait_for_log(&office, "server", "fetch failed; retrying");
+    let checkpoints = |what: &str| office.log("server").matches(what).count();
+    let deadline = std::time::Instant::now() + COUNT_TIMEOUT;
+    while checkpoints("taking a checkpoint") <= checkpoints("checkpoint taken") {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint started\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Meanwhile the server reports it as running, with its figures.
+    let hosted = office.jettison_json(&["status", "--daemon", office.server_socket().to_str().unwrap()]);
+    let on_server = &hosted["vms"][0]["on_server"];
+    assert_eq!(on_server["state"], "running", "{hosted}");
+    assert!(on_server["memory"]["pages_fetched"].as_u64() > Some(0), "{hosted}");
+    let metrics = office.scrape(1);
+    assert!(metrics.value("jettison_vm_pages_fetched_total{desktop=\"desktop\",vm=\"vm1\"}") > 0.0);
+    assert!(
+        checkpoints("taking a checkpoint") > checkpoints("checkpoint taken"),
+        "the checkpoint ended while the status was read: the test proves nothing\n{}",
+        office.logs()
+    );
+    // The desktop comes back: the guest and the checkpoint go on.
+    office.start_desktop();
+    let waited_at = last_count(&server_serial).unwrap();
+    let going = wait_for_count_above(&server_serial, waited_at, COUNT_TIMEOUT);
+    wait_for_log(&office, "server", "checkpoint taken");
+    let _ = client.finish();
+    office.jettison_json(&["reintegrate", "vm1", "--socket", office.desktop_socket().to_str().unwrap()]);
+    let home = wait_for_count_above(&office.desktop_serial(), going, COUNT_TIMEOUT);
+    eprintln!(
+        "the VM counted {there} on the server, waited at {waited_at} through a checkpoint, and came home at {home}"
+    );
+}
+
 /// The pid of the VM's storage process on the server, if it runs.
 fn storage_pid(office: &Office) -> Option<u32> {
     let pid_file = office.server_vm_run().join("storage.pid");
