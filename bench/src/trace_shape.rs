@@ -35,31 +35,62 @@ pub fn fetched_by(trace: &Trace, secs: f64) -> FetchedBy {
     by
 }
 
-/// How many distinct pages the trace's memory faults would have fetched had
-/// each taken `window` pages around its faulting pages (half before, half
-/// after, as memtap's pivot window does), with the same faults. With a
-/// larger window some of those faults would not have happened, with a
-/// smaller one the guest would have faulted on neighbours it used: so it is
-/// the cost of the window on these faults, not a replay of another run.
+/// The pages the trace's memory faults would have fetched had each taken
+/// `window` pages around its faulting pages (half before, half after, as
+/// memtap's pivot window does): sorted, disjoint `[start, end)` runs.
 /// (A push's batches are not faults and are left out.)
-pub fn pages_spanned(trace: &Trace, window: u64) -> u64 {
-    let mut spans: Vec<(u64, u64)> = trace
-        .fetches
-        .iter()
-        .filter(|f| f.device == Device::Memory && f.cause == Cause::Fault)
-        .map(|f| (f.unit.saturating_sub(window / 2), f.unit + f.faulting.max(1) + window / 2))
-        .collect();
-    spans.sort_unstable();
-    let mut spanned = 0;
-    let mut reached = 0;
-    for (start, end) in spans {
-        let start = start.max(reached);
-        if end > start {
-            spanned += end - start;
-            reached = end;
+pub fn spans(trace: &Trace, window: u64) -> Vec<(u64, u64)> {
+    merge(
+        trace
+            .fetches
+            .iter()
+            .filter(|f| f.device == Device::Memory && f.cause == Cause::Fault)
+            .map(|f| (f.unit.saturating_sub(window / 2), f.unit + f.faulting.max(1) + window / 2))
+            .collect(),
+    )
+}
+
+/// `[start, end)` runs of pages, in any order and overlapping, as sorted,
+/// disjoint runs: e.g. the union of two stays' [`spans`].
+pub fn merge(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    runs.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in runs {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
         }
     }
-    spanned
+    merged
+}
+
+/// How many distinct pages [`spans`] holds: what the same faults would
+/// have fetched with another window. With a larger window some of those
+/// faults would not have happened, with a smaller one the guest would have
+/// faulted on neighbours it used: so it is the cost of the window on these
+/// faults, not a replay of another run.
+pub fn pages_spanned(trace: &Trace, window: u64) -> u64 {
+    count(&spans(trace, window))
+}
+
+/// Pages in sorted, disjoint runs.
+pub fn count(runs: &[(u64, u64)]) -> u64 {
+    runs.iter().map(|(start, end)| end - start).sum()
+}
+
+/// Pages in both of two sorted, disjoint lists of runs.
+pub fn overlap(a: &[(u64, u64)], b: &[(u64, u64)]) -> u64 {
+    let (mut i, mut j, mut both) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        let (start, end) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        both += end.saturating_sub(start);
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    both
 }
 
 /// The highest rate, in bytes per second, at which the trace fetched over
@@ -148,6 +179,18 @@ mod tests {
         );
         assert_eq!(pages_spanned(&t, 20), 26);
         assert_eq!(pages_spanned(&t, 0), 2);
+        assert_eq!(spans(&t, 20), vec![(90, 116)]);
+    }
+
+    #[test]
+    fn overlap_counts_the_pages_in_both() {
+        let a = [(0, 10), (20, 30), (40, 50)];
+        let b = [(5, 25), (45, 100)];
+        assert_eq!(overlap(&a, &b), 5 + 5 + 5);
+        assert_eq!(overlap(&b, &a), 15);
+        assert_eq!(overlap(&a, &[]), 0);
+        assert_eq!(count(&a), 30);
+        assert_eq!(merge([a.to_vec(), b.to_vec()].concat()), vec![(0, 30), (40, 100)]);
     }
 
     #[test]

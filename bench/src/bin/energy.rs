@@ -138,10 +138,24 @@ fn run(args: &Args) -> BenchResult<()> {
         // The stays on the command line are taken as one VM's, in order:
         // each later one is also replayed with the earlier ones' pages pushed.
         let mut earlier = BTreeSet::new();
+        let mut earlier_spans = Vec::new();
         for path in &args.traces {
             let trace = read_trace(path)?;
             replay_recorded(path, &trace, &profiles, sim, &earlier)?;
+            let spans = trace_shape::spans(&trace, memtap::prefetch::DEFAULT_PIVOT_WINDOW);
+            if !earlier_spans.is_empty() {
+                println!(
+                    "\n{}: of the {} pages this stay's faults fetched (their pivot windows), {} had been fetched by the \
+                     earlier stays above too; it faulted on {} pages, {} of them faulted on before",
+                    path.display(),
+                    trace_shape::count(&spans),
+                    trace_shape::overlap(&spans, &earlier_spans),
+                    trace.faulted_pages().len(),
+                    trace.faulted_pages().intersection(&earlier).count()
+                );
+            }
             earlier.extend(trace.faulted_pages());
+            earlier_spans = trace_shape::merge([earlier_spans, spans].concat());
         }
         return Ok(());
     }
