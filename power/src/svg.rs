@@ -418,7 +418,7 @@ fn tick_label(value: f64) -> String {
     let magnitude = value.abs();
     if magnitude == 0.0 {
         "0".to_owned()
-    } else if magnitude >= 1e5 || magnitude < 1e-3 {
+    } else if !(1e-3..1e5).contains(&magnitude) {
         format!("{value:.0e}")
     } else if (value - value.round()).abs() < 1e-9 {
         format!("{value:.0}")

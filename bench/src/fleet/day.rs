@@ -5,7 +5,7 @@
 //! # The model
 //!
 //! - **Arrival** and **departure**: normal around 9:00 (sd 20 min) and
-//!   17:30 (sd 45 min), kept within 7:00-11:00 and 15:00-21:00. An office
+//!   17:15 (sd 45 min), kept within 7:00-11:00 and 15:00-21:00. An office
 //!   arrives together, which is what makes the morning's boot storm; the
 //!   paper's lab had flexible hours and laptops used at home in the evening,
 //!   so its traces had less of a storm and fewer sleep opportunities (its
@@ -13,9 +13,10 @@
 //! - **Lunch**: starts normal around 12:15 (sd 15 min); lasts a lognormal
 //!   time of median 40 min (sigma 0.3), kept within 15-90 min. The paper
 //!   names lunch the most correlated idle period of its traces.
-//! - **Through the day**: work bouts of exponential length (mean 20 min)
-//!   alternate with breaks of Pareto length (30 s minimum, shape 1.3, at
-//!   most 2 h): most breaks are short, a few are meetings. Heavy tails are
+//! - **Through the day**: work bouts of exponential length (mean 10 min)
+//!   alternate with breaks of Pareto length (30 s minimum, shape 1, at
+//!   most 3 h): most breaks are short (half under a minute), a few are
+//!   meetings (one in twenty over 10 minutes). Heavy tails are
 //!   what studies of desktop idleness report; the parameters are ours,
 //!   chosen so that the share of the day a desktop is idle past a 5 minute
 //!   timeout lands near the paper's published 76%, and the simulator prints
@@ -34,6 +35,14 @@ use rand::{Rng, SeedableRng};
 const HOUR: f64 = 3600.0;
 /// Seconds in a minute.
 const MINUTE: f64 = 60.0;
+/// Mean of a work bout between two breaks, seconds.
+const BOUT_MEAN_SECS: f64 = 10.0 * MINUTE;
+/// The shortest break, seconds (the Pareto's scale).
+const BREAK_MIN_SECS: f64 = 30.0;
+/// The Pareto's shape: the smaller, the heavier the tail.
+const BREAK_SHAPE: f64 = 1.0;
+/// The longest break, seconds.
+const BREAK_MAX_SECS: f64 = 3.0 * HOUR;
 /// When the simulated day starts, seconds after midnight (4:00).
 pub const DAY_START_SECS: f64 = 4.0 * HOUR;
 /// When it ends: 4:00 the next morning.
@@ -102,7 +111,7 @@ impl DayModel {
     pub fn day(&self, desktop: usize) -> UserDay {
         let mut rng = desktop_rng(self.seed, desktop, 0);
         let arrival = normal(&mut rng, 9.0 * HOUR, 20.0 * MINUTE).clamp(7.0 * HOUR, 11.0 * HOUR);
-        let departure = normal(&mut rng, 17.5 * HOUR, 45.0 * MINUTE).clamp(15.0 * HOUR, 21.0 * HOUR);
+        let departure = normal(&mut rng, 17.25 * HOUR, 45.0 * MINUTE).clamp(15.0 * HOUR, 21.0 * HOUR);
         let lunch_start = normal(&mut rng, 12.25 * HOUR, 15.0 * MINUTE);
         let lunch_secs = (40.0 * MINUTE * (0.3 * normal(&mut rng, 0.0, 1.0)).exp()).clamp(15.0 * MINUTE, 90.0 * MINUTE);
 
@@ -111,7 +120,7 @@ impl DayModel {
         let mut lunch_taken = false;
         while at < departure {
             // A work bout, then a break (or lunch, if it is time).
-            let bout = -20.0 * MINUTE * (1.0 - rng.gen::<f64>()).ln();
+            let bout = -BOUT_MEAN_SECS * (1.0 - rng.gen::<f64>()).ln();
             at += bout;
             if at >= departure {
                 break;
@@ -120,8 +129,8 @@ impl DayModel {
                 lunch_taken = true;
                 (at, lunch_secs)
             } else {
-                let pareto = 30.0 * (1.0 - rng.gen::<f64>()).powf(-1.0 / 1.3);
-                (at, pareto.min(2.0 * HOUR))
+                let pareto = BREAK_MIN_SECS * (1.0 - rng.gen::<f64>()).powf(-1.0 / BREAK_SHAPE);
+                (at, pareto.min(BREAK_MAX_SECS))
             };
             let end = (start + length).min(departure);
             push_merged(&mut idle, IdlePeriod { start_secs: start, end_secs: end });

@@ -773,7 +773,8 @@ mod tests {
         let m = &fleet().measured;
         assert!((alone.mean_reintegration_secs - m.full_back_secs).abs() < 1e-6, "{}", alone.mean_reintegration_secs);
         let office = fleet().run(Scheme::Full, config(100, 5.0));
-        assert!(office.mean_reintegration_secs > 5.0 * m.full_back_secs, "{}", office.mean_reintegration_secs);
+        assert!(office.mean_reintegration_secs > alone.mean_reintegration_secs);
+        assert!(office.max_reintegration_secs > 2.0 * m.full_back_secs, "{}", office.max_reintegration_secs);
     }
 
     #[test]
