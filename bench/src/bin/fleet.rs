@@ -26,6 +26,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use bench::fleet::day::{DayModel, UserDay};
 use bench::fleet::measured::{MeasuredFigures, GIB, PAPER};
 use bench::fleet::{Fleet, FleetError, FleetReport, RunConfig, Scheme};
 use clap::Parser;
@@ -97,6 +98,7 @@ fn run(args: &Args) -> Result<(), FleetBenchError> {
     }
     let fleet = Fleet::build(measured, args.seed)?;
     print_inputs(&fleet);
+    print_days(args.seed, args.timeout);
 
     let both = |desktops: usize, minutes: f64| {
         let config = RunConfig { desktops, idle_timeout_secs: minutes * 60.0, seed: args.seed };
@@ -181,6 +183,39 @@ fn print_inputs(fleet: &Fleet) {
             fleet.partial_stay.saved_percent(minutes * 60.0)
         );
     }
+}
+
+/// The shape of the users' days the runs draw (the most desktops any run
+/// has), beside the paper's Figure 1 and its published idle share.
+fn print_days(seed: u64, timeout_minutes: f64) {
+    const DESKTOPS: usize = 500;
+    let model = DayModel { seed };
+    let days: Vec<UserDay> = (0..DESKTOPS).map(|desktop| model.day(desktop)).collect();
+    let timeout = timeout_minutes * 60.0;
+    let hours = |secs: f64| secs / 3600.0;
+    let clock = |secs: f64| format!("{:02}:{:02}", (secs / 3600.0) as u32 % 24, (secs / 60.0) as u32 % 60);
+    let mut arrivals: Vec<f64> = days.iter().map(|day| day.idle[0].end_secs).collect();
+    arrivals.sort_by(f64::total_cmp);
+    let daytime = |day: &UserDay| day.idle.len().saturating_sub(2);
+    let long_breaks: usize =
+        days.iter().map(|day| day.idle[1..day.idle.len() - 1].iter().filter(|p| p.secs() > timeout).count()).sum();
+    let idle_past: f64 = days.iter().map(|day| day.idle_past(timeout)).sum::<f64>() / DESKTOPS as f64;
+    let share_at = |secs: f64| 100.0 * days.iter().filter(|day| !day.active_at(secs)).count() as f64 / DESKTOPS as f64;
+    println!();
+    println!(
+        "Users' days ({DESKTOPS} desktops, seed {seed}; the shape of the paper's Figure 1, parameters ours): 90% arrive {}-{}; \
+         {:.1} breaks a day, {:.1} of them over {timeout_minutes} min (lunch included); idle past {timeout_minutes} min {:.1} h a day \
+         ({:.0}%; paper 76% of a weekday on the server at 5 min); away at 10:30 {:.0}%, 12:30 {:.0}%, 15:30 {:.0}%",
+        clock(arrivals[DESKTOPS / 20]),
+        clock(arrivals[DESKTOPS - DESKTOPS / 20]),
+        days.iter().map(daytime).sum::<usize>() as f64 / DESKTOPS as f64,
+        long_breaks as f64 / DESKTOPS as f64,
+        hours(idle_past),
+        100.0 * idle_past / (24.0 * 3600.0),
+        share_at(10.5 * 3600.0),
+        share_at(12.5 * 3600.0),
+        share_at(15.5 * 3600.0),
+    );
 }
 
 /// The timeout that saves the most energy, and the smallest one within

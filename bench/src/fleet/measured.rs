@@ -3,7 +3,7 @@
 //! recorded traces in `bench/traces/`) where there is one, the paper's
 //! where there is none, marked so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Bytes in a MiB.
 pub const MIB: f64 = 1_048_576.0;
@@ -144,6 +144,14 @@ impl MeasuredFigures {
         (self.server_memory_bytes / self.vm_ram_bytes).floor() as u32
     }
 
+    /// The desktop's trace as printed: from the workspace when it is in
+    /// this crate.
+    fn trace_name(&self) -> PathBuf {
+        self.desktop_trace
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .map_or_else(|_| self.desktop_trace.clone(), |inside| Path::new("bench").join(inside))
+    }
+
     /// The table printed before the results: figure, value, source.
     pub fn rows(&self) -> Vec<[String; 3]> {
         let mib = |bytes: f64| format!("{:.1} MiB", bytes / MIB);
@@ -197,7 +205,7 @@ impl MeasuredFigures {
             ),
             row(
                 "desktop while its VM is away",
-                format!("{}, fixed 6 s wait, Table 1", self.desktop_trace.display()),
+                format!("{}, fixed 6 s wait, Table 1", self.trace_name().display()),
                 "ours for the trace's 5.7 min, then power::trace's first-touch model (derived from the paper's savings); power::simulate replays it",
             ),
         ]
