@@ -205,13 +205,14 @@ fn print_days(seed: u64, timeout_minutes: f64) {
     println!(
         "Users' days ({DESKTOPS} desktops, seed {seed}; the shape of the paper's Figure 1, parameters ours): 90% arrive {}-{}; \
          {:.1} breaks a day, {:.1} of them over {timeout_minutes} min (lunch included); idle past {timeout_minutes} min {:.1} h a day \
-         ({:.0}%; paper 76% of a weekday on the server at 5 min); away at 10:30 {:.0}%, 12:30 {:.0}%, 15:30 {:.0}%",
+         ({:.0}%; paper {:.0}% of a weekday on the server at 5 min); away at 10:30 {:.0}%, 12:30 {:.0}%, 15:30 {:.0}%",
         clock(arrivals[DESKTOPS / 20]),
         clock(arrivals[DESKTOPS - DESKTOPS / 20]),
         days.iter().map(daytime).sum::<usize>() as f64 / DESKTOPS as f64,
         long_breaks as f64 / DESKTOPS as f64,
         hours(idle_past),
         100.0 * idle_past / (24.0 * 3600.0),
+        PAPER.on_server_percent,
         share_at(10.5 * 3600.0),
         share_at(12.5 * 3600.0),
         share_at(15.5 * 3600.0),

@@ -74,9 +74,10 @@ pub struct UserDay {
 }
 
 impl UserDay {
-    /// A desktop whose user never leaves it (for tests): one idle period
-    /// of no length at each end of the day.
-    pub fn never_idle() -> UserDay {
+    /// A desktop whose user never leaves it: one idle period of no length
+    /// at each end of the day.
+    #[cfg(test)]
+    pub(crate) fn never_idle() -> UserDay {
         UserDay {
             idle: vec![
                 IdlePeriod { start_secs: DAY_START_SECS, end_secs: DAY_START_SECS },
@@ -182,7 +183,7 @@ mod tests {
                 assert!(pair[0].end_secs < pair[1].start_secs, "desktop {desktop}: {pair:?}");
             }
             assert!(day.idle.iter().all(|period| period.secs() >= 0.0));
-            // At work at 10:30 or 15:30 unless on a break; never at 3:00 a.m. + 24 h.
+            // Away at the end of the night.
             assert!(!day.active_at(DAY_END_SECS - 1.0));
         }
     }
