@@ -7,7 +7,8 @@
 //! (when the VM was on the server); [`xy_chart`] draws series of points
 //! against each other on linear or logarithmic axes (the fleet
 //! simulator's energy against network and latency, like the paper's
-//! Figures 10 and 11).
+//! Figures 10 and 11); [`span_rows_chart`] draws rows of spans over a
+//! shared axis (users' days at their desktops, like the paper's Figure 1).
 //!
 //! Written by hand: a chart of one step line needs a path, two axes and a
 //! few labels, not a plotting library.
@@ -530,6 +531,87 @@ pub fn xy_chart(chart: &XyChart) -> String {
     svg
 }
 
+/// Rows of spans over one axis: each row a line of filled spans (the
+/// times something was on), one row per subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRows {
+    /// The title above the plot.
+    pub title: String,
+    /// What the x axis is.
+    pub x_label: String,
+    /// The axis's range, `(from, to)`.
+    pub x_range: (f64, f64),
+    /// Tick positions on the axis and their labels.
+    pub ticks: Vec<(f64, String)>,
+    /// The rows, top to bottom: each a list of `(from, to)` spans.
+    pub rows: Vec<Vec<(f64, f64)>>,
+    /// The spans' colour (an SVG colour).
+    pub colour: String,
+    /// Lines of notes under the x axis.
+    pub notes: Vec<String>,
+}
+
+/// Renders `chart` as an SVG document: a thin band per row, its spans
+/// filled, clipped to the axis's range.
+pub fn span_rows_chart(chart: &SpanRows) -> String {
+    let (from, to) = chart.x_range;
+    let span = if to > from { to - from } else { 1.0 };
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let height = HEIGHT + 16.0 * chart.notes.len() as f64;
+    let x = |v: f64| LEFT + (v.clamp(from, from + span) - from) / span * plot_w;
+    let row_h = plot_h / chart.rows.len().max(1) as f64;
+
+    let mut svg = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        WIDTH / 2.0,
+        escape(&chart.title)
+    );
+    let colour = escape(&chart.colour);
+    for (i, row) in chart.rows.iter().enumerate() {
+        let top = TOP + i as f64 * row_h;
+        for &(start, end) in row {
+            let (x1, x2) = (x(start), x(end));
+            if x2 > x1 {
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{x1:.2}" y="{top:.2}" width="{:.2}" height="{:.2}" fill="{colour}"/>"#,
+                    x2 - x1,
+                    (row_h * 0.8).max(0.5)
+                );
+            }
+        }
+    }
+    let y0 = TOP + plot_h;
+    let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{y0}" x2="{}" y2="{y0}" stroke="black"/>"#, LEFT + plot_w);
+    for (at, label) in &chart.ticks {
+        let tx = x(*at);
+        let _ = writeln!(svg, r#"<line x1="{tx:.1}" y1="{y0}" x2="{tx:.1}" y2="{}" stroke="black"/>"#, y0 + 4.0);
+        let _ = writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{}</text>"#, y0 + 18.0, escape(label));
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        y0 + 36.0,
+        escape(&chart.x_label)
+    );
+    for (k, note) in chart.notes.iter().enumerate() {
+        let _ =
+            writeln!(svg, r##"<text x="{LEFT}" y="{}" fill="#333">{}</text>"##, HEIGHT + 16.0 * k as f64, escape(note));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
 /// The SVG path of a step line: one point for the first step, two for
 /// each later one (the old power up to its time, then the new power).
 fn step_path(steps: &[(f64, f64)], x: &dyn Fn(f64) -> f64, y: &dyn Fn(f64) -> f64) -> String {
@@ -656,6 +738,26 @@ mod tests {
         assert_eq!(svg.matches('<').count(), svg.matches('>').count());
         let empty = xy_chart(&XyChart { series: vec![], ..chart });
         assert!(empty.contains("</svg>"));
+    }
+
+    #[test]
+    fn span_rows_fill_each_span_clipped_to_the_axis() {
+        let chart = SpanRows {
+            title: "days & <nights>".into(),
+            x_label: "time of day".into(),
+            x_range: (0.0, 10.0),
+            ticks: vec![(0.0, "0".into()), (10.0, "10".into())],
+            // The last span lies outside the axis and is not drawn.
+            rows: vec![vec![(1.0, 2.0), (3.0, 12.0)], vec![], vec![(20.0, 30.0)]],
+            colour: "black".into(),
+            notes: vec![],
+        };
+        let svg = span_rows_chart(&chart);
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("days &amp; &lt;nights&gt;"));
+        // The background and two spans.
+        assert_eq!(svg.matches("<rect ").count(), 1 + 2);
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
     }
 
     #[test]

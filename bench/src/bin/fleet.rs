@@ -26,11 +26,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bench::fleet::day::{DayModel, UserDay};
+use bench::fleet::day::{DayModel, UserDay, DAY_END_SECS, DAY_START_SECS};
 use bench::fleet::measured::{MeasuredFigures, GIB, PAPER};
 use bench::fleet::{Fleet, FleetError, FleetReport, RunConfig, Scheme};
 use clap::Parser;
-use power::svg::{xy_chart, XyChart, XySeries};
+use power::svg::{span_rows_chart, xy_chart, SpanRows, XyChart, XySeries};
 
 /// The colours of the two schemes in the charts.
 const FULL_COLOUR: &str = "#c0392b";
@@ -98,7 +98,7 @@ fn run(args: &Args) -> Result<(), FleetBenchError> {
     }
     let fleet = Fleet::build(measured, args.seed)?;
     print_inputs(&fleet);
-    print_days(args.seed, args.timeout);
+    let days = print_days(args.seed, args.timeout);
 
     let both = |desktops: usize, minutes: f64| {
         let config = RunConfig { desktops, idle_timeout_secs: minutes * 60.0, seed: args.seed };
@@ -157,7 +157,8 @@ fn run(args: &Args) -> Result<(), FleetBenchError> {
     }
     print_against_paper(&fleet, &counts);
 
-    write_charts(&args.out, args.desktops, args.timeout, &sweep, &counts)
+    write_charts(&args.out, args.desktops, args.timeout, &sweep, &counts)?;
+    write_days_chart(&args.out, args.seed, &days)
 }
 
 /// The figures taken, the desktop's saving over a stay, and the users'
@@ -185,10 +186,15 @@ fn print_inputs(fleet: &Fleet) {
     }
 }
 
-/// The shape of the users' days the runs draw (the most desktops any run
-/// has), beside the paper's Figure 1 and its published idle share.
-fn print_days(seed: u64, timeout_minutes: f64) {
-    const DESKTOPS: usize = 500;
+/// Desktops whose days [`print_days`] describes (the most any run has).
+const DESCRIBED_DAYS: usize = 500;
+/// Desktops whose days the Figure 1 chart draws.
+const DRAWN_DAYS: usize = 100;
+
+/// The shape of the users' days the runs draw, beside the paper's Figure 1
+/// and its published idle share; returns the days.
+fn print_days(seed: u64, timeout_minutes: f64) -> Vec<UserDay> {
+    const DESKTOPS: usize = DESCRIBED_DAYS;
     let model = DayModel { seed };
     let days: Vec<UserDay> = (0..DESKTOPS).map(|desktop| model.day(desktop)).collect();
     let timeout = timeout_minutes * 60.0;
@@ -217,6 +223,7 @@ fn print_days(seed: u64, timeout_minutes: f64) {
         share_at(12.5 * 3600.0),
         share_at(15.5 * 3600.0),
     );
+    days
 }
 
 /// The timeout that saves the most energy, and the smallest one within
@@ -388,10 +395,35 @@ fn write_charts(
         ),
     ];
     for (name, chart) in charts {
-        let path = dir.join(name);
-        std::fs::write(&path, xy_chart(&chart))
-            .map_err(|source| FleetBenchError::WriteChart { path: path.clone(), source })?;
-        println!("(wrote {})", path.display());
+        write_chart(&dir.join(name), &xy_chart(&chart))?;
     }
+    Ok(())
+}
+
+/// The first desktops' days as the paper's Figure 1 draws its users': a
+/// row per desktop, filled while the user is at it.
+fn write_days_chart(dir: &Path, seed: u64, days: &[UserDay]) -> Result<(), FleetBenchError> {
+    let rows = days
+        .iter()
+        .take(DRAWN_DAYS)
+        .map(|day| day.idle.windows(2).map(|pair| (pair[0].end_secs, pair[1].start_secs)).collect())
+        .collect();
+    let ticks = (0..=6).map(|k| (DAY_START_SECS + f64::from(k) * 4.0 * 3600.0, format!("{:02}:00", (4 + 4 * k) % 24)));
+    let chart = SpanRows {
+        title: format!("Users at their desktops, {DRAWN_DAYS} weekdays (seed {seed}), like the paper's Figure 1"),
+        x_label: "time of day (filled: the user is active)".into(),
+        x_range: (DAY_START_SECS, DAY_END_SECS),
+        ticks: ticks.collect(),
+        rows,
+        colour: "#34618f".into(),
+        notes: vec!["our model of an office (bench::fleet::day), not the paper's traces".into()],
+    };
+    write_chart(&dir.join("fig1-days.svg"), &span_rows_chart(&chart))
+}
+
+/// Writes one chart and says so.
+fn write_chart(path: &Path, svg: &str) -> Result<(), FleetBenchError> {
+    std::fs::write(path, svg).map_err(|source| FleetBenchError::WriteChart { path: path.to_owned(), source })?;
+    println!("(wrote {})", path.display());
     Ok(())
 }
