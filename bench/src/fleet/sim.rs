@@ -349,8 +349,8 @@ impl Fleet {
     }
 
     /// Servers the demand needs: the most memory the VMs of users idle past
-    /// the timeout hold at once, in servers of the measured memory (at
-    /// least one).
+    /// the timeout hold at once, in servers of the measured memory (none
+    /// when no user is ever idle that long).
     fn servers_needed(&self, scheme: Scheme, desktops: &[Desktop], timeout: f64) -> u32 {
         let mut changes: Vec<(f64, f64)> = Vec::new();
         for desktop in desktops {
@@ -378,7 +378,7 @@ impl Fleet {
             Scheme::Full => f64::from(self.measured.full_vms_per_server()) * self.measured.vm_ram_bytes,
             Scheme::Partial => self.measured.server_memory_bytes,
         };
-        ((peak / per_server).ceil() as u32).max(1)
+        (peak / per_server).ceil() as u32
     }
 
     /// Simulates the day of `config` under `scheme`, the users' days drawn
@@ -743,6 +743,7 @@ mod tests {
             assert_eq!(report.network_bytes, 0.0);
             assert_eq!(report.desktop_saved_kwh, 0.0);
             assert_eq!(report.on_server_percent, 0.0);
+            assert_eq!((report.servers, report.server_kwh), (0, 0.0));
         }
     }
 
