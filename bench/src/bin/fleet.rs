@@ -66,6 +66,12 @@ struct Args {
 /// Why the benchmark failed.
 #[derive(Debug, thiserror::Error)]
 enum FleetBenchError {
+    /// An idle timeout that is not a positive number of minutes.
+    #[error("an idle timeout must be positive minutes, not {0}")]
+    BadTimeout(f64),
+    /// A fleet of no desktops.
+    #[error("a fleet needs at least one desktop")]
+    NoDesktops,
     /// The fleet could not be set up.
     #[error("setting up the fleet")]
     Setup(#[from] FleetError),
@@ -92,6 +98,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), FleetBenchError> {
+    if let Some(&bad) = args.timeouts.iter().chain([&args.timeout]).find(|m| !(m.is_finite() && **m > 0.0)) {
+        return Err(FleetBenchError::BadTimeout(bad));
+    }
+    if args.desktops == 0 || args.counts.contains(&0) {
+        return Err(FleetBenchError::NoDesktops);
+    }
     let mut measured = MeasuredFigures::ours();
     if let Some(trace) = &args.trace {
         measured.desktop_trace = trace.clone();
