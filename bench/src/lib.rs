@@ -4,7 +4,9 @@
 //! produced them. The library holds what the binaries share.
 #![warn(missing_docs)]
 
+pub mod fleet;
 pub mod link;
 pub mod measure;
 pub mod nbd;
+pub mod recorded;
 pub mod trace_shape;

@@ -4,7 +4,11 @@
 //! and a legend with the share of energy saved); [`power_timeline`] draws
 //! several hosts over the same time, one panel each (the desktop above the
 //! consolidation server, as in the figure), with spans shaded across them
-//! (when the VM was on the server).
+//! (when the VM was on the server); [`xy_chart`] draws series of points
+//! against each other on linear or logarithmic axes (the fleet
+//! simulator's energy against network and latency, like the paper's
+//! Figures 10 and 11); [`span_rows_chart`] draws rows of spans over a
+//! shared axis (users' days at their desktops, like the paper's Figure 1).
 //!
 //! Written by hand: a chart of one step line needs a path, two axes and a
 //! few labels, not a plotting library.
@@ -311,6 +315,303 @@ pub fn power_timeline(timeline: &Timeline) -> String {
     svg
 }
 
+/// One series of an [`XyChart`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct XySeries {
+    /// Its name in the legend.
+    pub name: String,
+    /// Its colour (an SVG colour).
+    pub colour: String,
+    /// `(x, y)` points, in the order they are joined.
+    pub points: Vec<(f64, f64)>,
+    /// A label beside each point (as many as the points), or none.
+    pub labels: Vec<String>,
+    /// Whether a line joins the points.
+    pub joined: bool,
+}
+
+/// Series of points against each other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XyChart {
+    /// The title above the plot.
+    pub title: String,
+    /// What the x axis is.
+    pub x_label: String,
+    /// What the y axis is.
+    pub y_label: String,
+    /// A logarithmic x axis (points at or below 0 are left out).
+    pub x_log: bool,
+    /// A logarithmic y axis (points at or below 0 are left out).
+    pub y_log: bool,
+    /// The series.
+    pub series: Vec<XySeries>,
+    /// Lines of notes under the x axis.
+    pub notes: Vec<String>,
+}
+
+/// One axis of an [`XyChart`]: its range (in log10 units when
+/// logarithmic) and its ticks.
+struct Axis {
+    log: bool,
+    low: f64,
+    high: f64,
+}
+
+impl Axis {
+    /// The axis over `values`, with a margin, from 0 when linear and all
+    /// positive.
+    fn over(values: impl Iterator<Item = f64>, log: bool) -> Axis {
+        let (mut low, mut high) = values
+            .filter(|v| v.is_finite() && (!log || *v > 0.0))
+            .map(|v| if log { v.log10() } else { v })
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        if !low.is_finite() {
+            (low, high) = (0.0, 1.0);
+        }
+        if log {
+            (low, high) = (low.floor(), high.ceil().max(low.floor() + 1.0));
+        } else {
+            low = low.min(0.0);
+            let step = nice_step((high - low).max(1e-9));
+            (low, high) = ((low / step).floor() * step, ((high / step).ceil() * step).max(low + step));
+        }
+        Axis { log, low, high }
+    }
+
+    /// Where `value` falls, 0 at the low end and 1 at the high end.
+    fn fraction(&self, value: f64) -> f64 {
+        let v = if self.log { value.log10() } else { value };
+        (v - self.low) / (self.high - self.low)
+    }
+
+    /// Tick values, in data units.
+    fn ticks(&self) -> Vec<f64> {
+        if self.log {
+            let decades = (self.high - self.low).round() as i32;
+            let steps: &[f64] = if decades <= 2 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+            let mut ticks = Vec::new();
+            for exponent in self.low as i32..=self.high as i32 {
+                for &m in steps {
+                    let v = m * 10f64.powi(exponent);
+                    if v.log10() <= self.high + 1e-9 {
+                        ticks.push(v);
+                    }
+                }
+            }
+            ticks
+        } else {
+            let step = nice_step(self.high - self.low);
+            let n = ((self.high - self.low) / step).round() as i32;
+            (0..=n).map(|k| self.low + f64::from(k) * step).collect()
+        }
+    }
+}
+
+/// A round tick step that cuts `span` into 4 to 10 parts.
+fn nice_step(span: f64) -> f64 {
+    let raw = span / 6.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].into_iter().map(|m| m * magnitude).find(|&step| step >= raw).unwrap_or(10.0 * magnitude)
+}
+
+/// A tick's label: no more digits than it needs.
+fn tick_label(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude == 0.0 {
+        "0".to_owned()
+    } else if !(1e-3..1e5).contains(&magnitude) {
+        format!("{value:.0e}")
+    } else if (value - value.round()).abs() < 1e-9 {
+        format!("{value:.0}")
+    } else {
+        format!("{}", (value * 1000.0).round() / 1000.0)
+    }
+}
+
+/// Renders `chart` as an SVG document: the points of each series as dots
+/// (joined by a line if asked), labelled if labels are given, a legend.
+pub fn xy_chart(chart: &XyChart) -> String {
+    let usable = |log: bool, v: f64| v.is_finite() && (!log || v > 0.0);
+    let points = || chart.series.iter().flat_map(|series| series.points.iter().copied());
+    let x_axis = Axis::over(points().filter(|&(_, y)| usable(chart.y_log, y)).map(|(x, _)| x), chart.x_log);
+    let y_axis = Axis::over(points().filter(|&(x, _)| usable(chart.x_log, x)).map(|(_, y)| y), chart.y_log);
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let height = HEIGHT + 16.0 * chart.notes.len() as f64;
+    let x = |v: f64| LEFT + x_axis.fraction(v) * plot_w;
+    let y = |v: f64| TOP + plot_h - y_axis.fraction(v) * plot_h;
+
+    let mut svg = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        WIDTH / 2.0,
+        escape(&chart.title)
+    );
+    let (x0, y0) = (LEFT, TOP + plot_h);
+    let _ = writeln!(svg, r#"<line x1="{x0}" y1="{y0}" x2="{}" y2="{y0}" stroke="black"/>"#, LEFT + plot_w);
+    let _ = writeln!(svg, r#"<line x1="{x0}" y1="{TOP}" x2="{x0}" y2="{y0}" stroke="black"/>"#);
+    for tick in x_axis.ticks() {
+        let tx = x(tick);
+        let _ = writeln!(svg, r##"<line x1="{tx:.1}" y1="{TOP}" x2="{tx:.1}" y2="{y0}" stroke="#eee"/>"##);
+        let _ =
+            writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{}</text>"#, y0 + 18.0, tick_label(tick));
+    }
+    for tick in y_axis.ticks() {
+        let ty = y(tick);
+        let _ = writeln!(svg, r##"<line x1="{x0}" y1="{ty:.1}" x2="{}" y2="{ty:.1}" stroke="#eee"/>"##, LEFT + plot_w);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            ty + 4.0,
+            tick_label(tick)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        y0 + 36.0,
+        escape(&chart.x_label)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+        TOP + plot_h / 2.0,
+        TOP + plot_h / 2.0,
+        escape(&chart.y_label)
+    );
+
+    for (k, series) in chart.series.iter().enumerate() {
+        let colour = escape(&series.colour);
+        let shown: Vec<(usize, (f64, f64))> = series
+            .points
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|&(_, (px, py))| usable(chart.x_log, px) && usable(chart.y_log, py))
+            .collect();
+        if series.joined && shown.len() > 1 {
+            let d: Vec<String> = shown
+                .iter()
+                .enumerate()
+                .map(|(n, &(_, (px, py)))| format!("{}{:.2},{:.2}", if n == 0 { 'M' } else { 'L' }, x(px), y(py)))
+                .collect();
+            let _ = writeln!(svg, r#"<path d="{}" fill="none" stroke="{colour}" stroke-width="1.5"/>"#, d.join(" "));
+        }
+        for &(i, (px, py)) in &shown {
+            let _ = writeln!(svg, r#"<circle cx="{:.2}" cy="{:.2}" r="3.5" fill="{colour}"/>"#, x(px), y(py));
+            if let Some(label) = series.labels.get(i).filter(|label| !label.is_empty()) {
+                let _ = writeln!(
+                    svg,
+                    r#"<text x="{:.2}" y="{:.2}" font-size="10" fill="{colour}">{}</text>"#,
+                    x(px) + 5.0,
+                    y(py) - 5.0,
+                    escape(label)
+                );
+            }
+        }
+        let ly = TOP + 6.0 + 16.0 * k as f64;
+        let lx = LEFT + plot_w - 260.0;
+        let _ = writeln!(svg, r#"<circle cx="{}" cy="{ly}" r="3.5" fill="{colour}"/>"#, lx + 12.0);
+        let _ = writeln!(svg, r#"<text x="{}" y="{}">{}</text>"#, lx + 24.0, ly + 4.0, escape(&series.name));
+    }
+    for (k, note) in chart.notes.iter().enumerate() {
+        let _ =
+            writeln!(svg, r##"<text x="{LEFT}" y="{}" fill="#333">{}</text>"##, HEIGHT + 16.0 * k as f64, escape(note));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Rows of spans over one axis: each row a line of filled spans (the
+/// times something was on), one row per subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRows {
+    /// The title above the plot.
+    pub title: String,
+    /// What the x axis is.
+    pub x_label: String,
+    /// The axis's range, `(from, to)`.
+    pub x_range: (f64, f64),
+    /// Tick positions on the axis and their labels.
+    pub ticks: Vec<(f64, String)>,
+    /// The rows, top to bottom: each a list of `(from, to)` spans.
+    pub rows: Vec<Vec<(f64, f64)>>,
+    /// The spans' colour (an SVG colour).
+    pub colour: String,
+    /// Lines of notes under the x axis.
+    pub notes: Vec<String>,
+}
+
+/// Renders `chart` as an SVG document: a thin band per row, its spans
+/// filled, clipped to the axis's range.
+pub fn span_rows_chart(chart: &SpanRows) -> String {
+    let (from, to) = chart.x_range;
+    let span = if to > from { to - from } else { 1.0 };
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let height = HEIGHT + 16.0 * chart.notes.len() as f64;
+    let x = |v: f64| LEFT + (v.clamp(from, from + span) - from) / span * plot_w;
+    let row_h = plot_h / chart.rows.len().max(1) as f64;
+
+    let mut svg = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        WIDTH / 2.0,
+        escape(&chart.title)
+    );
+    let colour = escape(&chart.colour);
+    for (i, row) in chart.rows.iter().enumerate() {
+        let top = TOP + i as f64 * row_h;
+        for &(start, end) in row {
+            let (x1, x2) = (x(start), x(end));
+            if x2 > x1 {
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{x1:.2}" y="{top:.2}" width="{:.2}" height="{:.2}" fill="{colour}"/>"#,
+                    x2 - x1,
+                    (row_h * 0.8).max(0.5)
+                );
+            }
+        }
+    }
+    let y0 = TOP + plot_h;
+    let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{y0}" x2="{}" y2="{y0}" stroke="black"/>"#, LEFT + plot_w);
+    for (at, label) in &chart.ticks {
+        let tx = x(*at);
+        let _ = writeln!(svg, r#"<line x1="{tx:.1}" y1="{y0}" x2="{tx:.1}" y2="{}" stroke="black"/>"#, y0 + 4.0);
+        let _ = writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{}</text>"#, y0 + 18.0, escape(label));
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        LEFT + plot_w / 2.0,
+        y0 + 36.0,
+        escape(&chart.x_label)
+    );
+    for (k, note) in chart.notes.iter().enumerate() {
+        let _ =
+            writeln!(svg, r##"<text x="{LEFT}" y="{}" fill="#333">{}</text>"##, HEIGHT + 16.0 * k as f64, escape(note));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
 /// The SVG path of a step line: one point for the first step, two for
 /// each later one (the old power up to its time, then the new power).
 fn step_path(steps: &[(f64, f64)], x: &dyn Fn(f64) -> f64, y: &dyn Fn(f64) -> f64) -> String {
@@ -400,6 +701,63 @@ mod tests {
         // An empty timeline still renders.
         let empty = power_timeline(&Timeline { title: String::new(), panels: vec![], spans: vec![], notes: vec![] });
         assert!(empty.contains("</svg>"));
+    }
+
+    #[test]
+    fn an_xy_chart_has_a_dot_per_shown_point_and_a_legend_per_series() {
+        let series = |name: &str, points: Vec<(f64, f64)>, joined| XySeries {
+            name: name.into(),
+            colour: "#c0392b".into(),
+            labels: points.iter().map(|(x, _)| format!("{x} min")).collect(),
+            points,
+            joined,
+        };
+        let chart = XyChart {
+            title: "energy & <latency>".into(),
+            x_label: "latency (s)".into(),
+            y_label: "kWh".into(),
+            x_log: true,
+            y_log: false,
+            // The log axis leaves the point at x = 0 out.
+            series: vec![
+                series("full", vec![(1.0, 5.0), (300.0, 8.0), (0.0, 9.0)], true),
+                series("partial", vec![(2.0, 6.0)], false),
+            ],
+            notes: vec!["a note".into()],
+        };
+        let svg = xy_chart(&chart);
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("energy &amp; &lt;latency&gt;") && svg.contains("a note"));
+        // Three points shown, two legend dots.
+        assert_eq!(svg.matches("<circle ").count(), 3 + 2);
+        assert_eq!(svg.lines().filter(|line| line.starts_with("<path ")).count(), 1);
+        // Decades 10^0..10^3 on the log axis.
+        for tick in [">1<", ">10<", ">100<", ">1000<"] {
+            assert!(svg.contains(tick), "{tick}");
+        }
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+        let empty = xy_chart(&XyChart { series: vec![], ..chart });
+        assert!(empty.contains("</svg>"));
+    }
+
+    #[test]
+    fn span_rows_fill_each_span_clipped_to_the_axis() {
+        let chart = SpanRows {
+            title: "days & <nights>".into(),
+            x_label: "time of day".into(),
+            x_range: (0.0, 10.0),
+            ticks: vec![(0.0, "0".into()), (10.0, "10".into())],
+            // The last span lies outside the axis and is not drawn.
+            rows: vec![vec![(1.0, 2.0), (3.0, 12.0)], vec![], vec![(20.0, 30.0)]],
+            colour: "black".into(),
+            notes: vec![],
+        };
+        let svg = span_rows_chart(&chart);
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("days &amp; &lt;nights&gt;"));
+        // The background and two spans.
+        assert_eq!(svg.matches("<rect ").count(), 1 + 2);
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
     }
 
     #[test]

@@ -140,7 +140,7 @@ fn run(args: &Args) -> BenchResult<()> {
         let mut earlier = BTreeSet::new();
         let mut earlier_spans = Vec::new();
         for path in &args.traces {
-            let trace = read_trace(path)?;
+            let trace = bench::recorded::read_trace(path)?;
             replay_recorded(path, &trace, &profiles, sim, &earlier)?;
             let spans = trace_shape::spans(&trace, memtap::prefetch::DEFAULT_PIVOT_WINDOW);
             if !earlier_spans.is_empty() {
@@ -535,21 +535,4 @@ fn print_push(
         }
     }
     Ok(())
-}
-
-/// Reads a fetch trace, through `gzip -dc` when its name ends in `.gz`.
-fn read_trace(path: &std::path::Path) -> BenchResult<fetch_trace::Trace> {
-    if path.extension().is_some_and(|e| e == "gz") {
-        let out = std::process::Command::new("gzip")
-            .arg("-dc")
-            .arg(path)
-            .output()
-            .map_err(|e| format!("running gzip -dc {}: {e}", path.display()))?;
-        if !out.status.success() {
-            return Err(format!("gzip -dc {}: {}", path.display(), String::from_utf8_lossy(&out.stderr)).into());
-        }
-        return Ok(fetch_trace::parse(&String::from_utf8_lossy(&out.stdout))
-            .map_err(|e| format!("{}: {}", path.display(), wire::chain(&e)))?);
-    }
-    Ok(fetch_trace::read(path)?)
 }
