@@ -1,7 +1,9 @@
-//! The control protocol, version 3 (the wire preamble's version covers it:
+//! The control protocol, version 4 (the wire preamble's version covers it:
 //! version 2 has each host prove its own key, and `NoRoom` and `StatusExact`;
 //! version 3 gives a VM up to [`MAX_DISKS`] disks: `Reserve` carries the
-//! further disks' sizes and `Returning` the number of disk dirty sets).
+//! further disks' sizes and `Returning` the number of disk dirty sets;
+//! version 4 sends dirty sets of format 2, whose memory set may carry
+//! discard records).
 //!
 //! # Transport
 //!

@@ -27,12 +27,14 @@ fuzz_target!(|data: &[u8]| {
                 let offset = header.offset(unit);
                 assert!(offset < header.image_size);
                 let expected = (header.image_size - offset).min(u64::from(header.unit_size));
-                let bytes = match change {
-                    UnitChange::Data(bytes) => bytes,
-                    UnitChange::Discard => &[][..],
+                let data = match change {
+                    UnitChange::Data(bytes) => {
+                        assert_eq!(bytes.len() as u64, expected);
+                        Some(bytes.to_vec())
+                    }
+                    UnitChange::Discard => None,
                 };
-                assert!(bytes.len() as u64 == expected || matches!(change, UnitChange::Discard));
-                units.push((unit, matches!(change, UnitChange::Data(_)).then(|| bytes.to_vec())));
+                units.push((unit, data));
             }
             Ok(None) => break,
             Err(_) => return,

@@ -149,8 +149,9 @@
 //! the checkpoint plus every unit of the set: a crash in steps 6 to 8 leaves a
 //! verified set on disk, and [`ApplyTarget::resume_pending`], which must run
 //! before the VM starts, writes every unit of it again. Writing a unit twice
-//! gives the same bytes, so the re-apply is idempotent, whatever subset of the
-//! writes had reached the disk (punching a hole twice likewise). Step 8 must be durable before the VM starts:
+//! gives the same bytes (and punching a hole twice the same hole), so the
+//! re-apply is idempotent, whatever subset of the writes had reached the
+//! disk. Step 8 must be durable before the VM starts:
 //! a `.verified` file reappearing after the VM has written to the image would
 //! be applied again over newer data, which is why failing to remove it is an
 //! error ([`DirtySetError::RemoveStaged`]).

@@ -11,9 +11,10 @@
 //! Otherwise the bitmap falls back to its *flushed copy* `<file>.flushed`,
 //! written atomically (temporary file, fsync, rename, fsync of the directory)
 //! by every [`flush`](PersistentBitmap::flush). Units set after that flush are
-//! dropped (and bits cleared since come back), and a warning says so. A caller that syncs its data before each
-//! flush (as [`SliceStore`](crate::SliceStore) does) thus never finds a bit
-//! whose data is not on disk.
+//! dropped (and bits cleared since come back), and a warning says so. A
+//! caller that syncs its data before each flush (as
+//! [`SliceStore`](crate::SliceStore) does) thus never finds a bit whose data
+//! is not on disk.
 //!
 //! To tell the two cases apart, the header records the boot id of the last
 //! process that opened the file (see [`BootId`]): same boot id, only the process

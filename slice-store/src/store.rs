@@ -2,15 +2,15 @@
 //!
 //! A store directory holds:
 //!
-//! | file             | what                                                     |
-//! |------------------|----------------------------------------------------------|
-//! | `fetched.slice`  | units copied from the remote source, unchanged           |
-//! | `fetched.bitmap` | which units `fetched.slice` holds                        |
-//! | `dirty.slice`    | units written locally                                    |
-//! | `dirty.bitmap`   | which units `dirty.slice` holds                          |
-//! | `discarded.bitmap` | which units were discarded (their content no longer wanted) |
-//! | `*.flushed`      | durable copies of the bitmaps (see [`PersistentBitmap`]) |
-//! | `lock`           | held (`flock`) by the process that has the store open    |
+//! | file               | what                                                     |
+//! |--------------------|----------------------------------------------------------|
+//! | `fetched.slice`    | units copied from the remote source, unchanged           |
+//! | `fetched.bitmap`   | which units `fetched.slice` holds                        |
+//! | `dirty.slice`      | units written locally                                    |
+//! | `dirty.bitmap`     | which units `dirty.slice` holds                          |
+//! | `discarded.bitmap` | which units were discarded (content no longer wanted)    |
+//! | `*.flushed`        | durable copies of the bitmaps (see [`PersistentBitmap`]) |
+//! | `lock`             | held (`flock`) by the process that has the store open    |
 //!
 //! Each slice is a sparse file as large as the store: only units that were
 //! stored take disk space. Every operation here is on whole units; splitting
@@ -28,10 +28,11 @@
 //! Discarding clears a unit's fetched bit (which only ever spares a fetch)
 //! and sets its discarded bit, which a later write clears; its dirty bit
 //! stays set over the punched hole, and the state order of [`UnitState`]
-//! (discarded before dirty) is what keeps that right. After a reboot, a discard or a write since the last flush may be
-//! undone: a unit discarded after the flush then reads as its flushed dirty
-//! content or as zeros (either is a state the client went through), and one
-//! written again after being discarded reads as discarded.
+//! (discarded before dirty) is what keeps that right. After a reboot, a
+//! discard or a write since the last flush may be undone: a unit discarded
+//! after the flush then reads as its flushed content or as zeros (either is
+//! a state the client went through), and one written again after being
+//! discarded reads as discarded.
 //!
 //! # Write order
 //!
@@ -43,7 +44,7 @@
 //! # Concurrency
 //!
 //! `SliceStore` is `Send + Sync`: slices use positional I/O through `&self`,
-//! and the three bitmaps sit behind one mutex. The critical sections are a few
+//! and the three bitmaps and the known-zero map sit behind one mutex. The critical sections are a few
 //! bit operations (or a memory copy of the bits when flushing); no I/O is done
 //! while the mutex is held, so a mutex costs less than per-bit atomics would in
 //! code and in reasoning. Dirty bits are only ever set, never cleared, so a
