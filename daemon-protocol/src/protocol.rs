@@ -1,7 +1,9 @@
-//! The control protocol, version 3 (the wire preamble's version covers it:
+//! The control protocol, version 4 (the wire preamble's version covers it:
 //! version 2 has each host prove its own key, and `NoRoom` and `StatusExact`;
 //! version 3 gives a VM up to [`MAX_DISKS`] disks: `Reserve` carries the
-//! further disks' sizes and `Returning` the number of disk dirty sets).
+//! further disks' sizes and `Returning` the number of disk dirty sets;
+//! version 4 sends dirty sets of format 2, whose memory set may carry
+//! discard records, and `HostedStatus` counts discarded pages).
 //!
 //! # Transport
 //!
@@ -288,6 +290,9 @@ pub struct HostedStatus {
     pub zero_pages: u64,
     /// Pages dirtied on the server.
     pub dirty_pages: u64,
+    /// Pages the guest freed and reported on the server (discarded: never
+    /// fetched, sent home as holes).
+    pub discarded_pages: u64,
     /// Disk blocks fetched from the desktop, all its disks together.
     pub blocks_fetched: u64,
     /// Disk blocks dirtied on the server, all its disks together.
@@ -314,6 +319,7 @@ impl HostedStatus {
             zero_pages_served: 0,
             zero_pages: 0,
             dirty_pages: 0,
+            discarded_pages: 0,
             blocks_fetched: 0,
             dirty_blocks: 0,
             expected_bytes: 0,

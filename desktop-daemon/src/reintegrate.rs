@@ -29,7 +29,7 @@ use std::time::Instant;
 use daemon_protocol::local::{LocalReply, ReintegrateReport};
 use daemon_protocol::protocol::MAX_DESCRIPTOR;
 use daemon_protocol::{ChunkReader, Control, ReturnHeader};
-use migration_formats::dirty_set::{ApplyTarget, StagedSet};
+use migration_formats::dirty_set::{ApplySummary, ApplyTarget, StagedSet};
 use wire::Channel;
 
 use crate::consolidate::{ask, Context};
@@ -77,7 +77,8 @@ impl Checkpoint {
 pub struct Received {
     /// Bytes of the stream.
     pub bytes: u64,
-    /// Pages written into the RAM file.
+    /// Pages written into the RAM file (not those discarded on the server,
+    /// which are punched as holes).
     pub pages: u64,
     /// Blocks written into the disk images (all its disks together).
     pub blocks: u64,
@@ -198,9 +199,9 @@ pub fn receive(
             return Err(e);
         }
     };
-    let pages = memory.header().unit_count;
     let blocks = disks.iter().map(|disk| disk.header().unit_count).sum();
-    commit(checkpoint, Some((memory, disks)))?;
+    let memory = commit(checkpoint, Some((memory, disks)))?;
+    let pages = memory.map_or(0, |applied| applied.units - applied.discarded);
     Ok(Received { bytes: header.total_bytes(), pages, blocks })
 }
 
@@ -269,27 +270,32 @@ fn disk_name(index: usize) -> String {
 }
 
 /// Steps 4 and 5, for sets just staged or (with `None`) for whatever a
-/// crash left after step 3.
-fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, Vec<StagedSet>)>) -> Result<(), ReceiveError> {
+/// crash left after step 3; says what the memory set applied, if one was.
+fn commit(
+    checkpoint: &Checkpoint,
+    staged: Option<(StagedSet, Vec<StagedSet>)>,
+) -> Result<Option<ApplySummary>, ReceiveError> {
     let apply_error = |what: String, source| ReceiveError::Apply {
         what,
         staging: checkpoint.staging.clone(),
         source: Box::new(source),
     };
-    match staged {
+    let memory = match staged {
         Some((memory, disks)) => {
-            memory.commit().map_err(|e| apply_error("memory".to_owned(), e))?;
+            let applied = memory.commit().map_err(|e| apply_error("memory".to_owned(), e))?;
             for (index, disk) in disks.into_iter().enumerate() {
                 disk.commit().map_err(|e| apply_error(disk_name(index), e))?;
             }
+            Some(applied)
         }
         None => {
-            checkpoint.memory().resume_pending().map_err(|e| apply_error("memory".to_owned(), e))?;
+            let applied = checkpoint.memory().resume_pending().map_err(|e| apply_error("memory".to_owned(), e))?;
             for index in 0..checkpoint.disks.len() {
                 checkpoint.disk(index).resume_pending().map_err(|e| apply_error(disk_name(index), e))?;
             }
+            applied
         }
-    }
+    };
     fs::rename(checkpoint.incoming(), &checkpoint.state)
         .and_then(|()| durable_file::sync_dir(durable_file::parent_dir(&checkpoint.state)))
         .map_err(|source| ReceiveError::File {
@@ -301,7 +307,8 @@ fn commit(checkpoint: &Checkpoint, staged: Option<(StagedSet, Vec<StagedSet>)>) 
         action: "clear",
         path: checkpoint.complete(),
         source,
-    })
+    })?;
+    Ok(memory)
 }
 
 impl Checkpoint {
@@ -319,7 +326,7 @@ impl Checkpoint {
 pub fn finish_pending(checkpoint: &Checkpoint) -> Result<(), ReceiveError> {
     if checkpoint.complete().exists() {
         tracing::warn!(staging = %checkpoint.staging.display(), "finishing a reintegration a crash interrupted");
-        return commit(checkpoint, None);
+        return commit(checkpoint, None).map(drop);
     }
     discard_staging(checkpoint);
     Ok(())

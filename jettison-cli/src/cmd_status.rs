@@ -236,6 +236,9 @@ fn hosted_line(s: &OnServer) -> String {
         mib_text(m.dirty_mib),
         m.dirty_pages
     );
+    if m.discarded_pages > 0 {
+        line.push_str(&format!(", {} pages freed by the guest (discarded)", m.discarded_pages));
+    }
     if let Some(d) = &s.disk {
         line.push_str(&format!(
             "; disk {} fetched ({} blocks), {} dirty ({} blocks)",

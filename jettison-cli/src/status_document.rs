@@ -144,6 +144,9 @@ pub struct MemoryFigures {
     pub dirty_pages: u64,
     /// The same in MiB.
     pub dirty_mib: f64,
+    /// Pages the guest freed and reported on the server: discarded, never
+    /// fetched, sent home as holes.
+    pub discarded_pages: u64,
 }
 
 /// Disk blocks moved for a VM on the server.
@@ -282,6 +285,7 @@ impl StatusDocument {
                             zero_pages_served: ram.map_or(0, |m| m.zero_pages_served),
                             dirty_pages: ram.map_or(0, |m| m.dirty_pages),
                             dirty_mib: mib(ram.map_or(0, |m| m.dirty_pages), UNIT),
+                            discarded_pages: ram.map_or(0, |m| m.discarded_pages),
                         },
                         disk: disk.map(|d| disk_figures(d.blocks_fetched, d.dirty_blocks, u64::from(d.block_size))),
                     }),
@@ -354,6 +358,7 @@ fn hosted(s: &HostedStatus) -> OnServer {
             zero_pages_served: s.zero_pages_served,
             dirty_pages: s.dirty_pages,
             dirty_mib: mib(s.dirty_pages, UNIT),
+            discarded_pages: s.discarded_pages,
         },
         disk: Some(disk_figures(s.blocks_fetched, s.dirty_blocks, UNIT)),
     }

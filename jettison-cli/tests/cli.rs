@@ -71,6 +71,7 @@ fn status_prints_a_line_per_vm_and_json_for_scripts() {
         prefetch_hits: 815,
         prefetch_misses: 258,
         dirty_pages: 7,
+        discarded_pages: 3,
         ..memtap::RamStats::default()
     };
     std::fs::write(dir.path().join("vm1.stats"), serde_json::to_vec(&stats).unwrap()).unwrap();
@@ -87,7 +88,7 @@ fn status_prints_a_line_per_vm_and_json_for_scripts() {
     assert_eq!(
         line.trim(),
         "vm1: on the server: 15.7 MiB of 256.0 MiB RAM fetched (4030 pages), 0 zero pages served without a fetch, \
-         0.0 MiB dirty (7 pages); running"
+         0.0 MiB dirty (7 pages), 3 pages freed by the guest (discarded); running"
     );
     let out = status(&["--json"]);
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -97,6 +98,7 @@ fn status_prints_a_line_per_vm_and_json_for_scripts() {
     assert_eq!(memory["pages_fetched"], 4030, "{parsed}");
     assert_eq!(memory["fetched_mib"], 4030.0 * 4096.0 / 1048576.0, "{parsed}");
     assert_eq!(memory["dirty_pages"], 7, "{parsed}");
+    assert_eq!(memory["discarded_pages"], 3, "{parsed}");
     assert_eq!(parsed["vms"][0]["on_server"]["disk"], serde_json::Value::Null, "{parsed}");
 }
 

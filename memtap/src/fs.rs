@@ -14,6 +14,14 @@
 //! cache last, so a stale prefetched copy can never shadow a page the guest
 //! wrote. A read and a write of the same page cannot overlap: the kernel
 //! holds the page locked for both.
+//!
+//! Discards: QEMU punches a hole (`fallocate` `PUNCH_HOLE | KEEP_SIZE`) where
+//! the guest reported free memory (virtio-balloon free page reporting). The
+//! kernel writes back the range's dirty pages first, holds the file's lock
+//! while we answer, and drops the range from its page cache afterwards, so a
+//! discard is ordered after the writes before it and before the reads after
+//! it; a read of the same page already on a worker may still return its old
+//! content, which the guest no longer cares about.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -79,6 +87,14 @@ impl MemtapFs {
             by_name.insert(format!("{}.stats", vm.name()), Node::Stats(i));
         }
         MemtapFs { vms, by_name, workers, started: SystemTime::now(), stats_snapshots: HashMap::new(), next_fh: 1 }
+    }
+
+    /// Runs `job` on a worker, or inline once the pool is gone (only
+    /// during shutdown).
+    fn run(&self, job: Job) {
+        if let Err(e) = self.workers.send(job) {
+            (e.into_inner())();
+        }
     }
 
     fn vm(&self, node: Node) -> Option<&Arc<VmMemory>> {
@@ -228,19 +244,13 @@ impl Filesystem for MemtapFs {
                 let end = (start + size as usize).min(json.len());
                 reply.data(&json[start..end]);
             }
-            Node::Ram(_) => {
-                let job: Job = Box::new(move || match vm.read(offset, size) {
-                    Ok(data) => reply.data(&data),
-                    Err(e) => {
-                        tracing::error!(vm = %vm.name(), offset = format_args!("{offset:#x}"), "read failed: {}", wire::chain(&e));
-                        reply.error(libc::EIO);
-                    }
-                });
-                if let Err(e) = self.workers.send(job) {
-                    // The pool is gone only during shutdown; serve inline.
-                    (e.into_inner())();
+            Node::Ram(_) => self.run(Box::new(move || match vm.read(offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    tracing::error!(vm = %vm.name(), offset = format_args!("{offset:#x}"), "read failed: {}", wire::chain(&e));
+                    reply.error(libc::EIO);
                 }
-            }
+            })),
         }
     }
 
@@ -267,6 +277,36 @@ impl Filesystem for MemtapFs {
                 reply.error(libc::EIO);
             }
         }
+    }
+
+    fn fallocate(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        offset: i64,
+        length: i64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(vm) = node_of(ino).filter(|n| matches!(n, Node::Ram(_))).and_then(|n| self.vm(n)).cloned() else {
+            return reply.error(libc::EACCES);
+        };
+        // Only a punched hole has a meaning for a VM's RAM, whose size is fixed.
+        if mode != libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE {
+            return reply.error(libc::EOPNOTSUPP);
+        }
+        let (Ok(offset), Ok(len @ 1..)) = (u64::try_from(offset), u64::try_from(length)) else {
+            return reply.error(libc::EINVAL);
+        };
+        // On a worker: the partial page at either end may need a fetch.
+        self.run(Box::new(move || match vm.discard(offset, len) {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                tracing::error!(vm = %vm.name(), offset = format_args!("{offset:#x}"), len, "discard failed: {}", wire::chain(&e));
+                reply.error(libc::EIO);
+            }
+        }));
     }
 
     fn flush(&mut self, _req: &Request<'_>, _ino: u64, _fh: u64, _lock_owner: u64, reply: ReplyEmpty) {

@@ -8,7 +8,10 @@
 //! (waking the desktop first). A remote fault brings a pivot window of
 //! neighbours into the prefetch cache, not into the VM. Pages the guest
 //! writes come back as FUSE writes (writeback) into the dirty slice; an
-//! fsync makes them durable. `<vm>.stats` shows the VM's counters as JSON.
+//! fsync makes them durable. Memory the guest frees and reports (virtio-balloon
+//! free page reporting) comes as a punched hole (FUSE `fallocate`): those
+//! pages are discarded, read as zeros without a fetch, give their space back,
+//! and go home as holes. `<vm>.stats` shows the VM's counters as JSON.
 #![warn(missing_docs)]
 
 mod error;

@@ -52,7 +52,7 @@ impl PrefetchCache {
         self.pages.push(page, data).filter(|(evicted, _)| *evicted != page)
     }
 
-    /// Forgets a page (the guest wrote it whole, so the cached copy is stale).
+    /// Forgets a page (the guest wrote or discarded it, so the cached copy is stale).
     pub fn forget(&mut self, page: u64) {
         self.pages.pop(&page);
     }

@@ -3,6 +3,7 @@
 //! ([`PageSource::push`]).
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use fetch_trace::{boottime_ns, Cause, Device, Fetch, TraceWriter};
@@ -57,9 +58,12 @@ impl PageSource {
         self.lock_cache().len()
     }
 
-    /// Drops a cached copy of `page`: the guest wrote it.
-    pub fn forget(&self, page: u64) {
-        self.lock_cache().forget(page);
+    /// Drops the cached copies of `pages`: the guest wrote or discarded them.
+    pub fn forget(&self, pages: Range<u64>) {
+        let mut cache = self.lock_cache();
+        for page in pages {
+            cache.forget(page);
+        }
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, PrefetchCache> {

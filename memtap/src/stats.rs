@@ -26,6 +26,9 @@ pub struct Counters {
     pub zero_pages_served: AtomicU64,
     /// Pages written by the guest (page-cache writeback).
     pub pages_written: AtomicU64,
+    /// Whole pages discarded (holes QEMU punched as the guest reported
+    /// free memory).
+    pub pages_discarded: AtomicU64,
     /// How long each fault that went to memserv waited for its pages
     /// (a wake of the desktop included).
     pub fetch_latency: FetchLatency,
@@ -80,8 +83,14 @@ pub struct RamStats {
     pub zero_pages_served: u64,
     /// See [`Counters::pages_written`].
     pub pages_written: u64,
-    /// Pages in the dirty slice now.
+    /// See [`Counters::pages_discarded`].
+    #[serde(default)]
+    pub pages_discarded: u64,
+    /// Pages in the dirty slice now, not discarded.
     pub dirty_pages: u64,
+    /// Pages discarded now (written since excluded): they go home as holes.
+    #[serde(default)]
+    pub discarded_pages: u64,
     /// Pages in the fetched slice now.
     pub resident_pages: u64,
     /// Pages waiting in the prefetch cache now.
@@ -95,7 +104,7 @@ impl RamStats {
     /// One line for `jettison status`.
     pub fn summary(&self) -> String {
         format!(
-            "{}: {} MiB RAM, {} faults in {} reads, {} fetches, {} pages ({:.1} MiB) fetched, prefetch {} hits / {} misses, {} zero pages, {} dirty pages",
+            "{}: {} MiB RAM, {} faults in {} reads, {} fetches, {} pages ({:.1} MiB) fetched, prefetch {} hits / {} misses, {} zero pages, {} dirty pages, {} discarded pages",
             self.vm,
             self.ram_bytes >> 20,
             self.faults,
@@ -107,6 +116,7 @@ impl RamStats {
             self.prefetch_misses,
             self.zero_pages_served,
             self.dirty_pages,
+            self.discarded_pages,
         )
     }
 }
@@ -117,10 +127,17 @@ mod tests {
 
     #[test]
     fn summary_names_every_counter() {
-        let s = RamStats { vm: "vm1".into(), ram_bytes: 256 << 20, faults: 3, dirty_pages: 2, ..RamStats::default() };
+        let s = RamStats {
+            vm: "vm1".into(),
+            ram_bytes: 256 << 20,
+            faults: 3,
+            dirty_pages: 2,
+            discarded_pages: 5,
+            ..RamStats::default()
+        };
         let line = s.summary();
         assert!(line.starts_with("vm1: 256 MiB RAM, 3 faults in 0 reads"), "{line}");
-        assert!(line.ends_with("2 dirty pages"), "{line}");
+        assert!(line.ends_with("2 dirty pages, 5 discarded pages"), "{line}");
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<RamStats>(&json).unwrap(), s);
     }

@@ -148,10 +148,28 @@ impl VmMemory {
         let pages = pages_touched(offset, data.len() as u64);
         self.overlay.write(offset, data).map_err(|source| self.io_error(offset, source))?;
         let first = offset / PAGE_SIZE;
-        for page in first..first + pages {
-            self.source.forget(page);
-        }
+        self.source.forget(first..first + pages);
         Counters::add(&self.counters.pages_written, pages);
+        Ok(())
+    }
+
+    /// Discards `len` bytes at `offset` (a punched hole: the guest freed
+    /// that memory and QEMU gave it back), clipped to the RAM's end. Whole
+    /// pages become discarded: they read as zeros, are never fetched, give
+    /// their slice space and prefetched copies back, and go home as holes.
+    /// The bytes of a partial page at either end are zeroed as a write would.
+    ///
+    /// # Errors
+    /// [`MemtapError::Io`] when the slices, or memserv for a partial page, fail.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<(), MemtapError> {
+        let end = offset.saturating_add(len).min(self.size());
+        if end <= offset {
+            return Ok(());
+        }
+        self.overlay.discard(offset, end - offset).map_err(|source| self.io_error(offset, source))?;
+        self.source.forget(offset / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
+        let whole = (end / PAGE_SIZE).saturating_sub(offset.div_ceil(PAGE_SIZE));
+        Counters::add(&self.counters.pages_discarded, whole);
         Ok(())
     }
 
@@ -200,7 +218,9 @@ impl VmMemory {
             prefetch_misses: get(&c.prefetch_misses),
             zero_pages_served: overlay.zero_units_served,
             pages_written: get(&c.pages_written),
+            pages_discarded: get(&c.pages_discarded),
             dirty_pages: overlay.dirty_units,
+            discarded_pages: overlay.discarded_units,
             resident_pages: overlay.fetched_units,
             cached_pages: self.source.cached_pages() as u64,
             fetch_latency: c.fetch_latency.0.snapshot(),

@@ -3,7 +3,11 @@
 //!
 //! At reintegration the server sends back only what the consolidated VM
 //! changed: the dirty slice of a slice store (disk blocks
-//! from cownetdisk, and the same way the memory pages memtap saw written). The
+//! from cownetdisk, and the same way the memory pages memtap saw written),
+//! and the units it discarded (memory the guest freed and reported, which
+//! QEMU punched out of memtap's RAM file): the desktop punches those as
+//! holes in its image rather than receiving pages of zeros, so its RAM file
+//! keeps its holes and the next consolidation's zero map finds them. The
 //! desktop's RAM file and disk image are its checkpoint, and the rule this module
 //! enforces is that the checkpoint stays usable whatever happens to the transfer:
 //! nothing is written into the image before the whole set has arrived, been
@@ -17,7 +21,7 @@
 //!     participant D as desktop
 //!     Note over S: stop the VM, fsync, SliceStore::flush
 //!     S->>D: header (unit size, image size, unit count, transfer id)
-//!     S->>D: one record per dirty unit, in increasing unit order
+//!     S->>D: one record per dirty or discarded unit, in increasing unit order
 //!     S->>D: trailer (count, data bytes, transfer id, stream CRC)
 //!     Note over D: stage: verify each record as it arrives, copy it to KEY.ID.partial
 //!     Note over D: fsync the copy, rename it KEY.ID.verified, fsync the directory
@@ -34,7 +38,7 @@
 //! [`ApplyTarget::resume_pending`], which must run before the VM starts.
 //! [`DirtySetReader`] reads and verifies a set on its own.
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
 //! All integers are little-endian. A set is a header, `count` records and a
 //! trailer; nothing else, and a reader never reads past the trailer, so a set can
@@ -45,21 +49,25 @@
 //! | offset | size | field                                              |
 //! |-------:|-----:|----------------------------------------------------|
 //! |      0 |    8 | magic `JTDIRTY1`                                   |
-//! |      8 |    4 | format version, 1                                  |
+//! |      8 |    4 | format version, 2 (1 is still read)                |
 //! |     12 |    4 | unit size in bytes, 1 to [`MAX_UNIT_SIZE`]         |
 //! |     16 |    8 | image size in bytes                                |
 //! |     24 |    8 | `count`: number of records                         |
 //! |     32 |   16 | transfer id, random, names this transfer           |
 //! |     48 |    4 | CRC-32 of bytes 0..48                              |
 //!
-//! Record, `12 + len + 4` bytes, one per dirty unit:
+//! Record, `12 + len + 4` bytes, one per dirty or discarded unit:
 //!
 //! | offset | size | field                                              |
 //! |-------:|-----:|----------------------------------------------------|
 //! |      0 |    8 | unit number                                        |
-//! |      8 |    4 | `len`: data length in bytes                        |
+//! |      8 |    4 | `len`: data length in bytes; 0 for a discard       |
 //! |     12 |  len | the unit's new content                             |
 //! | 12+len |    4 | CRC-32 of the record's bytes before it             |
+//!
+//! A *discard record* (`len` 0, 16 bytes) says the unit was discarded on the
+//! server: the desktop punches a hole there (`fallocate` `PUNCH_HOLE`), which
+//! reads as zeros, or writes zeros where the file system cannot punch.
 //!
 //! Trailer, 44 bytes:
 //!
@@ -73,13 +81,16 @@
 //!
 //! Rules, each checked by the reader before it reads further:
 //!
-//! - The version is exactly 1; a reader refuses any other (a later version may
-//!   change every layout after the version field).
+//! - The version is 1 or 2; a reader refuses any other, naming the versions
+//!   it reads (a later version may change every layout after the version
+//!   field). A writer writes 2. Version 1 is version 2 without discard
+//!   records: sets staged by an older build are still applied.
 //! - `count` is at most the number of units of the image (`image size / unit
 //!   size`, rounded up).
 //! - Unit numbers strictly increase (so no unit appears twice) and are below
 //!   that number of units.
-//! - `len` is the unit's length: the unit size, or less for a partial last unit.
+//! - `len` is the unit's length: the unit size, or less for a partial last unit;
+//!   or, from version 2 on, 0 for a discard.
 //!   It is checked before any data is read, so a damaged length can never make
 //!   a reader allocate or read more than one unit, at most [`MAX_UNIT_SIZE`].
 //!
@@ -126,7 +137,7 @@
 //!    [`ApplyTarget::resume_pending`] applies.*
 //! 5. **Commit** ([`StagedSet::commit`]). Read the whole `.verified` file back
 //!    and verify it again, still without touching the image.
-//! 6. `pwrite` each unit at `unit × unit size` in the image.
+//! 6. `pwrite` each unit at `unit × unit size` in the image, or punch its hole.
 //!    *A crash in steps 6 to 8 leaves the image partly updated and the verified
 //!    set on disk: resumed.*
 //! 7. fsync the image.
@@ -138,8 +149,9 @@
 //! the checkpoint plus every unit of the set: a crash in steps 6 to 8 leaves a
 //! verified set on disk, and [`ApplyTarget::resume_pending`], which must run
 //! before the VM starts, writes every unit of it again. Writing a unit twice
-//! gives the same bytes, so the re-apply is idempotent, whatever subset of the
-//! writes had reached the disk. Step 8 must be durable before the VM starts:
+//! gives the same bytes (and punching a hole twice the same hole), so the
+//! re-apply is idempotent, whatever subset of the writes had reached the
+//! disk. Step 8 must be durable before the VM starts:
 //! a `.verified` file reappearing after the VM has written to the image would
 //! be applied again over newer data, which is why failing to remove it is an
 //! error ([`DirtySetError::RemoveStaged`]).
@@ -160,5 +172,5 @@ mod stream;
 
 pub use apply::{ApplySummary, ApplyTarget, StagedSet};
 pub use error::{DirtySetError, ImageState, Part, StreamError};
-pub use format::{encoded_len, DirtySetHeader, TransferId, MAX_UNIT_SIZE, VERSION};
-pub use stream::{DirtySetReader, DirtySetWriter, ExportSummary};
+pub use format::{encoded_len, DirtySetHeader, TransferId, MAX_UNIT_SIZE, OLDEST_VERSION, VERSION};
+pub use stream::{DirtySetReader, DirtySetWriter, ExportSummary, UnitChange};

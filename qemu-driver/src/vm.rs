@@ -18,8 +18,10 @@
 //! One device is there for the memory path: a virtio-balloon with free page
 //! reporting. The guest (Linux >= 5.7) tells QEMU which memory it has freed,
 //! and QEMU discards it from the RAM file, which for a shared file backend
-//! means punching a hole. Memory the guest used and gave back then reads as
-//! zero, joins the zero map at consolidation and is never fetched: what the
+//! means punching a hole (on the server, memtap's FUSE `fallocate`, which
+//! sends the hole home with the dirty set). Memory the guest used and gave
+//! back then reads as zero, joins the zero map at consolidation and is never
+//! fetched: what the
 //! paper needed a guest kernel patch for (see `kernel-patches/README.md`).
 //! The balloon is never inflated; only its reporting queue is used.
 //!

@@ -752,6 +752,7 @@ impl HostedVm {
             zero_pages_served: memory.zero_pages_served,
             zero_pages: self.record.zero_pages,
             dirty_pages: memory.dirty_pages,
+            discarded_pages: memory.discarded_pages,
             blocks_fetched: disk.blocks_fetched,
             dirty_blocks: disk.dirty_blocks,
             expected_bytes: self.record.expected,

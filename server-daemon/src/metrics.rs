@@ -93,7 +93,7 @@ type Family<T> = (&'static str, Kind, &'static str, fn(&T) -> f64);
 
 /// Each hosted VM's series, labelled with its desktop and name.
 fn vm_figures(page: &mut Exposition, vms: &[VmFigures]) {
-    let families: [Family<VmFigures>; 9] = [
+    let families: [Family<VmFigures>; 10] = [
         (
             "jettison_vm_pages_fetched_total",
             Kind::Counter,
@@ -114,6 +114,12 @@ fn vm_figures(page: &mut Exposition, vms: &[VmFigures]) {
             Kind::Gauge,
             "Memory pages the VM has written here that memtap holds (written back from the page cache so far; reintegration writes back the rest first).",
             |v| v.memory.dirty_pages as f64,
+        ),
+        (
+            "jettison_vm_discarded_pages",
+            Kind::Gauge,
+            "Memory pages the guest freed and reported (holes QEMU punched in memtap's RAM file): never fetched, holding no space here, sent home as holes.",
+            |v| v.memory.discarded_pages as f64,
         ),
         (
             "jettison_vm_blocks_fetched_total",

@@ -11,9 +11,10 @@
 //! Otherwise the bitmap falls back to its *flushed copy* `<file>.flushed`,
 //! written atomically (temporary file, fsync, rename, fsync of the directory)
 //! by every [`flush`](PersistentBitmap::flush). Units set after that flush are
-//! dropped, and a warning says so. A caller that syncs its data before each
-//! flush (as [`SliceStore`](crate::SliceStore) does) thus never finds a bit
-//! whose data is not on disk.
+//! dropped (and bits cleared since come back), and a warning says so. A
+//! caller that syncs its data before each flush (as
+//! [`SliceStore`](crate::SliceStore) does) thus never finds a bit whose data
+//! is not on disk.
 //!
 //! To tell the two cases apart, the header records the boot id of the last
 //! process that opened the file (see [`BootId`]): same boot id, only the process
@@ -89,7 +90,7 @@ pub struct PersistentBitmap {
     recovery: Recovery,
     /// Number of bits set.
     ones: u64,
-    /// Bumped each time a bit goes from 0 to 1.
+    /// Bumped each time a bit changes.
     generation: u64,
     /// Generation of the bits in the flushed copy.
     persisted: u64,
@@ -228,18 +229,31 @@ impl PersistentBitmap {
     ///
     /// [`StoreError::UnitOutOfRange`] if `unit` is past the end.
     pub fn set(&mut self, unit: u64) -> Result<bool> {
-        let unit_count = self.unit_count;
-        let index = usize::try_from(unit)
-            .ok()
-            .filter(|&index| index < unit_count)
-            .ok_or(StoreError::UnitOutOfRange { unit, unit_count: unit_count as u64 })?;
-        let bits = &mut BitSlice::<u8, Lsb0>::from_slice_mut(&mut self.map[HEADER_LEN..])[..unit_count];
-        let newly_set = !bits.replace(index, true);
+        let index = self.index(unit)?;
+        let newly_set = !self.bits_mut().replace(index, true);
         if newly_set {
             self.ones += 1;
             self.generation += 1;
         }
         Ok(newly_set)
+    }
+
+    /// Clears the bit of `unit`; returns whether it was set before. Like
+    /// [`set`](Self::set), the change survives a crash of this process at
+    /// once, a reboot only after a flush (until then a reboot brings the bit
+    /// back).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnitOutOfRange`] if `unit` is past the end.
+    pub fn clear(&mut self, unit: u64) -> Result<bool> {
+        let index = self.index(unit)?;
+        let was_set = self.bits_mut().replace(index, false);
+        if was_set {
+            self.ones -= 1;
+            self.generation += 1;
+        }
+        Ok(was_set)
     }
 
     /// Number of bits set.
@@ -254,7 +268,7 @@ impl PersistentBitmap {
         Some((start + found) as u64)
     }
 
-    /// Writes the mapping back to the file (msync) and, if a bit was set since
+    /// Writes the mapping back to the file (msync) and, if a bit changed since
     /// the last flush, replaces the flushed copy with the current bits. After a
     /// reboot, every bit set before this call is kept.
     ///
@@ -329,6 +343,19 @@ impl PersistentBitmap {
     fn bits(&self) -> &BitSlice<u8, Lsb0> {
         // In bounds: the mapping was checked to hold `unit_count` bits.
         &BitSlice::from_slice(&self.map[HEADER_LEN..])[..self.unit_count]
+    }
+
+    fn bits_mut(&mut self) -> &mut BitSlice<u8, Lsb0> {
+        // In bounds, as for `bits`.
+        &mut BitSlice::from_slice_mut(&mut self.map[HEADER_LEN..])[..self.unit_count]
+    }
+
+    /// The index of `unit`'s bit, checked.
+    fn index(&self, unit: u64) -> Result<usize> {
+        usize::try_from(unit)
+            .ok()
+            .filter(|&index| index < self.unit_count)
+            .ok_or(StoreError::UnitOutOfRange { unit, unit_count: self.unit_count as u64 })
     }
 
     /// Writes the header into the mapping and syncs it to the file.

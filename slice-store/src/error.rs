@@ -201,6 +201,20 @@ pub enum StoreError {
         source: io::Error,
     },
 
+    /// Punching a hole where a discarded unit was in a slice failed.
+    #[error("punching a hole for discarded unit {unit} at offset {offset:#x} of {path}")]
+    PunchUnit {
+        /// The slice file.
+        path: PathBuf,
+        /// The unit.
+        unit: u64,
+        /// Its byte offset in the slice.
+        offset: u64,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+
     /// Writing a unit to a slice failed.
     #[error("writing unit {unit} at offset {offset:#x} of {path}")]
     WriteUnit {

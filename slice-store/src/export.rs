@@ -1,6 +1,6 @@
-//! The dirty slice written out as a dirty set (the format and its staged
-//! apply live in `migration-formats`, which the desktop uses without this
-//! engine).
+//! The dirty slice and the discarded units written out as a dirty set (the
+//! format and its staged apply live in `migration-formats`, which the desktop
+//! uses without this engine).
 
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -55,7 +55,9 @@ pub enum ExportError {
 }
 
 /// Streams the dirty units of `store` to `out` as a dirty set with a fresh
-/// random transfer id, one unit in memory at a time, and flushes `out`.
+/// random transfer id, one unit in memory at a time, and flushes `out`. Its
+/// discarded units go as discard records, so that the desktop punches holes
+/// there rather than receiving zeros.
 ///
 /// The set holds the units that are dirty when the export starts, read as they
 /// are while it runs: stop the VM first, and (for durability on the server)
@@ -70,8 +72,8 @@ pub enum ExportError {
 pub fn export_dirty_set(store: &SliceStore, out: impl Write) -> Result<ExportSummary, ExportError> {
     let dir = || store.dir().to_owned();
     let transfer_id = TransferId::random().map_err(|source| ExportError::RandomId { dir: dir(), source })?;
-    // Eight bytes per dirty unit: the list is a small fraction of the data.
-    let units: Vec<u64> = store.dirty_units().collect();
+    // Sixteen bytes per unit: the list is a small fraction of the data.
+    let units = changed_units(store);
     let header = DirtySetHeader {
         unit_size: store.unit_size().get(),
         image_size: store.size(),
@@ -82,12 +84,16 @@ pub fn export_dirty_set(store: &SliceStore, out: impl Write) -> Result<ExportSum
     let mut writer = DirtySetWriter::new(BufWriter::with_capacity(EXPORT_BUFFER, out), header).map_err(write_error)?;
     // The writer accepted the unit size, which is at most MAX_UNIT_SIZE.
     let mut buf = vec![0; header.unit_size as usize];
-    for unit in units {
+    for (unit, state) in units {
+        if state == UnitState::Discarded {
+            writer.write_discard(unit).map_err(write_error)?;
+            continue;
+        }
         let read_error = |source| ExportError::ReadStore { dir: dir(), unit, transfer_id, source };
         let data = &mut buf[..store.unit_len(unit).map_err(read_error)? as usize];
-        let state = store.read_unit(unit, data).map_err(read_error)?;
-        // Dirty bits are never cleared, so a unit listed as dirty stays dirty.
-        debug_assert_eq!(state, UnitState::Dirty, "unit {unit}");
+        // Read as it is now: discarded since the list was made, it reads as
+        // zeros, which is its content too.
+        store.read_unit(unit, data).map_err(read_error)?;
         writer.write_unit(unit, data).map_err(write_error)?;
     }
     let (_, summary) = writer.finish().map_err(write_error)?;
@@ -95,6 +101,7 @@ pub fn export_dirty_set(store: &SliceStore, out: impl Write) -> Result<ExportSum
         dir = %store.dir().display(),
         transfer = %summary.transfer_id,
         units = summary.units,
+        discarded = summary.discarded,
         bytes = summary.stream_bytes,
         "exported dirty set"
     );
@@ -106,13 +113,33 @@ pub fn export_dirty_set(store: &SliceStore, out: impl Write) -> Result<ExportSum
 /// # Errors
 /// The store's error for a dirty unit beyond its size (a damaged bitmap).
 pub fn exported_len(store: &SliceStore) -> Result<u64, StoreError> {
-    let lens = store.dirty_units().map(|unit| store.unit_len(unit)).collect::<Result<Vec<u32>, _>>()?;
+    let lens = changed_units(store)
+        .into_iter()
+        .map(|(unit, state)| if state == UnitState::Discarded { Ok(0) } else { store.unit_len(unit) })
+        .collect::<Result<Vec<u32>, _>>()?;
     Ok(encoded_len(lens))
+}
+
+/// The units a dirty set of `store` carries, dirty or discarded, in
+/// increasing order.
+fn changed_units(store: &SliceStore) -> Vec<(u64, UnitState)> {
+    let mut units: Vec<(u64, UnitState)> = store
+        .dirty_units()
+        .map(|unit| (unit, UnitState::Dirty))
+        .chain(store.discarded_units().map(|unit| (unit, UnitState::Discarded)))
+        .collect();
+    // A unit that changed state between the two walks may be listed twice:
+    // the data record is kept, which is right either way (discarded, it
+    // reads as zeros).
+    units.sort_unstable_by_key(|&(unit, state)| (unit, state == UnitState::Discarded));
+    units.dedup_by_key(|&mut (unit, _)| unit);
+    units
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use migration_formats::dirty_set::{DirtySetReader, UnitChange};
 
     #[test]
     fn the_announced_length_is_what_export_writes() {
@@ -126,10 +153,29 @@ mod tests {
             let len = store.unit_len(unit).unwrap() as usize;
             store.write_dirty(unit, &vec![unit as u8 + 1; len]).unwrap();
         }
+        // Unit 3 dirty then discarded, 1 and 2 discarded without being dirty.
+        store.discard_units(1..4).unwrap();
         let mut out = Vec::new();
         let summary = export_dirty_set(&store, &mut out).unwrap();
         assert_eq!(exported_len(&store).unwrap(), out.len() as u64);
         assert_eq!(summary.stream_bytes, out.len() as u64);
-        assert_eq!(summary.units, 3);
+        assert_eq!((summary.units, summary.discarded), (5, 3));
+    }
+
+    #[test]
+    fn discarded_units_go_as_discards_and_written_ones_as_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SliceStore::open(dir.path(), 16, 6 * 16).unwrap();
+        store.write_dirty(0, &[1; 16]).unwrap();
+        store.discard_units(0..3).unwrap();
+        store.write_dirty(2, &[2; 16]).unwrap();
+        let mut out = Vec::new();
+        export_dirty_set(&store, &mut out).unwrap();
+        let mut reader = DirtySetReader::new(&out[..]).unwrap();
+        let mut records = Vec::new();
+        while let Some((unit, change)) = reader.next_unit().unwrap() {
+            records.push((unit, change == UnitChange::Discard));
+        }
+        assert_eq!(records, [(0, true), (1, true), (2, false)]);
     }
 }

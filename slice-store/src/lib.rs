@@ -7,8 +7,9 @@
 //! A consolidated VM runs on the server while its memory and disk stay on the
 //! sleeping desktop. Each unit (page or block) the VM touches is either still
 //! only at the desktop (*absent*), copied here unchanged (*fetched*), changed
-//! here (*dirty*), or known to be zero and never worth fetching (*zero*, from
-//! the descriptor's zero map). Keeping fetched and dirty units in separate
+//! here (*dirty*), known to be zero and never worth fetching (*zero*, from
+//! the descriptor's zero map), or given up by the VM (*discarded*: the guest
+//! freed it, so it reads as zeros, holds no space, and goes home as a hole). Keeping fetched and dirty units in separate
 //! files makes reintegration cheap and safe: only the dirty slice goes back to
 //! the desktop, the fetched slice is a cache that can be thrown away or
 //! refetched, and a dirty unit can never be mistaken for the desktop's copy.
@@ -18,12 +19,14 @@
 //! - [`PersistentBitmap`]: one bit per unit in a `MAP_SHARED` file, with a
 //!   durable copy written at each flush.
 //! - [`SliceStore`]: whole-unit operations over `fetched.slice`,
-//!   `dirty.slice` and their bitmaps, plus the in-memory known-zero map.
+//!   `dirty.slice` and their bitmaps, the discarded bitmap, plus the
+//!   in-memory known-zero map.
 //! - [`request::split`] and [`Overlay`]: byte requests split into an unaligned
 //!   head, whole units and an unaligned tail; absent units fetched from a
 //!   [`UnitSource`] in one call per request; whole-unit writes promoted to
-//!   dirty without a fetch.
-//! - [`export_dirty_set`]: the dirty slice written out as a dirty set, the
+//!   dirty without a fetch; discards of whole units without a fetch.
+//! - [`export_dirty_set`]: the dirty slice and the discarded units written
+//!   out as a dirty set, the
 //!   format of `migration-formats` that the desktop stages, verifies and
 //!   only then applies to its image (without this engine).
 //!
@@ -100,4 +103,4 @@ pub use error::{FormatError, ReplyError, SourceError, StoreError};
 pub use export::{export_dirty_set, exported_len, ExportError};
 pub use overlay::{Overlay, UnitSource};
 pub use stats::OverlayStats;
-pub use store::{DirtyUnits, SliceStore, UnitState};
+pub use store::{SliceStore, UnitState, Units};

@@ -10,6 +10,10 @@
 //! dirty slice. A partial unit is read, modified and written to the dirty slice
 //! (read-modify-write); if it is absent it is fetched first, the head and tail
 //! of one request together in one call.
+//!
+//! A discard (a punched hole) is a write of zeros that keeps nothing: whole
+//! units become discarded without a fetch, and the partial head and tail are
+//! written with zeros as a write would.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -114,7 +118,7 @@ impl<S: UnitSource> Overlay<S> {
 
     /// What the overlay has done so far.
     pub fn stats(&self) -> OverlayStats {
-        self.counters.snapshot(self.store.fetched_count(), self.store.dirty_count())
+        self.counters.snapshot(&self.store)
     }
 
     /// Makes the writes so far survive a reboot; see [`SliceStore::flush`].
@@ -139,7 +143,7 @@ impl<S: UnitSource> Overlay<S> {
     /// [`StoreError::OutOfRange`] if the range passes the end; [`StoreError::Fetch`] or
     /// [`StoreError::CheckFetchReply`] if the source fails; store I/O errors.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check_range(offset, buf.len())?;
+        self.check_range(offset, buf.len() as u64)?;
         add(&self.counters.reads, 1);
         let mut missing = Vec::new();
         let mut scratch = Vec::new();
@@ -160,7 +164,7 @@ impl<S: UnitSource> Overlay<S> {
             match state {
                 UnitState::Absent => missing.push((piece, at)),
                 UnitState::Zero => add(&self.counters.zero_units_served, 1),
-                UnitState::Fetched | UnitState::Dirty => {}
+                UnitState::Fetched | UnitState::Dirty | UnitState::Discarded => {}
             }
             at += piece.len as usize;
         }
@@ -188,7 +192,7 @@ impl<S: UnitSource> Overlay<S> {
     /// [`StoreError::OutOfRange`] if the range passes the end; [`StoreError::Fetch`] or
     /// [`StoreError::CheckFetchReply`] if a needed fetch fails; store I/O errors.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.check_range(offset, data.len())?;
+        self.check_range(offset, data.len() as u64)?;
         add(&self.counters.writes, 1);
         let mut partial = Vec::new();
         let mut at = 0;
@@ -204,6 +208,45 @@ impl<S: UnitSource> Overlay<S> {
             at += piece.len as usize;
         }
         self.write_partial(&partial)
+    }
+
+    /// Discards `len` bytes at `offset`, as a punched hole: they read as zeros
+    /// afterwards. Whole units become discarded ([`SliceStore::discard_units`]:
+    /// no fetch, no space, sent home as a hole); the bytes of a partial unit
+    /// at either end are written with zeros, as [`write`](Self::write) would,
+    /// which fetches that unit first if it is absent. Survives a crash of the
+    /// process at once, a reboot after the next [`flush`](Self::flush).
+    ///
+    /// Concurrency: the units' write locks are held while their bits change,
+    /// so a discard and a write of one unit land in some order, whole.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::OutOfRange`] if the range passes the end; as
+    /// [`write`](Self::write) for the partial units; [`StoreError::PunchUnit`].
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        add(&self.counters.discards, 1);
+        let mut whole = None::<std::ops::Range<u64>>;
+        let mut partial = Vec::new();
+        for piece in split(offset, len, self.unit_size()) {
+            if piece.is_whole(self.store.unit_len(piece.unit)?) {
+                // Whole units are contiguous: only the head and tail are not whole.
+                let start = whole.map_or(piece.unit, |range| range.start);
+                whole = Some(start..piece.unit + 1);
+            } else {
+                partial.push(piece);
+            }
+        }
+        if let Some(units) = whole {
+            // Any WRITE_STRIPES consecutive units take every stripe there is.
+            let _units = self.lock_units(&units.clone().take(WRITE_STRIPES).collect::<Vec<_>>());
+            self.store.discard_units(units)?;
+        }
+        let zeros = vec![0; self.unit_size().get() as usize];
+        let pieces: Vec<(Piece, &[u8])> =
+            partial.into_iter().map(|piece| (piece, &zeros[..piece.len as usize])).collect();
+        self.write_partial(&pieces)
     }
 
     /// Read-modify-writes the (at most two: head and tail) partial pieces of a
@@ -284,11 +327,11 @@ impl<S: UnitSource> Overlay<S> {
         self.stripes[stripe].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let size = self.store.size();
-        match offset.checked_add(len as u64) {
+        match offset.checked_add(len) {
             Some(end) if end <= size => Ok(()),
-            _ => Err(StoreError::OutOfRange { offset, len: len as u64, size }),
+            _ => Err(StoreError::OutOfRange { offset, len, size }),
         }
     }
 

@@ -4,8 +4,12 @@
 //! serves any number of threads through `&self`.
 
 use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{fallocate, FallocateFlags};
 
 use crate::error::{Result, StoreError};
 
@@ -60,6 +64,21 @@ impl Slice {
             offset,
             source,
         })
+    }
+
+    /// Punches a hole of `len` bytes at byte `offset`, where `unit` starts,
+    /// giving its disk space back; the file keeps its size. A file system
+    /// that cannot punch holes keeps the bytes: the caller's bits say they
+    /// are no longer wanted, so that costs space only.
+    pub(crate) fn punch(&self, unit: u64, offset: u64, len: u64) -> Result<()> {
+        let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        // Both are within the file's size, which fits an off_t.
+        match fallocate(self.file.as_raw_fd(), mode, offset as nix::libc::off_t, len as nix::libc::off_t) {
+            Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
+            Err(errno) => {
+                Err(StoreError::PunchUnit { path: self.path.clone(), unit, offset, source: io::Error::from(errno) })
+            }
+        }
     }
 
     /// Makes every write so far durable (fdatasync).

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::store::SliceStore;
+
 /// What an overlay has done since it was made, and what its store holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct OverlayStats {
@@ -21,10 +23,14 @@ pub struct OverlayStats {
     pub partial_write_fetches: u64,
     /// Read pieces answered with zeros from the known-zero map.
     pub zero_units_served: u64,
-    /// Units now in the fetched slice.
+    /// Discard requests served.
+    pub discards: u64,
+    /// Units now in the fetched slice, not discarded.
     pub fetched_units: u64,
-    /// Units now in the dirty slice.
+    /// Units now in the dirty slice, not discarded.
     pub dirty_units: u64,
+    /// Units now discarded.
+    pub discarded_units: u64,
 }
 
 /// The live counters; relaxed atomics, as they order nothing.
@@ -37,6 +43,7 @@ pub(crate) struct Counters {
     pub(crate) whole_unit_promotions: AtomicU64,
     pub(crate) partial_write_fetches: AtomicU64,
     pub(crate) zero_units_served: AtomicU64,
+    pub(crate) discards: AtomicU64,
 }
 
 /// Adds `n` to `counter`.
@@ -46,7 +53,7 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 
 impl Counters {
     /// A snapshot of the counters, with the store's unit counts.
-    pub(crate) fn snapshot(&self, fetched_units: u64, dirty_units: u64) -> OverlayStats {
+    pub(crate) fn snapshot(&self, store: &SliceStore) -> OverlayStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         OverlayStats {
             reads: get(&self.reads),
@@ -56,8 +63,10 @@ impl Counters {
             whole_unit_promotions: get(&self.whole_unit_promotions),
             partial_write_fetches: get(&self.partial_write_fetches),
             zero_units_served: get(&self.zero_units_served),
-            fetched_units,
-            dirty_units,
+            discards: get(&self.discards),
+            fetched_units: store.fetched_count(),
+            dirty_units: store.dirty_count(),
+            discarded_units: store.discarded_count(),
         }
     }
 }

@@ -2,18 +2,37 @@
 //!
 //! A store directory holds:
 //!
-//! | file             | what                                                     |
-//! |------------------|----------------------------------------------------------|
-//! | `fetched.slice`  | units copied from the remote source, unchanged           |
-//! | `fetched.bitmap` | which units `fetched.slice` holds                        |
-//! | `dirty.slice`    | units written locally                                    |
-//! | `dirty.bitmap`   | which units `dirty.slice` holds                          |
-//! | `*.flushed`      | durable copies of the bitmaps (see [`PersistentBitmap`]) |
-//! | `lock`           | held (`flock`) by the process that has the store open    |
+//! | file               | what                                                     |
+//! |--------------------|----------------------------------------------------------|
+//! | `fetched.slice`    | units copied from the remote source, unchanged           |
+//! | `fetched.bitmap`   | which units `fetched.slice` holds                        |
+//! | `dirty.slice`      | units written locally                                    |
+//! | `dirty.bitmap`     | which units `dirty.slice` holds                          |
+//! | `discarded.bitmap` | which units were discarded (content no longer wanted)    |
+//! | `*.flushed`        | durable copies of the bitmaps (see [`PersistentBitmap`]) |
+//! | `lock`             | held (`flock`) by the process that has the store open    |
 //!
 //! Each slice is a sparse file as large as the store: only units that were
-//! stored take disk space. Every operation here is on one whole unit; splitting
+//! stored take disk space. Every operation here is on whole units; splitting
 //! byte requests is the front end's job ([`crate::request`], [`crate::Overlay`]).
+//!
+//! # Discarded units
+//!
+//! A client that no longer needs a unit's content (the guest's free page
+//! reporting, which QEMU turns into a punched hole in its RAM file) discards
+//! it: the unit reads as zeros from then on, is never fetched, holds no disk
+//! space in either slice, and goes home as a hole to punch rather than as
+//! data. Writing it again makes it dirty. A store made before discarded
+//! units existed has no `discarded.bitmap`; opening it creates an empty one.
+//!
+//! Discarding clears a unit's fetched bit (which only ever spares a fetch)
+//! and sets its discarded bit, which a later write clears; its dirty bit
+//! stays set over the punched hole, and the state order of [`UnitState`]
+//! (discarded before dirty) is what keeps that right. After a reboot, a
+//! discard or a write since the last flush may be undone: a unit discarded
+//! after the flush then reads as its flushed content or as zeros (either is
+//! a state the client went through), and one written again after being
+//! discarded reads as discarded.
 //!
 //! # Write order
 //!
@@ -25,11 +44,12 @@
 //! # Concurrency
 //!
 //! `SliceStore` is `Send + Sync`: slices use positional I/O through `&self`,
-//! and the three bitmaps sit behind one mutex. The critical sections are a few
+//! and the three bitmaps and the known-zero map sit behind one mutex. The critical sections are a few
 //! bit operations (or a memory copy of the bits when flushing); no I/O is done
 //! while the mutex is held, so a mutex costs less than per-bit atomics would in
-//! code and in reasoning. Bits are only ever set, never cleared, so a state read
-//! under the lock stays true afterwards, except that a unit may become dirty.
+//! code and in reasoning. Dirty bits are only ever set, never cleared, so a
+//! state read under the lock stays true afterwards, except that a unit may
+//! become dirty or discarded, and a discarded one dirty.
 //! Two operations on the *same* unit at the same time (a read racing a write, or
 //! two writes) are not ordered: the reader may see either content. Callers that
 //! read-modify-write a unit must serialise on that unit themselves, as
@@ -57,6 +77,9 @@ use durable_file::sync_dir;
 /// in [`SliceStore::read_unit`] wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnitState {
+    /// Discarded by the client: reads as zeros, never fetched, and goes home
+    /// as a hole. Ranks first, as a discard supersedes any earlier content.
+    Discarded,
     /// Not here: it must be fetched from the remote source.
     Absent,
     /// In the fetched slice, as the source had it.
@@ -70,6 +93,7 @@ pub enum UnitState {
 impl fmt::Display for UnitState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Discarded => "discarded",
             Self::Absent => "absent",
             Self::Fetched => "fetched",
             Self::Dirty => "dirty",
@@ -101,13 +125,50 @@ pub struct SliceStore {
 struct Bits {
     fetched: PersistentBitmap,
     dirty: PersistentBitmap,
+    discarded: PersistentBitmap,
+    /// Units whose discarded bit hides a set dirty bit, so that the dirty
+    /// count is of units in the dirty state.
+    dirty_discarded: u64,
     /// Units known to be zero; set by the caller at each open, never persisted.
     zero: BitVec<usize, Lsb0>,
 }
 
 impl Bits {
+    fn new(fetched: PersistentBitmap, dirty: PersistentBitmap, discarded: PersistentBitmap, zero_len: usize) -> Self {
+        let mut dirty_discarded = 0;
+        let mut next = 0;
+        while let Some(unit) = discarded.next_one(next) {
+            dirty_discarded += u64::from(dirty.get(unit));
+            next = unit + 1;
+        }
+        Self { fetched, dirty, discarded, dirty_discarded, zero: BitVec::repeat(false, zero_len) }
+    }
+
+    /// Sets `unit`'s discarded bit and clears its fetched one (the fetched
+    /// copy is about to be punched; a fetched bit only spares a fetch, so
+    /// clearing one is always safe), keeping the count.
+    fn discard(&mut self, unit: u64) -> Result<()> {
+        if self.discarded.set(unit)? {
+            self.dirty_discarded += u64::from(self.dirty.get(unit));
+        }
+        self.fetched.clear(unit)?;
+        Ok(())
+    }
+
+    /// Sets `unit`'s dirty bit, then clears its discarded bit (a discarded
+    /// bit, while set, hides the dirty one), keeping the counts.
+    fn set_dirty(&mut self, unit: u64) -> Result<()> {
+        let was_dirty = !self.dirty.set(unit)?;
+        if self.discarded.clear(unit)? {
+            self.dirty_discarded -= u64::from(was_dirty);
+        }
+        Ok(())
+    }
+
     fn state(&self, unit: u64) -> UnitState {
-        if self.dirty.get(unit) {
+        if self.discarded.get(unit) {
+            UnitState::Discarded
+        } else if self.dirty.get(unit) {
             UnitState::Dirty
         } else if self.fetched.get(unit) {
             UnitState::Fetched
@@ -174,16 +235,19 @@ impl SliceStore {
         let geometry = Geometry { dir, unit_size: unit_size.get(), unit_count, size, boot_id };
         let (fetched, fetched_bits) = geometry.open_half("fetched")?;
         let (dirty, dirty_bits) = geometry.open_half("dirty")?;
+        let discarded_bits = geometry.open_bitmap("discarded")?;
         let recovery = dirty_bits.recovery();
         tracing::info!(
             dir = %dir.display(),
             fetched = %fetched_bits.recovery(),
             dirty = %recovery,
+            discarded = %discarded_bits.recovery(),
             fetched_units = fetched_bits.count_ones(),
             dirty_units = dirty_bits.count_ones(),
+            discarded_units = discarded_bits.count_ones(),
             "opened slice store"
         );
-        let zero = BitVec::repeat(false, fetched_bits.unit_count() as usize);
+        let zero_len = fetched_bits.unit_count() as usize;
         Ok(Self {
             dir: dir.to_owned(),
             unit_size,
@@ -192,7 +256,7 @@ impl SliceStore {
             recovery,
             fetched,
             dirty,
-            bits: Mutex::new(Bits { fetched: fetched_bits, dirty: dirty_bits, zero }),
+            bits: Mutex::new(Bits::new(fetched_bits, dirty_bits, discarded_bits, zero_len)),
             flush_lock: Mutex::new(()),
             closed: false,
             _dir_lock: dir_lock,
@@ -252,9 +316,9 @@ impl SliceStore {
     }
 
     /// Reads `unit` into `buf`, which must be [`unit_len`](Self::unit_len)
-    /// bytes long, and says where it came from: the dirty slice first, then the
-    /// fetched slice, then zeros for a known-zero unit. For an absent unit,
-    /// `buf` is left untouched.
+    /// bytes long, and says where it came from: zeros for a discarded unit,
+    /// then the dirty slice, then the fetched slice, then zeros for a
+    /// known-zero unit. For an absent unit, `buf` is left untouched.
     ///
     /// # Errors
     ///
@@ -265,28 +329,35 @@ impl SliceStore {
         match state {
             UnitState::Dirty => self.dirty.read(unit, offset, buf)?,
             UnitState::Fetched => self.fetched.read(unit, offset, buf)?,
-            UnitState::Zero => buf.fill(0),
+            UnitState::Discarded | UnitState::Zero => buf.fill(0),
             UnitState::Absent => {}
         }
         Ok(state)
     }
 
     /// Stores `data`, the source's content of `unit`, in the fetched slice:
-    /// the data first, then the bit.
+    /// the data first, then the bit. A discarded unit is left as it is: the
+    /// source's copy is older than the discard (a fetch that crossed it).
     ///
     /// # Errors
     ///
     /// [`StoreError::UnitOutOfRange`], [`StoreError::UnitLength`], [`StoreError::WriteUnit`].
     pub fn store_fetched(&self, unit: u64, data: &[u8]) -> Result<()> {
         let offset = self.check_buffer(unit, data.len())?;
+        // A discard racing this fetch after the check only leaves the copy
+        // taking space in the fetched slice: its discarded bit still wins.
+        if self.bits().discarded.get(unit) {
+            return Ok(());
+        }
         self.fetched.write(unit, offset, data)?;
         self.bits().fetched.set(unit)?;
         Ok(())
     }
 
     /// Writes `data` as the new content of `unit` in the dirty slice (promoting
-    /// the unit to dirty): the data first, then the bit. Survives a crash of
-    /// this process at once, a reboot after the next [`flush`](Self::flush).
+    /// the unit to dirty, a discarded one too): the data first, then the bit.
+    /// Survives a crash of this process at once, a reboot after the next
+    /// [`flush`](Self::flush).
     ///
     /// # Errors
     ///
@@ -294,7 +365,42 @@ impl SliceStore {
     pub fn write_dirty(&self, unit: u64, data: &[u8]) -> Result<()> {
         let offset = self.check_buffer(unit, data.len())?;
         self.dirty.write(unit, offset, data)?;
-        self.bits().dirty.set(unit)?;
+        self.bits().set_dirty(unit)
+    }
+
+    /// Discards the units in `units` (unit numbers, not bytes): their content
+    /// is no longer wanted. From now on they read as zeros and are never
+    /// fetched, and reintegration sends them as holes; the bits first, then
+    /// holes punched in both slices to give their disk space back. Writing
+    /// one again makes it dirty. Survives a crash of this process at once, a
+    /// reboot after the next [`flush`](Self::flush).
+    ///
+    /// A discard racing a write of the same unit may leave it either way;
+    /// callers serialise them per unit, as [`crate::Overlay`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnitOutOfRange`] for a range that reaches past the end
+    /// (then nothing is discarded); [`StoreError::PunchUnit`] if a slice
+    /// refuses the hole (the units are discarded all the same).
+    pub fn discard_units(&self, units: Range<u64>) -> Result<()> {
+        if units.is_empty() {
+            return Ok(());
+        }
+        let last = units.end - 1;
+        self.unit_len(last)?;
+        {
+            let mut bits = self.bits();
+            for unit in units.clone() {
+                bits.discard(unit)?;
+            }
+        }
+        let unit_size = u64::from(self.unit_size.get());
+        let offset = units.start * unit_size;
+        let len = self.size.min(units.end * unit_size) - offset;
+        for slice in [&self.dirty, &self.fetched] {
+            slice.punch(units.start, offset, len)?;
+        }
         Ok(())
     }
 
@@ -329,14 +435,18 @@ impl SliceStore {
         Ok(())
     }
 
-    /// Makes every dirty unit written so far survive a reboot.
+    /// Makes every dirty unit written and every unit discarded so far survive
+    /// a reboot.
     ///
-    /// The order matters: (1) take a snapshot of the dirty bits, each of which
-    /// was set after its data was written; (2) fdatasync the dirty slice, so the
-    /// data of every bit in the snapshot is on disk; (3) make the snapshot the
-    /// durable copy of the bitmap. Bits set during the flush are left for the
-    /// next one. Fetched units are made durable by [`close`](Self::close) only:
-    /// after a reboot, those fetched since are fetched again.
+    /// The order matters: (1) take a snapshot of the dirty and discarded bits,
+    /// each dirty bit having been set after its data was written; (2) fdatasync
+    /// the dirty slice, so the data of every bit in the snapshot is on disk;
+    /// (3) make the dirty snapshot the durable copy of its bitmap, then (4) the
+    /// discarded one: a crash between the two leaves a unit written again
+    /// after a discard still discarded, the state before the flush. Bits
+    /// changed during the flush are left for the next one. Fetched units are
+    /// made durable by [`close`](Self::close) only: after a reboot, those
+    /// fetched since are fetched again.
     ///
     /// # Errors
     ///
@@ -344,32 +454,53 @@ impl SliceStore {
     /// then still holds.
     pub fn flush(&self) -> Result<()> {
         let _one_at_a_time = lock(&self.flush_lock);
-        let snapshot = self.bits().dirty.snapshot();
+        let (dirty, discarded) = {
+            let bits = self.bits();
+            (bits.dirty.snapshot(), bits.discarded.snapshot())
+        };
         self.dirty.sync()?;
-        if let Some(snapshot) = snapshot {
+        if let Some(snapshot) = dirty {
             snapshot.persist()?;
             self.bits().dirty.mark_persisted(snapshot.generation);
+        }
+        if let Some(snapshot) = discarded {
+            snapshot.persist()?;
+            self.bits().discarded.mark_persisted(snapshot.generation);
         }
         Ok(())
     }
 
-    /// The dirty units in increasing order, for reintegration. Units that
-    /// become dirty during the iteration may or may not be seen.
-    pub fn dirty_units(&self) -> DirtyUnits<'_> {
-        DirtyUnits { store: self, next: 0 }
+    /// The dirty units (not discarded) in increasing order, for
+    /// reintegration. Units that change state during the iteration may or
+    /// may not be seen.
+    pub fn dirty_units(&self) -> Units<'_> {
+        Units { store: self, next: 0, state: UnitState::Dirty }
     }
 
-    /// Number of units in the fetched slice (some may be dirty too).
+    /// The discarded units in increasing order, for reintegration. Units
+    /// that change state during the iteration may or may not be seen.
+    pub fn discarded_units(&self) -> Units<'_> {
+        Units { store: self, next: 0, state: UnitState::Discarded }
+    }
+
+    /// Number of units in the fetched slice (some may be dirty too; a
+    /// discard takes its units out).
     pub fn fetched_count(&self) -> u64 {
         self.bits().fetched.count_ones()
     }
 
-    /// Number of dirty units.
+    /// Number of dirty units, not counting discarded ones.
     pub fn dirty_count(&self) -> u64 {
-        self.bits().dirty.count_ones()
+        let bits = self.bits();
+        bits.dirty.count_ones() - bits.dirty_discarded
     }
 
-    /// Syncs both slices, then closes both bitmaps cleanly. Dropping the store
+    /// Number of discarded units.
+    pub fn discarded_count(&self) -> u64 {
+        self.bits().discarded.count_ones()
+    }
+
+    /// Syncs both slices, then closes the three bitmaps cleanly. Dropping the store
     /// does the same and logs a failure.
     ///
     /// # Errors
@@ -389,7 +520,8 @@ impl SliceStore {
         let bits = self.bits.get_mut().unwrap_or_else(PoisonError::into_inner);
         let fetched = close_half(&self.fetched, &mut bits.fetched);
         let dirty = close_half(&self.dirty, &mut bits.dirty);
-        fetched.and(dirty)
+        let discarded = bits.discarded.finish();
+        fetched.and(dirty).and(discarded)
     }
 
     /// Checks that a buffer of `len` bytes is exactly `unit`; returns its offset.
@@ -429,20 +561,30 @@ impl fmt::Debug for SliceStore {
     }
 }
 
-/// The dirty units of a store; made by [`SliceStore::dirty_units`].
+/// The units of a store in one state, dirty or discarded, in increasing
+/// order; made by [`SliceStore::dirty_units`] and
+/// [`SliceStore::discarded_units`].
 #[derive(Debug)]
-pub struct DirtyUnits<'a> {
+pub struct Units<'a> {
     store: &'a SliceStore,
     next: u64,
+    /// [`UnitState::Dirty`] or [`UnitState::Discarded`].
+    state: UnitState,
 }
 
-impl Iterator for DirtyUnits<'_> {
+impl Iterator for Units<'_> {
     type Item = u64;
 
     fn next(&mut self) -> Option<u64> {
-        let unit = self.store.bits().dirty.next_one(self.next)?;
-        self.next = unit + 1;
-        Some(unit)
+        let bits = self.store.bits();
+        let bitmap = if self.state == UnitState::Discarded { &bits.discarded } else { &bits.dirty };
+        loop {
+            let unit = bitmap.next_one(self.next)?;
+            self.next = unit + 1;
+            if bits.state(unit) == self.state {
+                return Some(unit);
+            }
+        }
     }
 }
 
@@ -461,9 +603,7 @@ impl Geometry<'_> {
     fn open_half(&self, name: &str) -> Result<(Slice, PersistentBitmap)> {
         let slice_path = self.dir.join(format!("{name}.slice"));
         let bitmap_path = self.dir.join(format!("{name}.bitmap"));
-        let exists =
-            bitmap_path.try_exists().map_err(|source| StoreError::OpenFile { path: bitmap_path.clone(), source })?;
-        if exists {
+        if exists(&bitmap_path)? {
             let slice = Slice::open(&slice_path, self.size)?;
             // After a process crash, data the dead process wrote may be only in
             // the page cache, while the bits that claim it are about to be
@@ -479,6 +619,22 @@ impl Geometry<'_> {
         let bitmap = PersistentBitmap::create(&bitmap_path, self.unit_size, self.unit_count, self.boot_id)?;
         Ok((slice, bitmap))
     }
+
+    /// Opens `<name>.bitmap`, a bitmap with no slice, or creates it empty if
+    /// it does not exist yet (as in a store made before it was).
+    fn open_bitmap(&self, name: &str) -> Result<PersistentBitmap> {
+        let path = self.dir.join(format!("{name}.bitmap"));
+        if exists(&path)? {
+            PersistentBitmap::open(&path, self.unit_size, self.unit_count, self.boot_id)
+        } else {
+            PersistentBitmap::create(&path, self.unit_size, self.unit_count, self.boot_id)
+        }
+    }
+}
+
+/// Whether the file at `path` exists.
+fn exists(path: &Path) -> Result<bool> {
+    path.try_exists().map_err(|source| StoreError::OpenFile { path: path.to_owned(), source })
 }
 
 /// Syncs a slice's data, then closes its bitmap cleanly; if the data could not

@@ -1,6 +1,6 @@
 //! Crash recovery with a real crash: a child process (this test binary run
-//! again, on one test, with an environment variable) writes through an overlay
-//! and is killed with SIGKILL, so no flush and no destructor runs. The parent
+//! again, on one test, with an environment variable) writes and discards
+//! through an overlay and is killed with SIGKILL, so no flush and no destructor runs. The parent
 //! then reopens the store directory.
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
@@ -145,4 +145,59 @@ fn after_a_reboot_flushed_units_are_kept_and_later_ones_dropped() {
     let mut expected = pattern(SIZE);
     apply(&mut expected, &first_batch());
     check(store, &units_of(&first_batch()), &expected);
+}
+
+/// The child of the discard tests: writes units 3 and 4, discards units 2 to
+/// 5, flushes, discards units 10 and 11, says so, and waits to be killed.
+fn discarding_child(dir: &Path) -> ! {
+    let store = SliceStore::open(dir, UNIT, SIZE).unwrap();
+    let overlay = Overlay::new(store, MemorySource::new(pattern(SIZE), UNIT));
+    overlay.write(3 * 4096, &[0xd3; 2 * 4096]).unwrap();
+    overlay.discard(2 * 4096, 4 * 4096).unwrap();
+    overlay.flush().unwrap();
+    overlay.discard(10 * 4096, 2 * 4096).unwrap();
+    println!("{READY}");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Checks that the store's discarded units are `discarded`, that nothing is
+/// dirty, and that they read as zeros without a fetch.
+fn check_discarded(store: SliceStore, discarded: &[u64]) {
+    assert_eq!(store.discarded_units().collect::<Vec<_>>(), discarded);
+    assert_eq!(store.dirty_units().next(), None, "a discarded unit is not dirty");
+    let overlay = Overlay::new(store, MemorySource::new(pattern(SIZE), UNIT));
+    for &unit in discarded {
+        let mut buf = vec![0xff; 4096];
+        overlay.read(unit * 4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&byte| byte == 0), "unit {unit}");
+    }
+    assert_eq!(overlay.source().take_calls(), Vec::<Vec<u64>>::new(), "a discarded unit was fetched");
+}
+
+#[test]
+fn discards_survive_a_killed_process() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        discarding_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    run_child_and_kill("discards_survive_a_killed_process", dir.path());
+    let store = SliceStore::open(dir.path(), UNIT, SIZE).unwrap();
+    check_discarded(store, &[2, 3, 4, 5, 10, 11]);
+}
+
+#[test]
+fn after_a_reboot_flushed_discards_are_kept_and_later_ones_undone() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        discarding_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    run_child_and_kill("after_a_reboot_flushed_discards_are_kept_and_later_ones_undone", dir.path());
+    let next_boot = BootId::from_bytes(BootId::current().unwrap().as_bytes().map(|byte| !byte));
+    let store = SliceStore::open_with_boot_id(dir.path(), UNIT, SIZE, next_boot).unwrap();
+    for unit in [10, 11] {
+        assert_eq!(store.state(unit).unwrap(), UnitState::Absent, "unit {unit}");
+    }
+    check_discarded(store, &[2, 3, 4, 5]);
 }

@@ -82,12 +82,19 @@ fn staged_files(dir: &Path) -> Vec<String> {
     names
 }
 
-/// A set built straight from the format tables of the module doc, independently
-/// of the crate's writer, so that sets the writer refuses can be made too.
-fn spec_set(unit_size: u32, image_size: u64, id: [u8; 16], records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+/// A set of format `version` built straight from the format tables of the
+/// module doc, independently of the crate's writer, so that sets the writer
+/// refuses can be made too. A record with no data is a discard.
+fn spec_set_of_version(
+    version: u32,
+    unit_size: u32,
+    image_size: u64,
+    id: [u8; 16],
+    records: &[(u64, Vec<u8>)],
+) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(b"JTDIRTY1");
-    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&unit_size.to_le_bytes());
     out.extend_from_slice(&image_size.to_le_bytes());
     out.extend_from_slice(&(records.len() as u64).to_le_bytes());
@@ -109,6 +116,11 @@ fn spec_set(unit_size: u32, image_size: u64, id: [u8; 16], records: &[(u64, Vec<
     out.extend_from_slice(&id);
     out.extend_from_slice(&crc32fast::hash(&out).to_le_bytes());
     out
+}
+
+/// A set of the version this build writes, as [`spec_set_of_version`].
+fn spec_set(unit_size: u32, image_size: u64, id: [u8; 16], records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    spec_set_of_version(2, unit_size, image_size, id, records)
 }
 
 /// Whole units, the partial last unit, and a unit between them.
@@ -142,6 +154,76 @@ fn the_exported_stream_is_the_documented_format() {
     let records: Vec<(u64, Vec<u8>)> =
         DIRTY.iter().map(|&(unit, byte)| (unit, vec![byte; if unit == 8 { 100 } else { 512 }])).collect();
     assert!(set == spec_set(UNIT, SIZE, id, &records));
+}
+
+#[test]
+fn a_set_of_version_1_is_still_applied() {
+    let fixture = Fixture::new();
+    let records = vec![(2, vec![0xb2; 512]), (8, vec![0xb8; 100])];
+    let set = spec_set_of_version(1, UNIT, SIZE, [5; 16], &records);
+    let summary = fixture.target().apply(&set[..]).unwrap();
+    assert_eq!((summary.units, summary.discarded), (2, 0));
+    let mut expected = fixture.base.clone();
+    expected[2 * 512..3 * 512].fill(0xb2);
+    expected[8 * 512..].fill(0xb8);
+    assert!(fixture.image_bytes() == expected);
+}
+
+#[test]
+fn a_set_of_version_1_with_a_discard_record_is_refused() {
+    let fixture = Fixture::new();
+    let set = spec_set_of_version(1, UNIT, SIZE, [5; 16], &[(2, Vec::new())]);
+    let error = fixture.target().apply(&set[..]).unwrap_err();
+    assert!(
+        matches!(error, DirtySetError::Rejected { source: StreamError::RecordLength { found: 0, .. }, .. }),
+        "{error:?}"
+    );
+    fixture.assert_untouched("a discard in version 1");
+}
+
+#[test]
+fn a_set_of_an_unknown_version_is_refused_saying_which_it_reads() {
+    let fixture = Fixture::new();
+    let set = spec_set_of_version(3, UNIT, SIZE, [5; 16], &[]);
+    let error = fixture.target().apply(&set[..]).unwrap_err();
+    let text = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+    assert!(text.contains("format version 3, this build reads versions 1 to 2"), "{text}");
+    fixture.assert_untouched("version 3");
+}
+
+#[test]
+fn discarded_units_become_holes_in_the_image() {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    const PAGE: u32 = 4096;
+    const PAGES: u64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("ram");
+    fs::write(&image, vec![0x5a; (PAGES * u64::from(PAGE)) as usize]).unwrap();
+    let store = SliceStore::open(dir.path().join("store"), PAGE, PAGES * u64::from(PAGE)).unwrap();
+    store.write_dirty(3, &[0x33; 4096]).unwrap();
+    store.write_dirty(4, &[0x44; 4096]).unwrap();
+    store.discard_units(4..12).unwrap();
+    let mut set = Vec::new();
+    let sent = export_dirty_set(&store, &mut set).unwrap();
+    assert_eq!((sent.units, sent.discarded), (9, 8));
+    let blocks_before = fs::metadata(&image).unwrap().blocks();
+
+    let applied = ApplyTarget::new(&image, PAGE, dir.path().join("staging")).apply(&set[..]).unwrap();
+    assert_eq!((applied.units, applied.discarded, applied.data_bytes), (9, 8, 4096));
+    let bytes = fs::read(&image).unwrap();
+    let page = |n: usize| &bytes[n * 4096..(n + 1) * 4096];
+    assert!(page(3).iter().all(|&b| b == 0x33));
+    assert!((4..12).all(|n| page(n).iter().all(|&b| b == 0)), "discarded pages read as zeros");
+    assert!(page(12).iter().all(|&b| b == 0x5a));
+    let file = fs::File::open(&image).unwrap();
+    let hole = lseek(file.as_raw_fd(), 0, Whence::SeekHole).unwrap();
+    assert_eq!(hole, 4 * 4096, "the first hole is the first discarded page");
+    let data = lseek(file.as_raw_fd(), hole, Whence::SeekData).unwrap();
+    assert_eq!(data, 12 * 4096, "and it runs to the last one");
+    let blocks_after = fs::metadata(&image).unwrap().blocks();
+    assert_eq!(blocks_before - blocks_after, 8 * 8, "eight pages of 512-byte blocks given back");
 }
 
 #[test]

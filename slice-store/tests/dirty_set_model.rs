@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 
-use migration_formats::dirty_set::{ApplyTarget, DirtySetReader};
+use migration_formats::dirty_set::{ApplyTarget, DirtySetReader, UnitChange};
 use proptest::prelude::*;
 use slice_store::export_dirty_set;
 use slice_store::SliceStore;
@@ -54,7 +54,8 @@ proptest! {
 
         let mut reader = DirtySetReader::new(&set[..]).unwrap();
         let mut units = Vec::new();
-        while let Some((unit, data)) = reader.next_unit().unwrap() {
+        while let Some((unit, change)) = reader.next_unit().unwrap() {
+            let UnitChange::Data(data) = change else { panic!("unit {unit}: nothing was discarded") };
             let start = (unit * u64::from(unit_size)) as usize;
             prop_assert_eq!(data, &expected[start..start + data.len()]);
             units.push(unit);

@@ -1,5 +1,6 @@
 //! The overlay against a plain model: the source's bytes with the writes
-//! applied, and the state each unit should be in, over random operations.
+//! and discards applied, and the state each unit should be in, over random
+//! operations.
 //! Besides the bytes, the model predicts every call to the source exactly.
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
@@ -21,6 +22,11 @@ enum Op {
         offset: u64,
         data: Vec<u8>,
     },
+    /// A punched hole.
+    Discard {
+        offset: u64,
+        len: u64,
+    },
     Flush,
     /// Close the store and open it again.
     Reopen,
@@ -32,6 +38,7 @@ enum Expect {
     Fetched,
     Dirty,
     Zero,
+    Discarded,
 }
 
 #[derive(Debug)]
@@ -50,6 +57,7 @@ fn op(size: u64, unit_size: u32) -> impl Strategy<Value = Op> {
         4 => (0..reach, 0..max_len).prop_map(|(offset, len)| Op::Read { offset, len }),
         4 => (0..reach, proptest::collection::vec(any::<u8>(), 0..max_len as usize))
             .prop_map(|(offset, data)| Op::Write { offset, data }),
+        2 => (0..reach, 0..max_len).prop_map(|(offset, len)| Op::Discard { offset, len }),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
     ]
@@ -124,6 +132,18 @@ impl Model {
         absent
     }
 
+    /// The units a discard fetches (its partial ones, as a write of zeros);
+    /// its whole units become discarded.
+    fn discard(&mut self, offset: u64, len: u64) -> Vec<u64> {
+        let absent = self.write(offset, &vec![0; len as usize]);
+        for (unit, whole) in self.units(offset, len) {
+            if whole {
+                self.states[unit as usize] = Expect::Discarded;
+            }
+        }
+        absent
+    }
+
     fn absent(&self, units: impl Iterator<Item = u64>) -> Vec<u64> {
         units.filter(|&unit| self.states[unit as usize] == Expect::Absent).collect()
     }
@@ -158,6 +178,15 @@ fn run(case: Case) -> Result<(), TestCaseError> {
                 overlay.write(*offset, data).unwrap();
                 model.write(*offset, data)
             }
+            Op::Discard { offset, len } if offset + len <= case.size => {
+                overlay.discard(*offset, *len).unwrap();
+                model.discard(*offset, *len)
+            }
+            Op::Discard { offset, len } => {
+                let refused = overlay.discard(*offset, *len);
+                prop_assert!(matches!(refused, Err(StoreError::OutOfRange { .. })), "{:?}", refused);
+                Vec::new()
+            }
             Op::Read { offset, len } => {
                 let refused = overlay.read(*offset, &mut vec![0; *len as usize]);
                 prop_assert!(matches!(refused, Err(StoreError::OutOfRange { .. })), "{:?}", refused);
@@ -187,6 +216,8 @@ fn run(case: Case) -> Result<(), TestCaseError> {
     }
     let dirty: Vec<u64> = (0..units).filter(|&unit| model.states[unit as usize] == Expect::Dirty).collect();
     prop_assert_eq!(overlay.store().dirty_units().collect::<Vec<_>>(), dirty);
+    let discarded: Vec<u64> = (0..units).filter(|&unit| model.states[unit as usize] == Expect::Discarded).collect();
+    prop_assert_eq!(overlay.store().discarded_units().collect::<Vec<_>>(), discarded);
     let mut everything = vec![0; case.size as usize];
     overlay.read(0, &mut everything).unwrap();
     prop_assert_eq!(everything, model.bytes);

@@ -248,10 +248,56 @@ fn stats_count_requests_and_fetches() {
             whole_unit_promotions: 1,
             partial_write_fetches: 2,
             zero_units_served: 0,
+            discards: 0,
             fetched_units: 5,
             dirty_units: 3,
+            discarded_units: 0,
         }
     );
+}
+
+#[test]
+fn a_discard_reads_as_zeros_and_never_fetches_its_whole_units() {
+    let Setup { overlay, source, .. } = setup(160, &[]);
+    overlay.store().store_fetched(2, &bytes(&source, 32, 16)).unwrap();
+    overlay.write(48, &[9; 16]).unwrap();
+    // Units 1 to 4 whole; no fetch for any of them, absent, fetched or dirty.
+    overlay.discard(16, 64).unwrap();
+    assert_eq!(overlay.source().take_calls(), Vec::<Vec<u64>>::new());
+    assert_eq!(read(&overlay, 16, 64), vec![0; 64]);
+    assert_eq!(overlay.source().take_calls(), Vec::<Vec<u64>>::new(), "reading them fetches nothing");
+    for unit in 1..5 {
+        assert_eq!(overlay.store().state(unit).unwrap(), UnitState::Discarded, "unit {unit}");
+    }
+    let stats = overlay.stats();
+    assert_eq!((stats.discards, stats.discarded_units, stats.fetched_units, stats.dirty_units), (1, 4, 0, 0));
+}
+
+#[test]
+fn a_discard_zeroes_the_bytes_of_partial_units_as_a_write_would() {
+    let Setup { overlay, source, .. } = setup(160, &[]);
+    // The end of unit 0, all of unit 1 and the start of unit 2.
+    overlay.discard(10, 30).unwrap();
+    assert_eq!(overlay.source().take_calls(), [vec![0, 2]], "the partial units, in one call");
+    let mut expected = bytes(&source, 0, 48);
+    expected[10..40].fill(0);
+    assert_eq!(read(&overlay, 0, 48), expected);
+    let states: Vec<UnitState> = (0..3).map(|unit| overlay.store().state(unit).unwrap()).collect();
+    assert_eq!(states, [UnitState::Dirty, UnitState::Discarded, UnitState::Dirty]);
+}
+
+#[test]
+fn a_write_after_a_discard_is_dirty_and_keeps_the_zeros_around_it() {
+    let Setup { overlay, .. } = setup(160, &[]);
+    overlay.discard(0, 32).unwrap();
+    overlay.write(20, &[5; 4]).unwrap();
+    assert_eq!(overlay.source().take_calls(), Vec::<Vec<u64>>::new(), "a discarded unit is not fetched");
+    let mut expected = vec![0; 32];
+    expected[20..24].fill(5);
+    assert_eq!(read(&overlay, 0, 32), expected);
+    assert_eq!(overlay.store().state(0).unwrap(), UnitState::Discarded);
+    assert_eq!(overlay.store().state(1).unwrap(), UnitState::Dirty);
+    assert!(matches!(overlay.discard(150, 20), Err(StoreError::OutOfRange { .. })));
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! memserv and memtap on loopback with a real FUSE mount: a process maps
 //! the VM's RAM file shared, touches pages, and sees the desktop's bytes;
 //! pages it writes land in the dirty slice; the desktop's file is unchanged;
-//! a memserv that vanishes makes memtap wait and retry, not fail.
+//! a memserv that vanishes makes memtap wait and retry, not fail; holes
+//! punched in the RAM file are discarded pages, never fetched, that go home
+//! as holes.
 #![allow(clippy::unwrap_used)] // test helpers: a failure is the test failing
 
 use std::fs::OpenOptions;
@@ -369,4 +371,122 @@ fn a_page_evicted_from_the_prefetch_cache_is_never_fetched_again() {
     assert!(map[..] == bytes[..], "mapped RAM differs from the desktop's");
     let s = stats(mnt);
     assert_eq!(s.pages_fetched, PAGES - 100, "a page was fetched twice (or a zero page fetched): {s:?}");
+}
+
+/// Punches a hole of `len` bytes at `offset` in `file`, as QEMU does where
+/// the guest reported free memory.
+fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is open.
+    let done = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Where the next hole (`libc::SEEK_HOLE`) or data (`libc::SEEK_DATA`) of
+/// `file` starts, from `offset`.
+fn seek(file: &std::fs::File, offset: u64, whence: libc::c_int) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek only reads its integer arguments; the descriptor is open.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    u64::try_from(at).unwrap_or_else(|_| panic!("lseek: {}", std::io::Error::last_os_error()))
+}
+
+/// Blocks of 512 bytes a file holds on disk.
+fn blocks(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap())
+}
+
+/// Free page reporting: QEMU punches holes in the RAM file. The pages read
+/// as zeros without asking the desktop, their slice space is given back, a
+/// page written again is dirty, and going home the desktop's RAM file gets
+/// holes there, not pages of zeros.
+#[test]
+fn a_punched_hole_reads_as_zeros_without_a_fetch_and_goes_home_as_a_hole() {
+    use migration_formats::dirty_set::ApplyTarget;
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    let Fixture { dir, ram, bytes, server, mnt, wake, mount, .. } = Fixture::start();
+    let page_bytes = |p: u64| &bytes[p as usize * PAGE..(p as usize + 1) * PAGE];
+    let file = OpenOptions::new().read(true).write(true).open(mnt.join("vm1.ram")).unwrap();
+    // SAFETY: the file is ours for the test; nobody truncates it.
+    let mut map = unsafe { MmapOptions::new().map_mut(&file) }.unwrap();
+    // Pages 1000..1010 fetched (their neighbours prefetched), 1005..1009 dirty.
+    for p in 1000..1010 {
+        assert_eq!(&map[p * PAGE..(p + 1) * PAGE], page_bytes(p as u64), "page {p}");
+    }
+    map[1005 * PAGE..1009 * PAGE].fill(0xEE);
+    map.flush().unwrap();
+    file.sync_all().unwrap();
+    let slices = dir.path().join("slices");
+    let (fetched_blocks, dirty_blocks) = (blocks(&slices.join("fetched.slice")), blocks(&slices.join("dirty.slice")));
+    assert!(fetched_blocks >= 10 * 8 && dirty_blocks >= 4 * 8, "{fetched_blocks} and {dirty_blocks} blocks");
+    let before = stats(&mnt);
+    assert_eq!((before.resident_pages, before.dirty_pages), (10, 4), "{before:?}");
+    let wakes = wake.0.load(Ordering::SeqCst);
+
+    // Fetched, dirty, prefetched and absent pages: 1000..1064.
+    punch_hole(&file, 1000 * PAGE as u64, 64 * PAGE as u64).unwrap();
+    assert!(map[1000 * PAGE..1064 * PAGE].iter().all(|&b| b == 0), "a discarded page is not zeros");
+    let after = stats(&mnt);
+    assert_eq!(after.remote_fetches, before.remote_fetches, "a discarded page was fetched: {after:?}");
+    assert_eq!(wake.0.load(Ordering::SeqCst), wakes, "a discarded page woke the desktop");
+    assert_eq!((after.pages_discarded, after.discarded_pages), (64, 64), "{after:?}");
+    assert_eq!((after.resident_pages, after.dirty_pages), (0, 0), "{after:?}");
+    assert_eq!(blocks(&slices.join("fetched.slice")), 0, "the fetched slice kept discarded pages");
+    assert_eq!(blocks(&slices.join("dirty.slice")), 0, "the dirty slice kept discarded pages");
+    assert!(
+        punch_hole(&file, 0, PAGE as u64 + 1).is_ok(),
+        "an unaligned hole zeroes the partial page's bytes as a write would"
+    );
+    assert!(map[..PAGE + 1].iter().all(|&b| b == 0) && map[PAGE + 1..2 * PAGE] == page_bytes(1)[1..]);
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is open.
+    let zero_range =
+        unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), libc::FALLOC_FL_ZERO_RANGE, 0, 4096) };
+    assert_eq!((zero_range, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EOPNOTSUPP)));
+
+    // Written again after the discard: dirty, not discarded.
+    map[1040 * PAGE..1041 * PAGE].fill(0x77);
+    map.flush().unwrap();
+    file.sync_all().unwrap();
+    let s = stats(&mnt);
+    assert_eq!((s.discarded_pages, s.dirty_pages), (64, 2), "pages 0 and 1000..1064 but 1040; 1 and 1040: {s:?}");
+    drop(map);
+    drop(file);
+    mount.unmount().unwrap();
+    drop(server);
+
+    // Going home: the dirty set applied to the desktop's RAM file.
+    let store = SliceStore::open(&slices, PAGE as u32, PAGES * PAGE as u64).unwrap();
+    let mut set = Vec::new();
+    let sent = slice_store::export_dirty_set(&store, &mut set).unwrap();
+    // Dirty: pages 1 and 1040. Discarded: page 0, 1000..1040 and 1041..1064.
+    assert_eq!((sent.units, sent.discarded), (66, 64), "{sent:?}");
+    let desktop_blocks = blocks(&ram);
+    let applied = ApplyTarget::new(&ram, PAGE as u32, dir.path().join("staging")).apply(&set[..]).unwrap();
+    assert_eq!(applied.discarded, 64, "{applied:?}");
+    let home = std::fs::File::open(&ram).unwrap();
+    let at = |p: u64| p * PAGE as u64;
+    assert_eq!(seek(&home, at(1000), libc::SEEK_HOLE), at(1000), "page 1000 is not a hole");
+    assert_eq!(seek(&home, at(1000), libc::SEEK_DATA), at(1040), "the hole ends at the page written again");
+    assert_eq!(seek(&home, at(1040), libc::SEEK_HOLE), at(1041));
+    assert_eq!(seek(&home, at(1041), libc::SEEK_DATA), at(1064));
+    assert_eq!(seek(&home, 0, libc::SEEK_HOLE), 0, "page 0, discarded whole, is a hole");
+    assert!(blocks(&ram) < desktop_blocks, "the desktop's RAM file lost no blocks");
+    let home_bytes = std::fs::read(&ram).unwrap();
+    assert!(home_bytes[at(1000) as usize..at(1040) as usize].iter().all(|&b| b == 0));
+    assert!(home_bytes[at(1040) as usize..at(1041) as usize].iter().all(|&b| b == 0x77));
+    assert_eq!(home_bytes[PAGE + 1..2 * PAGE], page_bytes(1)[1..], "the rest of the partial page");
+    assert!(home_bytes[PAGE..PAGE + 1] == [0]);
 }

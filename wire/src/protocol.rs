@@ -1,4 +1,4 @@
-//! The Jettison wire protocol, version 3: how a server (memtap, cownetdisk)
+//! The Jettison wire protocol, version 4: how a server (memtap, cownetdisk)
 //! reads byte ranges of an image (a VM's RAM file, a disk image) that lives on
 //! a desktop (memserv, diskserv).
 //!
@@ -101,12 +101,16 @@ use crate::error::DecodeError;
 
 /// The magic at the start of both preambles.
 pub const MAGIC: [u8; 4] = *b"JTSN";
-/// The protocol version this build speaks: 3 since a VM may have several
+/// The protocol version this build speaks: 4 since a memory dirty set may
+/// carry discard records (dirty set format 2, for memory the guest freed on
+/// the server), which a desktop of version 3 would refuse only at
+/// reintegration, with the VM already stopped: the preamble refuses the
+/// pair at its first connection instead; 3 since a VM may have several
 /// disks (the daemons' control messages changed shape, and a diskserv
 /// serves one export per disk: `<vm>` for the first, `<vm>.<n>` for the
 /// others); 2 since each host proves its own key (Noise `IX`); version 1
 /// shared one office key (`NNpsk0`).
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Size of a preamble on the wire.
 pub const PREAMBLE_LEN: usize = 8;
 /// Largest frame body, in bytes.

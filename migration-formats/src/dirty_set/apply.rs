@@ -4,15 +4,17 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::errno::Errno;
+use nix::fcntl::{fallocate, FallocateFlags, Flock, FlockArg};
 
 use super::error::{DirtySetError, ImageState, Part, StreamError};
 use super::format::{DirtySetHeader, TransferId};
-use super::stream::{DirtySetReader, DirtySetWriter};
+use super::stream::{DirtySetReader, DirtySetWriter, UnitChange};
 use durable_file::{parent_dir, sync_dir};
 
 /// Suffix of a set still arriving: never trusted, removed by the next call.
@@ -41,8 +43,10 @@ pub struct ApplyTarget {
 pub struct ApplySummary {
     /// The transfer applied.
     pub transfer_id: TransferId,
-    /// Units written into the image.
+    /// Units changed in the image: written, or discarded.
     pub units: u64,
+    /// Of those, units discarded: punched as holes.
+    pub discarded: u64,
     /// Bytes written into the image.
     pub data_bytes: u64,
     /// Whether this finished an apply that a crash (or an error) interrupted.
@@ -135,7 +139,8 @@ impl ApplyTarget {
             DirtySetWriter::new(BufWriter::with_capacity(STAGING_BUFFER, file), header).map_err(copy_error)?;
         loop {
             match reader.next_unit() {
-                Ok(Some((unit, data))) => copy.write_unit(unit, data).map_err(copy_error)?,
+                Ok(Some((unit, UnitChange::Data(data)))) => copy.write_unit(unit, data).map_err(copy_error)?,
+                Ok(Some((unit, UnitChange::Discard))) => copy.write_discard(unit).map_err(copy_error)?,
                 Ok(None) => break,
                 Err(source) => {
                     return Err(image.receive_error(reader.units_read(), Some(header.unit_count), source));
@@ -327,15 +332,23 @@ impl LockedImage {
         let mut reader = self.open_staged(staged).map_err(|source| self.check_staged_error(staged, before, source))?;
         let header = *reader.header();
         let mut state = before;
+        let mut discarded = 0;
         loop {
-            let (unit, data) = match reader.next_unit() {
+            let (unit, change) = match reader.next_unit() {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(source) => return Err(self.check_staged_error(staged, state, source)),
             };
             let offset = header.offset(unit);
             state = ImageState::MaybePartlyUpdated;
-            self.file.write_all_at(data, offset).map_err(|source| DirtySetError::WriteImage {
+            let written = match change {
+                UnitChange::Data(data) => self.file.write_all_at(data, offset),
+                UnitChange::Discard => {
+                    discarded += 1;
+                    self.punch(offset, header.unit_len(unit))
+                }
+            };
+            written.map_err(|source| DirtySetError::WriteImage {
                 image: self.path.clone(),
                 unit,
                 offset,
@@ -357,6 +370,7 @@ impl LockedImage {
         let summary = ApplySummary {
             transfer_id: header.transfer_id,
             units: reader.units_read(),
+            discarded,
             data_bytes: reader.data_bytes(),
             resumed,
         };
@@ -364,11 +378,25 @@ impl LockedImage {
             image = %self.path.display(),
             transfer = %summary.transfer_id,
             units = summary.units,
+            discarded = summary.discarded,
             bytes = summary.data_bytes,
             resumed,
             "applied dirty set"
         );
         Ok(summary)
+    }
+
+    /// Makes the `len` bytes at `offset` a hole, which reads as zeros and
+    /// holds no disk space; on a file system that cannot punch holes, writes
+    /// the zeros instead. Either is idempotent, as a resumed apply needs.
+    fn punch(&self, offset: u64, len: u32) -> io::Result<()> {
+        let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        // Within the image, whose size fits an off_t.
+        match fallocate(self.file.as_raw_fd(), mode, offset as nix::libc::off_t, nix::libc::off_t::from(len)) {
+            Ok(()) => Ok(()),
+            Err(Errno::EOPNOTSUPP) => self.file.write_all_at(&vec![0; len as usize], offset),
+            Err(errno) => Err(io::Error::from(errno)),
+        }
     }
 
     /// Reads the staged set through to its trailer, checking it fits the image.

@@ -78,12 +78,17 @@ pub enum StreamError {
         found: [u8; 8],
     },
     /// The format version is not one this build reads.
-    #[error("format version {found}, this build reads version {supported} only")]
+    #[error(
+        "format version {found}, this build reads versions {oldest} to {newest}: \
+         the peer runs another release of jettison; update the older side"
+    )]
     UnsupportedVersion {
         /// Version in the header.
         found: u32,
-        /// Version this build reads.
-        supported: u32,
+        /// Oldest version this build reads.
+        oldest: u32,
+        /// Newest version this build reads (and the one it writes).
+        newest: u32,
     },
     /// The header's checksum does not match its bytes.
     #[error("header checksum {computed:#010x}, the header says {stored:#010x}")]
@@ -397,7 +402,7 @@ pub enum DirtySetError {
 
     /// Writing a unit into the image failed.
     #[error(
-        "writing unit {unit} at offset {offset:#x} of {image}; the verified set {staged} is kept: \
+        "writing unit {unit} (or punching its hole) at offset {offset:#x} of {image}; the verified set {staged} is kept: \
          resume_pending finishes applying it, and the VM must not start before it has"
     )]
     WriteImage {

@@ -12,8 +12,14 @@ const HEADER_MAGIC: [u8; 8] = *b"JTDIRTY1";
 /// First eight bytes of a dirty set's trailer.
 const TRAILER_MAGIC: [u8; 8] = *b"JTDIRTYE";
 
-/// The only format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this build writes: 2, which added discard records.
+pub const VERSION: u32 = 2;
+
+/// The oldest format version this build reads: 1, which has data records only.
+pub const OLDEST_VERSION: u32 = 1;
+
+/// The first version whose records may be discards.
+const DISCARD_VERSION: u32 = 2;
 
 /// Largest unit size a dirty set may have: 1 MiB, sixteen times the largest
 /// block cownetdisk uses. A reader never holds more than one unit in memory.
@@ -138,6 +144,14 @@ impl DirtySetHeader {
         bytes
     }
 
+    /// Length of `unit`: the unit size, or less for a partial last unit.
+    /// `unit` must be below the image's number of units.
+    pub fn unit_len(&self, unit: u64) -> u32 {
+        let unit_size = u64::from(self.unit_size);
+        // At most the unit size, a u32.
+        (self.image_size - unit * unit_size).min(unit_size) as u32
+    }
+
     /// Decodes and checks a header: magic, version, checksum, then the limits
     /// of [`Layout::new`].
     pub(super) fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Layout, StreamError> {
@@ -146,20 +160,21 @@ impl DirtySetHeader {
             return Err(StreamError::BadMagic { part: super::Part::Header, found: magic });
         }
         let version = u32::from_le_bytes(field(bytes, H_VERSION));
-        if version != VERSION {
-            return Err(StreamError::UnsupportedVersion { found: version, supported: VERSION });
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            return Err(StreamError::UnsupportedVersion { found: version, oldest: OLDEST_VERSION, newest: VERSION });
         }
         let stored = u32::from_le_bytes(field(bytes, H_CRC));
         let computed = crc32fast::hash(&bytes[..H_CRC]);
         if stored != computed {
             return Err(StreamError::HeaderChecksum { stored, computed });
         }
-        Layout::new(Self {
+        let header = Self {
             unit_size: u32::from_le_bytes(field(bytes, H_UNIT_SIZE)),
             image_size: u64::from_le_bytes(field(bytes, H_IMAGE_SIZE)),
             unit_count: u64::from_le_bytes(field(bytes, H_COUNT)),
             transfer_id: TransferId(field(bytes, H_TRANSFER_ID)),
-        })
+        };
+        Layout::with_version(header, version)
     }
 }
 
@@ -171,11 +186,19 @@ pub(super) struct Layout {
     header: DirtySetHeader,
     /// Units in the image, the last one possibly partial.
     unit_total: u64,
+    /// The set's format version, which says whether records may be discards.
+    version: u32,
 }
 
 impl Layout {
-    /// Checks the unit size limit and that the count fits the image.
+    /// Checks the unit size limit and that the count fits the image, for a
+    /// set of this build's [`VERSION`].
     pub(super) fn new(header: DirtySetHeader) -> Result<Self, StreamError> {
+        Self::with_version(header, VERSION)
+    }
+
+    /// As [`new`](Self::new), for a set of format `version` (checked by the caller).
+    fn with_version(header: DirtySetHeader, version: u32) -> Result<Self, StreamError> {
         if header.unit_size == 0 || header.unit_size > MAX_UNIT_SIZE {
             return Err(StreamError::UnitSize { found: header.unit_size, max: MAX_UNIT_SIZE });
         }
@@ -187,7 +210,7 @@ impl Layout {
                 unit_total,
             });
         }
-        Ok(Self { header, unit_total })
+        Ok(Self { header, unit_total, version })
     }
 
     /// The checked header.
@@ -195,8 +218,14 @@ impl Layout {
         &self.header
     }
 
+    /// The set's format version.
+    pub(super) fn version(&self) -> u32 {
+        self.version
+    }
+
     /// Checks record number `index` (from 0), which claims `len` bytes for
-    /// `unit`, `previous` being the unit of the record before it.
+    /// `unit`, `previous` being the unit of the record before it. A `len` of
+    /// zero is a discard record, from version 2 on.
     pub(super) fn check_record(
         &self,
         index: u64,
@@ -213,30 +242,25 @@ impl Layout {
         if let Some(previous) = previous.filter(|&previous| previous >= unit) {
             return Err(StreamError::UnitOutOfOrder { index, unit, previous });
         }
-        let expected = self.unit_len(unit);
-        if len != expected {
+        let expected = self.header.unit_len(unit);
+        let discard = len == 0 && self.version >= DISCARD_VERSION;
+        if len != expected && !discard {
             return Err(StreamError::RecordLength { index, unit, found: len, expected });
         }
         Ok(())
     }
-
-    /// Length of `unit`, which must be below the unit total.
-    fn unit_len(&self, unit: u64) -> u32 {
-        let unit_size = u64::from(self.header.unit_size);
-        // At most the unit size, a u32.
-        (self.header.image_size - unit * unit_size).min(unit_size) as u32
-    }
 }
 
-/// The head of a record.
 /// Bytes of a whole dirty set whose records carry units of these lengths
-/// (in the order written): header, records and trailer.
+/// (in the order written, 0 for a discard record): header, records and
+/// trailer.
 pub fn encoded_len(unit_lens: impl IntoIterator<Item = u32>) -> u64 {
     let records: u64 =
         unit_lens.into_iter().map(|len| (RECORD_HEAD_LEN + RECORD_CRC_LEN) as u64 + u64::from(len)).sum();
     (HEADER_LEN + TRAILER_LEN) as u64 + records
 }
 
+/// The head of a record.
 pub(super) fn encode_record_head(unit: u64, len: u32) -> [u8; RECORD_HEAD_LEN] {
     let mut bytes = [0; RECORD_HEAD_LEN];
     bytes[..8].copy_from_slice(&unit.to_le_bytes());
@@ -336,7 +360,7 @@ mod tests {
     fn header_round_trips_with_the_documented_layout() {
         let bytes = sample().encode();
         assert_eq!(&bytes[..8], b"JTDIRTY1");
-        assert_eq!(bytes[8..12], 1u32.to_le_bytes());
+        assert_eq!(bytes[8..12], 2u32.to_le_bytes());
         assert_eq!(bytes[12..16], 4096u32.to_le_bytes());
         assert_eq!(bytes[16..24], (10 * 4096 + 100u64).to_le_bytes());
         assert_eq!(bytes[24..32], 3u64.to_le_bytes());
@@ -351,12 +375,13 @@ mod tests {
         let mut bad = good;
         bad[0] = b'X';
         assert!(matches!(DirtySetHeader::decode(&bad), Err(StreamError::BadMagic { .. })));
-        let mut bad = good;
-        bad[8] = 2;
-        assert!(matches!(
-            DirtySetHeader::decode(&bad),
-            Err(StreamError::UnsupportedVersion { found: 2, supported: 1 })
-        ));
+        for version in [0, 3] {
+            let bad = with_version(&good, version);
+            assert!(matches!(
+                DirtySetHeader::decode(&bad),
+                Err(StreamError::UnsupportedVersion { found, oldest: 1, newest: 2 }) if found == version
+            ));
+        }
         let mut bad = good;
         bad[40] ^= 1;
         assert!(matches!(DirtySetHeader::decode(&bad), Err(StreamError::HeaderChecksum { .. })));
@@ -369,6 +394,26 @@ mod tests {
         assert!(matches!(DirtySetHeader::decode(&bytes), Err(StreamError::CountTooLarge { unit_total: 11, .. })));
         let bytes = DirtySetHeader { unit_count: 11, ..sample() }.encode();
         assert!(DirtySetHeader::decode(&bytes).is_ok());
+    }
+
+    /// `header` with its version field set to `version`, checksum redone.
+    fn with_version(header: &[u8; HEADER_LEN], version: u32) -> [u8; HEADER_LEN] {
+        let mut bytes = *header;
+        bytes[H_VERSION..H_UNIT_SIZE].copy_from_slice(&version.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..H_CRC]);
+        bytes[H_CRC..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn version_1_is_read_without_discard_records() {
+        let old = DirtySetHeader::decode(&with_version(&sample().encode(), 1)).unwrap();
+        assert_eq!(*old.header(), sample());
+        assert!(old.check_record(0, None, 0, 4096).is_ok());
+        assert!(matches!(old.check_record(0, None, 0, 0), Err(StreamError::RecordLength { found: 0, .. })));
+        let new = DirtySetHeader::decode(&sample().encode()).unwrap();
+        assert!(new.check_record(0, None, 0, 0).is_ok(), "a discard");
+        assert!(new.check_record(1, Some(0), 10, 0).is_ok(), "a discard of the partial last unit");
     }
 
     #[test]

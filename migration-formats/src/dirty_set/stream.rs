@@ -10,13 +10,25 @@ use super::format::{
     RECORD_CRC_LEN, RECORD_HEAD_LEN, TRAILER_LEN,
 };
 
+/// What one record of a dirty set says about its unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitChange<'a> {
+    /// The unit's new content, exactly the unit's length.
+    Data(&'a [u8]),
+    /// The unit was discarded on the server (the guest freed it): the image
+    /// gets a hole there, which reads as zeros. Format version 2 on.
+    Discard,
+}
+
 /// What a finished [`DirtySetWriter`] sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExportSummary {
     /// The transfer.
     pub transfer_id: TransferId,
-    /// Units sent.
+    /// Records sent: units with data and discarded units.
     pub units: u64,
+    /// Of those, discarded units.
+    pub discarded: u64,
     /// Bytes of unit data sent.
     pub data_bytes: u64,
     /// Bytes of the whole set: header, records and trailer.
@@ -35,6 +47,7 @@ pub struct DirtySetWriter<W: Write> {
     layout: Layout,
     stream_crc: crc32fast::Hasher,
     written: u64,
+    discarded: u64,
     previous: Option<u64>,
     data_bytes: u64,
     stream_bytes: u64,
@@ -54,6 +67,7 @@ impl<W: Write> DirtySetWriter<W> {
             layout,
             stream_crc: crc32fast::Hasher::new(),
             written: 0,
+            discarded: 0,
             previous: None,
             data_bytes: 0,
             stream_bytes: 0,
@@ -79,6 +93,34 @@ impl<W: Write> DirtySetWriter<W> {
         let index = self.written;
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
         self.layout.check_record(index, self.previous, unit, len)?;
+        if data.is_empty() {
+            // Accepted above as a discard; data of no length is a caller's slip.
+            let expected = self.layout.header().unit_len(unit);
+            return Err(StreamError::RecordLength { index, unit, found: 0, expected });
+        }
+        self.write_record(index, unit, data)
+    }
+
+    /// Writes the record of a discarded `unit`: the image gets a hole there.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamError::TooManyUnits`], [`StreamError::UnitOutOfRange`] or
+    /// [`StreamError::UnitOutOfOrder`] for a unit that breaks the rules
+    /// (nothing is written then); [`StreamError::Write`].
+    pub fn write_discard(&mut self, unit: u64) -> Result<(), StreamError> {
+        let index = self.written;
+        self.layout.check_record(index, self.previous, unit, 0)?;
+        self.write_record(index, unit, &[])?;
+        self.discarded += 1;
+        Ok(())
+    }
+
+    /// Writes a record the layout accepted: head, data (none for a discard)
+    /// and checksum.
+    fn write_record(&mut self, index: u64, unit: u64, data: &[u8]) -> Result<(), StreamError> {
+        // At most the unit size: the layout checked it.
+        let len = data.len() as u32;
         let head = encode_record_head(unit, len);
         let crc = record_crc(&head, data);
         self.put(Part::RecordHead { index }, &head)?;
@@ -109,6 +151,7 @@ impl<W: Write> DirtySetWriter<W> {
         let summary = ExportSummary {
             transfer_id: header.transfer_id,
             units: self.written,
+            discarded: self.discarded,
             data_bytes: self.data_bytes,
             stream_bytes: self.stream_bytes,
         };
@@ -193,6 +236,12 @@ impl<R: Read> DirtySetReader<R> {
         self.layout.header()
     }
 
+    /// The set's format version, [`OLDEST_VERSION`](super::OLDEST_VERSION)
+    /// to [`VERSION`](super::VERSION); a writer always writes the latter.
+    pub fn version(&self) -> u32 {
+        self.layout.version()
+    }
+
     /// Number of records read and verified so far.
     pub fn units_read(&self) -> u64 {
         self.read
@@ -203,8 +252,8 @@ impl<R: Read> DirtySetReader<R> {
         self.data_bytes
     }
 
-    /// The next unit and its data, or `None` once the trailer has been read
-    /// and the whole set verified.
+    /// The next unit and what changed in it, or `None` once the trailer has
+    /// been read and the whole set verified.
     ///
     /// # Errors
     ///
@@ -213,7 +262,7 @@ impl<R: Read> DirtySetReader<R> {
     /// ([`StreamError::UnitOutOfOrder`], [`StreamError::RecordChecksum`],
     /// [`StreamError::StreamChecksum`], ...). After an error the reader only
     /// answers [`StreamError::AlreadyFailed`].
-    pub fn next_unit(&mut self) -> Result<Option<(u64, &[u8])>, StreamError> {
+    pub fn next_unit(&mut self) -> Result<Option<(u64, UnitChange<'_>)>, StreamError> {
         match self.state {
             ReadState::Done => return Ok(None),
             ReadState::Failed => return Err(StreamError::AlreadyFailed),
@@ -227,7 +276,9 @@ impl<R: Read> DirtySetReader<R> {
         }
         let unit = self.read_record()?;
         self.state = ReadState::Records;
-        Ok(Some((unit, &self.buf)))
+        // Only a discard record has no data (a unit is never empty).
+        let change = if self.buf.is_empty() { UnitChange::Discard } else { UnitChange::Data(&self.buf) };
+        Ok(Some((unit, change)))
     }
 
     /// Gives back the input, positioned just after what was read.
@@ -301,10 +352,15 @@ mod tests {
         DirtySetHeader { unit_size: 16, image_size: 5 * 16 + 3, unit_count, transfer_id: ID }
     }
 
+    /// A set of these units; an empty `Vec` stands for a discard.
     fn set(units: &[(u64, Vec<u8>)]) -> Vec<u8> {
         let mut writer = DirtySetWriter::new(Vec::new(), header(units.len() as u64)).unwrap();
         for (unit, data) in units {
-            writer.write_unit(*unit, data).unwrap();
+            if data.is_empty() {
+                writer.write_discard(*unit).unwrap();
+            } else {
+                writer.write_unit(*unit, data).unwrap();
+            }
         }
         let (bytes, summary) = writer.finish().unwrap();
         assert_eq!(summary.stream_bytes, bytes.len() as u64);
@@ -314,10 +370,18 @@ mod tests {
     fn read_all(bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StreamError> {
         let mut reader = DirtySetReader::new(bytes)?;
         let mut units = Vec::new();
-        while let Some((unit, data)) = reader.next_unit()? {
-            units.push((unit, data.to_vec()));
+        while let Some((unit, change)) = reader.next_unit()? {
+            units.push((unit, data_of(change)));
         }
         Ok(units)
+    }
+
+    /// The data of a record, empty for a discard.
+    fn data_of(change: UnitChange<'_>) -> Vec<u8> {
+        match change {
+            UnitChange::Data(data) => data.to_vec(),
+            UnitChange::Discard => Vec::new(),
+        }
     }
 
     #[test]
@@ -329,13 +393,28 @@ mod tests {
         bytes.extend_from_slice(b"next message");
         let mut reader = DirtySetReader::new(&bytes[..]).unwrap();
         let mut read = Vec::new();
-        while let Some((unit, data)) = reader.next_unit().unwrap() {
-            read.push((unit, data.to_vec()));
+        while let Some((unit, change)) = reader.next_unit().unwrap() {
+            read.push((unit, data_of(change)));
         }
         assert_eq!(read, units);
         assert_eq!(reader.next_unit().unwrap(), None, "stays finished");
         assert_eq!(reader.into_inner(), b"next message");
         assert_eq!(read_all(&set(&[])).unwrap(), []);
+    }
+
+    #[test]
+    fn discard_records_round_trip_without_data() {
+        let units = vec![(0, vec![1; 16]), (1, vec![]), (2, vec![]), (5, vec![])];
+        let bytes = set(&units);
+        assert_eq!(bytes.len(), HEADER_LEN + (12 + 16 + 4) + 3 * (12 + 4) + TRAILER_LEN);
+        assert_eq!(read_all(&bytes).unwrap(), units);
+        let mut writer = DirtySetWriter::new(Vec::new(), header(2)).unwrap();
+        writer.write_discard(3).unwrap();
+        assert!(matches!(writer.write_discard(3), Err(StreamError::UnitOutOfOrder { .. })));
+        assert!(matches!(writer.write_unit(4, &[]), Err(StreamError::RecordLength { found: 0, expected: 16, .. })));
+        writer.write_unit(4, &[9; 16]).unwrap();
+        let (_, summary) = writer.finish().unwrap();
+        assert_eq!((summary.units, summary.discarded, summary.data_bytes), (2, 1, 16));
     }
 
     #[test]
@@ -356,7 +435,7 @@ mod tests {
 
     #[test]
     fn every_cut_is_truncated_and_every_flip_is_refused() {
-        let good = set(&[(1, vec![7; 16]), (5, vec![8; 3])]);
+        let good = set(&[(1, vec![7; 16]), (2, vec![]), (5, vec![8; 3])]);
         for cut in 0..good.len() {
             let error = read_all(&good[..cut]).unwrap_err();
             assert!(matches!(error, StreamError::Truncated { .. }), "cut at {cut}: {error}");

@@ -175,3 +175,132 @@ fn a_store_that_must_exist_is_never_created() {
     SliceStore::open(&missing, 4096, 8 * 4096).unwrap().close().unwrap();
     SliceStore::open_existing(&missing, 4096, 8 * 4096).unwrap();
 }
+
+#[test]
+fn a_discard_supersedes_fetched_and_dirty_and_a_write_supersedes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 96).unwrap();
+    store.store_fetched(0, &unit_of(1, 16)).unwrap();
+    store.store_fetched(1, &unit_of(1, 16)).unwrap();
+    store.write_dirty(1, &unit_of(2, 16)).unwrap();
+    store.set_known_zero(3).unwrap();
+    // Fetched, dirty, absent and known zero, all discarded.
+    store.discard_units(0..4).unwrap();
+    let mut buf = unit_of(0xee, 16);
+    for unit in 0..4 {
+        assert_eq!(store.read_unit(unit, &mut buf).unwrap(), UnitState::Discarded, "unit {unit}");
+        assert_eq!(buf, unit_of(0, 16), "unit {unit}");
+    }
+    assert_eq!((store.fetched_count(), store.dirty_count(), store.discarded_count()), (0, 0, 4));
+    assert_eq!(store.dirty_units().next(), None);
+    assert_eq!(store.discarded_units().collect::<Vec<_>>(), [0, 1, 2, 3]);
+
+    // A fetch that crossed the discard leaves it discarded.
+    store.store_fetched(2, &unit_of(7, 16)).unwrap();
+    assert_eq!(store.state(2).unwrap(), UnitState::Discarded);
+
+    // Written again: dirty, with the new content.
+    store.write_dirty(1, &unit_of(3, 16)).unwrap();
+    store.write_dirty(2, &unit_of(4, 16)).unwrap();
+    assert_eq!(store.read_unit(1, &mut buf).unwrap(), UnitState::Dirty);
+    assert_eq!(buf, unit_of(3, 16));
+    assert_eq!(store.state(2).unwrap(), UnitState::Dirty);
+    assert_eq!((store.fetched_count(), store.dirty_count(), store.discarded_count()), (0, 2, 2));
+    assert_eq!(store.dirty_units().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(store.discarded_units().collect::<Vec<_>>(), [0, 3]);
+    assert_eq!(UnitState::Discarded.to_string(), "discarded");
+}
+
+#[test]
+fn a_discard_past_the_end_discards_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    assert!(matches!(store.discard_units(2..5), Err(StoreError::UnitOutOfRange { unit: 4, .. })));
+    assert_eq!(store.discarded_count(), 0);
+    store.discard_units(3..3).unwrap();
+    assert_eq!(store.discarded_count(), 0);
+}
+
+#[test]
+fn a_discard_gives_the_slices_space_back() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 4096, 64 * 4096).unwrap();
+    for unit in 0..64 {
+        store.store_fetched(unit, &unit_of(1, 4096)).unwrap();
+        store.write_dirty(unit, &unit_of(2, 4096)).unwrap();
+    }
+    store.flush().unwrap();
+    let blocks = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().blocks();
+    let (fetched, dirty) = (blocks("fetched.slice"), blocks("dirty.slice"));
+    assert!(fetched >= 64 * 8 && dirty >= 64 * 8, "{fetched} and {dirty} blocks of 512 bytes");
+    store.discard_units(0..64).unwrap();
+    assert_eq!((blocks("fetched.slice"), blocks("dirty.slice")), (0, 0));
+}
+
+#[test]
+fn reopening_keeps_discarded_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    store.write_dirty(0, &unit_of(1, 16)).unwrap();
+    store.write_dirty(1, &unit_of(1, 16)).unwrap();
+    store.discard_units(0..3).unwrap();
+    store.write_dirty(2, &unit_of(2, 16)).unwrap();
+    store.close().unwrap();
+
+    let store = open(dir.path(), 16, 64).unwrap();
+    let states: Vec<UnitState> = (0..4).map(|unit| store.state(unit).unwrap()).collect();
+    assert_eq!(states, [UnitState::Discarded, UnitState::Discarded, UnitState::Dirty, UnitState::Absent]);
+    assert_eq!((store.dirty_count(), store.discarded_count()), (1, 2));
+}
+
+#[test]
+fn after_a_reboot_discards_and_writes_since_the_last_flush_are_undone() {
+    /// Where the state field of a bitmap header is; 1 is open.
+    const STATE_AT: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let store = open(dir.path(), 16, 64).unwrap();
+    store.write_dirty(1, &unit_of(1, 16)).unwrap();
+    store.discard_units(2..3).unwrap();
+    store.flush().unwrap();
+    let flushed: Vec<(PathBuf, Vec<u8>)> = ["dirty.bitmap.flushed", "discarded.bitmap.flushed"]
+        .into_iter()
+        .map(|name| (path(name), std::fs::read(path(name)).unwrap()))
+        .collect();
+    // After the flush: unit 1 discarded, unit 2 written again.
+    store.discard_units(1..2).unwrap();
+    store.write_dirty(2, &unit_of(2, 16)).unwrap();
+    store.close().unwrap();
+
+    // As if the machine had gone down before the next flush: the bitmaps
+    // left open, their flushed copies those of the flush.
+    for (copy, bytes) in &flushed {
+        std::fs::write(copy, bytes).unwrap();
+    }
+    for name in ["dirty.bitmap", "discarded.bitmap"] {
+        let file = OpenOptions::new().write(true).open(path(name)).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &1u32.to_le_bytes(), STATE_AT).unwrap();
+    }
+    let store = SliceStore::open_with_boot_id(dir.path(), 16, 64, BootId::from_bytes([0x34; 16])).unwrap();
+    assert_eq!(store.state(1).unwrap(), UnitState::Dirty, "the discard is undone");
+    assert_eq!(store.state(2).unwrap(), UnitState::Discarded, "the write is undone");
+    let mut buf = [0; 16];
+    store.read_unit(1, &mut buf).unwrap();
+    assert!(buf == [1; 16] || buf == [0; 16], "its flushed content or the discard's zeros: {buf:?}");
+}
+
+#[test]
+fn a_store_made_before_discards_existed_opens_with_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 16, 64).unwrap();
+    store.write_dirty(1, &unit_of(1, 16)).unwrap();
+    store.close().unwrap();
+    for name in ["discarded.bitmap", "discarded.bitmap.flushed"] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let store = open(dir.path(), 16, 64).unwrap();
+    assert_eq!((store.dirty_count(), store.discarded_count()), (1, 0));
+    store.discard_units(1..2).unwrap();
+    assert_eq!(store.state(1).unwrap(), UnitState::Discarded);
+}
