@@ -7,4 +7,5 @@
 pub mod link;
 pub mod measure;
 pub mod nbd;
+pub mod power_replay;
 pub mod trace_shape;

@@ -4,7 +4,62 @@
 //! another pivot window, and the highest fetch rate over any window of a
 //! given length (the figure the server's `max_fetch_mib_per_sec` judges).
 
+use std::path::{Path, PathBuf};
+
 use fetch_trace::{Cause, Device, Trace};
+
+/// Why a recorded trace could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadTraceError {
+    /// `gzip` could not be run.
+    #[error("running gzip -dc {} (is gzip installed?)", path.display())]
+    Gzip {
+        /// The trace.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `gzip` said the file is not gzip data.
+    #[error("gzip -dc {}: {stderr} (is it a gzip-compressed trace?)", path.display())]
+    Gunzip {
+        /// The trace.
+        path: PathBuf,
+        /// What gzip said.
+        stderr: String,
+    },
+    /// The file is not a fetch trace.
+    #[error("reading the fetch trace {}", path.display())]
+    Parse {
+        /// The trace.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: fetch_trace::TraceError,
+    },
+}
+
+/// Reads the fetch trace at `path`, through `gzip -dc` when its name ends
+/// in `.gz` (as the traces under `bench/traces/` are kept).
+///
+/// # Errors
+/// [`ReadTraceError`], naming the file.
+pub fn read_trace(path: &Path) -> Result<Trace, ReadTraceError> {
+    let parse = |source| ReadTraceError::Parse { path: path.to_owned(), source };
+    if path.extension().is_some_and(|e| e == "gz") {
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .map_err(|source| ReadTraceError::Gzip { path: path.to_owned(), source })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            return Err(ReadTraceError::Gunzip { path: path.to_owned(), stderr });
+        }
+        return fetch_trace::parse(&String::from_utf8_lossy(&out.stdout)).map_err(parse);
+    }
+    fetch_trace::read(path).map_err(parse)
+}
 
 /// Bytes of a memory unit (a page) in a fetch trace.
 pub const PAGE_BYTES: u64 = 4096;

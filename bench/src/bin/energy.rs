@@ -139,7 +139,7 @@ fn run(args: &Args) -> BenchResult<()> {
         // each later one is also replayed with the earlier ones' pages pushed.
         let mut earlier = BTreeSet::new();
         for path in &args.traces {
-            let trace = read_trace(path)?;
+            let trace = trace_shape::read_trace(path)?;
             replay_recorded(path, &trace, &profiles, sim, &earlier)?;
             earlier.extend(trace.faulted_pages());
         }
@@ -521,21 +521,4 @@ fn print_push(
         }
     }
     Ok(())
-}
-
-/// Reads a fetch trace, through `gzip -dc` when its name ends in `.gz`.
-fn read_trace(path: &std::path::Path) -> BenchResult<fetch_trace::Trace> {
-    if path.extension().is_some_and(|e| e == "gz") {
-        let out = std::process::Command::new("gzip")
-            .arg("-dc")
-            .arg(path)
-            .output()
-            .map_err(|e| format!("running gzip -dc {}: {e}", path.display()))?;
-        if !out.status.success() {
-            return Err(format!("gzip -dc {}: {}", path.display(), String::from_utf8_lossy(&out.stderr)).into());
-        }
-        return Ok(fetch_trace::parse(&String::from_utf8_lossy(&out.stdout))
-            .map_err(|e| format!("{}: {}", path.display(), wire::chain(&e)))?);
-    }
-    Ok(fetch_trace::read(path)?)
 }
