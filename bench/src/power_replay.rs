@@ -120,6 +120,16 @@ impl Schedule {
         RequestTrace::new(self.duration_secs, self.requests.iter().map(|r| r.at_secs).collect())
     }
 
+    /// The same requests at the times `run` sent them (later than due when
+    /// one waited for a wake), for the simulator: what it says of the
+    /// shifted times isolates its model from the shift.
+    pub fn as_sent(&self, run: &RealRun) -> Schedule {
+        let requests: Vec<Request> =
+            self.requests.iter().zip(&run.sent_secs).map(|(r, &at_secs)| Request { at_secs, ..*r }).collect();
+        let last = requests.last().map_or(0.0, |r| r.at_secs + 1e-3);
+        Schedule { requests, duration_secs: self.duration_secs.max(last) }
+    }
+
     /// Bytes the `device` export must hold for every request, rounded up
     /// to a unit (at least one).
     fn export_bytes(&self, device: Device, unit: u64) -> u64 {
@@ -175,6 +185,8 @@ pub struct RealRun {
     pub total_wait_secs: f64,
     /// The longest such time.
     pub max_wait_secs: f64,
+    /// When each request went out, seconds from the start of the session.
+    pub sent_secs: Vec<f64>,
     /// Sum over requests of the time from sending each to its answer
     /// without a wake: the desktop's service time as the server sees it.
     pub served_secs: f64,
@@ -366,6 +378,7 @@ impl Server<'_> {
             total_wait_secs: 0.0,
             max_wait_secs: 0.0,
             served_secs: 0.0,
+            sent_secs: Vec::with_capacity(schedule.requests.len()),
             energy: EnergyReport::default(),
             dir: self.dir.to_owned(),
         };
@@ -377,6 +390,7 @@ impl Server<'_> {
             std::thread::sleep(due.saturating_sub(origin.elapsed()));
             let wakes = waker.stats().wakes;
             let sent = now();
+            run.sent_secs.push(sent);
             let image = match request.device {
                 Device::Memory => &memory,
                 Device::Disk => &disk,
