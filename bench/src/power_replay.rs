@@ -37,6 +37,12 @@
 //! - **A real wake takes longer than the resume**: the waker's first probe
 //!   waits for its timeout, and once the desktop resumes the waker notices
 //!   only at its next probe.
+//! - **Service**: the simulator serves one request at a time for its
+//!   `serve_secs`, so a burst of requests closer than that queues and
+//!   pushes the end of service, and so the next sleep, later; the
+//!   session's ledger counts `serve_secs` of serving power from each
+//!   request's arrival, overlapping, and memserv answers in the time it
+//!   takes.
 //! - **The session's clock** starts a few milliseconds before the replay's
 //!   (the replay starts once `ledger.json` appears), and the session
 //!   counts `t_w` from a request's arrival, the simulator from the end of

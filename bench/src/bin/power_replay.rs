@@ -4,8 +4,12 @@
 //! (`jettison power` with the emulated S3, beside the real memserv and
 //! diskserv, woken by the server's Wake-on-LAN; see
 //! [`bench::power_replay`]), and the same request times through
-//! [`power::simulate`] with the same profile and wait policy. Prints both
-//! side by side with the difference.
+//! [`power::simulate`] with the same profile and wait policy. Prints side
+//! by side the simulator on the trace's times, the simulator on the times
+//! the real replay sent the requests (a request held up by a wake holds
+//! up the next), the real desktop's figures (its own `ledger.json`, and the
+//! server's waker for the wakes it sent magic packets for), and the
+//! difference between the real one and the simulator on the trace's times.
 //!
 //! Root only (network namespaces, AF_PACKET). A run takes the trace's
 //! length (or `--first-secs`) plus a few seconds.
