@@ -20,8 +20,8 @@ pub enum ReadTraceError {
         #[source]
         source: std::io::Error,
     },
-    /// `gzip` said the file is not gzip data.
-    #[error("gzip -dc {}: {stderr} (is it a gzip-compressed trace?)", path.display())]
+    /// `gzip` could not decompress the file (missing, or not gzip data).
+    #[error("gzip -dc {}: {stderr} (name an existing gzip-compressed fetch trace)", path.display())]
     Gunzip {
         /// The trace.
         path: PathBuf,
