@@ -8,5 +8,6 @@ pub mod fleet;
 pub mod link;
 pub mod measure;
 pub mod nbd;
+pub mod power_replay;
 pub mod recorded;
 pub mod trace_shape;

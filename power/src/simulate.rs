@@ -52,8 +52,15 @@ pub struct SimReport {
     pub policy: String,
     /// Requests replayed.
     pub requests: u64,
-    /// Resumes, the final one for the user's return included.
+    /// Resumes, the final one for the user's return included. Every
+    /// suspend ends in one, so this is also the number of sleeps.
     pub wakes: u64,
+    /// Resumes a request caused: `wakes` but the user's return. The
+    /// server's Wake-on-LAN counts these.
+    pub woken_by_requests: u64,
+    /// Requests that waited for a resume: they arrived while the desktop
+    /// was suspending, asleep or resuming.
+    pub waited_for_wake: u64,
     /// Requests that arrived during a suspend and waited for it and a resume.
     pub delayed_by_suspend: u64,
     /// Sum over requests of the time from arrival to the start of service
@@ -85,6 +92,8 @@ pub fn simulate(
         policy: policy.name(),
         requests: 0,
         wakes: 0,
+        woken_by_requests: 0,
+        waited_for_wake: 0,
         delayed_by_suspend: 0,
         total_delay_secs: 0.0,
         max_delay_secs: 0.0,
@@ -98,16 +107,23 @@ pub fn simulate(
     let mut free_at = 0.0_f64;
     let mut sleep_at = free_at + policy.wait_secs();
     // The last suspend, start and end: requests arriving in it are delayed
-    // by a suspend.
+    // by a suspend; those arriving before the resume that followed it ends
+    // waited for a wake.
     let mut suspend = (f64::NAN, f64::NAN);
+    let mut awake_again = f64::NAN;
 
     for &arrival in &trace.arrivals {
         if arrival >= sleep_at {
             free_at = sleep_then_wake(&mut ledger, sleep_at, arrival)?;
+            report.woken_by_requests += 1;
             suspend = (sleep_at, sleep_at + profile.suspend_secs);
+            awake_again = free_at;
         }
         if arrival >= suspend.0 && arrival < suspend.1 {
             report.delayed_by_suspend += 1;
+        }
+        if arrival >= suspend.0 && arrival < awake_again {
+            report.waited_for_wake += 1;
         }
         let start = arrival.max(free_at);
         let delay = start - arrival;
@@ -178,6 +194,8 @@ mod tests {
         let trace = RequestTrace::new(100.0, vec![10.0]);
         let (report, ledger) = simulate(&trace, &mut fixed(6.0), SimConfig::default()).unwrap();
         assert_eq!(report.delayed_by_suspend, 1);
+        assert_eq!(report.waited_for_wake, 1);
+        assert_eq!(report.woken_by_requests, 1);
         let expected = 6.0 + p.suspend_secs + p.resume_secs - 10.0;
         assert!((report.total_delay_secs - expected).abs() < 1e-9);
         // Woken for the request, then for the user.
@@ -196,9 +214,23 @@ mod tests {
         // The burst lands in the first suspend: one wake serves all three.
         // Then one more sleep, and the wake for the user.
         assert_eq!(report.wakes, 2);
+        assert_eq!((report.woken_by_requests, report.waited_for_wake), (1, 3));
         assert_eq!(report.delayed_by_suspend, 3);
         let serving = ledger.steps().iter().filter(|step| step.state == PowerState::Serving).count();
         assert_eq!(serving, 1, "served back to back");
+    }
+
+    /// A request that wakes the desktop from sleep, and one that comes
+    /// while it resumes, waited for a wake; neither met a suspend.
+    #[test]
+    fn requests_during_a_sleep_or_a_resume_wait_for_the_wake() {
+        let p = PowerProfile::TABLE_1;
+        let woke = 6.0 + p.suspend_secs + 20.0;
+        let trace = RequestTrace::new(200.0, vec![1.0, woke, woke + 1.0, woke + p.resume_secs + 1.0]);
+        let (report, _) = simulate(&trace, &mut fixed(6.0), SimConfig::default()).unwrap();
+        assert_eq!((report.requests, report.waited_for_wake, report.delayed_by_suspend), (4, 2, 0));
+        // Woken by the request, then again for the user's return.
+        assert_eq!((report.woken_by_requests, report.wakes), (1, 2));
     }
 
     #[test]

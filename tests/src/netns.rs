@@ -187,30 +187,64 @@ impl Daemon {
         keys: &crate::keys::KeyFiles,
         events: &Path,
     ) -> Daemon {
+        let ns = (desktop, server);
+        Daemon::export(ns, dir, "memserv", office::MEMSERV, ("--ram", ram), keys, events)
+    }
+
+    /// The real `jettison diskserv` serving the raw disk `image` as export
+    /// vm1 on [`office::DISKSERV`], as [`Daemon::memserv`] serves a RAM file.
+    pub fn diskserv(
+        desktop: &str,
+        server: &str,
+        dir: &Path,
+        image: &Path,
+        keys: &crate::keys::KeyFiles,
+        events: &Path,
+    ) -> Daemon {
+        let ns = (desktop, server);
+        Daemon::export(ns, dir, "diskserv", office::DISKSERV, ("--image", image), keys, events)
+    }
+
+    /// `jettison SERVICE --vm vm1 --listen LISTEN FILE_FLAG FILE --events
+    /// EVENTS` in namespace `ns.0`, once `events` exists and `listen`
+    /// answers from namespace `ns.1`.
+    fn export(
+        ns: (&str, &str),
+        dir: &Path,
+        service: &str,
+        listen: &str,
+        (file_flag, file): (&str, &Path),
+        keys: &crate::keys::KeyFiles,
+        events: &Path,
+    ) -> Daemon {
         let keys = keys.args();
         let mut args: Vec<&std::ffi::OsStr> = vec![
-            "memserv".as_ref(),
+            service.as_ref(),
             "--vm".as_ref(),
             "vm1".as_ref(),
             "--listen".as_ref(),
-            office::MEMSERV.as_ref(),
-            "--ram".as_ref(),
-            ram.as_os_str(),
+            listen.as_ref(),
+            file_flag.as_ref(),
+            file.as_os_str(),
             "--events".as_ref(),
             events.as_os_str(),
         ];
         args.extend(keys.iter().map(|a| a.as_os_str()));
-        let daemon = Daemon::spawn(desktop, &dir.join("memserv.log"), &args);
-        let probe: std::net::SocketAddr = office::MEMSERV.parse().expect("office::MEMSERV is an address");
+        let daemon = Daemon::spawn(ns.0, &dir.join(format!("{service}.log")), &args);
+        let probe: std::net::SocketAddr = listen.parse().expect("the office's service addresses are addresses");
         let answers = || {
-            remote_wakeup::netns::run_in(Some(server), || {
+            remote_wakeup::netns::run_in(Some(ns.1), || {
                 std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(300))
             })
             .is_ok_and(|connected| connected.is_ok())
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !(events.exists() && answers()) {
-            assert!(std::time::Instant::now() < deadline, "memserv did not come up; see {}/memserv.log", dir.display());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{service} did not come up; see {}/{service}.log",
+                dir.display()
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         daemon
@@ -271,4 +305,67 @@ pub mod office {
     pub const BROADCAST: &str = "10.77.0.255";
     /// Where the desktop's memserv listens.
     pub const MEMSERV: &str = "10.77.0.2:7410";
+    /// Where the desktop's diskserv listens.
+    pub const DISKSERV: &str = "10.77.0.2:7411";
+    /// The MAC of the desktop's `eth0`, which its emulated S3 wakes for.
+    pub const DESKTOP_MAC: &str = "02:4a:57:00:00:12";
+}
+
+/// The real `jettison power` with the emulated S3 on the desktop's `eth0`
+/// in the office of [`office`]: what a desktop whose memserv and diskserv
+/// run on their own runs while its VM is away.
+#[derive(Debug, Clone)]
+pub struct EmulatedPower<'a> {
+    /// The event sockets it follows (`--events`).
+    pub events: Vec<&'a Path>,
+    /// The daemons it stops while asleep (`--stop-pid`).
+    pub stop_pids: Vec<i32>,
+    /// Where it writes `ledger.json` (`--state-dir`).
+    pub state_dir: &'a Path,
+    /// `--policy`: `fixed` or `adaptive`.
+    pub policy: &'a str,
+    /// t_w, or the adaptive policy's start (`--wait-secs`).
+    pub wait_secs: f64,
+    /// The power profile's JSON file (`--profile`); its suspend and resume
+    /// times are the emulated S3's unless set below. None: Table 1.
+    pub profile: Option<&'a Path>,
+    /// Serving power per request in the ledger (`--serve-secs`), if set.
+    pub serve_secs: Option<f64>,
+    /// The emulated suspend and resume times, if not the profile's.
+    pub transition_secs: Option<(f64, f64)>,
+}
+
+impl EmulatedPower<'_> {
+    /// Starts it in namespace `desktop` (the host whose `eth0` has
+    /// [`office::DESKTOP_CIDR`] and [`office::DESKTOP_MAC`]), its log in
+    /// `log`. It writes `ledger.json` in `state_dir` once its session runs.
+    pub fn spawn(&self, desktop: &str, log: &Path) -> Daemon {
+        let mut args: Vec<std::ffi::OsString> = vec!["power".into()];
+        for events in &self.events {
+            args.extend(["--events".into(), events.as_os_str().to_owned()]);
+        }
+        for pid in &self.stop_pids {
+            args.extend(["--stop-pid".into(), pid.to_string().into()]);
+        }
+        let mut flag = |name: &str, value: String| args.extend([name.into(), value.into()]);
+        flag("--policy", self.policy.to_owned());
+        flag("--wait-secs", self.wait_secs.to_string());
+        flag("--sleep", "emulated-s3".to_owned());
+        flag("--interface", "eth0".to_owned());
+        flag("--address", office::DESKTOP_CIDR.to_owned());
+        flag("--mac", office::DESKTOP_MAC.to_owned());
+        if let Some(secs) = self.serve_secs {
+            flag("--serve-secs", secs.to_string());
+        }
+        if let Some((suspend, resume)) = self.transition_secs {
+            flag("--suspend-secs", suspend.to_string());
+            flag("--resume-secs", resume.to_string());
+        }
+        if let Some(profile) = self.profile {
+            args.extend(["--profile".into(), profile.as_os_str().to_owned()]);
+        }
+        args.extend(["--state-dir".into(), self.state_dir.as_os_str().to_owned()]);
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        Daemon::spawn(desktop, log, &args)
+    }
 }

@@ -13,22 +13,20 @@
 //! `wake_netns.rs`, built with the shared `tests::netns` helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
-use std::ffi::OsStr;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use remote_wakeup::{netns, DesktopWaker, Mac, WakeTarget};
-use tests::netns::office::{BROADCAST, DESKTOP_CIDR, MEMSERV, SERVER_CIDR};
-use tests::netns::{Daemon, Host, Lan};
+use tests::netns::office::{BROADCAST, DESKTOP_CIDR, DESKTOP_MAC, MEMSERV, SERVER_CIDR};
+use tests::netns::{Daemon, EmulatedPower, Host, Lan};
 use tests::skip;
 use tests::TestKeys;
 use wire::{ByteRange, Chunk, Hello, RemoteConfig, RemoteImage, Service, WakeHook};
 
 const PAGE: usize = 4096;
 const PAGES: usize = 64;
-const DESKTOP_MAC: Mac = Mac([0x02, 0x4a, 0x57, 0x00, 0x00, 0x12]);
 /// Bound on anything that should happen within seconds.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -50,19 +48,15 @@ fn memserv_answers(server_ns: &str) -> bool {
     netns::run_in(Some(server_ns), || TcpStream::connect_timeout(&probe, Duration::from_millis(300))).unwrap().is_ok()
 }
 
-fn os(s: &str) -> &OsStr {
-    OsStr::new(s)
-}
-
 #[test]
 fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again() {
     if let Err(why) = tests::netns::available() {
         return skip(why);
     }
     let dir = tempfile::tempdir().unwrap();
-    let mac = DESKTOP_MAC.to_string();
+    let mac: Mac = DESKTOP_MAC.parse().unwrap();
     let lan = Lan::build(&[
-        Host { role: "desktop", cidr: DESKTOP_CIDR, mac: Some(&mac) },
+        Host { role: "desktop", cidr: DESKTOP_CIDR, mac: Some(DESKTOP_MAC) },
         Host { role: "server", cidr: SERVER_CIDR, mac: None },
     ]);
     let (desktop_ns, server_ns) = (lan.host(0), lan.host(1));
@@ -79,7 +73,7 @@ fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again(
 
     // The server's reader, connected while the desktop is awake.
     let broadcast: IpAddr = BROADCAST.parse().unwrap();
-    let mut config = WakeTarget::new("desktop1", DESKTOP_MAC, broadcast, MEMSERV.parse().unwrap());
+    let mut config = WakeTarget::new("desktop1", mac, broadcast, MEMSERV.parse().unwrap());
     config.probe_timeout = Duration::from_millis(300);
     let waker = Arc::new(DesktopWaker::new(config));
     let mut remote = RemoteConfig::new(MEMSERV, key.server(), Hello { service: Service::Memory, export: "vm1".into() });
@@ -90,34 +84,17 @@ fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again(
     let image = netns::run_in(Some(server_ns), || RemoteImage::connect(remote, hook)).unwrap().unwrap();
 
     let state_dir = dir.path().join("power");
-    let memserv_pid = memserv.pid().to_string();
-    let mut power = Daemon::spawn(
-        desktop_ns,
-        &dir.path().join("power.log"),
-        &[
-            os("power"),
-            os("--events"),
-            events.as_os_str(),
-            os("--wait-secs"),
-            os("2"),
-            os("--sleep"),
-            os("emulated-s3"),
-            os("--interface"),
-            os("eth0"),
-            os("--address"),
-            os(DESKTOP_CIDR),
-            os("--mac"),
-            os(&mac),
-            os("--stop-pid"),
-            os(&memserv_pid),
-            os("--suspend-secs"),
-            os("0.5"),
-            os("--resume-secs"),
-            os("1"),
-            os("--state-dir"),
-            state_dir.as_os_str(),
-        ],
-    );
+    let mut power = EmulatedPower {
+        events: vec![&events],
+        stop_pids: vec![memserv.pid()],
+        state_dir: &state_dir,
+        policy: "fixed",
+        wait_secs: 2.0,
+        profile: None,
+        serve_secs: None,
+        transition_secs: Some((0.5, 1.0)),
+    }
+    .spawn(desktop_ns, &dir.path().join("power.log"));
 
     // No request for t_w: the daemon puts the desktop to sleep, and memserv
     // stops answering.
