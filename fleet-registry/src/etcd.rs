@@ -58,12 +58,41 @@ pub struct KeyValue {
 ///
 /// # Errors
 /// What is wrong with it and what to write instead.
-pub fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
     if text.starts_with("https://") {
         return Err(format!("etcd endpoint {text:?}: only plain http is supported; use http://ADDRESS:PORT"));
     }
     let bare = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
     bare.parse().map_err(|_| format!("etcd endpoint {text:?}: expected http://IP:PORT or IP:PORT, e.g. 10.0.0.5:2379"))
+}
+
+/// The client URLs of an etcd cluster's members, as a `[fleet]` section
+/// lists them (`etcd = ["http://10.0.0.5:2379", ...]`), checked at load.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct EtcdEndpoints(Vec<SocketAddr>);
+
+impl TryFrom<Vec<String>> for EtcdEndpoints {
+    type Error = String;
+
+    fn try_from(texts: Vec<String>) -> Result<Self, String> {
+        if texts.is_empty() {
+            return Err("etcd lists no endpoint; list the client URLs of the etcd cluster's members".to_owned());
+        }
+        texts.iter().map(|t| parse_endpoint(t)).collect::<Result<_, _>>().map(EtcdEndpoints)
+    }
+}
+
+impl EtcdEndpoints {
+    /// The members' addresses.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.0
+    }
+
+    /// A client of these members (see [`EtcdClient::new`]).
+    pub fn client(&self, timeout: Duration) -> EtcdClient {
+        EtcdClient::new(self.0.clone(), timeout)
+    }
 }
 
 impl EtcdClient {
@@ -246,6 +275,14 @@ mod tests {
         assert_eq!(parse_endpoint("127.0.0.1:2379").unwrap(), "127.0.0.1:2379".parse().unwrap());
         assert!(parse_endpoint("https://10.0.0.5:2379").unwrap_err().contains("only plain http"));
         assert!(parse_endpoint("etcd.example:2379").unwrap_err().contains("IP:PORT"));
+    }
+
+    #[test]
+    fn an_endpoint_list_is_checked_whole() {
+        let list = |texts: &[&str]| EtcdEndpoints::try_from(texts.iter().map(|t| t.to_string()).collect::<Vec<_>>());
+        assert_eq!(list(&["http://127.0.0.1:1", "127.0.0.2:2"]).unwrap().addrs().len(), 2);
+        assert!(list(&[]).unwrap_err().contains("no endpoint"));
+        assert!(list(&["127.0.0.1:1", "localhost:2"]).unwrap_err().contains("\"localhost:2\""));
     }
 
     #[test]

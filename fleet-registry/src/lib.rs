@@ -19,7 +19,7 @@ pub mod placement;
 pub mod record;
 
 pub use error::{EndpointFailure, EtcdError};
-pub use etcd::{parse_endpoint, EtcdClient, LeaseId};
+pub use etcd::{EtcdClient, EtcdEndpoints, LeaseId};
 pub use http::HttpError;
 pub use placement::{Demand, NoServer, Policy};
 pub use record::{registered_servers, Capacity, Load, Registration, ServerRecord, SERVERS_PREFIX};
