@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is the test failing
 
+pub mod etcd;
 pub mod keys;
 pub mod netns;
 pub mod office;
