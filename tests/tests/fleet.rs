@@ -139,3 +139,50 @@ fn servers_register_with_their_room_and_a_dead_one_leaves_within_its_lease() {
     let log = std::fs::read_to_string(dir.path().join("server1.log")).unwrap();
     assert!(!log.contains("cannot register in the fleet"), "the dead member never stopped the registration:\n{log}");
 }
+
+#[test]
+fn a_desktop_consolidates_to_the_server_the_placement_picks_and_comes_home_from_it() {
+    use tests::office::{Office, OfficeSpec, SERVER2, VM};
+    let dir = tempfile::tempdir().unwrap();
+    // The configured server has room for no VM above the high-water mark
+    // (the placement expects the paper's 157.87 MiB): the fleet's second
+    // server must take it.
+    let spec = OfficeSpec { fleet: true, capacity_mib: 160, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let socket = office.desktop_socket();
+    let socket = socket.to_str().unwrap();
+
+    let out = office.consolidate_when_idle(Duration::from_secs(180));
+    eprintln!("consolidated: {out}");
+    let placement = std::fs::read_to_string(dir.path().join("desktop/state").join(VM).join("placement.json")).unwrap();
+    let placement: serde_json::Value = serde_json::from_str(&placement).unwrap();
+    assert_eq!(placement["fleet"]["name"], SERVER2.0, "{placement}");
+    assert_eq!(placement["fleet"]["address"], "10.77.0.4:7400", "{placement}");
+    let log = office.log("desktop");
+    assert!(log.contains("the fleet's placement chose server2"), "{}", office.logs());
+    // server2 runs it, and says so in the registry and to the desktop's status.
+    assert!(dir.path().join("server2/state/vms/desktop").join(VM).exists(), "{}", office.logs());
+    assert!(!dir.path().join("server/state/vms/desktop").join(VM).exists(), "the configured server has it not");
+    let status = office.jettison_json(&["status", "--daemon", socket]);
+    assert_eq!(status["vms"][0]["location"], "server", "{status}");
+    assert_eq!(status["vms"][0]["on_server"]["state"], "running", "status asks the server that holds it: {status}");
+    let client = EtcdClient::new(
+        ["10.77.0.11:2379", "10.77.0.12:2379", "10.77.0.13:2379"].map(|a| a.parse().unwrap()).to_vec(),
+        Duration::from_secs(1),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = registered(office.host(0), &client);
+        let server2 = records.iter().find(|r| r.name.as_str() == SERVER2.0).expect("server2 registered");
+        if server2.load.vms == 1 && server2.load.memory_mib > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server2 never registered its VM: {server2:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Home again, from server2.
+    let back = office.jettison_json(&["reintegrate", VM, "--socket", socket]);
+    eprintln!("reintegrated: {back}");
+    office.wait_until_home(Duration::from_secs(60), "the VM comes home from server2");
+}
