@@ -97,7 +97,7 @@ impl Context<'_> {
         let chosen = policy
             .choose(&trusted, &demand)
             .map_err(|e| DesktopError::NoFleetServer { vm: vm.clone(), source: Box::new(e) })?;
-        log(format!(
+        let line = format!(
             "the fleet's placement chose {} at {} ({} VM(s), {:.0} of {:.0} MiB held; {} server(s) considered)",
             chosen.name,
             chosen.address,
@@ -105,7 +105,9 @@ impl Context<'_> {
             chosen.load.memory_mib,
             chosen.capacity.memory_mib,
             trusted.len()
-        ));
+        );
+        tracing::info!(vm = %vm, "{line}");
+        log(line);
         Ok(Some(FleetServer { name: chosen.name.clone(), address: chosen.address }))
     }
 }
