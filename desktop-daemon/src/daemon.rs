@@ -324,6 +324,16 @@ impl DesktopDaemon {
         };
         let answer = match channel.recv().map(|body| Control::decode_body(&body)) {
             Ok(Ok(Control::PleaseReintegrate { vm, reason })) => match self.vm(&vm) {
+                // In a fleet, only the server holding the VM may send it
+                // home (a VM that is moving is not waited for: a VM that
+                // moves needs no asking).
+                Ok(held)
+                    if held.try_lock().is_ok_and(|vm| {
+                        vm.placement().fleet_server().is_some_and(|s| s.name != *channel.peer_name())
+                    }) =>
+                {
+                    Control::Failed(format!("{vm} is not on server {}", channel.peer_name()))
+                }
                 Ok(_) => {
                     tracing::info!(vm = %vm, "the server asks us to take it back: {reason}");
                     let me = Arc::clone(&self);

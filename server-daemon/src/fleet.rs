@@ -10,6 +10,7 @@
 //! watcher or a move; the record then simply expires with its lease.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,9 @@ pub struct Fleet {
     record: ServerRecord,
     /// Written by the watcher, read by the registration.
     meter: Mutex<LoadMeter>,
+    /// Set by [`Fleet::withdraw`], under the registration's lock: no
+    /// refresh after it puts the record back.
+    withdrawn: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,7 +95,12 @@ impl Fleet {
         };
         let client = fleet.etcd.client(ETCD_TIMEOUT);
         let registration = Registration::new(client, Duration::from_secs(fleet.lease_ttl_secs));
-        Fleet { registration: Mutex::new(registration), record, meter: Mutex::new(LoadMeter::default()) }
+        Fleet {
+            registration: Mutex::new(registration),
+            record,
+            meter: Mutex::new(LoadMeter::default()),
+            withdrawn: AtomicBool::new(false),
+        }
     }
 
     /// The watcher's samples of the running VMs at `now`.
@@ -99,14 +108,20 @@ impl Fleet {
         lock(&self.meter).tick(now, samples);
     }
 
-    /// Registers and refreshes the record until the process ends, logging
-    /// each failure once and each recovery.
+    /// Registers and refreshes the record until the process ends or
+    /// [`Fleet::withdraw`], logging each failure once and each recovery.
     pub fn register(&self) {
         let every = lock(&self.registration).refresh_every();
         let mut failing = false;
         loop {
             let record = ServerRecord { load: lock(&self.meter).load(), ..self.record.clone() };
-            match lock(&self.registration).refresh(&record) {
+            let mut registration = lock(&self.registration);
+            if self.withdrawn.load(Ordering::SeqCst) {
+                return;
+            }
+            let refreshed = registration.refresh(&record);
+            drop(registration);
+            match refreshed {
                 Ok(()) if failing => {
                     failing = false;
                     tracing::info!(key = %record.key(), "registered in the fleet again");
@@ -128,7 +143,9 @@ impl Fleet {
     /// Takes the record out of the registry at once (a clean stop); a
     /// crash leaves it to expire with its lease.
     pub fn withdraw(&self) {
-        if let Err(e) = lock(&self.registration).withdraw() {
+        let mut registration = lock(&self.registration);
+        self.withdrawn.store(true, Ordering::SeqCst);
+        if let Err(e) = registration.withdraw() {
             tracing::warn!("cannot withdraw from the fleet ({}); the record expires with its lease", wire::chain(&e));
         }
     }
