@@ -48,8 +48,6 @@ pub struct KeyValue {
     pub key: Vec<u8>,
     /// Its value.
     pub value: Vec<u8>,
-    /// The lease it lives under (0: none).
-    pub lease: i64,
 }
 
 /// Parses an endpoint as `[fleet] etcd` lists it: `host:port` or
@@ -104,11 +102,6 @@ impl EtcdClient {
     pub fn new(endpoints: Vec<SocketAddr>, timeout: Duration) -> EtcdClient {
         assert!(!endpoints.is_empty(), "an etcd client needs at least one endpoint");
         EtcdClient { endpoints, timeout, current: AtomicUsize::new(0) }
-    }
-
-    /// The members it knows.
-    pub fn endpoints(&self) -> &[SocketAddr] {
-        &self.endpoints
     }
 
     /// Posts `body` to `path`, trying each member once from the current one.
@@ -204,8 +197,6 @@ impl EtcdClient {
             key: String,
             #[serde(default)]
             value: String,
-            #[serde(default)]
-            lease: Option<String>,
         }
         let kvs: Vec<Kv> = match answer.get("kvs") {
             None => return Ok(Vec::new()),
@@ -216,11 +207,7 @@ impl EtcdClient {
                 let decode = |field: &str, text: &str| {
                     BASE64.decode(text).map_err(|e| self.malformed(PATH, &format!("{field} is not base64: {e}")))
                 };
-                Ok(KeyValue {
-                    key: decode("key", &kv.key)?,
-                    value: decode("value", &kv.value)?,
-                    lease: kv.lease.and_then(|l| l.parse().ok()).unwrap_or(0),
-                })
+                Ok(KeyValue { key: decode("key", &kv.key)?, value: decode("value", &kv.value)? })
             })
             .collect()
     }

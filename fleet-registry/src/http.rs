@@ -65,8 +65,12 @@ pub fn post(addr: SocketAddr, path: &str, body: &[u8], timeout: Duration) -> Res
     read_answer(BufReader::new(stream))
 }
 
-/// Reads an HTTP/1.1 answer of at most [`MAX_ANSWER`] bytes from `reader`.
-fn read_answer(reader: impl BufRead) -> Result<Answer, HttpError> {
+/// Reads an HTTP/1.1 answer of at most [`MAX_ANSWER`] bytes from `reader`
+/// (public for the fuzz target: this is where a peer's bytes arrive).
+///
+/// # Errors
+/// [`HttpError`] saying what is wrong with the answer.
+pub fn read_answer(reader: impl BufRead) -> Result<Answer, HttpError> {
     let mut reader = reader.take(MAX_ANSWER as u64 + 1);
     let answer = read_within(&mut reader);
     // Whatever the headers said, an answer that ran into the limit is too large.

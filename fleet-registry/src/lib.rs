@@ -14,12 +14,11 @@
 
 mod error;
 pub mod etcd;
-mod http;
+pub mod http;
 pub mod placement;
 pub mod record;
 
 pub use error::{EndpointFailure, EtcdError};
 pub use etcd::{EtcdClient, EtcdEndpoints, LeaseId};
-pub use http::HttpError;
 pub use placement::{Demand, NoServer, Policy};
 pub use record::{registered_servers, Capacity, Load, Registration, ServerRecord, SERVERS_PREFIX};
