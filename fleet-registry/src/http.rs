@@ -1,7 +1,9 @@
 //! One HTTP/1.1 `POST` of a JSON body, the whole of what etcd's JSON
 //! gateway needs: a fresh connection per request (`Connection: close`), a
-//! deadline on every socket operation, and an answer read to at most
-//! [`MAX_ANSWER`] bytes whatever its `Content-Length` or chunk sizes claim.
+//! timeout on every socket operation and one on the whole answer (so a
+//! peer that trickles a byte at a time cannot hold a daemon's thread), and
+//! an answer read to at most [`MAX_ANSWER`] bytes whatever its
+//! `Content-Length` or chunk sizes claim.
 //!
 //! A connection per request costs a handshake on loopback or a LAN every
 //! few seconds, and buys a client with no pool to go stale when an etcd
@@ -9,7 +11,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The largest answer read (head and body): a registry of a thousand
 /// servers is about 500 KiB.
@@ -46,8 +48,8 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// Posts `body` (JSON) to `path` at `addr`; every socket operation may take
-/// at most `timeout`.
+/// Posts `body` (JSON) to `path` at `addr`; connecting, sending and the
+/// whole answer may take at most `timeout` each.
 ///
 /// # Errors
 /// [`HttpError`] saying which step failed.
@@ -62,7 +64,24 @@ pub fn post(addr: SocketAddr, path: &str, body: &[u8], timeout: Duration) -> Res
         body.len()
     );
     stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).map_err(io("send the request"))?;
-    read_answer(BufReader::new(stream))
+    read_answer(BufReader::new(Deadline { stream, until: Instant::now() + timeout }))
+}
+
+/// A stream whose reads all end by `until`.
+struct Deadline {
+    stream: TcpStream,
+    until: Instant,
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the answer took longer than the timeout"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
 }
 
 /// Reads an HTTP/1.1 answer of at most [`MAX_ANSWER`] bytes from `reader`
@@ -181,6 +200,27 @@ mod tests {
         assert_eq!(chunked.body, b"{\"a\":1}");
         let closed = answer(b"HTTP/1.1 404 Not Found\r\n\r\nnope").unwrap();
         assert_eq!((closed.status, closed.body.as_slice()), (404, &b"nope"[..]));
+    }
+
+    #[test]
+    fn a_trickling_peer_is_cut_off_at_the_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // A byte every 50 ms, each well within the timeout, for 3 s.
+            for _ in 0..60 {
+                if stream.write_all(b"H").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let err = post(addr, "/v3/kv/range", b"{}", Duration::from_millis(400)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        assert!(matches!(err, HttpError::Io { step: "read the answer", .. }), "{err:?}");
+        drop(peer);
     }
 
     #[test]
