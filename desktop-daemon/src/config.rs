@@ -29,6 +29,10 @@
 //! [idle]                              # see qemu_driver::IdleThresholds
 //! max_cpu_percent = 10.0
 //!
+//! [fleet]                             # several servers (omit: `server` above, no etcd)
+//! etcd = ["http://10.0.0.5:2379", "http://10.0.0.6:2379", "http://10.0.0.7:2379"]
+//! high_water = 0.9                    # a server that would be fuller than this on any resource is not chosen
+//!
 //! [[vm]]
 //! name = "vm1"
 //! memory_mib = 2048
@@ -162,6 +166,10 @@ pub struct DesktopConfig {
     /// VM on its own.
     #[serde(default)]
     pub activity: Option<ActivityConfig>,
+    /// Where the fleet of servers registers (`[fleet]`); none: `server`
+    /// is the one server, and no etcd is needed.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
     /// The VMs.
     #[serde(rename = "vm")]
     pub vms: Vec<VmDefinition>,
@@ -284,6 +292,36 @@ fn yes() -> bool {
     true
 }
 
+/// `[fleet]`: where the servers of a fleet register, and how one is chosen
+/// for a VM (see [`fleet_registry::placement`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The client URLs of the etcd cluster's members.
+    pub etcd: fleet_registry::EtcdEndpoints,
+    /// A server that would be fuller than this fraction on any resource
+    /// with the VM is not chosen (omit: 0.9).
+    #[serde(default)]
+    high_water: Option<f64>,
+}
+
+impl FleetConfig {
+    /// The placement policy it sets.
+    ///
+    /// # Errors
+    /// A `high_water` that is not a fraction above 0 and at most 1.
+    pub fn policy(&self) -> Result<fleet_registry::Policy, String> {
+        let mut policy = fleet_registry::Policy::default();
+        if let Some(mark) = self.high_water {
+            if !(mark > 0.0 && mark <= 1.0) {
+                return Err(format!("[fleet] high_water = {mark}: write a fraction above 0 and at most 1, e.g. 0.9"));
+            }
+            policy.high_water = mark;
+        }
+        Ok(policy)
+    }
+}
+
 impl DesktopConfig {
     /// Reads and checks the file at `path`: every value, the files it
     /// names, the accelerator and the CPU model against this host's QEMU.
@@ -333,6 +371,9 @@ impl DesktopConfig {
         }
         if let Some(activity) = &self.activity {
             activity.check()?;
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.policy()?;
         }
         if let Some(group) = &self.viewer_group {
             match nix::unistd::Group::from_name(group) {
@@ -645,6 +686,20 @@ mod tests {
         assert_eq!(config.accel(), Accel::Tcg);
         assert_eq!(config.cpu_model().as_str(), "max");
         assert_eq!(config.control_socket(), Path::new("/r/desktop.sock"));
+    }
+
+    #[test]
+    fn the_fleet_section_is_optional_and_checked() {
+        let f = Fixture::new();
+        let single = f.load(&format!("{}{}", f.base(), f.vm())).unwrap();
+        assert!(single.fleet.is_none(), "no [fleet]: the one server, no etcd");
+        let fleet = |keys: &str| f.load(&format!("{}[fleet]\n{keys}\n{}", f.base(), f.vm()));
+        let config = fleet("etcd = [\"http://10.0.0.5:2379\", \"10.0.0.6:2379\"]").unwrap().fleet.unwrap();
+        assert_eq!((config.etcd.addrs().len(), config.policy().unwrap().high_water), (2, 0.9));
+        let lower = fleet("etcd = [\"10.0.0.5:2379\"]\nhigh_water = 0.75").unwrap().fleet.unwrap();
+        assert_eq!(lower.policy().unwrap().high_water, 0.75);
+        assert!(fleet("etcd = [\"10.0.0.5:2379\"]\nhigh_water = 1.5").unwrap_err().contains("high_water = 1.5"));
+        assert!(fleet("etcd = [\"https://10.0.0.5:2379\"]").unwrap_err().contains("only plain http"));
     }
 
     #[test]

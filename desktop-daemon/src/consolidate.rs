@@ -5,11 +5,18 @@
 //! its descriptor is saved as the checkpoint, its zero pages are listed,
 //! memserv and diskserv start, and the server gets the lot. If the server
 //! cannot run it, the VM resumes here from the checkpoint it just saved.
+//!
+//! In a fleet (`[fleet]`), the server is chosen first: the registered
+//! servers whose key is enrolled here, by the placement policy
+//! ([`fleet_registry::placement`]); the VM's placement remembers the one
+//! chosen, so that its way home, the heartbeat and a failover talk to it.
 
 use std::time::{Duration, Instant};
 
 use daemon_protocol::local::ConsolidateReport;
 use daemon_protocol::{ConsolidateRequest, Control, ControlHello, ReserveRequest, CONTROL_TIMEOUT};
+use fleet_registry::Demand;
+use identifiers::VmName;
 use migration_formats::ZeroMap;
 use qemu_driver::{dirty_rate, judge, IdleVerdict, Resumed};
 use wire::protocol::Message;
@@ -17,10 +24,12 @@ use wire::{Channel, Credentials};
 
 use crate::config::DesktopConfig;
 use crate::error::DesktopError;
-use crate::local_vm::{now_secs, LocalVm, Placement};
+use crate::local_vm::{now_secs, FleetServer, LocalVm, Placement};
 
 /// How long a connection to the server may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request to an etcd member may take.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long QEMU measures the dirty-page rate.
 const DIRTY_RATE_PERIOD: Duration = Duration::from_secs(1);
 
@@ -34,22 +43,72 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Opens a control connection to the server.
+    /// Opens a control connection to `at`, the fleet server holding a VM
+    /// (which must present the key enrolled under its name), or to the
+    /// configured `server` when none.
     ///
     /// # Errors
     /// The server cannot be reached, refused us, or is not a server daemon.
-    pub fn connect(&self) -> Result<Channel, DesktopError> {
+    pub fn connect(&self, at: Option<&FleetServer>) -> Result<Channel, DesktopError> {
         let hello = ControlHello::Desktop(self.config.name.clone()).encode_body();
-        let (mut channel, answer) =
-            Channel::connect(&self.config.server, self.credentials, None, &hello, CONNECT_TIMEOUT)
-                .map_err(|e| DesktopError::ServerUnreachable(Box::new(e)))?;
+        let address = at.map_or_else(|| self.config.server.clone(), |server| server.address.to_string());
+        let expect = at.map(|server| &server.name);
+        let (mut channel, answer) = Channel::connect(&address, self.credentials, expect, &hello, CONNECT_TIMEOUT)
+            .map_err(|e| DesktopError::ServerUnreachable(Box::new(e)))?;
         match Control::decode_body(&answer) {
             Ok(Control::Welcome(_)) => {}
             Ok(Control::Failed(why)) => return Err(DesktopError::ServerRefusedHello(why)),
-            _ => return Err(DesktopError::NotAServer(self.config.server.clone())),
+            _ => return Err(DesktopError::NotAServer(address)),
         }
         channel.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(|e| DesktopError::ServerConnection(Box::new(e)))?;
         Ok(channel)
+    }
+
+    /// The server of the fleet to take `vm`, or none without `[fleet]`
+    /// (the configured `server` then takes it). Registered servers whose
+    /// key is not enrolled here are skipped, and so are unusable records,
+    /// each with its reason in the log.
+    ///
+    /// # Errors
+    /// [`DesktopError::FleetRegistry`] when etcd cannot be read,
+    /// [`DesktopError::NoFleetServer`] when no server can take the VM.
+    pub fn choose_server(&self, vm: &VmName, log: &mut dyn FnMut(String)) -> Result<Option<FleetServer>, DesktopError> {
+        let Some(fleet) = &self.config.fleet else { return Ok(None) };
+        let policy = fleet.policy().expect("checked at load");
+        let client = fleet.etcd.client(ETCD_TIMEOUT);
+        let (records, bad) = fleet_registry::registered_servers(&client)
+            .map_err(|e| DesktopError::FleetRegistry { vm: vm.clone(), source: Box::new(e) })?;
+        for why in bad {
+            tracing::warn!(vm = %vm, "{why}");
+        }
+        let (trusted, untrusted): (Vec<_>, Vec<_>) =
+            records.into_iter().partition(|record| self.credentials.is_peer(&record.name));
+        for record in untrusted {
+            tracing::warn!(
+                vm = %vm,
+                server = %record.name,
+                "skipping a registered server whose key is not enrolled here \
+                 (`jettison enroll {} KEY` if it belongs to the office)",
+                record.name
+            );
+        }
+        // At most what the idle check let through (percent of one core).
+        let demand = Demand::idle_vm(self.config.idle.max_cpu_percent / 100.0);
+        let chosen = policy
+            .choose(&trusted, &demand)
+            .map_err(|e| DesktopError::NoFleetServer { vm: vm.clone(), source: Box::new(e) })?;
+        let line = format!(
+            "the fleet's placement chose {} at {} ({} VM(s), {:.0} of {:.0} MiB held; {} server(s) considered)",
+            chosen.name,
+            chosen.address,
+            chosen.load.vms,
+            chosen.load.memory_mib,
+            chosen.capacity.memory_mib,
+            trusted.len()
+        );
+        tracing::info!(vm = %vm, "{line}");
+        log(line);
+        Ok(Some(FleetServer { name: chosen.name.clone(), address: chosen.address }))
     }
 }
 
@@ -107,7 +166,8 @@ pub fn consolidate(
         return Err(DesktopError::NotRunning { vm: name });
     }
 
-    let mut channel = ctx.connect()?;
+    let server = ctx.choose_server(&name, log)?;
+    let mut channel = ctx.connect(server.as_ref())?;
     let disk_sizes = vm.disk_sizes()?;
     let (&disk_bytes, extra) =
         disk_sizes.split_first().expect("a checked configuration names a disk, and disk_sizes has one per disk");
@@ -128,7 +188,7 @@ pub fn consolidate(
     let stop_at = Instant::now();
     let descriptor_bytes = vm.stop_and_save()?;
     log(format!("{name} stopped; descriptor {descriptor_bytes} bytes"));
-    let (server_ms, zero_pages) = match hand_over(ctx, vm, &mut channel) {
+    let (server_ms, zero_pages) = match hand_over(ctx, vm, server, &mut channel) {
         Ok(done) => done,
         Err(HandOver::Unknown(e)) => {
             return Err(DesktopError::HandOverUnknown { vm: name, source: Box::new(e) });
@@ -167,7 +227,12 @@ enum HandOver {
 /// The part after the VM stopped: checkpoint served, placement recorded,
 /// the server given the VM. Returns the server's start time in ms and the
 /// number of zero pages.
-fn hand_over(ctx: Context<'_>, vm: &mut LocalVm, channel: &mut Channel) -> Result<(u64, u64), HandOver> {
+fn hand_over(
+    ctx: Context<'_>,
+    vm: &mut LocalVm,
+    server: Option<FleetServer>,
+    channel: &mut Channel,
+) -> Result<(u64, u64), HandOver> {
     let name = vm.name().clone();
     let zero_map = ZeroMap::scan(vm.ram_file(), 4096)
         .map_err(|source| HandOver::Refused(DesktopError::ZeroMap { vm: name.clone(), source: Box::new(source) }))?;
@@ -175,7 +240,7 @@ fn hand_over(ctx: Context<'_>, vm: &mut LocalVm, channel: &mut Channel) -> Resul
         HandOver::Refused(DesktopError::File { vm: name.clone(), action: "read", path: vm.checkpoint(), source })
     })?;
     vm.serve(ctx.config.serve_ip, ctx.credentials).map_err(HandOver::Refused)?;
-    vm.set_placement(Placement::Server { since: now_secs() }).map_err(HandOver::Refused)?;
+    vm.set_placement(Placement::Server { since: now_secs(), fleet: server }).map_err(HandOver::Refused)?;
     let ip = ctx.config.serve_ip;
     let request = ConsolidateRequest {
         vm: name,

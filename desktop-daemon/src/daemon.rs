@@ -27,7 +27,7 @@ use crate::activity::{ActivitySlot, Desk};
 use crate::config::DesktopConfig;
 use crate::consolidate::{ask, consolidate, Context};
 use crate::error::DesktopError;
-use crate::local_vm::{now_secs, LocalVm, Placement};
+use crate::local_vm::{now_secs, FleetServer, LocalVm, Placement};
 use crate::metrics::DesktopMetrics;
 use crate::power_slot::PowerSlot;
 use crate::reintegrate::{finish_pending, reintegrate, Checkpoint, ReturnFrom};
@@ -283,11 +283,17 @@ impl DesktopDaemon {
             let socket = vm.spice_socket().ok_or_else(|| DesktopError::NoDisplay { vm: name.clone() })?;
             return Ok(ViewTarget::Local { uri: format!("spice+unix://{}", socket.display()) });
         }
-        let hosted = self.server_status(false)?;
+        let server = vm.placement().fleet_server();
+        let hosted = self.server_status(false, server)?;
         let console = self.hosted_here(&hosted, &name).and_then(|h| h.console.clone());
         let console = console.ok_or(DesktopError::NoRemoteConsole { vm: name })?;
-        let host = self.config.server.rsplit_once(':').map_or(self.config.server.as_str(), |(host, _)| host);
-        Ok(ViewTarget::Remote { host: host.to_owned(), port: console.port, ticket: console.ticket })
+        let host = match server {
+            Some(server) => server.address.ip().to_string(),
+            None => {
+                self.config.server.rsplit_once(':').map_or(self.config.server.as_str(), |(host, _)| host).to_owned()
+            }
+        };
+        Ok(ViewTarget::Remote { host, port: console.port, ticket: console.ticket })
     }
 
     /// A request from the server: take a VM back.
@@ -318,6 +324,16 @@ impl DesktopDaemon {
         };
         let answer = match channel.recv().map(|body| Control::decode_body(&body)) {
             Ok(Ok(Control::PleaseReintegrate { vm, reason })) => match self.vm(&vm) {
+                // In a fleet, only the server holding the VM may send it
+                // home (a VM that is moving is not waited for: a VM that
+                // moves needs no asking).
+                Ok(held)
+                    if held.try_lock().is_ok_and(|vm| {
+                        vm.placement().fleet_server().is_some_and(|s| s.name != *channel.peer_name())
+                    }) =>
+                {
+                    Control::Failed(format!("{vm} is not on server {}", channel.peer_name()))
+                }
                 Ok(_) => {
                     tracing::info!(vm = %vm, "the server asks us to take it back: {reason}");
                     let me = Arc::clone(&self);
@@ -385,55 +401,58 @@ impl DesktopDaemon {
         }
     }
 
-    /// Watches the server for the VMs it hosts.
+    /// Watches each server holding VMs of this desktop (the configured
+    /// one, and in a fleet those the placement chose) for the VMs it hosts.
     fn heartbeat(&self) {
-        let mut unreachable_since: Option<Instant> = None;
+        let mut unreachable_since: BTreeMap<Option<FleetServer>, Instant> = BTreeMap::new();
         loop {
             std::thread::sleep(HEARTBEAT_EVERY);
             if self.power.asleep() {
                 // Asleep, the desktop reaches nobody, as a real S3 would
                 // not run this loop at all: that is no failure of the server.
-                unreachable_since = None;
+                unreachable_since.clear();
                 continue;
             }
-            let away: Vec<VmName> = self
-                .vms
-                .iter()
-                .filter(|(_, vm)| vm.try_lock().is_ok_and(|vm| matches!(vm.placement(), Placement::Server { .. })))
-                .map(|(name, _)| name.clone())
-                .collect();
-            if away.is_empty() {
-                unreachable_since = None;
-                continue;
-            }
-            let hosted = self.server_status(false);
-            let hosted = match hosted {
-                Ok(hosted) => {
-                    unreachable_since = None;
-                    hosted
+            let mut away: BTreeMap<Option<FleetServer>, Vec<VmName>> = BTreeMap::new();
+            for (name, vm) in &self.vms {
+                let Ok(vm) = vm.try_lock() else { continue };
+                if matches!(vm.placement(), Placement::Server { .. }) {
+                    away.entry(vm.placement().fleet_server().cloned()).or_default().push(name.clone());
                 }
-                Err(e) => {
-                    let since = *unreachable_since.get_or_insert_with(Instant::now);
-                    let limit = Duration::from_secs(self.config.failover_after_secs);
-                    let e = wire::chain(&e);
-                    if since.elapsed() < limit {
-                        tracing::warn!("the server does not answer ({e}); waiting up to {} s", limit.as_secs());
+            }
+            unreachable_since.retain(|server, _| away.contains_key(server));
+            for (server, names) in &away {
+                let label = server.as_ref().map_or_else(|| "the server".to_owned(), |s| format!("server {}", s.name));
+                let hosted = match self.server_status(false, server.as_ref()) {
+                    Ok(hosted) => {
+                        unreachable_since.remove(server);
+                        hosted
+                    }
+                    Err(e) => {
+                        let since = *unreachable_since.entry(server.clone()).or_insert_with(Instant::now);
+                        let limit = Duration::from_secs(self.config.failover_after_secs);
+                        let e = wire::chain(&e);
+                        if since.elapsed() < limit {
+                            tracing::warn!("{label} does not answer ({e}); waiting up to {} s", limit.as_secs());
+                            continue;
+                        }
+                        for name in names {
+                            let why = format!("{label} has not answered for {} s ({e})", limit.as_secs());
+                            self.fail_over(name, &why, false);
+                        }
+                        unreachable_since.remove(server);
                         continue;
                     }
-                    for name in &away {
-                        let why = format!("the server has not answered for {} s ({e})", limit.as_secs());
-                        self.fail_over(name, &why, false);
+                };
+                for name in names {
+                    match self.hosted_here(&hosted, name).map(|h| &h.state) {
+                        None => {
+                            self.fail_over(name, &format!("{label} does not have it (it restarted or lost it)"), true)
+                        }
+                        Some(state @ HostedState::Lost(_)) => self.fail_over(name, &state.to_string(), true),
+                        Some(HostedState::Stopped) => self.bring_home(name, "a reintegration broke off"),
+                        Some(HostedState::Running | HostedState::Moving) => {}
                     }
-                    unreachable_since = None;
-                    continue;
-                }
-            };
-            for name in &away {
-                match self.hosted_here(&hosted, name).map(|h| &h.state) {
-                    None => self.fail_over(name, "the server does not have it (it restarted or lost it)", true),
-                    Some(state @ HostedState::Lost(_)) => self.fail_over(name, &state.to_string(), true),
-                    Some(HostedState::Stopped) => self.bring_home(name, "a reintegration broke off"),
-                    Some(HostedState::Running | HostedState::Moving) => {}
                 }
             }
         }
@@ -444,11 +463,11 @@ impl DesktopDaemon {
         hosted.iter().find(|h| &h.vm == vm && h.desktop == self.config.name)
     }
 
-    /// The server's view of its VMs; `exact` for a person's status (the
-    /// server writes its guests' page caches back first, see
-    /// [`Control::StatusExact`]).
-    fn server_status(&self, exact: bool) -> Result<Vec<HostedStatus>, DesktopError> {
-        let mut channel = self.context().connect()?;
+    /// The view of its VMs of `at`, a fleet server, or of the configured
+    /// server when none; `exact` for a person's status (the server writes
+    /// its guests' page caches back first, see [`Control::StatusExact`]).
+    fn server_status(&self, exact: bool, at: Option<&FleetServer>) -> Result<Vec<HostedStatus>, DesktopError> {
+        let mut channel = self.context().connect(at)?;
         let request = if exact { Control::StatusExact } else { Control::Status };
         match ask(&mut channel, &request)? {
             Control::StatusReply(vms) => Ok(vms),
@@ -469,7 +488,7 @@ impl DesktopDaemon {
     fn fail_over_awake(&self, name: &VmName, why: &str, answers: bool) {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
-        let Placement::Server { since } = *vm.placement() else { return };
+        let Placement::Server { since, .. } = *vm.placement() else { return };
         if answers {
             match self.bring_back(&mut vm, ReturnFrom::ServerCheckpoint, &mut |_| ()) {
                 Ok(back) => {
@@ -519,22 +538,31 @@ impl DesktopDaemon {
 
     /// `jettison status` on the desktop.
     fn status(&self) -> DesktopStatus {
-        let hosted = self.server_status(true);
+        let hosted = self.server_status(true, None);
+        // In a fleet, each server holding a VM is asked once.
+        let mut fleet: BTreeMap<FleetServer, Option<Vec<HostedStatus>>> = BTreeMap::new();
         let vms = self
             .vms
             .iter()
             .map(|(name, vm)| {
-                let (on, since, running_here, error) = match local::lock_for_status(vm) {
+                let (on, since, running_here, error, at) = match local::lock_for_status(vm) {
                     Some(vm) => {
                         let since = match vm.placement() {
-                            Placement::Server { since } => Some(*since),
+                            Placement::Server { since, .. } => Some(*since),
                             _ => None,
                         };
-                        (location(&vm), since, vm.is_running(), vm.start_error().map(str::to_owned))
+                        let at = vm.placement().fleet_server().cloned();
+                        (location(&vm), since, vm.is_running(), vm.start_error().map(str::to_owned), at)
                     }
-                    None => (VmLocation::Moving, None, false, None),
+                    None => (VmLocation::Moving, None, false, None, None),
                 };
-                let server = hosted.as_ref().ok().and_then(|h| self.hosted_here(h, name)).cloned();
+                let hosted = match at {
+                    Some(at) => {
+                        fleet.entry(at).or_insert_with_key(|at| self.server_status(true, Some(at)).ok()).as_deref()
+                    }
+                    None => hosted.as_deref().ok(),
+                };
+                let server = hosted.and_then(|h| self.hosted_here(h, name)).cloned();
                 DesktopVmStatus { vm: name.clone(), on, since, running_here, error, server }
             })
             .collect();

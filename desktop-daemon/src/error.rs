@@ -199,6 +199,24 @@ pub enum DesktopError {
     /// The server has no room for the VM; its text gives the figures.
     #[error("{0}")]
     NoRoom(String),
+    /// The fleet's registry cannot be read.
+    #[error("cannot choose a server for {vm}: the fleet's registry in etcd cannot be read")]
+    FleetRegistry {
+        /// The VM.
+        vm: VmName,
+        /// Cause.
+        #[source]
+        source: Box<fleet_registry::EtcdError>,
+    },
+    /// No server of the fleet can take the VM; the text gives each one's reason.
+    #[error("cannot choose a server for {vm}")]
+    NoFleetServer {
+        /// The VM.
+        vm: VmName,
+        /// Each server and why it was not chosen.
+        #[source]
+        source: Box<fleet_registry::NoServer>,
+    },
     /// The server could not take the VM; it runs here again.
     #[error("the server could not take {vm} ({why}); it runs on the desktop again")]
     ResumedHere {
@@ -245,8 +263,10 @@ impl DesktopError {
         use daemon_protocol::local::FailureKind;
         match self {
             DesktopError::NotIdle { .. } => FailureKind::NotIdle,
-            DesktopError::NoRoom(_) => FailureKind::NoRoom,
-            DesktopError::ServerUnreachable(_) | DesktopError::ServerConnection(_) => FailureKind::Unreachable,
+            DesktopError::NoRoom(_) | DesktopError::NoFleetServer { .. } => FailureKind::NoRoom,
+            DesktopError::ServerUnreachable(_)
+            | DesktopError::ServerConnection(_)
+            | DesktopError::FleetRegistry { .. } => FailureKind::Unreachable,
             _ => FailureKind::Other,
         }
     }

@@ -49,11 +49,35 @@ pub enum Placement {
     /// Here, saved to its checkpoint at a host shutdown; resumed from it
     /// when the daemon starts.
     Saved,
-    /// Consolidated on the server since `since` (seconds since the epoch).
+    /// Consolidated on a server since `since` (seconds since the epoch).
     Server {
         /// When it left.
         since: u64,
+        /// The server of the fleet that holds it; none: the configured
+        /// `server` (and every placement file written before fleets).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fleet: Option<FleetServer>,
     },
+}
+
+/// A server of the fleet, as the placement chose it: its name (the one its
+/// key is enrolled under here) and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FleetServer {
+    /// Its name.
+    pub name: identifiers::HostName,
+    /// Its daemon's address.
+    pub address: std::net::SocketAddr,
+}
+
+impl Placement {
+    /// The fleet server holding it, when one does (see [`Placement::Server`]).
+    pub fn fleet_server(&self) -> Option<&FleetServer> {
+        match self {
+            Placement::Server { fleet, .. } => fleet.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// QEMU and its tap.
@@ -711,4 +735,28 @@ pub fn close_disks(vm: &VmName, disks: Vec<DiskView>) -> Result<(), DesktopError
 /// Seconds since the epoch, now.
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_placement_remembers_its_fleet_server_and_old_files_still_read() {
+        let old: Placement = serde_json::from_str(r#"{"on":"server","since":5}"#).unwrap();
+        assert_eq!(old, Placement::Server { since: 5, fleet: None });
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"on":"server","since":5}"#, "written as before");
+        let server = FleetServer { name: "server2".parse().unwrap(), address: "10.0.0.2:7400".parse().unwrap() };
+        let placed = Placement::Server { since: 6, fleet: Some(server.clone()) };
+        let text = serde_json::to_string(&placed).unwrap();
+        assert_eq!(serde_json::from_str::<Placement>(&text).unwrap(), placed);
+        assert_eq!(placed.fleet_server(), Some(&server));
+        assert!(
+            serde_json::from_str::<Placement>(
+                r#"{"on":"server","since":6,"fleet":{"name":"../x","address":"10.0.0.2:7400"}}"#
+            )
+            .is_err(),
+            "a name that is no host name is refused"
+        );
+    }
 }

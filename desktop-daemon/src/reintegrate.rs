@@ -134,7 +134,8 @@ pub fn reintegrate(
         }
     };
     let started = Instant::now();
-    let mut channel = ctx.connect()?;
+    let server = vm.placement().fleet_server().cloned();
+    let mut channel = ctx.connect(server.as_ref())?;
     let header = match ask(&mut channel, &request)? {
         Control::Returning(header) => header,
         Control::Failed(why) => return Err(DesktopError::Refused(why)),

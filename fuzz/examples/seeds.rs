@@ -15,6 +15,7 @@ use cownetdisk::protocol::{
 use daemon_protocol::local::{LocalReply, LocalRequest, Report};
 use daemon_protocol::protocol::{ConsolidateRequest, HostedState, HostedStatus, ReserveRequest, ReturnHeader};
 use daemon_protocol::{Control, ControlHello, Firmware, MachineProfile};
+use fleet_registry::{Capacity, Load, ServerRecord};
 use jettison_fuzz::key;
 use migration_formats::dirty_set::{DirtySetHeader, TransferId};
 use migration_formats::{DirtySetWriter, ZeroMap};
@@ -276,9 +277,32 @@ fn format_seeds() {
     write("wol_frame", "udp", &udp);
 }
 
+fn fleet_seeds() {
+    let record = ServerRecord {
+        name: "server1".parse().expect("a host name"),
+        address: "10.0.0.1:7400".parse().expect("an address"),
+        capacity: Capacity { memory_mib: 8192.0, cpus: 8.0, network_mib_per_sec: 110.0 },
+        load: Load { memory_mib: 300.0, cpus: 0.4, fetch_mib_per_sec: 0.1, vms: 2 },
+    };
+    let value = serde_json::to_vec(&record).expect("a record serialises");
+    write("fleet_record", "one_server", &cat(&[record.key().as_bytes(), &[0], &value]));
+    // etcd's gateway answers as it does (etcd 3.4): a streamed keepalive,
+    // and an error with its length.
+    write(
+        "fleet_http_answer",
+        "chunked",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+          1a\r\n{\"result\":{\"TTL\":\"10\",\"ID\"\r\n7\r\n:\"7\"}}\n\r\n0\r\n\r\n",
+    );
+    let error = br#"{"error":"etcdserver: requested lease not found","code":5,"message":"x"}"#;
+    let head = format!("HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n", error.len());
+    write("fleet_http_answer", "sized", &cat(&[head.as_bytes(), error]));
+}
+
 fn main() {
     wire_seeds();
     control_seeds();
     nbd_seeds();
     format_seeds();
+    fleet_seeds();
 }

@@ -29,6 +29,12 @@
 //! desktop_profile = "/etc/jettison/desktop-power.json"  # the desktops' power (omit: the paper's Table 1)
 //! desktop_wait_secs = 6.0           # the desktops' wait before a microsleep (their power policy's)
 //! refuse_unprofitable = false       # refuse a VM whose share would exceed what its desktop saves
+//!
+//! [fleet]                           # only with several servers (omit: no etcd, as with one server)
+//! etcd = ["http://10.0.0.5:2379", "http://10.0.0.6:2379", "http://10.0.0.7:2379"]
+//! advertise = "10.0.0.1:7400"       # where desktops reach this daemon (omit: listen)
+//! lease_ttl_secs = 10               # a server that stops renewing leaves the registry within this
+//! network_mib_per_sec = 110.0       # what the network may carry for fetches (gigabit: about 110)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -144,6 +150,60 @@ pub struct ServerConfig {
     /// The server's power and its split across the VMs (`[energy]`).
     #[serde(default)]
     pub energy: EnergyConfig,
+    /// Its registration in a fleet of servers (`[fleet]`); none: a single
+    /// server, which needs no etcd.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: where the fleet's etcd runs and what this server registers
+/// there (see [`crate::fleet`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The client URLs of the etcd cluster's members.
+    pub etcd: fleet_registry::EtcdEndpoints,
+    /// Where desktops reach this daemon; none: `listen`.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// The registration's lease: a server that stops renewing it leaves
+    /// the registry within this many seconds.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_secs: u64,
+    /// What the network may carry for fetches from desktops, MiB/s (the
+    /// placement keeps its use even with memory and CPU).
+    #[serde(default = "default_network")]
+    pub network_mib_per_sec: f64,
+}
+
+fn default_lease_ttl() -> u64 {
+    10
+}
+
+fn default_network() -> f64 {
+    // Gigabit Ethernet's payload rate.
+    110.0
+}
+
+impl FleetConfig {
+    fn check(&self, listen: SocketAddr) -> Result<(), String> {
+        if !(3..=3600).contains(&self.lease_ttl_secs) {
+            return Err(format!("[fleet] lease_ttl_secs = {}: must be 3 to 3600", self.lease_ttl_secs));
+        }
+        if !(self.network_mib_per_sec.is_finite() && self.network_mib_per_sec > 0.0) {
+            return Err(format!(
+                "[fleet] network_mib_per_sec = {}: must be a positive number",
+                self.network_mib_per_sec
+            ));
+        }
+        let advertise = self.advertise.unwrap_or(listen);
+        if advertise.ip().is_unspecified() {
+            return Err(format!(
+                "[fleet]: desktops cannot reach {advertise}; set advertise to the address they reach this server at"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where the server's active power comes from.
@@ -270,6 +330,7 @@ impl ServerConfig {
             }
             config.qemu_user.as_deref().map(qemu_user).transpose()?;
             config.socket_access().map_err(|e| e.to_string())?;
+            config.fleet.as_ref().map(|fleet| fleet.check(config.listen)).transpose()?;
             config.energy.clone().resolve()
         })
         .map_err(ServerError::Config)?;
@@ -336,6 +397,21 @@ mod tests {
         assert_eq!(config.energy.server(), power::server::ServerProfile::PAPER);
         assert_eq!(config.energy.desktop(), power::PowerProfile::TABLE_1);
         assert!(!config.energy.refuse_unprofitable, "off unless asked for");
+        assert!(config.fleet.is_none(), "no [fleet]: a single server, no etcd");
+    }
+
+    #[test]
+    fn the_fleet_section_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |fleet: &str| load_minimal(dir.path(), &format!("[fleet]\n{fleet}\n"));
+        let config = load("etcd = [\"http://127.0.0.1:2379\", \"127.0.0.2:2379\"]").unwrap();
+        let fleet = config.fleet.unwrap();
+        assert_eq!((fleet.etcd.addrs().len(), fleet.lease_ttl_secs, fleet.advertise), (2, 10, None));
+        assert!(load("etcd = []").unwrap_err().contains("no endpoint"));
+        assert!(load("etcd = [\"etcd1:2379\"]").unwrap_err().contains("\"etcd1:2379\""));
+        assert!(load("etcd = [\"127.0.0.1:2379\"]\nlease_ttl_secs = 1").unwrap_err().contains("lease_ttl_secs"));
+        let bad = load("etcd = [\"127.0.0.1:2379\"]\nadvertise = \"0.0.0.0:7400\"").unwrap_err();
+        assert!(bad.contains("set advertise"), "{bad}");
     }
 
     /// Loads `server.toml` in `dir`: the keys every configuration needs,

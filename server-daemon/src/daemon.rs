@@ -24,6 +24,7 @@ use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
 use crate::energy::{ServerLedger, VmSample};
 use crate::error::ServerError;
+use crate::fleet::Fleet;
 use crate::hosted::{state_dir, Arrival, HostedVm};
 use crate::key::VmKey;
 use crate::machine;
@@ -79,6 +80,8 @@ pub struct ServerDaemon {
     /// to wake): status and metrics answer with them meanwhile, not with
     /// "moving".
     checkpointing: Mutex<BTreeMap<VmKey, (VmFigures, Option<DesktopStatus>)>>,
+    /// Its registration in a fleet (`[fleet]`); none: a single server.
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// A hosted VM's figures for status and metrics, read now.
@@ -160,7 +163,9 @@ impl ServerDaemon {
         let cpu_models = qemu_driver::cpu_models().map_err(|source| ServerError::NoQemu(Box::new(source)))?;
         let energy =
             ServerLedger::new(&config.energy, &config.state_dir, std::path::Path::new(crate::rapl::POWERCAP_DIR))?;
+        let fleet = config.fleet.as_ref().map(|fleet| Arc::new(Fleet::new(&config, fleet)));
         Ok(Arc::new(ServerDaemon {
+            fleet,
             energy: Mutex::new(energy),
             accel,
             cpu_models,
@@ -214,6 +219,10 @@ impl ServerDaemon {
         }
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.watch());
+        if let Some(fleet) = &self.fleet {
+            let fleet = Arc::clone(fleet);
+            std::thread::spawn(move || fleet.register());
+        }
         match self.config.qemu_user() {
             Some(user) => {
                 tracing::info!(user = user.name(), uid = user.uid(), "QEMU drops to qemu_user once a VM is set up")
@@ -336,8 +345,12 @@ impl ServerDaemon {
     /// and storage process run on, and the next daemon takes them over
     /// ([`HostedVm::take_over`]); its guest notices nothing. A host that
     /// shuts down sends them home first ([`ServerDaemon::send_all_home`],
-    /// `jettison save-all`).
+    /// `jettison save-all`). In a fleet, its record leaves the registry at
+    /// once.
     pub fn shutdown(&self) {
+        if let Some(fleet) = &self.fleet {
+            fleet.withdraw();
+        }
         let vms = std::mem::take(&mut *lock(&self.vms));
         for (key, vm) in vms {
             match Arc::try_unwrap(vm).map(|vm| vm.into_inner().unwrap_or_else(|p| p.into_inner())) {
@@ -743,6 +756,9 @@ impl ServerDaemon {
             }
             rates.retain(&present);
             lock(&self.energy).tick(Instant::now(), &samples);
+            if let Some(fleet) = &self.fleet {
+                fleet.tick(Instant::now(), &samples);
+            }
             let capacity = self.config.capacity_mib << 20;
             if let Some(victim) = capacity::evict(capacity, &tenants) {
                 let control = vms

@@ -8,7 +8,8 @@
 //! desktop to take its VM back when the server runs short of memory or the
 //! VM pulls state faster than an idle VM would ([`watch`]). It splits its
 //! power across the VMs it hosts and reports each one's net saving
-//! ([`energy`]).
+//! ([`energy`]). In a fleet of servers it registers in etcd with its room
+//! and load ([`fleet`]).
 #![warn(missing_docs)]
 
 pub mod capacity;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod energy;
 mod error;
+pub mod fleet;
 pub mod hosted;
 mod key;
 mod machine;

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is the test failing
 
 pub mod desktop_guest;
+pub mod etcd;
 pub mod keys;
 pub mod netns;
 pub mod office;

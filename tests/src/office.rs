@@ -125,7 +125,20 @@ pub struct OfficeSpec {
     /// SeaBIOS. `boot_disk`, `fill_mib`, `disk_mib` and `extra_disks` do not
     /// apply; its serial console has `JTCOUNT` lines every 5 s once it is up.
     pub desktop_guest: bool,
+    /// A fleet: a second server ([`SERVER2`], `capacity_mib` [`SERVER2_CAPACITY_MIB`])
+    /// and a 3-member etcd cluster on the LAN, both servers registering
+    /// and the desktop choosing between them (`[fleet]` in each file).
+    /// The desktop enrolls both; its `server` stays the first.
+    pub fleet: bool,
 }
+
+/// The second server of a fleet ([`OfficeSpec::fleet`]): its name, namespace
+/// index ([`Office::host`]) and address.
+pub const SERVER2: (&str, usize, &str) = ("server2", 3, "10.77.0.4/24");
+/// Its `capacity_mib`.
+pub const SERVER2_CAPACITY_MIB: u64 = 4096;
+/// The etcd members' hosts of a fleet (after the second server).
+const ETCD_HOSTS: [&str; 3] = ["10.77.0.11/24", "10.77.0.12/24", "10.77.0.13/24"];
 
 /// Size of each of [`OfficeSpec::extra_disks`].
 pub const EXTRA_DISK_MIB: u64 = 16;
@@ -164,6 +177,7 @@ impl Default for OfficeSpec {
             extra_disks: &[],
             activity: None,
             desktop_guest: false,
+            fleet: false,
         }
     }
 }
@@ -175,6 +189,9 @@ pub struct Office {
     lan: Lan,
     desktop_daemon: Option<Daemon>,
     server_daemon: Option<Daemon>,
+    /// A fleet's second server and etcd ([`OfficeSpec::fleet`]).
+    server2_daemon: Option<Daemon>,
+    _etcd: Option<crate::etcd::EtcdCluster>,
     /// The VM's disk image on the desktop.
     pub disk: PathBuf,
     /// Its further disks' images ([`OfficeSpec::extra_disks`]).
@@ -189,7 +206,7 @@ fn write(path: &Path, text: &str) {
 /// Gives the desktop and the server each its key under `dir` (`desktop/`
 /// and `server/`) and enrolls each at the other, with `jettison pair` and
 /// `jettison enroll` as an administrator would.
-fn pair_and_enroll(dir: &Path) -> Result<(), String> {
+fn pair_and_enroll(dir: &Path, fleet: bool) -> Result<(), String> {
     let run = |args: &[&std::ffi::OsStr]| -> Result<String, String> {
         let out = Command::new(crate::jettison_binary()).args(args).output().map_err(|e| e.to_string())?;
         if !out.status.success() {
@@ -207,7 +224,13 @@ fn pair_and_enroll(dir: &Path) -> Result<(), String> {
         run(&["enroll".as_ref(), name.as_ref(), key.as_ref(), "--peers".as_ref(), peers.as_os_str()]).map(drop)
     };
     enroll("server", DESKTOP, &desktop)?;
-    enroll("desktop", "server", &server)
+    enroll("desktop", "server", &server)?;
+    if fleet {
+        let server2 = public_key(SERVER2.0)?;
+        enroll(SERVER2.0, DESKTOP, &desktop)?;
+        enroll("desktop", SERVER2.0, &server2)?;
+    }
+    Ok(())
 }
 
 impl Office {
@@ -221,6 +244,9 @@ impl Office {
         crate::netns::available()?;
         crate::fuse_available()?;
         crate::qemu_user_available()?;
+        if spec.fleet {
+            crate::etcd::available()?;
+        }
         let guest = crate::guest()?;
         let guest_args = format!("jt.fill={} jt.disk=desktop jt.net=10.77.0.50/24 jt.serve=7000", spec.fill_mib);
         let (disk, format, vm_boot) = match spec.boot_disk {
@@ -264,14 +290,38 @@ impl Office {
                 .map(|(image, format)| format!("[[vm.disks]]\npath = \"{}\"\nformat = \"{format}\"\n", image.display()))
                 .collect()
         };
-        pair_and_enroll(dir)?;
-        let lan = Lan::build(&[
+        pair_and_enroll(dir, spec.fleet)?;
+        let mut hosts = vec![
             Host { role: "desktop", cidr: DESKTOP_CIDR, mac: None },
             Host { role: "server", cidr: SERVER_CIDR, mac: None },
             Host { role: "client", cidr: CLIENT_CIDR, mac: None },
-        ]);
+        ];
+        if spec.fleet {
+            hosts.push(Host { role: SERVER2.0, cidr: SERVER2.2, mac: None });
+            hosts.extend(ETCD_HOSTS.iter().zip(["etcd1", "etcd2", "etcd3"]).map(|(cidr, role)| Host {
+                role,
+                cidr,
+                mac: None,
+            }));
+        }
+        let lan = Lan::build(&hosts);
         bridge_host(lan.host(0), DESKTOP_CIDR);
         bridge_host(lan.host(1), SERVER_CIDR);
+        let etcd = spec.fleet.then(|| {
+            bridge_host(lan.host(SERVER2.1), SERVER2.2);
+            let members: Vec<(&str, std::net::IpAddr)> = ETCD_HOSTS
+                .iter()
+                .enumerate()
+                .map(|(i, cidr)| {
+                    (
+                        lan.host(SERVER2.1 + 1 + i),
+                        cidr.split('/').next().unwrap_or_default().parse().expect("an address"),
+                    )
+                })
+                .collect();
+            crate::etcd::EtcdCluster::start(dir, &members)
+        });
+        let fleet = etcd.as_ref().map(|etcd| format!("\n[fleet]\n{}\n", etcd.fleet_line())).unwrap_or_default();
         let (kernel, initrd) = (guest.kernel.display(), guest.initrd.display());
         let d = dir.display();
         let mut rate = spec
@@ -293,17 +343,24 @@ impl Office {
             None => power,
         };
         let cpu_model = spec.cpu_model.map(|m| format!("cpu_model = \"{m}\"\n")).unwrap_or_default();
-        write(
-            &dir.join("server.toml"),
-            &format!(
-                "name = \"server\"\nlisten = \"10.77.0.1:7400\"\nhost_key = \"{d}/server/host.key\"\n\
-                 peers = \"{d}/server/peers\"\nstate_dir = \"{d}/server/state\"\n\
-                 run_dir = \"{d}/server/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\ncapacity_mib = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{rate}",
-                spec.capacity_mib,
-                crate::QEMU_USER,
-            ),
-        );
+        let server_toml = |name: &str, cidr: &str, capacity_mib: u64| {
+            let ip = cidr.split('/').next().unwrap_or_default();
+            let lease = if fleet.is_empty() { "" } else { "lease_ttl_secs = 5\n" };
+            write(
+                &dir.join(format!("{name}.toml")),
+                &format!(
+                    "name = \"{name}\"\nlisten = \"{ip}:7400\"\nhost_key = \"{d}/{name}/host.key\"\n\
+                     peers = \"{d}/{name}/peers\"\nstate_dir = \"{d}/{name}/state\"\n\
+                     run_dir = \"{d}/{name}/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+                     accel = \"tcg\"\ncapacity_mib = {capacity_mib}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{rate}{fleet}{lease}",
+                    crate::QEMU_USER,
+                ),
+            );
+        };
+        server_toml("server", SERVER_CIDR, spec.capacity_mib);
+        if spec.fleet {
+            server_toml(SERVER2.0, SERVER2.2, SERVER2_CAPACITY_MIB);
+        }
         // The idle limits are the defaults but for CPU: a TCG guest that
         // only counts costs 5-7% of a core, and the machine is shared.
         write(
@@ -313,7 +370,7 @@ impl Office {
                  control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
                  run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
                  accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}{cpu_model}\n\
-                 [idle]\nmax_cpu_percent = 50.0\n{power}\n[[vm]]\n\
+                 [idle]\nmax_cpu_percent = 50.0\n{power}{fleet}\n[[vm]]\n\
                  name = \"{VM}\"\nmemory_mib = {}\nvcpus = {}\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
                  memserv_port = 7410\ndiskserv_port = 7411\n{disks}",
                 spec.failover_secs,
@@ -323,7 +380,16 @@ impl Office {
                 spec.display,
             ),
         );
-        Ok(Office { dir: dir.to_owned(), lan, desktop_daemon: None, server_daemon: None, disk, extra_disks })
+        Ok(Office {
+            dir: dir.to_owned(),
+            lan,
+            desktop_daemon: None,
+            server_daemon: None,
+            server2_daemon: None,
+            _etcd: etcd,
+            disk,
+            extra_disks,
+        })
     }
 
     /// Builds the office, starts both daemons and waits until the VM counts
@@ -338,6 +404,12 @@ impl Office {
             }
         };
         office.start_server();
+        if spec.fleet {
+            let config = office.dir.join(format!("{}.toml", SERVER2.0));
+            let log = office.dir.join(format!("{}.log", SERVER2.0));
+            let args = ["server".as_ref(), "--config".as_ref(), config.as_os_str()];
+            office.server2_daemon = Some(Daemon::spawn_notifying(office.lan.host(SERVER2.1), &log, &args));
+        }
         office.start_desktop();
         wait_for_count_above(&office.desktop_serial(), 0, crate::BOOT_TIMEOUT);
         Some(office)
@@ -477,9 +549,14 @@ impl Office {
         std::fs::read_to_string(self.dir.join(format!("{which}.log"))).unwrap_or_default()
     }
 
-    /// Both daemons' logs, for a failure message.
+    /// The daemons' logs, for a failure message.
     pub fn logs(&self) -> String {
-        format!("--- desktop log ---\n{}\n--- server log ---\n{}", self.log("desktop"), self.log("server"))
+        let mut logs =
+            format!("--- desktop log ---\n{}\n--- server log ---\n{}", self.log("desktop"), self.log("server"));
+        if self.server2_daemon.is_some() {
+            logs.push_str(&format!("\n--- {0} log ---\n{1}", SERVER2.0, self.log(SERVER2.0)));
+        }
+        logs
     }
 
     /// The metrics page of the desktop's daemon (0) or the server's (1):
@@ -591,7 +668,9 @@ impl Office {
 
 impl Drop for Office {
     fn drop(&mut self) {
-        for daemon in [self.desktop_daemon.take(), self.server_daemon.take()].into_iter().flatten() {
+        for daemon in
+            [self.desktop_daemon.take(), self.server_daemon.take(), self.server2_daemon.take()].into_iter().flatten()
+        {
             let mut daemon = daemon;
             daemon.terminate();
         }

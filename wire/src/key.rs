@@ -253,6 +253,11 @@ impl Peers {
         self.names.get(key)
     }
 
+    /// Whether any key is enrolled under `name`.
+    pub fn knows(&self, name: &HostName) -> bool {
+        self.names.values().any(|n| n == name)
+    }
+
     /// How many keys are enrolled.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -331,6 +336,11 @@ impl Credentials {
         self.peers.read().unwrap_or_else(PoisonError::into_inner).name_of(key).cloned()
     }
 
+    /// Whether a key is enrolled here under `name`.
+    pub fn is_peer(&self, name: &HostName) -> bool {
+        self.peers.read().unwrap_or_else(PoisonError::into_inner).knows(name)
+    }
+
     /// How many peer keys are enrolled.
     pub fn peer_count(&self) -> usize {
         self.peers.read().unwrap_or_else(PoisonError::into_inner).len()
@@ -399,6 +409,7 @@ mod tests {
         assert_eq!(peers.name_of(&rotated), Some(&name("desk1")));
         assert_eq!(peers.name_of(&b), Some(&name("desk2")));
         assert_eq!(peers.name_of(&HostKey::generate().public()), None);
+        assert!(peers.knows(&name("desk2")) && !peers.knows(&name("desk3")));
         let twice = Peers::enroll(&peers_dir, &name("desk3"), a).unwrap_err();
         assert!(twice.to_string().contains("desk1"), "{twice}");
     }

@@ -1,0 +1,186 @@
+//! This server in a fleet (`[fleet]`): its record in etcd, kept alive
+//! under a lease, with its room and its load as the watcher last measured
+//! it. Without `[fleet]` none of this runs.
+//!
+//! The load is measured by the watcher every few seconds ([`LoadMeter`]):
+//! memory is what the hosted VMs' working sets claim (the figure the
+//! capacity check uses), CPU and fetch rates are the change of the VMs'
+//! CPU time and fetched bytes since the last tick. The registration runs
+//! on a thread of its own, so an etcd that does not answer never slows the
+//! watcher or a move; the record then simply expires with its lease.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fleet_registry::{Capacity, Load, Registration, ServerRecord};
+
+use crate::config::{FleetConfig, ServerConfig};
+use crate::energy::VmSample;
+use crate::key::VmKey;
+
+/// How long one request to an etcd member may take.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The server's load from the watcher's samples of its VMs.
+#[derive(Debug, Default)]
+pub struct LoadMeter {
+    /// Each VM's last CPU time and fetch total.
+    last: BTreeMap<VmKey, (Option<Duration>, u64)>,
+    last_at: Option<Instant>,
+    load: Load,
+}
+
+impl LoadMeter {
+    /// Takes the samples of the running VMs at `now`.
+    pub fn tick(&mut self, now: Instant, samples: &[VmSample]) {
+        let elapsed = self.last_at.map(|at| now.duration_since(at).as_secs_f64()).filter(|&s| s > 0.0);
+        let (mut cpu, mut fetched) = (0.0, 0u64);
+        for sample in samples {
+            if let Some((last_cpu, last_fetched)) = self.last.get(&sample.key) {
+                if let (Some(now_cpu), Some(last_cpu)) = (sample.cpu, last_cpu) {
+                    cpu += now_cpu.saturating_sub(*last_cpu).as_secs_f64();
+                }
+                fetched += sample.fetched_bytes.saturating_sub(*last_fetched);
+            }
+        }
+        self.last = samples.iter().map(|s| (s.key.clone(), (s.cpu, s.fetched_bytes))).collect();
+        self.last_at = Some(now);
+        let memory: u64 = samples.iter().map(|s| s.memory_bytes).sum();
+        self.load = Load {
+            memory_mib: memory as f64 / (1024.0 * 1024.0),
+            cpus: elapsed.map_or(0.0, |s| cpu / s),
+            fetch_mib_per_sec: elapsed.map_or(0.0, |s| fetched as f64 / (1024.0 * 1024.0) / s),
+            vms: u32::try_from(samples.len()).unwrap_or(u32::MAX),
+        };
+    }
+
+    /// The load at the last tick.
+    pub fn load(&self) -> Load {
+        self.load
+    }
+}
+
+/// The server's part in a fleet: its registration and its load.
+#[derive(Debug)]
+pub struct Fleet {
+    registration: Mutex<Registration>,
+    /// The record without its load (filled at each refresh).
+    record: ServerRecord,
+    /// Written by the watcher, read by the registration.
+    meter: Mutex<LoadMeter>,
+    /// Set by [`Fleet::withdraw`], under the registration's lock: no
+    /// refresh after it puts the record back.
+    withdrawn: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("a fleet lock was poisoned: a thread panicked holding it")
+}
+
+impl Fleet {
+    /// The fleet part of `config`'s server, as `[fleet]` describes it.
+    pub fn new(config: &ServerConfig, fleet: &FleetConfig) -> Fleet {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let record = ServerRecord {
+            name: config.name.clone(),
+            address: fleet.advertise.unwrap_or(config.listen),
+            capacity: Capacity {
+                memory_mib: config.capacity_mib as f64,
+                cpus: cpus as f64,
+                network_mib_per_sec: fleet.network_mib_per_sec,
+            },
+            load: Load::default(),
+        };
+        let client = fleet.etcd.client(ETCD_TIMEOUT);
+        let registration = Registration::new(client, Duration::from_secs(fleet.lease_ttl_secs));
+        Fleet {
+            registration: Mutex::new(registration),
+            record,
+            meter: Mutex::new(LoadMeter::default()),
+            withdrawn: AtomicBool::new(false),
+        }
+    }
+
+    /// The watcher's samples of the running VMs at `now`.
+    pub fn tick(&self, now: Instant, samples: &[VmSample]) {
+        lock(&self.meter).tick(now, samples);
+    }
+
+    /// Registers and refreshes the record until the process ends or
+    /// [`Fleet::withdraw`], logging each failure once and each recovery.
+    pub fn register(&self) {
+        let every = lock(&self.registration).refresh_every();
+        let mut failing = false;
+        loop {
+            let record = ServerRecord { load: lock(&self.meter).load(), ..self.record.clone() };
+            let mut registration = lock(&self.registration);
+            if self.withdrawn.load(Ordering::SeqCst) {
+                return;
+            }
+            let refreshed = registration.refresh(&record);
+            drop(registration);
+            match refreshed {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!(key = %record.key(), "registered in the fleet again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(
+                        "cannot register in the fleet ({}); desktops will not choose this server until it can",
+                        wire::chain(&e)
+                    );
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(every);
+        }
+    }
+
+    /// Takes the record out of the registry at once (a clean stop); a
+    /// crash leaves it to expire with its lease.
+    pub fn withdraw(&self) {
+        let mut registration = lock(&self.registration);
+        self.withdrawn.store(true, Ordering::SeqCst);
+        if let Err(e) = registration.withdraw() {
+            tracing::warn!("cannot withdraw from the fleet ({}); the record expires with its lease", wire::chain(&e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(vm: &str, cpu_ms: u64, fetched: u64, memory: u64) -> VmSample {
+        VmSample {
+            key: VmKey { desktop: "desk".parse().unwrap(), vm: vm.parse().unwrap() },
+            cpu: Some(Duration::from_millis(cpu_ms)),
+            memory_bytes: memory,
+            fetched_bytes: fetched,
+            desktop_sleeps: true,
+        }
+    }
+
+    #[test]
+    fn the_load_is_memory_held_and_rates_since_the_last_tick() {
+        let t0 = Instant::now();
+        let mut meter = LoadMeter::default();
+        meter.tick(t0, &[sample("a", 1000, 0, 100 << 20)]);
+        assert_eq!(meter.load(), Load { memory_mib: 100.0, cpus: 0.0, fetch_mib_per_sec: 0.0, vms: 1 });
+        // In 2 s, a used 1 s of CPU and fetched 4 MiB; b arrived (no rate yet).
+        meter.tick(
+            t0 + Duration::from_secs(2),
+            &[sample("a", 2000, 4 << 20, 100 << 20), sample("b", 500, 1 << 20, 50 << 20)],
+        );
+        let load = meter.load();
+        assert_eq!((load.memory_mib, load.vms), (150.0, 2));
+        assert!((load.cpus - 0.5).abs() < 1e-9 && (load.fetch_mib_per_sec - 2.0).abs() < 1e-9, "{load:?}");
+        // Every VM gone: nothing held.
+        meter.tick(t0 + Duration::from_secs(4), &[]);
+        assert_eq!(meter.load(), Load::default());
+    }
+}
