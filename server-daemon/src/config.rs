@@ -103,7 +103,7 @@ pub struct ServerConfig {
     ///
     /// Judged over minutes, not seconds: an idle Debian desktop guest
     /// fetches in bursts (12.8 MiB/s over its worst 10 s after the first
-    /// minute, 0.45 MiB/s over its worst minute, 0.01 MiB/s over its worst
+    /// minute, 0.45 MiB/s over its worst minute, 0.06 MiB/s over its worst
     /// 5 minutes; bench/RESULTS.md), and routine events (a daily
     /// `systemd-tmpfiles-clean`, an ssh login) reach 5-6 MiB/s for seconds.
     #[serde(default)]
