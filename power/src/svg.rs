@@ -51,24 +51,12 @@ pub fn power_chart(steps: &[(f64, f64)], labels: &ChartLabels) -> String {
     let x = |t: f64| LEFT + (t - t_start) / (t_end - t_start) * plot_w;
     let y = |w: f64| TOP + plot_h - w / w_top * plot_h;
 
-    let mut svg = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
-        WIDTH / 2.0,
-        escape(&labels.title)
-    );
+    let mut svg = open_svg(HEIGHT, &labels.title);
 
     // Axes, ticks and labels.
     let (x0, y0) = (LEFT, TOP + plot_h);
-    let _ = writeln!(svg, r#"<line x1="{x0}" y1="{y0}" x2="{}" y2="{y0}" stroke="black"/>"#, LEFT + plot_w);
-    let _ = writeln!(svg, r#"<line x1="{x0}" y1="{TOP}" x2="{x0}" y2="{y0}" stroke="black"/>"#);
+    axes(&mut svg, TOP, y0, plot_w);
     for k in 0..=(w_top / 20.0) as u32 {
         let w = f64::from(k) * 20.0;
         let _ = writeln!(svg, r#"<text x="{}" y="{:.1}" text-anchor="end">{w}</text>"#, LEFT - 6.0, y(w) + 4.0);
@@ -193,19 +181,8 @@ pub fn power_timeline(timeline: &Timeline) -> String {
     let axis_y = TOP + n * PANEL_HEIGHT + (n - 1.0).max(0.0) * PANEL_GAP;
     let height = axis_y + BOTTOM + 10.0 + 16.0 * timeline.notes.len() as f64;
 
-    let mut svg = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
-        WIDTH / 2.0,
-        escape(&timeline.title)
-    );
+    let mut svg = open_svg(height, &timeline.title);
 
     for (i, panel) in timeline.panels.iter().enumerate() {
         let top = TOP + i as f64 * (PANEL_HEIGHT + PANEL_GAP);
@@ -233,9 +210,7 @@ pub fn power_timeline(timeline: &Timeline) -> String {
                 );
             }
         }
-        let _ =
-            writeln!(svg, r#"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="black"/>"#, LEFT + plot_w);
-        let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" stroke="black"/>"#);
+        axes(&mut svg, top, bottom, plot_w);
         let mut w = 0.0;
         while w <= w_top {
             let _ = writeln!(svg, r#"<text x="{}" y="{:.1}" text-anchor="end">{w}</text>"#, LEFT - 6.0, y(w) + 4.0);
@@ -441,22 +416,10 @@ pub fn xy_chart(chart: &XyChart) -> String {
     let x = |v: f64| LEFT + x_axis.fraction(v) * plot_w;
     let y = |v: f64| TOP + plot_h - y_axis.fraction(v) * plot_h;
 
-    let mut svg = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
-        WIDTH / 2.0,
-        escape(&chart.title)
-    );
+    let mut svg = open_svg(height, &chart.title);
     let (x0, y0) = (LEFT, TOP + plot_h);
-    let _ = writeln!(svg, r#"<line x1="{x0}" y1="{y0}" x2="{}" y2="{y0}" stroke="black"/>"#, LEFT + plot_w);
-    let _ = writeln!(svg, r#"<line x1="{x0}" y1="{TOP}" x2="{x0}" y2="{y0}" stroke="black"/>"#);
+    axes(&mut svg, TOP, y0, plot_w);
     for tick in x_axis.ticks() {
         let tx = x(tick);
         let _ = writeln!(svg, r##"<line x1="{tx:.1}" y1="{TOP}" x2="{tx:.1}" y2="{y0}" stroke="#eee"/>"##);
@@ -562,19 +525,8 @@ pub fn span_rows_chart(chart: &SpanRows) -> String {
     let x = |v: f64| LEFT + (v.clamp(from, from + span) - from) / span * plot_w;
     let row_h = plot_h / chart.rows.len().max(1) as f64;
 
-    let mut svg = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
-        WIDTH / 2.0,
-        escape(&chart.title)
-    );
+    let mut svg = open_svg(height, &chart.title);
     let colour = escape(&chart.colour);
     for (i, row) in chart.rows.iter().enumerate() {
         let top = TOP + i as f64 * row_h;
@@ -632,6 +584,31 @@ fn step_path(steps: &[(f64, f64)], x: &dyn Fn(f64) -> f64, y: &dyn Fn(f64) -> f6
 }
 
 /// Escapes text for an SVG text node.
+/// An SVG document of `height` (the charts' `WIDTH`) on a white ground
+/// with `title` centred at the top, to which a chart adds its lines.
+fn open_svg(height: f64, title: &str) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{height}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">{}</text>"#,
+        WIDTH / 2.0,
+        escape(title)
+    );
+    svg
+}
+
+/// A plot's two axes: the x axis along `bottom`, `plot_w` wide from
+/// `LEFT`, the y axis from `top` down to it.
+fn axes(svg: &mut String, top: f64, bottom: f64, plot_w: f64) {
+    let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="black"/>"#, LEFT + plot_w);
+    let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" stroke="black"/>"#);
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }

@@ -11,9 +11,10 @@
 //! Root only (namespaces, taps, FUSE); skipped with a reason elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
+use std::path::Path;
 use std::time::Duration;
 
-use tests::office::{first_count, last_count, wait_for_count_above, Office, OfficeSpec};
+use tests::office::{first_count, last_count, wait_for_count_above, LineClient, Office, OfficeSpec};
 use tests::{skip, BOOT_TIMEOUT, COUNT_TIMEOUT};
 
 /// How long the test client waits for a reply.
@@ -172,20 +173,11 @@ fn a_vm_that_cannot_start_says_why_in_qemus_words() {
 #[test]
 fn a_server_daemon_stops_while_its_guest_waits_for_a_desktop_that_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut office) = Office::started(dir.path(), &OfficeSpec::default()) else { return };
-    let client = office.connect_client(Duration::from_secs(1));
-    client.wait_for(2, REPLY);
-    office.consolidate_when_idle(Duration::from_secs(180));
+    let Some((mut office, client, there)) = guest_waiting_for_its_absent_desktop(dir.path(), &OfficeSpec::default())
+    else {
+        return;
+    };
     let server_serial = office.server_serial();
-    let there = wait_for_count_above(&server_serial, 0, COUNT_TIMEOUT);
-    office.stop_desktop();
-    // The guest reads what it had left alone: pages only the desktop has.
-    client.send("readall");
-    let deadline = std::time::Instant::now() + COUNT_TIMEOUT;
-    while !office.log("server").contains("fetch failed; retrying") {
-        assert!(std::time::Instant::now() < deadline, "the guest never waited for its desktop\n{}", office.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
     let qemu = office.server_qemu_pid().expect("QEMU runs the VM on the server");
     office.stop_server();
     assert!(office.log("server").contains("left running for the next start"), "{}", office.logs());
@@ -215,18 +207,10 @@ fn a_server_daemon_stops_while_its_guest_waits_for_a_desktop_that_is_gone() {
 fn a_checkpoint_held_up_by_a_guest_waiting_for_its_desktop_leaves_its_figures_in_the_servers_status() {
     let dir = tempfile::tempdir().unwrap();
     let spec = OfficeSpec { checkpoint_every_secs: Some(5), ..OfficeSpec::default() };
-    let Some(mut office) = Office::started(dir.path(), &spec) else { return };
-    let client = office.connect_client(Duration::from_secs(1));
-    client.wait_for(2, REPLY);
-    office.consolidate_when_idle(Duration::from_secs(180));
+    // Under TCG the guest's vCPU, waiting in the fetch, holds QEMU's main
+    // loop, so the next checkpoint waits too, holding the VM.
+    let Some((mut office, client, there)) = guest_waiting_for_its_absent_desktop(dir.path(), &spec) else { return };
     let server_serial = office.server_serial();
-    let there = wait_for_count_above(&server_serial, 0, COUNT_TIMEOUT);
-    // The desktop goes away and the guest reads what it had left alone:
-    // under TCG its vCPU, waiting in the fetch, holds QEMU's main loop, so
-    // the next checkpoint waits too, holding the VM.
-    office.stop_desktop();
-    client.send("readall");
-    wait_for_log(&office, "server", "fetch failed; retrying");
     let checkpoints = |what: &str| office.log("server").matches(what).count();
     let deadline = std::time::Instant::now() + COUNT_TIMEOUT;
     while checkpoints("taking a checkpoint") <= checkpoints("checkpoint taken") {
@@ -256,6 +240,27 @@ fn a_checkpoint_held_up_by_a_guest_waiting_for_its_desktop_leaves_its_figures_in
     eprintln!(
         "the VM counted {there} on the server, waited at {waited_at} through a checkpoint, and came home at {home}"
     );
+}
+
+/// The office of `spec` with its VM consolidated once idle, then the
+/// desktop daemon stopped and the guest reading what it had left alone
+/// (pages only the desktop has), so that it waits in a fetch; with the
+/// client and the count the guest had reached on the server. None where
+/// the office cannot run (skipped with the reason).
+fn guest_waiting_for_its_absent_desktop(dir: &Path, spec: &OfficeSpec) -> Option<(Office, LineClient, u64)> {
+    let mut office = Office::started(dir, spec)?;
+    let client = office.connect_client(Duration::from_secs(1));
+    client.wait_for(2, REPLY);
+    office.consolidate_when_idle(Duration::from_secs(180));
+    let there = wait_for_count_above(&office.server_serial(), 0, COUNT_TIMEOUT);
+    office.stop_desktop();
+    client.send("readall");
+    let deadline = std::time::Instant::now() + COUNT_TIMEOUT;
+    while !office.log("server").contains("fetch failed; retrying") {
+        assert!(std::time::Instant::now() < deadline, "the guest never waited for its desktop\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Some((office, client, there))
 }
 
 /// The pid of the VM's storage process on the server, if it runs.
