@@ -24,7 +24,7 @@
 //! on its screen, Firefox ESR on local pages, an always-on client that dials
 //! the office's client host): the guest faults on its own while it idles on
 //! the server, reads a file it had left alone through its guest agent, and
-//! writes one there; the screen checks look for its session. About 20
+//! writes one there; the screen checks look for its session. About 6
 //! minutes under TCG, most of it the boot and the guest calming down.
 //!
 //! Usage: `demo [--desktop-guest]` (root; uses this build's `jettison`).
