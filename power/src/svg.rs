@@ -66,8 +66,7 @@ pub fn power_chart(steps: &[(f64, f64)], labels: &ChartLabels) -> String {
     let mut m = 0.0;
     while m <= minutes {
         let tx = x(t_start + m * 60.0);
-        let _ = writeln!(svg, r#"<line x1="{tx:.1}" y1="{y0}" x2="{tx:.1}" y2="{}" stroke="black"/>"#, y0 + 4.0);
-        let _ = writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{m}</text>"#, y0 + 18.0);
+        x_tick(&mut svg, tx, y0, m);
         m += tick_min;
     }
     let _ = writeln!(
@@ -265,10 +264,7 @@ pub fn power_timeline(timeline: &Timeline) -> String {
     let mut s = 0.0;
     while s <= secs {
         let tx = x(t_start + s);
-        let _ =
-            writeln!(svg, r#"<line x1="{tx:.1}" y1="{axis_y}" x2="{tx:.1}" y2="{}" stroke="black"/>"#, axis_y + 4.0);
-        let label = if in_minutes { s / 60.0 } else { s };
-        let _ = writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{label}</text>"#, axis_y + 18.0);
+        x_tick(&mut svg, tx, axis_y, if in_minutes { s / 60.0 } else { s });
         s += tick;
     }
     let _ = writeln!(
@@ -546,8 +542,7 @@ pub fn span_rows_chart(chart: &SpanRows) -> String {
     let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{y0}" x2="{}" y2="{y0}" stroke="black"/>"#, LEFT + plot_w);
     for (at, label) in &chart.ticks {
         let tx = x(*at);
-        let _ = writeln!(svg, r#"<line x1="{tx:.1}" y1="{y0}" x2="{tx:.1}" y2="{}" stroke="black"/>"#, y0 + 4.0);
-        let _ = writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{}</text>"#, y0 + 18.0, escape(label));
+        x_tick(&mut svg, tx, y0, escape(label));
     }
     let _ = writeln!(
         svg,
@@ -607,6 +602,12 @@ fn open_svg(height: f64, title: &str) -> String {
 fn axes(svg: &mut String, top: f64, bottom: f64, plot_w: f64) {
     let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="black"/>"#, LEFT + plot_w);
     let _ = writeln!(svg, r#"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" stroke="black"/>"#);
+}
+
+/// A tick on an x axis along `axis_y` at `tx`, with its label below.
+fn x_tick(svg: &mut String, tx: f64, axis_y: f64, label: impl std::fmt::Display) {
+    let _ = writeln!(svg, r#"<line x1="{tx:.1}" y1="{axis_y}" x2="{tx:.1}" y2="{}" stroke="black"/>"#, axis_y + 4.0);
+    let _ = writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{label}</text>"#, axis_y + 18.0);
 }
 
 fn escape(text: &str) -> String {
