@@ -84,9 +84,8 @@ pub struct ServerDaemon {
     fleet: Option<Arc<Fleet>>,
 }
 
-/// A hosted VM's figures for status and metrics, read now.
-fn figures_of(vm: &mut HostedVm) -> (VmFigures, Option<DesktopStatus>) {
-    vm.poll();
+/// A hosted VM's figures for status and metrics, as it last polled them.
+fn figures_of(vm: &HostedVm) -> (VmFigures, Option<DesktopStatus>) {
     let (memory, disk) = vm.counters().clone();
     (VmFigures { status: vm.status(), memory, disk }, vm.desktop_power().cloned())
 }
@@ -657,7 +656,10 @@ impl ServerDaemon {
         let figures: Vec<(VmFigures, Option<DesktopStatus>)> = vms
             .iter()
             .filter_map(|(key, vm)| match local::lock_for_status(vm) {
-                Some(mut vm) => Some(figures_of(&mut vm)),
+                Some(mut vm) => {
+                    vm.poll();
+                    Some(figures_of(&vm))
+                }
                 // A VM that is moving is left out of this scrape.
                 None => lock(&self.checkpointing).get(key).cloned(),
             })
@@ -711,7 +713,8 @@ impl ServerDaemon {
                 }
                 if vm.checkpoint_due(Duration::from_secs(self.config.checkpoint_every_secs)) {
                     tracing::info!(desktop = %vm.key().desktop, vm = %vm.key().vm, "taking a checkpoint");
-                    lock(&self.checkpointing).insert(vm.key().clone(), figures_of(&mut vm));
+                    // Polled at the top of this round.
+                    lock(&self.checkpointing).insert(vm.key().clone(), figures_of(&vm));
                     let taken = vm.checkpoint();
                     lock(&self.checkpointing).remove(vm.key());
                     match taken {
