@@ -88,6 +88,13 @@ pub fn runs_under_seccomp_filter(pid: u32) -> bool {
         .is_ok_and(|status| status.lines().any(|l| l.split_whitespace().eq(["Seccomp:", "2"])))
 }
 
+/// The kilobytes of the line `field:` of a `/proc/<pid>/status` or
+/// `smaps_rollup` text (`VmRSS:   1234 kB`); None without that field.
+pub fn proc_kib(text: &str, field: &str) -> Option<u64> {
+    let rest = text.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 /// The real user id of process `pid` (the first field of the `Uid:` line
 /// of its `/proc/<pid>/status`), if it runs.
 pub fn process_uid(pid: u32) -> Option<u32> {

@@ -436,8 +436,7 @@ fn bad_values_get_einval_and_an_oversized_write_closes_only_its_connection() {
 /// This process's resident memory, in MiB.
 fn rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    tests::proc_kib(&status, "VmRSS").unwrap() / 1024
 }
 
 #[test]

@@ -99,14 +99,6 @@ fn stay_minutes(name: &str) -> Option<Duration> {
     Some(Duration::from_secs(minutes * 60))
 }
 
-/// Kilobytes of the line `field:` in a `/proc` file (`smaps_rollup`).
-fn proc_kib(text: &str, field: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Bytes of the files under `dir` in the page cache (`fincore`).
 fn page_cache_bytes(dir: &Path) -> u64 {
     let files: Vec<_> = walk(dir).into_iter().filter(|f| f.is_file()).collect();
@@ -143,6 +135,7 @@ fn server_memory(office: &Office) -> String {
     let rollup = |pid: Option<u32>| {
         pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()).unwrap_or_default()
     };
+    let proc_kib = |text: &str, field| tests::proc_kib(text, field).unwrap_or(0);
     let storage_pid =
         std::fs::read_to_string(office.server_vm_run().join("storage.pid")).ok().and_then(|t| t.trim().parse().ok());
     let (qemu, storage) = (rollup(office.server_qemu_pid()), rollup(storage_pid));

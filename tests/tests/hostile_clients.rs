@@ -78,8 +78,7 @@ impl Memserv {
     fn rss_kib(&self) -> u64 {
         // prlimit execs jettison in place: the child's pid is memserv's.
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        tests::proc_kib(&status, "VmRSS").unwrap()
     }
 }
 
