@@ -267,13 +267,7 @@ pub fn power_timeline(timeline: &Timeline) -> String {
         x_tick(&mut svg, tx, axis_y, if in_minutes { s / 60.0 } else { s });
         s += tick;
     }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">time ({})</text>"#,
-        LEFT + plot_w / 2.0,
-        axis_y + 36.0,
-        if in_minutes { "minutes" } else { "seconds" }
-    );
+    x_title(&mut svg, axis_y, plot_w, format!("time ({})", if in_minutes { "minutes" } else { "seconds" }));
     for (k, note) in timeline.notes.iter().enumerate() {
         let _ = writeln!(
             svg,
@@ -433,13 +427,7 @@ pub fn xy_chart(chart: &XyChart) -> String {
             tick_label(tick)
         );
     }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        y0 + 36.0,
-        escape(&chart.x_label)
-    );
+    x_title(&mut svg, y0, plot_w, escape(&chart.x_label));
     let _ = writeln!(
         svg,
         r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
@@ -544,13 +532,7 @@ pub fn span_rows_chart(chart: &SpanRows) -> String {
         let tx = x(*at);
         x_tick(&mut svg, tx, y0, escape(label));
     }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        y0 + 36.0,
-        escape(&chart.x_label)
-    );
+    x_title(&mut svg, y0, plot_w, escape(&chart.x_label));
     for (k, note) in chart.notes.iter().enumerate() {
         let _ =
             writeln!(svg, r##"<text x="{LEFT}" y="{}" fill="#333">{}</text>"##, HEIGHT + 16.0 * k as f64, escape(note));
@@ -608,6 +590,13 @@ fn axes(svg: &mut String, top: f64, bottom: f64, plot_w: f64) {
 fn x_tick(svg: &mut String, tx: f64, axis_y: f64, label: impl std::fmt::Display) {
     let _ = writeln!(svg, r#"<line x1="{tx:.1}" y1="{axis_y}" x2="{tx:.1}" y2="{}" stroke="black"/>"#, axis_y + 4.0);
     let _ = writeln!(svg, r#"<text x="{tx:.1}" y="{}" text-anchor="middle">{label}</text>"#, axis_y + 18.0);
+}
+
+/// The title of an x axis along `axis_y`, `plot_w` wide, centred below
+/// its tick labels.
+fn x_title(svg: &mut String, axis_y: f64, plot_w: f64, title: impl std::fmt::Display) {
+    let _ =
+        writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">{title}</text>"#, LEFT + plot_w / 2.0, axis_y + 36.0);
 }
 
 fn escape(text: &str) -> String {
