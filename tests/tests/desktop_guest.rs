@@ -20,8 +20,12 @@
 //! every 10 minutes, not every 45 s, since each check touches memory);
 //! `JETTISON_DESKTOP_SECOND_STAY_MINUTES=M` consolidates it a second time
 //! after it is home, for M minutes; `JETTISON_KEEP_TRACES=DIR` copies every
-//! stay's fetch trace into DIR. Each stay prints the server's figures and
-//! what the VM costs the server in memory at 1, 10, 30 and 67 minutes.
+//! stay's fetch trace into DIR; `JETTISON_DESKTOP_MEMORY_MIB=M` gives the
+//! guest M MiB instead of 2048; `JETTISON_DESKTOP_THP=always` (or `never`)
+//! sets the guest's transparent huge pages through its agent before it
+//! idles, instead of the image's `madvise`, to measure what that costs.
+//! Each stay prints the server's figures and what the VM costs the server
+//! in memory at 1, 10, 30 and 67 minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
 use std::path::Path;
@@ -256,7 +260,13 @@ fn stay(
 fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_session_and_connection() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let spec = OfficeSpec { memory_mib: 2048, vcpus: 2, desktop_guest: true, ..OfficeSpec::default() };
+    let memory_mib = match std::env::var("JETTISON_DESKTOP_MEMORY_MIB") {
+        Ok(text) => {
+            text.parse().unwrap_or_else(|_| panic!("JETTISON_DESKTOP_MEMORY_MIB={text:?} is not a number of MiB"))
+        }
+        Err(_) => 2048,
+    };
+    let spec = OfficeSpec { memory_mib, vcpus: 2, desktop_guest: true, ..OfficeSpec::default() };
     let mut office = match Office::build(dir.path(), &spec) {
         Ok(office) => office,
         Err(why) => return tests::skip(why),
@@ -279,6 +289,17 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
     eprintln!("on the desktop: {running:?}");
     let thp = guest.run("cat", &["/sys/kernel/mm/transparent_hugepage/enabled"]).unwrap();
     assert!(thp.contains("[madvise]"), "transparent huge pages are not madvise in the guest: {thp}");
+    if let Ok(mode) = std::env::var("JETTISON_DESKTOP_THP") {
+        assert!(
+            ["always", "madvise", "never"].contains(&mode.as_str()),
+            "JETTISON_DESKTOP_THP={mode:?}: always, madvise or never"
+        );
+        let set = format!("echo {mode} > /sys/kernel/mm/transparent_hugepage/enabled");
+        guest.run("sh", &["-c", &set]).unwrap();
+        let thp = guest.run("cat", &["/sys/kernel/mm/transparent_hugepage/enabled"]).unwrap();
+        assert!(thp.contains(&format!("[{mode}]")), "the guest refused transparent huge pages {mode}: {thp}");
+        eprintln!("transparent huge pages in the guest set to {mode} (JETTISON_DESKTOP_THP)");
+    }
     drop(guest);
 
     // It idles, then moves, stays, and comes home; with
