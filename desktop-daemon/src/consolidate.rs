@@ -18,7 +18,7 @@ use daemon_protocol::{ConsolidateRequest, Control, ControlHello, ReserveRequest,
 use fleet_registry::Demand;
 use identifiers::VmName;
 use migration_formats::ZeroMap;
-use qemu_driver::{dirty_rate, judge, IdleVerdict, Resumed};
+use qemu_driver::{dirty_rate, judge, IdleVerdict, QemuError, Resumed};
 use wire::protocol::Message;
 use wire::{Channel, Credentials};
 
@@ -152,11 +152,24 @@ pub fn consolidate(
         log(format!("{name}: not checking whether it is idle (--force)"));
     } else {
         let qmp = vm.qmp().ok_or_else(|| DesktopError::NotRunning { vm: name.clone() })?;
-        let dirty = dirty_rate(qmp, DIRTY_RATE_PERIOD).map_err(|source| DesktopError::Qemu {
-            vm: name.clone(),
-            action: "measure its dirty rate",
-            source: Box::new(source),
-        })?;
+        let dirty = match dirty_rate(qmp, DIRTY_RATE_PERIOD) {
+            Ok(dirty) => dirty,
+            // A measurement that does not end in time says the VM or the
+            // host is too busy to tell: a refusal to try again, as a busy
+            // VM gets.
+            Err(source @ QemuError::Timeout { .. }) => {
+                return Err(DesktopError::NotIdle {
+                    why: format!(
+                        "{name}: its dirty rate could not be measured ({}); the VM or this host is busy: try again \
+                         when it is quiet, or use --force",
+                        wire::chain(&source)
+                    ),
+                })
+            }
+            Err(source) => {
+                return Err(DesktopError::Qemu { vm: name, action: "measure its dirty rate", source: Box::new(source) })
+            }
+        };
         match judge(name.as_str(), vm.window(), dirty, &ctx.config.idle) {
             IdleVerdict::Idle(measured) => log(format!("{name} is idle: {measured}")),
             IdleVerdict::Busy(why) => return Err(DesktopError::NotIdle { why }),

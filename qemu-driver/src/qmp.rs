@@ -3,10 +3,12 @@
 //! QMP is line-delimited JSON. After the greeting and `qmp_capabilities`,
 //! each command gets exactly one reply (`return` or `error`), but
 //! asynchronous events (`STOP`, `RESUME`, `MIGRATION`, ...) may arrive in
-//! between. We only ever have one command in flight, so the next non-event
-//! message is its reply; events seen on the way are queued for
-//! [`Qmp::wait_event`] so none is lost to a command that happened to be
-//! waiting at the time.
+//! between. We only ever have one command in flight, and each carries an
+//! `id` that QEMU echoes in its reply: a reply with another id answers a
+//! command that timed out earlier (QEMU's main loop was held) and is
+//! dropped, so it is never taken for the answer to the next command.
+//! Events seen on the way are queued for [`Qmp::wait_event`] so none is
+//! lost to a command that happened to be waiting at the time.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -39,6 +41,8 @@ pub struct Qmp {
     /// timeouts so a message split by one is not lost.
     partial: Vec<u8>,
     events: VecDeque<Value>,
+    /// The `id` of the next command.
+    next_id: u64,
 }
 
 impl Qmp {
@@ -87,6 +91,7 @@ impl Qmp {
             reader: BufReader::new(stream),
             partial: Vec::new(),
             events: VecDeque::new(),
+            next_id: 0,
         };
         let greeting = qmp.read_message(deadline, timeout, "the QMP greeting")?;
         if greeting.get("QMP").is_none() {
@@ -153,7 +158,9 @@ impl Qmp {
     /// Sends `command` (with `fd` as ancillary data, if any) and waits for
     /// its reply.
     fn request(&mut self, command: &str, arguments: Option<Value>, fd: Option<BorrowedFd<'_>>) -> Result<Value> {
-        let mut request = json!({ "execute": command });
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut request = json!({ "execute": command, "id": id });
         if let Some(arguments) = arguments {
             request["arguments"] = arguments;
         }
@@ -173,6 +180,8 @@ impl Qmp {
             let mut message = self.read_message(deadline, REPLY_TIMEOUT, &what)?;
             if message.get("event").is_some() {
                 self.queue_event(message);
+            } else if message.get("id").is_some_and(|echoed| echoed != id) {
+                tracing::debug!(socket = %self.socket.display(), %message, "QMP reply to a command given up on, dropped");
             } else if let Some(reply) = message.get_mut("return") {
                 return Ok(reply.take());
             } else if let Some(error) = message.get("error") {
@@ -205,6 +214,10 @@ impl Qmp {
             let message = self.read_message(deadline, timeout, &what)?;
             if is_event(&message, name) {
                 return Ok(message);
+            }
+            if message.get("id").is_some() {
+                tracing::debug!(socket = %self.socket.display(), %message, "QMP reply to a command given up on, dropped");
+                continue;
             }
             if message.get("event").is_none() {
                 return Err(self.protocol(format!("a reply with no command pending: {message}")));
@@ -292,4 +305,49 @@ fn is_event(message: &Value, name: &str) -> bool {
 /// A read timeout (the deadline is checked by the caller) or a signal.
 fn is_retryable(err: &io::Error) -> bool {
     matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+
+    /// A QMP monitor that greets, then answers each command line with the
+    /// lines `answer` gives for it (the command as JSON).
+    fn monitor(socket: &Path, answer: impl Fn(&Value) -> Vec<Value> + Send + 'static) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            writeln!(writer, "{}", json!({ "QMP": { "version": {}, "capabilities": [] } })).unwrap();
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { return };
+                let command: Value = serde_json::from_str(&line).unwrap();
+                for reply in answer(&command) {
+                    writeln!(writer, "{reply}").unwrap();
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_late_reply_to_an_earlier_command_is_not_taken_for_the_next_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        // Before each reply, the one QEMU owed a command given up on, and an event.
+        let server = monitor(&socket, |command| {
+            let status = if command["execute"] == "query-status" { json!({ "status": "running" }) } else { json!({}) };
+            vec![
+                json!({ "return": {}, "id": 999 }),
+                json!({ "event": "RESUME", "data": {} }),
+                json!({ "return": status, "id": command["id"] }),
+            ]
+        });
+        let mut qmp = Qmp::connect(&socket, Duration::from_secs(5)).unwrap();
+        assert_eq!(qmp.run_state().unwrap(), "running");
+        assert!(qmp.wait_event("RESUME", Duration::from_secs(5)).is_ok());
+        drop(qmp);
+        server.join().unwrap();
+    }
 }

@@ -258,15 +258,26 @@ pub struct DirtyRate {
 /// [`QemuError::Timeout`] if no result comes well after `calc`; QMP errors.
 pub fn dirty_rate(qmp: &mut Qmp, calc: Duration) -> Result<DirtyRate> {
     let calc_ms = u64::try_from(calc.as_millis()).unwrap_or(u64::MAX);
-    qmp.execute(
-        "calc-dirty-rate",
-        Some(json!({
-            "calc-time": calc_ms,
-            "calc-time-unit": "millisecond",
-            "sample-pages": SAMPLE_PAGES_PER_GIB,
-            "mode": "page-sampling",
-        })),
-    )?;
+    let start = json!({
+        "calc-time": calc_ms,
+        "calc-time-unit": "millisecond",
+        "sample-pages": SAMPLE_PAGES_PER_GIB,
+        "mode": "page-sampling",
+    });
+    match qmp.execute("calc-dirty-rate", Some(start.clone())) {
+        // One that an earlier caller gave up on still runs: wait for it to
+        // end, then measure afresh.
+        Err(QemuError::Command { desc, .. }) if desc.contains("already being measured") => {
+            poll_until("the earlier dirty-rate measurement to end", DIRTY_RATE_SLACK, || {
+                let info = qmp.execute("query-dirty-rate", Some(json!({ "calc-time-unit": "millisecond" })))?;
+                Ok((info["status"].as_str() != Some("measuring")).then_some(()))
+            })?;
+            qmp.execute("calc-dirty-rate", Some(start))?;
+        }
+        other => {
+            other?;
+        }
+    }
     // The command resets the status to unstarted before it returns, so a
     // result from an earlier measurement cannot be mistaken for this one.
     sleep(calc);

@@ -123,4 +123,14 @@ fn a_counting_guest_is_idle_and_a_guest_rewriting_its_memory_is_not() {
         }
         IdleVerdict::Idle(measured) => panic!("the guest rewriting its memory was judged idle: {measured}"),
     }
+
+    // A measurement an earlier caller started and gave up on (a timeout
+    // under load) is still running: the next one waits for it and measures
+    // afresh, over its own period.
+    let [idle, _] = &mut guests;
+    idle.qmp
+        .execute("calc-dirty-rate", Some(serde_json::json!({ "calc-time": 3, "mode": "page-sampling" })))
+        .expect("QEMU starts a 3 s measurement");
+    let dirty = idle.dirty_rate();
+    assert_eq!(dirty.period, DIRTY_CALC, "the measurement after a running one is not its own: {dirty:?}");
 }
