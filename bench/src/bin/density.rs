@@ -227,6 +227,8 @@ fn run(args: &Args, guest: &GuestImage, office: &mut Office) -> Result<String, S
     println!("{n} VMs consolidated; idling {} s on the server", args.idle_secs);
     let costs = idle_costs(office, n, Duration::from_secs(args.idle_secs))?;
     let daemon_pss = office.server_daemon_pid().map(rollup).transpose()?.map_or(0, |r| r.pss_kib << 10);
+    // Printed now, so that a failure of the moves below keeps it.
+    print!("{}", memory_report(args, capped.is_ok(), &costs, daemon_pss, &out));
 
     let link = || device_bytes(office.host(1), "eth0");
     let back_all = reintegrate_batch(office, &(0..n).collect::<Vec<_>>(), &link)?;
@@ -242,7 +244,7 @@ fn run(args: &Args, guest: &GuestImage, office: &mut Office) -> Result<String, S
         .map_err(|e| format!("cannot make a directory in /dev/shm for the precopy RAM files: {e}"))?;
     let (pre_all, pre_one, full_pss) = precopy_batches(args, guest, office, shm.path(), &link)?;
 
-    Ok(report(args, capped.is_ok(), &costs, daemon_pss, &out, &back_all, &back_one, &pre_all, &pre_one, &full_pss))
+    Ok(moves_report(args, capped.is_ok(), [&back_all, &back_one, &pre_all, &pre_one], &full_pss))
 }
 
 /// Runs `job(i)` for each of `n` VMs on threads of its own, all at once;
@@ -398,7 +400,10 @@ fn precopy_batches(
         let mut dest_qmp = dest.connect_qmp().map_err(|e| e.to_string())?;
         let uri = format!("tcp:{SERVER_IP}:{}", PRECOPY_PORT + k as u16);
         precopy::listen(&mut dest_qmp, &uri)?;
-        source.wait_for_count_above(3, BOOT_TIMEOUT + Duration::from_secs(30 * n as u64)).map_err(|e| e.to_string())?;
+        // N + 1 TCG guests filling their RAM at once, beside the N idle
+        // ones at home: the slowest boot here.
+        let boot_timeout = BOOT_TIMEOUT + Duration::from_secs(60 * n as u64);
+        source.wait_for_count_above(3, boot_timeout).map_err(|e| e.to_string())?;
         let qmp = source.connect_qmp().map_err(|e| e.to_string())?;
         Ok(PrecopyPair { source: (source, qmp), dest: (dest, dest_qmp), uri })
     };
@@ -444,29 +449,29 @@ fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
     sum / count.max(1) as f64
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    args: &Args,
-    capped: bool,
-    costs: &[VmCost],
-    daemon_pss: u64,
-    out: &[(f64, u64)],
-    back_all: &Batch,
-    back_one: &Batch,
-    pre_all: &Batch,
-    pre_one: &Batch,
-    full_pss: &[u64],
-) -> String {
+/// MiB in `bytes`.
+fn m(bytes: u64) -> f64 {
+    bytes as f64 / MIB
+}
+
+/// What the link was, in words.
+fn link_words(args: &Args, capped: bool) -> String {
+    match capped {
+        true => format!("the server's link capped by tc tbf at {} Mbit/s each way", args.rate_mbit),
+        false => "the server's link UNCAPPED (tc failed)".to_owned(),
+    }
+}
+
+/// The idle VMs' cost to the server, a row each and their mean, against
+/// their working sets; `out` is each consolidation's seconds and
+/// descriptor bytes.
+fn memory_report(args: &Args, capped: bool, costs: &[VmCost], daemon_pss: u64, out: &[(f64, u64)]) -> String {
     let n = args.vms;
-    let m = |b: u64| b as f64 / MIB;
+    let link = link_words(args, capped);
     let mut text = String::new();
     let mut line = |s: String| {
         text.push_str(&s);
         text.push('\n');
-    };
-    let link = match capped {
-        true => format!("the server's link capped by tc tbf at {} Mbit/s each way", args.rate_mbit),
-        false => "the server's link UNCAPPED (tc failed)".to_owned(),
     };
     line(format!(
         "\ndensity: {n} desktops, each one VM ({} MiB RAM, {} MiB of it filled with random data, 64 MiB disk), \
@@ -529,15 +534,11 @@ fn report(
     };
     line(row(&average));
     line(String::new());
-    let full = mean(full_pss.iter().map(|&b| b as f64)) as u64;
     line(format!(
-        "baselines: the goal is total <= {GOAL_RATIO} x working set (mean {:.1} MiB here: {:.1} MiB); a VM fully \
-         migrated by QEMU precopy costs the server {:.1} MiB (its QEMU's PSS, RAM file included, mean of {}); the \
-         server daemon's own PSS is {:.1} MiB for all {n} ({:.1} per VM, not in the rows)",
+        "baseline: the goal is total <= {GOAL_RATIO} x working set (mean {:.1} MiB here: {:.1} MiB); the server \
+         daemon's own PSS is {:.1} MiB for all {n} ({:.1} per VM, not in the rows)",
         m(average.working_set),
         m(average.working_set) * GOAL_RATIO,
-        m(full),
-        full_pss.len(),
         m(daemon_pss),
         m(daemon_pss) / n as f64,
     ));
@@ -557,8 +558,27 @@ fn report(
         m(average.tcg_cache),
         average.ratio(),
     ));
+    text
+}
+
+/// The moves, N at once against one alone (`batches`: Jettison's N and
+/// one, QEMU precopy's N and one), beside the paper's; `full_pss` is each
+/// precopied VM's QEMU PSS on the server.
+fn moves_report(args: &Args, capped: bool, batches: [&Batch; 4], full_pss: &[u64]) -> String {
+    let n = args.vms;
+    let [back_all, back_one, pre_all, pre_one] = batches;
+    let mut text = String::new();
+    let mut line = |s: String| {
+        text.push_str(&s);
+        text.push('\n');
+    };
+    line(format!(
+        "a VM fully migrated by QEMU precopy costs the server {:.1} MiB (its QEMU's PSS, RAM file included, mean of {})",
+        m(mean(full_pss.iter().map(|&b| b as f64)) as u64),
+        full_pss.len(),
+    ));
     line(String::new());
-    line(format!("{n} moves at once against one alone, over {link}:"));
+    line(format!("{n} moves at once against one alone, over {}:", link_words(args, capped)));
     line(String::new());
     line("| move | VMs at once | MiB on the server's link | MiB the moves counted | s until all done | s per move, mean | s per move, max |".to_owned());
     line("|---|---:|---:|---:|---:|---:|---:|".to_owned());
