@@ -102,6 +102,12 @@ impl Lan {
     pub fn host(&self, i: usize) -> &str {
         self.hosts[i].name()
     }
+
+    /// The namespace of the bridge: its port `port<i>` leads to host `i`'s
+    /// `eth0` (a qdisc there shapes what reaches the host).
+    pub fn bridge(&self) -> &str {
+        self._bridge.name()
+    }
 }
 
 /// How long a daemon may take to stop on SIGTERM: the server daemon's

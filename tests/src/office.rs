@@ -16,6 +16,11 @@
 //! (`qemu_user`), as the packaged configurations do, so every test of the
 //! office runs its VM that way; an office cannot be built without the user.
 //!
+//! With [`OfficeSpec::desktops`] above one, more desktops join the LAN,
+//! each with its own daemon and VM, numbered after the first
+//! ([`OfficeDesktop::nth`]): `desktop2` at 10.77.0.101 with `vm2` at
+//! 10.77.0.51, and so on, all consolidating to the one server.
+//!
 //! Everything lives under one directory the caller owns; on drop the
 //! daemons get SIGTERM (the desktop's leaves its QEMU running, as for a
 //! restart), and any QEMU or mount still naming that directory is killed
@@ -130,6 +135,63 @@ pub struct OfficeSpec {
     /// and the desktop choosing between them (`[fleet]` in each file).
     /// The desktop enrolls both; its `server` stays the first.
     pub fleet: bool,
+    /// How many desktops, each with its daemon and one VM
+    /// ([`OfficeDesktop::nth`]); the first is [`DESKTOP`] with [`VM`]. More
+    /// than one only with the small guest booted from the hosts' kernel,
+    /// without `extra_disks`, `power` or `activity`.
+    pub desktops: usize,
+}
+
+/// The most desktops an office has room for in its address plan.
+pub const MAX_DESKTOPS: usize = 48;
+
+/// One desktop of the office and its VM: names, addresses and MACs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfficeDesktop {
+    /// Its place, from 0.
+    pub index: usize,
+    /// Its name: [`DESKTOP`], then `desktop2`, `desktop3`, ...
+    pub name: String,
+    /// Its address with prefix: [`DESKTOP_CIDR`], then 10.77.0.(100 + index).
+    pub cidr: String,
+    /// Its MAC in `desktop.toml`: [`DESKTOP_MAC`], then the same with the index.
+    pub mac: String,
+    /// Its VM's name: [`VM`] (`vm1`), then `vm2`, ...
+    pub vm: String,
+    /// Its VM's MAC: [`VM_MAC`], then the same with the index.
+    pub vm_mac: String,
+    /// Its VM's address with prefix: 10.77.0.(50 + index)/24.
+    pub vm_cidr: String,
+}
+
+impl OfficeDesktop {
+    /// The `index`th desktop (from 0, below [`MAX_DESKTOPS`]).
+    pub fn nth(index: usize) -> OfficeDesktop {
+        assert!(index < MAX_DESKTOPS, "an office has room for {MAX_DESKTOPS} desktops, not {}", index + 1);
+        let (name, cidr) = match index {
+            0 => (DESKTOP.to_owned(), DESKTOP_CIDR.to_owned()),
+            i => (format!("{DESKTOP}{}", i + 1), format!("10.77.0.{}/24", 100 + i)),
+        };
+        OfficeDesktop {
+            index,
+            name,
+            cidr,
+            mac: format!("02:4a:57:00:{index:02x}:02"),
+            vm: format!("vm{}", index + 1),
+            vm_mac: format!("02:4a:54:00:{index:02x}:50"),
+            vm_cidr: format!("10.77.0.{}/24", 50 + index),
+        }
+    }
+
+    /// Its address without the prefix.
+    pub fn ip(&self) -> &str {
+        self.cidr.split('/').next().unwrap_or_default()
+    }
+
+    /// Its VM's address without the prefix.
+    pub fn vm_ip(&self) -> &str {
+        self.vm_cidr.split('/').next().unwrap_or_default()
+    }
 }
 
 /// The second server of a fleet ([`OfficeSpec::fleet`]): its name, namespace
@@ -178,6 +240,7 @@ impl Default for OfficeSpec {
             activity: None,
             desktop_guest: false,
             fleet: false,
+            desktops: 1,
         }
     }
 }
@@ -187,12 +250,15 @@ impl Default for OfficeSpec {
 pub struct Office {
     dir: PathBuf,
     lan: Lan,
-    desktop_daemon: Option<Daemon>,
+    /// Each desktop's host index on the LAN, in [`OfficeDesktop::nth`] order.
+    desktop_hosts: Vec<usize>,
+    /// Each desktop's daemon while it runs, in the same order.
+    desktop_daemons: Vec<Option<Daemon>>,
     server_daemon: Option<Daemon>,
     /// A fleet's second server and etcd ([`OfficeSpec::fleet`]).
     server2_daemon: Option<Daemon>,
     _etcd: Option<crate::etcd::EtcdCluster>,
-    /// The VM's disk image on the desktop.
+    /// The VM's disk image on the desktop (the first desktop's).
     pub disk: PathBuf,
     /// Its further disks' images ([`OfficeSpec::extra_disks`]).
     pub extra_disks: Vec<PathBuf>,
@@ -203,10 +269,10 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
-/// Gives the desktop and the server each its key under `dir` (`desktop/`
-/// and `server/`) and enrolls each at the other, with `jettison pair` and
-/// `jettison enroll` as an administrator would.
-fn pair_and_enroll(dir: &Path, fleet: bool) -> Result<(), String> {
+/// Gives each desktop and the server its key under `dir` (`desktop/`, ...
+/// and `server/`) and enrolls each desktop at the server and the server at
+/// it, with `jettison pair` and `jettison enroll` as an administrator would.
+fn pair_and_enroll(dir: &Path, desktops: &[OfficeDesktop], fleet: bool) -> Result<(), String> {
     let run = |args: &[&std::ffi::OsStr]| -> Result<String, String> {
         let out = Command::new(crate::jettison_binary()).args(args).output().map_err(|e| e.to_string())?;
         if !out.status.success() {
@@ -218,19 +284,64 @@ fn pair_and_enroll(dir: &Path, fleet: bool) -> Result<(), String> {
         let key = dir.join(host).join("host.key");
         run(&["pair".as_ref(), "--key".as_ref(), key.as_os_str()])
     };
-    let (desktop, server) = (public_key("desktop")?, public_key("server")?);
+    let server = public_key("server")?;
+    let server2 = if fleet { Some(public_key(SERVER2.0)?) } else { None };
     let enroll = |at: &str, name: &str, key: &str| {
         let peers = dir.join(at).join("peers");
         run(&["enroll".as_ref(), name.as_ref(), key.as_ref(), "--peers".as_ref(), peers.as_os_str()]).map(drop)
     };
-    enroll("server", DESKTOP, &desktop)?;
-    enroll("desktop", "server", &server)?;
-    if fleet {
-        let server2 = public_key(SERVER2.0)?;
-        enroll(SERVER2.0, DESKTOP, &desktop)?;
-        enroll("desktop", SERVER2.0, &server2)?;
+    for desktop in desktops {
+        let key = public_key(&desktop.name)?;
+        enroll("server", &desktop.name, &key)?;
+        enroll(&desktop.name, "server", &server)?;
+        if let Some(server2) = &server2 {
+            enroll(SERVER2.0, &desktop.name, &key)?;
+            enroll(&desktop.name, SERVER2.0, server2)?;
+        }
     }
     Ok(())
+}
+
+/// The VM of `desktop` as `spec` has it: its first disk (made in `dir`) and
+/// the lines of its `[[vm]]` table that say how it boots and which disks it
+/// has (`extra_disks` after the first, for the first desktop only).
+fn vm_disks(
+    dir: &Path,
+    spec: &OfficeSpec,
+    desktop: &OfficeDesktop,
+    extra_disks: &[PathBuf],
+) -> Result<(PathBuf, String), String> {
+    let net = &desktop.vm_cidr;
+    let guest_args = format!("jt.fill={} jt.disk={} jt.net={net} jt.serve=7000", spec.fill_mib, desktop.name);
+    let (disk, format, vm_boot) = match spec.boot_disk {
+        _ if spec.desktop_guest => {
+            let args = format!("jt.net={net} jt.peer={CLIENT_PEER}");
+            (crate::desktop_guest_disk(dir, &args)?, "qcow2", "firmware = \"bios\"\n".to_owned())
+        }
+        None => {
+            let bulk = bulk_text(BULK_MIB);
+            let files = [("desktop-only.txt", DESKTOP_TEXT), ("bulk.txt", &bulk)];
+            (crate::ext4_image(dir, &files, spec.disk_mib)?, "raw", format!("kernel_args = \"{guest_args}\"\n"))
+        }
+        Some(boot) => {
+            let args = format!("{guest_args} jt.diskdev=/dev/vda1 jt.screen=1");
+            let disk = crate::boot_disk(dir, &args, &[("desktop-only.txt", DESKTOP_TEXT)], boot.format)?;
+            let format = if boot.format == "qcow2-backed" { "qcow2" } else { boot.format };
+            (disk, format, format!("firmware = \"{}\"\n", boot.firmware))
+        }
+    };
+    // One disk the short way, as most files have it; several as tables.
+    let disks = if extra_disks.is_empty() || desktop.index > 0 {
+        format!("disk = \"{}\"\ndisk_format = \"{format}\"\n", disk.display())
+    } else {
+        let formats = std::iter::once(format).chain(spec.extra_disks.iter().copied());
+        std::iter::once(&disk)
+            .chain(extra_disks)
+            .zip(formats)
+            .map(|(image, format)| format!("[[vm.disks]]\npath = \"{}\"\nformat = \"{format}\"\n", image.display()))
+            .collect()
+    };
+    Ok((disk, format!("{vm_boot}{disks}")))
 }
 
 impl Office {
@@ -247,25 +358,21 @@ impl Office {
         if spec.fleet {
             crate::etcd::available()?;
         }
+        if !(1..=MAX_DESKTOPS).contains(&spec.desktops) {
+            return Err(format!("an office has 1 to {MAX_DESKTOPS} desktops, not {}", spec.desktops));
+        }
+        let single_only = spec.desktop_guest
+            || spec.boot_disk.is_some()
+            || !spec.extra_disks.is_empty()
+            || spec.power.is_some()
+            || spec.activity.is_some();
+        if spec.desktops > 1 && single_only {
+            return Err("an office of several desktops runs the small guest from the hosts' kernel, without \
+                        desktop_guest, boot_disk, extra_disks, power or activity: set desktops = 1 for those"
+                .to_owned());
+        }
         let guest = crate::guest()?;
-        let guest_args = format!("jt.fill={} jt.disk=desktop jt.net=10.77.0.50/24 jt.serve=7000", spec.fill_mib);
-        let (disk, format, vm_boot) = match spec.boot_disk {
-            _ if spec.desktop_guest => {
-                let args = format!("jt.net=10.77.0.50/24 jt.peer={CLIENT_PEER}");
-                (crate::desktop_guest_disk(dir, &args)?, "qcow2", "firmware = \"bios\"\n".to_owned())
-            }
-            None => {
-                let bulk = bulk_text(BULK_MIB);
-                let files = [("desktop-only.txt", DESKTOP_TEXT), ("bulk.txt", &bulk)];
-                (crate::ext4_image(dir, &files, spec.disk_mib)?, "raw", format!("kernel_args = \"{guest_args}\"\n"))
-            }
-            Some(boot) => {
-                let args = format!("{guest_args} jt.diskdev=/dev/vda1 jt.screen=1");
-                let disk = crate::boot_disk(dir, &args, &[("desktop-only.txt", DESKTOP_TEXT)], boot.format)?;
-                let format = if boot.format == "qcow2-backed" { "qcow2" } else { boot.format };
-                (disk, format, format!("firmware = \"{}\"\n", boot.firmware))
-            }
-        };
+        let desktops: Vec<OfficeDesktop> = (0..spec.desktops).map(OfficeDesktop::nth).collect();
         let mut extra_disks = Vec::new();
         for (i, format) in spec.extra_disks.iter().enumerate() {
             let image = dir.join(format!("extra-disk{}.{format}", i + 1));
@@ -279,18 +386,19 @@ impl Office {
             crate::run(Command::new("qemu-io").args(["-f", format, "-c", &write]).arg(&image))?;
             extra_disks.push(image);
         }
-        // One disk the short way, as most files have it; several as tables.
-        let disks = if extra_disks.is_empty() {
-            format!("disk = \"{}\"\ndisk_format = \"{format}\"\n", disk.display())
-        } else {
-            let formats = std::iter::once(format).chain(spec.extra_disks.iter().copied());
-            std::iter::once(&disk)
-                .chain(&extra_disks)
-                .zip(formats)
-                .map(|(image, format)| format!("[[vm.disks]]\npath = \"{}\"\nformat = \"{format}\"\n", image.display()))
-                .collect()
-        };
-        pair_and_enroll(dir, spec.fleet)?;
+        // Each desktop's VM: its first disk and the lines of its [[vm]]
+        // table that say how it boots and what disks it has.
+        let mut vms = Vec::new();
+        for desktop in &desktops {
+            let disk_dir = match desktop.index {
+                0 => dir.to_owned(),
+                _ => dir.join(format!("{}-vm", desktop.name)),
+            };
+            std::fs::create_dir_all(&disk_dir).map_err(|e| format!("cannot create {}: {e}", disk_dir.display()))?;
+            let (disk, vm_lines) = vm_disks(&disk_dir, spec, desktop, &extra_disks)?;
+            vms.push((disk, vm_lines));
+        }
+        pair_and_enroll(dir, &desktops, spec.fleet)?;
         let mut hosts = vec![
             Host { role: "desktop", cidr: DESKTOP_CIDR, mac: None },
             Host { role: "server", cidr: SERVER_CIDR, mac: None },
@@ -304,8 +412,17 @@ impl Office {
                 mac: None,
             }));
         }
+        // The further desktops after every other host, so that the first
+        // hosts keep their indices ([`Office::host`]).
+        let mut desktop_hosts = vec![0];
+        for desktop in &desktops[1..] {
+            desktop_hosts.push(hosts.len());
+            hosts.push(Host { role: &desktop.name, cidr: &desktop.cidr, mac: None });
+        }
         let lan = Lan::build(&hosts);
-        bridge_host(lan.host(0), DESKTOP_CIDR);
+        for (desktop, &host) in desktops.iter().zip(&desktop_hosts) {
+            bridge_host(lan.host(host), &desktop.cidr);
+        }
         bridge_host(lan.host(1), SERVER_CIDR);
         let etcd = spec.fleet.then(|| {
             bridge_host(lan.host(SERVER2.1), SERVER2.2);
@@ -331,6 +448,7 @@ impl Office {
         if let Some(every) = spec.checkpoint_every_secs {
             rate.push_str(&format!("checkpoint_every_secs = {every}\n"));
         }
+        // Only one desktop sleeps ([`OfficeSpec::desktops`]): it has [`DESKTOP_MAC`].
         let (mac, power) = match &spec.power {
             Some(keys) => {
                 rate.push_str(&format!("wake_broadcast = \"{}\"\n", crate::netns::office::BROADCAST));
@@ -363,27 +481,34 @@ impl Office {
         }
         // The idle limits are the defaults but for CPU: a TCG guest that
         // only counts costs 5-7% of a core, and the machine is shared.
-        write(
-            &dir.join("desktop.toml"),
-            &format!(
-                "name = \"{DESKTOP}\"\nhost_key = \"{d}/desktop/host.key\"\npeers = \"{d}/desktop/peers\"\nserver = \"10.77.0.1:7400\"\n\
-                 control_listen = \"10.77.0.2:7400\"\nserve_ip = \"10.77.0.2\"\nstate_dir = \"{d}/desktop/state\"\n\
-                 run_dir = \"{d}/desktop/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
-                 accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}{cpu_model}\n\
-                 [idle]\nmax_cpu_percent = 50.0\n{power}{fleet}\n[[vm]]\n\
-                 name = \"{VM}\"\nmemory_mib = {}\nvcpus = {}\nmac = \"{VM_MAC}\"\n{vm_boot}display = {}\n\
-                 memserv_port = 7410\ndiskserv_port = 7411\n{disks}",
-                spec.failover_secs,
-                crate::QEMU_USER,
-                spec.memory_mib,
-                spec.vcpus,
-                spec.display,
-            ),
-        );
+        for (desktop, (_, vm_lines)) in desktops.iter().zip(&vms) {
+            let (name, ip) = (&desktop.name, desktop.ip());
+            write(
+                &dir.join(format!("{name}.toml")),
+                &format!(
+                    "name = \"{name}\"\nhost_key = \"{d}/{name}/host.key\"\npeers = \"{d}/{name}/peers\"\nserver = \"10.77.0.1:7400\"\n\
+                     control_listen = \"{ip}:7400\"\nserve_ip = \"{ip}\"\nstate_dir = \"{d}/{name}/state\"\n\
+                     run_dir = \"{d}/{name}/run\"\nbridge = \"br0\"\nkernel = \"{kernel}\"\ninitrd = \"{initrd}\"\n\
+                     accel = \"tcg\"\nfailover_after_secs = {}\nqemu_user = \"{}\"\nmetrics_listen = \"{METRICS}\"\n{mac}{cpu_model}\n\
+                     [idle]\nmax_cpu_percent = 50.0\n{power}{fleet}\n[[vm]]\n\
+                     name = \"{}\"\nmemory_mib = {}\nvcpus = {}\nmac = \"{}\"\ndisplay = {}\n\
+                     memserv_port = 7410\ndiskserv_port = 7411\n{vm_lines}",
+                    spec.failover_secs,
+                    crate::QEMU_USER,
+                    desktop.vm,
+                    spec.memory_mib,
+                    spec.vcpus,
+                    desktop.vm_mac,
+                    spec.display,
+                ),
+            );
+        }
+        let disk = vms.swap_remove(0).0;
         Ok(Office {
             dir: dir.to_owned(),
             lan,
-            desktop_daemon: None,
+            desktop_hosts,
+            desktop_daemons: desktops.iter().map(|_| None).collect(),
             server_daemon: None,
             server2_daemon: None,
             _etcd: etcd,
@@ -392,8 +517,8 @@ impl Office {
         })
     }
 
-    /// Builds the office, starts both daemons and waits until the VM counts
-    /// on the desktop; `None` (after saying why, see [`crate::skip`]) where
+    /// Builds the office, starts the daemons and waits until every VM counts
+    /// on its desktop; `None` (after saying why, see [`crate::skip`]) where
     /// this machine cannot run it.
     pub fn started(dir: &Path, spec: &OfficeSpec) -> Option<Office> {
         let mut office = match Office::build(dir, spec) {
@@ -410,8 +535,12 @@ impl Office {
             let args = ["server".as_ref(), "--config".as_ref(), config.as_os_str()];
             office.server2_daemon = Some(Daemon::spawn_notifying(office.lan.host(SERVER2.1), &log, &args));
         }
-        office.start_desktop();
-        wait_for_count_above(&office.desktop_serial(), 0, crate::BOOT_TIMEOUT);
+        for i in 0..office.desktops() {
+            office.start_desktop_at(i);
+        }
+        for i in 0..office.desktops() {
+            wait_for_count_above(&office.desktop_serial_at(i), 0, crate::BOOT_TIMEOUT);
+        }
         Some(office)
     }
 
@@ -433,24 +562,48 @@ impl Office {
     /// Starts `jettison desktop` (which boots the VM) as systemd would and
     /// returns once it says it is ready; its local socket then answers.
     pub fn start_desktop(&mut self) {
-        let config = self.dir.join("desktop.toml");
-        let log = self.dir.join("desktop.log");
+        self.start_desktop_at(0);
+    }
+
+    /// [`Office::start_desktop`] for the `i`th desktop ([`OfficeDesktop::nth`]).
+    pub fn start_desktop_at(&mut self, i: usize) {
+        let name = OfficeDesktop::nth(i).name;
+        let config = self.dir.join(format!("{name}.toml"));
+        let log = self.dir.join(format!("{name}.log"));
         let args = ["desktop".as_ref(), "--config".as_ref(), config.as_os_str()];
-        self.desktop_daemon = Some(Daemon::spawn_notifying(self.lan.host(0), &log, &args));
-        assert!(std::os::unix::net::UnixStream::connect(self.desktop_socket()).is_ok(), "ready, but its socket is not");
+        self.desktop_daemons[i] = Some(Daemon::spawn_notifying(self.lan.host(self.desktop_hosts[i]), &log, &args));
+        assert!(
+            std::os::unix::net::UnixStream::connect(self.desktop_socket_at(i)).is_ok(),
+            "ready, but the socket of {name} is not"
+        );
+    }
+
+    /// How many desktops the office has ([`OfficeSpec::desktops`]).
+    pub fn desktops(&self) -> usize {
+        self.desktop_hosts.len()
+    }
+
+    /// The namespace of the `i`th desktop (the first is [`Office::host`] 0).
+    pub fn desktop_host(&self, i: usize) -> &str {
+        self.lan.host(self.desktop_hosts[i])
+    }
+
+    /// The LAN's bridge namespace: its port `portK` leads to host `K`.
+    pub fn lan_bridge(&self) -> &str {
+        self.lan.bridge()
     }
 
     /// Stops `jettison desktop` with SIGTERM, as `systemctl stop` does; its
     /// VM's QEMU runs on.
     pub fn stop_desktop(&mut self) {
-        let mut daemon = self.desktop_daemon.take().expect("the desktop daemon runs");
+        let mut daemon = self.desktop_daemons[0].take().expect("the desktop daemon runs");
         assert!(daemon.terminate(), "the desktop daemon exits cleanly on SIGTERM\n{}", self.logs());
         assert!(daemon.notified().contains(&"STOPPING=1".to_owned()), "it told systemd it was stopping");
     }
 
     /// Sends the desktop daemon SIGHUP, as `systemctl reload` does.
     pub fn reload_desktop(&self) {
-        hang_up(self.desktop_daemon.as_ref().expect("the desktop daemon runs"));
+        hang_up(self.desktop_daemons[0].as_ref().expect("the desktop daemon runs"));
     }
 
     /// Sends the server daemon SIGHUP, as `systemctl reload` does.
@@ -478,7 +631,13 @@ impl Office {
     /// The VM's run directory on the server (its storage process's and
     /// QEMU's files).
     pub fn server_vm_run(&self) -> PathBuf {
-        self.dir.join("server/run/vms").join(DESKTOP).join(VM)
+        self.server_vm_run_at(0)
+    }
+
+    /// [`Office::server_vm_run`] of the `i`th desktop's VM.
+    pub fn server_vm_run_at(&self, i: usize) -> PathBuf {
+        let desktop = OfficeDesktop::nth(i);
+        self.dir.join("server/run/vms").join(desktop.name).join(desktop.vm)
     }
 
     /// The guest agent's socket of the VM while it runs on the desktop.
@@ -489,6 +648,11 @@ impl Office {
     /// The guest agent's socket of the VM while it runs on the server.
     pub fn server_agent_socket(&self) -> PathBuf {
         self.server_vm_run().join("qemu/qga.sock")
+    }
+
+    /// The pid of the server daemon, while it runs.
+    pub fn server_daemon_pid(&self) -> Option<u32> {
+        self.server_daemon.as_ref().and_then(|d| u32::try_from(d.pid()).ok())
     }
 
     /// The pid of the VM's QEMU on the server, if one runs.
@@ -516,7 +680,12 @@ impl Office {
 
     /// The desktop daemon's local socket.
     pub fn desktop_socket(&self) -> PathBuf {
-        self.dir.join("desktop/run/desktop.sock")
+        self.desktop_socket_at(0)
+    }
+
+    /// The `i`th desktop's local socket.
+    pub fn desktop_socket_at(&self, i: usize) -> PathBuf {
+        self.dir.join(OfficeDesktop::nth(i).name).join("run/desktop.sock")
     }
 
     /// The server daemon's local socket.
@@ -526,7 +695,13 @@ impl Office {
 
     /// The guest's serial console while it runs on the desktop.
     pub fn desktop_serial(&self) -> PathBuf {
-        self.dir.join("desktop/run").join(VM).join("serial.log")
+        self.desktop_serial_at(0)
+    }
+
+    /// The `i`th desktop's VM's serial console while it runs on its desktop.
+    pub fn desktop_serial_at(&self, i: usize) -> PathBuf {
+        let desktop = OfficeDesktop::nth(i);
+        self.dir.join(desktop.name).join("run").join(desktop.vm).join("serial.log")
     }
 
     /// The guest's serial console while it runs on the server.
@@ -536,7 +711,13 @@ impl Office {
 
     /// The server's state directory of the VM (its slices).
     pub fn server_vm_state(&self) -> PathBuf {
-        self.dir.join("server/state/vms").join(DESKTOP).join(VM)
+        self.server_vm_state_at(0)
+    }
+
+    /// [`Office::server_vm_state`] of the `i`th desktop's VM.
+    pub fn server_vm_state_at(&self, i: usize) -> PathBuf {
+        let desktop = OfficeDesktop::nth(i);
+        self.dir.join("server/state/vms").join(desktop.name).join(desktop.vm)
     }
 
     /// The server's history of the VM: the fetch traces of its past stays.
@@ -551,8 +732,11 @@ impl Office {
 
     /// The daemons' logs, for a failure message.
     pub fn logs(&self) -> String {
-        let mut logs =
-            format!("--- desktop log ---\n{}\n--- server log ---\n{}", self.log("desktop"), self.log("server"));
+        let mut logs = String::new();
+        for desktop in (0..self.desktops()).map(OfficeDesktop::nth) {
+            logs.push_str(&format!("--- {0} log ---\n{1}\n", desktop.name, self.log(&desktop.name)));
+        }
+        logs.push_str(&format!("--- server log ---\n{}", self.log("server")));
         if self.server2_daemon.is_some() {
             logs.push_str(&format!("\n--- {0} log ---\n{1}", SERVER2.0, self.log(SERVER2.0)));
         }
@@ -613,11 +797,17 @@ impl Office {
     /// while, and how long depends on the machine. Asks every few seconds
     /// until `timeout`, then fails with the last refusal.
     pub fn consolidate_when_idle(&self, timeout: Duration) -> serde_json::Value {
-        let socket = self.desktop_socket();
+        self.consolidate_when_idle_at(0, timeout)
+    }
+
+    /// [`Office::consolidate_when_idle`] for the `i`th desktop's VM.
+    pub fn consolidate_when_idle_at(&self, i: usize, timeout: Duration) -> serde_json::Value {
+        let socket = self.desktop_socket_at(i);
         let socket = socket.to_str().expect("a UTF-8 path");
+        let vm = OfficeDesktop::nth(i).vm;
         let deadline = Instant::now() + timeout;
         loop {
-            let out = self.jettison(&["consolidate", VM, "--socket", socket, "--json"]);
+            let out = self.jettison(&["consolidate", &vm, "--socket", socket, "--json"]);
             let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("jettison --json prints JSON");
             if out.status.success() {
                 return answer;
@@ -626,8 +816,8 @@ impl Office {
             // Busy, or not sampled long enough yet (a daemon that just
             // started or took a QEMU over has an empty window): exit status 5.
             let not_yet = out.status.code() == Some(5) && answer["error"]["kind"] == "not_idle";
-            assert!(not_yet && Instant::now() < deadline, "jettison consolidate {VM} failed: {why}\n{}", self.logs());
-            eprintln!("not idle yet, asking again: {}", why.trim());
+            assert!(not_yet && Instant::now() < deadline, "jettison consolidate {vm} failed: {why}\n{}", self.logs());
+            eprintln!("{vm} not idle yet, asking again: {}", why.trim());
             std::thread::sleep(Duration::from_secs(5));
         }
     }
@@ -668,8 +858,11 @@ impl Office {
 
 impl Drop for Office {
     fn drop(&mut self) {
-        for daemon in
-            [self.desktop_daemon.take(), self.server_daemon.take(), self.server2_daemon.take()].into_iter().flatten()
+        for daemon in self
+            .desktop_daemons
+            .iter_mut()
+            .chain([&mut self.server_daemon, &mut self.server2_daemon])
+            .filter_map(Option::take)
         {
             let mut daemon = daemon;
             daemon.terminate();
