@@ -50,6 +50,9 @@ struct Reserved {
     /// 1 to `MAX_DISKS`, as the decoder checked.
     disks: usize,
     connection: u64,
+    /// The console (SPICE) port its QEMU will listen on, taken at the
+    /// reservation so that two consolidations at once never get the same.
+    console_port: u16,
 }
 
 /// The running server daemon.
@@ -467,7 +470,9 @@ impl ServerDaemon {
         }
         let profile = request.profile.clone();
         let disks = request.disk_count();
-        reservations.insert(key.clone(), Reserved { expected, profile, disks, connection: reservation.connection });
+        let console_port = self.free_console_port(&reservations, &key);
+        let connection = reservation.connection;
+        reservations.insert(key.clone(), Reserved { expected, profile, disks, connection, console_port });
         tracing::info!(desktop = %key.desktop, vm = %key.vm, ram_bytes = request.profile.ram_bytes(), disks, expected_mib = expected >> 20, from_history, "reserved");
         Ok(expected)
     }
@@ -498,7 +503,7 @@ impl ServerDaemon {
         });
         let reserved =
             lock(&self.reservations).get(&key).cloned().ok_or_else(|| ServerError::NotReserved { key: key.clone() })?;
-        let console_port = self.free_console_port();
+        let console_port = reserved.console_port;
         let vm = HostedVm::start(
             &self.config,
             &self.storage_program,
@@ -533,13 +538,17 @@ impl ServerDaemon {
         hosted.screenshot(png)
     }
 
-    /// The first console port no hosted VM uses.
-    fn free_console_port(&self) -> u16 {
+    /// The first console port that no hosted VM uses and no reservation
+    /// but `key`'s holds (`reservations` is the locked map).
+    fn free_console_port(&self, reservations: &BTreeMap<VmKey, Reserved>, key: &VmKey) -> u16 {
         // A VM on its way home may be held for a moment; its QEMU still
         // has its port until it ends.
         let vms: Vec<_> = lock(&self.vms).values().cloned().collect();
-        let used: Vec<u16> =
-            vms.iter().filter_map(|vm| local::lock_for_status(vm).and_then(|vm| vm.console_port())).collect();
+        let used: Vec<u16> = vms
+            .iter()
+            .filter_map(|vm| local::lock_for_status(vm).and_then(|vm| vm.console_port()))
+            .chain(reservations.iter().filter(|(other, _)| *other != key).map(|(_, r)| r.console_port))
+            .collect();
         let base = self.config.console_port_base;
         (base..base.saturating_add(self.config.console_ports)).find(|p| !used.contains(p)).unwrap_or(base)
     }
@@ -942,6 +951,52 @@ mod tests {
             state,
             stats: WakeStats { wakes, ..WakeStats::default() },
         }
+    }
+
+    #[test]
+    fn reservations_held_at_once_get_different_console_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("host.key");
+        wire::HostKey::generate().save(&key_file).unwrap();
+        std::fs::create_dir(dir.path().join("peers")).unwrap();
+        let text = format!(
+            "name = \"server1\"\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\npeers = \"{}\"\n\
+             state_dir = \"{}\"\nrun_dir = \"{}\"\nbridge = \"br-none\"\nkernel = \"/none\"\ninitrd = \"/none\"\n\
+             capacity_mib = 4096\naccel = \"tcg\"\n",
+            key_file.display(),
+            dir.path().join("peers").display(),
+            dir.path().join("state").display(),
+            dir.path().join("run").display(),
+        );
+        let config_file = dir.path().join("server.toml");
+        std::fs::write(&config_file, text).unwrap();
+        let daemon = ServerDaemon::new(ServerConfig::load(&config_file).unwrap()).unwrap();
+        let profile = MachineProfile {
+            memory_mib: 256,
+            vcpus: 1,
+            cpu_model: "max".parse().unwrap(),
+            firmware: daemon_protocol::Firmware::Bios,
+            display: true,
+        };
+        // Two desktops consolidating at once: each holds its reservation
+        // until its VM is up, and neither VM is hosted yet.
+        let mut held: Vec<Reservation<'_>> =
+            (0..2).map(|connection| Reservation { daemon: &daemon, key: None, connection }).collect();
+        for (reservation, (desktop, vm)) in held.iter_mut().zip([("desk1", "vm1"), ("desk2", "vm2")]) {
+            let key = VmKey { desktop: desktop.parse().unwrap(), vm: vm.parse().unwrap() };
+            let request = ReserveRequest {
+                vm: key.vm.clone(),
+                profile: profile.clone(),
+                disk_bytes: 1 << 20,
+                extra_disk_bytes: vec![],
+            };
+            daemon.reserve(reservation, key, &request).unwrap();
+        }
+        let ports: Vec<u16> = lock(&daemon.reservations).values().map(|r| r.console_port).collect();
+        assert_eq!(ports.len(), 2);
+        assert_ne!(ports[0], ports[1], "two VMs coming at once were given one console port");
+        drop(held);
+        assert!(lock(&daemon.reservations).is_empty());
     }
 
     #[test]
