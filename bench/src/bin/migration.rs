@@ -15,7 +15,28 @@
 //!    (reintegration, [`reintegrate`]): the descriptor and the dirty set of
 //!    memtap's slice store over one connection, staged and verified on the
 //!    desktop, then committed into the desktop's RAM file, where the guest
-//!    resumes. Memory only: the test guest has no disk here.
+//!    resumes. Memory only: the small guest has no disk here, the desktop
+//!    guest's disk is shared storage.
+//!
+//! Two guests (`--guest`, the parts that differ in [`guest`]):
+//!
+//! - **`small`** (the default): the busybox test guest, booted directly,
+//!   filled with random data; sizes 256, 1024 and 4096 MiB by default.
+//! - **`desktop`**: the Debian desktop guest of
+//!   `scripts/desktop-guest-image` (systemd, Xorg, Xfce, Firefox ESR on
+//!   local pages, qemu-ga), 2 vCPUs, SeaBIOS, a VGA screen, 2048 MiB by
+//!   default. It boots once per RAM size until its guest agent answers and
+//!   its screen shows the session with Firefox, idles `--settle-secs`
+//!   (default 60) so it is an idle desktop, and is checkpointed. Its disk is
+//!   **shared storage**, as QEMU live migration is usually run: one qcow2
+//!   file both namespaces see (network namespaces do not isolate files), an
+//!   overlay per method over the disk the checkpoint saw. Only memory and
+//!   device state cross the link, for every method. (The real daemons also
+//!   fetch disk blocks on demand through cownetdisk and send the dirty ones
+//!   back; those figures come from the `desktop_guest` end-to-end test.)
+//!   On the server it runs `--run-secs` (default 60) as an idle desktop
+//!   does, instead of dirtying a known amount; Jettison's way back then
+//!   sends the dirty set it really made.
 //!
 //! Why it is built so:
 //!
@@ -27,7 +48,8 @@
 //!   RAM size; its device state (with `x-ignore-shared`) and RAM file are
 //!   the checkpoint. Each method starts from a fresh copy of that RAM file,
 //!   resumed on the desktop, and idles a few seconds before it is moved.
-//! - **A known amount dirtied on the server.** The guest has a NIC (a tap
+//! - **A known amount dirtied on the server** (the small guest). The guest
+//!   has a NIC (a tap
 //!   on each host's bridge, the same MAC everywhere: [`office`]) and a TCP
 //!   line service; once it runs on the server, a client host sends it
 //!   `dirty <MiB>` and waits for `dirtied`: the guest writes that much
@@ -39,10 +61,16 @@
 //!   starts and when it is measured; QEMU's own `ram.transferred`, memtap's
 //!   `bytes_fetched` and the dirty set's size are printed beside them as
 //!   cross-checks.
-//! - **"Runs at the destination"** means the guest's counter printed a line
-//!   on the destination's serial console: the VM executes there, not just
-//!   "QEMU says running". The counter ticks every 0.2 s, so this can be up
-//!   to 0.2 s late for every method alike. **"Source not needed"**: for
+//! - **"Runs at the destination"** means the guest executes there, not just
+//!   "QEMU says running". For the small guest: its counter printed a line
+//!   on the destination's serial console (it ticks every 0.2 s, so this can
+//!   be up to 0.2 s late for every method alike). For the desktop guest: its
+//!   guest agent answered a sync on the destination's channel (`qemu-ga`
+//!   runs in the guest; a request waits there from the start of the move).
+//!   After each move the desktop guest's agent must also find Xorg,
+//!   xfce4-session and firefox-esr running and its screen must show the
+//!   session; the small guest's line service must answer. **"Source not
+//!   needed"**: for
 //!   QEMU, `query-migrate` on the source says `completed`; for Jettison's
 //!   way back, the desktop has staged and verified the whole dirty set; for
 //!   Jettison's way out, never while the VM is consolidated (the desktop
@@ -53,16 +81,19 @@
 //! - **A baseline in the same run**: a plain TCP stream over the same capped
 //!   link, the most any method can move per second.
 //!
-//! Needs root (namespaces, taps, `tc`), FUSE, QEMU and the test guest;
-//! without them it prints a `SKIPPED` line and exits 0. Everything it
-//! makes (QEMUs, the mount, taps, namespaces, files in `/dev/shm`) is
-//! removed by drop guards, also on an error.
+//! Needs root (namespaces, taps, `tc`), FUSE, QEMU and the test guest (and
+//! for `--guest desktop` the desktop guest's disk, built by
+//! `scripts/desktop-guest-image`); without them it prints a `SKIPPED` line
+//! and exits 0. Everything it
+//! makes (QEMUs, the mount, taps, namespaces, files in `/dev/shm`, the
+//! desktop guest's disks in the temporary directory) is removed by drop
+//! guards, also on an error.
 //!
 //! 4 GiB is in the default run: under TCG its guest fills 2.4 GiB in about
 //! 55 s, and the whole size takes about 4 minutes; it needs about 12 GiB
 //! free in `/dev/shm` (the checkpoint and two RAM files at a time).
 //!
-//! `cargo run --release -p bench --bin migration [-- --ram-mib 256,1024,4096 --dirty-mib 8,32,32 --fill-percent 60 --rate-mbit 1000 --methods precopy,postcopy,jettison]`
+//! `cargo run --release -p bench --bin migration [-- --guest small|desktop --ram-mib 256,1024,4096 --dirty-mib 8,32,32 --fill-percent 60 --rate-mbit 1000 --idle-secs 3 --settle-secs N --run-secs N --methods precopy,postcopy,jettison]`
 
 // Beside the crate root, a file under src/bin/ would be a binary of its own.
 #[path = "migration/guest.rs"]
@@ -748,7 +779,7 @@ fn consolidate(
     let stats = mount.vms()[0].stats();
     let note = format!(
         "descriptor {:.1} KiB + zero map of {} ranges ({zero_pages} zero pages) = {:.1} KiB sent (zero map scanned in {:.2} s); memtap fetched {:.2} MiB \
-         of page data by the first count, {:.2} MiB after {} s ({} pages, {} remote fetches); link {:.2} MiB",
+         of page data by the time the guest ran, {:.2} MiB after {} s ({} pages, {} remote fetches); link {:.2} MiB",
         descriptor_bytes as f64 / 1024.0,
         (sent - descriptor_bytes as usize) / 16,
         sent as f64 / 1024.0,
@@ -807,6 +838,10 @@ fn print_report(args: &Args, office: &CappedOffice, raw_secs: f64, raw_bytes: u6
         for (way, m) in [(Way::Out, &row.out), (Way::Back, &row.back)] {
             let (total, release) = match m.to_release {
                 Some(d) => (format!("{:.1}", mib(m.bytes_total)), format!("{:.2}", d.as_secs_f64())),
+                None if args.jettison_window().is_zero() => (
+                    format!("{:.1} (when it ran; its fetches while it stays are below)", mib(m.bytes_total)),
+                    "never while consolidated: desktop serves pages on demand".to_owned(),
+                ),
                 None => (
                     format!("{:.1} (after {} s running)", mib(m.bytes_total), args.jettison_window().as_secs()),
                     "never while consolidated: desktop serves pages on demand".to_owned(),
