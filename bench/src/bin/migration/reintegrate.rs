@@ -139,10 +139,17 @@ pub fn reintegrate(office: &CappedOffice, cp: &Checkpoint, vm: Consolidated) -> 
 
     fs::remove_dir_all(&slices)?;
     let note = format!(
-        "server: saved a {:.1} KiB descriptor in {:.2} s, QEMU ended in {:.2} s (dirty pages written back), \
+        "while consolidated memtap answered {} faults, {} from its prefetch cache, and fetched {} pages ({:.2} MiB \
+         of page data) in {} remote fetches; the guest discarded {} pages (free page reporting); server: saved a {:.1} KiB descriptor in {:.2} s, QEMU ended in {:.2} s (dirty pages written back), \
          fsync {:.2} s, unmount {:.2} s, memserv stopped in {:.2} s, memtap held {} dirty pages ({} written in \
          all), server side done at {:.2} s; sent a dirty set of {} pages ({:.2} MiB data, {:.2} MiB stream), \
          staged at {:.2} s, committed {} pages in {:.2} s; link {:.2} MiB",
+        stats.faults,
+        stats.prefetch_hits,
+        stats.pages_fetched,
+        stats.bytes_fetched as f64 / MIB as f64,
+        stats.remote_fetches,
+        stats.pages_discarded,
         descriptor_bytes as f64 / 1024.0,
         save_time.as_secs_f64(),
         quit_time.as_secs_f64(),
