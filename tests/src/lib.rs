@@ -305,6 +305,22 @@ fn build_jettison() -> PathBuf {
     profile_dir.join("jettison")
 }
 
+/// Bytes of `files` in the page cache, as util-linux's `fincore` counts them.
+///
+/// # Panics
+/// If `fincore` does not run.
+pub fn page_cache_bytes(files: &[PathBuf]) -> u64 {
+    if files.is_empty() {
+        return 0;
+    }
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+        .args(files)
+        .output()
+        .expect("fincore (util-linux) runs");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<u64>().ok()).sum()
+}
+
 /// `Ok` if a FUSE filesystem can be mounted here, else the reason.
 pub fn fuse_available() -> Result<(), String> {
     if !Path::new("/dev/fuse").exists() {

@@ -106,15 +106,7 @@ fn stay_minutes(name: &str) -> Option<Duration> {
 /// Bytes of the files under `dir` in the page cache (`fincore`).
 fn page_cache_bytes(dir: &Path) -> u64 {
     let files: Vec<_> = walk(dir).into_iter().filter(|f| f.is_file()).collect();
-    if files.is_empty() {
-        return 0;
-    }
-    let out = std::process::Command::new("fincore")
-        .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
-        .args(&files)
-        .output()
-        .expect("fincore (util-linux) runs");
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse::<u64>().ok()).sum()
+    tests::page_cache_bytes(&files)
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -229,6 +229,9 @@ fn a_crashed_servers_last_checkpoint_brings_each_disk_home() {
     let checkpoint = office.server_vm_state().join("checkpoint");
     for file in ["memory.set", "disk.set", "disk.1.set", "disk.2.set"] {
         assert!(checkpoint.join(file).is_file(), "no {file} in {}", checkpoint.display());
+        // Durable and read only after a crash: not held in the page cache too.
+        let cached = tests::page_cache_bytes(&[checkpoint.join(file)]);
+        assert_eq!(cached, 0, "{file} of the checkpoint keeps {cached} bytes in the page cache");
     }
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(checkpoint.join("manifest.json")).unwrap()).unwrap();
