@@ -47,10 +47,18 @@ fn package() -> Option<&'static Built> {
 }
 
 fn build() -> Built {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).unwrap();
+    // One directory per test process, as nextest runs each test in its own
+    // process, several at once; those of processes that have ended (and
+    // anything else there) are removed.
+    let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("package");
+    for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+        if pid.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let path = entry.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
     }
+    let dir = parent.join(std::process::id().to_string());
     let out = dir.join("out");
     let mut script = Command::new(tests::repo_root().join("scripts/package"));
     script.arg("--binary").arg(env!("CARGO_BIN_EXE_jettison")).arg("--out").arg(&out).args(["--compression", "gzip"]);
