@@ -132,5 +132,7 @@ fn a_counting_guest_is_idle_and_a_guest_rewriting_its_memory_is_not() {
         .execute("calc-dirty-rate", Some(serde_json::json!({ "calc-time": 3, "mode": "page-sampling" })))
         .expect("QEMU starts a 3 s measurement");
     let dirty = idle.dirty_rate();
-    assert_eq!(dirty.period, DIRTY_CALC, "the measurement after a running one is not its own: {dirty:?}");
+    // QEMU reports the milliseconds it measured over (1001 for 1 s, say):
+    // its own 1 s, not the 3 s one's.
+    assert!(dirty.period < 2 * DIRTY_CALC, "the measurement after a running one is not its own: {dirty:?}");
 }
