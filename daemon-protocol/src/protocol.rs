@@ -1,9 +1,10 @@
-//! The control protocol, version 4 (the wire preamble's version covers it:
+//! The control protocol, version 5 (the wire preamble's version covers it:
 //! version 2 has each host prove its own key, and `NoRoom` and `StatusExact`;
 //! version 3 gives a VM up to [`MAX_DISKS`] disks: `Reserve` carries the
 //! further disks' sizes and `Returning` the number of disk dirty sets;
 //! version 4 sends dirty sets of format 2, whose memory set may carry
-//! discard records, and `HostedStatus` counts discarded pages).
+//! discard records, and `HostedStatus` counts discarded pages; version 5
+//! has `PleaseMove`).
 //!
 //! # Transport
 //!
@@ -75,6 +76,11 @@
 //! - `PleaseReintegrate` (server daemon → desktop daemon) → `Done`: the
 //!   server wants a VM gone (memory pressure, or the VM fetches faster than
 //!   the configured rate); the desktop then runs a reintegration as above.
+//! - `PleaseMove` (server daemon → desktop daemon) → `Done`: the server
+//!   wants a VM on another server of the fleet (it is being drained, or it
+//!   is short of memory and this VM grew most); the desktop reintegrates
+//!   it, then consolidates it again on a server the placement chooses
+//!   other than this one, or keeps it when none has room.
 //!
 //! Any request may be answered `Failed` with a text for the user; the
 //! connection stays usable.
@@ -380,6 +386,15 @@ pub enum Control {
     /// are exact (for a person's `jettison status`; the heartbeat asks
     /// `Status`, which costs no writeback).
     StatusExact,
+    /// Server → desktop: move the VM to another server of the fleet (home
+    /// first, then out again; home only when no other server has room);
+    /// the text says why.
+    PleaseMove {
+        /// The VM.
+        vm: VmName,
+        /// Why (a drain, memory pressure).
+        reason: String,
+    },
 }
 
 impl Control {
@@ -405,6 +420,7 @@ impl Control {
             Control::Recover(_) => "Recover",
             Control::NoRoom(_) => "NoRoom",
             Control::StatusExact => "StatusExact",
+            Control::PleaseMove { .. } => "PleaseMove",
         }
     }
 }
@@ -553,7 +569,7 @@ impl Message for Control {
                 text_ok(&v.desktop_power)?;
                 v.console.as_ref().map_or(Ok(()), |c| text_ok(&c.ticket))
             }),
-            Control::PleaseReintegrate { reason, .. } => text_ok(reason),
+            Control::PleaseReintegrate { reason, .. } | Control::PleaseMove { reason, .. } => text_ok(reason),
             _ => Ok(()),
         }
     }
@@ -647,6 +663,7 @@ mod tests {
             Control::StatusExact,
             Control::StatusReply(vec![status]),
             Control::PleaseReintegrate { vm: vm.clone(), reason: "server full".into() },
+            Control::PleaseMove { vm: vm.clone(), reason: "server1 is being drained".into() },
             Control::Recover(vm),
         ] {
             round_trip(msg);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use daemon_protocol::local::ConsolidateReport;
 use daemon_protocol::{ConsolidateRequest, Control, ControlHello, ReserveRequest, CONTROL_TIMEOUT};
 use fleet_registry::Demand;
-use identifiers::VmName;
+use identifiers::{HostName, VmName};
 use migration_formats::ZeroMap;
 use qemu_driver::{dirty_rate, judge, IdleVerdict, QemuError, Resumed};
 use wire::protocol::Message;
@@ -40,6 +40,9 @@ pub struct Context<'a> {
     pub config: &'a DesktopConfig,
     /// This host's key and its enrolled servers.
     pub credentials: &'a std::sync::Arc<Credentials>,
+    /// A fleet server not to choose: the one a VM is leaving (it is being
+    /// drained, or short of memory).
+    pub avoid: Option<&'a HostName>,
 }
 
 impl Context<'_> {
@@ -67,7 +70,7 @@ impl Context<'_> {
     /// The server of the fleet to take `vm`, or none without `[fleet]`
     /// (the configured `server` then takes it). Registered servers whose
     /// key is not enrolled here are skipped, and so are unusable records,
-    /// each with its reason in the log.
+    /// each with its reason in the log, and the server to avoid.
     ///
     /// # Errors
     /// [`DesktopError::FleetRegistry`] when etcd cannot be read,
@@ -81,8 +84,10 @@ impl Context<'_> {
         for why in bad {
             tracing::warn!(vm = %vm, "{why}");
         }
-        let (trusted, untrusted): (Vec<_>, Vec<_>) =
-            records.into_iter().partition(|record| self.credentials.is_peer(&record.name));
+        let (trusted, untrusted): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .filter(|record| Some(&record.name) != self.avoid)
+            .partition(|record| self.credentials.is_peer(&record.name));
         for record in untrusted {
             tracing::warn!(
                 vm = %vm,

@@ -18,7 +18,7 @@ use daemon_protocol::local::{
     self, DesktopStatus, DesktopVmStatus, LocalReply, LocalRequest, Refusal, Report, ViewTarget, VmLocation,
 };
 use daemon_protocol::{Control, ControlHello, HostedState, HostedStatus, CONTROL_TIMEOUT};
-use identifiers::VmName;
+use identifiers::{HostName, VmName};
 use qemu_driver::Resumed;
 use wire::protocol::Message;
 use wire::{Channel, Credentials};
@@ -105,7 +105,7 @@ impl DesktopDaemon {
     }
 
     fn context(&self) -> Context<'_> {
-        Context { config: &self.config, credentials: &self.credentials }
+        Context { config: &self.config, credentials: &self.credentials, avoid: None }
     }
 
     fn vm(&self, name: &VmName) -> Result<&Vm, DesktopError> {
@@ -322,29 +322,35 @@ impl DesktopDaemon {
             }
             Err(e) => return tracing::warn!("a control connection failed: {}", wire::chain(&e)),
         };
-        let answer = match channel.recv().map(|body| Control::decode_body(&body)) {
-            Ok(Ok(Control::PleaseReintegrate { vm, reason })) => match self.vm(&vm) {
-                // In a fleet, only the server holding the VM may send it
-                // home (a VM that is moving is not waited for: a VM that
-                // moves needs no asking).
-                Ok(held)
-                    if held.try_lock().is_ok_and(|vm| {
-                        vm.placement().fleet_server().is_some_and(|s| s.name != *channel.peer_name())
-                    }) =>
-                {
-                    Control::Failed(format!("{vm} is not on server {}", channel.peer_name()))
-                }
-                Ok(_) => {
-                    tracing::info!(vm = %vm, "the server asks us to take it back: {reason}");
-                    let me = Arc::clone(&self);
-                    std::thread::spawn(move || me.bring_home(&vm, &reason));
-                    Control::Done
-                }
-                Err(e) => Control::Failed(wire::chain(&e)),
-            },
-            Ok(Ok(other)) => Control::Failed(format!("the desktop does not take {} requests", other.kind())),
-            Ok(Err(e)) => Control::Failed(format!("cannot read that request: {}", wire::chain(&e))),
+        let (vm, reason, then) = match channel.recv().map(|body| Control::decode_body(&body)) {
+            Ok(Ok(Control::PleaseReintegrate { vm, reason })) => (vm, reason, AfterHome::Stay),
+            Ok(Ok(Control::PleaseMove { vm, reason })) => (vm, reason, AfterHome::MoveOn),
+            Ok(Ok(other)) => {
+                let answer = Control::Failed(format!("the desktop does not take {} requests", other.kind()));
+                return drop(channel.send(&answer.encode_body()));
+            }
+            Ok(Err(e)) => {
+                let answer = Control::Failed(format!("cannot read that request: {}", wire::chain(&e)));
+                return drop(channel.send(&answer.encode_body()));
+            }
             Err(e) => return tracing::warn!("{}", wire::chain(&e)),
+        };
+        let server = channel.peer_name().clone();
+        let answer = match self.vm(&vm) {
+            // In a fleet, only the server holding the VM may send it
+            // home (a VM that is moving is not waited for: a VM that
+            // moves needs no asking; [`DesktopDaemon::leave_server`]
+            // checks again once it holds the VM).
+            Ok(held) if held.try_lock().is_ok_and(|vm| !self.holds(&vm, Some(&server))) => {
+                Control::Failed(format!("{vm} is not on server {server}"))
+            }
+            Ok(_) => {
+                tracing::info!(vm = %vm, %server, "the server asks us to take it {}: {reason}", then.what());
+                let me = Arc::clone(&self);
+                std::thread::spawn(move || me.leave_server(&vm, Some(&server), &reason, then));
+                Control::Done
+            }
+            Err(e) => Control::Failed(wire::chain(&e)),
         };
         let _ = channel.send(&answer.encode_body());
     }
@@ -370,20 +376,57 @@ impl DesktopDaemon {
         self.metrics.page(on_server, self.power.status(), self.activity.status())
     }
 
-    /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.
-    fn bring_home(&self, name: &VmName, why: &str) {
+    /// Whether `vm` is on a server, and on `server` if named (outside a
+    /// fleet every VM away is on the configured server).
+    fn holds(&self, vm: &LocalVm, server: Option<&HostName>) -> bool {
+        matches!(vm.placement(), Placement::Server { .. })
+            && match (vm.placement().fleet_server(), server) {
+                (Some(on), Some(server)) => on.name == *server,
+                _ => true,
+            }
+    }
+
+    /// Brings `name` home from `server` (whichever holds it if none), and
+    /// with [`AfterHome::MoveOn`] out again to another server of the fleet.
+    /// Nothing when the VM has meanwhile left that server.
+    fn leave_server(&self, name: &VmName, server: Option<&HostName>, why: &str, then: AfterHome) {
         self.power.stop();
-        self.bring_home_awake(name, why);
+        if let Ok(vm) = self.vm(name) {
+            let mut vm = lock(vm);
+            if self.holds(&vm, server) {
+                self.bring_home_awake(&mut vm, why);
+                if let (AfterHome::MoveOn, Some(server), Some(_)) = (then, server, &self.config.fleet) {
+                    if vm.is_running() {
+                        self.move_on(&mut vm, server);
+                    }
+                }
+            }
+        }
         self.follow_power();
     }
 
-    fn bring_home_awake(&self, name: &VmName, why: &str) {
-        let Ok(vm) = self.vm(name) else { return };
-        let mut vm = lock(vm);
-        if !matches!(vm.placement(), Placement::Server { .. }) {
-            return;
+    /// Consolidates `vm`, just brought home from `left`, on another server
+    /// of the fleet: it was idle there, so without the idle check. When no
+    /// other server has room it stays here.
+    fn move_on(&self, vm: &mut LocalVm, left: &HostName) {
+        let ctx = Context { avoid: Some(left), ..self.context() };
+        let name = vm.name().clone();
+        match consolidate(ctx, vm, true, &mut |line| tracing::debug!(vm = %name, "{line}")) {
+            Ok(report) => {
+                tracing::info!(vm = %name, from = %left, total_secs = report.total_secs, "moved to another server");
+                self.metrics.consolidated(&report);
+            }
+            Err(e @ (DesktopError::NoRoom(_) | DesktopError::NoFleetServer { .. })) => {
+                tracing::warn!(vm = %name, "no other server has room: it stays on the desktop ({})", wire::chain(&e))
+            }
+            Err(e) => tracing::error!(vm = %name, "could not move it to another server: {}", wire::chain(&e)),
         }
-        match self.bring_back(&mut vm, ReturnFrom::Server, &mut |_| {}) {
+    }
+
+    /// Reintegrates `vm` on the daemon's own initiative, logging the outcome.
+    fn bring_home_awake(&self, vm: &mut LocalVm, why: &str) {
+        let name = vm.name().clone();
+        match self.bring_back(vm, ReturnFrom::Server, &mut |_| {}) {
             Ok(report) => tracing::info!(vm = %name, bytes = report.bytes, "back on the desktop ({why})"),
             Err(e) => tracing::error!(vm = %name, "could not bring it home ({why}): {}", wire::chain(&e)),
         }
@@ -450,7 +493,12 @@ impl DesktopDaemon {
                             self.fail_over(name, &format!("{label} does not have it (it restarted or lost it)"), true)
                         }
                         Some(state @ HostedState::Lost(_)) => self.fail_over(name, &state.to_string(), true),
-                        Some(HostedState::Stopped) => self.bring_home(name, "a reintegration broke off"),
+                        Some(HostedState::Stopped) => self.leave_server(
+                            name,
+                            server.as_ref().map(|s| &s.name),
+                            "a reintegration broke off",
+                            AfterHome::Stay,
+                        ),
                         Some(HostedState::Running | HostedState::Moving) => {}
                     }
                 }
@@ -639,6 +687,26 @@ impl Desk for DesktopDaemon {
         };
         self.follow_power();
         done.map_err(|e| wire::chain(&e))
+    }
+}
+
+/// What a VM a server sends away does once home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterHome {
+    /// It stays (`PleaseReintegrate`: it is not idle, its guest powered
+    /// off, a reintegration broke off).
+    Stay,
+    /// It moves on to another server of the fleet (`PleaseMove`).
+    MoveOn,
+}
+
+impl AfterHome {
+    /// For the log: "back" or "to another server".
+    fn what(self) -> &'static str {
+        match self {
+            AfterHome::Stay => "back",
+            AfterHome::MoveOn => "to another server",
+        }
     }
 }
 

@@ -212,6 +212,26 @@ impl EtcdClient {
             .collect()
     }
 
+    /// The value of `key`, if it exists.
+    ///
+    /// # Errors
+    /// [`EtcdError`] naming the members and what failed.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, EtcdError> {
+        const PATH: &str = "/v3/kv/range";
+        let answer = self.call(PATH, &json!({ "key": BASE64.encode(key) }))?;
+        let Some(kv) = answer.get("kvs").and_then(|kvs| kvs.get(0)) else { return Ok(None) };
+        let value = kv.get("value").and_then(Value::as_str).unwrap_or("");
+        BASE64.decode(value).map(Some).map_err(|e| self.malformed(PATH, &format!("value is not base64: {e}")))
+    }
+
+    /// Deletes `key` (nothing when it does not exist).
+    ///
+    /// # Errors
+    /// [`EtcdError`] naming the members and what failed.
+    pub fn delete(&self, key: &str) -> Result<(), EtcdError> {
+        self.call("/v3/kv/deleterange", &json!({ "key": BASE64.encode(key) })).map(drop)
+    }
+
     fn malformed(&self, path: &'static str, reason: &str) -> EtcdError {
         let endpoint = self.endpoints[self.current.load(Ordering::Relaxed)];
         EtcdError::Malformed { endpoint, path, reason: reason.to_owned() }

@@ -12,12 +12,14 @@
 //! a gRPC stack; the daemons are synchronous threads and so is this.
 #![warn(missing_docs)]
 
+pub mod drain;
 mod error;
 pub mod etcd;
 pub mod http;
 pub mod placement;
 pub mod record;
 
+pub use drain::{is_draining, mark_draining, unmark_draining, DrainMark, DRAINING_PREFIX};
 pub use error::{EndpointFailure, EtcdError};
 pub use etcd::{EtcdClient, EtcdEndpoints, LeaseId};
 pub use placement::{Demand, NoServer, Policy};

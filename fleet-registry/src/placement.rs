@@ -111,6 +111,8 @@ pub enum Unsuitable {
         /// The mark.
         high_water: f64,
     },
+    /// It is being drained (`jettison drain`).
+    Draining,
 }
 
 impl fmt::Display for Unsuitable {
@@ -122,6 +124,7 @@ impl fmt::Display for Unsuitable {
                 utilisation * 100.0,
                 high_water * 100.0
             ),
+            Unsuitable::Draining => f.write_str("it is being drained (`jettison drain --undo` ends that)"),
         }
     }
 }
@@ -177,6 +180,9 @@ impl Policy {
     /// # Errors
     /// [`Unsuitable`] with the first resource over the mark.
     pub fn judge(&self, server: &ServerRecord, demand: &Demand) -> Result<f64, Unsuitable> {
+        if server.draining {
+            return Err(Unsuitable::Draining);
+        }
         let u = utilisation(&server.capacity, &server.load, demand);
         for (resource, utilisation) in u {
             let limit = if resource == Resource::Memory { self.high_water.min(1.0) } else { self.high_water };
@@ -227,6 +233,7 @@ mod tests {
             address: "10.0.0.1:7400".parse().unwrap(),
             capacity: Capacity { memory_mib: capacity_mib, cpus: 4.0, network_mib_per_sec: 100.0 },
             load: Load { memory_mib: load.0, cpus: load.1, fetch_mib_per_sec: load.2, vms },
+            draining: false,
         }
     }
 
@@ -251,6 +258,17 @@ mod tests {
         // Once the busy one is full, the spare one is woken.
         let full = [server("spare", 16384.0, (0.0, 0.0, 0.0), 0), server("busy", 4096.0, (3600.0, 0.5, 5.0), 20)];
         assert_eq!(chosen(&full, &SMALL), "spare");
+    }
+
+    #[test]
+    fn a_draining_server_is_never_chosen() {
+        let mut busy = server("busy", 4096.0, (1000.0, 1.0, 10.0), 5);
+        busy.draining = true;
+        let servers = [busy.clone(), server("spare", 4096.0, (0.0, 0.0, 0.0), 0)];
+        assert_eq!(chosen(&servers, &SMALL), "spare", "packing would pick busy");
+        let err = Policy::default().choose(&[busy], &SMALL).unwrap_err();
+        assert_eq!(err.reasons, vec![("busy".to_owned(), Unsuitable::Draining)]);
+        assert!(err.to_string().contains("busy: it is being drained"), "{err}");
     }
 
     #[test]

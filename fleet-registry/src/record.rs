@@ -62,6 +62,10 @@ pub struct ServerRecord {
     pub capacity: Capacity,
     /// Its load.
     pub load: Load,
+    /// It is being drained (`jettison drain`): it takes no VM and sends
+    /// its VMs elsewhere. Absent in the records of older servers.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Why a registered record is not used.
@@ -206,6 +210,7 @@ mod tests {
             address: "10.0.0.1:7400".parse().unwrap(),
             capacity: Capacity { memory_mib: 8192.0, cpus: 8.0, network_mib_per_sec: 110.0 },
             load: Load { memory_mib: 300.0, cpus: 0.4, fetch_mib_per_sec: 0.1, vms: 2 },
+            draining: false,
         }
     }
 
@@ -215,6 +220,15 @@ mod tests {
         assert_eq!(r.key(), "/jettison/servers/server1");
         let value = serde_json::to_vec(&r).unwrap();
         assert_eq!(ServerRecord::from_entry(r.key().as_bytes(), &value), Ok(r));
+    }
+
+    #[test]
+    fn a_record_of_a_server_without_drains_reads_as_not_draining() {
+        let r = record();
+        let mut value: serde_json::Value = serde_json::to_value(&r).unwrap();
+        value.as_object_mut().unwrap().remove("draining");
+        let read = ServerRecord::from_entry(r.key().as_bytes(), value.to_string().as_bytes()).unwrap();
+        assert!(!read.draining);
     }
 
     #[test]

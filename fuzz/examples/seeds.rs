@@ -147,6 +147,10 @@ fn control_seeds() {
         ("end", Control::End),
         ("status_reply", Control::StatusReply(vec![status])),
         ("please_reintegrate", Control::PleaseReintegrate { vm, reason: "server full".into() }),
+        (
+            "please_move",
+            Control::PleaseMove { vm: "vm1".parse().expect("a VM name"), reason: "server1 is being drained".into() },
+        ),
     ];
     for (name, message) in &messages {
         write("control_message", name, &message.encode_body());
@@ -283,6 +287,7 @@ fn fleet_seeds() {
         address: "10.0.0.1:7400".parse().expect("an address"),
         capacity: Capacity { memory_mib: 8192.0, cpus: 8.0, network_mib_per_sec: 110.0 },
         load: Load { memory_mib: 300.0, cpus: 0.4, fetch_mib_per_sec: 0.1, vms: 2 },
+        draining: false,
     };
     let value = serde_json::to_vec(&record).expect("a record serialises");
     write("fleet_record", "one_server", &cat(&[record.key().as_bytes(), &[0], &value]));

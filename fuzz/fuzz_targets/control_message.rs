@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(message) = Control::decode_body(data) else { return };
     let _ = message.kind();
     match &message {
-        Control::Failed(text) | Control::NoRoom(text) | Control::PleaseReintegrate { reason: text, .. } => {
+        Control::Failed(text)
+        | Control::NoRoom(text)
+        | Control::PleaseReintegrate { reason: text, .. }
+        | Control::PleaseMove { reason: text, .. } => {
             assert!(text.len() <= MAX_TEXT)
         }
         Control::Data(chunk) => assert!(chunk.len() <= MAX_CHUNK),

@@ -8,6 +8,7 @@ mod cmd_cownetdisk;
 mod cmd_daemon;
 mod cmd_dirty_set;
 mod cmd_diskserv;
+mod cmd_drain;
 mod cmd_man;
 mod cmd_memserv;
 mod cmd_memtap;
@@ -85,6 +86,8 @@ enum Command {
     /// Where each VM runs and what it has moved: from the local daemon, or memtap's and cownetdisk's state.
     #[command(after_help = failure::EXIT_STATUS_HELP)]
     Status(cmd_status::Args),
+    /// Fleet: move a server's VMs to the other servers (home when none has room) and keep it empty until --undo.
+    Drain(cmd_drain::Args),
     /// Wake a sleeping desktop with Wake-on-LAN and report how long it took.
     Wake(cmd_wake::Args),
     /// Desktop, for debugging: watch for user idleness and run commands; the daemon does it itself with [activity].
@@ -144,6 +147,7 @@ fn main() -> ExitCode {
         Command::Cownetdisk(args) => cmd_cownetdisk::run(args),
         Command::DirtySet(args) => cmd_dirty_set::run(args),
         Command::Status(args) => cmd_status::run(args),
+        Command::Drain(args) => cmd_drain::run(args),
         Command::Wake(args) => cmd_wake::run(args),
         Command::Activity(args) => cmd_activity::run(args),
         Command::Power(args) => cmd_power::run(args),

@@ -31,6 +31,7 @@ use crate::machine;
 use crate::metrics::{ServerMetrics, VmFigures};
 use crate::storage::WakeSpec;
 use crate::watch::FetchRates;
+use remote_wakeup::DesktopWaker;
 
 /// How often the watcher looks at the VMs.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -222,8 +223,8 @@ impl ServerDaemon {
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.watch());
         if let Some(fleet) = &self.fleet {
-            let fleet = Arc::clone(fleet);
-            std::thread::spawn(move || fleet.register());
+            let (fleet, me) = (Arc::clone(fleet), Arc::clone(&self));
+            std::thread::spawn(move || fleet.register(|| me.held_vms()));
         }
         match self.config.qemu_user() {
             Some(user) => {
@@ -245,6 +246,13 @@ impl ServerDaemon {
             }
         }
         Ok(())
+    }
+
+    /// The VMs this server holds: hosted (running, stopped or moving) or
+    /// reserved.
+    fn held_vms(&self) -> u32 {
+        let held = lock(&self.vms).len() + lock(&self.reservations).len();
+        u32::try_from(held).unwrap_or(u32::MAX)
     }
 
     /// One control connection, to its end.
@@ -333,7 +341,7 @@ impl ServerDaemon {
             let reply = reply.unwrap_or_else(|e| {
                 tracing::warn!(peer = %channel.peer(), "refused: {}", wire::chain(&e));
                 match e {
-                    ServerError::NoRoom { .. } => Control::NoRoom(wire::chain(&e)),
+                    ServerError::NoRoom { .. } | ServerError::Draining { .. } => Control::NoRoom(wire::chain(&e)),
                     _ => Control::Failed(wire::chain(&e)),
                 }
             });
@@ -374,12 +382,12 @@ impl ServerDaemon {
     /// guest loses its state with the host. Says which went home and which
     /// did not (their desktops resume them from their checkpoints).
     pub fn send_all_home(self: &Arc<Self>, within: Duration) -> Report {
-        let running: Vec<(VmKey, std::net::SocketAddr)> = lock(&self.vms)
+        let running: Vec<(VmKey, std::net::SocketAddr, Option<DesktopWaker>)> = lock(&self.vms)
             .values()
             .filter_map(|vm| {
                 local::lock_for_status(vm)
                     .filter(|vm| vm.is_running())
-                    .map(|vm| (vm.key().clone(), vm.desktop_control()))
+                    .map(|vm| (vm.key().clone(), vm.desktop_control(), vm.desktop_waker()))
             })
             .collect();
         // Asked all at once; a desktop that does not take the request (it
@@ -387,10 +395,11 @@ impl ServerDaemon {
         let leaving: Vec<VmKey> = std::thread::scope(|scope| {
             let asks: Vec<_> = running
                 .iter()
-                .map(|(key, control)| {
-                    tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: the server host shuts down");
-                    let ask =
-                        scope.spawn(|| self.request_home(key, *control, "the server host shuts down".into()));
+                .map(|(key, control, waker)| {
+                    let ask = scope.spawn(|| {
+                        wake(key, waker.as_ref());
+                        self.request_home(key, *control, "the server host shuts down".into())
+                    });
                     (key, ask)
                 })
                 .collect();
@@ -413,7 +422,7 @@ impl ServerDaemon {
             std::thread::sleep(Duration::from_millis(250));
         }
         let (gone, stayed): (Vec<VmKey>, Vec<VmKey>) =
-            running.into_iter().map(|(key, _)| key).partition(|key| !still_here(key));
+            running.into_iter().map(|(key, _, _)| key).partition(|key| !still_here(key));
         if !stayed.is_empty() {
             let left: Vec<String> = stayed.iter().map(VmKey::to_string).collect();
             tracing::warn!(
@@ -436,6 +445,9 @@ impl ServerDaemon {
     ) -> Result<u64, ServerError> {
         if let Some(why) = machine::refusal(&self.config, self.accel, &self.cpu_models, &request.profile) {
             return Err(ServerError::CannotRun { key, why });
+        }
+        if self.fleet.as_ref().is_some_and(|fleet| fleet.draining()) {
+            return Err(ServerError::Draining { key, server: self.config.name.clone() });
         }
         let (expected, from_history) = lock(&self.history).expected(&key.to_string());
         let mut reservations = lock(&self.reservations);
@@ -709,6 +721,7 @@ impl ServerDaemon {
         let window = Duration::from_secs(self.config.fetch_window_secs.max(1));
         loop {
             std::thread::sleep(WATCH_EVERY);
+            let draining = self.fleet.as_ref().is_some_and(|fleet| fleet.draining());
             let vms: Vec<_> = lock(&self.vms).values().cloned().collect();
             let mut tenants = Vec::new();
             let mut present = Vec::new();
@@ -739,8 +752,12 @@ impl ServerDaemon {
                 }
                 if vm.guest_powered_off() {
                     // Its disk writes and its "off" belong at home.
-                    self.ask_home(vm.key(), vm.desktop_control(), "its guest powered off".to_owned());
+                    self.ask_to_leave(&vm, Leave::Home, "its guest powered off".to_owned());
                     continue;
+                }
+                if draining {
+                    let reason = format!("the server {} is being drained", self.config.name);
+                    self.ask_to_leave(&vm, Leave::ToAnotherServer, reason);
                 }
                 let tenant = Tenant { key: vm.key().clone(), expected: vm.expected(), resident: vm.resident() };
                 samples.push(VmSample {
@@ -762,7 +779,7 @@ impl ServerDaemon {
                             rate / (1024.0 * 1024.0),
                             window.as_secs()
                         );
-                        self.ask_home(vm.key(), vm.desktop_control(), reason);
+                        self.ask_to_leave(&vm, Leave::Home, reason);
                     }
                 }
             }
@@ -773,25 +790,26 @@ impl ServerDaemon {
             }
             let capacity = self.config.capacity_mib << 20;
             if let Some(victim) = capacity::evict(capacity, &tenants) {
-                let control = vms
-                    .iter()
-                    .find_map(|v| v.try_lock().ok().filter(|v| v.key() == &victim.key).map(|v| v.desktop_control()));
-                if let Some(control) = control {
+                let held = vms.iter().find_map(|v| v.try_lock().ok().filter(|v| v.key() == &victim.key));
+                if let Some(vm) = held {
                     let reason = format!(
                         "the server is short of memory and {} grew most beyond its estimate ({} MiB held, {} MiB expected)",
                         victim.key,
                         victim.resident >> 20,
                         victim.expected >> 20
                     );
-                    self.ask_home(&victim.key, control, reason);
+                    // In a fleet another server may have room for it.
+                    let leave = if self.fleet.is_some() { Leave::ToAnotherServer } else { Leave::Home };
+                    self.ask_to_leave(&vm, leave, reason);
                 }
             }
         }
     }
 
-    /// Asks `vm`'s desktop daemon at `control` to take it back (at most once
-    /// a minute), on a thread of its own.
-    fn ask_home(self: &Arc<Self>, key: &VmKey, control: std::net::SocketAddr, reason: String) {
+    /// Asks `vm`'s desktop daemon at `control` to take it back, or to move
+    /// it to another server (at most once a minute), on a thread of its own.
+    fn ask_to_leave(self: &Arc<Self>, vm: &HostedVm, leave: Leave, reason: String) {
+        let (key, control, waker) = (vm.key(), vm.desktop_control(), vm.desktop_waker());
         {
             let mut asked = lock(&self.asked);
             if asked.get(key).is_some_and(|at| at.elapsed() < ASK_AGAIN_AFTER) {
@@ -799,10 +817,14 @@ impl ServerDaemon {
             }
             asked.insert(key.clone(), Instant::now());
         }
-        tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: {reason}");
         let (me, vm) = (Arc::clone(self), key.clone());
         std::thread::spawn(move || {
-            if let Err(e) = me.request_home(&vm, control, reason) {
+            wake(&vm, waker.as_ref());
+            let asked = match leave {
+                Leave::Home => me.request_home(&vm, control, reason),
+                Leave::ToAnotherServer => me.request_move(&vm, control, reason),
+            };
+            if let Err(e) = asked {
                 tracing::warn!(desktop = %vm.desktop, vm = %vm.vm, "its desktop did not take the request: {}", wire::chain(&e));
             }
         });
@@ -810,13 +832,51 @@ impl ServerDaemon {
 
     /// Sends `PleaseReintegrate` for `key` to its desktop daemon at
     /// `control` and waits for its answer.
-    fn request_home(&self, key: &VmKey, control: std::net::SocketAddr, reason: String) -> Result<(), WireError> {
+    fn request_home(&self, key: &VmKey, control: std::net::SocketAddr, reason: String) -> Result<(), ServerError> {
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to take it back: {reason}");
+        self.request(key, control, Control::PleaseReintegrate { vm: key.vm.clone(), reason })
+    }
+
+    /// Sends `PleaseMove` for `key` to its desktop daemon at `control` and
+    /// waits for its answer.
+    fn request_move(&self, key: &VmKey, control: std::net::SocketAddr, reason: String) -> Result<(), ServerError> {
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, "asking its desktop to move it to another server: {reason}");
+        self.request(key, control, Control::PleaseMove { vm: key.vm.clone(), reason })
+    }
+
+    /// Sends `request` to `key`'s desktop daemon at `control`; its answer
+    /// `Failed` is an error.
+    fn request(&self, key: &VmKey, control: std::net::SocketAddr, request: Control) -> Result<(), ServerError> {
+        let failed = |source| ServerError::AskDesktop { key: key.clone(), source: Box::new(source) };
         let hello = ControlHello::Server(self.config.name.clone()).encode_body();
         let (mut channel, _) =
-            Channel::connect(&control.to_string(), &self.credentials, Some(&key.desktop), &hello, CONTROL_TIMEOUT)?;
-        channel.send(&Control::PleaseReintegrate { vm: key.vm.clone(), reason }.encode_body())?;
-        channel.recv().map(drop)
+            Channel::connect(&control.to_string(), &self.credentials, Some(&key.desktop), &hello, CONTROL_TIMEOUT)
+                .map_err(failed)?;
+        channel.send(&request.encode_body()).map_err(failed)?;
+        let answer = channel.recv().map_err(failed)?;
+        match Control::decode_body(&answer) {
+            Ok(Control::Failed(why)) => Err(ServerError::DesktopRefused { key: key.clone(), why }),
+            _ => Ok(()),
+        }
     }
+}
+
+/// Wakes `key`'s desktop with `waker` (none: it never sleeps) before a
+/// request to it; a wake that fails is logged, and the request tried anyway.
+fn wake(key: &VmKey, waker: Option<&DesktopWaker>) {
+    if let Some(Err(e)) = waker.map(DesktopWaker::wake_up) {
+        tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot wake its desktop to ask it: {}", wire::chain(&e));
+    }
+}
+
+/// Where a VM the server wants gone should go.
+#[derive(Debug, Clone, Copy)]
+enum Leave {
+    /// Home to its desktop (it is not idle, or its guest powered off).
+    Home,
+    /// To another server of the fleet, through its desktop (a drain, or
+    /// memory pressure): home only when no other server has room.
+    ToAnotherServer,
 }
 
 /// The key of `vm` for `request`, which only a desktop may make: the

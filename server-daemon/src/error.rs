@@ -104,6 +104,35 @@ pub enum ServerError {
         #[source]
         source: Box<NoRoom>,
     },
+    /// The server is being drained (`jettison drain`): it takes no VM.
+    #[error(
+        "the server {server} is being drained and takes no VM ({key} stays on its desktop, or another server \
+         of the fleet takes it; `jettison drain --undo {server}` ends the drain)"
+    )]
+    Draining {
+        /// The VM.
+        key: VmKey,
+        /// This server.
+        server: identifiers::HostName,
+    },
+    /// A request to a VM's desktop daemon (take it back, move it) did not
+    /// reach it.
+    #[error("{key}: cannot ask its desktop's daemon (is the desktop up and its daemon running?)")]
+    AskDesktop {
+        /// The VM.
+        key: VmKey,
+        /// What failed.
+        #[source]
+        source: Box<wire::WireError>,
+    },
+    /// The desktop daemon refused such a request.
+    #[error("{key}: its desktop refused: {why}")]
+    DesktopRefused {
+        /// The VM.
+        key: VmKey,
+        /// Its answer.
+        why: String,
+    },
     /// The VM would cost more than it saves (`refuse_unprofitable`).
     #[error("the server refuses {key}")]
     Unprofitable {

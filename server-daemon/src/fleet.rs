@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleet_registry::{Capacity, Load, Registration, ServerRecord};
+use fleet_registry::{Capacity, EtcdClient, Load, Registration, ServerRecord};
 
 use crate::config::{FleetConfig, ServerConfig};
 use crate::energy::VmSample;
@@ -73,6 +73,10 @@ pub struct Fleet {
     /// Set by [`Fleet::withdraw`], under the registration's lock: no
     /// refresh after it puts the record back.
     withdrawn: AtomicBool,
+    /// Its drain mark as last read ([`fleet_registry::drain`]).
+    draining: AtomicBool,
+    /// Reads the drain mark.
+    client: EtcdClient,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -92,14 +96,18 @@ impl Fleet {
                 network_mib_per_sec: fleet.network_mib_per_sec,
             },
             load: Load::default(),
+            draining: false,
         };
         let client = fleet.etcd.client(ETCD_TIMEOUT);
-        let registration = Registration::new(client, Duration::from_secs(fleet.lease_ttl_secs));
+        let registration =
+            Registration::new(fleet.etcd.client(ETCD_TIMEOUT), Duration::from_secs(fleet.lease_ttl_secs));
         Fleet {
             registration: Mutex::new(registration),
             record,
             meter: Mutex::new(LoadMeter::default()),
             withdrawn: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            client,
         }
     }
 
@@ -108,13 +116,45 @@ impl Fleet {
         lock(&self.meter).tick(now, samples);
     }
 
+    /// Whether this server is being drained (`jettison drain`), as last read.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Reads this server's drain mark; an etcd that does not answer
+    /// leaves the last reading.
+    fn read_drain_mark(&self) {
+        match fleet_registry::is_draining(&self.client, &self.record.name) {
+            Ok(now) => {
+                if self.draining.swap(now, Ordering::SeqCst) != now {
+                    if now {
+                        tracing::warn!(
+                            "this server is being drained: it takes no new VM and asks its VMs' desktops to move \
+                             them (`jettison drain --undo {}` ends it)",
+                            self.record.name
+                        );
+                    } else {
+                        tracing::info!("the drain of this server has ended: it takes VMs again");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("cannot read the drain mark: {}", wire::chain(&e)),
+        }
+    }
+
     /// Registers and refreshes the record until the process ends or
-    /// [`Fleet::withdraw`], logging each failure once and each recovery.
-    pub fn register(&self) {
+    /// [`Fleet::withdraw`], reading the drain mark before each refresh,
+    /// logging each failure once and each recovery. The record's count of
+    /// VMs is `held()` at the time of writing (the VMs hosted, moving or
+    /// reserved), so that a drained server says it is empty only once it
+    /// is: the watcher's figures may be a tick old.
+    pub fn register(&self, held: impl Fn() -> u32) {
         let every = lock(&self.registration).refresh_every();
         let mut failing = false;
         loop {
-            let record = ServerRecord { load: lock(&self.meter).load(), ..self.record.clone() };
+            self.read_drain_mark();
+            let load = Load { vms: held(), ..lock(&self.meter).load() };
+            let record = ServerRecord { load, draining: self.draining(), ..self.record.clone() };
             let mut registration = lock(&self.registration);
             if self.withdrawn.load(Ordering::SeqCst) {
                 return;

@@ -246,6 +246,13 @@ struct HostedRecord {
     arrived_at: u64,
     /// Its console's port; the ticket stays in QEMU's run directory.
     console_port: Option<u16>,
+    /// How to wake its desktop (none: it never sleeps, or a record of a
+    /// release before this one).
+    #[serde(default)]
+    wake: Option<WakeSpec>,
+    /// Where its desktop's memserv answers: awake when it does.
+    #[serde(default)]
+    memserv: Option<std::net::SocketAddr>,
 }
 
 /// The record's file in the VM's state directory.
@@ -357,7 +364,7 @@ impl HostedVm {
             memserv: request.memserv,
             diskserv: request.diskserv,
             disks,
-            wake,
+            wake: wake.clone(),
             host_key: config.host_key.clone(),
             peers: config.peers.clone(),
             push_from: config.push_working_set.then(|| crate::traces::history_dir(&config.state_dir, &key)),
@@ -429,6 +436,8 @@ impl HostedVm {
             zero_pages,
             arrived_at: now_secs(),
             console_port: console.as_ref().map(|c| c.port),
+            wake,
+            memserv: Some(request.memserv),
         };
         let json = serde_json::to_vec_pretty(&record).expect("a hosted record serialises");
         let record_file = state.join(RECORD);
@@ -723,6 +732,13 @@ impl HostedVm {
     /// Its memtap and cownetdisk counters as of the last [`HostedVm::poll`].
     pub fn counters(&self) -> &(memtap::RamStats, cownetdisk::DiskStats) {
         &self.last
+    }
+
+    /// A waker of its desktop, for a request the server sends it (take the
+    /// VM back, move it): none when the desktop never sleeps.
+    pub fn desktop_waker(&self) -> Option<remote_wakeup::DesktopWaker> {
+        let (wake, memserv) = (self.record.wake.as_ref()?, self.record.memserv?);
+        Some(remote_wakeup::DesktopWaker::new(wake.target(self.key.desktop.as_str(), memserv)))
     }
 
     /// Its desktop's power and wakes as its storage process saw them at

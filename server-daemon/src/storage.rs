@@ -106,6 +106,16 @@ pub struct WakeSpec {
     pub interface: Option<String>,
 }
 
+impl WakeSpec {
+    /// The wake-up of `desktop`, awake when `probe` (its memserv) accepts a
+    /// connection.
+    pub fn target(&self, desktop: &str, probe: std::net::SocketAddr) -> WakeTarget {
+        let mut target = WakeTarget::new(desktop, self.mac, self.broadcast, probe);
+        target.raw_interface = self.interface.clone();
+        target
+    }
+}
+
 /// A request to the storage process.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum StorageRequest {
@@ -554,11 +564,8 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     let credentials = Arc::new(Credentials::load(&spec.host_key, &spec.peers)?);
     let zero_map_file = spec.state.join(ZERO_MAP);
     let zero_map = ZeroMap::decode(&fs::read(&zero_map_file)?)?;
-    let waker = spec.wake.as_ref().map(|wake| {
-        let mut target = WakeTarget::new(spec.desktop.as_str(), wake.mac, wake.broadcast, spec.memserv);
-        target.raw_interface = wake.interface.clone();
-        Arc::new(DesktopWaker::new(target))
-    });
+    let waker =
+        spec.wake.as_ref().map(|wake| Arc::new(DesktopWaker::new(wake.target(spec.desktop.as_str(), spec.memserv))));
     let wake: Arc<dyn WakeHook> = match &waker {
         Some(waker) => Arc::clone(waker) as Arc<dyn WakeHook>,
         None => Arc::new(NoWake),

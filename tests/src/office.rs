@@ -776,6 +776,17 @@ impl Office {
         crate::output_within(&mut command, crate::COMMAND_LIMIT).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
 
+    /// Runs `jettison ARGS` in the namespace of host `i` ([`Office::host`]):
+    /// for a command that talks to etcd or a daemon over the LAN.
+    ///
+    /// # Panics
+    /// As [`Office::jettison`].
+    pub fn jettison_on(&self, i: usize, args: &[&str]) -> Output {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", self.lan.host(i)]).arg(crate::jettison_binary()).args(args);
+        crate::output_within(&mut command, crate::COMMAND_LIMIT).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     /// `jettison ARGS --json` that must succeed; its JSON.
     pub fn jettison_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();

@@ -186,3 +186,86 @@ fn a_desktop_consolidates_to_the_server_the_placement_picks_and_comes_home_from_
     eprintln!("reintegrated: {back}");
     office.wait_until_home(Duration::from_secs(60), "the VM comes home from server2");
 }
+
+#[test]
+fn draining_a_server_moves_its_vm_to_another_and_home_when_none_is_left() {
+    use tests::office::{assert_continuous, Office, OfficeSpec, SERVER2, VM};
+    let dir = tempfile::tempdir().unwrap();
+    // Both servers empty and alike: the placement takes the first by name.
+    let spec = OfficeSpec { fleet: true, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let config = dir.path().join("desktop.toml");
+    let config = config.to_str().unwrap();
+    let placed_on = || {
+        let placement =
+            std::fs::read_to_string(dir.path().join("desktop/state").join(VM).join("placement.json")).unwrap();
+        let placement: serde_json::Value = serde_json::from_str(&placement).unwrap();
+        placement["fleet"]["name"].as_str().map(str::to_owned)
+    };
+    // The drained server is empty once the VM is home; it lands on the
+    // next server a moment later.
+    let wait_until_on = |server: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while placed_on().as_deref() != Some(server) {
+            assert!(Instant::now() < deadline, "the VM never reached {server}\n{}", office.logs());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let drain = |args: &[&str]| {
+        let mut all = vec!["drain"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--config", config]);
+        let out = office.jettison_on(0, &all);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "jettison {}: {text}\n{}", all.join(" "), office.logs());
+        eprintln!("jettison {}:\n{text}", all.join(" "));
+        text
+    };
+    let client = office.connect_client(Duration::from_secs(1));
+    client.wait_for(3, Duration::from_secs(30));
+
+    let out = office.consolidate_when_idle(Duration::from_secs(180));
+    eprintln!("consolidated: {out}");
+    assert_eq!(placed_on().as_deref(), Some("server"), "{}", office.logs());
+
+    // Drained, the first server's VM moves to the second: home with what it
+    // changed, then out again without an idle check.
+    let text = drain(&["server", "--wait", "240"]);
+    assert!(text.contains("server hosts no VM"), "{text}");
+    wait_until_on(SERVER2.0);
+    assert!(dir.path().join("server2/state/vms/desktop").join(VM).exists(), "{}", office.logs());
+    assert!(!dir.path().join("server/state/vms/desktop").join(VM).exists(), "{}", office.logs());
+    let log = office.log("desktop");
+    assert!(log.contains("the server asks us to take it to another server"), "{log}");
+    assert!(log.contains("moved to another server"), "{log}");
+    assert!(office.log("server").contains("asking its desktop to move it to another server"), "{}", office.logs());
+
+    // With the second drained too, no server is left: it stays home.
+    let text = drain(&["server2", "--wait", "240"]);
+    assert!(text.contains("server2 hosts no VM"), "{text}");
+    office.wait_until_home(Duration::from_secs(60), "the VM comes home when no server is left");
+    assert!(office.log("desktop").contains("no other server has room: it stays on the desktop"), "{}", office.logs());
+    // A consolidation by hand is refused while both are drained.
+    let socket = office.desktop_socket();
+    let refused = office.jettison(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(6), "no room: {}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("being drained"), "{refused:?}");
+
+    // The drains end; the registry says so.
+    drain(&["server", "--undo"]);
+    drain(&["server2", "--undo"]);
+    let client_etcd = EtcdClient::new(
+        ["10.77.0.11:2379", "10.77.0.12:2379", "10.77.0.13:2379"].map(|a| a.parse().unwrap()).to_vec(),
+        Duration::from_secs(1),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while registered(office.host(0), &client_etcd).iter().any(|r| r.draining) {
+        assert!(Instant::now() < deadline, "the servers still say they are drained\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The guest's service answered every line through both moves.
+    let (log, broken) = client.finish();
+    assert_eq!(broken, None, "the connection broke\n{}", office.logs());
+    assert!(assert_continuous(&log) > 10);
+}

@@ -138,6 +138,38 @@ fn the_desktop_daemon_sleeps_while_its_vm_is_away_and_the_server_wakes_it() {
 }
 
 #[test]
+fn a_server_host_shutting_down_wakes_the_sleeping_desktop_to_send_its_vm_home() {
+    let dir = tempfile::tempdir().unwrap();
+    let (interface, address) = DESKTOP_LAN;
+    let power = format!(
+        "sleep = \"emulated-s3\"\nwait_secs = 2.0\ninterface = \"{interface}\"\naddress = \"{address}\"\n\
+         suspend_secs = 1.0\nresume_secs = 1.0"
+    );
+    let spec = OfficeSpec { power: Some(power), failover_secs: 600, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let socket = office.desktop_socket();
+    let socket = socket.to_str().unwrap();
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket]);
+    // Asleep, and staying asleep: no request for a page comes while the
+    // guest only counts (no client talks to it, which would wake the
+    // desktop for pages the guest's network stack touches).
+    wait_for_power(&office, "the desktop never fell asleep", |p| p["state"] == "asleep");
+
+    // `jettison save-all` on the server (a host shutdown) asks the desktop
+    // to take the VM back: asleep, it would never hear that unless the
+    // server wakes it first.
+    let out = office.jettison(&["save-all", "--socket", office.server_socket().to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("sent home: desktop/vm1"), "save-all: {said}\n{}", office.logs());
+    office.wait_until_home(REPLY, "the VM did not come home");
+    let server_log = office.log("server");
+    assert!(server_log.contains("sending magic packets"), "the server did not wake the desktop: {server_log}");
+    // The guest went on counting through it all.
+    let counted = tests::office::last_count(&office.desktop_serial());
+    tests::office::wait_for_count_above(&office.desktop_serial(), counted.unwrap_or(0), Duration::from_secs(30));
+}
+
+#[test]
 fn the_desktop_daemon_refuses_to_sleep_when_its_nic_would_not_wake_it() {
     let dir = tempfile::tempdir().unwrap();
     // Loopback can never wake a machine: the check refuses it whatever this

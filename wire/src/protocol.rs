@@ -101,7 +101,10 @@ use crate::error::DecodeError;
 
 /// The magic at the start of both preambles.
 pub const MAGIC: [u8; 4] = *b"JTSN";
-/// The protocol version this build speaks: 4 since a memory dirty set may
+/// The protocol version this build speaks: 5 since a server may ask a
+/// desktop to move a VM to another server of the fleet (the control
+/// message `PleaseMove`, for `jettison drain`), which a desktop of version 4
+/// could not read; 4 since a memory dirty set may
 /// carry discard records (dirty set format 2, for memory the guest freed on
 /// the server), which a desktop of version 3 would refuse only at
 /// reintegration, with the VM already stopped: the preamble refuses the
@@ -110,7 +113,7 @@ pub const MAGIC: [u8; 4] = *b"JTSN";
 /// serves one export per disk: `<vm>` for the first, `<vm>.<n>` for the
 /// others); 2 since each host proves its own key (Noise `IX`); version 1
 /// shared one office key (`NNpsk0`).
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Size of a preamble on the wire.
 pub const PREAMBLE_LEN: usize = 8;
 /// Largest frame body, in bytes.
