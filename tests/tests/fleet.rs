@@ -269,3 +269,40 @@ fn draining_a_server_moves_its_vm_to_another_and_home_when_none_is_left() {
     assert_eq!(broken, None, "the connection broke\n{}", office.logs());
     assert!(assert_continuous(&log) > 10);
 }
+
+#[test]
+fn a_vm_that_outgrows_its_fleet_server_moves_to_another() {
+    use tests::office::{assert_continuous, Office, OfficeSpec, SERVER2, VM};
+    let dir = tempfile::tempdir().unwrap();
+    // The first server has room for the paper's median (157.87 MiB, under
+    // the 90% high-water mark of 180 MiB) and is the fuller fit, so the
+    // placement picks it; the guest then reads the 170 MiB it filled.
+    let spec = OfficeSpec { fleet: true, capacity_mib: 180, fill_mib: 170, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let placed_on = || {
+        let placement =
+            std::fs::read_to_string(dir.path().join("desktop/state").join(VM).join("placement.json")).unwrap();
+        let placement: serde_json::Value = serde_json::from_str(&placement).unwrap();
+        placement["fleet"]["name"].as_str().map(str::to_owned)
+    };
+    let client = office.connect_client(Duration::from_secs(1));
+    let socket = office.desktop_socket();
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(placed_on().as_deref(), Some("server"), "{}", office.logs());
+
+    let read = client.command("readall", Duration::from_secs(120));
+    assert!(read.starts_with("readall "), "{read}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while placed_on().as_deref() != Some(SERVER2.0) {
+        assert!(Instant::now() < deadline, "the VM never moved to server2\n{}", office.logs());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let server_log = office.log("server");
+    assert!(server_log.contains("short of memory") && server_log.contains("grew most"), "{server_log}");
+    assert!(server_log.contains("asking its desktop to move it to another server"), "{server_log}");
+    assert!(office.log("desktop").contains("moved to another server"), "{}", office.logs());
+    client.wait_for(client.count() + 3, Duration::from_secs(120));
+    let (log, broken) = client.finish();
+    assert!(broken.is_none(), "the client's connection broke: {broken:?}");
+    assert_continuous(&log);
+}
