@@ -74,6 +74,15 @@ pub enum MemtapError {
         #[source]
         source: slice_store::SourceError,
     },
+    /// Prefetched pages could not be moved into the fetched slice.
+    #[error("memtap: {vm}: cannot move aged prefetched pages into the fetched slice")]
+    Age {
+        /// The VM.
+        vm: String,
+        /// The cause.
+        #[source]
+        source: slice_store::SourceError,
+    },
     /// Two VMs share a name.
     #[error("memtap: two VMs are named {0}: names must be unique")]
     DuplicateVm(String),

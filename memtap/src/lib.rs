@@ -23,6 +23,7 @@ pub mod stats;
 mod vm;
 
 pub use error::MemtapError;
+pub use prefetch::PREFETCH_MAX_AGE;
 pub use stats::RamStats;
 pub use vm::{RamFileConfig, VmMemory, PAGE_SIZE};
 

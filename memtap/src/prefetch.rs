@@ -11,8 +11,17 @@
 //! real desktop guest under Xfce and Firefox, with a 50 MiB cache that
 //! dropped them instead, fetched 306,888 pages in 5.7 minutes of which at
 //! least 163,000 had been fetched before (`bench/RESULTS.md`).
+//!
+//! A page left untouched in the cache for [`PREFETCH_MAX_AGE`] moves into
+//! the fetched slice too ([`PrefetchCache::take_older_than`]): faults come
+//! in bursts (more than 99% within a second of the previous one), so a
+//! neighbour not touched within its burst is unlikely to be touched soon,
+//! and the cache's memory is the server's, per VM, for the whole stay. An
+//! idle VM's cache then empties between bursts; a touch of an aged page
+//! costs a read of the local slice, never a fetch.
 
 use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
@@ -20,11 +29,15 @@ use lru::LruCache;
 pub const DEFAULT_CACHE_BYTES: usize = 50 * 1024 * 1024;
 /// Default pivot window: pages fetched around a faulting page (the paper's 20).
 pub const DEFAULT_PIVOT_WINDOW: u64 = 20;
+/// How long a prefetched page waits in the cache for the guest before it
+/// moves to the fetched slice.
+pub const PREFETCH_MAX_AGE: Duration = Duration::from_secs(30);
 
-/// Pages fetched ahead of the guest, bounded, least recently used evicted.
+/// Pages fetched ahead of the guest, bounded, least recently used evicted,
+/// each with when it came.
 #[derive(Debug)]
 pub struct PrefetchCache {
-    pages: LruCache<u64, Vec<u8>>,
+    pages: LruCache<u64, (Instant, Vec<u8>)>,
 }
 
 impl PrefetchCache {
@@ -36,7 +49,7 @@ impl PrefetchCache {
 
     /// Takes a page out of the cache (the guest touched it).
     pub fn take(&mut self, page: u64) -> Option<Vec<u8>> {
-        self.pages.pop(&page)
+        self.pages.pop(&page).map(|(_, data)| data)
     }
 
     /// Whether the page is cached, without changing its age.
@@ -49,7 +62,22 @@ impl PrefetchCache {
     pub fn insert(&mut self, page: u64, data: Vec<u8>) -> Option<(u64, Vec<u8>)> {
         // `push` also hands back the old data of the same page, which is
         // not an eviction.
-        self.pages.push(page, data).filter(|(evicted, _)| *evicted != page)
+        self.pages
+            .push(page, (Instant::now(), data))
+            .filter(|(evicted, _)| *evicted != page)
+            .map(|(evicted, (_, data))| (evicted, data))
+    }
+
+    /// Takes out every page that came at least `age` before `now`, oldest
+    /// first, for the caller to keep in the fetched slice. A page is never
+    /// promoted while cached (a touch takes it out), so the least recently
+    /// used is the oldest, and the walk stops at the first younger one.
+    pub fn take_older_than(&mut self, age: Duration, now: Instant) -> Vec<(u64, Vec<u8>)> {
+        let mut old = Vec::new();
+        while self.pages.peek_lru().is_some_and(|(_, (came, _))| now.saturating_duration_since(*came) >= age) {
+            old.extend(self.pages.pop_lru().map(|(page, (_, data))| (page, data)));
+        }
+        old
     }
 
     /// Forgets a page (the guest wrote or discarded it, so the cached copy is stale).
@@ -93,6 +121,22 @@ mod tests {
         assert_eq!(c.take(2), Some(vec![22]));
         assert_eq!(c.take(2), None);
         c.forget(3);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn pages_older_than_the_age_come_out_oldest_first() {
+        let mut c = PrefetchCache::new(8 * 4096, 4096);
+        c.insert(5, vec![5]);
+        c.insert(6, vec![6]);
+        let between = Instant::now();
+        std::thread::sleep(Duration::from_millis(5));
+        c.insert(7, vec![7]);
+        let at = between + Duration::from_secs(30);
+        assert_eq!(c.take_older_than(Duration::from_secs(31), at), vec![], "none that old yet");
+        assert_eq!(c.take_older_than(Duration::from_secs(30), at), vec![(5, vec![5]), (6, vec![6])]);
+        assert_eq!(c.len(), 1, "the younger page stays");
+        assert_eq!(c.take_older_than(Duration::ZERO, Instant::now()), vec![(7, vec![7])]);
         assert!(c.is_empty());
     }
 

@@ -58,6 +58,25 @@ impl PageSource {
         self.lock_cache().len()
     }
 
+    /// Moves the pages that waited in the prefetch cache for `age` or more
+    /// into the fetched slice (see [`crate::prefetch`]); returns how many.
+    ///
+    /// # Errors
+    /// [`SourceError`] when the fetched slice cannot be written; the pages
+    /// before the failing one are kept, the rest are dropped (a later touch
+    /// fetches them again).
+    pub fn age(&self, age: std::time::Duration) -> Result<u64, SourceError> {
+        let old = self.lock_cache().take_older_than(age, std::time::Instant::now());
+        let mut moved = 0;
+        // As for an eviction: a page the guest writes or discards meanwhile
+        // keeps its dirty or discarded state, which wins over this copy.
+        for (page, data) in old {
+            self.store.store_fetched(page, &data).map_err(SourceError::new)?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
     /// Drops the cached copies of `pages`: the guest wrote or discarded them.
     pub fn forget(&self, pages: Range<u64>) {
         let mut cache = self.lock_cache();

@@ -187,6 +187,16 @@ impl VmMemory {
         })
     }
 
+    /// Moves the pages that waited in the prefetch cache for `age` or more
+    /// into the fetched slice, giving their memory back; returns how many
+    /// (see [`crate::prefetch`]).
+    ///
+    /// # Errors
+    /// [`MemtapError::Age`] when the fetched slice cannot be written.
+    pub fn age_prefetched(&self, age: std::time::Duration) -> Result<u64, MemtapError> {
+        self.source.age(age).map_err(|source| MemtapError::Age { vm: self.name.clone(), source })
+    }
+
     /// Makes the dirty slice and its bitmap durable.
     ///
     /// # Errors

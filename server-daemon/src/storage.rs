@@ -65,6 +65,9 @@ const SLOW: Duration = Duration::from_secs(300);
 pub(crate) const FETCH_TRACE: &str = "fetch-trace.csv";
 /// The longest request or reply line read.
 const MAX_LINE: u64 = 1 << 20;
+/// How often the prefetch cache's old pages move to the fetched slice
+/// (those older than [`memtap::PREFETCH_MAX_AGE`]).
+const AGE_EVERY: Duration = Duration::from_secs(10);
 
 /// What the storage process of one VM is started with.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -505,6 +508,9 @@ pub fn run(spec_file: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sy
         }
     };
     tracing::info!(desktop = %storage.key.desktop, vm = %storage.key.vm, pid = std::process::id(), "serving the VM's memory and disk");
+    let storage = Arc::new(storage);
+    let ager = Arc::clone(&storage);
+    std::thread::spawn(move || ager.age_prefetched());
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let _ = stream.set_read_timeout(Some(QUICK));
@@ -757,6 +763,26 @@ impl Serving {
 
     fn lock_disks(&self) -> std::sync::MutexGuard<'_, Vec<HostedDisk>> {
         self.disks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every [`AGE_EVERY`], until memtap is unmounted: moves the pages
+    /// that waited in the prefetch cache for [`memtap::PREFETCH_MAX_AGE`]
+    /// into the fetched slice, so that an idle VM holds no copy of them in
+    /// this process's memory.
+    fn age_prefetched(&self) {
+        loop {
+            std::thread::sleep(AGE_EVERY);
+            if self.mount.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_none() {
+                return;
+            }
+            match self.with_ram(|ram| Ok(ram.age_prefetched(memtap::PREFETCH_MAX_AGE)?)) {
+                Ok(0) => {}
+                Ok(pages) => {
+                    tracing::debug!(desktop = %self.key.desktop, vm = %self.key.vm, pages, "aged prefetched pages into the fetched slice")
+                }
+                Err(e) => tracing::warn!(desktop = %self.key.desktop, vm = %self.key.vm, "{}", wire::chain(&*e)),
+            }
+        }
     }
 
     fn with_ram<T>(

@@ -373,6 +373,32 @@ fn a_page_evicted_from_the_prefetch_cache_is_never_fetched_again() {
     assert_eq!(s.pages_fetched, PAGES - 100, "a page was fetched twice (or a zero page fetched): {s:?}");
 }
 
+#[test]
+fn prefetched_pages_the_guest_leaves_alone_move_to_the_fetched_slice() {
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    let fixture = Fixture::start();
+    let (bytes, mnt) = (&fixture.bytes, &fixture.mnt);
+    let file = std::fs::File::open(mnt.join("vm1.ram")).unwrap();
+    // SAFETY: the file is ours for the test; nobody truncates it.
+    let map = unsafe { MmapOptions::new().map(&file) }.unwrap();
+    assert_eq!(map[500 * PAGE..501 * PAGE], bytes[500 * PAGE..501 * PAGE]);
+    let before = stats(mnt);
+    assert!(before.cached_pages > 0, "page 500's window waits in the cache: {before:?}");
+    let vm = &fixture.mount.vms()[0];
+    assert_eq!(vm.age_prefetched(Duration::from_secs(3600)).unwrap(), 0, "no page is an hour old");
+    assert_eq!(vm.age_prefetched(Duration::ZERO).unwrap(), before.cached_pages);
+    let after = stats(mnt);
+    assert_eq!(after.cached_pages, 0, "{after:?}");
+    // A neighbour is in the fetched slice now: read from there, not fetched
+    // again, and not a hit of the (empty) cache.
+    assert_eq!(vm.slices().state(495).unwrap(), UnitState::Fetched);
+    assert_eq!(map[495 * PAGE..496 * PAGE], bytes[495 * PAGE..496 * PAGE]);
+    let s = stats(mnt);
+    assert_eq!((s.remote_fetches, s.prefetch_hits), (before.remote_fetches, before.prefetch_hits), "{s:?}");
+}
+
 /// Punches a hole of `len` bytes at `offset` in `file`, as QEMU does where
 /// the guest reported free memory.
 fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
