@@ -29,7 +29,7 @@ use crate::local_vm::{now_secs, FleetServer, LocalVm, Placement};
 /// How long a connection to the server may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one request to an etcd member may take.
-const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const ETCD_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long QEMU measures the dirty-page rate.
 const DIRTY_RATE_PERIOD: Duration = Duration::from_secs(1);
 

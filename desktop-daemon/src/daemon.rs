@@ -25,7 +25,7 @@ use wire::{Channel, Credentials};
 
 use crate::activity::{ActivitySlot, Desk};
 use crate::config::DesktopConfig;
-use crate::consolidate::{ask, consolidate, Context};
+use crate::consolidate::{ask, consolidate, Context, ETCD_TIMEOUT};
 use crate::error::DesktopError;
 use crate::local_vm::{now_secs, FleetServer, LocalVm, Placement};
 use crate::metrics::DesktopMetrics;
@@ -537,6 +537,9 @@ impl DesktopDaemon {
         let Ok(vm) = self.vm(name) else { return };
         let mut vm = lock(vm);
         let Placement::Server { since, .. } = *vm.placement() else { return };
+        if !answers && !self.free_in_fleet(name, why) {
+            return;
+        }
         if answers {
             match self.bring_back(&mut vm, ReturnFrom::ServerCheckpoint, &mut |_| ()) {
                 Ok(back) => {
@@ -568,6 +571,38 @@ impl DesktopDaemon {
             ),
             Err(e) => {
                 tracing::error!(vm = %name, "{why}, and resuming it from its checkpoint failed: {}", wire::chain(&e))
+            }
+        }
+    }
+
+    /// Whether `name` may resume here after its server stopped answering:
+    /// always outside a fleet; in a fleet only when no server holds it in
+    /// etcd ([`fleet_registry::claim`]): a server that holds it still runs
+    /// it, or will have frozen it before its lease ends, and the desktop
+    /// resumes it once the lease has ended. etcd that cannot be read says
+    /// nothing, so the VM is not resumed then either.
+    fn free_in_fleet(&self, name: &VmName, why: &str) -> bool {
+        let Some(fleet) = &self.config.fleet else { return true };
+        let client = fleet.etcd.client(ETCD_TIMEOUT);
+        match fleet_registry::holder(&client, &self.config.name, name) {
+            Ok(None) => true,
+            Ok(Some(server)) => {
+                tracing::warn!(
+                    vm = %name,
+                    "{why}, but server {server} still holds it in etcd: not resuming it here, where it would run \
+                     twice (a server cut off from etcd freezes its VMs before its lease ends; once the lease has \
+                     ended this desktop resumes it)"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(
+                    vm = %name,
+                    "{why}, and etcd cannot say whether a server holds it ({}): not resuming it here, to never run \
+                     it twice",
+                    wire::chain(&e)
+                );
+                false
             }
         }
     }

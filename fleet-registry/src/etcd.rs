@@ -232,6 +232,75 @@ impl EtcdClient {
         self.call("/v3/kv/deleterange", &json!({ "key": BASE64.encode(key) })).map(drop)
     }
 
+    /// Writes `key` = `value` under `lease` only if `key` does not exist;
+    /// returns the write's revision, or the value the key has.
+    ///
+    /// # Errors
+    /// [`EtcdError`] naming the members and what failed.
+    pub fn put_if_absent(&self, key: &str, value: &[u8], lease: LeaseId) -> Result<Result<i64, Vec<u8>>, EtcdError> {
+        let compare =
+            json!({ "key": BASE64.encode(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0" });
+        self.put_if(key, compare, value, lease)
+    }
+
+    /// Writes `key` = `value` under `lease` only if `key` holds `expected`
+    /// now; returns the write's revision, or the value the key has (empty
+    /// when it does not exist).
+    ///
+    /// # Errors
+    /// [`EtcdError`] naming the members and what failed.
+    pub fn put_if_value(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<Result<i64, Vec<u8>>, EtcdError> {
+        let compare = json!({ "key": BASE64.encode(key), "result": "EQUAL", "target": "VALUE", "value": BASE64.encode(expected) });
+        self.put_if(key, compare, value, lease)
+    }
+
+    fn put_if(
+        &self,
+        key: &str,
+        compare: Value,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<Result<i64, Vec<u8>>, EtcdError> {
+        const PATH: &str = "/v3/kv/txn";
+        let key64 = BASE64.encode(key);
+        let body = json!({
+            "compare": [compare],
+            "success": [{ "request_put": { "key": key64, "value": BASE64.encode(value), "lease": lease.0.to_string() } }],
+            "failure": [{ "request_range": { "key": key64 } }],
+        });
+        let answer = self.call(PATH, &body)?;
+        if answer.get("succeeded").and_then(Value::as_bool) == Some(true) {
+            let header = answer.get("header").ok_or_else(|| self.malformed(PATH, "no header"))?;
+            return int_field(header, "revision").map(Ok).ok_or_else(|| self.malformed(PATH, "no revision"));
+        }
+        let current = answer
+            .pointer("/responses/0/response_range/kvs/0/value")
+            .and_then(Value::as_str)
+            .map(|text| BASE64.decode(text).map_err(|e| self.malformed(PATH, &format!("value is not base64: {e}"))))
+            .transpose()?;
+        Ok(Err(current.unwrap_or_default()))
+    }
+
+    /// Deletes `key` only if its last write was at `revision`; returns
+    /// whether it did.
+    ///
+    /// # Errors
+    /// [`EtcdError`] naming the members and what failed.
+    pub fn delete_if_revision(&self, key: &str, revision: i64) -> Result<bool, EtcdError> {
+        let key64 = BASE64.encode(key);
+        let body = json!({
+            "compare": [{ "key": key64, "result": "EQUAL", "target": "MOD", "mod_revision": revision.to_string() }],
+            "success": [{ "request_delete_range": { "key": key64 } }],
+        });
+        Ok(self.call("/v3/kv/txn", &body)?.get("succeeded").and_then(Value::as_bool) == Some(true))
+    }
+
     fn malformed(&self, path: &'static str, reason: &str) -> EtcdError {
         let endpoint = self.endpoints[self.current.load(Ordering::Relaxed)];
         EtcdError::Malformed { endpoint, path, reason: reason.to_owned() }

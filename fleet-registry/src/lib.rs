@@ -12,6 +12,7 @@
 //! a gRPC stack; the daemons are synchronous threads and so is this.
 #![warn(missing_docs)]
 
+pub mod claim;
 pub mod drain;
 mod error;
 pub mod etcd;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod placement;
 pub mod record;
 
+pub use claim::{claim_vm, holder, reclaim_vm, release_vm, vm_key, Claimed, VmClaim, VMS_PREFIX};
 pub use drain::{is_draining, mark_draining, unmark_draining, DrainMark, DRAINING_PREFIX};
 pub use error::{EndpointFailure, EtcdError};
 pub use etcd::{EtcdClient, EtcdEndpoints, LeaseId};

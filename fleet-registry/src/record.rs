@@ -150,13 +150,16 @@ pub struct Registration {
     client: EtcdClient,
     ttl: Duration,
     lease: Option<LeaseId>,
+    /// When the last refresh that worked was sent: the lease lives at
+    /// least a TTL from then.
+    renewed: Option<std::time::Instant>,
 }
 
 impl Registration {
     /// A registration through `client` under leases of `ttl` (nothing is
     /// written until [`Registration::refresh`]).
     pub fn new(client: EtcdClient, ttl: Duration) -> Registration {
-        Registration { client, ttl, lease: None }
+        Registration { client, ttl, lease: None, renewed: None }
     }
 
     /// How often to call [`Registration::refresh`]: a third of the TTL, so
@@ -172,9 +175,13 @@ impl Registration {
     /// [`EtcdError`]; the next refresh tries again.
     pub fn refresh(&mut self, record: &ServerRecord) -> Result<(), EtcdError> {
         let value = serde_json::to_vec(record).expect("a record of numbers and names serialises");
+        let sent = std::time::Instant::now();
         if let Some(lease) = self.lease {
             match self.client.keep_alive(lease) {
-                Ok(_) => return self.client.put(&record.key(), &value, Some(lease)),
+                Ok(_) => {
+                    self.renewed = Some(sent);
+                    return self.client.put(&record.key(), &value, Some(lease));
+                }
                 Err(EtcdError::LeaseGone { .. }) => {
                     tracing::warn!(%lease, "the fleet registration's lease expired; taking a new one");
                     self.lease = None;
@@ -184,7 +191,24 @@ impl Registration {
         }
         let lease = self.client.grant(self.ttl)?;
         self.lease = Some(lease);
+        self.renewed = Some(sent);
         self.client.put(&record.key(), &value, Some(lease))
+    }
+
+    /// The lease, and when its last renewal (or grant) that worked was
+    /// sent; none before the first.
+    pub fn lease(&self) -> Option<(LeaseId, std::time::Instant)> {
+        self.lease.zip(self.renewed)
+    }
+
+    /// The lease's time to live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The etcd client it uses.
+    pub fn client(&self) -> &EtcdClient {
+        &self.client
     }
 
     /// Revokes the lease, so that the record goes at once rather than
@@ -193,6 +217,7 @@ impl Registration {
     /// # Errors
     /// [`EtcdError`]; the record then goes within the TTL anyway.
     pub fn withdraw(&mut self) -> Result<(), EtcdError> {
+        self.renewed = None;
         match self.lease.take() {
             Some(lease) => self.client.revoke(lease),
             None => Ok(()),

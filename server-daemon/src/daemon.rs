@@ -24,6 +24,7 @@ use crate::capacity::{self, History, Tenant};
 use crate::config::ServerConfig;
 use crate::energy::{ServerLedger, VmSample};
 use crate::error::ServerError;
+use crate::fence::FenceTable;
 use crate::fleet::Fleet;
 use crate::hosted::{state_dir, Arrival, HostedVm};
 use crate::key::VmKey;
@@ -69,6 +70,8 @@ pub struct ServerDaemon {
     /// The program run as each VM's storage process (this one).
     storage_program: std::path::PathBuf,
     asked: Mutex<BTreeMap<VmKey, Instant>>,
+    /// In a fleet, the hosted VMs' QEMUs under the fence ([`crate::fence`]).
+    fence: FenceTable,
     connections: std::sync::atomic::AtomicU64,
     /// The accelerator VMs run with here.
     accel: qemu_driver::Accel,
@@ -167,7 +170,19 @@ impl ServerDaemon {
         let energy =
             ServerLedger::new(&config.energy, &config.state_dir, std::path::Path::new(crate::rapl::POWERCAP_DIR))?;
         let fleet = config.fleet.as_ref().map(|fleet| Arc::new(Fleet::new(&config, fleet)));
+        // In a fleet, what an earlier daemon left running stays under the
+        // fence: frozen until this daemon's lease takes its claim over.
+        let fence = FenceTable::default();
+        if let Some(fleet) = &fleet {
+            for (key, vm) in &vms {
+                if let Some(pid) = vm.qemu_pid() {
+                    fleet.adopt(key);
+                    fence.track(key, pid);
+                }
+            }
+        }
         Ok(Arc::new(ServerDaemon {
+            fence,
             fleet,
             energy: Mutex::new(energy),
             accel,
@@ -223,8 +238,10 @@ impl ServerDaemon {
         let me = Arc::clone(&self);
         std::thread::spawn(move || me.watch());
         if let Some(fleet) = &self.fleet {
-            let (fleet, me) = (Arc::clone(fleet), Arc::clone(&self));
-            std::thread::spawn(move || fleet.register(|| me.held_vms()));
+            let (registering, me) = (Arc::clone(fleet), Arc::clone(&self));
+            std::thread::spawn(move || registering.register(|| me.held_vms()));
+            let (fencing, me) = (Arc::clone(fleet), Arc::clone(&self));
+            std::thread::spawn(move || me.fence.watch(&fencing));
         }
         match self.config.qemu_user() {
             Some(user) => {
@@ -246,6 +263,13 @@ impl ServerDaemon {
             }
         }
         Ok(())
+    }
+
+    /// In a fleet, gives up `key`'s claim in etcd.
+    fn release_claim(&self, key: &VmKey) {
+        if let Some(fleet) = &self.fleet {
+            fleet.release(key);
+        }
     }
 
     /// The VMs this server holds: hosted (running, stopped or moving) or
@@ -475,9 +499,20 @@ impl ServerDaemon {
         lock(&self.energy)
             .check(&key, expected, others)
             .map_err(|source| ServerError::Unprofitable { key: key.clone(), source: Box::new(source) })?;
+        // In a fleet the VM is claimed in etcd before its desktop stops it:
+        // a VM another server holds is refused.
+        let token = match &self.fleet {
+            Some(fleet) => Some(
+                fleet
+                    .claim(&key)
+                    .map_err(|source| ServerError::Claim { key: key.clone(), source: Box::new(source) })?,
+            ),
+            None => None,
+        };
         if let Some(old) = reservation.key.replace(key.clone()) {
             if old != key {
                 reservations.remove(&old);
+                self.release_claim(&old);
             }
         }
         let profile = request.profile.clone();
@@ -485,7 +520,7 @@ impl ServerDaemon {
         let console_port = self.free_console_port(&reservations, &key);
         let connection = reservation.connection;
         reservations.insert(key.clone(), Reserved { expected, profile, disks, connection, console_port });
-        tracing::info!(desktop = %key.desktop, vm = %key.vm, ram_bytes = request.profile.ram_bytes(), disks, expected_mib = expected >> 20, from_history, "reserved");
+        tracing::info!(desktop = %key.desktop, vm = %key.vm, ram_bytes = request.profile.ram_bytes(), disks, expected_mib = expected >> 20, from_history, token, "reserved");
         Ok(expected)
     }
 
@@ -535,6 +570,9 @@ impl ServerDaemon {
         // Its desktop sleeps if the server can wake it.
         lock(&self.energy).arrived(&key, request.desktop_mac.is_some(), started);
         tracing::info!(desktop = %key.desktop, vm = %key.vm, "running on the server");
+        if let (Some(_), Some(pid)) = (&self.fleet, vm.qemu_pid()) {
+            self.fence.track(&key, pid);
+        }
         // Hosted first, then unreserved: a VM is always in one of the two.
         lock(&self.vms).insert(key.clone(), Arc::new(Mutex::new(vm)));
         reservation.release();
@@ -570,6 +608,9 @@ impl ServerDaemon {
         let hosted = lock(&self.vms).get(key).cloned().ok_or_else(|| ServerError::NotHosted { key: key.clone() })?;
         let mut hosted = lock(&hosted);
         let started = Instant::now();
+        // Its desktop asks for it, so it runs nowhere else: thawed if the
+        // fence froze it, and stopped through QMP at once.
+        self.fence.untrack(key);
         hosted.stop()?;
         let header = hosted.send_home(channel)?;
         self.metrics.sent_home(started.elapsed(), header.total_bytes());
@@ -616,6 +657,8 @@ impl ServerDaemon {
     /// hosted: its trace is kept and its files deleted all the same.
     fn forget(&self, key: &VmKey) {
         let state = state_dir(&self.config, key);
+        self.fence.untrack(key);
+        self.release_claim(key);
         let Some(hosted) = lock(&self.vms).remove(key) else {
             if state.exists() {
                 crate::traces::keep(&self.config.state_dir, key, &state);
@@ -704,7 +747,12 @@ impl ServerDaemon {
                         }
                     }
                     vm.poll();
-                    vm.status()
+                    let mut status = vm.status();
+                    // Its desktop may not know: it asks for it back on seeing this.
+                    if self.fence.lost(key) && status.state == daemon_protocol::HostedState::Running {
+                        status.state = daemon_protocol::HostedState::Stopped;
+                    }
+                    status
                 }
                 None => lock(&self.checkpointing).get(key).map_or_else(
                     || HostedStatus::moving(key.vm.clone(), key.desktop.clone()),
@@ -733,7 +781,10 @@ impl ServerDaemon {
                 if !vm.is_running() {
                     continue;
                 }
-                if vm.checkpoint_due(Duration::from_secs(self.config.checkpoint_every_secs)) {
+                // A frozen QEMU answers no QMP command: no checkpoint then.
+                if !self.fence.frozen(vm.key())
+                    && vm.checkpoint_due(Duration::from_secs(self.config.checkpoint_every_secs))
+                {
                     tracing::info!(desktop = %vm.key().desktop, vm = %vm.key().vm, "taking a checkpoint");
                     // Polled at the top of this round.
                     lock(&self.checkpointing).insert(vm.key().clone(), figures_of(&vm));
@@ -906,6 +957,10 @@ impl Reservation<'_> {
             let mut reservations = lock(&self.daemon.reservations);
             if reservations.get(&key).is_some_and(|r| r.connection == self.connection) {
                 reservations.remove(&key);
+                // Never hosted: its claim goes too.
+                if !lock(&self.daemon.vms).contains_key(&key) {
+                    self.daemon.release_claim(&key);
+                }
             }
         }
     }

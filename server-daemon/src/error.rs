@@ -115,6 +115,15 @@ pub enum ServerError {
         /// This server.
         server: identifiers::HostName,
     },
+    /// In a fleet, the VM could not be claimed in etcd.
+    #[error("{key} cannot come to this server")]
+    Claim {
+        /// The VM.
+        key: VmKey,
+        /// Why.
+        #[source]
+        source: Box<crate::fleet::ClaimError>,
+    },
     /// A request to a VM's desktop daemon (take it back, move it) did not
     /// reach it.
     #[error("{key}: cannot ask its desktop's daemon (is the desktop up and its daemon running?)")]

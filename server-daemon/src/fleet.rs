@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleet_registry::{Capacity, EtcdClient, Load, Registration, ServerRecord};
+use fleet_registry::{Capacity, Claimed, EtcdClient, LeaseId, Load, Registration, ServerRecord};
 
 use crate::config::{FleetConfig, ServerConfig};
 use crate::energy::VmSample;
@@ -75,6 +75,18 @@ pub struct Fleet {
     withdrawn: AtomicBool,
     /// Its drain mark as last read ([`fleet_registry::drain`]).
     draining: AtomicBool,
+    /// The registration's lease and when its last renewal that worked was
+    /// sent, copied after each refresh (the watchdog must not wait for a
+    /// refresh that hangs on an absent etcd).
+    renewal: Mutex<Option<(LeaseId, Instant)>>,
+    /// The lease's TTL.
+    ttl: Duration,
+    /// The VMs this server holds in etcd: the lease each claim is under,
+    /// and its fencing token.
+    claims: Mutex<BTreeMap<VmKey, (LeaseId, u64)>>,
+    /// VMs an earlier daemon left running, whose claims this one takes
+    /// over once its lease is live ([`Fleet::adopt`]).
+    adopted: Mutex<std::collections::BTreeSet<VmKey>>,
     /// Reads the drain mark.
     client: EtcdClient,
 }
@@ -108,6 +120,10 @@ impl Fleet {
             withdrawn: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             client,
+            renewal: Mutex::new(None),
+            ttl: Duration::from_secs(fleet.lease_ttl_secs),
+            claims: Mutex::new(BTreeMap::new()),
+            adopted: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -160,6 +176,7 @@ impl Fleet {
                 return;
             }
             let refreshed = registration.refresh(&record);
+            *lock(&self.renewal) = registration.lease();
             drop(registration);
             match refreshed {
                 Ok(()) if failing => {
@@ -180,6 +197,89 @@ impl Fleet {
         }
     }
 
+    /// The lease, if renewed within half its TTL: it cannot have expired
+    /// before another half has passed.
+    fn live_lease(&self) -> Option<LeaseId> {
+        lock(&self.renewal).filter(|(_, sent)| sent.elapsed() < self.ttl / 2).map(|(lease, _)| lease)
+    }
+
+    /// Claims `key` in etcd for a new stay here ([`fleet_registry::claim`]);
+    /// returns the stay's fencing token.
+    ///
+    /// # Errors
+    /// [`ClaimError`]: the lease is not live, another server holds the VM,
+    /// or etcd does not answer.
+    pub fn claim(&self, key: &VmKey) -> Result<u64, ClaimError> {
+        let lease = self.live_lease().ok_or(ClaimError::NoLease { ttl_secs: self.ttl.as_secs() })?;
+        let claimed = fleet_registry::claim_vm(&self.client, &key.desktop, &key.vm, &self.record.name, lease)
+            .map_err(|e| ClaimError::Etcd(Box::new(e)))?;
+        match claimed {
+            Claimed::Token(token) => {
+                lock(&self.claims).insert(key.clone(), (lease, token));
+                tracing::info!(desktop = %key.desktop, vm = %key.vm, token, "holds the VM in etcd");
+                Ok(token)
+            }
+            Claimed::HeldBy(server) => Err(ClaimError::HeldBy(server)),
+            Claimed::Gone => Err(ClaimError::HeldBy(String::from("nobody (it vanished as it was claimed)"))),
+        }
+    }
+
+    /// A VM an earlier daemon left running: its claim is taken over under
+    /// this daemon's lease at the first [`Fleet::fence`] with a live lease;
+    /// frozen until then, lost if the claim is gone.
+    pub fn adopt(&self, key: &VmKey) {
+        lock(&self.adopted).insert(key.clone());
+    }
+
+    /// Takes over this server's claim of `key` under the current lease (a
+    /// restarted daemon taking its VMs over); false when the claim is gone
+    /// or another's, or etcd cannot say: the VM must then stay frozen.
+    fn reclaim(&self, key: &VmKey) -> bool {
+        let Some(lease) = self.live_lease() else { return false };
+        match fleet_registry::reclaim_vm(&self.client, &key.desktop, &key.vm, &self.record.name, lease) {
+            Ok(Claimed::Token(token)) => {
+                lock(&self.claims).insert(key.clone(), (lease, token));
+                true
+            }
+            Ok(other) => {
+                tracing::warn!(desktop = %key.desktop, vm = %key.vm, "its claim in etcd is lost ({other:?})");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot take its claim in etcd over: {}", wire::chain(&e));
+                false
+            }
+        }
+    }
+
+    /// Gives up the claim of `key` (it went home, or never came).
+    pub fn release(&self, key: &VmKey) {
+        let Some((_, token)) = lock(&self.claims).remove(key) else { return };
+        if let Err(e) = fleet_registry::release_vm(&self.client, &key.desktop, &key.vm, token) {
+            tracing::warn!(desktop = %key.desktop, vm = %key.vm, "cannot release its claim in etcd ({}); it ends with the lease", wire::chain(&e));
+        }
+    }
+
+    /// Whether `key`'s QEMU may run now ([`Fence`]).
+    pub fn fence(&self, key: &VmKey) -> Fence {
+        if lock(&self.adopted).contains(key) {
+            if self.live_lease().is_none() {
+                return Fence::Freeze;
+            }
+            lock(&self.adopted).remove(key);
+            if !self.reclaim(key) {
+                return Fence::Lost;
+            }
+        }
+        let Some((lease, _)) = lock(&self.claims).get(key).copied() else { return Fence::Lost };
+        match *lock(&self.renewal) {
+            Some((now, _)) if now != lease => Fence::Lost,
+            None => Fence::Lost,
+            Some((_, sent)) if sent.elapsed() >= self.ttl / 2 => Fence::Freeze,
+            Some(_) => Fence::Run,
+        }
+    }
+
     /// Takes the record out of the registry at once (a clean stop); a
     /// crash leaves it to expire with its lease.
     pub fn withdraw(&self) {
@@ -189,6 +289,39 @@ impl Fleet {
             tracing::warn!("cannot withdraw from the fleet ({}); the record expires with its lease", wire::chain(&e));
         }
     }
+}
+
+/// What the fence allows a hosted VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// Its claim is held under a lease renewed within half its TTL.
+    Run,
+    /// The lease was not renewed for half its TTL: frozen until it is.
+    Freeze,
+    /// Its claim is gone (the lease expired, or it was never held): frozen
+    /// for good; only its desktop asking for it back thaws it, to stop it
+    /// and send it home.
+    Lost,
+}
+
+/// Why a VM cannot be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The lease is not live.
+    #[error(
+        "this server has not renewed its lease in etcd within {} s: it takes no VM until it can (is etcd reachable?)",
+        ttl_secs / 2
+    )]
+    NoLease {
+        /// The lease's TTL.
+        ttl_secs: u64,
+    },
+    /// Another server holds it.
+    #[error("server {0} holds it in etcd: it runs there")]
+    HeldBy(String),
+    /// etcd does not answer.
+    #[error("cannot claim it in etcd")]
+    Etcd(#[source] Box<fleet_registry::EtcdError>),
 }
 
 #[cfg(test)]

@@ -652,6 +652,14 @@ impl HostedVm {
         Ok(manifest)
     }
 
+    /// Its QEMU's process id, while QEMU runs it.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        match &self.phase {
+            Phase::Running(running) => Some(running.qemu.pid()),
+            _ => None,
+        }
+    }
+
     /// Whether QEMU still runs the guest.
     pub fn is_running(&self) -> bool {
         matches!(self.phase, Phase::Running(_))

@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod energy;
 mod error;
+pub mod fence;
 pub mod fleet;
 pub mod hosted;
 mod key;

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failure is the test failing
 
+pub mod arp;
 pub mod desktop_guest;
 pub mod etcd;
 pub mod keys;
