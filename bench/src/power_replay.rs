@@ -441,8 +441,7 @@ impl Server<'_> {
         addr: &'static str,
         kind: Service,
     ) -> Result<RemoteImage, ReplayError> {
-        let mut remote =
-            RemoteConfig::new(addr, Arc::clone(&self.credentials), Hello { service: kind, export: "vm1".into() });
+        let mut remote = RemoteConfig::new(addr, Arc::clone(&self.credentials), Hello::new(kind, "vm1"));
         remote.give_up_after = Some(GIVE_UP);
         let hook = Arc::clone(waker) as Arc<dyn WakeHook>;
         RemoteImage::connect(remote, hook).map_err(|source| ReplayError::Connect {

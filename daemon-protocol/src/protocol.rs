@@ -4,7 +4,8 @@
 //! further disks' sizes and `Returning` the number of disk dirty sets;
 //! version 4 sends dirty sets of format 2, whose memory set may carry
 //! discard records, and `HostedStatus` counts discarded pages; version 5
-//! has `PleaseMove`).
+//! has `PleaseMove`, and carries a fleet stay's fencing token in `Reserved`
+//! and `Returning`).
 //!
 //! # Transport
 //!
@@ -26,7 +27,7 @@
 //!     participant S as server daemon
 //!     D->>S: Reserve (VM, its machine profile, its disks' sizes)
 //!     Note over S: the profile is one this server can run; capacity check against the expected working set
-//!     S->>D: Reserved (estimate), NoRoom (the capacity check's figures) or Failed (why)
+//!     S->>D: Reserved (estimate, fencing token in a fleet), NoRoom (the capacity check's figures) or Failed (why)
 //!     Note over D: stop the VM, save the descriptor, scan the zero map, start memserv and diskserv
 //!     D->>S: Consolidate (descriptor size and CRC, zero map, where memserv and diskserv are)
 //!     Note over S: one cownetdisk disk per reserved disk, each fetching from diskserv's export for it
@@ -230,6 +231,9 @@ pub struct ReturnHeader {
     /// How many disk dirty sets follow the memory set: the VM's disks, 1
     /// to [`MAX_DISKS`].
     pub disk_count: u32,
+    /// The stay's fencing token (0 outside a fleet): the desktop takes back
+    /// only the dirty state of the stay it consolidated.
+    pub fence: u64,
 }
 
 impl ReturnHeader {
@@ -344,8 +348,16 @@ pub enum Control {
     Failed(String),
     /// Desktop: may this VM come?
     Reserve(ReserveRequest),
-    /// Server: yes, with this many bytes of working set expected.
-    Reserved(u64),
+    /// Server: yes.
+    Reserved {
+        /// The working set expected, in bytes.
+        expected: u64,
+        /// In a fleet, the stay's fencing token: the revision of the
+        /// server's claim of the VM in etcd. The desktop's memserv and
+        /// diskserv serve only a client presenting it, and it takes back
+        /// only dirty state marked with it.
+        fence: Option<u64>,
+    },
     /// Desktop: here it is.
     Consolidate(Box<ConsolidateRequest>),
     /// Server: the VM runs here now; milliseconds from request to `cont`.
@@ -405,7 +417,7 @@ impl Control {
             Control::Welcome(_) => "Welcome",
             Control::Failed(_) => "Failed",
             Control::Reserve(_) => "Reserve",
-            Control::Reserved(_) => "Reserved",
+            Control::Reserved { .. } => "Reserved",
             Control::Consolidate(_) => "Consolidate",
             Control::Running(_) => "Running",
             Control::Reintegrate(_) => "Reintegrate",
@@ -628,6 +640,7 @@ mod tests {
             dirty_pages: 0,
             dirty_blocks: 0,
             disk_count: 2,
+            fence: 0,
         };
         let mut status = HostedStatus::moving("vm1".parse().unwrap(), "desk1".parse().unwrap());
         status.state = HostedState::Lost("QEMU died".into());
@@ -650,7 +663,7 @@ mod tests {
                 disk_bytes: 2,
                 extra_disk_bytes: vec![3, 4],
             }),
-            Control::Reserved(7),
+            Control::Reserved { expected: 7, fence: Some(56) },
             Control::Consolidate(Box::new(consolidate())),
             Control::Running(12),
             Control::Reintegrate(vm.clone()),
@@ -735,6 +748,7 @@ mod tests {
             dirty_pages: 0,
             dirty_blocks: 0,
             disk_count: 1,
+            fence: 0,
         };
         assert!(refusal(&Control::Returning(header)).contains("set_bytes"));
         for disk_count in [0, MAX_DISKS as u32 + 1] {

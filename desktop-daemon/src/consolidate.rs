@@ -195,8 +195,8 @@ pub fn consolidate(
         disk_bytes,
         extra_disk_bytes: extra.to_vec(),
     });
-    let expected = match ask(&mut channel, &reserve)? {
-        Control::Reserved(bytes) => bytes,
+    let (expected, fence) = match ask(&mut channel, &reserve)? {
+        Control::Reserved { expected, fence } => (expected, fence),
         Control::Failed(why) => return Err(DesktopError::Refused(why)),
         Control::NoRoom(why) => return Err(DesktopError::NoRoom(why)),
         other => return Err(DesktopError::UnexpectedAnswer { request: "Reserve", got: other.kind() }),
@@ -206,7 +206,7 @@ pub fn consolidate(
     let stop_at = Instant::now();
     let descriptor_bytes = vm.stop_and_save()?;
     log(format!("{name} stopped; descriptor {descriptor_bytes} bytes"));
-    let (server_ms, zero_pages) = match hand_over(ctx, vm, server, &mut channel) {
+    let (server_ms, zero_pages) = match hand_over(ctx, vm, server, fence, &mut channel) {
         Ok(done) => done,
         Err(HandOver::Unknown(e)) => {
             return Err(DesktopError::HandOverUnknown { vm: name, source: Box::new(e) });
@@ -249,6 +249,7 @@ fn hand_over(
     ctx: Context<'_>,
     vm: &mut LocalVm,
     server: Option<FleetServer>,
+    fence: Option<u64>,
     channel: &mut Channel,
 ) -> Result<(u64, u64), HandOver> {
     let name = vm.name().clone();
@@ -257,8 +258,8 @@ fn hand_over(
     let descriptor = std::fs::read(vm.checkpoint()).map_err(|source| {
         HandOver::Refused(DesktopError::File { vm: name.clone(), action: "read", path: vm.checkpoint(), source })
     })?;
-    vm.serve(ctx.config.serve_ip, ctx.credentials).map_err(HandOver::Refused)?;
-    vm.set_placement(Placement::Server { since: now_secs(), fleet: server }).map_err(HandOver::Refused)?;
+    vm.serve(ctx.config.serve_ip, ctx.credentials, fence).map_err(HandOver::Refused)?;
+    vm.set_placement(Placement::Server { since: now_secs(), fleet: server, fence }).map_err(HandOver::Refused)?;
     let ip = ctx.config.serve_ip;
     let request = ConsolidateRequest {
         vm: name,

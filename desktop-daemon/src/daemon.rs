@@ -143,7 +143,10 @@ impl DesktopDaemon {
                 Placement::Desktop => vm.boot(),
                 Placement::Off => Ok(()),
                 Placement::Saved => resume_saved(&mut vm),
-                Placement::Server { .. } => vm.serve(self.config.serve_ip, &self.credentials),
+                Placement::Server { .. } => {
+                    let fence = vm.placement().fence();
+                    vm.serve(self.config.serve_ip, &self.credentials, fence)
+                }
             };
             if let Err(e) = started {
                 tracing::error!(vm = %name, "cannot start: {}", wire::chain(&e));

@@ -185,6 +185,19 @@ pub enum DesktopError {
     /// The server sent something that does not decode.
     #[error("the server sent something unreadable")]
     ServerUnreadable(#[source] Box<DecodeError>),
+    /// The dirty state a server sends is not of this desktop's stay.
+    #[error(
+        "{vm}: the server sends state of fencing token {theirs}, not this stay's ({ours}): it is not applied (the \
+         server lost the VM's claim in etcd since; its state stays there)"
+    )]
+    WrongFence {
+        /// The VM.
+        vm: VmName,
+        /// The token the server's state carries.
+        theirs: u64,
+        /// This stay's.
+        ours: u64,
+    },
     /// The server answered out of turn.
     #[error("the server answered {got} to {request}")]
     UnexpectedAnswer {

@@ -57,6 +57,10 @@ pub enum Placement {
         /// `server` (and every placement file written before fleets).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fleet: Option<FleetServer>,
+        /// In a fleet, the stay's fencing token (the revision of the
+        /// server's claim in etcd): memserv and diskserv serve only it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<u64>,
     },
 }
 
@@ -75,6 +79,14 @@ impl Placement {
     pub fn fleet_server(&self) -> Option<&FleetServer> {
         match self {
             Placement::Server { fleet, .. } => fleet.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The stay's fencing token, in a fleet (see [`Placement::Server`]).
+    pub fn fence(&self) -> Option<u64> {
+        match self {
+            Placement::Server { fence, .. } => *fence,
             _ => None,
         }
     }
@@ -493,11 +505,17 @@ impl LocalVm {
     }
 
     /// Serves the checkpoint: memserv for the RAM file, diskserv for the
-    /// disks (one export each, on the one port).
+    /// disks (one export each, on the one port); in a fleet only to a
+    /// server presenting the stay's `fence`.
     ///
     /// # Errors
     /// [`DesktopError::Memserv`] or [`DesktopError::Diskserv`].
-    pub fn serve(&mut self, ip: std::net::IpAddr, credentials: &Arc<Credentials>) -> Result<(), DesktopError> {
+    pub fn serve(
+        &mut self,
+        ip: std::net::IpAddr,
+        credentials: &Arc<Credentials>,
+        fence: Option<u64>,
+    ) -> Result<(), DesktopError> {
         if self.serving.is_some() {
             return Ok(());
         }
@@ -509,6 +527,7 @@ impl LocalVm {
             service,
             export: self.config.name.to_string(),
             events: Some(events_socket(&self.run_dir, service)),
+            fence,
         };
         let memory = memserv::bind(&self.ram_file(), config(self.config.memserv_port, Service::Memory))
             .map_err(|source| DesktopError::Memserv { vm: self.name().clone(), source: Box::new(source) })?;
@@ -744,13 +763,13 @@ mod tests {
     #[test]
     fn a_placement_remembers_its_fleet_server_and_old_files_still_read() {
         let old: Placement = serde_json::from_str(r#"{"on":"server","since":5}"#).unwrap();
-        assert_eq!(old, Placement::Server { since: 5, fleet: None });
+        assert_eq!(old, Placement::Server { since: 5, fleet: None, fence: None });
         assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"on":"server","since":5}"#, "written as before");
         let server = FleetServer { name: "server2".parse().unwrap(), address: "10.0.0.2:7400".parse().unwrap() };
-        let placed = Placement::Server { since: 6, fleet: Some(server.clone()) };
+        let placed = Placement::Server { since: 6, fleet: Some(server.clone()), fence: Some(56) };
         let text = serde_json::to_string(&placed).unwrap();
         assert_eq!(serde_json::from_str::<Placement>(&text).unwrap(), placed);
-        assert_eq!(placed.fleet_server(), Some(&server));
+        assert_eq!((placed.fleet_server(), placed.fence()), (Some(&server), Some(56)));
         assert!(
             serde_json::from_str::<Placement>(
                 r#"{"on":"server","since":6,"fleet":{"name":"../x","address":"10.0.0.2:7400"}}"#

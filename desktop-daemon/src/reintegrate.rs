@@ -141,6 +141,12 @@ pub fn reintegrate(
         Control::Failed(why) => return Err(DesktopError::Refused(why)),
         other => return Err(DesktopError::UnexpectedAnswer { request: request.kind(), got: other.kind() }),
     };
+    // In a fleet, only the stay this desktop made comes home.
+    if let Some(ours) = vm.placement().fence() {
+        if header.fence != ours {
+            return Err(DesktopError::WrongFence { vm: name, theirs: header.fence, ours });
+        }
+    }
     let stopped = started.elapsed();
     report(LocalReply::Log {
         line: format!(
@@ -390,6 +396,7 @@ mod tests {
             dirty_pages: 2,
             dirty_blocks: 2,
             disk_count: 2,
+            fence: 0,
         };
         (checkpoint, header, stream)
     }

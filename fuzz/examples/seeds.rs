@@ -35,7 +35,7 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn hello() -> Hello {
-    Hello { service: Service::Memory, export: "vm1".into() }
+    Hello::new(Service::Memory, "vm1")
 }
 
 fn request() -> Request {
@@ -50,7 +50,7 @@ fn wire_seeds() {
     let record = cat(&[&5u16.to_le_bytes(), b"hello"]);
     write("wire_records", "preamble_record", &cat(&[&[0], &Preamble::client().encode(), &record, &record]));
     write("wire_hello", "memory", &hello().encode_body());
-    write("wire_hello", "disk", &Hello { service: Service::Disk, export: "desk-vm_2".into() }.encode_body());
+    write("wire_hello", "disk", &Hello::new(Service::Disk, "desk-vm_2").encode_body());
     write("wire_hello_reply", "welcome", &HelloReply::Welcome(Welcome { size: 1 << 30, unit: 4096 }).encode_body());
     write("wire_hello_reply", "refused", &HelloReply::Refused("no such VM".into()).encode_body());
     write("wire_request", "two_ranges", &request().encode_body());
@@ -132,6 +132,7 @@ fn control_seeds() {
         dirty_pages: 0,
         dirty_blocks: 0,
         disk_count: 1,
+        fence: 0,
     };
     let mut status = HostedStatus::moving("vm1".parse().expect("a VM name"), "desk1".parse().expect("a host"));
     status.state = HostedState::Lost("QEMU died".into());
@@ -140,7 +141,7 @@ fn control_seeds() {
         ("failed", Control::Failed("no room".into())),
         ("no-room", Control::NoRoom("no room for desk1/vm1".into())),
         ("reserve", Control::Reserve(reserve.clone())),
-        ("reserved", Control::Reserved(7)),
+        ("reserved", Control::Reserved { expected: 7, fence: Some(56) }),
         ("consolidate", Control::Consolidate(Box::new(consolidate.clone()))),
         ("returning", Control::Returning(header)),
         ("data", Control::Data(vec![5; 100])),

@@ -16,7 +16,7 @@ use wire::{Hello, HelloReply, Service};
 fuzz_target!(|data: &[u8]| {
     let preamble = Preamble::client().encode();
     let mut initiator = Initiator::new(&key(), &preamble).expect("the Noise parameters are valid");
-    let hello = Hello { service: Service::Memory, export: "vm1".into() };
+    let hello = Hello::new(Service::Memory, "vm1");
     initiator.first_message(&hello.encode_body()).expect("a hello fits a handshake message");
     let mut records = RecordReader::new();
     records.push(data);

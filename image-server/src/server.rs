@@ -85,6 +85,9 @@ pub struct ServeConfig {
     pub export: String,
     /// Unix socket for the local event stream, if any.
     pub events: Option<PathBuf>,
+    /// In a fleet, the stay's fencing token: a hello presenting another is
+    /// refused (a server that no longer holds the VM gets nothing).
+    pub fence: Option<u64>,
 }
 
 /// A bound, not yet running server.
@@ -534,6 +537,12 @@ impl PeerConn {
                     _ if hello.service != ctx.config.service => {
                         HelloReply::Refused(format!("this daemon serves {}, not {}", ctx.config.service, hello.service))
                     }
+                    _ if ctx.config.fence.is_some_and(|fence| fence != hello.fence) => HelloReply::Refused(format!(
+                        "fencing token {} is not this stay's ({}): the server presenting it no longer holds the VM \
+                         in etcd",
+                        hello.fence,
+                        ctx.config.fence.unwrap_or_default()
+                    )),
                     None => HelloReply::Refused(format!(
                         "this daemon serves {:?}, not {:?}",
                         ctx.exports.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", "),

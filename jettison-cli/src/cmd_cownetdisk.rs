@@ -73,7 +73,7 @@ pub fn run(args: Args) -> CmdResult {
             }
         }
     });
-    let hello = Hello { service: Service::Disk, export: args.vm.clone() };
+    let hello = Hello::new(Service::Disk, args.vm.clone());
     let remote = RemoteConfig::new(&args.desktop, credentials, hello);
     let mut config = DiskConfig::new(&args.vm, &args.state_dir, remote);
     config.block_size = args.block_size;

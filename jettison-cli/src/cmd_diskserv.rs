@@ -36,8 +36,14 @@ pub struct Args {
 pub fn run(args: Args) -> CmdResult {
     let wait_for_signal = block_stop_signals()?;
     let credentials = args.keys.load()?;
-    let config =
-        ServeConfig { listen: args.listen, credentials, service: Service::Disk, export: args.vm, events: args.events };
+    let config = ServeConfig {
+        listen: args.listen,
+        credentials,
+        service: Service::Disk,
+        export: args.vm,
+        events: args.events,
+        fence: None,
+    };
     let server = diskserv::bind(&args.image, config, args.block_size)?;
     println!("diskserv: serving {} on {}", args.image.display(), server.local_addr()?);
     serve_until_signal(server, wait_for_signal)

@@ -39,6 +39,7 @@ pub fn run(args: Args) -> CmdResult {
         service: Service::Memory,
         export: args.vm,
         events: args.events,
+        fence: None,
     };
     let server = memserv::bind(&args.ram, config)?;
     println!("memserv: serving {} on {}", args.ram.display(), server.local_addr()?);

@@ -75,7 +75,7 @@ pub fn run(args: Args) -> CmdResult {
     let mut configs = Vec::new();
     let mut traces = Vec::new();
     for (name, addr) in &args.vms {
-        let hello = Hello { service: Service::Memory, export: name.clone() };
+        let hello = Hello::new(Service::Memory, name.clone());
         let remote = RemoteConfig::new(addr, std::sync::Arc::clone(&credentials), hello);
         let mut config = RamFileConfig::new(name, args.state_dir.join(name), remote);
         let mac = args.wake_macs.iter().find(|(vm, _)| vm == name).map(|(_, mac)| mac.as_str());

@@ -55,6 +55,8 @@ struct Reserved {
     /// The console (SPICE) port its QEMU will listen on, taken at the
     /// reservation so that two consolidations at once never get the same.
     console_port: u16,
+    /// In a fleet, the stay's fencing token.
+    fence: Option<u64>,
 }
 
 /// The running server daemon.
@@ -275,8 +277,11 @@ impl ServerDaemon {
     /// The VMs this server holds: hosted (running, stopped or moving) or
     /// reserved.
     fn held_vms(&self) -> u32 {
-        let held = lock(&self.vms).len() + lock(&self.reservations).len();
-        u32::try_from(held).unwrap_or(u32::MAX)
+        // One lock at a time: `reserve` holds `reservations` while it takes
+        // `vms`, so holding `vms` while taking `reservations` could deadlock.
+        let reserved = lock(&self.reservations).len();
+        let hosted = lock(&self.vms).len();
+        u32::try_from(reserved + hosted).unwrap_or(u32::MAX)
     }
 
     /// One control connection, to its end.
@@ -330,7 +335,8 @@ impl ServerDaemon {
                 Control::Status => Ok(Control::StatusReply(self.status(false))),
                 Control::StatusExact => Ok(Control::StatusReply(self.status(true))),
                 Control::Reserve(request) => desktop_key(&hello, "Reserve", request.vm.clone())
-                    .and_then(|key| self.reserve(&mut reservation, key, &request).map(Control::Reserved)),
+                    .and_then(|key| self.reserve(&mut reservation, key, &request))
+                    .map(|(expected, fence)| Control::Reserved { expected, fence }),
                 Control::Consolidate(request) => {
                     // The descriptor follows as a stream: read it whole
                     // whatever the answer, so the connection stays in step.
@@ -380,9 +386,13 @@ impl ServerDaemon {
     /// ([`HostedVm::take_over`]); its guest notices nothing. A host that
     /// shuts down sends them home first ([`ServerDaemon::send_all_home`],
     /// `jettison save-all`). In a fleet, its record leaves the registry at
-    /// once.
+    /// once, and with it its lease and every VM's claim: its QEMUs are
+    /// frozen first, and their desktops take them back from the next
+    /// daemon.
     pub fn shutdown(&self) {
         if let Some(fleet) = &self.fleet {
+            // The lease goes with the record, and every claim under it.
+            self.fence.freeze_all();
             fleet.withdraw();
         }
         let vms = std::mem::take(&mut *lock(&self.vms));
@@ -458,7 +468,9 @@ impl ServerDaemon {
         Report::SentHome { home: names(gone), stayed: names(stayed) }
     }
 
-    /// The capacity check for a VM that wants to come; the reservation is
+    /// The capacity check for a VM that wants to come, and in a fleet its
+    /// claim in etcd; returns the working set expected and the stay's
+    /// fencing token (in a fleet). The reservation is
     /// `reservation`'s (one per connection) until the VM is hosted or the
     /// connection ends.
     fn reserve(
@@ -466,7 +478,7 @@ impl ServerDaemon {
         reservation: &mut Reservation<'_>,
         key: VmKey,
         request: &ReserveRequest,
-    ) -> Result<u64, ServerError> {
+    ) -> Result<(u64, Option<u64>), ServerError> {
         if let Some(why) = machine::refusal(&self.config, self.accel, &self.cpu_models, &request.profile) {
             return Err(ServerError::CannotRun { key, why });
         }
@@ -519,9 +531,9 @@ impl ServerDaemon {
         let disks = request.disk_count();
         let console_port = self.free_console_port(&reservations, &key);
         let connection = reservation.connection;
-        reservations.insert(key.clone(), Reserved { expected, profile, disks, connection, console_port });
+        reservations.insert(key.clone(), Reserved { expected, profile, disks, connection, console_port, fence: token });
         tracing::info!(desktop = %key.desktop, vm = %key.vm, ram_bytes = request.profile.ram_bytes(), disks, expected_mib = expected >> 20, from_history, token, "reserved");
-        Ok(expected)
+        Ok((expected, token))
     }
 
     /// Brings a consolidated VM up; returns the milliseconds it took.
@@ -562,6 +574,7 @@ impl ServerDaemon {
                 disks: reserved.disks,
                 accel: self.accel,
                 console_port,
+                fence: reserved.fence,
             },
             wake,
             reserved.expected,

@@ -58,6 +58,19 @@ impl FenceTable {
         }
     }
 
+    /// Freezes every tracked QEMU: the daemon stops and revokes its lease,
+    /// which ends every claim at once, and nothing would freeze them until
+    /// the next daemon runs.
+    pub fn freeze_all(&self) {
+        for (key, (pid, state)) in lock(&self.vms).iter_mut() {
+            if *state == Fence::Run {
+                tracing::warn!(desktop = %key.desktop, vm = %key.vm, "frozen as the daemon stops: its claim ends with this server's lease; its desktop takes it back from the next daemon");
+                signal(key, *pid, Signal::SIGSTOP);
+            }
+            *state = Fence::Lost;
+        }
+    }
+
     /// Whether `key`'s QEMU is frozen now.
     pub fn frozen(&self, key: &VmKey) -> bool {
         lock(&self.vms).get(key).is_some_and(|(_, state)| *state != Fence::Run)

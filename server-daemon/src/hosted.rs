@@ -253,6 +253,9 @@ struct HostedRecord {
     /// Where its desktop's memserv answers: awake when it does.
     #[serde(default)]
     memserv: Option<std::net::SocketAddr>,
+    /// In a fleet, the stay's fencing token (see [`Arrival::fence`]).
+    #[serde(default)]
+    fence: Option<u64>,
 }
 
 /// The record's file in the VM's state directory.
@@ -282,6 +285,9 @@ pub struct CheckpointManifest {
     /// that knew only one disk).
     #[serde(default = "one_disk")]
     pub disks: usize,
+    /// The stay's fencing token, in a fleet.
+    #[serde(default)]
+    pub fence: Option<u64>,
 }
 
 fn one_disk() -> usize {
@@ -305,6 +311,10 @@ pub struct Arrival<'a> {
     pub accel: Accel,
     /// The port of its remote console, if it has a display.
     pub console_port: u16,
+    /// In a fleet, the stay's fencing token (the revision of this server's
+    /// claim of the VM in etcd): its storage process presents it to the
+    /// desktop, and the dirty state going home carries it.
+    pub fence: Option<u64>,
 }
 
 fn now_secs() -> u64 {
@@ -327,7 +337,7 @@ impl HostedVm {
         wake: Option<WakeSpec>,
         expected: u64,
     ) -> Result<HostedVm, ServerError> {
-        let Arrival { request, descriptor: device_state, profile, disks, accel, console_port } = arrival;
+        let Arrival { request, descriptor: device_state, profile, disks, accel, console_port, fence } = arrival;
         let vm = &key.vm;
         let state = state_dir(config, &key);
         let run = run_dir(config, &key);
@@ -368,6 +378,7 @@ impl HostedVm {
             host_key: config.host_key.clone(),
             peers: config.peers.clone(),
             push_from: config.push_working_set.then(|| crate::traces::history_dir(&config.state_dir, &key)),
+            fence,
         };
         // From here a failed step drops what was made: QEMU is killed, the
         // storage process flushes and exits, the tap goes.
@@ -438,6 +449,7 @@ impl HostedVm {
             console_port: console.as_ref().map(|c| c.port),
             wake,
             memserv: Some(request.memserv),
+            fence,
         };
         let json = serde_json::to_vec_pretty(&record).expect("a hosted record serialises");
         let record_file = state.join(RECORD);
@@ -634,6 +646,7 @@ impl HostedVm {
             dirty_blocks,
             pause_ms: pause.as_millis() as u64,
             disks: self.record.disk_bytes.len(),
+            fence: self.record.fence,
         };
         let json = serde_json::to_vec(&manifest).map_err(|e| failed("write its manifest")(e.into()))?;
         durable_file::replace_file(&new.join(MANIFEST), &[&json])
@@ -868,6 +881,7 @@ impl HostedVm {
             dirty_pages: memory.dirty_count(),
             dirty_blocks: disks.iter().map(|(store, _)| store.dirty_count()).sum(),
             disk_count: disks.len() as u32,
+            fence: self.record.fence.unwrap_or(0),
         };
         let export = |store: &SliceStore, what, writer: &mut ChunkWriter<'_>| {
             export_dirty_set(store, writer).map(drop).map_err(|source| ServerError::Export {
@@ -955,6 +969,7 @@ pub fn send_checkpoint(
         dirty_pages: manifest.dirty_pages,
         dirty_blocks: manifest.dirty_blocks,
         disk_count: disks.len() as u32,
+        fence: manifest.fence.unwrap_or(0),
     };
     let copy = |mut file: &fs::File, path: &Path, writer: &mut ChunkWriter<'_>| {
         std::io::copy(&mut file, writer).map(drop).map_err(read_error(path.to_owned()))

@@ -96,6 +96,10 @@ pub struct StorageSpec {
     /// ([`crate::traces::working_set`]) is pushed at start; none: no push.
     #[serde(default)]
     pub push_from: Option<PathBuf>,
+    /// In a fleet, the stay's fencing token, presented to memserv and
+    /// diskserv in every hello.
+    #[serde(default)]
+    pub fence: Option<u64>,
 }
 
 /// How to wake a desktop: [`WakeTarget`]'s settings.
@@ -587,7 +591,7 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     };
     let fetches = Cancel::new();
     let remote = |addr: SocketAddr, service, export: String| {
-        let hello = Hello { service, export };
+        let hello = Hello::new(service, export).with_fence(spec.fence);
         let mut remote = RemoteConfig::new(addr.to_string(), Arc::clone(&credentials), hello);
         // The desktop that moved the VM here, and no other, serves it.
         remote.peer = Some(spec.desktop.clone());

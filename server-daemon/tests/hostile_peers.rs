@@ -218,7 +218,7 @@ fn hostile_values_are_refused_naming_the_field_and_the_server_serves_on() {
     assert!(refusal(ask(&mut tool, &reserve("vm1"))).contains("only a desktop daemon"));
     // And a fresh, honest desktop is served at once.
     let mut honest = server.desktop("desk2");
-    assert!(matches!(ask(&mut honest, &reserve("vm1")), Control::Reserved(_)));
+    assert!(matches!(ask(&mut honest, &reserve("vm1")), Control::Reserved { .. }));
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn a_desktop_is_who_its_key_says_and_only_enrolled_keys_are_let_in() {
     let stranger = Server::trusting(HostKey::generate(), server.public);
     let err = server.connect_with(&stranger, &ControlHello::Desktop(host("desk3")).encode_body()).unwrap_err();
     assert!(matches!(err, WireError::AuthFailed), "{err}");
-    assert!(matches!(ask(&mut server.desktop("desk1"), &reserve("vm1")), Control::Reserved(_)));
+    assert!(matches!(ask(&mut server.desktop("desk1"), &reserve("vm1")), Control::Reserved { .. }));
     // Enrolled while the daemon runs, desk3 is let in at the next reload
     // (what SIGHUP does), and not before.
     let desk3 = HostKey::generate();
@@ -247,7 +247,7 @@ fn a_desktop_is_who_its_key_says_and_only_enrolled_keys_are_let_in() {
     assert_eq!(server.daemon.credentials().reload_peers().unwrap(), 3);
     let (mut channel, answer) = server.connect_with(&desk3, &hello).unwrap();
     assert!(matches!(answer, Control::Welcome(_)), "{answer:?}");
-    assert!(matches!(ask(&mut channel, &reserve("vm3")), Control::Reserved(_)));
+    assert!(matches!(ask(&mut channel, &reserve("vm3")), Control::Reserved { .. }));
 }
 
 #[test]
@@ -270,9 +270,9 @@ fn two_reservations_of_one_vm_race_and_exactly_one_wins() {
             .into_iter()
             .map(|racer| racer.join().unwrap())
             .collect();
-        let won: Vec<_> = racers.iter().filter(|(_, a)| matches!(a, Control::Reserved(_))).collect();
+        let won: Vec<_> = racers.iter().filter(|(_, a)| matches!(a, Control::Reserved { .. })).collect();
         assert_eq!(won.len(), 1, "round {round}: {:?}", racers.iter().map(|(_, a)| a).collect::<Vec<_>>());
-        let lost = racers.iter().find(|(_, a)| !matches!(a, Control::Reserved(_))).unwrap();
+        let lost = racers.iter().find(|(_, a)| !matches!(a, Control::Reserved { .. })).unwrap();
         assert!(refusal(lost.1.clone()).contains("already being consolidated"));
         // Another desktop cannot take the name while it is reserved.
         let mut other = server.desktop("desk2");
@@ -280,12 +280,12 @@ fn two_reservations_of_one_vm_race_and_exactly_one_wins() {
         // The loser's connection ending leaves the winner's reservation alone;
         // the winner's ending frees the VM for the next desktop connection.
         let (mut winner, mut loser): (Vec<_>, Vec<_>) =
-            racers.into_iter().partition(|(_, a)| matches!(a, Control::Reserved(_)));
+            racers.into_iter().partition(|(_, a)| matches!(a, Control::Reserved { .. }));
         drop(loser.pop());
         let mut again = server.desktop("desk1");
         assert!(refusal(ask(&mut again, &reserve(&vm))).contains("already being consolidated"));
         drop(winner.pop());
         std::thread::sleep(Duration::from_millis(200));
-        assert!(matches!(ask(&mut again, &reserve(&vm)), Control::Reserved(_)));
+        assert!(matches!(ask(&mut again, &reserve(&vm)), Control::Reserved { .. }));
     }
 }

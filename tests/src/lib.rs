@@ -398,7 +398,7 @@ impl DesktopServer {
     /// How the server side (`keys`' server) reaches this daemon for `vm`,
     /// with short retry pauses.
     pub fn remote(&self, vm: &str, keys: &TestKeys) -> RemoteConfig {
-        let hello = Hello { service: self.service, export: vm.into() };
+        let hello = Hello::new(self.service, vm);
         let mut remote = RemoteConfig::new(&self.addr, keys.server(), hello);
         remote.peer = Some(keys::DESKTOP_NAME.parse().expect("a valid host name"));
         remote.timeout = Duration::from_secs(5);
@@ -416,6 +416,7 @@ pub fn serve_config(service: Service, vm: &str, keys: &TestKeys, listen: &str) -
         service,
         export: vm.into(),
         events: None,
+        fence: None,
     }
 }
 

@@ -49,7 +49,7 @@ fn start(dir: &Path, image: &Path) -> Running {
 }
 
 fn hello(service: Service) -> Hello {
-    Hello { service, export: "vm1".into() }
+    Hello::new(service, "vm1")
 }
 
 #[test]
@@ -126,7 +126,7 @@ fn a_vms_disks_are_served_on_one_port_each_under_its_export_and_no_other_name() 
     let more = [("vm1.1".to_owned(), second.as_path())];
     let server = DesktopServer::diskserv_disks(&first, &more, config(&key, Service::Disk, None), BLOCK as u32);
     let connect = |export: &str| {
-        let hello = Hello { service: Service::Disk, export: export.into() };
+        let hello = Hello::new(Service::Disk, export);
         Client::connect(&server.addr, &key.server(), None, &hello, Duration::from_secs(5))
     };
     let mut disk1 = connect("vm1").unwrap();

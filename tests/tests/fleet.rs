@@ -276,8 +276,9 @@ fn a_vm_that_outgrows_its_fleet_server_moves_to_another() {
     let dir = tempfile::tempdir().unwrap();
     // The first server has room for the paper's median (157.87 MiB, under
     // the 90% high-water mark of 180 MiB) and is the fuller fit, so the
-    // placement picks it; the guest then reads the 170 MiB it filled.
-    let spec = OfficeSpec { fleet: true, capacity_mib: 180, fill_mib: 170, ..OfficeSpec::default() };
+    // placement picks it; the guest (384 MiB) then reads the 170 MiB it
+    // filled.
+    let spec = OfficeSpec { fleet: true, capacity_mib: 180, memory_mib: 384, fill_mib: 170, ..OfficeSpec::default() };
     let Some(office) = Office::started(dir.path(), &spec) else { return };
     let placed_on = || {
         let placement =

@@ -65,7 +65,7 @@ impl Memserv {
 
     /// A legitimate client reads page 3 and gets its bytes.
     fn serve_one_read(&self) {
-        let hello = Hello { service: Service::Memory, export: "vm1".into() };
+        let hello = Hello::new(Service::Memory, "vm1");
         let mut client =
             Client::connect(&self.addr.to_string(), &self.key.server(), None, &hello, Duration::from_secs(5))
                 .expect("a legitimate client is let in");
@@ -177,7 +177,7 @@ fn a_handshake_without_a_request_is_no_activity() {
     std::thread::sleep(Duration::from_millis(200));
     // Replaying a recorded first handshake message gets a peer this far at
     // most: welcomed, without the session key a request needs.
-    let hello = Hello { service: Service::Memory, export: "vm1".into() };
+    let hello = Hello::new(Service::Memory, "vm1");
     for _ in 0..5 {
         let idle =
             Client::connect(&memserv.addr.to_string(), &memserv.key.server(), None, &hello, Duration::from_secs(5))

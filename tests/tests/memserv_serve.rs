@@ -47,7 +47,7 @@ fn start(dir: &Path, ram: &Path) -> Running {
 }
 
 fn hello() -> Hello {
-    Hello { service: Service::Memory, export: "vm1".into() }
+    Hello::new(Service::Memory, "vm1")
 }
 
 fn assemble(chunks: &[Chunk], base: u64, len: usize) -> Vec<u8> {
@@ -169,10 +169,10 @@ fn hostile_peers_do_not_stop_the_daemon() {
     // A client with another key: see a_client_whose_key_is_not_enrolled_is_told_it_is_the_key.
 
     // Another export or service is refused with the reason.
-    let other = Hello { service: Service::Memory, export: "vm2".into() };
+    let other = Hello::new(Service::Memory, "vm2");
     let err = Client::connect(&srv.addr, &srv.key.server(), None, &other, Duration::from_secs(5)).unwrap_err();
     assert!(matches!(err, WireError::Refused { .. }), "{err}");
-    let disk = Hello { service: Service::Disk, export: "vm1".into() };
+    let disk = Hello::new(Service::Disk, "vm1");
     assert!(matches!(
         Client::connect(&srv.addr, &srv.key.server(), None, &disk, Duration::from_secs(5)),
         Err(WireError::Refused { .. })
@@ -181,6 +181,31 @@ fn hostile_peers_do_not_stop_the_daemon() {
     // And a good client is still served.
     let mut c = Client::connect(&srv.addr, &srv.key.server(), None, &hello(), Duration::from_secs(5)).unwrap();
     assert!(c.read(&[ByteRange::new(0, 4096)]).is_ok());
+}
+
+/// In a fleet, memserv serves only the stay's fencing token: a server that
+/// presents another (one that lost the VM's claim in etcd, or none) gets
+/// nothing, not even the RAM's size.
+#[test]
+fn only_the_stays_fencing_token_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ram, _) = ram_file(dir.path());
+    let key = TestKeys::new();
+    let config = ServeConfig { fence: Some(56), ..serve_config(Service::Memory, "vm1", &key, "127.0.0.1:0") };
+    let server = DesktopServer::memserv_with(&ram, config);
+    let connect = |fence| {
+        let hello = Hello::new(Service::Memory, "vm1").with_fence(fence);
+        Client::connect(&server.addr, &key.server(), None, &hello, Duration::from_secs(5))
+    };
+    for stale in [Some(55), None, Some(57)] {
+        let refused = connect(stale).unwrap_err();
+        assert!(
+            matches!(&refused, WireError::Refused { reason, .. } if reason.contains("fencing token") && reason.contains("(56)")),
+            "{stale:?}: {refused}"
+        );
+    }
+    let mut client = connect(Some(56)).unwrap();
+    assert!(client.read(&[ByteRange::new(0, 4096)]).is_ok());
 }
 
 #[test]
@@ -214,6 +239,7 @@ fn missing_ram_file_is_named_in_the_error() {
         service: Service::Memory,
         export: "vm1".into(),
         events: None,
+        fence: None,
     };
     let err = memserv::bind(&dir.path().join("nope.ram"), config).unwrap_err();
     let text = wire::chain(&err);

@@ -83,7 +83,10 @@ fn the_desktop_daemon_sleeps_while_its_vm_is_away_and_the_server_wakes_it() {
     assert!(!learned.is_empty(), "the first stay's gaps were not kept");
     office.start_desktop();
     let again = wait_for_power(&office, "the restarted daemon never slept", |p| p["sleeps"].as_u64() >= Some(1));
-    assert!(again["asleep_secs"].as_f64().unwrap() > first.secs.asleep, "the total forgot the first stay: {again}");
+    // At the instant of the new daemon's first sleep its own stay has slept
+    // next to nothing yet: the total is at least the first stay's (the
+    // ledger's exact sums are checked at the end).
+    assert!(again["asleep_secs"].as_f64().unwrap() >= first.secs.asleep, "the total forgot the first stay: {again}");
     let desktop_log = office.log("desktop");
     let started_from = format!("gaps={}", learned.len());
     assert!(

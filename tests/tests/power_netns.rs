@@ -76,7 +76,7 @@ fn the_power_daemon_sleeps_after_t_w_a_remote_read_wakes_it_and_it_sleeps_again(
     let mut config = WakeTarget::new("desktop1", mac, broadcast, MEMSERV.parse().unwrap());
     config.probe_timeout = Duration::from_millis(300);
     let waker = Arc::new(DesktopWaker::new(config));
-    let mut remote = RemoteConfig::new(MEMSERV, key.server(), Hello { service: Service::Memory, export: "vm1".into() });
+    let mut remote = RemoteConfig::new(MEMSERV, key.server(), Hello::new(Service::Memory, "vm1"));
     remote.timeout = Duration::from_secs(2);
     remote.max_backoff = Duration::from_millis(200);
     remote.give_up_after = Some(WAIT);

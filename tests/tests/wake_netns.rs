@@ -117,8 +117,7 @@ impl Scenario {
         }
         let waker = Arc::new(DesktopWaker::new(config));
 
-        let mut remote =
-            RemoteConfig::new(MEMSERV, key.server(), Hello { service: Service::Memory, export: "vm1".into() });
+        let mut remote = RemoteConfig::new(MEMSERV, key.server(), Hello::new(Service::Memory, "vm1"));
         remote.timeout = Duration::from_secs(2);
         remote.max_backoff = Duration::from_millis(200);
         remote.give_up_after = Some(WAIT);

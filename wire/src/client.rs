@@ -323,7 +323,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
-        let hello = Hello { service: crate::Service::Memory, export: "vm1".into() };
+        let hello = Hello::new(crate::Service::Memory, "vm1");
         let (credentials, _) = Credentials::mutual(&"server".parse().unwrap(), &"desktop".parse().unwrap());
         let config = RemoteConfig::new(addr.clone(), Arc::new(credentials), hello);
         let cancel = config.cancel.clone();

@@ -228,6 +228,22 @@ pub struct Hello {
     /// The export's name: the VM's name (for a disk, the VM's name for its
     /// first disk, `<vm>.<n>` for disk `n` of the others).
     pub export: String,
+    /// In a fleet, the fencing token of the stay the client serves (the
+    /// revision of its server's claim of the VM in etcd): a desktop serves
+    /// only the stay's token. 0 outside a fleet.
+    pub fence: u64,
+}
+
+impl Hello {
+    /// A hello for `export` of `service`, with no fencing token.
+    pub fn new(service: Service, export: impl Into<String>) -> Hello {
+        Hello { service, export: export.into(), fence: 0 }
+    }
+
+    /// The same with the stay's fencing token.
+    pub fn with_fence(self, fence: Option<u64>) -> Hello {
+        Hello { fence: fence.unwrap_or(0), ..self }
+    }
 }
 
 /// The server's acceptance, inside Noise handshake message 2.
@@ -574,8 +590,8 @@ mod tests {
 
     #[test]
     fn every_message_round_trips() {
-        round_trip(Hello { service: Service::Memory, export: "vm1".into() });
-        round_trip(Hello { service: Service::Disk, export: "d".into() });
+        round_trip(Hello::new(Service::Memory, "vm1"));
+        round_trip(Hello::new(Service::Disk, "d"));
         round_trip(HelloReply::Welcome(Welcome { size: 1 << 30, unit: 4096 }));
         round_trip(HelloReply::Refused("no such VM".into()));
         round_trip(Request::read(7, vec![ByteRange::new(0, 4096), ByteRange::new(8192, 1)]));
@@ -594,7 +610,7 @@ mod tests {
         let mut body = Request::read(1, vec![]).encode_body();
         body[0] = 5;
         assert!(matches!(Request::decode_body(&body), Err(DecodeError::Bincode(_))));
-        let mut body = Hello { service: Service::Memory, export: "x".into() }.encode_body();
+        let mut body = Hello::new(Service::Memory, "x").encode_body();
         body[0] = 2; // Service has two variants
         assert!(Hello::decode_body(&body).is_err());
         let mut body = Response::error(1, ErrorKind::Io, "x").encode_body();
@@ -605,9 +621,9 @@ mod tests {
     #[test]
     fn out_of_range_values_are_rejected() {
         let long = "x".repeat(MAX_NAME + 1);
-        let body = Hello { service: Service::Memory, export: long }.encode_body();
+        let body = Hello::new(Service::Memory, long).encode_body();
         assert!(matches!(Hello::decode_body(&body), Err(DecodeError::Limit(_))));
-        let body = Hello { service: Service::Memory, export: String::new() }.encode_body();
+        let body = Hello::new(Service::Memory, String::new()).encode_body();
         assert!(matches!(Hello::decode_body(&body), Err(DecodeError::Limit(_))));
         let body = HelloReply::Welcome(Welcome { size: 1, unit: 3000 }).encode_body();
         assert!(matches!(HelloReply::decode_body(&body), Err(DecodeError::Limit(_))));

@@ -642,6 +642,7 @@ impl Diskserv {
             service: Service::Disk,
             export: VM.into(),
             events: None,
+            fence: None,
         };
         let server = diskserv::bind(image, config, BLOCK as u32)?;
         let addr = server.local_addr()?.to_string();
@@ -656,7 +657,7 @@ impl Diskserv {
 
     /// How cownetdisk reaches it, with short retry pauses.
     fn remote(&self, key: &TestKeys) -> RemoteConfig {
-        let hello = Hello { service: Service::Disk, export: VM.into() };
+        let hello = Hello::new(Service::Disk, VM);
         let mut remote = RemoteConfig::new(&self.addr, key.server(), hello);
         remote.timeout = Duration::from_secs(5);
         remote.max_backoff = Duration::from_millis(200);
