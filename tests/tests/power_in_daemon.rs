@@ -38,18 +38,23 @@ fn wait_for_power(office: &Office, what: &str, done: impl Fn(&serde_json::Value)
     }
 }
 
-#[test]
-fn the_desktop_daemon_sleeps_while_its_vm_is_away_and_the_server_wakes_it() {
-    let dir = tempfile::tempdir().unwrap();
+/// An office whose desktop sleeps (emulated S3) 2 s after the last request
+/// while its VM is away. Asleep the desktop reaches no server; it must not
+/// take that for a lost server while awake either, so the failover waits
+/// long.
+fn sleepy_office() -> OfficeSpec {
     let (interface, address) = DESKTOP_LAN;
     let power = format!(
         "sleep = \"emulated-s3\"\nwait_secs = 2.0\ninterface = \"{interface}\"\naddress = \"{address}\"\n\
          suspend_secs = 1.0\nresume_secs = 1.0"
     );
-    // Asleep the desktop reaches no server; it must not take that for a
-    // lost server while awake either, so the failover waits long.
-    let spec = OfficeSpec { power: Some(power), failover_secs: 600, ..OfficeSpec::default() };
-    let Some(mut office) = Office::started(dir.path(), &spec) else { return };
+    OfficeSpec { power: Some(power), failover_secs: 600, ..OfficeSpec::default() }
+}
+
+#[test]
+fn the_desktop_daemon_sleeps_while_its_vm_is_away_and_the_server_wakes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut office) = Office::started(dir.path(), &sleepy_office()) else { return };
     let socket = office.desktop_socket();
     let socket = socket.to_str().unwrap();
 
@@ -143,13 +148,7 @@ fn the_desktop_daemon_sleeps_while_its_vm_is_away_and_the_server_wakes_it() {
 #[test]
 fn a_server_host_shutting_down_wakes_the_sleeping_desktop_to_send_its_vm_home() {
     let dir = tempfile::tempdir().unwrap();
-    let (interface, address) = DESKTOP_LAN;
-    let power = format!(
-        "sleep = \"emulated-s3\"\nwait_secs = 2.0\ninterface = \"{interface}\"\naddress = \"{address}\"\n\
-         suspend_secs = 1.0\nresume_secs = 1.0"
-    );
-    let spec = OfficeSpec { power: Some(power), failover_secs: 600, ..OfficeSpec::default() };
-    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let Some(office) = Office::started(dir.path(), &sleepy_office()) else { return };
     let socket = office.desktop_socket();
     let socket = socket.to_str().unwrap();
     office.jettison_json(&["consolidate", VM, "--force", "--socket", socket]);
@@ -178,8 +177,7 @@ fn the_desktop_daemon_refuses_to_sleep_when_its_nic_would_not_wake_it() {
     // Loopback can never wake a machine: the check refuses it whatever this
     // host's NICs are, so this test can never suspend the machine it runs on.
     let power = "sleep = \"system\"\ninterface = \"lo\"\nwait_secs = 2.0".to_owned();
-    let spec = OfficeSpec { power: Some(power), failover_secs: 600, ..OfficeSpec::default() };
-    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let Some(office) = Office::started(dir.path(), &sleepy_office()) else { return };
     let socket = office.desktop_socket();
     let socket = socket.to_str().unwrap();
 
