@@ -177,7 +177,8 @@ fn the_desktop_daemon_refuses_to_sleep_when_its_nic_would_not_wake_it() {
     // Loopback can never wake a machine: the check refuses it whatever this
     // host's NICs are, so this test can never suspend the machine it runs on.
     let power = "sleep = \"system\"\ninterface = \"lo\"\nwait_secs = 2.0".to_owned();
-    let Some(office) = Office::started(dir.path(), &sleepy_office()) else { return };
+    let spec = OfficeSpec { power: Some(power), failover_secs: 600, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
     let socket = office.desktop_socket();
     let socket = socket.to_str().unwrap();
 
