@@ -782,7 +782,12 @@ impl Serving {
             match self.with_ram(|ram| Ok(ram.age_prefetched(memtap::PREFETCH_MAX_AGE)?)) {
                 Ok(0) => {}
                 Ok(pages) => {
-                    tracing::debug!(desktop = %self.key.desktop, vm = %self.key.vm, pages, "aged prefetched pages into the fetched slice")
+                    tracing::debug!(desktop = %self.key.desktop, vm = %self.key.vm, pages, "aged prefetched pages into the fetched slice");
+                    // The pages' buffers were freed, but glibc's allocator
+                    // keeps freed small blocks in its arenas: give them back
+                    // to the kernel, or the process's memory never shrinks.
+                    // SAFETY: malloc_trim only walks the allocator's own state.
+                    unsafe { libc::malloc_trim(0) };
                 }
                 Err(e) => tracing::warn!(desktop = %self.key.desktop, vm = %self.key.vm, "{}", wire::chain(&*e)),
             }
