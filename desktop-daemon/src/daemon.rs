@@ -344,7 +344,7 @@ impl DesktopDaemon {
             // home (a VM that is moving is not waited for: a VM that
             // moves needs no asking; [`DesktopDaemon::leave_server`]
             // checks again once it holds the VM).
-            Ok(held) if held.try_lock().is_ok_and(|vm| !self.holds(&vm, Some(&server))) => {
+            Ok(held) if held.try_lock().is_ok_and(|vm| !vm.placement().is_on(Some(&server))) => {
                 Control::Failed(format!("{vm} is not on server {server}"))
             }
             Ok(_) => {
@@ -379,16 +379,6 @@ impl DesktopDaemon {
         self.metrics.page(on_server, self.power.status(), self.activity.status())
     }
 
-    /// Whether `vm` is on a server, and on `server` if named (outside a
-    /// fleet every VM away is on the configured server).
-    fn holds(&self, vm: &LocalVm, server: Option<&HostName>) -> bool {
-        matches!(vm.placement(), Placement::Server { .. })
-            && match (vm.placement().fleet_server(), server) {
-                (Some(on), Some(server)) => on.name == *server,
-                _ => true,
-            }
-    }
-
     /// Brings `name` home from `server` (whichever holds it if none), and
     /// with [`AfterHome::MoveOn`] out again to another server of the fleet.
     /// Nothing when the VM has meanwhile left that server.
@@ -396,7 +386,7 @@ impl DesktopDaemon {
         self.power.stop();
         if let Ok(vm) = self.vm(name) {
             let mut vm = lock(vm);
-            if self.holds(&vm, server) {
+            if vm.placement().is_on(server) {
                 self.bring_home_awake(&mut vm, why);
                 if let (AfterHome::MoveOn, Some(server), Some(_)) = (then, server, &self.config.fleet) {
                     if vm.is_running() {

@@ -83,6 +83,16 @@ impl Placement {
         }
     }
 
+    /// Whether it is on a server, and on `server` if named (outside a
+    /// fleet every VM away is on the configured server).
+    pub fn is_on(&self, server: Option<&identifiers::HostName>) -> bool {
+        match (self, server) {
+            (Placement::Server { fleet: Some(on), .. }, Some(server)) => on.name == *server,
+            (Placement::Server { .. }, _) => true,
+            _ => false,
+        }
+    }
+
     /// The stay's fencing token, in a fleet (see [`Placement::Server`]).
     pub fn fence(&self) -> Option<u64> {
         match self {
@@ -770,6 +780,10 @@ mod tests {
         let text = serde_json::to_string(&placed).unwrap();
         assert_eq!(serde_json::from_str::<Placement>(&text).unwrap(), placed);
         assert_eq!((placed.fleet_server(), placed.fence()), (Some(&server), Some(56)));
+        let (server2, other) = ("server2".parse().unwrap(), "server3".parse().unwrap());
+        assert!(placed.is_on(Some(&server2)) && placed.is_on(None) && !placed.is_on(Some(&other)));
+        assert!(old.is_on(Some(&other)), "outside a fleet any server holds a VM that is away");
+        assert!(!Placement::Desktop.is_on(None));
         assert!(
             serde_json::from_str::<Placement>(
                 r#"{"on":"server","since":6,"fleet":{"name":"../x","address":"10.0.0.2:7400"}}"#

@@ -201,16 +201,6 @@ impl Registration {
         self.lease.zip(self.renewed)
     }
 
-    /// The lease's time to live.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// The etcd client it uses.
-    pub fn client(&self) -> &EtcdClient {
-        &self.client
-    }
-
     /// Revokes the lease, so that the record goes at once rather than
     /// when the TTL runs out.
     ///

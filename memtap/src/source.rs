@@ -67,14 +67,21 @@ impl PageSource {
     /// fetches them again).
     pub fn age(&self, age: std::time::Duration) -> Result<u64, SourceError> {
         let old = self.lock_cache().take_older_than(age, std::time::Instant::now());
-        let mut moved = 0;
-        // As for an eviction: a page the guest writes or discards meanwhile
-        // keeps its dirty or discarded state, which wins over this copy.
-        for (page, data) in old {
+        self.keep_fetched(old)
+    }
+
+    /// Keeps `pages`, taken out of the prefetch cache untouched (evicted,
+    /// or aged), in the fetched slice, so that a later fault does not fetch
+    /// them again; returns how many. A page the guest wrote or discarded
+    /// meanwhile keeps its dirty or discarded state, which wins over this
+    /// copy.
+    fn keep_fetched(&self, pages: Vec<(u64, Vec<u8>)>) -> Result<u64, SourceError> {
+        let mut kept = 0;
+        for (page, data) in pages {
             self.store.store_fetched(page, &data).map_err(SourceError::new)?;
-            moved += 1;
+            kept += 1;
         }
-        Ok(moved)
+        Ok(kept)
     }
 
     /// Drops the cached copies of `pages`: the guest wrote or discarded them.
@@ -228,12 +235,7 @@ impl UnitSource for PageSource {
                 }
             }
         }
-        // Not touched while it was cached, but on the server now: kept in
-        // the fetched slice, so that a later fault does not fetch it again.
-        // (One the guest wrote meanwhile is dirty, and its dirty copy wins.)
-        for (page, data) in evicted {
-            self.store.store_fetched(page, &data).map_err(SourceError::new)?;
-        }
+        self.keep_fetched(evicted)?;
         Ok(found)
     }
 }

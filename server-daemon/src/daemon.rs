@@ -873,7 +873,7 @@ impl ServerDaemon {
     /// Asks `vm`'s desktop daemon at `control` to take it back, or to move
     /// it to another server (at most once a minute), on a thread of its own.
     fn ask_to_leave(self: &Arc<Self>, vm: &HostedVm, leave: Leave, reason: String) {
-        let (key, control, waker) = (vm.key(), vm.desktop_control(), vm.desktop_waker());
+        let key = vm.key();
         {
             let mut asked = lock(&self.asked);
             if asked.get(key).is_some_and(|at| at.elapsed() < ASK_AGAIN_AFTER) {
@@ -881,6 +881,7 @@ impl ServerDaemon {
             }
             asked.insert(key.clone(), Instant::now());
         }
+        let (control, waker) = (vm.desktop_control(), vm.desktop_waker());
         let (me, vm) = (Arc::clone(self), key.clone());
         std::thread::spawn(move || {
             wake(&vm, waker.as_ref());

@@ -200,7 +200,13 @@ impl Fleet {
     /// The lease, if renewed within half its TTL: it cannot have expired
     /// before another half has passed.
     fn live_lease(&self) -> Option<LeaseId> {
-        lock(&self.renewal).filter(|(_, sent)| sent.elapsed() < self.ttl / 2).map(|(lease, _)| lease)
+        lock(&self.renewal).filter(|&(_, sent)| self.fresh(sent)).map(|(lease, _)| lease)
+    }
+
+    /// Whether a renewal sent at `sent` keeps the lease alive for at least
+    /// another half TTL.
+    fn fresh(&self, sent: Instant) -> bool {
+        sent.elapsed() < self.ttl / 2
     }
 
     /// Claims `key` in etcd for a new stay here ([`fleet_registry::claim`]);
@@ -273,10 +279,15 @@ impl Fleet {
         }
         let Some((lease, _)) = lock(&self.claims).get(key).copied() else { return Fence::Lost };
         match *lock(&self.renewal) {
-            Some((now, _)) if now != lease => Fence::Lost,
-            None => Fence::Lost,
-            Some((_, sent)) if sent.elapsed() >= self.ttl / 2 => Fence::Freeze,
-            Some(_) => Fence::Run,
+            Some((now, sent)) if now == lease => {
+                if self.fresh(sent) {
+                    Fence::Run
+                } else {
+                    Fence::Freeze
+                }
+            }
+            // The claim's lease is gone (a new one, or none).
+            _ => Fence::Lost,
         }
     }
 
