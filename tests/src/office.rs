@@ -730,6 +730,18 @@ impl Office {
         std::fs::read_to_string(self.dir.join(format!("{which}.log"))).unwrap_or_default()
     }
 
+    /// Waits up to `limit` for `which`'s log to contain `text`.
+    ///
+    /// # Panics
+    /// When it does not, with the daemons' logs.
+    pub fn wait_for_log(&self, which: &str, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log(which).contains(text) {
+            assert!(Instant::now() < deadline, "no {text:?} in the {which} log\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The daemons' logs, for a failure message.
     pub fn logs(&self) -> String {
         let mut logs = String::new();

@@ -63,15 +63,6 @@ fn process_state(pid: u32) -> char {
     after.trim_start().chars().next().expect("a state")
 }
 
-/// Waits up to `limit` for `which`'s log to contain `text`.
-fn wait_for_log(office: &Office, which: &str, text: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while !office.log(which).contains(text) {
-        assert!(Instant::now() < deadline, "no {text:?} in the {which} log\n{}", office.logs());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// An office with a fleet and the VM consolidated on the first server,
 /// the client host watching who answers for the VM.
 fn consolidated(dir: &std::path::Path) -> Option<(Office, u32, ArpWatch)> {
@@ -107,9 +98,9 @@ fn a_server_cut_off_from_desktop_and_etcd_freezes_the_vm_before_the_desktop_resu
     let server_cut = Cut::new(office.host(1), &server_cuts);
     let desktop_cut = Cut::new(office.host(0), &[SERVER_IP]);
 
-    wait_for_log(&office, "server", "frozen: this server has not renewed its lease", Duration::from_secs(30));
+    office.wait_for_log("server", "frozen: this server has not renewed its lease", Duration::from_secs(30));
     assert_eq!(process_state(pid), 'T', "the server's QEMU is not stopped");
-    wait_for_log(&office, "desktop", "resumed from its checkpoint", Duration::from_secs(90));
+    office.wait_for_log("desktop", "resumed from its checkpoint", Duration::from_secs(90));
     assert_eq!(process_state(pid), 'T', "the desktop resumed the VM while the server's QEMU ran");
     office.wait_until_home(Duration::from_secs(30), "the desktop runs it");
     let cut_off = watch.log();
@@ -123,7 +114,7 @@ fn a_server_cut_off_from_desktop_and_etcd_freezes_the_vm_before_the_desktop_resu
     // its copy stays frozen, with its slices, for good.
     drop(server_cut);
     drop(desktop_cut);
-    wait_for_log(&office, "server", "frozen for good", Duration::from_secs(60));
+    office.wait_for_log("server", "frozen for good", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(process_state(pid), 'T', "the server thawed a VM its desktop had resumed");
     assert!(office.server_vm_state().exists(), "the server dropped its copy's state");
@@ -143,7 +134,7 @@ fn a_server_cut_off_from_its_desktop_only_keeps_the_vm_and_the_desktop_waits() {
 
     // The heartbeat gives up after failover_after_secs (8 s); the lease
     // (5 s) would have ended long before, were it not renewed.
-    wait_for_log(&office, "desktop", "still holds it in etcd: not resuming it here", Duration::from_secs(60));
+    office.wait_for_log("desktop", "still holds it in etcd: not resuming it here", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(10));
     assert_ne!(process_state(pid), 'T', "the server froze a VM whose lease it renews");
     let status = office.jettison_json(&["status", "--daemon", office.desktop_socket().to_str().unwrap()]);
