@@ -130,6 +130,9 @@ pub struct OfficeSpec {
     /// SeaBIOS. `boot_disk`, `fill_mib`, `disk_mib` and `extra_disks` do not
     /// apply; its serial console has `JTCOUNT` lines every 5 s once it is up.
     pub desktop_guest: bool,
+    /// Words added to the desktop guest's kernel command line (after the
+    /// image's own, so they win: `transparent_hugepage=always`).
+    pub desktop_guest_args: String,
     /// A fleet: a second server ([`SERVER2`], `capacity_mib` [`SERVER2_CAPACITY_MIB`])
     /// and a 3-member etcd cluster on the LAN, both servers registering
     /// and the desktop choosing between them (`[fleet]` in each file).
@@ -239,6 +242,7 @@ impl Default for OfficeSpec {
             extra_disks: &[],
             activity: None,
             desktop_guest: false,
+            desktop_guest_args: String::new(),
             fleet: false,
             desktops: 1,
         }
@@ -315,7 +319,7 @@ fn vm_disks(
     let guest_args = format!("jt.fill={} jt.disk={} jt.net={net} jt.serve=7000", spec.fill_mib, desktop.name);
     let (disk, format, vm_boot) = match spec.boot_disk {
         _ if spec.desktop_guest => {
-            let args = format!("jt.net={net} jt.peer={CLIENT_PEER}");
+            let args = format!("jt.net={net} jt.peer={CLIENT_PEER} {}", spec.desktop_guest_args);
             (crate::desktop_guest_disk(dir, &args)?, "qcow2", "firmware = \"bios\"\n".to_owned())
         }
         None => {
