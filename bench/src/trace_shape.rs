@@ -4,7 +4,7 @@
 //! another pivot window, and the highest fetch rate over any window of a
 //! given length (the figure the server's `max_fetch_mib_per_sec` judges).
 
-use fetch_trace::{Cause, Device, Trace};
+use fetch_trace::{Device, Trace};
 
 /// Bytes of a memory unit (a page) in a fetch trace.
 pub const PAGE_BYTES: u64 = 4096;
@@ -35,42 +35,13 @@ pub fn fetched_by(trace: &Trace, secs: f64) -> FetchedBy {
     by
 }
 
-/// The pages the trace's memory faults would have fetched had each taken
-/// `window` pages around its faulting pages (half before, half after, as
-/// memtap's pivot window does): sorted, disjoint `[start, end)` runs.
-/// (A push's batches are not faults and are left out.)
-pub fn spans(trace: &Trace, window: u64) -> Vec<(u64, u64)> {
-    merge(
-        trace
-            .fetches
-            .iter()
-            .filter(|f| f.device == Device::Memory && f.cause == Cause::Fault)
-            .map(|f| (f.unit.saturating_sub(window / 2), f.unit + f.faulting.max(1) + window / 2))
-            .collect(),
-    )
-}
-
-/// `[start, end)` runs of pages, in any order and overlapping, as sorted,
-/// disjoint runs: e.g. the union of two stays' [`spans`].
-pub fn merge(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    runs.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (start, end) in runs {
-        match merged.last_mut() {
-            Some(last) if start <= last.1 => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
-        }
-    }
-    merged
-}
-
-/// How many distinct pages [`spans`] holds: what the same faults would
+/// How many distinct pages [`Trace::fault_spans`] holds: what the same faults would
 /// have fetched with another window. With a larger window some of those
 /// faults would not have happened, with a smaller one the guest would have
 /// faulted on neighbours it used: so it is the cost of the window on these
 /// faults, not a replay of another run.
 pub fn pages_spanned(trace: &Trace, window: u64) -> u64 {
-    count(&spans(trace, window))
+    count(&trace.fault_spans(window))
 }
 
 /// Pages in sorted, disjoint runs.
@@ -179,7 +150,6 @@ mod tests {
         );
         assert_eq!(pages_spanned(&t, 20), 26);
         assert_eq!(pages_spanned(&t, 0), 2);
-        assert_eq!(spans(&t, 20), vec![(90, 116)]);
     }
 
     #[test]
@@ -190,7 +160,6 @@ mod tests {
         assert_eq!(overlap(&b, &a), 15);
         assert_eq!(overlap(&a, &[]), 0);
         assert_eq!(count(&a), 30);
-        assert_eq!(merge([a.to_vec(), b.to_vec()].concat()), vec![(0, 30), (40, 100)]);
     }
 
     #[test]

@@ -16,5 +16,5 @@ mod reader;
 mod writer;
 
 pub use format::{boottime_ns, Cause, Device, Fetch, Totals, FORMAT_VERSION, MAGIC};
-pub use reader::{parse, read, Trace, TraceError};
+pub use reader::{merge_runs, parse, read, Trace, TraceError};
 pub use writer::{TraceWriter, DEFAULT_MAX_BYTES};

@@ -35,6 +35,35 @@ impl Trace {
     pub fn faulted_pages(&self) -> std::collections::BTreeSet<u64> {
         self.answered(crate::Device::Memory).filter(|f| f.cause == crate::Cause::Fault).map(|f| f.unit).collect()
     }
+
+    /// The pages this stay's answered memory faults brought had each taken
+    /// `window` pages around its faulting pages (half before, half after,
+    /// as memtap's pivot window does), as sorted, disjoint `[start, end)`
+    /// runs: with memtap's own window, the pages the stay fetched (those
+    /// already on the server or zero included). A push's batches are not
+    /// faults and are left out, so a push never feeds the next one.
+    pub fn fault_spans(&self, window: u64) -> Vec<(u64, u64)> {
+        merge_runs(
+            self.answered(crate::Device::Memory)
+                .filter(|f| f.cause == crate::Cause::Fault)
+                .map(|f| (f.unit.saturating_sub(window / 2), f.unit + f.faulting.max(1) + window / 2))
+                .collect(),
+        )
+    }
+}
+
+/// `[start, end)` runs of pages, in any order and overlapping, as sorted,
+/// disjoint runs: e.g. the union of two stays' [`Trace::fault_spans`].
+pub fn merge_runs(mut runs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    runs.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in runs {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
 }
 
 /// Why a trace could not be read.
@@ -134,6 +163,33 @@ pub fn parse(text: &str) -> Result<Trace, TraceError> {
 mod tests {
     use super::*;
     use crate::{Cause, Device, TraceWriter};
+
+    #[test]
+    fn fault_spans_are_the_answered_faults_windows_merged() {
+        // Pivots 100 and 105 with a 20-page window: [90, 111) and [95, 116);
+        // the failed fault, the disk block and the push are left out.
+        let fault = |unit, answered| Fetch { unit, ..fetch(Device::Memory, 0, 1, answered) };
+        let trace = Trace {
+            fetches: vec![
+                fault(100, Some(2)),
+                fault(105, Some(2)),
+                fault(5000, None),
+                fetch(Device::Disk, 300, 1, Some(2)),
+                Fetch { cause: Cause::Prefetch, ..fault(7000, Some(2)) },
+                fault(3, Some(2)),
+            ],
+            ..Trace::default()
+        };
+        assert_eq!(trace.fault_spans(20), vec![(0, 14), (90, 116)]);
+        assert_eq!(trace.fault_spans(0), vec![(3, 4), (100, 101), (105, 106)]);
+    }
+
+    #[test]
+    fn runs_merge_into_sorted_disjoint_ones() {
+        assert_eq!(merge_runs(vec![(20, 30), (0, 10), (5, 25), (40, 50), (45, 100)]), vec![(0, 30), (40, 100)]);
+        assert_eq!(merge_runs(vec![(0, 10), (10, 12)]), vec![(0, 12)], "touching runs join");
+        assert!(merge_runs(Vec::new()).is_empty());
+    }
 
     fn fetch(device: Device, unit: u64, asked_ns: u64, answered_ns: Option<u64>) -> Fetch {
         Fetch { device, unit, cause: Cause::Fault, faulting: 1, units: 21, requests: 1, asked_ns, answered_ns }

@@ -19,7 +19,7 @@
 //! qemu_user = "jettison-qemu"       # QEMU drops to this user once a VM is set up (omit: root)
 //! metrics_listen = "127.0.0.1:9464" # Prometheus metrics on GET /metrics (omit: none)
 //! socket_group = "jettison"         # may use the local socket to look (the default; "" = root only)
-//! push_working_set = false          # fetch earlier stays' pages at consolidation (off by default)
+//! push_working_set = false          # fetch earlier stays' fetched pages at consolidation (off by default)
 //!
 //! [energy]                          # the server's share of each VM's saving (every key optional)
 //! source = "auto"                   # "rapl", "profile", or "auto": RAPL where readable, else the profile
@@ -133,13 +133,13 @@ pub struct ServerConfig {
     /// Where to serve Prometheus metrics (`GET /metrics`); none: nowhere.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
-    /// At consolidation, fetch the pages this VM faulted on in its kept
-    /// earlier stays (its history's fetch traces) while the desktop is
-    /// awake anyway, so that touching them again wakes no desktop. Off by
-    /// default: on the only recorded traces so far (the busybox test
-    /// guest, `bench/RESULTS.md`) it saved no wake for its 2 MiB, and with
-    /// 2 s transitions it split a burst into one wake more; turn it on
-    /// once a desktop's traces show it saves wakes.
+    /// At consolidation, fetch the pages this VM's kept earlier stays (its
+    /// history's fetch traces) fetched for their faults, pivot windows
+    /// included, while the desktop is awake anyway, so that touching them
+    /// again wakes no desktop. Off by default: it costs a stay's fetched
+    /// set in bytes at every consolidation (582 MiB on the desktop guest),
+    /// for wakes saved on a sleeping desktop (`bench/RESULTS.md`, "Push
+    /// the working set").
     #[serde(default)]
     pub push_working_set: bool,
     /// The group whose members may use the local socket (status and

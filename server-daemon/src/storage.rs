@@ -607,9 +607,10 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     memory.zero_map_pages = Some(zero_map.units);
     memory.wake = Arc::clone(&wake);
     memory.trace = trace.clone();
+    let memory_window = memory.pivot_window;
     let mount = memtap::Mount::start(&spec.run.join("ram"), vec![memory])?;
     if let (Some(dir), Some(ram)) = (&spec.push_from, mount.vms().first()) {
-        push_working_set(&key, dir, Arc::clone(ram));
+        push_working_set(&key, dir, Arc::clone(ram), memory_window);
     }
     if !(1..=daemon_protocol::MAX_DISKS).contains(&spec.disks) {
         return Err(format!("{} disks: a VM has 1 to {}", spec.disks, daemon_protocol::MAX_DISKS).into());
@@ -637,17 +638,18 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     Ok((serving, listener))
 }
 
-/// Pushes the working set of the traces in `dir` into `ram` from a thread
-/// of its own, while the desktop is still awake from the consolidation;
+/// Pushes the working set of the traces in `dir` (their faults with
+/// `window`-page pivot windows) into `ram` from a thread of its own, while
+/// the desktop is still awake from the consolidation;
 /// the guest runs meanwhile and faults as usual. A failed push is logged:
 /// the pages then come on demand.
-fn push_working_set(key: &VmKey, dir: &Path, ram: Arc<memtap::VmMemory>) {
+fn push_working_set(key: &VmKey, dir: &Path, ram: Arc<memtap::VmMemory>, window: u64) {
     let key = key.clone();
     let dir = dir.to_owned();
     // The traces are read on the push's thread too: the storage process
     // says it is ready (and the consolidation goes on) without waiting.
     let spawned = std::thread::Builder::new().name("push-working-set".into()).spawn(move || {
-        let pages = crate::traces::working_set(&dir);
+        let pages = crate::traces::working_set(&dir, window);
         if pages.is_empty() {
             return;
         }

@@ -73,23 +73,27 @@ pub fn keep(state_dir: &Path, key: &VmKey, vm_state: &Path) -> Option<PathBuf> {
 }
 
 /// The working set of the VM whose kept traces are in `dir`: every page
-/// its earlier stays faulted on ([`fetch_trace::Trace::faulted_pages`]),
-/// sorted. This is what the storage process pushes at consolidation
-/// (`push_working_set`); at most [`KEPT_STAYS`] traces, each capped, so it
-/// stays small. A trace that cannot be read is left out with a warning.
-pub fn working_set(dir: &Path) -> Vec<u64> {
+/// its earlier stays fetched for a fault, each fault's `window`-page pivot
+/// window included ([`fetch_trace::Trace::fault_spans`]), sorted. This is
+/// what the storage process pushes at consolidation (`push_working_set`):
+/// on the desktop guest, 97% of what a second stay fetched the first had
+/// fetched too, while the first's faulting pages alone covered 59% of the
+/// second's faults (`bench/RESULTS.md`). At most [`KEPT_STAYS`] traces, each
+/// capped, so it stays small. A trace that cannot be read is left out with
+/// a warning.
+pub fn working_set(dir: &Path, window: u64) -> Vec<u64> {
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    let mut pages = std::collections::BTreeSet::new();
+    let mut runs = Vec::new();
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         if path.extension().is_none_or(|ext| ext != "csv") {
             continue;
         }
         match fetch_trace::read(&path) {
-            Ok(trace) => pages.extend(trace.faulted_pages()),
+            Ok(trace) => runs.extend(trace.fault_spans(window)),
             Err(e) => tracing::warn!("the kept fetch trace {} is left out of the working set: {e}", path.display()),
         }
     }
-    pages.into_iter().collect()
+    fetch_trace::merge_runs(runs).into_iter().flat_map(|(start, end)| start..end).collect()
 }
 
 /// The start time in a trace's header line.
@@ -150,10 +154,10 @@ mod tests {
     }
 
     #[test]
-    fn the_working_set_is_every_page_the_kept_stays_faulted_on() {
+    fn the_working_set_is_every_page_the_kept_stays_faults_fetched() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path();
-        assert!(working_set(&dir.join("none")).is_empty());
+        assert!(working_set(&dir.join("none"), 20).is_empty());
         let head = "jettison-fetch-trace 1 started_unix=1 started_boottime_ns=0\n\
                     device,unit,cause,faulting,units,requests,asked_ns,answered_ns\n";
         fs::write(dir.join("1.csv"), format!("{head}memory,9,fault,1,21,1,5,6\nmemory,3,fault,1,21,1,7,failed\n"))
@@ -166,6 +170,8 @@ mod tests {
         fs::write(dir.join("3.csv"), "not a trace\n").unwrap();
         fs::write(dir.join("notes.txt"), "memory,77").unwrap();
         // Answered memory faults only: the failed one and the disk block are not.
-        assert_eq!(working_set(dir), [4, 9]);
+        assert_eq!(working_set(dir, 0), [4, 9]);
+        // With a 4-page window, 2 pages each side: [2, 7) and [7, 12) join.
+        assert_eq!(working_set(dir, 4), (2..12).collect::<Vec<u64>>());
     }
 }

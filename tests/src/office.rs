@@ -100,6 +100,8 @@ pub struct OfficeSpec {
     pub max_fetch_mib_per_sec: Option<f64>,
     /// The server's `checkpoint_every_secs` (its default, 600, if none).
     pub checkpoint_every_secs: Option<u64>,
+    /// The server's `push_working_set`.
+    pub push_working_set: bool,
     /// How the VM boots: the hosts' kernel (`None`, an ext4 data disk), or
     /// its own disk through firmware, as a user's desktop VM does.
     pub boot_disk: Option<BootDisk>,
@@ -234,6 +236,7 @@ impl Default for OfficeSpec {
             disk_mib: 64,
             max_fetch_mib_per_sec: None,
             checkpoint_every_secs: None,
+            push_working_set: false,
             boot_disk: None,
             display: true,
             vcpus: 1,
@@ -451,6 +454,9 @@ impl Office {
             .unwrap_or_default();
         if let Some(every) = spec.checkpoint_every_secs {
             rate.push_str(&format!("checkpoint_every_secs = {every}\n"));
+        }
+        if spec.push_working_set {
+            rate.push_str("push_working_set = true\n");
         }
         // Only one desktop sleeps ([`OfficeSpec::desktops`]): it has [`DESKTOP_MAC`].
         let (mac, power) = match &spec.power {

@@ -152,7 +152,7 @@ fn run(args: &Args) -> BenchResult<()> {
                 },
             ];
             replay_recorded(path, &trace, &profiles, sim, &pushes)?;
-            let spans = trace_shape::spans(&trace, memtap::prefetch::DEFAULT_PIVOT_WINDOW);
+            let spans = trace.fault_spans(memtap::prefetch::DEFAULT_PIVOT_WINDOW);
             if !earlier_spans.is_empty() {
                 println!(
                     "\n{}: of the {} pages this stay's faults fetched (their pivot windows), {} had been fetched by the \
@@ -165,7 +165,7 @@ fn run(args: &Args) -> BenchResult<()> {
                 );
             }
             earlier.extend(trace.faulted_pages());
-            earlier_spans = trace_shape::merge([earlier_spans, spans].concat());
+            earlier_spans = fetch_trace::merge_runs([earlier_spans, spans].concat());
         }
         return Ok(());
     }

@@ -1,0 +1,113 @@
+//! The server pushes a VM's working set at its second consolidation
+//! (`push_working_set = true`): the pages its first stay fetched for
+//! faults, pivot windows included, come from the desktop while it is
+//! awake for the move, and no fault for one of them reaches the desktop
+//! once the push is done. Through the real daemons, in the office of
+//! network namespaces (root only; skipped with a reason elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fetch_trace::{Cause, Device, Trace};
+use tests::office::{wait_for_count_above, Office, OfficeSpec, VM};
+
+/// Bound on a VM's counter moving on after a move.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long each stay lasts once the guest counts on the server.
+const STAY: Duration = Duration::from_secs(15);
+
+/// One stay: consolidated (`--force`: the idleness check is not what is
+/// tested), `on_server` run once the guest counts there, [`STAY`] more on
+/// the server, then brought home.
+fn stay(office: &Office, on_server: impl FnOnce()) {
+    let socket = office.desktop_socket();
+    office.jettison_json(&["consolidate", VM, "--force", "--socket", socket.to_str().unwrap()]);
+    wait_for_count_above(&office.server_serial(), 0, COUNT_TIMEOUT);
+    on_server();
+    std::thread::sleep(STAY);
+    let back = office.jettison_json(&["reintegrate", VM, "--socket", socket.to_str().unwrap()]);
+    eprintln!("reintegrated: {back}");
+}
+
+/// The kept traces, oldest first (named by their start time).
+fn kept_traces(office: &Office) -> Vec<(PathBuf, Trace)> {
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(office.server_vm_history()).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort_by_key(|p| {
+        let stem = p.file_stem().unwrap().to_str().unwrap().to_owned();
+        let (secs, n) = stem.split_once('-').unwrap_or((&stem, "0"));
+        (secs.parse::<u64>().unwrap(), n.parse::<u64>().unwrap())
+    });
+    paths.into_iter().map(|p| (p.clone(), fetch_trace::read(&p).unwrap())).collect()
+}
+
+/// The value of `key=N` in a log line.
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|n| n.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+#[test]
+fn the_second_stay_starts_with_the_first_stays_working_set_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = OfficeSpec { push_working_set: true, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let client = office.connect_client(Duration::from_secs(1));
+    client.wait_for(3, Duration::from_secs(60));
+
+    const PUSHED: &str = "working set of earlier stays pushed";
+    stay(&office, || ());
+    assert!(!office.log("server").contains(PUSHED), "a first stay has nothing to push");
+    // The storage process logs the push once every page is stored: a
+    // fault asked after that cannot be for a pushed page.
+    let mut pushed_by = 0;
+    stay(&office, || {
+        office.wait_for_log("server", PUSHED, Duration::from_secs(60));
+        pushed_by = fetch_trace::boottime_ns();
+        let dirtied = client.command("dirty 8", Duration::from_secs(60));
+        assert!(dirtied.starts_with("dirtied "), "{dirtied}");
+    });
+    let line = office
+        .log("server")
+        .lines()
+        .find(|l| l.contains(PUSHED))
+        .unwrap_or_else(|| panic!("no push logged at the second consolidation\n{}", office.logs()))
+        .to_owned();
+    let (pushed, known) = (field(&line, "pushed"), field(&line, "known"));
+    eprintln!("{line}");
+
+    let traces = kept_traces(&office);
+    assert_eq!(traces.len(), 2, "two stays, two traces: {traces:?}");
+    let (first, second) = (&traces[0].1, &traces[1].1);
+    // What it pushed is the first stay's faults with memtap's pivot window.
+    let spans = first.fault_spans(memtap::prefetch::DEFAULT_PIVOT_WINDOW);
+    let span_pages: u64 = spans.iter().map(|(start, end)| end - start).sum();
+    assert!(span_pages > 0, "the first stay fetched nothing for a fault");
+    assert_eq!(known, span_pages, "the push's working set is not the first stay's fault windows");
+    // The push's batches are the second trace's prefetch lines, and they
+    // brought what the log says.
+    let batches: Vec<_> =
+        second.answered(Device::Memory).filter(|f| f.cause == Cause::Prefetch).copied().collect();
+    assert_eq!(batches.iter().map(|f| f.units).sum::<u64>(), pushed, "{batches:?}");
+    assert!(pushed > 0, "the push brought no page: the guest had faulted on all of them first? {line}");
+    // Once the push is done, no fault for a page of the working set
+    // reaches the desktop: those pages are on the server.
+    let in_set = |page: u64| spans.iter().any(|&(start, end)| (start..end).contains(&page));
+    let faults_after: Vec<_> =
+        second.answered(Device::Memory).filter(|f| f.cause == Cause::Fault && f.asked_ns > pushed_by).collect();
+    let on_pushed: Vec<_> = faults_after.iter().filter(|f| in_set(f.unit)).collect();
+    assert!(on_pushed.is_empty(), "faults on pushed pages after the push reached the desktop: {on_pushed:?}");
+    let faults = |t: &Trace| t.answered(Device::Memory).filter(|f| f.cause == Cause::Fault).count();
+    eprintln!(
+        "first stay: {} faults to the desktop; second: {pushed} pages pushed of {known}, {} faults, {} of them \
+         after the push",
+        faults(first),
+        faults(second),
+        faults_after.len()
+    );
+    let (_, broken) = client.finish();
+    assert!(broken.is_none(), "the client's connection broke: {broken:?}");
+}
