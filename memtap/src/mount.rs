@@ -64,7 +64,13 @@ impl FuseMount {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         nix::mount::mount(Some("memtap"), mountpoint, Some("fuse.memtap"), flags, Some(data.as_str()))
             .map_err(|errno| error(errno.into()))?;
-        let mut session = fuser::Session::from_fd(filesystem, device, fuser::SessionACL::Owner);
+        // Who may reach the file is the kernel's to decide: without
+        // `allow_other` only this user (root) can look it up and open it.
+        // fuser's own check would also refuse a request from another uid on
+        // a file already open, as QEMU's after it drops to its unprivileged
+        // user: its `fallocate` (free page reporting) then failed with
+        // EACCES. So fuser lets through whatever the kernel sends.
+        let mut session = fuser::Session::from_fd(filesystem, device, fuser::SessionACL::All);
         let thread = std::thread::Builder::new().name("memtap-fuse".into()).spawn(move || {
             if let Err(e) = session.run() {
                 tracing::error!("memtap's FUSE session ended: {e}");
