@@ -100,7 +100,7 @@ pub struct OfficeSpec {
     pub max_fetch_mib_per_sec: Option<f64>,
     /// The server's `checkpoint_every_secs` (its default, 600, if none).
     pub checkpoint_every_secs: Option<u64>,
-    /// The server's `push_working_set`.
+    /// The server's `push_working_set` (on, as packaged).
     pub push_working_set: bool,
     /// How the VM boots: the hosts' kernel (`None`, an ext4 data disk), or
     /// its own disk through firmware, as a user's desktop VM does.
@@ -236,7 +236,7 @@ impl Default for OfficeSpec {
             disk_mib: 64,
             max_fetch_mib_per_sec: None,
             checkpoint_every_secs: None,
-            push_working_set: false,
+            push_working_set: true,
             boot_disk: None,
             display: true,
             vcpus: 1,
@@ -455,9 +455,7 @@ impl Office {
         if let Some(every) = spec.checkpoint_every_secs {
             rate.push_str(&format!("checkpoint_every_secs = {every}\n"));
         }
-        if spec.push_working_set {
-            rate.push_str("push_working_set = true\n");
-        }
+        rate.push_str(&format!("push_working_set = {}\n", spec.push_working_set));
         // Only one desktop sleeps ([`OfficeSpec::desktops`]): it has [`DESKTOP_MAC`].
         let (mac, power) = match &spec.power {
             Some(keys) => {

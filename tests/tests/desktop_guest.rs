@@ -26,8 +26,8 @@
 //! idles, instead of the image's `madvise`, to measure what that costs;
 //! `JETTISON_DESKTOP_BOOT_THP=always` sets it on the kernel's command line
 //! instead, as Debian's default kernel has it from boot;
-//! `JETTISON_DESKTOP_PUSH=1` turns on the server's `push_working_set`, so a
-//! second stay starts with the first one's working set pushed.
+//! `JETTISON_DESKTOP_PUSH=0` turns off the server's `push_working_set`, so
+//! a second stay does not start with the first one's working set pushed.
 //! Each stay prints the server's figures and what the VM costs the server
 //! in memory at 1, 10, 30 and 67 minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
@@ -269,8 +269,8 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
         "JETTISON_DESKTOP_BOOT_THP={boot_thp:?}: always, madvise or never"
     );
     let desktop_guest_args = format!("transparent_hugepage={boot_thp}");
-    // JETTISON_DESKTOP_PUSH=1: the server pushes the earlier stays' working set.
-    let push_working_set = std::env::var_os("JETTISON_DESKTOP_PUSH").is_some_and(|v| v == "1");
+    // JETTISON_DESKTOP_PUSH=0: the server does not push the earlier stays' working set.
+    let push_working_set = std::env::var_os("JETTISON_DESKTOP_PUSH").is_none_or(|v| v != "0");
     let spec =
         OfficeSpec { memory_mib, vcpus: 2, desktop_guest: true, desktop_guest_args, push_working_set, ..OfficeSpec::default() };
     let mut office = match Office::build(dir.path(), &spec) {

@@ -1,5 +1,5 @@
 //! The server pushes a VM's working set at its second consolidation
-//! (`push_working_set = true`): the pages its first stay fetched for
+//! (`push_working_set`, on as packaged): the pages its first stay fetched for
 //! faults, pivot windows included, come from the desktop while it is
 //! awake for the move, and no fault for one of them reaches the desktop
 //! once the push is done. Through the real daemons, in the office of
@@ -53,7 +53,8 @@ fn field(line: &str, key: &str) -> u64 {
 #[test]
 fn the_second_stay_starts_with_the_first_stays_working_set_pushed() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = OfficeSpec { push_working_set: true, ..OfficeSpec::default() };
+    let spec = OfficeSpec::default();
+    assert!(spec.push_working_set, "the office's server pushes, as packaged");
     let Some(office) = Office::started(dir.path(), &spec) else { return };
     let client = office.connect_client(Duration::from_secs(1));
     client.wait_for(3, Duration::from_secs(60));
