@@ -477,7 +477,11 @@ fn memory_the_guest_frees_on_the_server_is_discarded_and_not_sent_home() {
         if now["discarded_pages"].as_u64().unwrap() >= 512 {
             break now;
         }
-        assert!(std::time::Instant::now() < deadline, "no 2 MiB block discarded after the guest freed 32 MiB: {now}\n{}", office.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 2 MiB block discarded after the guest freed 32 MiB: {now}\n{}",
+            office.logs()
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     let discarded = after["discarded_pages"].as_u64().unwrap();

@@ -271,8 +271,14 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
     let desktop_guest_args = format!("transparent_hugepage={boot_thp}");
     // JETTISON_DESKTOP_PUSH=0: the server does not push the earlier stays' working set.
     let push_working_set = std::env::var_os("JETTISON_DESKTOP_PUSH").is_none_or(|v| v != "0");
-    let spec =
-        OfficeSpec { memory_mib, vcpus: 2, desktop_guest: true, desktop_guest_args, push_working_set, ..OfficeSpec::default() };
+    let spec = OfficeSpec {
+        memory_mib,
+        vcpus: 2,
+        desktop_guest: true,
+        desktop_guest_args,
+        push_working_set,
+        ..OfficeSpec::default()
+    };
     let mut office = match Office::build(dir.path(), &spec) {
         Ok(office) => office,
         Err(why) => return tests::skip(why),

@@ -90,8 +90,7 @@ fn the_second_stay_starts_with_the_first_stays_working_set_pushed() {
     assert_eq!(known, span_pages, "the push's working set is not the first stay's fault windows");
     // The push's batches are the second trace's prefetch lines, and they
     // brought what the log says.
-    let batches: Vec<_> =
-        second.answered(Device::Memory).filter(|f| f.cause == Cause::Prefetch).copied().collect();
+    let batches: Vec<_> = second.answered(Device::Memory).filter(|f| f.cause == Cause::Prefetch).copied().collect();
     assert_eq!(batches.iter().map(|f| f.units).sum::<u64>(), pushed, "{batches:?}");
     assert!(pushed > 0, "the push brought no page: the guest had faulted on all of them first? {line}");
     // Once the push is done, no fault for a page of the working set
