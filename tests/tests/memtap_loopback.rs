@@ -516,3 +516,30 @@ fn a_punched_hole_reads_as_zeros_without_a_fetch_and_goes_home_as_a_hole() {
     assert_eq!(home_bytes[PAGE + 1..2 * PAGE], page_bytes(1)[1..], "the rest of the partial page");
     assert!(home_bytes[PAGE..PAGE + 1] == [0]);
 }
+
+/// Only root reaches a VM's RAM file: another user cannot open it, even
+/// with every directory above it open to all. memtap serves whatever the
+/// kernel sends (QEMU's `fallocate` after it dropped to its own user, on
+/// the file it opened as root), so this is the kernel's check, kept by
+/// mounting without `allow_other`.
+#[test]
+fn another_user_cannot_open_the_ram_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if let Err(why) = fuse_available() {
+        return skip(why);
+    }
+    // memserv must live: a reader waits for it while it is gone.
+    let Fixture { dir, mnt, mount, server: _server, .. } = Fixture::start();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ram = mnt.join("vm1.ram");
+    let nobody = std::process::Command::new("head").arg("-c1").arg(&ram).uid(65534).gid(65534).output().unwrap();
+    let said = String::from_utf8_lossy(&nobody.stderr);
+    assert!(!nobody.status.success() && said.contains("Permission denied"), "uid 65534 read {}: {said}", ram.display());
+    let listed = std::process::Command::new("ls").arg(&mnt).uid(65534).gid(65534).output().unwrap();
+    assert!(!listed.status.success(), "uid 65534 listed the mount: {}", String::from_utf8_lossy(&listed.stdout));
+    // The same command as root reads it.
+    let root = std::process::Command::new("head").arg("-c1").arg(&ram).output().unwrap();
+    assert!(root.status.success() && root.stdout.len() == 1, "{root:?}");
+    mount.unmount().unwrap();
+}
