@@ -94,6 +94,8 @@ fn consolidate(office: &Office) -> (serde_json::Value, bool) {
     }
 }
 
+/// The guest kernel's transparent huge page modes.
+const THP_MODES: [&str; 3] = ["always", "madvise", "never"];
 /// What the guest writes to a file on the server, found at home after.
 const ON_SERVER_TEXT: &str = "written on the server";
 /// The minutes into a stay at which the server's figures and memory are
@@ -264,10 +266,7 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
     };
     // JETTISON_DESKTOP_BOOT_THP=always: Debian's own default, set at boot.
     let boot_thp = std::env::var("JETTISON_DESKTOP_BOOT_THP").unwrap_or_else(|_| "madvise".to_owned());
-    assert!(
-        ["always", "madvise", "never"].contains(&boot_thp.as_str()),
-        "JETTISON_DESKTOP_BOOT_THP={boot_thp:?}: always, madvise or never"
-    );
+    assert!(THP_MODES.contains(&boot_thp.as_str()), "JETTISON_DESKTOP_BOOT_THP={boot_thp:?}: one of {THP_MODES:?}");
     let desktop_guest_args = format!("transparent_hugepage={boot_thp}");
     // JETTISON_DESKTOP_PUSH=0: the server does not push the earlier stays' working set.
     let push_working_set = std::env::var_os("JETTISON_DESKTOP_PUSH").is_none_or(|v| v != "0");
@@ -302,10 +301,7 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
     let thp = guest.run("cat", &["/sys/kernel/mm/transparent_hugepage/enabled"]).unwrap();
     assert!(thp.contains(&format!("[{boot_thp}]")), "transparent huge pages are not {boot_thp} in the guest: {thp}");
     if let Ok(mode) = std::env::var("JETTISON_DESKTOP_THP") {
-        assert!(
-            ["always", "madvise", "never"].contains(&mode.as_str()),
-            "JETTISON_DESKTOP_THP={mode:?}: always, madvise or never"
-        );
+        assert!(THP_MODES.contains(&mode.as_str()), "JETTISON_DESKTOP_THP={mode:?}: one of {THP_MODES:?}");
         let set = format!("echo {mode} > /sys/kernel/mm/transparent_hugepage/enabled");
         guest.run("sh", &["-c", &set]).unwrap();
         let thp = guest.run("cat", &["/sys/kernel/mm/transparent_hugepage/enabled"]).unwrap();

@@ -6,7 +6,6 @@
 //! network namespaces (root only; skipped with a reason elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use fetch_trace::{Cause, Device, Trace};
@@ -30,16 +29,14 @@ fn stay(office: &Office, on_server: impl FnOnce()) {
     eprintln!("reintegrated: {back}");
 }
 
-/// The kept traces, oldest first (named by their start time).
-fn kept_traces(office: &Office) -> Vec<(PathBuf, Trace)> {
-    let mut paths: Vec<PathBuf> =
-        std::fs::read_dir(office.server_vm_history()).unwrap().map(|e| e.unwrap().path()).collect();
-    paths.sort_by_key(|p| {
-        let stem = p.file_stem().unwrap().to_str().unwrap().to_owned();
-        let (secs, n) = stem.split_once('-').unwrap_or((&stem, "0"));
-        (secs.parse::<u64>().unwrap(), n.parse::<u64>().unwrap())
-    });
-    paths.into_iter().map(|p| (p.clone(), fetch_trace::read(&p).unwrap())).collect()
+/// The kept traces, oldest first.
+fn kept_traces(office: &Office) -> Vec<Trace> {
+    let mut traces: Vec<Trace> = std::fs::read_dir(office.server_vm_history())
+        .unwrap()
+        .map(|e| fetch_trace::read(&e.unwrap().path()).unwrap())
+        .collect();
+    traces.sort_by_key(|t| t.started_boottime_ns);
+    traces
 }
 
 /// The value of `key=N` in a log line.
@@ -81,8 +78,8 @@ fn the_second_stay_starts_with_the_first_stays_working_set_pushed() {
     eprintln!("{line}");
 
     let traces = kept_traces(&office);
-    assert_eq!(traces.len(), 2, "two stays, two traces: {traces:?}");
-    let (first, second) = (&traces[0].1, &traces[1].1);
+    assert_eq!(traces.len(), 2, "two stays, two traces");
+    let (first, second) = (&traces[0], &traces[1]);
     // What it pushed is the first stay's faults with memtap's pivot window.
     let spans = first.fault_spans(memtap::prefetch::DEFAULT_PIVOT_WINDOW);
     let span_pages: u64 = spans.iter().map(|(start, end)| end - start).sum();
