@@ -46,7 +46,12 @@ impl Trace {
         merge_runs(
             self.answered(crate::Device::Memory)
                 .filter(|f| f.cause == crate::Cause::Fault)
-                .map(|f| (f.unit.saturating_sub(window / 2), f.unit + f.faulting.max(1) + window / 2))
+                .map(|f| {
+                    (
+                        f.unit.saturating_sub(window / 2),
+                        f.unit.saturating_add(f.faulting.max(1)).saturating_add(window / 2),
+                    )
+                })
                 .collect(),
         )
     }

@@ -649,7 +649,7 @@ fn push_working_set(key: &VmKey, dir: &Path, ram: Arc<memtap::VmMemory>, window:
     // The traces are read on the push's thread too: the storage process
     // says it is ready (and the consolidation goes on) without waiting.
     let spawned = std::thread::Builder::new().name("push-working-set".into()).spawn(move || {
-        let pages = crate::traces::working_set(&dir, window);
+        let pages = crate::traces::working_set(&dir, window, ram.size() / memtap::PAGE_SIZE);
         if pages.is_empty() {
             return;
         }

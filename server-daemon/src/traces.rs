@@ -78,10 +78,11 @@ pub fn keep(state_dir: &Path, key: &VmKey, vm_state: &Path) -> Option<PathBuf> {
 /// what the storage process pushes at consolidation (`push_working_set`):
 /// on the desktop guest, 97% of what a second stay fetched the first had
 /// fetched too, while the first's faulting pages alone covered 59% of the
-/// second's faults (`bench/RESULTS.md`). At most [`KEPT_STAYS`] traces, each
-/// capped, so it stays small. A trace that cannot be read is left out with
-/// a warning.
-pub fn working_set(dir: &Path, window: u64) -> Vec<u64> {
+/// second's faults (`bench/RESULTS.md`). Only pages below `ram_pages` (a
+/// damaged trace cannot make it larger than the RAM); at most
+/// [`KEPT_STAYS`] traces, each capped, so it stays small. A trace that
+/// cannot be read is left out with a warning.
+pub fn working_set(dir: &Path, window: u64, ram_pages: u64) -> Vec<u64> {
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
     let mut runs = Vec::new();
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
@@ -93,7 +94,10 @@ pub fn working_set(dir: &Path, window: u64) -> Vec<u64> {
             Err(e) => tracing::warn!("the kept fetch trace {} is left out of the working set: {e}", path.display()),
         }
     }
-    fetch_trace::merge_runs(runs).into_iter().flat_map(|(start, end)| start..end).collect()
+    fetch_trace::merge_runs(runs)
+        .into_iter()
+        .flat_map(|(start, end)| start.min(ram_pages)..end.min(ram_pages))
+        .collect()
 }
 
 /// The start time in a trace's header line.
@@ -157,7 +161,7 @@ mod tests {
     fn the_working_set_is_every_page_the_kept_stays_faults_fetched() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path();
-        assert!(working_set(&dir.join("none"), 20).is_empty());
+        assert!(working_set(&dir.join("none"), 20, 100).is_empty());
         let head = "jettison-fetch-trace 1 started_unix=1 started_boottime_ns=0\n\
                     device,unit,cause,faulting,units,requests,asked_ns,answered_ns\n";
         fs::write(dir.join("1.csv"), format!("{head}memory,9,fault,1,21,1,5,6\nmemory,3,fault,1,21,1,7,failed\n"))
@@ -170,8 +174,12 @@ mod tests {
         fs::write(dir.join("3.csv"), "not a trace\n").unwrap();
         fs::write(dir.join("notes.txt"), "memory,77").unwrap();
         // Answered memory faults only: the failed one and the disk block are not.
-        assert_eq!(working_set(dir, 0), [4, 9]);
+        assert_eq!(working_set(dir, 0, 100), [4, 9]);
         // With a 4-page window, 2 pages each side: [2, 7) and [7, 12) join.
-        assert_eq!(working_set(dir, 4), (2..12).collect::<Vec<u64>>());
+        assert_eq!(working_set(dir, 4, 100), (2..12).collect::<Vec<u64>>());
+        // Nothing past the RAM's end, whatever a trace says.
+        assert_eq!(working_set(dir, 4, 10), (2..10).collect::<Vec<u64>>());
+        fs::write(dir.join("4.csv"), format!("{head}memory,5,fault,{max},{max},1,5,6\n", max = u64::MAX)).unwrap();
+        assert_eq!(working_set(dir, 4, 10), (2..10).collect::<Vec<u64>>(), "a huge fault is clipped");
     }
 }
