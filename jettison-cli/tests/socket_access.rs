@@ -54,11 +54,23 @@ impl Drop for Daemon {
     }
 }
 
-/// `jettison ARGS` as `uid` with primary group `gid` and `groups` beside it.
-fn jettison_as(uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
+/// A copy of the jettison binary in `dir` (an [`open_dir`]), which any
+/// user can run: the build's own may sit under a directory only root can
+/// enter (a clone in `mktemp -d`).
+fn binary_in(dir: &Path) -> PathBuf {
+    let copy = dir.join("jettison");
+    if !copy.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_jettison"), &copy).expect("a copy of the jettison binary");
+    }
+    copy
+}
+
+/// `jettison ARGS` as `uid` with primary group `gid` and `groups` beside
+/// it, from its copy in `dir`.
+fn jettison_as(dir: &Path, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
     let groups: Vec<nix::unistd::Gid> = groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     let (uid, gid) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jettison"));
+    let mut command = Command::new(binary_in(dir));
     command.args(args);
     // Groups first, while still root (std's own uid() and gid() drop root
     // before pre_exec closures run, and then setgroups is refused).
@@ -124,17 +136,17 @@ fn a_member_of_the_socket_group_gets_status_and_an_outsider_is_refused() {
     let socket = socket.to_str().unwrap();
 
     // In the group (as a supplementary group, as `adduser` makes it): status.
-    let out = jettison_as(MEMBER_UID, MEMBER_UID, &[group.gid], &["status", "--daemon", socket, "--json"]);
+    let out = jettison_as(dir.path(), MEMBER_UID, MEMBER_UID, &[group.gid], &["status", "--daemon", socket, "--json"]);
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let status = json(&out);
     assert_eq!((status["source"].as_str(), status["host"].as_str()), (Some("server"), Some("server")), "{status}");
 
     // Outside it: kept out by the socket's mode, told which group to join.
-    let out = jettison_as(OUTSIDER_UID, OUTSIDER_UID, &[], &["status", "--daemon", socket]);
+    let out = jettison_as(dir.path(), OUTSIDER_UID, OUTSIDER_UID, &[], &["status", "--daemon", socket]);
     assert_eq!(out.status.code(), Some(7), "denied has its own exit status");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains(&format!("members of the group {}", group.name)) && said.contains("adduser"), "{said}");
-    let out = jettison_as(OUTSIDER_UID, OUTSIDER_UID, &[], &["status", "--daemon", socket, "--json"]);
+    let out = jettison_as(dir.path(), OUTSIDER_UID, OUTSIDER_UID, &[], &["status", "--daemon", socket, "--json"]);
     let refused = json(&out);
     tests::check_status_schema(&refused, Some("error"));
     assert_eq!(refused["error"]["kind"], "denied", "{refused}");
@@ -162,7 +174,7 @@ fn where_the_group_may_only_look_a_member_cannot_move_a_vm() {
         })
     });
     let socket = socket.to_str().unwrap();
-    let member = |args: &[&str]| jettison_as(MEMBER_UID, group.gid, &[], args);
+    let member = |args: &[&str]| jettison_as(dir.path(), MEMBER_UID, group.gid, &[], args);
     assert!(member(&["status", "--daemon", socket]).status.success(), "the group may look");
     let out = member(&["consolidate", "vm1", "--socket", socket, "--json"]);
     assert_eq!(out.status.code(), Some(7));
