@@ -26,6 +26,9 @@
 //! idles, instead of the image's `madvise`, to measure what that costs;
 //! `JETTISON_DESKTOP_BOOT_THP=always` sets it on the kernel's command line
 //! instead, as Debian's default kernel has it from boot;
+//! `JETTISON_DESKTOP_KERNEL_ARGS="..."` adds arguments to the guest
+//! kernel's command line (`init_on_free=1`, say, to measure what zeroing
+//! freed pages saves the server in fetches);
 //! `JETTISON_DESKTOP_PUSH=0` turns off the server's `push_working_set`, so
 //! a second stay does not start with the first one's working set pushed.
 //! Each stay prints the server's figures and what the VM costs the server
@@ -267,7 +270,10 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
     // JETTISON_DESKTOP_BOOT_THP=always: Debian's own default, set at boot.
     let boot_thp = std::env::var("JETTISON_DESKTOP_BOOT_THP").unwrap_or_else(|_| "madvise".to_owned());
     assert!(THP_MODES.contains(&boot_thp.as_str()), "JETTISON_DESKTOP_BOOT_THP={boot_thp:?}: one of {THP_MODES:?}");
-    let desktop_guest_args = format!("transparent_hugepage={boot_thp}");
+    let mut desktop_guest_args = format!("transparent_hugepage={boot_thp}");
+    if let Ok(extra) = std::env::var("JETTISON_DESKTOP_KERNEL_ARGS") {
+        desktop_guest_args = format!("{desktop_guest_args} {extra}");
+    }
     // JETTISON_DESKTOP_PUSH=0: the server does not push the earlier stays' working set.
     let push_working_set = std::env::var_os("JETTISON_DESKTOP_PUSH").is_none_or(|v| v != "0");
     let spec = OfficeSpec {
@@ -308,6 +314,8 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
         assert!(thp.contains(&format!("[{mode}]")), "the guest refused transparent huge pages {mode}: {thp}");
         eprintln!("transparent huge pages in the guest set to {mode} (JETTISON_DESKTOP_THP)");
     }
+    let command_line = guest.run("cat", &["/proc/cmdline"]).unwrap();
+    eprintln!("the guest kernel's command line: {}", command_line.trim());
     drop(guest);
 
     // It idles, then moves, stays, and comes home; with
