@@ -20,6 +20,7 @@
 //! metrics_listen = "127.0.0.1:9464" # Prometheus metrics on GET /metrics (omit: none)
 //! socket_group = "jettison"         # may use the local socket to look (the default; "" = root only)
 //! push_working_set = true           # fetch earlier stays' fetched pages at consolidation
+//! push_whole_memory = false         # then every other non-zero page: no desktop wake for memory
 //!
 //! [energy]                          # the server's share of each VM's saving (every key optional)
 //! source = "auto"                   # "rapl", "profile", or "auto": RAPL where readable, else the profile
@@ -143,6 +144,14 @@ pub struct ServerConfig {
     /// on demand (a link billed by the byte).
     #[serde(default = "default_push_working_set")]
     pub push_working_set: bool,
+    /// At consolidation, after the working set, fetch every other page of
+    /// the VM's memory that its zero map does not cover, while the desktop
+    /// is awake anyway: later the VM needs its desktop only for disk
+    /// blocks. It costs the bytes of a full copy of the used memory (about
+    /// what QEMU's own precopy sends) and the disk to keep them here, but
+    /// not memory: pushed pages wait in the fetched slice until touched.
+    #[serde(default)]
+    pub push_whole_memory: bool,
     /// The group whose members may use the local socket (status and
     /// screenshots: it takes no moves); none: `jettison` if it exists,
     /// else root only; empty: root only.

@@ -378,6 +378,7 @@ impl HostedVm {
             host_key: config.host_key.clone(),
             peers: config.peers.clone(),
             push_from: config.push_working_set.then(|| crate::traces::history_dir(&config.state_dir, &key)),
+            push_whole_memory: config.push_whole_memory,
             fence,
         };
         // From here a failed step drops what was made: QEMU is killed, the

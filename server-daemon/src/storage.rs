@@ -96,6 +96,10 @@ pub struct StorageSpec {
     /// ([`crate::traces::working_set`]) is pushed at start; none: no push.
     #[serde(default)]
     pub push_from: Option<PathBuf>,
+    /// After the working set, push every other page the zero map does not
+    /// cover: the VM then needs its desktop only for disk blocks.
+    #[serde(default)]
+    pub push_whole_memory: bool,
     /// In a fleet, the stay's fencing token, presented to memserv and
     /// diskserv in every hello.
     #[serde(default)]
@@ -609,8 +613,11 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     memory.trace = trace.clone();
     let memory_window = memory.pivot_window;
     let mount = memtap::Mount::start(&spec.run.join("ram"), vec![memory])?;
-    if let (Some(dir), Some(ram)) = (&spec.push_from, mount.vms().first()) {
-        push_working_set(&key, dir, Arc::clone(ram), memory_window);
+    if let Some(ram) = mount.vms().first() {
+        if spec.push_from.is_some() || spec.push_whole_memory {
+            let push = Push { history: spec.push_from.clone(), whole_memory: spec.push_whole_memory, window: memory_window };
+            push.start(&key, Arc::clone(ram));
+        }
     }
     if !(1..=daemon_protocol::MAX_DISKS).contains(&spec.disks) {
         return Err(format!("{} disks: a VM has 1 to {}", spec.disks, daemon_protocol::MAX_DISKS).into());
@@ -638,36 +645,65 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     Ok((serving, listener))
 }
 
-/// Pushes the working set of the traces in `dir` (their faults with
-/// `window`-page pivot windows) into `ram` from a thread of its own, while
-/// the desktop is still awake from the consolidation;
-/// the guest runs meanwhile and faults as usual. A failed push is logged:
-/// the pages then come on demand.
-fn push_working_set(key: &VmKey, dir: &Path, ram: Arc<memtap::VmMemory>, window: u64) {
-    let key = key.clone();
-    let dir = dir.to_owned();
-    // The traces are read on the push's thread too: the storage process
-    // says it is ready (and the consolidation goes on) without waiting.
-    let spawned = std::thread::Builder::new().name("push-working-set".into()).spawn(move || {
-        let pages = crate::traces::working_set(&dir, window, ram.size() / memtap::PAGE_SIZE);
-        if pages.is_empty() {
-            return;
+/// What the storage process fetches at consolidation, before the guest
+/// asks, while the desktop is still awake from the move: the working set of
+/// the VM's kept stays, then (with `whole_memory`) every other page.
+struct Push {
+    /// The VM's history of fetch traces, whose working set goes first.
+    history: Option<PathBuf>,
+    /// Then every page not yet here that the zero map does not cover.
+    whole_memory: bool,
+    /// memtap's pivot window, with which the history's faults fetched.
+    window: u64,
+}
+
+/// Pages asked of memtap's push at once when the whole memory is pushed:
+/// 256 MiB, so that the list stays small whatever the VM's size.
+const WHOLE_MEMORY_STEP: u64 = 65_536;
+
+impl Push {
+    /// Pushes into `ram` from a thread of its own; the guest runs meanwhile
+    /// and faults as usual. A failed push is logged: the pages then come on
+    /// demand.
+    fn start(self, key: &VmKey, ram: Arc<memtap::VmMemory>) {
+        let key = key.clone();
+        // The traces are read on the push's thread too: the storage process
+        // says it is ready (and the consolidation goes on) without waiting.
+        let spawned = std::thread::Builder::new().name("push".into()).spawn(move || {
+            let ram_pages = ram.size() / memtap::PAGE_SIZE;
+            let started = std::time::Instant::now();
+            if let Some(dir) = &self.history {
+                let pages = crate::traces::working_set(dir, self.window, ram_pages);
+                if !pages.is_empty() {
+                    match ram.push(&pages) {
+                        Ok(pushed) => tracing::info!(
+                            desktop = %key.desktop, vm = %key.vm, pushed, known = pages.len(),
+                            "working set of earlier stays pushed in {:.1} s",
+                            started.elapsed().as_secs_f64()
+                        ),
+                        Err(e) => return tracing::warn!(desktop = %key.desktop, vm = %key.vm, "{}", wire::chain(&e)),
+                    }
+                }
+            }
+            if self.whole_memory {
+                let mut pushed = 0;
+                for from in (0..ram_pages).step_by(WHOLE_MEMORY_STEP as usize) {
+                    let pages: Vec<u64> = (from..ram_pages.min(from + WHOLE_MEMORY_STEP)).collect();
+                    match ram.push(&pages) {
+                        Ok(n) => pushed += n,
+                        Err(e) => return tracing::warn!(desktop = %key.desktop, vm = %key.vm, "{}", wire::chain(&e)),
+                    }
+                }
+                tracing::info!(
+                    desktop = %key.desktop, vm = %key.vm, pushed,
+                    "whole memory pushed in {:.1} s: the VM needs its desktop only for disk blocks now",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the push, the pages come on demand: {e}");
         }
-        let started = std::time::Instant::now();
-        match ram.push(&pages) {
-            Ok(pushed) => tracing::info!(
-                desktop = %key.desktop,
-                vm = %key.vm,
-                pushed,
-                known = pages.len(),
-                "working set of earlier stays pushed in {:.1} s",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(e) => tracing::warn!(desktop = %key.desktop, vm = %key.vm, "{}", wire::chain(&e)),
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start the working set's push, the pages come on demand: {e}");
     }
 }
 

@@ -102,6 +102,8 @@ pub struct OfficeSpec {
     pub checkpoint_every_secs: Option<u64>,
     /// The server's `push_working_set` (on, as packaged).
     pub push_working_set: bool,
+    /// The server's `push_whole_memory` (off, as packaged).
+    pub push_whole_memory: bool,
     /// How the VM boots: the hosts' kernel (`None`, an ext4 data disk), or
     /// its own disk through firmware, as a user's desktop VM does.
     pub boot_disk: Option<BootDisk>,
@@ -237,6 +239,7 @@ impl Default for OfficeSpec {
             max_fetch_mib_per_sec: None,
             checkpoint_every_secs: None,
             push_working_set: true,
+            push_whole_memory: false,
             boot_disk: None,
             display: true,
             vcpus: 1,
@@ -456,6 +459,7 @@ impl Office {
             rate.push_str(&format!("checkpoint_every_secs = {every}\n"));
         }
         rate.push_str(&format!("push_working_set = {}\n", spec.push_working_set));
+        rate.push_str(&format!("push_whole_memory = {}\n", spec.push_whole_memory));
         // Only one desktop sleeps ([`OfficeSpec::desktops`]): it has [`DESKTOP_MAC`].
         let (mac, power) = match &spec.power {
             Some(keys) => {

@@ -30,7 +30,9 @@
 //! kernel's command line (`init_on_free=1`, say, to measure what zeroing
 //! freed pages saves the server in fetches);
 //! `JETTISON_DESKTOP_PUSH=0` turns off the server's `push_working_set`, so
-//! a second stay does not start with the first one's working set pushed.
+//! a second stay does not start with the first one's working set pushed;
+//! `JETTISON_DESKTOP_PUSH_WHOLE=1` turns on `push_whole_memory`, so that
+//! every stay starts with all the VM's non-zero memory pushed.
 //! Each stay prints the server's figures and what the VM costs the server
 //! in memory at 1, 10, 30 and 67 minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
@@ -276,12 +278,14 @@ fn a_debian_desktop_spends_five_minutes_on_the_server_and_comes_home_with_its_se
     }
     // JETTISON_DESKTOP_PUSH=0: the server does not push the earlier stays' working set.
     let push_working_set = std::env::var_os("JETTISON_DESKTOP_PUSH").is_none_or(|v| v != "0");
+    let push_whole_memory = std::env::var_os("JETTISON_DESKTOP_PUSH_WHOLE").is_some_and(|v| v == "1");
     let spec = OfficeSpec {
         memory_mib,
         vcpus: 2,
         desktop_guest: true,
         desktop_guest_args,
         push_working_set,
+        push_whole_memory,
         ..OfficeSpec::default()
     };
     let mut office = match Office::build(dir.path(), &spec) {

@@ -2,8 +2,11 @@
 //! (`push_working_set`, on as packaged): the pages its first stay fetched for
 //! faults, pivot windows included, come from the desktop while it is
 //! awake for the move, and no fault for one of them reaches the desktop
-//! once the push is done. Through the real daemons, in the office of
-//! network namespaces (root only; skipped with a reason elsewhere).
+//! once the push is done. With `push_whole_memory`, every page the zero map
+//! does not cover comes at the first consolidation, and the guest then reads
+//! memory it had left alone without a fault reaching the desktop. Through
+//! the real daemons, in the office of network namespaces (root only;
+//! skipped with a reason elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test: a failure is the test failing
 
 use std::time::Duration;
@@ -104,6 +107,66 @@ fn the_second_stay_starts_with_the_first_stays_working_set_pushed() {
         faults(first),
         faults(second),
         faults_after.len()
+    );
+    let (_, broken) = client.finish();
+    assert!(broken.is_none(), "the client's connection broke: {broken:?}");
+}
+
+#[test]
+fn with_the_whole_memory_pushed_the_guest_reads_what_it_left_alone_without_its_desktop() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = OfficeSpec { push_whole_memory: true, ..OfficeSpec::default() };
+    let Some(office) = Office::started(dir.path(), &spec) else { return };
+    let client = office.connect_client(Duration::from_secs(1));
+    client.wait_for(3, Duration::from_secs(60));
+
+    const PUSHED: &str = "whole memory pushed";
+    let mut pushed_by = 0;
+    let mut on_server = serde_json::Value::Null;
+    stay(&office, || {
+        office.wait_for_log("server", PUSHED, Duration::from_secs(120));
+        pushed_by = fetch_trace::boottime_ns();
+        // The fill data (jt.fill=, 64 MiB) was written at boot and never
+        // read since: only the push can have brought it.
+        let read = client.command("readall", Duration::from_secs(120));
+        assert!(read.starts_with("readall "), "{read}");
+        let dirtied = client.command("dirty 8", Duration::from_secs(60));
+        assert!(dirtied.starts_with("dirtied "), "{dirtied}");
+        let server = office.server_socket();
+        on_server = office.jettison_json(&["status", "--daemon", server.to_str().unwrap()])["vms"][0]["on_server"].clone();
+    });
+    let line = office
+        .log("server")
+        .lines()
+        .find(|l| l.contains(PUSHED))
+        .unwrap_or_else(|| panic!("no whole-memory push logged\n{}", office.logs()))
+        .to_owned();
+    eprintln!("{line}");
+    let pushed = field(&line, "pushed");
+
+    let traces = kept_traces(&office);
+    assert_eq!(traces.len(), 1, "one stay, one trace");
+    let trace = &traces[0];
+    // A first stay has no history: every push batch is the whole memory's.
+    let batches: u64 = trace.answered(Device::Memory).filter(|f| f.cause == Cause::Prefetch).map(|f| f.units).sum();
+    assert_eq!(batches, pushed, "the trace's push batches do not sum to what the server logged");
+    // Every page is on the server now: zero (never fetched), fetched, or
+    // discarded by the guest's free page reporting before it came.
+    let memory = &on_server["memory"];
+    let count = |key: &str| memory[key].as_u64().unwrap_or_else(|| panic!("no {key} in {on_server}"));
+    let ram_pages = spec.memory_mib * 256;
+    let accounted = count("pages_fetched") + count("zero_pages") + count("discarded_pages");
+    assert!(accounted >= ram_pages, "{accounted} of {ram_pages} pages fetched, zero or discarded: {on_server}");
+    // So nothing the guest touched after the push, the fill data it had
+    // left alone included, was asked of the desktop.
+    let faults_after: Vec<_> = trace
+        .answered(Device::Memory)
+        .filter(|f| f.cause == Cause::Fault && f.asked_ns > pushed_by)
+        .collect();
+    assert!(faults_after.is_empty(), "memory faults reached the desktop after the whole push: {faults_after:?}");
+    eprintln!(
+        "{pushed} pages pushed; {} faults before the push ended, none after",
+        trace.answered(Device::Memory).filter(|f| f.cause == Cause::Fault).count()
     );
     let (_, broken) = client.finish();
     assert!(broken.is_none(), "the client's connection broke: {broken:?}");
