@@ -194,6 +194,10 @@ impl PageSource {
         Counters::add(&self.counters.remote_fetches, fetched.requests);
         Counters::add(&self.counters.pages_fetched, fetched.units.len() as u64);
         Counters::add(&self.counters.bytes_fetched, fetched.data_bytes);
+        if cause == Cause::Prefetch {
+            Counters::add(&self.counters.pages_pushed, fetched.units.len() as u64);
+            Counters::add(&self.counters.bytes_pushed, fetched.data_bytes);
+        }
         Ok(fetched.units)
     }
 }

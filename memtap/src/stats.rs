@@ -18,6 +18,11 @@ pub struct Counters {
     pub pages_fetched: AtomicU64,
     /// Bytes of page data received from memserv (zero markers excluded).
     pub bytes_fetched: AtomicU64,
+    /// Of [`Counters::pages_fetched`], those a push brought, before any
+    /// guest access asked for them.
+    pub pages_pushed: AtomicU64,
+    /// Of [`Counters::bytes_fetched`], those a push brought.
+    pub bytes_pushed: AtomicU64,
     /// Faults answered from the prefetch cache.
     pub prefetch_hits: AtomicU64,
     /// Faults that had to go to memserv.
@@ -75,6 +80,12 @@ pub struct RamStats {
     pub pages_fetched: u64,
     /// See [`Counters::bytes_fetched`].
     pub bytes_fetched: u64,
+    /// See [`Counters::pages_pushed`].
+    #[serde(default)]
+    pub pages_pushed: u64,
+    /// See [`Counters::bytes_pushed`].
+    #[serde(default)]
+    pub bytes_pushed: u64,
     /// See [`Counters::prefetch_hits`].
     pub prefetch_hits: u64,
     /// See [`Counters::prefetch_misses`].
@@ -104,7 +115,7 @@ impl RamStats {
     /// One line for `jettison status`.
     pub fn summary(&self) -> String {
         format!(
-            "{}: {} MiB RAM, {} faults in {} reads, {} fetches, {} pages ({:.1} MiB) fetched, prefetch {} hits / {} misses, {} zero pages, {} dirty pages, {} discarded pages",
+            "{}: {} MiB RAM, {} faults in {} reads, {} fetches, {} pages ({:.1} MiB) fetched ({} pushed), prefetch {} hits / {} misses, {} zero pages, {} dirty pages, {} discarded pages",
             self.vm,
             self.ram_bytes >> 20,
             self.faults,
@@ -112,6 +123,7 @@ impl RamStats {
             self.remote_fetches,
             self.pages_fetched,
             self.bytes_fetched as f64 / (1024.0 * 1024.0),
+            self.pages_pushed,
             self.prefetch_hits,
             self.prefetch_misses,
             self.zero_pages_served,

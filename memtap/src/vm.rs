@@ -224,6 +224,8 @@ impl VmMemory {
             remote_fetches: get(&c.remote_fetches),
             pages_fetched: get(&c.pages_fetched),
             bytes_fetched: get(&c.bytes_fetched),
+            pages_pushed: get(&c.pages_pushed),
+            bytes_pushed: get(&c.bytes_pushed),
             prefetch_hits: get(&c.prefetch_hits),
             prefetch_misses: get(&c.prefetch_misses),
             zero_pages_served: overlay.zero_units_served,

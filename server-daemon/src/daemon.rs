@@ -833,9 +833,13 @@ impl ServerDaemon {
                 });
                 tenants.push(tenant);
                 // A VM pulls its working set in its first seconds here:
-                // the rate counts from one window after its arrival.
-                let rate =
-                    if vm.age() < window { None } else { rates.push(vm.key(), Instant::now(), vm.fetched(), window) };
+                // the rate counts from one window after its arrival, and
+                // only what the guest asked for (not the push).
+                let rate = if vm.age() < window {
+                    None
+                } else {
+                    rates.push(vm.key(), Instant::now(), vm.fetched_on_demand(), window)
+                };
                 if let (Some(rate), Some(limit)) = (rate, self.config.max_fetch_mib_per_sec) {
                     if rate > limit * 1024.0 * 1024.0 {
                         let reason = format!(

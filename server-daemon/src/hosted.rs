@@ -589,6 +589,13 @@ impl HostedVm {
         self.last.0.bytes_fetched + self.last.1.bytes_fetched
     }
 
+    /// Of [`HostedVm::fetched`], the bytes the guest asked for: what a push
+    /// brought at consolidation is the server's doing, not the VM's
+    /// activity.
+    pub fn fetched_on_demand(&self) -> u64 {
+        self.fetched().saturating_sub(self.last.0.bytes_pushed)
+    }
+
     /// CPU time its QEMU and its storage process (memtap and cownetdisk)
     /// have used so far, what the server spends on it; `None` unless it
     /// runs and both can be read.

@@ -333,6 +333,7 @@ fn pushed_pages_are_served_without_asking_the_desktop() {
     assert_eq!(ram.push(&pages).unwrap(), 0, "what is local is not pushed again");
     let (fetches, wakes) = (stats(&f.mnt).remote_fetches, f.wake.0.load(Ordering::SeqCst));
     assert!(fetches >= 1 && wakes >= 1, "the push asked the desktop");
+    assert_eq!(stats(&f.mnt).pages_pushed, 100, "the push's pages are counted as pushed");
 
     let file = OpenOptions::new().read(true).open(f.mnt.join("vm1.ram")).unwrap();
     // SAFETY: the file is ours for the test; nobody truncates it.
