@@ -615,7 +615,8 @@ fn start(spec_file: &Path) -> Result<(Serving, UnixListener), Box<dyn std::error
     let mount = memtap::Mount::start(&spec.run.join("ram"), vec![memory])?;
     if let Some(ram) = mount.vms().first() {
         if spec.push_from.is_some() || spec.push_whole_memory {
-            let push = Push { history: spec.push_from.clone(), whole_memory: spec.push_whole_memory, window: memory_window };
+            let push =
+                Push { history: spec.push_from.clone(), whole_memory: spec.push_whole_memory, window: memory_window };
             push.start(&key, Arc::clone(ram));
         }
     }

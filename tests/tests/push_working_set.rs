@@ -133,7 +133,8 @@ fn with_the_whole_memory_pushed_the_guest_reads_what_it_left_alone_without_its_d
         let dirtied = client.command("dirty 8", Duration::from_secs(60));
         assert!(dirtied.starts_with("dirtied "), "{dirtied}");
         let server = office.server_socket();
-        on_server = office.jettison_json(&["status", "--daemon", server.to_str().unwrap()])["vms"][0]["on_server"].clone();
+        on_server =
+            office.jettison_json(&["status", "--daemon", server.to_str().unwrap()])["vms"][0]["on_server"].clone();
     });
     let line = office
         .log("server")
@@ -159,10 +160,8 @@ fn with_the_whole_memory_pushed_the_guest_reads_what_it_left_alone_without_its_d
     assert!(accounted >= ram_pages, "{accounted} of {ram_pages} pages fetched, zero or discarded: {on_server}");
     // So nothing the guest touched after the push, the fill data it had
     // left alone included, was asked of the desktop.
-    let faults_after: Vec<_> = trace
-        .answered(Device::Memory)
-        .filter(|f| f.cause == Cause::Fault && f.asked_ns > pushed_by)
-        .collect();
+    let faults_after: Vec<_> =
+        trace.answered(Device::Memory).filter(|f| f.cause == Cause::Fault && f.asked_ns > pushed_by).collect();
     assert!(faults_after.is_empty(), "memory faults reached the desktop after the whole push: {faults_after:?}");
     eprintln!(
         "{pushed} pages pushed; {} faults before the push ended, none after",
