@@ -42,6 +42,18 @@ fn kept_traces(office: &Office) -> Vec<Trace> {
     traces
 }
 
+/// The server's first log line that says `what`, printed.
+fn logged(office: &Office, what: &str) -> String {
+    let line = office
+        .log("server")
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("the server never logged {what:?}\n{}", office.logs()))
+        .to_owned();
+    eprintln!("{line}");
+    line
+}
+
 /// The value of `key=N` in a log line.
 fn field(line: &str, key: &str) -> u64 {
     line.split_whitespace()
@@ -71,14 +83,8 @@ fn the_second_stay_starts_with_the_first_stays_working_set_pushed() {
         let dirtied = client.command("dirty 8", Duration::from_secs(60));
         assert!(dirtied.starts_with("dirtied "), "{dirtied}");
     });
-    let line = office
-        .log("server")
-        .lines()
-        .find(|l| l.contains(PUSHED))
-        .unwrap_or_else(|| panic!("no push logged at the second consolidation\n{}", office.logs()))
-        .to_owned();
+    let line = logged(&office, PUSHED);
     let (pushed, known) = (field(&line, "pushed"), field(&line, "known"));
-    eprintln!("{line}");
 
     let traces = kept_traces(&office);
     assert_eq!(traces.len(), 2, "two stays, two traces");
@@ -136,14 +142,7 @@ fn with_the_whole_memory_pushed_the_guest_reads_what_it_left_alone_without_its_d
         on_server =
             office.jettison_json(&["status", "--daemon", server.to_str().unwrap()])["vms"][0]["on_server"].clone();
     });
-    let line = office
-        .log("server")
-        .lines()
-        .find(|l| l.contains(PUSHED))
-        .unwrap_or_else(|| panic!("no whole-memory push logged\n{}", office.logs()))
-        .to_owned();
-    eprintln!("{line}");
-    let pushed = field(&line, "pushed");
+    let pushed = field(&logged(&office, PUSHED), "pushed");
 
     let traces = kept_traces(&office);
     assert_eq!(traces.len(), 1, "one stay, one trace");
