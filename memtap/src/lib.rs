@@ -18,6 +18,7 @@ mod error;
 mod fs;
 mod mount;
 pub mod prefetch;
+mod pushed;
 mod source;
 pub mod stats;
 mod vm;

@@ -11,6 +11,7 @@ use slice_store::{SliceStore, SourceError, UnitSource, UnitState};
 use wire::RemoteImage;
 
 use crate::prefetch::{pivot_window, PrefetchCache};
+use crate::pushed::PushedPages;
 use crate::stats::Counters;
 
 /// A VM's remote memory: answers the overlay's requests for absent pages.
@@ -24,6 +25,8 @@ pub struct PageSource {
     pages: u64,
     counters: Arc<Counters>,
     trace: Option<Arc<TraceWriter>>,
+    /// What pushes brought and the guest has not touched yet.
+    pushed: PushedPages,
 }
 
 impl PageSource {
@@ -50,7 +53,20 @@ impl PageSource {
             pages,
             counters,
             trace,
+            pushed: PushedPages::new(pages),
         }
+    }
+
+    /// The guest read, wrote or discarded `pages`: pushed ones among them
+    /// are touched now (see [`PageSource::pushed_untouched`]).
+    pub fn touched(&self, pages: Range<u64>) {
+        self.pushed.touch(pages);
+    }
+
+    /// Pages a push brought that the guest has not touched since: they
+    /// are in the fetched slice, not in the guest's memory.
+    pub fn pushed_untouched(&self) -> u64 {
+        self.pushed.untouched()
     }
 
     /// Pages waiting in the prefetch cache.
@@ -157,6 +173,7 @@ impl PageSource {
             let fetched = self.fetch_from_remote(&absent, first, Cause::Prefetch, 0)?;
             for (page, data) in fetched {
                 self.store.store_fetched(page, &data).map_err(SourceError::new)?;
+                self.pushed.mark(page);
                 pushed += 1;
             }
         }

@@ -86,6 +86,10 @@ pub struct RamStats {
     /// See [`Counters::bytes_pushed`].
     #[serde(default)]
     pub bytes_pushed: u64,
+    /// Pages a push brought that the guest has not touched since: in the
+    /// fetched slice on disk, not in the guest's memory.
+    #[serde(default)]
+    pub pushed_untouched: u64,
     /// See [`Counters::prefetch_hits`].
     pub prefetch_hits: u64,
     /// See [`Counters::prefetch_misses`].

@@ -137,6 +137,7 @@ impl VmMemory {
         Counters::add(&self.counters.read_requests, 1);
         Counters::add(&self.counters.faults, pages_touched(offset, buf.len() as u64));
         self.overlay.read(offset, &mut buf).map_err(|source| self.io_error(offset, source))?;
+        self.source.touched(offset / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
         Ok(buf)
     }
 
@@ -149,6 +150,7 @@ impl VmMemory {
         self.overlay.write(offset, data).map_err(|source| self.io_error(offset, source))?;
         let first = offset / PAGE_SIZE;
         self.source.forget(first..first + pages);
+        self.source.touched(first..first + pages);
         Counters::add(&self.counters.pages_written, pages);
         Ok(())
     }
@@ -168,6 +170,7 @@ impl VmMemory {
         }
         self.overlay.discard(offset, end - offset).map_err(|source| self.io_error(offset, source))?;
         self.source.forget(offset / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
+        self.source.touched(offset / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
         let whole = (end / PAGE_SIZE).saturating_sub(offset.div_ceil(PAGE_SIZE));
         Counters::add(&self.counters.pages_discarded, whole);
         Ok(())
@@ -226,6 +229,7 @@ impl VmMemory {
             bytes_fetched: get(&c.bytes_fetched),
             pages_pushed: get(&c.pages_pushed),
             bytes_pushed: get(&c.bytes_pushed),
+            pushed_untouched: self.source.pushed_untouched(),
             prefetch_hits: get(&c.prefetch_hits),
             prefetch_misses: get(&c.prefetch_misses),
             zero_pages_served: overlay.zero_units_served,

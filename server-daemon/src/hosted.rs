@@ -579,9 +579,13 @@ impl HostedVm {
         self.record.expected
     }
 
-    /// Bytes it holds on the server: pages fetched and dirtied.
+    /// Bytes it holds on the server: pages fetched and dirtied, less those
+    /// a push brought that the guest has not touched (they wait on disk,
+    /// not in its memory). What the capacity check counts, and what its
+    /// history expects of its next stay.
     pub fn resident(&self) -> u64 {
-        (self.last.0.resident_pages + self.last.0.dirty_pages) * u64::from(UNIT)
+        let memory = &self.last.0;
+        (memory.resident_pages + memory.dirty_pages).saturating_sub(memory.pushed_untouched) * u64::from(UNIT)
     }
 
     /// Bytes fetched from the desktop so far (memory and disk).

@@ -102,7 +102,9 @@ pub struct OfficeSpec {
     pub checkpoint_every_secs: Option<u64>,
     /// The server's `push_working_set` (on, as packaged).
     pub push_working_set: bool,
-    /// The server's `push_whole_memory` (off, as packaged).
+    /// The server's `push_whole_memory` (on as packaged; off here unless a
+    /// test asks, so that the tests see the guest's own faults and the
+    /// wakes they cause).
     pub push_whole_memory: bool,
     /// How the VM boots: the hosts' kernel (`None`, an ext4 data disk), or
     /// its own disk through firmware, as a user's desktop VM does.

@@ -333,7 +333,9 @@ fn pushed_pages_are_served_without_asking_the_desktop() {
     assert_eq!(ram.push(&pages).unwrap(), 0, "what is local is not pushed again");
     let (fetches, wakes) = (stats(&f.mnt).remote_fetches, f.wake.0.load(Ordering::SeqCst));
     assert!(fetches >= 1 && wakes >= 1, "the push asked the desktop");
-    assert_eq!(stats(&f.mnt).pages_pushed, 100, "the push's pages are counted as pushed");
+    let pushed = stats(&f.mnt);
+    assert_eq!(pushed.pages_pushed, 100, "the push's pages are counted as pushed");
+    assert_eq!(pushed.pushed_untouched, 100, "no pushed page was touched yet");
 
     let file = OpenOptions::new().read(true).open(f.mnt.join("vm1.ram")).unwrap();
     // SAFETY: the file is ours for the test; nobody truncates it.
@@ -344,6 +346,7 @@ fn pushed_pages_are_served_without_asking_the_desktop() {
     let after = stats(&f.mnt);
     assert_eq!(after.remote_fetches, fetches, "a pushed page was fetched again: {after:?}");
     assert_eq!(f.wake.0.load(Ordering::SeqCst), wakes, "a pushed page woke the desktop");
+    assert_eq!(after.pushed_untouched, 0, "the guest read every pushed page, which now counts as its memory");
     drop(map);
     drop(file);
     f.mount.unmount().unwrap();
