@@ -57,8 +57,9 @@ impl PageSource {
         }
     }
 
-    /// The guest read, wrote or discarded `pages`: pushed ones among them
-    /// are touched now (see [`PageSource::pushed_untouched`]).
+    /// The guest read `pages`: pushed ones among them are touched now (see
+    /// [`PageSource::pushed_untouched`]; a write or a discard touches them
+    /// through [`PageSource::forget`]).
     pub fn touched(&self, pages: Range<u64>) {
         self.pushed.touch(pages);
     }
@@ -100,12 +101,14 @@ impl PageSource {
         Ok(kept)
     }
 
-    /// Drops the cached copies of `pages`: the guest wrote or discarded them.
+    /// Drops the cached copies of `pages`: the guest wrote or discarded
+    /// them, so pushed ones among them are touched too.
     pub fn forget(&self, pages: Range<u64>) {
         let mut cache = self.lock_cache();
-        for page in pages {
+        for page in pages.clone() {
             cache.forget(page);
         }
+        self.pushed.touch(pages);
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, PrefetchCache> {

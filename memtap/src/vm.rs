@@ -150,7 +150,6 @@ impl VmMemory {
         self.overlay.write(offset, data).map_err(|source| self.io_error(offset, source))?;
         let first = offset / PAGE_SIZE;
         self.source.forget(first..first + pages);
-        self.source.touched(first..first + pages);
         Counters::add(&self.counters.pages_written, pages);
         Ok(())
     }
@@ -170,7 +169,6 @@ impl VmMemory {
         }
         self.overlay.discard(offset, end - offset).map_err(|source| self.io_error(offset, source))?;
         self.source.forget(offset / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
-        self.source.touched(offset / PAGE_SIZE..end.div_ceil(PAGE_SIZE));
         let whole = (end / PAGE_SIZE).saturating_sub(offset.div_ceil(PAGE_SIZE));
         Counters::add(&self.counters.pages_discarded, whole);
         Ok(())
