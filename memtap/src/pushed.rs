@@ -5,8 +5,9 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// One bit per page of a VM's RAM: set when a push stores the page, cleared
-/// when the guest first reads, writes or discards it.
+/// One bit per page of a VM's RAM: set when a push finds the page absent
+/// and asks for it, cleared when the guest first reads, writes or discards
+/// it (or the push fails).
 #[derive(Debug)]
 pub(crate) struct PushedPages {
     bits: Vec<AtomicU64>,
@@ -19,7 +20,7 @@ impl PushedPages {
         PushedPages { bits: (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(), untouched: AtomicU64::new(0) }
     }
 
-    /// `page` was pushed (a page past the end is ignored).
+    /// `page` is being pushed (a page past the end is ignored).
     pub(crate) fn mark(&self, page: u64) {
         let Some(word) = self.bits.get((page / 64) as usize) else { return };
         let bit = 1 << (page % 64);

@@ -162,25 +162,41 @@ impl PageSource {
         want.dedup();
         let mut pushed = 0;
         for batch in want.chunks(PUSH_BATCH_PAGES) {
-            let absent = {
-                let cache = self.lock_cache();
-                let mut absent = Vec::with_capacity(batch.len());
-                for &page in batch {
-                    if self.absent(&cache, page)? {
-                        absent.push(page);
-                    }
+            let mut asked = Vec::with_capacity(batch.len());
+            match self.push_batch(batch, &mut asked) {
+                Ok(stored) => pushed += stored,
+                Err(e) => {
+                    // Not brought, or not all: none of the batch counts as
+                    // waiting on disk (the claim errs on the side of more).
+                    asked.iter().for_each(|&page| self.pushed.touch(page..page + 1));
+                    return Err(e);
                 }
-                absent
-            };
-            let Some(&first) = absent.first() else { continue };
-            let fetched = self.fetch_from_remote(&absent, first, Cause::Prefetch, 0)?;
-            for (page, data) in fetched {
-                self.store.store_fetched(page, &data).map_err(SourceError::new)?;
-                self.pushed.mark(page);
-                pushed += 1;
             }
         }
         Ok(pushed)
+    }
+
+    /// Fetches and stores those of `batch` still absent, listed in `asked`
+    /// as they are marked pushed; returns how many were stored. A page is
+    /// marked as it is found absent, under the cache lock a write's
+    /// `forget` also takes, and before a fault of the guest's own can store
+    /// it: any later touch, a read, a write or a discard, clears the mark.
+    fn push_batch(&self, batch: &[u64], asked: &mut Vec<u64>) -> Result<u64, SourceError> {
+        {
+            let cache = self.lock_cache();
+            for &page in batch {
+                if self.absent(&cache, page)? {
+                    self.pushed.mark(page);
+                    asked.push(page);
+                }
+            }
+        }
+        let Some(&first) = asked.first() else { return Ok(0) };
+        let fetched = self.fetch_from_remote(asked, first, Cause::Prefetch, 0)?;
+        for (page, data) in &fetched {
+            self.store.store_fetched(*page, data).map_err(SourceError::new)?;
+        }
+        Ok(fetched.len() as u64)
     }
 
     /// Asks memserv for `want`, traced as a request for `unit` of `cause`
