@@ -45,7 +45,8 @@
 //! generator. Every request in them, memory or disk, answered or not, is a
 //! moment the desktop had to be awake, at its `asked_ns` (taken before the
 //! wake hook), counted from the start of the stay. Each is replayed over
-//! the same three idle periods: a stay longer than the period is cut (the
+//! the same three idle periods, and any `--minutes M` (a long stay's own
+//! length, say): a stay longer than the period is cut (the
 //! user came back), and after the end of a shorter one **the desktop sleeps
 //! undisturbed to the end of the period** (the VM is taken to fetch nothing
 //! more, which flatters a short trace: the program prints this beside the
@@ -85,7 +86,10 @@ type BenchResult<T> = Result<T, Box<dyn Error>>;
 /// The idle periods, minutes, and what the paper reports for each: with
 /// Table 1, and with 2 s transitions (Figure 7's estimate, where its text
 /// gives one).
-const PERIODS: [(f64, &str, &str); 3] = [(10.0, "7-16%", "~30%"), (67.0, "78%", "-"), (308.0, "91%", "-")];
+const PERIODS: [Period; 3] = [(10.0, "7-16%", "~30%"), (67.0, "78%", "-"), (308.0, "91%", "-")];
+/// An idle period: its minutes, and the paper's saving for it with Table 1
+/// and with 2 s transitions ("-" where the paper gives none).
+type Period = (f64, &'static str, &'static str);
 /// The idle period whose power over time `--svg-dir` draws, minutes.
 const CHART_MINUTES: f64 = 67.0;
 
@@ -110,6 +114,10 @@ struct Args {
     /// (repeat for more; a `.gz` file is read through `gzip -dc`).
     #[arg(long = "trace")]
     traces: Vec<PathBuf>,
+    /// Also report this idle period for the recorded traces, in minutes,
+    /// beside the paper's 10, 67 and 308 (e.g. a long stay's own length).
+    #[arg(long = "minutes")]
+    extra_minutes: Vec<f64>,
 }
 
 fn main() -> ExitCode {
@@ -138,6 +146,12 @@ fn run(args: &Args) -> BenchResult<()> {
         );
     }
     if !args.traces.is_empty() {
+        if let Some(bad) = args.extra_minutes.iter().find(|m| !(m.is_finite() && **m > 0.0)) {
+            return Err(format!("--minutes {bad}: an idle period is a positive number of minutes").into());
+        }
+        let mut periods: Vec<Period> = PERIODS.to_vec();
+        periods.extend(args.extra_minutes.iter().map(|&minutes| (minutes, "-", "-")));
+        periods.sort_by(|a, b| a.0.total_cmp(&b.0));
         // The stays on the command line are taken as one VM's, in order:
         // each later one is also replayed with the earlier ones' pages pushed.
         let mut earlier = BTreeSet::new();
@@ -151,7 +165,7 @@ fn run(args: &Args) -> BenchResult<()> {
                     pages: earlier_spans.iter().flat_map(|&(start, end)| start..end).collect(),
                 },
             ];
-            replay_recorded(path, &trace, &profiles, sim, &pushes)?;
+            replay_recorded(path, &trace, &profiles, sim, &pushes, &periods)?;
             let spans = trace.fault_spans(memtap::prefetch::DEFAULT_PIVOT_WINDOW);
             if !earlier_spans.is_empty() {
                 println!(
@@ -372,13 +386,14 @@ fn print_working_set(trace: &fetch_trace::Trace, stay: f64) {
 const FIGURE_WAITS: [f64; 14] = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0];
 
 /// A recorded fetch trace: what it holds, then the energy table over the
-/// three idle periods, then Figures 3 and 4 of its gaps.
+/// idle `periods`, then Figures 3 and 4 of its gaps.
 fn replay_recorded(
     path: &std::path::Path,
     trace: &fetch_trace::Trace,
     profiles: &[(&str, PowerProfile); 2],
     sim: SimConfig,
     pushes: &[Push],
+    periods: &[Period],
 ) -> BenchResult<()> {
     for note in &trace.notes {
         println!("note: {}: {note}", path.display());
@@ -420,7 +435,7 @@ fn replay_recorded(
     println!();
     println!("| idle period | trace covers | profile | policy | requests | wakes | during suspend | energy kJ | idle kJ | saved vs idle | paper (Table 1) |");
     println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for &(minutes, paper, _) in &PERIODS {
+    for &(minutes, paper, _) in periods {
         let period = minutes * 60.0;
         let covers = if stay >= period {
             format!("cut at {minutes} min")
@@ -446,7 +461,7 @@ fn replay_recorded(
             }
         }
     }
-    if stay < PERIODS.iter().map(|p| p.0 * 60.0).fold(0.0, f64::max) {
+    if stay < periods.iter().map(|p| p.0 * 60.0).fold(0.0, f64::max) {
         println!();
         println!(
             "Assumption: past the trace's end ({:.1} min) the desktop sleeps undisturbed until the period ends (no more requests), then resumes once for the user.",
@@ -455,7 +470,7 @@ fn replay_recorded(
     }
 
     for push in pushes.iter().filter(|push| !push.pages.is_empty()) {
-        print_push(trace, profiles, sim, push)?;
+        print_push(trace, profiles, sim, push, periods)?;
     }
 
     // Figures 3 and 4 over every gap of the whole trace.
@@ -513,6 +528,7 @@ fn print_push(
     profiles: &[(&str, PowerProfile); 2],
     sim: SimConfig,
     push: &Push,
+    periods: &[Period],
 ) -> BenchResult<()> {
     let pushed = &push.pages;
     let start = trace.started_boottime_ns;
@@ -533,7 +549,7 @@ fn print_push(
     println!();
     println!("| idle period | profile | requests | requests left | pushed pages used | wakes 6 s | wakes 6 s + push | wakes saved | saved 6 s | saved 6 s + push | push MiB |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &(minutes, _, _) in &PERIODS {
+    for &(minutes, _, _) in periods {
         let period = minutes * 60.0;
         let used: BTreeSet<u64> =
             trace.fetches.iter().filter(|f| covered(f) && secs(f.asked_ns) < period).map(|f| f.unit).collect();
