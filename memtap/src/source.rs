@@ -162,41 +162,40 @@ impl PageSource {
         want.dedup();
         let mut pushed = 0;
         for batch in want.chunks(PUSH_BATCH_PAGES) {
-            let mut asked = Vec::with_capacity(batch.len());
-            match self.push_batch(batch, &mut asked) {
-                Ok(stored) => pushed += stored,
-                Err(e) => {
-                    // Not brought, or not all: none of the batch counts as
-                    // waiting on disk (the claim errs on the side of more).
-                    asked.iter().for_each(|&page| self.pushed.touch(page..page + 1));
-                    return Err(e);
-                }
-            }
+            pushed += self.push_batch(batch)?;
         }
         Ok(pushed)
     }
 
-    /// Fetches and stores those of `batch` still absent, listed in `asked`
-    /// as they are marked pushed; returns how many were stored. A page is
-    /// marked as it is found absent, under the cache lock a write's
-    /// `forget` also takes, and before a fault of the guest's own can store
-    /// it: any later touch, a read, a write or a discard, clears the mark.
-    fn push_batch(&self, batch: &[u64], asked: &mut Vec<u64>) -> Result<u64, SourceError> {
-        {
+    /// Fetches and stores those of `batch` still absent; returns how many.
+    /// They are marked pushed as they are found absent, under the cache
+    /// lock a write's `forget` also takes, and before a fault of the
+    /// guest's own can store them: any later touch, a read, a write or a
+    /// discard, clears the mark. If the batch fails, none of it stays
+    /// marked (the claim on capacity errs on the side of more).
+    fn push_batch(&self, batch: &[u64]) -> Result<u64, SourceError> {
+        let asked = {
             let cache = self.lock_cache();
+            let mut asked = Vec::with_capacity(batch.len());
             for &page in batch {
                 if self.absent(&cache, page)? {
-                    self.pushed.mark(page);
                     asked.push(page);
                 }
             }
-        }
+            asked.iter().for_each(|&page| self.pushed.mark(page));
+            asked
+        };
         let Some(&first) = asked.first() else { return Ok(0) };
-        let fetched = self.fetch_from_remote(asked, first, Cause::Prefetch, 0)?;
-        for (page, data) in &fetched {
-            self.store.store_fetched(*page, data).map_err(SourceError::new)?;
+        let stored = self.fetch_from_remote(&asked, first, Cause::Prefetch, 0).and_then(|fetched| {
+            for (page, data) in &fetched {
+                self.store.store_fetched(*page, data).map_err(SourceError::new)?;
+            }
+            Ok(fetched.len() as u64)
+        });
+        if stored.is_err() {
+            asked.iter().for_each(|&page| self.pushed.touch(page..page + 1));
         }
-        Ok(fetched.len() as u64)
+        stored
     }
 
     /// Asks memserv for `want`, traced as a request for `unit` of `cause`
